@@ -1,0 +1,63 @@
+"""The `pinecone_trio` exception hierarchy.
+
+Closed, broken or busy streams raise Trio's own `trio.ClosedResourceError`,
+`trio.BrokenResourceError` and `trio.BusyResourceError` (with the cause chained);
+everything specific to this package derives from `PineconeError`.
+
+```
+PineconeError
+├── KeyFileError                     a key file is missing, malformed or too readable
+├── ProtocolError                    (abstract, never raised directly)
+│   ├── LocalProtocolError           we misused an engine: a bug in our code
+│   └── RemoteProtocolError          the peer sent something illegal: drop that peer
+│       └── DecodeError              bad wire bytes (raised by the codecs)
+├── LinkError                        a Noise link failed; subclasses name what was wrong
+├── UnreachableError                 no route to the destination key (yet)
+└── NodeCrashedError                 a background failure surfaced by open_node
+```
+"""
+
+from __future__ import annotations
+
+
+class PineconeError(Exception):
+    """Base class of every error raised by `pinecone_trio`."""
+
+
+class KeyFileError(PineconeError):
+    """A key file could not be used: missing, malformed, or readable by others."""
+
+
+class ProtocolError(PineconeError):
+    """A protocol rule was broken. Never raised directly; see the subclasses."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We asked an engine to do something illegal: a bug in the caller."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The remote peer sent something illegal. Drop that peer, keep the node."""
+
+
+class DecodeError(RemoteProtocolError):
+    """Bytes from the wire do not decode as a valid message."""
+
+
+class LinkError(PineconeError):
+    """A Noise link could not be established or broke a protocol rule.
+
+    Subclasses name what went wrong; `remote_key` is set when it is known.
+    """
+
+    def __init__(self, message: str, *, remote_key: bytes | None = None) -> None:
+        super().__init__(message)
+        self.remote_key = remote_key
+
+
+class UnreachableError(PineconeError):
+    """No route to the destination key is known (yet)."""
+
+
+class NodeCrashedError(PineconeError):
+    """A node's background task failed; the cause is chained."""
