@@ -1,0 +1,1 @@
+"""Finding peers without being told: multicast LAN beacons (and, later, the DHT)."""

@@ -1,0 +1,182 @@
+"""Multicast LAN discovery: send beacons, hear beacons, tell the node whom to dial.
+
+Theory of operation: `MulticastDiscovery.run` owns one UDP socket bound to the group
+port with `SO_REUSEPORT` (so several nodes on one host can listen), and two tasks:
+
+- the *beacon* task re-enumerates interfaces every `INTERFACE_RESCAN_INTERVAL`, joins
+  the group on interfaces it has not joined yet, and every `BEACON_INTERVAL` sends one
+  beacon out of each interface (`IP_MULTICAST_IF`), the first at once;
+- the *listen* task reads datagrams with `IP_PKTINFO`, so it knows which interface a
+  beacon arrived on (the "zone"), decodes them, drops bad ones (counted) and our own,
+  and hands the rest to the node's `on_beacon` callback, which decides whether to dial.
+
+Nothing here dials or trusts a beacon: the Noise handshake that follows, expecting the
+advertised key, is the authentication. The node rate-limits dials per key.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Final
+
+import trio
+
+from ..errors import DecodeError
+from .beacon import (
+    BEACON_INTERVAL,
+    INTERFACE_RESCAN_INTERVAL,
+    MAX_BEACON_DATAGRAM,
+    MULTICAST_GROUP_V4,
+    MULTICAST_PORT,
+    Beacon,
+    decode_beacon,
+    encode_beacon,
+)
+from .interfaces import Interface, usable_interfaces
+
+logger = logging.getLogger(__name__)
+
+_IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)
+_PKTINFO_SIZE: Final = 12  # struct in_pktinfo: int ifindex, in_addr spec_dst, in_addr addr
+
+#: The callback the node supplies: (beacon, sender IPv4 address, interface name).
+BeaconHandler = Callable[[Beacon, str, str], None]
+
+
+@dataclass(slots=True)
+class DiscoveryStatistics:
+    """Counters for `status()`: beacons sent and heard, and bad ones dropped."""
+
+    beacons_sent: int = 0
+    beacons_received: int = 0
+    bad_beacons: int = 0
+    send_errors: int = 0
+    interfaces: list[str] = field(default_factory=list)
+
+
+class MulticastDiscovery:
+    """Beacons on the LAN. Start with `await nursery.start(discovery.run)`.
+
+    Args:
+        public_key: our key; beacons carrying it are ignored.
+        listen_port: a callable giving the TCP port peers should dial (read at each
+            beacon, so a listener that moves is followed).
+        on_beacon: called for every valid beacon from another key.
+        interfaces: restrict discovery to these interface names (default: every
+            usable interface).
+        group, port, interval, rescan_interval: overrides for tests.
+    """
+
+    def __init__(
+        self,
+        public_key: bytes,
+        *,
+        listen_port: Callable[[], int | None],
+        on_beacon: BeaconHandler,
+        interfaces: Sequence[str] | None = None,
+        group: str = MULTICAST_GROUP_V4,
+        port: int = MULTICAST_PORT,
+        interval: float = BEACON_INTERVAL,
+        rescan_interval: float = INTERFACE_RESCAN_INTERVAL,
+    ) -> None:
+        self._public_key = bytes(public_key)
+        self._listen_port = listen_port
+        self._on_beacon = on_beacon
+        self._only = frozenset(interfaces) if interfaces is not None else None
+        self._group = group
+        self._port = port
+        self._interval = interval
+        self._rescan_interval = rescan_interval
+        self._joined: dict[int, Interface] = {}
+        self.statistics = DiscoveryStatistics()
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Send and hear beacons until cancelled."""
+        sock = trio.socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+            # Loop our beacons back so that two nodes on one host find each other; our
+            # own are recognised by key and ignored.
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            await sock.bind(("", self._port))
+            async with trio.open_nursery() as nursery:
+                self._rescan(sock)
+                nursery.start_soon(self._listen, sock)
+                nursery.start_soon(self._beacon_loop, sock)
+                task_status.started()
+
+    def _rescan(self, sock: trio.socket.SocketType) -> None:
+        current = {
+            i.index: i for i in usable_interfaces() if self._only is None or i.name in self._only
+        }
+        for index, iface in current.items():
+            if index in self._joined and self._joined[index].ipv4 == iface.ipv4:
+                continue
+            mreqn = struct.pack("4s4si", socket.inet_aton(self._group), b"\0" * 4, index)
+            try:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:  # already joined on this interface
+                    logger.debug("cannot join %s on %s: %s", self._group, iface.name, exc)
+                    continue
+            logger.debug("multicast discovery on %s (%s)", iface.name, iface.ipv4)
+        for index in list(self._joined):
+            if index not in current:
+                del self._joined[index]  # the kernel drops memberships of vanished links
+        self._joined.update(current)
+        self.statistics.interfaces = sorted(i.name for i in self._joined.values())
+
+    async def _beacon_loop(self, sock: trio.socket.SocketType) -> None:
+        next_rescan = trio.current_time() + self._rescan_interval
+        while True:
+            if trio.current_time() >= next_rescan:
+                self._rescan(sock)
+                next_rescan = trio.current_time() + self._rescan_interval
+            port = self._listen_port()
+            if port:
+                beacon = encode_beacon(self._public_key, port)
+                for iface in list(self._joined.values()):
+                    await self._send_on(sock, iface, beacon)
+            await trio.sleep(self._interval)
+
+    async def _send_on(self, sock: trio.socket.SocketType, iface: Interface, data: bytes) -> None:
+        try:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.ipv4))
+            await sock.sendto(data, (self._group, self._port))
+        except OSError as exc:
+            self.statistics.send_errors += 1
+            logger.debug("beacon on %s failed: %s", iface.name, exc)
+        else:
+            self.statistics.beacons_sent += 1
+
+    async def _listen(self, sock: trio.socket.SocketType) -> None:
+        ancillary = socket.CMSG_SPACE(_PKTINFO_SIZE)
+        while True:
+            data, ancdata, _flags, address = await sock.recvmsg(MAX_BEACON_DATAGRAM + 1, ancillary)
+            ifindex = 0
+            for level, kind, payload in ancdata:
+                if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(payload) >= 4:
+                    ifindex = struct.unpack_from("i", payload)[0]
+            try:
+                beacon = decode_beacon(data)
+            except DecodeError as exc:
+                self.statistics.bad_beacons += 1
+                logger.debug("bad beacon from %s: %s", address, exc)
+                continue
+            if beacon.public_key == self._public_key:
+                continue
+            iface = self._joined.get(ifindex)
+            if iface is None:
+                continue  # heard on an interface we do not run discovery on
+            self.statistics.beacons_received += 1
+            host = address[0] if isinstance(address, tuple) else str(address)
+            self._on_beacon(beacon, str(host), iface.name)
