@@ -1,0 +1,58 @@
+"""Small helpers shared by the Trio shells."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import trio
+
+from .errors import NodeCrashedError
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        else:
+            found.append(exc)
+    return found
+
+
+@asynccontextmanager
+async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
+    """A nursery for a long-lived service, with one exception policy for its users.
+
+    Background tasks handle their own expected failures (a peer that misbehaves ends
+    its own peering, nothing more). When the block exits, everything still running is
+    cancelled. Then, of what escaped:
+
+    - cancellation (only `trio.Cancelled`) propagates unchanged, so outer cancel scopes
+      work;
+    - if the body raised and no background task failed, the body's exception propagates
+      as itself, not wrapped in a group;
+    - `KeyboardInterrupt` and `SystemExit` propagate as themselves;
+    - any other background failure becomes `NodeCrashedError(what)` chained from the group.
+    """
+    body_exc: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                yield nursery
+            except BaseException as exc:
+                body_exc = exc
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        failures = [e for e in leaves if e is not body_exc and not isinstance(e, trio.Cancelled)]
+        if not failures:
+            if body_exc is not None and not isinstance(body_exc, trio.Cancelled):
+                raise body_exc from None
+            raise
+        for failure in failures:
+            if isinstance(failure, KeyboardInterrupt | SystemExit):
+                raise failure from group
+        raise NodeCrashedError(f"{what} crashed: {failures[0]!r}") from group

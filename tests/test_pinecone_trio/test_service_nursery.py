@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.lowlevel
+
+from pinecone_trio._util import open_service_nursery
+from pinecone_trio.errors import NodeCrashedError
+
+
+async def test_body_exception_propagates_as_itself() -> None:
+    with pytest.raises(KeyError):
+        async with open_service_nursery("svc") as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise KeyError("mine")
+
+
+async def test_background_failure_becomes_node_crashed() -> None:
+    async def boom() -> None:
+        raise RuntimeError("background")
+
+    with pytest.raises(NodeCrashedError, match="svc crashed") as info:
+        async with open_service_nursery("svc") as nursery:
+            nursery.start_soon(boom)
+            await trio.sleep_forever()
+    assert isinstance(info.value.__cause__, BaseExceptionGroup)
+
+
+async def test_outer_cancellation_passes_through() -> None:
+    with trio.move_on_after(0.01) as scope:
+        async with open_service_nursery("svc") as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            await trio.sleep_forever()
+    assert scope.cancelled_caught
+
+
+async def test_clean_exit_cancels_background_tasks() -> None:
+    finished = []
+
+    async def worker() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            finished.append(True)
+
+    async with open_service_nursery("svc") as nursery:
+        nursery.start_soon(worker)
+        await trio.lowlevel.checkpoint()
+    assert finished == [True]
