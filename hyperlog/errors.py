@@ -1,0 +1,69 @@
+"""The hyperlog error hierarchy.
+
+Names follow hypercore's vocabulary. Remote data that fails verification raises
+`InvalidProofError` or `InvalidSignatureError`: drop that peer's data, keep the log.
+Local requests that cannot be met raise `BlockNotAvailableError`, `NotWritableError`
+or `InvalidRequestError`. Nothing in this module imports trio.
+
+Other modules may add small subclasses here (additive edits only).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlockNotAvailableError",
+    "CorruptStorageError",
+    "DecodeError",
+    "HyperlogError",
+    "InvalidProofError",
+    "InvalidRequestError",
+    "InvalidSignatureError",
+    "NotWritableError",
+    "StorageLockedError",
+]
+
+
+class HyperlogError(Exception):
+    """Base class of every error hyperlog raises on purpose."""
+
+
+class InvalidProofError(HyperlogError):
+    """Remote data failed Merkle verification (hypercore's INVALID_PROOF / INVALID_CHECKSUM).
+
+    Raised for a wrong node index, a hash that does not match, a proof for another fork
+    or length than the one you trust, or a malformed proof. Nothing was stored.
+    """
+
+
+class InvalidSignatureError(InvalidProofError):
+    """A signed tree head does not verify under the log's key (hypercore's INVALID_SIGNATURE).
+
+    A subclass of `InvalidProofError`: code that drops bad peers can catch the base.
+    """
+
+
+class InvalidRequestError(HyperlogError):
+    """A proof request cannot be answered: out of bounds, wrong fork, or contradictory.
+
+    The replication layer answers such requests with `noData` (reason: invalid request).
+    """
+
+
+class DecodeError(HyperlogError):
+    """Bytes (wire messages, a manifest, a multisig signature) could not be decoded."""
+
+
+class BlockNotAvailableError(HyperlogError):
+    """The block or tree node is not held locally (hypercore's BLOCK_NOT_AVAILABLE)."""
+
+
+class NotWritableError(HyperlogError):
+    """The log has no secret key here, so it cannot append or truncate."""
+
+
+class CorruptStorageError(HyperlogError):
+    """Stored data is damaged or inconsistent; it is never returned as valid data."""
+
+
+class StorageLockedError(HyperlogError):
+    """The store is already open for writing (by this or another process)."""
