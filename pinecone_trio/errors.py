@@ -12,6 +12,15 @@ PineconeError
 │   └── RemoteProtocolError          the peer sent something illegal: drop that peer
 │       └── DecodeError              bad wire bytes (raised by the codecs)
 ├── LinkError                        a Noise link failed; subclasses name what was wrong
+│   ├── HandshakeError               the Noise handshake failed (abstract)
+│   │   ├── HandshakeTimeout         no complete handshake within the timeout
+│   │   ├── HandshakeAborted         the peer closed or reset the connection mid-handshake
+│   │   ├── BadHandshake             malformed, tampered or replayed message; bad payload
+│   │   └── WrongRemoteKey           the peer proved a key other than the expected one
+│   ├── FrameTooLarge                a length prefix above the named maximum
+│   ├── TruncatedFrame               the transport ended inside a frame
+│   ├── TruncatedStream              the transport ended without the peer's close message
+│   └── DecryptionFailed             a transport message failed authentication
 ├── UnreachableError                 no route to the destination key (yet)
 └── NodeCrashedError                 a background failure surfaced by open_node
 ```
@@ -53,6 +62,52 @@ class LinkError(PineconeError):
     def __init__(self, message: str, *, remote_key: bytes | None = None) -> None:
         super().__init__(message)
         self.remote_key = remote_key
+
+
+class HandshakeError(LinkError):
+    """The Noise handshake failed. Never raised directly; see the subclasses."""
+
+
+class HandshakeTimeout(HandshakeError):
+    """The handshake did not complete within its timeout (a stalled or slow peer)."""
+
+
+class HandshakeAborted(HandshakeError):
+    """The peer closed or reset the connection before the handshake completed."""
+
+
+class BadHandshake(HandshakeError):
+    """A handshake message was malformed, tampered with or replayed, or its payload
+    (version, identity key, signature, capabilities) was invalid."""
+
+
+class WrongRemoteKey(HandshakeError):
+    """The peer proved an identity other than the one the caller expected.
+
+    `remote_key` is the key the peer presented; `expected_key` the one we wanted.
+    """
+
+    def __init__(
+        self, message: str, *, remote_key: bytes | None = None, expected_key: bytes | None = None
+    ) -> None:
+        super().__init__(message, remote_key=remote_key)
+        self.expected_key = expected_key
+
+
+class FrameTooLarge(LinkError):
+    """A frame's length prefix exceeds the maximum allowed at that point."""
+
+
+class TruncatedFrame(LinkError):
+    """The transport ended in the middle of a frame."""
+
+
+class TruncatedStream(LinkError):
+    """The transport ended without the peer's encrypted close message (possible truncation)."""
+
+
+class DecryptionFailed(LinkError):
+    """A transport message failed authentication: tampered, reordered, replayed or garbage."""
 
 
 class UnreachableError(PineconeError):
