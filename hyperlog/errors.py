@@ -67,3 +67,28 @@ class CorruptStorageError(HyperlogError):
 
 class StorageLockedError(HyperlogError):
     """The store is already open for writing (by this or another process)."""
+
+
+class ReplicationError(HyperlogError):
+    """Replication with a peer failed; the session with that peer is closed."""
+
+
+class RemoteProtocolError(ReplicationError):
+    """The peer broke the replication protocol (unrequested data, flooding, bad state).
+
+    The peer's session is dropped; nothing it sent after the violation is stored.
+    """
+
+
+class ForkConflictError(HyperlogError):
+    """Two different validly signed trees exist for one fork: the log is frozen.
+
+    Attributes:
+        local: our signed head (whatever the log reports, e.g. length/fork/tree hash).
+        remote: the peer's contradicting signed head.
+    """
+
+    def __init__(self, message: str, *, local: object = None, remote: object = None) -> None:
+        super().__init__(message)
+        self.local = local
+        self.remote = remote
