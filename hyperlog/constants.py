@@ -1,0 +1,35 @@
+"""Limits and tunables of the hyperlog core (the log, its storage and its command).
+
+Replication has its own constants in `hyperlog.replication.constants`; wire sizes are
+in `hyperlog.wire`.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Largest block we append or store. hypercore suggests at most 15 MB; we keep 8 MiB,
+#: the same bound the replication wire uses, so any stored block can be served.
+MAX_BLOCK_SIZE: Final = 8 * 1024 * 1024
+#: Most blocks in one append call (one signature, one transaction).
+MAX_BATCH_BLOCKS: Final = 65536
+#: Most bytes in one append call: bounds the memory a single transaction holds.
+MAX_BATCH_BYTES: Final = 256 * 1024 * 1024
+#: Appends (or verified groups) larger than this run their hashing and SQLite
+#: transaction in a worker thread so the Trio loop keeps running; smaller ones run
+#: inline, because a thread hop (~60 us) would cost more than the work itself.
+THREAD_THRESHOLD_BYTES: Final = 256 * 1024
+#: Blocks per worker-thread hop when a caller reads a long range (`Log.iter_blocks`).
+READ_CHUNK_BLOCKS: Final = 256
+#: Events buffered per subscriber before new ones are dropped (and counted).
+EVENT_BUFFER: Final = 1024
+#: Most verified proofs committed in one transaction by `Log.apply_proofs`.
+MAX_PROOF_GROUP: Final = 1024
+#: Lines per append batch for ``hyperlog append --lines`` (one signature each).
+CLI_LINES_PER_BATCH: Final = 1000
+#: Default block size for ``hyperlog append --file``.
+CLI_DEFAULT_BLOCK_SIZE: Final = 64 * 1024
+#: Blocks per batch for ``hyperlog append --file`` is chosen to keep a batch near this.
+CLI_FILE_BATCH_BYTES: Final = 4 * 1024 * 1024
+#: Store-level metadata name of the log the command line works on.
+DEFAULT_LOG_META: Final = "default_log"

@@ -1,0 +1,966 @@
+"""The log: a signed, append-only, Merkle-verified sequence of blocks, and the store holding it.
+
+Theory of operation
+-------------------
+A `Log` glues three parts together and owns their consistency:
+
+* the trusted head (`hyperlog.merkle.MerkleTree`: roots, length, byte length, fork,
+  signature), kept in memory;
+* the "have" bitfield (`hyperlog.bitfield.Bitfield`), kept in memory;
+* everything else in a `hyperlog.storage.Storage`: blocks, tree nodes, bitfield pages
+  and the signed head.
+
+Every change is two-phase: the pure engine builds a batch from the current head
+(append, truncate, or a verified proof), the log writes that batch in **one** storage
+transaction, and only then moves the in-memory head and bitfield forward and emits
+events. A crash between the two phases loses nothing acknowledged: `append` returns
+only after the transaction committed, and on reopen the head is rebuilt from storage
+and its signature checked again.
+
+Concurrency: a `Log` belongs to one Trio run. Writers (append, truncate, applying
+proofs) take the log's write lock, so batches never interleave; reads need no lock
+because the in-memory state only changes between checkpoints, after commits. Small
+operations run inline (a thread hop would cost more than a local SQLite read or a
+one-block commit); batches above `THREAD_THRESHOLD_BYTES`, full verification and
+long scans run in a worker thread so the event loop keeps serving other tasks.
+
+A `Store` (`open_store`) owns one storage and hands out one `Log` object per key, so
+an application, a replicator and a HAMT all share the same state and events.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TypeAlias, final
+
+import trio
+
+from . import flat_tree
+from .bitfield import Bitfield
+from .constants import (
+    DEFAULT_LOG_META,
+    EVENT_BUFFER,
+    MAX_BATCH_BLOCKS,
+    MAX_BATCH_BYTES,
+    MAX_BLOCK_SIZE,
+    READ_CHUNK_BLOCKS,
+    THREAD_THRESHOLD_BYTES,
+)
+from .crypto import (
+    KeyPair,
+    Manifest,
+    TreeNode,
+    Verifier,
+    default_manifest,
+    discovery_key,
+    leaf_hash,
+    parent_hash,
+    tree_hash,
+)
+from .errors import (
+    BlockNotAvailableError,
+    CorruptStorageError,
+    HyperlogError,
+    NotWritableError,
+)
+from .merkle import AppendBatch, MerkleTree, byte_offset, seek
+from .storage import (
+    Durability,
+    Head,
+    LogInfo,
+    MemoryStorage,
+    SQLiteStorage,
+    Storage,
+    StoredLog,
+    WriteBatch,
+)
+
+__all__ = [
+    "AppendEvent",
+    "AppendResult",
+    "DownloadEvent",
+    "Log",
+    "LogEvent",
+    "LogSnapshot",
+    "LogStatistics",
+    "Store",
+    "TruncateEvent",
+    "open_store",
+]
+
+logger = logging.getLogger(__name__)
+
+
+# --- events ----------------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AppendEvent:
+    """The signed length grew: a local append, or a verified upgrade from a peer."""
+
+    length: int
+    byte_length: int
+    fork: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DownloadEvent:
+    """A verified block from a peer was stored."""
+
+    index: int
+    size: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class TruncateEvent:
+    """The log was cut back to ``length`` blocks under the new ``fork``."""
+
+    length: int
+    fork: int
+
+
+LogEvent: TypeAlias = AppendEvent | DownloadEvent | TruncateEvent
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    """What `Log.append` returns: the new length and byte length."""
+
+    length: int
+    byte_length: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LogStatistics:
+    """Counters for observability (`Log.statistics`)."""
+
+    length: int
+    byte_length: int
+    fork: int
+    blocks_held: int
+    contiguous_length: int
+    subscribers: int
+    events_dropped: int
+
+
+# --- the log ---------------------------------------------------------------------------
+
+
+@final
+class Log:
+    """One hypercore-11-compatible log. Get one from a `Store`; never construct it.
+
+    A writable log holds its secret key and appends; a reader knows only the key
+    (and, once learnt, the manifest) and stores what peers prove to it.
+    """
+
+    def __init__(self, store: Store, stored: StoredLog) -> None:
+        """Internal: use `Store.create_log` / `Store.open_log`."""
+        self._store = store
+        self._storage = store.storage
+        self._handle = stored.handle
+        self._info = stored.info
+        self._secret_key = stored.info.secret_key
+        self._verifier: Verifier | None = None
+        if stored.info.manifest is not None:
+            self._verifier = Verifier.for_key(stored.info.key, stored.info.manifest)
+        self._tree = MerkleTree()
+        self._bitfield = Bitfield()
+        self._write_lock = trio.Lock()
+        self._subscribers: list[trio.MemorySendChannel[LogEvent]] = []
+        self._listeners: list[Callable[[LogEvent], None]] = []
+        self._want_listeners: list[Callable[[int], None]] = []
+        self._block_waiters: dict[int, trio.Event] = {}
+        self._length_changed = trio.Event()
+        self._events_dropped = 0
+        # fork -> the length the log was cut to when that fork began (snapshots use it)
+        self._cuts: dict[int, int] = {}
+        self._closed = False
+
+    def _load(self, head: Head) -> None:
+        """Rebuild the in-memory state from storage and check the signed head."""
+        for page, data in self._storage.load_bitfield(self._handle):
+            self._bitfield.load_page(page, data)
+        self._bitfield.take_dirty()
+        tree = MerkleTree.from_storage(
+            head.length, self._get_node, fork=head.fork, signature=head.signature
+        )
+        if head.length:
+            if tree.tree_hash() != head.tree_hash or tree.byte_length != head.byte_length:
+                raise CorruptStorageError(
+                    f"log {self.key.hex()}: stored roots do not match the signed head"
+                )
+            if self._verifier is not None and not tree.verify_signature(self._verifier):
+                raise CorruptStorageError(
+                    f"log {self.key.hex()}: the stored signature does not verify"
+                )
+        self._tree = tree
+
+    def _get_node(self, index: int) -> TreeNode | None:
+        return self._storage.get_node(self._handle, index)
+
+    # -- identity and state -----------------------------------------------------
+
+    @property
+    def key(self) -> bytes:
+        """The 32-byte log key (the manifest hash, or the public key in compat mode)."""
+        return self._info.key
+
+    @property
+    def discovery_key(self) -> bytes:
+        """The 32-byte discovery key peers announce instead of the key."""
+        return self._info.discovery_key
+
+    @property
+    def manifest(self) -> Manifest | None:
+        """The manifest, or None while a reader has not learnt it."""
+        return None if self._verifier is None else self._verifier.manifest
+
+    @property
+    def verifier(self) -> Verifier | None:
+        """The signature rule of this log, or None while the manifest is unknown."""
+        return self._verifier
+
+    @property
+    def writable(self) -> bool:
+        """True if this store holds the secret key, so `append` and `truncate` work."""
+        return self._secret_key is not None and not self._storage.readonly
+
+    @property
+    def length(self) -> int:
+        """The number of blocks in the signed head."""
+        return self._tree.length
+
+    @property
+    def byte_length(self) -> int:
+        """The total size in bytes of the blocks in the signed head."""
+        return self._tree.byte_length
+
+    @property
+    def fork(self) -> int:
+        """The fork id: bumped by every truncation."""
+        return self._tree.fork
+
+    @property
+    def signature(self) -> bytes | None:
+        """The raw 64-byte ed25519 signature of the head, None for an empty log."""
+        return self._tree.signature
+
+    def tree_hash(self) -> bytes:
+        """Return the hash over the current roots: what the signature covers."""
+        return self._tree.tree_hash()
+
+    @property
+    def roots(self) -> list[TreeNode]:
+        """The full roots of the current head, left to right (a copy)."""
+        return list(self._tree.roots)
+
+    @property
+    def head(self) -> Head:
+        """The current signed head as stored."""
+        t = self._tree
+        return Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature)
+
+    @property
+    def contiguous_length(self) -> int:
+        """How many blocks from 0 on are all held locally."""
+        return min(self._bitfield.contiguous_length, self._tree.length)
+
+    @property
+    def bitfield(self) -> Bitfield:
+        """The "have" bitfield. Read it; never modify it."""
+        return self._bitfield
+
+    def has(self, index: int) -> bool:
+        """Return True if block ``index`` is held locally (and inside the signed length)."""
+        return 0 <= index < self._tree.length and self._bitfield.get(index)
+
+    def has_range(self, start: int, end: int) -> bool:
+        """Return True if every block in ``start .. end - 1`` is held locally."""
+        if start >= end:
+            return True
+        if start < 0 or end > self._tree.length:
+            return False
+        return self._bitfield.first_unset(start) >= end
+
+    def have_bits(self, start: int, count: int) -> bytes:
+        """Return ``count`` have-bits from ``start`` (both multiples of 8), LSB first.
+
+        Raises:
+            ValueError: if ``start`` or ``count`` is not a multiple of 8.
+        """
+        if start % 8 or count % 8 or start < 0 or count < 0:
+            raise ValueError("have_bits needs non-negative multiples of 8")
+        out = bytearray(count // 8)
+        limit = min(start + count, self._tree.length)
+        for first, stop in self._bitfield.runs(start, limit):
+            for i in range(first, stop):
+                k = i - start
+                out[k >> 3] |= 1 << (k & 7)
+        return bytes(out)
+
+    def missing_nodes(self, index: int) -> int:
+        """Return how many tree nodes on block ``index``'s path up to its root are not stored.
+
+        This is hypercore's ``nodes`` field of a block request: the responder skips
+        the uncles the requester already has.
+        """
+        length = self._tree.length
+        if not 0 <= index < length:
+            return 0
+        node = 2 * index
+        root = flat_tree.root_for_leaf(node, 2 * length)
+        count = 0
+        # Bounded by the depth of the root (at most 64 levels).
+        while node != root:
+            if self._storage.get_node(self._handle, node) is not None:
+                return count
+            count += 1
+            node = flat_tree.parent(node)
+        return count
+
+    def statistics(self) -> LogStatistics:
+        """Return counters: length, blocks held, subscribers, dropped events."""
+        return LogStatistics(
+            length=self._tree.length,
+            byte_length=self._tree.byte_length,
+            fork=self._tree.fork,
+            blocks_held=self._bitfield.count(),
+            contiguous_length=self.contiguous_length,
+            subscribers=len(self._subscribers),
+            events_dropped=self._events_dropped,
+        )
+
+    # -- writing ----------------------------------------------------------------
+
+    async def append(self, data: bytes | Sequence[bytes]) -> AppendResult:
+        """Append one block or a batch of blocks, signed once, in one transaction.
+
+        When this returns, the blocks are committed: they survive a crash of the
+        process (and, with ``durability="power"``, of the machine).
+
+        Args:
+            data: one block (bytes) or a sequence of blocks.
+
+        Returns:
+            The new length and byte length.
+
+        Raises:
+            NotWritableError: if this log has no secret key here or the store is read-only.
+            ValueError: if a block or the batch exceeds `MAX_BLOCK_SIZE`,
+                `MAX_BATCH_BLOCKS` or `MAX_BATCH_BYTES`.
+        """
+        values = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
+        total = 0
+        for v in values:
+            if not isinstance(v, bytes | bytearray | memoryview):
+                raise TypeError(f"blocks must be bytes, not {type(v).__name__}")
+            if len(v) > MAX_BLOCK_SIZE:
+                raise ValueError(f"block of {len(v)} bytes exceeds {MAX_BLOCK_SIZE}")
+            total += len(v)
+        if len(values) > MAX_BATCH_BLOCKS or total > MAX_BATCH_BYTES:
+            raise ValueError(
+                f"batch of {len(values)} blocks / {total} bytes exceeds "
+                f"{MAX_BATCH_BLOCKS} blocks / {MAX_BATCH_BYTES} bytes"
+            )
+        values = [bytes(v) for v in values]
+        self._check_writable()
+        async with self._write_lock:
+            if not values:
+                return AppendResult(self._tree.length, self._tree.byte_length)
+            if total >= THREAD_THRESHOLD_BYTES:
+                batch = await trio.to_thread.run_sync(self._append_sync, values)
+            else:
+                batch = self._append_sync(values)
+            self._tree.apply(batch)
+            self._after_append(batch.start, batch.length)
+        await trio.lowlevel.checkpoint()
+        return AppendResult(batch.length, batch.byte_length)
+
+    def _check_writable(self) -> None:
+        if self._closed:
+            raise HyperlogError("the log is closed")
+        if not self.writable or self._verifier is None:
+            raise NotWritableError(f"log {self.key.hex()} is not writable here")
+
+    def _append_sync(self, values: list[bytes]) -> AppendBatch:
+        """Hash, sign and commit one batch; does not touch in-memory state."""
+        assert self._verifier is not None
+        batch = self._tree.append(values)
+        signature = batch.sign(self._verifier, self._secret_key)
+        start = batch.start
+        blocks: list[tuple[int, bytes, bytes]] = []
+        parents: list[TreeNode] = []
+        k = 0
+        for node in batch.nodes:
+            if node.index & 1:
+                parents.append(node)
+            else:
+                blocks.append((start + k, values[k], node.hash))
+                k += 1
+        bits = self._bitfield.pages_after_set(start, batch.length)
+        head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature)
+        self._storage.commit(
+            self._handle, WriteBatch(blocks=blocks, nodes=parents, bitfield=bits, head=head)
+        )
+        return batch
+
+    def _after_append(self, start: int, length: int) -> None:
+        self._bitfield.set_range(start, length)
+        self._bitfield.take_dirty()
+        self._emit(AppendEvent(length, self._tree.byte_length, self._tree.fork))
+        self._wake_length()
+
+    async def truncate(self, length: int, *, fork: int | None = None) -> None:
+        """Cut the log back to ``length`` blocks under a new fork, and re-sign it.
+
+        Blocks and tree nodes past ``length`` are deleted. The fork becomes ``fork``
+        (it must be higher than the current one) or the current fork + 1, so peers
+        can tell the new history from the old.
+
+        Raises:
+            NotWritableError: if this log cannot sign.
+            ValueError: if ``length`` exceeds the current length or ``fork`` is not higher.
+        """
+        self._check_writable()
+        assert self._verifier is not None
+        async with self._write_lock:
+            batch = self._tree.truncate(length, self._get_node, fork=fork)
+            signature = batch.sign(self._verifier, self._secret_key)
+            bits = self._bitfield.copy()
+            bits.take_dirty()
+            bits.clear_from(length)
+            head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature)
+            wb = WriteBatch(bitfield=bits.take_dirty(), head=head, truncate=length)
+            await trio.to_thread.run_sync(self._storage.commit, self._handle, wb)
+            self._tree.apply(batch)
+            self._bitfield.clear_from(length)
+            self._bitfield.take_dirty()
+            self._cuts[batch.fork] = length
+            self._emit(TruncateEvent(length, batch.fork))
+            self._wake_length()
+        await trio.lowlevel.checkpoint()
+
+    # -- reading ----------------------------------------------------------------
+
+    def get_nowait(self, index: int) -> bytes:
+        """Return block ``index`` if it is held locally, without waiting.
+
+        Raises:
+            BlockNotAvailableError: if the block is not held here.
+            CorruptStorageError: if the stored block is damaged.
+        """
+        if not 0 <= index < self._tree.length or not self._bitfield.get(index):
+            raise BlockNotAvailableError(f"block {index} is not available locally")
+        value = self._storage.get_block(self._handle, index)
+        if value is None:
+            raise CorruptStorageError(f"block {index} is marked present but is not stored")
+        return value
+
+    async def get(
+        self,
+        index: int,
+        *,
+        wait: bool | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> bytes:
+        """Return block ``index``.
+
+        A block held locally is read from storage (and checked against its checksum).
+        A missing one is waited for only if ``wait`` is True, or ``wait`` is None and a
+        replicator is attached (`add_want_listener`): the want listeners are told, and
+        the call returns as soon as a verified copy is stored.
+
+        Args:
+            index: the block index.
+            wait: wait for a missing block (None: only if a replicator is attached).
+            timeout: seconds to wait at most (None: no limit besides cancellation).
+
+        Raises:
+            BlockNotAvailableError: if the block is missing and not waited for, or the
+                wait timed out.
+            CorruptStorageError: if the stored block is damaged.
+        """
+        if index < 0:
+            raise BlockNotAvailableError(f"block {index} does not exist")
+        if index < self._tree.length and self._bitfield.get(index):
+            value = self._storage.get_block(self._handle, index)
+            await trio.lowlevel.checkpoint()
+            if value is None:
+                raise CorruptStorageError(f"block {index} is marked present but is not stored")
+            return value
+        if wait is False or (wait is None and not self._want_listeners):
+            await trio.lowlevel.checkpoint()
+            raise BlockNotAvailableError(f"block {index} is not available locally")
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            # Bounded: each pass either returns or waits for a new block/length event.
+            while not self.has(index):
+                event = self._block_waiters.get(index)
+                if event is None:
+                    event = self._block_waiters[index] = trio.Event()
+                for want in list(self._want_listeners):
+                    want(index)
+                await event.wait()
+            return self.get_nowait(index)
+        raise BlockNotAvailableError(f"block {index} did not arrive within {timeout} s")
+
+    async def iter_blocks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Yield the locally held blocks ``start .. end - 1`` in order, reading in chunks.
+
+        Raises:
+            BlockNotAvailableError: at the first block in the range that is not held.
+        """
+        stop = self._tree.length if end is None else min(end, self._tree.length)
+        pos = max(start, 0)
+        while pos < stop:
+            hi = min(pos + READ_CHUNK_BLOCKS, stop)
+            if not self.has_range(pos, hi):
+                raise BlockNotAvailableError(f"block {self._bitfield.first_unset(pos)} is missing")
+            chunk = await trio.to_thread.run_sync(self._read_chunk, pos, hi)
+            for value in chunk:
+                yield value
+            pos = hi
+
+    def _read_chunk(self, start: int, end: int) -> list[bytes]:
+        out: list[bytes] = []
+        expected = start
+        for index, value in self._storage.iter_blocks(self._handle, start, end):
+            if index != expected:
+                raise CorruptStorageError(f"block {expected} is marked present but is not stored")
+            out.append(value)
+            expected += 1
+        if expected != end:
+            raise CorruptStorageError(f"block {expected} is marked present but is not stored")
+        return out
+
+    async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
+        """Return ``(block, offset_in_block)`` holding the byte at ``byte_offset``.
+
+        Raises:
+            IndexError: if ``byte_offset`` is not below `byte_length`.
+            BlockNotAvailableError: if a tree node on the way is not stored here.
+        """
+        result = seek(self._tree, byte_offset, self._get_node, padding=padding)
+        await trio.lowlevel.checkpoint()
+        return result
+
+    async def byte_offset(self, index: int) -> int:
+        """Return the byte offset at which block ``index`` starts.
+
+        Raises:
+            IndexError: if ``index`` is not below `length`.
+            BlockNotAvailableError: if a needed tree node is not stored here.
+        """
+        result = byte_offset(self._tree, index, self._get_node)
+        await trio.lowlevel.checkpoint()
+        return result
+
+    def snapshot(self) -> LogSnapshot:
+        """Return a read-only view of the log as it is now (its length, fork and head)."""
+        return LogSnapshot(self, self._tree.snapshot())
+
+    # -- events -----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def subscribe(
+        self, *, max_buffer: int = EVENT_BUFFER
+    ) -> Iterator[trio.MemoryReceiveChannel[LogEvent]]:
+        """Receive this log's events (append, download, truncate) while in the block.
+
+        ``with log.subscribe() as events: async for event in events: ...``. Events are
+        never allowed to slow the writer: when your buffer (``max_buffer``) is full,
+        new events are dropped and counted in `statistics`; `length` is always current.
+        """
+        send, receive = trio.open_memory_channel[LogEvent](max_buffer)
+        self._subscribers.append(send)
+        try:
+            with receive:
+                yield receive
+        finally:
+            self._subscribers.remove(send)
+            send.close()
+
+    def add_listener(self, callback: Callable[[LogEvent], None]) -> Callable[[], None]:
+        """Call ``callback(event)`` synchronously for every event; return a remover.
+
+        For sans-IO engines (replication) that react in the same task. The callback
+        must not raise or block.
+        """
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback)
+
+    def add_want_listener(self, callback: Callable[[int], None]) -> Callable[[], None]:
+        """Call ``callback(index)`` when a `get` waits for a missing block; return a remover.
+
+        A replicator registers here to learn which blocks readers are waiting for.
+        """
+        self._want_listeners.append(callback)
+        return lambda: self._want_listeners.remove(callback)
+
+    async def wait_length(self, length: int) -> None:
+        """Return once the signed length is at least ``length`` (or the fork changed)."""
+        fork = self._tree.fork
+        # Bounded: each pass waits for the next length change.
+        while self._tree.length < length and self._tree.fork == fork:
+            await self._length_changed.wait()
+        await trio.lowlevel.checkpoint()
+
+    def _emit(self, event: LogEvent) -> None:
+        for send in self._subscribers:
+            try:
+                send.send_nowait(event)
+            except (trio.WouldBlock, trio.BrokenResourceError):
+                self._events_dropped += 1
+        for callback in list(self._listeners):
+            callback(event)
+
+    def _wake_length(self) -> None:
+        self._length_changed.set()
+        self._length_changed = trio.Event()
+
+    def _wake_block(self, index: int) -> None:
+        event = self._block_waiters.pop(index, None)
+        if event is not None:
+            event.set()
+
+    # -- verification -----------------------------------------------------------
+
+    async def verify(self) -> None:
+        """Recompute every stored hash up to the roots and check the signature.
+
+        Reads every stored block and tree node (in a worker thread). A reader with
+        a sparse copy checks each block it holds against the stored tree.
+
+        Raises:
+            CorruptStorageError: if anything stored does not match (the message says what).
+            InvalidSignatureError: if the signature does not verify the roots.
+        """
+        tree = self._tree.snapshot()
+        await trio.to_thread.run_sync(self._verify_sync, tree)
+
+    def _verify_sync(self, tree: MerkleTree) -> None:
+        if self._verifier is None:
+            raise CorruptStorageError("the manifest is unknown: the signature cannot be checked")
+        if tree.length and not tree.verify_signature(self._verifier):
+            raise CorruptStorageError("the signature does not verify the stored head")
+        # Recompute the roots from the leaves wherever the whole subtree is held,
+        # otherwise check each held leaf up to the first stored ancestor that we
+        # have recomputed: every stored parent must equal the hash of its children.
+        level: dict[int, TreeNode] = {}
+        for index, value in self._storage.iter_blocks(self._handle, 0, tree.length):
+            if not self._bitfield.get(index):
+                raise CorruptStorageError(f"block {index} is stored but not marked present")
+            level[2 * index] = TreeNode(2 * index, len(value), leaf_hash(value))
+        for i in range(tree.length):
+            if self._bitfield.get(i) and 2 * i not in level:
+                raise CorruptStorageError(f"block {i} is marked present but is not stored")
+        roots = {r.index: r for r in tree.roots}
+        # Bounded: each round moves one level up; at most 64 levels.
+        for _ in range(64):
+            if not level:
+                break
+            upper: dict[int, TreeNode] = {}
+            for idx, node in level.items():
+                if idx in roots:
+                    if roots[idx].hash != node.hash or roots[idx].size != node.size:
+                        raise CorruptStorageError(f"root {idx} does not match its subtree")
+                    continue
+                sib_idx = flat_tree.sibling(idx)
+                sib = level.get(sib_idx) or self._storage.get_node(self._handle, sib_idx)
+                if sib is None:
+                    raise CorruptStorageError(f"tree node {sib_idx} is missing")
+                left, right = (node, sib) if idx < sib_idx else (sib, node)
+                p_idx = flat_tree.parent(idx)
+                if p_idx in upper:
+                    continue
+                size = left.size + right.size
+                parent = TreeNode(p_idx, size, parent_hash(left.hash, right.hash, size))
+                stored = self._storage.get_node(self._handle, p_idx)
+                if stored is not None and (stored.hash != parent.hash or stored.size != size):
+                    raise CorruptStorageError(f"tree node {p_idx} does not match its children")
+                upper[p_idx] = parent
+            level = upper
+        if tree.length and tree_hash(tree.roots) != tree.tree_hash():
+            raise CorruptStorageError("the tree hash does not match the roots")
+
+    # -- life cycle -------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the store holding this log was closed."""
+        return self._closed
+
+    def _close(self) -> None:
+        self._closed = True
+        for send in self._subscribers:
+            send.close()
+        for event in self._block_waiters.values():
+            event.set()
+        self._block_waiters.clear()
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+
+@final
+class LogSnapshot:
+    """A read-only view of a log at the length, fork and signature it had when taken.
+
+    Blocks appended later are invisible. If the log is later truncated below the
+    snapshot's length, the blocks past the cut are gone for the snapshot too (their
+    `get` raises `BlockNotAvailableError`) instead of returning another fork's data.
+    """
+
+    def __init__(self, log: Log, tree: MerkleTree) -> None:
+        """Internal: use `Log.snapshot`."""
+        self._log = log
+        self._tree = tree
+
+    @property
+    def key(self) -> bytes:
+        """The log key."""
+        return self._log.key
+
+    @property
+    def length(self) -> int:
+        """The length when the snapshot was taken."""
+        return self._tree.length
+
+    @property
+    def byte_length(self) -> int:
+        """The byte length when the snapshot was taken."""
+        return self._tree.byte_length
+
+    @property
+    def fork(self) -> int:
+        """The fork when the snapshot was taken."""
+        return self._tree.fork
+
+    @property
+    def signature(self) -> bytes | None:
+        """The signature of the snapshot's head."""
+        return self._tree.signature
+
+    def tree_hash(self) -> bytes:
+        """The tree hash of the snapshot's head."""
+        return self._tree.tree_hash()
+
+    def _valid_below(self) -> int:
+        cut = self._tree.length
+        for fork, length in self._log._cuts.items():
+            if fork > self._tree.fork:
+                cut = min(cut, length)
+        return cut
+
+    def has(self, index: int) -> bool:
+        """Return True if block ``index`` is in the snapshot and held locally."""
+        return 0 <= index < self._valid_below() and self._log.has(index)
+
+    async def get(
+        self,
+        index: int,
+        *,
+        wait: bool | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> bytes:
+        """Return block ``index`` of the snapshot (see `Log.get`).
+
+        Raises:
+            BlockNotAvailableError: if ``index`` is outside the snapshot, was truncated
+                away since, or is missing and not waited for.
+        """
+        if not 0 <= index < self._valid_below():
+            await trio.lowlevel.checkpoint()
+            raise BlockNotAvailableError(f"block {index} is not in this snapshot")
+        return await self._log.get(index, wait=wait, timeout=timeout)
+
+    async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
+        """Like `Log.seek`, within the snapshot's head."""
+        result = seek(self._tree, byte_offset, self._log._get_node, padding=padding)
+        await trio.lowlevel.checkpoint()
+        return result
+
+
+# --- the store -------------------------------------------------------------------------
+
+
+@final
+class Store:
+    """Many logs in one storage. Get one from `open_store`.
+
+    Each key maps to a single `Log` object for as long as the store is open.
+    """
+
+    def __init__(self, storage: Storage, path: str | None = None) -> None:
+        """Internal: use `open_store`."""
+        self.storage = storage
+        self.path = path
+        self._logs: dict[bytes, Log] = {}
+        self._closed = False
+
+    @property
+    def readonly(self) -> bool:
+        """True if the store was opened read-only."""
+        return self.storage.readonly
+
+    def keys(self) -> list[bytes]:
+        """Return the keys of every log in the store, oldest first."""
+        return self.storage.list_logs()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise HyperlogError("the store is closed")
+
+    async def create_log(self, key_pair: KeyPair | None = None, *, compat: bool = False) -> Log:
+        """Create a writable log signed by ``key_pair`` (a fresh one if None).
+
+        Args:
+            key_pair: the ed25519 key pair; its secret key is stored with the log.
+            compat: hypercore's legacy mode (key = the public key) instead of the
+                default v1 manifest.
+
+        Raises:
+            ValueError: if the store already has this log, or the key pair has no secret.
+        """
+        from .crypto import key_pair as new_key_pair
+
+        self._check_open()
+        kp = key_pair if key_pair is not None else new_key_pair()
+        if kp.secret_key is None:
+            raise ValueError("creating a writable log needs a secret key")
+        verifier = (
+            Verifier.compat(kp.public_key)
+            if compat
+            else Verifier.from_manifest(default_manifest(kp.public_key))
+        )
+        info = LogInfo(
+            verifier.key, discovery_key(verifier.key), verifier.manifest.encode(), kp.secret_key
+        )
+        stored = await trio.to_thread.run_sync(self.storage.create_log, info)
+        if self.storage.get_meta(DEFAULT_LOG_META) is None:
+            await trio.to_thread.run_sync(self.storage.set_meta, DEFAULT_LOG_META, info.key)
+        log = Log(self, stored)
+        self._logs[info.key] = log
+        return log
+
+    async def open_log(
+        self, key: bytes, *, manifest: Manifest | bytes | None = None, create: bool = True
+    ) -> Log:
+        """Return the log with this key, as a reader if it is new to this store.
+
+        Args:
+            key: the 32-byte log key (or, for a log already stored, its discovery key).
+            manifest: the log's manifest when known (checked against the key); a
+                reader learns it from the first proof otherwise.
+            create: add the log as an empty reader if the store does not have it.
+
+        Raises:
+            KeyError: if the log is not stored and ``create`` is False.
+            InvalidSignatureError: if ``manifest`` does not belong to ``key``.
+            CorruptStorageError: if the stored head does not verify.
+        """
+        self._check_open()
+        log = self._logs.get(key)
+        if log is not None:
+            return log
+        stored = await trio.to_thread.run_sync(self.storage.find_log, key)
+        if stored is None:
+            if not create or self.storage.readonly:
+                raise KeyError(f"no log with key {key.hex()} in this store")
+            if len(key) != 32:
+                raise ValueError("a log key is 32 bytes")
+            encoded = None
+            if manifest is not None:
+                encoded = Verifier.for_key(key, manifest).manifest.encode()
+            info = LogInfo(key, discovery_key(key), encoded, None)
+            stored = await trio.to_thread.run_sync(self.storage.create_log, info)
+            if self.storage.get_meta(DEFAULT_LOG_META) is None:
+                await trio.to_thread.run_sync(self.storage.set_meta, DEFAULT_LOG_META, key)
+        log = self._logs.get(stored.info.key)
+        if log is None:
+            log = Log(self, stored)
+            await trio.to_thread.run_sync(log._load, stored.head)
+            self._logs[stored.info.key] = log
+        return log
+
+    async def default_log(self) -> Log:
+        """Return the store's first log (the one the ``hyperlog`` command works on).
+
+        Raises:
+            KeyError: if the store holds no log.
+        """
+        key = self.storage.get_meta(DEFAULT_LOG_META)
+        if key is None:
+            keys = self.keys()
+            if not keys:
+                raise KeyError("the store holds no log")
+            key = keys[0]
+        return await self.open_log(key, create=False)
+
+    async def check(self, *, full: bool = False) -> None:
+        """Run the storage's structural check (in a worker thread).
+
+        Raises:
+            CorruptStorageError: if the database is damaged.
+        """
+        await trio.to_thread.run_sync(lambda: self.storage.check(full=full))
+
+    async def aclose(self) -> None:
+        """Close every log and the storage. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for log in self._logs.values():
+            log._close()
+        await trio.to_thread.run_sync(self.storage.close)
+
+
+@contextlib.asynccontextmanager
+async def open_store(
+    path: str | os.PathLike[str] | Storage | None = None,
+    *,
+    readonly: bool = False,
+    create: bool = True,
+    durability: Durability = "process",
+) -> AsyncIterator[Store]:
+    """Open a store folder (SQLite), a `Storage` you built, or (None) a memory store.
+
+    ``async with open_store("data/") as store: log = await store.create_log()``.
+
+    Args:
+        path: a folder, a `Storage` object, or None for a fresh `MemoryStorage`.
+        readonly: open a folder without the write lock; writes raise `NotWritableError`.
+        create: create the folder and database if missing.
+        durability: ``"process"`` or ``"power"`` (see `hyperlog.storage`).
+
+    Raises:
+        StorageLockedError: if another writer has the folder open.
+        CorruptStorageError: if the database is not a hyperlog store or is damaged.
+        FileNotFoundError: if the folder has no store and ``create`` is False.
+    """
+    if path is None:
+        storage: Storage = MemoryStorage()
+        where = None
+    elif isinstance(path, str | os.PathLike):
+        folder = where = os.fspath(path)
+        storage = await trio.to_thread.run_sync(
+            lambda: SQLiteStorage(folder, readonly=readonly, create=create, durability=durability)
+        )
+    else:
+        storage = path
+        where = None
+    store = Store(storage, where)
+    try:
+        yield store
+    finally:
+        with trio.CancelScope(shield=True):
+            await store.aclose()

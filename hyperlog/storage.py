@@ -1,0 +1,808 @@
+"""Where logs live: the `Storage` protocol, `SQLiteStorage` (the default) and `MemoryStorage`.
+
+Theory of operation
+-------------------
+A *store* is one folder holding one SQLite database (`DB_FILENAME`) in WAL mode and a
+lock file; the database holds any number of logs. Every log gets a small integer
+handle (its row id in ``logs``) and its rows in the other tables are keyed by
+``handle << shift | index``, so one B-tree per table serves every log, lookups are a
+single integer-key probe, and a sparse replica stores only the blocks it has (no
+sparse files, no per-log file descriptors: research notes §6 and §13)::
+
+    logs     (id, key, discovery_key, manifest, secret_key,
+              fork, length, byte_length, tree_hash, signature)   the signed head
+    blocks   (handle << 40 | index)     -> (checksum, value)
+    nodes    (handle << 42 | node index) -> (size, hash)         parents, and leaves
+                                                                 held without their block
+    bitfield (handle << 32 | page)      -> 4 KiB "have" page
+    meta     (name) -> value                                     store-level settings
+
+A leaf node is *not* stored when its block is: its size is the block's length and
+its hash is recomputed from the block when a proof needs it. The first 8 bytes of
+the leaf hash are kept beside the block as a checksum, and every block read is
+checked against it, so a damaged block is reported (`CorruptStorageError`) instead
+of being returned. That saves a 48-byte row per block (the largest part of the
+on-disk overhead of small blocks).
+
+Atomicity: a `WriteBatch` (blocks, nodes, bitfield pages, the new head, an optional
+truncation and manifest) is written by `Storage.commit` in **one** transaction. The
+log calls it once per append batch and once per group of verified blocks, so after a
+crash the database holds either all of a batch or none of it, never a head without
+its nodes.
+
+Durability (docs/hyperlog-storage.md): WAL with ``synchronous=NORMAL`` (the
+``"process"`` level, the default) writes every committed transaction into the WAL
+file with ``write(2)`` before `commit` returns; the kernel owns those bytes, so an
+acknowledged append survives ``kill -9`` of the process. Only an operating-system
+crash or power loss can drop the last transactions (never corrupt the database),
+because NORMAL does not ``fsync`` the WAL on each commit. ``durability="power"``
+selects ``synchronous=FULL``: one ``fsync`` per commit, durable across power loss.
+hypercore 11 itself never syncs per append (research notes §6.2).
+
+One writer: opening a store for writing takes an exclusive ``flock`` on the lock file
+beside the database, so a second writer (another process, or the same process twice)
+is refused with `StorageLockedError`. Read-only opens take no lock.
+
+Threads: SQLite calls block, so the log may run them in worker threads. The storage
+keeps two connections, one for writes and one for reads, each behind its own lock;
+with WAL a read never waits for a write and always sees a committed state.
+
+`MemoryStorage` implements the same protocol with dictionaries, for tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Literal, Protocol, final
+
+from . import flat_tree
+from .crypto import TreeNode, leaf_hash
+from .errors import CorruptStorageError, HyperlogError, StorageLockedError
+
+__all__ = [
+    "DB_FILENAME",
+    "LOCK_FILENAME",
+    "MAX_BLOCK_INDEX",
+    "MAX_LOGS_PER_STORE",
+    "Durability",
+    "Head",
+    "LogInfo",
+    "MemoryStorage",
+    "SQLiteStorage",
+    "Storage",
+    "StoredLog",
+    "WriteBatch",
+]
+
+#: The database file inside a store folder.
+DB_FILENAME: Final = "hyperlog.sqlite3"
+#: The lock file that makes a store single-writer.
+LOCK_FILENAME: Final = "hyperlog.lock"
+#: SQLite ``application_id``: the bytes "HYLG", so a foreign database is refused.
+APPLICATION_ID: Final = 0x48594C47
+#: Schema version, in SQLite's ``user_version``.
+SCHEMA_VERSION: Final = 1
+#: Page size for new databases. 16 KiB packs 15 rows of 1 KiB blocks per page (about
+#: 2% slack) while a single append still dirties only a few pages; 4 KiB pages would
+#: waste a quarter of every page on 1 KiB blocks.
+PAGE_SIZE: Final = 16384
+#: Page cache per connection, in KiB (SQLite's negative ``cache_size``).
+CACHE_KIB: Final = 32 * 1024
+#: WAL size (pages) after which a commit checkpoints it into the database.
+WAL_AUTOCHECKPOINT_PAGES: Final = 2000
+#: Blocks per log: the block index fits in 40 bits of the row key.
+MAX_BLOCK_INDEX: Final = (1 << 40) - 1
+#: Logs per store: the handle fits above the 42-bit node index in a signed 64-bit key.
+MAX_LOGS_PER_STORE: Final = (1 << 21) - 1
+#: Bytes of the leaf hash kept beside each block as its checksum.
+CHECKSUM_SIZE: Final = 8
+#: Longest store-level metadata value.
+MAX_META_SIZE: Final = 64 * 1024
+
+_BLOCK_SHIFT: Final = 40
+_NODE_SHIFT: Final = 42
+_PAGE_SHIFT: Final = 32
+_SQLITE_CORRUPT: Final = 11
+_SQLITE_NOTADB: Final = 26
+
+Durability = Literal["process", "power"]
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class LogInfo:
+    """What a store knows about a log besides its data.
+
+    Attributes:
+        key: the 32-byte log key.
+        discovery_key: BLAKE2b-keyed hash of the key, the public name of the log.
+        manifest: the compact-encoded manifest, or None while a reader does not know it.
+        secret_key: the writer's 64-byte ed25519 secret key, or None for readers.
+    """
+
+    key: bytes
+    discovery_key: bytes
+    manifest: bytes | None = None
+    secret_key: bytes | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The signed state of a log: what its signature covers, plus the byte length.
+
+    ``signature`` is the raw 64-byte ed25519 signature, None before the first append.
+    """
+
+    fork: int = 0
+    length: int = 0
+    byte_length: int = 0
+    tree_hash: bytes = b""
+    signature: bytes | None = None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class StoredLog:
+    """A log found in a store: its handle, its `LogInfo` and its current `Head`."""
+
+    handle: int
+    info: LogInfo
+    head: Head
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one append batch or one group of verified blocks changes.
+
+    `Storage.commit` applies it in one transaction, in this order: ``truncate`` (drop
+    every block ``>= truncate`` and every node outside the tree of that length), then
+    ``manifest``, ``blocks``, ``nodes``, ``bitfield`` pages and ``head``.
+
+    Attributes:
+        blocks: ``(index, value, leaf_hash)`` for each new block.
+        nodes: tree nodes to store (parents, and leaves whose block is not stored).
+        bitfield: changed "have" pages, page index -> 4 KiB.
+        head: the new signed head, or None to keep the current one.
+        truncate: a length to cut the log back to first, or None.
+        manifest: an encoded manifest learnt from a peer, or None.
+    """
+
+    blocks: list[tuple[int, bytes, bytes]] = field(default_factory=list)
+    nodes: list[TreeNode] = field(default_factory=list)
+    bitfield: dict[int, bytes] = field(default_factory=dict)
+    head: Head | None = None
+    truncate: int | None = None
+    manifest: bytes | None = None
+
+
+class Storage(Protocol):
+    """What a `Log` needs from a backend. Every method is synchronous and may block.
+
+    Implementations are safe to call from one worker thread at a time for writes
+    while other threads read. Reads return committed data only.
+    """
+
+    @property
+    def readonly(self) -> bool:
+        """True if this storage refuses writes."""
+        ...
+
+    def list_logs(self) -> list[bytes]:
+        """Return the keys of every log in the store, oldest first."""
+        ...
+
+    def create_log(self, info: LogInfo) -> StoredLog:
+        """Add a log with an empty head.
+
+        Raises:
+            ValueError: if a log with this key exists, or the store is full.
+        """
+        ...
+
+    def find_log(self, key: bytes) -> StoredLog | None:
+        """Return the log with this key (or discovery key), or None."""
+        ...
+
+    def get_meta(self, name: str) -> bytes | None:
+        """Return a store-level setting, or None."""
+        ...
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Set a store-level setting (its own transaction)."""
+        ...
+
+    def get_block(self, handle: int, index: int) -> bytes | None:
+        """Return block ``index``, or None if it is not stored.
+
+        Raises:
+            CorruptStorageError: if the stored bytes fail their checksum.
+        """
+        ...
+
+    def iter_blocks(self, handle: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """Yield ``(index, value)`` for the stored blocks in ``start .. end - 1``, in order.
+
+        Raises:
+            CorruptStorageError: if a block fails its checksum.
+        """
+        ...
+
+    def get_node(self, handle: int, index: int) -> TreeNode | None:
+        """Return tree node ``index`` (leaves are rebuilt from their block), or None."""
+        ...
+
+    def get_nodes(self, handle: int, indices: Sequence[int]) -> list[TreeNode | None]:
+        """Return `get_node` for each index."""
+        ...
+
+    def load_bitfield(self, handle: int) -> list[tuple[int, bytes]]:
+        """Return every stored bitfield page of a log as ``(page, bytes)``."""
+        ...
+
+    def commit(self, handle: int, batch: WriteBatch) -> None:
+        """Apply ``batch`` atomically and durably (see the module docstring)."""
+        ...
+
+    def check(self, *, full: bool = False) -> None:
+        """Check the database structure (``quick_check``, or ``integrity_check`` if full).
+
+        Raises:
+            CorruptStorageError: with the first problem found.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release connections and the write lock. Idempotent."""
+        ...
+
+
+def _truncated_nodes(length: int) -> list[int]:
+    """Return the nodes below index ``2 * length`` that the cut at ``length`` invalidates.
+
+    They are the ancestors of leaf ``2 * length`` with a smaller index: their spans
+    straddle the cut. Nodes at ``2 * length`` and above are dropped by range.
+    """
+    out: list[int] = []
+    node = 2 * length
+    for _ in range(_NODE_SHIFT):
+        node = flat_tree.parent(node)
+        if node < 2 * length:
+            out.append(node)
+    return out
+
+
+def _checksum(value: bytes) -> bytes:
+    return leaf_hash(value)[:CHECKSUM_SIZE]
+
+
+def _is_corruption(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+        return True
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+@contextlib.contextmanager
+def _reporting_corruption(path: object) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        if _is_corruption(exc):
+            raise CorruptStorageError(f"database {path} is corrupted: {exc}") from exc
+        raise
+
+
+_SCHEMA: Final = (
+    """CREATE TABLE IF NOT EXISTS logs (
+        id INTEGER PRIMARY KEY,
+        key BLOB NOT NULL UNIQUE,
+        discovery_key BLOB NOT NULL UNIQUE,
+        manifest BLOB,
+        secret_key BLOB,
+        fork INTEGER NOT NULL DEFAULT 0,
+        length INTEGER NOT NULL DEFAULT 0,
+        byte_length INTEGER NOT NULL DEFAULT 0,
+        tree_hash BLOB NOT NULL DEFAULT x'',
+        signature BLOB)""",
+    "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, sum BLOB NOT NULL, "
+    "value BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, "
+    "hash BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS bitfield (id INTEGER PRIMARY KEY, page BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
+)
+
+
+@final
+class SQLiteStorage:
+    """The embedded default: one SQLite database per store folder.
+
+    Args:
+        path: the store folder (created if ``create`` and missing).
+        readonly: open without the write lock and refuse writes.
+        create: create the folder and database if they do not exist.
+        durability: ``"process"`` (WAL, ``synchronous=NORMAL``: survives a killed
+            process) or ``"power"`` (``synchronous=FULL``: also survives power loss).
+
+    Raises:
+        StorageLockedError: if another writer holds the store.
+        CorruptStorageError: if the file is not a hyperlog database or is damaged.
+        FileNotFoundError: if the store does not exist and ``create`` is False.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = False,
+        create: bool = True,
+        durability: Durability = "process",
+    ) -> None:
+        self.path = Path(path)
+        self.db_path = self.path / DB_FILENAME
+        self._readonly = readonly
+        self._lock_fd: int | None = None
+        self._closed = False
+        self._wlock = threading.Lock()
+        self._rlock = threading.Lock()
+        if durability not in ("process", "power"):
+            raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
+        exists = self.db_path.exists()
+        if not exists and (readonly or not create):
+            raise FileNotFoundError(f"no hyperlog store at {self.path}")
+        if not readonly:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._take_lock()
+        try:
+            with _reporting_corruption(self.db_path):
+                self._open(exists, durability)
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.path / LOCK_FILENAME, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StorageLockedError(
+                f"store {self.path} is already open for writing (process {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        if readonly:
+            uri = f"{self.db_path.resolve().as_uri()}?mode=ro"
+            conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        return conn
+
+    def _open(self, exists: bool, durability: Durability) -> None:
+        if not self._readonly:
+            self._w = self._connect(False)
+            w = self._w
+            if not exists:
+                os.chmod(self.db_path, 0o600)  # the database holds the writer's secret key
+                w.execute(f"PRAGMA page_size = {PAGE_SIZE}")
+            w.execute("PRAGMA journal_mode = WAL")
+            w.execute("PRAGMA synchronous = " + ("FULL" if durability == "power" else "NORMAL"))
+            w.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
+            w.execute("PRAGMA journal_size_limit = 67108864")
+            if not exists:
+                w.execute("BEGIN IMMEDIATE")
+                for stmt in _SCHEMA:
+                    w.execute(stmt)
+                w.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                w.execute("COMMIT")
+        self._r = self._connect(self._readonly)
+        (app_id,) = self._r.execute("PRAGMA application_id").fetchone()
+        (version,) = self._r.execute("PRAGMA user_version").fetchone()
+        if app_id != APPLICATION_ID:
+            raise CorruptStorageError(f"{self.db_path} is not a hyperlog database")
+        if version != SCHEMA_VERSION:
+            raise CorruptStorageError(
+                f"{self.db_path} has schema version {version}, expected {SCHEMA_VERSION}"
+            )
+
+    @property
+    def readonly(self) -> bool:
+        """True if this storage was opened read-only."""
+        return self._readonly
+
+    def _writer(self) -> sqlite3.Connection:
+        if self._readonly:
+            raise HyperlogError(f"store {self.path} is open read-only")
+        if self._closed:
+            raise HyperlogError("storage is closed")
+        return self._w
+
+    def _reader(self) -> sqlite3.Connection:
+        if self._closed:
+            raise HyperlogError("storage is closed")
+        return self._r
+
+    # -- logs -------------------------------------------------------------------
+
+    def list_logs(self) -> list[bytes]:
+        """Return the keys of every log in the store, oldest first."""
+        with self._rlock, _reporting_corruption(self.db_path):
+            rows = self._reader().execute("SELECT key FROM logs ORDER BY id").fetchall()
+        return [bytes(k) for (k,) in rows]
+
+    def create_log(self, info: LogInfo) -> StoredLog:
+        """Add a log with an empty head (see `Storage.create_log`)."""
+        with self._wlock, _reporting_corruption(self.db_path):
+            w = self._writer()
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                cur = w.execute(
+                    "INSERT INTO logs (key, discovery_key, manifest, secret_key) "
+                    "VALUES (?, ?, ?, ?)",
+                    (info.key, info.discovery_key, info.manifest, info.secret_key),
+                )
+                handle = cur.lastrowid
+                if handle is None or handle > MAX_LOGS_PER_STORE:
+                    raise ValueError(f"a store holds at most {MAX_LOGS_PER_STORE} logs")
+                w.execute("COMMIT")
+            except sqlite3.IntegrityError as exc:
+                w.execute("ROLLBACK")
+                raise ValueError(f"a log with key {info.key.hex()} already exists") from exc
+            except BaseException:
+                w.execute("ROLLBACK")
+                raise
+        return StoredLog(handle, info, Head())
+
+    def find_log(self, key: bytes) -> StoredLog | None:
+        """Return the log with this key or discovery key, or None."""
+        with self._rlock, _reporting_corruption(self.db_path):
+            row = (
+                self._reader()
+                .execute(
+                    "SELECT id, key, discovery_key, manifest, secret_key, fork, length, "
+                    "byte_length, tree_hash, signature FROM logs "
+                    "WHERE key = ? OR discovery_key = ?",
+                    (key, key),
+                )
+                .fetchone()
+            )
+        if row is None:
+            return None
+        handle, k, dk, manifest, secret, fork, length, byte_length, th, sig = row
+        info = LogInfo(
+            bytes(k),
+            bytes(dk),
+            None if manifest is None else bytes(manifest),
+            None if secret is None else bytes(secret),
+        )
+        head = Head(fork, length, byte_length, bytes(th), None if sig is None else bytes(sig))
+        return StoredLog(handle, info, head)
+
+    def get_meta(self, name: str) -> bytes | None:
+        """Return a store-level setting, or None."""
+        with self._rlock, _reporting_corruption(self.db_path):
+            row = (
+                self._reader().execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+            )
+        return None if row is None else bytes(row[0])
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Set a store-level setting in its own transaction."""
+        if len(value) > MAX_META_SIZE:
+            raise ValueError(f"metadata value larger than {MAX_META_SIZE} bytes")
+        with self._wlock, _reporting_corruption(self.db_path):
+            self._writer().execute(
+                "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value)
+            )
+
+    # -- reads ------------------------------------------------------------------
+
+    def get_block(self, handle: int, index: int) -> bytes | None:
+        """Return block ``index``, or None (see `Storage.get_block`)."""
+        with self._rlock:
+            try:
+                row = (
+                    self._reader()
+                    .execute(
+                        "SELECT sum, value FROM blocks WHERE id = ?",
+                        ((handle << _BLOCK_SHIFT) | index,),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.DatabaseError as exc:
+                if _is_corruption(exc):
+                    raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
+                raise
+        if row is None:
+            return None
+        value: bytes = row[1]
+        if _checksum(value) != row[0]:
+            raise CorruptStorageError(f"block {index} in {self.db_path} fails its checksum")
+        return value
+
+    def iter_blocks(self, handle: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """Yield stored blocks in ``start .. end - 1`` in order (see `Storage.iter_blocks`)."""
+        base = handle << _BLOCK_SHIFT
+        pos = max(start, 0)
+        # Fetch in slices so the read lock is never held across a yield.
+        while pos < end:
+            with self._rlock, _reporting_corruption(self.db_path):
+                rows = (
+                    self._reader()
+                    .execute(
+                        "SELECT id, sum, value FROM blocks WHERE id >= ? AND id < ? "
+                        "ORDER BY id LIMIT 256",
+                        (base | pos, base | end),
+                    )
+                    .fetchall()
+                )
+            if not rows:
+                return
+            for key, checksum, value in rows:
+                index = key - base
+                if _checksum(value) != checksum:
+                    raise CorruptStorageError(f"block {index} in {self.db_path} fails its checksum")
+                yield index, value
+            pos = rows[-1][0] - base + 1
+
+    def get_node(self, handle: int, index: int) -> TreeNode | None:
+        """Return tree node ``index``, or None (see `Storage.get_node`)."""
+        return self.get_nodes(handle, (index,))[0]
+
+    def get_nodes(self, handle: int, indices: Sequence[int]) -> list[TreeNode | None]:
+        """Return tree nodes by index; leaves come from their block when it is stored."""
+        out: list[TreeNode | None] = []
+        nbase = handle << _NODE_SHIFT
+        bbase = handle << _BLOCK_SHIFT
+        with self._rlock, _reporting_corruption(self.db_path):
+            r = self._reader()
+            for index in indices:
+                if not index & 1:
+                    row = r.execute(
+                        "SELECT sum, value FROM blocks WHERE id = ?", (bbase | (index >> 1),)
+                    ).fetchone()
+                    if row is not None:
+                        value = row[1]
+                        digest = leaf_hash(value)
+                        if digest[:CHECKSUM_SIZE] != row[0]:
+                            raise CorruptStorageError(
+                                f"block {index >> 1} in {self.db_path} fails its checksum"
+                            )
+                        out.append(TreeNode(index, len(value), digest))
+                        continue
+                row = r.execute(
+                    "SELECT size, hash FROM nodes WHERE id = ?", (nbase | index,)
+                ).fetchone()
+                out.append(None if row is None else TreeNode(index, row[0], row[1]))
+        return out
+
+    def load_bitfield(self, handle: int) -> list[tuple[int, bytes]]:
+        """Return every stored bitfield page of a log."""
+        base = handle << _PAGE_SHIFT
+        with self._rlock, _reporting_corruption(self.db_path):
+            rows = (
+                self._reader()
+                .execute(
+                    "SELECT id, page FROM bitfield WHERE id >= ? AND id < ? ORDER BY id",
+                    (base, base + (1 << _PAGE_SHIFT)),
+                )
+                .fetchall()
+            )
+        return [(key - base, bytes(page)) for key, page in rows]
+
+    # -- writes -----------------------------------------------------------------
+
+    def commit(self, handle: int, batch: WriteBatch) -> None:
+        """Apply ``batch`` in one transaction (see `Storage.commit`)."""
+        bbase = handle << _BLOCK_SHIFT
+        nbase = handle << _NODE_SHIFT
+        pbase = handle << _PAGE_SHIFT
+        with self._wlock, _reporting_corruption(self.db_path):
+            w = self._writer()
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                if batch.truncate is not None:
+                    n = batch.truncate
+                    w.execute(
+                        "DELETE FROM blocks WHERE id >= ? AND id < ?",
+                        (bbase | n, bbase + (1 << _BLOCK_SHIFT)),
+                    )
+                    w.execute(
+                        "DELETE FROM nodes WHERE id >= ? AND id < ?",
+                        (nbase | (2 * n), nbase + (1 << _NODE_SHIFT)),
+                    )
+                    w.executemany(
+                        "DELETE FROM nodes WHERE id = ?",
+                        [(nbase | i,) for i in _truncated_nodes(n)],
+                    )
+                if batch.manifest is not None:
+                    w.execute("UPDATE logs SET manifest = ? WHERE id = ?", (batch.manifest, handle))
+                if batch.blocks:
+                    w.executemany(
+                        "INSERT OR REPLACE INTO blocks (id, sum, value) VALUES (?, ?, ?)",
+                        [(bbase | i, h[:CHECKSUM_SIZE], v) for i, v, h in batch.blocks],
+                    )
+                if batch.nodes:
+                    w.executemany(
+                        "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
+                        [(nbase | n.index, n.size, n.hash) for n in batch.nodes],
+                    )
+                if batch.bitfield:
+                    w.executemany(
+                        "INSERT OR REPLACE INTO bitfield (id, page) VALUES (?, ?)",
+                        [(pbase | p, data) for p, data in batch.bitfield.items()],
+                    )
+                head = batch.head
+                if head is not None:
+                    w.execute(
+                        "UPDATE logs SET fork = ?, length = ?, byte_length = ?, "
+                        "tree_hash = ?, signature = ? WHERE id = ?",
+                        (
+                            head.fork,
+                            head.length,
+                            head.byte_length,
+                            head.tree_hash,
+                            head.signature,
+                            handle,
+                        ),
+                    )
+                w.execute("COMMIT")
+            except BaseException:
+                if w.in_transaction:
+                    w.execute("ROLLBACK")
+                raise
+
+    # -- maintenance ------------------------------------------------------------
+
+    def check(self, *, full: bool = False) -> None:
+        """Run SQLite's ``quick_check`` (or ``integrity_check``); raise on any problem."""
+        pragma = "integrity_check" if full else "quick_check"
+        with self._rlock, _reporting_corruption(self.db_path):
+            rows = self._reader().execute(f"PRAGMA {pragma}").fetchall()
+        problems = [str(r[0]) for r in rows if r[0] != "ok"]
+        if problems:
+            raise CorruptStorageError(f"database {self.db_path} is corrupted: {problems[0]}")
+
+    def size_on_disk(self) -> int:
+        """Return the bytes used by the database and its WAL."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(FileNotFoundError):
+                total += os.path.getsize(f"{self.db_path}{suffix}")
+        return total
+
+    def close(self) -> None:
+        """Close both connections and release the write lock. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._wlock, self._rlock:
+            for name in ("_r", "_w"):
+                conn = getattr(self, name, None)
+                if conn is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
+
+
+@final
+class MemoryStorage:
+    """The `Storage` protocol over dictionaries: fast, deterministic, gone on exit.
+
+    Nothing in `commit` can fail half-way (plain dictionary updates), so a batch is
+    applied whole.
+    """
+
+    def __init__(self) -> None:
+        self._logs: list[tuple[LogInfo, Head]] = []
+        self._blocks: dict[tuple[int, int], bytes] = {}
+        self._nodes: dict[tuple[int, int], TreeNode] = {}
+        self._pages: dict[tuple[int, int], bytes] = {}
+        self._meta: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def readonly(self) -> bool:
+        """Always False."""
+        return False
+
+    def list_logs(self) -> list[bytes]:
+        """Return the keys of every log, oldest first."""
+        return [info.key for info, _ in self._logs]
+
+    def create_log(self, info: LogInfo) -> StoredLog:
+        """Add a log with an empty head."""
+        with self._lock:
+            if self.find_log(info.key) is not None:
+                raise ValueError(f"a log with key {info.key.hex()} already exists")
+            self._logs.append((info, Head()))
+            return StoredLog(len(self._logs), info, Head())
+
+    def find_log(self, key: bytes) -> StoredLog | None:
+        """Return the log with this key or discovery key, or None."""
+        for n, (info, head) in enumerate(self._logs, start=1):
+            if key in (info.key, info.discovery_key):
+                return StoredLog(n, info, head)
+        return None
+
+    def get_meta(self, name: str) -> bytes | None:
+        """Return a store-level setting, or None."""
+        return self._meta.get(name)
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        """Set a store-level setting."""
+        self._meta[name] = bytes(value)
+
+    def get_block(self, handle: int, index: int) -> bytes | None:
+        """Return block ``index`` or None."""
+        return self._blocks.get((handle, index))
+
+    def iter_blocks(self, handle: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
+        """Yield stored blocks in ``start .. end - 1`` in order."""
+        keys = sorted(i for h, i in self._blocks if h == handle and start <= i < end)
+        for i in keys:
+            value = self._blocks.get((handle, i))
+            if value is not None:
+                yield i, value
+
+    def get_node(self, handle: int, index: int) -> TreeNode | None:
+        """Return tree node ``index``, or None."""
+        if not index & 1:
+            value = self._blocks.get((handle, index >> 1))
+            if value is not None:
+                return TreeNode(index, len(value), leaf_hash(value))
+        return self._nodes.get((handle, index))
+
+    def get_nodes(self, handle: int, indices: Sequence[int]) -> list[TreeNode | None]:
+        """Return `get_node` for each index."""
+        return [self.get_node(handle, i) for i in indices]
+
+    def load_bitfield(self, handle: int) -> list[tuple[int, bytes]]:
+        """Return the stored bitfield pages of a log."""
+        return sorted((p, d) for (h, p), d in self._pages.items() if h == handle)
+
+    def commit(self, handle: int, batch: WriteBatch) -> None:
+        """Apply ``batch`` atomically."""
+        with self._lock:
+            info, head = self._logs[handle - 1]
+            if batch.truncate is not None:
+                n = batch.truncate
+                drop = set(_truncated_nodes(n))
+                for key in [k for k in self._blocks if k[0] == handle and k[1] >= n]:
+                    del self._blocks[key]
+                for key in [
+                    k for k in self._nodes if k[0] == handle and (k[1] >= 2 * n or k[1] in drop)
+                ]:
+                    del self._nodes[key]
+            if batch.manifest is not None:
+                info = LogInfo(info.key, info.discovery_key, batch.manifest, info.secret_key)
+            for i, value, _ in batch.blocks:
+                self._blocks[(handle, i)] = bytes(value)
+            for node in batch.nodes:
+                self._nodes[(handle, node.index)] = node
+            for p, data in batch.bitfield.items():
+                self._pages[(handle, p)] = bytes(data)
+            self._logs[handle - 1] = (info, batch.head if batch.head is not None else head)
+
+    def check(self, *, full: bool = False) -> None:
+        """Nothing to check in memory."""
+
+    def close(self) -> None:
+        """Nothing to release."""
