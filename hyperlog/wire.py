@@ -74,6 +74,7 @@ T_WANT: Final = 8
 T_UNWANT: Final = 9
 T_BITFIELD: Final = 10
 T_RANGE: Final = 11
+T_REJECT: Final = 12
 
 # NoData reasons (hypercore: 1 not available, 2 invalid request).
 NO_DATA_NOT_AVAILABLE: Final = 1
@@ -116,6 +117,17 @@ class Open:
 @dataclass(frozen=True, slots=True)
 class Close:
     """Close the sender's channel."""
+
+    channel: int
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Refuse the peer's `Open` whose (sender's) channel id is `channel`.
+
+    Sent when we do not have the log or its capability is wrong (protomux's reject).
+    """
 
     channel: int
     reason: str = ""
@@ -278,6 +290,7 @@ Message: TypeAlias = (
     | Unwant
     | Bitfield
     | Range
+    | Reject
 )
 ChannelMessage: TypeAlias = (
     Close | Sync | Request | Cancel | Data | NoData | Want | Unwant | Bitfield | Range
@@ -350,6 +363,8 @@ def encode(msg: Message) -> bytes:
             body = [T_BITFIELD, WIRE_VERSION, ch, start, bits]
         case Range(ch, start, length, drop):
             body = [T_RANGE, WIRE_VERSION, ch, start, length, drop]
+        case Reject(ch, reason):
+            body = [T_REJECT, WIRE_VERSION, ch, reason]
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
@@ -461,12 +476,12 @@ def _decode_body(tag: int, body: list[object]) -> Message:
             _bytes(body[3], "open.discovery_key", exact=HASH_SIZE),
             _bytes(body[4], "open.capability", exact=HASH_SIZE),
         )
-    if tag == T_CLOSE:
+    if tag in (T_CLOSE, T_REJECT):
         _arity(body, 4, "close")
         reason = body[3]
         if type(reason) is not str:
             raise DecodeError("close.reason: expected a string")
-        return Close(ch, reason)
+        return Close(ch, reason) if tag == T_CLOSE else Reject(ch, reason)
     if tag == T_SYNC:
         _arity(body, 7, "sync")
         flags = _uint(body[6], "sync.flags", 7)
@@ -585,7 +600,7 @@ class FrameDecoder:
         self._pos = 0
         self._max = max_frame_size
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._pos:
             # Compact once per read, not once per message: O(bytes) overall.
             del self._buf[: self._pos]

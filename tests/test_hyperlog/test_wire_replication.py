@@ -53,6 +53,7 @@ messages = st.one_of(
     st.builds(wire.Hello, h32),
     st.builds(wire.Open, small, h32, h32),
     st.builds(wire.Close, small, st.text(max_size=20)),
+    st.builds(wire.Reject, small, st.text(max_size=20)),
     st.builds(wire.Sync, small, u64, u64, u64, st.booleans(), st.booleans(), st.booleans()),
     requests,
     st.builds(wire.Cancel, small, small),

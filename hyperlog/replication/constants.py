@@ -1,0 +1,50 @@
+"""Replication timings and limits, one comment each.
+
+Times are in seconds of whatever clock the driver passes as `now` (Trio's clock,
+so `MockClock` works). Counts bound the memory one peer can make us spend.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Requests in flight to one peer when a channel opens (hypercore starts at 16).
+INITIAL_WINDOW: Final = 16
+#: Never fewer than this many requests in flight to a responsive peer.
+MIN_WINDOW: Final = 2
+#: Upper bound of the adaptive window (hypercore: 48 over TCP, 512 over UDX). With
+#: 64 KiB blocks this keeps at most 8 MiB of answers owed to us by one peer.
+MAX_WINDOW: Final = 128
+#: A request unanswered for this long is cancelled and retried elsewhere; the peer's
+#: window is halved.
+REQUEST_TIMEOUT: Final = 10.0
+#: A *priority* request (a `get`) unanswered for this long is also sent to another
+#: peer that has the block ("hot-swap"); the first valid answer wins.
+HOTSWAP_AFTER: Final = 0.75
+#: How often one block is requested before a `get` gives up on the current peers.
+MAX_ATTEMPTS: Final = 6
+#: Default `get` timeout: a missing block never waits longer than this unless you
+#: pass `timeout=None` explicitly.
+DEFAULT_GET_TIMEOUT: Final = 30.0
+#: Requests from one peer we accept but have not answered yet; beyond this the peer
+#: is flooding us (our own window never exceeds MAX_WINDOW) and is dropped.
+MAX_PENDING_SERVES: Final = 2 * MAX_WINDOW
+#: Channels (logs) one stream may open.
+MAX_CHANNELS: Final = 1024
+#: Blocks whose have-bits we keep per remote page (one hypercore page).
+PAGE_BITS: Final = 32768
+#: Sparse have-pages kept per remote peer and log (32 MiB of bitmap at most would be
+#: too much; 256 pages = 1 MiB covers 8M scattered blocks). Beyond it we forget and
+#: ask speculatively.
+MAX_REMOTE_PAGES: Final = 256
+#: Largest span one `want` may ask about; the answer is at most this many bits.
+MAX_WANT_SPAN: Final = 8 * PAGE_BITS
+#: Blocks a download scans ahead per peer per scheduling pass (bounds CPU per pass).
+SCAN_LIMIT: Final = 4096
+#: Outgoing bytes queued for one peer before we stop reading its requests.
+MAX_OUTBOX_BYTES: Final = 16 * 1024 * 1024
+#: Time allowed for the Hello exchange.
+HELLO_TIMEOUT: Final = 10.0
+#: Protocol violations that are not fatal on their own (e.g. an unknown channel id
+#: after a close race) tolerated per session before the peer is dropped.
+MAX_SOFT_ERRORS: Final = 64

@@ -1,0 +1,442 @@
+"""Trio driver: runs replication sessions over any `trio.abc.Stream`.
+
+`replicate(stream, *logs)` starts one session (a reader task, a writer task and a
+timer task in its own nursery) around the sans-IO `SessionEngine`. Every log taking
+part has one `LogReplication` (its `LogReplicator` plus Trio waiters), shared by
+all the sessions that replicate it, so `get`, `download` and `update` use every
+connected peer at once.
+
+Reader: reads bytes, decodes frames, feeds the engine, then awaits the work the
+engine produced (build proofs for the peer's requests; verify and store the peer's
+data) in arrival order. Verification always happens before storage (inside
+`LogPort.apply`). A peer that breaks the protocol, sends garbage or an invalid proof
+is dropped: the session records the error in `session.error` and closes the stream;
+nothing it sent after the violation was stored, and what it owed us is requeued to
+the other peers. Stream failures end the session the same way; the caller's code is
+never interrupted by a misbehaving peer.
+
+Writer: drains the engine's outbox into one `send_all` per batch of messages (the
+protomux "cork"). When more than `MAX_OUTBOX_BYTES` wait to be sent, the reader stops
+reading so one peer cannot make us buffer without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import cast
+
+import trio
+
+from hyperlog import wire
+from hyperlog.errors import (
+    BlockNotAvailableError,
+    DecodeError,
+    ForkConflictError,
+    HyperlogError,
+    InvalidProofError,
+    ReplicationError,
+)
+from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT, HELLO_TIMEOUT, MAX_OUTBOX_BYTES
+from hyperlog.replication.port import Applied, LogPort
+from hyperlog.replication.scheduler import (
+    DownloadWant,
+    LogReplicator,
+    ServeWork,
+    VerifyWork,
+    Work,
+)
+from hyperlog.replication.session import SessionEngine
+
+logger = logging.getLogger(__name__)
+
+READ_SIZE = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Download progress: blocks and bytes fetched so far, blocks still missing."""
+
+    blocks: int
+    bytes: int
+    missing: int
+
+
+class LogReplication:
+    """Replication state of one log in this process (shared by its sessions).
+
+    You normally get it from `replication_for(log)`; its methods are the reader API.
+    """
+
+    def __init__(self, port: LogPort) -> None:
+        self.port = port
+        self._lot = trio.lowlevel.ParkingLot()
+        self.engine = LogReplicator(port, on_change=self._changed)
+        self.conflicts: list[ForkConflictError] = []
+        self._conflict_lot = trio.lowlevel.ParkingLot()
+
+    def _changed(self) -> None:
+        self._lot.unpark_all()
+
+    @property
+    def peers(self) -> int:
+        return len(self.engine.peers)
+
+    async def wait_changed(self) -> None:
+        """Sleep until the replication state of this log changes."""
+        await self._lot.park()
+
+    def notify_local_update(self, old_length: int) -> None:
+        """Call after appending locally so connected peers hear about it (live)."""
+        self.engine.on_local_update(old_length, trio.current_time())
+
+    async def get(
+        self,
+        index: int,
+        *,
+        timeout: float | None = DEFAULT_GET_TIMEOUT,  # noqa: ASYNC109 - hypercore's API
+        wait: bool = True,
+    ) -> None:
+        """Make block `index` local, fetching it from peers if needed.
+
+        Args:
+            index: the block.
+            timeout: give up after this many seconds (None: wait as long as it takes).
+            wait: if False, fail as soon as no connected peer can provide the block;
+                if True, keep waiting for peers to connect or to get the block.
+
+        Raises:
+            BlockNotAvailableError: timed out, or (wait=False) no peer has the block.
+            ForkConflictError: the log is frozen after a fork conflict.
+        """
+        if self.port.has(index):
+            return
+        deadline = math.inf if timeout is None else trio.current_time() + timeout
+        g = self.engine.want_block(index, trio.current_time())
+        try:
+            with trio.move_on_at(deadline):
+                while not self.port.has(index):
+                    if self.engine.frozen is not None:
+                        raise self.engine.frozen
+                    if g.error is not None and (not wait or g.attempts >= 6):
+                        raise g.error
+                    await self.wait_changed()
+                return
+            raise BlockNotAvailableError(f"block {index}: timed out after {timeout} s")
+        finally:
+            self.engine.release_block(g, trio.current_time())
+
+    async def download(
+        self,
+        start: int = 0,
+        end: int | None = None,
+        *,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> Progress:
+        """Fetch blocks [start, end) from peers; `end=None` follows the log live.
+
+        A live download never returns on its own: cancel it (a cancel scope) to stop.
+
+        Returns:
+            the final progress (blocks and bytes fetched by this download).
+        """
+        d = self.engine.want_range(start, end, trio.current_time())
+        last = (-1, -1)
+        try:
+            while not d.done:
+                if self.engine.frozen is not None:
+                    raise self.engine.frozen
+                if progress is not None and (d.blocks, d.missing) != last:
+                    last = (d.blocks, d.missing)
+                    progress(self._progress(d))
+                await self.wait_changed()
+            p = self._progress(d)
+            if progress is not None:
+                progress(p)
+            return p
+        finally:
+            self.engine.release_range(d)
+
+    @staticmethod
+    def _progress(d: DownloadWant) -> Progress:
+        return Progress(d.blocks, d.bytes, max(0, d.missing))
+
+    async def update(
+        self,
+        *,
+        timeout: float | None = DEFAULT_GET_TIMEOUT,  # noqa: ASYNC109 - hypercore's API
+    ) -> bool:
+        """Wait until every connected peer synced and any longer signed head is ours.
+
+        Returns:
+            whether the length or fork changed.
+        """
+        before = (self.port.fork, self.port.length)
+        with trio.move_on_after(math.inf if timeout is None else timeout):
+            while not self.engine.settled():
+                await self.wait_changed()
+        return (self.port.fork, self.port.length) != before
+
+    async def wait_for_peers(self, n: int = 1) -> None:
+        """Wait until at least `n` peers have this log's channel open and synced."""
+        while sum(1 for ch in self.engine.peers if ch.synced) < n:
+            await self.wait_changed()
+
+    def _record_conflict(self, err: ForkConflictError) -> None:
+        self.conflicts.append(err)
+        self.engine.freeze(err)
+
+
+_registry: weakref.WeakKeyDictionary[object, LogReplication] = weakref.WeakKeyDictionary()
+_adapters: list[Callable[[object], LogPort | None]] = []
+
+
+def register_adapter(adapt: Callable[[object], LogPort | None]) -> None:
+    """Teach `replication_for` to wrap a log type (returns None for other types)."""
+    _adapters.append(adapt)
+
+
+def replication_for(log: object) -> LogReplication:
+    """Return the process-wide `LogReplication` of `log` (created on first use).
+
+    `log` is a `LogPort`, or any object a registered adapter wraps (a `hyperlog.Log`).
+    """
+    rep = _registry.get(log)
+    if rep is None:
+        port: LogPort | None = None
+        for adapt in _adapters:
+            port = adapt(log)
+            if port is not None:
+                break
+        rep = LogReplication(port if port is not None else cast(LogPort, log))
+        _registry[log] = rep
+    return rep
+
+
+class ReplicationSession:
+    """One replication stream with one peer. Made by `replicate`."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        *,
+        handshake_hash: bytes | None,
+        initiator: bool | None,
+        resolve: Callable[[bytes], object | None] | None,
+    ) -> None:
+        self.stream = stream
+        self._resolve_user = resolve
+        self.engine = SessionEngine(
+            handshake_hash=handshake_hash,
+            initiator=initiator,
+            resolve=self._resolve if resolve is not None else None,
+        )
+        self._logs: dict[bytes, LogReplication] = {}
+        self._out_lot = trio.lowlevel.ParkingLot()
+        self._drain_lot = trio.lowlevel.ParkingLot()
+        self._timer_lot = trio.lowlevel.ParkingLot()
+        self.engine.on_output = self._on_output
+        self._out_bytes = 0
+        self.error: BaseException | None = None
+        self.closed = trio.Event()
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+    def _on_output(self) -> None:
+        self._out_lot.unpark_all()
+        self._timer_lot.unpark_all()
+
+    def _resolve(self, dk: bytes) -> LogReplicator | None:
+        assert self._resolve_user is not None
+        log = self._resolve_user(dk)
+        if log is None:
+            return None
+        rep = replication_for(log)
+        self._logs[dk] = rep
+        return rep.engine
+
+    def add(self, log: object) -> LogReplication:
+        """Replicate one more log on this stream."""
+        rep = replication_for(log)
+        self._logs[rep.port.discovery_key] = rep
+        self.engine.add_log(rep.engine)
+        return rep
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._timer)
+                task_status.started()
+                try:
+                    await self._reader()
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.engine.close(trio.current_time())
+            for rep in self._logs.values():
+                rep.engine.on_change()
+            self.closed.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await self.stream.aclose()
+
+    async def _reader(self) -> None:
+        dec = wire.FrameDecoder()
+        try:
+            with trio.fail_after(HELLO_TIMEOUT) as hello_scope:
+                while not self.engine.ready:
+                    await self._read_once(dec)
+            del hello_scope
+            while True:
+                await self._read_once(dec)
+        except trio.TooSlowError:
+            self._fail(ReplicationError("peer sent no hello in time"))
+        except (DecodeError, ReplicationError, InvalidProofError) as exc:
+            self._fail(exc)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
+            if self.error is None and not isinstance(exc, EOFError):
+                self.error = exc
+
+    def _fail(self, exc: BaseException) -> None:
+        logger.info("dropping replication peer: %s", exc)
+        if self.error is None:
+            self.error = exc
+
+    async def _read_once(self, dec: wire.FrameDecoder) -> None:
+        while self._out_bytes > MAX_OUTBOX_BYTES:
+            await self._drain_lot.park()
+        data = await self.stream.receive_some(READ_SIZE)
+        if not data:
+            raise EOFError
+        self.bytes_in += len(data)
+        dec.receive_data(data)
+        while (msg := dec.next_message()) is not None:
+            self.engine.receive(msg, trio.current_time())
+            await self._do_work()
+
+    async def _do_work(self) -> None:
+        while (w := self.engine.next_work()) is not None:
+            await self._run_work(w)
+
+    async def _run_work(self, w: Work) -> None:
+        rep = self._rep_of(w)
+        if isinstance(w, ServeWork):
+            try:
+                data = await rep.port.serve(w.request)
+            except HyperlogError as exc:
+                logger.debug("cannot serve %r: %s", w.request, exc)
+                data = None
+            if data is not None:
+                data = wire.Data(
+                    w.channel.local_id,
+                    w.request.id,
+                    data.fork,
+                    data.block,
+                    data.hash,
+                    data.seek,
+                    data.upgrade,
+                    data.manifest,
+                )
+            rep.engine.on_served(w.channel, w.request, data)
+            return
+        assert isinstance(w, VerifyWork)
+        result: Applied | HyperlogError
+        try:
+            result = await rep.port.apply(w.data)
+        except ForkConflictError as exc:
+            rep._record_conflict(exc)
+            raise ReplicationError(f"fork conflict: {exc}") from exc
+        except HyperlogError as exc:
+            result = exc
+        err = rep.engine.on_applied(w, result, trio.current_time())
+        if err is not None:
+            raise ReplicationError(f"peer sent an invalid proof: {err}") from err
+
+    def _rep_of(self, w: Work) -> LogReplication:
+        for rep in self._logs.values():
+            if w.channel in rep.engine.peers:
+                return rep
+        raise ReplicationError("work for a channel that closed")
+
+    async def _writer(self) -> None:
+        out = self.engine.outbox
+        while True:
+            while not out:
+                await self._out_lot.park()
+            frames = []
+            size = 0
+            while out and size < READ_SIZE:
+                f = wire.encode_frame(out.popleft())
+                frames.append(f)
+                size += len(f)
+            self._out_bytes = size
+            try:
+                await self.stream.send_all(b"".join(frames))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                if self.error is None:
+                    self.error = exc
+                raise
+            self.bytes_out += size
+            self._out_bytes = 0
+            self._drain_lot.unpark_all()
+
+    async def _timer(self) -> None:
+        while True:
+            deadline = min(
+                (rep.engine.next_deadline() for rep in self._logs.values()), default=math.inf
+            )
+            with trio.move_on_at(deadline):
+                await self._timer_lot.park()
+                continue
+            now = trio.current_time()
+            for rep in list(self._logs.values()):
+                rep.engine.on_timer(now)
+
+    async def wait_closed(self) -> None:
+        await self.closed.wait()
+
+    def replication(self, log: object) -> LogReplication:
+        return replication_for(log)
+
+
+@asynccontextmanager
+async def replicate(
+    stream: trio.abc.Stream,
+    *logs: object,
+    resolve: Callable[[bytes], object | None] | None = None,
+    handshake_hash: bytes | None = None,
+    initiator: bool | None = None,
+) -> AsyncIterator[ReplicationSession]:
+    """Replicate `logs` with the peer at the other end of `stream`.
+
+    Args:
+        stream: any `trio.abc.Stream` (a Noise link, a session stream, a memory stream).
+        logs: the logs to offer and fetch on this stream.
+        resolve: "serve everything I have": called with a discovery key the remote
+            opens that is not among `logs`; return a log to serve it, or None.
+        handshake_hash: the link's Noise handshake hash, binding capabilities to this
+            link (taken from `stream.handshake_hash` when the stream has one).
+        initiator: this side's role for capabilities (default: from the Hello nonces).
+
+    The session ends when the stream ends, the peer misbehaves (`session.error`
+    says why), or the block exits (the stream is closed).
+    """
+    if handshake_hash is None:
+        hh = getattr(stream, "handshake_hash", None)
+        if isinstance(hh, bytes) and hh:
+            handshake_hash = hh
+    session = ReplicationSession(
+        stream, handshake_hash=handshake_hash, initiator=initiator, resolve=resolve
+    )
+    for log in logs:
+        session.add(log)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(session.run)
+        try:
+            yield session
+        finally:
+            nursery.cancel_scope.cancel()

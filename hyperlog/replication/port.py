@@ -1,0 +1,70 @@
+"""What replication needs from a log: a small protocol (no trio).
+
+The engine reads `LogView`'s synchronous facts (length, fork, has) to decide; the
+driver awaits `LogPort`'s `serve` (build a proof for a peer's request) and `apply`
+(verify a peer's proof and store it). `hyperlog.replication.adapter` implements it
+over `hyperlog.Log`; tests may implement it over anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hyperlog import wire
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What `LogPort.apply` stored.
+
+    Attributes:
+        block: the block index stored, or None.
+        block_size: its byte size (0 without a block).
+        upgraded: whether the signed head (length or fork) changed.
+        truncated_to: set when a newer fork made the log drop blocks from here on.
+    """
+
+    block: int | None = None
+    block_size: int = 0
+    upgraded: bool = False
+    truncated_to: int | None = None
+
+
+class LogView(Protocol):
+    """The synchronous facts the engine reads while deciding."""
+
+    @property
+    def key(self) -> bytes: ...
+    @property
+    def discovery_key(self) -> bytes: ...
+    @property
+    def length(self) -> int: ...
+    @property
+    def fork(self) -> int: ...
+    def has(self, index: int) -> bool: ...
+    def contiguous_length(self) -> int: ...
+    def have_bits(self, start: int, count: int) -> bytes:
+        """Return `count` (a multiple of 8) have-bits from `start`, LSB first."""
+        ...
+
+    def missing_nodes(self, index: int) -> int:
+        """How many tree nodes on block `index`'s path we lack (hypercore's `nodes`)."""
+        ...
+
+
+class LogPort(LogView, Protocol):
+    """`LogView` plus the two storage operations the driver awaits."""
+
+    async def serve(self, request: wire.Request) -> wire.Data | None:
+        """Build the proof answering `request`, or None if we cannot."""
+        ...
+
+    async def apply(self, data: wire.Data) -> Applied:
+        """Verify `data` against what the log trusts and store it atomically.
+
+        Raises:
+            InvalidProofError: the proof or signature does not verify (nothing stored).
+            ForkConflictError: a validly signed tree contradicts ours for one fork.
+        """
+        ...

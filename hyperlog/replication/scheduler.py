@@ -1,0 +1,678 @@
+"""Per-log replication engine: which peer gets which request, and when (no trio).
+
+Theory of operation
+-------------------
+One `LogReplicator` exists per log and process. Every stream that replicates the
+log contributes one `PeerChannel` (an open channel with one remote peer). The
+replicator owns everything that spans peers:
+
+* **wants**: single blocks asked for by `get` (priority, with waiters) and ranges
+  asked for by `download` (worked lowest-first from a cursor, plus a retry set);
+* **in flight**: which peer holds a request for which block. A block is normally
+  requested from one peer; a *priority* block unanswered for `HOTSWAP_AFTER` is also
+  asked of a second peer, and the first valid answer cancels the other;
+* **upgrades**: at most one upgrade (signed-length) request in flight per log, sent
+  to a peer whose sync says it is longer, or on a newer fork (then from 0, so the log
+  can find the common prefix and truncate);
+* **windows**: each peer has an adaptive window of requests in flight, grown by one
+  per answer (slow start up to `MAX_WINDOW`) and halved on a timeout.
+
+Each `PeerChannel` keeps what its peer told us (fork, length, have-bits) and its own
+requests in flight. Inputs arrive as method calls from the session engine (decoded
+messages) and from the driver (local wants, verified results, `on_timer(now)`).
+Outputs are messages queued on the channel's `ChannelSink` and `Work` items for the
+driver (serve a request, verify data). State only changes inside these synchronous
+calls, so the Trio driver may call them from several tasks without locks.
+
+Deliberately not handled: seek and hash requests are encoded on the wire and served,
+but the scheduler never issues them; pushing unrequested blocks is not supported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from hyperlog import wire
+from hyperlog.errors import BlockNotAvailableError, HyperlogError, RemoteProtocolError
+from hyperlog.replication.constants import (
+    HOTSWAP_AFTER,
+    INITIAL_WINDOW,
+    MAX_ATTEMPTS,
+    MAX_PENDING_SERVES,
+    MAX_WANT_SPAN,
+    MAX_WINDOW,
+    MIN_WINDOW,
+    PAGE_BITS,
+    REQUEST_TIMEOUT,
+    SCAN_LIMIT,
+)
+from hyperlog.replication.have import RemoteHave
+from hyperlog.replication.port import Applied, LogView
+
+logger = logging.getLogger(__name__)
+
+K_BLOCK = "block"
+K_UPGRADE = "upgrade"
+
+
+class ChannelSink(Protocol):
+    """Where a channel's outgoing messages and work go (the session engine)."""
+
+    def send(self, msg: wire.Message) -> None: ...
+    def add_work(self, work: Work) -> None: ...
+    def pending_serves(self) -> int: ...
+
+
+@dataclass(slots=True)
+class Inflight:
+    id: int
+    kind: str
+    index: int  # block index, or the upgrade's target length
+    fork: int
+    sent_at: float
+    deadline: float
+    request: wire.Request
+    swap_checked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServeWork:
+    """Driver: build the proof for `request` and call `LogReplicator.on_served`."""
+
+    channel: PeerChannel
+    request: wire.Request
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyWork:
+    """Driver: verify and store `data`, then call `LogReplicator.on_applied`."""
+
+    channel: PeerChannel
+    inflight: Inflight
+    data: wire.Data
+
+
+Work = ServeWork | VerifyWork
+
+
+class PeerChannel:
+    """One open channel: one remote peer replicating one log with us."""
+
+    def __init__(self, sink: ChannelSink, local_id: int, remote_id: int, peer_id: int) -> None:
+        self.sink = sink
+        self.local_id = local_id
+        self.remote_id = remote_id
+        self.peer_id = peer_id
+        self.remote_fork = 0
+        self.remote_length = 0
+        self.remote_can_upgrade = False
+        self.synced = False
+        self.have = RemoteHave()
+        self.wanted_pages: set[int] = set()
+        self.inflight: dict[int, Inflight] = {}
+        self.window = float(INITIAL_WINDOW)
+        self.srtt = 0.0
+        self.upgrade_failed_at: tuple[int, int] | None = None  # (fork, length) refused
+        self.closed = False
+        self.blocks_in = 0
+        self.bytes_in = 0
+
+    def free_slots(self) -> int:
+        return int(self.window) - len(self.inflight)
+
+    def may_have(self, index: int) -> bool:
+        """Known to have, or (unknown and) inside its announced length."""
+        if index >= self.remote_length:
+            return False
+        return self.have.has(index) or not self.have.known(index)
+
+    def __repr__(self) -> str:
+        return f"<PeerChannel peer={self.peer_id} ch={self.local_id}>"
+
+
+@dataclass(slots=True)
+class GetWant:
+    """A `get(index)` in progress."""
+
+    index: int
+    waiters: int = 0
+    attempts: int = 0
+    tried: set[int] = field(default_factory=set)
+    error: HyperlogError | None = None
+
+
+@dataclass(slots=True)
+class DownloadWant:
+    """A `download(start, end)` in progress; `end=None` follows the log live."""
+
+    start: int
+    end: int | None
+    cursor: int
+    missing: int = 0
+    blocks: int = 0
+    bytes: int = 0
+    done: bool = False
+
+
+class LogReplicator:
+    """The sans-IO replication state of one log across all its peers."""
+
+    def __init__(self, view: LogView, *, on_change: Callable[[], None] | None = None) -> None:
+        self.view = view
+        self.peers: list[PeerChannel] = []
+        self.gets: dict[int, GetWant] = {}
+        self.downloads: list[DownloadWant] = []
+        self.retry: set[int] = set()
+        self.block_reqs: dict[int, list[tuple[PeerChannel, int]]] = {}
+        self.upgrade_inflight: PeerChannel | None = None
+        self.frozen: HyperlogError | None = None
+        self.pending_opens = 0  # channels we opened that the remote has not answered
+        self.next_id = 1
+        self.on_change = on_change or (lambda: None)
+        self.stats = {"blocks": 0, "bytes": 0, "timeouts": 0, "hotswaps": 0}
+
+    # ------------------------------------------------------------------ peers
+
+    def add_peer(self, ch: PeerChannel, now: float) -> None:
+        """A channel opened on both sides: announce ourselves and start working."""
+        self.peers.append(ch)
+        self._send_sync(ch)
+        contiguous = self.view.contiguous_length()
+        if contiguous:
+            ch.sink.send(wire.Range(ch.local_id, 0, contiguous))
+        self.pump(now)
+
+    def remove_peer(self, ch: PeerChannel, now: float) -> None:
+        """The channel closed or its stream died: hand its requests to others."""
+        if ch not in self.peers:
+            return
+        ch.closed = True
+        self.peers.remove(ch)
+        for inf in list(ch.inflight.values()):
+            self._forget_inflight(ch, inf, failed=True)
+        ch.inflight.clear()
+        self._fail_unservable()
+        self.pump(now)
+        self.on_change()
+
+    # ------------------------------------------------------------------ local wants
+
+    def want_block(self, index: int, now: float) -> GetWant:
+        g = self.gets.get(index)
+        if g is None:
+            g = self.gets[index] = GetWant(index)
+        g.waiters += 1
+        self.pump(now)
+        self._fail_unservable()
+        return g
+
+    def release_block(self, g: GetWant, now: float) -> None:
+        """A `get` stopped waiting (served, failed, cancelled or timed out)."""
+        g.waiters -= 1
+        if g.waiters <= 0 and self.gets.get(g.index) is g:
+            del self.gets[g.index]
+            if not self._needed_by_download(g.index):
+                for ch, rid in self.block_reqs.pop(g.index, []):
+                    self._cancel(ch, rid)
+
+    def want_range(self, start: int, end: int | None, now: float) -> DownloadWant:
+        d = DownloadWant(start, end, start)
+        stop = self.view.length if end is None else end
+        d.missing = sum(1 for i in range(start, stop) if not self.view.has(i))
+        d.done = end is not None and d.missing == 0
+        self.downloads.append(d)
+        self.pump(now)
+        return d
+
+    def release_range(self, d: DownloadWant) -> None:
+        if d in self.downloads:
+            self.downloads.remove(d)
+
+    def on_local_update(self, old_length: int, now: float) -> None:
+        """The log changed locally (an append, or an upgrade applied elsewhere)."""
+        for ch in self.peers:
+            self._send_sync(ch)
+            if self.view.length > old_length and self.view.has(self.view.length - 1):
+                new = self.view.length - old_length
+                ch.sink.send(wire.Range(ch.local_id, old_length, new))
+        for d in self.downloads:
+            if d.end is None:
+                d.missing += sum(
+                    1 for i in range(old_length, self.view.length) if not self.view.has(i)
+                )
+        self.pump(now)
+        self.on_change()
+
+    # ------------------------------------------------------------------ remote messages
+
+    def on_message(self, ch: PeerChannel, msg: wire.ChannelMessage, now: float) -> None:
+        """Handle one channel message from `ch`'s peer.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; drop its session.
+        """
+        match msg:
+            case wire.Sync():
+                self._on_sync(ch, msg, now)
+            case wire.Request():
+                self._on_request(ch, msg)
+            case wire.Cancel():
+                pass  # handled by the session (drops the queued serve)
+            case wire.Data():
+                self._on_data(ch, msg)
+            case wire.NoData():
+                self._on_no_data(ch, msg, now)
+            case wire.Want():
+                self._on_want(ch, msg)
+            case wire.Unwant():
+                pass  # we answer wants at once and keep no subscription
+            case wire.Bitfield():
+                ch.have.add_bits(msg.start, msg.bits)
+                self.pump(now)
+            case wire.Range():
+                if msg.drop:
+                    ch.have.drop_range(msg.start, msg.length)
+                else:
+                    ch.have.add_range(msg.start, msg.length)
+                self.pump(now)
+            case wire.Close():
+                pass  # handled by the session
+
+    def _on_sync(self, ch: PeerChannel, msg: wire.Sync, now: float) -> None:
+        first = not ch.synced
+        if msg.fork == ch.remote_fork and msg.length < ch.remote_length and not first:
+            raise RemoteProtocolError("sync: length went backwards without a fork")
+        if (msg.fork, msg.length) != (ch.remote_fork, ch.remote_length):
+            ch.upgrade_failed_at = None
+        ch.remote_fork, ch.remote_length = msg.fork, msg.length
+        ch.remote_can_upgrade = msg.can_upgrade
+        ch.synced = True
+        if msg.remote_length != self.view.length:
+            # The peer has a stale view of us: tell it (never loops: our reply carries
+            # its length, so its answer matches and stops here).
+            self._send_sync(ch)
+        self.pump(now)
+        self.on_change()
+
+    def _on_request(self, ch: PeerChannel, msg: wire.Request) -> None:
+        if ch.sink.pending_serves() >= MAX_PENDING_SERVES:
+            raise RemoteProtocolError(f"more than {MAX_PENDING_SERVES} requests unanswered")
+        if self.frozen is not None or msg.fork != self.view.fork:
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_FORK))
+            return
+        b = msg.block
+        if b is not None and (b.index >= self.view.length or not self.view.has(b.index)):
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_NOT_AVAILABLE))
+            return
+        u = msg.upgrade
+        if u is not None and (u.start > self.view.length or u.start + u.length > self.view.length):
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_NOT_AVAILABLE))
+            return
+        ch.sink.add_work(ServeWork(ch, msg))
+
+    def on_served(self, ch: PeerChannel, request: wire.Request, data: wire.Data | None) -> None:
+        """The driver built (or failed to build) the proof for `request`."""
+        if ch.closed:
+            return
+        if data is None:
+            ch.sink.send(wire.NoData(ch.local_id, request.id, wire.NO_DATA_NOT_AVAILABLE))
+        else:
+            ch.sink.send(data)
+
+    def _on_data(self, ch: PeerChannel, msg: wire.Data) -> None:
+        inf = ch.inflight.pop(msg.id, None)
+        if inf is None:
+            raise RemoteProtocolError(f"data for request {msg.id}, which we never sent")
+        req = inf.request
+        if msg.fork != req.fork:
+            raise RemoteProtocolError("data: fork differs from the request's")
+        if (msg.block is None) != (req.block is None) or (
+            msg.block is not None and req.block is not None and msg.block.index != req.block.index
+        ):
+            raise RemoteProtocolError("data: block differs from the one requested")
+        if (msg.upgrade is None) != (req.upgrade is None):
+            raise RemoteProtocolError("data: upgrade present iff requested")
+        mu, ru = msg.upgrade, req.upgrade
+        if mu is not None and ru is not None and (mu.start != ru.start or mu.length < ru.length):
+            raise RemoteProtocolError("data: upgrade span differs from the one requested")
+        if msg.hash is not None or msg.seek is not None:
+            raise RemoteProtocolError("data: carries parts that were not requested")
+        ch.sink.add_work(VerifyWork(ch, inf, msg))
+
+    def on_applied(
+        self, work: VerifyWork, result: Applied | HyperlogError, now: float
+    ) -> HyperlogError | None:
+        """The driver verified (or refused) a peer's data.
+
+        Returns:
+            the error to drop the peer with, or None.
+        """
+        ch, inf = work.channel, work.inflight
+        if isinstance(result, HyperlogError):
+            self._forget_inflight(ch, inf, failed=True)
+            self.pump(now)
+            return result
+        rtt = max(0.0, now - inf.sent_at)
+        ch.srtt = rtt if ch.srtt == 0 else 0.875 * ch.srtt + 0.125 * rtt
+        ch.window = min(float(MAX_WINDOW), ch.window + 1.0)
+        self._forget_inflight(ch, inf, failed=False)
+        if result.block is not None:
+            ch.blocks_in += 1
+            ch.bytes_in += result.block_size
+            self._on_stored(result.block, result.block_size, ch)
+        if result.upgraded or result.truncated_to is not None:
+            self._on_upgraded(result.truncated_to, now)
+        self.pump(now)
+        self.on_change()
+        return None
+
+    def _on_no_data(self, ch: PeerChannel, msg: wire.NoData, now: float) -> None:
+        inf = ch.inflight.pop(msg.id, None)
+        if inf is None:
+            return  # an answer to a request we cancelled: harmless
+        if inf.kind == K_UPGRADE:
+            ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
+        else:
+            ch.have.drop_range(inf.index, 1)
+            g = self.gets.get(inf.index)
+            if g is not None:
+                g.tried.add(ch.peer_id)
+        self._forget_inflight(ch, inf, failed=True)
+        self._fail_unservable()
+        self.pump(now)
+        self.on_change()
+
+    def _on_want(self, ch: PeerChannel, msg: wire.Want) -> None:
+        length = self.view.length
+        start = msg.start - msg.start % 8
+        end = min(length, msg.start + min(msg.length, MAX_WANT_SPAN))
+        if start >= end:
+            ch.sink.send(wire.Bitfield(ch.local_id, start, b""))
+            return
+        contiguous = min(self.view.contiguous_length(), end)
+        if contiguous > start:
+            ch.sink.send(wire.Range(ch.local_id, start, contiguous - start))
+            start = contiguous - contiguous % 8
+        chunk = 8 * wire.MAX_BITFIELD_BYTES
+        while start < end:
+            n = min(chunk, end - start)
+            n += -n % 8
+            ch.sink.send(wire.Bitfield(ch.local_id, start, self.view.have_bits(start, n)))
+            start += n
+
+    # ------------------------------------------------------------------ completion
+
+    def _on_stored(self, index: int, size: int, source: PeerChannel | None) -> None:
+        self.stats["blocks"] += 1
+        self.stats["bytes"] += size
+        self.retry.discard(index)
+        g = self.gets.pop(index, None)
+        if g is not None:
+            g.error = None
+        for ch, rid in self.block_reqs.pop(index, []):
+            self._cancel(ch, rid)
+        for d in self.downloads:
+            if index >= d.start and (d.end is None or index < d.end):
+                d.missing -= 1
+                d.blocks += 1
+                d.bytes += size
+                if d.end is not None and d.missing <= 0:
+                    d.done = True
+        for ch in self.peers:
+            if ch is not source and not ch.have.has(index):
+                ch.sink.send(wire.Range(ch.local_id, index, 1))
+
+    def _on_upgraded(self, truncated_to: int | None, now: float) -> None:
+        if truncated_to is not None:
+            for d in self.downloads:
+                d.cursor = min(d.cursor, truncated_to)
+                stop = self.view.length if d.end is None else d.end
+                d.missing = sum(1 for i in range(d.start, stop) if not self.view.has(i))
+                d.done = d.end is not None and d.missing == 0
+        for d in self.downloads:
+            if d.end is None:
+                stop = self.view.length
+                d.missing = sum(1 for i in range(d.cursor, stop) if not self.view.has(i))
+        for ch in self.peers:
+            self._send_sync(ch)
+
+    def freeze(self, error: HyperlogError) -> None:
+        """Two signed trees for one fork: stop replicating this log for good."""
+        self.frozen = error
+        for g in self.gets.values():
+            g.error = error
+        self.on_change()
+
+    # ------------------------------------------------------------------ scheduling
+
+    def pump(self, now: float) -> None:
+        """Fill every peer's free window with the most useful requests."""
+        if self.frozen is not None:
+            return
+        for ch in sorted(self.peers, key=lambda c: -c.free_slots()):
+            if ch.closed or not ch.synced:
+                continue
+            self._maybe_upgrade(ch, now)
+            self._fill_gets(ch, now)
+            self._fill_downloads(ch, now)
+        if self.gets:
+            self._fail_unservable()
+
+    def _needs_upgrade_from(self, ch: PeerChannel) -> bool:
+        if not ch.remote_can_upgrade or ch.upgrade_failed_at == (ch.remote_fork, ch.remote_length):
+            return False
+        if ch.remote_fork > self.view.fork:
+            return True
+        return ch.remote_fork == self.view.fork and ch.remote_length > self.view.length
+
+    def _maybe_upgrade(self, ch: PeerChannel, now: float) -> None:
+        if self.upgrade_inflight is not None or ch.free_slots() <= 0:
+            return
+        if not self._needs_upgrade_from(ch):
+            return
+        start = self.view.length if ch.remote_fork == self.view.fork else 0
+        up = wire.RequestUpgrade(start, ch.remote_length - start)
+        self._request(ch, K_UPGRADE, ch.remote_length, now, upgrade=up)
+        self.upgrade_inflight = ch
+
+    def upgrading(self) -> bool:
+        """Whether an upgrade is in flight or some synced peer could give us one."""
+        if self.upgrade_inflight is not None:
+            return True
+        return any(self._needs_upgrade_from(ch) for ch in self.peers if ch.synced)
+
+    def settled(self) -> bool:
+        """Every open channel synced and no upgrade pending: `update()` may return."""
+        if self.pending_opens > 0:
+            return False
+        return all(ch.synced for ch in self.peers) and not self.upgrading()
+
+    def _fill_gets(self, ch: PeerChannel, now: float) -> None:
+        if not self.gets:
+            return
+        for g in list(self.gets.values()):
+            if ch.free_slots() <= 0:
+                return
+            i = g.index
+            if i >= self.view.length or self.view.has(i) or ch.peer_id in g.tried:
+                continue
+            if not ch.may_have(i):
+                continue
+            reqs = self.block_reqs.get(i, [])
+            if any(c is ch for c, _ in reqs):
+                continue
+            if reqs:
+                # Hot-swap: only when every current holder is slow, and at most 2.
+                if len(reqs) >= 2:
+                    continue
+                c0, r0 = reqs[0]
+                if now - c0.inflight[r0].sent_at < HOTSWAP_AFTER:
+                    continue
+                self.stats["hotswaps"] += 1
+            g.attempts += 1
+            self._request_block(ch, i, now)
+
+    def _fill_downloads(self, ch: PeerChannel, now: float) -> None:
+        for d in self.downloads:
+            if d.done:
+                continue
+            if ch.free_slots() <= 0:
+                return
+            stop = self.view.length if d.end is None else min(d.end, self.view.length)
+            for i in sorted(self.retry):
+                if ch.free_slots() <= 0:
+                    return
+                if d.start <= i < stop and i not in self.block_reqs and ch.have.has(i):
+                    self.retry.discard(i)
+                    self._request_block(ch, i, now)
+            i = d.cursor
+            scanned = 0
+            advancing = True
+            while i < stop and scanned < SCAN_LIMIT and ch.free_slots() > 0:
+                scanned += 1
+                if self.view.has(i) or i in self.block_reqs:
+                    if advancing:
+                        d.cursor = i + 1
+                    i += 1
+                    continue
+                if i in self.retry:
+                    advancing = False
+                    i += 1
+                    continue
+                if ch.have.has(i) and i < ch.remote_length:
+                    self._request_block(ch, i, now)
+                    if advancing:
+                        d.cursor = i + 1
+                    i += 1
+                    continue
+                advancing = False
+                if not ch.have.known(i) and i < ch.remote_length:
+                    page = i // PAGE_BITS
+                    if page not in ch.wanted_pages and len(ch.wanted_pages) < 4 * SCAN_LIMIT:
+                        ch.wanted_pages.add(page)
+                        ch.have.mark_known(page)
+                        ch.sink.send(wire.Want(ch.local_id, page * PAGE_BITS, PAGE_BITS))
+                    i = (page + 1) * PAGE_BITS
+                    continue
+                i += 1
+
+    def _request_block(self, ch: PeerChannel, index: int, now: float) -> None:
+        rb = wire.RequestBlock(index, self.view.missing_nodes(index))
+        rid = self._request(ch, K_BLOCK, index, now, block=rb)
+        self.block_reqs.setdefault(index, []).append((ch, rid))
+
+    def _request(
+        self,
+        ch: PeerChannel,
+        kind: str,
+        index: int,
+        now: float,
+        *,
+        block: wire.RequestBlock | None = None,
+        upgrade: wire.RequestUpgrade | None = None,
+    ) -> int:
+        rid = self.next_id
+        self.next_id = self.next_id % wire.MAX_ID + 1
+        fork = ch.remote_fork if kind == K_UPGRADE else self.view.fork
+        req = wire.Request(ch.local_id, rid, fork, block=block, upgrade=upgrade)
+        timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
+        ch.inflight[rid] = Inflight(rid, kind, index, fork, now, now + timeout, req)
+        ch.sink.send(req)
+        return rid
+
+    def _cancel(self, ch: PeerChannel, rid: int) -> None:
+        if ch.inflight.pop(rid, None) is not None and not ch.closed:
+            ch.sink.send(wire.Cancel(ch.local_id, rid))
+
+    def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None:
+        if inf.kind == K_UPGRADE:
+            if self.upgrade_inflight is ch:
+                self.upgrade_inflight = None
+            return
+        reqs = self.block_reqs.get(inf.index)
+        if reqs is not None:
+            reqs[:] = [(c, r) for c, r in reqs if not (c is ch and r == inf.id)]
+            if not reqs:
+                del self.block_reqs[inf.index]
+        if (
+            failed
+            and not self.view.has(inf.index)
+            and inf.index not in self.block_reqs
+            and self._needed_by_download(inf.index)
+        ):
+            self.retry.add(inf.index)
+
+    def _needed_by_download(self, index: int) -> bool:
+        return any(d.start <= index and (d.end is None or index < d.end) for d in self.downloads)
+
+    def _fail_unservable(self) -> None:
+        """Fail `get`s that no connected, synced peer can serve any more."""
+        for g in self.gets.values():
+            if g.error is not None or self.view.has(g.index) or g.index in self.block_reqs:
+                continue
+            if g.attempts >= MAX_ATTEMPTS:
+                g.error = BlockNotAvailableError(
+                    f"block {g.index}: no valid answer after {g.attempts} attempts"
+                )
+                continue
+            pending = self.pending_opens > 0 or any(not ch.synced for ch in self.peers)
+            able = [
+                ch
+                for ch in self.peers
+                if ch.synced
+                and ch.peer_id not in g.tried
+                and (ch.may_have(g.index) or self._needs_upgrade_from(ch))
+            ]
+            if not pending and not able and self.upgrade_inflight is None:
+                g.error = BlockNotAvailableError(f"block {g.index}: no connected peer has it")
+            else:
+                g.error = None
+
+    def _send_sync(self, ch: PeerChannel) -> None:
+        v = self.view
+        ch.sink.send(
+            wire.Sync(ch.local_id, v.fork, v.length, ch.remote_length, can_upgrade=v.length > 0)
+        )
+
+    # ------------------------------------------------------------------ timers
+
+    def on_timer(self, now: float) -> None:
+        """Expire requests past their deadline; start hot-swaps that are due."""
+        for ch in list(self.peers):
+            for inf in list(ch.inflight.values()):
+                if inf.deadline <= now:
+                    self.stats["timeouts"] += 1
+                    ch.window = max(float(MIN_WINDOW), ch.window / 2)
+                    self._cancel(ch, inf.id)
+                    if inf.kind == K_BLOCK:
+                        g = self.gets.get(inf.index)
+                        if g is not None:
+                            g.tried.add(ch.peer_id)
+                    else:
+                        ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
+                    self._forget_inflight(ch, inf, failed=True)
+                elif inf.sent_at + HOTSWAP_AFTER <= now:
+                    inf.swap_checked = True
+        self._fail_unservable()
+        self.pump(now)
+        self.on_change()
+
+    def next_deadline(self) -> float:
+        """When `on_timer` next has something to do (math.inf if never)."""
+        t = math.inf
+        for ch in self.peers:
+            for inf in ch.inflight.values():
+                t = min(t, inf.deadline)
+                if (
+                    inf.kind == K_BLOCK
+                    and not inf.swap_checked
+                    and inf.index in self.gets
+                    and len(self.block_reqs.get(inf.index, ())) < 2
+                    and len(self.peers) > 1
+                ):
+                    t = min(t, inf.sent_at + HOTSWAP_AFTER)
+        return t

@@ -1,0 +1,259 @@
+"""Per-stream replication session: hello, channels, capabilities (no trio).
+
+Theory of operation
+-------------------
+One `SessionEngine` runs per replication stream (one remote peer). It speaks the
+stream-level part of the protocol and hands channel messages to the per-log
+`LogReplicator`s:
+
+1. Both sides send `Hello` (wire version and a fresh nonce) first; any other first
+   message is a protocol error. The session id is the link's handshake hash when
+   the driver knows one, else the two nonces (see `caps.py`).
+2. For every log offered locally, we send `Open(our channel id, discovery key,
+   capability)`. When the remote opens a discovery key we serve (offered, or found
+   by the `resolve` callback: "serve everything I have"), we check its capability
+   and, if we had not opened that log yet, open it too. A channel is live once both
+   sides opened it; the log's replicator then adds it as a peer. An open for a log
+   we do not have is ignored (counted); a wrong capability closes that channel.
+3. Channel messages carry the *sender's* channel id (protomux style): we map remote
+   ids to channels. Messages for a channel the peer closed are ignored up to
+   `MAX_SOFT_ERRORS`, then the peer is dropped.
+
+Outputs: `outbox` (messages to write, in order) and `work` (serves and verifications
+the driver must await, in arrival order). `on_output` is called whenever either
+grows, so the driver can wake its writer. Requests the peer cancels before we
+served them are dropped from `work`. Every violation raises `RemoteProtocolError`
+or `DecodeError` from `receive`; the driver then closes the stream, and the
+replicators requeue what this peer owed us.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from hyperlog import wire
+from hyperlog.errors import RemoteProtocolError
+from hyperlog.replication import caps
+from hyperlog.replication.constants import MAX_CHANNELS, MAX_SOFT_ERRORS
+from hyperlog.replication.scheduler import LogReplicator, PeerChannel, ServeWork, Work
+
+_peer_ids = iter(range(1, 2**62))
+
+
+@dataclass(slots=True)
+class _Local:
+    """A log we opened (or will open) on this session."""
+
+    replicator: LogReplicator
+    local_id: int
+    opened: bool = False
+    pending: bool = False  # we opened; the remote has neither opened nor rejected
+    remote_id: int | None = None
+    channel: PeerChannel | None = None
+
+
+class SessionEngine:
+    """The sans-IO state of one replication stream."""
+
+    def __init__(
+        self,
+        *,
+        handshake_hash: bytes | None = None,
+        initiator: bool | None = None,
+        resolve: Callable[[bytes], LogReplicator | None] | None = None,
+        nonce: bytes | None = None,
+    ) -> None:
+        self.peer_id = next(_peer_ids)
+        self.nonce = nonce if nonce is not None else os.urandom(32)
+        self._handshake_hash = handshake_hash
+        self._initiator = initiator
+        self._resolve = resolve
+        self.session_id: bytes | None = None
+        self.outbox: deque[wire.Message] = deque([wire.Hello(self.nonce)])
+        self.work: deque[Work] = deque()
+        self.on_output: Callable[[], None] = lambda: None
+        self._by_dk: dict[bytes, _Local] = {}
+        self._by_remote: dict[int, _Local] = {}
+        self._closed_remote: set[int] = set()
+        self._cancelled: set[tuple[int, int]] = set()
+        self._next_local = 1
+        self._soft_errors = 0
+        self.ignored_opens = 0
+        self.bad_capabilities = 0
+        self.closed = False
+
+    # ------------------------------------------------------------------ ChannelSink
+
+    def send(self, msg: wire.Message) -> None:
+        self.outbox.append(msg)
+        self.on_output()
+
+    def add_work(self, work: Work) -> None:
+        self.work.append(work)
+        self.on_output()
+
+    def pending_serves(self) -> int:
+        return sum(1 for w in self.work if isinstance(w, ServeWork))
+
+    # ------------------------------------------------------------------ local API
+
+    @property
+    def ready(self) -> bool:
+        """Whether the Hello exchange is complete."""
+        return self.session_id is not None
+
+    def add_log(self, rep: LogReplicator) -> None:
+        """Offer `rep`'s log on this stream (opens its channel once ready)."""
+        dk = rep.view.discovery_key
+        if dk in self._by_dk:
+            return
+        if len(self._by_dk) >= MAX_CHANNELS:
+            raise RemoteProtocolError(f"more than {MAX_CHANNELS} channels on one stream")
+        loc = _Local(rep, self._next_local, pending=True)
+        rep.pending_opens += 1
+        self._next_local += 1
+        self._by_dk[dk] = loc
+        if self.ready:
+            self._open(loc)
+
+    def channels(self) -> list[PeerChannel]:
+        return [loc.channel for loc in self._by_dk.values() if loc.channel is not None]
+
+    def next_work(self) -> Work | None:
+        """Pop the next work item, skipping serves the peer cancelled."""
+        while self.work:
+            w = self.work.popleft()
+            if isinstance(w, ServeWork):
+                key = (w.channel.remote_id, w.request.id)
+                if key in self._cancelled:
+                    self._cancelled.discard(key)
+                    continue
+            if w.channel.closed:
+                continue
+            return w
+        return None
+
+    def close(self, now: float) -> None:
+        """The stream ended: remove every channel from its replicator."""
+        self.closed = True
+        for loc in self._by_dk.values():
+            self._settle(loc)
+            if loc.channel is not None:
+                loc.replicator.remove_peer(loc.channel, now)
+                loc.channel = None
+        self.work.clear()
+
+    # ------------------------------------------------------------------ input
+
+    def receive(self, msg: wire.Message, now: float) -> None:
+        """Handle one decoded message from the peer.
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol; drop it.
+        """
+        if self.closed:
+            return
+        if isinstance(msg, wire.Hello):
+            if self.session_id is not None:
+                raise RemoteProtocolError("second hello")
+            self._on_hello(msg)
+            return
+        if self.session_id is None:
+            raise RemoteProtocolError(f"{type(msg).__name__} before hello")
+        if isinstance(msg, wire.Open):
+            self._on_open(msg, now)
+            return
+        if isinstance(msg, wire.Reject):
+            for mine in self._by_dk.values():
+                if mine.local_id == msg.channel and mine.pending:
+                    self._settle(mine)
+                    mine.replicator.on_change()
+                    return
+            self._soft_error(f"reject for channel {msg.channel} we did not open")
+            return
+        loc = self._by_remote.get(msg.channel)
+        if loc is None or loc.channel is None:
+            self._soft_error(f"{type(msg).__name__} for unknown channel {msg.channel}")
+            return
+        ch = loc.channel
+        if isinstance(msg, wire.Close):
+            del self._by_remote[msg.channel]
+            self._closed_remote.add(msg.channel)
+            loc.remote_id = None
+            loc.channel = None
+            loc.replicator.remove_peer(ch, now)
+            return
+        if isinstance(msg, wire.Cancel):
+            self._cancelled.add((msg.channel, msg.id))
+            if len(self._cancelled) > 4 * len(self.work) + 64:
+                live = {
+                    (w.channel.remote_id, w.request.id)
+                    for w in self.work
+                    if isinstance(w, ServeWork)
+                }
+                self._cancelled &= live
+            return
+        loc.replicator.on_message(ch, msg, now)
+
+    @staticmethod
+    def _settle(loc: _Local) -> None:
+        if loc.pending:
+            loc.pending = False
+            loc.replicator.pending_opens -= 1
+
+    def _soft_error(self, what: str) -> None:
+        self._soft_errors += 1
+        if self._soft_errors > MAX_SOFT_ERRORS:
+            raise RemoteProtocolError(f"too many protocol errors; last: {what}")
+
+    def _on_hello(self, msg: wire.Hello) -> None:
+        if msg.nonce == self.nonce:
+            raise RemoteProtocolError("hello: the peer echoed our nonce (a loop?)")
+        self._remote_nonce = msg.nonce
+        if self._initiator is None:
+            self._initiator = self.nonce < msg.nonce
+        self.session_id = self._handshake_hash or caps.nonce_session_id(self.nonce, msg.nonce)
+        for loc in self._by_dk.values():
+            self._open(loc)
+
+    def _open(self, loc: _Local) -> None:
+        if loc.opened:
+            return
+        assert self.session_id is not None and self._initiator is not None
+        loc.opened = True
+        cap = caps.capability(self.session_id, loc.replicator.view.key, initiator=self._initiator)
+        self.send(wire.Open(loc.local_id, loc.replicator.view.discovery_key, cap))
+
+    def _on_open(self, msg: wire.Open, now: float) -> None:
+        assert self.session_id is not None and self._initiator is not None
+        if msg.channel in self._by_remote or msg.channel in self._closed_remote:
+            raise RemoteProtocolError(f"open: channel id {msg.channel} reused")
+        loc = self._by_dk.get(msg.discovery_key)
+        if loc is None:
+            rep = self._resolve(msg.discovery_key) if self._resolve is not None else None
+            if rep is None:
+                self.ignored_opens += 1
+                self._soft_error("open for a log we do not have")
+                self.send(wire.Reject(msg.channel, "unknown log"))
+                return
+            self.add_log(rep)
+            loc = self._by_dk[msg.discovery_key]
+        if loc.remote_id is not None:
+            raise RemoteProtocolError("open: log opened twice")
+        key = loc.replicator.view.key
+        if not caps.check_capability(
+            msg.capability, self.session_id, key, initiator=not self._initiator
+        ):
+            self.bad_capabilities += 1
+            self._soft_error("open: wrong capability")
+            self.send(wire.Reject(msg.channel, "bad capability"))
+            return
+        self._open(loc)
+        self._settle(loc)
+        loc.remote_id = msg.channel
+        self._by_remote[msg.channel] = loc
+        loc.channel = PeerChannel(self, loc.local_id, msg.channel, self.peer_id)
+        loc.replicator.add_peer(loc.channel, now)
