@@ -43,22 +43,67 @@ import math
 from dataclasses import dataclass, field
 from typing import final
 
-from .actions import Action, Input, PeerType
+from ..errors import LocalProtocolError
+from .actions import (
+    Action,
+    DeliverLocal,
+    DeliveryMode,
+    DescendingChanged,
+    DropPeer,
+    Emit,
+    FrameIn,
+    Input,
+    LocalSend,
+    LocalSendClosest,
+    ParentChanged,
+    PeerAdded,
+    PeerDown,
+    PeerRemoved,
+    PeerType,
+    PeerUp,
+    RootChanged,
+    SendFrame,
+)
 from .constants import (
     ANNOUNCEMENT_INTERVAL,
     ANNOUNCEMENT_TIMEOUT,
     BOOTSTRAP_INTERVAL,
     COORDS_CACHE_LIFETIME,
     COORDS_CACHE_SWEEP,
+    KEY_SIZE,
     MAX_COORDS_CACHE,
+    MAX_FRAME_SIZE,
+    MAX_PORT,
     MAX_SNAKE_ENTRIES,
+    MAX_TRAFFIC_PAYLOAD,
     REPARENT_WAIT,
     SNAKE_EXPIRY,
     SNAKE_MAINTAIN_INTERVAL,
     TRAFFIC_HOP_LIMIT,
 )
-from .signer import Signer
-from .wire import Coords
+from .forward import LOCAL, KeyIndex, snake_next_hop, tree_next_hop
+from .signer import NullSigner, Signer
+from .snake import SnakeEntry, SnakeTable, worse
+from .tree import (
+    AnnouncementAction,
+    Peer,
+    check_announcement,
+    decide_announcement,
+    select_parent,
+)
+from .wire import (
+    FULL_MASK,
+    Announcement,
+    Bootstrap,
+    ClosestTraffic,
+    Coords,
+    Frame,
+    Keepalive,
+    Traffic,
+    TreeAnnouncement,
+    bootstrap_signed_bytes,
+    frame_length,
+)
 
 __all__ = ["PeerStatus", "RouterConfig", "RouterState", "RouterStatistics"]
 
@@ -125,6 +170,38 @@ class RouterState:
         LocalProtocolError: if the key is not 32 bytes or differs from the signer's.
     """
 
+    __slots__ = (
+        "_bootstrap_seq",
+        "_bootstrap_soon",
+        "_cfg",
+        "_coords",
+        "_coords_cache",
+        "_descending",
+        "_ev_coords",
+        "_ev_parent",
+        "_ev_root",
+        "_index",
+        "_key",
+        "_last_bootstrap",
+        "_next_cache_sweep",
+        "_next_maintain",
+        "_next_root_announce",
+        "_now",
+        "_ordering",
+        "_parent",
+        "_peer_list",
+        "_peers",
+        "_root_ann",
+        "_sequence",
+        "_signed_ann",
+        "_signed_sig",
+        "_signer",
+        "_stats",
+        "_table",
+        "_verify",
+        "_waiting_until",
+    )
+
     def __init__(
         self,
         public_key: bytes,
@@ -133,64 +210,711 @@ class RouterState:
         config: RouterConfig | None = None,
         now: float = 0.0,
     ) -> None:
-        raise NotImplementedError
+        key = bytes(public_key)
+        if len(key) != KEY_SIZE:
+            raise LocalProtocolError("a router key is 32 bytes")
+        if bytes(signer.public_key) != key:
+            raise LocalProtocolError("the signer's key is not the router's key")
+        cfg = config if config is not None else RouterConfig()
+        self._key = key
+        self._signer = signer
+        #: NullSigner accepts everything: skip building the signed bytes at all.
+        self._verify = not isinstance(signer, NullSigner)
+        self._cfg = cfg
+        self._now = now
+        self._stats = RouterStatistics()
+        self._peers: dict[int, Peer] = {}
+        self._peer_list: list[Peer] = []
+        # tree
+        self._parent: Peer | None = None
+        self._sequence = 0
+        self._ordering = 0
+        self._waiting_until: float | None = None
+        self._next_root_announce = now + cfg.announcement_interval
+        self._root_ann = Announcement.new(key, 0)
+        self._signed_ann: Announcement | None = None
+        self._signed_sig = b""
+        self._coords: Coords = ()
+        self._ev_root: tuple[bytes, int] = (key, 0)
+        self._ev_parent: int | None = None
+        self._ev_coords: Coords = ()
+        # snake
+        self._index = KeyIndex()
+        self._table = SnakeTable(cfg.max_snake_entries)
+        self._descending: bytes | None = None
+        self._last_bootstrap = -math.inf
+        self._bootstrap_soon = False
+        self._bootstrap_seq = 0
+        self._next_maintain = now + cfg.snake_maintain_interval
+        # forwarding
+        self._coords_cache: dict[bytes, tuple[Coords, float]] = {}
+        self._next_cache_sweep = now + cfg.coords_cache_sweep
 
     # --- driving ------------------------------------------------------------------------
 
     def on_input(self, event: Input, now: float) -> list[Action]:
-        """Process one input; return the actions to carry out, in order."""
-        raise NotImplementedError
+        """Process one input; return the actions to carry out, in order.
+
+        Raises:
+            LocalProtocolError: for local misuse only (see the module docstring).
+        """
+        self._now = now
+        out: list[Action] = []
+        t = type(event)
+        if t is FrameIn:
+            ev: FrameIn = event  # type: ignore[assignment]
+            self._stats.frames_in += 1
+            peer = self._peers.get(ev.port)
+            if peer is None:
+                self._drop("unknown_port")
+            else:
+                self._on_frame(peer, ev.frame, now, out)
+        elif t is LocalSend:
+            self._local_send(event, now, out)  # type: ignore[arg-type]
+        elif t is LocalSendClosest:
+            self._local_send_closest(event, now, out)  # type: ignore[arg-type]
+        elif t is PeerUp:
+            self._peer_up(event, now, out)  # type: ignore[arg-type]
+        elif t is PeerDown:
+            self._peer_down(event.port, now, out)  # type: ignore[union-attr]
+        else:
+            raise LocalProtocolError(f"not a router input: {event!r}")
+        return out
 
     def on_timer(self, now: float) -> list[Action]:
         """Run every timer due at `now` (safe to call early: nothing happens)."""
-        raise NotImplementedError
+        self._now = now
+        out: list[Action] = []
+        cfg = self._cfg
+        if self._waiting_until is not None and now >= self._waiting_until:
+            self._waiting_until = None
+            if self._parent is None:
+                best = self._choose_parent(now)
+                if best is not None:
+                    self._set_parent(best, out)
+        if now >= self._next_root_announce:
+            self._next_root_announce = max(
+                self._next_root_announce + cfg.announcement_interval, now
+            )
+            if self._parent is None and self._waiting_until is None and self._peers:
+                self._sequence += 1
+                self._tree_changed(out)
+                self._announce(self._peer_list, out)
+        if now >= self._next_maintain:
+            self._next_maintain += cfg.snake_maintain_interval
+            if self._next_maintain <= now:
+                self._next_maintain = now + cfg.snake_maintain_interval
+            self._maintain_snake(now, out)
+        if now >= self._next_cache_sweep:
+            self._next_cache_sweep = now + cfg.coords_cache_sweep
+            self._sweep_coords_cache(now)
+        return out
 
     def next_deadline(self) -> float:
         """When `on_timer` must next be called; `math.inf` if never."""
-        return math.inf
+        d = min(self._next_maintain, self._next_root_announce, self._next_cache_sweep)
+        w = self._waiting_until
+        return d if w is None or w > d else w
 
     # --- read-only accessors ------------------------------------------------------------
 
     @property
     def public_key(self) -> bytes:
-        raise NotImplementedError
+        return self._key
+
+    @property
+    def config(self) -> RouterConfig:
+        return self._cfg
 
     @property
     def root(self) -> tuple[bytes, int]:
         """Our root as (key, sequence); our own key when we are the root."""
-        raise NotImplementedError
+        ann = self._current_ann()
+        return ann.root_key, ann.root_seq
 
     @property
     def coords(self) -> Coords:
         """Our tree coordinates (empty when root)."""
-        raise NotImplementedError
+        return self._coords
 
     @property
     def parent_port(self) -> int | None:
         """The port of our tree parent, None when we are root."""
-        raise NotImplementedError
+        p = self._parent
+        return None if p is None else p.port
+
+    @property
+    def waiting(self) -> bool:
+        """Whether the 1 s reparent hold-down is active."""
+        return self._waiting_until is not None
 
     @property
     def descending_key(self) -> bytes | None:
         """Our descending snake neighbour's key (valid entries only), or None."""
-        raise NotImplementedError
+        d = self._descending
+        if d is None:
+            return None
+        e = self._table.get(d)
+        if e is None or e.last_seen <= self._now - self._cfg.snake_expiry:
+            return None
+        rk, rs = self.root
+        if e.root_key != rk or e.root_seq != rs:
+            return None
+        return d
 
     @property
     def ascending_key(self) -> bytes | None:
         """The smallest key above ours that we know a route to (where our next bootstrap
         heads), or None. This is local knowledge, not necessarily the true successor."""
-        raise NotImplementedError
+        port, key, _ = self._snake(self._key, True, FULL_MASK, 0)
+        return None if port is None else key
 
     def peers(self) -> list[PeerStatus]:
         """Every live peering, by port."""
-        raise NotImplementedError
+        out = []
+        for p in self._peer_list:
+            ann = p.ann
+            out.append(
+                PeerStatus(
+                    p.port,
+                    p.key,
+                    PeerType(p.peer_type),
+                    p.zone,
+                    None if ann is None else p.coords,
+                    None if ann is None else ann.root_key,
+                    None if ann is None else ann.root_seq,
+                )
+            )
+        return out
+
+    def peer_key(self, port: int) -> bytes | None:
+        """The key of the peer on `port`, or None."""
+        p = self._peers.get(port)
+        return None if p is None else p.key
 
     def snake_table_size(self) -> int:
-        raise NotImplementedError
+        return len(self._table)
+
+    def snake_entries(self) -> list[SnakeEntry]:
+        """The snake table, in key order (read-only snapshot of live entries)."""
+        return self._table.entries()
+
+    def key_index_size(self) -> int:
+        """Distinct keys learnt from announcements and peerings."""
+        return len(self._index)
 
     def coords_cache_size(self) -> int:
-        raise NotImplementedError
+        return len(self._coords_cache)
 
     def statistics(self) -> RouterStatistics:
         """Counters since start (a live object; copy it to snapshot)."""
-        raise NotImplementedError
+        return self._stats
+
+    def next_hop_exact(self, destination_key: bytes, *, from_port: int = LOCAL) -> int | None:
+        """The port exact-key traffic for `destination_key` takes from here by the snake
+        (`LOCAL` = ours, None = dropped), as if it arrived on `from_port`."""
+        if destination_key == self._key:
+            return LOCAL
+        port, _, _ = self._snake(destination_key, False, FULL_MASK, 0)
+        if port in (LOCAL, from_port):
+            return None
+        return port
+
+    def next_hop_closest(self, target_key: bytes, *, from_port: int = LOCAL) -> int | None:
+        """The port closest-key traffic for `target_key` takes from here (`LOCAL` when we
+        are the closest node, None when dropped)."""
+        rk = self._current_ann().root_key
+        port, _, _ = self._snake(target_key if target_key <= rk else rk, False, FULL_MASK, 0)
+        if port != LOCAL and port == from_port:
+            return None
+        return port
+
+    def next_hop_coords(self, coords: Coords, *, from_port: int = LOCAL) -> int | None:
+        """The tree next hop towards `coords` (`LOCAL` when they are ours, None if none)."""
+        ann = self._current_ann()
+        return tree_next_hop(
+            self._coords, coords, from_port, self._peer_list, ann.root_key, ann.root_seq
+        )
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _drop(self, reason: str) -> None:
+        d = self._stats.dropped
+        d[reason] = d.get(reason, 0) + 1
+
+    def _current_ann(self) -> Announcement:
+        p = self._parent
+        if p is not None and p.ann is not None:
+            return p.ann
+        if self._root_ann.root_seq != self._sequence:
+            self._root_ann = Announcement.new(self._key, self._sequence)
+        return self._root_ann
+
+    def _snake(
+        self, dest: bytes, bootstrap: bool, wm_key: bytes, wm_seq: int
+    ) -> tuple[int | None, bytes, int]:
+        return snake_next_hop(
+            dest,
+            bootstrap,
+            wm_key,
+            wm_seq,
+            our_key=self._key,
+            root_key=self._current_ann().root_key,
+            has_parent=self._parent is not None,
+            index=self._index,
+            table=self._table,
+            valid_after=self._now - self._cfg.snake_expiry,
+        )
+
+    # --- peers --------------------------------------------------------------------------
+
+    def _peer_up(self, ev: PeerUp, now: float, out: list[Action]) -> None:
+        port = ev.port
+        if not 1 <= port <= MAX_PORT:
+            raise LocalProtocolError(f"peer port {port} outside 1..{MAX_PORT}")
+        if port in self._peers:
+            raise LocalProtocolError(f"port {port} is already up")
+        key = bytes(ev.public_key)
+        if len(key) != KEY_SIZE:
+            raise LocalProtocolError("a peer key is 32 bytes")
+        peer = Peer(port, key, ev.peer_type, ev.zone)
+        self._peers[port] = peer
+        self._peer_list = sorted(self._peers.values(), key=_port_of)
+        if key != self._key:
+            self._index.add(key, port, 0, peer.peer_type)
+        self._announce([peer], out)
+        out.append(Emit(PeerAdded(port, key)))
+
+    def _peer_down(self, port: int, now: float, out: list[Action]) -> None:
+        peer = self._peers.pop(port, None)
+        if peer is None:
+            self._drop("unknown_port")
+            return
+        self._peer_list = sorted(self._peers.values(), key=_port_of)
+        index = self._index
+        for k in peer.indexed_keys:
+            index.remove(k, port)
+        index.remove(peer.key, port)
+        gone = self._table.remove_port(port)
+        if self._descending is not None and self._descending in gone:
+            self._set_descending(None, out)
+        out.append(Emit(PeerRemoved(port, peer.key)))
+        if not self._peers:
+            # Last peer gone: a blank slate (research §4.2), sequence kept.
+            self._table.clear()
+            self._coords_cache.clear()
+            self._waiting_until = None
+            if self._descending is not None:
+                self._set_descending(None, out)
+            self._parent = None
+            self._sequence += 1
+            self._tree_changed(out)
+            return
+        if peer is self._parent:
+            self._parent = None
+            self._tree_changed(out)
+            best = self._choose_parent(now)
+            if best is not None:
+                self._set_parent(best, out)
+            else:
+                self._become_root(out)
+
+    # --- tree ---------------------------------------------------------------------------
+
+    def _announce(self, peers: list[Peer], out: list[Action]) -> None:
+        """Send our current announcement, with our entry for each port, to `peers`."""
+        if not peers:
+            return
+        ann = self._current_ann()
+        if ann is not self._signed_ann:
+            # Our entry signs the body before it, which does not depend on the port:
+            # one signature serves every peer (ed25519 is deterministic anyway).
+            self._signed_sig = self._signer.sign(ann.body)
+            self._signed_ann = ann
+        sig = self._signed_sig
+        key = self._key
+        for p in peers:
+            out.append(SendFrame(p.port, TreeAnnouncement(ann.extend(p.port, key, sig))))
+
+    def _tree_changed(self, out: list[Action]) -> None:
+        """Recompute coordinates after a tree change and emit what changed."""
+        ann = self._current_ann()
+        coords = ann.coords if self._parent is not None else ()
+        self._coords = coords
+        root = (ann.root_key, ann.root_seq)
+        old = self._ev_root
+        if root != old:
+            if root[0] != old[0]:
+                self._coords_cache.clear()  # §8.2: coordinates under another root are junk
+            self._ev_root = root
+            out.append(Emit(RootChanged(root[0], root[1])))
+        port = self.parent_port
+        if port != self._ev_parent or coords != self._ev_coords:
+            self._ev_parent = port
+            self._ev_coords = coords
+            out.append(Emit(ParentChanged(port, coords)))
+
+    def _become_root(self, out: list[Action]) -> None:
+        self._parent = None
+        self._sequence += 1
+        self._tree_changed(out)
+        self._announce(self._peer_list, out)
+
+    def _set_parent(self, peer: Peer, out: list[Action]) -> None:
+        self._parent = peer
+        self._tree_changed(out)
+        self._announce(self._peer_list, out)
+        self._bootstrap_soon = True
+
+    def _choose_parent(self, now: float) -> Peer | None:
+        ann = self._current_ann()
+        return select_parent(
+            self._key,
+            ann.root_key,
+            ann.root_seq,
+            self._peer_list,
+            now,
+            self._cfg.announcement_timeout,
+        )
+
+    def _on_announcement(
+        self, peer: Peer, ann: Announcement, now: float, out: list[Action]
+    ) -> None:
+        reason = check_announcement(ann, peer.key, self._signer)
+        if reason is not None:
+            self._drop("bad_announcement")
+            out.append(DropPeer(peer.port, reason))
+            return
+        cur = self._current_ann()
+        first = peer.ann is None
+        old_keys = () if peer.ann is None else peer.ann.keys
+        self._ordering += 1
+        peer.ann = ann
+        peer.ann_time = now
+        peer.ann_order = self._ordering
+        keys = ann.keys
+        peer.coords = tuple([h.port for h in ann.hops[:-1]])
+        peer.contains_us = self._key in keys
+        if keys != old_keys:
+            self._index_peer(peer, keys)
+        if self._waiting_until is not None:
+            return  # hold-down: stored, not acted on
+        is_parent = peer is self._parent
+        action = decide_announcement(
+            from_parent=is_parent,
+            contains_us=peer.contains_us,
+            new_root_key=ann.root_key,
+            new_root_seq=ann.root_seq,
+            our_root_key=cur.root_key,
+            our_root_seq=cur.root_seq,
+            first_from_peer=first,
+        )
+        if action is AnnouncementAction.ACCEPT:
+            self._tree_changed(out)
+            self._announce(self._peer_list, out)
+        elif action is AnnouncementAction.REPARENT_WAIT:
+            self._waiting_until = now + self._cfg.reparent_wait
+            self._become_root(out)
+        elif action is AnnouncementAction.ADOPT:
+            self._set_parent(peer, out)
+        elif action is AnnouncementAction.REPLY:
+            self._announce([peer], out)
+        elif action is AnnouncementAction.SELECT_PARENT:
+            best = self._choose_parent(now)
+            if best is not None and best is not self._parent:
+                self._set_parent(best, out)
+            elif best is None and self._parent is not None:
+                self._become_root(out)
+        elif is_parent:  # pragma: no cover - the table never ignores the parent
+            self._tree_changed(out)
+
+    def _index_peer(self, peer: Peer, keys: tuple[bytes, ...]) -> None:
+        index = self._index
+        port = peer.port
+        n = len(keys) - 1
+        own = self._key
+        pk = peer.key
+        new = {k: n - i for i, k in enumerate(keys) if k != pk and k != own}
+        for k in peer.indexed_keys:
+            if k not in new:
+                index.remove(k, port)
+        ptype = peer.peer_type
+        for k, hops in new.items():
+            index.add(k, port, hops, ptype)
+        peer.indexed_keys = tuple(new)
+
+    # --- snake --------------------------------------------------------------------------
+
+    def _set_descending(self, key: bytes | None, out: list[Action]) -> None:
+        self._descending = key
+        self._bootstrap_soon = True
+        out.append(Emit(DescendingChanged(key)))
+
+    def _maintain_snake(self, now: float, out: list[Action]) -> None:
+        cfg = self._cfg
+        d = self._descending
+        if d is not None:
+            e = self._table.get(d)
+            ann = self._current_ann()
+            if (
+                e is None
+                or e.last_seen <= now - cfg.snake_expiry
+                or e.root_key != ann.root_key
+                or e.root_seq != ann.root_seq
+            ):
+                self._set_descending(None, out)
+        self._table.sweep(now, cfg.snake_expiry)
+        if self._parent is not None and (
+            self._bootstrap_soon or now - self._last_bootstrap >= cfg.bootstrap_interval - 1e-9
+        ):
+            self._send_bootstrap(now, out)
+
+    def _send_bootstrap(self, now: float, out: list[Action]) -> None:
+        self._bootstrap_soon = False
+        self._last_bootstrap = now
+        ann = self._current_ann()
+        seq = max(self._bootstrap_seq + 1, int((now + self._cfg.wall_clock_offset) * 1000))
+        self._bootstrap_seq = seq
+        port, bk, bs = self._snake(self._key, True, FULL_MASK, 0)
+        if port is None:
+            return
+        sig = self._signer.sign(bootstrap_signed_bytes(seq, ann.root_key, ann.root_seq))
+        out.append(
+            SendFrame(port, Bootstrap(self._key, bk, bs, seq, ann.root_key, ann.root_seq, sig))
+        )
+
+    def _on_bootstrap(self, port: int, f: Bootstrap, now: float, out: list[Action]) -> None:
+        origin = f.destination_key
+        if origin == self._key:
+            self._drop("own_bootstrap")
+            return
+        if self._verify and not self._signer.verify(
+            origin, bootstrap_signed_bytes(f.sequence, f.root_key, f.root_seq), f.signature
+        ):
+            self._drop("bad_signature")
+            return
+        ann = self._current_ann()
+        rk = f.root_key
+        rs = f.root_seq
+        if rk != ann.root_key or rs != ann.root_seq:
+            self._drop("wrong_root")
+            return
+        table = self._table
+        e = table.get(origin)
+        if e is not None and e.root_key == rk and e.root_seq == rs and f.sequence <= e.seq:
+            self._drop("replay")
+            return
+        nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq)
+        if table.put(SnakeEntry(origin, port, nh, now, rk, rs, f.sequence)):
+            if origin < self._key:
+                d = self._descending
+                if d is None or d != origin:
+                    de = None if d is None else table.get(d)
+                    valid = (
+                        de is not None
+                        and de.last_seen > now - self._cfg.snake_expiry
+                        and de.root_key == rk
+                        and de.root_seq == rs
+                    )
+                    if not valid or (d is not None and d < origin):
+                        self._set_descending(origin, out)
+        else:
+            self._drop("snake_table_full")
+        if nh is None:
+            return  # dead end: we are the origin's ascending neighbour
+        if nh == port:
+            self._drop("loop")
+            return
+        if worse(bk, bs, f.watermark_key, f.watermark_seq):
+            self._drop("watermark")
+            return
+        out.append(SendFrame(nh, Bootstrap(origin, bk, bs, f.sequence, rk, rs, f.signature)))
+
+    # --- traffic ------------------------------------------------------------------------
+
+    def _on_frame(self, peer: Peer, frame: Frame, now: float, out: list[Action]) -> None:
+        t = type(frame)
+        if t is Traffic:
+            self._route_traffic(peer.port, frame, now, out)  # type: ignore[arg-type]
+        elif t is Bootstrap:
+            self._on_bootstrap(peer.port, frame, now, out)  # type: ignore[arg-type]
+        elif t is ClosestTraffic:
+            self._route_closest(peer.port, frame, now, out)  # type: ignore[arg-type]
+        elif t is TreeAnnouncement:
+            self._on_announcement(peer, frame.announcement, now, out)  # type: ignore[union-attr]
+        elif t is Keepalive:
+            pass
+        else:
+            self._drop("unsupported_type")
+
+    def _cache_coords(self, key: bytes, coords: Coords, now: float) -> None:
+        c = self._coords_cache
+        if key in c:
+            del c[key]
+        elif len(c) >= self._cfg.max_coords_cache:
+            del c[next(iter(c))]
+        c[key] = (coords, now)
+
+    def _sweep_coords_cache(self, now: float) -> None:
+        c = self._coords_cache
+        cutoff = now - self._cfg.coords_cache_lifetime
+        while c:
+            k = next(iter(c))
+            if c[k][1] > cutoff:
+                break
+            del c[k]
+
+    def _local_send(self, ev: LocalSend, now: float, out: list[Action]) -> None:
+        dest = bytes(ev.destination_key)
+        payload = bytes(ev.payload)
+        if len(dest) != KEY_SIZE:
+            raise LocalProtocolError("a destination key is 32 bytes")
+        if len(payload) > MAX_TRAFFIC_PAYLOAD:
+            raise LocalProtocolError(f"payload over {MAX_TRAFFIC_PAYLOAD} bytes")
+        if dest == self._key:
+            self._stats.delivered += 1
+            out.append(DeliverLocal(dest, payload, DeliveryMode.EXACT, dest, 0))
+            return
+        cached = self._coords_cache.get(dest)
+        coords: Coords = ()
+        if cached is not None and now - cached[1] < self._cfg.coords_cache_lifetime:
+            coords = cached[0]
+        f = Traffic(
+            coords, self._coords, dest, self._key, FULL_MASK, 0, payload, self._cfg.hop_limit
+        )
+        self._route_traffic(LOCAL, f, now, out)
+
+    def _local_send_closest(self, ev: LocalSendClosest, now: float, out: list[Action]) -> None:
+        target = bytes(ev.target_key)
+        payload = bytes(ev.payload)
+        if len(target) != KEY_SIZE:
+            raise LocalProtocolError("a target key is 32 bytes")
+        if len(payload) > MAX_TRAFFIC_PAYLOAD:
+            raise LocalProtocolError(f"payload over {MAX_TRAFFIC_PAYLOAD} bytes")
+        f = ClosestTraffic(
+            self._coords, target, self._key, FULL_MASK, 0, payload, self._cfg.hop_limit
+        )
+        self._route_closest(LOCAL, f, now, out)
+
+    def _route_traffic(self, from_port: int, f: Traffic, now: float, out: list[Action]) -> None:
+        key = self._key
+        if f.destination_key == key:
+            if f.source_coords:
+                self._cache_coords(f.source_key, f.source_coords, now)
+            self._stats.delivered += 1
+            out.append(
+                DeliverLocal(
+                    f.source_key,
+                    f.payload,
+                    DeliveryMode.EXACT,
+                    key,
+                    max(0, self._cfg.hop_limit - f.hop_limit),
+                )
+            )
+            return
+        if f.hop_limit <= 0:
+            self._drop("hop_limit")
+            return
+        dc = f.destination_coords
+        if dc:
+            ann = self._current_ann()
+            nh = tree_next_hop(
+                self._coords, dc, from_port, self._peer_list, ann.root_key, ann.root_seq
+            )
+            if nh is not None and nh != LOCAL:
+                out.append(
+                    SendFrame(
+                        nh,
+                        Traffic(
+                            dc,
+                            f.source_coords,
+                            f.destination_key,
+                            f.source_key,
+                            f.watermark_key,
+                            f.watermark_seq,
+                            f.payload,
+                            f.hop_limit - 1,
+                        ),
+                    )
+                )
+                return
+            # No tree progress, or the coordinates are ours but the key is not (stale
+            # coordinates, §8.4): fall back to the snake without coordinates.
+        nh2, bk, bs = self._snake(f.destination_key, False, f.watermark_key, f.watermark_seq)
+        if nh2 is None or nh2 == LOCAL:
+            self._drop("no_route")
+            return
+        if nh2 == from_port:
+            self._drop("loop")
+            return
+        if worse(bk, bs, f.watermark_key, f.watermark_seq):
+            self._drop("watermark")
+            return
+        nf = Traffic(
+            (),
+            f.source_coords,
+            f.destination_key,
+            f.source_key,
+            bk,
+            bs,
+            f.payload,
+            f.hop_limit - 1,
+        )
+        if dc and frame_length(nf) > MAX_FRAME_SIZE:
+            self._drop("too_large")  # the watermark would not fit
+            return
+        out.append(SendFrame(nh2, nf))
+
+    def _route_closest(
+        self, from_port: int, f: ClosestTraffic, now: float, out: list[Action]
+    ) -> None:
+        if f.hop_limit <= 0:
+            self._drop("hop_limit")
+            return
+        target = f.target_key
+        rk = self._current_ann().root_key
+        # Above every key (the root's is the highest): the root is the closest node.
+        nh, bk, bs = self._snake(
+            target if target <= rk else rk, False, f.watermark_key, f.watermark_seq
+        )
+        if nh is None:
+            self._drop("no_route")
+            return
+        if worse(bk, bs, f.watermark_key, f.watermark_seq):
+            self._drop("watermark")
+            return
+        if nh == LOCAL:
+            if f.source_coords:
+                self._cache_coords(f.source_key, f.source_coords, now)
+            self._stats.delivered += 1
+            out.append(
+                DeliverLocal(
+                    f.source_key,
+                    f.payload,
+                    DeliveryMode.CLOSEST,
+                    target,
+                    max(0, self._cfg.hop_limit - f.hop_limit),
+                )
+            )
+            return
+        if nh == from_port:
+            self._drop("loop")
+            return
+        out.append(
+            SendFrame(
+                nh,
+                ClosestTraffic(
+                    f.source_coords,
+                    target,
+                    f.source_key,
+                    bk,
+                    bs,
+                    f.payload,
+                    f.hop_limit - 1,
+                ),
+            )
+        )
+
+
+def _port_of(p: Peer) -> int:
+    return p.port
