@@ -34,12 +34,14 @@ class Graph:
     marked dead and have no links.
     """
 
-    __slots__ = ("adj", "alive", "names")
+    __slots__ = ("adj", "alive", "names", "version")
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names: list[str] = list(names)
         self.adj: list[set[int]] = [set() for _ in self.names]
         self.alive: list[bool] = [True] * len(self.names)
+        #: Incremented by every change, so callers can cache ground truth.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self.names)
@@ -55,6 +57,7 @@ class Graph:
         self.names.append(name if name is not None else str(index))
         self.adj.append(set())
         self.alive.append(True)
+        self.version += 1
         return index
 
     def add_link(self, a: int, b: int) -> bool:
@@ -65,6 +68,7 @@ class Graph:
             raise ValueError("cannot link a removed node")
         self.adj[a].add(b)
         self.adj[b].add(a)
+        self.version += 1
         return True
 
     def remove_link(self, a: int, b: int) -> bool:
@@ -73,6 +77,7 @@ class Graph:
             return False
         self.adj[a].discard(b)
         self.adj[b].discard(a)
+        self.version += 1
         return True
 
     def remove_node(self, a: int) -> list[int]:
@@ -82,6 +87,7 @@ class Graph:
             self.adj[b].discard(a)
         self.adj[a].clear()
         self.alive[a] = False
+        self.version += 1
         return former
 
     def has_link(self, a: int, b: int) -> bool:
