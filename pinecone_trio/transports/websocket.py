@@ -1,0 +1,239 @@
+"""`ws://host:port/path`: trio-websocket connections carried as byte streams.
+
+`WebSocketStream` adapts a trio-websocket `WebSocketConnection` to `trio.abc.Stream`:
+each `send_all` becomes binary messages of at most `MAX_WS_MESSAGE_SIZE` bytes, and
+`receive_some` returns message bytes in order, splitting a message across calls when
+`max_bytes` is smaller; message boundaries mean nothing. A peer's normal close (code
+1000/1001) reads as end of stream, any other close as `trio.BrokenResourceError`. A
+text message is a protocol violation and breaks the stream.
+
+trio-websocket reads the socket in `receive_buffer_size` pieces; its default of 4 KiB
+costs 2-4x in throughput (shared/anchors/py/results.md §7), so we use
+`WS_RECEIVE_BUFFER_SIZE`. A client connection needs a background reader task: `dial`
+runs it in the nursery you pass, which must outlive the stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Final, final
+
+import trio
+import trio_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
+
+from ..link.constants import CLOSE_TIMEOUT, DIAL_TIMEOUT
+from .base import Address, Handler, run_handler
+
+logger = logging.getLogger(__name__)
+
+#: Bytes trio-websocket asks the socket for per read (library default: 4096).
+WS_RECEIVE_BUFFER_SIZE: Final = 256 * 1024
+#: Largest message we send; a send_all above this is split.
+MAX_WS_MESSAGE_SIZE: Final = 256 * 1024
+#: Largest message we accept (trio-websocket closes the connection above it).
+MAX_WS_RECEIVE_MESSAGE_SIZE: Final = 1024 * 1024
+#: Close codes that mean an orderly end of stream.
+_NORMAL_CLOSE_CODES: Final = frozenset({1000, 1001})
+
+
+class _ConflictDetector:
+    __slots__ = ("_held", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+
+
+@final
+class WebSocketStream(trio.abc.Stream):
+    """A `trio.abc.Stream` over one WebSocket connection's binary messages.
+
+    Args:
+        connection: an open trio-websocket connection.
+        raw_stream: the byte stream under it, if you own it; closed by `aclose`.
+    """
+
+    def __init__(
+        self, connection: WebSocketConnection, raw_stream: trio.abc.Stream | None = None
+    ) -> None:
+        self.connection = connection
+        self._raw = raw_stream
+        self._pending = b""
+        self._closed = False
+        self._eof = False
+        self._send_conflict = _ConflictDetector("sending on this WebSocket stream")
+        self._receive_conflict = _ConflictDetector("receiving on this WebSocket stream")
+
+    def _closed_error(
+        self, exc: BaseException
+    ) -> trio.ClosedResourceError | trio.BrokenResourceError:
+        if self._closed:
+            return trio.ClosedResourceError("this WebSocket stream was closed")
+        return trio.BrokenResourceError(f"WebSocket connection closed: {exc}")
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._send_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("this WebSocket stream was closed")
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            with memoryview(data) as view:
+                for start in range(0, len(view), MAX_WS_MESSAGE_SIZE):
+                    message = bytes(view[start : start + MAX_WS_MESSAGE_SIZE])
+                    try:
+                        await self.connection.send_message(message)
+                    except (ConnectionClosed, trio.BrokenResourceError, OSError) as exc:
+                        raise self._closed_error(exc) from exc
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("this WebSocket stream was closed")
+            await trio.lowlevel.checkpoint()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            if self._closed:
+                raise trio.ClosedResourceError("this WebSocket stream was closed")
+            if self._pending or self._eof:
+                await trio.lowlevel.checkpoint()
+            while not self._pending:
+                if self._eof:
+                    return b""
+                try:
+                    message = await self.connection.get_message()
+                except ConnectionClosed as exc:
+                    # get_message can raise without yielding; streams always checkpoint.
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    if self._closed:
+                        raise trio.ClosedResourceError("this WebSocket stream was closed") from exc
+                    if exc.reason is not None and exc.reason.code in _NORMAL_CLOSE_CODES:
+                        self._eof = True
+                        return b""
+                    raise trio.BrokenResourceError(f"WebSocket closed: {exc.reason}") from exc
+                if isinstance(message, str):
+                    raise trio.BrokenResourceError("text message on a binary WebSocket stream")
+                self._pending = message
+            pending = self._pending
+            if max_bytes is None or max_bytes >= len(pending):
+                self._pending = b""
+                return pending
+            self._pending = pending[max_bytes:]
+            return pending[:max_bytes]
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self.connection.aclose()
+        finally:
+            # trio-websocket 0.12 leaves a *client's* TCP socket open when the server
+            # closed first (its reader stops at EOF without closing); close it here.
+            if self._raw is not None:
+                await self._raw.aclose()
+        await trio.lowlevel.checkpoint()
+
+
+@final
+class WebSocketTransport:
+    """Dial and listen on WebSocket (ws:// only; put TLS in front with a proxy)."""
+
+    async def dial(self, address: Address, *, nursery: trio.Nursery | None) -> trio.abc.Stream:
+        if nursery is None:
+            raise ValueError(
+                f"{address}: a ws:// dial needs a nursery for the connection's reader task"
+            )
+        stream: WebSocketStream = await nursery.start(_run_client, address)
+        return stream
+
+    async def serve(
+        self,
+        address: Address,
+        handler: Handler,
+        *,
+        task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        host, port = listeners[0].socket.getsockname()[:2]
+        bound = str(Address("ws", host, port, address.path))
+
+        async def on_request(request: WebSocketRequest) -> None:
+            if request.path != address.path:
+                await request.reject(404)
+                return
+            connection = await request.accept()
+            await run_handler(handler, WebSocketStream(connection), bound)
+
+        server = trio_websocket.WebSocketServer(
+            on_request,
+            listeners,
+            max_message_size=MAX_WS_RECEIVE_MESSAGE_SIZE,
+            receive_buffer_size=WS_RECEIVE_BUFFER_SIZE,
+            connect_timeout=DIAL_TIMEOUT,
+            disconnect_timeout=CLOSE_TIMEOUT,
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(server.run)
+            task_status.started(bound)
+
+
+async def _run_client(
+    address: Address, *, task_status: trio.TaskStatus[WebSocketStream] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Own one client connection's reader task, so its failures stay here.
+
+    trio-websocket raises a refused upgrade both from `connect_websocket` and from the
+    reader task; running them in a nursery of our own turns that into one OSError for
+    the dialer instead of an exception in the caller's nursery.
+    """
+    started = False
+    tcp: trio.abc.Stream | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.move_on_after(DIAL_TIMEOUT):
+                tcp = await trio.open_tcp_stream(address.host, address.port)
+                connection = await trio_websocket.wrap_client_stream(
+                    nursery,
+                    tcp,
+                    f"{address.host}:{address.port}",
+                    address.path,
+                    max_message_size=MAX_WS_RECEIVE_MESSAGE_SIZE,
+                    receive_buffer_size=WS_RECEIVE_BUFFER_SIZE,
+                )
+                task_status.started(WebSocketStream(connection, tcp))
+                started = True
+            if not started:
+                raise TimeoutError(f"{address}: no WebSocket connection within {DIAL_TIMEOUT} s")
+    except Exception as exc:
+        if started:
+            logger.debug("WebSocket connection to %s ended with %r", address, exc)
+            return
+        if tcp is not None:
+            # trio-websocket does not close the socket when the upgrade is refused.
+            await trio.aclose_forcefully(tcp)
+        if isinstance(exc, OSError):
+            raise
+        rejected = isinstance(exc, BaseExceptionGroup) and exc.subgroup(
+            trio_websocket.ConnectionRejected
+        )
+        if rejected or isinstance(exc, trio_websocket.ConnectionRejected):
+            raise ConnectionRefusedError(f"{address}: WebSocket upgrade refused") from exc
+        raise ConnectionError(f"{address}: WebSocket connection failed ({exc!r})") from exc
