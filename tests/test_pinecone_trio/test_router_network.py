@@ -18,6 +18,7 @@ import pytest
 
 from pinecone_trio.identity import Identity
 from pinecone_trio.router.actions import (
+    Action,
     DeliverLocal,
     DeliveryMode,
     DropPeer,
@@ -69,7 +70,7 @@ class Net:
         # (node, port) -> (peer node, peer port)
         self.links: dict[tuple[int, int], tuple[int, int]] = {}
         self.ports: list[dict[int, int]] = [{} for _ in range(n)]  # node -> {port: peer}
-        self.heap: list[tuple[float, int, int, object]] = []
+        self.heap: list[tuple[float, int, int, tuple[int, Frame] | None]] = []
         self.seq = itertools.count()
         self.timer_at = [math.inf] * n
         self.delivered: list[tuple[int, DeliverLocal]] = []
@@ -117,7 +118,7 @@ class Net:
             self.timer_at[i] = d
             heapq.heappush(self.heap, (d, next(self.seq), i, None))
 
-    def _apply(self, i: int, actions: list[object]) -> None:
+    def _apply(self, i: int, actions: list[Action]) -> None:
         for a in actions:
             if type(a) is SendFrame:
                 link = self.links.get((i, a.port))
@@ -147,7 +148,7 @@ class Net:
                 self.timer_at[i] = math.inf
                 self._apply(i, self.nodes[i].on_timer(when))
             else:
-                port, frame = item  # type: ignore[misc]
+                port, frame = item
                 if (i, port) not in self.links:
                     continue
                 self._apply(i, self.nodes[i].on_input(FrameIn(port, frame), when))
