@@ -198,6 +198,21 @@ class Bitfield:
             pos = (page << _PAGE_SHIFT) + hi
         return out
 
+    def pages_after_set_bits(self, indices: Iterable[int]) -> dict[int, bytes]:
+        """Return the pages holding ``indices`` as setting those bits would leave them.
+
+        Like `pages_after_set`, nothing changes.
+        """
+        values: dict[int, int] = {}
+        for i in indices:
+            page = i >> _PAGE_SHIFT
+            cur = values.get(page)
+            if cur is None:
+                data = self._pages.get(page)
+                cur = 0 if data is None else int.from_bytes(data, "little")
+            values[page] = cur | (1 << (i & _PAGE_MASK))
+        return {p: v.to_bytes(PAGE_BYTES, "little") for p, v in values.items()}
+
     def clear_from(self, start: int) -> None:
         """Clear every bit at ``start`` and above (used by truncate)."""
         last = self.last_set()

@@ -47,6 +47,7 @@ from .constants import (
     MAX_BATCH_BLOCKS,
     MAX_BATCH_BYTES,
     MAX_BLOCK_SIZE,
+    MAX_PROOF_GROUP,
     READ_CHUNK_BLOCKS,
     THREAD_THRESHOLD_BYTES,
 )
@@ -68,6 +69,15 @@ from .errors import (
     NotWritableError,
 )
 from .merkle import AppendBatch, MerkleTree, byte_offset, seek
+from .proof import (
+    Proof,
+    ProofRequest,
+    VerifiedBatch,
+    create_proof,
+    missing_nodes,
+    proof_node_indices,
+    verify_proof,
+)
 from .storage import (
     Durability,
     Head,
@@ -87,6 +97,7 @@ __all__ = [
     "LogEvent",
     "LogSnapshot",
     "LogStatistics",
+    "ProofResult",
     "Store",
     "TruncateEvent",
     "open_store",
@@ -136,6 +147,29 @@ class AppendResult:
 
     length: int
     byte_length: int
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ProofResult:
+    """What `Log.apply_proof` stored.
+
+    Attributes:
+        block: the index of the block stored, or None.
+        block_size: its size in bytes (0 without a block).
+        upgraded: True if the signed head moved (a longer length, or a new fork).
+        truncated_to: set when a proof for a newer fork made the log drop every block
+            from this index on (the common prefix with the new fork is kept).
+        hash: the verified tree node of a hash request, or None.
+        seek: ``(block, offset_in_block)`` of a verified seek, or None.
+    """
+
+    block: int | None = None
+    block_size: int = 0
+    upgraded: bool = False
+    truncated_to: int | None = None
+    hash: TreeNode | None = None
+    seek: tuple[int, int] | None = None
 
 
 @final
@@ -312,21 +346,17 @@ class Log:
         """Return how many tree nodes on block ``index``'s path up to its root are not stored.
 
         This is hypercore's ``nodes`` field of a block request: the responder skips
-        the uncles the requester already has.
+        the uncles the requester already has. 0 when ``index`` is past `length`.
         """
-        length = self._tree.length
-        if not 0 <= index < length:
+        return self.missing_tree_nodes(2 * index)
+
+    def missing_tree_nodes(self, node: int) -> int:
+        """Like `missing_nodes` for any flat-tree node index (for hash requests)."""
+        if node < 0:
             return 0
-        node = 2 * index
-        root = flat_tree.root_for_leaf(node, 2 * length)
-        count = 0
-        # Bounded by the depth of the root (at most 64 levels).
-        while node != root:
-            if self._storage.get_node(self._handle, node) is not None:
-                return count
-            count += 1
-            node = flat_tree.parent(node)
-        return count
+        handle = self._handle
+        get = self._storage.get_node
+        return missing_nodes(node, self._tree.length, lambda i: get(handle, i) is not None)
 
     def statistics(self) -> LogStatistics:
         """Return counters: length, blocks held, subscribers, dropped events."""
@@ -632,6 +662,99 @@ class Log:
         if event is not None:
             event.set()
 
+    # -- proofs (the replication boundary) ---------------------------------------
+
+    def create_proof(self, request: ProofRequest) -> Proof:
+        """Build the proof answering a peer's ``request`` from local storage.
+
+        Synchronous and fast (``O(log n)`` node reads, prefetched in one go).
+
+        Raises:
+            InvalidRequestError: if the request is out of bounds or for another fork.
+            BlockNotAvailableError: if the block or a needed node is not held here.
+        """
+        tree = self._tree
+        value = None
+        if request.block is not None:
+            index = request.block.index
+            if self.has(index):
+                value = self._storage.get_block(self._handle, index)
+        wanted = proof_node_indices(tree, request)
+        cache = {n.index: n for n in self._storage.get_nodes(self._handle, wanted) if n is not None}
+
+        def get_node(i: int) -> TreeNode | None:
+            node = cache.get(i)
+            return node if node is not None else self._get_node(i)
+
+        manifest = None
+        if request.manifest and self._verifier is not None:
+            manifest = self._verifier.manifest.encode()
+        return create_proof(tree, request, get_node, value=value, manifest=manifest)
+
+    async def apply_proof(self, proof: Proof, *, seek_padding: int = 0) -> ProofResult:
+        """Verify a peer's ``proof`` against what this log trusts, then store it atomically.
+
+        Blocks, nodes, bitfield page and (when the proof upgrades) the new signed head
+        are written in one transaction; events follow. A proof for a newer fork makes
+        the log drop everything after the common prefix first (same transaction).
+
+        Raises:
+            InvalidProofError: the proof does not verify (`InvalidSignatureError` for a
+                bad signature). Nothing was stored.
+        """
+        (result,) = await self.apply_proofs([proof], seek_padding=seek_padding)
+        if isinstance(result, HyperlogError):
+            raise result
+        return result
+
+    async def apply_proofs(
+        self, proofs: Sequence[Proof], *, seek_padding: int = 0
+    ) -> list[ProofResult | HyperlogError]:
+        """Verify several proofs and store the valid ones in one transaction (group commit).
+
+        Each proof is verified against the state the earlier ones in the group lead
+        to. A proof that fails verification stores nothing; its error takes its place
+        in the returned list (in order) and the others proceed.
+
+        Raises:
+            ValueError: if more than `MAX_PROOF_GROUP` proofs are given.
+            HyperlogError: if the log or store is closed.
+        """
+        if len(proofs) > MAX_PROOF_GROUP:
+            raise ValueError(f"at most {MAX_PROOF_GROUP} proofs per group")
+        if self._closed:
+            raise HyperlogError("the log is closed")
+        async with self._write_lock:
+            results: list[ProofResult | HyperlogError] = []
+            group = _Group(self)
+            for proof in proofs:
+                try:
+                    batch = verify_proof(
+                        group.tree,
+                        proof,
+                        group.verifier if group.verifier is not None else self.key,
+                        group.get_node,
+                        seek_padding=seek_padding,
+                    )
+                except HyperlogError as exc:
+                    results.append(exc)
+                    continue
+                if batch.is_fork_change and group.pending:
+                    # A fork change rewrites the tree: commit what came before it first.
+                    await group.commit()
+                    group = _Group(self)
+                    batch = verify_proof(
+                        group.tree,
+                        proof,
+                        group.verifier if group.verifier is not None else self.key,
+                        group.get_node,
+                        seek_padding=seek_padding,
+                    )
+                results.append(group.add(batch))
+            await group.commit()
+        await trio.lowlevel.checkpoint()
+        return results
+
     # -- verification -----------------------------------------------------------
 
     async def verify(self) -> None:
@@ -706,6 +829,134 @@ class Log:
         for event in self._block_waiters.values():
             event.set()
         self._block_waiters.clear()
+
+
+class _Group:
+    """Verified proofs waiting to be committed together, and the state they lead to."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.tree = log._tree.snapshot()
+        self.verifier = log._verifier
+        self.overlay: dict[int, TreeNode] = {}
+        self.write = WriteBatch()
+        self.blocks: dict[int, tuple[bytes, bytes]] = {}
+        self.new_bits: list[int] = []
+        self.events: list[LogEvent] = []
+        self.truncated_to: int | None = None
+        self.fork_changed = False
+        self.pending = False
+        self.bytes = 0
+
+    def get_node(self, index: int) -> TreeNode | None:
+        node = self.overlay.get(index)
+        if node is not None:
+            return node
+        if self.fork_changed or (
+            self.truncated_to is not None and flat_tree.right_span(index) >= 2 * self.truncated_to
+        ):
+            return None
+        return self.log._get_node(index)
+
+    def add(self, batch: VerifiedBatch) -> ProofResult:
+        truncated_to = None
+        if batch.is_fork_change:
+            truncated_to = self._common_prefix(batch)
+            self.write.truncate = truncated_to
+            self.truncated_to = truncated_to
+            self.fork_changed = True
+            self.events.append(TruncateEvent(truncated_to, batch.fork))
+        if batch.verifier is not None and self.verifier is None:
+            self.verifier = batch.verifier
+            self.write.manifest = batch.verifier.manifest.encode()
+        leaf = None
+        block_index = None
+        if batch.block is not None:
+            block_index, value = batch.block
+            leaf = 2 * block_index
+            for node in batch.nodes:
+                if node.index == leaf:
+                    self.blocks[block_index] = (value, node.hash)
+                    break
+            self.new_bits.append(block_index)
+            self.bytes += len(value)
+            self.events.append(DownloadEvent(block_index, len(value)))
+        for node in batch.nodes:
+            self.overlay[node.index] = node
+        batch.apply_to(self.tree)
+        if batch.upgraded:
+            self.events.append(AppendEvent(batch.length, batch.byte_length, batch.fork))
+        self.pending = True
+        return ProofResult(
+            block=block_index,
+            block_size=0 if batch.block is None else len(batch.block[1]),
+            upgraded=batch.upgraded,
+            truncated_to=truncated_to,
+            hash=batch.hash,
+            seek=batch.seek,
+        )
+
+    def _common_prefix(self, batch: VerifiedBatch) -> int:
+        """Return how many leading blocks the new fork provably shares with ours.
+
+        A new root equal to a stored node covers a shared prefix; the first root that
+        differs (or is not stored) ends it. Hypercore bisects further with hash
+        requests; we re-download instead (docs/hyperlog-storage.md).
+        """
+        shared = 0
+        limit = min(self.tree.length, batch.length)
+        for root in batch.roots:
+            if flat_tree.right_span(root.index) // 2 >= limit:
+                break
+            mine = self.log._get_node(root.index)
+            if mine is None or mine.hash != root.hash or mine.size != root.size:
+                break
+            shared = flat_tree.right_span(root.index) // 2 + 1
+        return shared
+
+    async def commit(self) -> None:
+        if not self.pending:
+            return
+        log = self.log
+        w = self.write
+        blocks = self.blocks
+        w.blocks = [(i, value, digest) for i, (value, digest) in sorted(blocks.items())]
+        block_leaves = {2 * i for i in blocks}
+        w.nodes = [n for i, n in sorted(self.overlay.items()) if i not in block_leaves]
+        bits = log._bitfield.copy() if w.truncate is not None else None
+        if bits is not None:
+            assert w.truncate is not None
+            bits.take_dirty()
+            bits.clear_from(w.truncate)
+            for i in self.new_bits:
+                bits.set(i)
+            w.bitfield = bits.take_dirty()
+        else:
+            w.bitfield = log._bitfield.pages_after_set_bits(self.new_bits)
+        t = self.tree
+        if t.length != log._tree.length or t.fork != log._tree.fork or w.manifest:
+            w.head = Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature)
+        if self.bytes >= THREAD_THRESHOLD_BYTES:
+            await trio.to_thread.run_sync(log._storage.commit, log._handle, w)
+        else:
+            log._storage.commit(log._handle, w)
+        # Committed: now move memory forward (no checkpoint between here and the end).
+        if self.verifier is not None and log._verifier is None:
+            log._verifier = self.verifier
+        if w.truncate is not None:
+            log._bitfield.clear_from(w.truncate)
+            log._cuts[t.fork] = w.truncate
+        for i in self.new_bits:
+            log._bitfield.set(i)
+        log._bitfield.take_dirty()
+        log._tree = t
+        for event in self.events:
+            log._emit(event)
+        for i in self.new_bits:
+            log._wake_block(i)
+        if any(not isinstance(e, DownloadEvent) for e in self.events):
+            log._wake_length()
+        self.pending = False
 
 
 # --- snapshots -------------------------------------------------------------------------

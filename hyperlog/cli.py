@@ -1,0 +1,291 @@
+"""The ``hyperlog`` command: create, append to, read, inspect and verify a log in a folder.
+
+Every subcommand works on a *store folder* (DIR) holding the SQLite database; the
+command works on the store's default log (the first one created or cloned into it).
+
+Adding subcommands: each ``add_*_commands(subparsers)`` function registers its
+subparsers and sets ``run`` to an ``async def (args) -> int`` (the exit status). The
+network commands (``serve``, ``clone``) live in ``hyperlog.cli_net`` and are wired by
+appending its ``add_net_commands`` to `COMMAND_GROUPS`. `main` runs the chosen
+coroutine under ``trio.run`` and turns every expected failure into one line on stderr
+and exit status 1 (2 for usage errors), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import IO, Any, Final
+
+import trio
+
+from .constants import (
+    CLI_DEFAULT_BLOCK_SIZE,
+    CLI_FILE_BATCH_BYTES,
+    CLI_LINES_PER_BATCH,
+    MAX_BLOCK_SIZE,
+)
+from .crypto import SEED_SIZE, key_pair
+from .errors import HyperlogError
+from .log import Log, Store, open_store
+
+__all__ = ["COMMAND_GROUPS", "build_parser", "main"]
+
+Runner = Callable[[argparse.Namespace], Awaitable[int]]
+
+#: Store metadata telling `cat` how the log was filled (``lines`` or ``bytes``).
+_CAT_FORMAT_META: Final = "cli_cat_format"
+
+
+def _parse_seed(text: str) -> bytes:
+    try:
+        seed = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--seed must be hexadecimal") from None
+    if len(seed) != SEED_SIZE:
+        raise argparse.ArgumentTypeError(f"--seed must be {SEED_SIZE} bytes ({2 * SEED_SIZE} hex)")
+    return seed
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return n
+
+
+def _block_size(text: str) -> int:
+    n = _non_negative(text)
+    if not 1 <= n <= MAX_BLOCK_SIZE:
+        raise argparse.ArgumentTypeError(f"block size must be 1..{MAX_BLOCK_SIZE}")
+    return n
+
+
+# --- create ----------------------------------------------------------------------------
+
+
+async def _cmd_create(args: argparse.Namespace) -> int:
+    async with open_store(args.dir) as store:
+        if store.keys():
+            raise HyperlogError(f"{args.dir} already holds a log")
+        log = await store.create_log(key_pair(args.seed), compat=args.compat)
+        print(log.key.hex())
+    return 0
+
+
+# --- append ----------------------------------------------------------------------------
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+    for line in stream:
+        yield line[:-1] if line.endswith(b"\n") else line
+
+
+def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
+    # Bounded by the file size: every pass consumes `size` bytes or ends.
+    while chunk := stream.read(size):
+        yield chunk
+
+
+async def _append_all(log: Log, blocks: Iterator[bytes], per_batch: int) -> int:
+    batch: list[bytes] = []
+    count = 0
+    for block in blocks:
+        if len(block) > MAX_BLOCK_SIZE:
+            raise HyperlogError(f"a block of {len(block)} bytes exceeds {MAX_BLOCK_SIZE}")
+        batch.append(block)
+        if len(batch) >= per_batch:
+            await log.append(batch)
+            count += len(batch)
+            batch = []
+    if batch:
+        await log.append(batch)
+        count += len(batch)
+    return count
+
+
+def _open_input(path: str) -> IO[bytes]:
+    return sys.stdin.buffer if path == "-" else open(path, "rb")
+
+
+async def _cmd_append(args: argparse.Namespace) -> int:
+    async with open_store(args.dir, create=False) as store:
+        log = await store.default_log()
+        if not log.writable:
+            raise HyperlogError(f"the log in {args.dir} is not writable (no secret key)")
+        if args.lines is not None:
+            stream = _open_input(args.lines)
+            fmt = b"lines"
+            blocks, per_batch = _lines(stream), CLI_LINES_PER_BATCH
+        else:
+            stream = _open_input(args.file)
+            fmt = b"bytes"
+            size = args.block_size
+            blocks, per_batch = _chunks(stream, size), max(1, CLI_FILE_BATCH_BYTES // size)
+        try:
+            count = await _append_all(log, blocks, per_batch)
+        finally:
+            if stream is not sys.stdin.buffer:
+                stream.close()
+        store.storage.set_meta(_CAT_FORMAT_META, fmt)
+        print(f"appended {count} blocks, length {log.length}", file=sys.stderr)
+    return 0
+
+
+# --- cat -------------------------------------------------------------------------------
+
+
+async def _cmd_cat(args: argparse.Namespace) -> int:
+    async with open_store(args.dir, readonly=True, create=False) as store:
+        log = await store.default_log()
+        if args.raw:
+            lines = False
+        elif args.lines:
+            lines = True
+        else:
+            lines = store.storage.get_meta(_CAT_FORMAT_META) != b"bytes"
+        end = log.length if args.end is None else min(args.end, log.length)
+        out = sys.stdout.buffer
+        async for block in log.iter_blocks(args.start, end):
+            out.write(block)
+            if lines:
+                out.write(b"\n")
+        out.flush()
+    return 0
+
+
+# --- info ------------------------------------------------------------------------------
+
+
+def _info(log: Log) -> dict[str, Any]:
+    sig = log.signature
+    return {
+        "key": log.key.hex(),
+        "discovery_key": log.discovery_key.hex(),
+        "length": log.length,
+        "byte_length": log.byte_length,
+        "fork": log.fork,
+        "tree_hash": log.tree_hash().hex(),
+        "signature": None if sig is None else sig.hex(),
+        "writable": log.writable,
+    }
+
+
+async def _cmd_info(args: argparse.Namespace) -> int:
+    async with open_store(args.dir, readonly=True, create=False) as store:
+        log = await store.default_log()
+        info = _info(log)
+        # A read-only open never holds the write lock: report whether the key is here.
+        info["writable"] = log.writable or _has_secret(store, log)
+        if args.json:
+            print(json.dumps(info))
+        else:
+            for name, value in info.items():
+                print(f"{name}: {value}")
+    return 0
+
+
+def _has_secret(store: Store, log: Log) -> bool:
+    stored = store.storage.find_log(log.key)
+    return stored is not None and stored.info.secret_key is not None
+
+
+# --- verify ----------------------------------------------------------------------------
+
+
+async def _cmd_verify(args: argparse.Namespace) -> int:
+    async with open_store(args.dir, readonly=True, create=False) as store:
+        await store.check(full=True)
+        log = await store.default_log()
+        await log.verify()
+        held = log.statistics().blocks_held
+        print(f"ok: {log.key.hex()} length {log.length}, {held} blocks held, all hashes verified")
+    return 0
+
+
+# --- wiring ----------------------------------------------------------------------------
+
+
+def add_local_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``create``, ``append``, ``cat``, ``info`` and ``verify``."""
+    p = subparsers.add_parser("create", help="create a store folder holding a new writable log")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--seed", type=_parse_seed, help="32-byte hex seed of the ed25519 key pair")
+    p.add_argument("--compat", action="store_true", help="legacy mode: the key is the public key")
+    p.set_defaults(run=_cmd_create)
+
+    p = subparsers.add_parser("append", help="append lines or a file's bytes as blocks")
+    p.add_argument("dir", metavar="DIR")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--lines", metavar="FILE", help="one block per line ('-' for stdin)")
+    src.add_argument("--file", metavar="FILE", help="a file cut into blocks ('-' for stdin)")
+    p.add_argument(
+        "--block-size",
+        type=_block_size,
+        default=CLI_DEFAULT_BLOCK_SIZE,
+        metavar="N",
+        help=f"bytes per block with --file (default {CLI_DEFAULT_BLOCK_SIZE})",
+    )
+    p.set_defaults(run=_cmd_append)
+
+    p = subparsers.add_parser("cat", help="write blocks START..END-1 to stdout")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--start", type=_non_negative, default=0, metavar="N")
+    p.add_argument("--end", type=_non_negative, default=None, metavar="N")
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--raw", action="store_true", help="no newline after each block")
+    fmt.add_argument("--lines", action="store_true", help="a newline after each block")
+    p.set_defaults(run=_cmd_cat)
+
+    p = subparsers.add_parser("info", help="show the key, length, fork and signed head")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="one JSON object, bytes as hex")
+    p.set_defaults(run=_cmd_info)
+
+    p = subparsers.add_parser("verify", help="recompute every hash and check the signature")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(run=_cmd_verify)
+
+
+#: Functions that add subcommands; the network commands append theirs here.
+COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    add_local_commands,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="hyperlog", description="A signed, append-only, hypercore-compatible log."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in COMMAND_GROUPS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``hyperlog`` command; return its exit status."""
+    args = build_parser().parse_args(argv)
+    run: Runner = args.run
+    try:
+        return trio.run(run, args)
+    except KeyboardInterrupt:
+        print("hyperlog: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except (HyperlogError, OSError, ValueError, KeyError, sqlite3.Error) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"hyperlog: error: {message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
