@@ -1,0 +1,424 @@
+"""`NoiseLink`: a `trio.abc.Stream` encrypted with Noise XX over any other stream.
+
+Theory of operation
+-------------------
+Like `trio.SSLStream`, a `NoiseLink` wraps a transport stream and drives a sans-IO
+engine: `NoiseHandshake` for the three handshake messages, then `NoiseCipher` for
+transport messages. Every message travels in a frame `2-byte length || message`
+(`framing.py`); handshake frames may be at most `MAX_HANDSHAKE_MESSAGE_SIZE`, transport
+frames at most Noise's 65,535 bytes, i.e. 65,519 bytes of application data.
+
+Handshake. `do_handshake()` (called for you by the first `send_all`/`receive_some`)
+runs the whole handshake under `handshake_timeout`. Failures raise a `LinkError`
+subclass that names the problem (`HandshakeTimeout`, `HandshakeAborted`,
+`BadHandshake`, `WrongRemoteKey`, `FrameTooLarge`) and close the transport; implicit
+handshakes raise `trio.BrokenResourceError` with that error as the cause.
+
+Sending. `send_all` cuts data into maximum-size messages and encrypts them straight
+into one reusable buffer with `ChaCha20Poly1305.encrypt_into` (no per-frame joins),
+handing the transport up to `SEND_COALESCE_FRAMES` frames per write. Nonces count up
+from 0 in each direction; the counter is advanced as each frame is built, so a
+`send_all` that is cancelled or fails mid-write leaves the link broken (the peer's
+counter could no longer match), exactly as `SSLStream` does.
+
+Receiving. `receive_some` reads `receive_size` bytes at a time from the transport (large
+reads matter: each Trio read costs tens of microseconds), decrypts one frame at a time
+and hands out its plaintext, splitting it if `max_bytes` is smaller.
+
+Closing. An empty transport message (which `send_all` never produces) is our encrypted
+close notification: `aclose` sends it (bounded by `CLOSE_TIMEOUT`) before closing the
+transport, and the receiver reports end of stream only after reading it. A transport
+that ends without it raises `trio.BrokenResourceError` from `TruncatedStream`, so an
+attacker cannot silently cut a stream short. Garbage after the handshake fails as
+`DecryptionFailed`; both arrive as the cause of `trio.BrokenResourceError`, following
+Trio's stream contract.
+
+Concurrency follows Trio's rules: one task may send while another receives; two
+senders or two receivers at once get `trio.BusyResourceError`.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Final, final
+
+import trio
+
+from ..errors import (
+    HandshakeAborted,
+    HandshakeTimeout,
+    LinkError,
+    LocalProtocolError,
+    TruncatedStream,
+)
+from ..identity import Identity, PublicKey
+from .aead import NoiseCipher
+from .constants import (
+    CLOSE_TIMEOUT,
+    HANDSHAKE_TIMEOUT,
+    LENGTH_PREFIX_SIZE,
+    MAX_HANDSHAKE_MESSAGE_SIZE,
+    MAX_MESSAGE_SIZE,
+    MAX_PLAINTEXT_SIZE,
+    TAG_SIZE,
+)
+from .framing import FrameDecoder, encode_frame
+from .handshake import HandshakeResult, NoiseHandshake
+
+#: Bytes asked of the transport per read; large reads amortise Trio's per-call cost.
+RECEIVE_SIZE: Final = 256 * 1024
+#: Frames handed to the transport per write when `send_all` gets a large buffer.
+SEND_COALESCE_FRAMES: Final = 4
+_FRAME_OVERHEAD: Final = LENGTH_PREFIX_SIZE + TAG_SIZE
+
+
+class _ConflictDetector:
+    """Raise `trio.BusyResourceError` when two tasks enter at once (like Trio's own)."""
+
+    __slots__ = ("_what", "held")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.held = False
+
+    def __enter__(self) -> None:
+        if self.held:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False
+
+
+@final
+class NoiseLink(trio.abc.Stream):
+    """A Noise-XX-encrypted, identity-checked stream over `transport_stream`.
+
+    Args:
+        transport_stream: the raw stream (TCP, WebSocket, memory, anything).
+        identity: our key pair, proved to the peer in the handshake.
+        initiator: True on the dialing side.
+        expected_key: refuse the handshake unless the peer proves this identity.
+        capabilities: strings advertised to the peer (see `NoiseHandshake`).
+        prologue: bytes both sides must agree on.
+        handshake_timeout: seconds the handshake may take.
+        receive_size: bytes requested from the transport per read.
+
+    Raises:
+        ValueError: if `capabilities` breaks the payload limits.
+    """
+
+    def __init__(
+        self,
+        transport_stream: trio.abc.Stream,
+        identity: Identity,
+        *,
+        initiator: bool,
+        expected_key: PublicKey | None = None,
+        capabilities: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
+        prologue: bytes = b"",
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        receive_size: int = RECEIVE_SIZE,
+    ) -> None:
+        self.transport_stream = transport_stream
+        self._handshake = NoiseHandshake(
+            identity,
+            initiator=initiator,
+            expected_key=expected_key,
+            prologue=prologue,
+            capabilities=capabilities,
+        )
+        self._handshake_timeout = handshake_timeout
+        self._handshake_lock = trio.Lock()
+        self._result: HandshakeResult | None = None
+        self._receive_size = receive_size
+        self._decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE_SIZE)
+        self._send_cipher: NoiseCipher | None = None
+        self._recv_cipher: NoiseCipher | None = None
+        self._send_counter = 0
+        self._recv_counter = 0
+        self._send_buffer = bytearray()
+        self._plain: bytes = b""
+        self._plain_pos = 0
+        self._eof = False
+        self._closed = False
+        self._broken: BaseException | None = None
+        self._send_conflict = _ConflictDetector("sending on this link")
+        self._receive_conflict = _ConflictDetector("receiving on this link")
+
+    # ------------------------------------------------------------------ handshake
+
+    @property
+    def handshake_result(self) -> HandshakeResult:
+        """Everything the handshake established.
+
+        Raises:
+            LocalProtocolError: before the handshake has completed.
+        """
+        if self._result is None:
+            raise LocalProtocolError("the link handshake has not completed")
+        return self._result
+
+    @property
+    def remote_key(self) -> PublicKey:
+        """The peer's proved ed25519 identity (after the handshake)."""
+        return self.handshake_result.remote_key
+
+    @property
+    def handshake_hash(self) -> bytes:
+        """Noise's 64-byte handshake hash, unique to this link (after the handshake)."""
+        return self.handshake_result.handshake_hash
+
+    @property
+    def remote_capabilities(self) -> frozenset[str]:
+        """The capability strings the peer advertised (after the handshake)."""
+        return self.handshake_result.remote_capabilities
+
+    async def do_handshake(self) -> None:
+        """Run the handshake now, if it has not run yet; idempotent.
+
+        Raises:
+            HandshakeTimeout: no complete handshake within `handshake_timeout`.
+            HandshakeAborted: the peer closed or reset the connection mid-handshake.
+            BadHandshake: malformed, tampered or replayed message, or bad payload.
+            WrongRemoteKey: the peer is not `expected_key`.
+            FrameTooLarge: the peer announced a handshake message over the limit.
+            trio.ClosedResourceError: you closed the link.
+            trio.BrokenResourceError: an earlier handshake attempt failed.
+        """
+        async with self._handshake_lock:
+            if self._result is not None:
+                return
+            self._check_usable()
+            try:
+                self._result = await self._run_handshake()
+            except LinkError as exc:
+                self._broken = exc
+                await trio.aclose_forcefully(self.transport_stream)
+                raise
+            except BaseException as exc:
+                if self._broken is None:
+                    self._broken = exc
+                raise
+
+    async def _run_handshake(self) -> HandshakeResult:
+        hs = self._handshake
+        with trio.move_on_after(self._handshake_timeout) as scope:
+            while not hs.complete:
+                if hs.writing:
+                    await self._send_handshake(encode_frame(hs.write_message()))
+                else:
+                    hs.read_message(await self._receive_handshake_frame())
+        if not hs.complete:
+            assert scope.cancelled_caught
+            raise HandshakeTimeout(
+                f"no complete handshake within {self._handshake_timeout} s"
+                f" (stalled before message {hs.message_index + 1} of 3)",
+                remote_key=hs.remote_key,
+            )
+        result = hs.result
+        self._send_cipher = NoiseCipher(result.send_key)
+        self._recv_cipher = NoiseCipher(result.recv_key)
+        self._decoder.max_frame_size = MAX_MESSAGE_SIZE
+        return result
+
+    async def _send_handshake(self, frame: bytes) -> None:
+        try:
+            await self.transport_stream.send_all(frame)
+        except trio.BrokenResourceError as exc:
+            raise HandshakeAborted(
+                f"connection lost sending handshake message {self._handshake.message_index}"
+            ) from exc
+
+    async def _receive_handshake_frame(self) -> memoryview:
+        while (frame := self._decoder.next_frame()) is None:
+            try:
+                data = await self.transport_stream.receive_some(self._receive_size)
+            except trio.BrokenResourceError as exc:
+                raise HandshakeAborted("connection lost during the handshake") from exc
+            if not data:
+                raise HandshakeAborted(
+                    "the peer closed the connection during the handshake"
+                    f" (before message {self._handshake.message_index + 1} of 3)"
+                )
+            self._decoder.receive_data(data)
+        return frame
+
+    async def _ensure_handshake(self) -> None:
+        if self._result is None:
+            try:
+                await self.do_handshake()
+            except LinkError as exc:
+                raise trio.BrokenResourceError(f"link handshake failed: {exc}") from exc
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this link was closed")
+        if self._broken is not None:
+            raise trio.BrokenResourceError(
+                f"this link is broken: {self._broken!r}"
+            ) from self._broken
+
+    def _break(self, exc: BaseException) -> None:
+        if self._broken is None:
+            self._broken = exc
+
+    # ------------------------------------------------------------------ sending
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._send_conflict:
+            self._check_usable()
+            await self._ensure_handshake()
+            if not data:
+                await trio.lowlevel.checkpoint()
+                return
+            with memoryview(data) as view:
+                flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+                total = len(flat)
+                offset = 0
+                while offset < total:
+                    out, offset = self._seal(flat, offset)
+                    await self._send_raw(out)
+
+    def _seal(self, data: memoryview, offset: int) -> tuple[memoryview, int]:
+        """Encrypt up to SEND_COALESCE_FRAMES frames of `data[offset:]` into the buffer."""
+        remaining = len(data) - offset
+        frames = min(SEND_COALESCE_FRAMES, -(-remaining // MAX_PLAINTEXT_SIZE))
+        size = min(remaining, frames * MAX_PLAINTEXT_SIZE) + frames * _FRAME_OVERHEAD
+        if len(self._send_buffer) < size:
+            self._send_buffer = bytearray(size)
+        buf = self._send_buffer
+        out = memoryview(buf)
+        cipher = self._send_cipher
+        assert cipher is not None
+        pos = 0
+        for _ in range(frames):
+            chunk = data[offset : offset + MAX_PLAINTEXT_SIZE]
+            length = len(chunk) + TAG_SIZE
+            buf[pos] = length >> 8
+            buf[pos + 1] = length & 0xFF
+            start = pos + LENGTH_PREFIX_SIZE
+            cipher.encrypt_into(self._send_counter, b"", chunk, out[start : start + length])
+            self._send_counter += 1
+            offset += len(chunk)
+            pos = start + length
+        return out[:pos], offset
+
+    async def _send_raw(self, data: memoryview | bytes) -> None:
+        try:
+            await self.transport_stream.send_all(data)
+        except trio.ClosedResourceError as exc:
+            self._break(exc)
+            if self._closed:
+                raise
+            raise trio.BrokenResourceError("the transport stream was closed") from exc
+        except BaseException as exc:
+            # Frames (and nonces) may be half-written: the link cannot continue.
+            self._break(exc)
+            raise
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_conflict:
+            self._check_usable()
+            try:
+                await self.transport_stream.wait_send_all_might_not_block()
+            except trio.ClosedResourceError:
+                if self._closed:
+                    raise
+                raise trio.BrokenResourceError("the transport stream was closed") from None
+
+    # ------------------------------------------------------------------ receiving
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._receive_conflict:
+            self._check_usable()
+            checkpointed = self._result is None
+            await self._ensure_handshake()
+            while True:
+                if self._plain:
+                    if not checkpointed:
+                        await trio.lowlevel.checkpoint()
+                    return self._take_plain(max_bytes)
+                if self._eof:
+                    if not checkpointed:
+                        await trio.lowlevel.checkpoint()
+                    return b""
+                frame = self._decoder.next_frame()
+                if frame is not None:
+                    self._open(frame)
+                    continue
+                data = await self._receive_raw()
+                checkpointed = True
+                if data:
+                    self._decoder.receive_data(data)
+                    continue
+                try:
+                    self._decoder.check_eof()
+                    raise TruncatedStream("the transport ended without the peer's close message")
+                except LinkError as exc:
+                    self._break(exc)
+                    raise trio.BrokenResourceError(f"link broken: {exc}") from exc
+
+    def _open(self, frame: memoryview) -> None:
+        cipher = self._recv_cipher
+        assert cipher is not None
+        try:
+            plain = cipher.decrypt(self._recv_counter, b"", frame)
+        except LinkError as exc:
+            self._break(exc)
+            raise trio.BrokenResourceError(f"link broken: {exc}") from exc
+        self._recv_counter += 1
+        if plain:
+            self._plain = plain
+            self._plain_pos = 0
+        else:
+            self._eof = True  # the peer's encrypted close notification
+
+    def _take_plain(self, max_bytes: int | None) -> bytes:
+        plain, pos = self._plain, self._plain_pos
+        left = len(plain) - pos
+        if max_bytes is None or max_bytes >= left:
+            self._plain = b""
+            return plain if pos == 0 else plain[pos:]
+        self._plain_pos = pos + max_bytes
+        return plain[pos : pos + max_bytes]
+
+    async def _receive_raw(self) -> bytes | bytearray:
+        try:
+            return await self.transport_stream.receive_some(self._receive_size)
+        except trio.ClosedResourceError as exc:
+            if self._closed:
+                raise
+            self._break(exc)
+            raise trio.BrokenResourceError("the transport stream was closed") from exc
+        except trio.BrokenResourceError as exc:
+            self._break(exc)
+            raise
+
+    # ------------------------------------------------------------------ closing
+
+    async def aclose(self) -> None:
+        """Send the encrypted close notification (if possible, within `CLOSE_TIMEOUT`),
+        then close the transport. Idempotent; a cancelled `aclose` still closes."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        try:
+            if (
+                self._send_cipher is not None
+                and self._broken is None
+                and not self._send_conflict.held
+            ):
+                note = self._send_cipher.encrypt(self._send_counter, b"", b"")
+                self._send_counter += 1
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self.transport_stream.send_all(encode_frame(note))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self.transport_stream.aclose()
