@@ -237,6 +237,7 @@ class NoiseLink(trio.abc.Stream):
             except trio.BrokenResourceError as exc:
                 raise HandshakeAborted("connection lost during the handshake") from exc
             if not data:
+                self._decoder.check_eof()  # TruncatedFrame if it ended inside a frame
                 raise HandshakeAborted(
                     "the peer closed the connection during the handshake"
                     f" (before message {self._handshake.message_index + 1} of 3)"

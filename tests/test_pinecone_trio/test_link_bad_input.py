@@ -1,0 +1,251 @@
+"""Bad input at a link listener: each failure is named, closes only that connection,
+and the listener keeps serving everyone else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pinecone_trio import transports
+from pinecone_trio.errors import (
+    BadHandshake,
+    FrameTooLarge,
+    HandshakeAborted,
+    HandshakeTimeout,
+    LinkError,
+    TruncatedFrame,
+    WrongRemoteKey,
+)
+from pinecone_trio.identity import Identity
+from pinecone_trio.link import (
+    MAX_HANDSHAKE_MESSAGE_SIZE,
+    LinkServerStatistics,
+    NoiseHandshake,
+    NoiseLink,
+    connect_link,
+    serve_links,
+)
+from pinecone_trio.link.framing import FrameDecoder, encode_frame
+
+SERVER = Identity.from_seed(b"s" * 32)
+CLIENT = Identity.from_seed(b"c" * 32)
+OTHER = Identity.from_seed(b"o" * 32)
+
+
+async def echo(link: NoiseLink) -> None:
+    while data := await link.receive_some():
+        await link.send_all(data)
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    """Wait until `condition()` holds (callers bound this with fail_after)."""
+    while not condition():
+        await trio.testing.wait_all_tasks_blocked()
+        if not condition():
+            await trio.sleep(0.001)
+
+
+@asynccontextmanager
+async def link_server(uri: str = "memory://") -> AsyncIterator[tuple[str, LinkServerStatistics]]:
+    stats = LinkServerStatistics()
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(
+            lambda task_status: serve_links(
+                uri, SERVER, echo, statistics=stats, task_status=task_status
+            )
+        )
+        yield bound, stats
+        nursery.cancel_scope.cancel()
+
+
+async def still_serving(bound: str) -> None:
+    async with await connect_link(bound, CLIENT, SERVER.public_key) as link:
+        await link.send_all(b"ping")
+        assert await link.receive_some() == b"ping"
+
+
+async def read_until_closed(stream: trio.abc.Stream) -> None:
+    """The server must close a bad connection: EOF or a broken stream, never a hang."""
+    try:
+        while await stream.receive_some():
+            pass
+    except trio.BrokenResourceError:
+        pass
+
+
+async def expect_failure(bound: str, stats: LinkServerStatistics, name: str) -> None:
+    await wait_for(lambda: stats.handshakes_failed >= 1)
+    assert dict(stats.failures) == {name: 1}
+    await still_serving(bound)
+    assert stats.handshakes_ok == 1
+
+
+@pytest.mark.parametrize("uri", ["memory://", "tcp://127.0.0.1:0"])
+async def test_garbage(uri: str) -> None:
+    with trio.fail_after(20):
+        async with link_server(uri) as (bound, stats):
+            raw = await transports.dial(bound)
+            await raw.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await read_until_closed(raw)
+            await raw.aclose()
+            # "GE" announces a 18,245-byte frame: over the handshake limit.
+            await expect_failure(bound, stats, "FrameTooLarge")
+
+
+async def test_garbage_of_plausible_size() -> None:
+    with trio.fail_after(20):
+        async with link_server() as (bound, stats):
+            raw = await transports.dial(bound)
+            await raw.send_all(encode_frame(b"\x01" * 40))
+            await read_until_closed(raw)
+            await raw.aclose()
+            await expect_failure(bound, stats, "BadHandshake")
+
+
+async def test_oversized_frame() -> None:
+    with trio.fail_after(20):
+        async with link_server() as (bound, stats):
+            raw = await transports.dial(bound)
+            size = MAX_HANDSHAKE_MESSAGE_SIZE + 1
+            await raw.send_all(size.to_bytes(2, "big"))
+            await read_until_closed(raw)  # refused from the prefix alone
+            await raw.aclose()
+            await expect_failure(bound, stats, "FrameTooLarge")
+
+
+async def test_truncated_frame() -> None:
+    with trio.fail_after(20):
+        async with link_server() as (bound, stats):
+            raw = await transports.dial(bound)
+            await raw.send_all(b"\x00\x20" + b"\x00" * 10)  # 32 announced, 10 sent
+            await raw.aclose()
+            await expect_failure(bound, stats, "TruncatedFrame")
+
+
+async def raw_initiator_messages(raw: trio.abc.Stream, hs: NoiseHandshake) -> list[bytes]:
+    """Run a real initiator over `raw`; return the frames it sent."""
+    decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE_SIZE)
+    sent = []
+    msg1 = encode_frame(hs.write_message())
+    await raw.send_all(msg1)
+    sent.append(msg1)
+    while (frame := decoder.next_frame()) is None:
+        decoder.receive_data(await raw.receive_some())
+    hs.read_message(frame)
+    msg3 = encode_frame(hs.write_message())
+    sent.append(msg3)
+    return sent
+
+
+async def test_replayed_handshake() -> None:
+    with trio.fail_after(20):
+        async with link_server() as (bound, stats):
+            # Record a genuine client's handshake...
+            raw = await transports.dial(bound)
+            msg1, msg3 = await raw_initiator_messages(raw, NoiseHandshake(CLIENT, initiator=True))
+            await raw.aclose()  # (message 3 never sent: that attempt is aborted)
+            await wait_for(lambda: stats.handshakes_failed >= 1)
+            assert dict(stats.failures) == {"HandshakeAborted": 1}
+            # ...and replay it on a new connection: the server's fresh ephemeral key
+            # makes the recorded message 3 fail authentication.
+            raw = await transports.dial(bound)
+            await raw.send_all(msg1)
+            await raw.receive_some()  # the server's message 2
+            await raw.send_all(msg3)
+            await read_until_closed(raw)
+            await raw.aclose()
+            await wait_for(lambda: stats.handshakes_failed >= 2)
+            assert stats.failures["BadHandshake"] == 1
+            await still_serving(bound)
+
+
+async def test_tampered_handshake() -> None:
+    with trio.fail_after(20):
+        async with link_server() as (bound, stats):
+            raw = await transports.dial(bound)
+            _, msg3 = await raw_initiator_messages(raw, NoiseHandshake(CLIENT, initiator=True))
+            tampered = bytearray(msg3)
+            tampered[-1] ^= 0x01
+            await raw.send_all(tampered)
+            await read_until_closed(raw)
+            await raw.aclose()
+            await expect_failure(bound, stats, "BadHandshake")
+
+
+async def test_stall_mid_handshake(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.fail_after(60):
+        async with link_server() as (bound, stats):
+            raw = await transports.dial(bound)
+            await raw.send_all(encode_frame(NoiseHandshake(CLIENT, initiator=True).write_message()))
+            start = trio.current_time()
+            await read_until_closed(raw)  # ...then say nothing more
+            assert 10 <= trio.current_time() - start < 11
+            await raw.aclose()
+            await expect_failure(bound, stats, "HandshakeTimeout")
+
+
+async def test_dialer_handshake_timeout(autojump_clock: trio.testing.MockClock) -> None:
+    async def silent(stream: trio.abc.Stream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(transports.serve, "memory://", silent)
+            with pytest.raises(HandshakeTimeout, match="message 2"):
+                await connect_link(bound, CLIENT, handshake_timeout=3)
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("uri", ["memory://", "tcp://127.0.0.1:0"])
+async def test_wrong_key(uri: str) -> None:
+    with trio.fail_after(20):
+        async with link_server(uri) as (bound, stats):
+            with pytest.raises(WrongRemoteKey) as info:
+                await connect_link(bound, CLIENT, OTHER.public_key)
+            assert info.value.remote_key == SERVER.public_key
+            assert info.value.expected_key == OTHER.public_key
+            # The dialer hung up before sending message 3: the server saw an abort.
+            await expect_failure(bound, stats, "HandshakeAborted")
+
+
+async def test_errors_are_link_errors() -> None:
+    for cls in (
+        BadHandshake,
+        FrameTooLarge,
+        HandshakeAborted,
+        HandshakeTimeout,
+        TruncatedFrame,
+        WrongRemoteKey,
+    ):
+        assert issubclass(cls, LinkError)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.lists(st.binary(min_size=1, max_size=200), min_size=1, max_size=4))
+def test_arbitrary_bytes_to_a_responder(data: list[bytes]) -> None:
+    """Any bytes a peer sends end in a LinkError (or a timeout), never anything else."""
+
+    async def main() -> None:
+        left, right = trio.testing.memory_stream_pair()
+        link = NoiseLink(right, SERVER, initiator=False, handshake_timeout=5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: _feed(left, data))
+            with pytest.raises(LinkError):
+                await link.do_handshake()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _feed(stream: trio.abc.Stream, chunks: list[bytes]) -> None:
+    try:
+        for chunk in chunks:
+            await stream.send_all(chunk)
+    except trio.BrokenResourceError:
+        pass
