@@ -1,0 +1,64 @@
+"""Limits and format constants of the HAMT, one comment each.
+
+Every size a block, a key or a value can have is bounded here; decoding checks
+every limit before it trusts a byte (docs/hamt.md, "Limits").
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Version of the block layouts in `wire.py`; a header with another version is refused.
+FORMAT_VERSION: Final = 1
+#: The protocol name stored in the header block (block 0), like hyperbee's "hyperbee".
+PROTOCOL_NAME: Final = "hamt"
+
+#: Bits of the key hash consumed per trie level: 4 bits = 16-way nodes, so a get
+#: touches about log16(n) nodes (hypertrie reads 2 bits per level: log4(n)).
+CHUNK_BITS: Final = 4
+#: Children per node.
+FANOUT: Final = 1 << CHUNK_BITS
+#: Mask of one chunk.
+CHUNK_MASK: Final = FANOUT - 1
+#: Bytes of keyed BLAKE2b per path component. The last component of a key keeps all
+#: of them; earlier ("directory") components keep `DIR_HASH_BYTES`, so keys under one
+#: directory share a hash prefix (listing a prefix walks one subtree) without
+#: making the shared part of every path 16 levels deep.
+COMPONENT_HASH_BYTES: Final = 8
+#: Bytes kept for a non-final path component.
+DIR_HASH_BYTES: Final = 4
+#: Width of a key's trie path in bytes: longer concatenations are cut, shorter ones
+#: padded with zeros. Keys whose paths are equal end in one collision bucket, where
+#: full keys are compared.
+PATH_HASH_BYTES: Final = 32
+#: Bits of a trie path.
+PATH_BITS: Final = PATH_HASH_BYTES * 8
+#: Trie levels: a node at this depth is a collision bucket (a list of full keys).
+MAX_DEPTH: Final = PATH_BITS // CHUNK_BITS
+#: Bytes of random salt in the header block (mixed into the hash key).
+SALT_BYTES: Final = 16
+#: Bytes of the derived BLAKE2b hash key.
+HASH_KEY_BYTES: Final = 32
+
+#: Largest key in UTF-8 bytes (hypertrie keys are paths; 1 KiB is plenty).
+MAX_KEY_BYTES: Final = 1024
+#: Largest value in bytes after the codec. Values live inline in blocks; a block must
+#: stay below hyperlog's 8 MiB block limit even for a batch of large values.
+MAX_VALUE_BYTES: Final = 1024 * 1024
+#: Largest block this module writes or decodes (hyperlog's MAX_BLOCK_SIZE).
+MAX_BLOCK_BYTES: Final = 8 * 1024 * 1024
+#: Most operations in one batch (one block).
+MAX_BATCH_OPS: Final = 65_536
+#: Most entries a collision bucket may hold (keys whose whole path hash is equal).
+MAX_BUCKET_ENTRIES: Final = 4096
+#: Most nodes one block may carry (a batch of 65,536 keys rewrites fewer than this).
+MAX_NODES_PER_BLOCK: Final = 1 << 20
+
+#: Default LRU limits of decoded blocks: a count and the sum of their encoded sizes.
+DEFAULT_CACHE_BLOCKS: Final = 65_536
+DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
+#: Most blocks a read path may fetch before it is declared corrupt (a bound on any walk
+#: that follows pointers; every pointer also goes strictly backwards, so no cycles).
+MAX_FETCHES_PER_LOOKUP: Final = 4 * MAX_DEPTH + 8
+#: Most changes `watch()` buffers before it skips ahead (one block's ops at most).
+MAX_WATCH_BACKLOG: Final = MAX_BATCH_OPS

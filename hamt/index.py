@@ -1,0 +1,542 @@
+"""`Hamt`: the key-value store over a log, and `open_hamt`, its entry point.
+
+This is the Trio shell around the sans-IO walks in `trie` and `mutate`: it runs a
+walk, and whenever the walk yields "need block N" it takes the block from the
+`BlockCache` or awaits it from the log (which, for a sparse replica, fetches it
+from a peer), decodes and validates it, and sends it back. Writes hold one
+`trio.Lock`, build one block per put, delete or batch, and append it as one batch.
+
+A checkout is a read-only `Hamt` pinned to a version; it shares the log, the hash
+key and the cache with the HAMT it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, final, overload
+
+import trio
+
+from .cache import BlockCache, CacheStatistics
+from .codec import BYTES, Codec
+from .constants import (
+    DEFAULT_CACHE_BLOCKS,
+    DEFAULT_CACHE_BYTES,
+    MAX_BATCH_OPS,
+    MAX_BLOCK_BYTES,
+    MAX_VALUE_BYTES,
+    SALT_BYTES,
+)
+from .errors import BatchTooLargeError, HamtError, ReadOnlyError, ValueTooLargeError
+from .hashing import ComponentHash, Hasher, check_key, derive_hash_key, split_prefix
+from .log import LogLike
+from .mutate import Mutation
+from .trie import DiffItem, Item, diff, iterate, lookup, path_blocks
+from .wire import Block, decode_block, decode_header, encode_header, header_block
+
+__all__ = ["Batch", "Change", "DiffEntry", "Hamt", "HamtStatistics", "open_hamt"]
+
+logger = logging.getLogger(__name__)
+
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Change(Generic[V]):
+    """One change made by one block: `value` None means the key was deleted.
+
+    `version` is the HAMT's version right after the change (block number + 1).
+    """
+
+    version: int
+    key: str
+    value: V | None
+
+
+@dataclass(frozen=True, slots=True)
+class DiffEntry(Generic[V]):
+    """A key whose value differs between two versions (None: absent on that side)."""
+
+    key: str
+    left: V | None
+    right: V | None
+
+
+@dataclass(frozen=True, slots=True)
+class HamtStatistics:
+    """Counters of a HAMT: blocks fetched from the log and the cache's state."""
+
+    fetches: int
+    cache: CacheStatistics
+
+
+@final
+class _Shared:
+    """State shared by a HAMT and its checkouts."""
+
+    def __init__(self, log: LogLike, hasher: Hasher, cache: BlockCache) -> None:
+        self.log = log
+        self.hasher = hasher
+        self.cache = cache
+        self.lock = trio.Lock()
+        self.changed = trio.Event()
+        self.fetches = 0
+        self.closed = False
+        # Optional fast paths of richer logs (hyperlog.Log has both): a synchronous
+        # local read, and a wait for the log to grow (replication wakes `watch`).
+        self.get_nowait: Callable[[int], bytes] | None = getattr(log, "get_nowait", None)
+        self.wait_length: Callable[[int], Awaitable[None]] | None = getattr(
+            log, "wait_length", None
+        )
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+@final
+class Hamt(Generic[V]):
+    """A hash-array-mapped trie over an append-only log. Create one with `open_hamt`.
+
+    Every put, delete or batch appends one block; the newest block is the root, so
+    `version` (the log's length) names a state and `checkout(version)` reads it.
+    """
+
+    def __init__(self, shared: _Shared, codec: Codec[V], version: int | None) -> None:
+        self._s = shared
+        self._codec = codec
+        self._fixed = version
+
+    # -- state ---------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        """The number of blocks this view sees (the log's length for a live HAMT)."""
+        return self._fixed if self._fixed is not None else self._s.log.length
+
+    @property
+    def writable(self) -> bool:
+        """Whether puts are allowed: a live HAMT on a log you can append to."""
+        return self._fixed is None and self._s.log.writable
+
+    @property
+    def log(self) -> LogLike:
+        """The underlying log."""
+        return self._s.log
+
+    def checkout(self, version: int) -> Hamt[V]:
+        """Return a read-only view of the HAMT as it was at `version`.
+
+        Raises:
+            ValueError: `version` is not between 1 and the current version.
+        """
+        if not 1 <= version <= self._s.log.length:
+            raise ValueError(f"version {version} not in 1..{self._s.log.length}")
+        return Hamt(self._s, self._codec, version)
+
+    def snapshot(self) -> Hamt[V]:
+        """Return a read-only view pinned at the current version."""
+        return self.checkout(self.version)
+
+    def statistics(self) -> HamtStatistics:
+        """Return fetch and cache counters."""
+        return HamtStatistics(self._s.fetches, self._s.cache.statistics())
+
+    # -- block access ---------------------------------------------------------------
+
+    async def _fetch(self, seq: int) -> Block:
+        b = self._s.cache.get(seq)
+        if b is not None:
+            return b
+        if seq == 0:
+            b = header_block()
+        else:
+            self._s.fetches += 1
+            data: bytes | None = None
+            if self._s.get_nowait is not None:
+                try:
+                    data = self._s.get_nowait(seq)
+                except Exception:  # not held locally (or damaged): the async get decides
+                    data = None
+            if data is None:
+                data = await self._s.log.get(seq)
+            b = decode_block(data, seq)
+        self._s.cache.put(b)
+        return b
+
+    async def _root(self) -> Block:
+        v = self.version
+        return header_block() if v <= 1 else await self._fetch(v - 1)
+
+    async def _run(self, steps: Generator[int, Block, T]) -> T:
+        try:
+            seq = next(steps)
+            while True:
+                seq = steps.send(await self._fetch(seq))
+        except StopIteration as stop:
+            return stop.value  # type: ignore[no-any-return]
+
+    async def _drive(self, steps: Generator[Any, Block | None, None]) -> AsyncGenerator[Any, None]:
+        sent: Block | None = None
+        while True:
+            try:
+                got = steps.send(sent)
+            except StopIteration:
+                return
+            if type(got) is int:
+                sent = await self._fetch(got)
+            else:
+                sent = None
+                yield got
+
+    # -- reads ----------------------------------------------------------------------
+
+    async def get(self, key: str, *, hint: Sequence[int] | None = None) -> V | None:
+        """Return the value of `key`, or None if it is absent.
+
+        Args:
+          key: a ``/``-separated path.
+          hint: block numbers a peer said this lookup reads (`path_hint`); they are
+            fetched concurrently first, so a sparse replica needs one round trip.
+
+        Raises:
+          InvalidKeyError: `key` is not a valid path.
+          CorruptNodeError: a block on the way is not a valid HAMT block.
+        """
+        check_key(key)
+        if hint:
+            await self.prefetch(hint)
+        root = await self._root()
+        data = await self._run(lookup(root, key, self._s.hasher.path(key), self._s.cache))
+        return None if data is None else self._codec.decode(data)
+
+    async def path_hint(self, key: str) -> list[int]:
+        """Return the blocks a lookup of `key` reads, root first (serve this to sparse peers)."""
+        check_key(key)
+        root = await self._root()
+        return await self._run(path_blocks(root, self._s.hasher.path(key), self._s.cache))
+
+    async def prefetch(self, seqs: Sequence[int]) -> None:
+        """Fetch blocks `seqs` into the cache, all at once."""
+        want = sorted({s for s in seqs if 0 < s < self.version and self._s.cache.get(s) is None})
+        if not want:
+            return
+        if len(want) == 1:
+            await self._fetch(want[0])
+            return
+        async with trio.open_nursery() as nursery:
+            for s in want:
+                nursery.start_soon(self._fetch, s)
+
+    async def items(self, prefix: str = "") -> AsyncIterator[tuple[str, V]]:
+        """Iterate over ``(key, value)`` of every key under `prefix` (all keys by default).
+
+        `prefix` is a path: ``"users"`` lists ``users`` itself and ``users/...``. The
+        order is hash order: stable, not sorted.
+        """
+        parts = split_prefix(prefix)
+        root = await self._root()
+        hasher = self._s.hasher
+        if parts:
+            path, depth = hasher.prefix_path(parts)
+            want = "/".join(parts)
+            steps = iterate(root, self._s.cache, hasher.path, path, depth)
+        else:
+            want = ""
+            steps = iterate(root, self._s.cache, hasher.path)
+        async for item in self._drive(steps):
+            assert isinstance(item, Item)
+            k = item.key
+            if not want or k == want or k.startswith(want + "/"):
+                yield k, self._codec.decode(item.value)
+
+    def __aiter__(self) -> AsyncIterator[tuple[str, V]]:
+        return self.items()
+
+    async def diff(self, left: int, right: int | None = None) -> AsyncIterator[DiffEntry[V]]:
+        """Iterate over the keys whose values differ between versions `left` and `right`.
+
+        `right` defaults to this view's version. Unchanged subtrees are skipped unread.
+        """
+        r = self.version if right is None else right
+        for v in (left, r):
+            if not 1 <= v <= self._s.log.length:
+                raise ValueError(f"version {v} not in 1..{self._s.log.length}")
+        lb = header_block() if left <= 1 else await self._fetch(left - 1)
+        rb = header_block() if r <= 1 else await self._fetch(r - 1)
+        dec = self._codec.decode
+        async for d in self._drive(diff(lb, rb, self._s.cache, self._s.hasher.path)):
+            assert isinstance(d, DiffItem)
+            yield DiffEntry(
+                d.key,
+                None if d.left is None else dec(d.left),
+                None if d.right is None else dec(d.right),
+            )
+
+    async def history(self, since: int = 1, until: int | None = None) -> AsyncIterator[Change[V]]:
+        """Iterate over the changes after version `since` up to version `until`, oldest first.
+
+        `until` defaults to this view's version; ``history(v1, v2)`` lists what
+        ``diff(v1, v2)`` summarizes. A batch's changes share one version. Entries
+        re-homed by a delete are not changes and are not reported.
+        """
+        stop = self.version if until is None else min(until, self.version)
+        for seq in range(max(since, 1), stop):
+            for change in self._changes(await self._fetch(seq)):
+                yield change
+
+    def _changes(self, block: Block) -> list[Change[V]]:
+        out: list[Change[V]] = []
+        for op in block.ops:
+            if len(op) == 1:
+                out.append(Change(block.seq + 1, op[0], None))
+            elif len(op) == 2:
+                out.append(Change(block.seq + 1, op[0], self._codec.decode(op[1])))
+        return out
+
+    def watch(self) -> AsyncGenerator[Change[V], None]:
+        """Iterate over every change made after this call, until the HAMT closes.
+
+        Local writes wake the watcher at once; so do appends that replication makes,
+        for a log with ``wait_length`` (a `hyperlog.Log`); otherwise call `refresh()`.
+        Close the iterator when you stop early: ``async with aclosing(db.watch()) as it``.
+        """
+        return self._watch(self._s.log.length)
+
+    async def _watch(self, seen: int) -> AsyncGenerator[Change[V], None]:
+        while not self._s.closed:
+            event = self._s.changed
+            while seen < self._s.log.length:
+                for change in self._changes(await self._fetch(seen)):
+                    yield change
+                seen += 1
+            if seen >= self._s.log.length:
+                await self._wait_change(event, seen + 1)
+
+    async def _wait_change(self, event: trio.Event, length: int) -> None:
+        wait_length = self._s.wait_length
+        if wait_length is None:
+            await event.wait()
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def first(fn: Callable[[], Awaitable[object]]) -> None:
+                await fn()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(first, event.wait)
+            nursery.start_soon(first, lambda: wait_length(length))
+
+    def _close(self) -> None:
+        self._s.closed = True
+        self._s.notify()
+
+    def refresh(self) -> None:
+        """Wake `watch()` iterators: call this when the log grew by replication."""
+        self._s.notify()
+
+    # -- writes ---------------------------------------------------------------------
+
+    def _check_writable(self) -> None:
+        if self._fixed is not None:
+            raise ReadOnlyError("a checkout is read-only")
+        if not self._s.log.writable:
+            raise ReadOnlyError("the log is not writable")
+
+    def _encode_value(self, value: V) -> bytes:
+        data = self._codec.encode(value)
+        if len(data) > MAX_VALUE_BYTES:
+            raise ValueTooLargeError(f"value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+        return data
+
+    async def put(self, key: str, value: V) -> None:
+        """Set `key` to `value`: one block appended.
+
+        Raises:
+          InvalidKeyError, ValueTooLargeError: bad input (nothing is written).
+          ReadOnlyError: this is a checkout, or the log is not writable.
+        """
+        self._check_writable()
+        check_key(key)
+        data = self._encode_value(value)
+        await self._apply([(key, data)])
+
+    async def delete(self, key: str) -> bool:
+        """Remove `key`: one block appended if it was present. Return whether it was."""
+        self._check_writable()
+        check_key(key)
+        return await self._apply([(key, None)])
+
+    def batch(self) -> Batch[V]:
+        """Return a `Batch`: ``async with hamt.batch() as b: b.put(k, v)``, one block at exit."""
+        self._check_writable()
+        return Batch(self)
+
+    async def _apply(self, ops: Sequence[tuple[str, bytes | None]]) -> bool:
+        s = self._s
+        path = s.hasher.path
+        async with s.lock:
+            if s.closed:
+                raise trio.ClosedResourceError("the HAMT is closed")
+            length = s.log.length
+            base = header_block() if length <= 1 else await self._fetch(length - 1)
+            m = Mutation(base, length, path, s.cache)
+            for key, data in ops:
+                if data is None:
+                    await self._run(m.delete(key, path(key)))
+                else:
+                    await self._run(m.put(key, data, path(key)))
+            if not m.changed:
+                return False
+            block_bytes, block = m.encode()
+            await s.log.append([block_bytes])
+            if s.log.length != length + 1:
+                raise HamtError("the log changed under the HAMT (another writer?)")
+            s.cache.put(block)
+        s.notify()
+        return True
+
+
+@final
+class Batch(Generic[V]):
+    """Operations applied atomically as one block when the ``async with`` body ends.
+
+    Nothing is written if the body raises. Later ops on a key win over earlier ones.
+    """
+
+    def __init__(self, hamt: Hamt[V]) -> None:
+        self._hamt = hamt
+        self._ops: list[tuple[str, bytes | None]] = []
+        self._bytes = 0
+        self._done = False
+
+    def _add(self, key: str, data: bytes | None) -> None:
+        if self._done:
+            raise HamtError("this batch was already applied")
+        check_key(key)
+        if len(self._ops) >= MAX_BATCH_OPS:
+            raise BatchTooLargeError(f"more than {MAX_BATCH_OPS} ops in one batch")
+        self._bytes += len(key) + (0 if data is None else len(data))
+        if self._bytes > MAX_BLOCK_BYTES:
+            raise BatchTooLargeError(f"batch exceeds {MAX_BLOCK_BYTES} bytes")
+        self._ops.append((key, data))
+
+    def put(self, key: str, value: V) -> None:
+        """Queue a put."""
+        self._add(key, self._hamt._encode_value(value))
+
+    def delete(self, key: str) -> None:
+        """Queue a delete (a no-op if the key is absent when the batch applies)."""
+        self._add(key, None)
+
+    async def flush(self) -> bool:
+        """Apply the queued ops now (one block); return whether a block was written."""
+        self._done = True
+        return await self._hamt._apply(self._ops)
+
+    async def __aenter__(self) -> Batch[V]:
+        return self
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None and not self._done:
+            await self.flush()
+
+
+@overload
+def open_hamt(
+    log: LogLike,
+    *,
+    codec: None = None,
+    hash_function: ComponentHash | None = None,
+    cache_blocks: int = DEFAULT_CACHE_BLOCKS,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    metadata: bytes | None = None,
+) -> AbstractAsyncContextManager[Hamt[bytes]]: ...
+
+
+@overload
+def open_hamt(
+    log: LogLike,
+    *,
+    codec: Codec[V],
+    hash_function: ComponentHash | None = None,
+    cache_blocks: int = DEFAULT_CACHE_BLOCKS,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    metadata: bytes | None = None,
+) -> AbstractAsyncContextManager[Hamt[V]]: ...
+
+
+def open_hamt(
+    log: LogLike,
+    *,
+    codec: Codec[Any] | None = None,
+    hash_function: ComponentHash | None = None,
+    cache_blocks: int = DEFAULT_CACHE_BLOCKS,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    metadata: bytes | None = None,
+) -> AbstractAsyncContextManager[Hamt[Any]]:
+    """Open the HAMT stored in `log`: ``async with open_hamt(log) as db: ...``.
+
+    An empty writable log gets a header block (block 0) first. Otherwise block 0 is
+    read (from peers, for a replica) and checked.
+
+    Args:
+      log: a `LogLike` (e.g. a `hyperlog.Log`, or a `MemoryLog`).
+      codec: how values become bytes (default: values are bytes); see `hamt.codec`.
+      hash_function: replaces the keyed BLAKE2b of path components (tests use it to
+        force collisions). Every reader of a HAMT must use the same one.
+      cache_blocks, cache_bytes: limits of the decoded-block LRU cache.
+      metadata: stored in the header when the HAMT is created.
+
+    Raises:
+      CorruptNodeError: block 0 is not a HAMT header.
+      ReadOnlyError: the log is empty and not writable.
+    """
+    return _open(log, codec, hash_function, cache_blocks, cache_bytes, metadata)
+
+
+async def load_hamt(
+    log: LogLike,
+    codec: Codec[Any] | None = None,
+    hash_function: ComponentHash | None = None,
+    cache_blocks: int = DEFAULT_CACHE_BLOCKS,
+    cache_bytes: int = DEFAULT_CACHE_BYTES,
+    metadata: bytes | None = None,
+) -> Hamt[Any]:
+    """`open_hamt` without the context: for tests that span several `trio.run` calls."""
+    if log.length == 0:
+        if not log.writable:
+            raise ReadOnlyError("the log is empty and not writable: nothing to open")
+        await log.append([encode_header(os.urandom(SALT_BYTES), metadata)])
+    header = decode_header(await log.get(0))
+    hasher = Hasher(derive_hash_key(log.key, header.salt), hash_function)
+    shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes))
+    return Hamt(shared, codec if codec is not None else BYTES, None)
+
+
+@asynccontextmanager
+async def _open(
+    log: LogLike,
+    codec: Codec[Any] | None,
+    hash_function: ComponentHash | None,
+    cache_blocks: int,
+    cache_bytes: int,
+    metadata: bytes | None,
+) -> AsyncGenerator[Hamt[Any], None]:
+    hamt = await load_hamt(log, codec, hash_function, cache_blocks, cache_bytes, metadata)
+    try:
+        yield hamt
+    finally:
+        hamt._close()

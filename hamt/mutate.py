@@ -1,0 +1,347 @@
+"""Sans-IO writes: path-copying puts and deletes that build one block per operation or batch.
+
+Theory of operation
+-------------------
+A `Mutation` starts from the current root block and applies puts and deletes to a
+tree of `_Dirty` nodes: a node is copied from its block the first time a write
+passes through it (copy-on-write), and everything not copied stays a pointer to
+the block that holds it. `encode` then serializes the dirty part, root first, as
+one block: new entries become pointers to the new block, untouched subtrees stay
+pointers to older blocks. A batch of a thousand puts rewrites each shared node
+once, which is why a batch costs far fewer bytes per key than single puts.
+
+Like the read walks in `trie`, the methods are generators that yield the number of
+a block they need and are sent the decoded `Block`.
+
+Entry pointers. An entry slot names only a block, and a reader finds the entry in
+that block by key (a get) or by hash prefix (iteration). That is unambiguous
+because the writer keeps one rule: an entry slot at position Q naming block B means
+B holds exactly one entry whose path starts with Q. A put that pushes an old entry
+deeper keeps the rule (the old entry was alone under a shorter prefix when B was
+written); a delete that lifts an entry up a level (collapsing a node left with one
+entry) re-homes it, i.e. copies its key and value into the new block as a "copy"
+op, exactly as hypertrie re-appends the node it keeps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any, TypeAlias, final
+
+from .cache import BlockCache
+from .constants import (
+    CHUNK_BITS,
+    MAX_BATCH_OPS,
+    MAX_BLOCK_BYTES,
+    MAX_BUCKET_ENTRIES,
+    MAX_DEPTH,
+    PATH_BITS,
+)
+from .errors import BatchTooLargeError, CorruptNodeError
+from .hashing import chunk
+from .trie import descend, position
+from .wire import COPY_FLAG, Block, Node, encode_node_block
+
+__all__ = ["Mutation"]
+
+
+@final
+class _New:
+    """An entry written by the block under construction."""
+
+    __slots__ = ("copy", "existed", "key", "path", "value")
+
+    def __init__(self, key: str, value: bytes, path: int, *, copy: bool = False) -> None:
+        self.key = key
+        self.value = value
+        self.path = path
+        self.copy = copy
+        # Whether the key had a value before this mutation (decides whether a later
+        # delete in the same batch is a real change worth an op).
+        self.existed = False
+
+
+_Entry: TypeAlias = "int | _New"
+
+
+@final
+class _Dirty:
+    __slots__ = ("children", "dm", "entries", "nm")
+
+    def __init__(self, dm: int, nm: int, entries: list[_Entry], children: list[Any]) -> None:
+        self.dm = dm
+        self.nm = nm
+        self.entries = entries
+        # int (pointer), _Dirty/_Bucket (rewritten), or (node, src): inline in block src.
+        self.children = children
+
+    @staticmethod
+    def copy_of(node: Node, src: int) -> _Dirty:
+        dm, nm = node[0], node[1]
+        ne = 2 + dm.bit_count()
+        return _Dirty(dm, nm, node[2:ne], [(c, src) if type(c) is list else c for c in node[ne:]])
+
+
+@final
+class _Bucket:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[str, _Entry]]) -> None:
+        self.items = items
+
+
+_Steps: TypeAlias = Generator[int, Block, Any]
+
+
+@final
+class Mutation:
+    """The writes of one block (one put, one delete, or one batch) in progress."""
+
+    def __init__(
+        self, base: Block, new_seq: int, path_fn: Callable[[str], int], cache: BlockCache
+    ) -> None:
+        if new_seq <= base.seq:
+            raise ValueError("new block must come after its base")
+        self.base_seq = base.seq
+        self.new_seq = new_seq
+        self._path = path_fn
+        self._cache = cache
+        self._root = _Dirty.copy_of(base.root, base.seq)
+        self._touched: dict[str, None] = {}
+        self._deletes: dict[str, None] = {}
+        self._ops = 0
+
+    # -- helpers -------------------------------------------------------------------
+
+    def _get(self, seq: int) -> _Steps:
+        b = self._cache.get(seq)
+        if b is None:
+            b = yield seq
+        return b
+
+    def _open(self, node: _Dirty, i: int, depth: int, path: int) -> _Steps:
+        """Make child `i` of `node` (at `depth`) dirty and return it."""
+        c = node.children[i]
+        if type(c) is _Dirty or type(c) is _Bucket:
+            return c
+        if type(c) is tuple:
+            child, src = c
+        else:
+            b = yield from self._get(c)
+            child, src = descend(b, path, depth), c
+        d: _Dirty | _Bucket
+        if depth == MAX_DEPTH:
+            d = _Bucket([(k, s) for k, s in child])
+        else:
+            d = _Dirty.copy_of(child, src)
+        node.children[i] = d
+        return d
+
+    def _entry_key(self, e: _Entry, key: str, path: int, depth: int) -> _Steps:
+        """The key of entry slot `e` at position (`path`, `depth`); `key` is the one we hold."""
+        if type(e) is _New:
+            return e.key
+        b: Block = yield from self._get(e)
+        if key in b.puts:  # the rule above: then it is this very entry
+            return key
+        return b.entry_at(self._path, path, depth)
+
+    def _rehome(self, key: str, e: _Entry) -> _Steps:
+        """Return an entry that may live higher up than `e` does now."""
+        if type(e) is _New:
+            return e
+        b: Block = yield from self._get(e)
+        value = b.puts.get(key)
+        if value is None:
+            raise CorruptNodeError("entry pointer names a block without the key", seq=b.seq)
+        n = _New(key, value, self._path(key), copy=True)
+        n.existed = True
+        return n
+
+    def _count(self, key: str) -> None:
+        if key not in self._touched:
+            if len(self._touched) >= MAX_BATCH_OPS:
+                raise BatchTooLargeError(f"more than {MAX_BATCH_OPS} keys in one batch")
+            self._touched[key] = None
+
+    # -- writes --------------------------------------------------------------------
+
+    def put(self, key: str, value: bytes, path: int) -> _Steps:
+        """Set `key` (with trie path `path`) to `value`."""
+        self._count(key)
+        new = _New(key, value, path)
+        if self._deletes.pop(key, 0) is None:
+            new.existed = True
+        node: Any = self._root
+        depth = 0
+        while True:
+            if depth == MAX_DEPTH:
+                items = node.items
+                for i, (k, e) in enumerate(items):
+                    if k == key:
+                        new.existed = new.existed or type(e) is int or e.existed
+                        items[i] = (key, new)
+                        return None
+                if len(items) >= MAX_BUCKET_ENTRIES:
+                    raise BatchTooLargeError("collision bucket full")
+                items.append((key, new))
+                return None
+            bit = 1 << chunk(path, depth)
+            if node.dm & bit:
+                i = (node.dm & (bit - 1)).bit_count()
+                e = node.entries[i]
+                ekey = yield from self._entry_key(e, key, path, depth + 1)
+                if ekey == key:
+                    new.existed = new.existed or type(e) is int or e.existed
+                    node.entries[i] = new
+                    return None
+                # Another key holds the slot: push it one level down and go on.
+                epath = e.path if type(e) is _New else self._path(ekey)
+                del node.entries[i]
+                node.dm ^= bit
+                child: _Dirty | _Bucket
+                if depth + 1 == MAX_DEPTH:
+                    child = _Bucket([(ekey, e)])
+                else:
+                    child = _Dirty(1 << chunk(epath, depth + 1), 0, [e], [])
+                node.children.insert((node.nm & (bit - 1)).bit_count(), child)
+                node.nm |= bit
+                node = child
+                depth += 1
+                continue
+            if node.nm & bit:
+                node = yield from self._open(
+                    node, (node.nm & (bit - 1)).bit_count(), depth + 1, path
+                )
+                depth += 1
+                continue
+            node.entries.insert((node.dm & (bit - 1)).bit_count(), new)
+            node.dm |= bit
+            return None
+
+    def delete(self, key: str, path: int) -> _Steps:
+        """Remove `key`; return True if it was present."""
+        node: Any = self._root
+        depth = 0
+        stack: list[tuple[_Dirty, int]] = []
+        removed: _Entry
+        while True:
+            if depth == MAX_DEPTH:
+                for i, (k, e) in enumerate(node.items):
+                    if k == key:
+                        removed = e
+                        del node.items[i]
+                        break
+                else:
+                    return False
+                break
+            bit = 1 << chunk(path, depth)
+            if node.dm & bit:
+                i = (node.dm & (bit - 1)).bit_count()
+                e = node.entries[i]
+                ekey = yield from self._entry_key(e, key, path, depth + 1)
+                if ekey != key:
+                    return False
+                removed = e
+                del node.entries[i]
+                node.dm ^= bit
+                break
+            if not node.nm & bit:
+                return False
+            stack.append((node, bit))
+            node = yield from self._open(node, (node.nm & (bit - 1)).bit_count(), depth + 1, path)
+            depth += 1
+        self._count(key)
+        if isinstance(removed, int) or removed.existed:
+            self._deletes[key] = None
+        # Collapse: a node left with one entry and no children moves that entry up.
+        while stack:
+            nd = depth  # the depth of `node`
+            parent, bit = stack.pop()
+            depth -= 1
+            ci = (parent.nm & (bit - 1)).bit_count()
+            if type(node) is _Bucket:
+                if len(node.items) >= 2:
+                    break
+                lone = node.items[0] if node.items else None
+            else:
+                if node.nm or node.dm.bit_count() > 1:
+                    break
+                lone = None
+                if node.dm:
+                    e = node.entries[0]
+                    epos = position(path, nd) | (node.dm.bit_length() - 1) << (
+                        PATH_BITS - CHUNK_BITS * (nd + 1)
+                    )
+                    ekey = yield from self._entry_key(e, "", epos, nd + 1)
+                    lone = (ekey, e)
+            del parent.children[ci]
+            parent.nm ^= bit
+            if lone is not None:
+                moved = yield from self._rehome(lone[0], lone[1])
+                parent.entries.insert((parent.dm & (bit - 1)).bit_count(), moved)
+                parent.dm |= bit
+            node = parent
+        return True
+
+    # -- output --------------------------------------------------------------------
+
+    @property
+    def changed(self) -> bool:
+        """Whether any op changed something (a block is worth writing)."""
+        return bool(self._touched)
+
+    def encode(self) -> tuple[bytes, Block]:
+        """Serialize the block; return its bytes and its decoded form (for the cache).
+
+        Raises:
+            BatchTooLargeError: the block would exceed `MAX_BLOCK_BYTES`.
+        """
+        seq = self.new_seq
+        news: dict[str, _New] = {}
+
+        def enc(node: Any) -> Node:
+            if type(node) is _Bucket:
+                out_b: Node = []
+                for k, e in node.items:
+                    if type(e) is _New:
+                        news[k] = e
+                        out_b.append([k, seq])
+                    else:
+                        out_b.append([k, e])
+                return out_b
+            out: Node = [node.dm, node.nm]
+            for e in node.entries:
+                if type(e) is _New:
+                    news[e.key] = e
+                    out.append(seq)
+                else:
+                    out.append(e)
+            for c in node.children:
+                t = type(c)
+                if t is int:
+                    out.append(c)
+                elif t is tuple:
+                    out.append(c[1])
+                else:
+                    out.append(enc(c))
+            return out
+
+        root = enc(self._root)
+        ops: list[list[Any]] = []
+        puts: dict[str, bytes] = {}
+        for k in self._touched:
+            n = news.get(k)
+            if n is not None and not n.copy:
+                ops.append([k, n.value])
+                puts[k] = n.value
+            elif k in self._deletes:
+                ops.append([k])
+        for k, n in news.items():
+            if k not in puts:
+                ops.append([k, n.value, COPY_FLAG])
+                puts[k] = n.value
+        data = encode_node_block(ops, root)
+        if len(data) > MAX_BLOCK_BYTES:
+            raise BatchTooLargeError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_BYTES}")
+        return data, Block(seq, root, ops, puts, len(data))

@@ -1,0 +1,356 @@
+"""Sans-IO read walks over the trie: lookup, iteration, prefix listing, diff, path hints.
+
+Theory of operation
+-------------------
+Every walk is a generator that *yields the sequence number of a block it needs*
+and is *sent the decoded `Block`* in return, like h11's ``NEED_DATA``: the caller
+decides where bytes come from (a local log, a cache, a peer). Blocks already in the
+`BlockCache` are used without yielding, so a local get that hits the cache runs
+to completion in one step. `drive_sync` runs a walk against a synchronous block
+source; `hamt.index` runs the same walks in Trio, fetching misses from the log.
+
+Iteration walks yield two kinds of things: an ``int`` (a block request: send the
+block back) or an item (send ``None``). Item order is hash order (chunk 0 first),
+which is stable for a given HAMT, not sorted.
+
+Where a pointer leads: a node's entry slot names the block whose ops hold the entry;
+a child slot either *is* the child (an inline list, rewritten by the same block) or
+names an older block whose root-to-here path holds the child inline (`descend`).
+Pointers strictly decrease along any walk (checked by `wire.decode_block`), so every
+walk ends; depth is bounded by `MAX_DEPTH`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
+
+from .cache import BlockCache
+from .constants import CHUNK_BITS, FANOUT, MAX_DEPTH, PATH_BITS
+from .errors import CorruptNodeError
+from .hashing import chunk
+from .wire import Block, Node
+
+__all__ = [
+    "DiffItem",
+    "Item",
+    "descend",
+    "diff",
+    "drive_sync",
+    "iterate",
+    "lookup",
+    "path_blocks",
+]
+
+T = TypeVar("T")
+#: A walk that needs blocks and returns T.
+Steps: TypeAlias = Generator[int, Block, T]
+PathFn: TypeAlias = Callable[[str], int]
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One entry met by an iteration: its key, value and the block that holds it."""
+
+    key: str
+    value: bytes
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiffItem:
+    """A key whose value differs between two versions (None: absent on that side)."""
+
+    key: str
+    left: bytes | None
+    right: bytes | None
+
+
+ItemSteps: TypeAlias = Generator["int | Item", "Block | None", None]
+DiffSteps: TypeAlias = Generator["int | DiffItem", "Block | None", None]
+
+
+def position(path: int, depth: int) -> int:
+    """Return `path` with every chunk at or after `depth` cleared."""
+    shift = PATH_BITS - CHUNK_BITS * depth
+    return (path >> shift) << shift if shift < PATH_BITS else 0
+
+
+def descend(block: Block, path: int, depth: int) -> Node:
+    """Return the node at `depth` on `path` that `block` holds inline (a child pointer's target)."""
+    node = block.root
+    for d in range(depth):
+        bit = 1 << chunk(path, d)
+        dm, nm = node[0], node[1]
+        if not nm & bit:
+            raise CorruptNodeError("child pointer names a block without that node", seq=block.seq)
+        node = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
+        if type(node) is not list:
+            raise CorruptNodeError("child pointer names a block without that node", seq=block.seq)
+    return node
+
+
+def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes | None]:
+    """Find `key` (whose trie path is `path`) in the trie rooted at `root`.
+
+    Returns the value bytes, or None if the key is absent.
+    """
+    node = root.root
+    depth = 0
+    while True:
+        if depth == MAX_DEPTH:
+            for k, s in node:
+                if k == key:
+                    b = cache.get(s)
+                    if b is None:
+                        b = yield s
+                    value = b.puts.get(key)
+                    if value is None:
+                        raise CorruptNodeError("bucket names a block without the key", seq=s)
+                    return value
+            return None
+        bit = 1 << ((path >> (PATH_BITS - CHUNK_BITS * (depth + 1))) & (FANOUT - 1))
+        dm = node[0]
+        if dm & bit:
+            s = node[2 + (dm & (bit - 1)).bit_count()]
+            b = cache.get(s)
+            if b is None:
+                b = yield s
+            return b.puts.get(key)
+        nm = node[1]
+        if not nm & bit:
+            return None
+        c = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
+        depth += 1
+        if type(c) is list:
+            node = c
+        else:
+            b = cache.get(c)
+            if b is None:
+                b = yield c
+            node = descend(b, path, depth)
+
+
+def path_blocks(root: Block, path: int, cache: BlockCache) -> Steps[list[int]]:
+    """Return the blocks a lookup of `path` reads, root first (the prefetch hint).
+
+    A peer that holds the blocks computes this and sends it to a sparse reader, which
+    then requests them all at once: one round trip instead of one per level.
+    """
+    seqs = [root.seq]
+    node = root.root
+    depth = 0
+    while depth < MAX_DEPTH:
+        bit = 1 << chunk(path, depth)
+        dm, nm = node[0], node[1]
+        if dm & bit:
+            s = node[2 + (dm & (bit - 1)).bit_count()]
+            if s not in seqs:
+                seqs.append(s)
+            return seqs
+        if not nm & bit:
+            return seqs
+        c = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
+        depth += 1
+        if type(c) is list:
+            node = c
+            continue
+        seqs.append(c)
+        b = cache.get(c)
+        if b is None:
+            b = yield c
+        node = descend(b, path, depth)
+    for _k, s in node:  # a collision bucket: every key's block
+        if s not in seqs:
+            seqs.append(s)
+    return seqs
+
+
+def _get(cache: BlockCache, seq: int) -> Generator[int, Any, Block]:
+    b = cache.get(seq)
+    if b is None:
+        b = yield seq
+    assert b is not None
+    return b
+
+
+def _child(
+    c: Any, src: int, path: int, depth: int, cache: BlockCache
+) -> Generator[int, Any, tuple[Node, int]]:
+    """Resolve child slot `c` of a node held by block `src`: (node at `depth`, its block)."""
+    if type(c) is list:
+        return c, src
+    b = yield from _get(cache, c)
+    return descend(b, path, depth), c
+
+
+def _entry(
+    s: int, path: int, depth: int, cache: BlockCache, path_fn: PathFn
+) -> Generator[int, Any, Item]:
+    """Resolve the entry slot at position (`path`, `depth`) naming block `s`."""
+    b = yield from _get(cache, s)
+    key = b.entry_at(path_fn, path, depth)
+    return Item(key, b.puts[key], s)
+
+
+def _bucket_items(node: Node, cache: BlockCache) -> Generator[int, Any, list[Item]]:
+    out = []
+    for k, s in node:
+        b = yield from _get(cache, s)
+        value = b.puts.get(k)
+        if value is None:
+            raise CorruptNodeError("bucket names a block without the key", seq=s)
+        out.append(Item(k, value, s))
+    return out
+
+
+def _walk(
+    node: Node, src: int, depth: int, prefix: int, cache: BlockCache, path_fn: PathFn
+) -> ItemSteps:
+    if depth == MAX_DEPTH:
+        for item in (yield from _bucket_items(node, cache)):
+            yield item
+        return
+    dm, nm = node[0], node[1]
+    ne = dm.bit_count()
+    ei = 2
+    ci = 2 + ne
+    shift = PATH_BITS - CHUNK_BITS * (depth + 1)
+    for c in range(FANOUT):
+        bit = 1 << c
+        if dm & bit:
+            item = yield from _entry(node[ei], prefix | (c << shift), depth + 1, cache, path_fn)
+            ei += 1
+            yield item
+        elif nm & bit:
+            sub = prefix | (c << shift)
+            child, csrc = yield from _child(node[ci], src, sub, depth + 1, cache)
+            ci += 1
+            yield from _walk(child, csrc, depth + 1, sub, cache, path_fn)
+
+
+def iterate(
+    root: Block, cache: BlockCache, path_fn: PathFn, prefix: int = 0, depth: int = 0
+) -> ItemSteps:
+    """Yield every `Item` whose path starts with `prefix`'s first `depth` chunks."""
+    node: Node = root.root
+    src = root.seq
+    for d in range(depth):
+        bit = 1 << chunk(prefix, d)
+        dm, nm = node[0], node[1]
+        if dm & bit:
+            item = yield from _entry(
+                node[2 + (dm & (bit - 1)).bit_count()], prefix, d + 1, cache, path_fn
+            )
+            if position(path_fn(item.key), depth) == position(prefix, depth):
+                yield item
+            return
+        if not nm & bit:
+            return
+        c = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
+        node, src = yield from _child(c, src, prefix, d + 1, cache)
+    yield from _walk(node, src, depth, position(prefix, depth), cache, path_fn)
+
+
+def _slot(node: Node | None, c: int, src: int) -> tuple[str, Any]:
+    """Classify chunk `c` of `node`: ("", None), ("e", seq) or ("n", child) with its identity."""
+    if node is None:
+        return "", None
+    bit = 1 << c
+    dm, nm = node[0], node[1]
+    if dm & bit:
+        return "e", node[2 + (dm & (bit - 1)).bit_count()]
+    if nm & bit:
+        return "n", node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
+    return "", None
+
+
+def _collect(
+    kind: str, val: Any, src: int, prefix: int, depth: int, cache: BlockCache, path_fn: PathFn
+) -> Generator[int, Any, dict[str, bytes]]:
+    """All entries of one slot as a dict (for diffing slots of different shapes)."""
+    if kind == "":
+        return {}
+    if kind == "e":
+        item = yield from _entry(val, prefix, depth, cache, path_fn)
+        return {item.key: item.value}
+    child, csrc = yield from _child(val, src, prefix, depth, cache)
+    out: dict[str, bytes] = {}
+    walk = _walk(child, csrc, depth, prefix, cache, path_fn)
+    sent: Any = None
+    while True:
+        try:
+            got = walk.send(sent)
+        except StopIteration:
+            return out
+        if isinstance(got, int):
+            sent = yield got
+        else:
+            out[got.key] = got.value
+            sent = None
+
+
+def _diff_dicts(a: dict[str, bytes], b: dict[str, bytes]) -> Iterator[DiffItem]:
+    for k in sorted(a.keys() | b.keys()):
+        va, vb = a.get(k), b.get(k)
+        if va != vb:
+            yield DiffItem(k, va, vb)
+
+
+def _diff(
+    an: Node,
+    asrc: int,
+    bn: Node,
+    bsrc: int,
+    depth: int,
+    prefix: int,
+    cache: BlockCache,
+    path_fn: PathFn,
+) -> DiffSteps:
+    if depth == MAX_DEPTH:
+        ia = yield from _bucket_items(an, cache)
+        ib = yield from _bucket_items(bn, cache)
+        for d in _diff_dicts({i.key: i.value for i in ia}, {i.key: i.value for i in ib}):
+            yield d
+        return
+    shift = PATH_BITS - CHUNK_BITS * (depth + 1)
+    for c in range(FANOUT):
+        ka, va = _slot(an, c, asrc)
+        kb, vb = _slot(bn, c, bsrc)
+        # A slot's identity is the block that wrote it: equal identities, equal subtrees.
+        ida = asrc if type(va) is list else va
+        idb = bsrc if type(vb) is list else vb
+        if ka == kb and (ka == "" or ida == idb):
+            continue
+        sub = prefix | (c << shift)
+        if ka == "n" and kb == "n":
+            ca, casrc = yield from _child(va, asrc, sub, depth + 1, cache)
+            cb, cbsrc = yield from _child(vb, bsrc, sub, depth + 1, cache)
+            yield from _diff(ca, casrc, cb, cbsrc, depth + 1, sub, cache, path_fn)
+            continue
+        da = yield from _collect(ka, va, asrc, sub, depth + 1, cache, path_fn)
+        db = yield from _collect(kb, vb, bsrc, sub, depth + 1, cache, path_fn)
+        for d in _diff_dicts(da, db):
+            yield d
+
+
+def diff(left: Block, right: Block, cache: BlockCache, path_fn: PathFn) -> DiffSteps:
+    """Yield a `DiffItem` for every key whose value differs between two roots.
+
+    Subtrees written by the same block are skipped unread, so the cost follows the
+    size of the change, not of the HAMT.
+    """
+    if left.seq == right.seq:
+        return
+    yield from _diff(left.root, left.seq, right.root, right.seq, 0, 0, cache, path_fn)
+
+
+def drive_sync(steps: Generator[int, Block, T], fetch: Callable[[int], Block]) -> T:
+    """Run a walk to completion, answering each block request with `fetch(seq)`."""
+    try:
+        seq = next(steps)
+        while True:
+            seq = steps.send(fetch(seq))
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]

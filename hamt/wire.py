@@ -1,0 +1,276 @@
+"""msgpack codecs for the blocks of a HAMT log.
+
+Theory of operation
+-------------------
+Block 0 is the header: ``[0, "hamt", version, salt, metadata]``. Every later block is
+one operation (a put, a delete, or a whole batch) and carries the trie nodes that the
+operation rewrote, path-copied from the root, like hyperbee's per-block index:
+
+    [1, ops, root]
+
+``ops`` lists what the block did, one entry per key: ``[key, value]`` (a put),
+``[key]`` (a delete) or ``[key, value, 0]`` (a copy: an entry re-homed by a delete
+that collapsed its node; hidden from history). ``root`` is the root node. A node is
+
+    [datamap, nodemap, entry..., child...]
+
+(CHAMP's layout): bit ``c`` of ``datamap`` says chunk ``c`` holds one entry, bit ``c``
+of ``nodemap`` that it holds a subtree. An *entry* is the sequence number of the block
+whose ``ops`` hold it (possibly this block). A *child* is either an inline node (a
+list: rewritten by this block) or the sequence number of an older block whose own
+root-to-here path holds that subtree. At depth `MAX_DEPTH` a node is a collision
+bucket ``[[key, seq], ...]``.
+
+So a pointer is just a block number. Every pointer goes strictly backwards (an entry
+may also name its own block), which makes cycles impossible, and `decode_block`
+checks every shape, size, bitmap and pointer before anything else sees the block.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeAlias
+
+import msgpack
+
+from .constants import (
+    CHUNK_BITS,
+    FANOUT,
+    FORMAT_VERSION,
+    MAX_BATCH_OPS,
+    MAX_BLOCK_BYTES,
+    MAX_BUCKET_ENTRIES,
+    MAX_DEPTH,
+    MAX_KEY_BYTES,
+    MAX_NODES_PER_BLOCK,
+    MAX_VALUE_BYTES,
+    PATH_BITS,
+    PROTOCOL_NAME,
+    SALT_BYTES,
+)
+from .errors import CorruptNodeError
+
+__all__ = [
+    "Block",
+    "Header",
+    "Node",
+    "decode_block",
+    "decode_header",
+    "encode_header",
+    "encode_node_block",
+    "pack_value",
+    "unpack_value",
+]
+
+TAG_HEADER: Final = 0
+TAG_NODE: Final = 1
+#: Third element of a copy op.
+COPY_FLAG: Final = 0
+#: Largest metadata blob in the header.
+MAX_METADATA_BYTES: Final = 64 * 1024
+
+#: A decoded node: ``[datamap, nodemap, entries..., children...]`` or a bucket.
+Node: TypeAlias = list[Any]
+#: The root of an empty trie.
+EMPTY_ROOT: Final[Node] = [0, 0]
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The contents of block 0."""
+
+    salt: bytes
+    metadata: bytes | None
+
+
+@dataclass(slots=True, eq=False)
+class Block:
+    """A decoded, validated block: its ops, its root node and lazy lookup indexes.
+
+    `puts` maps each key this block holds an entry for (puts and copies) to its value.
+    """
+
+    seq: int
+    root: Node
+    ops: list[list[Any]]
+    puts: dict[str, bytes]
+    nbytes: int
+    _by_path: list[tuple[int, str]] | None = field(default=None)
+
+    def entry_at(self, path_fn: Callable[[str], int], prefix: int, depth: int) -> str:
+        """Return the one key of this block whose path starts with `prefix`'s first `depth` chunks.
+
+        The writer keeps this unique (docs/hamt.md, "Entry pointers"); a block that
+        breaks the rule raises `CorruptNodeError`.
+        """
+        if self._by_path is None:
+            self._by_path = sorted((path_fn(k), k) for k in self.puts)
+        shift = PATH_BITS - CHUNK_BITS * depth
+        lo = (prefix >> shift) << shift
+        hi = lo + (1 << shift)
+        i = bisect.bisect_left(self._by_path, (lo, ""))
+        if i >= len(self._by_path) or self._by_path[i][0] >= hi:
+            raise CorruptNodeError("entry pointer names a block without that entry", seq=self.seq)
+        if i + 1 < len(self._by_path) and self._by_path[i + 1][0] < hi:
+            raise CorruptNodeError("entry pointer is ambiguous", seq=self.seq)
+        return self._by_path[i][1]
+
+
+def pack_value(obj: object) -> bytes:
+    """msgpack-encode a user value (the msgpack codec)."""
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack_value(data: bytes) -> object:
+    """msgpack-decode a user value (the msgpack codec)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def encode_header(salt: bytes, metadata: bytes | None = None) -> bytes:
+    """Encode block 0."""
+    if len(salt) != SALT_BYTES:
+        raise ValueError(f"salt must be {SALT_BYTES} bytes")
+    if metadata is not None and len(metadata) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata larger than {MAX_METADATA_BYTES} bytes")
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [TAG_HEADER, PROTOCOL_NAME, FORMAT_VERSION, salt, metadata], use_bin_type=True
+    )
+
+
+def _unpack(data: bytes, seq: int) -> Any:
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise CorruptNodeError("block is not bytes", seq=seq)
+    if len(data) > MAX_BLOCK_BYTES:
+        raise CorruptNodeError(f"block larger than {MAX_BLOCK_BYTES} bytes", seq=seq)
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises many kinds; all mean "not a block"
+        raise CorruptNodeError(f"block does not decode: {exc}", seq=seq) from exc
+
+
+def decode_header(data: bytes) -> Header:
+    """Decode and check block 0; raise `CorruptNodeError` if it is not a HAMT header."""
+    obj = _unpack(data, 0)
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 5
+        or obj[0] != TAG_HEADER
+        or obj[1] != PROTOCOL_NAME
+    ):
+        raise CorruptNodeError("block 0 is not a HAMT header", seq=0)
+    if obj[2] != FORMAT_VERSION:
+        raise CorruptNodeError(f"unsupported HAMT format version {obj[2]!r}", seq=0)
+    salt, metadata = obj[3], obj[4]
+    if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+        raise CorruptNodeError("bad salt in header", seq=0)
+    if metadata is not None and (
+        not isinstance(metadata, bytes) or len(metadata) > MAX_METADATA_BYTES
+    ):
+        raise CorruptNodeError("bad metadata in header", seq=0)
+    return Header(salt, metadata)
+
+
+def header_block() -> Block:
+    """The decoded form of block 0 as a trie: an empty root, no ops."""
+    return Block(0, EMPTY_ROOT, [], {}, 0)
+
+
+def encode_node_block(ops: list[list[Any]], root: Node) -> bytes:
+    """Encode an operation block (the caller built `ops` and `root` by the rules above)."""
+    return msgpack.packb([TAG_NODE, ops, root], use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_block(data: bytes, seq: int) -> Block:
+    """Decode and fully validate block `seq` (> 0).
+
+    Raises:
+        CorruptNodeError: the bytes are not a valid operation block at position `seq`.
+    """
+    if seq <= 0:
+        raise CorruptNodeError("block 0 is the header, not a node", seq=seq)
+    obj = _unpack(data, seq)
+    if not isinstance(obj, list) or len(obj) != 3 or obj[0] != TAG_NODE:
+        raise CorruptNodeError("not an operation block", seq=seq)
+    ops, root = obj[1], obj[2]
+    puts = _check_ops(ops, seq)
+    budget = [MAX_NODES_PER_BLOCK]
+    _check_node(root, 0, seq, budget, root=True)
+    return Block(seq, root, ops, puts, len(data))
+
+
+def _check_ops(ops: Any, seq: int) -> dict[str, bytes]:
+    if not isinstance(ops, list) or len(ops) > MAX_BATCH_OPS:
+        raise CorruptNodeError("bad op list", seq=seq)
+    puts: dict[str, bytes] = {}
+    seen: set[str] = set()
+    for op in ops:
+        if not isinstance(op, list) or not 1 <= len(op) <= 3:
+            raise CorruptNodeError("bad op", seq=seq)
+        key = op[0]
+        if not isinstance(key, str) or not key or len(key) > MAX_KEY_BYTES:
+            raise CorruptNodeError("bad key in op", seq=seq)
+        if key in seen:
+            raise CorruptNodeError(f"key {key!r} appears twice", seq=seq)
+        seen.add(key)
+        if len(op) == 1:
+            continue
+        value = op[1]
+        if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+            raise CorruptNodeError("bad value in op", seq=seq)
+        if len(op) == 3 and op[2] != COPY_FLAG:
+            raise CorruptNodeError("bad op flag", seq=seq)
+        puts[key] = value
+    return puts
+
+
+def _check_node(node: Any, depth: int, seq: int, budget: list[int], *, root: bool = False) -> None:
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CorruptNodeError("too many nodes in one block", seq=seq)
+    if not isinstance(node, list):
+        raise CorruptNodeError("node is not a list", seq=seq)
+    if depth == MAX_DEPTH:
+        _check_bucket(node, seq)
+        return
+    if len(node) < 2:
+        raise CorruptNodeError("node too short", seq=seq)
+    dm, nm = node[0], node[1]
+    if type(dm) is not int or type(nm) is not int or not 0 <= dm < 1 << FANOUT:
+        raise CorruptNodeError("bad bitmap", seq=seq)
+    if not 0 <= nm < 1 << FANOUT or dm & nm:
+        raise CorruptNodeError("bad bitmap", seq=seq)
+    ne, nc = dm.bit_count(), nm.bit_count()
+    if len(node) != 2 + ne + nc:
+        raise CorruptNodeError("bitmap does not match the slots", seq=seq)
+    if not root and ne + nc == 0:
+        raise CorruptNodeError("empty inner node", seq=seq)
+    for i in range(2, 2 + ne):
+        e = node[i]
+        if type(e) is not int or not 0 < e <= seq:
+            raise CorruptNodeError(f"entry pointer {e!r} out of range", seq=seq)
+    for i in range(2 + ne, 2 + ne + nc):
+        c = node[i]
+        if type(c) is int:
+            if not 0 < c < seq:
+                raise CorruptNodeError(f"child pointer {c!r} out of range", seq=seq)
+        else:
+            _check_node(c, depth + 1, seq, budget)
+
+
+def _check_bucket(node: list[Any], seq: int) -> None:
+    if not 2 <= len(node) <= MAX_BUCKET_ENTRIES:
+        raise CorruptNodeError("bad collision bucket size", seq=seq)
+    keys: set[str] = set()
+    for item in node:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or type(item[1]) is not int
+            or not 0 < item[1] <= seq
+            or item[0] in keys
+        ):
+            raise CorruptNodeError("bad collision bucket entry", seq=seq)
+        keys.add(item[0])
