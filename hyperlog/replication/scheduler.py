@@ -199,6 +199,12 @@ class LogReplicator:
         self.pump(now)
         self.on_change()
 
+    def refresh(self, now: float) -> None:
+        """Re-evaluate after a change the replicator did not see (an open refused)."""
+        self._fail_unservable()
+        self.pump(now)
+        self.on_change()
+
     # ------------------------------------------------------------------ local wants
 
     def want_block(self, index: int, now: float) -> GetWant:
@@ -625,7 +631,11 @@ class LogReplicator:
                 for ch in self.peers
                 if ch.synced
                 and ch.peer_id not in g.tried
-                and (ch.may_have(g.index) or self._needs_upgrade_from(ch))
+                and (
+                    self._needs_upgrade_from(ch)
+                    if g.index >= self.view.length
+                    else ch.may_have(g.index)
+                )
             ]
             if not pending and not able and self.upgrade_inflight is None:
                 g.error = BlockNotAvailableError(f"block {g.index}: no connected peer has it")

@@ -140,7 +140,9 @@ class SessionEngine:
         """The stream ended: remove every channel from its replicator."""
         self.closed = True
         for loc in self._by_dk.values():
-            self._settle(loc)
+            if loc.pending:
+                self._settle(loc)
+                loc.replicator.refresh(now)
             if loc.channel is not None:
                 loc.replicator.remove_peer(loc.channel, now)
                 loc.channel = None
@@ -168,15 +170,27 @@ class SessionEngine:
             return
         if isinstance(msg, wire.Reject):
             for mine in self._by_dk.values():
-                if mine.local_id == msg.channel and mine.pending:
+                if mine.local_id == msg.channel and mine.opened:
+                    # Refused: whatever we linked for this log is void (the remote
+                    # will never serve it), so unlink it too.
                     self._settle(mine)
-                    mine.replicator.on_change()
+                    if mine.channel is not None:
+                        assert mine.remote_id is not None
+                        self._by_remote.pop(mine.remote_id, None)
+                        self._closed_remote.add(mine.remote_id)
+                        mine.replicator.remove_peer(mine.channel, now)
+                        mine.channel = None
+                        mine.remote_id = None
+                    mine.replicator.refresh(now)
                     return
             self._soft_error(f"reject for channel {msg.channel} we did not open")
             return
         loc = self._by_remote.get(msg.channel)
         if loc is None or loc.channel is None:
-            self._soft_error(f"{type(msg).__name__} for unknown channel {msg.channel}")
+            if msg.channel not in self._closed_remote:
+                raise RemoteProtocolError(f"{type(msg).__name__} on unopened channel {msg.channel}")
+            # A race with a close or reject we sent: harmless unless it keeps coming.
+            self._soft_error(f"{type(msg).__name__} for closed channel {msg.channel}")
             return
         ch = loc.channel
         if isinstance(msg, wire.Close):
@@ -236,6 +250,7 @@ class SessionEngine:
             rep = self._resolve(msg.discovery_key) if self._resolve is not None else None
             if rep is None:
                 self.ignored_opens += 1
+                self._closed_remote.add(msg.channel)
                 self._soft_error("open for a log we do not have")
                 self.send(wire.Reject(msg.channel, "unknown log"))
                 return
@@ -248,6 +263,7 @@ class SessionEngine:
             msg.capability, self.session_id, key, initiator=not self._initiator
         ):
             self.bad_capabilities += 1
+            self._closed_remote.add(msg.channel)
             self._soft_error("open: wrong capability")
             self.send(wire.Reject(msg.channel, "bad capability"))
             return
