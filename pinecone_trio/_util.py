@@ -47,7 +47,16 @@ async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
-        failures = [e for e in leaves if e is not body_exc and not isinstance(e, trio.Cancelled)]
+        body_leaves: list[BaseException] = []
+        if isinstance(body_exc, BaseExceptionGroup):
+            body_leaves = _leaves(body_exc)
+        elif body_exc is not None:
+            body_leaves = [body_exc]
+        failures = [
+            e
+            for e in leaves
+            if not any(e is b for b in body_leaves) and not isinstance(e, trio.Cancelled)
+        ]
         if not failures:
             if body_exc is not None and not isinstance(body_exc, trio.Cancelled):
                 raise body_exc from None

@@ -47,3 +47,13 @@ async def test_clean_exit_cancels_background_tasks() -> None:
         nursery.start_soon(worker)
         await trio.lowlevel.checkpoint()
     assert finished == [True]
+
+
+async def test_body_exception_group_is_not_a_crash() -> None:
+    with pytest.raises(ExceptionGroup) as info:
+        async with open_service_nursery("svc") as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            async with trio.open_nursery():
+                raise ValueError("inner")
+    assert not isinstance(info.value, NodeCrashedError)
+    assert isinstance(info.value.exceptions[0], ValueError)

@@ -1,0 +1,141 @@
+"""`pinecone-trio`: run a node (a relay, or a peer for your apps) from the shell.
+
+    pinecone-trio --key node.key --listen tcp://0.0.0.0:7000 --listen ws://0.0.0.0:7001/ \
+        --connect tcp://seed.example:7000 --multicast --status-json /run/pt.json
+
+Prints peers and the root as they change. `--status-json PATH` rewrites PATH atomically
+every second with `node.status()`. SIGINT or SIGTERM shut the node down cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from typing import Any
+
+import trio
+
+from .errors import PineconeError
+from .events import NodeEvent
+from .identity import Identity
+from .node import Node, open_node
+
+#: How often `--status-json` is rewritten.
+STATUS_INTERVAL = 1.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pinecone-trio", description="Run a pinecone-trio node.")
+    p.add_argument(
+        "--key", required=True, help="ed25519 key file (created with mode 0600 if absent)"
+    )
+    p.add_argument(
+        "--listen",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="listen on tcp://HOST:PORT or ws://HOST:PORT/PATH (repeatable)",
+    )
+    p.add_argument(
+        "--connect",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="static peer to keep connected (repeatable)",
+    )
+    p.add_argument("--multicast", action="store_true", help="find peers on the LAN by multicast")
+    p.add_argument(
+        "--multicast-interface",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="limit multicast discovery to these interfaces (repeatable)",
+    )
+    p.add_argument(
+        "--status-json", metavar="PATH", help="rewrite PATH with the status every second"
+    )
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def write_json_atomically(path: str, value: Any) -> None:
+    """Replace `path` with `value` as JSON, so readers never see a half-written file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".status-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(value, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _say(quiet: bool, text: str) -> None:
+    if not quiet:
+        print(text, flush=True)
+
+
+async def _print_events(node: Node, quiet: bool) -> None:
+    async for event in node.events():
+        _say(quiet, _describe(event))
+
+
+def _describe(event: NodeEvent) -> str:
+    return str(event)
+
+
+async def _write_status(node: Node, path: str) -> None:
+    while True:
+        await trio.to_thread.run_sync(write_json_atomically, path, node.status())
+        await trio.sleep(STATUS_INTERVAL)
+
+
+async def _run(args: argparse.Namespace) -> None:
+    identity = Identity.load_or_create(args.key)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(
+            identity,
+            listen=args.listen,
+            static_peers=args.connect,
+            multicast=args.multicast,
+            multicast_interfaces=args.multicast_interface,
+        ) as node:
+            _say(args.quiet, f"public key {node.public_key.hex()}")
+            for uri in node.listen_uris:
+                _say(args.quiet, f"listening on {uri}")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_print_events, node, args.quiet)
+                if args.status_json:
+                    nursery.start_soon(_write_status, node, args.status_json)
+                async for signum in signals:
+                    _say(args.quiet, f"{signal.Signals(signum).name}: shutting down")
+                    nursery.cancel_scope.cancel()
+                    break
+        if args.status_json:
+            write_json_atomically(args.status_json, {**node.status(), "stopped": True})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        trio.run(_run, args)
+    except PineconeError as exc:
+        print(f"pinecone-trio: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pinecone-trio: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,864 @@
+"""The running node: router task, listeners, peerings, static peers and LAN discovery.
+
+Theory of operation
+-------------------
+`open_node(identity, ...)` yields a `Node` whose nursery holds everything it runs:
+
+- the **router task**, the only owner of the sans-IO `RouterState`. It sleeps until
+  the engine's next deadline or the next item in its inbox (a bounded memory
+  channel), feeds the engine, and carries out the actions it returns synchronously:
+  frames go onto the target peering's `PeerQueue`, local deliveries into the bounded
+  receive buffer (dropped and counted when full), dropped peers are closed, and events
+  go to subscribers. Because all of that happens between checkpoints, a cancellation
+  can never land half-way through a routing decision.
+- one **listener** task per `listen` URI (and one TCP listener for LAN discovery);
+- one task per **peering** (`Peering.run`: a reader and a writer task), started when a
+  Noise handshake completes and ended when the link does; the node then tells the
+  router `PeerDown`;
+- one task per **static peer**, which keeps its URI connected and redials with
+  exponential backoff and jitter;
+- the **multicast discovery** tasks, which call back into the node for each beacon.
+
+Duplicate links between the same two keys are resolved the same way on both sides,
+without coordination: the link dialled by the lower key wins, and between two such
+links the one with the lower Noise handshake hash wins. Both sides see the same
+handshake hash, so they always keep the same link.
+
+Leaving the `open_node` block cancels the nursery: every link is closed and no task
+outlives it. A background failure surfaces as `NodeCrashedError`; a peer that
+misbehaves only ends its own peering (counted in `status()`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Final, overload
+
+import trio
+
+from . import events as ev
+from ._util import open_service_nursery
+from .backoff import DIAL_TIMEOUT, backoff_delay
+from .discovery.beacon import Beacon
+from .discovery.multicast import MulticastDiscovery
+from .errors import LinkError, PineconeError
+from .identity import Identity, PublicKey
+from .link.stream import NoiseLink
+from .peering import Peering
+from .router.actions import (
+    Action,
+    DeliverLocal,
+    DeliveryMode,
+    DescendingChanged,
+    DropPeer,
+    Emit,
+    Input,
+    LocalSend,
+    LocalSendClosest,
+    ParentChanged,
+    PeerDown,
+    PeerType,
+    PeerUp,
+    RootChanged,
+    SendFrame,
+)
+from .router.constants import MAX_PORT, MAX_TRAFFIC_PAYLOAD
+from .router.signer import Ed25519Signer
+from .router.state import RouterConfig, RouterState
+from .transports import dial as dial_transport
+from .transports import parse_uri
+from .transports import serve as serve_transport
+
+logger = logging.getLogger(__name__)
+
+#: Peerings a node accepts by default (the router has 253 ports; keep headroom).
+DEFAULT_MAX_PEERS: Final = 64
+#: Inbound connections allowed to be mid-handshake at once; more are closed at once.
+MAX_PENDING_HANDSHAKES: Final = 32
+#: Items the router inbox holds before senders wait (back-pressure on peer readers).
+INBOX_SIZE: Final = 1024
+#: Received datagrams buffered for the application before new ones are dropped.
+RECEIVE_BUFFER: Final = 4096
+#: Events buffered per subscriber before that subscriber misses some.
+EVENT_BUFFER: Final = 256
+#: The router handles at most this many queued inputs in one go before checking timers.
+ROUTER_BATCH: Final = 256
+#: A key heard in a beacon is dialled at most once per this many seconds.
+BEACON_REDIAL_INTERVAL: Final = 5.0
+#: Keys remembered for the beacon redial limit.
+MAX_BEACON_MEMORY: Final = 1024
+#: The capability a listener at its peer limit advertises before it closes the link.
+REFUSED_PEER_LIMIT: Final = "refused:peer-limit"
+
+
+class PeerLimitError(PineconeError):
+    """A peering was refused because a node (ours or theirs) is at its peer limit."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Tunables of a node; the defaults suit a relay or an app on a laptop."""
+
+    max_peers: int = DEFAULT_MAX_PEERS
+    #: Send keepalives and drop silent peers (Pinecone's 3 s / 5 s). Off only for tests
+    #: of idle behaviour over memory links.
+    keepalives: bool = True
+    handshake_timeout: float = 10.0
+    dial_timeout: float = DIAL_TIMEOUT
+    router: RouterConfig | None = None
+    #: Overrides for multicast discovery (tests use a short interval).
+    beacon_interval: float | None = None
+    multicast_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """An overlay datagram received from `source_key`.
+
+    `target_key` is None for traffic sent to our exact key; for closest-key traffic it
+    is the key the sender aimed at (we are the node closest to it).
+    """
+
+    source_key: PublicKey
+    payload: bytes
+    target_key: PublicKey | None = None
+    hops: int = 0
+
+
+@dataclass(slots=True)
+class StaticPeerState:
+    """What `status()` shows for one static peer."""
+
+    uri: str
+    state: str = "starting"
+    public_key: PublicKey | None = None
+    failures: int = 0
+    last_error: str = ""
+    next_attempt: float = 0.0
+    cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+@dataclass(slots=True)
+class NodeCounters:
+    handshake_failures: int = 0
+    misbehaving_peers: int = 0
+    refused_peer_limit: int = 0
+    refused_pending_handshakes: int = 0
+    duplicate_links: int = 0
+    dial_failures: int = 0
+    receive_drops: int = 0
+    queue_drops: int = 0
+
+
+def _peer_type_name(t: PeerType) -> str:
+    return t.name.lower()
+
+
+def _remote_uri(stream: trio.abc.Stream, scheme: str) -> str:
+    """Best-effort description of where an inbound stream comes from."""
+    sock = getattr(stream, "socket", None)
+    if sock is not None:
+        try:
+            host, port = sock.getpeername()[:2]
+        except OSError:
+            pass
+        else:
+            return f"tcp://{host}:{port}" if ":" not in host else f"tcp://[{host}]:{port}"
+    return f"{scheme}://(inbound)"
+
+
+class Node:
+    """A pinecone-trio node. Get one from `open_node`; see the module docstring."""
+
+    def __init__(self, identity: Identity, config: NodeConfig | None = None) -> None:
+        self._identity = identity
+        self._config = config or NodeConfig()
+        if not 1 <= self._config.max_peers <= MAX_PORT:
+            raise ValueError(f"max_peers must be 1..{MAX_PORT}")
+        self._public_key = identity.public_key
+        self._state: RouterState | None = None
+        self._nursery: trio.Nursery | None = None
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[Input](INBOX_SIZE)
+        self._dgram_send, self._dgram_recv = trio.open_memory_channel[Datagram](RECEIVE_BUFFER)
+        self._closest_send, self._closest_recv = trio.open_memory_channel[Datagram](RECEIVE_BUFFER)
+        self._peerings: dict[int, Peering] = {}
+        self._by_key: dict[bytes, Peering] = {}
+        self._free_ports = list(range(1, MAX_PORT + 1))
+        self._subscribers: set[trio.MemorySendChannel[ev.NodeEvent]] = set()
+        self._changed = trio.Event()
+        self._listen_uris: list[str] = []
+        self._multicast_port: int | None = None
+        self._discovery: MulticastDiscovery | None = None
+        self._static: dict[str, StaticPeerState] = {}
+        self._dialling: set[bytes] = set()
+        self._beacon_dials: dict[bytes, float] = {}
+        self._pending_handshakes = 0
+        self._rng = random.Random()
+        self.counters = NodeCounters()
+
+    # --- identity and addresses -------------------------------------------------------
+
+    @property
+    def public_key(self) -> PublicKey:
+        """This node's key: its address on the overlay."""
+        return self._public_key
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
+    def listen_uris(self) -> list[str]:
+        """The URIs the node's listeners bound (ports resolved)."""
+        return list(self._listen_uris)
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(
+        self,
+        *,
+        listen: Sequence[str] = (),
+        static_peers: Sequence[str] = (),
+        multicast: bool = False,
+        multicast_interfaces: Sequence[str] | None = None,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the node until cancelled. Ready (listeners bound) when started.
+
+        Raises:
+            OSError: if a listen address cannot be bound.
+            ValueError: if a URI is malformed.
+        """
+        if self._nursery is not None:
+            raise RuntimeError("a Node runs once")
+        router_config = self._config.router or RouterConfig()
+        offset = time.time() - trio.current_time()
+        router_config = _replace_offset(router_config, offset)
+        self._state = RouterState(
+            bytes(self._public_key),
+            Ed25519Signer(self._identity),
+            config=router_config,
+            now=trio.current_time(),
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._router_task)
+                for uri in listen:
+                    scheme = parse_uri(uri).scheme
+                    handler = partial(self._accept, PeerType.REMOTE, scheme)
+                    bound = await nursery.start(serve_transport, uri, handler)
+                    self._listen_uris.append(bound)
+                if multicast:
+                    await self._start_multicast(nursery, multicast_interfaces)
+                for uri in static_peers:
+                    self.add_static_peer(uri)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._inbox_send.close()
+            for channel in list(self._subscribers):
+                channel.close()
+
+    async def _start_multicast(
+        self, nursery: trio.Nursery, interfaces: Sequence[str] | None
+    ) -> None:
+        handler = partial(self._accept, PeerType.MULTICAST, "multicast")
+        bound = await nursery.start(serve_transport, "tcp://0.0.0.0:0", handler)
+        self._multicast_port = parse_uri(bound).port
+        options: dict[str, Any] = {}
+        if self._config.beacon_interval is not None:
+            options["interval"] = self._config.beacon_interval
+        if self._config.multicast_port is not None:
+            options["port"] = self._config.multicast_port
+        self._discovery = MulticastDiscovery(
+            self._public_key,
+            listen_port=lambda: self._multicast_port,
+            on_beacon=self._on_beacon,
+            interfaces=interfaces,
+            **options,
+        )
+        await nursery.start(self._discovery.run)
+
+    # --- the router task ------------------------------------------------------------------
+
+    async def _router_task(self, *, task_status: trio.TaskStatus[None]) -> None:
+        state = self._state
+        assert state is not None
+        inbox = self._inbox_recv
+        task_status.started()
+        with inbox:
+            while True:
+                item: Input | None = None
+                with trio.move_on_at(state.next_deadline()):
+                    item = await inbox.receive()
+                now = trio.current_time()
+                if item is not None:
+                    self._apply(state.on_input(item, now))
+                    for _ in range(ROUTER_BATCH):
+                        try:
+                            item = inbox.receive_nowait()
+                        except trio.WouldBlock:
+                            break
+                        self._apply(state.on_input(item, now))
+                if now >= state.next_deadline():
+                    self._apply(state.on_timer(now))
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is SendFrame:
+                send: SendFrame = action  # type: ignore[assignment]
+                peering = self._peerings.get(send.port)
+                if peering is not None and peering.enqueue(send.frame) is not None:
+                    self.counters.queue_drops += 1
+            elif kind is DeliverLocal:
+                self._deliver(action)  # type: ignore[arg-type]
+            elif kind is DropPeer:
+                drop: DropPeer = action  # type: ignore[assignment]
+                peering = self._peerings.get(drop.port)
+                if peering is not None:
+                    self.counters.misbehaving_peers += 1
+                    peering.close(f"misbehaving: {drop.reason}")
+            elif kind is Emit:
+                self._on_router_event(action.event)  # type: ignore[union-attr]
+
+    def _deliver(self, action: DeliverLocal) -> None:
+        exact = action.mode is DeliveryMode.EXACT
+        datagram = Datagram(
+            PublicKey(action.source_key),
+            action.payload,
+            None if exact else PublicKey(action.target_key),
+            action.hops,
+        )
+        channel = self._dgram_send if exact else self._closest_send
+        try:
+            channel.send_nowait(datagram)
+        except trio.WouldBlock:
+            self.counters.receive_drops += 1
+
+    def _on_router_event(self, event: object) -> None:
+        if isinstance(event, RootChanged):
+            self._publish(ev.RootChanged(PublicKey(event.root_key), event.root_seq))
+        elif isinstance(event, ParentChanged):
+            peering = self._peerings.get(event.port) if event.port is not None else None
+            key = peering.public_key if peering is not None else None
+            self._publish(ev.ParentChanged(key, tuple(event.coords)))
+        elif isinstance(event, DescendingChanged):
+            desc = PublicKey(event.public_key) if event.public_key is not None else None
+            self._publish(ev.SnakeNeighbourChanged(desc))
+        else:
+            self._notify()  # PeerAdded/PeerRemoved: the node publishes its own versions
+
+    def _publish(self, event: ev.NodeEvent) -> None:
+        for channel in list(self._subscribers):
+            try:
+                channel.send_nowait(event)
+            except trio.WouldBlock:
+                pass  # a slow subscriber misses events rather than stalling the router
+            except trio.BrokenResourceError:
+                self._subscribers.discard(channel)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    # --- peerings -------------------------------------------------------------------------
+
+    def _prefer_new_link(self, existing: Peering, new_link: NoiseLink, outbound: bool) -> bool:
+        lower_is_us = self._public_key < existing.public_key
+
+        def rank(dialled_by_us: bool, handshake_hash: bytes) -> tuple[bool, bytes]:
+            # False sorts first: a link dialled by the lower key is preferred.
+            return (dialled_by_us != lower_is_us, handshake_hash)
+
+        old_hash = existing.link.handshake_hash if isinstance(existing.link, NoiseLink) else b""
+        return rank(outbound, new_link.handshake_hash) < rank(existing.outbound, old_hash)
+
+    async def _attach(
+        self, link: NoiseLink, *, uri: str, peer_type: PeerType, zone: str, outbound: bool
+    ) -> Peering | None:
+        """Register a link whose handshake completed; None when it is not kept."""
+        key = link.remote_key
+        if key == self._public_key:
+            await trio.aclose_forcefully(link)
+            raise LinkError("refusing to peer with ourselves", remote_key=key)
+        existing = self._by_key.get(key)
+        if existing is not None:
+            if not self._prefer_new_link(existing, link, outbound):
+                self.counters.duplicate_links += 1
+                await trio.aclose_forcefully(link)
+                return None
+            self.counters.duplicate_links += 1
+            existing.close("replaced by a preferred duplicate link")
+            await existing.wait_ended()
+        if len(self._peerings) >= self._config.max_peers or not self._free_ports:
+            self.counters.refused_peer_limit += 1
+            await trio.aclose_forcefully(link)
+            raise PeerLimitError(f"peer limit of {self._config.max_peers} reached")
+        port = self._free_ports.pop(0)
+        peering = Peering(
+            link=link,
+            port=port,
+            public_key=key,
+            uri=uri,
+            peer_type=peer_type,
+            zone=zone,
+            outbound=outbound,
+            inbox=self._inbox_send,
+            keepalives=self._config.keepalives,
+        )
+        self._peerings[port] = peering
+        self._by_key[bytes(key)] = peering
+        await self._inbox_send.send(PeerUp(port, bytes(key), peer_type, zone))
+        self._publish(ev.PeerConnected(key, uri, _peer_type_name(peer_type), port))
+        return peering
+
+    async def _run_peering(self, peering: Peering) -> None:
+        try:
+            await peering.run()
+        finally:
+            port = peering.port
+            del self._peerings[port]
+            if self._by_key.get(bytes(peering.public_key)) is peering:
+                del self._by_key[bytes(peering.public_key)]
+            with trio.CancelScope(shield=True):
+                try:
+                    with trio.move_on_after(5.0):
+                        await self._inbox_send.send(PeerDown(port))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the node is shutting down
+            self._free_ports.append(port)
+            self._free_ports.sort()
+            self._publish(
+                ev.PeerDisconnected(peering.public_key, peering.uri, port, peering.end_reason)
+            )
+
+    async def _accept(self, peer_type: PeerType, scheme: str, stream: trio.abc.Stream) -> None:
+        """Listener handler: handshake an inbound connection and run its peering."""
+        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+            self.counters.refused_pending_handshakes += 1
+            await trio.aclose_forcefully(stream)
+            return
+        at_limit = len(self._peerings) >= self._config.max_peers
+        link = NoiseLink(
+            stream,
+            self._identity,
+            initiator=False,
+            capabilities={REFUSED_PEER_LIMIT} if at_limit else frozenset(),
+            handshake_timeout=self._config.handshake_timeout,
+        )
+        self._pending_handshakes += 1
+        try:
+            await link.do_handshake()
+        except (LinkError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.counters.handshake_failures += 1
+            logger.info("inbound handshake failed: %s", exc)
+            await trio.aclose_forcefully(link)
+            return
+        finally:
+            self._pending_handshakes -= 1
+        if at_limit:
+            self.counters.refused_peer_limit += 1
+            await trio.aclose_forcefully(link)
+            return
+        try:
+            peering = await self._attach(
+                link,
+                uri=_remote_uri(stream, scheme),
+                peer_type=peer_type,
+                zone=scheme,
+                outbound=False,
+            )
+        except (LinkError, PeerLimitError) as exc:
+            logger.info("inbound peering refused: %s", exc)
+            return
+        if peering is not None:
+            await self._run_peering(peering)
+
+    async def _dial(self, uri: str, expected_key: PublicKey | None = None) -> NoiseLink:
+        assert self._nursery is not None
+        with trio.fail_after(self._config.dial_timeout):
+            stream = await dial_transport(uri, nursery=self._nursery)
+            link = NoiseLink(
+                stream,
+                self._identity,
+                initiator=True,
+                expected_key=expected_key,
+                handshake_timeout=self._config.handshake_timeout,
+            )
+            try:
+                await link.do_handshake()
+            except BaseException:
+                await trio.aclose_forcefully(link)
+                raise
+        if REFUSED_PEER_LIMIT in link.remote_capabilities:
+            await trio.aclose_forcefully(link)
+            raise PeerLimitError(f"{uri} refused the peering: its peer limit is reached")
+        return link
+
+    async def _dial_and_attach(
+        self,
+        uri: str,
+        *,
+        expected_key: PublicKey | None = None,
+        peer_type: PeerType = PeerType.REMOTE,
+        zone: str = "static",
+    ) -> tuple[PublicKey, Peering | None]:
+        if len(self._peerings) >= self._config.max_peers:
+            raise PeerLimitError(f"peer limit of {self._config.max_peers} reached")
+        link = await self._dial(uri, expected_key)
+        key = link.remote_key
+        peering = await self._attach(link, uri=uri, peer_type=peer_type, zone=zone, outbound=True)
+        if peering is not None:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._run_peering, peering)
+        return key, peering
+
+    # --- public API: peerings ---------------------------------------------------------
+
+    @overload
+    async def connect(self, target: str) -> PublicKey: ...
+
+    @overload
+    async def connect(self, target: PublicKey | bytes, protocol: str) -> trio.abc.Stream: ...
+
+    async def connect(
+        self, target: str | PublicKey | bytes, protocol: str | None = None
+    ) -> PublicKey | trio.abc.Stream:
+        """Peer with a URI, or open a session stream to a key.
+
+        `await node.connect("tcp://host:port")` (or `ws://...`, `memory://...`) dials,
+        runs the Noise handshake and adds the peering to the router; it returns the
+        remote key once the peering is up (or was already up over another link).
+
+        Raises:
+            LinkError: the handshake failed (wrong key, bad data, timeout).
+            PeerLimitError: we or they are at the peer limit.
+            OSError: the address could not be reached.
+            ValueError: the URI is malformed.
+        """
+        if isinstance(target, str):
+            if protocol is not None:
+                raise TypeError("connect(uri) takes no protocol")
+            key, _ = await self._dial_and_attach(target)
+            return key
+        if protocol is None:
+            raise TypeError("connect(key, protocol) needs a protocol name")
+        return await self._connect_session(PublicKey(target), protocol)
+
+    async def _connect_session(self, key: PublicKey, protocol: str) -> trio.abc.Stream:
+        raise NotImplementedError("sessions are not wired into the node yet")
+
+    def add_static_peer(self, uri: str) -> None:
+        """Keep `uri` connected: dial now and redial with backoff whenever it drops."""
+        parse_uri(uri)  # raises ValueError early
+        if uri in self._static:
+            return
+        if self._nursery is None:
+            raise RuntimeError("the node is not running")
+        state = StaticPeerState(uri)
+        self._static[uri] = state
+        self._nursery.start_soon(self._keep_static, state)
+
+    def remove_static_peer(self, uri: str) -> None:
+        """Stop redialling `uri` and close its peering, if any."""
+        state = self._static.pop(uri, None)
+        if state is None:
+            return
+        state.cancel_scope.cancel()
+        if state.public_key is not None:
+            peering = self._by_key.get(bytes(state.public_key))
+            if peering is not None and peering.uri == uri:
+                peering.close("static peer removed")
+
+    async def _keep_static(self, state: StaticPeerState) -> None:
+        with state.cancel_scope:
+            while True:
+                key = state.public_key
+                if key is not None and bytes(key) in self._by_key:
+                    state.state = "connected"
+                    await self._by_key[bytes(key)].wait_ended()
+                    continue
+                state.state = "dialling"
+                self._notify()
+                try:
+                    key, peering = await self._dial_and_attach(state.uri)
+                except (OSError, LinkError, PeerLimitError, trio.TooSlowError) as exc:
+                    state.failures += 1
+                    state.last_error = _describe_error(exc)
+                    self.counters.dial_failures += 1
+                else:
+                    state.public_key = key
+                    state.failures = 0
+                    state.last_error = ""
+                    if peering is not None:
+                        state.state = "connected"
+                        await peering.wait_ended()
+                        state.last_error = peering.end_reason
+                    continue
+                delay = backoff_delay(state.failures, self._rng)
+                state.state = "waiting"
+                state.next_attempt = trio.current_time() + delay
+                self._notify()
+                await trio.sleep(delay)
+
+    def _on_beacon(self, beacon: Beacon, host: str, interface: str) -> None:
+        key = bytes(beacon.public_key)
+        if key in self._by_key or key in self._dialling or self._nursery is None:
+            return
+        now = trio.current_time()
+        if now - self._beacon_dials.get(key, -math.inf) < BEACON_REDIAL_INTERVAL:
+            return
+        if len(self._beacon_dials) >= MAX_BEACON_MEMORY:
+            self._beacon_dials = {
+                k: t for k, t in self._beacon_dials.items() if now - t < BEACON_REDIAL_INTERVAL
+            }
+            if len(self._beacon_dials) >= MAX_BEACON_MEMORY:
+                return
+        self._beacon_dials[key] = now
+        self._dialling.add(key)
+        self._nursery.start_soon(self._dial_beacon, beacon, host, interface)
+
+    async def _dial_beacon(self, beacon: Beacon, host: str, interface: str) -> None:
+        uri = f"tcp://{host}:{beacon.port}"
+        try:
+            await self._dial_and_attach(
+                uri,
+                expected_key=beacon.public_key,
+                peer_type=PeerType.MULTICAST,
+                zone=interface,
+            )
+        except (OSError, LinkError, PeerLimitError, trio.TooSlowError) as exc:
+            self.counters.dial_failures += 1
+            logger.info("dial to beacon %s at %s failed: %s", beacon.public_key.short(), uri, exc)
+        finally:
+            self._dialling.discard(bytes(beacon.public_key))
+
+    # --- public API: overlay datagrams -----------------------------------------------
+
+    async def send(self, destination: PublicKey | bytes, payload: bytes) -> None:
+        """Send one overlay datagram to the node whose key is exactly `destination`.
+
+        Delivery is best effort, like UDP: queues may drop it, routes may be missing.
+
+        Raises:
+            ValueError: if `payload` is larger than `MAX_TRAFFIC_PAYLOAD`.
+            trio.ClosedResourceError: if the node has stopped.
+        """
+        if len(payload) > MAX_TRAFFIC_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_TRAFFIC_PAYLOAD}")
+        await self._inbox_send.send(LocalSend(bytes(PublicKey(destination)), bytes(payload)))
+
+    async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
+        """Send a datagram to whichever node's key is closest to `target` (the DHT mode).
+
+        Closest is the snake's rule: the smallest key >= `target`, or the highest key
+        in the network when none is that high.
+        """
+        if len(payload) > MAX_TRAFFIC_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_TRAFFIC_PAYLOAD}")
+        await self._inbox_send.send(LocalSendClosest(bytes(PublicKey(target)), bytes(payload)))
+
+    async def receive(self) -> Datagram:
+        """The next datagram sent to our exact key."""
+        return await self._dgram_recv.receive()
+
+    async def receive_closest(self) -> Datagram:
+        """The next closest-key datagram for which we are the closest node."""
+        return await self._closest_recv.receive()
+
+    def __aiter__(self) -> AsyncIterator[Datagram]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Datagram]:
+        while True:
+            yield await self.receive()
+
+    # --- public API: observing -----------------------------------------------------
+
+    async def events(self) -> AsyncIterator[ev.NodeEvent]:
+        """Subscribe to node events (peer up/down, root, parent, snake neighbour).
+
+        Each subscriber has its own buffer of `EVENT_BUFFER` events; a subscriber that
+        falls further behind misses events rather than slowing the node.
+        """
+        send, recv = trio.open_memory_channel[ev.NodeEvent](EVENT_BUFFER)
+        self._subscribers.add(send)
+        try:
+            async with recv:
+                async for event in recv:
+                    yield event
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return as soon as `predicate()` is true, re-checking on every state change.
+
+        Use with `trio.fail_after` to bound it.
+        """
+        while not predicate():
+            await self._changed.wait()
+
+    async def wait_changed(self) -> None:
+        """Return at the next state change (a peering, the root, parent or snake)."""
+        await self._changed.wait()
+
+    def peer_keys(self) -> list[PublicKey]:
+        """Keys of the peers we have a live peering with, sorted."""
+        return sorted(p.public_key for p in self._peerings.values())
+
+    def status(self) -> dict[str, Any]:
+        """A plain, JSON-ready snapshot of the node (keys as lowercase hex)."""
+        state = self._state
+        now = trio.current_time() if self._nursery is not None else 0.0
+        if state is None:
+            return {"public_key": self._public_key.hex(), "running": False}
+        root_key, root_seq = state.root
+        router_peers = {p.port: p for p in state.peers()}
+        peers = []
+        for port, peering in sorted(self._peerings.items()):
+            rp = router_peers.get(port)
+            stats = peering.statistics
+            peers.append(
+                {
+                    "public_key": peering.public_key.hex(),
+                    "uri": peering.uri,
+                    "port": port,
+                    "type": _peer_type_name(peering.peer_type),
+                    "zone": peering.zone,
+                    "outbound": peering.outbound,
+                    "coords": list(rp.coords) if rp is not None and rp.coords is not None else None,
+                    "bytes_in": stats.bytes_in,
+                    "bytes_out": stats.bytes_out,
+                    "frames_in": stats.frames_in,
+                    "frames_out": stats.frames_out,
+                    "queue_len": len(peering.queue),
+                    "queue_drops": peering.queue.stats.dropped_traffic
+                    + peering.queue.stats.dropped_protocol,
+                    "connected_s": round(now - peering.connected_at, 3),
+                }
+            )
+        parent_port = state.parent_port
+        parent = self._peerings.get(parent_port) if parent_port is not None else None
+        desc = state.descending_key
+        asc = state.ascending_key
+        router_stats = state.statistics()
+        return {
+            "public_key": self._public_key.hex(),
+            "root_key": root_key.hex(),
+            "root_seq": root_seq,
+            "coords": list(state.coords),
+            "parent_key": parent.public_key.hex() if parent is not None else None,
+            "listen": list(self._listen_uris),
+            "peers": peers,
+            "snake": {
+                "descending_key": desc.hex() if desc is not None else None,
+                "ascending_key": asc.hex() if asc is not None else None,
+            },
+            "tables": {
+                "snake_entries": state.snake_table_size(),
+                "coords_cache": state.coords_cache_size(),
+                "known_keys": state.key_index_size(),
+            },
+            "router": {
+                "frames_in": router_stats.frames_in,
+                "frames_sent": router_stats.frames_sent,
+                "delivered": router_stats.delivered,
+                "dropped": dict(router_stats.dropped),
+            },
+            "static_peers": [
+                {
+                    "uri": s.uri,
+                    "state": s.state,
+                    "public_key": s.public_key.hex() if s.public_key is not None else None,
+                    "failures": s.failures,
+                    "last_error": s.last_error,
+                    "next_attempt_in": round(max(0.0, s.next_attempt - now), 3)
+                    if s.state == "waiting"
+                    else None,
+                }
+                for s in self._static.values()
+            ],
+            "multicast": None
+            if self._discovery is None
+            else {
+                "port": self._multicast_port,
+                "interfaces": list(self._discovery.statistics.interfaces),
+                "beacons_sent": self._discovery.statistics.beacons_sent,
+                "beacons_received": self._discovery.statistics.beacons_received,
+                "bad_beacons": self._discovery.statistics.bad_beacons,
+            },
+            "counters": {
+                "handshake_failures": self.counters.handshake_failures,
+                "misbehaving_peers": self.counters.misbehaving_peers,
+                "refused_peer_limit": self.counters.refused_peer_limit,
+                "refused_pending_handshakes": self.counters.refused_pending_handshakes,
+                "duplicate_links": self.counters.duplicate_links,
+                "dial_failures": self.counters.dial_failures,
+                "receive_drops": self.counters.receive_drops,
+                "queue_drops": self.counters.queue_drops,
+            },
+        }
+
+
+def _replace_offset(config: RouterConfig, offset: float) -> RouterConfig:
+    from dataclasses import replace
+
+    return replace(config, wall_clock_offset=offset)
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, trio.TooSlowError):
+        return "dial timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+@asynccontextmanager
+async def open_node(
+    identity: Identity,
+    *,
+    listen: Sequence[str] = (),
+    static_peers: Sequence[str] = (),
+    multicast: bool = False,
+    multicast_interfaces: Sequence[str] | None = None,
+    config: NodeConfig | None = None,
+) -> AsyncIterator[Node]:
+    """Run a node for the duration of the block.
+
+    Args:
+        identity: the node's key pair; its public key is the node's address.
+        listen: URIs to accept peerings on (`tcp://host:port`, `ws://host:port/path`,
+            `memory://name`); port 0 picks a free port (see `Node.listen_uris`).
+        static_peers: URIs to keep connected, redialled with backoff.
+        multicast: find and peer with nodes on the LAN by multicast beacons.
+        multicast_interfaces: limit discovery to these interface names.
+        config: tunables.
+
+    Raises:
+        OSError, ValueError: a listener could not start.
+        NodeCrashedError: a background task of the node failed.
+    """
+    node = Node(identity, config)
+    async with open_service_nursery("node") as nursery:
+        await nursery.start(
+            partial(
+                node.run,
+                listen=listen,
+                static_peers=static_peers,
+                multicast=multicast,
+                multicast_interfaces=multicast_interfaces,
+            )
+        )
+        yield node

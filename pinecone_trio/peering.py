@@ -1,0 +1,239 @@
+"""One peering's runtime: a reader and a writer task over a Noise link.
+
+Theory of operation: a `Peering` exists from the moment a link's handshake succeeded
+until the link ends. `Peering.run` owns one nursery with exactly two tasks:
+
+- the **reader** pulls bytes from the link, cuts them into Pinecone frames (the 10-byte
+  header says the total length), decodes each and hands it to the router task's inbox
+  as a `FrameIn`. Any decode error ends the peering (research §3.1): a peer that sends
+  garbage once is not trusted to frame correctly again. Going `READ_TIMEOUT` seconds
+  without a byte ends it too (the other side sends keepalives when idle). Protocol
+  frames are rate-limited per peering (a token bucket): a peer flooding announcements
+  or bootstraps is cut off instead of eating the router's time.
+- the **writer** waits for the router to queue frames (`PeerQueue`: protocol frames
+  first, fair traffic with head drop), pops as many as fit in `WRITE_BATCH_BYTES`,
+  encodes them and sends them in one `send_all`, so small frames share Noise messages.
+  When nothing was sent for `KEEPALIVE_INTERVAL` it sends a keepalive.
+
+The router task is the only one that pushes onto the queue (synchronously, in
+`enqueue`), and the writer the only one that pops, all in one thread: no locks.
+Ending the peering (EOF, error, `close()` from the node) cancels both tasks; the node
+then tells the router `PeerDown`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from .errors import DecodeError, RemoteProtocolError
+from .identity import PublicKey
+from .router.actions import FrameIn, Input, PeerType
+from .router.constants import HEADER_SIZE
+from .router.queues import PeerQueue, is_traffic
+from .router.wire import KEEPALIVE, Frame, Keepalive, decode_frame, encode_frame, read_frame_length
+
+logger = logging.getLogger(__name__)
+
+#: Send a keepalive when nothing was sent for this long (Pinecone: 3 s).
+KEEPALIVE_INTERVAL: Final = 3.0
+#: A peering that delivers no byte for this long is dead (Pinecone: 5 s).
+READ_TIMEOUT: Final = 5.0
+#: One `send_all` may take at most this long before the peering is declared stuck.
+WRITE_TIMEOUT: Final = 10.0
+#: The writer coalesces queued frames into one write of at most about this many bytes.
+WRITE_BATCH_BYTES: Final = 256 * 1024
+#: Bytes requested from the link per read.
+READ_SIZE: Final = 256 * 1024
+#: Protocol frames (announcements, bootstraps, keepalives ...) a peer may send per second
+#: on average, and in one burst. Honest peers send a few per second; the snake's
+#: bootstrap forwarding is about table_size / 5 per second.
+PROTOCOL_FRAMES_PER_SECOND: Final = 2000.0
+PROTOCOL_FRAMES_BURST: Final = 10000.0
+
+
+class PeerFloodingError(RemoteProtocolError):
+    """The peer sent protocol frames faster than `PROTOCOL_FRAMES_PER_SECOND`."""
+
+
+@dataclass(slots=True)
+class PeeringStatistics:
+    bytes_in: int = 0
+    bytes_out: int = 0
+    frames_in: int = 0
+    frames_out: int = 0
+    keepalives_out: int = 0
+
+
+class _TokenBucket:
+    __slots__ = ("_burst", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, burst: float, now: float) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._tokens = burst
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
+class Peering:
+    """A live peering on router port `port` with `public_key`.
+
+    Created by the node after the handshake; run with `await nursery.start(p.run)` or
+    simply `await p.run()`; returns when the link ends, with `end_reason` set.
+    """
+
+    def __init__(
+        self,
+        *,
+        link: trio.abc.Stream,
+        port: int,
+        public_key: PublicKey,
+        uri: str,
+        peer_type: PeerType,
+        zone: str,
+        outbound: bool,
+        inbox: trio.MemorySendChannel[Input],
+        keepalives: bool = True,
+    ) -> None:
+        self.link = link
+        self.port = port
+        self.public_key = public_key
+        self.uri = uri
+        self.peer_type = peer_type
+        self.zone = zone
+        self.outbound = outbound
+        self.queue = PeerQueue(seed=port)
+        self.statistics = PeeringStatistics()
+        self.end_reason = "closed"
+        self.connected_at = trio.current_time()
+        self._inbox = inbox
+        self._keepalives = keepalives
+        self._wakeup = trio.Event()
+        self._cancel_scope = trio.CancelScope()
+        self._ended = trio.Event()
+
+    # --- called by the router task (synchronous) -------------------------------------
+
+    def enqueue(self, frame: Frame) -> Frame | None:
+        """Queue `frame` for sending; return the frame dropped to make room, if any."""
+        dropped = self.queue.push(frame)
+        self._wakeup.set()
+        return dropped
+
+    def close(self, reason: str) -> None:
+        """End the peering (idempotent); `run` returns soon after."""
+        if not self._cancel_scope.cancel_called:
+            self.end_reason = reason
+            self._cancel_scope.cancel()
+
+    # --- runtime ----------------------------------------------------------------------
+
+    async def wait_ended(self) -> None:
+        await self._ended.wait()
+
+    async def run(self) -> None:
+        """Run the reader and writer until the link ends or `close` is called."""
+        try:
+            with self._cancel_scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._writer)
+        finally:
+            self.queue.clear()
+            self._ended.set()
+            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+                await trio.aclose_forcefully(self.link)
+
+    def _end(self, reason: str) -> None:
+        self.close(reason)
+
+    async def _reader(self) -> None:
+        buf = bytearray()
+        stats = self.statistics
+        now = trio.current_time()
+        bucket = _TokenBucket(PROTOCOL_FRAMES_PER_SECOND, PROTOCOL_FRAMES_BURST, now)
+        try:
+            while True:
+                if self._keepalives:
+                    with trio.move_on_after(READ_TIMEOUT) as timeout:
+                        data = await self.link.receive_some(READ_SIZE)
+                    if timeout.cancelled_caught:
+                        self._end(f"no data for {READ_TIMEOUT:g} s")
+                        return
+                else:
+                    data = await self.link.receive_some(READ_SIZE)
+                if not data:
+                    self._end("remote closed the link")
+                    return
+                stats.bytes_in += len(data)
+                buf += data
+                while len(buf) >= HEADER_SIZE:
+                    length = read_frame_length(bytes(buf[:HEADER_SIZE]))
+                    if len(buf) < length:
+                        break
+                    frame = decode_frame(bytes(buf[:length]))
+                    del buf[:length]
+                    stats.frames_in += 1
+                    if type(frame) is Keepalive:
+                        continue  # only resets the read deadline
+                    if not is_traffic(frame) and not bucket.take(trio.current_time()):
+                        raise PeerFloodingError("protocol frames faster than allowed")
+                    await self._inbox.send(FrameIn(self.port, frame))
+        except (DecodeError, RemoteProtocolError) as exc:
+            logger.info("peer %s misbehaved: %s", self.public_key.short(), exc)
+            self._end(f"misbehaving: {exc}")
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._end(f"link broken: {exc or type(exc).__name__}")
+
+    async def _writer(self) -> None:
+        stats = self.statistics
+        queue = self.queue
+        last_send = trio.current_time()
+        try:
+            while True:
+                if not queue:
+                    self._wakeup = trio.Event()
+                    if self._keepalives:
+                        deadline = last_send + KEEPALIVE_INTERVAL
+                        with trio.move_on_at(deadline):
+                            await self._wakeup.wait()
+                        if not queue:
+                            if trio.current_time() < deadline:
+                                continue
+                            queue.push(KEEPALIVE)
+                            stats.keepalives_out += 1
+                    else:
+                        await self._wakeup.wait()
+                        continue
+                parts: list[bytes] = []
+                size = 0
+                while size < WRITE_BATCH_BYTES:
+                    frame = queue.pop()
+                    if frame is None:
+                        break
+                    encoded = encode_frame(frame)
+                    parts.append(encoded)
+                    size += len(encoded)
+                if not parts:
+                    continue
+                with trio.move_on_after(WRITE_TIMEOUT) as timeout:
+                    await self.link.send_all(b"".join(parts) if len(parts) > 1 else parts[0])
+                if timeout.cancelled_caught:
+                    self._end(f"write stuck for {WRITE_TIMEOUT:g} s")
+                    return
+                stats.frames_out += len(parts)
+                stats.bytes_out += size
+                last_send = trio.current_time()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._end(f"link broken: {exc or type(exc).__name__}")
