@@ -39,6 +39,8 @@ PAGE_BYTES: Final = PAGE_BITS // 8
 _PAGE_SHIFT: Final = 15
 _PAGE_MASK: Final = PAGE_BITS - 1
 _FULL_PAGE: Final = (1 << PAGE_BITS) - 1
+#: Ranges up to this many bits are set bit by bit (cheaper than whole-page integers).
+_SMALL_RANGE: Final = 64
 
 
 class Bitfield:
@@ -149,7 +151,14 @@ class Bitfield:
         if value:
             self._counts[page] += 1
             if index == self._contiguous:
-                self._advance_contiguous()
+                # The common case (appending) needs no scan: the next bit is unset.
+                nxt = index + 1
+                ndata = self._pages.get(nxt >> _PAGE_SHIFT)
+                nbit = nxt & _PAGE_MASK
+                if ndata is None or not (ndata[nbit >> 3] >> (nbit & 7)) & 1:
+                    self._contiguous = nxt
+                else:
+                    self._advance_contiguous()
         else:
             self._counts[page] -= 1
             if not self._counts[page]:
@@ -168,6 +177,10 @@ class Bitfield:
         """
         if start < 0 or end < start:
             raise ValueError(f"bad bitfield range {start}..{end}")
+        if end - start <= _SMALL_RANGE:
+            for i in range(start, end):
+                self.set(i, value)
+            return
         pos = start
         while pos < end:
             page = pos >> _PAGE_SHIFT
@@ -188,6 +201,17 @@ class Bitfield:
         """
         out: dict[int, bytes] = {}
         pos = max(start, 0)
+        if end - pos <= _SMALL_RANGE:
+            pages: dict[int, bytearray] = {}
+            for i in range(pos, end):
+                page = i >> _PAGE_SHIFT
+                buf = pages.get(page)
+                if buf is None:
+                    data = self._pages.get(page)
+                    buf = pages[page] = bytearray(PAGE_BYTES) if data is None else bytearray(data)
+                bit = i & _PAGE_MASK
+                buf[bit >> 3] |= 1 << (bit & 7)
+            return {p: bytes(b) for p, b in pages.items()}
         while pos < end:
             page = pos >> _PAGE_SHIFT
             lo = pos & _PAGE_MASK

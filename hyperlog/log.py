@@ -404,6 +404,17 @@ class Log:
             )
         values = [bytes(v) for v in values]
         self._check_writable()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if total < THREAD_THRESHOLD_BYTES and not self._write_lock.locked():
+            # Fast path: no await between building and applying the batch, so nothing
+            # can interleave and the lock is not needed (it only orders operations
+            # that wait for a worker thread).
+            if values:
+                batch = self._append_sync(values)
+                self._tree.apply(batch)
+                self._after_append(batch.start, batch.length)
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return AppendResult(self._tree.length, self._tree.byte_length)
         async with self._write_lock:
             if not values:
                 return AppendResult(self._tree.length, self._tree.byte_length)

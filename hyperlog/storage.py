@@ -9,13 +9,17 @@ handle (its row id in ``logs``) and its rows in the other tables are keyed by
 single integer-key probe, and a sparse replica stores only the blocks it has (no
 sparse files, no per-log file descriptors: research notes §6 and §13)::
 
-    logs     (id, key, discovery_key, manifest, secret_key,
-              fork, length, byte_length, tree_hash, signature)   the signed head
-    blocks   (handle << 40 | index)     -> (checksum, value)
-    nodes    (handle << 42 | node index) -> (size, hash)         parents, and leaves
+    logs   (id, key, discovery_key, manifest, secret_key)      what never changes
+    blocks (handle << 40 | index)      -> (checksum, value)
+    nodes  (handle << 42 | node index) -> (size, hash)           parents, and leaves
                                                                  held without their block
-    bitfield (handle << 32 | page)      -> 4 KiB "have" page
-    meta     (name) -> value                                     store-level settings
+    state  (handle << 33 | page)       -> 4 KiB "have" bitfield page
+           (handle << 33 | 2**32)      -> the signed head (fork, length, byte length,
+                                          tree hash, signature)
+    meta   (name) -> value                                       store-level settings
+
+The head sits in the same table as the bitfield pages, next to them, so a single
+append dirties three B-tree pages (blocks, nodes, state) instead of four.
 
 A leaf node is *not* stored when its block is: its size is the block's length and
 its hash is recomputed from the block when a proof needs it. The first 8 bytes of
@@ -56,6 +60,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -89,10 +94,10 @@ LOCK_FILENAME: Final = "hyperlog.lock"
 APPLICATION_ID: Final = 0x48594C47
 #: Schema version, in SQLite's ``user_version``.
 SCHEMA_VERSION: Final = 1
-#: Page size for new databases. 16 KiB packs 15 rows of 1 KiB blocks per page (about
-#: 2% slack) while a single append still dirties only a few pages; 4 KiB pages would
-#: waste a quarter of every page on 1 KiB blocks.
-PAGE_SIZE: Final = 16384
+#: Page size for new databases. A 1 KiB block plus its row header is just over 1 KiB,
+#: so 4 KiB pages hold 3 (25% slack), 16 KiB pages 15 (4%) and 32 KiB pages 31 (1%).
+#: Larger pages make each commit write more WAL bytes; 32 KiB measured best overall.
+PAGE_SIZE: Final = 32768
 #: Page cache per connection, in KiB (SQLite's negative ``cache_size``).
 CACHE_KIB: Final = 32 * 1024
 #: WAL size (pages) after which a commit checkpoints it into the database.
@@ -108,7 +113,9 @@ MAX_META_SIZE: Final = 64 * 1024
 
 _BLOCK_SHIFT: Final = 40
 _NODE_SHIFT: Final = 42
-_PAGE_SHIFT: Final = 32
+_STATE_SHIFT: Final = 33
+_HEAD_SLOT: Final = 1 << 32
+_HEAD = struct.Struct("<QQQ")
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 
@@ -279,6 +286,25 @@ def _truncated_nodes(length: int) -> list[int]:
     return out
 
 
+def _encode_head(head: Head) -> bytes:
+    return (
+        _HEAD.pack(head.fork, head.length, head.byte_length)
+        + head.tree_hash
+        + (head.signature or b"")
+    )
+
+
+def _decode_head(data: bytes, where: object) -> Head:
+    # 24 bytes of integers, then a 32-byte tree hash (absent while empty), then a
+    # 64-byte signature (absent before the first signed head).
+    if len(data) not in (_HEAD.size, _HEAD.size + 32, _HEAD.size + 96):
+        raise CorruptStorageError(f"a stored head in {where} has {len(data)} bytes")
+    fork, length, byte_length = _HEAD.unpack_from(data)
+    tree = bytes(data[_HEAD.size : _HEAD.size + 32])
+    sig = bytes(data[_HEAD.size + 32 :]) or None
+    return Head(fork, length, byte_length, tree, sig)
+
+
 def _checksum(value: bytes) -> bytes:
     return leaf_hash(value)[:CHECKSUM_SIZE]
 
@@ -307,17 +333,12 @@ _SCHEMA: Final = (
         key BLOB NOT NULL UNIQUE,
         discovery_key BLOB NOT NULL UNIQUE,
         manifest BLOB,
-        secret_key BLOB,
-        fork INTEGER NOT NULL DEFAULT 0,
-        length INTEGER NOT NULL DEFAULT 0,
-        byte_length INTEGER NOT NULL DEFAULT 0,
-        tree_hash BLOB NOT NULL DEFAULT x'',
-        signature BLOB)""",
+        secret_key BLOB)""",
     "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, sum BLOB NOT NULL, "
     "value BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, "
     "hash BLOB NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS bitfield (id INTEGER PRIMARY KEY, page BLOB NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY, value BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB NOT NULL)",
 )
 
@@ -474,23 +495,26 @@ class SQLiteStorage:
             row = (
                 self._reader()
                 .execute(
-                    "SELECT id, key, discovery_key, manifest, secret_key, fork, length, "
-                    "byte_length, tree_hash, signature FROM logs "
+                    "SELECT id, key, discovery_key, manifest, secret_key FROM logs "
                     "WHERE key = ? OR discovery_key = ?",
                     (key, key),
                 )
                 .fetchone()
             )
-        if row is None:
-            return None
-        handle, k, dk, manifest, secret, fork, length, byte_length, th, sig = row
+            if row is None:
+                return None
+            packed = self._r.execute(
+                "SELECT value FROM state WHERE id = ?",
+                ((row[0] << _STATE_SHIFT) | _HEAD_SLOT,),
+            ).fetchone()
+        handle, k, dk, manifest, secret = row
         info = LogInfo(
             bytes(k),
             bytes(dk),
             None if manifest is None else bytes(manifest),
             None if secret is None else bytes(secret),
         )
-        head = Head(fork, length, byte_length, bytes(th), None if sig is None else bytes(sig))
+        head = Head() if packed is None else _decode_head(packed[0], self.db_path)
         return StoredLog(handle, info, head)
 
     def get_meta(self, name: str) -> bytes | None:
@@ -593,13 +617,13 @@ class SQLiteStorage:
 
     def load_bitfield(self, handle: int) -> list[tuple[int, bytes]]:
         """Return every stored bitfield page of a log."""
-        base = handle << _PAGE_SHIFT
+        base = handle << _STATE_SHIFT
         with self._rlock, _reporting_corruption(self.db_path):
             rows = (
                 self._reader()
                 .execute(
-                    "SELECT id, page FROM bitfield WHERE id >= ? AND id < ? ORDER BY id",
-                    (base, base + (1 << _PAGE_SHIFT)),
+                    "SELECT id, value FROM state WHERE id >= ? AND id < ? ORDER BY id",
+                    (base, base | _HEAD_SLOT),
                 )
                 .fetchall()
             )
@@ -611,61 +635,63 @@ class SQLiteStorage:
         """Apply ``batch`` in one transaction (see `Storage.commit`)."""
         bbase = handle << _BLOCK_SHIFT
         nbase = handle << _NODE_SHIFT
-        pbase = handle << _PAGE_SHIFT
-        with self._wlock, _reporting_corruption(self.db_path):
+        sbase = handle << _STATE_SHIFT
+        with self._wlock:
             w = self._writer()
-            w.execute("BEGIN IMMEDIATE")
             try:
-                if batch.truncate is not None:
-                    n = batch.truncate
-                    w.execute(
-                        "DELETE FROM blocks WHERE id >= ? AND id < ?",
-                        (bbase | n, bbase + (1 << _BLOCK_SHIFT)),
-                    )
-                    w.execute(
-                        "DELETE FROM nodes WHERE id >= ? AND id < ?",
-                        (nbase | (2 * n), nbase + (1 << _NODE_SHIFT)),
-                    )
-                    w.executemany(
-                        "DELETE FROM nodes WHERE id = ?",
-                        [(nbase | i,) for i in _truncated_nodes(n)],
-                    )
-                if batch.manifest is not None:
-                    w.execute("UPDATE logs SET manifest = ? WHERE id = ?", (batch.manifest, handle))
-                if batch.blocks:
-                    w.executemany(
-                        "INSERT OR REPLACE INTO blocks (id, sum, value) VALUES (?, ?, ?)",
-                        [(bbase | i, h[:CHECKSUM_SIZE], v) for i, v, h in batch.blocks],
-                    )
-                if batch.nodes:
-                    w.executemany(
-                        "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
-                        [(nbase | n.index, n.size, n.hash) for n in batch.nodes],
-                    )
-                if batch.bitfield:
-                    w.executemany(
-                        "INSERT OR REPLACE INTO bitfield (id, page) VALUES (?, ?)",
-                        [(pbase | p, data) for p, data in batch.bitfield.items()],
-                    )
-                head = batch.head
-                if head is not None:
-                    w.execute(
-                        "UPDATE logs SET fork = ?, length = ?, byte_length = ?, "
-                        "tree_hash = ?, signature = ? WHERE id = ?",
-                        (
-                            head.fork,
-                            head.length,
-                            head.byte_length,
-                            head.tree_hash,
-                            head.signature,
-                            handle,
-                        ),
-                    )
-                w.execute("COMMIT")
-            except BaseException:
-                if w.in_transaction:
-                    w.execute("ROLLBACK")
+                self._commit(w, batch, bbase, nbase, sbase, handle)
+            except sqlite3.DatabaseError as exc:
+                if _is_corruption(exc):
+                    raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
                 raise
+
+    def _commit(
+        self,
+        w: sqlite3.Connection,
+        batch: WriteBatch,
+        bbase: int,
+        nbase: int,
+        sbase: int,
+        handle: int,
+    ) -> None:
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.truncate is not None:
+                n = batch.truncate
+                w.execute(
+                    "DELETE FROM blocks WHERE id >= ? AND id < ?",
+                    (bbase | n, bbase + (1 << _BLOCK_SHIFT)),
+                )
+                w.execute(
+                    "DELETE FROM nodes WHERE id >= ? AND id < ?",
+                    (nbase | (2 * n), nbase + (1 << _NODE_SHIFT)),
+                )
+                w.executemany(
+                    "DELETE FROM nodes WHERE id = ?",
+                    [(nbase | i,) for i in _truncated_nodes(n)],
+                )
+            if batch.manifest is not None:
+                w.execute("UPDATE logs SET manifest = ? WHERE id = ?", (batch.manifest, handle))
+            if batch.blocks:
+                w.executemany(
+                    "INSERT OR REPLACE INTO blocks (id, sum, value) VALUES (?, ?, ?)",
+                    [(bbase | i, h[:CHECKSUM_SIZE], v) for i, v, h in batch.blocks],
+                )
+            if batch.nodes:
+                w.executemany(
+                    "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
+                    [(nbase | n.index, n.size, n.hash) for n in batch.nodes],
+                )
+            rows = [(sbase | p, data) for p, data in batch.bitfield.items()]
+            if batch.head is not None:
+                rows.append((sbase | _HEAD_SLOT, _encode_head(batch.head)))
+            if rows:
+                w.executemany("INSERT OR REPLACE INTO state (id, value) VALUES (?, ?)", rows)
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                w.execute("ROLLBACK")
+            raise
 
     # -- maintenance ------------------------------------------------------------
 
