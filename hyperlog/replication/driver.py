@@ -22,13 +22,14 @@ reading so one peer cannot make us buffer without bound.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import cast
+from typing import Protocol, cast, runtime_checkable
 
 import trio
 
@@ -42,8 +43,9 @@ from hyperlog.errors import (
     ReplicationError,
 )
 from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT, HELLO_TIMEOUT, MAX_OUTBOX_BYTES
-from hyperlog.replication.port import Applied, LogPort
+from hyperlog.replication.port import LogPort
 from hyperlog.replication.scheduler import (
+    K_CONFLICT,
     DownloadWant,
     LogReplicator,
     ServeWork,
@@ -54,7 +56,10 @@ from hyperlog.replication.session import SessionEngine
 
 logger = logging.getLogger(__name__)
 
+#: Bytes per `receive_some`, and per batch of frames the writer sends at once.
 READ_SIZE = 256 * 1024
+#: Verified proofs of one peer stored per transaction (the log allows up to 1,024).
+MAX_VERIFY_GROUP = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +82,8 @@ class LogReplication:
         self._lot = trio.lowlevel.ParkingLot()
         self.engine = LogReplicator(port, on_change=self._changed)
         self.conflicts: list[ForkConflictError] = []
-        self._conflict_lot = trio.lowlevel.ParkingLot()
+        if isinstance(port, _Notifying):
+            port.on_local_change = self.notify_local_update
 
     def _changed(self) -> None:
         self._lot.unpark_all()
@@ -187,8 +193,18 @@ class LogReplication:
             await self.wait_changed()
 
     def _record_conflict(self, err: ForkConflictError) -> None:
-        self.conflicts.append(err)
+        """Two signed trees for one fork: freeze the log's replication, keep both."""
+        if self.engine.frozen is None:
+            logger.warning("fork conflict on log %s: %s", self.port.key.hex()[:16], err)
+            self.conflicts.append(err)
         self.engine.freeze(err)
+
+
+@runtime_checkable
+class _Notifying(Protocol):
+    """A port that reports local appends/truncations (the `hyperlog.Log` adapter)."""
+
+    on_local_change: Callable[[int], None] | None
 
 
 _registry: weakref.WeakKeyDictionary[object, LogReplication] = weakref.WeakKeyDictionary()
@@ -207,11 +223,17 @@ def replication_for(log: object) -> LogReplication:
     """
     rep = _registry.get(log)
     if rep is None:
+        from hyperlog.log import Log  # deferred: the engine modules never need it
+
         port: LogPort | None = None
+        if isinstance(log, Log):
+            from hyperlog.replication.adapter import LogAdapter
+
+            port = LogAdapter(log)
         for adapt in _adapters:
-            port = adapt(log)
             if port is not None:
                 break
+            port = adapt(log)
         rep = LogReplication(port if port is not None else cast(LogPort, log))
         _registry[log] = rep
     return rep
@@ -314,47 +336,69 @@ class ReplicationSession:
             raise EOFError
         self.bytes_in += len(data)
         dec.receive_data(data)
+        # Decode and feed everything this read brought, then do the work it made: the
+        # verifications of one read are stored as one group (one transaction).
+        now = trio.current_time()
         while (msg := dec.next_message()) is not None:
-            self.engine.receive(msg, trio.current_time())
-            await self._do_work()
+            self.engine.receive(msg, now)
+        await self._do_work()
 
     async def _do_work(self) -> None:
+        pending: list[Work] = []
         while (w := self.engine.next_work()) is not None:
-            await self._run_work(w)
+            pending.append(w)
+        group: list[VerifyWork] = []
+        for w in pending:
+            if isinstance(w, VerifyWork) and w.inflight.kind != K_CONFLICT:
+                if group and (group[0].channel is not w.channel or len(group) >= MAX_VERIFY_GROUP):
+                    await self._apply_group(group)
+                    group = []
+                group.append(w)
+                continue
+            if group:
+                await self._apply_group(group)
+                group = []
+            if isinstance(w, ServeWork):
+                await self._serve(w)
+            else:
+                await self._check_conflict(w)
+        if group:
+            await self._apply_group(group)
 
-    async def _run_work(self, w: Work) -> None:
+    async def _serve(self, w: ServeWork) -> None:
         rep = self._rep_of(w)
-        if isinstance(w, ServeWork):
-            try:
-                data = await rep.port.serve(w.request)
-            except HyperlogError as exc:
-                logger.debug("cannot serve %r: %s", w.request, exc)
-                data = None
-            if data is not None:
-                data = wire.Data(
-                    w.channel.local_id,
-                    w.request.id,
-                    data.fork,
-                    data.block,
-                    data.hash,
-                    data.seek,
-                    data.upgrade,
-                    data.manifest,
-                )
-            rep.engine.on_served(w.channel, w.request, data)
-            return
-        assert isinstance(w, VerifyWork)
-        result: Applied | HyperlogError
         try:
-            result = await rep.port.apply(w.data)
-        except ForkConflictError as exc:
-            rep._record_conflict(exc)
-            raise ReplicationError(f"fork conflict: {exc}") from exc
+            data = await rep.port.serve(w.request)
         except HyperlogError as exc:
-            result = exc
-        err = rep.engine.on_applied(w, result, trio.current_time())
-        if err is not None:
-            raise ReplicationError(f"peer sent an invalid proof: {err}") from err
+            logger.debug("cannot serve %r: %s", w.request, exc)
+            data = None
+        if data is not None:
+            data = dataclasses.replace(data, channel=w.channel.local_id, id=w.request.id)
+        rep.engine.on_served(w.channel, w.request, data)
+
+    async def _apply_group(self, group: list[VerifyWork]) -> None:
+        rep = self._rep_of(group[0])
+        results = await rep.port.apply_many([w.data for w in group])
+        now = trio.current_time()
+        for w, result in zip(group, results, strict=True):
+            if isinstance(result, ForkConflictError):
+                rep._record_conflict(result)
+                raise ReplicationError(f"fork conflict: {result}") from result
+            err = rep.engine.on_applied(w, result, now)
+            if err is not None:
+                raise ReplicationError(f"peer sent an invalid proof: {err}") from err
+
+    async def _check_conflict(self, w: VerifyWork) -> None:
+        rep = self._rep_of(w)
+        try:
+            found: HyperlogError | None = rep.port.check_conflict(w.data)
+        except HyperlogError as exc:
+            found = exc
+        err = rep.engine.on_conflict_checked(w, found, trio.current_time())
+        if isinstance(err, ForkConflictError):
+            rep._record_conflict(err)
+            raise ReplicationError(f"fork conflict: {err}") from err
+        raise ReplicationError(f"peer sent an invalid proof: {err}") from err
 
     def _rep_of(self, w: Work) -> LogReplication:
         for rep in self._logs.values():

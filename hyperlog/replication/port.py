@@ -8,10 +8,12 @@ over `hyperlog.Log`; tests may implement it over anything.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from hyperlog import wire
+from hyperlog.errors import ForkConflictError, HyperlogError
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,9 +54,13 @@ class LogView(Protocol):
         """How many tree nodes on block `index`'s path we lack (hypercore's `nodes`)."""
         ...
 
+    def needs_manifest(self) -> bool:
+        """Whether upgrade requests must ask for the manifest (a reader knowing only the key)."""
+        ...
+
 
 class LogPort(LogView, Protocol):
-    """`LogView` plus the two storage operations the driver awaits."""
+    """`LogView` plus the storage operations the driver awaits."""
 
     async def serve(self, request: wire.Request) -> wire.Data | None:
         """Build the proof answering `request`, or None if we cannot."""
@@ -65,6 +71,20 @@ class LogPort(LogView, Protocol):
 
         Raises:
             InvalidProofError: the proof or signature does not verify (nothing stored).
-            ForkConflictError: a validly signed tree contradicts ours for one fork.
+        """
+        ...
+
+    async def apply_many(self, datas: Sequence[wire.Data]) -> list[Applied | HyperlogError]:
+        """`apply` for a group, stored in one transaction; errors take their places."""
+        ...
+
+    def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
+        """Check a peer's full signed tree (an upgrade from 0) against ours.
+
+        Returns:
+            a `ForkConflictError` for two valid trees of one fork and length, else None.
+
+        Raises:
+            InvalidProofError: the peer's tree does not verify at all.
         """
         ...

@@ -37,7 +37,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from hyperlog import wire
-from hyperlog.errors import BlockNotAvailableError, HyperlogError, RemoteProtocolError
+from hyperlog.errors import (
+    BlockNotAvailableError,
+    ForkConflictError,
+    HyperlogError,
+    InvalidProofError,
+    InvalidSignatureError,
+    RemoteProtocolError,
+)
 from hyperlog.replication.constants import (
     HOTSWAP_AFTER,
     INITIAL_WINDOW,
@@ -57,6 +64,7 @@ logger = logging.getLogger(__name__)
 
 K_BLOCK = "block"
 K_UPGRADE = "upgrade"
+K_CONFLICT = "conflict"  # an upgrade from 0, to check a suspected equivocation
 
 
 class ChannelSink(Protocol):
@@ -118,6 +126,7 @@ class PeerChannel:
         self.srtt = 0.0
         self.upgrade_failed_at: tuple[int, int] | None = None  # (fork, length) refused
         self.closed = False
+        self.suspect: HyperlogError | None = None  # a bad proof, pending a conflict check
         self.blocks_in = 0
         self.bytes_in = 0
 
@@ -153,6 +162,7 @@ class DownloadWant:
     end: int | None
     cursor: int
     missing: int = 0
+    counted_to: int = 0  # live downloads: blocks below this are counted in `missing`
     blocks: int = 0
     bytes: int = 0
     done: bool = False
@@ -229,6 +239,7 @@ class LogReplicator:
         d = DownloadWant(start, end, start)
         stop = self.view.length if end is None else end
         d.missing = sum(1 for i in range(start, stop) if not self.view.has(i))
+        d.counted_to = max(start, stop)
         d.done = end is not None and d.missing == 0
         self.downloads.append(d)
         self.pump(now)
@@ -239,19 +250,28 @@ class LogReplicator:
             self.downloads.remove(d)
 
     def on_local_update(self, old_length: int, now: float) -> None:
-        """The log changed locally (an append, or an upgrade applied elsewhere)."""
+        """The log changed locally: an append (announce it) or a truncation (drop it)."""
+        length = self.view.length
         for ch in self.peers:
             self._send_sync(ch)
-            if self.view.length > old_length and self.view.has(self.view.length - 1):
-                new = self.view.length - old_length
-                ch.sink.send(wire.Range(ch.local_id, old_length, new))
-        for d in self.downloads:
-            if d.end is None:
-                d.missing += sum(
-                    1 for i in range(old_length, self.view.length) if not self.view.has(i)
-                )
+            if length > old_length and self.view.has(length - 1):
+                ch.sink.send(wire.Range(ch.local_id, old_length, length - old_length))
+            elif length < old_length:
+                ch.sink.send(wire.Range(ch.local_id, length, old_length - length, drop=True))
+        if length < old_length:
+            self._on_upgraded(length, now, sync=False)
+        self._count_live()
         self.pump(now)
         self.on_change()
+
+    def _count_live(self) -> None:
+        """Count the blocks a longer log added to live downloads (incrementally)."""
+        length = self.view.length
+        for d in self.downloads:
+            if d.end is None and d.counted_to < length:
+                lo = max(d.counted_to, d.start)
+                d.missing += sum(1 for i in range(lo, length) if not self.view.has(i))
+                d.counted_to = length
 
     # ------------------------------------------------------------------ remote messages
 
@@ -360,6 +380,19 @@ class LogReplicator:
         ch, inf = work.channel, work.inflight
         if isinstance(result, HyperlogError):
             self._forget_inflight(ch, inf, failed=True)
+            if (
+                isinstance(result, InvalidProofError)
+                and not isinstance(result, InvalidSignatureError)
+                and ch.suspect is None
+                and work.data.fork == self.view.fork == ch.remote_fork
+                and ch.remote_length == self.view.length > 0
+            ):
+                # Same fork and length, yet the peer's proof does not fit our tree:
+                # either a bad proof or a second signed tree. Ask for its whole tree.
+                ch.suspect = result
+                up = wire.RequestUpgrade(0, ch.remote_length)
+                self._request(ch, K_CONFLICT, ch.remote_length, now, upgrade=up)
+                return None
             self.pump(now)
             return result
         rtt = max(0.0, now - inf.sent_at)
@@ -376,10 +409,26 @@ class LogReplicator:
         self.on_change()
         return None
 
+    def on_conflict_checked(
+        self, work: VerifyWork, conflict: HyperlogError | None, now: float
+    ) -> HyperlogError:
+        """The driver checked a suspect peer's whole tree.
+
+        Returns:
+            the error to drop the peer with: the conflict (the log is then frozen), or
+            the peer's original bad proof.
+        """
+        if isinstance(conflict, ForkConflictError):
+            self.freeze(conflict)
+            return conflict
+        return work.channel.suspect or conflict or RemoteProtocolError("conflict check")
+
     def _on_no_data(self, ch: PeerChannel, msg: wire.NoData, now: float) -> None:
         inf = ch.inflight.pop(msg.id, None)
         if inf is None:
             return  # an answer to a request we cancelled: harmless
+        if inf.kind == K_CONFLICT:
+            raise RemoteProtocolError(f"refused to prove its tree after a bad proof: {ch.suspect}")
         if inf.kind == K_UPGRADE:
             ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
         else:
@@ -432,19 +481,21 @@ class LogReplicator:
             if ch is not source and not ch.have.has(index):
                 ch.sink.send(wire.Range(ch.local_id, index, 1))
 
-    def _on_upgraded(self, truncated_to: int | None, now: float) -> None:
+    def _on_upgraded(self, truncated_to: int | None, now: float, *, sync: bool = True) -> None:
         if truncated_to is not None:
+            # A newer fork: blocks from `truncated_to` on are gone and must be fetched
+            # again from the new history.
+            self.retry = {i for i in self.retry if i < truncated_to}
             for d in self.downloads:
-                d.cursor = min(d.cursor, truncated_to)
+                d.cursor = min(d.cursor, max(d.start, truncated_to))
                 stop = self.view.length if d.end is None else d.end
                 d.missing = sum(1 for i in range(d.start, stop) if not self.view.has(i))
+                d.counted_to = max(d.start, stop)
                 d.done = d.end is not None and d.missing == 0
-        for d in self.downloads:
-            if d.end is None:
-                stop = self.view.length
-                d.missing = sum(1 for i in range(d.cursor, stop) if not self.view.has(i))
-        for ch in self.peers:
-            self._send_sync(ch)
+        self._count_live()
+        if sync:
+            for ch in self.peers:
+                self._send_sync(ch)
 
     def freeze(self, error: HyperlogError) -> None:
         """Two signed trees for one fork: stop replicating this log for good."""
@@ -460,7 +511,7 @@ class LogReplicator:
         if self.frozen is not None:
             return
         for ch in sorted(self.peers, key=lambda c: -c.free_slots()):
-            if ch.closed or not ch.synced:
+            if ch.closed or not ch.synced or ch.suspect is not None:
                 continue
             self._maybe_upgrade(ch, now)
             self._fill_gets(ch, now)
@@ -584,7 +635,8 @@ class LogReplicator:
         rid = self.next_id
         self.next_id = self.next_id % wire.MAX_ID + 1
         fork = ch.remote_fork if kind == K_UPGRADE else self.view.fork
-        req = wire.Request(ch.local_id, rid, fork, block=block, upgrade=upgrade)
+        manifest = upgrade is not None and self.view.needs_manifest()
+        req = wire.Request(ch.local_id, rid, fork, block=block, upgrade=upgrade, manifest=manifest)
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
         ch.inflight[rid] = Inflight(rid, kind, index, fork, now, now + timeout, req)
         ch.sink.send(req)
@@ -595,6 +647,8 @@ class LogReplicator:
             ch.sink.send(wire.Cancel(ch.local_id, rid))
 
     def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None:
+        if inf.kind == K_CONFLICT:
+            return
         if inf.kind == K_UPGRADE:
             if self.upgrade_inflight is ch:
                 self.upgrade_inflight = None
@@ -630,6 +684,7 @@ class LogReplicator:
                 ch
                 for ch in self.peers
                 if ch.synced
+                and ch.suspect is None
                 and ch.peer_id not in g.tried
                 and (
                     self._needs_upgrade_from(ch)
@@ -662,6 +717,8 @@ class LogReplicator:
                         g = self.gets.get(inf.index)
                         if g is not None:
                             g.tried.add(ch.peer_id)
+                    elif inf.kind == K_CONFLICT:
+                        pass  # the suspect peer stays idle (pump skips it)
                     else:
                         ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
                     self._forget_inflight(ch, inf, failed=True)

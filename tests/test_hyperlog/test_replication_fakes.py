@@ -10,11 +10,11 @@ the real `hyperlog.Log` is exercised by test_replicate_log.py.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from hyperlog import wire
-from hyperlog.errors import InvalidProofError
+from hyperlog.errors import ForkConflictError, HyperlogError, InvalidProofError
 from hyperlog.replication.port import Applied
 
 T = TypeVar("T")
@@ -83,6 +83,9 @@ class FakeLog:
 
     def missing_nodes(self, index: int) -> int:
         return 0
+
+    def needs_manifest(self) -> bool:
+        return False
 
     # writer side
     def append(self, n: int) -> int:
@@ -156,6 +159,21 @@ class FakeLog:
             stored = data.block.index
         self.applied += 1
         return Applied(stored, size, upgraded, truncated)
+
+    async def apply_many(self, datas: Sequence[wire.Data]) -> list[Applied | HyperlogError]:
+        out: list[Applied | HyperlogError] = []
+        for d in datas:
+            try:
+                out.append(await self.apply(d))
+            except HyperlogError as exc:
+                out.append(exc)
+        return out
+
+    def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
+        u = data.upgrade
+        if u is None or u.signature != head_sig(self._key, data.fork, u.start + u.length):
+            raise InvalidProofError("bad signature")
+        return None
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:

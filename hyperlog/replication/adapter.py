@@ -1,0 +1,217 @@
+"""`LogPort` over `hyperlog.Log`: converts wire messages to proofs and back.
+
+The log does the cryptography: `Log.create_proof` builds the answer to a peer's
+request and `Log.apply_proofs` verifies a group of proofs against what the log trusts
+and stores the valid ones in one transaction (group commit). This module only maps
+`wire` shapes to `hyperlog.proof` shapes and adds the fork-conflict check: when a
+peer's proof for *our* fork does not verify, we ask it for its whole signed tree
+(an upgrade from 0) and, if that verifies under the log's key at our length with a
+different tree hash, the two heads are a proven equivocation (`ForkConflictError`
+carrying both).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from hyperlog import wire
+from hyperlog.crypto import TreeNode
+from hyperlog.errors import (
+    BlockNotAvailableError,
+    ForkConflictError,
+    HyperlogError,
+    InvalidProofError,
+    InvalidRequestError,
+)
+from hyperlog.log import AppendEvent, Log, LogEvent, TruncateEvent
+from hyperlog.merkle import MerkleTree
+from hyperlog.proof import (
+    BlockProof,
+    BlockRequest,
+    HashProof,
+    HashRequest,
+    Proof,
+    ProofRequest,
+    SeekProof,
+    SeekRequest,
+    UpgradeProof,
+    UpgradeRequest,
+    verify_proof,
+)
+from hyperlog.replication.port import Applied
+
+
+@dataclass(frozen=True, slots=True)
+class SignedHead:
+    """One signed statement about the log (what a fork conflict carries, twice)."""
+
+    fork: int
+    length: int
+    tree_hash: bytes
+    signature: bytes | None
+
+
+def _nodes_in(nodes: Sequence[wire.Node]) -> tuple[TreeNode, ...]:
+    return tuple(TreeNode(n.index, n.size, n.hash) for n in nodes)
+
+
+def _nodes_out(nodes: Sequence[TreeNode]) -> tuple[wire.Node, ...]:
+    return tuple(wire.Node(n.index, n.size, n.hash) for n in nodes)
+
+
+def to_proof_request(r: wire.Request) -> ProofRequest:
+    return ProofRequest(
+        r.fork,
+        block=None if r.block is None else BlockRequest(r.block.index, r.block.nodes),
+        hash=None if r.hash is None else HashRequest(r.hash.index, r.hash.nodes),
+        seek=None if r.seek is None else SeekRequest(r.seek.bytes, r.seek.padding),
+        upgrade=None if r.upgrade is None else UpgradeRequest(r.upgrade.start, r.upgrade.length),
+        manifest=r.manifest,
+    )
+
+
+def to_data(p: Proof, channel: int = 0, request_id: int = 0) -> wire.Data:
+    b, h, s, u = p.block, p.hash, p.seek, p.upgrade
+    return wire.Data(
+        channel,
+        request_id,
+        p.fork,
+        None if b is None else wire.DataBlock(b.index, b.value, _nodes_out(b.nodes)),
+        None if h is None else wire.DataHash(h.index, _nodes_out(h.nodes)),
+        None if s is None else wire.DataSeek(s.bytes, _nodes_out(s.nodes)),
+        None
+        if u is None
+        else wire.DataUpgrade(
+            u.start, u.length, _nodes_out(u.nodes), _nodes_out(u.additional_nodes), u.signature
+        ),
+        p.manifest,
+    )
+
+
+def to_proof(d: wire.Data) -> Proof:
+    b, h, s, u = d.block, d.hash, d.seek, d.upgrade
+    return Proof(
+        d.fork,
+        block=None if b is None else BlockProof(b.index, b.value, _nodes_in(b.nodes)),
+        hash=None if h is None else HashProof(h.index, _nodes_in(h.nodes)),
+        seek=None if s is None else SeekProof(s.bytes, _nodes_in(s.nodes)),
+        upgrade=None
+        if u is None
+        else UpgradeProof(
+            u.start, u.length, _nodes_in(u.nodes), _nodes_in(u.additional_nodes), u.signature
+        ),
+        manifest=d.manifest,
+    )
+
+
+class LogAdapter:
+    """Adapts a `hyperlog.Log` to the replication engine's `LogPort`."""
+
+    def __init__(self, log: Log) -> None:
+        self.log = log
+        self.on_local_change: Callable[[int], None] | None = None
+        self._length = log.length
+        self._remove = log.add_listener(self._on_event)
+
+    def _on_event(self, event: LogEvent) -> None:
+        # Only local writes need announcing; verified proofs reach the engine directly.
+        old, self._length = self._length, self.log.length
+        if not self.log.writable or self.on_local_change is None:
+            return
+        if isinstance(event, AppendEvent | TruncateEvent):
+            self.on_local_change(old)
+
+    # LogView
+    @property
+    def key(self) -> bytes:
+        return self.log.key
+
+    @property
+    def discovery_key(self) -> bytes:
+        return self.log.discovery_key
+
+    @property
+    def length(self) -> int:
+        return self.log.length
+
+    @property
+    def fork(self) -> int:
+        return self.log.fork
+
+    def has(self, index: int) -> bool:
+        return self.log.has(index)
+
+    def contiguous_length(self) -> int:
+        return self.log.contiguous_length
+
+    def have_bits(self, start: int, count: int) -> bytes:
+        return self.log.have_bits(start, count)
+
+    def missing_nodes(self, index: int) -> int:
+        return self.log.missing_nodes(index)
+
+    def needs_manifest(self) -> bool:
+        return self.log.manifest is None
+
+    def head(self) -> SignedHead:
+        return SignedHead(self.log.fork, self.log.length, self.log.tree_hash(), self.log.signature)
+
+    # LogPort
+    async def serve(self, request: wire.Request) -> wire.Data | None:
+        try:
+            proof = self.log.create_proof(to_proof_request(request))
+        except (BlockNotAvailableError, InvalidRequestError):
+            return None
+        return to_data(proof, request.channel, request.id)
+
+    async def apply(self, data: wire.Data) -> Applied:
+        (result,) = await self.apply_many([data])
+        if isinstance(result, HyperlogError):
+            raise result
+        return result
+
+    async def apply_many(self, datas: Sequence[wire.Data]) -> list[Applied | HyperlogError]:
+        results = await self.log.apply_proofs([to_proof(d) for d in datas])
+        out: list[Applied | HyperlogError] = []
+        for r in results:
+            if isinstance(r, HyperlogError):
+                out.append(r)
+            else:
+                out.append(Applied(r.block, r.block_size, r.upgraded, r.truncated_to))
+        return out
+
+    def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
+        """Verify a peer's full signed tree (an upgrade from 0) on its own.
+
+        Returns:
+            a `ForkConflictError` if it is validly signed for our fork and length but
+            its tree hash differs from ours; None if it agrees with us.
+
+        Raises:
+            InvalidProofError: the peer's tree does not verify either.
+        """
+        if data.upgrade is None or data.upgrade.start != 0:
+            raise InvalidProofError("a conflict check needs an upgrade from 0")
+        verifier = self.log.verifier
+        empty = MerkleTree(fork=data.fork)
+        batch = verify_proof(
+            empty,
+            to_proof(data),
+            verifier if verifier is not None else self.log.key,
+            lambda i: None,
+        )
+        ours = self.head()
+        theirs = SignedHead(batch.fork, batch.length, batch.tree_hash, batch.signature)
+        if (theirs.fork, theirs.length) == (ours.fork, ours.length) and (
+            theirs.tree_hash != ours.tree_hash
+        ):
+            return ForkConflictError(
+                f"two signed trees for fork {ours.fork} at length {ours.length}",
+                local=ours,
+                remote=theirs,
+            )
+        return None
+
+    def close(self) -> None:
+        self._remove()
