@@ -95,3 +95,22 @@ class NoiseCipher:
                 f"transport message {counter} failed authentication"
                 " (tampered, replayed, reordered or garbage)"
             ) from None
+
+    def decrypt_into(self, counter: int, ad: bytes, ciphertext: Buffer, out: memoryview) -> None:
+        """Like `decrypt`, writing the plaintext into `out` (exactly len(ciphertext) - 16).
+
+        Raises:
+            DecryptionFailed: as `decrypt`.
+        """
+        if not TAG_SIZE <= len(ciphertext) <= MAX_MESSAGE_SIZE:
+            raise DecryptionFailed(
+                f"a transport message is {TAG_SIZE}..{MAX_MESSAGE_SIZE} bytes,"
+                f" not {len(ciphertext)}"
+            )
+        try:
+            self._aead.decrypt_into(noise_nonce(counter), ciphertext, ad or None, out)
+        except InvalidTag:
+            raise DecryptionFailed(
+                f"transport message {counter} failed authentication"
+                " (tampered, replayed, reordered or garbage)"
+            ) from None

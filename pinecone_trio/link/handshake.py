@@ -10,12 +10,16 @@ package and adds what Noise leaves to the application: who the peer *is*.
     read_message()   <- e, ee, s, es, P_r  <-   write_message()
     write_message()  -> s, se, P_i         ->   read_message()
 
-Each side uses a fresh X25519 static key per handshake and proves its long-lived
-ed25519 identity in its payload `P` (see `payload.py`): the identity signs
-`"pinecone-trio-noise-static-key:" || static_public_key`. Noise proves possession of
-the static private key (the `es`/`se` DH results key the rest of the handshake); the
-signature proves the identity chose that key. The routing key therefore never acts as
-a DH key, and a later version can carry other identities in the same slot.
+Each side has an X25519 static key per identity and process (made on first use, kept
+in memory only) and proves its long-lived ed25519 identity in its payload `P` (see
+`payload.py`): the identity signs `"pinecone-trio-noise-static-key:" ||
+static_public_key` once, and every handshake reuses the signature; the receiver
+caches verified bindings. So a reconnect costs the Noise DH work but no ed25519
+operation. Forward secrecy comes from the fresh ephemeral keys of every handshake.
+Noise proves possession of the static private key (the `es`/`se` DH results key the
+rest of the handshake); the signature proves the identity chose that key. The routing
+key therefore never acts as a DH key, and a later version can carry other identities
+in the same slot.
 
 The caller moves bytes; the engine never does I/O. It raises only `LinkError`
 subclasses for bad input (`BadHandshake`, `WrongRemoteKey`) and `LocalProtocolError`
@@ -40,7 +44,8 @@ from typing import Any, Final, final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-from noise.connection import Keypair, NoiseConnection
+from noise.backends.default.keypairs import KeyPair25519
+from noise.connection import NoiseConnection
 
 from ..errors import BadHandshake, LinkError, LocalProtocolError, WrongRemoteKey
 from ..identity import Identity, PublicKey
@@ -51,12 +56,34 @@ from .constants import (
     PROTOCOL_NAME,
     TAG_SIZE,
 )
-from .payload import check_capabilities, decode_payload, encode_payload
+from .payload import check_capabilities, decode_payload, encode_payload, sign_static_key
 
 #: Number of messages in the XX pattern.
 HANDSHAKE_MESSAGES: Final = 3
 # Smallest legal size of each message (index 0, 1, 2): e | e + enc(s) + tag | enc(s) + tag.
 _MIN_SIZES: Final = (DH_SIZE, DH_SIZE + DH_SIZE + TAG_SIZE + TAG_SIZE, DH_SIZE + 2 * TAG_SIZE)
+
+
+#: Identities whose static key and signature we keep (a node has one or a few).
+STATIC_KEY_CACHE_SIZE: Final = 64
+_static_keys: dict[bytes, tuple[Any, bytes]] = {}
+
+
+def _static_key_for(identity: Identity) -> tuple[Any, bytes]:
+    """This process's X25519 static key pair for `identity`, and the identity's signature
+    endorsing it. Made on first use, kept in memory only, never written anywhere."""
+    cache_key = identity.seed + bytes(identity.public_key)
+    cached = _static_keys.get(cache_key)
+    if cached is None:
+        private = X25519PrivateKey.generate().private_bytes(
+            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+        )
+        keypair = KeyPair25519.from_private_bytes(private)
+        cached = (keypair, sign_static_key(identity, keypair.public_bytes))
+        if len(_static_keys) >= STATIC_KEY_CACHE_SIZE:
+            del _static_keys[next(iter(_static_keys))]
+        _static_keys[cache_key] = cached
+    return cached
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,23 +159,20 @@ class NoiseHandshake:
         self._identity = identity
         self._initiator = initiator
         self._expected_key = None if expected_key is None else PublicKey(expected_key)
-        static = X25519PrivateKey.generate().private_bytes(
-            Encoding.Raw, PrivateFormat.Raw, NoEncryption()
-        )
+        static, signature = _static_key_for(identity)
         noise = NoiseConnection.from_name(PROTOCOL_NAME)
         if initiator:
             noise.set_as_initiator()
         else:
             noise.set_as_responder()
-        noise.set_keypair_from_private_bytes(Keypair.STATIC, static)
+        noise.noise_protocol.keypairs["s"] = static
         noise.set_prologue(bytes(prologue))
         noise.start_handshake()
         self._noise = noise
         # noiseprotocol deletes its handshake state when the handshake completes; keep a
         # reference so the remote static key stays readable after the last message.
         self._handshake_state: Any = noise.noise_protocol.handshake_state
-        static_public: bytes = noise.noise_protocol.keypairs["s"].public_bytes
-        self._payload = encode_payload(identity, static_public, LINK_PROTOCOL_VERSION, caps)
+        self._payload = encode_payload(identity.public_key, signature, LINK_PROTOCOL_VERSION, caps)
         self._index = 0  # number of handshake messages processed so far
         self._failed = False
         self._remote: tuple[PublicKey, int, frozenset[str]] | None = None

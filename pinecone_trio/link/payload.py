@@ -61,16 +61,39 @@ def static_key_signable(static_public_key: bytes) -> bytes:
     return STATIC_KEY_SIGNATURE_PREFIX + static_public_key
 
 
+def sign_static_key(identity: Identity, static_public_key: bytes) -> bytes:
+    """`identity`'s signature endorsing a Noise static key."""
+    return identity.sign(static_key_signable(static_public_key))
+
+
 def encode_payload(
-    identity: Identity, static_public_key: bytes, version: int, capabilities: frozenset[str]
+    identity_key: PublicKey, signature: bytes, version: int, capabilities: frozenset[str]
 ) -> bytes:
-    """Our payload, signing `static_public_key` with `identity`."""
-    signature = identity.sign(static_key_signable(static_public_key))
+    """Our payload; `signature` comes from `sign_static_key`."""
     packed: bytes = msgpack.packb(
-        [PAYLOAD_TAG, version, bytes(identity.public_key), signature, sorted(capabilities)],
+        [PAYLOAD_TAG, version, bytes(identity_key), signature, sorted(capabilities)],
         use_bin_type=True,
     )
     return packed
+
+
+#: Verified (identity key, static key, signature) bindings remembered, so a peer that
+#: reconnects with the same static key costs no ed25519 verification. Caching is exact:
+#: the same bytes always verify the same way.
+VERIFIED_CACHE_SIZE: Final = 4096
+_verified: dict[bytes, None] = {}
+
+
+def _binding_verified(identity_key: PublicKey, static_public_key: bytes, signature: bytes) -> bool:
+    entry = bytes(identity_key) + static_public_key + signature
+    if entry in _verified:
+        return True
+    if not identity_key.verify(static_key_signable(static_public_key), signature):
+        return False
+    if len(_verified) >= VERIFIED_CACHE_SIZE:
+        del _verified[next(iter(_verified))]  # forget the oldest
+    _verified[entry] = None
+    return True
 
 
 def decode_payload(data: bytes, static_public_key: bytes) -> HandshakePayload:
@@ -121,7 +144,7 @@ def decode_payload(data: bytes, static_public_key: bytes) -> HandshakePayload:
     identity_key = PublicKey(key)
     # The signature is what binds the routing identity to this Noise session: Noise has
     # proved the peer holds the static private key; this proves the identity chose it.
-    if not identity_key.verify(static_key_signable(static_public_key), signature):
+    if not _binding_verified(identity_key, static_public_key, signature):
         raise BadHandshake(
             f"identity {identity_key.short()} did not sign the peer's Noise static key",
             remote_key=identity_key,
