@@ -427,6 +427,8 @@ class Node:
             await peering.run()
         finally:
             port = peering.port
+            if peering.misbehaved:
+                self.counters.misbehaving_peers += 1
             del self._peerings[port]
             if self._by_key.get(bytes(peering.public_key)) is peering:
                 del self._by_key[bytes(peering.public_key)]
@@ -461,6 +463,7 @@ class Node:
             await link.do_handshake()
         except (LinkError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self.counters.handshake_failures += 1
+            self._notify()
             logger.info("inbound handshake failed: %s", exc)
             await trio.aclose_forcefully(link)
             return

@@ -46,6 +46,8 @@ READ_TIMEOUT: Final = 5.0
 WRITE_TIMEOUT: Final = 10.0
 #: The writer coalesces queued frames into one write of at most about this many bytes.
 WRITE_BATCH_BYTES: Final = 256 * 1024
+#: How long closing a link politely may take before it is simply dropped.
+CLOSE_TIMEOUT: Final = 1.0
 #: Bytes requested from the link per read.
 READ_SIZE: Final = 256 * 1024
 #: Protocol frames (announcements, bootstraps, keepalives ...) a peer may send per second
@@ -116,6 +118,8 @@ class Peering:
         self.queue = PeerQueue(seed=port)
         self.statistics = PeeringStatistics()
         self.end_reason = "closed"
+        #: Set when the peer broke the protocol (bad frame, flooding).
+        self.misbehaved = False
         self.connected_at = trio.current_time()
         self._inbox = inbox
         self._keepalives = keepalives
@@ -152,8 +156,11 @@ class Peering:
         finally:
             self.queue.clear()
             self._ended.set()
-            with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                await trio.aclose_forcefully(self.link)
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                if self.misbehaved:
+                    await trio.aclose_forcefully(self.link)
+                else:
+                    await self.link.aclose()  # polite: the peer sees a clean end
 
     def _end(self, reason: str) -> None:
         self.close(reason)
@@ -192,6 +199,7 @@ class Peering:
                     await self._inbox.send(FrameIn(self.port, frame))
         except (DecodeError, RemoteProtocolError) as exc:
             logger.info("peer %s misbehaved: %s", self.public_key.short(), exc)
+            self.misbehaved = True
             self._end(f"misbehaving: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._end(f"link broken: {exc or type(exc).__name__}")

@@ -1,0 +1,99 @@
+"""The node over real loopback sockets (TCP and WebSocket), in real time."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import trio
+
+from pinecone_trio import Identity
+from pinecone_trio.link.stream import NoiseLink
+from pinecone_trio.node import Node, open_node
+from pinecone_trio.router.wire import (
+    Announcement,
+    Bootstrap,
+    TreeAnnouncement,
+    encode_frame,
+)
+from pinecone_trio.testing import open_network
+from pinecone_trio.transports import dial
+
+from .test_node_memory import deliver_all_pairs, random_connected_edges
+
+
+@pytest.mark.slow
+async def test_twenty_nodes_over_tcp_converge_and_deliver() -> None:
+    edges = random_connected_edges(20, 8, seed=11)
+    async with open_network(edges, transport="tcp") as net:
+        with trio.fail_after(60):
+            await net.wait_converged()
+        await deliver_all_pairs(net, sorted(net.nodes), attempts=10)
+        status = net["n0"].status()
+        assert status["peers"] and all(p["uri"].startswith("tcp://") for p in status["peers"])
+        assert all(p["bytes_in"] > 0 and p["bytes_out"] > 0 for p in status["peers"])
+
+
+async def test_websocket_peering_carries_traffic() -> None:
+    async with open_network([("a", "b"), ("b", "c")], transport="ws") as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        await deliver_all_pairs(net, ["a", "b", "c"])
+        assert net["a"].status()["peers"][0]["uri"].startswith("ws://")
+
+
+async def _attacker(uri: str) -> NoiseLink:
+    link = NoiseLink(await dial(uri), Identity.generate(), initiator=True)
+    await link.do_handshake()
+    return link
+
+
+@pytest.mark.parametrize("kind", ["garbage", "bad_signature", "flood"])
+async def test_misbehaving_peer_is_dropped_and_counted(kind: str) -> None:
+    async with (
+        open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node,
+        open_node(Identity.generate()) as honest,
+    ):
+        uri = node.listen_uris[0]
+        await honest.connect(uri)
+        link = await _attacker(uri)
+        async with link:
+            await _misbehave(node, honest, link, kind)
+
+
+async def _misbehave(node: Node, honest: Node, link: NoiseLink, kind: str) -> None:
+    with trio.fail_after(10):
+        await node.wait_for(lambda: len(node.peer_keys()) == 2)
+    if kind == "garbage":
+        await link.send_all(b"this is not a pinecone frame at all")
+    elif kind == "bad_signature":
+        ann = Announcement.new(bytes(link.remote_key), 1).extend(1, b"\x01" * 32, b"\x00" * 64)
+        await link.send_all(encode_frame(TreeAnnouncement(ann)))
+    else:
+        frame = encode_frame(
+            Bootstrap(b"\x02" * 32, b"\xff" * 32, 0, 1, b"\x03" * 32, 0, b"\x00" * 64)
+        )
+        await link.send_all(frame * 20_000)
+    with trio.fail_after(10):
+        await node.wait_for(lambda: node.counters.misbehaving_peers == 1)
+        await node.wait_for(lambda: node.peer_keys() == [honest.public_key])
+    # the attacker's link is closed; the honest peer is unaffected
+    with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+        while await link.receive_some():
+            pass
+    await honest.send(node.public_key, b"still here")
+    with trio.fail_after(5):
+        got = await node.receive()
+    assert got.payload == b"still here"
+
+
+async def test_failed_handshake_is_counted_and_listener_keeps_serving() -> None:
+    async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node:
+        uri = node.listen_uris[0]
+        stream = await dial(uri)
+        await stream.send_all(b"\x00\x05hello")  # not a Noise handshake message
+        with trio.fail_after(15):
+            await node.wait_for(lambda: node.counters.handshake_failures == 1)
+        await stream.aclose()
+        async with open_node(Identity.generate()) as other:
+            assert await other.connect(uri) == node.public_key
