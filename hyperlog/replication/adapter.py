@@ -111,8 +111,14 @@ class LogAdapter:
     def __init__(self, log: Log) -> None:
         self.log = log
         self.on_local_change: Callable[[int], None] | None = None
+        self.on_want: Callable[[int], None] | None = None
         self._length = log.length
         self._remove = log.add_listener(self._on_event)
+        self._remove_want = log.add_want_listener(self._on_want)
+
+    def _on_want(self, index: int) -> None:
+        if self.on_want is not None:
+            self.on_want(index)
 
     def _on_event(self, event: LogEvent) -> None:
         # Only local writes need announcing; verified proofs reach the engine directly.
@@ -215,3 +221,4 @@ class LogAdapter:
 
     def close(self) -> None:
         self._remove()
+        self._remove_want()

@@ -84,6 +84,11 @@ class LogReplication:
         self.conflicts: list[ForkConflictError] = []
         if isinstance(port, _Notifying):
             port.on_local_change = self.notify_local_update
+            port.on_want = self._on_want
+
+    def _on_want(self, index: int) -> None:
+        # `Log.get` waits for a missing block: fetch it (the log applies its timeout).
+        self.engine.want_block(index, trio.current_time(), passive=True)
 
     def _changed(self) -> None:
         self._lot.unpark_all()
@@ -194,7 +199,7 @@ class LogReplication:
 
     def _record_conflict(self, err: ForkConflictError) -> None:
         """Two signed trees for one fork: freeze the log's replication, keep both."""
-        if self.engine.frozen is None:
+        if not any(c is err for c in self.conflicts):
             logger.warning("fork conflict on log %s: %s", self.port.key.hex()[:16], err)
             self.conflicts.append(err)
         self.engine.freeze(err)
@@ -205,6 +210,7 @@ class _Notifying(Protocol):
     """A port that reports local appends/truncations (the `hyperlog.Log` adapter)."""
 
     on_local_change: Callable[[int], None] | None
+    on_want: Callable[[int], None] | None
 
 
 _registry: weakref.WeakKeyDictionary[object, LogReplication] = weakref.WeakKeyDictionary()
@@ -265,6 +271,7 @@ class ReplicationSession:
         self._out_bytes = 0
         self.error: BaseException | None = None
         self.closed = trio.Event()
+        self._scope = trio.CancelScope()
         self.bytes_in = 0
         self.bytes_out = 0
 
@@ -291,6 +298,7 @@ class ReplicationSession:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                self._scope = nursery.cancel_scope
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._timer)
                 task_status.started()
@@ -421,9 +429,11 @@ class ReplicationSession:
             try:
                 await self.stream.send_all(b"".join(frames))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The stream died: end the session (the reader may be blocked reading).
                 if self.error is None:
                     self.error = exc
-                raise
+                self._scope.cancel()
+                return
             self.bytes_out += size
             self._out_bytes = 0
             self._drain_lot.unpark_all()

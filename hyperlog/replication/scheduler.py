@@ -149,6 +149,7 @@ class GetWant:
 
     index: int
     waiters: int = 0
+    passive: bool = False  # asked for by `Log.get` (no waiter to release it)
     attempts: int = 0
     tried: set[int] = field(default_factory=set)
     error: HyperlogError | None = None
@@ -217,11 +218,19 @@ class LogReplicator:
 
     # ------------------------------------------------------------------ local wants
 
-    def want_block(self, index: int, now: float) -> GetWant:
+    def want_block(self, index: int, now: float, *, passive: bool = False) -> GetWant:
+        """Fetch block `index` with priority (a `get`).
+
+        With `passive`, nobody will call `release_block`: the want ends when the block
+        is stored or no peer can provide it (for `Log.get`'s want listeners).
+        """
         g = self.gets.get(index)
         if g is None:
             g = self.gets[index] = GetWant(index)
-        g.waiters += 1
+        if passive:
+            g.passive = True
+        else:
+            g.waiters += 1
         self.pump(now)
         self._fail_unservable()
         return g
@@ -229,7 +238,7 @@ class LogReplicator:
     def release_block(self, g: GetWant, now: float) -> None:
         """A `get` stopped waiting (served, failed, cancelled or timed out)."""
         g.waiters -= 1
-        if g.waiters <= 0 and self.gets.get(g.index) is g:
+        if g.waiters <= 0 and not g.passive and self.gets.get(g.index) is g:
             del self.gets[g.index]
             if not self._needed_by_download(g.index):
                 for ch, rid in self.block_reqs.pop(g.index, []):
@@ -696,6 +705,10 @@ class LogReplicator:
                 g.error = BlockNotAvailableError(f"block {g.index}: no connected peer has it")
             else:
                 g.error = None
+        for g in [g for g in self.gets.values() if g.passive and g.error is not None]:
+            g.passive = False
+            if g.waiters <= 0:
+                del self.gets[g.index]
 
     def _send_sync(self, ch: PeerChannel) -> None:
         v = self.view
