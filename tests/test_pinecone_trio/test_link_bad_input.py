@@ -249,3 +249,25 @@ async def _feed(stream: trio.abc.Stream, chunks: list[bytes]) -> None:
             await stream.send_all(chunk)
     except trio.BrokenResourceError:
         pass
+
+
+@pytest.mark.parametrize("uri", ["memory://", "tcp://127.0.0.1:0", "ws://127.0.0.1:0/peer"])
+async def test_links_over_each_transport(uri: str) -> None:
+    with trio.fail_after(20):
+        async with link_server(uri) as (bound, stats), trio.open_nursery() as nursery:
+            links = [
+                await connect_link(bound, CLIENT, SERVER.public_key, nursery=nursery)
+                for _ in range(3)
+            ]
+            payload = bytes(range(256)) * 1000
+            for link in links:
+                assert link.remote_key == SERVER.public_key
+                got = bytearray()
+                async with trio.open_nursery() as inner:
+                    inner.start_soon(link.send_all, payload)
+                    while len(got) < len(payload):
+                        got += await link.receive_some()
+                assert got == payload
+                await link.aclose()
+            await wait_for(lambda: stats.handshakes_ok == 3)
+            assert stats.connections == 3 and stats.handshakes_failed == 0
