@@ -387,7 +387,13 @@ class Hamt(Generic[V]):
     async def _apply(self, ops: Sequence[tuple[str, bytes | None]]) -> bool:
         s = self._s
         path = s.hasher.path
-        async with s.lock:
+        # Uncontended: take the lock without a scheduling round trip (the log's append
+        # checkpoints anyway); contended: wait in line.
+        try:
+            s.lock.acquire_nowait()
+        except trio.WouldBlock:
+            await s.lock.acquire()
+        try:
             if s.closed:
                 raise trio.ClosedResourceError("the HAMT is closed")
             length = s.log.length
@@ -405,6 +411,8 @@ class Hamt(Generic[V]):
             if s.log.length != length + 1:
                 raise HamtError("the log changed under the HAMT (another writer?)")
             s.cache.put(block)
+        finally:
+            s.lock.release()
         s.notify()
         return True
 

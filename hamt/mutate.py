@@ -109,7 +109,8 @@ class Mutation:
         self._root = _Dirty.copy_of(base.root, base.seq)
         self._touched: dict[str, None] = {}
         self._deletes: dict[str, None] = {}
-        self._ops = 0
+        # Entries this block writes that are in the trie now, by key.
+        self._news: dict[str, _New] = {}
 
     # -- helpers -------------------------------------------------------------------
 
@@ -156,6 +157,7 @@ class Mutation:
             raise CorruptNodeError("entry pointer names a block without the key", seq=b.seq)
         n = _New(key, value, self._path(key), copy=True)
         n.existed = True
+        self._news[key] = n
         return n
 
     def _count(self, key: str) -> None:
@@ -172,6 +174,7 @@ class Mutation:
         new = _New(key, value, path)
         if self._deletes.pop(key, 0) is None:
             new.existed = True
+        self._news[key] = new
         node: Any = self._root
         depth = 0
         while True:
@@ -254,6 +257,7 @@ class Mutation:
         self._count(key)
         if isinstance(removed, int) or removed.existed:
             self._deletes[key] = None
+        self._news.pop(key, None)
         # Collapse: a node left with one entry and no children moves that entry up.
         while stack:
             nd = depth  # the depth of `node`
@@ -298,33 +302,16 @@ class Mutation:
             BatchTooLargeError: the block would exceed `MAX_BLOCK_BYTES`.
         """
         seq = self.new_seq
-        news: dict[str, _New] = {}
+        news = self._news
 
         def enc(node: Any) -> Node:
             if type(node) is _Bucket:
-                out_b: Node = []
-                for k, e in node.items:
-                    if type(e) is _New:
-                        news[k] = e
-                        out_b.append([k, seq])
-                    else:
-                        out_b.append([k, e])
-                return out_b
+                return [[k, seq if type(e) is _New else e] for k, e in node.items]
             out: Node = [node.dm, node.nm]
-            for e in node.entries:
-                if type(e) is _New:
-                    news[e.key] = e
-                    out.append(seq)
-                else:
-                    out.append(e)
-            for c in node.children:
-                t = type(c)
-                if t is int:
-                    out.append(c)
-                elif t is tuple:
-                    out.append(c[1])
-                else:
-                    out.append(enc(c))
+            out += [seq if type(e) is _New else e for e in node.entries]
+            out += [
+                c if type(c) is int else c[1] if type(c) is tuple else enc(c) for c in node.children
+            ]
             return out
 
         root = enc(self._root)

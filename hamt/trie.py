@@ -79,15 +79,9 @@ def position(path: int, depth: int) -> int:
 
 def descend(block: Block, path: int, depth: int) -> Node:
     """Return the node at `depth` on `path` that `block` holds inline (a child pointer's target)."""
-    node = block.root
-    for d in range(depth):
-        bit = 1 << chunk(path, d)
-        dm, nm = node[0], node[1]
-        if not nm & bit:
-            raise CorruptNodeError("child pointer names a block without that node", seq=block.seq)
-        node = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
-        if type(node) is not list:
-            raise CorruptNodeError("child pointer names a block without that node", seq=block.seq)
+    node = block.node_at(path, depth)
+    if node is None:
+        raise CorruptNodeError("child pointer names a block without that node", seq=block.seq)
     return node
 
 

@@ -98,6 +98,19 @@ class Block:
     puts: dict[str, bytes]
     nbytes: int
     _by_path: list[tuple[int, str]] | None = field(default=None)
+    _nodes: dict[int, Node] | None = field(default=None)
+
+    def node_at(self, path: int, depth: int) -> Node | None:
+        """Return the inline node at `depth` on `path`, or None if this block has none there.
+
+        A child pointer's target; the first call indexes every inline node of the block
+        by position (a single put's block holds one path, a batch's a few thousand nodes).
+        """
+        nodes = self._nodes
+        if nodes is None:
+            nodes = self._nodes = {}
+            _index_nodes(self.root, 0, 1, nodes)
+        return nodes.get((1 << (CHUNK_BITS * depth)) | (path >> (PATH_BITS - CHUNK_BITS * depth)))
 
     def entry_at(self, path_fn: Callable[[str], int], prefix: int, depth: int) -> str:
         """Return the one key of this block whose path starts with `prefix`'s first `depth` chunks.
@@ -116,6 +129,22 @@ class Block:
         if i + 1 < len(self._by_path) and self._by_path[i + 1][0] < hi:
             raise CorruptNodeError("entry pointer is ambiguous", seq=self.seq)
         return self._by_path[i][1]
+
+
+def _index_nodes(node: Node, depth: int, key: int, out: dict[int, Node]) -> None:
+    """Record `node` under `key` (a 1 bit, then the chunks of its position) and recurse."""
+    out[key] = node
+    if depth == MAX_DEPTH:
+        return
+    nm = node[1]
+    i = 2 + node[0].bit_count()
+    while nm:
+        low = nm & -nm
+        nm ^= low
+        child = node[i]
+        i += 1
+        if type(child) is list:
+            _index_nodes(child, depth + 1, (key << CHUNK_BITS) | (low.bit_length() - 1), out)
 
 
 def pack_value(obj: object) -> bytes:
