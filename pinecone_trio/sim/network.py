@@ -31,7 +31,8 @@ otherwise frame objects are passed as they are (about twice as fast).
 Engines are carried out exactly as the driver contract in docs/router.md says: actions
 in order; `SendFrame` onto the link; `DropPeer` closes the peering (a protocol
 violation in a simulation is a bug, so it is counted in `stats.peers_dropped`);
-`DeliverLocal` goes to the `on_deliver` hook; `Emit` to the `on_event` hook.
+`DeliverLocal` goes to the `on_deliver` hook; `Emit` to the `on_event` hook. The
+`on_send` and `on_receive` hooks see every frame as it leaves and as it arrives.
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class Network:
         self.on_send: SendHook | None = None
         self.on_deliver: DeliverHook | None = None
         self.on_event: EventHook | None = None
+        self.on_receive: SendHook | None = None
         self._heap: list[tuple[float, int, int, object, object]] = []
         self._seq = 0
         self._key_rng = random.Random(f"keys:{seed}")
@@ -445,6 +447,8 @@ class Network:
                     continue
                 dst = nodes_alive[obj.dst]
                 frame = decode_frame(data) if type(data) is bytes else data
+                if self.on_receive is not None:
+                    self.on_receive(obj.dst, obj, frame)  # type: ignore[arg-type]
                 stats.engine_calls += 1
                 self._apply(dst, dst.state.on_input(FrameIn(obj.dst_port, frame), when))  # type: ignore[arg-type]
             elif kind == _TIMER:
