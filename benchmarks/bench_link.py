@@ -9,6 +9,9 @@ main process sends; client -> server direction, so WebSocket frames are masked):
 * the single-core ChaCha20-Poly1305 encryption rate of `cryptography` on 64 KiB
   messages (65,519 bytes, the most one Noise message carries): the physical limit of an
   encrypted link on one core;
+* for every throughput, also the *CPU-limited* rate: bytes divided by the CPU time of
+  the busier side (`*_cpu_mbps`, ratios `cpu_*`). On a shared machine the wall clock
+  mostly measures other processes' load; CPU time says what the link costs.
 * complete dial + Noise XX handshake + close cycles per second over loopback TCP,
   sequential and with `--concurrency` dialers in flight.
 
@@ -52,21 +55,25 @@ MODES = ("tcp", "noise_tcp", "ws", "noise_ws")
 # --------------------------------------------------------------------------- servers
 
 
-async def _drain_stream(stream: trio.abc.Stream, total: int) -> None:
+async def _drain_stream(stream: trio.abc.Stream, total: int, cpu: list[float]) -> None:
     got = 0
     while got < total:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
             raise RuntimeError(f"sender stopped after {got} of {total} bytes")
+        if not got:
+            cpu.append(time.process_time())
         got += len(data)
+    cpu.append(time.process_time())
     await stream.send_all(ACK)
 
 
 async def _serve(mode: str, total: int, report: Any) -> None:
     done = trio.Event()
+    cpu: list[float] = []  # process time at the first byte and at the last
 
     async def on_stream(stream: trio.abc.Stream) -> None:
-        await _drain_stream(stream, total)
+        await _drain_stream(stream, total, cpu)
         await stream.receive_some(1)  # wait for the client to hang up
         done.set()
 
@@ -78,9 +85,11 @@ async def _serve(mode: str, total: int, report: Any) -> None:
 
     async def on_ws(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept()
-        got = 0
+        got = len(await ws.get_message())
+        cpu.append(time.process_time())
         while got < total:
             got += len(await ws.get_message())
+        cpu.append(time.process_time())
         await ws.send_message(ACK)
         with contextlib.suppress(trio_websocket.ConnectionClosed):
             await ws.get_message()
@@ -108,6 +117,7 @@ async def _serve(mode: str, total: int, report: Any) -> None:
             bound = f"ws://127.0.0.1:{server.port}/"
         report.send(bound)
         await done.wait()
+        report.send(cpu[1] - cpu[0])
         nursery.cancel_scope.cancel()
 
 
@@ -118,16 +128,16 @@ def _server_process(mode: str, total: int, report: Any) -> None:
 # --------------------------------------------------------------------------- clients
 
 
-async def _send_stream(stream: trio.abc.Stream, write: int, total: int) -> float:
+async def _send_stream(stream: trio.abc.Stream, write: int, total: int) -> tuple[float, float]:
     data = b"\x00" * write
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(total // write):
         await stream.send_all(data)
     assert await stream.receive_some(1) == ACK
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
-async def _client(mode: str, bound: str, write: int, total: int) -> float:
+async def _client(mode: str, bound: str, write: int, total: int) -> tuple[float, float]:
     if mode == "tcp":
         stream = await transports.dial(bound)
         async with stream:
@@ -147,15 +157,17 @@ async def _client(mode: str, bound: str, write: int, total: int) -> float:
         max_message_size=WS_MAX_MESSAGE,
     ) as ws:
         data = b"\x00" * write
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(total // write):
             await ws.send_message(data)
         assert await ws.get_message() == ACK
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
 
-def throughput(mode: str, write: int, total: int) -> float:
-    """MB/s of application data from this process to a server process."""
+def throughput(mode: str, write: int, total: int) -> tuple[float, float]:
+    """MB/s of application data from this process to a server process: by the wall
+    clock, and as limited by the busier side's CPU time (sender or receiver), which
+    is what the link would do with a core per side on a quiet machine."""
     total -= total % write
     ctx = mp.get_context("fork")
     ours, theirs = ctx.Pipe()
@@ -165,28 +177,33 @@ def throughput(mode: str, write: int, total: int) -> float:
         if not ours.poll(30):
             raise RuntimeError(f"{mode} server did not start")
         bound = ours.recv()
-        seconds = trio.run(_client, mode, bound, write, total)
+        seconds, client_cpu = trio.run(_client, mode, bound, write, total)
+        if not ours.poll(30):
+            raise RuntimeError(f"{mode} server did not report")
+        server_cpu = ours.recv()
     finally:
         server.join(30)
         if server.is_alive():
             server.kill()
-    return total / seconds / 1e6
+    return total / seconds / 1e6, total / max(client_cpu, server_cpu) / 1e6
 
 
 # --------------------------------------------------------------------------- limits
 
 
-def aead_rate(seconds: float) -> float:
-    """Single-core ChaCha20-Poly1305 encryption MB/s on maximum-size Noise messages."""
+def aead_rate(seconds: float) -> tuple[float, float]:
+    """Single-core ChaCha20-Poly1305 encryption MB/s on maximum-size Noise messages, by
+    the wall clock and by this process's CPU time (the rate of one core to itself)."""
     aead = ChaCha20Poly1305(os.urandom(32))
     data = os.urandom(MAX_PLAINTEXT_SIZE)
     n = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - t0) < seconds:
         for counter in range(n, n + 100):
             aead.encrypt(b"\x00\x00\x00\x00" + counter.to_bytes(8, "little"), data, None)
         n += 100
-    return n * len(data) / elapsed / 1e6
+    cpu = time.process_time() - c0
+    return n * len(data) / elapsed / 1e6, n * len(data) / cpu / 1e6
 
 
 async def _handshake_server(report: Any) -> None:
@@ -203,7 +220,7 @@ def _handshake_process(report: Any) -> None:
     trio.run(_handshake_server, report)
 
 
-async def _handshakes(bound: str, count: int, concurrency: int) -> float:
+async def _handshakes(bound: str, count: int, concurrency: int) -> tuple[float, float]:
     remaining = count
 
     async def worker() -> None:
@@ -213,14 +230,16 @@ async def _handshakes(bound: str, count: int, concurrency: int) -> float:
             link = await connect_link(bound, CLIENT_ID, SERVER_ID.public_key)
             await link.aclose()
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     async with trio.open_nursery() as nursery:
         for _ in range(concurrency):
             nursery.start_soon(worker)
-    return count / (time.perf_counter() - t0)
+    return count / (time.perf_counter() - t0), count / (time.process_time() - c0)
 
 
-def handshake_rates(count: int, concurrency: int) -> tuple[float, float]:
+def handshake_rates(count: int, concurrency: int) -> tuple[float, float, float]:
+    """Cycles/s sequential and with `concurrency` in flight (wall clock), and the
+    rate the dialing side's CPU time allows (the listener does about the same work)."""
     ctx = mp.get_context("fork")
     ours, theirs = ctx.Pipe()
     server = ctx.Process(target=_handshake_process, args=(theirs,), daemon=True)
@@ -229,12 +248,12 @@ def handshake_rates(count: int, concurrency: int) -> tuple[float, float]:
         if not ours.poll(30):
             raise RuntimeError("handshake server did not start")
         bound = ours.recv()
-        sequential = trio.run(_handshakes, bound, count, 1)
-        concurrent = trio.run(_handshakes, bound, count, concurrency)
+        sequential, _ = trio.run(_handshakes, bound, count, 1)
+        concurrent, cpu_limited = trio.run(_handshakes, bound, count, concurrency)
     finally:
         server.kill()
         server.join(10)
-    return sequential, concurrent
+    return sequential, concurrent, cpu_limited
 
 
 # --------------------------------------------------------------------------- main
@@ -261,17 +280,26 @@ def main(argv: list[str] | None = None) -> int:
     # processes on a shared machine hits all of them alike; figures are medians.
     raw: dict[str, list[float]] = {}
     for run in range(runs):
-        raw.setdefault("aead_mbps", []).append(aead_rate(1.0))
-        print(f"run {run + 1}: aead {raw['aead_mbps'][-1]:,.0f} MB/s", file=log, flush=True)
+        wall, cpu_bound = aead_rate(1.0)
+        raw.setdefault("aead_mbps", []).append(wall)
+        raw.setdefault("aead_cpu_mbps", []).append(cpu_bound)
+        print(f"run {run + 1}: aead {wall:,.0f} MB/s (cpu {cpu_bound:,.0f})", file=log, flush=True)
         for write, amount in ((65536, total), (1024, small_total)):
             for mode in modes:
                 key = f"{mode}_{write // 1024}k_mbps"
-                raw.setdefault(key, []).append(throughput(mode, write, amount))
-                print(f"run {run + 1}: {key} {raw[key][-1]:,.1f} MB/s", file=log, flush=True)
+                wall, cpu_bound = throughput(mode, write, amount)
+                raw.setdefault(key, []).append(wall)
+                raw.setdefault(key.replace("_mbps", "_cpu_mbps"), []).append(cpu_bound)
+                print(
+                    f"run {run + 1}: {key} {wall:,.1f} MB/s (cpu-limited {cpu_bound:,.1f})",
+                    file=log,
+                    flush=True,
+                )
     figures: dict[str, float] = {k: statistics.median(v) for k, v in raw.items()}
-    seq, conc = handshake_rates(handshakes, args.concurrency)
+    seq, conc, cpu_hs = handshake_rates(handshakes, args.concurrency)
     figures["handshakes_per_s_sequential"] = seq
     figures[f"handshakes_per_s_concurrency_{args.concurrency}"] = conc
+    figures["handshakes_per_s_cpu_limited"] = cpu_hs
     print(
         f"handshakes/s: sequential {seq:,.0f}, {args.concurrency} in flight {conc:,.0f}", file=log
     )
@@ -286,6 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         "noise_tcp_1k_vs_tcp_1k": ratio("noise_tcp_1k_mbps", "tcp_1k_mbps"),
         "noise_ws_1k_vs_ws_1k": ratio("noise_ws_1k_mbps", "ws_1k_mbps"),
         "handshakes_per_s_vs_target_400": round(max(seq, conc) / 400, 3),
+        "cpu_noise_tcp_vs_aead": ratio("noise_tcp_64k_cpu_mbps", "aead_cpu_mbps"),
+        "cpu_noise_tcp_vs_tcp": ratio("noise_tcp_64k_cpu_mbps", "tcp_64k_cpu_mbps"),
+        "cpu_noise_ws_vs_ws": ratio("noise_ws_64k_cpu_mbps", "ws_64k_cpu_mbps"),
     }
     params = {
         "total_mib_64k": total // MiB,
