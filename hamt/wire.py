@@ -303,3 +303,68 @@ def _check_bucket(node: list[Any], seq: int) -> None:
         ):
             raise CorruptNodeError("bad collision bucket entry", seq=seq)
         keys.add(item[0])
+
+
+# -- path hints (hamt.hints) --------------------------------------------------------
+
+TAG_HINT_REQUEST: Final = 2
+TAG_HINT_REPLY: Final = 3
+#: Largest hint frame: a key, or a few hundred block numbers.
+MAX_HINT_FRAME: Final = 64 * 1024
+#: Most block numbers in one hint (a path of 64 levels plus a full collision bucket).
+MAX_HINT_BLOCKS: Final = MAX_DEPTH + MAX_BUCKET_ENTRIES + 2
+
+
+@dataclass(frozen=True, slots=True)
+class HintRequest:
+    """ "Which blocks does a get of `key` read?" (`id` pairs the reply)."""
+
+    id: int
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class HintReply:
+    """The answer: the version it was computed at and the blocks, root first."""
+
+    id: int
+    version: int
+    blocks: list[int]
+
+
+def encode_hint(msg: HintRequest | HintReply) -> bytes:
+    """Encode a hint message (without framing)."""
+    if isinstance(msg, HintRequest):
+        obj: list[Any] = [TAG_HINT_REQUEST, FORMAT_VERSION, msg.id, msg.key]
+    else:
+        obj = [TAG_HINT_REPLY, FORMAT_VERSION, msg.id, msg.version, msg.blocks]
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_hint(data: bytes) -> HintRequest | HintReply:
+    """Decode and check a hint message; raise `CorruptNodeError` on anything else."""
+    if len(data) > MAX_HINT_FRAME:
+        raise CorruptNodeError("hint message too large")
+    try:
+        obj = msgpack.unpackb(data, raw=False, use_list=True)
+    except Exception as exc:
+        raise CorruptNodeError(f"hint message does not decode: {exc}") from exc
+    ok_id = isinstance(obj, list) and len(obj) >= 4 and type(obj[2]) is int and 0 <= obj[2] < 2**32
+    if not ok_id or obj[1] != FORMAT_VERSION:
+        raise CorruptNodeError("bad hint message")
+    if obj[0] == TAG_HINT_REQUEST and len(obj) == 4:
+        key = obj[3]
+        if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_BYTES:
+            raise CorruptNodeError("bad key in hint request")
+        return HintRequest(obj[2], key)
+    if obj[0] == TAG_HINT_REPLY and len(obj) == 5:
+        version, blocks = obj[3], obj[4]
+        if (
+            type(version) is int
+            and version >= 0
+            and isinstance(blocks, list)
+            and len(blocks) <= MAX_HINT_BLOCKS
+            and all(type(b) is int and 0 < b < version for b in blocks)
+        ):
+            return HintReply(obj[2], version, blocks)
+    raise CorruptNodeError("bad hint message")

@@ -1,0 +1,127 @@
+"""Path hints: a peer holding a HAMT tells a sparse reader which blocks a get reads.
+
+Theory of operation
+-------------------
+A sparse reader that follows pointers one block at a time pays one network round
+trip per level. A peer that holds the blocks can instead run the lookup itself
+(`Hamt.path_hint`) and answer with the list of block numbers, root first; the reader
+then fetches them all at once through replication (`Hamt.get(key, hint=...)`, which
+prefetches concurrently) and runs the lookup locally. Blocks still arrive through
+hyperlog replication and are verified there: a hint only says *which* blocks to
+fetch, so a lying peer can waste a fetch but never change an answer.
+
+The hint protocol runs over any `trio.abc.Stream` (its own connection, or a channel a
+multiplexer provides): frames of a 4-byte big-endian length and one msgpack message
+(`wire.HintRequest` / `wire.HintReply`), at most `MAX_HINT_FRAME` bytes. Requests are
+answered in order. `_Framer` is the sans-IO part; the two coroutines are its shell.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final, final
+
+import trio
+
+from .errors import CorruptNodeError, HamtError, InvalidKeyError
+from .index import Hamt
+from .wire import MAX_HINT_FRAME, HintReply, HintRequest, decode_hint, encode_hint
+
+__all__ = ["PathHintClient", "serve_path_hints"]
+
+_LEN: Final = struct.Struct(">I")
+#: Bytes asked of the stream per receive.
+RECEIVE_SIZE: Final = 64 * 1024
+
+
+@final
+class _Framer:
+    """Sans-IO length-prefixed framing: feed bytes, take whole frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        if len(self._buf) < _LEN.size:
+            return None
+        (n,) = _LEN.unpack_from(self._buf)
+        if n > MAX_HINT_FRAME:
+            raise CorruptNodeError(f"hint frame of {n} bytes exceeds {MAX_HINT_FRAME}")
+        if len(self._buf) < _LEN.size + n:
+            return None
+        frame = bytes(self._buf[_LEN.size : _LEN.size + n])
+        del self._buf[: _LEN.size + n]
+        return frame
+
+
+def _frame(payload: bytes) -> bytes:
+    return _LEN.pack(len(payload)) + payload
+
+
+async def _next(stream: trio.abc.Stream, framer: _Framer) -> bytes | None:
+    # Bounded: each pass either returns a frame or consumes at least one byte; the
+    # framer refuses frames over MAX_HINT_FRAME, so the buffer stays bounded too.
+    while (frame := framer.next_frame()) is None:
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            return None
+        framer.receive_data(data)
+    return frame
+
+
+async def serve_path_hints(
+    stream: trio.abc.Stream,
+    db: Hamt[Any],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Answer path-hint requests for `db` on `stream` until the peer closes it.
+
+    Raises:
+        CorruptNodeError: the peer sent something that is not a hint request.
+    """
+    framer = _Framer()
+    task_status.started()
+    while (frame := await _next(stream, framer)) is not None:
+        msg = decode_hint(frame)
+        if not isinstance(msg, HintRequest):
+            raise CorruptNodeError("expected a hint request")
+        version = db.version
+        try:
+            blocks = await db.checkout(version).path_hint(msg.key) if version > 1 else []
+        except InvalidKeyError:
+            blocks = []
+        await stream.send_all(_frame(encode_hint(HintReply(msg.id, version, blocks))))
+
+
+@final
+class PathHintClient:
+    """Asks a peer (running `serve_path_hints`) for the blocks a get reads."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._framer = _Framer()
+        self._lock = trio.Lock()
+        self._next_id = 0
+
+    async def path_hint(self, key: str) -> HintReply:
+        """Return the peer's `HintReply` for `key`.
+
+        Raises:
+            HamtError: the peer closed the stream or answered out of turn.
+            CorruptNodeError: the peer's reply does not decode.
+        """
+        async with self._lock:
+            self._next_id = (self._next_id + 1) % 2**32
+            req = HintRequest(self._next_id, key)
+            await self._stream.send_all(_frame(encode_hint(req)))
+            frame = await _next(self._stream, self._framer)
+            if frame is None:
+                raise HamtError("the hint peer closed the stream")
+            reply = decode_hint(frame)
+            if not isinstance(reply, HintReply) or reply.id != req.id:
+                raise HamtError("the hint peer answered out of turn")
+            return reply
