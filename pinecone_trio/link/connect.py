@@ -12,7 +12,7 @@ import trio
 from .. import transports
 from ..errors import LinkError
 from ..identity import Identity, PublicKey
-from .constants import HANDSHAKE_TIMEOUT
+from .constants import HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES
 from .stream import NoiseLink
 
 logger = logging.getLogger(__name__)
@@ -71,6 +71,10 @@ class LinkServerStatistics:
     connections: int = 0
     handshakes_ok: int = 0
     handshakes_failed: int = 0
+    #: Connections closed unanswered because `max_pending_handshakes` were running.
+    refused_overloaded: int = 0
+    #: Handshakes running right now.
+    pending_handshakes: int = 0
     #: Failed handshakes by error class name, e.g. {"BadHandshake": 2}.
     failures: Counter[str] = field(default_factory=Counter)
 
@@ -82,6 +86,7 @@ async def serve_links(
     *,
     capabilities: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
     statistics: LinkServerStatistics | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -90,7 +95,9 @@ async def serve_links(
     Start with `bound = await nursery.start(serve_links, uri, identity, handler)`. A
     failed handshake is logged and counted in `statistics`, and closes only that
     connection; the listener keeps serving everyone else. The link is closed when the
-    handler returns.
+    handler returns. While `max_pending_handshakes` handshakes are in progress, further
+    connections are closed at once (a flood of stalled handshakes would otherwise hold
+    a task and a socket each for up to `handshake_timeout`).
 
     Raises:
         ValueError: if the URI is malformed.
@@ -100,6 +107,10 @@ async def serve_links(
 
     async def on_stream(stream: trio.abc.Stream) -> None:
         stats.connections += 1
+        if stats.pending_handshakes >= max_pending_handshakes:
+            stats.refused_overloaded += 1
+            logger.warning("link listener %s: too many handshakes in progress", uri)
+            return  # the transport closes the stream
         link = NoiseLink(
             stream,
             identity,
@@ -108,6 +119,7 @@ async def serve_links(
             handshake_timeout=handshake_timeout,
         )
         async with link:
+            stats.pending_handshakes += 1
             try:
                 await link.do_handshake()
             except LinkError as exc:
@@ -115,6 +127,8 @@ async def serve_links(
                 stats.failures[type(exc).__name__] += 1
                 logger.info("link handshake on %s failed: %s: %s", uri, type(exc).__name__, exc)
                 return
+            finally:
+                stats.pending_handshakes -= 1
             stats.handshakes_ok += 1
             await handler(link)
 

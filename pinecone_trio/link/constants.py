@@ -36,6 +36,8 @@ MAX_CAPABILITY_LENGTH: Final = 64
 
 #: Seconds a handshake may take before it fails with HandshakeTimeout.
 HANDSHAKE_TIMEOUT: Final = 10.0
+#: Handshakes a link listener runs at once; more connections are closed unanswered.
+MAX_PENDING_HANDSHAKES: Final = 256
 #: Seconds `aclose` spends trying to deliver the encrypted close message.
 CLOSE_TIMEOUT: Final = 2.0
 #: Seconds a transport dial may take (tcp connect, websocket upgrade).

@@ -271,3 +271,31 @@ async def test_links_over_each_transport(uri: str) -> None:
                 await link.aclose()
             await wait_for(lambda: stats.handshakes_ok == 3)
             assert stats.connections == 3 and stats.handshakes_failed == 0
+
+
+async def test_handshake_flood_is_capped(autojump_clock: trio.testing.MockClock) -> None:
+    stats = LinkServerStatistics()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                lambda task_status: serve_links(
+                    "memory://",
+                    SERVER,
+                    echo,
+                    max_pending_handshakes=2,
+                    statistics=stats,
+                    task_status=task_status,
+                )
+            )
+            stallers = [await transports.dial(bound) for _ in range(2)]
+            await wait_for(lambda: stats.pending_handshakes == 2)
+            extra = await transports.dial(bound)
+            await read_until_closed(extra)  # closed at once, unanswered
+            assert stats.refused_overloaded == 1
+            # The stalled ones time out, and then the listener accepts again.
+            await wait_for(lambda: stats.pending_handshakes == 0)
+            assert stats.failures["HandshakeTimeout"] == 2
+            await still_serving(bound)
+            for stream in [*stallers, extra]:
+                await stream.aclose()
+            nursery.cancel_scope.cancel()
