@@ -24,6 +24,8 @@ from .errors import InvalidKeyError as InvalidKeyError
 from .errors import ReadOnlyError as ReadOnlyError
 from .errors import ValueTooLargeError as ValueTooLargeError
 from .hashing import ComponentHash as ComponentHash
+from .hints import PathHintClient as PathHintClient
+from .hints import serve_path_hints as serve_path_hints
 from .index import Batch as Batch
 from .index import Change as Change
 from .index import DiffEntry as DiffEntry
@@ -54,7 +56,9 @@ __all__ = [
     "LogLike",
     "MemoryLog",
     "MsgpackCodec",
+    "PathHintClient",
     "ReadOnlyError",
     "ValueTooLargeError",
     "open_hamt",
+    "serve_path_hints",
 ]

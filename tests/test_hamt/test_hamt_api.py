@@ -11,6 +11,10 @@ import trio
 import trio.testing
 
 import hamt
+from hamt.cache import BlockCache
+from hamt.hashing import Hasher, derive_hash_key
+from hamt.trie import drive_sync, lookup
+from hamt.wire import Block, decode_block, decode_header
 from hyperlog.log import open_store
 
 
@@ -186,9 +190,33 @@ def test_public_surface() -> None:
         "BYTES", "JSON", "MSGPACK", "Batch", "BatchTooLargeError", "BytesCodec",
         "CacheStatistics", "Change", "Codec", "ComponentHash", "CorruptNodeError",
         "DiffEntry", "Hamt", "HamtError", "HamtStatistics", "InvalidKeyError", "JsonCodec",
-        "LogLike", "MemoryLog", "MsgpackCodec", "ReadOnlyError", "ValueTooLargeError",
-        "open_hamt",
+        "LogLike", "MemoryLog", "MsgpackCodec", "PathHintClient", "ReadOnlyError",
+        "ValueTooLargeError", "open_hamt", "serve_path_hints",
     }  # fmt: skip
     for name in hamt.__all__:
         assert getattr(hamt, name) is not None
     assert issubclass(hamt.CorruptNodeError, hamt.HamtError)
+
+
+async def test_one_walk_serves_a_synchronous_loop() -> None:
+    """The sans-IO lookup, driven without Trio from a plain list of blocks."""
+    log = hamt.MemoryLog()
+    async with hamt.open_hamt(log) as db:
+        async with db.batch() as b:
+            for i in range(100):
+                b.put(f"d/{i}", b"%d" % i)
+        await db.put("d/7", b"seven")
+    header = decode_header(log.blocks[0])
+    hasher = Hasher(derive_hash_key(log.key, header.salt))
+    cache = BlockCache(2, 1 << 20)
+    asked: list[int] = []
+
+    def fetch(seq: int) -> Block:
+        asked.append(seq)
+        return decode_block(log.blocks[seq], seq)
+
+    root = fetch(log.length - 1)
+    for key, want in [("d/7", b"seven"), ("d/8", b"8"), ("d/100", None)]:
+        got = drive_sync(lookup(root, key, hasher.path(key), cache), fetch)
+        assert got == want
+    assert set(asked) <= set(range(1, log.length))
