@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, final
+from typing import Final, NamedTuple, final
 
 from ..errors import DecodeError, LocalProtocolError
 from ..identity import FULL_MASK
@@ -180,9 +180,7 @@ def _take(buf: bytes, offset: int, n: int, what: str) -> tuple[bytes, int]:
 # --- announcements -----------------------------------------------------------------------
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class SignatureHop:
+class SignatureHop(NamedTuple):
     """One signature entry: the signer's outgoing port, its key and its signature."""
 
     port: int
@@ -192,64 +190,93 @@ class SignatureHop:
 
 @final
 class Announcement:
-    """A root announcement with its encoded body (research §3.5).
+    """A root announcement (research §3.5).
 
     Build one with `Announcement.new(root_key, root_seq)` and `extend(...)`, or with
-    `decode_announcement`; the body always matches the fields. Two announcements are
-    equal when their bodies are.
+    `decode_announcement`. Two announcements are equal when their bodies are.
+
+    The encoded `body` is built on first use from the parent's body plus one entry, so a
+    simulation with the null signer and no codec never builds it; `keys` and `coords`
+    are kept eagerly because routing reads them on every announcement.
     """
 
-    __slots__ = ("body", "hops", "keys", "root_key", "root_seq", "starts")
+    __slots__ = ("_body", "_parent", "_starts", "coords", "hops", "keys", "root_key", "root_seq")
 
     root_key: bytes
     root_seq: int
     hops: tuple[SignatureHop, ...]
-    #: The encoded announcement (root key, root seq, every entry).
-    body: bytes
-    #: starts[i] is where entry i begins in `body`: entry i signs body[:starts[i]].
-    starts: tuple[int, ...]
-    #: Every signer key, root first (cached for the router's hot paths).
+    #: Every signer key, root first.
     keys: tuple[bytes, ...]
+    #: The hop ports: the receiver's coordinates when its parent sent this.
+    coords: Coords
 
     def __init__(
         self,
         root_key: bytes,
         root_seq: int,
         hops: tuple[SignatureHop, ...],
-        body: bytes,
-        starts: tuple[int, ...],
+        keys: tuple[bytes, ...],
+        coords: Coords,
+        body: bytes | None,
+        starts: tuple[int, ...] | None,
+        parent: Announcement | None,
     ) -> None:
         self.root_key = root_key
         self.root_seq = root_seq
         self.hops = hops
-        self.body = body
-        self.starts = starts
-        self.keys = tuple([h.public_key for h in hops])
+        self.keys = keys
+        self.coords = coords
+        self._body = body
+        self._starts = starts
+        self._parent = parent
 
     @classmethod
     def new(cls, root_key: bytes, root_seq: int) -> Announcement:
         """An unsigned announcement as the root originates it."""
         if len(root_key) != KEY_SIZE:
             raise LocalProtocolError("root key must be 32 bytes")
-        return cls(root_key, root_seq, (), bytes(root_key) + encode_varu64(root_seq), ())
+        body = bytes(root_key) + encode_varu64(root_seq)
+        return cls(bytes(root_key), root_seq, (), (), (), body, (), None)
 
     def extend(self, port: int, public_key: bytes, signature: bytes) -> Announcement:
         """This announcement with one more signature entry (the signer signed `body`)."""
-        if len(public_key) != KEY_SIZE or len(signature) != SIGNATURE_SIZE:
-            raise LocalProtocolError("bad key or signature size")
-        hop = SignatureHop(port, public_key, signature)
+        if len(public_key) != KEY_SIZE or len(signature) != SIGNATURE_SIZE or port < 0:
+            raise LocalProtocolError("bad port, key or signature size")
         return Announcement(
             self.root_key,
             self.root_seq,
-            (*self.hops, hop),
-            self.body + encode_varu64(port) + public_key + signature,
-            (*self.starts, len(self.body)),
+            (*self.hops, SignatureHop(port, public_key, signature)),
+            (*self.keys, public_key),
+            (*self.coords, port),
+            None,
+            None,
+            self,
         )
 
+    def _build(self) -> None:
+        parent = self._parent
+        assert parent is not None
+        hop = self.hops[-1]
+        pbody = parent.body
+        self._starts = (*parent.starts, len(pbody))
+        self._body = pbody + encode_varu64(hop.port) + hop.public_key + hop.signature
+        self._parent = None
+
     @property
-    def coords(self) -> Coords:
-        """The hop ports: the receiver's coordinates when its parent sent this."""
-        return tuple([h.port for h in self.hops])
+    def body(self) -> bytes:
+        """The encoded announcement (root key, root seq, every entry)."""
+        if self._body is None:
+            self._build()
+        assert self._body is not None
+        return self._body
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """starts[i] is where entry i begins in `body`: entry i signs body[:starts[i]]."""
+        if self._starts is None:
+            self._build()
+        assert self._starts is not None
+        return self._starts
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Announcement) and other.body == self.body
@@ -283,7 +310,16 @@ def decode_announcement(body: bytes) -> Announcement:
         key, off = _take(body, off, KEY_SIZE, "signer key")
         sig, off = _take(body, off, SIGNATURE_SIZE, "signature")
         hops.append(SignatureHop(port, key, sig))
-    return Announcement(root_key, root_seq, tuple(hops), bytes(body), tuple(starts))
+    return Announcement(
+        root_key,
+        root_seq,
+        tuple(hops),
+        tuple([h.public_key for h in hops]),
+        tuple([h.port for h in hops]),
+        bytes(body),
+        tuple(starts),
+        None,
+    )
 
 
 # --- frames ------------------------------------------------------------------------------
