@@ -1,0 +1,279 @@
+"""The router's wire codec: Pinecone's vectors, round trips, and DecodeError on garbage."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from pinecone_trio.errors import DecodeError, LocalProtocolError
+from pinecone_trio.identity import FULL_MASK, Identity
+from pinecone_trio.router.signer import Ed25519Signer
+from pinecone_trio.router.wire import (
+    KEEPALIVE,
+    Announcement,
+    Bootstrap,
+    ClosestTraffic,
+    Frame,
+    Traffic,
+    TreeAnnouncement,
+    UnknownFrame,
+    WakeupBroadcast,
+    coords_distance,
+    decode_coords,
+    decode_frame,
+    decode_varu64,
+    encode_coords,
+    encode_frame,
+    encode_varu64,
+    frame_length,
+    read_frame_length,
+)
+
+# --- research §2.2 / §2.3 vectors ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "encoded"),
+    [
+        (0, "00"),
+        (127, "7f"),
+        (128, "8100"),
+        (5000, "a708"),
+        (2**64 - 1, "81ffffffffffffffff7f"),
+    ],
+)
+def test_varu64_vectors(value: int, encoded: str) -> None:
+    assert encode_varu64(value).hex() == encoded
+    assert decode_varu64(bytes.fromhex(encoded), 0) == (value, len(encoded) // 2)
+
+
+def test_varu64_rejects_long_truncated_and_oversized() -> None:
+    with pytest.raises(DecodeError, match="longer than 10"):
+        decode_varu64(b"\x80" * 10 + b"\x00", 0)
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_varu64(b"\x81\x80", 0)
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_varu64(b"", 0)
+    with pytest.raises(DecodeError, match="64 bits"):
+        decode_varu64(b"\x82" + b"\xff" * 8 + b"\x7f", 0)  # 2**64 + ...
+    with pytest.raises(LocalProtocolError):
+        encode_varu64(-1)
+    with pytest.raises(LocalProtocolError):
+        encode_varu64(2**64)
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_varu64_round_trip(value: int) -> None:
+    enc = encode_varu64(value)
+    assert 1 <= len(enc) <= 10
+    assert decode_varu64(b"junk" + enc + b"more", 4) == (value, 4 + len(enc))
+
+
+def test_coordinate_vectors() -> None:
+    assert encode_coords(()).hex() == "0000"
+    assert encode_coords((1, 2, 3, 4, 5000)).hex() == "000601020304a708"
+    assert decode_coords(bytes.fromhex("000601020304a708"), 0) == ((1, 2, 3, 4, 5000), 8)
+    assert coords_distance((1, 3, 5, 3, 4), (1, 3, 5, 7, 6, 1)) == 5
+    assert coords_distance((), ()) == 0
+    assert coords_distance((), (1, 2)) == 2
+
+
+def test_coordinates_reject_truncation() -> None:
+    with pytest.raises(DecodeError):
+        decode_coords(b"\x00", 0)
+    with pytest.raises(DecodeError):
+        decode_coords(b"\x00\x03\x01\x02", 0)
+    with pytest.raises(DecodeError):
+        decode_coords(b"\x00\x01\x81", 0)  # a port cut in half by the length
+
+
+# --- research §3.4 worked examples ---------------------------------------------------------
+
+DEST = bytes(range(32))
+SRC = bytes(range(32, 64))
+
+
+def _traffic(dcoords: tuple[int, ...]) -> Traffic:
+    return Traffic(dcoords, (4, 3, 2, 1), DEST, SRC, FULL_MASK, 0, b"ABCDEFG", 0)
+
+
+def test_worked_example_tree_routed_traffic_is_97_bytes() -> None:
+    f = _traffic((1, 2, 3, 4, 5000))
+    wire = encode_frame(f)
+    expected = (
+        b"pine\x00\x03\x00\x00\x00\x61"  # magic, version 0, type 3, extra, hop limit, 97
+        + b"\x00\x07"  # payload length
+        + bytes.fromhex("000601020304a708")  # destination coords
+        + bytes.fromhex("000404030201")  # source coords
+        + DEST
+        + SRC
+        + b"ABCDEFG"
+    )
+    assert len(wire) == 97 == 10 + 2 + 8 + 6 + 32 + 32 + 7
+    assert wire == expected
+    assert decode_frame(wire) == f
+    assert frame_length(f) == 97
+
+
+def test_worked_example_snake_routed_traffic_is_124_bytes() -> None:
+    f = _traffic(())
+    wire = encode_frame(f)
+    expected = (
+        b"pine\x00\x03\x00\x00\x00\x7c"
+        + b"\x00\x07"
+        + b"\x00\x00"
+        + bytes.fromhex("000404030201")
+        + DEST
+        + SRC
+        + FULL_MASK
+        + b"\x00"
+        + b"ABCDEFG"
+    )
+    assert len(wire) == 124 == 10 + 2 + 2 + 6 + 32 + 32 + 32 + 1 + 7
+    assert wire == expected
+    assert decode_frame(wire) == f
+
+
+def test_keepalive_is_the_bare_header() -> None:
+    assert encode_frame(KEEPALIVE) == b"pine\x00\x00\x00\x00\x00\x0a"
+    assert decode_frame(b"pine\x00\x00\x00\x00\x00\x0a") is KEEPALIVE
+
+
+def test_signed_announcement_layout_and_signatures() -> None:
+    root = Identity.from_seed(b"\x01" * 32)
+    mid = Identity.from_seed(b"\x02" * 32)
+    ann = Announcement.new(bytes(root.public_key), 7)
+    ann = ann.extend(3, bytes(root.public_key), root.sign(ann.body))
+    ann = ann.extend(200, bytes(mid.public_key), mid.sign(ann.body))
+    # root key, varu64 seq, then (port, key, signature) entries
+    assert ann.body[:33] == bytes(root.public_key) + b"\x07"
+    assert ann.starts == (33, 33 + 97)
+    assert ann.body[33] == 3 and ann.body[130:132] == b"\x81\x48"  # 200 as varu64
+    assert len(ann.body) == 33 + 97 + 98
+    assert ann.coords == (3, 200)
+    frame = decode_frame(encode_frame(TreeAnnouncement(ann)))
+    assert isinstance(frame, TreeAnnouncement)
+    got = frame.announcement
+    assert got == ann and got.keys == ann.keys and got.coords == (3, 200)
+    signer = Ed25519Signer(mid)
+    for hop, start in zip(got.hops, got.starts, strict=True):
+        assert signer.verify(hop.public_key, got.body[:start], hop.signature)
+
+
+# --- round trips -------------------------------------------------------------------------
+
+keys = st.binary(min_size=32, max_size=32)
+sigs = st.binary(min_size=64, max_size=64)
+u64 = st.integers(0, 2**64 - 1)
+ports = st.integers(0, 2**64 - 1)
+coords = st.lists(ports, max_size=12).map(tuple)
+hop_limits = st.integers(0, 255)
+payloads = st.binary(max_size=300)
+
+
+@st.composite
+def announcements(draw: st.DrawFn) -> Announcement:
+    ann = Announcement.new(draw(keys), draw(u64))
+    for _ in range(draw(st.integers(0, 6))):
+        ann = ann.extend(draw(ports), draw(keys), draw(sigs))
+    return ann
+
+
+frames: st.SearchStrategy[Frame] = st.one_of(
+    st.just(KEEPALIVE),
+    announcements().map(TreeAnnouncement),
+    st.builds(Bootstrap, keys, keys, u64, u64, keys, u64, sigs),
+    st.builds(
+        Traffic,
+        st.lists(ports, min_size=1, max_size=12).map(tuple),
+        coords,
+        keys,
+        keys,
+        st.just(FULL_MASK),
+        st.just(0),
+        payloads,
+        hop_limits,
+    ),
+    st.builds(Traffic, st.just(()), coords, keys, keys, keys, u64, payloads, hop_limits),
+    st.builds(ClosestTraffic, coords, keys, keys, keys, u64, payloads, hop_limits),
+    st.builds(WakeupBroadcast, keys, u64, keys, u64, sigs, hop_limits),
+    st.builds(UnknownFrame, st.integers(6, 255), st.binary(max_size=100)),
+)
+
+
+@given(frames)
+def test_every_frame_round_trips(frame: Frame) -> None:
+    wire = encode_frame(frame)
+    assert len(wire) == frame_length(frame)
+    assert read_frame_length(wire[:10]) == len(wire)
+    assert decode_frame(wire) == frame
+
+
+@given(frames, st.data())
+def test_every_truncation_or_extension_is_a_decode_error(frame: Frame, data: st.DataObject) -> None:
+    wire = encode_frame(frame)
+    cut = data.draw(st.integers(0, len(wire) - 1))
+    with pytest.raises(DecodeError):
+        decode_frame(wire[:cut])
+    with pytest.raises(DecodeError):
+        decode_frame(wire + b"\x00")
+
+
+@given(frames, st.data())
+def test_inner_length_mismatch_is_a_decode_error(frame: Frame, data: st.DataObject) -> None:
+    """Cutting the body but fixing the header length must still fail cleanly."""
+    wire = encode_frame(frame)
+    assume(len(wire) > 10 and not isinstance(frame, UnknownFrame))
+    cut = data.draw(st.integers(10, len(wire) - 1))
+    short = wire[:8] + cut.to_bytes(2, "big") + wire[10:cut]
+    with pytest.raises(DecodeError):
+        decode_frame(short)
+
+
+@given(st.binary(max_size=400))
+def test_arbitrary_bytes_decode_or_raise_decode_error(blob: bytes) -> None:
+    framed = b"pine\x00" + blob[:3] + (10 + len(blob[3:])).to_bytes(2, "big") + blob[3:]
+    for data in (blob, framed):
+        try:
+            frame = decode_frame(data)
+        except DecodeError:
+            continue
+        assert decode_frame(encode_frame(frame)) == frame
+
+
+@given(st.integers(0, 5), st.binary(max_size=200))
+def test_known_types_with_random_bodies(ftype: int, body: bytes) -> None:
+    data = b"pine\x00" + bytes([ftype]) + b"\x00\x00" + (10 + len(body)).to_bytes(2, "big") + body
+    try:
+        frame = decode_frame(data)
+    except DecodeError:
+        return
+    # Anything accepted re-encodes to the same bytes (no ambiguity in the layouts),
+    # except the hop limit byte of types that do not carry one.
+    assert decode_frame(encode_frame(frame)) == frame
+
+
+def test_header_checks() -> None:
+    good = encode_frame(KEEPALIVE)
+    with pytest.raises(DecodeError, match="magic"):
+        read_frame_length(b"PINE" + good[4:])
+    with pytest.raises(DecodeError, match="version"):
+        read_frame_length(good[:4] + b"\x01" + good[5:])
+    with pytest.raises(DecodeError, match="shorter than the header"):
+        read_frame_length(good[:8] + b"\x00\x09")
+    with pytest.raises(DecodeError, match="truncated"):
+        read_frame_length(good[:9])
+    with pytest.raises(DecodeError):
+        decode_frame(good[:9] + b"\x0b" + b"x")  # keepalive with a body
+
+
+def test_encoder_refuses_what_cannot_be_expressed() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Traffic((), (), DEST, SRC, FULL_MASK, 0, b"x" * 65535, 0))
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Traffic((), (), DEST[:5], SRC, FULL_MASK, 0, b"", 0))
+    with pytest.raises(LocalProtocolError):
+        encode_frame(Traffic((), (), DEST, SRC, FULL_MASK, 0, b"", 256))
+    with pytest.raises(LocalProtocolError):
+        encode_frame(UnknownFrame(3, b""))
