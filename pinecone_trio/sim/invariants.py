@@ -50,8 +50,8 @@ def check_tree(net: Network) -> Check:
     """Whether every component has converged on one spanning tree (see module docs)."""
     result = Check()
     nodes = net.nodes
-    for members in net.graph.components():
-        top = max(members, key=lambda a: nodes[a].key)
+    for members in net.components_by_key():
+        top = members[-1]
         root_key = nodes[top].key
         root_seq = nodes[top].state.root[1]
         for a in members:
@@ -82,10 +82,9 @@ def check_snake(net: Network) -> Check:
     """Whether every descending neighbour is the true predecessor (see module docs)."""
     result = Check()
     nodes = net.nodes
-    for members in net.graph.components():
-        ordered = sorted(members, key=lambda a: nodes[a].key)
+    for members in net.components_by_key():
         previous: bytes | None = None
-        for a in ordered:
+        for a in members:
             got = nodes[a].state.descending_key
             if got != previous:
                 shown = "none" if got is None else got[:4].hex()
@@ -98,9 +97,9 @@ def expected_descending(net: Network) -> dict[int, bytes | None]:
     """Each live node's true predecessor key in its component (None for the lowest)."""
     nodes = net.nodes
     truth: dict[int, bytes | None] = {}
-    for members in net.graph.components():
+    for members in net.components_by_key():
         previous: bytes | None = None
-        for a in sorted(members, key=lambda a: nodes[a].key):
+        for a in members:
             truth[a] = previous
             previous = nodes[a].key
     return truth

@@ -214,6 +214,7 @@ class Network:
         self.on_event: EventHook | None = None
         self.on_receive: SendHook | None = None
         self._heap: list[tuple[float, int, int, object, object]] = []
+        self._by_key: tuple[int, list[list[int]]] | None = None
         self._seq = 0
         self._key_rng = random.Random(f"keys:{seed}")
         for _ in range(len(graph)):
@@ -309,6 +310,15 @@ class Network:
         node.scheduled = math.inf
         del self.key_index[node.key]
         return former
+
+    def components_by_key(self) -> list[list[int]]:
+        """The live graph's components, each sorted by key (cached per graph version)."""
+        cached = self._by_key
+        if cached is None or cached[0] != self.graph.version:
+            nodes = self.nodes
+            ordered = [sorted(c, key=lambda a: nodes[a].key) for c in self.graph.components()]
+            cached = self._by_key = (self.graph.version, ordered)
+        return cached[1]
 
     def neighbours(self, a: int) -> list[int]:
         return sorted(self.nodes[a].port_of)

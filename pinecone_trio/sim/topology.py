@@ -34,7 +34,7 @@ class Graph:
     marked dead and have no links.
     """
 
-    __slots__ = ("adj", "alive", "names", "version")
+    __slots__ = ("_components", "adj", "alive", "names", "version")
 
     def __init__(self, names: Iterable[str] = ()) -> None:
         self.names: list[str] = list(names)
@@ -42,6 +42,7 @@ class Graph:
         self.alive: list[bool] = [True] * len(self.names)
         #: Incremented by every change, so callers can cache ground truth.
         self.version = 0
+        self._components: tuple[int, list[list[int]]] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -132,7 +133,13 @@ class Graph:
         return dist
 
     def components(self) -> list[list[int]]:
-        """The connected components of the live nodes, each sorted, largest first."""
+        """The connected components of the live nodes, each sorted, largest first.
+
+        The result is cached until the graph changes: do not modify it.
+        """
+        cached = self._components
+        if cached is not None and cached[0] == self.version:
+            return cached[1]
         seen = [False] * len(self.names)
         result: list[list[int]] = []
         for start in self.live_nodes():
@@ -151,6 +158,7 @@ class Graph:
             members.sort()
             result.append(members)
         result.sort(key=lambda c: (-len(c), c[0]))
+        self._components = (self.version, result)
         return result
 
     def component_index(self) -> list[int]:
