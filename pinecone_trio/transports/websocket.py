@@ -176,10 +176,16 @@ class WebSocketTransport:
         bound = str(Address("ws", host, port, address.path))
 
         async def on_request(request: WebSocketRequest) -> None:
-            if request.path != address.path:
-                await request.reject(404)
+            # Whatever one client does must not reach WebSocketServer, which would
+            # let the exception end the whole listener.
+            try:
+                if request.path != address.path:
+                    await request.reject(404)
+                    return
+                connection = await request.accept()
+            except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
+                logger.debug("WebSocket client on %s left during the upgrade", bound)
                 return
-            connection = await request.accept()
             await run_handler(handler, WebSocketStream(connection), bound)
 
         server = trio_websocket.WebSocketServer(

@@ -168,3 +168,25 @@ async def test_websocket_stream_is_a_trio_stream() -> None:
 
             await trio.testing.check_two_way_stream(maker, None)
             nursery.cancel_scope.cancel()
+
+
+async def test_ws_listener_survives_bad_http() -> None:
+    upgrade = (
+        b"GET /p HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(20):
+        async with serving("ws://127.0.0.1:0/p", echo) as bound, trio.open_nursery() as n:
+            port = parse_uri(bound).port
+            for junk in (
+                b"\x00\xff garbage\r\n\r\n",
+                upgrade[:40],
+                upgrade,
+                upgrade.replace(b"/p", b"/q"),
+            ):
+                raw = await trio.open_tcp_stream("127.0.0.1", port)
+                await raw.send_all(junk)
+                await raw.aclose()
+            stream = await transports.dial(bound, nursery=n)
+            assert await roundtrip(stream, b"fine") == b"fine"
+            await stream.aclose()
