@@ -213,6 +213,7 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     """
     opts = options if options is not None else SimOptions()
     wall_start = time.perf_counter()
+    cpu_start = time.process_time()
     graph = build_topology(topology, opts.seed) if isinstance(topology, str) else topology
     run = Run(graph, opts)
     net = run.net
@@ -267,6 +268,7 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     out["events"] = net.stats.events
     out["engine_calls"] = net.stats.engine_calls
     out["wall_s"] = round(time.perf_counter() - wall_start, 3)
+    out["cpu_s"] = round(time.process_time() - cpu_start, 3)
     return out
 
 
