@@ -130,6 +130,10 @@ async def serve_links(
             finally:
                 stats.pending_handshakes -= 1
             stats.handshakes_ok += 1
-            await handler(link)
+            try:
+                await handler(link)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                # The peer went away: routine for a listener, not worth a traceback.
+                logger.debug("link from %s on %s ended: %r", link.remote_key.short(), uri, exc)
 
     await transports.serve(uri, on_stream, task_status=task_status)
