@@ -18,6 +18,7 @@ from .constants import MAX_PLAINTEXT_SIZE as MAX_PLAINTEXT_SIZE
 from .constants import PROTOCOL_NAME as PROTOCOL_NAME
 from .handshake import HandshakeResult as HandshakeResult
 from .handshake import NoiseHandshake as NoiseHandshake
+from .stream import LinkStatistics as LinkStatistics
 from .stream import NoiseLink as NoiseLink
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "HandshakeResult",
     "LinkHandler",
     "LinkServerStatistics",
+    "LinkStatistics",
     "NoiseLink",
     "connect_link",
     "serve_links",

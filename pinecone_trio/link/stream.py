@@ -43,6 +43,7 @@ senders or two receivers at once get `trio.BusyResourceError`.
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 from typing import Final, final
 
 import trio
@@ -73,6 +74,18 @@ RECEIVE_SIZE: Final = 256 * 1024
 #: Frames handed to the transport per write when `send_all` gets a large buffer.
 SEND_COALESCE_FRAMES: Final = 4
 _FRAME_OVERHEAD: Final = LENGTH_PREFIX_SIZE + TAG_SIZE
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStatistics:
+    """A snapshot of one link's counters (`NoiseLink.statistics()`)."""
+
+    #: Transport messages sent / received, the close notification included.
+    messages_sent: int
+    messages_received: int
+    #: Application bytes sent / received (plaintext).
+    bytes_sent: int
+    bytes_received: int
 
 
 class _ConflictDetector:
@@ -140,6 +153,8 @@ class NoiseLink(trio.abc.Stream):
         self._recv_cipher: NoiseCipher | None = None
         self._send_counter = 0
         self._recv_counter = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
         self._send_buffer = bytearray()
         self._plain: bytes | bytearray = b""
         self._held_frame: memoryview | None = None
@@ -177,6 +192,15 @@ class NoiseLink(trio.abc.Stream):
     def remote_capabilities(self) -> frozenset[str]:
         """The capability strings the peer advertised (after the handshake)."""
         return self.handshake_result.remote_capabilities
+
+    def statistics(self) -> LinkStatistics:
+        """Counters of messages and application bytes in each direction."""
+        return LinkStatistics(
+            messages_sent=self._send_counter,
+            messages_received=self._recv_counter,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+        )
 
     async def do_handshake(self) -> None:
         """Run the handshake now, if it has not run yet; idempotent.
@@ -284,6 +308,7 @@ class NoiseLink(trio.abc.Stream):
                 while offset < total:
                     out, offset = self._seal(flat, offset)
                     await self._send_raw(out)
+                self._bytes_sent += total
 
     def _seal(self, data: memoryview, offset: int) -> tuple[memoryview, int]:
         """Encrypt up to SEND_COALESCE_FRAMES frames of `data[offset:]` into the buffer."""
@@ -414,6 +439,7 @@ class NoiseLink(trio.abc.Stream):
         if plain:
             self._plain = plain
             self._plain_pos = 0
+            self._bytes_received += len(plain)
         else:
             self._eof = True  # the peer's encrypted close notification
         return True

@@ -17,6 +17,7 @@ def test_link_exports() -> None:
         "HandshakeResult",
         "LinkHandler",
         "LinkServerStatistics",
+        "LinkStatistics",
         "NoiseCipher",
         "NoiseHandshake",
         "NoiseLink",

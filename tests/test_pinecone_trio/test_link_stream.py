@@ -88,8 +88,12 @@ async def test_large_writes_arrive_intact(size: int) -> None:
             assert 0 < len(chunk) <= 50_000
             got += chunk
     assert got == payload
+    frames = -(-size // MAX_PLAINTEXT_SIZE)
+    assert a.statistics().bytes_sent == b.statistics().bytes_received == size
+    assert a.statistics().messages_sent == b.statistics().messages_received == frames
     await a.aclose()
     assert await b.receive_some() == b""
+    assert b.statistics().messages_received == frames + 1  # the close notification
     assert await b.receive_some() == b""
 
 
