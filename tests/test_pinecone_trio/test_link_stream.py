@@ -44,9 +44,16 @@ async def tcp_link_pair() -> tuple[NoiseLink, NoiseLink]:
     return await handshake_pair(client, accepted[0])
 
 
+async def lockstep_link_pair() -> tuple[NoiseLink, NoiseLink]:
+    left, right = trio.testing.lockstep_stream_pair()
+    return await handshake_pair(left, right)
+
+
 async def test_two_way_stream_over_memory() -> None:
     with trio.fail_after(60):
-        await trio.testing.check_two_way_stream(memory_link_pair, None)
+        # The lockstep (unbuffered) pair lets the checker exercise
+        # wait_send_all_might_not_block on a clogged link too.
+        await trio.testing.check_two_way_stream(memory_link_pair, lockstep_link_pair)
 
 
 async def test_two_way_stream_over_tcp() -> None:
