@@ -36,8 +36,8 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any, Final, overload
 
@@ -72,6 +72,9 @@ from .router.actions import (
 from .router.constants import MAX_PORT, MAX_TRAFFIC_PAYLOAD
 from .router.signer import Ed25519Signer
 from .router.state import RouterConfig, RouterState
+from .sessions.config import SessionConfig
+from .sessions.manager import SessionManager
+from .sessions.stream import SessionListener, SessionStream
 from .transports import dial as dial_transport
 from .transports import parse_uri
 from .transports import serve as serve_transport
@@ -94,6 +97,12 @@ ROUTER_BATCH: Final = 256
 BEACON_REDIAL_INTERVAL: Final = 5.0
 #: Keys remembered for the beacon redial limit.
 MAX_BEACON_MEMORY: Final = 1024
+#: The first byte of every exact-key overlay payload names the service it is for, so
+#: raw application datagrams and end-to-end session packets share the overlay safely.
+SERVICE_DATAGRAM: Final = 0
+SERVICE_SESSION: Final = 1
+#: The largest payload `Node.send` takes (the router's limit less the service byte).
+MAX_DATAGRAM_PAYLOAD: Final = MAX_TRAFFIC_PAYLOAD - 1
 #: The capability a listener at its peer limit advertises before it closes the link.
 REFUSED_PEER_LIMIT: Final = "refused:peer-limit"
 
@@ -113,6 +122,7 @@ class NodeConfig:
     handshake_timeout: float = 10.0
     dial_timeout: float = DIAL_TIMEOUT
     router: RouterConfig | None = None
+    sessions: SessionConfig | None = None
     #: Overrides for multicast discovery (tests use a short interval).
     beacon_interval: float | None = None
     multicast_port: int | None = None
@@ -154,6 +164,7 @@ class NodeCounters:
     duplicate_links: int = 0
     dial_failures: int = 0
     receive_drops: int = 0
+    unknown_service: int = 0
     queue_drops: int = 0
 
 
@@ -174,6 +185,23 @@ def _remote_uri(stream: trio.abc.Stream, scheme: str) -> str:
     return f"{scheme}://(inbound)"
 
 
+class _SessionService:
+    """The overlay as the session manager sees it: datagrams tagged SERVICE_SESSION."""
+
+    def __init__(self, node: Node) -> None:
+        self._node = node
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._node.public_key
+
+    async def send(self, dest: PublicKey, payload: bytes) -> None:
+        await self._node._send_service(dest, SERVICE_SESSION, payload)
+
+    async def receive(self) -> tuple[PublicKey, bytes]:
+        return await self._node._session_recv.receive()
+
+
 class Node:
     """A pinecone-trio node. Get one from `open_node`; see the module docstring."""
 
@@ -188,6 +216,13 @@ class Node:
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[Input](INBOX_SIZE)
         self._dgram_send, self._dgram_recv = trio.open_memory_channel[Datagram](RECEIVE_BUFFER)
         self._closest_send, self._closest_recv = trio.open_memory_channel[Datagram](RECEIVE_BUFFER)
+        self._session_send, self._session_recv = trio.open_memory_channel[tuple[PublicKey, bytes]](
+            RECEIVE_BUFFER
+        )
+        session_config = self._config.sessions or SessionConfig()
+        if session_config.max_packet_size > MAX_DATAGRAM_PAYLOAD:
+            session_config = replace(session_config, max_packet_size=MAX_DATAGRAM_PAYLOAD)
+        self._sessions = SessionManager(_SessionService(self), identity, config=session_config)
         self._peerings: dict[int, Peering] = {}
         self._by_key: dict[bytes, Peering] = {}
         self._free_ports = list(range(1, MAX_PORT + 1))
@@ -251,6 +286,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self._router_task)
+                await nursery.start(self._sessions.run)
                 for uri in listen:
                     scheme = parse_uri(uri).scheme
                     handler = partial(self._accept, PeerType.REMOTE, scheme)
@@ -332,6 +368,21 @@ class Node:
 
     def _deliver(self, action: DeliverLocal) -> None:
         exact = action.mode is DeliveryMode.EXACT
+        if exact:
+            payload = action.payload
+            service = payload[0] if payload else -1
+            try:
+                if service == SERVICE_SESSION:
+                    self._session_send.send_nowait((PublicKey(action.source_key), payload[1:]))
+                elif service == SERVICE_DATAGRAM:
+                    self._dgram_send.send_nowait(
+                        Datagram(PublicKey(action.source_key), payload[1:], None, action.hops)
+                    )
+                else:
+                    self.counters.unknown_service += 1
+            except trio.WouldBlock:
+                self.counters.receive_drops += 1
+            return
         datagram = Datagram(
             PublicKey(action.source_key),
             action.payload,
@@ -532,22 +583,28 @@ class Node:
     async def connect(self, target: str) -> PublicKey: ...
 
     @overload
-    async def connect(self, target: PublicKey | bytes, protocol: str) -> trio.abc.Stream: ...
+    async def connect(self, target: PublicKey | bytes, protocol: str) -> SessionStream: ...
 
     async def connect(
         self, target: str | PublicKey | bytes, protocol: str | None = None
-    ) -> PublicKey | trio.abc.Stream:
+    ) -> PublicKey | SessionStream:
         """Peer with a URI, or open a session stream to a key.
 
         `await node.connect("tcp://host:port")` (or `ws://...`, `memory://...`) dials,
         runs the Noise handshake and adds the peering to the router; it returns the
         remote key once the peering is up (or was already up over another link).
 
+        `await node.connect(key, "/chat/v1")` opens an end-to-end encrypted, reliable
+        stream to the node with `key`, across any number of hops, speaking the named
+        protocol (a `SessionStream`, a half-closeable `trio.abc.Stream`).
+
         Raises:
             LinkError: the handshake failed (wrong key, bad data, timeout).
             PeerLimitError: we or they are at the peer limit.
             OSError: the address could not be reached.
             ValueError: the URI is malformed.
+            StreamRefusedError: (sessions) the peer does not accept `protocol`.
+            SessionError: (sessions) no session could be established.
         """
         if isinstance(target, str):
             if protocol is not None:
@@ -558,8 +615,32 @@ class Node:
             raise TypeError("connect(key, protocol) needs a protocol name")
         return await self._connect_session(PublicKey(target), protocol)
 
-    async def _connect_session(self, key: PublicKey, protocol: str) -> trio.abc.Stream:
-        raise NotImplementedError("sessions are not wired into the node yet")
+    async def _connect_session(self, key: PublicKey, protocol: str) -> SessionStream:
+        return await self._sessions.connect(key, protocol)
+
+    def listen(self, protocol: str) -> AbstractAsyncContextManager[SessionListener]:
+        """Accept end-to-end streams for `protocol` while the block runs.
+
+        `async with node.listen("/chat/v1") as listener: stream = await listener.accept()`;
+        `stream.remote_key` is the proven key of the peer.
+
+        Raises:
+            ValueError: if something already listens for `protocol`.
+        """
+        return self._sessions.listen(protocol)
+
+    async def send_datagram(self, key: PublicKey | bytes, protocol: str, data: bytes) -> None:
+        """Send an encrypted, unreliable datagram named by `protocol` to `key`."""
+        await self._sessions.send_datagram(PublicKey(key), protocol, data)
+
+    async def receive_datagram(self, protocol: str) -> tuple[PublicKey, bytes]:
+        """The next end-to-end datagram for `protocol`, with its sender's proven key."""
+        return await self._sessions.receive_datagram(protocol)
+
+    @property
+    def sessions(self) -> SessionManager:
+        """The end-to-end session manager (statistics, advanced use)."""
+        return self._sessions
 
     def add_static_peer(self, uri: str) -> None:
         """Keep `uri` connected: dial now and redial with backoff whenever it drops."""
@@ -654,12 +735,18 @@ class Node:
         Delivery is best effort, like UDP: queues may drop it, routes may be missing.
 
         Raises:
-            ValueError: if `payload` is larger than `MAX_TRAFFIC_PAYLOAD`.
+            ValueError: if `payload` is larger than `MAX_DATAGRAM_PAYLOAD`.
             trio.ClosedResourceError: if the node has stopped.
         """
-        if len(payload) > MAX_TRAFFIC_PAYLOAD:
-            raise ValueError(f"payload of {len(payload)} bytes > {MAX_TRAFFIC_PAYLOAD}")
-        await self._inbox_send.send(LocalSend(bytes(PublicKey(destination)), bytes(payload)))
+        if len(payload) > MAX_DATAGRAM_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        await self._send_service(destination, SERVICE_DATAGRAM, payload)
+
+    async def _send_service(
+        self, destination: PublicKey | bytes, service: int, payload: bytes
+    ) -> None:
+        message = LocalSend(bytes(PublicKey(destination)), bytes((service,)) + payload)
+        await self._inbox_send.send(message)
 
     async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
         """Send a datagram to whichever node's key is closest to `target` (the DHT mode).
@@ -809,14 +896,13 @@ class Node:
                 "duplicate_links": self.counters.duplicate_links,
                 "dial_failures": self.counters.dial_failures,
                 "receive_drops": self.counters.receive_drops,
+                "unknown_service": self.counters.unknown_service,
                 "queue_drops": self.counters.queue_drops,
             },
         }
 
 
 def _replace_offset(config: RouterConfig, offset: float) -> RouterConfig:
-    from dataclasses import replace
-
     return replace(config, wall_clock_offset=offset)
 
 
