@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinecone_trio.errors import DecryptionFailed, LocalProtocolError, TruncatedStream
 from pinecone_trio.identity import Identity
@@ -146,3 +148,32 @@ async def test_replayed_transport_message_fails() -> None:
     with pytest.raises(trio.BrokenResourceError) as info:
         await b.receive_some()
     assert isinstance(info.value.__cause__, DecryptionFailed)
+
+
+@settings(max_examples=20)
+@given(
+    writes=st.lists(st.integers(min_value=0, max_value=140_000), min_size=1, max_size=4),
+    reads=st.lists(st.integers(min_value=1, max_value=100_000), min_size=1, max_size=4),
+)
+def test_any_writes_and_reads_preserve_the_byte_stream(writes: list[int], reads: list[int]) -> None:
+    async def main() -> None:
+        a, b = await memory_link_pair()
+        chunks = [bytes([n % 251]) * n for n in writes]
+        expected = b"".join(chunks)
+        got = bytearray()
+
+        async def sender() -> None:
+            for chunk in chunks:
+                await a.send_all(chunk)
+            await a.aclose()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sender)
+            i = 0
+            while data := await b.receive_some(reads[i % len(reads)]):
+                assert len(data) <= reads[i % len(reads)]
+                got += data
+                i += 1
+        assert got == expected
+
+    trio.run(main)
