@@ -77,3 +77,71 @@ async def test_raw_datagrams_and_sessions_share_the_overlay(
             got = await b.receive()
         assert got.payload == b"\x01raw bytes that look like a session packet"
         assert got.source_key == a.public_key
+
+
+@pytest.mark.slow
+async def test_stream_over_tcp_line_survives_a_rejoined_middle() -> None:
+    """Five nodes in a line over real TCP; a stream across four hops keeps going when
+    the middle node dies and its neighbours peer directly (or fails with a clear
+    error: either is acceptable, silence or corruption is not)."""
+    from pinecone_trio import Identity
+    from pinecone_trio.node import Node, open_node
+    from pinecone_trio.testing import Network
+
+    names = ["l0", "l1", "l2", "l3", "l4"]
+    net = Network()
+    scopes: dict[str, trio.CancelScope] = {}
+
+    async def run_node(name: str, *, task_status: trio.TaskStatus[Node]) -> None:
+        with trio.CancelScope() as scope:
+            scopes[name] = scope
+            async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node:
+                task_status.started(node)
+                await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            net.nodes[name] = await nursery.start(run_node, name)
+        for a, b in zip(names, names[1:], strict=False):
+            await net[a].connect(net[b].listen_uris[0])
+        with trio.fail_after(60):
+            await net.wait_converged()
+        first, last = net["l0"], net["l4"]
+        chunk = bytes(range(256)) * 64  # 16 KiB
+        total_chunks = 200
+        received = bytearray()
+        async with last.listen("/sink/v1") as listener:
+            async with trio.open_nursery() as inner:
+
+                async def sink() -> None:
+                    stream = await listener.accept()
+                    async with stream:
+                        while data := await stream.receive_some():
+                            received.extend(data)
+
+                inner.start_soon(sink)
+                stream = await first.connect(last.public_key, "/sink/v1")
+                outcome = "completed"
+                try:
+                    async with stream:
+                        for i in range(total_chunks):
+                            await stream.send_all(chunk)
+                            if i == total_chunks // 4:
+                                scopes["l2"].cancel()  # kill the middle node
+                                del net.nodes["l2"]
+                                await net["l1"].connect(net["l3"].listen_uris[0])
+                        await stream.send_eof()
+                        with trio.fail_after(60):
+                            await stream.receive_some()  # the sink closes after EOF
+                except PineconeError as exc:  # a clear failure is acceptable
+                    outcome = f"failed: {exc}"
+                    inner.cancel_scope.cancel()
+                with trio.fail_after(60):
+                    while outcome == "completed" and len(received) < total_chunks * len(chunk):
+                        await trio.sleep(0.1)
+        print("outcome:", outcome, len(received))
+        # whatever arrived is an intact prefix of what was sent, in order
+        assert received == (chunk * total_chunks)[: len(received)]
+        if outcome == "completed":
+            assert len(received) == total_chunks * len(chunk)
+        nursery.cancel_scope.cancel()
