@@ -820,7 +820,13 @@ class RouterState:
             self._drop("hop_limit")
             return
         dc = f.destination_coords
+        wm_key = f.watermark_key
+        wm_seq = f.watermark_seq
         if dc:
+            # A tree-routed frame carries no watermark on the wire (§3.4): treat it as
+            # fresh, so that the codec and the codec-free simulator behave the same.
+            wm_key = FULL_MASK
+            wm_seq = 0
             ann = self._current_ann()
             nh = tree_next_hop(
                 self._coords, dc, from_port, self._peer_list, ann.root_key, ann.root_seq
@@ -834,8 +840,8 @@ class RouterState:
                             f.source_coords,
                             f.destination_key,
                             f.source_key,
-                            f.watermark_key,
-                            f.watermark_seq,
+                            FULL_MASK,
+                            0,
                             f.payload,
                             f.hop_limit - 1,
                         ),
@@ -844,14 +850,14 @@ class RouterState:
                 return
             # No tree progress, or the coordinates are ours but the key is not (stale
             # coordinates, §8.4): fall back to the snake without coordinates.
-        nh2, bk, bs = self._snake(f.destination_key, False, f.watermark_key, f.watermark_seq)
+        nh2, bk, bs = self._snake(f.destination_key, False, wm_key, wm_seq)
         if nh2 is None or nh2 == LOCAL:
             self._drop("no_route")
             return
         if nh2 == from_port:
             self._drop("loop")
             return
-        if worse(bk, bs, f.watermark_key, f.watermark_seq):
+        if worse(bk, bs, wm_key, wm_seq):
             self._drop("watermark")
             return
         nf = Traffic(
