@@ -48,7 +48,7 @@ async def wait_for(condition: Callable[[], bool]) -> None:
     while not condition():
         await trio.testing.wait_all_tasks_blocked()
         if not condition():
-            await trio.sleep(0.001)
+            await trio.sleep(0.01)
 
 
 @asynccontextmanager
