@@ -1,0 +1,120 @@
+"""The `pinecone-trio` command: two relays peer, write status JSON, stop on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pinecone_trio.cli import write_json_atomically
+
+
+def _start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pinecone_trio.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 20.0) -> str:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(prefix):
+            return line[len(prefix) :].strip()
+    raise AssertionError(f"no line starting {prefix!r}")
+
+
+def _wait_json(path: Path, predicate: object, timeout: float = 30.0) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    last: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        if path.exists():
+            last = json.loads(path.read_text())
+            if predicate(last):  # type: ignore[operator]
+                return last
+        time.sleep(0.2)
+    raise AssertionError(f"status never matched; last: {last}")
+
+
+def test_two_relays_peer_and_report_status(tmp_path: Path) -> None:
+    a = _start(
+        "--key",
+        str(tmp_path / "a.key"),
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--status-json",
+        str(tmp_path / "a.json"),
+    )
+    b = None
+    try:
+        key_a = _read_until(a, "public key ")
+        uri = _read_until(a, "listening on ")
+        assert uri.startswith("tcp://127.0.0.1:")
+        assert (os.stat(tmp_path / "a.key").st_mode & 0o777) == 0o600
+        b = _start(
+            "--key",
+            str(tmp_path / "b.key"),
+            "--connect",
+            uri,
+            "--status-json",
+            str(tmp_path / "b.json"),
+        )
+        key_b = _read_until(b, "public key ")
+        status = _wait_json(tmp_path / "b.json", lambda s: len(s["peers"]) == 1)
+        assert status["public_key"] == key_b
+        assert status["peers"][0]["public_key"] == key_a  # type: ignore[index]
+        assert status["peers"][0]["uri"] == uri  # type: ignore[index]
+        assert status["root_key"] in (key_a, key_b)
+        assert isinstance(status["coords"], list)
+        assert status["static_peers"][0]["state"] == "connected"  # type: ignore[index]
+        _wait_json(tmp_path / "a.json", lambda s: s["root_key"] == max(key_a, key_b))
+    finally:
+        for proc in (a, b):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+    for proc in (a, b):
+        assert proc is not None
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 0, out
+        assert "SIGTERM: shutting down" in out
+    assert json.loads((tmp_path / "a.json").read_text())["stopped"] is True
+
+
+def test_bad_key_file_is_one_clear_line(tmp_path: Path) -> None:
+    key = tmp_path / "bad.key"
+    key.write_text("not a key")
+    key.chmod(0o600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinecone_trio.cli", "--key", str(key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        f"pinecone-trio: {key}: not a key file (expected 64 hex digits)"
+    ]
+
+
+def test_status_json_is_replaced_atomically(tmp_path: Path) -> None:
+    path = tmp_path / "s.json"
+    write_json_atomically(str(path), {"a": 1})
+    write_json_atomically(str(path), {"a": 2})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+    with pytest.raises(TypeError):
+        write_json_atomically(str(path), {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
