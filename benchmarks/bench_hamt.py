@@ -6,9 +6,10 @@ uniformly random existing keys, one awaited get at a time, in the same process.
 
 * ``single``: one awaited `put` per key (one log block and one signature each);
 * ``batch``: batches of 1,000 puts (one block per batch);
-* ``remote``: a sparse reader of a batch-built HAMT fetches one key at a time over a
-  loopback TCP link through hyperlog replication (median latency per get), when
-  `hyperlog.replication` can replicate a `hyperlog.Log`.
+* remote (after each case, on the HAMT it built): a fresh sparse reader fetches one
+  key at a time over loopback TCP through hyperlog replication, plain (one fetch per
+  pointer) and hinted (the writer sends the path's block list over a second
+  connection, the reader fetches it all at once); median and p90 latency per get.
 
 Each case runs in a fresh child process on a real SQLite store (hyperlog) in a temp
 folder; peak memory is that child's peak RSS. Beside ours, the JavaScript anchors run in
@@ -45,6 +46,8 @@ from hyperlog.log import open_store
 ANCHOR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" / "js"
 BATCH = 1000
 REMOTE_GETS = 200
+#: Fresh readers (one cold get each) per remote mode.
+COLD_READERS = 10
 #: MEDIAN rows of `anchors/js/results.md` (d), used only when the anchor is not run.
 RECORDED = {
     "hypertrie-put": {"putsPerSec": 1401, "getsPerSec": 5451, "logBytesPerKey": 209},
@@ -106,6 +109,11 @@ async def run_local(case: str, n: int, seed: int) -> dict[str, Any]:
                     raise RuntimeError(f"only {found}/{len(gets)} gets matched")
                 stats = db.statistics()
                 length, byte_length = log.length, log.byte_length
+                rss = max_rss_mib()
+                try:
+                    remote = await measure_remote(log, db, keys, values, seed)
+                except Exception as exc:  # replication is another part's work: report it
+                    remote = {"skipped": repr(exc)}
         return {
             "case": case,
             "n": n,
@@ -117,89 +125,132 @@ async def run_local(case: str, n: int, seed: int) -> dict[str, Any]:
             "logLength": length,
             "logBytesPerKey": byte_length / n,
             "diskMiB": du(folder) / 2**20,
-            "maxRssMiB": max_rss_mib(),
+            "maxRssMiB": rss,
             "cacheBlocks": stats.cache.blocks,
             "fetches": stats.fetches,
+            "remote": remote,
         }
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-async def run_remote(n: int, seed: int) -> dict[str, Any]:
-    """Median latency of a sparse remote get over loopback TCP (hyperlog replication)."""
-    try:
-        from hyperlog.replication import replicate, replication_for
-    except ImportError as exc:  # pragma: no cover - depends on the replication issue
-        return {"case": "remote", "skipped": f"hyperlog.replication unavailable: {exc}"}
-    keys, values, _ = make_data(n, seed)
+async def measure_remote(
+    wlog: Any, writer: hamt.Hamt[bytes], keys: list[str], values: list[bytes], seed: int
+) -> dict[str, Any]:
+    """Sparse remote gets from a fresh reader over loopback TCP (hyperlog replication).
+
+    The reader's store is new: it learns the signed head, then each get fetches the
+    blocks on the key's path that it does not hold yet (the upper levels stay local
+    after the first gets, as they would for a real reader). `plain` follows pointers
+    one fetch at a time; `hinted` first asks the writer for the path (`PathHintClient`
+    over a second connection) and fetches all of it at once.
+    """
+    from hyperlog.replication import replicate, replication_for
+
     rnd = random.Random(seed + 1)
-    wdir = tempfile.mkdtemp(prefix="bench-hamt-w-")
     rdir = tempfile.mkdtemp(prefix="bench-hamt-r-")
+    out: dict[str, Any] = {"warm_gets": REMOTE_GETS, "cold_readers": COLD_READERS}
     try:
-        async with open_store(wdir) as wstore, open_store(rdir) as rstore:
-            wlog = await wstore.create_log()
-            async with hamt.open_hamt(wlog) as writer:
-                for i in range(0, n, BATCH):
-                    async with writer.batch() as b:
-                        for j in range(i, min(n, i + BATCH)):
-                            b.put(keys[j], values[j])
+        async with open_store(rdir) as rstore, trio.open_nursery() as nursery:
             rlog = await rstore.open_log(wlog.key)
-            try:
-                replication_for(rlog)
-            except Exception as exc:
-                return {"case": "remote", "skipped": f"cannot replicate a hyperlog.Log: {exc!r}"}
-            listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-            port = listeners[0].socket.getsockname()[1]
-            async with trio.open_nursery() as nursery:
+            rep_l = await trio.open_tcp_listeners(0, host="127.0.0.1")
+            hint_l = await trio.open_tcp_listeners(0, host="127.0.0.1")
 
-                async def serve(stream: trio.abc.Stream) -> None:
-                    async with replicate(stream, wlog) as session:
-                        await session.wait_closed()
+            async def serve_rep(stream: trio.abc.Stream) -> None:
+                async with replicate(stream, wlog) as session:
+                    await session.wait_closed()
 
-                nursery.start_soon(trio.serve_listeners, serve, listeners)
-                client = await trio.open_tcp_stream("127.0.0.1", port)
-                async with replicate(client, rlog):
-                    rep = replication_for(rlog)
-                    with trio.fail_after(30):
-                        await rep.wait_for_peers()
-                        await rep.update()
-                    latencies: list[float] = []
-                    async with hamt.open_hamt(rlog, cache_blocks=1) as reader:
-                        for _ in range(REMOTE_GETS):
-                            i = rnd.randrange(n)
-                            t = time.perf_counter()
-                            with trio.fail_after(30):
-                                got = await reader.get(keys[i])
-                            latencies.append(time.perf_counter() - t)
-                            if got != values[i]:
-                                raise RuntimeError("remote get returned a wrong value")
-                        held = sum(1 for s in range(rlog.length) if rlog.has(s))
-                nursery.cancel_scope.cancel()
-        return {
-            "case": "remote",
-            "n": n,
-            "gets": REMOTE_GETS,
-            "msPerGetMedian": 1e3 * statistics.median(latencies),
-            "msPerGetP90": 1e3 * sorted(latencies)[int(0.9 * len(latencies))],
-            "blocksHeld": held,
-            "logLength": rlog.length,
-        }
+            async def serve_hints(stream: trio.abc.Stream) -> None:
+                await hamt.serve_path_hints(stream, writer)
+
+            nursery.start_soon(trio.serve_listeners, serve_rep, rep_l)
+            nursery.start_soon(trio.serve_listeners, serve_hints, hint_l)
+            rs = await trio.open_tcp_stream("127.0.0.1", rep_l[0].socket.getsockname()[1])
+            hs = await trio.open_tcp_stream("127.0.0.1", hint_l[0].socket.getsockname()[1])
+            hints = hamt.PathHintClient(hs)
+            async with replicate(rs, rlog):
+                rep = replication_for(rlog)
+                with trio.fail_after(60):
+                    await rep.update()
+                async with hamt.open_hamt(rlog) as reader:
+                    for mode in ("plain", "hinted"):
+                        out["warm_" + mode] = await _timed_gets(
+                            reader, rlog, hints if mode == "hinted" else None, keys, values, rnd
+                        )
+                    out["blocksHeld"] = rlog.statistics().blocks_held
+                    out["logLength"] = rlog.length
+            # Cold: a brand-new reader (empty store) for every get.
+            for mode in ("plain", "hinted"):
+                lat: list[float] = []
+                for _ in range(COLD_READERS):
+                    async with open_store() as cstore:
+                        clog = await cstore.open_log(wlog.key)
+                        cs = await trio.open_tcp_stream(
+                            "127.0.0.1", rep_l[0].socket.getsockname()[1]
+                        )
+                        async with replicate(cs, clog):
+                            with trio.fail_after(60):
+                                await replication_for(clog).update()
+                            async with hamt.open_hamt(clog) as cold:
+                                r = await _timed_gets(
+                                    cold,
+                                    clog,
+                                    hints if mode == "hinted" else None,
+                                    keys,
+                                    values,
+                                    rnd,
+                                    count=1,
+                                )
+                                lat.append(r["msPerGetMedian"])
+                                fetched = r["blocksFetchedPerGet"]
+                lat.sort()
+                out["cold_" + mode] = {
+                    "msPerGetMedian": statistics.median(lat),
+                    "msMax": lat[-1],
+                    "blocksFetchedPerGet": fetched,
+                }
+            await hs.aclose()
+            nursery.cancel_scope.cancel()
+        return out
     finally:
-        shutil.rmtree(wdir, ignore_errors=True)
         shutil.rmtree(rdir, ignore_errors=True)
 
 
+async def _timed_gets(
+    reader: hamt.Hamt[bytes],
+    rlog: Any,
+    hints: hamt.PathHintClient | None,
+    keys: list[str],
+    values: list[bytes],
+    rnd: random.Random,
+    count: int = REMOTE_GETS,
+) -> dict[str, float]:
+    lat: list[float] = []
+    fetched = 0
+    for _ in range(count):
+        i = rnd.randrange(len(keys))
+        held = rlog.statistics().blocks_held
+        t = time.perf_counter()
+        with trio.fail_after(60):
+            if hints is not None:
+                reply = await hints.path_hint(keys[i])
+                got = await reader.get(keys[i], hint=reply.blocks)
+            else:
+                got = await reader.get(keys[i])
+        lat.append(time.perf_counter() - t)
+        fetched += rlog.statistics().blocks_held - held
+        if got != values[i]:
+            raise RuntimeError("remote get returned a wrong value")
+    lat.sort()
+    return {
+        "msPerGetMedian": 1e3 * statistics.median(lat),
+        "msPerGetP90": 1e3 * lat[int(0.9 * len(lat))],
+        "blocksFetchedPerGet": fetched / count,
+    }
+
+
 def child(case: str, n: int, seed: int) -> None:
-    if case == "remote":
-        try:
-            result = trio.run(run_remote, n, seed)
-        except Exception as exc:  # replication of a real Log may not be wired up yet
-            result = {"case": "remote", "skipped": f"replicating a hyperlog.Log failed: {exc!r}"}
-            while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-                exc = exc.exceptions[0]  # type: ignore[assignment]
-            result["cause"] = repr(exc)
-    else:
-        result = trio.run(run_local, case, n, seed)
+    result = trio.run(run_local, case, n, seed)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -249,7 +300,7 @@ def main() -> None:
     notes: list[str] = []
     ours: dict[str, dict[str, Any]] = {}
     me = [sys.executable, os.path.abspath(__file__), "--seed", str(a.seed), "--child"]
-    for case in ("single", "batch", "remote"):
+    for case in ("single", "batch"):
         t = time.perf_counter()
         ours[case] = run_child([*me, case, str(n)])
         print(f"  ours {case}: {json.dumps(ours[case])}", file=sys.stderr, flush=True)
@@ -307,7 +358,8 @@ def main() -> None:
             f"{1e6 / r['getsPerSec']:>9.0f}{r['logBytesPerKey']:>9.0f}"
             f"{r.get('maxRssMiB', float('nan')):>9.0f}"
         )
-    print("remote:", json.dumps(ours["remote"]))
+    for c in ("single", "batch"):
+        print(f"remote get, {c}-built HAMT:", json.dumps(ours[c]["remote"]))
     for k, v in rounded.items():
         print(f"{k}: {v}")
 

@@ -1,0 +1,53 @@
+"""A sparse reader of a remote HAMT over hyperlog replication (real `hyperlog.Log`s).
+
+Real clock, like hyperlog's own replication tests: the log works in worker threads,
+which autojump would race. Each test takes well under a second.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+import hamt
+from hyperlog.log import open_store
+from hyperlog.replication import replicate, replication_for
+
+
+async def test_sparse_remote_get_fetches_only_the_path() -> None:
+    async with open_store() as ws, open_store() as rs:
+        wlog = await ws.create_log()
+        async with hamt.open_hamt(wlog) as writer:
+            for i in range(0, 4000, 1000):
+                async with writer.batch() as b:
+                    for j in range(i, i + 1000):
+                        b.put(f"k{j}", b"v%d" % j)
+            for j in range(50):
+                await writer.put(f"single/{j}", b"s%d" % j)
+            rlog = await rs.open_log(wlog.key)
+            s1, s2 = trio.testing.memory_stream_pair()
+            h1, h2 = trio.testing.memory_stream_pair()
+            with trio.fail_after(60):
+                async with (
+                    replicate(s1, wlog),
+                    replicate(s2, rlog),
+                    trio.open_nursery() as nursery,
+                ):
+                    await nursery.start(hamt.serve_path_hints, h1, writer)
+                    await replication_for(rlog).update()
+                    assert rlog.length == wlog.length
+                    async with hamt.open_hamt(rlog) as reader:
+                        assert await reader.get("k1234") == b"v1234"
+                        assert await reader.get("single/7") == b"s7"
+                        assert await reader.get("nope") is None
+                        held = rlog.statistics().blocks_held
+                        assert held <= 12  # the paths only, not the 55-block log
+                        client = hamt.PathHintClient(h2)
+                        reply = await client.path_hint("k3999")
+                        assert await reader.get("k3999", hint=reply.blocks) == b"v3999"
+                        assert all(rlog.has(s) for s in reply.blocks)
+                        assert {k async for k, _ in reader.items("single")} == {
+                            f"single/{j}" for j in range(50)
+                        }
+                    await h2.aclose()
+                    nursery.cancel_scope.cancel()
