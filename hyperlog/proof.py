@@ -332,7 +332,7 @@ def _upgrade_indices(
     for root in flat_tree.full_roots(to):
         if flat_tree.right_span(root) < from_:
             continue  # an old root: the reader has it
-        if not connected:
+        if not connected and flat_tree.contains(root, from_ - 2):
             connected = True
             # grow the reader's last root: walk from its last leaf up to `root`, sending
             # the right siblings (left ones are the reader's own roots)
@@ -661,7 +661,7 @@ def _verify_upgrade(
             roots.append(old_roots[k])
             k += 1
             continue
-        if not grown:
+        if not grown and k < len(old_roots):
             grown = True
             # the remaining old roots sit under r; push them back, then grow the last
             for node in old_roots[k:]:
