@@ -79,7 +79,14 @@ class _Dirty:
     def copy_of(node: Node, src: int) -> _Dirty:
         dm, nm = node[0], node[1]
         ne = 2 + dm.bit_count()
-        return _Dirty(dm, nm, node[2:ne], [(c, src) if type(c) is list else c for c in node[ne:]])
+        # Pointers are stored relative to the block holding them; dirty nodes hold
+        # absolute block numbers until `encode` makes them relative to the new block.
+        return _Dirty(
+            dm,
+            nm,
+            [src - e for e in node[2:ne]],
+            [(c, src) if type(c) is list else src - c for c in node[ne:]],
+        )
 
 
 @final
@@ -132,7 +139,7 @@ class Mutation:
             child, src = descend(b, path, depth), c
         d: _Dirty | _Bucket
         if depth == MAX_DEPTH:
-            d = _Bucket([(k, s) for k, s in child])
+            d = _Bucket([(k, src - s) for k, s in child])
         else:
             d = _Dirty.copy_of(child, src)
         node.children[i] = d
@@ -306,11 +313,12 @@ class Mutation:
 
         def enc(node: Any) -> Node:
             if type(node) is _Bucket:
-                return [[k, seq if type(e) is _New else e] for k, e in node.items]
+                return [[k, 0 if type(e) is _New else seq - e] for k, e in node.items]
             out: Node = [node.dm, node.nm]
-            out += [seq if type(e) is _New else e for e in node.entries]
+            out += [0 if type(e) is _New else seq - e for e in node.entries]
             out += [
-                c if type(c) is int else c[1] if type(c) is tuple else enc(c) for c in node.children
+                seq - c if type(c) is int else seq - c[1] if type(c) is tuple else enc(c)
+                for c in node.children
             ]
             return out
 

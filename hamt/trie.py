@@ -91,11 +91,13 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
     Returns the value bytes, or None if the key is absent.
     """
     node = root.root
+    src = root.seq  # the block holding `node`: pointers in it are relative to src
     depth = 0
     while True:
         if depth == MAX_DEPTH:
             for k, s in node:
                 if k == key:
+                    s = src - s
                     b = cache.get(s)
                     if b is None:
                         b = yield s
@@ -107,7 +109,7 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
         bit = 1 << ((path >> (PATH_BITS - CHUNK_BITS * (depth + 1))) & (FANOUT - 1))
         dm = node[0]
         if dm & bit:
-            s = node[2 + (dm & (bit - 1)).bit_count()]
+            s = src - node[2 + (dm & (bit - 1)).bit_count()]
             b = cache.get(s)
             if b is None:
                 b = yield s
@@ -120,9 +122,10 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
         if type(c) is list:
             node = c
         else:
-            b = cache.get(c)
+            src -= c
+            b = cache.get(src)
             if b is None:
-                b = yield c
+                b = yield src
             node = descend(b, path, depth)
 
 
@@ -134,12 +137,13 @@ def path_blocks(root: Block, path: int, cache: BlockCache) -> Steps[list[int]]:
     """
     seqs = [root.seq]
     node = root.root
+    src = root.seq
     depth = 0
     while depth < MAX_DEPTH:
         bit = 1 << chunk(path, depth)
         dm, nm = node[0], node[1]
         if dm & bit:
-            s = node[2 + (dm & (bit - 1)).bit_count()]
+            s = src - node[2 + (dm & (bit - 1)).bit_count()]
             if s not in seqs:
                 seqs.append(s)
             return seqs
@@ -150,14 +154,15 @@ def path_blocks(root: Block, path: int, cache: BlockCache) -> Steps[list[int]]:
         if type(c) is list:
             node = c
             continue
-        seqs.append(c)
-        b = cache.get(c)
+        src -= c
+        seqs.append(src)
+        b = cache.get(src)
         if b is None:
-            b = yield c
+            b = yield src
         node = descend(b, path, depth)
     for _k, s in node:  # a collision bucket: every key's block
-        if s not in seqs:
-            seqs.append(s)
+        if src - s not in seqs:
+            seqs.append(src - s)
     return seqs
 
 
@@ -175,8 +180,8 @@ def _child(
     """Resolve child slot `c` of a node held by block `src`: (node at `depth`, its block)."""
     if type(c) is list:
         return c, src
-    b = yield from _get(cache, c)
-    return descend(b, path, depth), c
+    b = yield from _get(cache, src - c)
+    return descend(b, path, depth), src - c
 
 
 def _entry(
@@ -188,9 +193,10 @@ def _entry(
     return Item(key, b.puts[key], s)
 
 
-def _bucket_items(node: Node, cache: BlockCache) -> Generator[int, Any, list[Item]]:
+def _bucket_items(node: Node, src: int, cache: BlockCache) -> Generator[int, Any, list[Item]]:
     out = []
-    for k, s in node:
+    for k, rel in node:
+        s = src - rel
         b = yield from _get(cache, s)
         value = b.puts.get(k)
         if value is None:
@@ -203,7 +209,7 @@ def _walk(
     node: Node, src: int, depth: int, prefix: int, cache: BlockCache, path_fn: PathFn
 ) -> ItemSteps:
     if depth == MAX_DEPTH:
-        for item in (yield from _bucket_items(node, cache)):
+        for item in (yield from _bucket_items(node, src, cache)):
             yield item
         return
     dm, nm = node[0], node[1]
@@ -214,7 +220,9 @@ def _walk(
     for c in range(FANOUT):
         bit = 1 << c
         if dm & bit:
-            item = yield from _entry(node[ei], prefix | (c << shift), depth + 1, cache, path_fn)
+            item = yield from _entry(
+                src - node[ei], prefix | (c << shift), depth + 1, cache, path_fn
+            )
             ei += 1
             yield item
         elif nm & bit:
@@ -235,7 +243,7 @@ def iterate(
         dm, nm = node[0], node[1]
         if dm & bit:
             item = yield from _entry(
-                node[2 + (dm & (bit - 1)).bit_count()], prefix, d + 1, cache, path_fn
+                src - node[2 + (dm & (bit - 1)).bit_count()], prefix, d + 1, cache, path_fn
             )
             if position(path_fn(item.key), depth) == position(prefix, depth):
                 yield item
@@ -247,8 +255,8 @@ def iterate(
     yield from _walk(node, src, depth, position(prefix, depth), cache, path_fn)
 
 
-def _slot(node: Node | None, c: int, src: int) -> tuple[str, Any]:
-    """Classify chunk `c` of `node`: ("", None), ("e", seq) or ("n", child) with its identity."""
+def _slot(node: Node | None, c: int) -> tuple[str, Any]:
+    """Classify chunk `c` of `node`: ("", None), ("e", pointer) or ("n", child)."""
     if node is None:
         return "", None
     bit = 1 << c
@@ -267,7 +275,7 @@ def _collect(
     if kind == "":
         return {}
     if kind == "e":
-        item = yield from _entry(val, prefix, depth, cache, path_fn)
+        item = yield from _entry(src - val, prefix, depth, cache, path_fn)
         return {item.key: item.value}
     child, csrc = yield from _child(val, src, prefix, depth, cache)
     out: dict[str, bytes] = {}
@@ -303,18 +311,18 @@ def _diff(
     path_fn: PathFn,
 ) -> DiffSteps:
     if depth == MAX_DEPTH:
-        ia = yield from _bucket_items(an, cache)
-        ib = yield from _bucket_items(bn, cache)
+        ia = yield from _bucket_items(an, asrc, cache)
+        ib = yield from _bucket_items(bn, bsrc, cache)
         for d in _diff_dicts({i.key: i.value for i in ia}, {i.key: i.value for i in ib}):
             yield d
         return
     shift = PATH_BITS - CHUNK_BITS * (depth + 1)
     for c in range(FANOUT):
-        ka, va = _slot(an, c, asrc)
-        kb, vb = _slot(bn, c, bsrc)
+        ka, va = _slot(an, c)
+        kb, vb = _slot(bn, c)
         # A slot's identity is the block that wrote it: equal identities, equal subtrees.
-        ida = asrc if type(va) is list else va
-        idb = bsrc if type(vb) is list else vb
+        ida = asrc if type(va) is list else asrc - (va or 0)
+        idb = bsrc if type(vb) is list else bsrc - (vb or 0)
         if ka == kb and (ka == "" or ida == idb):
             continue
         sub = prefix | (c << shift)

@@ -224,9 +224,9 @@ def decode_block(data: bytes, seq: int) -> Block:
         raise CorruptNodeError("not an operation block", seq=seq)
     ops, root = obj[1], obj[2]
     puts = _check_ops(ops, seq)
-    budget = [MAX_NODES_PER_BLOCK]
-    _check_node(root, 0, seq, budget, root=True)
-    return Block(seq, root, ops, puts, len(data))
+    index: dict[int, Node] = {}
+    _check_node(root, 0, 1, seq, index)
+    return Block(seq, root, ops, puts, len(data), None, index)
 
 
 def _check_ops(ops: Any, seq: int) -> dict[str, bytes]:
@@ -254,12 +254,16 @@ def _check_ops(ops: Any, seq: int) -> dict[str, bytes]:
     return puts
 
 
-def _check_node(node: Any, depth: int, seq: int, budget: list[int], *, root: bool = False) -> None:
-    budget[0] -= 1
-    if budget[0] < 0:
+_INT_ONLY: Final = {int}
+
+
+def _check_node(node: Any, depth: int, key: int, seq: int, index: dict[int, Node]) -> None:
+    """Validate `node` (at `depth`, position `key`) and its inline subtree; index each node."""
+    if len(index) >= MAX_NODES_PER_BLOCK:
         raise CorruptNodeError("too many nodes in one block", seq=seq)
-    if not isinstance(node, list):
+    if type(node) is not list:
         raise CorruptNodeError("node is not a list", seq=seq)
+    index[key] = node
     if depth == MAX_DEPTH:
         _check_bucket(node, seq)
         return
@@ -270,22 +274,27 @@ def _check_node(node: Any, depth: int, seq: int, budget: list[int], *, root: boo
         raise CorruptNodeError("bad bitmap", seq=seq)
     if not 0 <= nm < 1 << FANOUT or dm & nm:
         raise CorruptNodeError("bad bitmap", seq=seq)
-    ne, nc = dm.bit_count(), nm.bit_count()
-    if len(node) != 2 + ne + nc:
+    ne = 2 + dm.bit_count()
+    if len(node) != ne + nm.bit_count():
         raise CorruptNodeError("bitmap does not match the slots", seq=seq)
-    if not root and ne + nc == 0:
+    if depth and len(node) == 2:
         raise CorruptNodeError("empty inner node", seq=seq)
-    for i in range(2, 2 + ne):
-        e = node[i]
-        if type(e) is not int or not 0 < e <= seq:
-            raise CorruptNodeError(f"entry pointer {e!r} out of range", seq=seq)
-    for i in range(2 + ne, 2 + ne + nc):
+    if ne > 2:
+        # C-level checks: every entry pointer an int (not a bool or float) in 0..seq-1.
+        ents = node[2:ne]
+        if set(map(type, ents)) != _INT_ONLY or min(ents) < 0 or max(ents) >= seq:
+            raise CorruptNodeError(f"entry pointer out of range in {ents!r}", seq=seq)
+    i = ne
+    while nm:
+        low = nm & -nm
+        nm ^= low
         c = node[i]
+        i += 1
         if type(c) is int:
             if not 0 < c < seq:
                 raise CorruptNodeError(f"child pointer {c!r} out of range", seq=seq)
         else:
-            _check_node(c, depth + 1, seq, budget)
+            _check_node(c, depth + 1, (key << CHUNK_BITS) | (low.bit_length() - 1), seq, index)
 
 
 def _check_bucket(node: list[Any], seq: int) -> None:
@@ -298,7 +307,7 @@ def _check_bucket(node: list[Any], seq: int) -> None:
             or len(item) != 2
             or not isinstance(item[0], str)
             or type(item[1]) is not int
-            or not 0 < item[1] <= seq
+            or not 0 <= item[1] < seq
             or item[0] in keys
         ):
             raise CorruptNodeError("bad collision bucket entry", seq=seq)

@@ -24,10 +24,9 @@ async def reader(*blocks: bytes, hash_function: Any = None) -> hamt.Hamt[bytes]:
     return await load_hamt(log, hash_function=hash_function)
 
 
-def one_entry_root(key: str, seq: int, entry_seq: int | None = None) -> list[Any]:
-    """A root holding `key` at depth 0 (under the all-zero hash used below)."""
-    del key
-    return [1, 0, seq if entry_seq is None else entry_seq]
+def one_entry_root() -> list[Any]:
+    """A root whose chunk 0 holds an entry of its own block (pointers are relative)."""
+    return [1, 0, 0]
 
 
 ZERO = lambda _d: b"\x00" * 8  # noqa: E731 - every key's chunks are all 0
@@ -42,7 +41,7 @@ async def expect_corrupt(db: hamt.Hamt[bytes], key: str = KEY) -> None:
 
 
 async def test_valid_hand_built_block_reads() -> None:
-    db = await reader(encode_node_block([[KEY, b"v"]], one_entry_root(KEY, 1)), hash_function=ZERO)
+    db = await reader(encode_node_block([[KEY, b"v"]], one_entry_root()), hash_function=ZERO)
     assert await db.get(KEY) == b"v"
     assert [x async for x in db.items()] == [(KEY, b"v")]
 
@@ -69,22 +68,24 @@ async def test_oversized_block_is_refused_before_decoding() -> None:
 @pytest.mark.parametrize(
     ("ops", "root"),
     [
-        ([[KEY, b"v"]], [1, 0, 2]),  # entry pointer to the future
-        ([[KEY, b"v"]], [1, 0, 0]),  # entry pointer to the header
-        ([[KEY, b"v"]], [1, 0, -1]),  # negative pointer
-        ([[KEY, b"v"]], [0, 1, 1]),  # child pointer to itself: a cycle
-        ([[KEY, b"v"]], [0, 1, 7]),  # child pointer to the future
+        ([[KEY, b"v"]], [1, 0, -1]),  # entry pointer to the future (block 2)
+        ([[KEY, b"v"]], [1, 0, 1]),  # entry pointer to the header (block 0)
+        ([[KEY, b"v"]], [1, 0, 5]),  # entry pointer before the log
+        ([[KEY, b"v"]], [0, 1, 0]),  # child pointer to its own block: a cycle
+        ([[KEY, b"v"]], [0, 1, -3]),  # child pointer to the future
+        ([[KEY, b"v"]], [0, 1, 1]),  # child pointer to the header
         ([[KEY, b"v"]], [1, 0]),  # bitmap says one slot, none present
-        ([[KEY, b"v"]], [1, 0, 1, 1]),  # more slots than bits
-        ([[KEY, b"v"]], [1, 1, 1, 1]),  # the same chunk as entry and child
-        ([[KEY, b"v"]], [1 << 16, 0, 1]),  # bitmap wider than 16 bits
-        ([[KEY, b"v"]], [1, 0, "1"]),  # wrong type
+        ([[KEY, b"v"]], [1, 0, 0, 0]),  # more slots than bits
+        ([[KEY, b"v"]], [1, 1, 0, 0]),  # the same chunk as entry and child
+        ([[KEY, b"v"]], [1 << 16, 0, 0]),  # bitmap wider than 16 bits
+        ([[KEY, b"v"]], [1, 0, "0"]),  # wrong type
+        ([[KEY, b"v"]], [1, 0, 0.0]),  # wrong type
         ([[KEY, b"v"]], [0, 1, [0, 0]]),  # empty inner node
-        ([[KEY, b"v"], [KEY, b"w"]], [1, 0, 1]),  # one key twice
-        ([[KEY, 5]], [1, 0, 1]),  # value not bytes
-        ([[KEY, b"v", 9]], [1, 0, 1]),  # unknown op flag
-        ([["x" * (MAX_KEY_BYTES + 1), b"v"]], [1, 0, 1]),  # oversized key
-        ({"k": 1}, [1, 0, 1]),  # ops not a list
+        ([[KEY, b"v"], [KEY, b"w"]], [1, 0, 0]),  # one key twice
+        ([[KEY, 5]], [1, 0, 0]),  # value not bytes
+        ([[KEY, b"v", 9]], [1, 0, 0]),  # unknown op flag
+        ([["x" * (MAX_KEY_BYTES + 1), b"v"]], [1, 0, 0]),  # oversized key
+        ({"k": 1}, [1, 0, 0]),  # ops not a list
     ],
 )
 async def test_malformed_node_block(ops: Any, root: Any) -> None:
@@ -92,8 +93,8 @@ async def test_malformed_node_block(ops: Any, root: Any) -> None:
 
 
 async def test_child_pointer_to_a_block_without_that_node() -> None:
-    b1 = encode_node_block([["other", b"v"]], [1, 0, 1])  # holds an entry, no child
-    b2 = encode_node_block([], [0, 1, 1])  # says: the subtree at chunk 0 is in block 1
+    b1 = encode_node_block([["other", b"v"]], [1, 0, 0])  # holds an entry, no child
+    b2 = encode_node_block([], [0, 1, 1])  # says: the subtree at chunk 0 is in block 2 - 1
     await expect_corrupt(await reader(b1, b2, hash_function=ZERO))
 
 
@@ -101,7 +102,7 @@ async def test_entry_pointer_to_a_block_without_that_entry() -> None:
     def h(data: bytes) -> bytes:
         return (b"\x55" if data == b"k" else b"\x00") * 8
 
-    b1 = encode_node_block([["other", b"v"]], [1, 0, 1])  # "other" at chunk 0
+    b1 = encode_node_block([["other", b"v"]], [1, 0, 0])  # "other" at chunk 0
     b2 = encode_node_block([["x", b"w"]], [1 << 5, 0, 1])  # chunk 5 -> block 1: no such entry
     db = await reader(b1, b2, hash_function=h)
     with trio.fail_after(5):
@@ -112,7 +113,7 @@ async def test_entry_pointer_to_a_block_without_that_entry() -> None:
 
 
 async def test_deep_inline_chain_is_bounded() -> None:
-    node: Any = [1, 0, 1]
+    node: Any = [1, 0, 0]
     for _ in range(200):  # deeper than MAX_DEPTH
         node = [0, 1, node]
     await expect_corrupt(await reader(encode_node_block([[KEY, b"v"]], node), hash_function=ZERO))
