@@ -621,9 +621,8 @@ class Verifier:
             DecodeError: if ``manifest`` is bytes that do not decode.
         """
         m = Manifest.decode(manifest) if isinstance(manifest, bytes | bytearray) else manifest
-        if len(m.signers) == 1 and m.signers[0].public_key == key:
-            return cls(key, m)
-        if manifest_hash(m) != key:
+        compat = len(m.signers) == 1 and m.signers[0].public_key == key
+        if not compat and manifest_hash(m) != key:
             raise InvalidSignatureError("the manifest does not hash to the log key")
         try:
             return cls(key, m)

@@ -61,10 +61,16 @@ class Holder:
             value = self.blocks[req.block.index]
         needed = set(proof_node_indices(self.tree, req))
         assert needed <= set(self.store)
+        store = self.store
+
+        def prefetched(i: int) -> TreeNode | None:
+            # without a seek, the proof reads exactly the nodes proof_node_indices listed
+            return store.get(i) if req.seek is not None or i in needed else None
+
         return create_proof(
             self.tree,
             req,
-            self.store.get,
+            prefetched,
             value=value,
             manifest=VERIFIER.manifest.encode() if manifest else None,
         )
@@ -470,3 +476,39 @@ def test_seek_without_upgrade_and_from_inside_the_trusted_tree() -> None:
     proof = holder.prove(ProofRequest(0, seek=SeekRequest(3), upgrade=UpgradeRequest(12, 9)))
     batch = verify_proof(part.tree, proof, VERIFIER, part.store.get)
     assert batch.seek == (0, 3) and batch.length == 21
+
+
+def test_compat_log_proofs() -> None:
+    verifier = crypto.Verifier.compat(KP.public_key)
+    tree = MerkleTree()
+    blocks = distinct_blocks(13, 10)
+    batch = tree.append(blocks)
+    batch.sign(verifier, KP.secret_key)
+    store = {n.index: n for n in batch.nodes}
+    tree.apply(batch)
+    req = ProofRequest(0, block=BlockRequest(11, 0), upgrade=UpgradeRequest(0, 13))
+    proof = create_proof(tree, req, store.get, value=blocks[11])
+    got = verify_proof(MerkleTree(), proof, verifier, nothing)
+    assert got.block == (11, blocks[11]) and got.length == 13
+    with pytest.raises(InvalidSignatureError):
+        verify_proof(MerkleTree(), proof, VERIFIER, nothing)  # manifest mode, same key pair
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_large_tree_random_requests(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randint(2000, 5000)
+    holder = Holder(distinct_blocks(n, seed), chunk=rng.randint(1, 500))
+    for _ in range(40):
+        length = rng.randint(0, n - 1)
+        reader = Reader(holder, length)
+        i = rng.randrange(n)
+        if i < length and rng.random() < 0.5:
+            req = ProofRequest(0, block=BlockRequest(i, missing_nodes(2 * i, length, reader.has)))
+        else:
+            to = rng.randint(max(length, i) + 1, n)
+            nodes = missing_nodes(2 * i, length, reader.has) if i < length else 0
+            req = ProofRequest(
+                0, block=BlockRequest(i, nodes), upgrade=UpgradeRequest(length, to - length)
+            )
+        _check_batch(holder, reader, req, 0)
