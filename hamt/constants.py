@@ -54,9 +54,12 @@ MAX_BUCKET_ENTRIES: Final = 4096
 #: Most nodes one block may carry (a batch of 65,536 keys rewrites fewer than this).
 MAX_NODES_PER_BLOCK: Final = 1 << 20
 
-#: Default LRU limits of decoded blocks: a count and the sum of their encoded sizes.
-DEFAULT_CACHE_BLOCKS: Final = 65_536
-DEFAULT_CACHE_BYTES: Final = 64 * 1024 * 1024
+#: Default LRU limits of decoded blocks: a count and the sum of their encoded sizes
+#: (a decoded block takes about 10x its encoded size in memory: ~2.5 KB for a single
+#: put's block). The defaults hold a 100,000-key HAMT built by single puts (~25 MB
+#: encoded) or by batches (~14 MB).
+DEFAULT_CACHE_BLOCKS: Final = 131_072
+DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
 #: Most blocks a read path may fetch before it is declared corrupt (a bound on any walk
 #: that follows pointers; every pointer also goes strictly backwards, so no cycles).
 MAX_FETCHES_PER_LOOKUP: Final = 4 * MAX_DEPTH + 8
