@@ -60,8 +60,3 @@ MAX_NODES_PER_BLOCK: Final = 1 << 20
 #: encoded) or by batches (~14 MB).
 DEFAULT_CACHE_BLOCKS: Final = 131_072
 DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
-#: Most blocks a read path may fetch before it is declared corrupt (a bound on any walk
-#: that follows pointers; every pointer also goes strictly backwards, so no cycles).
-MAX_FETCHES_PER_LOOKUP: Final = 4 * MAX_DEPTH + 8
-#: Most changes `watch()` buffers before it skips ahead (one block's ops at most).
-MAX_WATCH_BACKLOG: Final = MAX_BATCH_OPS

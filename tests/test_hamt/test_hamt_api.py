@@ -220,3 +220,21 @@ async def test_one_walk_serves_a_synchronous_loop() -> None:
         got = drive_sync(lookup(root, key, hasher.path(key), cache), fetch)
         assert got == want
     assert set(asked) <= set(range(1, log.length))
+
+
+async def test_watch_on_a_hyperlog_log() -> None:
+    """With a `hyperlog.Log`, watch also waits on the log's own length (replication)."""
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db, aclosing(db.watch()) as changes:
+            await db.put("x", b"1")
+            async with db.batch() as b:
+                b.put("y", b"2")
+                b.delete("x")
+            got = []
+            with trio.fail_after(10):
+                async for c in changes:
+                    got.append((c.version, c.key, c.value))
+                    if len(got) == 3:
+                        break
+            assert got == [(2, "x", b"1"), (3, "y", b"2"), (3, "x", None)]
