@@ -316,7 +316,14 @@ class MerkleTree:
                 raise StaleBatchError("the tree moved since this append batch was built")
         elif batch.start != self.length or batch.start_fork != self.fork:
             raise StaleBatchError("the tree moved since this truncate batch was built")
-        self.set_head(batch.roots, batch.length, batch.byte_length, batch.fork, batch.signature)
+        self.set_head(
+            batch.roots,
+            batch.length,
+            batch.byte_length,
+            batch.fork,
+            batch.signature,
+            tree_hash=batch.tree_hash,
+        )
 
     def set_head(
         self,
@@ -325,14 +332,19 @@ class MerkleTree:
         byte_length: int,
         fork: int,
         signature: bytes | None,
+        *,
+        tree_hash: bytes | None = None,
     ) -> None:
-        """Replace the head wholesale (used by batch application; no checks)."""
+        """Replace the head wholesale (used by batch application; no checks).
+
+        ``tree_hash``, when given, must be the hash of ``roots`` (it saves recomputing it).
+        """
         self.roots = roots
         self.length = length
         self.byte_length = byte_length
         self.fork = fork
         self.signature = signature
-        self._tree_hash = None
+        self._tree_hash = tree_hash
 
 
 # --- byte offsets and seeks ------------------------------------------------------------

@@ -203,4 +203,11 @@ class VerifiedBatch:
             return
         if tree.length != self.start or tree.fork != self.start_fork:
             raise StaleBatchError("the tree moved since this proof was verified")
-        tree.set_head(self.roots, self.length, self.byte_length, self.fork, self.signature)
+        tree.set_head(
+            self.roots,
+            self.length,
+            self.byte_length,
+            self.fork,
+            self.signature,
+            tree_hash=self.tree_hash,
+        )
