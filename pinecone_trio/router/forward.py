@@ -75,20 +75,36 @@ class KeyIndex:
             s = self._sorted
             del s[bisect_left(s, key)]
 
-    def port_for(self, key: bytes) -> int | None:
-        """The best port towards `key`, or None if unknown."""
+    def port_for(self, key: bytes, exclude: int = -1) -> int | None:
+        """The best port towards `key` other than `exclude`, or None if unknown."""
         routes = self._routes.get(key)
         if not routes:
             return None
         if len(routes) == 1:
-            return next(iter(routes))
-        return min(routes.values())[2]
+            port = next(iter(routes))
+            return None if port == exclude else port
+        best = min([r for r in routes.values() if r[2] != exclude], default=None)
+        return None if best is None else best[2]
 
-    def first_at_or_above(self, dest: bytes, inclusive: bool) -> bytes | None:
-        """The smallest key >= `dest` (inclusive) or > `dest`, or None."""
+    def first_route(
+        self, dest: bytes, inclusive: bool, below: bytes, exclude: int
+    ) -> tuple[bytes, int] | None:
+        """The smallest key in [dest or (dest, below) with a port other than `exclude`.
+
+        With `inclusive`, key == dest qualifies even if it is not below `below`.
+        """
         s = self._sorted
         i = bisect_left(s, dest) if inclusive else bisect_right(s, dest)
-        return s[i] if i < len(s) else None
+        n = len(s)
+        while i < n:
+            key = s[i]
+            if key >= below and not (inclusive and key == dest):
+                return None
+            port = self.port_for(key, exclude)
+            if port is not None:
+                return key, port
+            i += 1
+        return None
 
     def clear(self) -> None:
         self._routes.clear()
@@ -107,11 +123,13 @@ def snake_next_hop(
     index: KeyIndex,
     table: SnakeTable,
     valid_after: float,
+    exclude: int = -1,
 ) -> tuple[int | None, bytes, int]:
     """The snake next hop for `dest`: (port, new watermark key, new watermark seq).
 
     The port is `LOCAL` when we are the best (never for bootstraps) and None when a
-    bootstrap dead-ends here. `valid_after` is `now - snake expiry`.
+    bootstrap dead-ends here. `valid_after` is `now - snake expiry`. Routes through
+    port `exclude` (the arrival port) are not candidates.
     """
     if not bootstrap and dest == our_key:
         return LOCAL, wm_key, wm_seq
@@ -119,20 +137,16 @@ def snake_next_hop(
     best_port: int | None = None if bootstrap else LOCAL
     if has_parent and ((bootstrap and dest == our_key) or (our_key < dest < root_key)):
         # Head for the root: it has the highest key, every node knows a way up.
-        port = index.port_for(root_key)
+        port = index.port_for(root_key, exclude)
         if port is not None:
             best_key, best_port = root_key, port
     inclusive = not bootstrap
-    tk = index.first_at_or_above(dest, inclusive)
-    if tk is not None and not (tk < best_key or (inclusive and tk == dest)):
-        tk = None
-    entry = table.first_candidate(dest, inclusive, best_key, wm_key, wm_seq, valid_after)
-    if entry is not None and (tk is None or entry.origin < tk):
+    tree = index.first_route(dest, inclusive, best_key, exclude)
+    entry = table.first_candidate(dest, inclusive, best_key, wm_key, wm_seq, valid_after, exclude)
+    if entry is not None and (tree is None or entry.origin < tree[0]):
         return entry.source, entry.origin, entry.seq
-    if tk is not None:
-        port = index.port_for(tk)
-        if port is not None:
-            return port, tk, 0
+    if tree is not None:
+        return tree[1], tree[0], 0
     return best_port, best_key, 0
 
 

@@ -140,12 +140,14 @@ class SnakeTable:
         wm_key: bytes,
         wm_seq: int,
         valid_after: float,
+        exclude: int = -1,
     ) -> SnakeEntry | None:
         """The entry with the smallest origin in [dest or (dest, below), usable now.
 
         Usable: refreshed after `valid_after` and its watermark (origin, seq) not worse
-        than the packet's (wm_key, wm_seq). With `inclusive`, origin == dest also
-        qualifies even if it is not below `below` (an exact match).
+        than the packet's (wm_key, wm_seq), and not leading back through port `exclude`.
+        With `inclusive`, origin == dest also qualifies even if it is not below `below`
+        (an exact match).
         """
         s = self._sorted
         entries = self._entries
@@ -158,8 +160,10 @@ class SnakeTable:
             if origin > wm_key:
                 return None  # every later origin is worse than the watermark too
             e = entries[origin]
-            if e.last_seen > valid_after and not (
-                origin == wm_key and e.seq != 0 and e.seq < wm_seq
+            if (
+                e.last_seen > valid_after
+                and e.source != exclude
+                and not (origin == wm_key and e.seq != 0 and e.seq < wm_seq)
             ):
                 return e
             i += 1

@@ -415,7 +415,7 @@ class RouterState:
         (`LOCAL` = ours, None = dropped), as if it arrived on `from_port`."""
         if destination_key == self._key:
             return LOCAL
-        port, _, _ = self._snake(destination_key, False, FULL_MASK, 0)
+        port, _, _ = self._snake(destination_key, False, FULL_MASK, 0, from_port)
         if port in (LOCAL, from_port):
             return None
         return port
@@ -424,7 +424,9 @@ class RouterState:
         """The port closest-key traffic for `target_key` takes from here (`LOCAL` when we
         are the closest node, None when dropped)."""
         rk = self._current_ann().root_key
-        port, _, _ = self._snake(target_key if target_key <= rk else rk, False, FULL_MASK, 0)
+        port, _, _ = self._snake(
+            target_key if target_key <= rk else rk, False, FULL_MASK, 0, from_port
+        )
         if port != LOCAL and port == from_port:
             return None
         return port
@@ -451,7 +453,7 @@ class RouterState:
         return self._root_ann
 
     def _snake(
-        self, dest: bytes, bootstrap: bool, wm_key: bytes, wm_seq: int
+        self, dest: bytes, bootstrap: bool, wm_key: bytes, wm_seq: int, exclude: int = -1
     ) -> tuple[int | None, bytes, int]:
         return snake_next_hop(
             dest,
@@ -464,6 +466,7 @@ class RouterState:
             index=self._index,
             table=self._table,
             valid_after=self._now - self._cfg.snake_expiry,
+            exclude=exclude,
         )
 
     # --- peers --------------------------------------------------------------------------
@@ -708,7 +711,7 @@ class RouterState:
         if e is not None and e.root_key == rk and e.root_seq == rs and f.sequence <= e.seq:
             self._drop("replay")
             return
-        nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq)
+        nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq, port)
         if table.put(SnakeEntry(origin, port, nh, now, rk, rs, f.sequence)):
             if origin < self._key:
                 d = self._descending
@@ -850,7 +853,7 @@ class RouterState:
                 return
             # No tree progress, or the coordinates are ours but the key is not (stale
             # coordinates, §8.4): fall back to the snake without coordinates.
-        nh2, bk, bs = self._snake(f.destination_key, False, wm_key, wm_seq)
+        nh2, bk, bs = self._snake(f.destination_key, False, wm_key, wm_seq, from_port)
         if nh2 is None or nh2 == LOCAL:
             self._drop("no_route")
             return
@@ -885,7 +888,7 @@ class RouterState:
         rk = self._current_ann().root_key
         # Above every key (the root's is the highest): the root is the closest node.
         nh, bk, bs = self._snake(
-            target if target <= rk else rk, False, f.watermark_key, f.watermark_seq
+            target if target <= rk else rk, False, f.watermark_key, f.watermark_seq, from_port
         )
         if nh is None:
             self._drop("no_route")

@@ -198,5 +198,6 @@ def select_parent(
     return best
 
 
-def _tie(p: Peer) -> tuple[int, int, int]:
-    return p.peer_type, p.ann_order, p.port
+def _tie(p: Peer) -> tuple[int, int, int, int]:
+    # Lower peer type, then the shorter path to the root, then the earlier announcement.
+    return p.peer_type, len(p.coords), p.ann_order, p.port

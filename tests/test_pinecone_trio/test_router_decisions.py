@@ -101,9 +101,11 @@ def _peer(
     *,
     contains_us: bool = False,
     at: float = 0.0,
+    depth: int = 1,
 ) -> Peer:
     p = Peer(port, k(100 + port), ptype, "")
-    p.ann = _ann(root, seq, [root, 100 + port])
+    p.ann = _ann(root, seq, [root, *range(200, 200 + depth - 1), 100 + port])
+    p.coords = p.ann.coords[:-1]
     p.ann_order = order
     p.ann_time = at
     p.contains_us = contains_us
@@ -124,6 +126,9 @@ def _select(peers: list[Peer], root: int = 50, seq: int = 0, now: float = 10.0) 
         ([_peer(1, 90, 1, 1), _peer(2, 90, 2, 2)], 2),
         # same root and sequence: lower peer type first ...
         ([_peer(1, 90, 1, 1, PeerType.BLUETOOTH), _peer(2, 90, 1, 2, PeerType.PIPE)], 2),
+        # ... then the shorter path to the root ...
+        ([_peer(1, 90, 1, 1, depth=3), _peer(2, 90, 1, 2, depth=2)], 2),
+        ([_peer(1, 90, 1, 1, PeerType.PIPE, depth=3), _peer(2, 90, 1, 2, depth=1)], 1),
         # ... then the earlier announcement (the lower-latency path to the root)
         ([_peer(1, 90, 1, 2), _peer(2, 90, 1, 1)], 2),
         ([_peer(2, 90, 1, 1), _peer(1, 90, 1, 2)], 2),  # input order does not matter
@@ -336,3 +341,28 @@ def test_snake_table_bounds_sweeps_and_ports() -> None:
     assert [e.origin for e in t.entries()] == [k(0), k(2)]
     assert t.remove_port(9) == [k(2)]  # k(2) was forwarded to port 9
     assert len(t) == 1 and k(0) in t
+
+
+def test_snake_next_hop_never_leads_back_to_the_arrival_port() -> None:
+    index, table = _snake_world()
+    common = {
+        "our_key": k(50),
+        "root_key": k(90),
+        "has_parent": True,
+        "index": index,
+        "table": table,
+        "valid_after": 0.0,
+    }
+    # 52 is reached through port 3; arriving from port 3, the next best is 55 ... also
+    # port 3, so 60 through port 2.
+    assert snake_next_hop(k(51), False, FULL_MASK, 0, exclude=3, **common) == (  # type: ignore[arg-type]
+        2,
+        k(60),
+        2000,
+    )
+    # Above us and arriving from the parent: no way up but back, so nothing better than us.
+    assert snake_next_hop(k(85), False, FULL_MASK, 0, exclude=1, **common) == (  # type: ignore[arg-type]
+        LOCAL,
+        k(50),
+        0,
+    )
