@@ -23,8 +23,10 @@ Candidates come from two sorted indexes, so a lookup is a bisection, not a scan:
 * `SnakeTable` (snake.py): bootstrap paths, valid for 10 s, skipped when their watermark
   is worse than the packet's.
 
-On equal keys the tree-derived candidate wins (upstream checks it first and only a
-strictly closer key replaces the best). The result carries the new watermark
+Routes back through the arrival port are not candidates (upstream computes the best
+and then drops the packet if it points back; we take the next best, and the watermark
+gate still applies). On equal keys the tree-derived candidate wins (upstream checks it
+first and only a strictly closer key replaces the best). The result carries the new watermark
 (best key, best sequence); the caller drops the packet if that is worse than the
 packet's own (§8.1 step 5).
 """

@@ -15,9 +15,11 @@ are tested by tables:
   failure disconnects the peer.
 * `decide_announcement`: the §5.3 decision table (what to do with a valid announcement).
 * `select_parent`: §5.4 parent selection with deterministic tie-breaks: stronger root
-  key, then higher root sequence, then lower peer type, then earlier receive order, then
-  lower port. Upstream only uses receive order (unique per announcement, so the port
-  rule is a formality) and never looks at the peer type here.
+  key, then higher root sequence, then lower peer type, then the shorter path to the
+  root, then earlier receive order, then lower port. Upstream only uses receive order
+  (unique per announcement, so the port rule is a formality); its earliest arrival
+  approximates the shortest path only right after a root sequence bump, while the path
+  length gives a shortest-path-like tree at once (docs/router.md, deviation 2).
 
 Deliberately different from upstream: a peer whose announcement repeats a root key with
 a *lower* sequence than its previous one is not disconnected (upstream calls it a
