@@ -55,6 +55,15 @@ class Holder:
         self.store.update((n.index, n) for n in batch.nodes)
         self.tree.apply(batch)
 
+    def truncate(self, length: int) -> None:
+        batch = self.tree.truncate(length, self.store.get)
+        batch.sign(VERIFIER, KP.secret_key)
+        self.tree.apply(batch)
+        for i in [*self.store]:
+            if i >= batch.delete_nodes_from or i in batch.delete_nodes:
+                del self.store[i]
+        self.blocks = self.blocks[:length]
+
     def prove(self, req: ProofRequest, manifest: bool = False) -> Proof:
         value = None
         if req.block is not None and 0 <= req.block.index < len(self.blocks):
@@ -410,13 +419,7 @@ def test_manifest_travels_with_the_proof() -> None:
 def test_fork_change_needs_full_upgrade() -> None:
     holder = Holder(distinct_blocks(12, 6))
     reader = Reader(holder, 12)
-    truncate = holder.tree.truncate(7, holder.store.get)
-    truncate.sign(VERIFIER, KP.secret_key)
-    holder.tree.apply(truncate)
-    for i in [*holder.store]:
-        if i >= truncate.delete_nodes_from or i in truncate.delete_nodes:
-            del holder.store[i]
-    holder.blocks = holder.blocks[:7]
+    holder.truncate(7)
     holder.append([b"fork1:%d" % i for i in range(5)])
     holder.blocks += [b"fork1:%d" % i for i in range(5)]
     assert holder.tree.fork == 1
@@ -512,3 +515,38 @@ def test_large_tree_random_requests(seed: int) -> None:
                 0, block=BlockRequest(i, nodes), upgrade=UpgradeRequest(length, to - length)
             )
         _check_batch(holder, reader, req, 0)
+
+
+@given(
+    st.integers(1, 60),
+    st.integers(0, 2**32),
+    st.data(),
+)
+def test_fork_change_proofs(n: int, seed: int, data: st.DataObject) -> None:
+    holder = Holder(distinct_blocks(n, seed), chunk=data.draw(st.integers(1, 9)))
+    reader = Reader(holder, data.draw(st.integers(0, n)))
+    cut = data.draw(st.integers(0, n))
+    holder.truncate(cut)
+    extra = [b"fork1-%d" % i for i in range(data.draw(st.integers(0 if cut else 1, 20)))]
+    if extra:
+        holder.append(extra)
+        holder.blocks += extra
+    m = holder.tree.length
+    i = data.draw(st.integers(0, m - 1))
+    proof = holder.prove(ProofRequest(1, block=BlockRequest(i, 0), upgrade=UpgradeRequest(0, m)))
+    batch = verify_proof(reader.tree, proof, VERIFIER, reader.store.get)
+    assert batch.is_fork_change and batch.fork == 1 and batch.length == m
+    assert batch.block == (i, holder.blocks[i])
+    for node in batch.nodes:
+        assert holder.store[node.index] == node
+    # a new fork's data is only accepted as a full upgrade
+    if 0 < reader.tree.length < m:
+        start = reader.tree.length
+        partial = holder.prove(ProofRequest(1, upgrade=UpgradeRequest(start, m - start)))
+        with pytest.raises(InvalidProofError):
+            verify_proof(reader.tree, partial, VERIFIER, reader.store.get)
+    plain = holder.prove(ProofRequest(1, block=BlockRequest(i, 0)))
+    with pytest.raises(InvalidProofError):
+        verify_proof(reader.tree, plain, VERIFIER, reader.store.get)
+    batch.apply_to(reader.tree)
+    assert reader.tree.fork == 1 and reader.tree.tree_hash() == holder.tree.tree_hash()
