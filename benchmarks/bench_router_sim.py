@@ -117,7 +117,9 @@ COLUMNS = [
     ("table max", "table_size_max"),
     ("ctl B/node/s", "control_bytes_per_node_s"),
     ("mem KB/node", "memory_per_node_bytes"),
+    ("snake broken checks", "steady_snake_bad_checks"),
     ("loops", "forwarding_loops_total"),
+    ("bootstrap loops", "bootstrap_loops_total"),
     ("virtual s", "virtual_s"),
     ("wall s", "wall_s"),
     ("cpu s", "cpu_s"),
@@ -254,10 +256,9 @@ def main() -> int:
     results: dict[str, dict[str, Any]] = {}
     for name, topology, extra, timeout in plan:
         results[name] = run_one(topology, extra, timeout, args.seed)
-        if not args.json:
-            r = results[name]
-            shown = r.get("error") or {k: r.get(k) for _, k in COLUMNS}
-            print(f"{name}: {shown}", file=sys.stderr, flush=True)
+        r = results[name]
+        shown = r.get("error") or {k: r.get(k) for _, k in COLUMNS}
+        print(f"{name}: {shown}", file=sys.stderr, flush=True)
     command = "python benchmarks/bench_router_sim.py " + " ".join(sys.argv[1:])
     table = markdown(results, machine_note(command.strip()))
     if args.output:

@@ -15,6 +15,7 @@ through the engines with `LocalSend`, exactly as an application would:
 The simulator sees every `SendFrame`, so it counts the links each probe crosses
 itself (the engine's own `hops` field is cross-checked in tests), and it notices a
 probe that is forwarded by a node it already passed through: a **forwarding loop**.
+Bootstraps are watched the same way (one bootstrap is its origin and sequence number).
 
 Definitions (research §14.3, where pineconesim's numbers go wrong):
 
@@ -37,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Final, final
 
 from ..router.actions import DeliverLocal, DeliveryMode, LocalSend
-from ..router.wire import Frame, Traffic
+from ..router.wire import Bootstrap, Frame, Traffic
 from .network import Link, Network
 
 #: Probe payloads start with this, then the probe id (8 bytes, big endian).
@@ -54,6 +55,9 @@ KIND_NAMES: Final = ("first", "reply", "steady")
 DEFAULT_TIMEOUT: Final = 5.0
 #: Bound on probes remembered by one `Prober`.
 MAX_PROBES: Final = 5_000_000
+#: Bound on remembered (bootstrap, node) visits; the memory is cleared when full, so a
+#: loop is still caught unless it is longer than this many forwarding steps.
+MAX_BOOTSTRAP_VISITS: Final = 1_000_000
 
 
 @final
@@ -156,7 +160,9 @@ class Prober:
         self.track_loops = track_loops
         self.probes: list[Probe] = []
         self.loops = 0
+        self.bootstrap_loops = 0
         self.misdelivered = 0
+        self._bootstrap_visits: set[tuple[bytes, int, int]] = set()
         self._pairs = 0
         self._bfs: dict[int, tuple[int, dict[int, int]]] = {}
         net.on_send = self._on_send
@@ -208,6 +214,10 @@ class Prober:
         return self.probes[pid] if pid < len(self.probes) else None
 
     def _on_send(self, node: int, link: Link, frame: Frame) -> None:
+        if type(frame) is Bootstrap:
+            if self.track_loops:
+                self._bootstrap_visit(node, frame)
+            return
         if type(frame) is not Traffic:
             return
         assert isinstance(frame, Traffic)
@@ -222,6 +232,17 @@ class Prober:
                     self.loops += 1
                 probe.looped = True
             visited.add(node)
+
+    def _bootstrap_visit(self, node: int, frame: Bootstrap) -> None:
+        # A bootstrap is one (origin, sequence); forwarding it twice from one node is a loop.
+        visit = (frame.destination_key, frame.sequence, node)
+        visits = self._bootstrap_visits
+        if visit in visits:
+            self.bootstrap_loops += 1
+            return
+        if len(visits) >= MAX_BOOTSTRAP_VISITS:
+            visits.clear()
+        visits.add(visit)
 
     def _on_deliver(self, node: int, delivery: DeliverLocal) -> None:
         probe = self._probe_of(delivery.payload)

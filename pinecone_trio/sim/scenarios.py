@@ -106,6 +106,23 @@ def _round(x: float, digits: int = 4) -> float | None:
 
 
 @final
+class Watch:
+    """Counts, over checks made while a run goes on, those where ground truth failed."""
+
+    __slots__ = ("checks", "snake_bad", "tree_bad")
+
+    def __init__(self) -> None:
+        self.checks = 0
+        self.tree_bad = 0
+        self.snake_bad = 0
+
+    def check(self, net: Network) -> None:
+        self.checks += 1
+        self.tree_bad += not check_tree(net).ok
+        self.snake_bad += not check_snake(net).ok
+
+
+@final
 class Run:
     """One simulation in progress; `simulate` drives it through its phases."""
 
@@ -166,12 +183,26 @@ class Run:
             net.call_at(t, functools.partial(prober.start_nowait, a, b))
         return start
 
+    def probes_done_at(self) -> float:
+        """When every probe of rounds scheduled so far has been delivered or timed out,
+        including the replies and steady packets they trigger."""
+        prober = self.prober
+        return self.net.now + self.options.probe_window + 3 * prober.timeout + prober.steady_gap
+
+    def watch(self, start: float, end: float) -> Watch:
+        """Check tree and snake every `check_interval` in [start, end) (during a run)."""
+        watch = Watch()
+        net = self.net
+        t = start + self.options.check_interval
+        while t < end:
+            net.call_at(t, functools.partial(watch.check, net))
+            t += self.options.check_interval
+        return watch
+
     def settle_probes(self) -> None:
         """Run until every probe sent so far has been delivered or timed out, including
         the replies and steady packets they trigger."""
-        net, prober = self.net, self.prober
-        end = net.now + self.options.probe_window + 3 * prober.timeout + prober.steady_gap
-        net.run_until(end)
+        self.net.run_until(self.probes_done_at())
 
     # --- reporting ----------------------------------------------------------------------
 
@@ -241,9 +272,13 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     measure_start = net.now
     net.reset_traffic()
     run.probe_round()
-    run.settle_probes()
-    net.run_until(max(net.now, measure_start + opts.measure_window))
+    end = max(measure_start + opts.measure_window, run.probes_done_at())
+    watch = run.watch(measure_start, end)
+    net.run_until(end)
     elapsed = net.now - measure_start
+    out["steady_checks"] = watch.checks
+    out["steady_tree_bad_checks"] = watch.tree_bad
+    out["steady_snake_bad_checks"] = watch.snake_bad
     out.update(_probe_fields("", run.prober.report(since=measure_start)))
     out["control_bytes_per_node_s"] = _round(
         net.stats.control_bytes / max(1, graph.node_count()) / elapsed, 2
@@ -262,7 +297,17 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     final_snake = check_snake(net)
     out["final_tree_ok"] = final_tree.ok
     out["final_snake_ok"] = final_snake.ok
+    if final_tree.ok and final_snake.ok:
+        out["final_reconverge_s"] = 0.0
+    else:
+        tree_s, snake_s = run.converge()
+        done = tree_s is not None and snake_s is not None
+        out["final_reconverge_s"] = max(tree_s or 0.0, snake_s or 0.0) if done else None
     out["forwarding_loops_total"] = run.prober.loops
+    out["bootstrap_loops_total"] = run.prober.bootstrap_loops
+    out["coords_cache_max"] = max(
+        (n.state.coords_cache_size() for n in net.nodes if n.alive), default=0
+    )
     out["peers_dropped"] = net.stats.peers_dropped
     out["virtual_s"] = round(net.now, 3)
     out["events"] = net.stats.events
