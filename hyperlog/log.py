@@ -444,7 +444,9 @@ class Log:
         k = 0
         for node in batch.nodes:
             if node.index & 1:
-                parents.append(node)
+                # Depth-1 parents of two stored blocks are derived by storage.
+                if node.index & 3 != 1:
+                    parents.append(node)
             else:
                 blocks.append((start + k, values[k], node.hash))
                 k += 1
@@ -932,16 +934,26 @@ class _Group:
         w = self.write
         blocks = self.blocks
         w.blocks = [(i, value, digest) for i, (value, digest) in sorted(blocks.items())]
-        block_leaves = {2 * i for i in blocks}
-        w.nodes = [n for i, n in sorted(self.overlay.items()) if i not in block_leaves]
-        bits = log._bitfield.copy() if w.truncate is not None else None
-        if bits is not None:
-            assert w.truncate is not None
-            bits.take_dirty()
-            bits.clear_from(w.truncate)
+        held = set(blocks)
+        bits = log._bitfield
+        keep_below = w.truncate if w.truncate is not None else log._tree.length + 1
+
+        def stored(block: int) -> bool:
+            return block in held or (block < keep_below and bits.get(block))
+
+        def derived(i: int) -> bool:
+            # a leaf of a stored block, or the depth-1 parent of two stored blocks
+            if not i & 1:
+                return i >> 1 in held
+            return i & 3 == 1 and stored((i - 1) >> 1) and stored((i + 1) >> 1)
+
+        w.nodes = [n for i, n in sorted(self.overlay.items()) if not derived(i)]
+        if w.truncate is not None:
+            after = log._bitfield.copy()
+            after.clear_from(w.truncate)
             for i in self.new_bits:
-                bits.set(i)
-            w.bitfield = bits.take_dirty()
+                after.set(i)
+            w.bitfield = after.take_dirty()
         else:
             w.bitfield = log._bitfield.pages_after_set_bits(self.new_bits)
         t = self.tree
