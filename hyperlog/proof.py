@@ -194,6 +194,8 @@ def _plan(tree: MerkleTree, req: ProofRequest) -> _Plan:
         from_, to = 2 * up.start, 2 * (up.start + up.length)
     else:
         from_, to = head, head
+    if req.block is None and req.hash is None and req.seek is None and up is None:
+        raise InvalidRequestError("an empty request")
     if req.block is not None and req.hash is not None:
         raise InvalidRequestError("a request asks for a block or a hash, not both")
     if req.seek is not None and (req.block is not None or req.hash is not None):
@@ -326,9 +328,9 @@ def create_proof(
 def _create_seek_proof(
     tree: MerkleTree, req: ProofRequest, get_node: NodeGetter, manifest: bytes | None
 ) -> Proof:
-    assert req.seek is not None
-    plan0 = _plan(tree, req)  # validates the fork, bounds and combination
-    del plan0
+    if req.seek is None:
+        raise AssertionError("only called for seek requests")
+    _plan(tree, req)  # validates the fork, bounds and combination
     up = req.upgrade
     to_length = tree.length if up is None else up.start + up.length
     roots = [_get(get_node, i) for i in flat_tree.full_roots(2 * to_length)]

@@ -436,6 +436,7 @@ def test_fork_change_needs_full_upgrade() -> None:
     "req",
     [
         ProofRequest(1, block=BlockRequest(0, 0)),
+        ProofRequest(0),
         ProofRequest(0, block=BlockRequest(10, 0)),
         ProofRequest(0, block=BlockRequest(-1, 0)),
         ProofRequest(0, block=BlockRequest(1, 30)),
