@@ -195,7 +195,8 @@ def _plan(tree: MerkleTree, req: ProofRequest) -> _Plan:
     else:
         from_, to = head, head
     if req.block is None and req.hash is None and req.seek is None and up is None:
-        raise InvalidRequestError("an empty request")
+        if not req.manifest:
+            raise InvalidRequestError("an empty request")
     if req.block is not None and req.hash is not None:
         raise InvalidRequestError("a request asks for a block or a hash, not both")
     if req.seek is not None and (req.block is not None or req.hash is not None):

@@ -200,7 +200,7 @@ def verify_proof(
     parts = (proof.block is not None) + (proof.hash is not None) + (proof.seek is not None)
     if parts > 1:
         raise InvalidProofError("a proof carries at most one of block, hash and seek")
-    if parts == 0 and proof.upgrade is None:
+    if parts == 0 and proof.upgrade is None and proof.manifest is None:
         raise InvalidProofError("an empty proof")
     up = proof.upgrade
     fork_change = proof.fork != tree.fork

@@ -551,3 +551,14 @@ def test_fork_change_proofs(n: int, seed: int, data: st.DataObject) -> None:
         verify_proof(reader.tree, plain, VERIFIER, reader.store.get)
     batch.apply_to(reader.tree)
     assert reader.tree.fork == 1 and reader.tree.tree_hash() == holder.tree.tree_hash()
+
+
+def test_manifest_only_request() -> None:
+    holder = Holder(distinct_blocks(4, 11))
+    proof = holder.prove(ProofRequest(0, manifest=True), manifest=True)
+    assert proof.manifest is not None and proof.upgrade is None and proof.block is None
+    reader = MerkleTree()
+    batch = verify_proof(reader, proof, VERIFIER.key, nothing)
+    assert batch.verifier is not None and not batch.upgraded and batch.nodes == []
+    with pytest.raises(InvalidProofError):
+        verify_proof(reader, dataclasses.replace(proof, manifest=None), VERIFIER.key, nothing)
