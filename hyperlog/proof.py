@@ -194,9 +194,9 @@ def _plan(tree: MerkleTree, req: ProofRequest) -> _Plan:
         from_, to = 2 * up.start, 2 * (up.start + up.length)
     else:
         from_, to = head, head
-    if req.block is None and req.hash is None and req.seek is None and up is None:
-        if not req.manifest:
-            raise InvalidRequestError("an empty request")
+    parts = (req.block, req.hash, req.seek, up)
+    if all(part is None for part in parts) and not req.manifest:
+        raise InvalidRequestError("an empty request")
     if req.block is not None and req.hash is not None:
         raise InvalidRequestError("a request asks for a block or a hash, not both")
     if req.seek is not None and (req.block is not None or req.hash is not None):
