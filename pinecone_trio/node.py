@@ -44,6 +44,7 @@ from typing import Any, Final, overload
 import trio
 
 from . import events as ev
+from ._queue import DropQueue
 from ._util import open_service_nursery
 from .backoff import DIAL_TIMEOUT, backoff_delay
 from .discovery.beacon import Beacon
@@ -51,7 +52,7 @@ from .discovery.multicast import MulticastDiscovery
 from .errors import LinkError, PineconeError
 from .identity import Identity, PublicKey
 from .link.stream import NoiseLink
-from .peering import Peering
+from .peering import Peering, SendBudget
 from .router.actions import (
     Action,
     DeliverLocal,
@@ -72,6 +73,7 @@ from .router.actions import (
 from .router.constants import MAX_PORT, MAX_TRAFFIC_PAYLOAD
 from .router.signer import Ed25519Signer
 from .router.state import RouterConfig, RouterState
+from .router.wire import ClosestTraffic, Traffic
 from .sessions.config import SessionConfig
 from .sessions.manager import SessionManager
 from .sessions.stream import SessionListener, SessionStream
@@ -97,6 +99,9 @@ ROUTER_BATCH: Final = 256
 BEACON_REDIAL_INTERVAL: Final = 5.0
 #: Keys remembered for the beacon redial limit.
 MAX_BEACON_MEMORY: Final = 1024
+#: Locally originated traffic queued at most before `send` waits (back-pressure).
+LOCAL_SEND_BYTES: Final = 2 * 1024 * 1024
+LOCAL_SEND_FRAMES: Final = 256
 #: The first byte of every exact-key overlay payload names the service it is for, so
 #: raw application datagrams and end-to-end session packets share the overlay safely.
 SERVICE_DATAGRAM: Final = 0
@@ -199,7 +204,7 @@ class _SessionService:
         await self._node._send_service(dest, SERVICE_SESSION, payload)
 
     async def receive(self) -> tuple[PublicKey, bytes]:
-        return await self._node._session_recv.receive()
+        return await self._node._session_packets.get()
 
 
 class Node:
@@ -214,15 +219,14 @@ class Node:
         self._state: RouterState | None = None
         self._nursery: trio.Nursery | None = None
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[Input](INBOX_SIZE)
-        self._dgram_send, self._dgram_recv = trio.open_memory_channel[Datagram](RECEIVE_BUFFER)
-        self._closest_send, self._closest_recv = trio.open_memory_channel[Datagram](RECEIVE_BUFFER)
-        self._session_send, self._session_recv = trio.open_memory_channel[tuple[PublicKey, bytes]](
-            RECEIVE_BUFFER
-        )
+        self._datagrams: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
+        self._closest: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
+        self._session_packets: DropQueue[tuple[PublicKey, bytes]] = DropQueue(RECEIVE_BUFFER)
         session_config = self._config.sessions or SessionConfig()
         if session_config.max_packet_size > MAX_DATAGRAM_PAYLOAD:
             session_config = replace(session_config, max_packet_size=MAX_DATAGRAM_PAYLOAD)
         self._sessions = SessionManager(_SessionService(self), identity, config=session_config)
+        self._budget = SendBudget(LOCAL_SEND_BYTES, LOCAL_SEND_FRAMES)
         self._peerings: dict[int, Peering] = {}
         self._by_key: dict[bytes, Peering] = {}
         self._free_ports = list(range(1, MAX_PORT + 1))
@@ -300,6 +304,8 @@ class Node:
                 await trio.sleep_forever()
         finally:
             self._inbox_send.close()
+            for queue in (self._datagrams, self._closest, self._session_packets):
+                queue.close()
             for channel in list(self._subscribers):
                 channel.close()
 
@@ -332,20 +338,37 @@ class Node:
         task_status.started()
         with inbox:
             while True:
-                item: Input | None = None
-                with trio.move_on_at(state.next_deadline()):
-                    item = await inbox.receive()
+                item: Input | None
+                try:
+                    item = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    item = None
+                    with trio.move_on_at(state.next_deadline()):
+                        item = await inbox.receive()
+                else:
+                    await trio.lowlevel.checkpoint()  # never starve the other tasks
                 now = trio.current_time()
                 if item is not None:
-                    self._apply(state.on_input(item, now))
+                    self._handle(state, item, now)
                     for _ in range(ROUTER_BATCH):
                         try:
                             item = inbox.receive_nowait()
                         except trio.WouldBlock:
                             break
-                        self._apply(state.on_input(item, now))
+                        self._handle(state, item, now)
                 if now >= state.next_deadline():
                     self._apply(state.on_timer(now))
+
+    def _handle(self, state: RouterState, item: Input, now: float) -> None:
+        actions = state.on_input(item, now)
+        kind = type(item)
+        # A local send took budget; unless its frame was queued on a peering (which
+        # releases it when the frame leaves), give it back now.
+        if (kind is LocalSend or kind is LocalSendClosest) and not any(
+            type(a) is SendFrame for a in actions
+        ):
+            self._budget.release(len(item.payload))  # type: ignore[union-attr]
+        self._apply(actions)
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -353,7 +376,13 @@ class Node:
             if kind is SendFrame:
                 send: SendFrame = action  # type: ignore[assignment]
                 peering = self._peerings.get(send.port)
-                if peering is not None and peering.enqueue(send.frame) is not None:
+                if peering is None:
+                    frame = send.frame
+                    if (
+                        type(frame) is Traffic or type(frame) is ClosestTraffic
+                    ) and frame.source_key == self._public_key:
+                        self._budget.release(len(frame.payload))
+                elif peering.enqueue(send.frame) is not None:
                     self.counters.queue_drops += 1
             elif kind is DeliverLocal:
                 self._deliver(action)  # type: ignore[arg-type]
@@ -371,16 +400,18 @@ class Node:
         if exact:
             payload = action.payload
             service = payload[0] if payload else -1
-            try:
-                if service == SERVICE_SESSION:
-                    self._session_send.send_nowait((PublicKey(action.source_key), payload[1:]))
-                elif service == SERVICE_DATAGRAM:
-                    self._dgram_send.send_nowait(
-                        Datagram(PublicKey(action.source_key), payload[1:], None, action.hops)
-                    )
-                else:
-                    self.counters.unknown_service += 1
-            except trio.WouldBlock:
+            if service == SERVICE_SESSION:
+                queued = self._session_packets.put_nowait(
+                    (PublicKey(action.source_key), payload[1:])
+                )
+            elif service == SERVICE_DATAGRAM:
+                queued = self._datagrams.put_nowait(
+                    Datagram(PublicKey(action.source_key), payload[1:], None, action.hops)
+                )
+            else:
+                self.counters.unknown_service += 1
+                return
+            if not queued:
                 self.counters.receive_drops += 1
             return
         datagram = Datagram(
@@ -389,10 +420,7 @@ class Node:
             None if exact else PublicKey(action.target_key),
             action.hops,
         )
-        channel = self._dgram_send if exact else self._closest_send
-        try:
-            channel.send_nowait(datagram)
-        except trio.WouldBlock:
+        if not self._closest.put_nowait(datagram):
             self.counters.receive_drops += 1
 
     def _on_router_event(self, event: object) -> None:
@@ -466,6 +494,8 @@ class Node:
             outbound=outbound,
             inbox=self._inbox_send,
             keepalives=self._config.keepalives,
+            local_key=bytes(self._public_key),
+            budget=self._budget,
         )
         self._peerings[port] = peering
         self._by_key[bytes(key)] = peering
@@ -746,7 +776,18 @@ class Node:
         self, destination: PublicKey | bytes, service: int, payload: bytes
     ) -> None:
         message = LocalSend(bytes(PublicKey(destination)), bytes((service,)) + payload)
-        await self._inbox_send.send(message)
+        await self._budget.acquire(len(message.payload))
+        await self._to_router(message)
+
+    async def _to_router(self, item: Input) -> None:
+        # Queue without yielding when there is room, so a burst of sends reaches the
+        # router as one batch (and its frames leave in one coalesced link write); wait
+        # only when the inbox is full.
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            self._inbox_send.send_nowait(item)
+        except trio.WouldBlock:
+            await self._inbox_send.send(item)
 
     async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
         """Send a datagram to whichever node's key is closest to `target` (the DHT mode).
@@ -756,15 +797,17 @@ class Node:
         """
         if len(payload) > MAX_TRAFFIC_PAYLOAD:
             raise ValueError(f"payload of {len(payload)} bytes > {MAX_TRAFFIC_PAYLOAD}")
-        await self._inbox_send.send(LocalSendClosest(bytes(PublicKey(target)), bytes(payload)))
+        message = LocalSendClosest(bytes(PublicKey(target)), bytes(payload))
+        await self._budget.acquire(len(message.payload))
+        await self._to_router(message)
 
     async def receive(self) -> Datagram:
         """The next datagram sent to our exact key."""
-        return await self._dgram_recv.receive()
+        return await self._datagrams.get()
 
     async def receive_closest(self) -> Datagram:
         """The next closest-key datagram for which we are the closest node."""
-        return await self._closest_recv.receive()
+        return await self._closest.get()
 
     def __aiter__(self) -> AsyncIterator[Datagram]:
         return self._iterate()

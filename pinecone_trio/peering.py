@@ -24,6 +24,7 @@ then tells the router `PeerDown`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,11 +51,52 @@ WRITE_BATCH_BYTES: Final = 256 * 1024
 CLOSE_TIMEOUT: Final = 1.0
 #: Bytes requested from the link per read.
 READ_SIZE: Final = 256 * 1024
+#: Frames per fair-queue flow. Pinecone keeps 16, which assumes a writer that drains
+#: concurrently with every single routed frame. Our router handles its inbox in
+#: batches (a coalesced 256 KiB read at a relay is ~250 frames of one flow), so a flow
+#: must hold a whole batch or a relay would drop most of every burst.
+PEER_FLOW_FRAMES: Final = 512
+#: Bytes of traffic payload queued per peering at most; beyond it new traffic frames
+#: are dropped (and counted). This, not the frame counts, bounds a peering's memory.
+PEER_QUEUE_BYTES: Final = 8 * 1024 * 1024
 #: Protocol frames (announcements, bootstraps, keepalives ...) a peer may send per second
 #: on average, and in one burst. Honest peers send a few per second; the snake's
 #: bootstrap forwarding is about table_size / 5 per second.
 PROTOCOL_FRAMES_PER_SECOND: Final = 2000.0
 PROTOCOL_FRAMES_BURST: Final = 10000.0
+
+
+class SendBudget:
+    """Locally originated traffic waiting in peering queues, and senders waiting for room.
+
+    Relayed traffic is dropped when a queue overflows (Pinecone's discipline: the
+    sender's congestion control sees the loss). Traffic this node originates gets
+    back-pressure instead, like a full socket buffer: `Node.send` waits in `acquire`
+    while more than `max_bytes` or `max_frames` of it is queued, and the writer
+    releases it as frames leave (or are dropped).
+    """
+
+    __slots__ = ("_event", "frames", "max_bytes", "max_frames", "used")
+
+    def __init__(self, max_bytes: int, max_frames: int) -> None:
+        self.max_bytes = max_bytes
+        self.max_frames = max_frames
+        self.used = 0
+        self.frames = 0
+        self._event = trio.Event()
+
+    async def acquire(self, size: int) -> None:
+        while self.used >= self.max_bytes or self.frames >= self.max_frames:
+            await self._event.wait()
+        self.used += size
+        self.frames += 1
+
+    def release(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+        self.frames = max(0, self.frames - 1)
+        if self.used < self.max_bytes and self.frames < self.max_frames:
+            self._event.set()
+            self._event = trio.Event()
 
 
 class PeerFloodingError(RemoteProtocolError):
@@ -107,6 +149,8 @@ class Peering:
         outbound: bool,
         inbox: trio.MemorySendChannel[Input],
         keepalives: bool = True,
+        local_key: bytes = b"",
+        budget: SendBudget | None = None,
     ) -> None:
         self.link = link
         self.port = port
@@ -115,7 +159,9 @@ class Peering:
         self.peer_type = peer_type
         self.zone = zone
         self.outbound = outbound
-        self.queue = PeerQueue(seed=port)
+        self.queue = PeerQueue(seed=port, flow_frames=PEER_FLOW_FRAMES)
+        self.queued_bytes = 0
+        self.budget_drops = 0
         self.statistics = PeeringStatistics()
         self.end_reason = "closed"
         #: Set when the peer broke the protocol (bad frame, flooding).
@@ -123,6 +169,8 @@ class Peering:
         self.connected_at = trio.current_time()
         self._inbox = inbox
         self._keepalives = keepalives
+        self._local_key = local_key
+        self._budget = budget
         self._wakeup = trio.Event()
         self._cancel_scope = trio.CancelScope()
         self._ended = trio.Event()
@@ -131,9 +179,24 @@ class Peering:
 
     def enqueue(self, frame: Frame) -> Frame | None:
         """Queue `frame` for sending; return the frame dropped to make room, if any."""
+        if is_traffic(frame):
+            size = len(frame.payload)  # type: ignore[union-attr]
+            if self.queued_bytes + size > PEER_QUEUE_BYTES:
+                self.budget_drops += 1
+                self._left(frame)
+                return frame
+            self.queued_bytes += size
         dropped = self.queue.push(frame)
+        if dropped is not None and is_traffic(dropped):
+            self.queued_bytes -= len(dropped.payload)  # type: ignore[union-attr]
+            self._left(dropped)
         self._wakeup.set()
         return dropped
+
+    def _left(self, frame: Frame) -> None:
+        """A traffic frame left the queue (sent or dropped): release local budget."""
+        if self._budget is not None and frame.source_key == self._local_key:  # type: ignore[union-attr]
+            self._budget.release(len(frame.payload))  # type: ignore[union-attr]
 
     def close(self, reason: str) -> None:
         """End the peering (idempotent); `run` returns soon after."""
@@ -154,7 +217,10 @@ class Peering:
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
         finally:
-            self.queue.clear()
+            while (frame := self.queue.pop()) is not None:
+                if is_traffic(frame):
+                    self._left(frame)
+            self.queued_bytes = 0
             self._ended.set()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 if self.misbehaved:
@@ -170,39 +236,60 @@ class Peering:
         stats = self.statistics
         now = trio.current_time()
         bucket = _TokenBucket(PROTOCOL_FRAMES_PER_SECOND, PROTOCOL_FRAMES_BURST, now)
+        inbox = self._inbox
+        port = self.port
+        # One cancel scope for the whole read loop; its deadline moves with every read
+        # (cheaper than a scope per read). No data for READ_TIMEOUT ends the peering.
+        deadline = trio.CancelScope()
         try:
-            while True:
-                if self._keepalives:
-                    with trio.move_on_after(READ_TIMEOUT) as timeout:
-                        data = await self.link.receive_some(READ_SIZE)
-                    if timeout.cancelled_caught:
-                        self._end(f"no data for {READ_TIMEOUT:g} s")
-                        return
-                else:
-                    data = await self.link.receive_some(READ_SIZE)
-                if not data:
-                    self._end("remote closed the link")
-                    return
-                stats.bytes_in += len(data)
-                buf += data
-                while len(buf) >= HEADER_SIZE:
-                    length = read_frame_length(bytes(buf[:HEADER_SIZE]))
-                    if len(buf) < length:
-                        break
-                    frame = decode_frame(bytes(buf[:length]))
-                    del buf[:length]
-                    stats.frames_in += 1
-                    if type(frame) is Keepalive:
-                        continue  # only resets the read deadline
-                    if not is_traffic(frame) and not bucket.take(trio.current_time()):
-                        raise PeerFloodingError("protocol frames faster than allowed")
-                    await self._inbox.send(FrameIn(self.port, frame))
+            with deadline:
+                await self._read_loop(buf, stats, bucket, deadline, inbox, port)
+            if deadline.cancelled_caught:
+                self._end(f"no data for {READ_TIMEOUT:g} s")
         except (DecodeError, RemoteProtocolError) as exc:
             logger.info("peer %s misbehaved: %s", self.public_key.short(), exc)
             self.misbehaved = True
             self._end(f"misbehaving: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._end(f"link broken: {exc or type(exc).__name__}")
+
+    async def _read_loop(
+        self,
+        buf: bytearray,
+        stats: PeeringStatistics,
+        bucket: _TokenBucket,
+        deadline: trio.CancelScope,
+        inbox: trio.MemorySendChannel[Input],
+        port: int,
+    ) -> None:
+        while True:
+            if self._keepalives:
+                deadline.deadline = trio.current_time() + READ_TIMEOUT
+            data = await self.link.receive_some(READ_SIZE)
+            if not data:
+                self._end("remote closed the link")
+                return
+            stats.bytes_in += len(data)
+            buf += data
+            start = 0
+            end = len(buf)
+            while end - start >= HEADER_SIZE:
+                length = read_frame_length(bytes(buf[start : start + HEADER_SIZE]))
+                if end - start < length:
+                    break
+                frame = decode_frame(bytes(buf[start : start + length]))
+                start += length
+                stats.frames_in += 1
+                if type(frame) is Keepalive:
+                    continue  # it only moved the read deadline
+                if not is_traffic(frame) and not bucket.take(trio.current_time()):
+                    raise PeerFloodingError("protocol frames faster than allowed")
+                try:
+                    inbox.send_nowait(FrameIn(port, frame))
+                except trio.WouldBlock:
+                    deadline.deadline = math.inf  # a busy router is not a silent peer
+                    await inbox.send(FrameIn(port, frame))  # back-pressure
+            del buf[:start]
 
     async def _writer(self) -> None:
         stats = self.statistics
@@ -230,6 +317,9 @@ class Peering:
                     frame = queue.pop()
                     if frame is None:
                         break
+                    if is_traffic(frame):
+                        self.queued_bytes -= len(frame.payload)  # type: ignore[union-attr]
+                        self._left(frame)
                     encoded = encode_frame(frame)
                     parts.append(encoded)
                     size += len(encoded)

@@ -117,7 +117,8 @@ async def test_duplicate_links_resolve_to_one(autojump_clock: trio.testing.MockC
                 nursery.start_soon(a.connect, b.listen_uris[0])
                 nursery.start_soon(b.connect, a.listen_uris[0])
         with trio.fail_after(10):
-            await a.wait_for(lambda: len(a.peer_keys()) == 1 and len(b.peer_keys()) == 1)
+            await a.wait_for(lambda: len(a.peer_keys()) == 1)
+            await b.wait_for(lambda: len(b.peer_keys()) == 1)
             await trio.sleep(2)  # let any late duplicates settle
         assert a.peer_keys() == [b.public_key]
         assert b.peer_keys() == [a.public_key]
