@@ -181,6 +181,7 @@ class RouterState:
         "_ev_parent",
         "_ev_root",
         "_index",
+        "_index_dirty",
         "_key",
         "_last_bootstrap",
         "_next_cache_sweep",
@@ -240,6 +241,10 @@ class RouterState:
         self._ev_coords: Coords = ()
         # snake
         self._index = KeyIndex()
+        #: Peers whose announcement changed since the key index last saw it. Indexing
+        #: waits for the next snake lookup: a cold start brings many announcements per
+        #: peer between two lookups, and only the last one matters.
+        self._index_dirty: dict[int, Peer] = {}
         self._table = SnakeTable(cfg.max_snake_entries)
         self._descending: bytes | None = None
         self._last_bootstrap = -math.inf
@@ -401,6 +406,8 @@ class RouterState:
 
     def key_index_size(self) -> int:
         """Distinct keys learnt from announcements and peerings."""
+        if self._index_dirty:
+            self._flush_index()
         return len(self._index)
 
     def coords_cache_size(self) -> int:
@@ -455,6 +462,8 @@ class RouterState:
     def _snake(
         self, dest: bytes, bootstrap: bool, wm_key: bytes, wm_seq: int, exclude: int = -1
     ) -> tuple[int | None, bytes, int]:
+        if self._index_dirty:
+            self._flush_index()
         return snake_next_hop(
             dest,
             bootstrap,
@@ -494,6 +503,7 @@ class RouterState:
             self._drop("unknown_port")
             return
         self._peer_list = sorted(self._peers.values(), key=_port_of)
+        self._index_dirty.pop(port, None)
         index = self._index
         for k in peer.indexed_keys:
             index.remove(k, port)
@@ -590,7 +600,6 @@ class RouterState:
             return
         cur = self._current_ann()
         first = peer.ann is None
-        old_keys = () if peer.ann is None else peer.ann.keys
         self._ordering += 1
         peer.ann = ann
         peer.ann_time = now
@@ -598,8 +607,7 @@ class RouterState:
         keys = ann.keys
         peer.coords = ann.coords[:-1]
         peer.contains_us = self._key in keys
-        if keys != old_keys:
-            self._index_peer(peer, keys)
+        self._index_dirty[peer.port] = peer
         if self._waiting_until is not None:
             return  # hold-down: stored, not acted on
         is_parent = peer is self._parent
@@ -634,6 +642,15 @@ class RouterState:
                 self._become_root(out)
         elif is_parent:  # pragma: no cover - the table never ignores the parent
             self._tree_changed(out)
+
+    def _flush_index(self) -> None:
+        dirty = self._index_dirty
+        for peer in dirty.values():
+            ann = peer.ann
+            if ann is not None and ann.keys != peer.indexed_from:
+                self._index_peer(peer, ann.keys)
+                peer.indexed_from = ann.keys
+        dirty.clear()
 
     def _index_peer(self, peer: Peer, keys: tuple[bytes, ...]) -> None:
         index = self._index

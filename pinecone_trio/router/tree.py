@@ -56,6 +56,7 @@ class Peer:
         "ann_time",
         "contains_us",
         "coords",
+        "indexed_from",
         "indexed_keys",
         "key",
         "peer_type",
@@ -78,6 +79,8 @@ class Peer:
         self.contains_us = False
         #: Ancestor keys this peer contributes to the snake's key index.
         self.indexed_keys: tuple[bytes, ...] = ()
+        #: The announcement keys `indexed_keys` was computed from.
+        self.indexed_from: tuple[bytes, ...] = ()
 
 
 class AnnouncementAction(Enum):
@@ -109,22 +112,21 @@ def check_announcement(
     verifies over the body up to the start of its own entry (skipped when `verify` is
     false: the null signer would accept them anyway).
     """
-    hops = ann.hops
-    if not hops:
-        return "announcement without signatures"
-    if hops[0].public_key != ann.root_key:
-        return "first signer is not the root"
-    if hops[-1].public_key != sender_key:
-        return "last signer is not the peer"
     keys = ann.keys
+    if not keys:
+        return "announcement without signatures"
+    if keys[0] != ann.root_key:
+        return "first signer is not the root"
+    if keys[-1] != sender_key:
+        return "last signer is not the peer"
     if len(set(keys)) != len(keys):
         return "announcement repeats a key"
     if 0 in ann.coords:
         return "hop port 0 in announcement"
     if verify:
         body = ann.body
-        for hop, start in zip(hops, ann.starts, strict=True):
-            if not signer.verify(hop.public_key, body[:start], hop.signature):
+        for key, sig, start in zip(keys, ann.signatures, ann.starts, strict=True):
+            if not signer.verify(key, body[:start], sig):
                 return "bad announcement signature"
     return None
 

@@ -195,37 +195,48 @@ class Announcement:
     Build one with `Announcement.new(root_key, root_seq)` and `extend(...)`, or with
     `decode_announcement`. Two announcements are equal when their bodies are.
 
-    The encoded `body` is built on first use from the parent's body plus one entry, so a
-    simulation with the null signer and no codec never builds it; `keys` and `coords`
-    are kept eagerly because routing reads them on every announcement.
+    Routing reads `keys` and `coords` on every announcement, so those (and the
+    signatures) are plain tuples kept eagerly; the encoded `body` and the `hops` view
+    are built on first use, so a simulation with the null signer and no codec never
+    builds them.
     """
 
-    __slots__ = ("_body", "_parent", "_starts", "coords", "hops", "keys", "root_key", "root_seq")
+    __slots__ = (
+        "_body",
+        "_parent",
+        "_starts",
+        "coords",
+        "keys",
+        "root_key",
+        "root_seq",
+        "signatures",
+    )
 
     root_key: bytes
     root_seq: int
-    hops: tuple[SignatureHop, ...]
     #: Every signer key, root first.
     keys: tuple[bytes, ...]
     #: The hop ports: the receiver's coordinates when its parent sent this.
     coords: Coords
+    #: Every entry's signature.
+    signatures: tuple[bytes, ...]
 
     def __init__(
         self,
         root_key: bytes,
         root_seq: int,
-        hops: tuple[SignatureHop, ...],
         keys: tuple[bytes, ...],
         coords: Coords,
+        signatures: tuple[bytes, ...],
         body: bytes | None,
         starts: tuple[int, ...] | None,
         parent: Announcement | None,
     ) -> None:
         self.root_key = root_key
         self.root_seq = root_seq
-        self.hops = hops
         self.keys = keys
         self.coords = coords
+        self.signatures = signatures
         self._body = body
         self._starts = starts
         self._parent = parent
@@ -245,21 +256,25 @@ class Announcement:
         return Announcement(
             self.root_key,
             self.root_seq,
-            (*self.hops, SignatureHop(port, public_key, signature)),
             (*self.keys, public_key),
             (*self.coords, port),
+            (*self.signatures, signature),
             None,
             None,
             self,
         )
 
+    @property
+    def hops(self) -> tuple[SignatureHop, ...]:
+        """The signature entries, root first."""
+        return tuple(map(SignatureHop, self.coords, self.keys, self.signatures))
+
     def _build(self) -> None:
         parent = self._parent
         assert parent is not None
-        hop = self.hops[-1]
         pbody = parent.body
         self._starts = (*parent.starts, len(pbody))
-        self._body = pbody + encode_varu64(hop.port) + hop.public_key + hop.signature
+        self._body = pbody + encode_varu64(self.coords[-1]) + self.keys[-1] + self.signatures[-1]
         self._parent = None
 
     @property
@@ -313,9 +328,9 @@ def decode_announcement(body: bytes) -> Announcement:
     return Announcement(
         root_key,
         root_seq,
-        tuple(hops),
         tuple([h.public_key for h in hops]),
         tuple([h.port for h in hops]),
+        tuple([h.signature for h in hops]),
         bytes(body),
         tuple(starts),
         None,
