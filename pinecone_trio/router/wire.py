@@ -256,9 +256,9 @@ class Announcement:
         return Announcement(
             self.root_key,
             self.root_seq,
-            (*self.keys, public_key),
-            (*self.coords, port),
-            (*self.signatures, signature),
+            self.keys + (public_key,),  # noqa: RUF005 (faster than unpacking)
+            self.coords + (port,),  # noqa: RUF005
+            self.signatures + (signature,),  # noqa: RUF005
             None,
             None,
             self,
