@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from hyperlog import wire
+from hyperlog import flat_tree, wire
 from hyperlog.crypto import TreeNode
 from hyperlog.errors import (
     BlockNotAvailableError,
@@ -37,6 +37,7 @@ from hyperlog.proof import (
     SeekRequest,
     UpgradeProof,
     UpgradeRequest,
+    missing_nodes_candidates,
     verify_proof,
 )
 from hyperlog.replication.port import Applied
@@ -155,7 +156,23 @@ class LogAdapter:
         return self.log.have_bits(start, count)
 
     def missing_nodes(self, index: int) -> int:
-        return self.log.missing_nodes(index)
+        # `Log.missing_nodes` probes storage once per level (~8 queries for a sequential
+        # download). Guess instead from the in-memory bitfield: the lowest ancestor
+        # whose span holds a block we have is stored (every verified block stored its
+        # path). Confirm the guess with one probe; asking for more uncles than needed is
+        # harmless, fewer would fail verification, so fall back to the exact count.
+        path = missing_nodes_candidates(2 * index, self.log.length)
+        if not path:
+            return 0
+        bits = self.log.bitfield
+        for k in range(1, len(path)):
+            node = path[k]
+            first = bits.first_set(flat_tree.left_span(node) // 2)
+            if first is not None and first <= flat_tree.right_span(node) // 2:
+                if k == len(path) - 1 or self.log._get_node(node) is not None:
+                    return k
+                return self.log.missing_nodes(index)
+        return len(path) - 1
 
     def needs_manifest(self) -> bool:
         return self.log.manifest is None

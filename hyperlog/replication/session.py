@@ -81,6 +81,7 @@ class SessionEngine:
         self._cancelled: set[tuple[int, int]] = set()
         self._next_local = 1
         self._soft_errors = 0
+        self._serves = 0  # ServeWork items in `work`
         self.ignored_opens = 0
         self.bad_capabilities = 0
         self.closed = False
@@ -93,10 +94,12 @@ class SessionEngine:
 
     def add_work(self, work: Work) -> None:
         self.work.append(work)
+        if isinstance(work, ServeWork):
+            self._serves += 1
         self.on_output()
 
     def pending_serves(self) -> int:
-        return sum(1 for w in self.work if isinstance(w, ServeWork))
+        return self._serves
 
     # ------------------------------------------------------------------ local API
 
@@ -127,6 +130,7 @@ class SessionEngine:
         while self.work:
             w = self.work.popleft()
             if isinstance(w, ServeWork):
+                self._serves -= 1
                 key = (w.channel.remote_id, w.request.id)
                 if key in self._cancelled:
                     self._cancelled.discard(key)
@@ -147,6 +151,7 @@ class SessionEngine:
                 loc.replicator.remove_peer(loc.channel, now)
                 loc.channel = None
         self.work.clear()
+        self._serves = 0
 
     # ------------------------------------------------------------------ input
 

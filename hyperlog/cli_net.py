@@ -1,0 +1,224 @@
+"""The ``hyperlog serve`` and ``hyperlog clone`` commands (replication over Noise links).
+
+``serve DIR --listen tcp://HOST:PORT`` serves every log of the store folder DIR to
+whoever connects and knows a log's key (capabilities prove it without sending it).
+It prints one line, ``serving KEY on URI``, once it listens.
+
+``clone KEY DIR --connect tcp://HOST:PORT [--live] [--sparse START:END]`` fetches the
+log KEY into the store folder DIR (created if needed), verifying every block and the
+signed head; ``--sparse`` fetches only blocks START..END-1, ``--live`` keeps following
+the writer until interrupted. A progress bar goes to stderr when it is a terminal.
+
+Links are `pinecone_trio`'s Noise links (``connect_link`` / ``serve_links``). This is
+the only hyperlog module that imports `pinecone_trio`, lazily inside the commands, so
+the library itself never depends on it. Wire with ``COMMAND_GROUPS.append(
+add_net_commands)`` in `hyperlog.cli` (``python -m hyperlog.cli_net`` does it too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, TextIO
+
+import trio
+
+from .errors import HyperlogError, ReplicationError
+from .log import Log, open_store
+from .replication import Progress, ReplicationSession, replicate, replication_for
+
+if TYPE_CHECKING:
+    from pinecone_trio.link.stream import NoiseLink
+
+__all__ = ["add_net_commands"]
+
+#: Seconds `clone` waits for the peer's signed head before giving up.
+CLONE_UPDATE_TIMEOUT = 30.0
+#: Redraw the progress bar at most this often (seconds).
+PROGRESS_INTERVAL = 0.1
+
+
+def _parse_key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("KEY must be hexadecimal") from None
+    if len(key) != 32:
+        raise argparse.ArgumentTypeError("KEY must be 32 bytes (64 hex digits)")
+    return key
+
+
+def _parse_span(text: str) -> tuple[int, int]:
+    start, sep, end = text.partition(":")
+    try:
+        a, b = int(start), int(end)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--sparse takes START:END (integers)") from None
+    if not sep or a < 0 or b < a:
+        raise argparse.ArgumentTypeError("--sparse takes START:END with 0 <= START <= END")
+    return a, b
+
+
+# --- serve -----------------------------------------------------------------------------
+
+
+async def _cmd_serve(args: argparse.Namespace) -> int:
+    from pinecone_trio.identity import Identity
+    from pinecone_trio.link.connect import serve_links
+
+    identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
+    async with open_store(args.dir, create=False) as store:
+        logs: dict[bytes, Log] = {}
+        for key in store.keys():  # noqa: SIM118 - a Store, not a dict
+            log = await store.open_log(key, create=False)
+            logs[log.discovery_key] = log
+        if not logs:
+            raise HyperlogError(f"{args.dir} holds no log to serve")
+
+        async def handler(link: NoiseLink) -> None:
+            async with replicate(link, resolve=logs.get) as session:
+                await session.wait_closed()
+
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(serve_links, args.listen, identity, handler)
+            first = await store.default_log()
+            print(f"serving {first.key.hex()} on {bound}", flush=True)
+    return 0
+
+
+# --- clone -----------------------------------------------------------------------------
+
+
+class _Bar:
+    """A one-line progress bar on a terminal (nothing otherwise)."""
+
+    def __init__(self, out: TextIO, total: int) -> None:
+        self.out = out
+        self.total = total
+        self.enabled = out.isatty()
+        self.t0 = time.monotonic()
+        self.last = 0.0
+
+    def __call__(self, p: Progress, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not final and now - self.last < PROGRESS_INTERVAL):
+            return
+        self.last = now
+        done = max(0, self.total - p.missing) if self.total else 0
+        frac = 1.0 if not self.total else done / self.total
+        width = 30
+        fill = math.floor(frac * width)
+        rate = p.bytes / max(now - self.t0, 1e-9) / 1e6
+        self.out.write(
+            f"\r[{'#' * fill}{'.' * (width - fill)}] {100 * frac:5.1f}% "
+            f"{done}/{self.total} blocks {p.bytes / 1e6:.1f} MB {rate:.1f} MB/s"
+        )
+        if final:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def _check_alive(session: ReplicationSession) -> None:
+    if session.closed.is_set():
+        raise ReplicationError(f"the connection ended: {session.error or 'closed by the peer'}")
+
+
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one non-cancellation error inside nested groups, if there is exactly one."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack and len(leaves) < 2:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
+
+
+async def _cmd_clone(args: argparse.Namespace) -> int:
+    # Report the one real failure as one line (the command's contract), not a group.
+    try:
+        return await _clone(args)
+    except BaseExceptionGroup as group:
+        single = _single(group)
+        if single is None:
+            raise
+        raise single from None
+
+
+async def _clone(args: argparse.Namespace) -> int:
+    from pinecone_trio.identity import Identity
+    from pinecone_trio.link.connect import connect_link
+
+    async with open_store(args.dir) as store:
+        log = await store.open_log(args.key)
+        rep = replication_for(log)
+        link = await connect_link(args.connect, Identity.generate())
+        async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
+            # Watch the session: a dead connection ends the clone with its reason.
+            async def watch() -> None:
+                await session.wait_closed()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
+            _check_alive(session)
+            if rep.peers == 0:
+                raise HyperlogError("the peer does not serve this log")
+            start, end = args.sparse if args.sparse else (0, log.length)
+            end = min(end, log.length)
+            if args.live:
+                bar = _Bar(sys.stderr, 0)
+                print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
+                await rep.download(start, None, progress=bar)
+            bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
+            p = await rep.download(start, end, progress=bar)
+            bar(p, final=True)
+            nursery.cancel_scope.cancel()
+        if not log.has_range(start, end):
+            raise ReplicationError(
+                f"the connection ended before the download finished: {session.error}"
+            )
+        print(
+            f"cloned {log.key.hex()}: length {log.length}, "
+            f"{log.statistics().blocks_held} blocks held ({p.blocks} fetched, {p.bytes} bytes)"
+        )
+    return 0
+
+
+# --- wiring ----------------------------------------------------------------------------
+
+
+def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``serve`` and ``clone`` on the ``hyperlog`` command's subparsers."""
+    p = subparsers.add_parser("serve", help="serve the store's logs over Noise links")
+    p.add_argument("dir", metavar="DIR", help="store folder")
+    p.add_argument("--listen", required=True, metavar="URI", help="e.g. tcp://127.0.0.1:7000")
+    p.add_argument("--identity", metavar="FILE", help="link key file (default: ephemeral)")
+    p.set_defaults(run=_cmd_serve)
+
+    p = subparsers.add_parser("clone", help="fetch a log by key from a serving peer")
+    p.add_argument("key", metavar="KEY", type=_parse_key, help="the log key (hex)")
+    p.add_argument("dir", metavar="DIR", help="store folder (created if needed)")
+    p.add_argument("--connect", required=True, metavar="URI", help="e.g. tcp://127.0.0.1:7000")
+    p.add_argument("--live", action="store_true", help="keep following the writer")
+    p.add_argument(
+        "--sparse", type=_parse_span, metavar="START:END", help="fetch only these blocks"
+    )
+    p.set_defaults(run=_cmd_clone)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``hyperlog`` command with the network commands registered."""
+    from . import cli
+
+    if add_net_commands not in cli.COMMAND_GROUPS:
+        cli.COMMAND_GROUPS.append(add_net_commands)
+    return cli.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
