@@ -298,9 +298,8 @@ class RouterState:
                 if best is not None:
                     self._set_parent(best, out)
         if now >= self._next_root_announce:
-            self._next_root_announce = max(
-                self._next_root_announce + cfg.announcement_interval, now
-            )
+            nxt = self._next_root_announce + cfg.announcement_interval
+            self._next_root_announce = nxt if nxt > now else now + cfg.announcement_interval
             if self._parent is None and self._waiting_until is None and self._peers:
                 self._sequence += 1
                 self._tree_changed(out)
@@ -524,8 +523,9 @@ class RouterState:
             self._tree_changed(out)
             return
         if peer is self._parent:
+            # Our current announcement is now the synthetic one (root = us), so any
+            # peer with a stronger root that is not our descendant is eligible (§5.8).
             self._parent = None
-            self._tree_changed(out)
             best = self._choose_parent(now)
             if best is not None:
                 self._set_parent(best, out)

@@ -333,3 +333,23 @@ def test_next_deadline_is_finite_and_on_timer_is_idempotent() -> None:
     d = s.next_deadline()
     assert 0 < d < math.inf
     assert s.on_timer(d / 2) == []
+
+
+def test_late_timers_fire_once_and_reschedule_ahead() -> None:
+    s = engine(announcement_interval=10.0)
+    s.on_input(PeerUp(1, k(40)), 0.0)
+    first = sent(s.on_timer(1000.0))
+    assert [f.announcement.root_seq for _, f in first if isinstance(f, TreeAnnouncement)] == [1]
+    assert s.next_deadline() > 1000.0
+    assert s.on_timer(1000.0) == []
+
+
+def test_losing_the_parent_emits_one_root_change() -> None:
+    s = engine()
+    s.on_input(PeerUp(1, k(60)), 0.0)
+    s.on_input(PeerUp(2, k(70)), 0.0)
+    s.on_input(FrameIn(1, root_ann(90, 3, [(5, 90), (7, 60)])), 1.0)
+    s.on_input(FrameIn(2, root_ann(90, 3, [(5, 90), (8, 70)])), 1.1)
+    evs = events(s.on_input(PeerDown(1), 2.0))
+    assert [e for e in evs if isinstance(e, RootChanged)] == []  # same root via port 2
+    assert ParentChanged(2, (5, 8)) in evs
