@@ -433,6 +433,8 @@ class Manifest:
                 m = cls(0, (_dec_signer(r),))
             elif kind == 2:
                 flags = r.uint()
+                if flags & ~1:
+                    raise DecodeError(f"unknown v0 manifest flags {flags:#x}")
                 quorum = r.uint()
                 m = cls(0, _dec_signers(r), quorum=quorum, allow_patch=bool(flags & 1))
             else:
@@ -442,6 +444,8 @@ class Manifest:
         if version > 3:
             raise DecodeError(f"unknown manifest version {version}")
         flags = r.uint()
+        if flags & ~0xF:
+            raise DecodeError(f"unknown manifest flags {flags:#x}")
         _dec_hash(r)
         quorum = r.uint()
         signers = _dec_signers(r)
@@ -620,9 +624,18 @@ class Verifier:
             InvalidSignatureError: if the manifest does not name this key.
             DecodeError: if ``manifest`` is bytes that do not decode.
         """
-        m = Manifest.decode(manifest) if isinstance(manifest, bytes | bytearray) else manifest
+        if isinstance(manifest, bytes | bytearray):
+            m = Manifest.decode(manifest)
+            # hash the bytes as received, not a re-encoding: a non-canonical encoding of
+            # the same manifest is refused instead of silently accepted
+            digest = hash_bytes(NS_MANIFEST + bytes(manifest))
+        else:
+            m = manifest
+            digest = manifest_hash(m)
         compat = len(m.signers) == 1 and m.signers[0].public_key == key
-        if not compat and manifest_hash(m) != key:
+        if compat and isinstance(manifest, bytes | bytearray) and m.encode() != manifest:
+            raise InvalidSignatureError("the manifest is not canonically encoded")
+        if not compat and digest != key:
             raise InvalidSignatureError("the manifest does not hash to the log key")
         try:
             return cls(key, m)

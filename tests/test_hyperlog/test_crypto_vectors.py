@@ -187,3 +187,21 @@ def test_manifest_trailing_bytes_rejected() -> None:
     m = crypto.default_manifest(b"\x01" * 32).encode()
     with pytest.raises(DecodeError):
         crypto.Manifest.decode(m + b"\x00")
+
+
+def test_for_key_refuses_non_canonical_manifest_bytes() -> None:
+    kp = crypto.key_pair(SEED)
+    m = crypto.default_manifest(kp.public_key)
+    raw = bytearray(m.encode())
+    raw[1] |= 0x10  # an unknown flag bit
+    with pytest.raises(DecodeError):
+        crypto.Manifest.decode(bytes(raw))
+    # quorum 1 written as a 3-byte uint: decodes to the same manifest, hashes differently
+    long_quorum = m.encode()[:3] + b"\xfd\x01\x00" + m.encode()[4:]
+    assert crypto.Manifest.decode(long_quorum) == m
+    with pytest.raises(InvalidSignatureError):
+        crypto.Verifier.for_key(m.key(), long_quorum)
+    compat = crypto.compat_manifest(kp.public_key).encode()
+    assert crypto.Verifier.for_key(kp.public_key, compat).is_compat
+    with pytest.raises(InvalidSignatureError):
+        crypto.Verifier.for_key(kp.public_key, compat[:2] + b"\xfd\x01\x00" + compat[3:])
