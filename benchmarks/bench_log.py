@@ -133,6 +133,9 @@ async def _child_read(mode: str, blocks: int, folder: Path, seed: int) -> dict[s
         if mode == "seq":
             for i in idx:
                 total += len(await log.get(i))
+        elif mode == "many":
+            for k in range(0, gets, IN_FLIGHT):
+                total += sum(map(len, await log.get_many(idx[k : k + IN_FLIGHT])))
         else:
             sizes: list[int] = []
 
@@ -176,8 +179,17 @@ def _child_main(argv: list[str]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
 def _run_child(cmd: list[str], cwd: Path | None = None, expect: bool = True) -> dict[str, Any]:
+    """Run one trial; add ``processCpuSec``: the child's whole CPU time (all threads,
+    start-up included), measured the same way for both implementations."""
+    cpu0 = _children_cpu()
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
+    cpu = _children_cpu() - cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
     if not expect:
@@ -185,6 +197,7 @@ def _run_child(cmd: list[str], cwd: Path | None = None, expect: bool = True) -> 
     for line in proc.stdout.splitlines():
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[7:])
+            result["processCpuSec"] = float(cpu)
             return result
     raise RuntimeError(f"no RESULT line from {' '.join(cmd)}:\n{proc.stdout}")
 
@@ -260,11 +273,11 @@ def run(quick: bool, anchor: bool, trials: int) -> dict[str, Any]:
         jsdir = work / "js-read"
         if js is not None:
             _theirs(js, "bench_read.js", "build", "hypercore", str(jsdir))
-        for mode in ("seq", "par"):
+        for mode in ("seq", "par", "many"):
             mine, other = [], []
             for t in range(trials):
                 mine.append(_ours("read", mode, str(n), str(folder), str(1000 + t)))
-                if js is not None:
+                if js is not None and mode != "many":
                     other.append(
                         _theirs(js, "bench_read.js", mode, "hypercore", str(jsdir), str(1000 + t))
                     )
@@ -293,6 +306,10 @@ def _ratios(
     def up(case: str) -> float:
         return ours[case]["blocksPerSec"] / theirs[case]["blocksPerSec"]
 
+    def cpu(case: str) -> float:
+        # CPU seconds per operation of the whole child process, theirs / ours
+        return theirs[case]["processCpuSec"] / ours[case]["processCpuSec"]
+
     r = {
         "append_batch_1k_vs_hypercore": up("batch-1k"),
         "append_single_1k_vs_hypercore": up("single-1k"),
@@ -300,6 +317,13 @@ def _ratios(
         "append_batch_64k_vs_hypercore": up("batch-64k"),
         "get_vs_hypercore": theirs["get-seq"]["usPerGet"] / ours["get-seq"]["usPerGet"],
         "get_in_flight_vs_hypercore": theirs["get-par"]["usPerGet"] / ours["get-par"]["usPerGet"],
+        "get_many_vs_hypercore_in_flight": theirs["get-par"]["usPerGet"]
+        / ours["get-many"]["usPerGet"],
+        "cpu_append_single_1k_vs_hypercore": cpu("single-1k"),
+        "cpu_append_batch_1k_vs_hypercore": cpu("batch-1k"),
+        "cpu_append_single_64k_vs_hypercore": cpu("single-64k"),
+        "cpu_append_batch_64k_vs_hypercore": cpu("batch-64k"),
+        "cpu_get_vs_hypercore": cpu("get-seq"),
         "disk_overhead_batch_1k_vs_hypercore": ours["batch-1k"]["diskOverheadPct"]
         / theirs["batch-1k"]["diskOverheadPct"],
         "disk_overhead_single_1k_vs_hypercore": ours["single-1k"]["diskOverheadPct"]
@@ -328,12 +352,22 @@ def _table(report: dict[str, Any]) -> str:
             f"| append {name} | {o['blocksPerSec']:,.0f} blocks/s, "
             f"+{o['diskOverheadPct']:.1f}% disk, {o['maxRssMiB']:.0f} MiB | {them} | {ratio} |"
         )
-    for name in ("get-seq", "get-par"):
+    for name in ("get-seq", "get-par", "get-many"):
         o = ours[name]
         t = theirs.get(name)
         ratio = f"{t['usPerGet'] / o['usPerGet']:.2f}x" if t else "-"
         them = f"{t['usPerGet']:.1f} us/get" if t else "-"
         lines.append(f"| {name} | {o['usPerGet']:.1f} us/get | {them} | {ratio} |")
+    lines.append("")
+    lines.append("| case | hyperlog CPU s (whole child) | hypercore CPU s | ratio |")
+    lines.append("| --- | --- | --- | --- |")
+    for name in [*APPEND_CASES, "get-seq", "get-par"]:
+        o, t = ours[name], theirs.get(name)
+        if t:
+            lines.append(
+                f"| {name} | {o['processCpuSec']:.2f} | {t['processCpuSec']:.2f} | "
+                f"{t['processCpuSec'] / o['processCpuSec']:.2f}x |"
+            )
     return "\n".join(lines)
 
 

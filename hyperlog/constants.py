@@ -21,6 +21,10 @@ MAX_BATCH_BYTES: Final = 256 * 1024 * 1024
 THREAD_THRESHOLD_BYTES: Final = 256 * 1024
 #: Blocks per worker-thread hop when a caller reads a long range (`Log.iter_blocks`).
 READ_CHUNK_BLOCKS: Final = 256
+#: Most blocks one `Log.get_many` call reads.
+MAX_GET_MANY: Final = 65536
+#: `Log.get_many` reads more blocks than this in a worker thread.
+GET_MANY_THREAD_ABOVE: Final = 64
 #: Events buffered per subscriber before new ones are dropped (and counted).
 EVENT_BUFFER: Final = 1024
 #: Most verified proofs committed in one transaction by `Log.apply_proofs`.

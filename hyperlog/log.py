@@ -44,9 +44,11 @@ from .bitfield import Bitfield
 from .constants import (
     DEFAULT_LOG_META,
     EVENT_BUFFER,
+    GET_MANY_THREAD_ABOVE,
     MAX_BATCH_BLOCKS,
     MAX_BATCH_BYTES,
     MAX_BLOCK_SIZE,
+    MAX_GET_MANY,
     MAX_PROOF_GROUP,
     READ_CHUNK_BLOCKS,
     THREAD_THRESHOLD_BYTES,
@@ -555,6 +557,35 @@ class Log:
                 await event.wait()
             return self.get_nowait(index)
         raise BlockNotAvailableError(f"block {index} did not arrive within {timeout} s")
+
+    async def get_many(self, indices: Sequence[int]) -> list[bytes]:
+        """Return the locally held blocks at ``indices`` (in that order), read in one pass.
+
+        The batch equivalent of many concurrent `get` calls: one storage read (in a
+        worker thread when it is large), one checkpoint.
+
+        Raises:
+            ValueError: if more than `MAX_GET_MANY` indices are given.
+            BlockNotAvailableError: if any block is not held locally (nothing is waited for).
+            CorruptStorageError: if a stored block is damaged.
+        """
+        if len(indices) > MAX_GET_MANY:
+            raise ValueError(f"at most {MAX_GET_MANY} blocks per get_many")
+        for i in indices:
+            if not self.has(i):
+                await trio.lowlevel.checkpoint()
+                raise BlockNotAvailableError(f"block {i} is not available locally")
+        if len(indices) > GET_MANY_THREAD_ABOVE:
+            values = await trio.to_thread.run_sync(self._storage.get_blocks, self._handle, indices)
+        else:
+            values = self._storage.get_blocks(self._handle, indices)
+            await trio.lowlevel.checkpoint()
+        out: list[bytes] = []
+        for i, value in zip(indices, values, strict=True):
+            if value is None:
+                raise CorruptStorageError(f"block {i} is marked present but is not stored")
+            out.append(value)
+        return out
 
     async def iter_blocks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield the locally held blocks ``start .. end - 1`` in order, reading in chunks.

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import struct
@@ -105,8 +106,11 @@ SCHEMA_VERSION: Final = 1
 PAGE_SIZE: Final = 16384
 #: Page cache per connection, in KiB (SQLite's negative ``cache_size``).
 CACHE_KIB: Final = 32 * 1024
-#: WAL size (pages) after which a commit checkpoints it into the database.
-WAL_AUTOCHECKPOINT_PAGES: Final = 2000
+#: WAL size (pages) after which a commit checkpoints it itself: only a safety net, in
+#: case the background checkpointer falls behind (16,384 pages of 16 KiB = 256 MiB).
+WAL_AUTOCHECKPOINT_PAGES: Final = 16384
+#: Bytes committed after which the background thread checkpoints the WAL.
+CHECKPOINT_EVERY_BYTES: Final = 8 * 1024 * 1024
 #: Blocks per log: the block index fits in 40 bits of the row key.
 MAX_BLOCK_INDEX: Final = (1 << 40) - 1
 #: Logs per store: the handle fits above the 42-bit node index in a signed 64-bit key.
@@ -120,7 +124,10 @@ FULL_HASH_ABOVE: Final = 4096
 #: Longest store-level metadata value.
 MAX_META_SIZE: Final = 64 * 1024
 
+logger = logging.getLogger(__name__)
+
 _BLOCK_SHIFT: Final = 40
+_IN_CHUNK: Final = 500  # ids per "IN (...)" query, well under SQLite's variable limit
 _NODE_SHIFT: Final = 42
 _STATE_SHIFT: Final = 33
 _HEAD_SLOT: Final = 1 << 32
@@ -240,6 +247,14 @@ class Storage(Protocol):
 
         Raises:
             CorruptStorageError: if the stored bytes fail their checksum.
+        """
+        ...
+
+    def get_blocks(self, handle: int, indices: Sequence[int]) -> list[bytes | None]:
+        """Return `get_block` for each index, in one read.
+
+        Raises:
+            CorruptStorageError: if a stored block fails its checksum.
         """
         ...
 
@@ -387,6 +402,10 @@ class SQLiteStorage:
         self._readonly = readonly
         self._lock_fd: int | None = None
         self._closed = False
+        self._ckpt_conn: sqlite3.Connection | None = None
+        self._ckpt_thread: threading.Thread | None = None
+        self._ckpt_wake = threading.Event()
+        self._ckpt_pending = 0
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
         if durability not in ("process", "power"):
@@ -438,6 +457,14 @@ class SQLiteStorage:
             w.execute("PRAGMA synchronous = " + ("FULL" if durability == "power" else "NORMAL"))
             w.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             w.execute("PRAGMA journal_size_limit = 67108864")
+            self._ckpt_conn = self._connect(False)
+            self._ckpt_conn.execute(
+                "PRAGMA synchronous = " + ("FULL" if durability == "power" else "NORMAL")
+            )
+            self._ckpt_thread = threading.Thread(
+                target=self._checkpointer, name=f"hyperlog-checkpoint {self.path}", daemon=True
+            )
+            self._ckpt_thread.start()
             if not exists:
                 w.execute("BEGIN IMMEDIATE")
                 for stmt in _SCHEMA:
@@ -573,6 +600,27 @@ class SQLiteStorage:
             raise CorruptStorageError(f"block {index} in {self.db_path} fails its checksum")
         return value
 
+    def get_blocks(self, handle: int, indices: Sequence[int]) -> list[bytes | None]:
+        """Return many blocks in one locked pass (see `Storage.get_blocks`)."""
+        base = handle << _BLOCK_SHIFT
+        found: dict[int, bytes] = {}
+        with self._rlock, _reporting_corruption(self.db_path):
+            r = self._reader()
+            for k in range(0, len(indices), _IN_CHUNK):
+                chunk = indices[k : k + _IN_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = r.execute(
+                    f"SELECT id, sum, value FROM blocks WHERE id IN ({marks})",
+                    [base | i for i in chunk],
+                ).fetchall()
+                for key, stored, value in rows:
+                    if not _matches(value, stored)[0]:
+                        raise CorruptStorageError(
+                            f"block {key - base} in {self.db_path} fails its checksum"
+                        )
+                    found[key - base] = value
+        return [found.get(i) for i in indices]
+
     def iter_blocks(self, handle: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """Yield stored blocks in ``start .. end - 1`` in order (see `Storage.iter_blocks`)."""
         base = handle << _BLOCK_SHIFT
@@ -679,6 +727,30 @@ class SQLiteStorage:
                 if _is_corruption(exc):
                     raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
                 raise
+            self._ckpt_pending += PAGE_SIZE * 3 + sum(len(b[1]) for b in batch.blocks)
+            if self._ckpt_pending >= CHECKPOINT_EVERY_BYTES:
+                self._ckpt_pending = 0
+                self._ckpt_wake.set()
+
+    def _checkpointer(self) -> None:
+        """Copy the WAL into the database off the commit path (a PASSIVE checkpoint).
+
+        Appends then only append to the WAL; the copy and its ``fsync`` happen here,
+        in parallel. Checkpoints never affect durability: the WAL already holds every
+        committed transaction.
+        """
+        conn = self._ckpt_conn
+        assert conn is not None
+        # Bounded by the store's lifetime: close() sets the flag and wakes us.
+        while True:
+            self._ckpt_wake.wait()
+            self._ckpt_wake.clear()
+            if self._closed:
+                return
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                logger.warning("background checkpoint of %s failed", self.db_path, exc_info=True)
 
     def _commit(
         self,
@@ -752,8 +824,11 @@ class SQLiteStorage:
         if self._closed:
             return
         self._closed = True
+        if self._ckpt_thread is not None:
+            self._ckpt_wake.set()
+            self._ckpt_thread.join()
         with self._wlock, self._rlock:
-            for name in ("_r", "_w"):
+            for name in ("_ckpt_conn", "_r", "_w"):
                 conn = getattr(self, name, None)
                 if conn is not None:
                     with contextlib.suppress(sqlite3.Error):
@@ -814,6 +889,10 @@ class MemoryStorage:
     def get_block(self, handle: int, index: int) -> bytes | None:
         """Return block ``index`` or None."""
         return self._blocks.get((handle, index))
+
+    def get_blocks(self, handle: int, indices: Sequence[int]) -> list[bytes | None]:
+        """Return `get_block` for each index."""
+        return [self._blocks.get((handle, i)) for i in indices]
 
     def iter_blocks(self, handle: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """Yield stored blocks in ``start .. end - 1`` in order."""

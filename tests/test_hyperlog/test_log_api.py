@@ -220,3 +220,14 @@ async def test_large_batch_goes_through_a_thread(store: Store) -> None:
     assert await log.get(199) == blocks[199]
     assert [b async for b in log.iter_blocks()] == blocks
     await log.verify()
+
+
+async def test_get_many_reads_in_order(store: Store) -> None:
+    log = await store.create_log()
+    blocks = [b"block %d" % i for i in range(300)]
+    await log.append(blocks)
+    picks = [299, 0, 17, 17, 150] * 20  # 100: above the thread threshold
+    assert await log.get_many(picks) == [blocks[i] for i in picks]
+    assert await log.get_many(picks[:3]) == [blocks[299], blocks[0], blocks[17]]
+    with pytest.raises(BlockNotAvailableError):
+        await log.get_many([1, 300])
