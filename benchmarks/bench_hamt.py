@@ -47,7 +47,7 @@ ANCHOR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors
 BATCH = 1000
 REMOTE_GETS = 200
 #: Fresh readers (one cold get each) per remote mode.
-COLD_READERS = 10
+COLD_READERS = 20
 #: MEDIAN rows of `anchors/js/results.md` (d), used only when the anchor is not run.
 RECORDED = {
     "hypertrie-put": {"putsPerSec": 1401, "getsPerSec": 5451, "logBytesPerKey": 209},
