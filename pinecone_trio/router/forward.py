@@ -45,6 +45,8 @@ __all__ = ["LOCAL", "KeyIndex", "snake_next_hop", "tree_next_hop"]
 
 #: The local router as a next hop.
 LOCAL: Final = LOCAL_PORT
+#: Compares above every 32-byte key (FULL_MASK is a prefix of it).
+_ABOVE_EVERY_KEY: Final = b"\xff" * 33
 
 
 @final
@@ -137,11 +139,17 @@ def snake_next_hop(
         return LOCAL, wm_key, wm_seq
     best_key = our_key
     best_port: int | None = None if bootstrap else LOCAL
-    if has_parent and ((bootstrap and dest == our_key) or (our_key < dest < root_key)):
-        # Head for the root: it has the highest key, every node knows a way up.
-        port = index.port_for(root_key, exclude)
-        if port is not None:
-            best_key, best_port = root_key, port
+    if has_parent:
+        if (bootstrap and dest == our_key) or (our_key < dest < root_key):
+            # Head for the root: it has the highest key, every node knows a way up.
+            port = index.port_for(root_key, exclude)
+            if port is not None:
+                best_key, best_port = root_key, port
+    elif our_key < dest:
+        # No parent (we are root, or in the 1 s hold-down after bad news) yet the
+        # destination is above us: any known key above it is progress (ours, not
+        # upstream's, which drops here; the watermark still bounds the path).
+        best_key = _ABOVE_EVERY_KEY
     inclusive = not bootstrap
     tree = index.first_route(dest, inclusive, best_key, exclude)
     entry = table.first_candidate(dest, inclusive, best_key, wm_key, wm_seq, valid_after, exclude)
@@ -149,6 +157,8 @@ def snake_next_hop(
         return entry.source, entry.origin, entry.seq
     if tree is not None:
         return tree[1], tree[0], 0
+    if best_key is _ABOVE_EVERY_KEY:
+        return best_port, our_key, 0
     return best_port, best_key, 0
 
 

@@ -366,3 +366,20 @@ def test_snake_next_hop_never_leads_back_to_the_arrival_port() -> None:
         k(50),
         0,
     )
+
+
+def test_snake_next_hop_without_a_parent_still_goes_up() -> None:
+    index, table = KeyIndex(), SnakeTable(10)
+    index.add(k(60), 2, 1, 3)
+    common = {
+        "our_key": k(50),
+        "root_key": k(50),
+        "has_parent": False,
+        "index": index,
+        "table": table,
+        "valid_after": 0.0,
+    }
+    assert snake_next_hop(k(55), False, FULL_MASK, 0, **common) == (2, k(60), 0)  # type: ignore[arg-type]
+    assert snake_next_hop(k(55), True, FULL_MASK, 0, **common) == (2, k(60), 0)  # type: ignore[arg-type]
+    assert snake_next_hop(k(70), False, FULL_MASK, 0, **common) == (LOCAL, k(50), 0)  # type: ignore[arg-type]
+    assert snake_next_hop(k(70), True, FULL_MASK, 0, **common) == (None, k(50), 0)  # type: ignore[arg-type]
