@@ -106,6 +106,10 @@ SCHEMA_VERSION: Final = 1
 PAGE_SIZE: Final = 16384
 #: Page cache per connection, in KiB (SQLite's negative ``cache_size``).
 CACHE_KIB: Final = 32 * 1024
+#: Page cache of the write connection: it only walks the right edge of each B-tree.
+WRITE_CACHE_KIB: Final = 8 * 1024
+#: Page cache of the checkpoint connection (it copies WAL frames, caching nothing).
+CHECKPOINT_CACHE_KIB: Final = 1024
 #: WAL size (pages) after which a commit checkpoints it itself: only a safety net, in
 #: case the background checkpointer falls behind (16,384 pages of 16 KiB = 256 MiB).
 WAL_AUTOCHECKPOINT_PAGES: Final = 16384
@@ -437,18 +441,18 @@ class SQLiteStorage:
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._lock_fd = fd
 
-    def _connect(self, readonly: bool) -> sqlite3.Connection:
+    def _connect(self, readonly: bool, cache_kib: int = CACHE_KIB) -> sqlite3.Connection:
         if readonly:
             uri = f"{self.db_path.resolve().as_uri()}?mode=ro"
             conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
         else:
             conn = sqlite3.connect(self.db_path, isolation_level=None, check_same_thread=False)
-        conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
+        conn.execute(f"PRAGMA cache_size = -{cache_kib}")
         return conn
 
     def _open(self, exists: bool, durability: Durability) -> None:
         if not self._readonly:
-            self._w = self._connect(False)
+            self._w = self._connect(False, WRITE_CACHE_KIB)
             w = self._w
             if not exists:
                 os.chmod(self.db_path, 0o600)  # the database holds the writer's secret key
@@ -457,7 +461,7 @@ class SQLiteStorage:
             w.execute("PRAGMA synchronous = " + ("FULL" if durability == "power" else "NORMAL"))
             w.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT_PAGES}")
             w.execute("PRAGMA journal_size_limit = 67108864")
-            self._ckpt_conn = self._connect(False)
+            self._ckpt_conn = self._connect(False, CHECKPOINT_CACHE_KIB)
             self._ckpt_conn.execute(
                 "PRAGMA synchronous = " + ("FULL" if durability == "power" else "NORMAL")
             )
