@@ -321,6 +321,7 @@ def test_any_flipped_bit_fails(s: tuple[Holder, Reader, ProofRequest, int], seed
             blk, off = batch.seek
             sizes = [len(b) - padding for b in holder.blocks]
             assert sum(sizes[:blk]) + off == bad.seek.bytes
+            assert 0 <= off < sizes[blk]  # the proven leaf really holds the byte
             continue
         with pytest.raises(InvalidProofError):
             verify_proof(reader.tree, bad, VERIFIER, reader.store.get, seek_padding=padding)
@@ -562,3 +563,40 @@ def test_manifest_only_request() -> None:
     assert batch.verifier is not None and not batch.upgraded and batch.nodes == []
     with pytest.raises(InvalidProofError):
         verify_proof(reader, dataclasses.replace(proof, manifest=None), VERIFIER.key, nothing)
+
+
+@given(scenarios(), st.data())
+def test_extra_or_missing_upgrade_nodes_fail(
+    s: tuple[Holder, Reader, ProofRequest, int], data: st.DataObject
+) -> None:
+    holder, reader, req, padding = s
+    proof = holder.prove(req)
+    spare = TreeNode(2**40 + 1, 1, bytes(32))  # never anybody's sibling or root
+    variants: list[Proof] = []
+    if proof.upgrade is not None:
+        u = proof.upgrade
+        variants.append(
+            dataclasses.replace(proof, upgrade=dataclasses.replace(u, nodes=(*u.nodes, spare)))
+        )
+        if u.nodes:
+            variants.append(
+                dataclasses.replace(proof, upgrade=dataclasses.replace(u, nodes=u.nodes[:-1]))
+            )
+    for part in ("block", "hash", "seek"):
+        p = getattr(proof, part)
+        if p is not None:
+            more = dataclasses.replace(p, nodes=(*p.nodes, spare))
+            variants.append(dataclasses.replace(proof, **{part: more}))
+    for bad in variants:
+        with pytest.raises(InvalidProofError):
+            verify_proof(reader.tree, bad, VERIFIER, reader.store.get, seek_padding=padding)
+
+
+def test_seek_bytes_outside_the_proven_leaf_fail() -> None:
+    holder = Holder(distinct_blocks(30, 12))
+    reader = Reader(holder, 0)
+    proof = holder.prove(ProofRequest(0, seek=SeekRequest(5), upgrade=UpgradeRequest(0, 30)))
+    assert proof.seek is not None
+    moved = dataclasses.replace(proof, seek=dataclasses.replace(proof.seek, bytes=200))
+    with pytest.raises(InvalidProofError):
+        verify_proof(reader.tree, moved, VERIFIER, reader.store.get)
