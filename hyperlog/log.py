@@ -549,6 +549,8 @@ class Log:
         with trio.move_on_after(timeout if timeout is not None else float("inf")):
             # Bounded: each pass either returns or waits for a new block/length event.
             while not self.has(index):
+                if self._closed:
+                    raise HyperlogError("the log was closed while waiting for a block")
                 event = self._block_waiters.get(index)
                 if event is None:
                     event = self._block_waiters[index] = trio.Event()
@@ -685,6 +687,8 @@ class Log:
         fork = self._tree.fork
         # Bounded: each pass waits for the next length change.
         while self._tree.length < length and self._tree.fork == fork:
+            if self._closed:
+                raise HyperlogError("the log was closed while waiting for its length")
             await self._length_changed.wait()
         await trio.lowlevel.checkpoint()
 
@@ -873,6 +877,7 @@ class Log:
         for event in self._block_waiters.values():
             event.set()
         self._block_waiters.clear()
+        self._wake_length()
 
 
 class _Group:

@@ -8,9 +8,15 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from hyperlog.crypto import key_pair
-from hyperlog.errors import BlockNotAvailableError, NotWritableError, StorageLockedError
+from hyperlog.errors import (
+    BlockNotAvailableError,
+    HyperlogError,
+    NotWritableError,
+    StorageLockedError,
+)
 from hyperlog.log import AppendEvent, DownloadEvent, Store, TruncateEvent, open_store
 from tests.conftest import SHARED
 
@@ -231,3 +237,26 @@ async def test_get_many_reads_in_order(store: Store) -> None:
     assert await log.get_many(picks[:3]) == [blocks[299], blocks[0], blocks[17]]
     with pytest.raises(BlockNotAvailableError):
         await log.get_many([1, 300])
+
+
+async def test_closing_the_store_wakes_waiters() -> None:
+    async with open_store() as s:
+        log = await s.open_log(key_pair().public_key)
+        log.add_want_listener(lambda i: None)
+        errors: list[str] = []
+
+        async def waiter(which: str) -> None:
+            try:
+                if which == "block":
+                    await log.get(3, timeout=60)
+                else:
+                    await log.wait_length(10)
+            except HyperlogError as exc:
+                errors.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(waiter, "block")
+            nursery.start_soon(waiter, "length")
+            await trio.testing.wait_all_tasks_blocked()
+            await s.aclose()
+    assert len(errors) == 2 and all("closed" in e for e in errors)
