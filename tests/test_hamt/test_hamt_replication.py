@@ -6,6 +6,8 @@ which autojump would race. Each test takes well under a second.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 import trio
 import trio.testing
 
@@ -51,3 +53,26 @@ async def test_sparse_remote_get_fetches_only_the_path() -> None:
                         }
                     await h2.aclose()
                     nursery.cancel_scope.cancel()
+
+
+async def test_reader_watch_follows_the_writer_live() -> None:
+    async with open_store() as ws, open_store() as rs:
+        wlog = await ws.create_log()
+        async with hamt.open_hamt(wlog) as writer:
+            await writer.put("a", b"1")
+            rlog = await rs.open_log(wlog.key)
+            s1, s2 = trio.testing.memory_stream_pair()
+            with trio.fail_after(60):
+                async with replicate(s1, wlog), replicate(s2, rlog):
+                    await replication_for(rlog).update()
+                    async with hamt.open_hamt(rlog) as reader, aclosing(reader.watch()) as it:
+                        await writer.put("b", b"2")
+                        await writer.delete("a")
+                        got = []
+                        async for change in it:
+                            got.append((change.version, change.key, change.value))
+                            if len(got) == 2:
+                                break
+                        assert got == [(3, "b", b"2"), (4, "a", None)]
+                        assert await reader.get("b") == b"2"
+                        assert await reader.get("a") is None
