@@ -191,6 +191,12 @@ class MerkleTree:
             roots.append(node)
         return cls(roots, fork=fork, signature=signature)
 
+    def __repr__(self) -> str:
+        return (
+            f"MerkleTree(length={self.length}, byte_length={self.byte_length}, "
+            f"fork={self.fork}, roots={[r.index for r in self.roots]})"
+        )
+
     def snapshot(self) -> MerkleTree:
         """Return an independent copy of this head."""
         t = MerkleTree.__new__(MerkleTree)

@@ -215,6 +215,8 @@ def _plan(tree: MerkleTree, req: ProofRequest) -> _Plan:
         plan.subject_self = True
         nodes = req.hash.nodes
     if req.seek is not None:
+        if not 0 <= req.seek.padding <= MAX_BLOCK_SIZE:
+            raise InvalidRequestError(f"bad seek padding {req.seek.padding}")
         plan.subject_self = True
         nodes = -1  # up to the root; the leaf is found when the proof is built
         plan.subject = -2  # placeholder until the seek descends

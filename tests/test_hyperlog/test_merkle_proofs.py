@@ -447,6 +447,7 @@ def test_fork_change_needs_full_upgrade() -> None:
         ProofRequest(0, upgrade=UpgradeRequest(0, 11)),
         ProofRequest(0, upgrade=UpgradeRequest(4, 0)),
         ProofRequest(0, seek=SeekRequest(10**6)),
+        ProofRequest(0, seek=SeekRequest(1, padding=-1)),
         ProofRequest(0, hash=HashRequest(9, 0), upgrade=UpgradeRequest(5, 5)),
     ],
 )
