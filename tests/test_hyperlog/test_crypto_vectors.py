@@ -10,6 +10,8 @@ import pytest
 from hyperlog import crypto, flat_tree
 from hyperlog.crypto import TreeNode
 from hyperlog.errors import DecodeError, InvalidSignatureError, NotWritableError
+from hyperlog.merkle import MerkleTree
+from hyperlog.proof import BlockRequest, ProofRequest, UpgradeRequest, create_proof, verify_proof
 from tests.conftest import SHARED
 
 VECTORS: dict[str, Any] = json.loads((SHARED / "vectors" / "hypercore.json").read_text())
@@ -116,12 +118,28 @@ def test_default_manifest_mode() -> None:
         v.check(th, 5, 1, sig)
 
 
-def test_proof_block2_length5_nodes_are_tree_nodes() -> None:
+def test_proof_block2_length5() -> None:
     built = _build_tree()
     p = VECTORS["proofBlock2Length5"]
     assert [_node(n) for n in p["blockNodes"]] == [built[6], built[1]]
     assert [_node(n) for n in p["upgradeNodes"]] == [built[8]]
     assert p["additionalNodes"] == []
+    # and our engine builds exactly that proof, signed as hypercore signs it
+    kp = crypto.key_pair(SEED)
+    verifier = crypto.Verifier.from_manifest(crypto.default_manifest(kp.public_key))
+    tree = MerkleTree()
+    batch = tree.append(BLOCKS)
+    batch.sign(verifier, kp.secret_key)
+    tree.apply(batch)
+    req = ProofRequest(0, block=BlockRequest(2, 0), upgrade=UpgradeRequest(0, 5))
+    proof = create_proof(tree, req, built.get, value=BLOCKS[2])
+    assert proof.block is not None and proof.upgrade is not None
+    assert list(proof.block.nodes) == [_node(n) for n in p["blockNodes"]]
+    assert list(proof.upgrade.nodes) == [_node(n) for n in p["upgradeNodes"]]
+    assert proof.upgrade.additional_nodes == ()
+    assert proof.upgrade.signature.hex() == VECTORS["defaultManifestMode"]["signature"]
+    got = verify_proof(MerkleTree(), proof, verifier, built.get)
+    assert got.tree_hash.hex() == VECTORS["treeHash"] and got.block == (2, b"hyper")
 
 
 def test_for_key_accepts_matching_manifest_only() -> None:
