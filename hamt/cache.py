@@ -71,6 +71,9 @@ class BlockCache:
         self._d.clear()
         self._bytes = 0
 
+    def __contains__(self, seq: object) -> bool:
+        return seq in self._d
+
     def __len__(self) -> int:
         return len(self._d)
 

@@ -230,7 +230,8 @@ class Hamt(Generic[V]):
 
     async def prefetch(self, seqs: Sequence[int]) -> None:
         """Fetch blocks `seqs` into the cache, all at once."""
-        want = sorted({s for s in seqs if 0 < s < self.version and self._s.cache.get(s) is None})
+        cache = self._s.cache
+        want = sorted({s for s in seqs if 0 < s < self.version and s not in cache})
         if not want:
             return
         if len(want) == 1:
