@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -88,7 +88,7 @@ class Holder:
 class Reader:
     """A reader that trusts the holder's head at `length` and stores some of its nodes."""
 
-    def __init__(self, holder: Holder, length: int, extra: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def __init__(self, holder: Holder, length: int, extra: Iterable[int] = ()) -> None:
         full = {i: n for i, n in holder.store.items() if flat_tree.right_span(i) < 2 * length}
         self.tree = MerkleTree.from_storage(length, full.get)
         self.tree.signature = b"\x00" * 64  # the reader trusts this head already
