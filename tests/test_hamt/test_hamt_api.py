@@ -238,3 +238,22 @@ async def test_watch_on_a_hyperlog_log() -> None:
                     if len(got) == 3:
                         break
             assert got == [(2, "x", b"1"), (3, "y", b"2"), (3, "x", None)]
+
+
+async def test_diff_and_sparse_reads_touch_only_changed_paths() -> None:
+    log = hamt.MemoryLog()
+    async with hamt.open_hamt(log) as db:
+        for i in range(0, 3000, 500):
+            async with db.batch() as b:
+                for j in range(i, i + 500):
+                    b.put(f"k{j}", b"%d" % j)
+        for j in range(300):
+            await db.put(f"s{j}", b"x")
+        v = db.version
+        await db.put("k77", b"changed")
+    reader_log = hamt.MemoryLog(log.key, writable=False)
+    reader_log.blocks = log.blocks
+    async with hamt.open_hamt(reader_log, cache_blocks=64) as reader:
+        got = [(d.key, d.left, d.right) async for d in reader.diff(v)]
+        assert got == [("k77", b"77", b"changed")]
+        assert reader_log.gets <= 12  # two root-to-leaf paths, not 307 blocks
