@@ -119,6 +119,7 @@ COLUMNS = [
     ("mem KB/node", "memory_per_node_bytes"),
     ("snake broken checks", "steady_snake_bad_checks"),
     ("loops", "forwarding_loops_total"),
+    ("revisits", "probe_revisits_total"),
     ("bootstrap loops", "bootstrap_loops_total"),
     ("virtual s", "virtual_s"),
     ("wall s", "wall_s"),

@@ -14,7 +14,11 @@ through the engines with `LocalSend`, exactly as an application would:
 
 The simulator sees every `SendFrame`, so it counts the links each probe crosses
 itself (the engine's own `hops` field is cross-checked in tests), and it notices a
-probe that is forwarded by a node it already passed through: a **forwarding loop**.
+probe that is forwarded again by a node it already passed through *in the same routing
+state* (same watermark, same destination coordinates): a **forwarding loop**, which
+watermarks (snake) and strictly decreasing tree distance must rule out. Coming back to
+a node with a strictly better watermark is allowed by the protocol (the packet made
+progress in keyspace); it is counted separately as a **revisit**.
 Bootstraps are watched the same way (one bootstrap is its origin and sequence number).
 
 Definitions (research §14.3, where pineconesim's numbers go wrong):
@@ -26,6 +30,9 @@ Definitions (research §14.3, where pineconesim's numbers go wrong):
 * **stretch** of a delivered probe = links crossed / BFS shortest path length at send
   time; mean, p50, p95 and max are over delivered probes only, first packets and steady
   packets separately. Hops are counted from 0 at the sender, so a neighbour is 1 hop.
+  A first packet that left with destination coordinates (its sender had heard from the
+  destination within the cache lifetime) is not a first packet for stretch purposes and
+  is only counted (`first_with_coords`); pairs are chosen to make that rare.
 """
 
 from __future__ import annotations
@@ -70,8 +77,10 @@ class Probe:
         "engine_hops",
         "hops",
         "kind",
+        "left_with_coords",
         "looped",
         "pair_id",
+        "revisited",
         "sent",
         "shortest",
         "src",
@@ -89,7 +98,11 @@ class Probe:
         self.engine_hops = -1
         self.delivered_at = math.inf
         self.looped = False
-        self.visited: set[int] | None = set()
+        #: Whether the sender put destination coordinates on it (tree routing).
+        self.left_with_coords = False
+        #: (node, watermark key, watermark seq, destination coords) of every hop.
+        self.visited: set[tuple[int, bytes, int, tuple[int, ...]]] | None = set()
+        self.revisited = False
 
 
 @final
@@ -128,6 +141,11 @@ class ProbeReport:
     loops: int = 0
     misdelivered: int = 0
     hop_mismatches: int = 0
+    #: First packets that left with coordinates (the sender had heard from the
+    #: destination recently): not counted in the first-packet stretch.
+    first_with_coords: int = 0
+    #: Steady packets that left without coordinates (snake-routed): counted anyway.
+    steady_without_coords: int = 0
 
     @property
     def delivery_ratio(self) -> float:
@@ -160,6 +178,7 @@ class Prober:
         self.track_loops = track_loops
         self.probes: list[Probe] = []
         self.loops = 0
+        self.revisits = 0
         self.bootstrap_loops = 0
         self.misdelivered = 0
         self._bootstrap_visits: set[tuple[bytes, int, int]] = set()
@@ -224,14 +243,23 @@ class Prober:
         probe = self._probe_of(frame.payload)
         if probe is None:
             return
+        if probe.hops == 0:
+            probe.left_with_coords = bool(frame.destination_coords)
         probe.hops += 1
         visited = probe.visited
         if visited is not None:
-            if node in visited:
+            state = (node, frame.watermark_key, frame.watermark_seq, frame.destination_coords)
+            if state in visited:
+                # Back at a node in the same routing state: nothing bounds this but the
+                # hop limit. That is the loop watermarks and tree distance must prevent.
                 if not probe.looped:
                     self.loops += 1
                 probe.looped = True
-            visited.add(node)
+            elif not probe.revisited and any(v[0] == node for v in visited):
+                # Back at a node with a better watermark: allowed, but a detour.
+                probe.revisited = True
+                self.revisits += 1
+            visited.add(state)
 
     def _bootstrap_visit(self, node: int, frame: Bootstrap) -> None:
         # A bootstrap is one (origin, sequence); forwarding it twice from one node is a loop.
@@ -279,9 +307,14 @@ class Prober:
             result.sent[name] = result.sent.get(name, 0) + 1
             if probe.looped:
                 result.loops += 1
+            if probe.kind == FIRST and probe.left_with_coords:
+                result.first_with_coords += 1
+            if probe.kind == STEADY and probe.hops and not probe.left_with_coords:
+                result.steady_without_coords += 1
             if probe.delivered_at - probe.sent <= self.timeout:
                 result.delivered[name] = result.delivered.get(name, 0) + 1
-                ratios[name].append(probe.hops / probe.shortest)
+                if not (probe.kind == FIRST and probe.left_with_coords):
+                    ratios[name].append(probe.hops / probe.shortest)
                 if probe.engine_hops != probe.hops:
                     result.hop_mismatches += 1
         result.misdelivered = self.misdelivered
@@ -294,24 +327,34 @@ class Prober:
 
 
 def sample_pairs(net: Network, max_pairs: int, rng: random.Random) -> list[tuple[int, int]]:
-    """Ordered pairs of distinct live nodes in the same component.
+    """Pairs of distinct live nodes in the same component, each unordered pair at most
+    once, in a random direction (the exchange's reply covers the other direction, and a
+    node must not have heard from its destination before its first packet).
 
-    All of them when there are at most `max_pairs`; otherwise a seeded sample: about
-    ``sqrt(max_pairs)`` sources (so few BFS runs are needed), each with destinations drawn
-    uniformly from its component.
+    All pairs when there are at most `max_pairs`; otherwise a seeded sample: about
+    ``2 * sqrt(max_pairs)`` sources (so few BFS runs are needed), each with destinations
+    drawn uniformly from its component.
     """
     components = [c for c in net.graph.components() if len(c) > 1]
-    total = sum(len(c) * (len(c) - 1) for c in components)
+    total = sum(len(c) * (len(c) - 1) // 2 for c in components)
     if total <= max_pairs:
-        return [(a, b) for c in components for a in c for b in c if a != b]
+        every = [(a, b) for c in components for i, a in enumerate(c) for b in c[i + 1 :]]
+        return [(a, b) if rng.random() < 0.5 else (b, a) for a, b in every]
     members = [a for c in components for a in c]
     where = {a: (c, i) for c in components for i, a in enumerate(c)}
     n_sources = max(1, min(len(members), math.isqrt(max_pairs) * 2))
     sources = rng.sample(members, n_sources)
     pairs: list[tuple[int, int]] = []
-    for i in range(max_pairs):
+    seen: set[tuple[int, int]] = set()
+    for i in range(4 * max_pairs):
+        if len(pairs) >= max_pairs:
+            break
         a = sources[i % n_sources]
         c, position = where[a]
         j = rng.randrange(len(c) - 1)  # uniform over the component without a
-        pairs.append((a, c[j + 1] if j >= position else c[j]))
+        b = c[j + 1] if j >= position else c[j]
+        key = (min(a, b), max(a, b))
+        if key not in seen:
+            seen.add(key)
+            pairs.append((a, b))
     return pairs

@@ -228,6 +228,8 @@ def _probe_fields(prefix: str, report: ProbeReport) -> dict[str, Any]:
         f"{prefix}first_packet_stretch_p95": _round(first.p95),
         f"{prefix}first_packet_stretch_max": _round(first.max),
         f"{prefix}forwarding_loops": report.loops,
+        f"{prefix}first_packets_with_coords": report.first_with_coords,
+        f"{prefix}steady_packets_without_coords": report.steady_without_coords,
         f"{prefix}misdelivered": report.misdelivered,
     }
 
@@ -304,6 +306,7 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
         done = tree_s is not None and snake_s is not None
         out["final_reconverge_s"] = max(tree_s or 0.0, snake_s or 0.0) if done else None
     out["forwarding_loops_total"] = run.prober.loops
+    out["probe_revisits_total"] = run.prober.revisits
     out["bootstrap_loops_total"] = run.prober.bootstrap_loops
     out["coords_cache_max"] = max(
         (n.state.coords_cache_size() for n in net.nodes if n.alive), default=0
