@@ -249,17 +249,40 @@ def main() -> int:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--output", help="write the Markdown table here")
     p.add_argument("--only", action="append", help="run only these names (repeatable)")
+    p.add_argument("--skip", action="append", help="skip these names (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jsonl", help="append each run's result to this file as it finishes")
+    p.add_argument(
+        "--from-jsonl",
+        action="append",
+        help="do not run: build the table from results saved with --jsonl (repeatable)",
+    )
     args = p.parse_args()
     plan = QUICK if args.quick else FULL
     if args.only:
         plan = [r for r in plan if r[0] in args.only]
+    if args.skip:
+        plan = [r for r in plan if r[0] not in args.skip]
     results: dict[str, dict[str, Any]] = {}
+    if args.from_jsonl:
+        saved: dict[str, dict[str, Any]] = {}
+        for path in args.from_jsonl:
+            for line in Path(path).read_text().splitlines():
+                if line.strip():
+                    row = json.loads(line)
+                    saved[row["name"]] = row["result"]
+        # Keep the plan's order; anything else saved goes last.
+        results = {n: saved[n] for n, *_ in FULL if n in saved}
+        results.update({n: r for n, r in saved.items() if n not in results})
+        plan = []
     for name, topology, extra, timeout in plan:
         results[name] = run_one(topology, extra, timeout, args.seed)
         r = results[name]
         shown = r.get("error") or {k: r.get(k) for _, k in COLUMNS}
         print(f"{name}: {shown}", file=sys.stderr, flush=True)
+        if args.jsonl:
+            with open(args.jsonl, "a") as f:
+                f.write(json.dumps({"name": name, "result": r}) + "\n")
     command = "python benchmarks/bench_router_sim.py " + " ".join(sys.argv[1:])
     table = markdown(results, machine_note(command.strip()))
     if args.output:
