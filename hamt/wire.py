@@ -37,6 +37,7 @@ import msgpack
 
 from .constants import (
     CHUNK_BITS,
+    CHUNK_MASK,
     FANOUT,
     FORMAT_VERSION,
     MAX_BATCH_OPS,
@@ -103,14 +104,25 @@ class Block:
     def node_at(self, path: int, depth: int) -> Node | None:
         """Return the inline node at `depth` on `path`, or None if this block has none there.
 
-        A child pointer's target; the first call indexes every inline node of the block
-        by position (a single put's block holds one path, a batch's a few thousand nodes).
+        A child pointer's target. Decoded blocks carry an index of their inline nodes
+        (built while validating); blocks this process encoded are walked from the root.
         """
         nodes = self._nodes
-        if nodes is None:
-            nodes = self._nodes = {}
-            _index_nodes(self.root, 0, 1, nodes)
-        return nodes.get((1 << (CHUNK_BITS * depth)) | (path >> (PATH_BITS - CHUNK_BITS * depth)))
+        if nodes is not None:
+            shift = PATH_BITS - CHUNK_BITS * depth
+            return nodes.get((1 << (CHUNK_BITS * depth)) | (path >> shift))
+        node = self.root
+        shift = PATH_BITS - CHUNK_BITS
+        for _ in range(depth):
+            bit = 1 << ((path >> shift) & CHUNK_MASK)
+            shift -= CHUNK_BITS
+            nm = node[1]
+            if not nm & bit:
+                return None
+            node = node[2 + node[0].bit_count() + (nm & (bit - 1)).bit_count()]
+            if type(node) is not list:
+                return None
+        return node
 
     def entry_at(self, path_fn: Callable[[str], int], prefix: int, depth: int) -> str:
         """Return the one key of this block whose path starts with `prefix`'s first `depth` chunks.
@@ -129,22 +141,6 @@ class Block:
         if i + 1 < len(self._by_path) and self._by_path[i + 1][0] < hi:
             raise CorruptNodeError("entry pointer is ambiguous", seq=self.seq)
         return self._by_path[i][1]
-
-
-def _index_nodes(node: Node, depth: int, key: int, out: dict[int, Node]) -> None:
-    """Record `node` under `key` (a 1 bit, then the chunks of its position) and recurse."""
-    out[key] = node
-    if depth == MAX_DEPTH:
-        return
-    nm = node[1]
-    i = 2 + node[0].bit_count()
-    while nm:
-        low = nm & -nm
-        nm ^= low
-        child = node[i]
-        i += 1
-        if type(child) is list:
-            _index_nodes(child, depth + 1, (key << CHUNK_BITS) | (low.bit_length() - 1), out)
 
 
 def pack_value(obj: object) -> bytes:
