@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from .cache import BlockCache
 from .constants import CHUNK_BITS, FANOUT, MAX_DEPTH, PATH_BITS
@@ -34,6 +34,9 @@ from .wire import Block, Node
 
 __all__ = [
     "DiffItem",
+    "Done",
+    "NeedBlock",
+    "Stepper",
     "Item",
     "descend",
     "diff",
@@ -346,6 +349,61 @@ def diff(left: Block, right: Block, cache: BlockCache, path_fn: PathFn) -> DiffS
     if left.seq == right.seq:
         return
     yield from _diff(left.root, left.seq, right.root, right.seq, 0, 0, cache, path_fn)
+
+
+@dataclass(frozen=True, slots=True)
+class NeedBlock:
+    """The walk cannot go on without block `seq`: pass it to `Stepper.receive_block`."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Generic[T]):
+    """The walk finished with `result`."""
+
+    result: T
+
+
+class Stepper(Generic[T]):
+    """An h11-style face for a walk: ``next_event()`` is `NeedBlock` or `Done`.
+
+    ```
+    st = Stepper(lookup(root, key, path, cache))
+    while isinstance(ev := st.next_event(), NeedBlock):
+        st.receive_block(decode_block(fetch_bytes(ev.seq), ev.seq))
+    value = ev.result
+    ```
+    """
+
+    def __init__(self, steps: Generator[int, Block, T]) -> None:
+        self._steps = steps
+        self._event: NeedBlock | Done[T] | None = None
+        self._advance(None)
+
+    def _advance(self, block: Block | None) -> None:
+        try:
+            seq = next(self._steps) if block is None else self._steps.send(block)
+        except StopIteration as stop:
+            self._event = Done(stop.value)
+        else:
+            self._event = NeedBlock(seq)
+
+    def next_event(self) -> NeedBlock | Done[T]:
+        """Return what the walk needs now (the same event until you answer it)."""
+        assert self._event is not None
+        return self._event
+
+    def receive_block(self, block: Block) -> None:
+        """Answer a `NeedBlock` with the decoded block it named.
+
+        Raises:
+            ValueError: no block is needed, or this is not the block asked for.
+        """
+        event = self._event
+        if not isinstance(event, NeedBlock) or block.seq != event.seq:
+            raise ValueError(f"expected {event!r}, got block {block.seq}")
+        self._advance(block)
 
 
 def drive_sync(steps: Generator[int, Block, T], fetch: Callable[[int], Block]) -> T:

@@ -3,6 +3,8 @@ the block cache, and the HAMT on a real hyperlog `Log` stored in SQLite files.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from contextlib import aclosing
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import trio.testing
 import hamt
 from hamt.cache import BlockCache
 from hamt.hashing import Hasher, derive_hash_key
-from hamt.trie import drive_sync, lookup
+from hamt.trie import Done, NeedBlock, Stepper, drive_sync, lookup
 from hamt.wire import Block, decode_block, decode_header
 from hyperlog.log import open_store
 
@@ -257,3 +259,27 @@ async def test_diff_and_sparse_reads_touch_only_changed_paths() -> None:
         got = [(d.key, d.left, d.right) async for d in reader.diff(v)]
         assert got == [("k77", b"77", b"changed")]
         assert reader_log.gets <= 12  # two root-to-leaf paths, not 307 blocks
+
+
+def test_stepper_and_no_pinecone_import() -> None:
+    log = hamt.MemoryLog()
+
+    async def build() -> None:
+        async with hamt.open_hamt(log) as db:
+            for i in range(40):
+                await db.put(f"k{i}", b"%d" % i)
+
+    trio.run(build)
+    hasher = Hasher(derive_hash_key(log.key, decode_header(log.blocks[0]).salt))
+    cache = BlockCache(1, 1)
+    root = decode_block(log.blocks[-1], log.length - 1)
+    st = Stepper(lookup(root, "k3", hasher.path("k3"), cache))
+    asked = 0
+    while isinstance(ev := st.next_event(), NeedBlock):
+        asked += 1
+        with pytest.raises(ValueError):
+            st.receive_block(root if ev.seq != root.seq else decode_block(log.blocks[1], 1))
+        st.receive_block(decode_block(log.blocks[ev.seq], ev.seq))
+    assert isinstance(ev, Done) and ev.result == b"3" and asked >= 1
+    code = "import hamt, sys; assert not [m for m in sys.modules if m.startswith('pinecone_trio')]"
+    subprocess.run([sys.executable, "-c", code], check=True)
