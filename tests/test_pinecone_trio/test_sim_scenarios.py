@@ -15,10 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pinecone_trio.router.constants import MAX_COORDS_CACHE, MAX_SNAKE_ENTRIES
 from pinecone_trio.sim.__main__ import main
 from pinecone_trio.sim.scenarios import SCENARIOS, SimOptions, simulate
+from pinecone_trio.sim.topology import Graph
 
 TOPOLOGIES = Path(__file__).resolve().parents[3] / "shared" / "topologies"
 
@@ -160,3 +163,23 @@ def test_command_prints_a_table_and_rejects_bad_topologies(
     assert "delivery_ratio" in out and "recovery_s" in out
     assert main(["--topology", "no-such-file.txt"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+@st.composite
+def connected_graphs(draw: st.DrawFn) -> Graph:
+    """A random connected graph: a random tree plus random extra links."""
+    n = draw(st.integers(min_value=2, max_value=12))
+    g = Graph(str(i) for i in range(n))
+    for i in range(1, n):
+        g.add_link(i, draw(st.integers(min_value=0, max_value=i - 1)))
+    extra = draw(st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1)), max_size=2 * n))
+    for a, b in extra:
+        g.add_link(a, b)
+    return g
+
+
+@settings(max_examples=25)
+@given(graph=connected_graphs(), seed=st.integers(0, 2**16))
+def test_any_small_graph_converges_with_every_pair_delivered(graph: Graph, seed: int) -> None:
+    result = simulate(graph, SimOptions(seed=seed, max_pairs=200, measure_window=5.0))
+    assert_healthy(result)
