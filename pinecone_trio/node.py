@@ -106,6 +106,9 @@ LOCAL_SEND_FRAMES: Final = 256
 #: raw application datagrams and end-to-end session packets share the overlay safely.
 SERVICE_DATAGRAM: Final = 0
 SERVICE_SESSION: Final = 1
+SERVICE_DHT: Final = 2
+#: Service tags from here up are free for applications.
+FIRST_APPLICATION_SERVICE: Final = 16
 #: The largest payload `Node.send` takes (the router's limit less the service byte).
 MAX_DATAGRAM_PAYLOAD: Final = MAX_TRAFFIC_PAYLOAD - 1
 #: The capability a listener at its peer limit advertises before it closes the link.
@@ -190,21 +193,81 @@ def _remote_uri(stream: trio.abc.Stream, scheme: str) -> str:
     return f"{scheme}://(inbound)"
 
 
-class _SessionService:
-    """The overlay as the session manager sees it: datagrams tagged SERVICE_SESSION."""
+class OverlayService:
+    """One service's share of the overlay: datagrams whose first payload byte is its tag.
 
-    def __init__(self, node: Node) -> None:
+    Get one from `Node.service(tag)`. Tag 0 is the node's own raw datagrams
+    (`Node.send` / `Node.receive`), tag 1 the end-to-end sessions, tag 2 the DHT;
+    applications may use tags from `FIRST_APPLICATION_SERVICE` up. Each service has its
+    own bounded receive queues, one per delivery mode (exact key, closest key), so one
+    service that does not read cannot starve another.
+    """
+
+    def __init__(self, node: Node, tag: int) -> None:
         self._node = node
+        self.tag = tag
+        self._prefix = bytes((tag,))
+        self._exact: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
+        self._closest: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
 
     @property
     def public_key(self) -> PublicKey:
         return self._node.public_key
 
+    async def send(self, destination: PublicKey | bytes, payload: bytes) -> None:
+        """Send `payload` to the node with exactly the key `destination`, best effort.
+
+        Raises:
+            ValueError: if `payload` is larger than `MAX_DATAGRAM_PAYLOAD`.
+        """
+        if len(payload) > MAX_DATAGRAM_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        message = LocalSend(bytes(PublicKey(destination)), self._prefix + payload)
+        await self._node._queue_local(message)
+
+    async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
+        """Send `payload` to whichever node's key is closest to `target`.
+
+        Closest is the snake's rule: the smallest key >= `target`, or the highest key
+        in the network when none is that high (possibly this node itself).
+        """
+        if len(payload) > MAX_DATAGRAM_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        message = LocalSendClosest(bytes(PublicKey(target)), self._prefix + payload)
+        await self._node._queue_local(message)
+
+    async def receive(self) -> Datagram:
+        """The next datagram of this service sent to our exact key."""
+        return await self._exact.get()
+
+    async def receive_closest(self) -> Datagram:
+        """The next closest-key datagram of this service for which we are the closest."""
+        return await self._closest.get()
+
+    def _deliver(self, datagram: Datagram, closest: bool) -> bool:
+        return (self._closest if closest else self._exact).put_nowait(datagram)
+
+    def _close(self) -> None:
+        self._exact.close()
+        self._closest.close()
+
+
+class _SessionService:
+    """The overlay as the session manager sees it (service tag 1)."""
+
+    def __init__(self, service: OverlayService) -> None:
+        self._service = service
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._service.public_key
+
     async def send(self, dest: PublicKey, payload: bytes) -> None:
-        await self._node._send_service(dest, SERVICE_SESSION, payload)
+        await self._service.send(dest, payload)
 
     async def receive(self) -> tuple[PublicKey, bytes]:
-        return await self._node._session_packets.get()
+        datagram = await self._service.receive()
+        return datagram.source_key, datagram.payload
 
 
 class Node:
@@ -219,13 +282,14 @@ class Node:
         self._state: RouterState | None = None
         self._nursery: trio.Nursery | None = None
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[Input](INBOX_SIZE)
-        self._datagrams: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
-        self._closest: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
-        self._session_packets: DropQueue[tuple[PublicKey, bytes]] = DropQueue(RECEIVE_BUFFER)
+        self._services: dict[int, OverlayService] = {}
+        self._raw = self.service(SERVICE_DATAGRAM)
         session_config = self._config.sessions or SessionConfig()
         if session_config.max_packet_size > MAX_DATAGRAM_PAYLOAD:
             session_config = replace(session_config, max_packet_size=MAX_DATAGRAM_PAYLOAD)
-        self._sessions = SessionManager(_SessionService(self), identity, config=session_config)
+        self._sessions = SessionManager(
+            _SessionService(self.service(SERVICE_SESSION)), identity, config=session_config
+        )
         self._budget = SendBudget(LOCAL_SEND_BYTES, LOCAL_SEND_FRAMES)
         self._peerings: dict[int, Peering] = {}
         self._by_key: dict[bytes, Peering] = {}
@@ -304,8 +368,8 @@ class Node:
                 await trio.sleep_forever()
         finally:
             self._inbox_send.close()
-            for queue in (self._datagrams, self._closest, self._session_packets):
-                queue.close()
+            for service in self._services.values():
+                service._close()
             for channel in list(self._subscribers):
                 channel.close()
 
@@ -396,31 +460,19 @@ class Node:
                 self._on_router_event(action.event)  # type: ignore[union-attr]
 
     def _deliver(self, action: DeliverLocal) -> None:
-        exact = action.mode is DeliveryMode.EXACT
-        if exact:
-            payload = action.payload
-            service = payload[0] if payload else -1
-            if service == SERVICE_SESSION:
-                queued = self._session_packets.put_nowait(
-                    (PublicKey(action.source_key), payload[1:])
-                )
-            elif service == SERVICE_DATAGRAM:
-                queued = self._datagrams.put_nowait(
-                    Datagram(PublicKey(action.source_key), payload[1:], None, action.hops)
-                )
-            else:
-                self.counters.unknown_service += 1
-                return
-            if not queued:
-                self.counters.receive_drops += 1
+        payload = action.payload
+        service = self._services.get(payload[0]) if payload else None
+        if service is None:
+            self.counters.unknown_service += 1
             return
+        closest = action.mode is not DeliveryMode.EXACT
         datagram = Datagram(
             PublicKey(action.source_key),
-            action.payload,
-            None if exact else PublicKey(action.target_key),
+            payload[1:],
+            PublicKey(action.target_key) if closest else None,
             action.hops,
         )
-        if not self._closest.put_nowait(datagram):
+        if not service._deliver(datagram, closest):
             self.counters.receive_drops += 1
 
     def _on_router_event(self, event: object) -> None:
@@ -759,23 +811,40 @@ class Node:
 
     # --- public API: overlay datagrams -----------------------------------------------
 
+    def service(self, tag: int) -> OverlayService:
+        """The overlay service with `tag` (0..255), created on first use.
+
+        Every exact-key and closest-key payload starts with a service tag byte, added
+        and removed by the node, so independent protocols share the overlay.
+        """
+        if not 0 <= tag <= 255:
+            raise ValueError("a service tag is 0..255")
+        service = self._services.get(tag)
+        if service is None:
+            service = self._services[tag] = OverlayService(self, tag)
+        return service
+
     async def send(self, destination: PublicKey | bytes, payload: bytes) -> None:
         """Send one overlay datagram to the node whose key is exactly `destination`.
 
-        Delivery is best effort, like UDP: queues may drop it, routes may be missing.
+        Delivery is best effort, like UDP: there may be no route yet, and relays drop
+        when their queues overflow. The call waits (back-pressure) while too much of
+        this node's own traffic is queued on its links.
 
         Raises:
             ValueError: if `payload` is larger than `MAX_DATAGRAM_PAYLOAD`.
-            trio.ClosedResourceError: if the node has stopped.
         """
-        if len(payload) > MAX_DATAGRAM_PAYLOAD:
-            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
-        await self._send_service(destination, SERVICE_DATAGRAM, payload)
+        await self._raw.send(destination, payload)
 
-    async def _send_service(
-        self, destination: PublicKey | bytes, service: int, payload: bytes
-    ) -> None:
-        message = LocalSend(bytes(PublicKey(destination)), bytes((service,)) + payload)
+    async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
+        """Send a datagram to whichever node's key is closest to `target` (the DHT mode).
+
+        Closest is the snake's rule: the smallest key >= `target`, or the highest key
+        in the network when none is that high.
+        """
+        await self._raw.send_closest(target, payload)
+
+    async def _queue_local(self, message: LocalSend | LocalSendClosest) -> None:
         await self._budget.acquire(len(message.payload))
         await self._to_router(message)
 
@@ -789,25 +858,13 @@ class Node:
         except trio.WouldBlock:
             await self._inbox_send.send(item)
 
-    async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
-        """Send a datagram to whichever node's key is closest to `target` (the DHT mode).
-
-        Closest is the snake's rule: the smallest key >= `target`, or the highest key
-        in the network when none is that high.
-        """
-        if len(payload) > MAX_TRAFFIC_PAYLOAD:
-            raise ValueError(f"payload of {len(payload)} bytes > {MAX_TRAFFIC_PAYLOAD}")
-        message = LocalSendClosest(bytes(PublicKey(target)), bytes(payload))
-        await self._budget.acquire(len(message.payload))
-        await self._to_router(message)
-
     async def receive(self) -> Datagram:
-        """The next datagram sent to our exact key."""
-        return await self._datagrams.get()
+        """The next raw datagram sent to our exact key."""
+        return await self._raw.receive()
 
     async def receive_closest(self) -> Datagram:
-        """The next closest-key datagram for which we are the closest node."""
-        return await self._closest.get()
+        """The next raw closest-key datagram for which we are the closest node."""
+        return await self._raw.receive_closest()
 
     def __aiter__(self) -> AsyncIterator[Datagram]:
         return self._iterate()
