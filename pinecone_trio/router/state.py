@@ -133,10 +133,17 @@ class RouterConfig:
 @final
 @dataclass(slots=True)
 class RouterStatistics:
-    """Counters; every dropped frame is counted under one reason."""
+    """Counters since start.
 
+    `dropped` maps a reason to a count; every frame or input the engine discards is
+    counted under exactly one reason: unknown_port, unsupported_type, bad_announcement,
+    bad_signature, wrong_root, replay, own_bootstrap, snake_table_full (remembered
+    nothing, still forwarded), no_route, loop, watermark, hop_limit, too_large.
+    """
+
+    #: Frames received from peers (`FrameIn`).
     frames_in: int = 0
-    frames_sent: int = 0
+    #: `DeliverLocal` actions produced.
     delivered: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
 
