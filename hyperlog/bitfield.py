@@ -96,6 +96,10 @@ class Bitfield:
         self._dirty.clear()
         return out
 
+    def clear_dirty(self) -> None:
+        """Forget which pages changed (their state is already stored)."""
+        self._dirty.clear()
+
     def page_bytes(self, page: int) -> bytes:
         """Return page ``page`` as `PAGE_BYTES` bytes (zeros if never set)."""
         data = self._pages.get(page)

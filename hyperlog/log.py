@@ -226,7 +226,7 @@ class Log:
         """Rebuild the in-memory state from storage and check the signed head."""
         for page, data in self._storage.load_bitfield(self._handle):
             self._bitfield.load_page(page, data)
-        self._bitfield.take_dirty()
+        self._bitfield.clear_dirty()
         tree = MerkleTree.from_storage(
             head.length, self._get_node, fork=head.fork, signature=head.signature
         )
@@ -461,7 +461,7 @@ class Log:
 
     def _after_append(self, start: int, length: int) -> None:
         self._bitfield.set_range(start, length)
-        self._bitfield.take_dirty()
+        self._bitfield.clear_dirty()
         self._emit(AppendEvent(length, self._tree.byte_length, self._tree.fork))
         self._wake_length()
 
@@ -489,7 +489,7 @@ class Log:
             await trio.to_thread.run_sync(self._storage.commit, self._handle, wb)
             self._tree.apply(batch)
             self._bitfield.clear_from(length)
-            self._bitfield.take_dirty()
+            self._bitfield.clear_dirty()
             self._cuts[batch.fork] = length
             self._emit(TruncateEvent(length, batch.fork))
             self._wake_length()
@@ -1007,7 +1007,7 @@ class _Group:
             log._cuts[t.fork] = w.truncate
         for i in self.new_bits:
             log._bitfield.set(i)
-        log._bitfield.take_dirty()
+        log._bitfield.clear_dirty()
         log._tree = t
         for event in self.events:
             log._emit(event)
