@@ -776,29 +776,20 @@ class Log:
             results: list[ProofResult | HyperlogError] = []
             group = _Group(self)
             for proof in proofs:
-                try:
-                    batch = verify_proof(
-                        group.tree,
-                        proof,
-                        group.verifier if group.verifier is not None else self.key,
-                        group.get_node,
-                        seek_padding=seek_padding,
-                    )
-                except HyperlogError as exc:
-                    results.append(exc)
-                    continue
-                if batch.is_fork_change and group.pending:
-                    # A fork change rewrites the tree: commit what came before it first.
-                    await group.commit()
-                    group = _Group(self)
-                    batch = verify_proof(
-                        group.tree,
-                        proof,
-                        group.verifier if group.verifier is not None else self.key,
-                        group.get_node,
-                        seek_padding=seek_padding,
-                    )
-                results.append(group.add(batch))
+                batch = group.verify(proof, seek_padding)
+                if isinstance(batch, VerifiedBatch) and batch.is_fork_change:
+                    # A fork change rewrites the tree: it commits alone, after what came
+                    # before it, and later proofs are verified against the new fork.
+                    if group.pending:
+                        await group.commit()
+                        group = _Group(self)
+                        batch = group.verify(proof, seek_padding)
+                    if isinstance(batch, VerifiedBatch):
+                        results.append(group.add(batch))
+                        await group.commit()
+                        group = _Group(self)
+                        continue
+                results.append(batch if isinstance(batch, HyperlogError) else group.add(batch))
             await group.commit()
         await trio.lowlevel.checkpoint()
         return results
@@ -896,6 +887,19 @@ class _Group:
         self.fork_changed = False
         self.pending = False
         self.bytes = 0
+
+    def verify(self, proof: Proof, seek_padding: int) -> VerifiedBatch | HyperlogError:
+        """Verify ``proof`` against the state this group leads to; return the error if not."""
+        try:
+            return verify_proof(
+                self.tree,
+                proof,
+                self.verifier if self.verifier is not None else self.log.key,
+                self.get_node,
+                seek_padding=seek_padding,
+            )
+        except HyperlogError as exc:
+            return exc
 
     def get_node(self, index: int) -> TreeNode | None:
         node = self.overlay.get(index)

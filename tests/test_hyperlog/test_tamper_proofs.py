@@ -220,3 +220,32 @@ async def test_reader_follows_a_truncated_writer() -> None:
     assert not reader.has(11)
     assert await reader.get(13) == b"rewritten"
     await reader.verify()
+
+
+async def test_group_with_a_fork_change_then_more_blocks() -> None:
+    _, writer, _, reader = await _pair(12)
+    await reader.apply_proof(writer.create_proof(_request(reader, writer, 11)))
+    await writer.truncate(8)
+    await writer.append([b"rewritten"] * 6)
+    fork_proof = writer.create_proof(
+        ProofRequest(writer.fork, block=BlockRequest(13, 0), upgrade=UpgradeRequest(0, 14))
+    )
+    twin = await Store(MemoryStorage()).open_log(writer.key)
+    await twin.apply_proof(
+        writer.create_proof(
+            ProofRequest(
+                writer.fork,
+                block=BlockRequest(13, 0),
+                upgrade=UpgradeRequest(0, 14),
+                manifest=True,
+            )
+        )
+    )
+    later = writer.create_proof(
+        ProofRequest(writer.fork, block=BlockRequest(9, twin.missing_nodes(9)))
+    )
+    results = await reader.apply_proofs([fork_proof, later])
+    assert not any(isinstance(r, Exception) for r in results), results
+    assert reader.fork == writer.fork and reader.has(9) and reader.has(13)
+    assert await reader.get(9) == b"rewritten"
+    await reader.verify()
