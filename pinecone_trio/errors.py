@@ -21,6 +21,9 @@ PineconeError
 │   ├── TruncatedFrame               the transport ended inside a frame
 │   ├── TruncatedStream              the transport ended without the peer's close message
 │   └── DecryptionFailed             a transport message failed authentication
+├── SessionError                     an end-to-end session failed (handshake, peer, protocol)
+│   ├── SessionTimeoutError          no handshake in time, or the peer went silent
+│   └── StreamRefusedError           the peer refused a stream's protocol
 ├── UnreachableError                 no route to the destination key (yet)
 └── NodeCrashedError                 a background failure surfaced by open_node
 ```
@@ -116,3 +119,32 @@ class UnreachableError(PineconeError):
 
 class NodeCrashedError(PineconeError):
     """A node's background task failed; the cause is chained."""
+
+
+class SessionError(PineconeError):
+    """An end-to-end session failed: its handshake (timeout, bad or unexpected identity),
+    its peer (closed it, stopped answering) or its protocol.
+
+    `remote_key` is the peer's key when it is known.
+    """
+
+    def __init__(self, message: str, *, remote_key: bytes | None = None) -> None:
+        super().__init__(message)
+        self.remote_key = remote_key
+
+
+class SessionTimeoutError(SessionError):
+    """A session's handshake did not complete, or its peer went silent, within the timeout."""
+
+
+class StreamRefusedError(SessionError):
+    """The remote refused to open a stream (no listener for the protocol, or too many streams).
+
+    `protocol` is the protocol name that was asked for.
+    """
+
+    def __init__(
+        self, message: str, *, remote_key: bytes | None = None, protocol: str = ""
+    ) -> None:
+        super().__init__(message, remote_key=remote_key)
+        self.protocol = protocol

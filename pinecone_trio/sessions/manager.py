@@ -1,0 +1,441 @@
+"""`SessionManager`: sessions to any key over an overlay datagram service.
+
+The manager runs over anything with `public_key`, `async send(dest_key, payload)` and
+`async receive() -> (source_key, payload)`: the overlay node, or
+`sessions.testing.MemoryOverlay` in tests. It owns one nursery (`run`) holding
+
+- the receive loop: it reads datagrams, finds the session by the receiver index in the
+  packet (or by source key, for an INITIATION), feeds the engine synchronously and
+  wakes that session's driver;
+- one driver task per session: the only task that sends for the session and fires its
+  timers; it sleeps until the engine's next deadline or a wake-up.
+
+Application calls (`connect`, stream reads and writes, datagrams) call the engine
+synchronously and wake the driver. Engines never see trio.
+
+Routing key and identity are separate: `service.public_key` is the address sessions
+are named by; `identity` is what the session proves inside the handshake. By default a
+peer must prove the identity equal to its routing key (`require_identity_is_address`),
+which is what makes the overlay's unauthenticated source key safe to use; a device that
+routes under an ephemeral key turns that off and checks `stream.remote_key` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final, Protocol, final
+
+import trio
+
+from ..errors import SessionError
+from ..identity import Identity, PublicKey
+from . import wire
+from .config import SessionConfig
+from .engine import (
+    DatagramReceived,
+    HandshakeCompleted,
+    IncomingStream,
+    Session,
+    SessionClosed,
+    SessionReplaced,
+    StreamBroken,
+    random_index,
+)
+from .stream import SessionListener, SessionStream
+
+logger = logging.getLogger(__name__)
+
+#: Most sessions one manager keeps at once; INITIATIONs beyond it are dropped.
+MAX_SESSIONS: Final = 4_096
+#: Most sessions still in their handshake that a peer's INITIATION may create; bounds
+#: what a flood of (possibly spoofed) INITIATIONs costs before any peer authenticated.
+MAX_HALF_OPEN: Final = 256
+#: Incoming streams queued on a listener before new ones are refused.
+LISTEN_BACKLOG: Final = 1_024
+#: Received datagrams queued per protocol before new ones are dropped.
+DATAGRAM_BACKLOG: Final = 1_024
+
+
+class DatagramService(Protocol):
+    """What sessions need from the overlay: best-effort datagrams between keys."""
+
+    @property
+    def public_key(self) -> PublicKey: ...
+
+    async def send(self, dest: PublicKey, payload: bytes) -> None: ...
+
+    async def receive(self) -> tuple[PublicKey, bytes]: ...
+
+
+@final
+class _SessionHandle:
+    """The Trio side of one session: its engine, its wake-up, its open streams."""
+
+    __slots__ = ("_wake", "engine", "ready", "streams")
+
+    def __init__(self, engine: Session) -> None:
+        self.engine = engine
+        self.ready = trio.Event()  # set once established or closed
+        self.streams: dict[int, SessionStream] = {}
+        self._wake = trio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def reset_wake(self) -> trio.Event:
+        self._wake = trio.Event()
+        return self._wake
+
+
+@final
+class SessionManager:
+    """End-to-end sessions to other keys over a datagram service.
+
+    Args:
+        service: the overlay's datagram API (`public_key`, `send`, `receive`).
+        identity: the identity sessions prove (usually the node's own).
+        config: session tunables.
+        require_identity_is_address: refuse peers whose proven identity differs from
+            their routing key (the default, and what `connect` checks against).
+
+    Start it with `await nursery.start(manager.run)`; everything else needs it running.
+    """
+
+    def __init__(
+        self,
+        service: DatagramService,
+        identity: Identity,
+        *,
+        config: SessionConfig | None = None,
+        require_identity_is_address: bool = True,
+    ) -> None:
+        self._service = service
+        self._identity = identity
+        self._address = PublicKey(service.public_key)
+        self.config = config if config is not None else SessionConfig()
+        self._require = require_identity_is_address
+        self._by_address: dict[PublicKey, _SessionHandle] = {}
+        self._by_index: dict[int, _SessionHandle] = {}
+        self._listeners: dict[str, SessionListener] = {}
+        self._datagrams: dict[
+            str,
+            tuple[
+                trio.MemorySendChannel[tuple[PublicKey, bytes]],
+                trio.MemoryReceiveChannel[tuple[PublicKey, bytes]],
+            ],
+        ] = {}
+        self._nursery: trio.Nursery | None = None
+        self._closed = False
+        self._stats = {"dropped_no_session": 0, "dropped_datagrams": 0, "refused_streams": 0}
+
+    @property
+    def public_key(self) -> PublicKey:
+        """Our routing key (what peers dial)."""
+        return self._address
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    # ------------------------------------------------------------ running
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Receive and drive sessions until cancelled; every session dies with it."""
+        if self._nursery is not None or self._closed:
+            raise RuntimeError("a SessionManager runs once")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                await self._receive_loop()
+        finally:
+            self._closed = True
+            self._nursery = None
+            for handle in list(self._by_index.values()):
+                handle.engine.close("the local node is shutting down")
+                self._process(handle)
+            for listener in list(self._listeners.values()):
+                listener._close_now()
+            for send, _ in self._datagrams.values():
+                send.close()
+
+    async def _receive_loop(self) -> None:
+        service = self._service
+        while True:
+            source, packet = await service.receive()
+            self._dispatch(PublicKey(source), packet)
+
+    def _dispatch(self, source: PublicKey, packet: bytes) -> None:
+        kind = wire.packet_kind(packet)
+        handle: _SessionHandle | None = None
+        if kind == wire.TRANSPORT:
+            index = wire.transport_receiver(packet)
+            handle = self._by_index.get(index) if index is not None else None
+        elif kind == wire.INITIATION:
+            handle = self._by_address.get(source)
+            if handle is None:
+                handle = self._answer(source, packet)
+                return
+        elif kind in (wire.RESPONSE, wire.FINISH):
+            index = wire.handshake_receiver(packet)
+            handle = self._by_index.get(index) if index is not None else None
+        # The index finds the session; the source key must match too, so one peer can
+        # never feed packets into another peer's session.
+        if handle is None or handle.engine.remote_address != source:
+            self._stats["dropped_no_session"] += 1
+            return
+        handle.engine.receive_packet(packet, trio.current_time())
+        self._process(handle)
+
+    def _answer(self, source: PublicKey, packet: bytes) -> _SessionHandle | None:
+        if self._nursery is None or source == self._address:
+            return None
+        half_open = sum(1 for h in self._by_index.values() if not h.engine.established)
+        if len(self._by_index) >= MAX_SESSIONS or half_open >= MAX_HALF_OPEN:
+            self._stats["dropped_no_session"] += 1
+            return None
+        engine = Session.answer(
+            identity=self._identity,
+            local_address=self._address,
+            remote_address=source,
+            local_index=self._new_index(),
+            expected_key=source if self._require else None,
+            config=self.config,
+            now=trio.current_time(),
+        )
+        engine.receive_packet(packet, trio.current_time())
+        if not engine.wants_to_send(trio.current_time()):
+            return None  # not a valid INITIATION: keep no state for it
+        return self._start(engine)
+
+    def _new_index(self) -> int:
+        while True:
+            index = random_index()
+            if index not in self._by_index:
+                return index
+
+    def _start(self, engine: Session) -> _SessionHandle:
+        assert self._nursery is not None
+        handle = _SessionHandle(engine)
+        self._by_address[engine.remote_address] = handle
+        self._by_index[engine.local_index] = handle
+        self._nursery.start_soon(self._drive, handle)
+        return handle
+
+    def _dial(self, key: PublicKey) -> _SessionHandle:
+        if self._closed or self._nursery is None:
+            raise trio.ClosedResourceError("the session manager is not running")
+        handle = self._by_address.get(key)
+        if handle is not None and not handle.engine.is_closed:
+            return handle
+        if key == self._address:
+            raise ValueError("cannot open a session to our own key")
+        engine = Session.dial(
+            identity=self._identity,
+            local_address=self._address,
+            remote_address=key,
+            local_index=self._new_index(),
+            expected_key=key if self._require else None,
+            config=self.config,
+            now=trio.current_time(),
+        )
+        return self._start(engine)
+
+    async def _drive(self, handle: _SessionHandle) -> None:
+        engine = handle.engine
+        send = self._service.send
+        remote = engine.remote_address
+        try:
+            while True:
+                wake = handle.reset_wake()
+                now = trio.current_time()
+                engine.handle_timer(now)
+                packets = engine.packets_to_send(now)
+                self._process(handle, wake=False)
+                for packet in packets:
+                    await send(remote, packet)
+                if engine.is_closed:
+                    return
+                if packets and engine.wants_to_send(trio.current_time()):
+                    continue
+                deadline = engine.next_deadline()
+                if deadline <= trio.current_time():
+                    await trio.lowlevel.checkpoint()
+                    continue
+                with trio.move_on_at(deadline if deadline != math.inf else math.inf):
+                    await wake.wait()
+        finally:
+            if not engine.is_closed:
+                engine.close("the session task ended")
+            self._process(handle)
+
+    def _process(self, handle: _SessionHandle, *, wake: bool = True) -> None:
+        """React to what the engine reported: streams to wake, events to deliver.
+
+        Wakes the session's driver too, unless the driver itself is asking.
+        """
+        engine = handle.engine
+        if engine.events:
+            events = engine.events
+            engine.events = []
+            for event in events:
+                self._on_event(handle, event)
+        if engine.changed:
+            changed = engine.changed
+            engine.changed = set()
+            for sid in changed:
+                stream = handle.streams.get(sid)
+                if stream is not None:
+                    stream._wake()
+        if wake:
+            handle.wake()
+
+    def _on_event(self, handle: _SessionHandle, event: object) -> None:
+        engine = handle.engine
+        if type(event) is IncomingStream:
+            listener = self._listeners.get(event.protocol)
+            stream = SessionStream(handle, event.stream_id, event.protocol)
+            if listener is not None and listener.offer(stream):
+                handle.streams[event.stream_id] = stream
+                engine.accept_stream(event.stream_id)
+            else:
+                self._stats["refused_streams"] += 1
+                reason = "backlog full" if listener is not None else "no listener"
+                engine.refuse_stream(event.stream_id, f"{reason} for {event.protocol!r}")
+        elif type(event) is DatagramReceived:
+            queue = self._datagrams.get(event.protocol)
+            key = engine.remote_key or engine.remote_address
+            try:
+                if queue is None:
+                    raise trio.WouldBlock
+                queue[0].send_nowait((key, event.data))
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                self._stats["dropped_datagrams"] += 1
+        elif type(event) is HandshakeCompleted:
+            handle.ready.set()
+        elif type(event) is SessionClosed:
+            logger.debug("session with %s closed: %s", engine.remote_address.short(), event.error)
+            handle.ready.set()
+            if self._by_address.get(engine.remote_address) is handle:
+                del self._by_address[engine.remote_address]
+            if self._by_index.get(engine.local_index) is handle:
+                del self._by_index[engine.local_index]
+            for stream in list(handle.streams.values()):
+                stream._wake()
+        elif type(event) is SessionReplaced and self._nursery is not None:
+            new = self._start(event.session)
+            new.ready.set()
+
+    # ------------------------------------------------------------ public API
+
+    async def connect(self, key: PublicKey, protocol: str) -> SessionStream:
+        """Open a stream to `key` speaking `protocol`.
+
+        Reuses the session to `key` or starts one (Noise XX over the overlay), then
+        asks the peer to open the stream and waits for its answer.
+
+        Raises:
+            StreamRefusedError: the peer has no listener for `protocol` (or is full).
+            SessionTimeoutError: the handshake did not complete in time.
+            SessionError: the peer proved another key, or the session failed.
+            ValueError: if `protocol` is empty or longer than 255 bytes, or `key` is ours.
+            trio.ClosedResourceError: if the manager is not running.
+        """
+        handle = self._dial(PublicKey(key))
+        try:
+            sid = handle.engine.open_stream(protocol)
+        except StreamBroken as exc:
+            assert exc.cause is not None
+            raise exc.cause from None
+        stream = SessionStream(handle, sid, protocol)
+        handle.streams[sid] = stream
+        handle.wake()
+        await stream._wait_open()
+        return stream
+
+    @asynccontextmanager
+    async def listen(self, protocol: str) -> AsyncIterator[SessionListener]:
+        """Accept streams for `protocol` while the block runs.
+
+        Raises:
+            ValueError: if something already listens for `protocol`.
+        """
+        if protocol in self._listeners:
+            raise ValueError(f"already listening for {protocol!r}")
+        if not protocol or len(protocol.encode()) > 255:
+            raise ValueError("a protocol name is 1..255 UTF-8 bytes")
+        listener = SessionListener(protocol, LISTEN_BACKLOG, self._forget_listener)
+        self._listeners[protocol] = listener
+        try:
+            yield listener
+        finally:
+            listener._close_now()
+
+    def _forget_listener(self, listener: SessionListener) -> None:
+        if self._listeners.get(listener.protocol) is listener:
+            del self._listeners[listener.protocol]
+
+    async def wait_session(self, key: PublicKey) -> None:
+        """Establish (or reuse) the session to `key` without opening a stream.
+
+        Raises:
+            SessionError: if the handshake fails.
+        """
+        handle = self._dial(PublicKey(key))
+        await handle.ready.wait()
+        if handle.engine.error is not None and not handle.engine.established:
+            raise handle.engine.error
+
+    async def send_datagram(self, key: PublicKey, protocol: str, data: bytes) -> None:
+        """Send an unreliable, encrypted datagram named by `protocol` to `key`.
+
+        Waits for the session's handshake if there is none yet. Delivery is not
+        guaranteed (it may be lost, duplicated never, reordered yes).
+
+        Raises:
+            ValueError: if the datagram is larger than `max_datagram_size(protocol)`.
+            SessionError: if no session could be established.
+        """
+        handle = self._dial(PublicKey(key))
+        if not handle.engine.established:
+            await handle.ready.wait()
+        engine = handle.engine
+        if not engine.established:
+            raise engine.error or SessionError("session closed", remote_key=key)
+        try:
+            engine.send_datagram(protocol, bytes(data))
+        except StreamBroken as exc:
+            raise exc.cause or SessionError(str(exc)) from None
+        handle.wake()
+        await trio.lowlevel.checkpoint()
+
+    def max_datagram_size(self, protocol: str) -> int:
+        """The largest datagram `send_datagram` takes for `protocol`."""
+        return Session.max_datagram_size_for(self.config, protocol)
+
+    async def receive_datagram(self, protocol: str) -> tuple[PublicKey, bytes]:
+        """The next datagram for `protocol`, with the sender's key.
+
+        Datagrams that arrive before anyone asked for `protocol` are dropped; after the
+        first call they queue (up to `DATAGRAM_BACKLOG`).
+        """
+        queue = self._datagrams.get(protocol)
+        if queue is None:
+            queue = trio.open_memory_channel[tuple[PublicKey, bytes]](DATAGRAM_BACKLOG)
+            self._datagrams[protocol] = queue
+        try:
+            return await queue[1].receive()
+        except trio.EndOfChannel:
+            raise trio.ClosedResourceError("the session manager stopped") from None
+
+    def statistics(self) -> dict[str, int]:
+        """Counters summed over live sessions, plus the manager's own."""
+        totals = dict(self._stats)
+        totals["sessions"] = len(self._by_index)
+        for handle in self._by_index.values():
+            for name, value in handle.engine.stats.items():
+                totals[name] = totals.get(name, 0) + value
+        return totals

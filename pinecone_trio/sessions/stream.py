@@ -1,0 +1,283 @@
+"""`SessionStream` and `SessionListener`: the Trio face of session streams.
+
+A `SessionStream` is a `trio.abc.HalfCloseableStream` over one stream of a session
+engine. Its methods call the engine synchronously (safe: nothing else runs between
+two checkpoints), wake the session's driver task so it sends, and park on a
+`ParkingLot` when they must wait; the driver unparks the stream whenever the engine
+reports the stream changed. Errors use Trio's vocabulary: `trio.ClosedResourceError`
+after our own `aclose` (or `send_eof`, for sending), `trio.BrokenResourceError` when the
+peer reset or stopped the stream or the session failed (the `SessionError` chained),
+`trio.BusyResourceError` for two tasks sending (or receiving) at once.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import TYPE_CHECKING, Final, final
+
+import trio
+
+from ..errors import StreamRefusedError
+from ..identity import PublicKey
+from .engine import StreamBroken, StreamState
+
+if TYPE_CHECKING:
+    from .manager import _SessionHandle
+
+#: `receive_some()` without a size returns at most this many bytes.
+DEFAULT_RECEIVE_SIZE: Final = 256 * 1024
+
+
+class _Conflict:
+    """Raises `trio.BusyResourceError` when two tasks enter at once."""
+
+    __slots__ = ("_held", "_message")
+
+    def __init__(self, message: str) -> None:
+        self._message = message
+        self._held = False
+
+    def __enter__(self) -> None:
+        if self._held:
+            raise trio.BusyResourceError(self._message)
+        self._held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+
+
+def _broken(exc: StreamBroken) -> trio.BrokenResourceError:
+    error = trio.BrokenResourceError(str(exc))
+    error.__cause__ = exc.cause if exc.cause is not None else exc
+    error.__suppress_context__ = True
+    return error
+
+
+@final
+class SessionStream(trio.abc.HalfCloseableStream):
+    """One reliable, ordered, encrypted stream to a remote key, speaking `protocol`.
+
+    Get one from `SessionManager.connect` or a listener's `accept`.
+
+    Attributes:
+        protocol: the protocol name the stream was opened with.
+        remote_key: the identity the peer proved in the handshake.
+        remote_address: the peer's routing key (equal to `remote_key` by default).
+    """
+
+    def __init__(self, handle: _SessionHandle, stream_id: int, protocol: str) -> None:
+        self._handle = handle
+        self._engine = handle.engine
+        self._sid = stream_id
+        self.protocol = protocol
+        self.remote_address: PublicKey = handle.engine.remote_address
+        self._lot = trio.lowlevel.ParkingLot()
+        self._send_conflict = _Conflict("another task is already sending on this stream")
+        self._recv_conflict = _Conflict("another task is already receiving on this stream")
+        self._closed = False
+        self._eof_sent = False
+
+    @property
+    def remote_key(self) -> PublicKey:
+        key = self._engine.remote_key
+        return key if key is not None else self.remote_address
+
+    @property
+    def stream_id(self) -> int:
+        return self._sid
+
+    def _wake(self) -> None:
+        self._lot.unpark_all()
+
+    async def _wait_open(self) -> None:
+        """Wait for the peer's ACCEPT (connect's second half)."""
+        engine = self._engine
+        try:
+            while True:
+                try:
+                    state = engine.stream_status(self._sid)
+                except StreamBroken as exc:
+                    assert exc.cause is not None
+                    raise exc.cause from None
+                if state is StreamState.OPEN:
+                    return
+                if state is StreamState.REFUSED:
+                    reason = engine.refusal_reason(self._sid)
+                    raise StreamRefusedError(
+                        f"{self.remote_address.hex()} refused a stream for {self.protocol!r}:"
+                        f" {reason}",
+                        remote_key=self.remote_key,
+                        protocol=self.protocol,
+                    )
+                await self._lot.park()
+        except BaseException:
+            self._close_now()
+            raise
+
+    # ------------------------------------------------------------ sending
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue all of `data` for reliable delivery (blocks while the buffer is full).
+
+        Raises:
+            trio.ClosedResourceError: after `aclose` or `send_eof`.
+            trio.BrokenResourceError: if the peer stopped the stream or the session failed.
+            trio.BusyResourceError: if another task is sending on this stream.
+        """
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint()
+            self._check_send()
+            view = memoryview(data).cast("B")
+            engine = self._engine
+            while view:
+                try:
+                    n = engine.stream_write(self._sid, view)
+                except StreamBroken as exc:
+                    raise _broken(exc)  # noqa: B904 (the cause is set)
+                if n:
+                    view = view[n:]
+                    self._handle.wake()
+                else:
+                    await self._lot.park()
+                    self._check_send()
+
+    def _check_send(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("this stream was closed")
+        if self._eof_sent:
+            raise trio.ClosedResourceError("send_eof() was called on this stream")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint()
+            self._check_send()
+            while not self._engine.stream_writable(self._sid):
+                await self._lot.park()
+                self._check_send()
+
+    async def send_eof(self) -> None:
+        """Finish the sending half: the peer reads b"" after the data already sent.
+
+        Raises:
+            trio.ClosedResourceError: after `aclose`.
+            trio.BusyResourceError: if another task is sending.
+        """
+        with self._send_conflict:
+            await trio.lowlevel.checkpoint()
+            if self._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            if not self._eof_sent:
+                self._eof_sent = True
+                self._engine.stream_finish(self._sid)
+                self._handle.wake()
+
+    async def reset(self, code: int = 0) -> None:
+        """Abandon the sending half at once: unsent data is dropped, the peer's reads fail."""
+        await trio.lowlevel.checkpoint()
+        if not self._closed:
+            self._eof_sent = True
+            self._engine.stream_reset(self._sid, code)
+            self._handle.wake()
+
+    # ------------------------------------------------------------ receiving
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """Bytes the peer sent, in order; b"" once the peer finished sending.
+
+        Raises:
+            trio.ClosedResourceError: after `aclose`.
+            trio.BrokenResourceError: if the peer reset the stream or the session failed.
+            trio.BusyResourceError: if another task is receiving on this stream.
+        """
+        if max_bytes is None:
+            max_bytes = DEFAULT_RECEIVE_SIZE
+        else:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
+        with self._recv_conflict:
+            await trio.lowlevel.checkpoint()
+            engine = self._engine
+            while True:
+                if self._closed:
+                    raise trio.ClosedResourceError("this stream was closed")
+                try:
+                    data = engine.stream_read(self._sid, max_bytes)
+                except StreamBroken as exc:
+                    raise _broken(exc)  # noqa: B904 (the cause is set)
+                if data is not None:
+                    if data:
+                        self._handle.wake()  # a window update may be due
+                    return data
+                await self._lot.park()
+
+    # ------------------------------------------------------------ closing
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._engine.stream_close(self._sid)
+        self._handle.streams.pop(self._sid, None)
+        self._handle.wake()
+        self._lot.unpark_all()
+
+    async def aclose(self) -> None:
+        """Close both halves: FIN what was written, tell the peer to stop sending."""
+        self._close_now()
+        await trio.lowlevel.checkpoint()
+
+    def __repr__(self) -> str:
+        return f"<SessionStream {self.protocol!r} #{self._sid} to {self.remote_address.short()}>"
+
+
+@final
+class SessionListener(trio.abc.Listener[SessionStream]):
+    """Incoming streams for one protocol; from `SessionManager.listen`."""
+
+    def __init__(self, protocol: str, backlog: int, on_close: object) -> None:
+        self.protocol = protocol
+        self._send, self._receive = trio.open_memory_channel[SessionStream](backlog)
+        self._on_close = on_close
+        self._closed = False
+
+    def offer(self, stream: SessionStream) -> bool:
+        """Queue an incoming stream; False if the backlog is full or we are closed."""
+        if self._closed:
+            return False
+        try:
+            self._send.send_nowait(stream)
+        except trio.WouldBlock:
+            return False
+        return True
+
+    async def accept(self) -> SessionStream:
+        """The next incoming stream.
+
+        Raises:
+            trio.ClosedResourceError: if the listener was closed.
+        """
+        if self._closed:
+            raise trio.ClosedResourceError("listener closed")
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise trio.ClosedResourceError("listener closed") from None
+
+    def _close_now(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._send.close()
+        while True:
+            try:
+                stream = self._receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+            stream._close_now()
+        if callable(self._on_close):
+            self._on_close(self)
+
+    async def aclose(self) -> None:
+        self._close_now()
+        await trio.lowlevel.checkpoint()

@@ -1,0 +1,322 @@
+"""Per-stream state: the send buffer with retransmission ranges, and reassembly.
+
+Theory of operation. A stream is two independent halves, as in QUIC.
+
+`SendSide` keeps every byte the application wrote and the peer has not acknowledged,
+in one `bytearray` starting at stream offset `base`. Fresh data goes out from
+`next_offset`; bytes declared lost go into `retransmit` and are sent again before fresh
+data (from the same buffer: data is re-sent, packets are not). Acknowledged ranges
+accumulate in `acked`; when they cover the front of the buffer it is trimmed. The FIN is
+a flag on the last STREAM frame and is retransmitted like data. The peer's credit
+(`max_data`, from MAX_STREAM_DATA) limits fresh data only.
+
+`RecvSide` appends in-order bytes to `buffer` (what `receive_some` hands out) and keeps
+out-of-order segments in a dict keyed by offset, with a heap of offsets, until the gap
+before them fills. Overlapping and duplicate segments are trimmed, so a retransmission
+that re-cut the data differently still delivers each byte exactly once. The peer may
+not send beyond the credit we advertised (`limit`) nor change a stream's final size:
+either raises `RemoteProtocolError`, which closes the session.
+"""
+
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left, bisect_right
+from typing import final
+
+from ..errors import RemoteProtocolError
+
+
+@final
+class RangeSet:
+    """Disjoint, sorted half-open integer ranges `[start, end)`."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._starts)
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def first(self) -> tuple[int, int]:
+        return self._starts[0], self._ends[0]
+
+    def add(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        starts, ends = self._starts, self._ends
+        i = bisect_left(ends, start)
+        j = bisect_right(starts, end)
+        if i == j:
+            starts.insert(i, start)
+            ends.insert(i, end)
+            return
+        start = min(start, starts[i])
+        end = max(end, ends[j - 1])
+        starts[i:j] = [start]
+        ends[i:j] = [end]
+
+    def remove(self, start: int, end: int) -> None:
+        if start >= end:
+            return
+        starts, ends = self._starts, self._ends
+        i = bisect_right(ends, start)
+        j = bisect_left(starts, end)
+        if i >= j:
+            return
+        new_starts: list[int] = []
+        new_ends: list[int] = []
+        if starts[i] < start:
+            new_starts.append(starts[i])
+            new_ends.append(start)
+        if ends[j - 1] > end:
+            new_starts.append(end)
+            new_ends.append(ends[j - 1])
+        starts[i:j] = new_starts
+        ends[i:j] = new_ends
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
+
+
+@final
+class SendSide:
+    """What one stream still has to send, or to get acknowledged."""
+
+    __slots__ = (
+        "acked",
+        "base",
+        "buffer",
+        "capacity",
+        "fin_acked",
+        "fin_offset",
+        "fin_sent",
+        "max_data",
+        "next_offset",
+        "reset_code",
+        "retransmit",
+        "stop_code",
+    )
+
+    def __init__(self, capacity: int, max_data: int) -> None:
+        self.buffer = bytearray()
+        self.base = 0
+        self.next_offset = 0
+        self.capacity = capacity
+        self.max_data = max_data
+        self.acked = RangeSet()
+        self.retransmit = RangeSet()
+        self.fin_offset: int | None = None
+        self.fin_sent = False
+        self.fin_acked = False
+        self.reset_code: int | None = None  # we reset this half
+        self.stop_code: int | None = None  # the peer asked us to stop (STOP_SENDING)
+
+    @property
+    def write_offset(self) -> int:
+        return self.base + len(self.buffer)
+
+    def space(self) -> int:
+        return max(0, self.capacity - len(self.buffer))
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = min(len(data), self.space())
+        if n:
+            self.buffer += data[:n]
+        return n
+
+    def finish(self) -> None:
+        if self.fin_offset is None:
+            self.fin_offset = self.write_offset
+
+    @property
+    def done(self) -> bool:
+        """Nothing more will ever be sent (all acknowledged, or abandoned)."""
+        return self.reset_code is not None or self.stop_code is not None or self.fin_acked
+
+    def has_fresh(self) -> bool:
+        return self.next_offset < self.write_offset and self.next_offset < self.max_data
+
+    def wants_to_send(self) -> bool:
+        if self.reset_code is not None or self.stop_code is not None:
+            return False
+        if self.retransmit or self.has_fresh():
+            return True
+        return (
+            self.fin_offset is not None
+            and not self.fin_sent
+            and self.next_offset == self.fin_offset
+        )
+
+    def next_chunk(self, budget: int, session_credit: int) -> tuple[int, bytes, bool, int]:
+        """The next range to put in a packet: (offset, data, fin, fresh bytes used).
+
+        Retransmissions come first and never consume credit. Returns an empty, non-fin
+        chunk if nothing fits.
+        """
+        if self.retransmit:
+            start, end = self.retransmit.first()
+            end = min(end, start + budget)
+            self.retransmit.remove(start, end)
+            data = self._slice(start, end)
+            fin = self.fin_offset is not None and end == self.fin_offset
+            if fin:
+                self.fin_sent = True
+            return start, data, fin, 0
+        start = self.next_offset
+        end = min(self.write_offset, self.max_data, start + budget, start + session_credit)
+        end = max(end, start)
+        data = self._slice(start, end)
+        self.next_offset = end
+        fin = self.fin_offset is not None and end == self.fin_offset
+        if fin:
+            self.fin_sent = True
+        return start, data, fin, end - start
+
+    def _slice(self, start: int, end: int) -> bytes:
+        with memoryview(self.buffer) as view:
+            return bytes(view[start - self.base : end - self.base])
+
+    def on_acked(self, offset: int, length: int, fin: bool) -> None:
+        end = offset + length
+        if fin:
+            self.fin_acked = True
+        start = max(offset, self.base)  # a late ACK of bytes already trimmed
+        if start < end:
+            self.retransmit.remove(start, end)
+            self.acked.add(start, end)
+            if self.acked:
+                start, stop = self.acked.first()
+                if start <= self.base < stop:
+                    del self.buffer[: stop - self.base]
+                    self.acked.remove(start, stop)
+                    self.base = stop
+
+    def on_lost(self, offset: int, length: int, fin: bool) -> None:
+        if self.reset_code is not None or self.stop_code is not None:
+            return
+        start = max(offset, self.base)
+        end = offset + length
+        if start < end:
+            # Bytes acknowledged meanwhile (a spurious loss) are not re-sent.
+            self.retransmit.add(start, end)
+            for a_start, a_end in self.acked.ranges():
+                if a_start >= end:
+                    break
+                self.retransmit.remove(a_start, a_end)
+        if fin and not self.fin_acked:
+            self.fin_sent = False
+
+
+@final
+class RecvSide:
+    """Reassembly and flow control for what the peer sends on one stream."""
+
+    __slots__ = (
+        "_heap",
+        "_pending",
+        "buffer",
+        "fin_offset",
+        "highest",
+        "limit",
+        "read_offset",
+        "reset_code",
+        "stopped",
+        "window",
+    )
+
+    def __init__(self, window: int) -> None:
+        self.buffer = bytearray()
+        self.read_offset = 0
+        self.highest = 0
+        self.window = window
+        self.limit = window
+        self.fin_offset: int | None = None
+        self.reset_code: int | None = None
+        self.stopped = False  # we told the peer to stop (the application closed)
+        self._pending: dict[int, bytes] = {}
+        self._heap: list[int] = []
+
+    @property
+    def contiguous(self) -> int:
+        return self.read_offset + len(self.buffer)
+
+    @property
+    def eof(self) -> bool:
+        """Everything up to the FIN has been received (not necessarily read)."""
+        return self.fin_offset is not None and self.contiguous == self.fin_offset
+
+    @property
+    def done(self) -> bool:
+        return self.reset_code is not None or self.stopped or (self.eof and not self.buffer)
+
+    def on_data(self, offset: int, data: bytes, fin: bool) -> int:
+        """Take a STREAM frame; returns how far the highest offset advanced.
+
+        Raises:
+            RemoteProtocolError: data beyond our credit or past/contradicting the FIN.
+        """
+        end = offset + len(data)
+        if end > self.limit:
+            raise RemoteProtocolError(
+                f"stream data up to offset {end} exceeds the credit of {self.limit}"
+            )
+        if self.fin_offset is not None and (
+            end > self.fin_offset or (fin and end != self.fin_offset)
+        ):
+            raise RemoteProtocolError("stream data contradicts the stream's final size")
+        if fin:
+            if end < self.highest:
+                raise RemoteProtocolError("final size below data already received")
+            self.fin_offset = end
+        advanced = max(0, end - self.highest)
+        self.highest += advanced
+        if self.reset_code is not None or self.stopped:
+            return advanced
+        contiguous = self.contiguous
+        if offset <= contiguous:
+            if end > contiguous:
+                self.buffer += data[contiguous - offset :] if offset < contiguous else data
+                if self._heap:
+                    self._drain()
+        elif len(data) > len(self._pending.get(offset, b"")):
+            if offset not in self._pending:
+                heapq.heappush(self._heap, offset)
+            self._pending[offset] = data
+        return advanced
+
+    def _drain(self) -> None:
+        heap, pending = self._heap, self._pending
+        while heap and heap[0] <= self.contiguous:
+            offset = heapq.heappop(heap)
+            data = pending.pop(offset)
+            contiguous = self.contiguous
+            end = offset + len(data)
+            if end > contiguous:
+                self.buffer += data[contiguous - offset :]
+
+    def read(self, max_bytes: int) -> bytes:
+        n = min(max_bytes, len(self.buffer))
+        if n == len(self.buffer):
+            data = bytes(self.buffer)
+            self.buffer.clear()
+        else:
+            with memoryview(self.buffer) as view:
+                data = bytes(view[:n])
+            del self.buffer[:n]
+        self.read_offset += n
+        return data
+
+    def window_update(self) -> int | None:
+        """A new credit to advertise, once the reader consumed half the window."""
+        if self.fin_offset is not None or self.reset_code is not None or self.stopped:
+            return None
+        if self.limit - self.read_offset <= self.window // 2:
+            self.limit = self.read_offset + self.window
+            return self.limit
+        return None
