@@ -90,7 +90,13 @@ def child_reader(mode: str, key_hex: str, uri: str, count: int, seed: int) -> No
                 rep = replication_for(log)
                 t0 = time.perf_counter()
                 link = await connect_link(uri, Identity.generate())
-                async with link, replicate(link, log):
+                async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
+
+                    async def watch() -> None:
+                        await session.wait_closed()
+                        raise RuntimeError(f"replication session ended: {session.error!r}")
+
+                    nursery.start_soon(watch)
                     await rep.update()
                     t1 = time.perf_counter()
                     res: dict[str, Any] = {"mode": mode, "length": log.length}
@@ -121,6 +127,7 @@ def child_reader(mode: str, key_hex: str, uri: str, count: int, seed: int) -> No
                         res["fetchSec"] = t2 - t1
                         res["msPerBlock"] = 1000 * (t2 - t1) / count
                         res["bytes"] = nbytes
+                    nursery.cancel_scope.cancel()
             res["maxRssMiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             return res
         finally:

@@ -37,6 +37,7 @@ from hyperlog.proof import (
     SeekRequest,
     UpgradeProof,
     UpgradeRequest,
+    missing_nodes,
     missing_nodes_candidates,
     verify_proof,
 )
@@ -146,6 +147,10 @@ class LogAdapter:
     def fork(self) -> int:
         return self.log.fork
 
+    @property
+    def byte_length(self) -> int:
+        return self.log.byte_length
+
     def has(self, index: int) -> bool:
         return self.log.has(index)
 
@@ -156,12 +161,15 @@ class LogAdapter:
         return self.log.have_bits(start, count)
 
     def missing_nodes(self, index: int) -> int:
+        return self.missing_tree_nodes(2 * index)
+
+    def missing_tree_nodes(self, node: int) -> int:
         # `Log.missing_nodes` probes storage once per level (~8 queries for a sequential
         # download). Guess instead from the in-memory bitfield: the lowest ancestor
         # whose span holds a block we have is stored (every verified block stored its
         # path). Confirm the guess with one probe; asking for more uncles than needed is
         # harmless, fewer would fail verification, so fall back to the exact count.
-        path = missing_nodes_candidates(2 * index, self.log.length)
+        path = missing_nodes_candidates(node, self.log.length)
         if not path:
             return 0
         bits = self.log.bitfield
@@ -171,8 +179,11 @@ class LogAdapter:
             if first is not None and first <= flat_tree.right_span(node) // 2:
                 if k == len(path) - 1 or self.log._get_node(node) is not None:
                     return k
-                return self.log.missing_nodes(index)
+                return missing_nodes(node, self.log.length, self._has_node)
         return len(path) - 1
+
+    def _has_node(self, index: int) -> bool:
+        return self.log._get_node(index) is not None
 
     def needs_manifest(self) -> bool:
         return self.log.manifest is None
@@ -181,12 +192,28 @@ class LogAdapter:
         return SignedHead(self.log.fork, self.log.length, self.log.tree_hash(), self.log.signature)
 
     # LogPort
-    async def serve(self, request: wire.Request) -> wire.Data | None:
+    async def serve(
+        self, request: wire.Request | wire.RangeRequest
+    ) -> wire.Data | wire.RangeData | None:
         try:
+            if isinstance(request, wire.RangeRequest):
+                return await self._serve_range(request)
             proof = self.log.create_proof(to_proof_request(request))
         except (BlockNotAvailableError, InvalidRequestError):
             return None
         return to_data(proof, request.channel, request.id)
+
+    async def _serve_range(self, r: wire.RangeRequest) -> wire.RangeData:
+        proof = self.log.create_proof(ProofRequest(r.fork, hash=HashRequest(r.node, r.nodes)))
+        assert proof.hash is not None
+        first = flat_tree.left_span(r.node) // 2
+        end = flat_tree.right_span(r.node) // 2 + 1
+        values = [v async for v in self.log.iter_blocks(first, end)]
+        if len(values) != end - first:
+            raise BlockNotAvailableError("range not held")
+        return wire.RangeData(
+            r.channel, r.id, r.fork, r.node, tuple(values), _nodes_out(proof.hash.nodes)
+        )
 
     async def apply(self, data: wire.Data) -> Applied:
         (result,) = await self.apply_many([data])

@@ -43,8 +43,17 @@ MAX_WANT_SPAN: Final = 8 * PAGE_BITS
 SCAN_LIMIT: Final = 4096
 #: Outgoing bytes queued for one peer before we stop reading its requests.
 MAX_OUTBOX_BYTES: Final = 16 * 1024 * 1024
+#: A channel we opened that the remote neither opened nor rejected within this long is
+#: given up (so `update` and `get` do not wait on it).
+OPEN_TIMEOUT: Final = 10.0
 #: Time allowed for the Hello exchange.
 HELLO_TIMEOUT: Final = 10.0
 #: Protocol violations that are not fatal on their own (e.g. an unknown channel id
 #: after a close race) tolerated per session before the peer is dropped.
 MAX_SOFT_ERRORS: Final = 64
+#: RangeRequests in flight to one peer (each carries up to RANGE_BYTES of blocks).
+MAX_RANGES_IN_FLIGHT: Final = 8
+#: Target bytes per RangeRequest: ranges shrink for big blocks to stay near this.
+RANGE_BYTES: Final = 1024 * 1024
+#: Ranges smaller than this are not worth it: use single-block requests.
+RANGE_MIN_BLOCKS: Final = 4

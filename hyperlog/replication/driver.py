@@ -48,6 +48,7 @@ from hyperlog.replication.scheduler import (
     K_CONFLICT,
     DownloadWant,
     LogReplicator,
+    RangeVerifyWork,
     ServeWork,
     VerifyWork,
     Work,
@@ -355,23 +356,37 @@ class ReplicationSession:
         pending: list[Work] = []
         while (w := self.engine.next_work()) is not None:
             pending.append(w)
-        group: list[VerifyWork] = []
-        for w in pending:
-            if isinstance(w, VerifyWork) and w.inflight.kind != K_CONFLICT:
-                if group and (group[0].channel is not w.channel or len(group) >= MAX_VERIFY_GROUP):
-                    await self._apply_group(group)
+        # Items leave `unsettled` once the engine has heard their outcome; if the
+        # session ends first, the rest go back to the pool (other peers fetch them).
+        unsettled = list(pending)
+        try:
+            group: list[VerifyWork] = []
+            for w in pending:
+                if isinstance(w, VerifyWork) and w.inflight.kind != K_CONFLICT:
+                    if group and (
+                        group[0].channel is not w.channel or len(group) >= MAX_VERIFY_GROUP
+                    ):
+                        await self._apply_group(group, unsettled)
+                        group = []
+                    group.append(w)
+                    continue
+                if group:
+                    await self._apply_group(group, unsettled)
                     group = []
-                group.append(w)
-                continue
+                if isinstance(w, ServeWork):
+                    await self._serve(w)
+                elif isinstance(w, RangeVerifyWork):
+                    await self._apply_range(w, unsettled)
+                else:
+                    unsettled.remove(w)  # the conflict check settles or raises
+                    await self._check_conflict(w)
+                if w in unsettled:
+                    unsettled.remove(w)
             if group:
-                await self._apply_group(group)
-                group = []
-            if isinstance(w, ServeWork):
-                await self._serve(w)
-            else:
-                await self._check_conflict(w)
-        if group:
-            await self._apply_group(group)
+                await self._apply_group(group, unsettled)
+        except BaseException:
+            self.engine.abandon(unsettled, trio.current_time())
+            raise
 
     async def _serve(self, w: ServeWork) -> None:
         rep = self._rep_of(w)
@@ -384,17 +399,32 @@ class ReplicationSession:
             data = dataclasses.replace(data, channel=w.channel.local_id, id=w.request.id)
         rep.engine.on_served(w.channel, w.request, data)
 
-    async def _apply_group(self, group: list[VerifyWork]) -> None:
+    async def _apply_group(self, group: list[VerifyWork], unsettled: list[Work]) -> None:
         rep = self._rep_of(group[0])
         results = await rep.port.apply_many([w.data for w in group])
         now = trio.current_time()
+        failure: BaseException | None = None
         for w, result in zip(group, results, strict=True):
+            unsettled.remove(w)
             if isinstance(result, ForkConflictError):
                 rep._record_conflict(result)
-                raise ReplicationError(f"fork conflict: {result}") from result
+                rep.engine.on_applied(w, result, now)
+                failure = failure or ReplicationError(f"fork conflict: {result}")
+                continue
             err = rep.engine.on_applied(w, result, now)
-            if err is not None:
-                raise ReplicationError(f"peer sent an invalid proof: {err}") from err
+            if err is not None and failure is None:
+                failure = ReplicationError(f"peer sent an invalid proof: {err}")
+                failure.__cause__ = err
+        if failure is not None:
+            raise failure
+
+    async def _apply_range(self, w: RangeVerifyWork, unsettled: list[Work]) -> None:
+        rep = self._rep_of(w)
+        results = await rep.port.apply_many(w.datas)
+        unsettled.remove(w)
+        err = rep.engine.on_range_applied(w, results, trio.current_time())
+        if err is not None:
+            raise ReplicationError(f"peer sent an invalid range proof: {err}") from err
 
     async def _check_conflict(self, w: VerifyWork) -> None:
         rep = self._rep_of(w)
@@ -443,10 +473,12 @@ class ReplicationSession:
             deadline = min(
                 (rep.engine.next_deadline() for rep in self._logs.values()), default=math.inf
             )
+            deadline = min(deadline, self.engine.next_deadline())
             with trio.move_on_at(deadline):
                 await self._timer_lot.park()
                 continue
             now = trio.current_time()
+            self.engine.on_timer(now)
             for rep in list(self._logs.values()):
                 rep.engine.on_timer(now)
 

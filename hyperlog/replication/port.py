@@ -44,6 +44,8 @@ class LogView(Protocol):
     def length(self) -> int: ...
     @property
     def fork(self) -> int: ...
+    @property
+    def byte_length(self) -> int: ...
     def has(self, index: int) -> bool: ...
     def contiguous_length(self) -> int: ...
     def have_bits(self, start: int, count: int) -> bytes:
@@ -54,6 +56,10 @@ class LogView(Protocol):
         """How many tree nodes on block `index`'s path we lack (hypercore's `nodes`)."""
         ...
 
+    def missing_tree_nodes(self, node: int) -> int:
+        """`missing_nodes` for any tree node (a RangeRequest's hash proof)."""
+        ...
+
     def needs_manifest(self) -> bool:
         """Whether upgrade requests must ask for the manifest (a reader knowing only the key)."""
         ...
@@ -62,7 +68,9 @@ class LogView(Protocol):
 class LogPort(LogView, Protocol):
     """`LogView` plus the storage operations the driver awaits."""
 
-    async def serve(self, request: wire.Request) -> wire.Data | None:
+    async def serve(
+        self, request: wire.Request | wire.RangeRequest
+    ) -> wire.Data | wire.RangeData | None:
         """Build the proof answering `request`, or None if we cannot."""
         ...
 

@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from hyperlog import wire
+from hyperlog import flat_tree, wire
+from hyperlog.crypto import leaf_hash, parent_hash
 from hyperlog.errors import (
     BlockNotAvailableError,
     ForkConflictError,
@@ -50,10 +51,13 @@ from hyperlog.replication.constants import (
     INITIAL_WINDOW,
     MAX_ATTEMPTS,
     MAX_PENDING_SERVES,
+    MAX_RANGES_IN_FLIGHT,
     MAX_WANT_SPAN,
     MAX_WINDOW,
     MIN_WINDOW,
     PAGE_BITS,
+    RANGE_BYTES,
+    RANGE_MIN_BLOCKS,
     REQUEST_TIMEOUT,
     SCAN_LIMIT,
 )
@@ -65,6 +69,7 @@ logger = logging.getLogger(__name__)
 K_BLOCK = "block"
 K_UPGRADE = "upgrade"
 K_CONFLICT = "conflict"  # an upgrade from 0, to check a suspected equivocation
+K_RANGE = "range"  # a RangeRequest: every block of an aligned subtree
 
 
 class ChannelSink(Protocol):
@@ -83,8 +88,9 @@ class Inflight:
     fork: int
     sent_at: float
     deadline: float
-    request: wire.Request
+    request: wire.Request | wire.RangeRequest
     swap_checked: bool = False
+    count: int = 1  # blocks covered (a range covers several, from `index`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +98,7 @@ class ServeWork:
     """Driver: build the proof for `request` and call `LogReplicator.on_served`."""
 
     channel: PeerChannel
-    request: wire.Request
+    request: wire.Request | wire.RangeRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +110,17 @@ class VerifyWork:
     data: wire.Data
 
 
-Work = ServeWork | VerifyWork
+@dataclass(frozen=True, slots=True)
+class RangeVerifyWork:
+    """Driver: verify and store `datas` (a hash proof, then one proof per block) as one
+    group, then call `LogReplicator.on_range_applied`."""
+
+    channel: PeerChannel
+    inflight: Inflight
+    datas: list[wire.Data]
+
+
+Work = ServeWork | VerifyWork | RangeVerifyWork
 
 
 class PeerChannel:
@@ -314,6 +330,10 @@ class LogReplicator:
                 else:
                     ch.have.add_range(msg.start, msg.length)
                 self.pump(now)
+            case wire.RangeRequest():
+                self._on_range_request(ch, msg)
+            case wire.RangeData():
+                self._on_range_data(ch, msg)
             case wire.Close():
                 pass  # handled by the session
 
@@ -349,7 +369,74 @@ class LogReplicator:
             return
         ch.sink.add_work(ServeWork(ch, msg))
 
-    def on_served(self, ch: PeerChannel, request: wire.Request, data: wire.Data | None) -> None:
+    def _on_range_request(self, ch: PeerChannel, msg: wire.RangeRequest) -> None:
+        if ch.sink.pending_serves() >= MAX_PENDING_SERVES:
+            raise RemoteProtocolError(f"more than {MAX_PENDING_SERVES} requests unanswered")
+        if self.frozen is not None or msg.fork != self.view.fork:
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_FORK))
+            return
+        span = 1 << flat_tree.depth(msg.node)
+        first = flat_tree.left_span(msg.node) // 2
+        if span > wire.MAX_RANGE_BLOCKS:
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_INVALID))
+            return
+        if first + span > self.view.length or not all(
+            self.view.has(j) for j in range(first, first + span)
+        ):
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_NOT_AVAILABLE))
+            return
+        ch.sink.add_work(ServeWork(ch, msg))
+
+    def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData) -> None:
+        inf = ch.inflight.pop(msg.id, None)
+        if inf is None or inf.kind != K_RANGE:
+            raise RemoteProtocolError(f"range data for request {msg.id}, which we never sent")
+        req = inf.request
+        assert isinstance(req, wire.RangeRequest)
+        if msg.node != req.node or msg.fork != req.fork or len(msg.values) != inf.count:
+            raise RemoteProtocolError("range data: differs from the range requested")
+        ch.sink.add_work(RangeVerifyWork(ch, inf, range_proofs(ch.local_id, msg, inf.index)))
+
+    def on_range_applied(
+        self, work: RangeVerifyWork, results: list[Applied | HyperlogError], now: float
+    ) -> HyperlogError | None:
+        """The driver verified (or refused) a range. Returns the error to drop with."""
+        ch, inf = work.channel, work.inflight
+        errors = [r for r in results if isinstance(r, HyperlogError)]
+        stored = [r for r in results if isinstance(r, Applied)]
+        self._forget_inflight(ch, inf, failed=bool(errors))
+        rtt = max(0.0, now - inf.sent_at)
+        ch.srtt = rtt if ch.srtt == 0 else 0.875 * ch.srtt + 0.125 * rtt
+        for r in stored:
+            if r.block is not None:
+                ch.blocks_in += 1
+                ch.bytes_in += r.block_size
+                self._on_stored(r.block, r.block_size, ch)
+        self.pump(now)
+        self.on_change()
+        return errors[0] if errors else None
+
+    def range_span(self) -> int:
+        """Blocks per RangeRequest for this log (0: use single-block requests).
+
+        A power of two up to `MAX_RANGE_BLOCKS`, keeping a range near `RANGE_BYTES`
+        for the log's average block size.
+        """
+        length = self.view.length
+        if length == 0:
+            return 0
+        avg = max(1, self.view.byte_length // length)
+        span = wire.MAX_RANGE_BLOCKS
+        while span > 1 and span * avg > RANGE_BYTES:
+            span //= 2
+        return span if span >= RANGE_MIN_BLOCKS else 0
+
+    def on_served(
+        self,
+        ch: PeerChannel,
+        request: wire.Request | wire.RangeRequest,
+        data: wire.Data | wire.RangeData | None,
+    ) -> None:
         """The driver built (or failed to build) the proof for `request`."""
         if ch.closed:
             return
@@ -360,7 +447,7 @@ class LogReplicator:
 
     def _on_data(self, ch: PeerChannel, msg: wire.Data) -> None:
         inf = ch.inflight.pop(msg.id, None)
-        if inf is None:
+        if inf is None or not isinstance(inf.request, wire.Request):
             raise RemoteProtocolError(f"data for request {msg.id}, which we never sent")
         req = inf.request
         if msg.fork != req.fork:
@@ -417,6 +504,11 @@ class LogReplicator:
         self.pump(now)
         self.on_change()
         return None
+
+    def abandon(self, work: Work, now: float) -> None:
+        """A verification the driver will never run (its session ended): requeue."""
+        if isinstance(work, VerifyWork | RangeVerifyWork):
+            self._forget_inflight(work.channel, work.inflight, failed=True)
 
     def on_conflict_checked(
         self, work: VerifyWork, conflict: HyperlogError | None, now: float
@@ -583,6 +675,7 @@ class LogReplicator:
             self._request_block(ch, i, now)
 
     def _fill_downloads(self, ch: PeerChannel, now: float) -> None:
+        span = self.range_span() if self.downloads else 0
         for d in self.downloads:
             if d.done:
                 continue
@@ -609,6 +702,11 @@ class LogReplicator:
                     advancing = False
                     i += 1
                     continue
+                if span and i % span == 0 and self._try_range(ch, i, span, stop, now):
+                    i += span
+                    if advancing:
+                        d.cursor = i
+                    continue
                 if ch.have.has(i) and i < ch.remote_length:
                     self._request_block(ch, i, now)
                     if advancing:
@@ -625,6 +723,29 @@ class LogReplicator:
                     i = (page + 1) * PAGE_BITS
                     continue
                 i += 1
+
+    def _try_range(self, ch: PeerChannel, first: int, span: int, stop: int, now: float) -> bool:
+        """Request the aligned subtree [first, first + span) in one RangeRequest if the
+        peer has all of it and we have none of it (else: single-block requests)."""
+        end = first + span
+        if end > stop or end > ch.remote_length:
+            return False
+        if sum(1 for x in ch.inflight.values() if x.kind == K_RANGE) >= MAX_RANGES_IN_FLIGHT:
+            return False
+        for j in range(first, end):
+            if not ch.have.has(j) or self.view.has(j) or j in self.block_reqs or j in self.retry:
+                return False
+        node = flat_tree.index(span.bit_length() - 1, first // span)
+        rid = self.next_id
+        self.next_id = self.next_id % wire.MAX_ID + 1
+        fork = self.view.fork
+        req = wire.RangeRequest(ch.local_id, rid, fork, node, self.view.missing_tree_nodes(node))
+        timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
+        ch.inflight[rid] = Inflight(rid, K_RANGE, first, fork, now, now + timeout, req, count=span)
+        ch.sink.send(req)
+        for j in range(first, end):
+            self.block_reqs.setdefault(j, []).append((ch, rid))
+        return True
 
     def _request_block(self, ch: PeerChannel, index: int, now: float) -> None:
         rb = wire.RequestBlock(index, self.view.missing_nodes(index))
@@ -662,18 +783,19 @@ class LogReplicator:
             if self.upgrade_inflight is ch:
                 self.upgrade_inflight = None
             return
-        reqs = self.block_reqs.get(inf.index)
-        if reqs is not None:
-            reqs[:] = [(c, r) for c, r in reqs if not (c is ch and r == inf.id)]
-            if not reqs:
-                del self.block_reqs[inf.index]
-        if (
-            failed
-            and not self.view.has(inf.index)
-            and inf.index not in self.block_reqs
-            and self._needed_by_download(inf.index)
-        ):
-            self.retry.add(inf.index)
+        for index in range(inf.index, inf.index + inf.count):
+            reqs = self.block_reqs.get(index)
+            if reqs is not None:
+                reqs[:] = [(c, r) for c, r in reqs if not (c is ch and r == inf.id)]
+                if not reqs:
+                    del self.block_reqs[index]
+            if (
+                failed
+                and not self.view.has(index)
+                and index not in self.block_reqs
+                and self._needed_by_download(index)
+            ):
+                self.retry.add(index)
 
     def _needed_by_download(self, index: int) -> bool:
         return any(d.start <= index and (d.end is None or index < d.end) for d in self.downloads)
@@ -730,8 +852,8 @@ class LogReplicator:
                         g = self.gets.get(inf.index)
                         if g is not None:
                             g.tried.add(ch.peer_id)
-                    elif inf.kind == K_CONFLICT:
-                        pass  # the suspect peer stays idle (pump skips it)
+                    elif inf.kind in (K_CONFLICT, K_RANGE):
+                        pass  # ranges are retried block by block; a suspect stays idle
                     else:
                         ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
                     self._forget_inflight(ch, inf, failed=True)
@@ -756,3 +878,39 @@ class LogReplicator:
                 ):
                     t = min(t, inf.sent_at + HOTSWAP_AFTER)
         return t
+
+
+def range_proofs(channel: int, msg: wire.RangeData, first: int) -> list[wire.Data]:
+    """Turn a RangeData into ordinary proofs the log verifies one by one.
+
+    First the hash proof of the subtree root `msg.node` (verified against what we
+    trust, it makes the root trusted), then one block proof per value whose uncles are
+    recomputed here from the other values. A wrong value changes the recomputed root,
+    so its proof (and every proof of the range) fails verification: nothing is trusted
+    because it came in a range.
+    """
+    depth = flat_tree.depth(msg.node)
+    level: list[wire.Node] = []
+    nodes: dict[int, wire.Node] = {}
+    for k, v in enumerate(msg.values):
+        n = wire.Node(2 * (first + k), len(v), leaf_hash(v))
+        level.append(n)
+        nodes[n.index] = n
+    for _ in range(depth):
+        up = []
+        for a, b in zip(level[0::2], level[1::2], strict=True):
+            size = a.size + b.size
+            p = wire.Node(flat_tree.parent(a.index), size, parent_hash(a.hash, b.hash, size))
+            up.append(p)
+            nodes[p.index] = p
+        level = up
+    out = [wire.Data(channel, msg.id, msg.fork, hash=wire.DataHash(msg.node, msg.proof))]
+    for k, v in enumerate(msg.values):
+        idx = 2 * (first + k)
+        uncles = []
+        for _ in range(depth):
+            uncles.append(nodes[flat_tree.sibling(idx)])
+            idx = flat_tree.parent(idx)
+        block = wire.DataBlock(first + k, v, tuple(uncles))
+        out.append(wire.Data(channel, msg.id, msg.fork, block=block))
+    return out

@@ -29,6 +29,7 @@ replicators requeue what this peer owed us.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import deque
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from dataclasses import dataclass
 from hyperlog import wire
 from hyperlog.errors import RemoteProtocolError
 from hyperlog.replication import caps
-from hyperlog.replication.constants import MAX_CHANNELS, MAX_SOFT_ERRORS
+from hyperlog.replication.constants import MAX_CHANNELS, MAX_SOFT_ERRORS, OPEN_TIMEOUT
 from hyperlog.replication.scheduler import LogReplicator, PeerChannel, ServeWork, Work
 
 _peer_ids = iter(range(1, 2**62))
@@ -51,6 +52,7 @@ class _Local:
     local_id: int
     opened: bool = False
     pending: bool = False  # we opened; the remote has neither opened nor rejected
+    opened_at: float | None = None  # when we sent Open (for OPEN_TIMEOUT)
     remote_id: int | None = None
     channel: PeerChannel | None = None
 
@@ -81,6 +83,7 @@ class SessionEngine:
         self._cancelled: set[tuple[int, int]] = set()
         self._next_local = 1
         self._soft_errors = 0
+        self._now = 0.0  # the latest time we were given (for Open timestamps)
         self._serves = 0  # ServeWork items in `work`
         self.ignored_opens = 0
         self.bad_capabilities = 0
@@ -140,9 +143,20 @@ class SessionEngine:
             return w
         return None
 
+    def abandon(self, items: list[Work], now: float) -> None:
+        """Work popped (or queued) that will never run: its requests go back to the pool."""
+        for w in items:
+            for loc in self._by_dk.values():
+                if loc.channel is w.channel:
+                    loc.replicator.abandon(w, now)
+        if items:
+            for loc in self._by_dk.values():
+                loc.replicator.refresh(now)
+
     def close(self, now: float) -> None:
         """The stream ended: remove every channel from its replicator."""
         self.closed = True
+        self.abandon(list(self.work), now)
         for loc in self._by_dk.values():
             if loc.pending:
                 self._settle(loc)
@@ -163,10 +177,11 @@ class SessionEngine:
         """
         if self.closed:
             return
+        self._now = now
         if isinstance(msg, wire.Hello):
             if self.session_id is not None:
                 raise RemoteProtocolError("second hello")
-            self._on_hello(msg)
+            self._on_hello(msg, now)
             return
         if self.session_id is None:
             raise RemoteProtocolError(f"{type(msg).__name__} before hello")
@@ -183,6 +198,9 @@ class SessionEngine:
                         assert mine.remote_id is not None
                         self._by_remote.pop(mine.remote_id, None)
                         self._closed_remote.add(mine.remote_id)
+                        for w in self.work:
+                            if w.channel is mine.channel:
+                                mine.replicator.abandon(w, now)
                         mine.replicator.remove_peer(mine.channel, now)
                         mine.channel = None
                         mine.remote_id = None
@@ -203,6 +221,9 @@ class SessionEngine:
             self._closed_remote.add(msg.channel)
             loc.remote_id = None
             loc.channel = None
+            for w in self.work:
+                if w.channel is ch:
+                    loc.replicator.abandon(w, now)  # skipped by next_work from now on
             loc.replicator.remove_peer(ch, now)
             return
         if isinstance(msg, wire.Cancel):
@@ -228,19 +249,38 @@ class SessionEngine:
         if self._soft_errors > MAX_SOFT_ERRORS:
             raise RemoteProtocolError(f"too many protocol errors; last: {what}")
 
-    def _on_hello(self, msg: wire.Hello) -> None:
+    def _on_hello(self, msg: wire.Hello, now: float) -> None:
         if msg.nonce == self.nonce:
             raise RemoteProtocolError("hello: the peer echoed our nonce (a loop?)")
         self._remote_nonce = msg.nonce
         if self._initiator is None:
             self._initiator = self.nonce < msg.nonce
         self.session_id = self._handshake_hash or caps.nonce_session_id(self.nonce, msg.nonce)
+        self._now = now
         for loc in self._by_dk.values():
             self._open(loc)
+
+    def on_timer(self, now: float) -> None:
+        """Give up on opens the remote never answered (it may not speak for that log)."""
+        self._now = now
+        for loc in self._by_dk.values():
+            if loc.pending and loc.opened_at is not None and loc.opened_at + OPEN_TIMEOUT <= now:
+                self._settle(loc)
+                loc.replicator.refresh(now)
+
+    def next_deadline(self) -> float:
+        """When `on_timer` has something to do (math.inf if never)."""
+        times = [
+            loc.opened_at + OPEN_TIMEOUT
+            for loc in self._by_dk.values()
+            if loc.pending and loc.opened_at is not None
+        ]
+        return min(times, default=math.inf)
 
     def _open(self, loc: _Local) -> None:
         if loc.opened:
             return
+        loc.opened_at = self._now
         assert self.session_id is not None and self._initiator is not None
         loc.opened = True
         cap = caps.capability(self.session_id, loc.replicator.view.key, initiator=self._initiator)

@@ -7,6 +7,7 @@ warns about this), firing timeouts early. Each test takes well under a second.
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
 
@@ -14,10 +15,12 @@ import pytest
 import trio
 import trio.testing
 
+from hyperlog import wire
 from hyperlog.crypto import key_pair
 from hyperlog.errors import ForkConflictError, ReplicationError
 from hyperlog.log import Log, open_store
 from hyperlog.replication import replicate, replication_for
+from hyperlog.replication.adapter import LogAdapter
 
 SEED = bytes(range(32))
 
@@ -119,10 +122,11 @@ async def test_live_tail_and_writer_truncation() -> None:
         await reader.verify()
 
 
-async def test_three_peers_and_a_flaky_one() -> None:
+async def test_three_peers_spread() -> None:
+    """r2 downloads from the writer and from r1 at once; both serve part of it."""
     async with open_store() as ws, open_store() as r1s, open_store() as r2s:
         writer = await ws.create_log(key_pair(SEED))
-        await writer.append(blocks(800))
+        await writer.append(blocks(2000))
         r1 = await r1s.open_log(writer.key)
         r2 = await r2s.open_log(writer.key)
         with trio.fail_after(60):
@@ -139,15 +143,17 @@ async def test_three_peers_and_a_flaky_one() -> None:
             ):
                 rep1, rep2 = replication_for(r1), replication_for(r2)
                 await rep1.update()
-                await rep1.download(0, 400)
+                await rep1.download(0, 2000)
                 await rep2.wait_for_peers(2)
                 await rep2.update()
-                await rep2.download(0, 800)
-                chans = [ch for ch in rep2.engine.peers]
+                await rep2.get(1999)  # a sparse get first: its path is then partly known
+                await rep2.download(0, 2000)
+                chans = list(rep2.engine.peers)
                 assert len(chans) == 2
-                # Both peers served r2 (r1 can only serve the first half).
                 assert all(ch.blocks_in > 0 for ch in chans), [c.blocks_in for c in chans]
-        await assert_same(r2, writer, range(800))
+                assert sum(ch.blocks_in for ch in chans) == 2000
+        await assert_same(r2, writer, range(2000))
+        await r2.verify()
 
 
 async def test_fork_conflict_freezes_and_reports_both() -> None:
@@ -177,3 +183,41 @@ async def test_fork_conflict_freezes_and_reports_both() -> None:
         assert conflict.remote.tree_hash == w2.tree_hash()  # type: ignore[attr-defined]
         assert not reader.has(2)  # nothing from the second history was stored
         assert await reader.get(1) == await w1.get(1)
+
+
+class CorruptingAdapter(LogAdapter):
+    """A serving peer that flips one byte of the last block of every range."""
+
+    async def serve(
+        self, request: wire.Request | wire.RangeRequest
+    ) -> wire.Data | wire.RangeData | None:
+        d = await super().serve(request)
+        if isinstance(d, wire.RangeData):
+            values = list(d.values)
+            values[-1] = bytes([values[-1][0] ^ 1]) + values[-1][1:]
+            return dataclasses.replace(d, values=tuple(values))
+        return d
+
+
+async def test_corrupted_range_stores_nothing() -> None:
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append(blocks(300))
+        reader = await rs.open_log(writer.key)
+        rep = replication_for(reader)
+        with trio.fail_after(60):
+            a, b = trio.testing.memory_stream_pair()
+            async with replicate(a, CorruptingAdapter(writer)), replicate(b, reader) as s:
+                await rep.update()
+                async with trio.open_nursery() as n:
+                    n.start_soon(rep.download, 0, 300)
+                    await s.wait_closed()
+                    n.cancel_scope.cancel()
+                assert "invalid range proof" in str(s.error)
+            # Every block of a corrupted range fails: its recomputed uncles are wrong.
+            assert reader.statistics().blocks_held == 0
+            a, b = trio.testing.memory_stream_pair()
+            async with replicate(a, writer), replicate(b, reader):
+                await rep.download(0, 300)
+        await assert_same(reader, writer, range(300))
+        await reader.verify()

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from hyperlog import wire
+from hyperlog import flat_tree, wire
 from hyperlog.errors import ForkConflictError, HyperlogError, InvalidProofError
 from hyperlog.replication.port import Applied
 
@@ -65,6 +65,13 @@ class FakeLog:
     def fork(self) -> int:
         return self._fork
 
+    @property
+    def byte_length(self) -> int:
+        return self._length * self.block_size
+
+    def missing_tree_nodes(self, node: int) -> int:
+        return 0
+
     def has(self, index: int) -> bool:
         return index in self.blocks
 
@@ -103,7 +110,17 @@ class FakeLog:
         self._fork += 1
 
     # LogPort
-    async def serve(self, request: wire.Request) -> wire.Data | None:
+    async def serve(
+        self, request: wire.Request | wire.RangeRequest
+    ) -> wire.Data | wire.RangeData | None:
+        if isinstance(request, wire.RangeRequest):
+            first = flat_tree.left_span(request.node) // 2
+            end = flat_tree.right_span(request.node) // 2 + 1
+            if any(i not in self.blocks for i in range(first, end)):
+                return None
+            values = tuple(self.blocks[i] for i in range(first, end))
+            root = wire.Node(request.node, sum(map(len, values)), b"\x00" * 32)
+            return wire.RangeData(0, request.id, self._fork, request.node, values, (root,))
         b = request.block
         block = None
         if b is not None:
@@ -145,6 +162,10 @@ class FakeLog:
             ):
                 self.refused += 1
                 raise InvalidProofError("bad block")
+        if data.hash is not None:
+            # A range's hash proof: the fake trusts no tree, only block values.
+            self.applied += 1
+            return Applied()
         if (new_fork, new_len) != (self._fork, self._length):
             if new_fork != self._fork:
                 truncated = 0

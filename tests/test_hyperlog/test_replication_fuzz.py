@@ -10,7 +10,8 @@ in order, timers run). Properties:
 * the engines raise nothing but protocol errors (which drop the session);
 * no deadlock: after healing, every wanted block is either stored or its `get` has
   an error, and a session that survived (with no corrupted-but-decodable message,
-  which may legitimately change meaning, e.g. a nonce) delivered every wanted block.
+  which may legitimately change meaning, e.g. a nonce, and no Open left unanswered
+  past OPEN_TIMEOUT, which gives that channel up) delivered every wanted block.
 
 Only request-level messages are dropped: the stream is reliable, so losing a Hello,
 Open or Range can only come from a buggy peer, and that peer just gets no requests.
@@ -18,6 +19,7 @@ Open or Range can only come from a buggy peer, and that peer just gets no reques
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from hypothesis import given, settings
@@ -25,14 +27,20 @@ from hypothesis import strategies as st
 
 from hyperlog import wire
 from hyperlog.errors import DecodeError, HyperlogError, ReplicationError
-from hyperlog.replication.scheduler import GetWant, LogReplicator, ServeWork, VerifyWork
+from hyperlog.replication.scheduler import (
+    GetWant,
+    LogReplicator,
+    RangeVerifyWork,
+    ServeWork,
+    Work,
+)
 from hyperlog.replication.session import SessionEngine
 
 from .test_replication_fakes import FakeLog, block_value, run_sync
 
 KEY = bytes(range(32))
-LENGTH = 40
-DROPPABLE = (wire.Request, wire.Data, wire.NoData, wire.Cancel)
+LENGTH = 80  # > 64, so a full download uses one RangeRequest for blocks 0..63
+DROPPABLE = (wire.Request, wire.Data, wire.NoData, wire.Cancel, wire.RangeRequest, wire.RangeData)
 
 
 @dataclass
@@ -54,6 +62,8 @@ class Net:
         self.w.session.add_log(self.w.rep)
         self.r.session.add_log(self.r.rep)
         self.gets: list[GetWant] = []
+        self.work_kinds: set[str] = set()
+        self.slow_open = False
         self.flush()
 
     def other(self, s: Side) -> Side:
@@ -74,18 +84,19 @@ class Net:
                 return
         raise AssertionError("flush did not settle")
 
-    def _run(self, s: Side, work: ServeWork | VerifyWork) -> None:
+    def _run(self, s: Side, work: Work) -> None:
+        self.work_kinds.add(type(work).__name__)
         if isinstance(work, ServeWork):
             data = run_sync(s.log.serve(work.request))
             if data is not None:
-                data = wire.Data(
-                    work.channel.local_id,
-                    work.request.id,
-                    data.fork,
-                    data.block,
-                    upgrade=data.upgrade,
-                )
+                data = dataclasses.replace(data, channel=work.channel.local_id, id=work.request.id)
             s.rep.on_served(work.channel, work.request, data)
+            return
+        if isinstance(work, RangeVerifyWork):
+            results = run_sync(s.log.apply_many(work.datas))
+            err = s.rep.on_range_applied(work, results, self.now)
+            if err is not None:
+                self.kill(ReplicationError(str(err)))
             return
         try:
             result: object = run_sync(s.log.apply(work.data))
@@ -114,8 +125,12 @@ class Net:
         self.flush()
 
     def tick(self, dt: float) -> None:
+        if self.w.rep.pending_opens or self.r.rep.pending_opens:
+            self.slow_open = True  # time passed while an Open was unanswered
         self.now += dt
         if not self.dead:
+            self.w.session.on_timer(self.now)
+            self.r.session.on_timer(self.now)
             self.w.rep.on_timer(self.now)
             self.r.rep.on_timer(self.now)
             self.flush()
@@ -147,8 +162,9 @@ def test_engine_under_faults(plan: list[tuple[str, bool, int, int]]) -> None:
             net.flush()
             continue
         if action == "range":
-            a = k % LENGTH
-            net.r.rep.want_range(a, min(LENGTH, a + 1 + byte % 8), net.now)
+            a = 0 if byte % 4 == 0 else k % LENGTH  # sometimes everything: a RangeRequest
+            end = LENGTH if byte % 4 == 0 else min(LENGTH, a + 1 + byte % 8)
+            net.r.rep.want_range(a, end, net.now)
             net.flush()
             continue
         if not side.inbox:
@@ -186,7 +202,21 @@ def test_engine_under_faults(plan: list[tuple[str, bool, int, int]]) -> None:
     # No deadlock: every get finished one way or the other.
     for g in net.gets:
         assert net.r.log.has(g.index) or g.error is not None, (g, net.dead)
-        if net.dead is None and not corrupted and g.index < LENGTH:
+        if net.dead is None and not corrupted and not net.slow_open and g.index < LENGTH:
             assert net.r.log.has(g.index), g
-    if net.dead is None and not corrupted:
+    if net.dead is None and not corrupted and not net.slow_open:
         assert all(d.done for d in net.r.rep.downloads)
+
+
+def test_fault_free_full_download_uses_a_range() -> None:
+    net = Net()
+    d = net.r.rep.want_range(0, LENGTH, net.now)
+    for _ in range(50):
+        for side in (net.w, net.r):
+            while side.inbox:
+                net.deliver(side, 0)
+        if d.done:
+            break
+    assert d.done and net.dead is None
+    assert "RangeVerifyWork" in net.work_kinds
+    assert sorted(net.r.log.blocks) == list(range(LENGTH))
