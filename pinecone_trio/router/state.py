@@ -554,6 +554,7 @@ class RouterState:
         sig = self._signed_sig
         key = self._key
         for p in peers:
+            p.sent = ann
             out.append(SendFrame(p.port, TreeAnnouncement(ann.extend(p.port, key, sig))))
 
     def _tree_changed(self, out: list[Action]) -> None:
@@ -636,7 +637,10 @@ class RouterState:
         elif action is AnnouncementAction.ADOPT:
             self._set_parent(peer, out)
         elif action is AnnouncementAction.REPLY:
-            self._announce([peer], out)
+            # The peer stores every announcement, hold-down or not, and links are
+            # reliable: if it already has our current one, repeating it adds nothing.
+            if peer.sent is not self._current_ann():
+                self._announce([peer], out)
         elif action is AnnouncementAction.SELECT_PARENT:
             # Only this peer's view changed, and the parent was the best of the rest
             # (every earlier change ran this comparison or a full selection), so

@@ -61,6 +61,7 @@ class Peer:
         "key",
         "peer_type",
         "port",
+        "sent",
         "zone",
     )
 
@@ -81,6 +82,8 @@ class Peer:
         self.indexed_keys: tuple[bytes, ...] = ()
         #: The announcement keys `indexed_keys` was computed from.
         self.indexed_from: tuple[bytes, ...] = ()
+        #: Our current announcement as last sent to this peer (before our entry).
+        self.sent: Announcement | None = None
 
 
 class AnnouncementAction(Enum):

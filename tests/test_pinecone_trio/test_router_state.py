@@ -353,3 +353,22 @@ def test_losing_the_parent_emits_one_root_change() -> None:
     evs = events(s.on_input(PeerDown(1), 2.0))
     assert [e for e in evs if isinstance(e, RootChanged)] == []  # same root via port 2
     assert ParentChanged(2, (5, 8)) in evs
+
+
+def test_reply_is_not_repeated_when_the_peer_already_has_our_announcement() -> None:
+    s = engine()
+    s.on_input(PeerUp(1, k(90)), 0.0)
+    s.on_input(PeerUp(2, k(40)), 0.0)
+    s.on_input(FrameIn(1, root_ann(90, 1, [(3, 90)])), 0.5)
+    # The weaker peer keeps announcing itself as root: we answer once per change of
+    # our announcement, not once per message (a repeat would look like "moved" to it).
+    s.on_input(FrameIn(2, root_ann(40, 1, [(1, 40)])), 1.0)  # first: no reply (PR #72)
+    assert sent(s.on_input(FrameIn(2, root_ann(40, 2, [(1, 40)])), 1.1)) == []
+    s.on_input(FrameIn(1, root_ann(90, 2, [(3, 90)])), 1.2)  # our announcement changes
+    assert sent(s.on_input(FrameIn(2, root_ann(40, 3, [(1, 40)])), 1.3)) == []  # sent at 1.2
+    s2 = engine()
+    s2.on_input(PeerUp(2, k(40)), 0.0)
+    s2.on_input(FrameIn(2, root_ann(40, 1, [(1, 40)])), 1.0)
+    s2.on_input(PeerUp(1, k(90)), 1.0)
+    s2.on_input(FrameIn(1, root_ann(90, 1, [(3, 90)])), 1.0)  # adopt: sent to 2 as well
+    assert sent(s2.on_input(FrameIn(2, root_ann(40, 2, [(1, 40)])), 2.0)) == []
