@@ -702,11 +702,15 @@ class LogReplicator:
                     advancing = False
                     i += 1
                     continue
-                if span and i % span == 0 and self._try_range(ch, i, span, stop, now):
-                    i += span
-                    if advancing:
-                        d.cursor = i
-                    continue
+                if span and i % span == 0:
+                    got = self._try_range(ch, i, span, stop, now)
+                    if got is None:
+                        break  # this peer's range slots are full: wait, no singles
+                    if got:
+                        i += span
+                        if advancing:
+                            d.cursor = i
+                        continue
                 if ch.have.has(i) and i < ch.remote_length:
                     self._request_block(ch, i, now)
                     if advancing:
@@ -724,17 +728,23 @@ class LogReplicator:
                     continue
                 i += 1
 
-    def _try_range(self, ch: PeerChannel, first: int, span: int, stop: int, now: float) -> bool:
+    def _try_range(
+        self, ch: PeerChannel, first: int, span: int, stop: int, now: float
+    ) -> bool | None:
         """Request the aligned subtree [first, first + span) in one RangeRequest if the
-        peer has all of it and we have none of it (else: single-block requests)."""
+        peer has all of it and we have none of it.
+
+        Returns True if requested, False if single-block requests should be used
+        instead, None if it would qualify but the peer's range slots are all taken.
+        """
         end = first + span
         if end > stop or end > ch.remote_length:
-            return False
-        if sum(1 for x in ch.inflight.values() if x.kind == K_RANGE) >= MAX_RANGES_IN_FLIGHT:
             return False
         for j in range(first, end):
             if not ch.have.has(j) or self.view.has(j) or j in self.block_reqs or j in self.retry:
                 return False
+        if sum(1 for x in ch.inflight.values() if x.kind == K_RANGE) >= MAX_RANGES_IN_FLIGHT:
+            return None
         node = flat_tree.index(span.bit_length() - 1, first // span)
         rid = self.next_id
         self.next_id = self.next_id % wire.MAX_ID + 1
