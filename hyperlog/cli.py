@@ -83,8 +83,15 @@ async def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes]:
-    for line in stream:
-        yield line[:-1] if line.endswith(b"\n") else line
+    # Read at most one block (plus its newline) at a time: a huge line is refused
+    # without being held in memory whole. Bounded by the input size.
+    while line := stream.readline(MAX_BLOCK_SIZE + 1):
+        if line.endswith(b"\n"):
+            yield line[:-1]
+        elif len(line) > MAX_BLOCK_SIZE:
+            raise HyperlogError(f"a line longer than {MAX_BLOCK_SIZE} bytes cannot be one block")
+        else:
+            yield line
 
 
 def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
