@@ -713,7 +713,7 @@ class Session:
                 self._recv_highest += extra
                 self._recv_consumed += frame.final_size - recv.read_offset
                 recv.reset_code = frame.code
-                recv.buffer.clear()
+                recv.discard()
                 self._credit_session()
                 self.changed.add(stream.id)
                 self._maybe_forget(stream)
@@ -883,7 +883,7 @@ class Session:
         recv = stream.recv
         if recv.reset_code is not None:
             raise StreamBroken(f"the peer reset the stream (code {recv.reset_code})")
-        if recv.buffer:
+        if recv.buffered:
             data = recv.read(max_bytes)
             self._recv_consumed += len(data)
             update = recv.window_update()
@@ -917,9 +917,9 @@ class Session:
             recv.stopped = True
             if stream.state is not StreamState.REFUSED:
                 self._control.append(wire.StopSending(sid, CODE_CLOSED))
-        if recv.buffer:
-            self._recv_consumed += len(recv.buffer)
-            recv.buffer.clear()
+        if recv.buffered:
+            self._recv_consumed += recv.buffered
+            recv.discard()
             self._credit_session()
         self._maybe_forget(stream)
 

@@ -22,9 +22,15 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, bisect_right
+from collections import deque
 from typing import final
 
 from ..errors import RemoteProtocolError
+
+#: A write at least this large is kept as its own chunk (sent without copying).
+_BIG_WRITE = 16 * 1024
+#: Small writes are coalesced into a tail chunk up to this size.
+_TAIL_LIMIT = 64 * 1024
 
 
 @final
@@ -89,9 +95,11 @@ class SendSide:
     """What one stream still has to send, or to get acknowledged."""
 
     __slots__ = (
+        "_chunks",
+        "_head",
+        "_starts",
         "acked",
         "base",
-        "buffer",
         "capacity",
         "fin_acked",
         "fin_offset",
@@ -101,11 +109,18 @@ class SendSide:
         "reset_code",
         "retransmit",
         "stop_code",
+        "write_offset",
     )
 
     def __init__(self, capacity: int, max_data: int) -> None:
-        self.buffer = bytearray()
-        self.base = 0
+        # The unacknowledged bytes, as chunks in offset order: large writes are kept as
+        # they came (sending a whole chunk copies nothing); small ones are coalesced
+        # into a growing bytearray tail. `_head` is the first live chunk.
+        self._chunks: list[bytes | bytearray] = []
+        self._starts: list[int] = []
+        self._head = 0
+        self.base = 0  # offset of the first byte not yet acknowledged
+        self.write_offset = 0  # offset of the next byte the application writes
         self.next_offset = 0
         self.capacity = capacity
         self.max_data = max_data
@@ -118,17 +133,66 @@ class SendSide:
         self.stop_code: int | None = None  # the peer asked us to stop (STOP_SENDING)
 
     @property
-    def write_offset(self) -> int:
-        return self.base + len(self.buffer)
+    def buffered(self) -> int:
+        return self.write_offset - self.base
 
     def space(self) -> int:
-        return max(0, self.capacity - len(self.buffer))
+        return max(0, self.capacity - (self.write_offset - self.base))
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         n = min(len(data), self.space())
-        if n:
-            self.buffer += data[:n]
+        if not n:
+            return 0
+        chunks = self._chunks
+        if n >= _BIG_WRITE:
+            chunks.append(bytes(data[:n]))
+            self._starts.append(self.write_offset)
+        else:
+            tail = chunks[-1] if len(chunks) > self._head else None
+            if type(tail) is bytearray and len(tail) < _TAIL_LIMIT:
+                tail += data[:n]
+            else:
+                chunks.append(bytearray(data[:n]))
+                self._starts.append(self.write_offset)
+        self.write_offset += n
         return n
+
+    def _slice(self, start: int, end: int) -> bytes:
+        starts, chunks = self._starts, self._chunks
+        i = bisect_right(starts, start, self._head) - 1
+        chunk = chunks[i]
+        offset = start - starts[i]
+        if end - starts[i] <= len(chunk):
+            if offset == 0 and end - start == len(chunk) and type(chunk) is bytes:
+                return chunk
+            with memoryview(chunk) as view:
+                return bytes(view[offset : end - starts[i]])
+        pieces = []
+        while start < end:
+            chunk = chunks[i]
+            offset = start - starts[i]
+            take = min(len(chunk) - offset, end - start)
+            with memoryview(chunk) as view:
+                pieces.append(view[offset : offset + take].tobytes())
+            start += take
+            i += 1
+        return b"".join(pieces)
+
+    def _trim(self, offset: int) -> None:
+        """Forget the bytes before `offset` (all acknowledged)."""
+        self.base = offset
+        starts, chunks = self._starts, self._chunks
+        head = self._head
+        while head < len(chunks) - 1 and starts[head + 1] <= offset:
+            chunks[head] = b""
+            head += 1
+        if head == len(chunks) - 1 and offset >= starts[head] + len(chunks[head]):
+            chunks[head] = b""
+            head += 1
+        if head > 64 and head * 2 > len(chunks):
+            del chunks[:head], starts[:head]
+            head = 0
+        self._head = head
 
     def finish(self) -> None:
         if self.fin_offset is None:
@@ -163,7 +227,8 @@ class SendSide:
             start, end = self.retransmit.first()
             end = min(end, start + budget)
             self.retransmit.remove(start, end)
-            data = self._slice(start, end)
+            start = max(start, self.base)
+            data = self._slice(start, end) if start < end else b""
             fin = self.fin_offset is not None and end == self.fin_offset
             if fin:
                 self.fin_sent = True
@@ -178,10 +243,6 @@ class SendSide:
             self.fin_sent = True
         return start, data, fin, end - start
 
-    def _slice(self, start: int, end: int) -> bytes:
-        with memoryview(self.buffer) as view:
-            return bytes(view[start - self.base : end - self.base])
-
     def on_acked(self, offset: int, length: int, fin: bool) -> None:
         end = offset + length
         if fin:
@@ -193,9 +254,8 @@ class SendSide:
             if self.acked:
                 start, stop = self.acked.first()
                 if start <= self.base < stop:
-                    del self.buffer[: stop - self.base]
                     self.acked.remove(start, stop)
-                    self.base = stop
+                    self._trim(stop)
 
     def on_lost(self, offset: int, length: int, fin: bool) -> None:
         if self.reset_code is not None or self.stop_code is not None:
@@ -218,9 +278,10 @@ class RecvSide:
     """Reassembly and flow control for what the peer sends on one stream."""
 
     __slots__ = (
+        "_chunks",
         "_heap",
         "_pending",
-        "buffer",
+        "buffered",
         "fin_offset",
         "highest",
         "limit",
@@ -231,7 +292,10 @@ class RecvSide:
     )
 
     def __init__(self, window: int) -> None:
-        self.buffer = bytearray()
+        # In-order bytes not yet read, as the chunks they arrived in (reads that take a
+        # whole chunk copy nothing).
+        self._chunks: deque[bytes] = deque()
+        self.buffered = 0
         self.read_offset = 0
         self.highest = 0
         self.window = window
@@ -244,7 +308,7 @@ class RecvSide:
 
     @property
     def contiguous(self) -> int:
-        return self.read_offset + len(self.buffer)
+        return self.read_offset + self.buffered
 
     @property
     def eof(self) -> bool:
@@ -253,7 +317,7 @@ class RecvSide:
 
     @property
     def done(self) -> bool:
-        return self.reset_code is not None or self.stopped or (self.eof and not self.buffer)
+        return self.reset_code is not None or self.stopped or (self.eof and not self.buffered)
 
     def on_data(self, offset: int, data: bytes, fin: bool) -> int:
         """Take a STREAM frame; returns how far the highest offset advanced.
@@ -266,9 +330,8 @@ class RecvSide:
             raise RemoteProtocolError(
                 f"stream data up to offset {end} exceeds the credit of {self.limit}"
             )
-        if self.fin_offset is not None and (
-            end > self.fin_offset or (fin and end != self.fin_offset)
-        ):
+        final = self.fin_offset
+        if final is not None and (end > final or (fin and end != final)):
             raise RemoteProtocolError("stream data contradicts the stream's final size")
         if fin:
             if end < self.highest:
@@ -281,7 +344,7 @@ class RecvSide:
         contiguous = self.contiguous
         if offset <= contiguous:
             if end > contiguous:
-                self.buffer += data[contiguous - offset :] if offset < contiguous else data
+                self._append(data[contiguous - offset :] if offset < contiguous else data)
                 if self._heap:
                     self._drain()
         elif len(data) > len(self._pending.get(offset, b"")):
@@ -289,6 +352,10 @@ class RecvSide:
                 heapq.heappush(self._heap, offset)
             self._pending[offset] = data
         return advanced
+
+    def _append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.buffered += len(data)
 
     def _drain(self) -> None:
         heap, pending = self._heap, self._pending
@@ -298,19 +365,37 @@ class RecvSide:
             contiguous = self.contiguous
             end = offset + len(data)
             if end > contiguous:
-                self.buffer += data[contiguous - offset :]
+                self._append(data[contiguous - offset :])
 
     def read(self, max_bytes: int) -> bytes:
-        n = min(max_bytes, len(self.buffer))
-        if n == len(self.buffer):
-            data = bytes(self.buffer)
-            self.buffer.clear()
+        chunks = self._chunks
+        if not chunks:
+            return b""
+        first = chunks[0]
+        if len(first) <= max_bytes:
+            chunks.popleft()
+            # Join small chunks up to the limit; a big first chunk goes out as it is.
+            if len(first) < max_bytes and chunks and len(chunks[0]) + len(first) <= max_bytes:
+                pieces = [first]
+                size = len(first)
+                while chunks and size + len(chunks[0]) <= max_bytes:
+                    chunk = chunks.popleft()
+                    pieces.append(chunk)
+                    size += len(chunk)
+                first = b"".join(pieces)
+            data = first
         else:
-            with memoryview(self.buffer) as view:
-                data = bytes(view[:n])
-            del self.buffer[:n]
-        self.read_offset += n
+            data = first[:max_bytes]
+            chunks[0] = first[max_bytes:]
+        self.buffered -= len(data)
+        self.read_offset += len(data)
         return data
+
+    def discard(self) -> None:
+        """Drop what was received but not read (the stream was closed or reset)."""
+        self.read_offset += self.buffered
+        self._chunks.clear()
+        self.buffered = 0
 
     def window_update(self) -> int | None:
         """A new credit to advertise, once the reader consumed half the window."""
