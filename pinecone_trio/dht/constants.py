@@ -1,0 +1,87 @@
+"""Named limits and timers of the DHT (see docs/dht.md for the reasoning)."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from ..router.constants import MAX_TRAFFIC_PAYLOAD
+
+#: Wire version of every DHT message.
+DHT_VERSION: Final = 1
+
+# --- records ----------------------------------------------------------------------
+
+#: Bytes of application data a record may carry (a port, an address hint, a name).
+MAX_RECORD_DATA: Final = 512
+#: Longest lifetime a store grants a record, whatever the record asks for (seconds).
+MAX_RECORD_TTL: Final = 300
+#: Lifetime announcers ask for (seconds): a bit over two refresh intervals, so one
+#: lost refresh does not make a live peer disappear (hyperdht: 20 min TTL, 10 min refresh).
+RECORD_TTL: Final = 150
+#: How often an active announcement is re-signed and re-sent to the closest node.
+ANNOUNCE_REFRESH_INTERVAL: Final = 60.0
+#: Refreshes are spread by up to this fraction of the interval (no lockstep).
+ANNOUNCE_JITTER: Final = 0.1
+#: After an announcement got no acknowledgement at all, try again this much sooner.
+ANNOUNCE_RETRY_INTERVAL: Final = 10.0
+#: How long a withdrawal (a signed record with ttl 0) is remembered, so that a replay of
+#: the older record is refused.
+TOMBSTONE_TTL: Final = MAX_RECORD_TTL
+
+# --- the store --------------------------------------------------------------------
+
+#: Distinct topics one node stores; beyond it the least recently announced topic goes.
+MAX_TOPICS: Final = 4096
+#: Records one topic holds; beyond it the one closest to expiry goes.
+MAX_RECORDS_PER_TOPIC: Final = 64
+#: Records (and tombstones) one node stores in all; beyond it the oldest goes.
+MAX_TOTAL_RECORDS: Final = 16384
+#: With records stored, expired ones are swept at least this often (seconds); reads
+#: and writes also expire first, so this only keeps memory and counts honest.
+EXPIRY_SWEEP_INTERVAL: Final = 30.0
+#: Records one lookup reply carries at most (the freshest first).
+MAX_LOOKUP_RECORDS: Final = 32
+
+# --- replication ------------------------------------------------------------------
+
+#: Copies the closest node pushes down the snake (to its descending neighbour, which
+#: forwards to its own while copies remain) and up it. Down is the reliable direction:
+#: a converged snake knows every node's true predecessor, while the ascending key is
+#: only local knowledge. When the closest node dies, the next closest (its successor)
+#: has the dead node's predecessor as its new descending neighbour, and a lookup asks
+#: the closest node's neighbours too, so it finds the copies there.
+REPLICAS_DESCENDING: Final = 2
+REPLICAS_ASCENDING: Final = 1
+#: Neighbour keys a lookup reply carries (the responder's descending and ascending).
+MAX_NEIGHBOURS: Final = 4
+
+# --- requests ---------------------------------------------------------------------
+
+#: One request (an announce, a lookup of one node) is re-sent after this long without
+#: an answer (dht-rpc: 1 s) ...
+REQUEST_TIMEOUT: Final = 1.0
+#: ... this many times before it counts as failed.
+REQUEST_RETRIES: Final = 2
+#: Default overall bound of `lookup` (seconds).
+LOOKUP_TIMEOUT: Final = 10.0
+#: Lookups and announcements one node has in flight at once.
+MAX_PENDING: Final = 1024
+#: Nodes one lookup asks (the closest node and the neighbours it names).
+MAX_LOOKUP_QUERIES: Final = 1 + MAX_NEIGHBOURS
+
+# --- rate limits --------------------------------------------------------------------
+
+#: Requests (announce, store, lookup) accepted per claimed source key: a token bucket.
+SOURCE_RATE: Final = 50.0
+SOURCE_BURST: Final = 200.0
+#: Source keys whose buckets are remembered (the least recently seen are forgotten).
+MAX_TRACKED_SOURCES: Final = 4096
+
+# --- wire -------------------------------------------------------------------------
+
+#: The largest DHT message: one overlay datagram (`node.MAX_DATAGRAM_PAYLOAD`: the
+#: router's limit less the service byte; not imported from node.py, which imports trio).
+MAX_MESSAGE_SIZE: Final = MAX_TRAFFIC_PAYLOAD - 1
+#: Size of keys, topic ids and signatures.
+KEY_SIZE: Final = 32
+SIGNATURE_SIZE: Final = 64

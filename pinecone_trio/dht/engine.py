@@ -1,0 +1,578 @@
+"""The DHT engine: announce, store, replicate and look up topic records, sans IO.
+
+Theory of operation
+-------------------
+Keys live on the snake: the node "closest" to a topic id is the one the overlay's
+closest-key mode delivers to (the smallest key >= the id, else the highest key). The
+engine never routes; it only says what to send, by closest key or by exact key, and
+the Trio shell (`service.py`) carries its actions out. Time is the caller's `now`
+(seconds, never decreasing); nothing here imports trio.
+
+Announce. `start_announce(topic, data)` signs a record (topic id, our key, a fresh
+sequence number, `RECORD_TTL`, data) and sends ANNOUNCE to the topic id by closest key.
+The closest node verifies and stores it, answers ANNOUNCE_ACK to us by exact key, and
+pushes STORE copies along the snake: `REPLICAS_ASCENDING` nodes up and
+`REPLICAS_DESCENDING` down, each copy forwarded by the previous holder. Without an ack
+the ANNOUNCE is re-sent every `REQUEST_TIMEOUT`, `REQUEST_RETRIES` times. Every
+`ANNOUNCE_REFRESH_INTERVAL` (with jitter) the record is re-signed with a higher seq and
+sent again: this is what moves records to a new closest node after churn, and what
+keeps them alive (`RECORD_TTL` is about 2.5 intervals). `stop_announce` sends a signed
+withdrawal (ttl 0) the same way.
+
+Lookup. `lookup(topic)` sends LOOKUP by closest key. The node that gets it answers by
+exact key with its live records and the keys of its snake neighbours; we then ask
+those neighbours by exact key as well (a node that joined next to the topic id a
+moment ago is "closest" but empty; the old closest node is its neighbour and still has
+the records; after the closest node died, its neighbours hold the copies). Each query
+is retried like an announce; the lookup finishes when every asked node has answered or
+given up, or at its deadline. Every record in a reply is verified against its own key
+before it is reported, so a lying responder can hide records but not invent them.
+
+Serving. Requests are rate-limited per claimed source key (token buckets, bounded
+table); the overlay's source key is not authenticated, which is why nothing is stored
+without the announcer's signature and why replies only carry signed records.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..errors import DecodeError, LocalProtocolError
+from ..identity import Identity, PublicKey
+from .constants import (
+    ANNOUNCE_JITTER,
+    ANNOUNCE_REFRESH_INTERVAL,
+    ANNOUNCE_RETRY_INTERVAL,
+    EXPIRY_SWEEP_INTERVAL,
+    KEY_SIZE,
+    LOOKUP_TIMEOUT,
+    MAX_LOOKUP_QUERIES,
+    MAX_LOOKUP_RECORDS,
+    MAX_PENDING,
+    MAX_RECORD_DATA,
+    MAX_RECORD_TTL,
+    MAX_TRACKED_SOURCES,
+    RECORD_TTL,
+    REPLICAS_ASCENDING,
+    REPLICAS_DESCENDING,
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT,
+    SOURCE_BURST,
+    SOURCE_RATE,
+)
+from .crypto import record_signable
+from .store import PutResult, RecordStore, verify_record
+from .wire import (
+    ACK_RATE_LIMITED,
+    ACK_REFUSED,
+    ACK_STORED,
+    DOWN,
+    UP,
+    Announce,
+    AnnounceAck,
+    Lookup,
+    LookupReply,
+    Message,
+    Record,
+    Store,
+    decode,
+    encode,
+    encode_lookup_reply,
+)
+
+_U64 = (1 << 64) - 1
+
+
+# ---------------------------------------------------------------- public types
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRecord:
+    """A verified announcement found by a lookup.
+
+    `expires` is on the engine's clock (the shell's `trio.current_time()`): the record
+    is not guaranteed to be fresh after it. `seq` orders records of one announcer.
+    """
+
+    topic: bytes
+    public_key: PublicKey
+    data: bytes
+    expires: float
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendExact:
+    """Send `payload` (an encoded DHT message) to the node with key `key`."""
+
+    key: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendClosest:
+    """Send `payload` to the node closest to `target`."""
+
+    target: bytes
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LookupDone:
+    """Lookup `request_id` finished; `records` are verified, one per announcer."""
+
+    request_id: int
+    records: tuple[PeerRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AnnounceDone:
+    """The first announce round of `topic` ended: acknowledged by the closest node or not."""
+
+    topic: bytes
+    acknowledged: bool
+
+
+Action = SendExact | SendClosest | LookupDone | AnnounceDone
+
+
+@dataclass(slots=True)
+class EngineStatistics:
+    received: int = 0
+    decode_errors: int = 0
+    rate_limited: int = 0
+    unexpected_replies: int = 0
+    bad_reply_records: int = 0
+    wrong_target: int = 0
+    lookups: int = 0
+    lookups_empty: int = 0
+    announces_sent: int = 0
+    announces_acked: int = 0
+    replicas_sent: int = 0
+    retries: int = 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+class SourceLimiter:
+    """A token bucket per claimed source key; the least recently seen are forgotten."""
+
+    def __init__(
+        self,
+        rate: float = SOURCE_RATE,
+        burst: float = SOURCE_BURST,
+        max_sources: int = MAX_TRACKED_SOURCES,
+    ) -> None:
+        self._rate = rate
+        self._burst = burst
+        self._max = max_sources
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def allow(self, source: bytes, now: float) -> bool:
+        tokens, last = self._buckets.pop(source, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        ok = tokens >= 1.0
+        if ok:
+            tokens -= 1.0
+        self._buckets[source] = (tokens, now)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return ok
+
+
+@dataclass(slots=True)
+class _Query:
+    tries: int = 1
+    retry_at: float = 0.0
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _Lookup:
+    request_id: int
+    topic: bytes
+    deadline: float
+    closest: _Query
+    exact: dict[bytes, _Query] = field(default_factory=dict)
+    found: dict[bytes, PeerRecord] = field(default_factory=dict)
+
+    def finished(self) -> bool:
+        return self.closest.done and all(q.done for q in self.exact.values())
+
+
+@dataclass(slots=True)
+class _Announcement:
+    topic: bytes
+    data: bytes
+    record: Record
+    request_id: int
+    query: _Query | None  # the round in flight, None between rounds
+    next_refresh: float
+    reported: bool = False
+
+
+def _remaining(expires: float, now: float) -> int:
+    return max(0, min(MAX_RECORD_TTL, math.ceil(expires - now)))
+
+
+# ---------------------------------------------------------------- the engine
+
+
+class DhtEngine:
+    """One node's DHT: its record store, its announcements and its lookups."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        *,
+        first_seq: int = 1,
+        store: RecordStore | None = None,
+        rng: random.Random | None = None,
+        record_ttl: int = RECORD_TTL,
+        refresh_interval: float = ANNOUNCE_REFRESH_INTERVAL,
+    ) -> None:
+        """`first_seq` should grow across restarts (the shell passes wall-clock
+        microseconds), so a restarted announcer's records replace its old ones."""
+        if not 0 < record_ttl <= MAX_RECORD_TTL:
+            raise ValueError(f"record_ttl must be 1..{MAX_RECORD_TTL}")
+        self._identity = identity
+        self._key = bytes(identity.public_key)
+        self._seq = first_seq
+        self._rng = rng or random.Random()
+        self._record_ttl = record_ttl
+        self._refresh = refresh_interval
+        self.store = store or RecordStore()
+        self._limiter = SourceLimiter()
+        self._descending: bytes | None = None
+        self._ascending: bytes | None = None
+        self._lookups: dict[int, _Lookup] = {}
+        self._announcements: dict[bytes, _Announcement] = {}
+        self._announce_ids: dict[int, bytes] = {}
+        self._next_sweep = 0.0
+        self.statistics = EngineStatistics()
+
+    # ------------------------------------------------------------ inputs
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key
+
+    @property
+    def neighbours(self) -> tuple[bytes | None, bytes | None]:
+        """(descending, ascending) snake neighbours as last set."""
+        return self._descending, self._ascending
+
+    def set_neighbours(self, descending: bytes | None, ascending: bytes | None) -> None:
+        """Tell the engine our snake neighbours (replicas go to them; replies name them)."""
+        self._descending = descending if descending != self._key else None
+        self._ascending = ascending if ascending != self._key else None
+
+    def announcing(self) -> list[bytes]:
+        """Topic ids we announce."""
+        return list(self._announcements)
+
+    def pending(self) -> int:
+        return len(self._lookups) + len(self._announce_ids)
+
+    def on_message(
+        self, source: bytes, payload: bytes, target: bytes | None, now: float
+    ) -> list[Action]:
+        """Handle one DHT datagram; `target` is the closest-key target (None: exact)."""
+        self.statistics.received += 1
+        try:
+            message = decode(payload)
+        except DecodeError:
+            self.statistics.decode_errors += 1
+            return []
+        return self._dispatch(source, message, target, now)
+
+    def _dispatch(
+        self, source: bytes, message: Message, target: bytes | None, now: float
+    ) -> list[Action]:
+        if isinstance(message, AnnounceAck):
+            return self._on_ack(message, now)
+        if isinstance(message, LookupReply):
+            return self._on_reply(source, message, now)
+        if not self._limiter.allow(source, now):
+            self.statistics.rate_limited += 1
+            if isinstance(message, Announce):
+                ack = AnnounceAck(message.request_id, ACK_RATE_LIMITED)
+                return [SendExact(source, encode(ack))]
+            return []
+        if isinstance(message, Announce):
+            return self._on_announce(source, message, target, now)
+        if isinstance(message, Store):
+            return self._on_store(message, now)
+        return self._on_lookup(source, message, now)
+
+    # ------------------------------------------------------------ serving
+
+    def _on_announce(
+        self, source: bytes, message: Announce, target: bytes | None, now: float
+    ) -> list[Action]:
+        record = message.record
+        if target is not None and target != record.topic:
+            self.statistics.wrong_target += 1
+            return [SendExact(source, encode(AnnounceAck(message.request_id, ACK_REFUSED)))]
+        result = self.store.put(record, now)
+        ok = result in (PutResult.STORED, PutResult.DUPLICATE)
+        status = ACK_STORED if ok else ACK_REFUSED
+        actions: list[Action] = [SendExact(source, encode(AnnounceAck(message.request_id, status)))]
+        if result is PutResult.STORED:
+            actions += self._replicate(record, now, UP, REPLICAS_ASCENDING)
+            actions += self._replicate(record, now, DOWN, REPLICAS_DESCENDING)
+        return actions
+
+    def _replicate(self, record: Record, now: float, direction: int, copies: int) -> list[Action]:
+        key = self._ascending if direction == UP else self._descending
+        if key is None or copies <= 0:
+            return []
+        entries = self.store.get(record.topic, now) if record.ttl else None
+        expires = now + (MAX_RECORD_TTL if record.ttl == 0 else record.ttl)
+        if entries is not None:
+            for entry in entries:
+                if entry.record.public_key == record.public_key:
+                    expires = entry.expires
+        remaining = _remaining(expires, now)
+        if remaining <= 0:
+            return []
+        self.statistics.replicas_sent += 1
+        return [SendExact(key, encode(Store(record, remaining, copies - 1, direction)))]
+
+    def _on_store(self, message: Store, now: float) -> list[Action]:
+        result = self.store.put(message.record, now, remaining=message.remaining_ttl)
+        if result is PutResult.STORED and message.copies > 0:
+            return self._replicate(message.record, now, message.direction, message.copies)
+        return []
+
+    def _on_lookup(self, source: bytes, message: Lookup, now: float) -> list[Action]:
+        entries = self.store.get(message.topic, now)[:MAX_LOOKUP_RECORDS]
+        neighbours = tuple(k for k in (self._descending, self._ascending) if k is not None)
+        reply = LookupReply(
+            message.request_id,
+            message.topic,
+            tuple((s.record, _remaining(s.expires, now)) for s in entries),
+            neighbours,
+        )
+        return [SendExact(source, encode_lookup_reply(reply))]
+
+    # ------------------------------------------------------------ lookups
+
+    def _new_id(self) -> int:
+        while True:
+            rid = self._rng.getrandbits(64)
+            if rid not in self._lookups and rid not in self._announce_ids:
+                return rid
+
+    def lookup(
+        self, topic: bytes, now: float, timeout: float = LOOKUP_TIMEOUT
+    ) -> tuple[int, list[Action]]:
+        """Start a lookup of topic id `topic`; it ends with a `LookupDone` action.
+
+        Raises:
+            LocalProtocolError: when `MAX_PENDING` requests are already in flight.
+        """
+        if len(topic) != KEY_SIZE:
+            raise ValueError("a topic id is 32 bytes")
+        if self.pending() >= MAX_PENDING:
+            raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
+        rid = self._new_id()
+        self._lookups[rid] = _Lookup(
+            rid, topic, now + timeout, _Query(retry_at=now + REQUEST_TIMEOUT)
+        )
+        self.statistics.lookups += 1
+        return rid, [SendClosest(topic, encode(Lookup(rid, topic)))]
+
+    def cancel_lookup(self, request_id: int) -> None:
+        self._lookups.pop(request_id, None)
+
+    def _on_reply(self, source: bytes, reply: LookupReply, now: float) -> list[Action]:
+        lookup = self._lookups.get(reply.request_id)
+        if lookup is None or reply.topic != lookup.topic:
+            self.statistics.unexpected_replies += 1
+            return []
+        query = lookup.exact.get(source)
+        from_closest = query is None
+        if from_closest:
+            if lookup.closest.done:
+                self.statistics.unexpected_replies += 1
+                return []
+            query = lookup.closest
+        assert query is not None
+        if query.done:
+            return []
+        query.done = True
+        for record, remaining in reply.records:
+            if record.ttl == 0 or not verify_record(record):
+                self.statistics.bad_reply_records += 1
+                continue
+            old = lookup.found.get(record.public_key)
+            if old is not None and old.seq >= record.seq:
+                continue
+            lifetime = min(remaining, record.ttl, MAX_RECORD_TTL)
+            lookup.found[record.public_key] = PeerRecord(
+                record.topic, PublicKey(record.public_key), record.data, now + lifetime, record.seq
+            )
+        actions: list[Action] = []
+        if from_closest:
+            # The closest node is asked once by closest key; its reply names neighbours.
+            lookup.exact.setdefault(source, _Query(done=True))
+            for key in reply.neighbours:
+                if key in lookup.exact or len(lookup.exact) >= MAX_LOOKUP_QUERIES:
+                    continue
+                lookup.exact[key] = _Query(retry_at=now + REQUEST_TIMEOUT)
+                actions.append(SendExact(key, encode(Lookup(lookup.request_id, lookup.topic))))
+        if lookup.finished():
+            actions.append(self._finish(lookup))
+        return actions
+
+    def _finish(self, lookup: _Lookup) -> LookupDone:
+        del self._lookups[lookup.request_id]
+        records = sorted(lookup.found.values(), key=lambda r: r.expires, reverse=True)
+        if not records:
+            self.statistics.lookups_empty += 1
+        return LookupDone(lookup.request_id, tuple(records))
+
+    # ------------------------------------------------------------ announcements
+
+    def _sign(self, topic: bytes, data: bytes, ttl: int) -> Record:
+        seq = self._seq
+        self._seq = min(_U64, seq + 1)
+        signature = self._identity.sign(record_signable(topic, self._key, seq, ttl, data))
+        return Record(topic, self._key, seq, ttl, data, signature)
+
+    def start_announce(self, topic: bytes, data: bytes, now: float) -> list[Action]:
+        """Announce us under topic id `topic` until `stop_announce`.
+
+        The first round ends with an `AnnounceDone` action.
+
+        Raises:
+            ValueError: bad topic id or `data` longer than `MAX_RECORD_DATA`.
+            LocalProtocolError: already announcing `topic`, or too many requests.
+        """
+        if len(topic) != KEY_SIZE:
+            raise ValueError("a topic id is 32 bytes")
+        if len(data) > MAX_RECORD_DATA:
+            raise ValueError(f"record data of {len(data)} bytes > {MAX_RECORD_DATA}")
+        if topic in self._announcements:
+            raise LocalProtocolError("already announcing this topic")
+        if self.pending() >= MAX_PENDING:
+            raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
+        record = self._sign(topic, bytes(data), self._record_ttl)
+        ann = _Announcement(topic, bytes(data), record, 0, None, math.inf)
+        self._announcements[topic] = ann
+        return self._send_round(ann, now)
+
+    def _send_round(self, ann: _Announcement, now: float) -> list[Action]:
+        ann.request_id = self._new_id()
+        self._announce_ids[ann.request_id] = ann.topic
+        ann.query = _Query(retry_at=now + REQUEST_TIMEOUT)
+        ann.next_refresh = math.inf
+        self.statistics.announces_sent += 1
+        return [SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))]
+
+    def stop_announce(self, topic: bytes, now: float) -> list[Action]:
+        """Stop announcing `topic` and send a signed withdrawal (best effort)."""
+        ann = self._announcements.pop(topic, None)
+        if ann is None:
+            return []
+        self._announce_ids.pop(ann.request_id, None)
+        withdrawal = self._sign(topic, b"", 0)
+        return [SendClosest(topic, encode(Announce(self._new_id(), withdrawal)))]
+
+    def _on_ack(self, ack: AnnounceAck, now: float) -> list[Action]:
+        topic = self._announce_ids.pop(ack.request_id, None)
+        ann = None if topic is None else self._announcements.get(topic)
+        if ann is None or ann.query is None:
+            self.statistics.unexpected_replies += 1
+            return []
+        ann.query = None
+        acked = ack.status == ACK_STORED
+        if acked:
+            self.statistics.announces_acked += 1
+        return self._end_round(ann, acked, now)
+
+    def _end_round(self, ann: _Announcement, acked: bool, now: float) -> list[Action]:
+        if acked:
+            jitter = 1.0 + self._rng.uniform(-ANNOUNCE_JITTER, ANNOUNCE_JITTER)
+            ann.next_refresh = now + self._refresh * jitter
+        else:
+            ann.next_refresh = now + min(self._refresh, ANNOUNCE_RETRY_INTERVAL)
+        if ann.reported:
+            return []
+        ann.reported = True
+        return [AnnounceDone(ann.topic, acked)]
+
+    # ------------------------------------------------------------ time
+
+    def on_timer(self, now: float) -> list[Action]:
+        """Retries, refreshes, lookup deadlines and record expiry due at `now`."""
+        actions: list[Action] = []
+        if now >= self._next_sweep:
+            self.store.expire(now)
+            self._next_sweep = now + EXPIRY_SWEEP_INTERVAL
+        for lookup in list(self._lookups.values()):
+            if now >= lookup.deadline:
+                actions.append(self._finish(lookup))
+                continue
+            message = encode(Lookup(lookup.request_id, lookup.topic))
+            q = lookup.closest
+            if not q.done and now >= q.retry_at and self._retry(q, now):
+                actions.append(SendClosest(lookup.topic, message))
+            for key, q in lookup.exact.items():
+                if not q.done and now >= q.retry_at and self._retry(q, now):
+                    actions.append(SendExact(key, message))
+            if lookup.finished():
+                actions.append(self._finish(lookup))
+        for ann in list(self._announcements.values()):
+            aq = ann.query
+            if aq is not None and now >= aq.retry_at:
+                if self._retry(aq, now):
+                    actions.append(
+                        SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))
+                    )
+                else:
+                    self._announce_ids.pop(ann.request_id, None)
+                    ann.query = None
+                    actions += self._end_round(ann, False, now)
+            elif aq is None and now >= ann.next_refresh:
+                ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
+                actions += self._send_round(ann, now)
+        return actions
+
+    def _retry(self, query: _Query, now: float) -> bool:
+        """Count one more try of `query`; False (and the query done) when out of tries."""
+        if query.tries > REQUEST_RETRIES:
+            query.done = True
+            return False
+        query.tries += 1
+        query.retry_at = now + REQUEST_TIMEOUT
+        self.statistics.retries += 1
+        return True
+
+    def next_deadline(self) -> float:
+        """When `on_timer` next has something to do (math.inf: nothing scheduled)."""
+        deadline = math.inf
+        expiry = self.store.next_expiry()
+        if expiry is not None:
+            deadline = max(expiry, self._next_sweep)
+        for lookup in self._lookups.values():
+            deadline = min(deadline, lookup.deadline)
+            if not lookup.closest.done:
+                deadline = min(deadline, lookup.closest.retry_at)
+            for q in lookup.exact.values():
+                if not q.done:
+                    deadline = min(deadline, q.retry_at)
+        for ann in self._announcements.values():
+            if ann.query is not None:
+                deadline = min(deadline, ann.query.retry_at)
+            else:
+                deadline = min(deadline, ann.next_refresh)
+        return deadline

@@ -1,0 +1,265 @@
+"""The Trio shell around `DhtEngine`: `open_dht(node)`, `announce`, `lookup`.
+
+```python
+async with open_dht(node) as dht:
+    async with dht.announce("demo/chat", data=b"hello"):
+        ...                                   # we are findable under the topic here
+    peers = await dht.lookup("demo/chat")     # [PeerRecord(public_key, data, expires, ...)]
+```
+
+The DHT rides on the node's overlay service 2 (`SERVICE_DHT`): closest-key datagrams to
+topic ids and exact-key replies. `open_dht` owns a nursery with four tasks: one reads
+exact-key datagrams, one closest-key datagrams, one sends what the engine asks to send,
+and one sleeps until the engine's next deadline (retries, refreshes, expiry) and keeps
+the engine told of the node's snake neighbours. The engine is only ever touched from
+synchronous code between checkpoints, so its state changes are atomic.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+import trio
+
+from .._util import open_service_nursery
+from ..identity import PublicKey
+from ..node import SERVICE_DHT, Node, OverlayService
+from .constants import LOOKUP_TIMEOUT
+from .crypto import topic_id
+from .engine import (
+    Action,
+    AnnounceDone,
+    DhtEngine,
+    LookupDone,
+    PeerRecord,
+    SendClosest,
+    SendExact,
+)
+
+#: Datagrams the engine may have waiting to be sent before more are dropped (counted).
+OUTBOX_SIZE: Final = 1024
+#: The snake neighbours are re-read at least this often (seconds), besides on every
+#: node state change (the ascending neighbour changes without an event).
+NEIGHBOUR_POLL_INTERVAL: Final = 1.0
+
+_open_on: weakref.WeakSet[Node] = weakref.WeakSet()
+
+
+@dataclass(slots=True)
+class Announcement:
+    """What `Dht.announce` yields: the topic id and whether the first round was
+    acknowledged by the node closest to it (if not, refreshes keep trying)."""
+
+    topic_id: bytes
+    acknowledged: bool
+
+
+class _Waiter:
+    __slots__ = ("acknowledged", "event", "records")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.records: tuple[PeerRecord, ...] = ()
+        self.acknowledged = False
+
+
+class Dht:
+    """A node's DHT. Get one from `open_dht`."""
+
+    def __init__(self, node: Node, *, engine: DhtEngine | None = None) -> None:
+        self._node = node
+        self._service: OverlayService = node.service(SERVICE_DHT)
+        self.engine = engine or DhtEngine(node.identity, first_seq=time.time_ns() // 1000)
+        self._outbox_send, self._outbox_recv = trio.open_memory_channel[SendExact | SendClosest](
+            OUTBOX_SIZE
+        )
+        self._wake = trio.Event()
+        self._lookups: dict[int, _Waiter] = {}
+        self._announces: dict[bytes, _Waiter] = {}
+        self.outbox_drops = 0
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._node.public_key
+
+    # ------------------------------------------------------------ tasks
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the DHT's tasks until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._update_neighbours()
+            nursery.start_soon(self._receive, False)
+            nursery.start_soon(self._receive, True)
+            nursery.start_soon(self._send)
+            nursery.start_soon(self._timers)
+            nursery.start_soon(self._watch_neighbours)
+            task_status.started()
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, SendExact | SendClosest):
+                try:
+                    self._outbox_send.send_nowait(action)
+                except trio.WouldBlock:
+                    self.outbox_drops += 1
+            elif isinstance(action, LookupDone):
+                waiter = self._lookups.pop(action.request_id, None)
+                if waiter is not None:
+                    waiter.records = action.records
+                    waiter.event.set()
+            elif isinstance(action, AnnounceDone):
+                waiter = self._announces.get(action.topic)
+                if waiter is not None:
+                    waiter.acknowledged = action.acknowledged
+                    waiter.event.set()
+        self._wake.set()
+
+    async def _receive(self, closest: bool) -> None:
+        receive = self._service.receive_closest if closest else self._service.receive
+        while True:
+            try:
+                datagram = await receive()
+            except trio.ClosedResourceError:
+                return
+            target = bytes(datagram.target_key) if datagram.target_key is not None else None
+            self._apply(
+                self.engine.on_message(
+                    bytes(datagram.source_key), datagram.payload, target, trio.current_time()
+                )
+            )
+
+    async def _send(self) -> None:
+        async for action in self._outbox_recv:
+            try:
+                if isinstance(action, SendExact):
+                    await self._service.send(action.key, action.payload)
+                else:
+                    await self._service.send_closest(action.target, action.payload)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+
+    async def _timers(self) -> None:
+        while True:
+            with trio.move_on_at(self.engine.next_deadline()):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._apply(self.engine.on_timer(trio.current_time()))
+
+    def _update_neighbours(self) -> None:
+        snake = self._node.status().get("snake") or {}
+        desc, asc = snake.get("descending_key"), snake.get("ascending_key")
+        self.engine.set_neighbours(
+            bytes.fromhex(desc) if desc else None, bytes.fromhex(asc) if asc else None
+        )
+
+    async def _watch_neighbours(self) -> None:
+        while True:
+            with trio.move_on_after(NEIGHBOUR_POLL_INTERVAL):
+                await self._node.wait_changed()
+            self._update_neighbours()
+
+    # ------------------------------------------------------------ public API
+
+    async def lookup(
+        self,
+        topic: bytes | str,
+        *,
+        timeout: float = LOOKUP_TIMEOUT,  # noqa: ASYNC109 (a query window, not an error)
+    ) -> list[PeerRecord]:
+        """The verified records announced under `topic`, the freshest first.
+
+        Asks the node closest to the topic id and its snake neighbours; returns what
+        they answered within `timeout` seconds (an empty list if nobody announces, or
+        nobody answered). Records of this node itself are included.
+
+        Raises:
+            LocalProtocolError: too many DHT requests in flight (`MAX_PENDING`).
+        """
+        return await self.lookup_id(topic_id(topic), timeout=timeout)
+
+    async def lookup_id(
+        self,
+        topic: bytes,
+        *,
+        timeout: float = LOOKUP_TIMEOUT,  # noqa: ASYNC109 (a query window, not an error)
+    ) -> list[PeerRecord]:
+        """`lookup` by a 32-byte topic id (`crypto.topic_id(topic)`)."""
+        rid, actions = self.engine.lookup(topic, trio.current_time(), timeout)
+        waiter = self._lookups[rid] = _Waiter()
+        self._apply(actions)
+        try:
+            await waiter.event.wait()
+        finally:
+            if self._lookups.pop(rid, None) is not None:
+                self.engine.cancel_lookup(rid)
+        return list(waiter.records)
+
+    @asynccontextmanager
+    async def announce(self, topic: bytes | str, data: bytes = b"") -> AsyncIterator[Announcement]:
+        """Be findable under `topic` (with `data` attached) for the duration of the block.
+
+        Entering waits for the first round: until the node closest to the topic id has
+        acknowledged the record, or its retries are used up (about 3 s). Then the record
+        is re-signed and refreshed every `ANNOUNCE_REFRESH_INTERVAL` until the block
+        exits, when a signed withdrawal is sent (best effort; without it the record
+        expires after `RECORD_TTL`).
+
+        Raises:
+            ValueError: `data` longer than `MAX_RECORD_DATA`.
+            LocalProtocolError: this DHT already announces `topic`.
+        """
+        tid = topic_id(topic)
+        actions = self.engine.start_announce(tid, bytes(data), trio.current_time())
+        waiter = self._announces[tid] = _Waiter()
+        try:
+            self._apply(actions)
+            await waiter.event.wait()
+            yield Announcement(tid, waiter.acknowledged)
+        finally:
+            self._announces.pop(tid, None)
+            self._apply(self.engine.stop_announce(tid, trio.current_time()))
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-ready snapshot: store size, announcements, counters."""
+        store = self.engine.store
+        desc, asc = self.engine.neighbours
+        return {
+            "records": len(store),
+            "topics": store.topic_count,
+            "announcing": len(self.engine.announcing()),
+            "pending": self.engine.pending(),
+            "neighbours": [k.hex() if k else None for k in (desc, asc)],
+            "outbox_drops": self.outbox_drops,
+            "engine": vars_of(self.engine.statistics),
+            "store": vars_of(store.statistics),
+        }
+
+
+def vars_of(obj: object) -> dict[str, int]:
+    """A slotted statistics dataclass as a plain dict."""
+    return {name: getattr(obj, name) for name in getattr(obj, "__slots__", ())}
+
+
+@asynccontextmanager
+async def open_dht(node: Node) -> AsyncIterator[Dht]:
+    """Run a DHT on `node` for the duration of the block.
+
+    Raises:
+        RuntimeError: a DHT is already open on this node (it would split the messages).
+        NodeCrashedError: a background task of the DHT failed.
+    """
+    if node in _open_on:
+        raise RuntimeError("a DHT is already open on this node")
+    _open_on.add(node)
+    try:
+        dht = Dht(node)
+        async with open_service_nursery("dht") as nursery:
+            await nursery.start(dht.run)
+            yield dht
+    finally:
+        _open_on.discard(node)

@@ -1,0 +1,306 @@
+"""The DHT engine without Trio: a toy snake of engines delivering each other's actions.
+
+`EngineNet` plays the overlay: closest-key messages go to the smallest key >= the target
+(else the highest), exact-key messages to that key, each engine knows its true snake
+neighbours, and time advances to the next deadline when nothing is in flight.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections import deque
+
+import pytest
+
+from pinecone_trio.dht import wire
+from pinecone_trio.dht.constants import (
+    ANNOUNCE_REFRESH_INTERVAL,
+    MAX_PENDING,
+    RECORD_TTL,
+    REQUEST_RETRIES,
+    REQUEST_TIMEOUT,
+    SOURCE_BURST,
+)
+from pinecone_trio.dht.crypto import record_signable, topic_id
+from pinecone_trio.dht.engine import (
+    Action,
+    AnnounceDone,
+    DhtEngine,
+    LookupDone,
+    PeerRecord,
+    SendClosest,
+    SendExact,
+    SourceLimiter,
+)
+from pinecone_trio.errors import LocalProtocolError
+from pinecone_trio.identity import Identity
+
+
+class EngineNet:
+    def __init__(self, n: int, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.engines: dict[bytes, DhtEngine] = {}
+        for _ in range(n):
+            identity = Identity.from_seed(rng.randbytes(32))
+            key = bytes(identity.public_key)
+            self.engines[key] = DhtEngine(identity, rng=random.Random(rng.random()))
+        self.now = 0.0
+        self.inflight: deque[tuple[bytes, bytes, bytes | None, bytes]] = deque()
+        self.silent: set[bytes] = set()  # on the snake, but swallows every message
+        self.done: list[tuple[bytes, LookupDone | AnnounceDone]] = []
+        self.messages = 0
+        self.rewire()
+
+    @property
+    def keys(self) -> list[bytes]:
+        return sorted(self.engines)
+
+    def rewire(self) -> None:
+        keys = self.keys
+        for i, key in enumerate(keys):
+            self.engines[key].set_neighbours(
+                keys[i - 1] if i > 0 else None, keys[i + 1] if i + 1 < len(keys) else None
+            )
+
+    def closest(self, target: bytes) -> bytes:
+        keys = self.keys
+        i = bisect.bisect_left(keys, target)
+        return keys[i] if i < len(keys) else keys[-1]
+
+    def kill(self, key: bytes) -> None:
+        del self.engines[key]
+        self.rewire()
+
+    def apply(self, source: bytes, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, SendExact):
+                self.inflight.append((source, a.key, None, a.payload))
+            elif isinstance(a, SendClosest):
+                self.inflight.append((source, self.closest(a.target), a.target, a.payload))
+            else:
+                self.done.append((source, a))
+
+    def settle(self, max_steps: int = 100_000) -> None:
+        for _ in range(max_steps):
+            if not self.inflight:
+                return
+            source, dest, target, payload = self.inflight.popleft()
+            self.messages += 1
+            engine = self.engines.get(dest)
+            if engine is not None and dest not in self.silent:
+                self.apply(dest, engine.on_message(source, payload, target, self.now))
+        raise AssertionError("messages kept flowing")
+
+    def advance(self, until: float) -> None:
+        """Deliver everything, firing timers in order, until `until`."""
+        for _ in range(100_000):
+            self.settle()
+            deadline = min((e.next_deadline() for e in self.engines.values()), default=math.inf)
+            if deadline > until:
+                self.now = until
+                return
+            self.now = max(self.now, deadline)
+            for key, engine in list(self.engines.items()):
+                if engine.next_deadline() <= self.now:
+                    self.apply(key, engine.on_timer(self.now))
+        raise AssertionError("timers kept firing")
+
+    def lookup(self, key: bytes, topic: bytes) -> tuple[PeerRecord, ...]:
+        rid, actions = self.engines[key].lookup(topic, self.now)
+        self.apply(key, actions)
+        for _ in range(1000):
+            for i, (_, done) in enumerate(self.done):
+                if isinstance(done, LookupDone) and done.request_id == rid:
+                    del self.done[i]
+                    return done.records
+            self.advance(self.now + REQUEST_TIMEOUT / 2)
+        raise AssertionError("lookup never finished")
+
+    def announce(self, key: bytes, topic: bytes, data: bytes = b"") -> bool:
+        self.apply(key, self.engines[key].start_announce(topic, data, self.now))
+        for _ in range(1000):
+            for i, (who, done) in enumerate(self.done):
+                if isinstance(done, AnnounceDone) and who == key and done.topic == topic:
+                    del self.done[i]
+                    return done.acknowledged
+            self.advance(self.now + REQUEST_TIMEOUT / 2)
+        raise AssertionError("announce never finished")
+
+    def holders(self, topic: bytes, key: bytes) -> list[bytes]:
+        return [k for k, e in self.engines.items() if e.store.has(topic, key)]
+
+
+T = topic_id("demo/chat")
+
+
+def test_announce_is_stored_at_closest_and_replicated() -> None:
+    net = EngineNet(12)
+    announcer, looker = net.keys[0], net.keys[5]
+    assert net.announce(announcer, T, b"hello")
+    keys = net.keys
+    owner = net.closest(T)
+    i = keys.index(owner)
+    expected = {owner} | set(keys[max(0, i - 2) : i]) | set(keys[i + 1 : i + 2])
+    assert set(net.holders(T, announcer)) == expected
+    [record] = net.lookup(looker, T)
+    assert record.public_key == announcer and record.data == b"hello"
+    assert record.expires == pytest.approx(net.now + RECORD_TTL, abs=2)
+
+
+def test_lookup_of_unknown_topic_is_empty_and_prompt() -> None:
+    net = EngineNet(6)
+    start = net.now
+    assert net.lookup(net.keys[0], topic_id("nobody")) == ()
+    assert net.now - start < REQUEST_TIMEOUT
+
+
+def test_record_survives_the_closest_node_dying() -> None:
+    net = EngineNet(15, seed=3)
+    announcer = net.keys[0] if net.closest(T) != net.keys[0] else net.keys[1]
+    assert net.announce(announcer, T)
+    net.kill(net.closest(T))
+    looker = next(k for k in net.keys if k != announcer)
+    assert [r.public_key for r in net.lookup(looker, T)] == [announcer]
+
+
+def test_refresh_moves_record_to_new_closest_and_expiry_removes_it() -> None:
+    net = EngineNet(10, seed=4)
+    announcer = net.keys[0] if net.closest(T) != net.keys[0] else net.keys[1]
+    assert net.announce(announcer, T)
+    old_owner = net.closest(T)
+    net.kill(old_owner)
+    new_owner = net.closest(T)
+    # The new closest node may already hold a copy; after one refresh it surely does,
+    # with a newer sequence number than the first announcement.
+    first_seq = net.engines[announcer]._announcements[T].record.seq
+    net.advance(net.now + ANNOUNCE_REFRESH_INTERVAL * 1.2)
+    entries = net.engines[new_owner].store.get(T, net.now)
+    assert [e.record.seq > first_seq for e in entries] == [True]
+    # Stop announcing without a withdrawal reaching anyone: records expire.
+    net.engines[announcer]._announcements.clear()
+    net.engines[announcer]._announce_ids.clear()
+    net.advance(net.now + RECORD_TTL + 1)
+    assert net.holders(T, announcer) == []
+
+
+def test_withdrawal_removes_record_everywhere() -> None:
+    net = EngineNet(10, seed=5)
+    a, b = net.keys[1], net.keys[2]
+    assert net.announce(a, T) and net.announce(b, T)
+    net.apply(a, net.engines[a].stop_announce(T, net.now))
+    net.settle()
+    found = net.lookup(net.keys[7], T)
+    assert [r.public_key for r in found] == [b]
+
+
+def test_announce_without_any_answer_reports_failure_then_retries() -> None:
+    net = EngineNet(4, seed=6)
+    announcer = net.keys[0] if net.closest(T) != net.keys[0] else net.keys[1]
+    owner = net.closest(T)
+    net.silent.add(owner)
+    start = net.now
+    assert not net.announce(announcer, T)
+    assert net.now - start == pytest.approx((REQUEST_RETRIES + 1) * REQUEST_TIMEOUT, abs=1)
+    sent = net.engines[announcer].statistics.announces_sent
+    net.silent.clear()
+    net.advance(net.now + ANNOUNCE_REFRESH_INTERVAL)
+    assert net.engines[announcer].statistics.announces_sent > sent
+    assert net.engines[owner].store.has(T, announcer)
+
+
+def test_forged_and_garbage_messages_store_nothing() -> None:
+    net = EngineNet(3, seed=7)
+    victim = net.engines[net.keys[1]]
+    evil = Identity.from_seed(b"e" * 32)
+    honest = Identity.from_seed(b"h" * 32)
+    key = bytes(honest.public_key)
+    good_sig = honest.sign(record_signable(T, key, 1, 100, b""))
+    forged = wire.Record(T, key, 1, 100, b"evil data", good_sig)
+    wrong_signer = wire.Record(T, key, 1, 100, b"", evil.sign(record_signable(T, key, 1, 100, b"")))
+    out: list[Action] = []
+    for record in (forged, wrong_signer):
+        out += victim.on_message(evil.public_key, wire.encode(wire.Announce(1, record)), T, 0.0)
+        out += victim.on_message(
+            evil.public_key, wire.encode(wire.Store(record, 9, 0, 1)), None, 0.0
+        )
+    for garbage in (b"", b"\xc1", b"\x93\x01\x01", bytes(range(256))):
+        out += victim.on_message(evil.public_key, garbage, None, 0.0)
+    assert len(victim.store) == 0
+    assert victim.statistics.decode_errors == 4
+    acks = [wire.decode(a.payload) for a in out if isinstance(a, SendExact)]
+    assert acks == [wire.AnnounceAck(1, wire.ACK_REFUSED)] * 2
+    # An announce to the wrong place (target is not the record's topic) is refused.
+    ok = wire.Record(T, key, 1, 100, b"", good_sig)
+    [ack] = victim.on_message(evil.public_key, wire.encode(wire.Announce(2, ok)), b"\0" * 32, 0.0)
+    assert isinstance(ack, SendExact) and wire.decode(ack.payload) == wire.AnnounceAck(
+        2, wire.ACK_REFUSED
+    )
+
+
+def test_lying_responder_cannot_inject_records() -> None:
+    net = EngineNet(3, seed=8)
+    looker = net.engines[net.keys[0]]
+    rid, _ = looker.lookup(T, 0.0)
+    evil = Identity.from_seed(b"e" * 32)
+    honest = Identity.from_seed(b"h" * 32)
+    key = bytes(honest.public_key)
+    bad = wire.Record(T, key, 1, 100, b"", evil.sign(record_signable(T, key, 1, 100, b"")))
+    good = wire.Record(T, key, 2, 100, b"", honest.sign(record_signable(T, key, 2, 100, b"")))
+    reply = wire.LookupReply(rid, T, ((bad, 100), (good, 50)), ())
+    [done] = looker.on_message(evil.public_key, wire.encode(reply), None, 0.0)
+    assert isinstance(done, LookupDone)
+    assert [(r.public_key, r.seq, r.expires) for r in done.records] == [(key, 2, 50.0)]
+    assert looker.statistics.bad_reply_records == 1
+    # A reply nobody asked for is ignored.
+    assert looker.on_message(evil.public_key, wire.encode(reply), None, 0.0) == []
+    assert looker.statistics.unexpected_replies == 1
+
+
+def test_rate_limit_per_source() -> None:
+    engine = DhtEngine(Identity.from_seed(b"s" * 32))
+    message = wire.encode(wire.Lookup(1, T))
+    replies = sum(
+        len(engine.on_message(b"\x01" * 32, message, T, 0.0)) for _ in range(int(SOURCE_BURST) + 50)
+    )
+    assert replies == SOURCE_BURST
+    assert engine.statistics.rate_limited == 50
+    assert engine.on_message(b"\x02" * 32, message, T, 0.0) != []  # others are unaffected
+    assert engine.on_message(b"\x01" * 32, message, T, 1.0) != []  # and tokens come back
+
+
+def test_source_limiter_forgets_oldest() -> None:
+    limiter = SourceLimiter(rate=1.0, burst=1.0, max_sources=3)
+    for i in range(10):
+        assert limiter.allow(bytes([i]) * 32, 0.0)
+    assert len(limiter) == 3
+
+
+def test_local_limits() -> None:
+    engine = DhtEngine(Identity.from_seed(b"s" * 32))
+    with pytest.raises(ValueError):
+        engine.start_announce(T, b"x" * 10_000, 0.0)
+    engine.start_announce(T, b"", 0.0)
+    with pytest.raises(LocalProtocolError):
+        engine.start_announce(T, b"", 0.0)
+    for i in range(MAX_PENDING - 1):
+        engine.lookup(topic_id(str(i)), 0.0)
+    with pytest.raises(LocalProtocolError):
+        engine.lookup(T, 0.0)
+
+
+def test_timers_always_move_forward() -> None:
+    # on_timer at the deadline must push the deadline past now, or a shell would spin.
+    net = EngineNet(5, seed=9)
+    net.silent.add(net.closest(T))
+    engine = net.engines[net.keys[0]]
+    engine.start_announce(T, b"", 0.0)
+    engine.lookup(T, 0.0, timeout=5.0)
+    now = 0.0
+    for _ in range(50):
+        deadline = engine.next_deadline()
+        assert deadline > now or deadline == math.inf
+        now = deadline
+        engine.on_timer(now)
+    assert engine.pending() <= 1
