@@ -158,6 +158,8 @@ class SendSide:
         return n
 
     def _slice(self, start: int, end: int) -> bytes:
+        if start >= end:
+            return b""
         starts, chunks = self._starts, self._chunks
         i = bisect_right(starts, start, self._head) - 1
         chunk = chunks[i]
