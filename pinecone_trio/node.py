@@ -37,7 +37,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from typing import Any, Final, overload
 
@@ -961,10 +961,8 @@ class Node:
                 "known_keys": state.key_index_size(),
             },
             "router": {
-                "frames_in": router_stats.frames_in,
-                "frames_sent": router_stats.frames_sent,
-                "delivered": router_stats.delivered,
-                "dropped": dict(router_stats.dropped),
+                name: dict(value) if isinstance(value, dict) else value
+                for name, value in asdict(router_stats).items()
             },
             "static_peers": [
                 {
