@@ -81,13 +81,20 @@ def test_two_relays_peer_and_report_status(tmp_path: Path) -> None:
         assert status["static_peers"][0]["state"] == "connected"  # type: ignore[index]
         _wait_json(tmp_path / "a.json", lambda s: s["root_key"] == max(key_a, key_b))
     finally:
+        outputs = []
         for proc in (a, b):
             if proc is not None:
                 proc.send_signal(signal.SIGTERM)
-    for proc in (a, b):
-        assert proc is not None
-        out, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 0, out
+        for proc in (a, b):
+            if proc is not None:
+                try:
+                    out, _ = proc.communicate(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    out, _ = proc.communicate()
+                outputs.append((proc.returncode, out))
+    for returncode, out in outputs:
+        assert returncode == 0, out
         assert "SIGTERM: shutting down" in out
     assert json.loads((tmp_path / "a.json").read_text())["stopped"] is True
 
