@@ -42,7 +42,12 @@ from hyperlog.errors import (
     InvalidProofError,
     ReplicationError,
 )
-from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT, HELLO_TIMEOUT, MAX_OUTBOX_BYTES
+from hyperlog.replication.constants import (
+    DEFAULT_GET_TIMEOUT,
+    HELLO_TIMEOUT,
+    MAX_ATTEMPTS,
+    MAX_OUTBOX_BYTES,
+)
 from hyperlog.replication.port import LogPort
 from hyperlog.replication.scheduler import (
     K_CONFLICT,
@@ -134,7 +139,7 @@ class LogReplication:
                 while not self.port.has(index):
                     if self.engine.frozen is not None:
                         raise self.engine.frozen
-                    if g.error is not None and (not wait or g.attempts >= 6):
+                    if g.error is not None and (not wait or g.attempts >= MAX_ATTEMPTS):
                         raise g.error
                     await self.wait_changed()
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 
 import pytest
@@ -13,6 +14,7 @@ import trio.testing
 from hyperlog import wire
 from hyperlog.errors import BlockNotAvailableError, ReplicationError
 from hyperlog.replication import Progress, caps, replicate, replication_for
+from hyperlog.replication.constants import INITIAL_WINDOW
 from hyperlog.replication.driver import ReplicationSession
 
 from .test_replication_fakes import FakeLog, block_value
@@ -326,3 +328,72 @@ async def test_silent_peer_hello_timeout(autojump_clock: trio.testing.MockClock)
             await s.wait_closed()
             assert "hello" in str(s.error)
     del a
+
+
+class SlowLog(FakeLog):
+    """Answers requests only after `delay` seconds (math.inf: never)."""
+
+    def __init__(self, *args: object, delay: float, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.delay = delay
+
+    async def serve(
+        self, request: wire.Request | wire.RangeRequest
+    ) -> wire.Data | wire.RangeData | None:
+        if request.__class__ is wire.Request and getattr(request, "upgrade", None) is None:
+            await trio.sleep(self.delay)
+        return await super().serve(request)
+
+
+async def _two_seeds(nursery: trio.Nursery, reader: FakeLog, slow: FakeLog, fast: FakeLog) -> None:
+    for seed in (slow, fast):
+        x, y = trio.testing.memory_stream_pair()
+        await nursery.start(_run, x, seed, None)
+        await nursery.start(_run, y, reader, None)
+
+
+async def test_hotswap_slow_get(autojump_clock: trio.testing.MockClock) -> None:
+    """A get stuck at a slow peer is also asked of a faster one that connects later."""
+    slow, fast = SlowLog(KEY, length=100, delay=60), FakeLog(KEY, length=100)
+    reader = FakeLog(KEY)
+    rep = replication_for(reader)
+    with trio.fail_after(100):
+        async with trio.open_nursery() as n:
+            x, y = trio.testing.memory_stream_pair()
+            await n.start(_run, x, slow, None)
+            await n.start(_run, y, reader, None)
+            await rep.wait_for_peers(1)
+            await rep.update()
+            t0 = trio.current_time()
+            n.start_soon(rep.get, 50)
+            await trio.testing.wait_all_tasks_blocked()
+            ((first, _),) = rep.engine.block_reqs[50]  # asked of the slow peer
+            x, y = trio.testing.memory_stream_pair()
+            await n.start(_run, x, fast, None)
+            await n.start(_run, y, reader, None)
+            while not reader.has(50):
+                await rep.wait_changed()
+            assert trio.current_time() - t0 < 10  # not the slow peer's 60 s
+            assert rep.engine.stats["hotswaps"] == 1
+            assert first.blocks_in == 0  # the slow peer never delivered it
+            n.cancel_scope.cancel()
+
+
+async def test_black_hole_peer_times_out(autojump_clock: trio.testing.MockClock) -> None:
+    """A peer that never answers block requests: its requests time out, its window
+    halves, and the download completes from the other peer."""
+    hole, good = SlowLog(KEY, length=40, delay=math.inf), FakeLog(KEY, length=40)
+    reader = FakeLog(KEY)
+    rep = replication_for(reader)
+    with trio.fail_after(200):
+        async with trio.open_nursery() as n:
+            await _two_seeds(n, reader, hole, good)
+            await rep.wait_for_peers(2)
+            await rep.update()
+            await rep.download(0, 40)
+            windows = sorted(ch.window for ch in rep.engine.peers)
+            n.cancel_scope.cancel()
+    assert sorted(reader.blocks) == list(range(40))
+    assert_blocks_ok(reader)
+    assert rep.engine.stats["timeouts"] > 0
+    assert windows[0] < INITIAL_WINDOW < windows[1]
