@@ -1,0 +1,534 @@
+"""Session benchmark: end-to-end streams over real nodes, against a raw Noise link and
+py-libp2p, measured in the same run.
+
+Every node is a separate process (this script re-run with `--worker node`), peered over
+Noise-XX TCP links on 127.0.0.1 in a line. The orchestrator talks to workers through
+their stdin/stdout as JSON lines.
+
+    python benchmarks/bench_sessions.py            # full run (a few minutes)
+    python benchmarks/bench_sessions.py --quick    # a small run
+    python benchmarks/bench_sessions.py --json     # one JSON object with `ratios`
+
+Measured:
+- link: one raw Noise link over one TCP hop (`connect_link` / `serve_links`), two
+  processes, 64 KiB writes: the denominator (every session byte is encrypted twice,
+  by the session and by each link, so 0.5 of it is the ceiling for one hop).
+- session 1 hop / 3 hops: one session stream between the ends of a line of 2 / 4 node
+  processes, 64 KiB writes, clock from the first write to the sink's answer.
+- connect to first byte: a fresh session (handshake, stream open, 1-byte echo) to the
+  far end of the 3-hop line; then the same on the warm session (stream open + echo).
+- concurrent streams: N streams opened at once on one session (1 hop), a 1 KiB echo on
+  each; errors counted.
+- loss: one session stream over the in-memory overlay (one process, no links) lossless
+  and with 1 % of packets dropped.
+- py-libp2p 0.8.1 (TCP + Noise + yamux) one-stream throughput between two processes and
+  `host.connect` time (max_connections_per_peer=1), by running the anchor script
+  `../shared/anchors/py/bench_libp2p.py` with a Python that has `libp2p` installed
+  (`--libp2p-python`, default: /tmp/libp2p-venv/bin/python if present).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+ANCHORS = os.path.normpath(os.path.join(ROOT, "..", "shared", "anchors", "py"))
+CHUNK = 64 * 1024
+SINK = "/bench/sink/1"
+ECHO = "/bench/echo/1"
+
+
+# ----------------------------------------------------------------------------- workers
+
+
+def _emit(**fields: Any) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+async def _node_worker(args: argparse.Namespace) -> None:
+    import trio
+
+    from pinecone_trio import Identity, PublicKey
+    from pinecone_trio.node import open_node
+    from pinecone_trio.sessions import SessionStream
+
+    async def sink(stream: SessionStream) -> None:
+        total = 0
+        async with stream:
+            while data := await stream.receive_some(1 << 20):
+                total += len(data)
+            await stream.send_all(total.to_bytes(8, "big"))
+
+    async def echo(stream: SessionStream) -> None:
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+
+    async def serve(listener: Any, handler: Any) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                nursery.start_soon(handler, await listener.accept())
+
+    async def pinger(node: Any) -> None:
+        while True:
+            dg = await node.receive()
+            if dg.payload[:1] == b"P":
+                await node.send(dg.source_key, b"R")
+
+    async with (
+        open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node,
+        node.listen(SINK) as sinks,
+        node.listen(ECHO) as echoes,
+        trio.open_nursery() as nursery,
+    ):
+        for uri in args.connect:
+            await node.connect(uri)
+        nursery.start_soon(serve, sinks, sink)
+        nursery.start_soon(serve, echoes, echo)
+        nursery.start_soon(pinger, node)
+        _emit(event="ready", key=node.public_key.hex(), uri=node.listen_uris[0])
+        stdin = trio.lowlevel.FdStream(os.dup(sys.stdin.fileno()))
+        buf = b""
+        while True:
+            data = await stdin.receive_some(65536)
+            if not data:
+                break
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                cmd = json.loads(line)
+                op = cmd["op"]
+                key = PublicKey.from_hex(cmd["key"]) if "key" in cmd else None
+                if op == "reach":
+                    # raw datagram pings until the far key answers: routes exist
+                    assert key is not None
+                    start = time.perf_counter()
+                    with trio.move_on_after(cmd["timeout"]):
+                        while True:
+                            await node.send(key, b"P")
+                            with trio.move_on_after(0.05):
+                                while (await node.receive()).payload[:1] != b"R":
+                                    pass
+                                break
+                    _emit(event="reached", seconds=time.perf_counter() - start)
+                elif op == "send":
+                    assert key is not None
+                    block = b"\x5a" * CHUNK
+                    total = cmd["bytes"]
+                    stream = await node.connect(key, SINK)
+                    start = time.perf_counter()
+                    cpu = time.process_time()
+                    for _ in range(total // CHUNK):
+                        await stream.send_all(block)
+                    await stream.send_eof()
+                    answer = b""
+                    while len(answer) < 8:
+                        more = await stream.receive_some(8 - len(answer))
+                        if not more:
+                            break
+                        answer += more
+                    seconds = time.perf_counter() - start
+                    await stream.aclose()
+                    _emit(
+                        event="sent",
+                        seconds=seconds,
+                        cpu=time.process_time() - cpu,
+                        received=int.from_bytes(answer, "big"),
+                        stats=node.sessions.statistics(),
+                    )
+                elif op == "first_byte":
+                    assert key is not None
+                    times = []
+                    for _ in range(cmd["n"]):
+                        start = time.perf_counter()
+                        stream = await node.connect(key, ECHO)
+                        await stream.send_all(b"!")
+                        await stream.receive_some(1)
+                        times.append(time.perf_counter() - start)
+                        await stream.aclose()
+                    _emit(event="first_byte", times=times)
+                elif op == "streams":
+                    assert key is not None
+                    _emit(event="streams", **(await _many_streams(node, key, cmd["n"])))
+                elif op == "quit":
+                    nursery.cancel_scope.cancel()
+                    return
+        nursery.cancel_scope.cancel()
+
+
+async def _many_streams(node: Any, key: Any, n: int) -> dict[str, Any]:
+    """Open `n` streams to `key` at once, then a 1 KiB echo on each."""
+    import trio
+
+    errors: list[str] = []
+    streams: list[Any] = []
+    ok = 0
+    start = time.perf_counter()
+
+    async def opening() -> None:
+        try:
+            streams.append(await node.connect(key, ECHO))
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    async def one(stream: Any) -> None:
+        nonlocal ok
+        try:
+            payload = b"e" * 1024
+            await stream.send_all(payload)
+            got = b""
+            while len(got) < len(payload):
+                got += await stream.receive_some()
+            ok += got == payload
+            await stream.aclose()
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(n):
+            nursery.start_soon(opening)
+    opened = time.perf_counter() - start
+    async with trio.open_nursery() as nursery:
+        for stream in streams:
+            nursery.start_soon(one, stream)
+    return {
+        "ok": ok,
+        "errors": errors[:5],
+        "n_errors": len(errors),
+        "open_seconds": opened,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+async def _link_server(total: int) -> None:
+    import trio
+
+    from pinecone_trio import Identity
+    from pinecone_trio.link import serve_links
+
+    async def handler(link: Any) -> None:
+        got = 0
+        while got < total:
+            data = await link.receive_some(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        await link.send_all(b"ok")
+        done.set()
+
+    done = trio.Event()
+    async with trio.open_nursery() as nursery:
+        uri = await nursery.start(serve_links, "tcp://127.0.0.1:0", Identity.generate(), handler)
+        _emit(event="ready", uri=uri)
+        await done.wait()
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+
+
+async def _link_client(uri: str, total: int) -> None:
+    from pinecone_trio import Identity
+    from pinecone_trio.link import connect_link
+
+    link = await connect_link(uri, Identity.generate())
+    block = b"\x5a" * CHUNK
+    start = time.perf_counter()
+    async with link:
+        for _ in range(total // CHUNK):
+            await link.send_all(block)
+        await link.receive_some(2)
+    _emit(event="sent", seconds=time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+class Worker:
+    def __init__(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), *argv],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        self.ready = self.read("ready")
+
+    def read(self, event: str, timeout: float = 300.0) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"worker exited while waiting for {event}")
+            msg: dict[str, Any] = json.loads(line)
+            if msg.get("event") == event:
+                return msg
+        raise TimeoutError(event)
+
+    def ask(self, event: str, **cmd: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read(event)
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.write(json.dumps({"op": "quit"}) + "\n")
+                self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def line(nodes: int) -> list[Worker]:
+    workers: list[Worker] = []
+    for i in range(nodes):
+        argv = ["--worker", "node"]
+        if i:
+            argv += ["--connect", workers[-1].ready["uri"]]
+        workers.append(Worker(argv))
+    reached = workers[0].ask("reached", op="reach", key=workers[-1].ready["key"], timeout=60)
+    workers[-1].ask("reached", op="reach", key=workers[0].ready["key"], timeout=60)
+    if reached["seconds"] >= 60:
+        raise RuntimeError("the line never converged")
+    return workers
+
+
+def link_throughput(total: int) -> float:
+    server = Worker(["--worker", "link-server", "--bytes", str(total)])
+    try:
+        client = subprocess.run(
+            [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--worker",
+                "link-client",
+                "--bytes",
+                str(total),
+                "--uri",
+                server.ready["uri"],
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=600,
+            check=True,
+        )
+    finally:
+        server.close()
+    result = json.loads(client.stdout.strip().splitlines()[-1])
+    return float(total / result["seconds"] / 1e6)
+
+
+def session_throughput(workers: list[Worker], total: int) -> tuple[float, dict[str, Any]]:
+    result = workers[0].ask("sent", op="send", key=workers[-1].ready["key"], bytes=total)
+    if result["received"] != total // CHUNK * CHUNK:
+        raise RuntimeError(f"sink got {result['received']} of {total} bytes")
+    return total / result["seconds"] / 1e6, result
+
+
+def memory_loss_throughput(total: int, loss: float) -> float:
+    import trio
+
+    from pinecone_trio import Identity
+    from pinecone_trio.sessions import SessionManager
+    from pinecone_trio.sessions.testing import PathModel, open_memory_overlay
+
+    async def run() -> float:
+        model = PathModel(loss=loss, delay=(0.0, 0.0))
+        async with open_memory_overlay(model, seed=1) as overlay, trio.open_nursery() as nursery:
+            ia, ib = Identity.generate(), Identity.generate()
+            a = SessionManager(overlay.endpoint(ia.public_key), ia)
+            b = SessionManager(overlay.endpoint(ib.public_key), ib)
+            await nursery.start(a.run)
+            await nursery.start(b.run)
+            async with b.listen(SINK) as listener:
+                client = await a.connect(ib.public_key, SINK)
+                server = await listener.accept()
+            block = b"\x5a" * CHUNK
+            start = time.perf_counter()
+
+            async def send() -> None:
+                for _ in range(total // CHUNK):
+                    await client.send_all(block)
+                await client.send_eof()
+
+            got = 0
+            async with trio.open_nursery() as inner:
+                inner.start_soon(send)
+                while data := await server.receive_some(1 << 20):
+                    got += len(data)
+            seconds = time.perf_counter() - start
+            nursery.cancel_scope.cancel()
+        return got / seconds / 1e6
+
+    return trio.run(run)
+
+
+def libp2p(python: str | None, total_mib: int) -> dict[str, Any]:
+    if python is None or not os.path.exists(os.path.join(ANCHORS, "bench_libp2p.py")):
+        return {"available": False, "why": "no Python with libp2p (see --libp2p-python)"}
+    env = dict(os.environ, BENCH_RUNS="1", BENCH_QUIET_WAIT="0")
+    out: dict[str, Any] = {"available": True}
+    commands = {
+        "throughput_mb_s": ["throughput", "--where", "proc", "--total-mib", str(total_mib)],
+        "connect_ms": ["connect", "--n", "20", "--mcpp", "1"],
+    }
+    for name, argv in commands.items():
+        try:
+            proc = subprocess.run(
+                [python, "bench_libp2p.py", *argv],
+                cwd=ANCHORS,
+                capture_output=True,
+                text=True,
+                timeout=900,
+                env=env,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out[name] = None
+            out[name + "_error"] = repr(exc)
+            continue
+        values = [
+            float(line.split("|")[2].strip().replace(",", ""))
+            for line in proc.stdout.splitlines()
+            if line.startswith("RESULT |")
+        ]
+        out[name] = values[0] if values else None
+        if not values:
+            out[name + "_error"] = proc.stderr[-500:]
+    return out
+
+
+def _default_libp2p_python() -> str | None:
+    env = os.environ.get("BENCH_LIBP2P_PYTHON")
+    if env:
+        return env
+    for candidate in ("/tmp/libp2p-venv/bin/python", os.path.join(ANCHORS, ".venv/bin/python")):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a small run for CI")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--runs", type=int, default=None, help="repetitions (median)")
+    parser.add_argument("--libp2p-python", default=_default_libp2p_python())
+    parser.add_argument("--no-libp2p", action="store_true")
+    parser.add_argument("--worker", choices=["node", "link-server", "link-client"])
+    parser.add_argument("--connect", action="append", default=[])
+    parser.add_argument("--bytes", type=int, default=0)
+    parser.add_argument("--uri", default="")
+    args = parser.parse_args(argv)
+
+    if args.worker is not None:
+        import trio
+
+        if args.worker == "node":
+            trio.run(_node_worker, args)
+        elif args.worker == "link-server":
+            trio.run(_link_server, args.bytes)
+        else:
+            trio.run(_link_client, args.uri, args.bytes)
+        return 0
+
+    total = (32 if args.quick else 256) * 1024 * 1024
+    runs = args.runs or (1 if args.quick else 3)
+    streams_n = 200 if args.quick else 1_000
+    results: dict[str, Any] = {"total_mib": total // (1024 * 1024), "runs": runs}
+
+    def log(message: str) -> None:
+        if not args.json:
+            print(message, flush=True)
+
+    link, one, three = [], [], []
+    pair = line(2)
+    quad = line(4)
+    try:
+        cold = quad[0].ask("first_byte", op="first_byte", key=quad[-1].ready["key"], n=1)
+        warm = quad[0].ask("first_byte", op="first_byte", key=quad[-1].ready["key"], n=20)
+        cold1 = pair[0].ask("first_byte", op="first_byte", key=pair[-1].ready["key"], n=1)
+        results["connect_first_byte_3hop_cold_ms"] = cold["times"][0] * 1e3
+        results["connect_first_byte_3hop_warm_ms"] = statistics.median(warm["times"]) * 1e3
+        results["connect_first_byte_1hop_cold_ms"] = cold1["times"][0] * 1e3
+        log(
+            f"connect->first byte, 3 hops: cold {cold['times'][0] * 1e3:.2f} ms, warm "
+            f"{results['connect_first_byte_3hop_warm_ms']:.2f} ms; 1 hop cold "
+            f"{cold1['times'][0] * 1e3:.2f} ms"
+        )
+        for i in range(runs):
+            # Interleaved, so a busy moment on the shared machine hits all three alike.
+            link.append(link_throughput(total))
+            s1, r1 = session_throughput(pair, total)
+            one.append(s1)
+            s3, _ = session_throughput(quad, total)
+            three.append(s3)
+            log(
+                f"run {i + 1}: link {link[-1]:.0f} MB/s, session 1 hop {s1:.0f} MB/s,"
+                f" 3 hops {s3:.0f} MB/s (session stats: lost {r1['stats'].get('packets_lost')},"
+                f" retransmitted {r1['stats'].get('bytes_retransmitted')} B)"
+            )
+        conc = pair[0].ask("streams", op="streams", key=pair[-1].ready["key"], n=streams_n)
+        results["concurrent_streams"] = {
+            k: conc[k] for k in ("ok", "n_errors", "errors", "seconds")
+        }
+        results["concurrent_streams"]["n"] = streams_n
+        log(
+            f"{streams_n} concurrent streams: {conc['ok']} ok, {conc['n_errors']} errors,"
+            f" {conc['seconds']:.2f} s"
+        )
+    finally:
+        for w in pair + quad:
+            w.close()
+    results["link_mb_s"] = statistics.median(link)
+    results["session_1hop_mb_s"] = statistics.median(one)
+    results["session_3hop_mb_s"] = statistics.median(three)
+    loss_total = total // 4
+    lossless = statistics.median(memory_loss_throughput(loss_total, 0.0) for _ in range(runs))
+    lossy = statistics.median(memory_loss_throughput(loss_total, 0.01) for _ in range(runs))
+    results["memory_lossless_mb_s"] = lossless
+    results["memory_loss1_mb_s"] = lossy
+    log(f"in-memory overlay: lossless {lossless:.0f} MB/s, 1% loss {lossy:.0f} MB/s")
+    if args.no_libp2p:
+        lp: dict[str, Any] = {"available": False, "why": "--no-libp2p"}
+    else:
+        lp = libp2p(args.libp2p_python, max(16, total // (4 * 1024 * 1024)))
+    results["libp2p"] = lp
+    log(f"py-libp2p: {lp}")
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a and b else None
+
+    lp_tput = lp.get("throughput_mb_s")
+    lp_connect = lp.get("connect_ms")
+    results["ratios"] = {
+        "session_1hop_vs_link": ratio(results["session_1hop_mb_s"], results["link_mb_s"]),
+        "session_3hop_vs_link": ratio(results["session_3hop_mb_s"], results["link_mb_s"]),
+        "session_1hop_vs_libp2p": ratio(results["session_1hop_mb_s"], lp_tput),
+        "session_setup_vs_libp2p_connect": ratio(
+            lp_connect, results["connect_first_byte_1hop_cold_ms"]
+        ),
+        "loss1_vs_lossless": ratio(lossy, lossless),
+    }
+    if args.json:
+        print(json.dumps(results))
+    else:
+        print(json.dumps(results["ratios"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
