@@ -100,6 +100,19 @@ class _Shared:
         self.wait_length: Callable[[int], Awaitable[None]] | None = getattr(
             log, "wait_length", None
         )
+        self.fork = self._fork()
+
+    def _fork(self) -> int:
+        fork = getattr(self.log, "fork", 0)
+        return fork if isinstance(fork, int) else 0
+
+    def check_fork(self) -> None:
+        """Drop cached blocks when the log was truncated (a new fork): they may be stale."""
+        fork = self._fork()
+        if fork != self.fork:
+            logger.info("log fork %d -> %d: dropping the block cache", self.fork, fork)
+            self.cache.clear()
+            self.fork = fork
 
     def notify(self) -> None:
         self.changed.set()
@@ -177,6 +190,7 @@ class Hamt(Generic[V]):
         return b
 
     async def _root(self) -> Block:
+        self._s.check_fork()
         v = self.version
         return header_block() if v <= 1 else await self._fetch(v - 1)
 
@@ -397,6 +411,7 @@ class Hamt(Generic[V]):
         try:
             if s.closed:
                 raise trio.ClosedResourceError("the HAMT is closed")
+            s.check_fork()
             length = s.log.length
             base = header_block() if length <= 1 else await self._fetch(length - 1)
             m = Mutation(base, length, path, s.cache)

@@ -283,3 +283,18 @@ def test_stepper_and_no_pinecone_import() -> None:
     assert isinstance(ev, Done) and ev.result == b"3" and asked >= 1
     code = "import hamt, sys; assert not [m for m in sys.modules if m.startswith('pinecone_trio')]"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_truncated_log_drops_stale_cached_blocks() -> None:
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db, hamt.open_hamt(log) as other:
+            await db.put("a", b"1")
+            await db.put("b", b"2")
+            await db.put("c", b"3")
+            assert await other.get("c") == b"3"  # `other` caches block 3
+            await log.truncate(3)  # drop the block that put "c" (a new fork)
+            await db.put("d", b"4")  # a different block 3
+            # `other` sees the fork and drops its cache instead of reading the old block 3
+            assert await other.get("d") == b"4" and await other.get("c") is None
+            assert {k async for k, _ in other.items()} == {"a", "b", "d"}
