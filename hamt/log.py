@@ -1,8 +1,16 @@
 """What a HAMT needs from a log, and an in-memory log for tests.
 
-`hyperlog.Log` satisfies `LogLike` through `hamt.index.open_hamt`'s adapter; any
-other append-only log with these few members works too. `MemoryLog` is the
-deterministic in-memory implementation the property tests use.
+`hyperlog.Log` satisfies `LogLike` as it is; any other append-only log with these
+few members works too. A log may also offer, and `Hamt` then uses:
+
+* ``get_nowait(index) -> bytes`` (raising if the block is not held): a synchronous
+  local read, tried before the awaited ``get``;
+* ``async wait_length(length)``: returns once the log has grown to ``length``, so
+  ``watch()`` follows appends made by replication;
+* ``fork: int``: bumped when the log is truncated; the HAMT then drops its block
+  cache, which may hold blocks of the old fork.
+
+`MemoryLog` is the deterministic in-memory implementation the property tests use.
 """
 
 from __future__ import annotations
