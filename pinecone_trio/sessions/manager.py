@@ -30,7 +30,7 @@ from typing import Final, Protocol, final
 
 import trio
 
-from ..errors import SessionError
+from ..errors import PineconeError, SessionError
 from ..identity import Identity, PublicKey
 from . import wire
 from .config import SessionConfig
@@ -129,7 +129,12 @@ class SessionManager:
         ] = {}
         self._nursery: trio.Nursery | None = None
         self._closed = False
-        self._stats = {"dropped_no_session": 0, "dropped_datagrams": 0, "refused_streams": 0}
+        self._stats = {
+            "dropped_no_session": 0,
+            "dropped_datagrams": 0,
+            "refused_streams": 0,
+            "send_errors": 0,
+        }
 
     @property
     def public_key(self) -> PublicKey:
@@ -151,6 +156,7 @@ class SessionManager:
                 self._nursery = nursery
                 task_status.started()
                 await self._receive_loop()
+                nursery.cancel_scope.cancel()  # the service closed: stop every session
         finally:
             self._closed = True
             self._nursery = None
@@ -165,7 +171,10 @@ class SessionManager:
     async def _receive_loop(self) -> None:
         service = self._service
         while True:
-            source, packet = await service.receive()
+            try:
+                source, packet = await service.receive()
+            except (trio.ClosedResourceError, trio.EndOfChannel):
+                return
             self._dispatch(PublicKey(source), packet)
 
     def _dispatch(self, source: PublicKey, packet: bytes) -> None:
@@ -256,7 +265,16 @@ class SessionManager:
                 packets = engine.packets_to_send(now)
                 self._process(handle, wake=False)
                 for packet in packets:
-                    await send(remote, packet)
+                    try:
+                        await send(remote, packet)
+                    except (trio.ClosedResourceError, trio.BrokenResourceError):
+                        # The overlay is shutting down under us: nothing can be sent.
+                        engine.close("the overlay service closed")
+                        return
+                    except PineconeError as exc:
+                        # Best effort, like any datagram: recovery re-sends what matters.
+                        self._stats["send_errors"] += 1
+                        logger.debug("session packet to %s not sent: %s", remote.short(), exc)
                 if engine.is_closed:
                     return
                 if packets and engine.wants_to_send(trio.current_time()):
