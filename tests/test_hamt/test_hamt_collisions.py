@@ -74,3 +74,19 @@ async def test_diff_across_collisions() -> None:
         await db.delete("a")
         got = {(d.key, d.left, d.right) async for d in db.diff(v)}
         assert got == {("a", b"1", None), ("b", b"2", b"3")}
+
+
+async def test_deep_paths_past_the_hash_width_share_a_bucket() -> None:
+    deep = "/".join("abcdefghi")  # 9 directory components: 36 bytes of path, cut to 32
+    keys = [f"{deep}/{leaf}" for leaf in ("x", "y", "z")] + [f"{deep}/x/more"]
+    async with hamt.open_hamt(hamt.MemoryLog()) as db:
+        for i, k in enumerate(keys):
+            await db.put(k, b"%d" % i)
+        await db.put("a/b", b"short")
+        for i, k in enumerate(keys):
+            assert await db.get(k) == b"%d" % i
+        assert {k async for k, _ in db.items(deep)} == set(keys)
+        assert {k async for k, _ in db.items(f"{deep}/x")} == {keys[0], keys[3]}
+        assert {k async for k, _ in db.items("a/b")} == {*keys, "a/b"}
+        assert await db.delete(keys[1])
+        assert await db.get(keys[1]) is None and await db.get(keys[2]) == b"2"
