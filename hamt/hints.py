@@ -14,6 +14,7 @@ The hint protocol runs over any `trio.abc.Stream` (its own connection, or a chan
 multiplexer provides): frames of a 4-byte big-endian length and one msgpack message
 (`wire.HintRequest` / `wire.HintReply`), at most `MAX_HINT_FRAME` bytes. Requests are
 answered in order. `_Framer` is the sans-IO part; the two coroutines are its shell.
+A request names the reader's version, so the hint is the path the reader will walk.
 """
 
 from __future__ import annotations
@@ -90,6 +91,8 @@ async def serve_path_hints(
         if not isinstance(msg, HintRequest):
             raise CorruptNodeError("expected a hint request")
         version = db.version
+        if 0 < msg.version < version:
+            version = msg.version  # the reader's version: the path it will walk
         try:
             blocks = await db.checkout(version).path_hint(msg.key) if version > 1 else []
         except InvalidKeyError:
@@ -107,8 +110,11 @@ class PathHintClient:
         self._lock = trio.Lock()
         self._next_id = 0
 
-    async def path_hint(self, key: str) -> HintReply:
-        """Return the peer's `HintReply` for `key`.
+    async def path_hint(self, key: str, version: int = 0) -> HintReply:
+        """Return the peer's `HintReply` for `key` at `version` (0: the peer's latest).
+
+        Pass this client to `open_hamt(..., hints=client)` and every get that misses a
+        local block asks for its path once and fetches it all at once.
 
         Raises:
             HamtError: the peer closed the stream or answered out of turn.
@@ -116,7 +122,7 @@ class PathHintClient:
         """
         async with self._lock:
             self._next_id = (self._next_id + 1) % 2**32
-            req = HintRequest(self._next_id, key)
+            req = HintRequest(self._next_id, key, version)
             await self._stream.send_all(_frame(encode_hint(req)))
             frame = await _next(self._stream, self._framer)
             if frame is None:

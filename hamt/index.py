@@ -24,7 +24,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar, final, overload
+from typing import Any, Generic, Protocol, TypeVar, final, overload
 
 import trio
 
@@ -43,7 +43,7 @@ from .hashing import ComponentHash, Hasher, check_key, derive_hash_key, split_pr
 from .log import LogLike
 from .mutate import Mutation
 from .trie import DiffItem, Item, diff, iterate, lookup, path_blocks
-from .wire import Block, decode_block, decode_header, encode_header, header_block
+from .wire import Block, HintReply, decode_block, decode_header, encode_header, header_block
 
 __all__ = ["Batch", "Change", "DiffEntry", "Hamt", "HamtStatistics", "open_hamt"]
 
@@ -82,12 +82,21 @@ class HamtStatistics:
     cache: CacheStatistics
 
 
+class HintSource(Protocol):
+    """Something that tells which blocks a get reads (a `hamt.PathHintClient`)."""
+
+    async def path_hint(self, key: str, version: int = 0) -> HintReply: ...
+
+
 @final
 class _Shared:
     """State shared by a HAMT and its checkouts."""
 
-    def __init__(self, log: LogLike, hasher: Hasher, cache: BlockCache) -> None:
+    def __init__(
+        self, log: LogLike, hasher: Hasher, cache: BlockCache, hints: HintSource | None
+    ) -> None:
         self.log = log
+        self.hints = hints
         self.hasher = hasher
         self.cache = cache
         self.lock = trio.Lock()
@@ -169,23 +178,31 @@ class Hamt(Generic[V]):
 
     # -- block access ---------------------------------------------------------------
 
-    async def _fetch(self, seq: int) -> Block:
+    def _local(self, seq: int) -> Block | None:
+        """Return block `seq` from the cache or local storage, without waiting, or None."""
         b = self._s.cache.get(seq)
         if b is not None:
             return b
         if seq == 0:
             b = header_block()
         else:
+            if self._s.get_nowait is None:
+                return None
+            try:
+                data = self._s.get_nowait(seq)
+            except Exception:  # not held locally (or damaged): the async get decides
+                return None
             self._s.fetches += 1
-            data: bytes | None = None
-            if self._s.get_nowait is not None:
-                try:
-                    data = self._s.get_nowait(seq)
-                except Exception:  # not held locally (or damaged): the async get decides
-                    data = None
-            if data is None:
-                data = await self._s.log.get(seq)
             b = decode_block(data, seq)
+        self._s.cache.put(b)
+        return b
+
+    async def _fetch(self, seq: int) -> Block:
+        b = self._local(seq)
+        if b is not None:
+            return b
+        self._s.fetches += 1
+        b = decode_block(await self._s.log.get(seq), seq)
         self._s.cache.put(b)
         return b
 
@@ -232,9 +249,37 @@ class Hamt(Generic[V]):
         check_key(key)
         if hint:
             await self.prefetch(hint)
-        root = await self._root()
-        data = await self._run(lookup(root, key, self._s.hasher.path(key), self._s.cache))
+        source = self._s.hints if hint is None else None
+        self._s.check_fork()
+        v = self.version
+        root_block = None if v <= 1 else self._local(v - 1)
+        if source is not None and v > 1 and root_block is None:
+            await self._ask_hint(source, key, v)
+            source = None
+        root = header_block() if v <= 1 else root_block or await self._fetch(v - 1)
+        steps = lookup(root, key, self._s.hasher.path(key), self._s.cache)
+        try:
+            seq = next(steps)
+            while True:
+                b = self._local(seq)
+                if b is None and source is not None:
+                    # The first block this get cannot read locally: ask a peer for the
+                    # whole path once and fetch it all at once.
+                    await self._ask_hint(source, key, v)
+                    source = None
+                    b = self._local(seq)
+                seq = steps.send(b if b is not None else await self._fetch(seq))
+        except StopIteration as stop:
+            data: bytes | None = stop.value
         return None if data is None else self._codec.decode(data)
+
+    async def _ask_hint(self, source: HintSource, key: str, version: int) -> None:
+        try:
+            reply = await source.path_hint(key, version)
+        except HamtError as exc:  # a hint is an optimization: fall back to plain fetches
+            logger.debug("path hint for %r failed: %s", key, exc)
+            return
+        await self.prefetch(reply.blocks)
 
     async def path_hint(self, key: str) -> list[int]:
         """Return the blocks a lookup of `key` reads, root first (serve this to sparse peers)."""
@@ -487,6 +532,7 @@ def open_hamt(
     cache_blocks: int = DEFAULT_CACHE_BLOCKS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
+    hints: HintSource | None = None,
 ) -> AbstractAsyncContextManager[Hamt[bytes]]: ...
 
 
@@ -499,6 +545,7 @@ def open_hamt(
     cache_blocks: int = DEFAULT_CACHE_BLOCKS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
+    hints: HintSource | None = None,
 ) -> AbstractAsyncContextManager[Hamt[V]]: ...
 
 
@@ -510,6 +557,7 @@ def open_hamt(
     cache_blocks: int = DEFAULT_CACHE_BLOCKS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
+    hints: HintSource | None = None,
 ) -> AbstractAsyncContextManager[Hamt[Any]]:
     """Open the HAMT stored in `log`: ``async with open_hamt(log) as db: ...``.
 
@@ -523,12 +571,14 @@ def open_hamt(
         force collisions). Every reader of a HAMT must use the same one.
       cache_blocks, cache_bytes: limits of the decoded-block LRU cache.
       metadata: stored in the header when the HAMT is created.
+      hints: a `PathHintClient` to a peer holding the HAMT: a get that misses a local
+        block asks it for the whole path once and fetches that at once.
 
     Raises:
       CorruptNodeError: block 0 is not a HAMT header.
       ReadOnlyError: the log is empty and not writable.
     """
-    return _open(log, codec, hash_function, cache_blocks, cache_bytes, metadata)
+    return _open(log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints)
 
 
 async def load_hamt(
@@ -538,6 +588,7 @@ async def load_hamt(
     cache_blocks: int = DEFAULT_CACHE_BLOCKS,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
+    hints: HintSource | None = None,
 ) -> Hamt[Any]:
     """`open_hamt` without the context: for tests that span several `trio.run` calls."""
     if log.length == 0:
@@ -546,7 +597,7 @@ async def load_hamt(
         await log.append([encode_header(os.urandom(SALT_BYTES), metadata)])
     header = decode_header(await log.get(0))
     hasher = Hasher(derive_hash_key(log.key, header.salt), hash_function)
-    shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes))
+    shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes), hints)
     return Hamt(shared, codec if codec is not None else BYTES, None)
 
 
@@ -558,8 +609,9 @@ async def _open(
     cache_blocks: int,
     cache_bytes: int,
     metadata: bytes | None,
+    hints: HintSource | None,
 ) -> AsyncGenerator[Hamt[Any], None]:
-    hamt = await load_hamt(log, codec, hash_function, cache_blocks, cache_bytes, metadata)
+    hamt = await load_hamt(log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints)
     try:
         yield hamt
     finally:

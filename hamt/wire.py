@@ -322,10 +322,14 @@ MAX_HINT_BLOCKS: Final = MAX_DEPTH + MAX_BUCKET_ENTRIES + 2
 
 @dataclass(frozen=True, slots=True)
 class HintRequest:
-    """ "Which blocks does a get of `key` read?" (`id` pairs the reply)."""
+    """ "Which blocks does a get of `key` at `version` read?" (0: the latest version).
+
+    `id` pairs the reply.
+    """
 
     id: int
     key: str
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +344,7 @@ class HintReply:
 def encode_hint(msg: HintRequest | HintReply) -> bytes:
     """Encode a hint message (without framing)."""
     if isinstance(msg, HintRequest):
-        obj: list[Any] = [TAG_HINT_REQUEST, FORMAT_VERSION, msg.id, msg.key]
+        obj: list[Any] = [TAG_HINT_REQUEST, FORMAT_VERSION, msg.id, msg.key, msg.version]
     else:
         obj = [TAG_HINT_REPLY, FORMAT_VERSION, msg.id, msg.version, msg.blocks]
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
@@ -357,11 +361,13 @@ def decode_hint(data: bytes) -> HintRequest | HintReply:
     ok_id = isinstance(obj, list) and len(obj) >= 4 and type(obj[2]) is int and 0 <= obj[2] < 2**32
     if not ok_id or obj[1] != FORMAT_VERSION:
         raise CorruptNodeError("bad hint message")
-    if obj[0] == TAG_HINT_REQUEST and len(obj) == 4:
-        key = obj[3]
+    if obj[0] == TAG_HINT_REQUEST and len(obj) == 5:
+        key, version = obj[3], obj[4]
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_BYTES:
             raise CorruptNodeError("bad key in hint request")
-        return HintRequest(obj[2], key)
+        if type(version) is not int or not 0 <= version < 2**63:
+            raise CorruptNodeError("bad version in hint request")
+        return HintRequest(obj[2], key, version)
     if obj[0] == TAG_HINT_REPLY and len(obj) == 5:
         version, blocks = obj[3], obj[4]
         if (

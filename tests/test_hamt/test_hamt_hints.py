@@ -60,3 +60,27 @@ def test_framer_and_codec() -> None:
     ]:
         with pytest.raises(hamt.CorruptNodeError):
             decode_hint(bad)
+
+
+async def test_reader_asks_for_a_hint_once_per_get_on_a_miss() -> None:
+    wlog = hamt.MemoryLog()
+    async with hamt.open_hamt(wlog) as writer:
+        for j in range(400):
+            await writer.put(f"k{j}", b"%d" % j)
+        calls: list[tuple[str, int]] = []
+
+        class Source:
+            async def path_hint(self, key: str, version: int = 0) -> HintReply:
+                calls.append((key, version))
+                return HintReply(0, version, await writer.checkout(version).path_hint(key))
+
+        rlog = hamt.MemoryLog(wlog.key, writable=False)
+        rlog.blocks = wlog.blocks
+        async with hamt.open_hamt(rlog, hints=Source()) as reader:
+            before = rlog.gets
+            assert await reader.get("k123") == b"123"
+            assert calls == [("k123", wlog.length)]
+            hinted = len(await writer.path_hint("k123"))
+            assert rlog.gets - before == hinted  # exactly the hinted blocks, fetched together
+            assert await reader.get("k123") == b"123"
+            assert len(calls) == 1  # everything local now: no second hint

@@ -51,6 +51,18 @@ async def test_sparse_remote_get_fetches_only_the_path() -> None:
                         assert {k async for k, _ in reader.items("single")} == {
                             f"single/{j}" for j in range(50)
                         }
+                    # A reader that asks for hints by itself on its first local miss.
+                    async with open_store() as rs2:
+                        rlog2 = await rs2.open_log(wlog.key)
+                        s3, s4 = trio.testing.memory_stream_pair()
+                        async with replicate(s3, wlog), replicate(s4, rlog2):
+                            await replication_for(rlog2).update()
+                            async with hamt.open_hamt(rlog2, hints=client) as hinted:
+                                assert await hinted.get("k2500") == b"v2500"
+                                path = (await client.path_hint("k2500")).blocks
+                                assert all(rlog2.has(s) for s in path)
+                                assert await hinted.get("single/3") == b"s3"
+                                assert await hinted.get("absent") is None
                     await h2.aclose()
                     nursery.cancel_scope.cancel()
 
