@@ -276,3 +276,22 @@ async def test_restarted_peer_replaces_the_session(autojump_clock: trio.testing.
         with pytest.raises(trio.BrokenResourceError):
             await old.send_all(b"x")
         nursery.cancel_scope.cancel()
+
+
+async def test_garbage_and_bogus_initiations_keep_no_state(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from pinecone_trio.sessions import wire
+
+    async with open_managers() as (overlay, (a, b)):
+        attacker = overlay.endpoint(_identity(50).public_key)
+        for i in range(300):
+            junk = bytes([i % 7]) + bytes(range(i % 60))
+            await attacker.send(b.public_key, junk)
+            await attacker.send(b.public_key, wire.encode_initiation(i + 1, b"\x00" * 31))
+        await trio.sleep(1)
+        assert b.statistics()["sessions"] == 0
+        # Real peers are unaffected.
+        client, server = await _stream_pair(a, b)
+        await client.send_all(b"ok")
+        assert await server.receive_some() == b"ok"
