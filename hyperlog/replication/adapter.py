@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hyperlog import flat_tree, wire
-from hyperlog.crypto import TreeNode
+from hyperlog.crypto import TreeNode, leaf_node, parent_node
 from hyperlog.errors import (
     BlockNotAvailableError,
     ForkConflictError,
@@ -24,7 +24,7 @@ from hyperlog.errors import (
     InvalidProofError,
     InvalidRequestError,
 )
-from hyperlog.log import AppendEvent, Log, LogEvent, TruncateEvent
+from hyperlog.log import AppendEvent, Log, LogEvent, ProofResult, TruncateEvent
 from hyperlog.merkle import MerkleTree
 from hyperlog.proof import (
     BlockProof,
@@ -222,7 +222,10 @@ class LogAdapter:
         return result
 
     async def apply_many(self, datas: Sequence[wire.Data]) -> list[Applied | HyperlogError]:
-        results = await self.log.apply_proofs([to_proof(d) for d in datas])
+        return self._results(await self.log.apply_proofs([to_proof(d) for d in datas]))
+
+    @staticmethod
+    def _results(results: Sequence[ProofResult | HyperlogError]) -> list[Applied | HyperlogError]:
         out: list[Applied | HyperlogError] = []
         for r in results:
             if isinstance(r, HyperlogError):
@@ -230,6 +233,32 @@ class LogAdapter:
             else:
                 out.append(Applied(r.block, r.block_size, r.upgraded, r.truncated_to))
         return out
+
+    async def apply_range(self, data: wire.RangeData, first: int) -> list[Applied | HyperlogError]:
+        # `scheduler.range_proofs` with TreeNodes built once and shared by the proofs
+        # (no wire.Node round trip): this is the hot path of a full download.
+        depth = flat_tree.depth(data.node)
+        nodes: dict[int, TreeNode] = {}
+        level = [leaf_node(first + k, v) for k, v in enumerate(data.values)]
+        for n in level:
+            nodes[n.index] = n
+        for _ in range(depth):
+            up = []
+            for a, b in zip(level[0::2], level[1::2], strict=True):
+                p = parent_node(flat_tree.parent(a.index), a, b)
+                up.append(p)
+                nodes[p.index] = p
+            level = up
+        proofs = [Proof(data.fork, hash=HashProof(data.node, _nodes_in(data.proof)))]
+        sibling, parent = flat_tree.sibling, flat_tree.parent
+        for k, v in enumerate(data.values):
+            idx = 2 * (first + k)
+            uncles = []
+            for _ in range(depth):
+                uncles.append(nodes[sibling(idx)])
+                idx = parent(idx)
+            proofs.append(Proof(data.fork, block=BlockProof(first + k, v, tuple(uncles))))
+        return self._results(await self.log.apply_proofs(proofs))
 
     def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
         """Verify a peer's full signed tree (an upgrade from 0) on its own.

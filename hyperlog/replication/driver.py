@@ -425,7 +425,7 @@ class ReplicationSession:
 
     async def _apply_range(self, w: RangeVerifyWork, unsettled: list[Work]) -> None:
         rep = self._rep_of(w)
-        results = await rep.port.apply_many(w.datas)
+        results = await rep.port.apply_range(w.data, w.inflight.index)
         unsettled.remove(w)
         err = rep.engine.on_range_applied(w, results, trio.current_time())
         if err is not None:

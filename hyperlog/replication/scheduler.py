@@ -112,12 +112,12 @@ class VerifyWork:
 
 @dataclass(frozen=True, slots=True)
 class RangeVerifyWork:
-    """Driver: verify and store `datas` (a hash proof, then one proof per block) as one
-    group, then call `LogReplicator.on_range_applied`."""
+    """Driver: verify and store a RangeData (`LogPort.apply_range`: a hash proof, then
+    one proof per block, in one group), then call `LogReplicator.on_range_applied`."""
 
     channel: PeerChannel
     inflight: Inflight
-    datas: list[wire.Data]
+    data: wire.RangeData
 
 
 Work = ServeWork | VerifyWork | RangeVerifyWork
@@ -346,6 +346,8 @@ class LogReplicator:
         ch.remote_fork, ch.remote_length = msg.fork, msg.length
         ch.remote_can_upgrade = msg.can_upgrade
         ch.synced = True
+        if self.gets:
+            self._fail_unservable()
         if msg.remote_length != self.view.length:
             # The peer has a stale view of us: tell it (never loops: our reply carries
             # its length, so its answer matches and stops here).
@@ -395,7 +397,7 @@ class LogReplicator:
         assert isinstance(req, wire.RangeRequest)
         if msg.node != req.node or msg.fork != req.fork or len(msg.values) != inf.count:
             raise RemoteProtocolError("range data: differs from the range requested")
-        ch.sink.add_work(RangeVerifyWork(ch, inf, range_proofs(ch.local_id, msg, inf.index)))
+        ch.sink.add_work(RangeVerifyWork(ch, inf, msg))
 
     def on_range_applied(
         self, work: RangeVerifyWork, results: list[Applied | HyperlogError], now: float
@@ -594,6 +596,8 @@ class LogReplicator:
                 d.counted_to = max(d.start, stop)
                 d.done = d.end is not None and d.missing == 0
         self._count_live()
+        if self.gets:
+            self._fail_unservable()
         if sync:
             for ch in self.peers:
                 self._send_sync(ch)
@@ -617,8 +621,6 @@ class LogReplicator:
             self._maybe_upgrade(ch, now)
             self._fill_gets(ch, now)
             self._fill_downloads(ch, now)
-        if self.gets:
-            self._fail_unservable()
 
     def _needs_upgrade_from(self, ch: PeerChannel) -> bool:
         if not ch.remote_can_upgrade or ch.upgrade_failed_at == (ch.remote_fork, ch.remote_length):

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from hyperlog import flat_tree, wire
 from hyperlog.errors import ForkConflictError, HyperlogError, InvalidProofError
 from hyperlog.replication.port import Applied
+from hyperlog.replication.scheduler import range_proofs
 
 T = TypeVar("T")
 
@@ -189,6 +190,9 @@ class FakeLog:
             except HyperlogError as exc:
                 out.append(exc)
         return out
+
+    async def apply_range(self, data: wire.RangeData, first: int) -> list[Applied | HyperlogError]:
+        return await self.apply_many(range_proofs(0, data, first))
 
     def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
         u = data.upgrade

@@ -93,7 +93,7 @@ class Net:
             s.rep.on_served(work.channel, work.request, data)
             return
         if isinstance(work, RangeVerifyWork):
-            results = run_sync(s.log.apply_many(work.datas))
+            results = run_sync(s.log.apply_range(work.data, work.inflight.index))
             err = s.rep.on_range_applied(work, results, self.now)
             if err is not None:
                 self.kill(ReplicationError(str(err)))
