@@ -100,7 +100,9 @@ class Dht:
             nursery.start_soon(self._watch_neighbours)
             task_status.started()
 
-    def _apply(self, actions: list[Action]) -> None:
+    def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
+        """Carry out the engine's actions (synchronously), then wake the timer task, whose
+        deadline may have moved (not when the timer task itself applies them)."""
         for action in actions:
             if isinstance(action, SendExact | SendClosest):
                 try:
@@ -117,7 +119,8 @@ class Dht:
                 if waiter is not None:
                     waiter.acknowledged = action.acknowledged
                     waiter.event.set()
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     async def _receive(self, closest: bool) -> None:
         receive = self._service.receive_closest if closest else self._service.receive
@@ -148,7 +151,7 @@ class Dht:
             with trio.move_on_at(self.engine.next_deadline()):
                 await self._wake.wait()
             self._wake = trio.Event()
-            self._apply(self.engine.on_timer(trio.current_time()))
+            self._apply(self.engine.on_timer(trio.current_time()), wake=False)
 
     def _update_neighbours(self) -> None:
         snake = self._node.status().get("snake") or {}
