@@ -90,6 +90,14 @@ class KeyIndex:
         best = min([r for r in routes.values() if r[2] != exclude], default=None)
         return None if best is None else best[2]
 
+    def direct_port(self, key: bytes, exclude: int) -> int | None:
+        """A port on which `key` is a direct peer (not `exclude`), or None."""
+        routes = self._routes.get(key)
+        if not routes:
+            return None
+        best = min([r for r in routes.values() if r[0] == 0 and r[2] != exclude], default=None)
+        return None if best is None else best[2]
+
     def first_route(
         self, dest: bytes, inclusive: bool, below: bytes, exclude: int
     ) -> tuple[bytes, int] | None:

@@ -854,6 +854,11 @@ class RouterState:
         wm_key = f.watermark_key
         wm_seq = f.watermark_seq
         if dc:
+            # The destination is a direct peer: one hop beats any tree path to it.
+            direct = self._index.direct_port(f.destination_key, from_port)
+            if direct is not None:
+                out.append(SendFrame(direct, _forwarded(f, FULL_MASK, 0)))
+                return
             # A tree-routed frame carries no watermark on the wire (§3.4): treat it as
             # fresh, so that the codec and the codec-free simulator behave the same.
             wm_key = FULL_MASK
@@ -863,21 +868,7 @@ class RouterState:
                 self._coords, dc, from_port, self._peer_list, ann.root_key, ann.root_seq
             )
             if nh is not None and nh != LOCAL:
-                out.append(
-                    SendFrame(
-                        nh,
-                        Traffic(
-                            dc,
-                            f.source_coords,
-                            f.destination_key,
-                            f.source_key,
-                            FULL_MASK,
-                            0,
-                            f.payload,
-                            f.hop_limit - 1,
-                        ),
-                    )
-                )
+                out.append(SendFrame(nh, _forwarded(f, FULL_MASK, 0)))
                 return
             # No tree progress, or the coordinates are ours but the key is not (stale
             # coordinates, §8.4): fall back to the snake without coordinates.
@@ -959,3 +950,17 @@ class RouterState:
 
 def _port_of(p: Peer) -> int:
     return p.port
+
+
+def _forwarded(f: Traffic, wm_key: bytes, wm_seq: int) -> Traffic:
+    """`f` one hop further on (hop limit decremented), with the given watermark."""
+    return Traffic(
+        f.destination_coords,
+        f.source_coords,
+        f.destination_key,
+        f.source_key,
+        wm_key,
+        wm_seq,
+        f.payload,
+        f.hop_limit - 1,
+    )

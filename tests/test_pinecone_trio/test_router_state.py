@@ -372,3 +372,13 @@ def test_reply_is_not_repeated_when_the_peer_already_has_our_announcement() -> N
     s2.on_input(PeerUp(1, k(90)), 1.0)
     s2.on_input(FrameIn(1, root_ann(90, 1, [(3, 90)])), 1.0)  # adopt: sent to 2 as well
     assert sent(s2.on_input(FrameIn(2, root_ann(40, 2, [(1, 40)])), 2.0)) == []
+
+
+def test_tree_routed_traffic_to_a_direct_peer_takes_the_link() -> None:
+    s = _with_parent()
+    f = Traffic((3, 7, 7), (), k(20), k(90), FULL_MASK, 0, b"x", 9)
+    assert sent(s.on_input(FrameIn(1, f), 1.0)) == [
+        (2, Traffic((3, 7, 7), (), k(20), k(90), FULL_MASK, 0, b"x", 8))
+    ]
+    # Never back where it came from, though: then the tree (or snake) decides.
+    assert [p for p, _ in sent(s.on_input(FrameIn(2, f), 1.0))] != [2]
