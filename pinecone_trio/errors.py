@@ -113,6 +113,10 @@ class DecryptionFailed(LinkError):
     """A transport message failed authentication: tampered, reordered, replayed or garbage."""
 
 
+class PeerLimitError(PineconeError):
+    """A peering was refused because a node (ours or theirs) is at its peer limit."""
+
+
 class UnreachableError(PineconeError):
     """No route to the destination key is known (yet)."""
 

@@ -44,12 +44,11 @@ from typing import Any, Final, overload
 import trio
 
 from . import events as ev
-from ._queue import DropQueue
 from ._util import open_service_nursery
 from .backoff import DIAL_TIMEOUT, backoff_delay
 from .discovery.beacon import Beacon
 from .discovery.multicast import MulticastDiscovery
-from .errors import LinkError, PineconeError
+from .errors import LinkError, PeerLimitError
 from .identity import Identity, PublicKey
 from .link.stream import NoiseLink
 from .peering import Peering, SendBudget
@@ -70,10 +69,20 @@ from .router.actions import (
     RootChanged,
     SendFrame,
 )
-from .router.constants import MAX_PORT, MAX_TRAFFIC_PAYLOAD
+from .router.constants import MAX_PORT
 from .router.signer import Ed25519Signer
 from .router.state import RouterConfig, RouterState
 from .router.wire import ClosestTraffic, Traffic
+from .services import (
+    FIRST_APPLICATION_SERVICE,
+    MAX_DATAGRAM_PAYLOAD,
+    SERVICE_DATAGRAM,
+    SERVICE_DHT,
+    SERVICE_SESSION,
+    Datagram,
+    OverlayService,
+    SessionServiceAdapter,
+)
 from .sessions.config import SessionConfig
 from .sessions.manager import SessionManager
 from .sessions.stream import SessionListener, SessionStream
@@ -83,14 +92,26 @@ from .transports import serve as serve_transport
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "FIRST_APPLICATION_SERVICE",
+    "MAX_DATAGRAM_PAYLOAD",
+    "SERVICE_DATAGRAM",
+    "SERVICE_DHT",
+    "SERVICE_SESSION",
+    "Datagram",
+    "Node",
+    "NodeConfig",
+    "OverlayService",
+    "PeerLimitError",
+    "open_node",
+]
+
 #: Peerings a node accepts by default (the router has 253 ports; keep headroom).
 DEFAULT_MAX_PEERS: Final = 64
 #: Inbound connections allowed to be mid-handshake at once; more are closed at once.
 MAX_PENDING_HANDSHAKES: Final = 32
 #: Items the router inbox holds before senders wait (back-pressure on peer readers).
 INBOX_SIZE: Final = 1024
-#: Received datagrams buffered for the application before new ones are dropped.
-RECEIVE_BUFFER: Final = 4096
 #: Events buffered per subscriber before that subscriber misses some.
 EVENT_BUFFER: Final = 256
 #: The router handles at most this many queued inputs in one go before checking timers.
@@ -102,21 +123,8 @@ MAX_BEACON_MEMORY: Final = 1024
 #: Locally originated traffic queued at most before `send` waits (back-pressure).
 LOCAL_SEND_BYTES: Final = 2 * 1024 * 1024
 LOCAL_SEND_FRAMES: Final = 256
-#: The first byte of every exact-key overlay payload names the service it is for, so
-#: raw application datagrams and end-to-end session packets share the overlay safely.
-SERVICE_DATAGRAM: Final = 0
-SERVICE_SESSION: Final = 1
-SERVICE_DHT: Final = 2
-#: Service tags from here up are free for applications.
-FIRST_APPLICATION_SERVICE: Final = 16
-#: The largest payload `Node.send` takes (the router's limit less the service byte).
-MAX_DATAGRAM_PAYLOAD: Final = MAX_TRAFFIC_PAYLOAD - 1
 #: The capability a listener at its peer limit advertises before it closes the link.
 REFUSED_PEER_LIMIT: Final = "refused:peer-limit"
-
-
-class PeerLimitError(PineconeError):
-    """A peering was refused because a node (ours or theirs) is at its peer limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,20 +142,6 @@ class NodeConfig:
     #: Overrides for multicast discovery (tests use a short interval).
     beacon_interval: float | None = None
     multicast_port: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Datagram:
-    """An overlay datagram received from `source_key`.
-
-    `target_key` is None for traffic sent to our exact key; for closest-key traffic it
-    is the key the sender aimed at (we are the node closest to it).
-    """
-
-    source_key: PublicKey
-    payload: bytes
-    target_key: PublicKey | None = None
-    hops: int = 0
 
 
 @dataclass(slots=True)
@@ -193,83 +187,6 @@ def _remote_uri(stream: trio.abc.Stream, scheme: str) -> str:
     return f"{scheme}://(inbound)"
 
 
-class OverlayService:
-    """One service's share of the overlay: datagrams whose first payload byte is its tag.
-
-    Get one from `Node.service(tag)`. Tag 0 is the node's own raw datagrams
-    (`Node.send` / `Node.receive`), tag 1 the end-to-end sessions, tag 2 the DHT;
-    applications may use tags from `FIRST_APPLICATION_SERVICE` up. Each service has its
-    own bounded receive queues, one per delivery mode (exact key, closest key), so one
-    service that does not read cannot starve another.
-    """
-
-    def __init__(self, node: Node, tag: int) -> None:
-        self._node = node
-        self.tag = tag
-        self._prefix = bytes((tag,))
-        self._exact: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
-        self._closest: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
-
-    @property
-    def public_key(self) -> PublicKey:
-        return self._node.public_key
-
-    async def send(self, destination: PublicKey | bytes, payload: bytes) -> None:
-        """Send `payload` to the node with exactly the key `destination`, best effort.
-
-        Raises:
-            ValueError: if `payload` is larger than `MAX_DATAGRAM_PAYLOAD`.
-        """
-        if len(payload) > MAX_DATAGRAM_PAYLOAD:
-            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
-        message = LocalSend(bytes(PublicKey(destination)), self._prefix + payload)
-        await self._node._queue_local(message)
-
-    async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
-        """Send `payload` to whichever node's key is closest to `target`.
-
-        Closest is the snake's rule: the smallest key >= `target`, or the highest key
-        in the network when none is that high (possibly this node itself).
-        """
-        if len(payload) > MAX_DATAGRAM_PAYLOAD:
-            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
-        message = LocalSendClosest(bytes(PublicKey(target)), self._prefix + payload)
-        await self._node._queue_local(message)
-
-    async def receive(self) -> Datagram:
-        """The next datagram of this service sent to our exact key."""
-        return await self._exact.get()
-
-    async def receive_closest(self) -> Datagram:
-        """The next closest-key datagram of this service for which we are the closest."""
-        return await self._closest.get()
-
-    def _deliver(self, datagram: Datagram, closest: bool) -> bool:
-        return (self._closest if closest else self._exact).put_nowait(datagram)
-
-    def _close(self) -> None:
-        self._exact.close()
-        self._closest.close()
-
-
-class _SessionService:
-    """The overlay as the session manager sees it (service tag 1)."""
-
-    def __init__(self, service: OverlayService) -> None:
-        self._service = service
-
-    @property
-    def public_key(self) -> PublicKey:
-        return self._service.public_key
-
-    async def send(self, dest: PublicKey, payload: bytes) -> None:
-        await self._service.send(dest, payload)
-
-    async def receive(self) -> tuple[PublicKey, bytes]:
-        datagram = await self._service.receive()
-        return datagram.source_key, datagram.payload
-
-
 class Node:
     """A pinecone-trio node. Get one from `open_node`; see the module docstring."""
 
@@ -288,7 +205,7 @@ class Node:
         if session_config.max_packet_size > MAX_DATAGRAM_PAYLOAD:
             session_config = replace(session_config, max_packet_size=MAX_DATAGRAM_PAYLOAD)
         self._sessions = SessionManager(
-            _SessionService(self.service(SERVICE_SESSION)), identity, config=session_config
+            SessionServiceAdapter(self.service(SERVICE_SESSION)), identity, config=session_config
         )
         self._budget = SendBudget(LOCAL_SEND_BYTES, LOCAL_SEND_FRAMES)
         self._peerings: dict[int, Peering] = {}
@@ -369,7 +286,7 @@ class Node:
         finally:
             self._inbox_send.close()
             for service in self._services.values():
-                service._close()
+                service.close()
             for channel in list(self._subscribers):
                 channel.close()
 
@@ -472,7 +389,7 @@ class Node:
             PublicKey(action.target_key) if closest else None,
             action.hops,
         )
-        if not service._deliver(datagram, closest):
+        if not service.deliver_nowait(datagram, closest):
             self.counters.receive_drops += 1
 
     def _on_router_event(self, event: object) -> None:
@@ -821,7 +738,8 @@ class Node:
             raise ValueError("a service tag is 0..255")
         service = self._services.get(tag)
         if service is None:
-            service = self._services[tag] = OverlayService(self, tag)
+            service = OverlayService(self._public_key, tag, self._queue_local)
+            self._services[tag] = service
         return service
 
     async def send(self, destination: PublicKey | bytes, payload: bytes) -> None:

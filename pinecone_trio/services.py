@@ -1,0 +1,130 @@
+"""Overlay services: many protocols sharing one node's overlay datagrams.
+
+Every exact-key and closest-key payload the node carries starts with one service tag
+byte, added on send and removed on delivery: 0 is raw application datagrams
+(`Node.send` / `Node.receive`), 1 the end-to-end sessions, 2 the DHT; applications may
+use tags from `FIRST_APPLICATION_SERVICE` up. Each service has its own bounded receive
+queues, so a service that does not read cannot starve another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+from ._queue import DropQueue
+from .identity import PublicKey
+from .router.actions import LocalSend, LocalSendClosest
+from .router.constants import MAX_TRAFFIC_PAYLOAD
+
+#: Datagrams buffered per service and delivery mode before new ones are dropped.
+RECEIVE_BUFFER: Final = 4096
+
+#: The first byte of every exact-key overlay payload names the service it is for, so
+#: raw application datagrams and end-to-end session packets share the overlay safely.
+SERVICE_DATAGRAM: Final = 0
+SERVICE_SESSION: Final = 1
+SERVICE_DHT: Final = 2
+#: Service tags from here up are free for applications.
+FIRST_APPLICATION_SERVICE: Final = 16
+#: The largest payload `Node.send` takes (the router's limit less the service byte).
+MAX_DATAGRAM_PAYLOAD: Final = MAX_TRAFFIC_PAYLOAD - 1
+
+#: How a service hands a message to the node's router (with back-pressure).
+LocalQueue = Callable[[LocalSend | LocalSendClosest], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Datagram:
+    """An overlay datagram received from `source_key`.
+
+    `target_key` is None for traffic sent to our exact key; for closest-key traffic it
+    is the key the sender aimed at (we are the node closest to it).
+    """
+
+    source_key: PublicKey
+    payload: bytes
+    target_key: PublicKey | None = None
+    hops: int = 0
+
+
+class OverlayService:
+    """One service's share of the overlay: datagrams whose first payload byte is its tag.
+
+    Get one from `Node.service(tag)` (the node owns the routing; a service only tags,
+    queues and hands over). Tag 0 is the node's own raw datagrams
+    (`Node.send` / `Node.receive`), tag 1 the end-to-end sessions, tag 2 the DHT;
+    applications may use tags from `FIRST_APPLICATION_SERVICE` up. Each service has its
+    own bounded receive queues, one per delivery mode (exact key, closest key), so one
+    service that does not read cannot starve another.
+    """
+
+    def __init__(self, public_key: PublicKey, tag: int, queue_local: LocalQueue) -> None:
+        self._public_key = public_key
+        self._queue_local = queue_local
+        self.tag = tag
+        self._prefix = bytes((tag,))
+        self._exact: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
+        self._closest: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._public_key
+
+    async def send(self, destination: PublicKey | bytes, payload: bytes) -> None:
+        """Send `payload` to the node with exactly the key `destination`, best effort.
+
+        Raises:
+            ValueError: if `payload` is larger than `MAX_DATAGRAM_PAYLOAD`.
+        """
+        if len(payload) > MAX_DATAGRAM_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        message = LocalSend(bytes(PublicKey(destination)), self._prefix + payload)
+        await self._queue_local(message)
+
+    async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
+        """Send `payload` to whichever node's key is closest to `target`.
+
+        Closest is the snake's rule: the smallest key >= `target`, or the highest key
+        in the network when none is that high (possibly this node itself).
+        """
+        if len(payload) > MAX_DATAGRAM_PAYLOAD:
+            raise ValueError(f"payload of {len(payload)} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        message = LocalSendClosest(bytes(PublicKey(target)), self._prefix + payload)
+        await self._queue_local(message)
+
+    async def receive(self) -> Datagram:
+        """The next datagram of this service sent to our exact key."""
+        return await self._exact.get()
+
+    async def receive_closest(self) -> Datagram:
+        """The next closest-key datagram of this service for which we are the closest."""
+        return await self._closest.get()
+
+    def deliver_nowait(self, datagram: Datagram, closest: bool) -> bool:
+        """Queue a delivered datagram (the node calls this); False when full."""
+        return (self._closest if closest else self._exact).put_nowait(datagram)
+
+    def close(self) -> None:
+        """Wake receivers; they raise `trio.ClosedResourceError` once drained."""
+        self._exact.close()
+        self._closest.close()
+
+
+class SessionServiceAdapter:
+    """The overlay as the session manager sees it (service tag 1)."""
+
+    def __init__(self, service: OverlayService) -> None:
+        self._service = service
+
+    @property
+    def public_key(self) -> PublicKey:
+        return self._service.public_key
+
+    async def send(self, dest: PublicKey, payload: bytes) -> None:
+        await self._service.send(dest, payload)
+
+    async def receive(self) -> tuple[PublicKey, bytes]:
+        datagram = await self._service.receive()
+        return datagram.source_key, datagram.payload
