@@ -82,6 +82,7 @@ class Dht:
         self._lookups: dict[int, _Waiter] = {}
         self._announces: dict[bytes, _Waiter] = {}
         self.outbox_drops = 0
+        self.datagrams_sent = 0
 
     @property
     def public_key(self) -> PublicKey:
@@ -138,6 +139,7 @@ class Dht:
 
     async def _send(self) -> None:
         async for action in self._outbox_recv:
+            self.datagrams_sent += 1
             try:
                 if isinstance(action, SendExact):
                     await self._service.send(action.key, action.payload)
@@ -238,6 +240,7 @@ class Dht:
             "pending": self.engine.pending(),
             "neighbours": [k.hex() if k else None for k in (desc, asc)],
             "outbox_drops": self.outbox_drops,
+            "datagrams_sent": self.datagrams_sent,
             "engine": vars_of(self.engine.statistics),
             "store": vars_of(store.statistics),
         }
