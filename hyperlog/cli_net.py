@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 from .errors import HyperlogError, ReplicationError
-from .log import Log, open_store
+from .log import open_store
 from .replication import Progress, ReplicationSession, replicate, replication_for
 
 if TYPE_CHECKING:
@@ -70,15 +70,11 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 
     identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
     async with open_store(args.dir, create=False) as store:
-        logs: dict[bytes, Log] = {}
-        for key in store.keys():  # noqa: SIM118 - a Store, not a dict
-            log = await store.open_log(key, create=False)
-            logs[log.discovery_key] = log
-        if not logs:
+        if not store.keys():
             raise HyperlogError(f"{args.dir} holds no log to serve")
 
         async def handler(link: NoiseLink) -> None:
-            async with replicate(link, resolve=logs.get) as session:
+            async with replicate(link, store) as session:  # serve everything it has
                 await session.wait_closed()
 
         async with trio.open_nursery() as nursery:

@@ -506,7 +506,10 @@ async def replicate(
 
     Args:
         stream: any `trio.abc.Stream` (a Noise link, a session stream, a memory stream).
-        logs: the logs to offer and fetch on this stream.
+        logs: the logs to offer and fetch on this stream. A `hyperlog.Store` among
+            them means "serve everything I have": each of its logs (as stored when
+            the session starts) is served when the remote asks for it by discovery
+            key, without being offered to the remote first.
         resolve: "serve everything I have": called with a discovery key the remote
             opens that is not among `logs`; return a log to serve it, or None.
         handshake_hash: the link's Noise handshake hash, binding capabilities to this
@@ -520,10 +523,28 @@ async def replicate(
         hh = getattr(stream, "handshake_hash", None)
         if isinstance(hh, bytes) and hh:
             handshake_hash = hh
+    from hyperlog.log import Store  # deferred: the engine modules never need it
+
+    served: dict[bytes, object] = {}
+    offered = []
+    for item in logs:
+        if isinstance(item, Store):
+            for key in item.keys():  # noqa: SIM118 - a Store, not a dict
+                stored = await item.open_log(key, create=False)
+                served[stored.discovery_key] = stored
+        else:
+            offered.append(item)
+    if served:
+        user_resolve = resolve
+
+        def resolve(dk: bytes) -> object | None:
+            found = served.get(dk)
+            return found if found is not None or user_resolve is None else user_resolve(dk)
+
     session = ReplicationSession(
         stream, handshake_hash=handshake_hash, initiator=initiator, resolve=resolve
     )
-    for log in logs:
+    for log in offered:
         session.add(log)
     async with trio.open_nursery() as nursery:
         await nursery.start(session.run)

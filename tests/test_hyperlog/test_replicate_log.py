@@ -221,3 +221,21 @@ async def test_corrupted_range_stores_nothing() -> None:
                 await rep.download(0, 300)
         await assert_same(reader, writer, range(300))
         await reader.verify()
+
+
+async def test_store_serves_everything_it_has() -> None:
+    async with open_store() as ws, open_store() as rs:
+        logs = [await ws.create_log(key_pair(bytes([i]) * 32)) for i in range(3)]
+        for i, log in enumerate(logs):
+            await log.append(blocks(10 + i))
+        reader = await rs.open_log(logs[2].key)
+        rep = replication_for(reader)
+        with trio.fail_after(30):
+            a, b = trio.testing.memory_stream_pair()
+            async with replicate(a, ws) as server, replicate(b, reader):
+                await rep.update()
+                await rep.download(0, reader.length)
+                # Only the log the reader asked for was opened on this stream.
+                assert [ch.local_id for ch in server.engine.channels()] == [1]
+        assert reader.length == 12
+        await assert_same(reader, logs[2], range(12))
