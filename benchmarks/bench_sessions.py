@@ -159,6 +159,8 @@ async def _node_worker(args: argparse.Namespace) -> None:
                 elif op == "streams":
                     assert key is not None
                     _emit(event="streams", **(await _many_streams(node, key, cmd["n"])))
+                elif op == "cpu":
+                    _emit(event="cpu", cpu=time.process_time())
                 elif op == "quit":
                     nursery.cancel_scope.cancel()
                     return
@@ -217,12 +219,14 @@ async def _link_server(total: int) -> None:
 
     async def handler(link: Any) -> None:
         got = 0
+        cpu = time.process_time()
         while got < total:
             data = await link.receive_some(1 << 20)
             if not data:
                 break
             got += len(data)
         await link.send_all(b"ok")
+        _emit(event="done", cpu=time.process_time() - cpu)
         done.set()
 
     done = trio.Event()
@@ -241,11 +245,12 @@ async def _link_client(uri: str, total: int) -> None:
     link = await connect_link(uri, Identity.generate())
     block = b"\x5a" * CHUNK
     start = time.perf_counter()
+    cpu = time.process_time()
     async with link:
         for _ in range(total // CHUNK):
             await link.send_all(block)
         await link.receive_some(2)
-    _emit(event="sent", seconds=time.perf_counter() - start)
+    _emit(event="sent", seconds=time.perf_counter() - start, cpu=time.process_time() - cpu)
 
 
 # ----------------------------------------------------------------------------- orchestration
@@ -305,7 +310,8 @@ def line(nodes: int) -> list[Worker]:
     return workers
 
 
-def link_throughput(total: int) -> float:
+def link_throughput(total: int) -> tuple[float, float]:
+    """(MB/s, MB per CPU-second of both processes) of one raw Noise link."""
     server = Worker(["--worker", "link-server", "--bytes", str(total)])
     try:
         client = subprocess.run(
@@ -325,17 +331,23 @@ def link_throughput(total: int) -> float:
             timeout=600,
             check=True,
         )
+        server_cpu = float(server.read("done")["cpu"])
     finally:
         server.close()
     result = json.loads(client.stdout.strip().splitlines()[-1])
-    return float(total / result["seconds"] / 1e6)
+    cpu = float(result["cpu"]) + server_cpu
+    return total / result["seconds"] / 1e6, total / cpu / 1e6
 
 
-def session_throughput(workers: list[Worker], total: int) -> tuple[float, dict[str, Any]]:
+def session_throughput(workers: list[Worker], total: int) -> tuple[float, float, dict[str, Any]]:
+    """(MB/s, MB per CPU-second of all node processes, details) of one session stream."""
+    before = [w.ask("cpu", op="cpu")["cpu"] for w in workers]
     result = workers[0].ask("sent", op="send", key=workers[-1].ready["key"], bytes=total)
+    after = [w.ask("cpu", op="cpu")["cpu"] for w in workers]
     if result["received"] != total // CHUNK * CHUNK:
         raise RuntimeError(f"sink got {result['received']} of {total} bytes")
-    return total / result["seconds"] / 1e6, result
+    cpu = sum(a - b for a, b in zip(after, before, strict=True))
+    return total / result["seconds"] / 1e6, total / cpu / 1e6, result
 
 
 def memory_loss_throughput(total: int, loss: float) -> float:
@@ -455,6 +467,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(message, flush=True)
 
     link, one, three = [], [], []
+    link_cpu, one_cpu, three_cpu = [], [], []
     pair = line(2)
     quad = line(4)
     try:
@@ -471,14 +484,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         for i in range(runs):
             # Interleaved, so a busy moment on the shared machine hits all three alike.
-            link.append(link_throughput(total))
-            s1, r1 = session_throughput(pair, total)
+            lk, lk_cpu = link_throughput(total)
+            link.append(lk)
+            link_cpu.append(lk_cpu)
+            s1, c1, r1 = session_throughput(pair, total)
             one.append(s1)
-            s3, _ = session_throughput(quad, total)
+            one_cpu.append(c1)
+            s3, c3, _ = session_throughput(quad, total)
             three.append(s3)
+            three_cpu.append(c3)
             log(
-                f"run {i + 1}: link {link[-1]:.0f} MB/s, session 1 hop {s1:.0f} MB/s,"
-                f" 3 hops {s3:.0f} MB/s (session stats: lost {r1['stats'].get('packets_lost')},"
+                f"run {i + 1}: link {lk:.0f} MB/s ({lk_cpu:.0f} MB/cpu-s), session 1 hop"
+                f" {s1:.0f} MB/s ({c1:.0f} MB/cpu-s), 3 hops {s3:.0f} MB/s ({c3:.0f} MB/cpu-s)"
+                f" (session stats: lost {r1['stats'].get('packets_lost')},"
                 f" retransmitted {r1['stats'].get('bytes_retransmitted')} B)"
             )
         conc = pair[0].ask("streams", op="streams", key=pair[-1].ready["key"], n=streams_n)
@@ -496,6 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["link_mb_s"] = statistics.median(link)
     results["session_1hop_mb_s"] = statistics.median(one)
     results["session_3hop_mb_s"] = statistics.median(three)
+    results["link_mb_per_cpu_s"] = statistics.median(link_cpu)
+    results["session_1hop_mb_per_cpu_s"] = statistics.median(one_cpu)
+    results["session_3hop_mb_per_cpu_s"] = statistics.median(three_cpu)
     loss_total = total // 4
     lossless = statistics.median(memory_loss_throughput(loss_total, 0.0) for _ in range(runs))
     lossy = statistics.median(memory_loss_throughput(loss_total, 0.01) for _ in range(runs))
@@ -522,6 +543,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             lp_connect, results["connect_first_byte_1hop_cold_ms"]
         ),
         "loss1_vs_lossless": ratio(lossy, lossless),
+        # Load-independent: bytes per CPU-second of every process involved.
+        "session_1hop_vs_link_cpu": ratio(
+            results["session_1hop_mb_per_cpu_s"], results["link_mb_per_cpu_s"]
+        ),
+        "session_3hop_vs_link_cpu": ratio(
+            results["session_3hop_mb_per_cpu_s"], results["link_mb_per_cpu_s"]
+        ),
     }
     if args.json:
         print(json.dumps(results))

@@ -50,7 +50,9 @@ class PacketCipher:
         nonce = _NONCE_PREFIX + packet_number.to_bytes(8, "little")
         return self._aead.encrypt(nonce, plaintext, header)
 
-    def open(self, packet_number: int, header: bytes, ciphertext: bytes) -> bytes | None:
+    def open(
+        self, packet_number: int, header: bytes, ciphertext: bytes | memoryview
+    ) -> bytes | None:
         """Decrypt and verify; returns None if the tag does not verify."""
         nonce = _NONCE_PREFIX + packet_number.to_bytes(8, "little")
         try:

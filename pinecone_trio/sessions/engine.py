@@ -572,7 +572,7 @@ class Session:
             self.stats["dropped_replayed"] += 1
             return
         header = packet[: wire.TRANSPORT_HEADER_SIZE]
-        plaintext = recv.open(pn, header, packet[wire.TRANSPORT_HEADER_SIZE :])
+        plaintext = recv.open(pn, header, memoryview(packet)[wire.TRANSPORT_HEADER_SIZE :])
         if plaintext is None:
             self.stats["dropped_unauthenticated"] += 1
             return
