@@ -216,7 +216,7 @@ class Log:
         self._listeners: list[Callable[[LogEvent], None]] = []
         self._want_listeners: list[Callable[[int], None]] = []
         self._block_waiters: dict[int, trio.Event] = {}
-        self._length_changed = trio.Event()
+        self._length_waiters = trio.lowlevel.ParkingLot()
         self._events_dropped = 0
         # fork -> the length the log was cut to when that fork began (snapshots use it)
         self._cuts: dict[int, int] = {}
@@ -689,7 +689,7 @@ class Log:
         while self._tree.length < length and self._tree.fork == fork:
             if self._closed:
                 raise HyperlogError("the log was closed while waiting for its length")
-            await self._length_changed.wait()
+            await self._length_waiters.park()
         await trio.lowlevel.checkpoint()
 
     def _emit(self, event: LogEvent) -> None:
@@ -702,8 +702,8 @@ class Log:
             callback(event)
 
     def _wake_length(self) -> None:
-        self._length_changed.set()
-        self._length_changed = trio.Event()
+        if self._length_waiters:  # cheap when nobody waits (the common case)
+            self._length_waiters.unpark_all()
 
     def _wake_block(self, index: int) -> None:
         event = self._block_waiters.pop(index, None)
