@@ -221,12 +221,17 @@ class Log:
         # fork -> the length the log was cut to when that fork began (snapshots use it)
         self._cuts: dict[int, int] = {}
         self._closed = False
+        # The contiguous-length hint last stored in the head (see `Head`).
+        self._stored_contiguous = 0
 
     def _load(self, head: Head) -> None:
         """Rebuild the in-memory state from storage and check the signed head."""
         for page, data in self._storage.load_bitfield(self._handle):
             self._bitfield.load_page(page, data)
+        hint = min(head.contiguous_length, head.length)
+        self._bitfield.set_range(0, hint)
         self._bitfield.clear_dirty()
+        self._stored_contiguous = hint
         tree = MerkleTree.from_storage(
             head.length, self._get_node, fork=head.fork, signature=head.signature
         )
@@ -304,7 +309,9 @@ class Log:
     def head(self) -> Head:
         """The current signed head as stored."""
         t = self._tree
-        return Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature)
+        return Head(
+            t.fork, t.length, t.byte_length, t.tree_hash(), t.signature, self._stored_contiguous
+        )
 
     @property
     def contiguous_length(self) -> int:
@@ -412,7 +419,7 @@ class Log:
             # can interleave and the lock is not needed (it only orders operations
             # that wait for a worker thread).
             if values:
-                batch = self._append_sync(values)
+                batch, self._stored_contiguous = self._append_sync(values)
                 self._tree.apply(batch)
                 self._after_append(batch.start, batch.length)
             await trio.lowlevel.cancel_shielded_checkpoint()
@@ -421,9 +428,10 @@ class Log:
             if not values:
                 return AppendResult(self._tree.length, self._tree.byte_length)
             if total >= THREAD_THRESHOLD_BYTES:
-                batch = await trio.to_thread.run_sync(self._append_sync, values)
+                batch, hint = await trio.to_thread.run_sync(self._append_sync, values)
             else:
-                batch = self._append_sync(values)
+                batch, hint = self._append_sync(values)
+            self._stored_contiguous = hint
             self._tree.apply(batch)
             self._after_append(batch.start, batch.length)
         await trio.lowlevel.checkpoint()
@@ -435,7 +443,7 @@ class Log:
         if not self.writable or self._verifier is None:
             raise NotWritableError(f"log {self.key.hex()} is not writable here")
 
-    def _append_sync(self, values: list[bytes]) -> AppendBatch:
+    def _append_sync(self, values: list[bytes]) -> tuple[AppendBatch, int]:
         """Hash, sign and commit one batch; does not touch in-memory state."""
         assert self._verifier is not None
         batch = self._tree.append(values)
@@ -452,12 +460,21 @@ class Log:
             else:
                 blocks.append((start + k, values[k], node.hash))
                 k += 1
-        bits = self._bitfield.pages_after_set(start, batch.length)
-        head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature)
+        bf = self._bitfield
+        last = bf.last_set()
+        if bf.contiguous_length >= start and (last is None or last < start):
+            # The log holds exactly 0..start-1 (a writer's usual state): moving the
+            # contiguous hint in the head records the new blocks; no bitfield page.
+            bits: dict[int, bytes] = {}
+            hint = batch.length
+        else:
+            bits = bf.pages_after_set(start, batch.length)
+            hint = self._stored_contiguous
+        head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature, hint)
         self._storage.commit(
             self._handle, WriteBatch(blocks=blocks, nodes=parents, bitfield=bits, head=head)
         )
-        return batch
+        return batch, hint
 
     def _after_append(self, start: int, length: int) -> None:
         self._bitfield.set_range(start, length)
@@ -484,10 +501,14 @@ class Log:
             bits = self._bitfield.copy()
             bits.take_dirty()
             bits.clear_from(length)
-            head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature)
+            hint = min(self._stored_contiguous, length)
+            head = Head(
+                batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature, hint
+            )
             wb = WriteBatch(bitfield=bits.take_dirty(), head=head, truncate=length)
             await trio.to_thread.run_sync(self._storage.commit, self._handle, wb)
             self._tree.apply(batch)
+            self._stored_contiguous = hint
             self._bitfield.clear_from(length)
             self._bitfield.clear_dirty()
             self._cuts[batch.fork] = length
@@ -997,8 +1018,11 @@ class _Group:
         else:
             w.bitfield = log._bitfield.pages_after_set_bits(self.new_bits)
         t = self.tree
+        hint = log._stored_contiguous
+        if w.truncate is not None:
+            hint = min(hint, w.truncate)
         if t.length != log._tree.length or t.fork != log._tree.fork or w.manifest:
-            w.head = Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature)
+            w.head = Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature, hint)
         if self.bytes >= THREAD_THRESHOLD_BYTES:
             await trio.to_thread.run_sync(log._storage.commit, log._handle, w)
         else:
@@ -1006,6 +1030,8 @@ class _Group:
         # Committed: now move memory forward (no checkpoint between here and the end).
         if self.verifier is not None and log._verifier is None:
             log._verifier = self.verifier
+        if w.head is not None:
+            log._stored_contiguous = w.head.contiguous_length
         if w.truncate is not None:
             log._bitfield.clear_from(w.truncate)
             log._cuts[t.fork] = w.truncate

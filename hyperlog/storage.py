@@ -15,7 +15,7 @@ sparse files, no per-log file descriptors: research notes §6 and §13)::
                                                                  held without their block
     state  (handle << 33 | page)       -> 4 KiB "have" bitfield page
            (handle << 33 | 2**32)      -> the signed head (fork, length, byte length,
-                                          tree hash, signature)
+                                          contiguous hint, tree hash, signature)
     meta   (name) -> value                                       store-level settings
 
 The head sits in the same table as the bitfield pages, next to them, so a single
@@ -98,7 +98,7 @@ LOCK_FILENAME: Final = "hyperlog.lock"
 #: SQLite ``application_id``: the bytes "HYLG", so a foreign database is refused.
 APPLICATION_ID: Final = 0x48594C47
 #: Schema version, in SQLite's ``user_version``.
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: Page size for new databases. A 1 KiB block plus its row header is just over 1 KiB,
 #: so 4 KiB pages hold 3 (25% slack) and 16 KiB pages 15 (4%). Every commit writes its
 #: dirty pages whole into the WAL, so larger pages cost single appends; 16 KiB measured
@@ -135,7 +135,7 @@ _IN_CHUNK: Final = 500  # ids per "IN (...)" query, well under SQLite's variable
 _NODE_SHIFT: Final = 42
 _STATE_SHIFT: Final = 33
 _HEAD_SLOT: Final = 1 << 32
-_HEAD = struct.Struct("<QQQ")
+_HEAD = struct.Struct("<QQQQ")
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 
@@ -163,9 +163,13 @@ class LogInfo:
 @final
 @dataclass(frozen=True, slots=True)
 class Head:
-    """The signed state of a log: what its signature covers, plus the byte length.
+    """The signed state of a log: what its signature covers, plus two unsigned facts.
 
     ``signature`` is the raw 64-byte ed25519 signature, None before the first append.
+    ``contiguous_length`` is a hint (hypercore's ``hints.contiguousLength``): blocks
+    ``0 .. contiguous_length - 1`` are all held, whatever the stored bitfield pages
+    say. A writer appending to a complete log only moves this hint and skips
+    rewriting its bitfield page.
     """
 
     fork: int = 0
@@ -173,6 +177,7 @@ class Head:
     byte_length: int = 0
     tree_hash: bytes = b""
     signature: bytes | None = None
+    contiguous_length: int = 0
 
 
 @final
@@ -316,21 +321,21 @@ def _truncated_nodes(length: int) -> list[int]:
 
 def _encode_head(head: Head) -> bytes:
     return (
-        _HEAD.pack(head.fork, head.length, head.byte_length)
+        _HEAD.pack(head.fork, head.length, head.byte_length, head.contiguous_length)
         + head.tree_hash
         + (head.signature or b"")
     )
 
 
 def _decode_head(data: bytes, where: object) -> Head:
-    # 24 bytes of integers, then a 32-byte tree hash (absent while empty), then a
+    # 32 bytes of integers, then a 32-byte tree hash (absent while empty), then a
     # 64-byte signature (absent before the first signed head).
     if len(data) not in (_HEAD.size, _HEAD.size + 32, _HEAD.size + 96):
         raise CorruptStorageError(f"a stored head in {where} has {len(data)} bytes")
-    fork, length, byte_length = _HEAD.unpack_from(data)
+    fork, length, byte_length, contiguous = _HEAD.unpack_from(data)
     tree = bytes(data[_HEAD.size : _HEAD.size + 32])
     sig = bytes(data[_HEAD.size + 32 :]) or None
-    return Head(fork, length, byte_length, tree, sig)
+    return Head(fork, length, byte_length, tree, sig, contiguous)
 
 
 def _stored_sum(value: bytes | memoryview, digest: bytes) -> bytes:

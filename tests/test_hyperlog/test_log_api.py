@@ -260,3 +260,22 @@ async def test_closing_the_store_wakes_waiters() -> None:
             await trio.testing.wait_all_tasks_blocked()
             await s.aclose()
     assert len(errors) == 2 and all("closed" in e for e in errors)
+
+
+async def test_writer_moves_the_contiguous_hint_instead_of_pages(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    async with open_store(path) as s:
+        log = await s.create_log()
+        for i in range(40):
+            await log.append(b"%d" % i)
+        assert s.storage.load_bitfield(1) == []  # no page written by plain appends
+        assert log.head.contiguous_length == 40
+        await log.truncate(25)
+        assert log.head.contiguous_length == 25
+        await log.append([b"x"] * 5)
+    async with open_store(path) as s:
+        log = await s.default_log()
+        assert log.length == 30 and log.contiguous_length == 30
+        assert [log.has(i) for i in (0, 24, 29, 30)] == [True, True, True, False]
+        assert await log.get(29) == b"x"
+        await log.verify()
