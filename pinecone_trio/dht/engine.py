@@ -20,12 +20,13 @@ keeps them alive (`RECORD_TTL` is about 2.5 intervals). `stop_announce` sends a 
 withdrawal (ttl 0) the same way.
 
 Lookup. `lookup(topic)` sends LOOKUP by closest key. The node that gets it answers by
-exact key with its live records and the keys of its snake neighbours; we then ask
-those neighbours by exact key as well (a node that joined next to the topic id a
-moment ago is "closest" but empty; the old closest node is its neighbour and still has
-the records; after the closest node died, its neighbours hold the copies). Each query
-is retried like an announce; the lookup finishes when every asked node has answered or
-given up, or at its deadline. Every record in a reply is verified against its own key
+exact key with its live records and the keys of its snake neighbours, and forwards the
+lookup to those neighbours, which answer us directly (a node that joined next to the
+topic id a moment ago is "closest" but empty; the old closest node is its neighbour and
+still has the records; after the closest node died, its neighbours hold the copies).
+A neighbour that stays silent is asked directly; each query is retried like an
+announce; the lookup finishes when every node named has answered or given up, or at
+its deadline. Every record in a reply is verified against its own key
 before it is reported, so a lying responder can hide records but not invent them.
 
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
@@ -310,7 +311,7 @@ class DhtEngine:
             return self._on_announce(source, message, target, now)
         if isinstance(message, Store):
             return self._on_store(message, now)
-        return self._on_lookup(source, message, now)
+        return self._on_lookup(source, message, target, now)
 
     # ------------------------------------------------------------ serving
 
@@ -352,7 +353,15 @@ class DhtEngine:
             return self._replicate(message.record, now, message.direction, message.copies)
         return []
 
-    def _on_lookup(self, source: bytes, message: Lookup, now: float) -> list[Action]:
+    def _on_lookup(
+        self, source: bytes, message: Lookup, target: bytes | None, now: float
+    ) -> list[Action]:
+        dest = message.reply_to or source
+        if dest != source and not self._limiter.allow(dest, now):
+            self.statistics.rate_limited += 1  # a forwarded lookup: limit its victim too
+            return []
+        # Closest-key delivery of a direct lookup: we are the node closest to the topic.
+        closest = target is not None and not message.reply_to
         entries = self.store.get(message.topic, now)[:MAX_LOOKUP_RECORDS]
         neighbours = tuple(k for k in (self._descending, self._ascending) if k is not None)
         reply = LookupReply(
@@ -360,8 +369,15 @@ class DhtEngine:
             message.topic,
             tuple((s.record, _remaining(s.expires, now)) for s in entries),
             neighbours,
+            closest,
         )
-        return [SendExact(source, encode_lookup_reply(reply))]
+        actions: list[Action] = [SendExact(dest, encode_lookup_reply(reply))]
+        if closest:
+            # Our neighbours answer the requester directly: one leg shorter than the
+            # requester asking them after our reply (it still does if they stay silent).
+            forward = encode(Lookup(message.request_id, message.topic, source))
+            actions += [SendExact(key, forward) for key in neighbours]
+        return actions
 
     # ------------------------------------------------------------ lookups
 
@@ -398,14 +414,19 @@ class DhtEngine:
         if lookup is None or reply.topic != lookup.topic:
             self.statistics.unexpected_replies += 1
             return []
-        query = lookup.exact.get(source)
-        from_closest = query is None
-        if from_closest:
-            if lookup.closest.done:
-                self.statistics.unexpected_replies += 1
-                return []
+        query: _Query | None
+        if reply.closest:
             query = lookup.closest
-        assert query is not None
+            lookup.exact.setdefault(source, _Query(done=True))
+        else:
+            query = lookup.exact.get(source)
+            if query is None:
+                # A neighbour the closest node forwarded our lookup to, answering before
+                # the closest node's own reply reached us.
+                if len(lookup.exact) >= MAX_LOOKUP_QUERIES:
+                    self.statistics.unexpected_replies += 1
+                    return []
+                query = lookup.exact[source] = _Query()
         if query.done:
             return []
         query.done = True
@@ -420,18 +441,16 @@ class DhtEngine:
             lookup.found[record.public_key] = PeerRecord(
                 record.topic, PublicKey(record.public_key), record.data, now + lifetime, record.seq
             )
-        actions: list[Action] = []
-        if from_closest:
-            # The closest node is asked once by closest key; its reply names neighbours.
-            lookup.exact.setdefault(source, _Query(done=True))
+        if reply.closest:
+            # The closest node forwarded the lookup to the neighbours it names: expect
+            # their answers, and ask them ourselves if none comes by the retry time.
             for key in reply.neighbours:
                 if key in lookup.exact or len(lookup.exact) >= MAX_LOOKUP_QUERIES:
                     continue
                 lookup.exact[key] = _Query(retry_at=now + REQUEST_TIMEOUT)
-                actions.append(SendExact(key, encode(Lookup(lookup.request_id, lookup.topic))))
         if lookup.finished():
-            actions.append(self._finish(lookup))
-        return actions
+            return [self._finish(lookup)]
+        return []
 
     def _finish(self, lookup: _Lookup) -> LookupDone:
         del self._lookups[lookup.request_id]

@@ -5,16 +5,21 @@ Every message is one overlay datagram of service `SERVICE_DHT` (tag 2)::
     ANNOUNCE      [1, 1, request_id, record]                  closest-key, to the topic id
     ANNOUNCE_ACK  [2, 1, request_id, status]                  exact key, to the requester
     STORE         [3, 1, record, remaining_ttl, copies, dir]  exact key, to a snake neighbour
-    LOOKUP        [4, 1, request_id, topic]                   closest-key or exact key
-    LOOKUP_REPLY  [5, 1, request_id, topic, [[record, remaining_ttl], ...], [key, ...]]
+    LOOKUP        [4, 1, request_id, topic, reply_to]         closest-key or exact key
+    LOOKUP_REPLY  [5, 1, request_id, topic, [[record, remaining_ttl], ...], [key, ...],
+                   closest]                                   exact key
 
     record = [topic (bin 32), public key (bin 32), seq (u64), ttl (u32),
               data (bin <= MAX_RECORD_DATA), signature (bin 64)]
 
 `status` is one of the `ACK_*` codes; `dir` is `UP` or `DOWN` (the snake direction a
-replica travels); `copies` is how many more nodes in that direction should hold it. The
-last list of a reply names the responder's snake neighbours, which the requester asks
-too (a freshly joined closest node may not hold the records yet; its neighbours do).
+replica travels); `copies` is how many more nodes in that direction should hold it.
+`reply_to` is empty (answer the sender) or a 32-byte key: the node closest to the topic
+forwards the lookup to its snake neighbours with the requester's key there, so they
+answer the requester directly. A reply names the responder's snake neighbours and says
+whether the responder was the closest node (`closest`, a bool): the requester then
+expects answers from those neighbours too (a freshly joined closest node may not hold
+the records yet; its neighbours do) and asks them itself if they stay silent.
 
 Sizes are checked before decoding, msgpack's own limits bound every container, and
 every field is validated: anything else raises `DecodeError`. The signature is *not*
@@ -99,6 +104,7 @@ class Store:
 class Lookup:
     request_id: int
     topic: bytes
+    reply_to: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +113,7 @@ class LookupReply:
     topic: bytes
     records: tuple[tuple[Record, int], ...]
     neighbours: tuple[bytes, ...]
+    closest: bool = False
 
 
 Message = Announce | AnnounceAck | Store | Lookup | LookupReply
@@ -141,7 +148,7 @@ def encode(message: Message) -> bytes:
             message.direction,
         ]
     elif isinstance(message, Lookup):
-        obj = [LOOKUP, DHT_VERSION, message.request_id, message.topic]
+        obj = [LOOKUP, DHT_VERSION, message.request_id, message.topic, message.reply_to]
     else:
         obj = [
             LOOKUP_REPLY,
@@ -150,6 +157,7 @@ def encode(message: Message) -> bytes:
             message.topic,
             [[_record(r), ttl] for r, ttl in message.records],
             list(message.neighbours),
+            message.closest,
         ]
     data: bytes = msgpack.packb(obj, use_bin_type=True)
     if len(data) > MAX_MESSAGE_SIZE:
@@ -162,7 +170,10 @@ def encode_lookup_reply(reply: LookupReply) -> bytes:
     records = reply.records[:MAX_LOOKUP_RECORDS]
     while True:
         try:
-            return encode(LookupReply(reply.request_id, reply.topic, records, reply.neighbours))
+            trimmed = LookupReply(
+                reply.request_id, reply.topic, records, reply.neighbours, reply.closest
+            )
+            return encode(trimmed)
         except ValueError:
             if not records:
                 raise
@@ -226,7 +237,7 @@ def _decode_record(value: object) -> Record:
     )
 
 
-_LENGTHS: Final = {ANNOUNCE: 4, ANNOUNCE_ACK: 4, STORE: 6, LOOKUP: 4, LOOKUP_REPLY: 6}
+_LENGTHS: Final = {ANNOUNCE: 4, ANNOUNCE_ACK: 4, STORE: 6, LOOKUP: 5, LOOKUP_REPLY: 7}
 
 
 def decode(data: bytes) -> Message:
@@ -263,7 +274,10 @@ def decode(data: bytes) -> Message:
             direction,
         )
     if tag == LOOKUP:
-        return Lookup(_int(obj[2], _U64, "request id"), _bin(obj[3], KEY_SIZE, "topic"))
+        reply_to = obj[4]
+        if type(reply_to) is not bytes or len(reply_to) not in (0, KEY_SIZE):
+            raise DecodeError("bad reply_to")
+        return Lookup(_int(obj[2], _U64, "request id"), _bin(obj[3], KEY_SIZE, "topic"), reply_to)
     topic = _bin(obj[3], KEY_SIZE, "topic")
     records = []
     for item in _list(obj[4], None, "records"):
@@ -275,9 +289,12 @@ def decode(data: bytes) -> Message:
     neighbours = _list(obj[5], None, "neighbours")
     if len(neighbours) > MAX_NEIGHBOURS:
         raise DecodeError("too many neighbours")
+    if type(obj[6]) is not bool:
+        raise DecodeError("bad closest flag")
     return LookupReply(
         _int(obj[2], _U64, "request id"),
         topic,
         tuple(records),
         tuple(_bin(k, KEY_SIZE, "neighbour key") for k in neighbours),
+        obj[6],
     )

@@ -11,6 +11,7 @@ import bisect
 import math
 import random
 from collections import deque
+from collections.abc import Callable
 
 import pytest
 
@@ -49,6 +50,7 @@ class EngineNet:
         self.now = 0.0
         self.inflight: deque[tuple[bytes, bytes, bytes | None, bytes]] = deque()
         self.silent: set[bytes] = set()  # on the snake, but swallows every message
+        self.drop: Callable[[bytes, bytes, bytes], bool] = lambda source, dest, payload: False
         self.done: list[tuple[bytes, LookupDone | AnnounceDone]] = []
         self.messages = 0
         self.rewire()
@@ -89,6 +91,8 @@ class EngineNet:
             source, dest, target, payload = self.inflight.popleft()
             self.messages += 1
             engine = self.engines.get(dest)
+            if self.drop(source, dest, payload):
+                continue
             if engine is not None and dest not in self.silent:
                 self.apply(dest, engine.on_message(source, payload, target, self.now))
         raise AssertionError("messages kept flowing")
@@ -163,6 +167,37 @@ def test_record_survives_the_closest_node_dying() -> None:
     net.kill(net.closest(T))
     looker = next(k for k in net.keys if k != announcer)
     assert [r.public_key for r in net.lookup(looker, T)] == [announcer]
+
+
+def test_lookup_reaches_neighbours_forwarded_or_directly() -> None:
+    net = EngineNet(12, seed=11)
+    keys = net.keys
+    owner = net.closest(T)
+    i = keys.index(owner)
+    below = keys[i - 1]
+    announcer = next(k for k in keys if k not in (owner, below))
+    assert net.announce(announcer, T)
+    # Only the descending neighbour of the closest node holds the record now (as after
+    # a new node joined between the topic id and the old closest node).
+    for key in keys:
+        if key != below:
+            net.engines[key].store = type(net.engines[key].store)()
+    looker = next(k for k in keys if k not in (owner, below, announcer))
+    start = net.now
+    assert [r.public_key for r in net.lookup(looker, T)] == [announcer]
+    assert net.now - start < REQUEST_TIMEOUT  # the closest node forwarded to `below`
+    assert net.engines[looker].statistics.retries == 0
+
+    # The forwarded lookups are lost: the requester asks the neighbours itself.
+    def forwarded(source: bytes, dest: bytes, payload: bytes) -> bool:
+        message = wire.decode(payload)
+        return isinstance(message, wire.Lookup) and bool(message.reply_to)
+
+    net.drop = forwarded
+    start = net.now
+    assert [r.public_key for r in net.lookup(looker, T)] == [announcer]
+    assert REQUEST_TIMEOUT <= net.now - start < 2 * REQUEST_TIMEOUT
+    assert net.engines[looker].statistics.retries >= 1
 
 
 def test_refresh_moves_record_to_new_closest_and_expiry_removes_it() -> None:
@@ -248,7 +283,7 @@ def test_lying_responder_cannot_inject_records() -> None:
     key = bytes(honest.public_key)
     bad = wire.Record(T, key, 1, 100, b"", evil.sign(record_signable(T, key, 1, 100, b"")))
     good = wire.Record(T, key, 2, 100, b"", honest.sign(record_signable(T, key, 2, 100, b"")))
-    reply = wire.LookupReply(rid, T, ((bad, 100), (good, 50)), ())
+    reply = wire.LookupReply(rid, T, ((bad, 100), (good, 50)), (), closest=True)
     [done] = looker.on_message(evil.public_key, wire.encode(reply), None, 0.0)
     assert isinstance(done, LookupDone)
     assert [(r.public_key, r.seq, r.expires) for r in done.records] == [(key, 2, 50.0)]
