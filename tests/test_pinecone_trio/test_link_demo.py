@@ -1,4 +1,4 @@
-"""The README's demo runs and exits 0 on its own."""
+"""The Noise-link example runs and exits 0 on its own."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-DEMO = Path(__file__).resolve().parents[2] / "examples" / "demo.py"
+DEMO = Path(__file__).resolve().parents[2] / "examples" / "noise_link.py"
 
 
 def test_demo_runs() -> None:
