@@ -57,6 +57,10 @@ PACKET_THRESHOLD: Final = 3
 TIME_THRESHOLD: Final = 9 / 8
 #: Timer granularity (RFC 9002 kGranularity).
 GRANULARITY: Final = 0.001
+#: Smallest probe timeout. RFC 9002 has only the 1 ms granularity; a Python process
+#: on a busy machine is routinely descheduled for several milliseconds, and each
+#: spurious PTO re-sends data and (after three) collapses the congestion window.
+MIN_PTO: Final = 0.01
 #: RTT assumed before any sample (RFC 9002 kInitialRtt).
 INITIAL_RTT: Final = 0.333
 

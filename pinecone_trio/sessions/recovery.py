@@ -28,7 +28,14 @@ from bisect import bisect_left
 from dataclasses import dataclass, field
 from typing import Any, final
 
-from .config import GRANULARITY, INITIAL_RTT, MAX_ACK_RANGES, PACKET_THRESHOLD, TIME_THRESHOLD
+from .config import (
+    GRANULARITY,
+    INITIAL_RTT,
+    MAX_ACK_RANGES,
+    MIN_PTO,
+    PACKET_THRESHOLD,
+    TIME_THRESHOLD,
+)
 
 #: Largest PTO backoff exponent; beyond it the idle timeout decides.
 _MAX_PTO_BACKOFF = 6
@@ -163,7 +170,7 @@ class Recovery:
 
     def pto_interval(self) -> float:
         rtt = self.rtt
-        base = rtt.smoothed + max(4 * rtt.rttvar, GRANULARITY) + self.max_ack_delay
+        base = max(rtt.smoothed + max(4 * rtt.rttvar, GRANULARITY) + self.max_ack_delay, MIN_PTO)
         return base * float(1 << min(self.pto_count, _MAX_PTO_BACKOFF))
 
     def pto_time(self) -> float:
