@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinecone_trio.identity import FULL_MASK
+from pinecone_trio.identity import FULL_MASK, Identity
 from pinecone_trio.router.actions import (
     Action,
     DeliverLocal,
@@ -29,7 +30,7 @@ from pinecone_trio.router.actions import (
     SendFrame,
 )
 from pinecone_trio.router.constants import MAX_PORT
-from pinecone_trio.router.signer import NullSigner
+from pinecone_trio.router.signer import Ed25519Signer, NullSigner
 from pinecone_trio.router.state import RouterConfig, RouterState
 from pinecone_trio.router.wire import (
     Announcement,
@@ -100,6 +101,20 @@ plausible_frames: st.SearchStrategy[Frame] = st.one_of(
 )
 
 
+class _KeyedSigner:
+    """Real ed25519 verification, presenting the pool key US as our own key."""
+
+    def __init__(self, key: bytes) -> None:
+        self._real = Ed25519Signer(Identity.from_seed(b"\x07" * 32))
+        self.public_key = key
+
+    def sign(self, message: bytes) -> bytes:
+        return self._real.sign(message)
+
+    def verify(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
+        return self._real.verify(public_key, message, signature)
+
+
 @dataclass(frozen=True)
 class Tick:
     dt: float
@@ -136,11 +151,17 @@ def _check(state: RouterState, actions: list[Action], up: set[int]) -> None:
     assert state.next_deadline() > -math.inf
 
 
-@settings(max_examples=300)
-@given(steps)
-def test_engine_never_raises_on_remote_input(script: list[object]) -> None:
+@pytest.mark.parametrize("real_signatures", [False, True])
+@settings(max_examples=200)
+@given(script=steps)
+def test_engine_never_raises_on_remote_input(real_signatures: bool, script: list[object]) -> None:
     cfg = RouterConfig(max_snake_entries=4, max_coords_cache=2)
-    state = RouterState(US, NullSigner(US), config=cfg, now=0.0)
+    if real_signatures:
+        # Our key must be the identity's; everything the script signs with zeros is
+        # then rejected by real verification (the DropPeer and bad_signature paths).
+        state = RouterState(US, _KeyedSigner(US), config=cfg, now=0.0)
+    else:
+        state = RouterState(US, NullSigner(US), config=cfg, now=0.0)
     now = 0.0
     up: set[int] = set()
     # A prologue that gives the engine a parent and a root, so that bootstraps and
