@@ -64,6 +64,8 @@ logger = logging.getLogger(__name__)
 
 #: Bytes per `receive_some`, and per batch of frames the writer sends at once.
 READ_SIZE = 256 * 1024
+#: Work items (requests to serve, answers to verify) queued before the reader waits.
+MAX_QUEUED_WORK = 512
 #: Verified proofs of one peer stored per transaction (the log allows up to 1,024).
 MAX_VERIFY_GROUP = 256
 
@@ -273,6 +275,8 @@ class ReplicationSession:
         self._out_lot = trio.lowlevel.ParkingLot()
         self._drain_lot = trio.lowlevel.ParkingLot()
         self._timer_lot = trio.lowlevel.ParkingLot()
+        self._work_lot = trio.lowlevel.ParkingLot()
+        self._worked_lot = trio.lowlevel.ParkingLot()
         self.engine.on_output = self._on_output
         self._out_bytes = 0
         self.error: BaseException | None = None
@@ -306,6 +310,7 @@ class ReplicationSession:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
                 nursery.start_soon(self._writer)
+                nursery.start_soon(self._worker)
                 nursery.start_soon(self._timer)
                 task_status.started()
                 try:
@@ -355,7 +360,24 @@ class ReplicationSession:
         now = trio.current_time()
         while (msg := dec.next_message()) is not None:
             self.engine.receive(msg, now)
-        await self._do_work()
+        if self.engine.work:
+            self._work_lot.unpark_all()
+        # Backpressure: while the worker is busy (storing runs in a thread for big
+        # groups) keep reading, but never queue more than MAX_QUEUED_WORK items.
+        while len(self.engine.work) > MAX_QUEUED_WORK:
+            await self._worked_lot.park()
+
+    async def _worker(self) -> None:
+        """Verify, store and serve what the reader queued, overlapping with reading."""
+        try:
+            while True:
+                while not self.engine.work:
+                    await self._work_lot.park()
+                await self._do_work()
+                self._worked_lot.unpark_all()
+        except (DecodeError, ReplicationError, InvalidProofError) as exc:
+            self._fail(exc)
+            self._scope.cancel()
 
     async def _do_work(self) -> None:
         pending: list[Work] = []
@@ -444,10 +466,11 @@ class ReplicationSession:
         raise ReplicationError(f"peer sent an invalid proof: {err}") from err
 
     def _rep_of(self, w: Work) -> LogReplication:
-        for rep in self._logs.values():
-            if w.channel in rep.engine.peers:
-                return rep
-        raise ReplicationError("work for a channel that closed")
+        # The channel may have closed since: its verified data is still worth storing,
+        # and the engine still needs the outcome to forget the request.
+        owner = w.channel.owner
+        assert owner is not None
+        return self._logs[owner.view.discovery_key]
 
     async def _writer(self) -> None:
         out = self.engine.outbox

@@ -143,6 +143,7 @@ class PeerChannel:
         self.upgrade_failed_at: tuple[int, int] | None = None  # (fork, length) refused
         self.closed = False
         self.suspect: HyperlogError | None = None  # a bad proof, pending a conflict check
+        self.owner: LogReplicator | None = None  # set by the session that opened it
         self.blocks_in = 0
         self.bytes_in = 0
 

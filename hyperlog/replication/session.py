@@ -317,4 +317,5 @@ class SessionEngine:
         loc.remote_id = msg.channel
         self._by_remote[msg.channel] = loc
         loc.channel = PeerChannel(self, loc.local_id, msg.channel, self.peer_id)
+        loc.channel.owner = loc.replicator
         loc.replicator.add_peer(loc.channel, now)
