@@ -64,10 +64,8 @@ CODE_CLOSED: Final = 0
 #: CLOSE codes.
 CLOSE_NORMAL: Final = 0
 CLOSE_PROTOCOL_ERROR: Final = 1
-CLOSE_REPLACED: Final = 2
 
 _HEADER_AND_TAG: Final = wire.TRANSPORT_HEADER_SIZE + wire.AEAD_TAG_SIZE
-_DECODE_ERRORS_BEFORE_CLOSE: Final = 1
 
 
 class State(enum.Enum):
