@@ -20,6 +20,15 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
+def single_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one non-cancellation exception in `group`, or None if there is not exactly one.
+
+    Cancellations beside it are ignored (the failure cancelled its siblings).
+    """
+    failures = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+    return failures[0] if len(failures) == 1 else None
+
+
 @asynccontextmanager
 async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
     """A nursery for a long-lived service, with one exception policy for its users.
