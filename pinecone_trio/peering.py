@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -151,6 +152,8 @@ class Peering:
         keepalives: bool = True,
         local_key: bytes = b"",
         budget: SendBudget | None = None,
+        up: Input | None = None,
+        on_end: Callable[[Peering], None] | None = None,
     ) -> None:
         self.link = link
         self.port = port
@@ -166,11 +169,15 @@ class Peering:
         self.end_reason = "closed"
         #: Set when the peer broke the protocol (bad frame, flooding).
         self.misbehaved = False
+        #: Set once the peering has ended: `enqueue` then drops at once.
+        self.closed = False
         self.connected_at = trio.current_time()
         self._inbox = inbox
         self._keepalives = keepalives
         self._local_key = local_key
         self._budget = budget
+        self._up = up
+        self._on_end = on_end
         self._wakeup = trio.Event()
         self._cancel_scope = trio.CancelScope()
         self._ended = trio.Event()
@@ -178,7 +185,15 @@ class Peering:
     # --- called by the router task (synchronous) -------------------------------------
 
     def enqueue(self, frame: Frame) -> Frame | None:
-        """Queue `frame` for sending; return the frame dropped to make room, if any."""
+        """Queue `frame` for sending; return the frame dropped to make room, if any.
+
+        After the peering ended nothing is queued (nobody would ever pop it, and local
+        traffic would hold its send budget forever): the frame itself is returned.
+        """
+        if self.closed:
+            if is_traffic(frame):
+                self._left(frame)
+            return frame
         if is_traffic(frame):
             size = len(frame.payload)  # type: ignore[union-attr]
             if self.queued_bytes + size > PEER_QUEUE_BYTES:
@@ -210,17 +225,30 @@ class Peering:
         await self._ended.wait()
 
     async def run(self) -> None:
-        """Run the reader and writer until the link ends or `close` is called."""
+        """Run the reader and writer until the link ends or `close` is called.
+
+        Never raises for anything the link or the peer does: an unexpected error ends
+        this peering only (logged), never the node. First sends `up` (if given) to the
+        router inbox, so the router hears of the port before any of its frames; on the
+        way out calls `on_end(self)` synchronously, before `wait_ended` returns.
+        """
         try:
             with self._cancel_scope:
+                if self._up is not None:
+                    await self._inbox.send(self._up)
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self._end("the node is stopping")  # the router inbox is gone
         finally:
+            self.closed = True
             while (frame := self.queue.pop()) is not None:
                 if is_traffic(frame):
                     self._left(frame)
             self.queued_bytes = 0
+            if self._on_end is not None:
+                self._on_end(self)
             self._ended.set()
             with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
                 if self.misbehaved:
@@ -252,6 +280,9 @@ class Peering:
             self._end(f"misbehaving: {exc}")
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._end(f"link broken: {exc or type(exc).__name__}")
+        except Exception as exc:  # a bug or an odd link: end this peering, not the node
+            logger.exception("reader of peer %s failed", self.public_key.short())
+            self._end(f"internal error: {exc!r}")
 
     async def _read_loop(
         self,
@@ -335,3 +366,6 @@ class Peering:
                 last_send = trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._end(f"link broken: {exc or type(exc).__name__}")
+        except Exception as exc:  # a bug or an odd link: end this peering, not the node
+            logger.exception("writer of peer %s failed", self.public_key.short())
+            self._end(f"internal error: {exc!r}")
