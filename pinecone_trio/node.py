@@ -31,6 +31,8 @@ misbehaves only ends its own peering (counted in `status()`).
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import logging
 import math
 import random
@@ -44,7 +46,7 @@ from typing import Any, Final, overload
 import trio
 
 from . import events as ev
-from ._util import open_service_nursery
+from ._util import open_service_nursery, single_failure
 from .backoff import DIAL_TIMEOUT, backoff_delay
 from .discovery.beacon import Beacon
 from .discovery.multicast import MulticastDiscovery
@@ -120,6 +122,12 @@ ROUTER_BATCH: Final = 256
 BEACON_REDIAL_INTERVAL: Final = 5.0
 #: Keys remembered for the beacon redial limit.
 MAX_BEACON_MEMORY: Final = 1024
+#: Dials triggered by beacons in progress at once; more beacons wait for the next round.
+MAX_BEACON_DIALS: Final = 16
+#: A static peering that lasted at least this long counts as a success (backoff reset);
+#: one that ended sooner counts as a failure, so a peer that accepts and hangs up at
+#: once is redialled with growing delays, not in a tight loop.
+STATIC_STABLE_AFTER: Final = 10.0
 #: Locally originated traffic queued at most before `send` waits (back-pressure).
 LOCAL_SEND_BYTES: Final = 2 * 1024 * 1024
 LOCAL_SEND_FRAMES: Final = 256
@@ -365,6 +373,7 @@ class Node:
                         self._budget.release(len(frame.payload))
                 elif peering.enqueue(send.frame) is not None:
                     self.counters.queue_drops += 1
+                    self._notify()
             elif kind is DeliverLocal:
                 self._deliver(action)  # type: ignore[arg-type]
             elif kind is DropPeer:
@@ -372,6 +381,7 @@ class Node:
                 peering = self._peerings.get(drop.port)
                 if peering is not None:
                     self.counters.misbehaving_peers += 1
+                    self._notify()
                     peering.close(f"misbehaving: {drop.reason}")
             elif kind is Emit:
                 self._on_router_event(action.event)  # type: ignore[union-attr]
@@ -381,6 +391,7 @@ class Node:
         service = self._services.get(payload[0]) if payload else None
         if service is None:
             self.counters.unknown_service += 1
+            self._notify()
             return
         closest = action.mode is not DeliveryMode.EXACT
         datagram = Datagram(
@@ -391,6 +402,7 @@ class Node:
         )
         if not service.deliver_nowait(datagram, closest):
             self.counters.receive_drops += 1
+            self._notify()
 
     def _on_router_event(self, event: object) -> None:
         if isinstance(event, RootChanged):
@@ -416,8 +428,13 @@ class Node:
         self._notify()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        # Cheap when nobody waits (counters call this per dropped frame): a waiter
+        # checks its predicate and parks without a checkpoint in between, so it
+        # cannot miss a change that happened while it was not parked.
+        changed = self._changed
+        if changed.statistics().tasks_waiting:
+            changed.set()
+            self._changed = trio.Event()
 
     # --- peerings -------------------------------------------------------------------------
 
@@ -434,24 +451,34 @@ class Node:
     async def _attach(
         self, link: NoiseLink, *, uri: str, peer_type: PeerType, zone: str, outbound: bool
     ) -> Peering | None:
-        """Register a link whose handshake completed; None when it is not kept."""
-        key = link.remote_key
-        if key == self._public_key:
-            await trio.aclose_forcefully(link)
-            raise LinkError("refusing to peer with ourselves", remote_key=key)
-        existing = self._by_key.get(key)
-        if existing is not None:
-            if not self._prefer_new_link(existing, link, outbound):
+        """Register a link whose handshake completed; None when it is not kept.
+
+        The caller must run the returned peering at once (`peering.run()`, or start it
+        before its next checkpoint): the registration is the last thing here, with no
+        checkpoint after it, so a cancellation can never leave a registered peering
+        that nobody runs. Whatever happens before, the link is closed on the way out.
+        """
+        try:
+            key = link.remote_key
+            if key == self._public_key:
+                raise LinkError("refusing to peer with ourselves", remote_key=key)
+            # Duplicate links: keep the preferred one (the same one on both sides). Loop,
+            # because another link to the same key may register while we wait.
+            while (existing := self._by_key.get(bytes(key))) is not None:
                 self.counters.duplicate_links += 1
-                await trio.aclose_forcefully(link)
-                return None
-            self.counters.duplicate_links += 1
-            existing.close("replaced by a preferred duplicate link")
-            await existing.wait_ended()
-        if len(self._peerings) >= self._config.max_peers or not self._free_ports:
-            self.counters.refused_peer_limit += 1
+                self._notify()
+                if not self._prefer_new_link(existing, link, outbound):
+                    await trio.aclose_forcefully(link)
+                    return None
+                existing.close("replaced by a preferred duplicate link")
+                await existing.wait_ended()
+            if len(self._peerings) >= self._config.max_peers or not self._free_ports:
+                self.counters.refused_peer_limit += 1
+                self._notify()
+                raise PeerLimitError(f"peer limit of {self._config.max_peers} reached")
+        except BaseException:
             await trio.aclose_forcefully(link)
-            raise PeerLimitError(f"peer limit of {self._config.max_peers} reached")
+            raise
         port = self._free_ports.pop(0)
         peering = Peering(
             link=link,
@@ -465,39 +492,60 @@ class Node:
             keepalives=self._config.keepalives,
             local_key=bytes(self._public_key),
             budget=self._budget,
+            up=PeerUp(port, bytes(key), peer_type, zone),
+            on_end=self._on_peering_end,
         )
         self._peerings[port] = peering
         self._by_key[bytes(key)] = peering
-        await self._inbox_send.send(PeerUp(port, bytes(key), peer_type, zone))
         self._publish(ev.PeerConnected(key, uri, _peer_type_name(peer_type), port))
         return peering
 
-    async def _run_peering(self, peering: Peering) -> None:
+    def _on_peering_end(self, peering: Peering) -> None:
+        """A peering ended (called synchronously by `Peering.run`): unregister it.
+
+        The port goes back to the free list only once `PeerDown` is in the router's
+        inbox: the inbox is a FIFO, so the router always hears of the old peering's end
+        before a new peering on the same port (a `PeerUp` for a port that is still up
+        would be a local protocol error).
+        """
+        port = peering.port
+        if peering.misbehaved:
+            self.counters.misbehaving_peers += 1
+            self._notify()
+        self._peerings.pop(port, None)
+        if self._by_key.get(bytes(peering.public_key)) is peering:
+            del self._by_key[bytes(peering.public_key)]
         try:
-            await peering.run()
-        finally:
-            port = peering.port
-            if peering.misbehaved:
-                self.counters.misbehaving_peers += 1
-            del self._peerings[port]
-            if self._by_key.get(bytes(peering.public_key)) is peering:
-                del self._by_key[bytes(peering.public_key)]
-            with trio.CancelScope(shield=True):
-                try:
-                    with trio.move_on_after(5.0):
-                        await self._inbox_send.send(PeerDown(port))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass  # the node is shutting down
-            self._free_ports.append(port)
-            self._free_ports.sort()
-            self._publish(
-                ev.PeerDisconnected(peering.public_key, peering.uri, port, peering.end_reason)
-            )
+            self._inbox_send.send_nowait(PeerDown(port))
+        except trio.WouldBlock:
+            # A busy router: queue PeerDown behind the inbox in a task of our own
+            # (never a shielded wait in the peering's cleanup).
+            if self._nursery is not None:
+                with contextlib.suppress(RuntimeError):  # the node is stopping
+                    self._nursery.start_soon(self._peer_down_later, port)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the node is stopping
+        else:
+            self._release_port(port)
+        self._publish(
+            ev.PeerDisconnected(peering.public_key, peering.uri, port, peering.end_reason)
+        )
+
+    async def _peer_down_later(self, port: int) -> None:
+        try:
+            await self._inbox_send.send(PeerDown(port))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return  # the node is stopping
+        self._release_port(port)
+
+    def _release_port(self, port: int) -> None:
+        bisect.insort(self._free_ports, port)
 
     async def _accept(self, peer_type: PeerType, scheme: str, stream: trio.abc.Stream) -> None:
         """Listener handler: handshake an inbound connection and run its peering."""
         if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
             self.counters.refused_pending_handshakes += 1
+            self._notify()
             await trio.aclose_forcefully(stream)
             return
         at_limit = len(self._peerings) >= self._config.max_peers
@@ -521,6 +569,7 @@ class Node:
             self._pending_handshakes -= 1
         if at_limit:
             self.counters.refused_peer_limit += 1
+            self._notify()
             await trio.aclose_forcefully(link)
             return
         try:
@@ -535,7 +584,7 @@ class Node:
             logger.info("inbound peering refused: %s", exc)
             return
         if peering is not None:
-            await self._run_peering(peering)
+            await peering.run()
 
     async def _dial(self, uri: str, expected_key: PublicKey | None = None) -> NoiseLink:
         assert self._nursery is not None
@@ -573,7 +622,12 @@ class Node:
         peering = await self._attach(link, uri=uri, peer_type=peer_type, zone=zone, outbound=True)
         if peering is not None:
             assert self._nursery is not None
-            self._nursery.start_soon(self._run_peering, peering)
+            try:
+                self._nursery.start_soon(peering.run)
+            except RuntimeError:  # the node has stopped: clean up here, at once
+                peering.close("the node is not running")
+                await peering.run()
+                raise
         return key, peering
 
     # --- public API: peerings ---------------------------------------------------------
@@ -667,9 +721,13 @@ class Node:
         with state.cancel_scope:
             while True:
                 key = state.public_key
-                if key is not None and bytes(key) in self._by_key:
+                existing = self._by_key.get(bytes(key)) if key is not None else None
+                if existing is not None:
+                    # Connected over another link (LAN, inbound): wait for it to end.
+                    # `wait_ended` returns only after it left `_by_key`: no busy loop.
                     state.state = "connected"
-                    await self._by_key[bytes(key)].wait_ended()
+                    self._notify()
+                    await existing.wait_ended()
                     continue
                 state.state = "dialling"
                 self._notify()
@@ -681,13 +739,18 @@ class Node:
                     self.counters.dial_failures += 1
                 else:
                     state.public_key = key
-                    state.failures = 0
                     state.last_error = ""
-                    if peering is not None:
-                        state.state = "connected"
-                        await peering.wait_ended()
-                        state.last_error = peering.end_reason
-                    continue
+                    if peering is None:
+                        state.failures = 0
+                        continue  # the key is connected over a preferred link: wait on it
+                    state.state = "connected"
+                    self._notify()
+                    await peering.wait_ended()
+                    state.last_error = peering.end_reason
+                    if trio.current_time() - peering.connected_at >= STATIC_STABLE_AFTER:
+                        state.failures = 0
+                    else:
+                        state.failures += 1
                 delay = backoff_delay(state.failures, self._rng)
                 state.state = "waiting"
                 state.next_attempt = trio.current_time() + delay
@@ -698,6 +761,8 @@ class Node:
         key = bytes(beacon.public_key)
         if key in self._by_key or key in self._dialling or self._nursery is None:
             return
+        if len(self._dialling) >= MAX_BEACON_DIALS:
+            return  # a LAN full of (forged) keys cannot make us dial without bound
         now = trio.current_time()
         if now - self._beacon_dials.get(key, -math.inf) < BEACON_REDIAL_INTERVAL:
             return
@@ -722,6 +787,7 @@ class Node:
             )
         except (OSError, LinkError, PeerLimitError, trio.TooSlowError) as exc:
             self.counters.dial_failures += 1
+            self._notify()
             logger.info("dial to beacon %s at %s failed: %s", beacon.public_key.short(), uri, exc)
         finally:
             self._dialling.discard(bytes(beacon.public_key))
@@ -763,8 +829,15 @@ class Node:
         await self._raw.send_closest(target, payload)
 
     async def _queue_local(self, message: LocalSend | LocalSendClosest) -> None:
-        await self._budget.acquire(len(message.payload))
-        await self._to_router(message)
+        size = len(message.payload)
+        await self._budget.acquire(size)
+        try:
+            await self._to_router(message)
+        except BaseException:
+            # Not queued (cancelled while the inbox was full, or the node stopped):
+            # give the budget back, or `send` would eventually block forever.
+            self._budget.release(size)
+            raise
 
     async def _to_router(self, item: Input) -> None:
         # Queue without yielding when there is room, so a burst of sends reaches the
@@ -957,13 +1030,21 @@ async def open_node(
     """
     node = Node(identity, config)
     async with open_service_nursery("node") as nursery:
-        await nursery.start(
-            partial(
-                node.run,
-                listen=listen,
-                static_peers=static_peers,
-                multicast=multicast,
-                multicast_interfaces=multicast_interfaces,
+        try:
+            await nursery.start(
+                partial(
+                    node.run,
+                    listen=listen,
+                    static_peers=static_peers,
+                    multicast=multicast,
+                    multicast_interfaces=multicast_interfaces,
+                )
             )
-        )
+        except BaseExceptionGroup as group:
+            # A listener that cannot bind fails inside the node's nursery; raise the
+            # error itself (OSError, ValueError) as documented, not a group of one.
+            leaf = single_failure(group)
+            if leaf is None:
+                raise
+            raise leaf from None
         yield node
