@@ -16,6 +16,7 @@ advertised key, is the authentication. The node rate-limits dials per key.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import socket
@@ -44,6 +45,9 @@ logger = logging.getLogger(__name__)
 _IP_PKTINFO: Final = getattr(socket, "IP_PKTINFO", 8)
 _PKTINFO_SIZE: Final = 12  # struct in_pktinfo: int ifindex, in_addr spec_dst, in_addr addr
 
+#: After a failed receive, wait this long before the next (no busy loop on an error).
+RECEIVE_ERROR_PAUSE: Final = 0.1
+
 #: The callback the node supplies: (beacon, sender IPv4 address, interface name).
 BeaconHandler = Callable[[Beacon, str, str], None]
 
@@ -56,6 +60,8 @@ class DiscoveryStatistics:
     beacons_received: int = 0
     bad_beacons: int = 0
     send_errors: int = 0
+    join_errors: int = 0
+    receive_errors: int = 0
     interfaces: list[str] = field(default_factory=list)
 
 
@@ -115,25 +121,44 @@ class MulticastDiscovery:
                 task_status.started()
 
     def _rescan(self, sock: trio.socket.SocketType) -> None:
+        """Join the group on new interfaces, leave it on vanished ones.
+
+        An interface counts as joined only once the kernel accepted the membership, so
+        one that could not be joined yet (just appearing, no carrier) is retried at the
+        next rescan instead of being beaconed on forever without hearing anything.
+        """
         current = {
             i.index: i for i in usable_interfaces() if self._only is None or i.name in self._only
         }
+        for index in list(self._joined):
+            if index not in current:
+                # Gone, down or without IPv4 now. Leave the group explicitly (if the
+                # link vanished the kernel already did), so a later re-join is clean.
+                self._membership(sock, socket.IP_DROP_MEMBERSHIP, index)
+                del self._joined[index]
         for index, iface in current.items():
-            if index in self._joined and self._joined[index].ipv4 == iface.ipv4:
+            known = self._joined.get(index)
+            if known is not None and known.ipv4 == iface.ipv4:
                 continue
-            mreqn = struct.pack("4s4si", socket.inet_aton(self._group), b"\0" * 4, index)
             try:
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+                self._membership(sock, socket.IP_ADD_MEMBERSHIP, index)
             except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:  # already joined on this interface
+                if exc.errno != errno.EADDRINUSE:  # EADDRINUSE: already joined here
+                    self.statistics.join_errors += 1
                     logger.debug("cannot join %s on %s: %s", self._group, iface.name, exc)
                     continue
             logger.debug("multicast discovery on %s (%s)", iface.name, iface.ipv4)
-        for index in list(self._joined):
-            if index not in current:
-                del self._joined[index]  # the kernel drops memberships of vanished links
-        self._joined.update(current)
+            self._joined[index] = iface
         self.statistics.interfaces = sorted(i.name for i in self._joined.values())
+
+    def _membership(self, sock: trio.socket.SocketType, option: int, index: int) -> None:
+        mreqn = struct.pack("4s4si", socket.inet_aton(self._group), b"\0" * 4, index)
+        if option == socket.IP_DROP_MEMBERSHIP:
+            # The interface and its membership may be gone already.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IP, option, mreqn)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, option, mreqn)
 
     async def _beacon_loop(self, sock: trio.socket.SocketType) -> None:
         next_rescan = trio.current_time() + self._rescan_interval
@@ -161,7 +186,15 @@ class MulticastDiscovery:
     async def _listen(self, sock: trio.socket.SocketType) -> None:
         ancillary = socket.CMSG_SPACE(_PKTINFO_SIZE)
         while True:
-            data, ancdata, _flags, address = await sock.recvmsg(MAX_BEACON_DATAGRAM + 1, ancillary)
+            try:
+                data, ancdata, _flags, address = await sock.recvmsg(
+                    MAX_BEACON_DATAGRAM + 1, ancillary
+                )
+            except OSError as exc:  # e.g. a queued ICMP error: not worth ending discovery
+                self.statistics.receive_errors += 1
+                logger.debug("multicast receive failed: %s", exc)
+                await trio.sleep(RECEIVE_ERROR_PAUSE)
+                continue
             ifindex = 0
             for level, kind, payload in ancdata:
                 if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(payload) >= 4:

@@ -7,9 +7,11 @@ stays inside them: the veth pair connects only the two namespaces.
 
 from __future__ import annotations
 
+import errno
 import json
-import os
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -32,7 +34,7 @@ def _ip(*args: str) -> None:
 def two_namespaces() -> Iterator[tuple[str, str]]:
     if shutil.which("ip") is None:
         pytest.skip("iproute2 (ip) is not installed")
-    tag = f"{os.getpid() % 100000}"
+    tag = secrets.token_hex(4)  # unique: a stale namespace of a crashed run cannot clash
     a, b = f"ptmA{tag}", f"ptmB{tag}"
     try:
         _ip("netns", "add", a)
@@ -82,27 +84,34 @@ def test_nodes_in_two_namespaces_find_each_other(
 ) -> None:
     ns_a, ns_b = two_namespaces
     ids = [Identity.generate(), Identity.generate()]
-    procs = []
-    for i, ns in enumerate((ns_a, ns_b)):
-        me, peer = ids[i], ids[1 - i]
-        procs.append(
-            subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    ns,
-                    sys.executable,
-                    str(HERE / "netns_node.py"),
-                    me.seed.hex(),
-                    peer.public_key.hex(),
-                    str(tmp_path / f"{i}.json"),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, ns in enumerate((ns_a, ns_b)):
+            me, peer = ids[i], ids[1 - i]
+            procs.append(
+                subprocess.Popen(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        ns,
+                        sys.executable,
+                        str(HERE / "netns_node.py"),
+                        me.seed.hex(),
+                        peer.public_key.hex(),
+                        str(tmp_path / f"{i}.json"),
+                    ],
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                )
             )
-        )
-    outputs = [p.communicate(timeout=60)[0].decode() for p in procs]
+        # generous: two interpreters starting on a loaded machine (each bounds itself)
+        outputs = [p.communicate(timeout=120)[0].decode() for p in procs]
+    finally:
+        for proc in procs:  # a failure or timeout above must not leave nodes running
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
     heard = 0
     for i in range(2):
         path = tmp_path / f"{i}.json"
@@ -114,3 +123,52 @@ def test_nodes_in_two_namespaces_find_each_other(
         assert result["from"] == ids[1 - i].public_key.hex()
         assert result["received"] == f"hello from {ids[1 - i].public_key.hex()}"
     assert heard > 0  # at least one side dialled because of a beacon it heard
+
+
+class _FakeSocket:
+    """Records group memberships; the first join on each interface can be made to fail."""
+
+    def __init__(self, failing_joins: int) -> None:
+        self.failing_joins = failing_joins
+        self.members: set[int] = set()
+        self.joins = 0
+
+    def setsockopt(self, level: int, option: int, value: bytes) -> None:
+        index = int.from_bytes(value[8:12], sys.byteorder, signed=True)
+        if option == socket.IP_ADD_MEMBERSHIP:
+            self.joins += 1
+            if self.failing_joins:
+                self.failing_joins -= 1
+                raise OSError(errno.ENODEV, "No such device")
+            self.members.add(index)
+        elif option == socket.IP_DROP_MEMBERSHIP:
+            self.members.discard(index)
+
+
+def test_interface_rescan_retries_failed_joins_and_leaves_vanished(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pinecone_trio.discovery import multicast
+    from pinecone_trio.discovery.interfaces import Interface
+
+    present = [Interface("eth9", 9, "10.0.0.9")]
+    monkeypatch.setattr(multicast, "usable_interfaces", lambda: list(present))
+    discovery = multicast.MulticastDiscovery(
+        Identity.generate().public_key, listen_port=lambda: 1, on_beacon=lambda *a: None
+    )
+    sock = _FakeSocket(failing_joins=1)
+    discovery._rescan(sock)  # type: ignore[arg-type]
+    # the join failed (interface not ready): not counted as joined, so no beacons
+    # are sent on it and the next rescan tries again
+    assert discovery.statistics.interfaces == []
+    discovery._rescan(sock)  # type: ignore[arg-type]
+    assert discovery.statistics.interfaces == ["eth9"]
+    assert sock.members == {9}
+    present.clear()  # unplugged
+    discovery._rescan(sock)  # type: ignore[arg-type]
+    assert discovery.statistics.interfaces == []
+    assert sock.members == set()
+    present.append(Interface("eth9", 9, "10.0.0.9"))  # plugged back in
+    discovery._rescan(sock)  # type: ignore[arg-type]
+    assert sock.members == {9}
+    assert sock.joins == 3
