@@ -58,7 +58,10 @@ class DropQueue(Generic[T]):
         while not self._items:
             if self._closed:
                 raise trio.ClosedResourceError("the node has stopped")
-            self._event = trio.Event()
+            # Replace the event only once it fired: every waiting consumer parks on the
+            # same event (a fresh one per waiter would strand the earlier waiters).
+            if self._event.is_set():
+                self._event = trio.Event()
             await self._event.wait()
             self._count = 0
         self._count += 1

@@ -236,3 +236,29 @@ async def test_status_is_json_with_hex_keys(autojump_clock: trio.testing.MockClo
     assert json.loads(json.dumps(status, sort_keys=True, allow_nan=False)) == status
     assert status["peers"][0]["public_key"] == a.public_key.hex()
     assert status["static_peers"][0]["public_key"] == a.public_key.hex()
+
+
+async def test_drop_queue_wakes_a_consumer_when_another_gave_up() -> None:
+    # Two tasks wait in node.receive(); one is cancelled. Each waiter used to park on
+    # an event of its own, and only the newest was ever set: the other never woke.
+    from pinecone_trio._queue import DropQueue
+
+    queue: DropQueue[int] = DropQueue(4)
+    got: list[int] = []
+
+    async def consume() -> None:
+        got.append(await queue.get())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(consume)
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as late:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(consume)
+                await trio.testing.wait_all_tasks_blocked()
+                late.cancel()
+        assert queue.put_nowait(7)
+        with trio.fail_after(5):
+            while not got:
+                await trio.testing.wait_all_tasks_blocked()
+    assert got == [7]
