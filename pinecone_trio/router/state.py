@@ -118,6 +118,8 @@ class RouterConfig:
     reparent_wait: float = REPARENT_WAIT
     snake_maintain_interval: float = SNAKE_MAINTAIN_INTERVAL
     bootstrap_interval: float = BOOTSTRAP_INTERVAL
+    #: Pinecone's 10 s. 12.5 s removes the expire-at-refresh race of paths used every
+    #: other round (docs/router.md, "Known behaviour"); kept at 10 for comparability.
     snake_expiry: float = SNAKE_EXPIRY
     coords_cache_lifetime: float = COORDS_CACHE_LIFETIME
     coords_cache_sweep: float = COORDS_CACHE_SWEEP
