@@ -94,8 +94,19 @@ def _describe(event: NodeEvent) -> str:
 
 
 async def _write_status(node: Node, path: str) -> None:
+    # A status file that cannot be written (directory gone, disk full) is reported,
+    # once per distinct error, but does not stop the relay.
+    last_error = ""
     while True:
-        await trio.to_thread.run_sync(write_json_atomically, path, node.status())
+        try:
+            await trio.to_thread.run_sync(write_json_atomically, path, node.status())
+        except OSError as exc:
+            error = f"cannot write {path}: {exc.strerror or exc}"
+            if error != last_error:
+                print(f"pinecone-trio: {error}", file=sys.stderr, flush=True)
+            last_error = error
+        else:
+            last_error = ""
         await trio.sleep(STATUS_INTERVAL)
 
 
@@ -132,8 +143,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pinecone-trio: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"pinecone-trio: {exc.strerror or exc}", file=sys.stderr)
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"pinecone-trio: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # a malformed URI or option value
+        print(f"pinecone-trio: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C before the signal handler was installed
+        return 130
     return 0
 
 

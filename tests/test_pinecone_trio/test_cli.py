@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -125,3 +126,24 @@ def test_status_json_is_replaced_atomically(tmp_path: Path) -> None:
         write_json_atomically(str(path), {"a": object()})
     assert json.loads(path.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["s.json"]
+
+
+def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for listen, message in (
+            (f"tcp://127.0.0.1:{port}", "Address already in use"),
+            ("bogus://x", "unknown transport"),
+        ):
+            command = [sys.executable, "-m", "pinecone_trio.cli", "--key", str(tmp_path / "k")]
+            proc = subprocess.run(
+                [*command, "--listen", listen],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == 1, proc.stderr
+            lines = proc.stderr.strip().splitlines()
+            assert len(lines) == 1 and message in lines[0], proc.stderr
