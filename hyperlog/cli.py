@@ -22,6 +22,7 @@ from typing import IO, Any, Final
 
 import trio
 
+from .cli_net import add_net_commands
 from .constants import (
     CLI_DEFAULT_BLOCK_SIZE,
     CLI_FILE_BATCH_BYTES,
@@ -263,6 +264,7 @@ def add_local_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
 #: Functions that add subcommands; the network commands append theirs here.
 COMMAND_GROUPS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     add_local_commands,
+    add_net_commands,
 ]
 
 
