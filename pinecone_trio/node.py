@@ -515,6 +515,14 @@ class Node:
         self._peerings.pop(port, None)
         if self._by_key.get(bytes(peering.public_key)) is peering:
             del self._by_key[bytes(peering.public_key)]
+        if not peering.announced:
+            # Ended before its PeerUp reached the inbox (replaced or closed while
+            # starting): the router never heard of the port, so it is free at once.
+            self._release_port(port)
+            self._publish(
+                ev.PeerDisconnected(peering.public_key, peering.uri, port, peering.end_reason)
+            )
+            return
         try:
             self._inbox_send.send_nowait(PeerDown(port))
         except trio.WouldBlock:

@@ -171,6 +171,9 @@ class Peering:
         self.misbehaved = False
         #: Set once the peering has ended: `enqueue` then drops at once.
         self.closed = False
+        #: Set once `up` is in the router inbox (only then does the router need a
+        #: `PeerDown` for this port).
+        self.announced = False
         self.connected_at = trio.current_time()
         self._inbox = inbox
         self._keepalives = keepalives
@@ -236,6 +239,7 @@ class Peering:
             with self._cancel_scope:
                 if self._up is not None:
                     await self._inbox.send(self._up)
+                    self.announced = True
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._writer)
