@@ -52,6 +52,12 @@ MAX_LOOKUP_RECORDS: Final = 32
 #: the closest node's neighbours too, so it finds the copies there.
 REPLICAS_DESCENDING: Final = 2
 REPLICAS_ASCENDING: Final = 1
+#: Every node tells its descending neighbour "I am your successor" this often (seconds)
+#: and whenever its descending neighbour changes: the router's ascending key is only
+#: local knowledge (wrong for about half the nodes of a converged 18-node test network),
+#: and copies pushed up must reach the true successor. A claim is trusted this long.
+SUCCESSOR_INTERVAL: Final = 5.0
+SUCCESSOR_TTL: Final = 3 * SUCCESSOR_INTERVAL
 #: Neighbour keys a lookup reply carries (the responder's descending and ascending).
 MAX_NEIGHBOURS: Final = 4
 

@@ -63,6 +63,8 @@ from .constants import (
     REQUEST_TIMEOUT,
     SOURCE_BURST,
     SOURCE_RATE,
+    SUCCESSOR_INTERVAL,
+    SUCCESSOR_TTL,
 )
 from .crypto import record_signable
 from .store import PutResult, RecordStore, verify_record
@@ -79,6 +81,7 @@ from .wire import (
     Message,
     Record,
     Store,
+    Successor,
     decode,
     encode,
     encode_lookup_reply,
@@ -252,11 +255,15 @@ class DhtEngine:
         self.store = store or RecordStore()
         self._limiter = SourceLimiter()
         self._descending: bytes | None = None
-        self._ascending: bytes | None = None
+        self._router_ascending: bytes | None = None
+        self._successor: bytes | None = None
+        self._successor_heard = -math.inf
+        self._next_hello = math.inf
         self._lookups: dict[int, _Lookup] = {}
         self._announcements: dict[bytes, _Announcement] = {}
         self._announce_ids: dict[int, bytes] = {}
         self._next_sweep = 0.0
+        self._now = 0.0
         self.statistics = EngineStatistics()
 
     # ------------------------------------------------------------ inputs
@@ -267,13 +274,25 @@ class DhtEngine:
 
     @property
     def neighbours(self) -> tuple[bytes | None, bytes | None]:
-        """(descending, ascending) snake neighbours as last set."""
+        """(descending, ascending) snake neighbours as last known."""
         return self._descending, self._ascending
 
+    @property
+    def _ascending(self) -> bytes | None:
+        # A fresh successor claim beats the router's local guess. (Freshness is checked
+        # against the last time we were given: `_now`, updated on every input.)
+        if self._successor is not None and self._now - self._successor_heard < SUCCESSOR_TTL:
+            return self._successor
+        return self._router_ascending
+
     def set_neighbours(self, descending: bytes | None, ascending: bytes | None) -> None:
-        """Tell the engine our snake neighbours (replicas go to them; replies name them)."""
-        self._descending = descending if descending != self._key else None
-        self._ascending = ascending if ascending != self._key else None
+        """Tell the engine the router's snake neighbours (copies go to them; replies
+        name them). A new descending neighbour is told at once that we succeed it."""
+        descending = descending if descending != self._key else None
+        if descending != self._descending:
+            self._next_hello = -math.inf if descending is not None else math.inf
+        self._descending = descending
+        self._router_ascending = ascending if ascending != self._key else None
 
     def announcing(self) -> list[bytes]:
         """Topic ids we announce."""
@@ -287,6 +306,7 @@ class DhtEngine:
     ) -> list[Action]:
         """Handle one DHT datagram; `target` is the closest-key target (None: exact)."""
         self.statistics.received += 1
+        self._now = now
         try:
             message = decode(payload)
         except DecodeError:
@@ -301,7 +321,10 @@ class DhtEngine:
             return self._on_ack(message, now)
         if isinstance(message, LookupReply):
             return self._on_reply(source, message, now)
-        if not self._limiter.allow(source, now):
+        # Lookups are limited by who gets the answer (a forwarded one's requester, not
+        # the closest node that forwarded it); the rest by their claimed source.
+        limit_key = message.reply_to or source if isinstance(message, Lookup) else source
+        if not self._limiter.allow(limit_key, now):
             self.statistics.rate_limited += 1
             if isinstance(message, Announce):
                 ack = AnnounceAck(message.request_id, ACK_RATE_LIMITED)
@@ -311,9 +334,21 @@ class DhtEngine:
             return self._on_announce(source, message, target, now)
         if isinstance(message, Store):
             return self._on_store(message, now)
+        if isinstance(message, Successor):
+            self._on_successor(source, now)
+            return []
         return self._on_lookup(source, message, target, now)
 
     # ------------------------------------------------------------ serving
+
+    def _on_successor(self, source: bytes, now: float) -> None:
+        if source <= self._key:
+            return
+        current = self._successor
+        fresh = current is not None and now - self._successor_heard < SUCCESSOR_TTL
+        if current is None or not fresh or source <= current:
+            self._successor = source
+            self._successor_heard = now
 
     def _on_announce(
         self, source: bytes, message: Announce, target: bytes | None, now: float
@@ -327,8 +362,14 @@ class DhtEngine:
         status = ACK_STORED if ok else ACK_REFUSED
         actions: list[Action] = [SendExact(source, encode(AnnounceAck(message.request_id, status)))]
         if result is PutResult.STORED:
-            actions += self._replicate(record, now, UP, REPLICAS_ASCENDING)
-            actions += self._replicate(record, now, DOWN, REPLICAS_DESCENDING)
+            # At an end of the snake, the copies of the missing side go the other way.
+            up, down = REPLICAS_ASCENDING, REPLICAS_DESCENDING
+            if self._descending is None:
+                up, down = up + down, 0
+            elif self._ascending is None:
+                up, down = 0, up + down
+            actions += self._replicate(record, now, UP, up)
+            actions += self._replicate(record, now, DOWN, down)
         return actions
 
     def _replicate(self, record: Record, now: float, direction: int, copies: int) -> list[Action]:
@@ -357,9 +398,6 @@ class DhtEngine:
         self, source: bytes, message: Lookup, target: bytes | None, now: float
     ) -> list[Action]:
         dest = message.reply_to or source
-        if dest != source and not self._limiter.allow(dest, now):
-            self.statistics.rate_limited += 1  # a forwarded lookup: limit its victim too
-            return []
         # Closest-key delivery of a direct lookup: we are the node closest to the topic.
         closest = target is not None and not message.reply_to
         entries = self.store.get(message.topic, now)[:MAX_LOOKUP_RECORDS]
@@ -533,7 +571,11 @@ class DhtEngine:
 
     def on_timer(self, now: float) -> list[Action]:
         """Retries, refreshes, lookup deadlines and record expiry due at `now`."""
+        self._now = now
         actions: list[Action] = []
+        if self._descending is not None and now >= self._next_hello:
+            actions.append(SendExact(self._descending, encode(Successor())))
+            self._next_hello = now + SUCCESSOR_INTERVAL
         if now >= self._next_sweep:
             self.store.expire(now)
             self._next_sweep = now + EXPIRY_SWEEP_INTERVAL
@@ -578,10 +620,10 @@ class DhtEngine:
 
     def next_deadline(self) -> float:
         """When `on_timer` next has something to do (math.inf: nothing scheduled)."""
-        deadline = math.inf
+        deadline = self._next_hello if self._descending is not None else math.inf
         expiry = self.store.next_expiry()
         if expiry is not None:
-            deadline = max(expiry, self._next_sweep)
+            deadline = min(deadline, max(expiry, self._next_sweep))
         for lookup in self._lookups.values():
             deadline = min(deadline, lookup.deadline)
             if not lookup.closest.done:

@@ -8,6 +8,8 @@ Every message is one overlay datagram of service `SERVICE_DHT` (tag 2)::
     LOOKUP        [4, 1, request_id, topic, reply_to]         closest-key or exact key
     LOOKUP_REPLY  [5, 1, request_id, topic, [[record, remaining_ttl], ...], [key, ...],
                    closest]                                   exact key
+    SUCCESSOR     [6, 1]                                      exact key, to the descending
+                                                              neighbour: "I am your successor"
 
     record = [topic (bin 32), public key (bin 32), seq (u64), ttl (u32),
               data (bin <= MAX_RECORD_DATA), signature (bin 64)]
@@ -52,6 +54,7 @@ ANNOUNCE_ACK: Final = 2
 STORE: Final = 3
 LOOKUP: Final = 4
 LOOKUP_REPLY: Final = 5
+SUCCESSOR: Final = 6
 
 #: ANNOUNCE_ACK status codes.
 ACK_STORED: Final = 0
@@ -65,7 +68,7 @@ DOWN: Final = 2
 
 _U64: Final = 1 << 64
 _U32: Final = 1 << 32
-_MAX_COPIES: Final = max(REPLICAS_ASCENDING, REPLICAS_DESCENDING)
+_MAX_COPIES: Final = REPLICAS_ASCENDING + REPLICAS_DESCENDING
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +119,12 @@ class LookupReply:
     closest: bool = False
 
 
-Message = Announce | AnnounceAck | Store | Lookup | LookupReply
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """The sender says it is the receiver's ascending snake neighbour."""
+
+
+Message = Announce | AnnounceAck | Store | Lookup | LookupReply | Successor
 
 
 # ---------------------------------------------------------------- encoding
@@ -147,6 +155,8 @@ def encode(message: Message) -> bytes:
             message.copies,
             message.direction,
         ]
+    elif isinstance(message, Successor):
+        obj = [SUCCESSOR, DHT_VERSION]
     elif isinstance(message, Lookup):
         obj = [LOOKUP, DHT_VERSION, message.request_id, message.topic, message.reply_to]
     else:
@@ -237,7 +247,14 @@ def _decode_record(value: object) -> Record:
     )
 
 
-_LENGTHS: Final = {ANNOUNCE: 4, ANNOUNCE_ACK: 4, STORE: 6, LOOKUP: 5, LOOKUP_REPLY: 7}
+_LENGTHS: Final = {
+    ANNOUNCE: 4,
+    ANNOUNCE_ACK: 4,
+    STORE: 6,
+    LOOKUP: 5,
+    LOOKUP_REPLY: 7,
+    SUCCESSOR: 2,
+}
 
 
 def decode(data: bytes) -> Message:
@@ -256,6 +273,8 @@ def decode(data: bytes) -> Message:
         raise DecodeError(f"unsupported DHT version {version!r}")
     if len(obj) != _LENGTHS[tag]:
         raise DecodeError(f"DHT message type {tag} with {len(obj)} fields")
+    if tag == SUCCESSOR:
+        return Successor()
     if tag == ANNOUNCE:
         return Announce(_int(obj[2], _U64, "request id"), _decode_record(obj[3]))
     if tag == ANNOUNCE_ACK:

@@ -23,6 +23,8 @@ from pinecone_trio.dht.constants import (
     REQUEST_RETRIES,
     REQUEST_TIMEOUT,
     SOURCE_BURST,
+    SUCCESSOR_INTERVAL,
+    SUCCESSOR_TTL,
 )
 from pinecone_trio.dht.crypto import record_signable, topic_id
 from pinecone_trio.dht.engine import (
@@ -146,7 +148,12 @@ def test_announce_is_stored_at_closest_and_replicated() -> None:
     keys = net.keys
     owner = net.closest(T)
     i = keys.index(owner)
-    expected = {owner} | set(keys[max(0, i - 2) : i]) | set(keys[i + 1 : i + 2])
+    up, down = 1, 2  # REPLICAS_ASCENDING, REPLICAS_DESCENDING; at an end, all one way
+    if i == 0:
+        up, down = 3, 0
+    elif i == len(keys) - 1:
+        up, down = 0, 3
+    expected = {owner} | set(keys[max(0, i - down) : i]) | set(keys[i + 1 : i + 1 + up])
     assert set(net.holders(T, announcer)) == expected
     [record] = net.lookup(looker, T)
     assert record.public_key == announcer and record.data == b"hello"
@@ -303,6 +310,42 @@ def test_rate_limit_per_source() -> None:
     assert engine.statistics.rate_limited == 50
     assert engine.on_message(b"\x02" * 32, message, T, 0.0) != []  # others are unaffected
     assert engine.on_message(b"\x01" * 32, message, T, 1.0) != []  # and tokens come back
+
+
+def test_successor_claims() -> None:
+    seeds = (Identity.from_seed(bytes([s]) * 32) for s in range(256))
+    me = next(i for i in seeds if i.public_key < b"\x40")
+    engine = DhtEngine(me)
+    key = bytes(me.public_key)
+    router_guess, far, near = b"\xf0" * 32, b"\xe0" * 32, b"\xd0" * 32
+    assert key < near < far < router_guess
+    engine.set_neighbours(None, router_guess)
+    hello = wire.encode(wire.Successor())
+    assert engine.on_message(b"\x01" * 32, hello, None, 0.0) == []  # below us: ignored
+    assert engine.neighbours == (None, router_guess)
+    engine.on_message(far, hello, None, 1.0)
+    assert engine.neighbours[1] == far  # a claim beats the router's guess
+    engine.on_message(router_guess, hello, None, 2.0)
+    assert engine.neighbours[1] == far  # a fresh closer claim is kept
+    engine.on_message(near, hello, None, 3.0)
+    assert engine.neighbours[1] == near  # a closer one (a node joined between) wins
+    engine.on_message(far, hello, None, 3.0 + SUCCESSOR_TTL)
+    assert engine.neighbours[1] == far  # the near one went silent: replaced
+    engine.on_message(b"\x02" * 32, hello, None, 4.0 + 3 * SUCCESSOR_TTL)
+    assert engine.neighbours[1] == router_guess  # stale claim: back to the router's guess
+
+
+def test_new_descending_neighbour_is_told_at_once() -> None:
+    engine = DhtEngine(Identity.from_seed(b"\x80" * 32))
+    below = b"\x10" * 32
+    engine.set_neighbours(below, None)
+    assert engine.next_deadline() == -math.inf
+    [hello] = engine.on_timer(0.0)
+    assert isinstance(hello, SendExact) and hello.key == below
+    assert isinstance(wire.decode(hello.payload), wire.Successor)
+    assert engine.next_deadline() == SUCCESSOR_INTERVAL
+    engine.set_neighbours(below, None)  # unchanged: no extra hello
+    assert engine.next_deadline() == SUCCESSOR_INTERVAL
 
 
 def test_source_limiter_forgets_oldest() -> None:

@@ -174,6 +174,7 @@ def _messages() -> list[wire.Message]:
         wire.Lookup(1, TOPIC, bytes(ALICE.public_key)),
         wire.LookupReply(3, TOPIC, ((r, 5), (signed(BOB), 0)), (bytes(BOB.public_key),)),
         wire.LookupReply(4, TOPIC, (), (), closest=True),
+        wire.Successor(),
     ]
 
 
@@ -207,6 +208,7 @@ def test_full_reply_fits_one_datagram() -> None:
         [wire.LOOKUP, 1, 0, TOPIC],
         [wire.LOOKUP, 1, 0, TOPIC, b"", "extra"],
         [wire.ANNOUNCE_ACK, 1, 0, 9],
+        [wire.SUCCESSOR, 1, 0],
         [wire.STORE, 1, [TOPIC] * 6, 1, 0, 1],
         [wire.STORE, 1, [TOPIC, TOPIC, 1, 1, b"", b"s" * 64], 1, 0, 3],
         [wire.STORE, 1, [TOPIC, TOPIC, 1, 1, b"", b"s" * 64], 1, 9, 1],
