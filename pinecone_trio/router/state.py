@@ -126,6 +126,12 @@ class RouterConfig:
     max_snake_entries: int = MAX_SNAKE_ENTRIES
     max_coords_cache: int = MAX_COORDS_CACHE
     hop_limit: int = TRAFFIC_HOP_LIMIT
+    #: Bootstraps and descending entries whose root differs from ours only in the
+    #: sequence, by at most this much, still count as ours. Pinecone: 0, so every root
+    #: refresh (30 min) drops every descending entry network-wide and rejects bootstraps
+    #: until the new sequence has spread (§15, "churn by design"); 1 smooths that over
+    #: (research §17.5, optional experiment).
+    root_seq_tolerance: int = 0
     #: Seconds added to `now` to get Unix time for bootstrap sequence numbers
     #: (the driver passes time.time() - trio.current_time()). Sequences are
     #: max(last + 1, unix_ms), so they stay monotonic whatever the clock does.
@@ -371,7 +377,7 @@ class RouterState:
         if e is None or e.last_seen <= self._now - self._cfg.snake_expiry:
             return None
         rk, rs = self.root
-        if e.root_key != rk or e.root_seq != rs:
+        if e.root_key != rk or abs(e.root_seq - rs) > self._cfg.root_seq_tolerance:
             return None
         return d
 
@@ -697,7 +703,7 @@ class RouterState:
                 e is None
                 or e.last_seen <= now - cfg.snake_expiry
                 or e.root_key != ann.root_key
-                or e.root_seq != ann.root_seq
+                or abs(e.root_seq - ann.root_seq) > cfg.root_seq_tolerance
             ):
                 self._set_descending(None, out)
         self._table.sweep(now, cfg.snake_expiry)
@@ -733,12 +739,18 @@ class RouterState:
         ann = self._current_ann()
         rk = f.root_key
         rs = f.root_seq
-        if rk != ann.root_key or rs != ann.root_seq:
+        tol = self._cfg.root_seq_tolerance
+        if rk != ann.root_key or abs(rs - ann.root_seq) > tol:
             self._drop("wrong_root")
             return
         table = self._table
         e = table.get(origin)
-        if e is not None and e.root_key == rk and e.root_seq == rs and f.sequence <= e.seq:
+        if (
+            e is not None
+            and e.root_key == rk
+            and abs(e.root_seq - rs) <= tol
+            and f.sequence <= e.seq
+        ):
             self._drop("replay")
             return
         nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq, port)
@@ -751,7 +763,7 @@ class RouterState:
                         de is not None
                         and de.last_seen > now - self._cfg.snake_expiry
                         and de.root_key == rk
-                        and de.root_seq == rs
+                        and abs(de.root_seq - ann.root_seq) <= tol
                     )
                     if not valid or (d is not None and d < origin):
                         self._set_descending(origin, out)

@@ -382,3 +382,15 @@ def test_tree_routed_traffic_to_a_direct_peer_takes_the_link() -> None:
     ]
     # Never back where it came from, though: then the tree (or snake) decides.
     assert [p for p, _ in sent(s.on_input(FrameIn(2, f), 1.0))] != [2]
+
+
+@pytest.mark.parametrize(("tolerance", "accepted"), [(0, False), (1, True)])
+def test_root_sequence_tolerance_for_bootstraps(tolerance: int, accepted: bool) -> None:
+    s = RouterState(US, NullSigner(US), config=RouterConfig(root_seq_tolerance=tolerance))
+    s.on_input(PeerUp(1, k(90)), 0.0)
+    s.on_input(PeerUp(2, k(20)), 0.0)
+    s.on_input(FrameIn(1, root_ann(90, 2, [(3, 90)])), 0.5)
+    # 20 has not heard of the root's new sequence yet.
+    s.on_input(FrameIn(2, _bootstrap(20, 100, rseq=1)), 1.0)
+    assert (s.descending_key == k(20)) is accepted
+    assert ("wrong_root" in s.statistics().dropped) is not accepted
