@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,19 +26,22 @@ def _start(*args: str) -> subprocess.Popen[str]:
     )
 
 
-def _read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 20.0) -> str:
+def _read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> str:
     assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith(prefix):
-            return line[len(prefix) :].strip()
+    # readline() blocks: a process that hangs silently is killed at the deadline,
+    # which ends the read with EOF instead of hanging the test run.
+    killer = threading.Timer(timeout, proc.kill)
+    killer.start()
+    try:
+        while line := proc.stdout.readline():
+            if line.startswith(prefix):
+                return line[len(prefix) :].strip()
+    finally:
+        killer.cancel()
     raise AssertionError(f"no line starting {prefix!r}")
 
 
-def _wait_json(path: Path, predicate: object, timeout: float = 30.0) -> dict[str, object]:
+def _wait_json(path: Path, predicate: object, timeout: float = 60.0) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     last: dict[str, object] = {}
     while time.monotonic() < deadline:

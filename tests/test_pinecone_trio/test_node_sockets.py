@@ -21,6 +21,10 @@ from pinecone_trio.transports import dial
 
 from .test_node_memory import deliver_all_pairs, random_connected_edges
 
+# Real time on a possibly overloaded 2-core machine: bounds are generous (they only
+# matter when something hangs), never speed assertions.
+BOUND = 60
+
 
 @pytest.mark.slow
 async def test_twenty_nodes_over_tcp_converge_and_deliver() -> None:
@@ -36,7 +40,7 @@ async def test_twenty_nodes_over_tcp_converge_and_deliver() -> None:
 
 async def test_websocket_peering_carries_traffic() -> None:
     async with open_network([("a", "b"), ("b", "c")], transport="ws") as net:
-        with trio.fail_after(30):
+        with trio.fail_after(BOUND):
             await net.wait_converged()
         await deliver_all_pairs(net, ["a", "b", "c"])
         assert net["a"].status()["peers"][0]["uri"].startswith("ws://")
@@ -62,7 +66,7 @@ async def test_misbehaving_peer_is_dropped_and_counted(kind: str) -> None:
 
 
 async def _misbehave(node: Node, honest: Node, link: NoiseLink, kind: str) -> None:
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND):
         await node.wait_for(lambda: len(node.peer_keys()) == 2)
     if kind == "garbage":
         await link.send_all(b"this is not a pinecone frame at all")
@@ -75,15 +79,15 @@ async def _misbehave(node: Node, honest: Node, link: NoiseLink, kind: str) -> No
         )
         with contextlib.suppress(trio.BrokenResourceError):  # cut off mid-flood
             await link.send_all(frame * 20_000)
-    with trio.fail_after(10):
+    with trio.fail_after(BOUND):
         await node.wait_for(lambda: node.counters.misbehaving_peers == 1)
         await node.wait_for(lambda: node.peer_keys() == [honest.public_key])
     # the attacker's link is closed; the honest peer is unaffected
-    with trio.fail_after(5), contextlib.suppress(trio.BrokenResourceError):
+    with trio.fail_after(BOUND), contextlib.suppress(trio.BrokenResourceError):
         while await link.receive_some():
             pass
     await honest.send(node.public_key, b"still here")
-    with trio.fail_after(5):
+    with trio.fail_after(BOUND):
         got = await node.receive()
     assert got.payload == b"still here"
 
@@ -93,7 +97,7 @@ async def test_failed_handshake_is_counted_and_listener_keeps_serving() -> None:
         uri = node.listen_uris[0]
         stream = await dial(uri)
         await stream.send_all(b"\x00\x05hello")  # not a Noise handshake message
-        with trio.fail_after(15):
+        with trio.fail_after(BOUND):
             await node.wait_for(lambda: node.counters.handshake_failures == 1)
         await stream.aclose()
         async with open_node(Identity.generate()) as other:
