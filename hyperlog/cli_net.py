@@ -11,8 +11,8 @@ the writer until interrupted. A progress bar goes to stderr when it is a termina
 
 Links are `pinecone_trio`'s Noise links (``connect_link`` / ``serve_links``). This is
 the only hyperlog module that imports `pinecone_trio`, lazily inside the commands, so
-the library itself never depends on it. Wire with ``COMMAND_GROUPS.append(
-add_net_commands)`` in `hyperlog.cli` (``python -m hyperlog.cli_net`` does it too).
+the library itself never depends on it. `hyperlog.cli` registers `add_net_commands`
+in its ``COMMAND_GROUPS`` (``python -m hyperlog.cli_net`` works too).
 """
 
 from __future__ import annotations
@@ -209,10 +209,10 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``hyperlog`` command with the network commands registered."""
-    from . import cli
+    from . import cli, cli_net  # the canonical module (this file may run as __main__)
 
-    if add_net_commands not in cli.COMMAND_GROUPS:
-        cli.COMMAND_GROUPS.append(add_net_commands)
+    if cli_net.add_net_commands not in cli.COMMAND_GROUPS:
+        cli.COMMAND_GROUPS.append(cli_net.add_net_commands)
     return cli.main(argv)
 
 

@@ -14,7 +14,7 @@ import trio
 from hyperlog.crypto import key_pair
 from hyperlog.log import open_store
 
-CMD = [sys.executable, "-m", "hyperlog.cli_net"]
+CMD = [sys.executable, "-m", "hyperlog.cli"]
 
 
 async def _run(*args: str) -> subprocess.CompletedProcess[bytes]:
