@@ -195,21 +195,34 @@ class MulticastDiscovery:
                 logger.debug("multicast receive failed: %s", exc)
                 await trio.sleep(RECEIVE_ERROR_PAUSE)
                 continue
-            ifindex = 0
-            for level, kind, payload in ancdata:
-                if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(payload) >= 4:
-                    ifindex = struct.unpack_from("i", payload)[0]
-            try:
-                beacon = decode_beacon(data)
-            except DecodeError as exc:
-                self.statistics.bad_beacons += 1
-                logger.debug("bad beacon from %s: %s", address, exc)
-                continue
-            if beacon.public_key == self._public_key:
-                continue
-            iface = self._joined.get(ifindex)
-            if iface is None:
-                continue  # heard on an interface we do not run discovery on
-            self.statistics.beacons_received += 1
-            host = address[0] if isinstance(address, tuple) else str(address)
-            self._on_beacon(beacon, str(host), iface.name)
+            self._on_datagram(data, ancdata, address)
+
+    def _on_datagram(
+        self, data: bytes, ancdata: list[tuple[int, int, bytes]], address: object
+    ) -> None:
+        """One received datagram: a beacon sent to the group on a joined interface?"""
+        ifindex = 0
+        destination = b""
+        for level, kind, payload in ancdata:
+            if level == socket.IPPROTO_IP and kind == _IP_PKTINFO and len(payload) >= 12:
+                ifindex = struct.unpack_from("i", payload)[0]
+                destination = payload[8:12]  # the datagram's own destination address
+        try:
+            beacon = decode_beacon(data)
+        except DecodeError as exc:
+            self.statistics.bad_beacons += 1
+            logger.debug("bad beacon from %s: %s", address, exc)
+            return
+        if destination != socket.inet_aton(self._group):
+            # Unicast to our port (possibly from off the LAN, with a forged source):
+            # not a LAN beacon, and must not make us dial anywhere.
+            self.statistics.bad_beacons += 1
+            return
+        if beacon.public_key == self._public_key:
+            return
+        iface = self._joined.get(ifindex)
+        if iface is None:
+            return  # heard on an interface we do not run discovery on
+        self.statistics.beacons_received += 1
+        host = address[0] if isinstance(address, tuple) else str(address)
+        self._on_beacon(beacon, str(host), iface.name)

@@ -12,6 +12,7 @@ import json
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,3 +173,32 @@ def test_interface_rescan_retries_failed_joins_and_leaves_vanished(
     discovery._rescan(sock)  # type: ignore[arg-type]
     assert sock.members == {9}
     assert sock.joins == 3
+
+
+def test_only_beacons_sent_to_the_group_are_heard() -> None:
+    from pinecone_trio.discovery import multicast
+    from pinecone_trio.discovery.interfaces import Interface
+
+    me, other = Identity.generate().public_key, Identity.generate().public_key
+    heard: list[tuple[str, str]] = []
+    discovery = multicast.MulticastDiscovery(
+        me, listen_port=lambda: 1, on_beacon=lambda b, host, iface: heard.append((host, iface))
+    )
+    discovery._joined = {9: Interface("eth9", 9, "10.0.0.9")}
+
+    def pktinfo(ifindex: int, destination: str) -> list[tuple[int, int, bytes]]:
+        info = struct.pack("i4s4s", ifindex, socket.inet_aton("10.0.0.9"), b"")
+        info = info[:8] + socket.inet_aton(destination)
+        return [(socket.IPPROTO_IP, multicast._IP_PKTINFO, info)]
+
+    sender = ("10.0.0.7", 60606)
+    beacon = encode_beacon(other, 4000)
+    discovery._on_datagram(beacon, pktinfo(9, "10.0.0.9"), sender)  # unicast to us
+    discovery._on_datagram(beacon, pktinfo(3, "224.0.0.114"), sender)  # other interface
+    discovery._on_datagram(encode_beacon(me, 4000), pktinfo(9, "224.0.0.114"), sender)  # own
+    discovery._on_datagram(b"PTB\x01junk", pktinfo(9, "224.0.0.114"), sender)  # malformed
+    assert heard == []
+    assert discovery.statistics.bad_beacons == 2
+    discovery._on_datagram(beacon, pktinfo(9, "224.0.0.114"), sender)
+    assert heard == [("10.0.0.7", "eth9")]
+    assert discovery.statistics.beacons_received == 1
