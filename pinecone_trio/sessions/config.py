@@ -102,7 +102,7 @@ class SessionConfig:
     max_ack_delay: float = 0.005
     stream_window: int = 4 * 1024 * 1024
     session_window: int = 16 * 1024 * 1024
-    stream_send_buffer: int = 1024 * 1024
+    stream_send_buffer: int = 4 * 1024 * 1024
     max_incoming_streams: int = 4_096
     max_datagram_queue: int = 256
     initial_window_packets: int = 10
