@@ -116,6 +116,8 @@ MAX_PENDING_HANDSHAKES: Final = 32
 INBOX_SIZE: Final = 1024
 #: Events buffered per subscriber before that subscriber misses some.
 EVENT_BUFFER: Final = 256
+#: Event subscribers at once (each holds a buffer of EVENT_BUFFER events).
+MAX_SUBSCRIBERS: Final = 256
 #: The router handles at most this many queued inputs in one go before checking timers.
 ROUTER_BATCH: Final = 256
 #: A key heard in a beacon is dialled at most once per this many seconds.
@@ -766,6 +768,7 @@ class Node:
                 await trio.sleep(delay)
 
     def _on_beacon(self, beacon: Beacon, host: str, interface: str) -> None:
+        self._notify()  # status()["multicast"] changed
         key = bytes(beacon.public_key)
         if key in self._by_key or key in self._dialling or self._nursery is None:
             return
@@ -878,8 +881,15 @@ class Node:
         """Subscribe to node events (peer up/down, root, parent, snake neighbour).
 
         Each subscriber has its own buffer of `EVENT_BUFFER` events; a subscriber that
-        falls further behind misses events rather than slowing the node.
+        falls further behind misses events rather than slowing the node. The
+        subscription starts at the first iteration (the generator's first step) and
+        ends when the iteration ends; at most `MAX_SUBSCRIBERS` at once.
+
+        Raises:
+            RuntimeError: if `MAX_SUBSCRIBERS` subscriptions are open already.
         """
+        if len(self._subscribers) >= MAX_SUBSCRIBERS:
+            raise RuntimeError(f"more than {MAX_SUBSCRIBERS} event subscribers")
         send, recv = trio.open_memory_channel[ev.NodeEvent](EVENT_BUFFER)
         self._subscribers.add(send)
         try:

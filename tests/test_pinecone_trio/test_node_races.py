@@ -289,3 +289,21 @@ async def test_peering_closed_before_the_router_heard_of_it(
         await trio.sleep(1)
         assert a.status()["router"]["dropped"].get("unknown_port", 0) == 0
         assert _router_ports(a) == set()
+
+
+async def test_event_subscribers_are_bounded(autojump_clock: trio.testing.MockClock) -> None:
+    from pinecone_trio.node import MAX_SUBSCRIBERS
+
+    async with open_node(Identity.generate()) as node, trio.open_nursery() as nursery:
+
+        async def subscribe() -> None:
+            async for _ in node.events():
+                pass  # pragma: no cover
+
+        for _ in range(MAX_SUBSCRIBERS):
+            nursery.start_soon(subscribe)
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(RuntimeError, match="subscribers"):
+            await subscribe()
+        nursery.cancel_scope.cancel()
+    assert node._subscribers == set()
