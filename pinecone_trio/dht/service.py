@@ -83,6 +83,7 @@ class Dht:
         self._announces: dict[bytes, _Waiter] = {}
         self.outbox_drops = 0
         self.datagrams_sent = 0
+        self._closed = False
 
     @property
     def public_key(self) -> PublicKey:
@@ -92,14 +93,23 @@ class Dht:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the DHT's tasks until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._update_neighbours()
-            nursery.start_soon(self._receive, False)
-            nursery.start_soon(self._receive, True)
-            nursery.start_soon(self._send)
-            nursery.start_soon(self._timers)
-            nursery.start_soon(self._watch_neighbours)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._update_neighbours()
+                nursery.start_soon(self._receive, False)
+                nursery.start_soon(self._receive, True)
+                nursery.start_soon(self._send)
+                nursery.start_soon(self._timers)
+                nursery.start_soon(self._watch_neighbours)
+                task_status.started()
+        finally:
+            self._closed = True
+            for waiter in [*self._lookups.values(), *self._announces.values()]:
+                waiter.event.set()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("the DHT is closed")
 
     def _apply(self, actions: list[Action], *, wake: bool = True) -> None:
         """Carry out the engine's actions (synchronously), then wake the timer task, whose
@@ -184,6 +194,7 @@ class Dht:
 
         Raises:
             LocalProtocolError: too many DHT requests in flight (`MAX_PENDING`).
+            trio.ClosedResourceError: the DHT is (or got) closed.
         """
         return await self.lookup_id(topic_id(topic), timeout=timeout)
 
@@ -194,6 +205,7 @@ class Dht:
         timeout: float = LOOKUP_TIMEOUT,  # noqa: ASYNC109 (a query window, not an error)
     ) -> list[PeerRecord]:
         """`lookup` by a 32-byte topic id (`crypto.topic_id(topic)`)."""
+        self._check_open()
         rid, actions = self.engine.lookup(topic, trio.current_time(), timeout)
         waiter = self._lookups[rid] = _Waiter()
         self._apply(actions)
@@ -202,6 +214,7 @@ class Dht:
         finally:
             if self._lookups.pop(rid, None) is not None:
                 self.engine.cancel_lookup(rid)
+        self._check_open()
         return list(waiter.records)
 
     @asynccontextmanager
@@ -217,13 +230,16 @@ class Dht:
         Raises:
             ValueError: `data` longer than `MAX_RECORD_DATA`.
             LocalProtocolError: this DHT already announces `topic`.
+            trio.ClosedResourceError: the DHT is (or got) closed.
         """
+        self._check_open()
         tid = topic_id(topic)
         actions = self.engine.start_announce(tid, bytes(data), trio.current_time())
         waiter = self._announces[tid] = _Waiter()
         try:
             self._apply(actions)
             await waiter.event.wait()
+            self._check_open()
             yield Announcement(tid, waiter.acknowledged)
         finally:
             self._announces.pop(tid, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from pinecone_trio import Identity, LocalProtocolError
@@ -39,6 +40,42 @@ async def test_one_dht_per_node_and_local_errors(autojump_clock: trio.testing.Mo
     # Closed: a new DHT can be opened on another node run.
     async with open_node(Identity.generate()) as node, open_dht(node):
         pass
+
+
+async def test_closed_dht_refuses_and_wakes_waiters(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(60):
+            await net.wait_converged()
+        async with open_dht(net["a"]) as dht:
+            pass
+        with pytest.raises(trio.ClosedResourceError):
+            await dht.lookup("x")
+        with pytest.raises(trio.ClosedResourceError):
+            async with dht.announce("x"):
+                pass  # pragma: no cover
+        # A lookup in flight when the DHT closes is woken with the same error. The topic
+        # is one whose closest node is b, which runs no DHT: nobody answers.
+        keys = sorted([net["a"].public_key, net["b"].public_key])
+
+        def closest(t: str) -> bytes:
+            return next((k for k in keys if k >= topic_id(t)), keys[-1])
+
+        topic = next(t for t in (f"t{i}" for i in range(1000)) if closest(t) == net["b"].public_key)
+        caught: list[BaseException] = []
+        async with trio.open_nursery() as nursery, open_dht(net["a"]) as dht2:
+
+            async def look() -> None:
+                try:
+                    await dht2.lookup(topic, timeout=1000)
+                except trio.ClosedResourceError as exc:
+                    caught.append(exc)
+
+            nursery.start_soon(look)
+            await trio.sleep(0.1)
+            assert dht2.engine.pending() == 1
+        assert len(caught) == 1
 
 
 async def test_cancelled_lookup_leaves_nothing_pending(
