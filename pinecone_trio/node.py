@@ -743,7 +743,9 @@ class Node:
                 self._notify()
                 try:
                     key, peering = await self._dial_and_attach(state.uri)
-                except (OSError, LinkError, PeerLimitError, trio.TooSlowError) as exc:
+                except Exception as exc:  # whatever the dial did, the node keeps running
+                    if not isinstance(exc, _DIAL_ERRORS):
+                        logger.exception("static peer %s: unexpected dial failure", state.uri)
                     state.failures += 1
                     state.last_error = _describe_error(exc)
                     self.counters.dial_failures += 1
@@ -796,7 +798,9 @@ class Node:
                 peer_type=PeerType.MULTICAST,
                 zone=interface,
             )
-        except (OSError, LinkError, PeerLimitError, trio.TooSlowError) as exc:
+        except Exception as exc:  # whatever the dial did, the node keeps running
+            if not isinstance(exc, _DIAL_ERRORS):
+                logger.exception("beacon dial to %s: unexpected failure", uri)
             self.counters.dial_failures += 1
             self._notify()
             logger.info("dial to beacon %s at %s failed: %s", beacon.public_key.short(), uri, exc)
@@ -1011,6 +1015,10 @@ class Node:
 
 def _replace_offset(config: RouterConfig, offset: float) -> RouterConfig:
     return replace(config, wall_clock_offset=offset)
+
+
+#: What a dial is expected to fail with (anything else is logged as a bug).
+_DIAL_ERRORS: Final = (OSError, LinkError, PeerLimitError, trio.TooSlowError)
 
 
 def _describe_error(exc: BaseException) -> str:
