@@ -41,7 +41,8 @@ async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
       work;
     - if the body raised and no background task failed, the body's exception propagates
       as itself, not wrapped in a group;
-    - `KeyboardInterrupt` and `SystemExit` propagate as themselves;
+    - `KeyboardInterrupt` and `SystemExit` (from the body or a task) propagate as
+      themselves;
     - any other background failure becomes `NodeCrashedError(what)` chained from the group.
     """
     body_exc: BaseException | None = None
@@ -70,6 +71,8 @@ async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
             if body_exc is not None and not isinstance(body_exc, trio.Cancelled):
                 raise body_exc from None
             raise
+        if isinstance(body_exc, KeyboardInterrupt | SystemExit):
+            raise body_exc from group  # Ctrl-C in the body wins over a crash it caused
         for failure in failures:
             if isinstance(failure, KeyboardInterrupt | SystemExit):
                 raise failure from group

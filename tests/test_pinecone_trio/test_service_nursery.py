@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.lowlevel
+import trio.testing
 
 from pinecone_trio._util import open_service_nursery
 from pinecone_trio.errors import NodeCrashedError
@@ -57,3 +58,17 @@ async def test_body_exception_group_is_not_a_crash() -> None:
                 raise ValueError("inner")
     assert not isinstance(info.value, NodeCrashedError)
     assert isinstance(info.value.exceptions[0], ValueError)
+
+
+async def test_keyboard_interrupt_in_body_wins_over_a_background_failure() -> None:
+    async def fails_when_cancelled() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            raise RuntimeError("cleanup failed")
+
+    with pytest.raises(KeyboardInterrupt):
+        async with open_service_nursery("svc") as nursery:
+            nursery.start_soon(fails_when_cancelled)
+            await trio.testing.wait_all_tasks_blocked()
+            raise KeyboardInterrupt
