@@ -138,6 +138,7 @@ class PeerChannel:
         self.have = RemoteHave()
         self.wanted_pages: set[int] = set()
         self.inflight: dict[int, Inflight] = {}
+        self.verifying: dict[int, Inflight] = {}  # answered, queued for verification
         self.window = float(INITIAL_WINDOW)
         self.srtt = 0.0
         self.upgrade_failed_at: tuple[int, int] | None = None  # (fork, length) refused
@@ -148,7 +149,14 @@ class PeerChannel:
         self.bytes_in = 0
 
     def free_slots(self) -> int:
-        return int(self.window) - len(self.inflight)
+        # Answers received but not yet verified still count: reading runs ahead of
+        # storing, and this keeps what we hold per peer bounded by the window.
+        return int(self.window) - len(self.inflight) - len(self.verifying)
+
+    def ranges_outstanding(self) -> int:
+        return sum(1 for x in self.inflight.values() if x.kind == K_RANGE) + sum(
+            1 for x in self.verifying.values() if x.kind == K_RANGE
+        )
 
     def may_have(self, index: int) -> bool:
         """Known to have, or (unknown and) inside its announced length."""
@@ -398,6 +406,7 @@ class LogReplicator:
         assert isinstance(req, wire.RangeRequest)
         if msg.node != req.node or msg.fork != req.fork or len(msg.values) != inf.count:
             raise RemoteProtocolError("range data: differs from the range requested")
+        ch.verifying[inf.id] = inf
         ch.sink.add_work(RangeVerifyWork(ch, inf, msg))
 
     def on_range_applied(
@@ -405,6 +414,7 @@ class LogReplicator:
     ) -> HyperlogError | None:
         """The driver verified (or refused) a range. Returns the error to drop with."""
         ch, inf = work.channel, work.inflight
+        ch.verifying.pop(inf.id, None)
         errors = [r for r in results if isinstance(r, HyperlogError)]
         stored = [r for r in results if isinstance(r, Applied)]
         self._forget_inflight(ch, inf, failed=bool(errors))
@@ -466,6 +476,7 @@ class LogReplicator:
             raise RemoteProtocolError("data: upgrade span differs from the one requested")
         if msg.hash is not None or msg.seek is not None:
             raise RemoteProtocolError("data: carries parts that were not requested")
+        ch.verifying[inf.id] = inf
         ch.sink.add_work(VerifyWork(ch, inf, msg))
 
     def on_applied(
@@ -477,6 +488,7 @@ class LogReplicator:
             the error to drop the peer with, or None.
         """
         ch, inf = work.channel, work.inflight
+        ch.verifying.pop(inf.id, None)
         if isinstance(result, HyperlogError):
             self._forget_inflight(ch, inf, failed=True)
             if (
@@ -511,6 +523,7 @@ class LogReplicator:
     def abandon(self, work: Work, now: float) -> None:
         """A verification the driver will never run (its session ended): requeue."""
         if isinstance(work, VerifyWork | RangeVerifyWork):
+            work.channel.verifying.pop(work.inflight.id, None)
             self._forget_inflight(work.channel, work.inflight, failed=True)
 
     def on_conflict_checked(
@@ -522,6 +535,7 @@ class LogReplicator:
             the error to drop the peer with: the conflict (the log is then frozen), or
             the peer's original bad proof.
         """
+        work.channel.verifying.pop(work.inflight.id, None)
         if isinstance(conflict, ForkConflictError):
             self.freeze(conflict)
             return conflict
@@ -746,7 +760,7 @@ class LogReplicator:
         for j in range(first, end):
             if not ch.have.has(j) or self.view.has(j) or j in self.block_reqs or j in self.retry:
                 return False
-        if sum(1 for x in ch.inflight.values() if x.kind == K_RANGE) >= MAX_RANGES_IN_FLIGHT:
+        if ch.ranges_outstanding() >= MAX_RANGES_IN_FLIGHT:
             return None
         node = flat_tree.index(span.bit_length() - 1, first // span)
         rid = self.next_id
