@@ -41,7 +41,7 @@ MAX_REMOTE_PAGES: Final = 256
 MAX_WANT_SPAN: Final = 8 * PAGE_BITS
 #: Blocks a download scans ahead per peer per scheduling pass (bounds CPU per pass).
 SCAN_LIMIT: Final = 4096
-#: Outgoing bytes queued for one peer before we stop reading its requests.
+#: Outgoing bytes queued for one peer before we stop serving its requests.
 MAX_OUTBOX_BYTES: Final = 16 * 1024 * 1024
 #: A channel we opened that the remote neither opened nor rejected within this long is
 #: given up (so `update` and `get` do not wait on it).

@@ -16,8 +16,10 @@ the other peers. Stream failures end the session the same way; the caller's code
 never interrupted by a misbehaving peer.
 
 Writer: drains the engine's outbox into one `send_all` per batch of messages (the
-protomux "cork"). When more than `MAX_OUTBOX_BYTES` wait to be sent, the reader stops
-reading so one peer cannot make us buffer without bound.
+protomux "cork"). A worker task does the awaited work (serving, verifying) while the
+reader keeps reading. Serving waits while more than `MAX_OUTBOX_BYTES` wait to be
+sent, so a peer that asks but never reads cannot make us buffer without bound (its
+unanswered requests then hit `MAX_PENDING_SERVES` and it is dropped).
 """
 
 from __future__ import annotations
@@ -278,7 +280,6 @@ class ReplicationSession:
         self._work_lot = trio.lowlevel.ParkingLot()
         self._worked_lot = trio.lowlevel.ParkingLot()
         self.engine.on_output = self._on_output
-        self._out_bytes = 0
         self.error: BaseException | None = None
         self.closed = trio.Event()
         self._scope = trio.CancelScope()
@@ -348,8 +349,6 @@ class ReplicationSession:
             self.error = exc
 
     async def _read_once(self, dec: wire.FrameDecoder) -> None:
-        while self._out_bytes > MAX_OUTBOX_BYTES:
-            await self._drain_lot.park()
         data = await self.stream.receive_some(READ_SIZE)
         if not data:
             raise EOFError
@@ -416,6 +415,11 @@ class ReplicationSession:
             raise
 
     async def _serve(self, w: ServeWork) -> None:
+        # A peer that asks but does not read must not make us buffer without bound:
+        # wait until the writer drains (its requests then pile up against
+        # MAX_PENDING_SERVES and it is dropped if it keeps going).
+        while self.engine.outbox_bytes > MAX_OUTBOX_BYTES:
+            await self._drain_lot.park()
         rep = self._rep_of(w)
         try:
             data = await rep.port.serve(w.request)
@@ -480,10 +484,9 @@ class ReplicationSession:
             frames = []
             size = 0
             while out and size < READ_SIZE:
-                f = wire.encode_frame(out.popleft())
+                f = wire.encode_frame(self.engine.pop_outbox())
                 frames.append(f)
                 size += len(f)
-            self._out_bytes = size
             try:
                 await self.stream.send_all(b"".join(frames))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -493,7 +496,6 @@ class ReplicationSession:
                 self._scope.cancel()
                 return
             self.bytes_out += size
-            self._out_bytes = 0
             self._drain_lot.unpark_all()
 
     async def _timer(self) -> None:

@@ -43,6 +43,29 @@ from hyperlog.replication.scheduler import LogReplicator, PeerChannel, ServeWork
 
 _peer_ids = iter(range(1, 2**62))
 
+#: Bytes counted per node and per message envelope by `message_size`.
+_NODE_BYTES = 48
+_ENVELOPE_BYTES = 64
+
+
+def message_size(msg: wire.Message) -> int:
+    """A cheap upper-ish estimate of a message's encoded size (for outbox limits)."""
+    if isinstance(msg, wire.Data):
+        n = _ENVELOPE_BYTES
+        if msg.block is not None:
+            n += len(msg.block.value) + _NODE_BYTES * len(msg.block.nodes)
+        if msg.upgrade is not None:
+            up = msg.upgrade
+            n += _NODE_BYTES * (len(up.nodes) + len(up.additional_nodes)) + len(up.signature)
+        if msg.hash is not None:
+            n += _NODE_BYTES * len(msg.hash.nodes)
+        return n
+    if isinstance(msg, wire.RangeData):
+        return _ENVELOPE_BYTES + sum(map(len, msg.values)) + _NODE_BYTES * len(msg.proof)
+    if isinstance(msg, wire.Bitfield):
+        return _ENVELOPE_BYTES + len(msg.bits)
+    return _ENVELOPE_BYTES
+
 
 @dataclass(slots=True)
 class _Local:
@@ -76,6 +99,7 @@ class SessionEngine:
         self.session_id: bytes | None = None
         self.outbox: deque[wire.Message] = deque([wire.Hello(self.nonce)])
         self.work: deque[Work] = deque()
+        self.outbox_bytes = message_size(self.outbox[0])  # estimate of what `outbox` holds
         self.on_output: Callable[[], None] = lambda: None
         self._by_dk: dict[bytes, _Local] = {}
         self._by_remote: dict[int, _Local] = {}
@@ -93,7 +117,14 @@ class SessionEngine:
 
     def send(self, msg: wire.Message) -> None:
         self.outbox.append(msg)
+        self.outbox_bytes += message_size(msg)
         self.on_output()
+
+    def pop_outbox(self) -> wire.Message:
+        """Take the next message to write (keeps `outbox_bytes` exact)."""
+        msg = self.outbox.popleft()
+        self.outbox_bytes -= message_size(msg)
+        return msg
 
     def add_work(self, work: Work) -> None:
         self.work.append(work)

@@ -14,7 +14,7 @@ import trio.testing
 from hyperlog import wire
 from hyperlog.errors import BlockNotAvailableError, ReplicationError
 from hyperlog.replication import Progress, caps, replicate, replication_for
-from hyperlog.replication.constants import INITIAL_WINDOW
+from hyperlog.replication.constants import INITIAL_WINDOW, MAX_OUTBOX_BYTES
 from hyperlog.replication.driver import ReplicationSession
 
 from .test_replication_fakes import FakeLog, block_value
@@ -397,3 +397,26 @@ async def test_black_hole_peer_times_out(autojump_clock: trio.testing.MockClock)
     assert_blocks_ok(reader)
     assert rep.engine.stats["timeouts"] > 0
     assert windows[0] < INITIAL_WINDOW < windows[1]
+
+
+async def test_peer_that_never_reads_is_bounded_and_dropped(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Requests from a peer that never reads our answers: we stop serving at
+    MAX_OUTBOX_BYTES and drop it once MAX_PENDING_SERVES requests wait."""
+    writer = FakeLog(KEY, length=400, block_size=64 * 1024)
+    a, b = trio.testing.lockstep_stream_pair()  # no buffering: our writes block
+    with trio.fail_after(60):
+        async with replicate(b, writer) as s:
+            await _fake_peer_open(a, KEY)
+            peak = 0
+            for i in range(1000):
+                if s.closed.is_set():
+                    break
+                peak = max(peak, s.engine.outbox_bytes)
+                request = wire.Request(1, i + 1, 0, wire.RequestBlock(i % 400, 0))
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await a.send_all(wire.encode_frame(request))
+            await s.wait_closed()
+            assert "unanswered" in str(s.error), s.error
+            assert peak <= MAX_OUTBOX_BYTES + 2 * writer.block_size
