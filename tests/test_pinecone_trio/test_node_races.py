@@ -25,7 +25,7 @@ from pinecone_trio.node import (
     open_node,
 )
 from pinecone_trio.peering import Peering, SendBudget
-from pinecone_trio.router.actions import Input, PeerType, PeerUp
+from pinecone_trio.router.actions import Input, PeerDown, PeerType, PeerUp
 from pinecone_trio.router.wire import Traffic
 from pinecone_trio.transports import serve as serve_transport
 
@@ -322,3 +322,44 @@ async def test_unexpected_dial_failure_of_a_static_peer_does_not_crash_the_node(
         with trio.fail_after(60):
             await node.wait_for(lambda: node.status()["static_peers"][0]["failures"] >= 2)
         assert "a transport bug" in node.status()["static_peers"][0]["last_error"]
+
+
+class _FullForPeerDown(_GatedInbox):
+    """As if the inbox were full whenever a `PeerDown` is sent, until the gate opens."""
+
+    def send_nowait(self, item: Input) -> None:
+        if isinstance(item, PeerDown) and not self.gate.is_set():
+            raise trio.WouldBlock
+        self.inner.send_nowait(item)
+
+    async def send(self, item: Input) -> None:
+        if isinstance(item, PeerDown):
+            await self.gate.wait()
+        await self.inner.send(item)
+
+
+async def test_port_is_reused_only_after_the_router_heard_peer_down(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A new peering's PeerUp on a port the router still has up is a local protocol
+    # error that ends the node. Before the fix the port was freed after a 5 s
+    # (shielded) wait for room in the inbox, whether PeerDown got in or not.
+    async with (
+        open_node(Identity.generate()) as a,
+        open_node(Identity.generate(), listen=["memory://"]) as b,
+    ):
+        await a.connect(b.listen_uris[0])
+        with trio.fail_after(30):
+            await a.wait_for(lambda: len(_router_ports(a)) == 1)
+        (peering,) = a._peerings.values()
+        full = _FullForPeerDown(a._inbox_send)
+        monkeypatch.setattr(a, "_inbox_send", full)
+        peering.close("test")
+        await trio.sleep(30)  # virtual: far beyond any timeout
+        assert peering.port not in a._free_ports
+        assert _router_ports(a) == {peering.port}  # the router was not told yet
+        full.gate.set()
+        with trio.fail_after(30):
+            await a.wait_for(lambda: not _router_ports(a))
+        await trio.testing.wait_all_tasks_blocked()
+        assert peering.port in a._free_ports
