@@ -74,7 +74,7 @@ from .router.actions import (
 from .router.constants import MAX_PORT
 from .router.signer import Ed25519Signer
 from .router.state import RouterConfig, RouterState
-from .router.wire import ClosestTraffic, Traffic
+from .router.wire import ClosestTraffic, Traffic, TreeAnnouncement
 from .services import (
     FIRST_APPLICATION_SERVICE,
     MAX_DATAGRAM_PAYLOAD,
@@ -373,9 +373,12 @@ class Node:
                         type(frame) is Traffic or type(frame) is ClosestTraffic
                     ) and frame.source_key == self._public_key:
                         self._budget.release(len(frame.payload))
-                elif peering.enqueue(send.frame) is not None:
-                    self.counters.queue_drops += 1
-                    self._notify()
+                else:
+                    dropped = peering.enqueue(send.frame)
+                    # A newer tree announcement replacing a queued one loses nothing.
+                    if dropped is not None and type(dropped) is not TreeAnnouncement:
+                        self.counters.queue_drops += 1
+                        self._notify()
             elif kind is DeliverLocal:
                 self._deliver(action)  # type: ignore[arg-type]
             elif kind is DropPeer:

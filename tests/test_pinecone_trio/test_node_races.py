@@ -363,3 +363,22 @@ async def test_port_is_reused_only_after_the_router_heard_peer_down(
             await a.wait_for(lambda: not _router_ports(a))
         await trio.testing.wait_all_tasks_blocked()
         assert peering.port in a._free_ports
+
+
+async def test_a_replaced_announcement_is_not_a_queue_drop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from pinecone_trio.router.actions import SendFrame
+    from pinecone_trio.router.wire import Announcement, TreeAnnouncement
+
+    async with (
+        open_node(Identity.generate(), listen=["memory://"]) as a,
+        open_node(Identity.generate()) as b,
+    ):
+        await b.connect(a.listen_uris[0])
+        with trio.fail_after(30):
+            await a.wait_for(lambda: len(_router_ports(a)) == 1)
+        (port,) = a._peerings
+        frame = TreeAnnouncement(Announcement.new(bytes(a.public_key), 99))
+        a._apply([SendFrame(port, frame), SendFrame(port, frame)])  # the writer sends one
+        assert a.counters.queue_drops == 0
