@@ -175,7 +175,10 @@ class MulticastDiscovery:
 
     async def _send_on(self, sock: trio.socket.SocketType, iface: Interface, data: bytes) -> None:
         try:
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(iface.ipv4))
+            # struct ip_mreqn naming the interface by index (Linux): an address alone
+            # is ambiguous when two interfaces carry the same one (veths, bridges).
+            mreqn = struct.pack("4s4si", b"\0" * 4, socket.inet_aton(iface.ipv4), iface.index)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
             await sock.sendto(data, (self._group, self._port))
         except OSError as exc:
             self.statistics.send_errors += 1
