@@ -17,8 +17,13 @@ until the link ends. `Peering.run` owns one nursery with exactly two tasks:
 
 The router task is the only one that pushes onto the queue (synchronously, in
 `enqueue`), and the writer the only one that pops, all in one thread: no locks.
-Ending the peering (EOF, error, `close()` from the node) cancels both tasks; the node
-then tells the router `PeerDown`.
+`run` first puts the node's `PeerUp` into the router inbox (so the router knows the
+port before any frame from it). Ending the peering (EOF, error, `close()` from the
+node) cancels both tasks; then, synchronously and in this order, the peering refuses
+further frames, empties its queue (returning local send budget), calls the node's
+`on_end` (which unregisters it and tells the router `PeerDown`), and sets the event
+`wait_ended` waits on; only then is the link closed (bounded, shielded). Nothing the
+link or the peer does makes `run` raise: an unexpected error ends this peering only.
 """
 
 from __future__ import annotations
