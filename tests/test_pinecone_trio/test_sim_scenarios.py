@@ -78,6 +78,17 @@ def test_dense_shared_topology_converges_and_delivers() -> None:
     assert_healthy(result)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["yggdrasil.txt", "grid4-2025.txt"])
+def test_large_shared_topology_converges_and_delivers(name: str) -> None:
+    # The two largest files under 2,500 nodes: the snake needs 100-250 virtual s here.
+    options = SimOptions(
+        seed=1, max_pairs=100, check_interval=2.0, converge_limit=900.0, measure_window=10.0
+    )
+    result = simulate(shared(name), options)
+    assert_healthy(result)
+
+
 @pytest.mark.parametrize(
     "spec",
     ["line:30", "ring:30", "grid:6x6", "tree:60", "er:80:0.06", "geometric:150:0.15", "ba:150:2"],
