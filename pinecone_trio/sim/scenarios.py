@@ -299,6 +299,9 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     out["table_size_mean"] = _round(tables.mean, 2)
     out["table_size_p95"] = tables.p95
     out["table_size_max"] = tables.max
+    out["coords_cache_max"] = max(
+        (n.state.coords_cache_size() for n in net.nodes if n.alive), default=0
+    )
 
     scenario_fields = _run_scenario(run)
     out.update(scenario_fields)
@@ -318,9 +321,6 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     out["forwarding_loops_total"] = run.prober.loops
     out["probe_revisits_total"] = run.prober.revisits
     out["bootstrap_loops_total"] = run.prober.bootstrap_loops
-    out["coords_cache_max"] = max(
-        (n.state.coords_cache_size() for n in net.nodes if n.alive), default=0
-    )
     out["peers_dropped"] = net.stats.peers_dropped
     out["virtual_s"] = round(net.now, 3)
     out["events"] = net.stats.events
