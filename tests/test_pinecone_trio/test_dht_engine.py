@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pinecone_trio.dht import wire
 from pinecone_trio.dht.constants import (
@@ -382,3 +384,33 @@ def test_timers_always_move_forward() -> None:
         now = deadline
         engine.on_timer(now)
     assert engine.pending() <= 1
+
+
+_VALID = [
+    wire.encode(m)
+    for m in (
+        wire.Lookup(1, T),
+        wire.Lookup(2, T, b"\x07" * 32),
+        wire.AnnounceAck(3, wire.ACK_STORED),
+        wire.LookupReply(4, T, (), (b"\x09" * 32,), closest=True),
+        wire.Successor(),
+    )
+]
+
+
+@given(
+    st.one_of(st.binary(max_size=512), st.sampled_from(_VALID)),
+    st.binary(min_size=32, max_size=32),
+    st.none() | st.binary(min_size=32, max_size=32),
+    st.floats(0, 1e6),
+)
+def test_engine_never_raises_on_input(
+    payload: bytes, source: bytes, target: bytes | None, now: float
+) -> None:
+    engine = DhtEngine(Identity.from_seed(b"f" * 32))
+    engine.set_neighbours(b"\x01" * 32, b"\xfe" * 32)
+    engine.lookup(T, now)
+    for action in engine.on_message(source, payload, target, now) + engine.on_timer(now):
+        if isinstance(action, SendExact | SendClosest):
+            wire.decode(action.payload)  # everything we send decodes
+    assert len(engine.store) == 0  # nothing unsigned is ever stored
