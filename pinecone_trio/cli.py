@@ -132,7 +132,10 @@ async def _run(args: argparse.Namespace) -> None:
                     nursery.cancel_scope.cancel()
                     break
         if args.status_json:
-            write_json_atomically(args.status_json, {**node.status(), "stopped": True})
+            try:
+                write_json_atomically(args.status_json, {**node.status(), "stopped": True})
+            except OSError as exc:  # reported; the shutdown itself was clean
+                print(f"pinecone-trio: cannot write {args.status_json}: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

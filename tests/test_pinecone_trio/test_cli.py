@@ -151,3 +151,28 @@ def test_startup_errors_are_one_clear_line(tmp_path: Path) -> None:
             assert proc.returncode == 1, proc.stderr
             lines = proc.stderr.strip().splitlines()
             assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def test_unwritable_status_file_is_reported_not_fatal(tmp_path: Path) -> None:
+    status = tmp_path / "missing-dir" / "s.json"
+    command = [sys.executable, "-m", "pinecone_trio.cli", "--key", str(tmp_path / "k")]
+    proc = subprocess.Popen(
+        [*command, "--status-json", str(status)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _read_until(proc, "public key ")
+        assert proc.stderr is not None
+        line = proc.stderr.readline()  # the first failed write, reported
+        assert "cannot write" in line, line
+        assert proc.poll() is None  # still running
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
