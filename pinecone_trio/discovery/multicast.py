@@ -61,6 +61,7 @@ class DiscoveryStatistics:
     bad_beacons: int = 0
     send_errors: int = 0
     join_errors: int = 0
+    scan_errors: int = 0
     receive_errors: int = 0
     interfaces: list[str] = field(default_factory=list)
 
@@ -127,9 +128,13 @@ class MulticastDiscovery:
         one that could not be joined yet (just appearing, no carrier) is retried at the
         next rescan instead of being beaconed on forever without hearing anything.
         """
-        current = {
-            i.index: i for i in usable_interfaces() if self._only is None or i.name in self._only
-        }
+        try:
+            found = usable_interfaces()
+        except OSError as exc:  # e.g. out of file descriptors on a busy relay
+            self.statistics.scan_errors += 1
+            logger.info("interface scan failed (keeping the last one): %s", exc)
+            return
+        current = {i.index: i for i in found if self._only is None or i.name in self._only}
         for index in list(self._joined):
             if index not in current:
                 # Gone, down or without IPv4 now. Leave the group explicitly (if the

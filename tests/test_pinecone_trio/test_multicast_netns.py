@@ -202,3 +202,26 @@ def test_only_beacons_sent_to_the_group_are_heard() -> None:
     discovery._on_datagram(beacon, pktinfo(9, "224.0.0.114"), sender)
     assert heard == [("10.0.0.7", "eth9")]
     assert discovery.statistics.beacons_received == 1
+
+
+def test_failed_interface_scan_keeps_the_last_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    # e.g. EMFILE on a relay with many connections: the scan's own socket cannot be
+    # opened. That used to end discovery and with it the whole node.
+    from pinecone_trio.discovery import multicast
+    from pinecone_trio.discovery.interfaces import Interface
+
+    present = [Interface("eth9", 9, "10.0.0.9")]
+    monkeypatch.setattr(multicast, "usable_interfaces", lambda: list(present))
+    discovery = multicast.MulticastDiscovery(
+        Identity.generate().public_key, listen_port=lambda: 1, on_beacon=lambda *a: None
+    )
+    sock = _FakeSocket(failing_joins=0)
+    discovery._rescan(sock)  # type: ignore[arg-type]
+
+    def fail() -> list[Interface]:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(multicast, "usable_interfaces", fail)
+    discovery._rescan(sock)  # type: ignore[arg-type]
+    assert discovery.statistics.interfaces == ["eth9"]
+    assert discovery.statistics.scan_errors == 1
