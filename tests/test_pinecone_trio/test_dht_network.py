@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
-import pytest
 import trio
 import trio.testing
 
@@ -175,7 +174,6 @@ async def test_record_survives_closest_node_death(
             assert [e.record.seq > first_seq for e in entries] == [True]
 
 
-@pytest.mark.slow
 async def test_reannounce_restores_topic_after_all_holders_die(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
@@ -195,3 +193,36 @@ async def test_reannounce_restores_topic_after_all_holders_die(
             when = await poll(net.dhts[looker], topic, until_empty=False, seconds=seconds)
             assert when - start <= ANNOUNCE_REFRESH_INTERVAL * 1.2
         assert RECORD_TTL > ANNOUNCE_REFRESH_INTERVAL * 2
+
+
+async def test_lookups_after_a_fifth_of_the_nodes_die(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # hyperdht's churn figure: announce, kill 20 % of the nodes, look everything up.
+    rng = random.Random(5)
+    async with dht_network(20, chords=15, seed=5) as net, AsyncExitStack() as stack:
+        names = sorted(net.dhts)
+        topics = {f"churn/{i}": rng.choice(names) for i in range(10)}
+        for topic, name in topics.items():
+            await stack.enter_async_context(net.dhts[name].announce(topic, data=name.encode()))
+        key_of = {n: net.key(n) for n in names}
+        victims = rng.sample(names, 4)
+        for name in victims:
+            net.kill(name)
+        alive = net.component(next(n for n in names if n not in victims))
+        await net.wait_converged(alive)
+        # Right away: every topic with a live copy in this part of the network is found,
+        # including those whose announcer died (its records live until they expire).
+        checked = 0
+        for topic, announcer in topics.items():
+            tid, key = topic_id(topic), bytes(key_of[announcer])
+            if any(net.dhts[n].engine.store.has(tid, key) for n in alive):
+                looker = rng.choice(alive)
+                assert await found(net.dhts[looker], topic) == {key_of[announcer]}
+                checked += 1
+        assert checked >= 8
+        # After one refresh interval, every live announcer is found again from anywhere.
+        await trio.sleep(ANNOUNCE_REFRESH_INTERVAL * 1.2)
+        for topic, announcer in topics.items():
+            if announcer in alive:
+                assert await found(net.dhts[rng.choice(alive)], topic) == {key_of[announcer]}
