@@ -90,7 +90,8 @@ class LogReplication:
     def __init__(self, port: LogPort) -> None:
         self.port = port
         self._lot = trio.lowlevel.ParkingLot()
-        self.engine = LogReplicator(port, on_change=self._changed)
+        self.engine = LogReplicator(port, on_change=self._changed, on_block=self._block_done)
+        self._block_lots: dict[int, trio.lowlevel.ParkingLot] = {}
         self.conflicts: list[ForkConflictError] = []
         if isinstance(port, _Notifying):
             port.on_local_change = self.notify_local_update
@@ -102,6 +103,11 @@ class LogReplication:
 
     def _changed(self) -> None:
         self._lot.unpark_all()
+
+    def _block_done(self, index: int) -> None:
+        lot = self._block_lots.get(index)
+        if lot is not None:
+            lot.unpark_all()
 
     @property
     def peers(self) -> int:
@@ -137,19 +143,24 @@ class LogReplication:
         if self.port.has(index):
             return
         deadline = math.inf if timeout is None else trio.current_time() + timeout
+        lot = self._block_lots.setdefault(index, trio.lowlevel.ParkingLot())
         g = self.engine.want_block(index, trio.current_time())
         try:
             with trio.move_on_at(deadline):
+                # Woken only for this block (stored, failed, log frozen), not on every
+                # change: 1,000 concurrent gets would otherwise wake each other 10^6 times.
                 while not self.port.has(index):
                     if self.engine.frozen is not None:
                         raise self.engine.frozen
                     if g.error is not None and (not wait or g.attempts >= MAX_ATTEMPTS):
                         raise g.error
-                    await self.wait_changed()
+                    await lot.park()
                 return
             raise BlockNotAvailableError(f"block {index}: timed out after {timeout} s")
         finally:
             self.engine.release_block(g, trio.current_time())
+            if not lot.statistics().tasks_waiting and self._block_lots.get(index) is lot:
+                del self._block_lots[index]
 
     async def download(
         self,

@@ -197,7 +197,19 @@ class DownloadWant:
 class LogReplicator:
     """The sans-IO replication state of one log across all its peers."""
 
-    def __init__(self, view: LogView, *, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        view: LogView,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_block: Callable[[int], None] | None = None,
+    ) -> None:
+        """Args:
+        view: the log's facts.
+        on_change: called after any change (downloads, update, peers).
+        on_block: called with an index when that block was stored or its `get`
+            failed, so a waiting `get` wakes alone (not every waiter on every block).
+        """
         self.view = view
         self.peers: list[PeerChannel] = []
         self.gets: dict[int, GetWant] = {}
@@ -209,6 +221,7 @@ class LogReplicator:
         self.pending_opens = 0  # channels we opened that the remote has not answered
         self.next_id = 1
         self.on_change = on_change or (lambda: None)
+        self.on_block = on_block or (lambda index: None)
         self.stats = {"blocks": 0, "bytes": 0, "timeouts": 0, "hotswaps": 0}
 
     # ------------------------------------------------------------------ peers
@@ -586,6 +599,7 @@ class LogReplicator:
         g = self.gets.pop(index, None)
         if g is not None:
             g.error = None
+            self.on_block(index)
         for ch, rid in self.block_reqs.pop(index, []):
             self._cancel(ch, rid)
         for d in self.downloads:
@@ -620,8 +634,9 @@ class LogReplicator:
     def freeze(self, error: HyperlogError) -> None:
         """Two signed trees for one fork: stop replicating this log for good."""
         self.frozen = error
-        for g in self.gets.values():
+        for g in list(self.gets.values()):
             g.error = error
+            self.on_block(g.index)
         self.on_change()
 
     # ------------------------------------------------------------------ scheduling
@@ -836,6 +851,7 @@ class LogReplicator:
                 g.error = BlockNotAvailableError(
                     f"block {g.index}: no valid answer after {g.attempts} attempts"
                 )
+                self.on_block(g.index)
                 continue
             pending = self.pending_opens > 0 or any(not ch.synced for ch in self.peers)
             able = [
@@ -852,6 +868,7 @@ class LogReplicator:
             ]
             if not pending and not able and self.upgrade_inflight is None:
                 g.error = BlockNotAvailableError(f"block {g.index}: no connected peer has it")
+                self.on_block(g.index)
             else:
                 g.error = None
         for g in [g for g in self.gets.values() if g.passive and g.error is not None]:
