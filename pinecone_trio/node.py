@@ -137,6 +137,16 @@ LOCAL_SEND_FRAMES: Final = 256
 REFUSED_PEER_LIMIT: Final = "refused:peer-limit"
 
 
+#: The router settings a running node uses unless told otherwise. The engine's own
+#: defaults are Pinecone's timers (the simulator's benchmark reports those); a node
+#: deviates in two measured ways (docs/router.md, "Snake stability" and "Root sequence
+#: refresh"): snake entries live 12.5 s instead of 10 s, so an entry refreshed every
+#: other 5 s round does not expire at the instant it is refreshed, and bootstraps whose
+#: root sequence is one behind still count, so the 30-minute root refresh does not
+#: clear every descending neighbour in the network at once.
+DEPLOYED_ROUTER_CONFIG: Final = RouterConfig(snake_expiry=12.5, root_seq_tolerance=1)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeConfig:
     """Tunables of a node; the defaults suit a relay or an app on a laptop."""
@@ -268,7 +278,7 @@ class Node:
         """
         if self._nursery is not None:
             raise RuntimeError("a Node runs once")
-        router_config = self._config.router or RouterConfig()
+        router_config = self._config.router or DEPLOYED_ROUTER_CONFIG
         offset = time.time() - trio.current_time()
         router_config = _replace_offset(router_config, offset)
         self._state = RouterState(
