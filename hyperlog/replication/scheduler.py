@@ -270,7 +270,7 @@ class LogReplicator:
         else:
             g.waiters += 1
         self.pump(now)
-        self._fail_unservable()
+        self._fail_unservable(g)
         return g
 
     def release_block(self, g: GetWant, now: float) -> None:
@@ -684,23 +684,23 @@ class LogReplicator:
     def _fill_gets(self, ch: PeerChannel, now: float) -> None:
         if not self.gets:
             return
+        multi = len(self.peers) > 1
         for g in list(self.gets.values()):
             if ch.free_slots() <= 0:
                 return
             i = g.index
+            reqs = self.block_reqs.get(i)
+            if reqs and (not multi or len(reqs) >= 2):
+                continue  # in flight, and no hot-swap possible (cheap check first)
             if i >= self.view.length or self.view.has(i) or ch.peer_id in g.tried:
                 continue
             if not ch.may_have(i):
                 continue
-            reqs = self.block_reqs.get(i, [])
-            if any(c is ch for c, _ in reqs):
-                continue
             if reqs:
-                # Hot-swap: only when every current holder is slow, and at most 2.
-                if len(reqs) >= 2:
-                    continue
+                # Hot-swap: only when the current holder is slow (and not us).
                 c0, r0 = reqs[0]
-                if now - c0.inflight[r0].sent_at < HOTSWAP_AFTER:
+                inf0 = c0.inflight.get(r0)  # None: answered, being verified
+                if c0 is ch or inf0 is None or now - inf0.sent_at < HOTSWAP_AFTER:
                     continue
                 self.stats["hotswaps"] += 1
             g.attempts += 1
@@ -842,9 +842,9 @@ class LogReplicator:
     def _needed_by_download(self, index: int) -> bool:
         return any(d.start <= index and (d.end is None or index < d.end) for d in self.downloads)
 
-    def _fail_unservable(self) -> None:
-        """Fail `get`s that no connected, synced peer can serve any more."""
-        for g in self.gets.values():
+    def _fail_unservable(self, only: GetWant | None = None) -> None:
+        """Fail `get`s that no connected, synced peer can serve any more (or just `only`)."""
+        for g in self.gets.values() if only is None else [only]:
             if g.error is not None or self.view.has(g.index) or g.index in self.block_reqs:
                 continue
             if g.attempts >= MAX_ATTEMPTS:
@@ -871,9 +871,10 @@ class LogReplicator:
                 self.on_block(g.index)
             else:
                 g.error = None
-        for g in [g for g in self.gets.values() if g.passive and g.error is not None]:
+        scope = list(self.gets.values()) if only is None else [only]
+        for g in [g for g in scope if g.passive and g.error is not None]:
             g.passive = False
-            if g.waiters <= 0:
+            if g.waiters <= 0 and self.gets.get(g.index) is g:
                 del self.gets[g.index]
 
     def _send_sync(self, ch: PeerChannel) -> None:
