@@ -22,7 +22,7 @@ NOISE_PROTOCOL_NAME: Final = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 NOISE_PROLOGUE: Final = b"pinecone-trio session v1"
 
 #: Domain string the ed25519 identity signs, followed by the Noise static public key.
-#: Binding the identity to a fresh X25519 key by signature (as libp2p does) keeps the
+#: Binding the identity to an X25519 key by signature (as libp2p does) keeps the
 #: signing key out of Diffie-Hellman and lets a device prove a personal identity that is
 #: not its routing key.
 IDENTITY_BINDING_DOMAIN: Final = b"pinecone-trio/session/v1/noise-static-key:"

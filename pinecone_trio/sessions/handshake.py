@@ -1,9 +1,9 @@
 """The session handshake: the link layer's Noise XX engine, with a session prologue.
 
 Sessions prove identities exactly as links do (`pinecone_trio.link.handshake`): each
-side signs a fresh X25519 static key with its ed25519 identity inside Noise XX messages 2
-and 3, and a dialler that expects a key refuses any other before it reveals its own
-identity. This adapter adds what differs for sessions:
+side signs its X25519 static key (one per identity per process) with its ed25519
+identity inside Noise XX messages 2 and 3, and a dialler that expects a key refuses
+any other before it reveals its own identity. This adapter adds what differs for sessions:
 
 - the prologue is `NOISE_PROLOGUE || initiator routing key || responder routing key`,
   so a handshake message relayed between any other pair of keys fails, and a link
