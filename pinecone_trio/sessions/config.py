@@ -21,12 +21,6 @@ NOISE_PROTOCOL_NAME: Final = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"
 #: message cannot be replayed as anything else (a link handshake, another pair of keys).
 NOISE_PROLOGUE: Final = b"pinecone-trio session v1"
 
-#: Domain string the ed25519 identity signs, followed by the Noise static public key.
-#: Binding the identity to an X25519 key by signature (as libp2p does) keeps the
-#: signing key out of Diffie-Hellman and lets a device prove a personal identity that is
-#: not its routing key.
-IDENTITY_BINDING_DOMAIN: Final = b"pinecone-trio/session/v1/noise-static-key:"
-
 #: Largest overlay payload we ever accept or build, whatever the config says: the
 #: overlay's own frame limit (a 2-byte length) is 65,535 bytes including its header.
 MAX_PACKET_SIZE_LIMIT: Final = 65_535

@@ -12,8 +12,8 @@ A packet number is accepted at most once: `ReplayWindow` is WireGuard's sliding 
 decryption (cheap rejection of replays and very old packets) and only marked seen after
 the AEAD tag verified, so a forged packet cannot burn a number the real sender will use.
 
-`identity_binding` is the message an ed25519 identity signs to vouch for a Noise static
-key: a domain string (so the signature means nothing anywhere else) and the key.
+Identities are bound to the Noise static keys by the link layer's handshake engine,
+which sessions reuse (see handshake.py).
 """
 
 from __future__ import annotations
@@ -23,15 +23,10 @@ from typing import Final, final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from .config import IDENTITY_BINDING_DOMAIN, REPLAY_WINDOW
+from .config import REPLAY_WINDOW
 
 KEY_SIZE: Final = 32
 _NONCE_PREFIX: Final = b"\x00\x00\x00\x00"
-
-
-def identity_binding(noise_static_public: bytes) -> bytes:
-    """The bytes an identity signs to bind itself to a Noise static public key."""
-    return IDENTITY_BINDING_DOMAIN + noise_static_public
 
 
 @final
