@@ -22,6 +22,8 @@ Measured per N:
   returns (the closest node and its snake neighbours answered); hyperdht: the lookup
   query stream's completion ("first result" is also quoted). Success rate and DHT
   datagrams the looking-up node sent.
+- churn: as the anchor: fresh topics, 20 % of the nodes killed, 5 s later every topic
+  looked up from a survivor; topics found and lookup latency.
 - connect: `node.connect(key, "/bench/echo")` to an announcer found by lookup, until
   the end-to-end Noise session stream is open; then a 1 KiB echo round trip on it;
   hyperdht: `connect(publicKey)` until the stream opens, and its 1 KiB echo.
@@ -43,15 +45,17 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import trio
 
-from pinecone_trio.dht import Dht, open_dht
-from pinecone_trio.node import NodeConfig
+from pinecone_trio.dht import Dht, open_dht, topic_id
+from pinecone_trio.identity import Identity
+from pinecone_trio.node import NodeConfig, open_node
 from pinecone_trio.router import RouterConfig
-from pinecone_trio.testing import Network, open_network
+from pinecone_trio.testing import Network
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ANCHOR_DIR = os.path.join(HERE, "..", "..", "shared", "anchors", "dht")
@@ -65,6 +69,7 @@ HYPERDHT = {
         "lookup_requests": 23.0,
         "connect_p50_ms": 4.88,
         "echo_p50_ms": 1.00,
+        "churn_total_p50_ms": 3.79,
     },
     100: {
         "announce_p50_ms": 6.35,
@@ -73,12 +78,15 @@ HYPERDHT = {
         "lookup_requests": 35.5,
         "connect_p50_ms": 5.52,
         "echo_p50_ms": 0.65,
+        "churn_total_p50_ms": 1006.0,
     },
 }
 
 BENCH_CONFIG = NodeConfig(router=RouterConfig(bootstrap_interval=1.0))
 PROTOCOL = "/bench/echo"
 OP_TIMEOUT = 15.0
+#: Seconds between killing nodes and the lookups (the anchor waits 5 s too).
+CHURN_WAIT = 5.0
 
 
 def random_edges(n: int, rng: random.Random) -> list[tuple[str, str]]:
@@ -117,19 +125,70 @@ async def echo_server(net: Network, name: str, *, task_status: trio.TaskStatus[N
             nursery.start_soon(echo)
 
 
-async def run_size(n: int, topics: int, connects: int, seed: int) -> dict[str, Any]:
+class KillableNetwork:
+    """Nodes (each with its DHT) in one nursery, any of which can be killed."""
+
+    def __init__(self) -> None:
+        self.net = Network()
+        self.dhts: dict[str, Dht] = {}
+        self._scopes: dict[str, trio.CancelScope] = {}
+
+    async def run_node(self, name: str, *, task_status: trio.TaskStatus[None]) -> None:
+        with trio.CancelScope() as scope:
+            self._scopes[name] = scope
+            async with (
+                open_node(Identity.generate(), listen=["memory://"], config=BENCH_CONFIG) as node,
+                open_dht(node) as dht,
+            ):
+                self.net.nodes[name] = node
+                self.dhts[name] = dht
+                task_status.started()
+                await trio.sleep_forever()
+
+    def kill(self, name: str) -> None:
+        self._scopes.pop(name).cancel()
+        del self.net.nodes[name]
+        del self.dhts[name]
+
+    def component(self, name: str) -> list[str]:
+        seen, todo = {name}, [name]
+        while todo:
+            here = todo.pop()
+            for a, b in self.net.edges:
+                for x, y in ((a, b), (b, a)):
+                    if x == here and y in self.net.nodes and y not in seen:
+                        seen.add(y)
+                        todo.append(y)
+        return sorted(seen)
+
+
+@asynccontextmanager
+async def killable_network(edges: list[tuple[str, str]]) -> AsyncIterator[KillableNetwork]:
+    kn = KillableNetwork()
+    names = sorted({x for edge in edges for x in edge}, key=lambda x: int(x[1:]))
+    async with trio.open_nursery() as nursery:
+        for name in names:
+            await nursery.start(kn.run_node, name)
+        for a, b in edges:
+            await kn.net[a].connect(kn.net[b].listen_uris[0])
+            kn.net.edges.append((a, b))
+        yield kn
+        nursery.cancel_scope.cancel()
+
+
+async def run_size(
+    n: int, topics: int, connects: int, churn_topics: int, seed: int
+) -> dict[str, Any]:
     rng = random.Random(seed)
     edges = random_edges(n, rng)
     result: dict[str, Any] = {"nodes": n, "edges": len(edges)}
-    async with open_network(edges, config=BENCH_CONFIG) as net, AsyncExitStack() as stack:
+    async with killable_network(edges) as kn, AsyncExitStack() as stack:
+        net, dhts = kn.net, kn.dhts
         start = time.perf_counter()
         with trio.fail_after(300):
             await net.wait_converged()
         result["converge_s"] = round(time.perf_counter() - start, 2)
-        names = list(net.nodes)
-        dhts: dict[str, Dht] = {}
-        for name in names:
-            dhts[name] = await stack.enter_async_context(open_dht(net[name]))
+        names = sorted(net.nodes)
         print(f"N={n}: converged in {result['converge_s']} s", file=sys.stderr)
 
         announce_ms: list[float] = []
@@ -205,6 +264,46 @@ async def run_size(n: int, topics: int, connects: int, seed: int) -> dict[str, A
         result["echo_ms"] = summary(echo_ms)
         result["echo_cpu_ms"] = summary(echo_cpu)
         result["store_records_total"] = sum(len(d.engine.store) for d in dhts.values())
+
+        # Churn, as the anchor does it: fresh topics, kill 20 % of the nodes, wait 5 s,
+        # look every topic up from a random survivor (of the largest remaining part).
+        churn: list[tuple[str, str]] = []
+        for i in range(churn_topics):
+            name = rng.choice(names)
+            topic = f"churn/{seed}/{i}"
+            with trio.fail_after(OP_TIMEOUT):
+                await stack.enter_async_context(dhts[name].announce(topic))
+            churn.append((name, topic))
+        keys = {name: net[name].public_key for name in names}
+        victims = rng.sample(names, n // 5)
+        for name in victims:
+            kn.kill(name)
+        await trio.sleep(CHURN_WAIT)
+        alive = max((kn.component(x) for x in net.nodes), key=len)
+        churn_ms: list[float] = []
+        churn_found = 0
+        findable = 0  # topics with a live copy in the looker's part of the network
+        for name, topic in churn:
+            looker = rng.choice([x for x in alive if x != name])
+            tid, key = topic_id(topic), bytes(keys[name])
+            copy = any(dhts[x].engine.store.has(tid, key) for x in alive)
+            findable += copy
+            start = time.perf_counter()
+            records = await dhts[looker].lookup(topic, timeout=5)
+            churn_ms.append((time.perf_counter() - start) * 1000)
+            hit = any(r.public_key == keys[name] for r in records)
+            churn_found += hit
+            if copy and not hit:
+                print(f"N={n}: churn miss {topic} (copy alive)", file=sys.stderr)
+        result["churn"] = {
+            "killed": len(victims),
+            "largest_part": len(alive),
+            "announcers_killed": sum(name in victims for name, _ in churn),
+            "topics": len(churn),
+            "found": churn_found,
+            "with_live_copy": findable,
+            "lookup_ms": summary(churn_ms),
+        }
     return result
 
 
@@ -247,6 +346,7 @@ def run_anchor(n: int) -> dict[str, Any] | None:
             "lookup_requests": data["lookup"]["requests"],
             "connect_p50_ms": data["connect"]["openMs"]["p50"],
             "echo_p50_ms": data["connect"]["echoMs"]["p50"],
+            "churn_total_p50_ms": data["churn"]["totalMs"]["p50"],
         }
     except (OSError, subprocess.SubprocessError, ValueError, KeyError):
         return None
@@ -319,6 +419,21 @@ def table(results: list[dict[str, Any]], live: dict[int, dict[str, Any]]) -> str
         "| 1 KiB echo on the stream, ms | " + " | ".join(cell(r, "echo_ms") for r in results)
     )
     rows.append("|   hyperdht 1 KiB echo p50, ms | " + ref("echo_p50_ms"))
+    rows.append(
+        "| churn: nodes killed; topics found / with a live copy / announced | "
+        + " | ".join(
+            f"{r['churn']['killed']}; {r['churn']['found']} / {r['churn']['with_live_copy']}"
+            f" / {r['churn']['topics']}"
+            for r in results
+        )
+    )
+    rows.append(
+        "| churn: lookup ms (5 s after the kill) | "
+        + " | ".join(
+            f"{r['churn']['lookup_ms']['p50']} [{r['churn']['lookup_ms']['p90']}]" for r in results
+        )
+    )
+    rows.append("|   hyperdht after churn: completion p50, ms | " + ref("churn_total_p50_ms"))
     return "\n".join(rows)
 
 
@@ -332,7 +447,8 @@ def main() -> int:
     sizes = [25] if args.quick else [25, 100]
     topics = 20 if args.quick else 100
     connects = 10 if args.quick else 50
-    results = [trio.run(run_size, n, topics, connects, args.seed) for n in sizes]
+    churn_topics = 10 if args.quick else 50
+    results = [trio.run(run_size, n, topics, connects, churn_topics, args.seed) for n in sizes]
     live: dict[int, dict[str, Any]] = {}
     if args.anchor:
         for n in sizes:

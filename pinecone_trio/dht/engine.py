@@ -24,10 +24,11 @@ exact key with its live records and the keys of its snake neighbours, and forwar
 lookup to those neighbours, which answer us directly (a node that joined next to the
 topic id a moment ago is "closest" but empty; the old closest node is its neighbour and
 still has the records; after the closest node died, its neighbours hold the copies).
-A neighbour that stays silent is asked directly; each query is retried like an
-announce; the lookup finishes when every node named has answered or given up, or at
-its deadline. Every record in a reply is verified against its own key
-before it is reported, so a lying responder can hide records but not invent them.
+A neighbour that stays silent is asked directly, and retried like an announce while
+the lookup has found nothing (with records in hand, one timeout is all it gets); the
+lookup finishes when every node named has answered or given up, or at its deadline.
+Every record in a reply is verified against its own key before it is reported, so a
+lying responder can hide records but not invent them.
 
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
 table); the overlay's source key is not authenticated, which is why nothing is stored
@@ -588,7 +589,13 @@ class DhtEngine:
             if not q.done and now >= q.retry_at and self._retry(q, now):
                 actions.append(SendClosest(lookup.topic, message))
             for key, q in lookup.exact.items():
-                if not q.done and now >= q.retry_at and self._retry(q, now):
+                if q.done or now < q.retry_at:
+                    continue
+                if lookup.closest.done and lookup.found:
+                    # We have answers: a neighbour silent for a whole timeout (dead, or
+                    # the snake is still repairing) is not worth more waiting.
+                    q.done = True
+                elif self._retry(q, now):
                     actions.append(SendExact(key, message))
             if lookup.finished():
                 actions.append(self._finish(lookup))
