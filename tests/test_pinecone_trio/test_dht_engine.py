@@ -209,6 +209,25 @@ def test_lookup_reaches_neighbours_forwarded_or_directly() -> None:
     assert net.engines[looker].statistics.retries >= 1
 
 
+def test_silent_neighbour_costs_one_timeout_once_records_are_in_hand() -> None:
+    net = EngineNet(10, seed=12)
+    keys = net.keys
+    # A topic whose closest node has neighbours on both sides.
+    topic = next(
+        t
+        for t in (topic_id(f"mid{j}") for j in range(100))
+        if 0 < keys.index(net.closest(t)) < len(keys) - 1
+    )
+    i = keys.index(net.closest(topic))
+    announcer = next(k for k in keys if k not in keys[i - 1 : i + 2])
+    assert net.announce(announcer, topic)
+    net.silent.add(keys[i + 1])  # dead, but the snake does not know it yet
+    looker = next(k for k in keys if k not in keys[i - 1 : i + 2] and k != announcer)
+    start = net.now
+    assert [r.public_key for r in net.lookup(looker, topic)] == [announcer]
+    assert net.now - start == pytest.approx(REQUEST_TIMEOUT, abs=REQUEST_TIMEOUT / 2)
+
+
 def test_refresh_moves_record_to_new_closest_and_expiry_removes_it() -> None:
     net = EngineNet(10, seed=4)
     announcer = net.keys[0] if net.closest(T) != net.keys[0] else net.keys[1]
