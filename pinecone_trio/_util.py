@@ -77,3 +77,25 @@ async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
             if isinstance(failure, KeyboardInterrupt | SystemExit):
                 raise failure from group
         raise NodeCrashedError(f"{what} crashed: {failures[0]!r}") from group
+
+
+class ConflictDetector:
+    """Raise `trio.BusyResourceError` when two tasks use one side of a stream at once.
+
+    `with detector:` around the body of `send_all` (or `receive_some`), as Trio's own
+    streams do; `held` says whether a task is inside.
+    """
+
+    __slots__ = ("_what", "held")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self.held = False
+
+    def __enter__(self) -> None:
+        if self.held:
+            raise trio.BusyResourceError(f"another task is already {self._what}")
+        self.held = True
+
+    def __exit__(self, *exc: object) -> None:
+        self.held = False

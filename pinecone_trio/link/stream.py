@@ -48,6 +48,7 @@ from typing import Final, final
 
 import trio
 
+from .._util import ConflictDetector
 from ..errors import (
     HandshakeAborted,
     HandshakeTimeout,
@@ -86,24 +87,6 @@ class LinkStatistics:
     #: Application bytes sent / received (plaintext).
     bytes_sent: int
     bytes_received: int
-
-
-class _ConflictDetector:
-    """Raise `trio.BusyResourceError` when two tasks enter at once (like Trio's own)."""
-
-    __slots__ = ("_what", "held")
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self.held = False
-
-    def __enter__(self) -> None:
-        if self.held:
-            raise trio.BusyResourceError(f"another task is already {self._what}")
-        self.held = True
-
-    def __exit__(self, *exc: object) -> None:
-        self.held = False
 
 
 @final
@@ -162,8 +145,8 @@ class NoiseLink(trio.abc.Stream):
         self._eof = False
         self._closed = False
         self._broken: BaseException | None = None
-        self._send_conflict = _ConflictDetector("sending on this link")
-        self._receive_conflict = _ConflictDetector("receiving on this link")
+        self._send_conflict = ConflictDetector("sending on this link")
+        self._receive_conflict = ConflictDetector("receiving on this link")
 
     # ------------------------------------------------------------------ handshake
 

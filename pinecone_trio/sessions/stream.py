@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Final, final
 
 import trio
 
+from .._util import ConflictDetector
 from ..errors import StreamRefusedError
 from ..identity import PublicKey
 from .engine import StreamBroken, StreamState
@@ -26,24 +27,6 @@ if TYPE_CHECKING:
 
 #: `receive_some()` without a size returns at most this many bytes.
 DEFAULT_RECEIVE_SIZE: Final = 256 * 1024
-
-
-class _Conflict:
-    """Raises `trio.BusyResourceError` when two tasks enter at once."""
-
-    __slots__ = ("_held", "_message")
-
-    def __init__(self, message: str) -> None:
-        self._message = message
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(self._message)
-        self._held = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._held = False
 
 
 def _broken(exc: StreamBroken) -> trio.BrokenResourceError:
@@ -72,8 +55,8 @@ class SessionStream(trio.abc.HalfCloseableStream):
         self.protocol = protocol
         self.remote_address: PublicKey = handle.engine.remote_address
         self._lot = trio.lowlevel.ParkingLot()
-        self._send_conflict = _Conflict("another task is already sending on this stream")
-        self._recv_conflict = _Conflict("another task is already receiving on this stream")
+        self._send_conflict = ConflictDetector("sending on this stream")
+        self._recv_conflict = ConflictDetector("receiving on this stream")
         self._closed = False
         self._eof_sent = False
 

@@ -23,6 +23,7 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
+from .._util import ConflictDetector
 from ..link.constants import CLOSE_TIMEOUT, DIAL_TIMEOUT
 from .base import Address, Handler, run_handler
 
@@ -36,22 +37,6 @@ MAX_WS_MESSAGE_SIZE: Final = 256 * 1024
 MAX_WS_RECEIVE_MESSAGE_SIZE: Final = 1024 * 1024
 #: Close codes that mean an orderly end of stream.
 _NORMAL_CLOSE_CODES: Final = frozenset({1000, 1001})
-
-
-class _ConflictDetector:
-    __slots__ = ("_held", "_what")
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._held = False
-
-    def __enter__(self) -> None:
-        if self._held:
-            raise trio.BusyResourceError(f"another task is already {self._what}")
-        self._held = True
-
-    def __exit__(self, *exc: object) -> None:
-        self._held = False
 
 
 @final
@@ -71,8 +56,8 @@ class WebSocketStream(trio.abc.Stream):
         self._pending = b""
         self._closed = False
         self._eof = False
-        self._send_conflict = _ConflictDetector("sending on this WebSocket stream")
-        self._receive_conflict = _ConflictDetector("receiving on this WebSocket stream")
+        self._send_conflict = ConflictDetector("sending on this WebSocket stream")
+        self._receive_conflict = ConflictDetector("receiving on this WebSocket stream")
 
     def _closed_error(
         self, exc: BaseException
