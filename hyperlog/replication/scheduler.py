@@ -57,6 +57,7 @@ from hyperlog.replication.constants import (
     MIN_WINDOW,
     PAGE_BITS,
     RANGE_BYTES,
+    RANGE_BYTES_IN_FLIGHT,
     RANGE_MIN_BLOCKS,
     REQUEST_TIMEOUT,
     SCAN_LIMIT,
@@ -775,7 +776,9 @@ class LogReplicator:
         for j in range(first, end):
             if not ch.have.has(j) or self.view.has(j) or j in self.block_reqs or j in self.retry:
                 return False
-        if ch.ranges_outstanding() >= MAX_RANGES_IN_FLIGHT:
+        avg = max(1, self.view.byte_length // max(1, self.view.length))
+        cap = max(2, min(MAX_RANGES_IN_FLIGHT, RANGE_BYTES_IN_FLIGHT // (span * avg)))
+        if ch.ranges_outstanding() >= cap:
             return None
         node = flat_tree.index(span.bit_length() - 1, first // span)
         rid = self.next_id
