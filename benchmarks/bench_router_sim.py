@@ -77,7 +77,7 @@ FULL: list[Run] = [
     (
         "sim-skitter null signer",
         _file("sim-skitter.txt"),
-        ["--pairs", "300", "--check-interval", "2"],
+        ["--pairs", "300", "--check-interval", "2", "--converge-limit", "900"],
         3600,
     ),
 ]

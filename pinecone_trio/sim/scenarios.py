@@ -273,8 +273,8 @@ def simulate(topology: str | Graph, options: SimOptions | None = None) -> dict[s
     out["links"] = graph.link_count()
     out["links_capped"] = run.links_capped
     out["components"] = len(graph.components())
-    out["tree_converged_s"] = tree_s
-    out["snake_converged_s"] = snake_s
+    out["tree_converged_s"] = None if tree_s is None else round(tree_s, 3)
+    out["snake_converged_s"] = None if snake_s is None else round(snake_s, 3)
     rss_converged = _rss_bytes()
     out["memory_per_node_bytes"] = (
         max(0, rss_converged - run.rss_start) // max(1, len(net.nodes)) if run.rss_start else None
