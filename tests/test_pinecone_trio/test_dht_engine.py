@@ -433,3 +433,32 @@ def test_engine_never_raises_on_input(
         if isinstance(action, SendExact | SendClosest):
             wire.decode(action.payload)  # everything we send decodes
     assert len(engine.store) == 0  # nothing unsigned is ever stored
+
+
+def test_engine_modules_do_not_import_trio() -> None:
+    # The sans-IO rule, checked on the source (the package root may import trio).
+    import ast
+    from pathlib import Path
+
+    import pinecone_trio.dht as package
+
+    root = Path(package.__file__).parent
+    for name in ("constants", "crypto", "wire", "store", "engine"):
+        tree = ast.parse((root / f"{name}.py").read_text())
+        imported = {
+            alias.name.split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {
+            (node.module or "").split(".")[0]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level == 0
+        }
+        relative = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.level > 0
+        }
+        assert "trio" not in imported, name
+        assert not relative & {"service", "node", "testing"}, name
