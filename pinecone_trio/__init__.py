@@ -15,6 +15,7 @@ async with open_node(Identity.generate(), listen=["tcp://0.0.0.0:0"]) as node:
 """
 
 from . import events
+from .dht import Dht, PeerRecord, open_dht
 from .errors import (
     BadHandshake,
     DecodeError,
@@ -49,6 +50,7 @@ from .sessions import SessionConfig, SessionListener, SessionStream
 __all__ = [
     "BadHandshake",
     "Datagram",
+    "Dht",
     "DecodeError",
     "DecryptionFailed",
     "FrameTooLarge",
@@ -64,6 +66,7 @@ __all__ = [
     "NodeCrashedError",
     "NoiseLink",
     "OverlayService",
+    "PeerRecord",
     "PeerLimitError",
     "PineconeError",
     "ProtocolError",
@@ -81,6 +84,7 @@ __all__ = [
     "WrongRemoteKey",
     "connect_link",
     "events",
+    "open_dht",
     "open_node",
     "serve_links",
 ]
