@@ -72,6 +72,16 @@ MAX_QUEUED_WORK = 512
 MAX_VERIFY_GROUP = 256
 
 
+#: Work the reader may do inline: serving or verifying a single block.
+_INLINE_WORK = 4
+
+
+def _small(w: Work) -> bool:
+    if isinstance(w, ServeWork):
+        return isinstance(w.request, wire.Request)
+    return isinstance(w, VerifyWork)
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """Download progress: blocks and bytes fetched so far, blocks still missing."""
@@ -289,6 +299,7 @@ class ReplicationSession:
         self._drain_lot = trio.lowlevel.ParkingLot()
         self._timer_lot = trio.lowlevel.ParkingLot()
         self._work_lot = trio.lowlevel.ParkingLot()
+        self._working = False  # the reader or the worker is inside _do_work
         self._worked_lot = trio.lowlevel.ParkingLot()
         self.engine.on_output = self._on_output
         self.error: BaseException | None = None
@@ -371,7 +382,22 @@ class ReplicationSession:
         while (msg := dec.next_message()) is not None:
             self.engine.receive(msg, now)
         if self.engine.work:
-            self._work_lot.unpark_all()
+            work = self.engine.work
+            if (
+                not self._working
+                and len(work) <= _INLINE_WORK
+                and self.engine.outbox_bytes <= MAX_OUTBOX_BYTES
+                and all(map(_small, work))
+            ):
+                # A few single-block items and an idle worker: do them here and save
+                # two task switches per round trip (sparse gets are latency-bound).
+                self._working = True
+                try:
+                    await self._do_work()
+                finally:
+                    self._working = False
+            else:
+                self._work_lot.unpark_all()
         # Backpressure: while the worker is busy (storing runs in a thread for big
         # groups) keep reading, but never queue more than MAX_QUEUED_WORK items.
         while len(self.engine.work) > MAX_QUEUED_WORK:
@@ -381,9 +407,13 @@ class ReplicationSession:
         """Verify, store and serve what the reader queued, overlapping with reading."""
         try:
             while True:
-                while not self.engine.work:
+                while not self.engine.work or self._working:
                     await self._work_lot.park()
-                await self._do_work()
+                self._working = True
+                try:
+                    await self._do_work()
+                finally:
+                    self._working = False
                 self._worked_lot.unpark_all()
         except (DecodeError, ReplicationError, InvalidProofError) as exc:
             self._fail(exc)
