@@ -74,8 +74,9 @@ async def test_twenty_nodes_random_topology(autojump_clock: trio.testing.MockClo
         await deliver_all_pairs(net, sorted(net.nodes))
 
 
-async def test_killed_node_routes_recover(autojump_clock: trio.testing.MockClock) -> None:
-    # a ring of 6: kill one node and the other five re-converge around the gap.
+async def kill_node_and_recover(listen: str) -> None:
+    """A ring of 6: kill the root; the other five re-converge around the gap and
+    deliver between every ordered pair."""
     names = [f"r{i}" for i in range(6)]
     edges = [(names[i], names[(i + 1) % 6]) for i in range(6)]
     net = Network()
@@ -86,7 +87,7 @@ async def test_killed_node_routes_recover(autojump_clock: trio.testing.MockClock
         async def run_node(name: str, *, task_status: trio.TaskStatus[Node]) -> None:
             with trio.CancelScope() as scope:
                 started[name] = scope
-                async with open_node(identities[name], listen=["memory://"]) as node:
+                async with open_node(identities[name], listen=[listen]) as node:
                     task_status.started(node)
                     await trio.sleep_forever()
 
@@ -104,6 +105,10 @@ async def test_killed_node_routes_recover(autojump_clock: trio.testing.MockClock
             await net.wait_converged(survivors)
         await deliver_all_pairs(net, survivors)
         nursery.cancel_scope.cancel()
+
+
+async def test_killed_node_routes_recover(autojump_clock: trio.testing.MockClock) -> None:
+    await kill_node_and_recover("memory://")
 
 
 async def test_duplicate_links_resolve_to_one(autojump_clock: trio.testing.MockClock) -> None:

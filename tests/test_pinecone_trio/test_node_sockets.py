@@ -19,7 +19,7 @@ from pinecone_trio.router.wire import (
 from pinecone_trio.testing import open_network
 from pinecone_trio.transports import dial
 
-from .test_node_memory import deliver_all_pairs, random_connected_edges
+from .test_node_memory import deliver_all_pairs, kill_node_and_recover, random_connected_edges
 
 # Real time on a possibly overloaded 2-core machine: bounds are generous (they only
 # matter when something hangs), never speed assertions.
@@ -36,6 +36,11 @@ async def test_twenty_nodes_over_tcp_converge_and_deliver() -> None:
         status = net["n0"].status()
         assert status["peers"] and all(p["uri"].startswith("tcp://") for p in status["peers"])
         assert all(p["bytes_in"] > 0 and p["bytes_out"] > 0 for p in status["peers"])
+
+
+@pytest.mark.slow
+async def test_killed_node_routes_recover_over_tcp() -> None:
+    await kill_node_and_recover("tcp://127.0.0.1:0")
 
 
 async def test_websocket_peering_carries_traffic() -> None:
