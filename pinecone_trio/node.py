@@ -53,7 +53,7 @@ from .discovery.multicast import MulticastDiscovery
 from .errors import LinkError, PeerLimitError
 from .identity import Identity, PublicKey
 from .link.stream import NoiseLink
-from .peering import Peering, SendBudget
+from .peering import FrameBatch, InboxItem, Peering, SendBudget
 from .router.actions import (
     Action,
     DeliverLocal,
@@ -61,7 +61,7 @@ from .router.actions import (
     DescendingChanged,
     DropPeer,
     Emit,
-    Input,
+    FrameIn,
     LocalSend,
     LocalSendClosest,
     ParentChanged,
@@ -118,7 +118,8 @@ INBOX_SIZE: Final = 1024
 EVENT_BUFFER: Final = 256
 #: Event subscribers at once (each holds a buffer of EVENT_BUFFER events).
 MAX_SUBSCRIBERS: Final = 256
-#: The router handles at most this many queued inputs in one go before checking timers.
+#: The router handles at most about this many queued inputs (frames of a `FrameBatch`
+#: count one each) in one go before checking timers and letting the writers run.
 ROUTER_BATCH: Final = 256
 #: A key heard in a beacon is dialled at most once per this many seconds.
 BEACON_REDIAL_INTERVAL: Final = 5.0
@@ -218,7 +219,7 @@ class Node:
         self._public_key = identity.public_key
         self._state: RouterState | None = None
         self._nursery: trio.Nursery | None = None
-        self._inbox_send, self._inbox_recv = trio.open_memory_channel[Input](INBOX_SIZE)
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxItem](INBOX_SIZE)
         self._services: dict[int, OverlayService] = {}
         self._raw = self.service(SERVICE_DATAGRAM)
         session_config = self._config.sessions or SessionConfig()
@@ -339,7 +340,7 @@ class Node:
         task_status.started()
         with inbox:
             while True:
-                item: Input | None
+                item: InboxItem | None
                 try:
                     item = inbox.receive_nowait()
                 except trio.WouldBlock:
@@ -350,19 +351,30 @@ class Node:
                     await trio.lowlevel.checkpoint()  # never starve the other tasks
                 now = trio.current_time()
                 if item is not None:
-                    self._handle(state, item, now)
-                    for _ in range(ROUTER_BATCH):
+                    handled = self._handle(state, item, now)
+                    while handled < ROUTER_BATCH:
                         try:
                             item = inbox.receive_nowait()
                         except trio.WouldBlock:
                             break
-                        self._handle(state, item, now)
+                        handled += self._handle(state, item, now)
                 if now >= state.next_deadline():
                     self._apply(state.on_timer(now))
 
-    def _handle(self, state: RouterState, item: Input, now: float) -> None:
-        actions = state.on_input(item, now)
+    def _handle(self, state: RouterState, item: InboxItem, now: float) -> int:
+        """Feed one inbox item to the engine and carry out its actions; return the
+        number of engine inputs it was (a batch's frame count)."""
         kind = type(item)
+        if kind is FrameBatch:
+            batch: FrameBatch = item  # type: ignore[assignment]
+            port = batch.port
+            on_input = state.on_input
+            apply = self._apply
+            for frame in batch.frames:
+                apply(on_input(FrameIn(port, frame), now))
+            batch.done()
+            return len(batch.frames)
+        actions = state.on_input(item, now)  # type: ignore[arg-type]
         # A local send took budget; unless its frame was queued on a peering (which
         # releases it when the frame leaves), give it back now.
         if (kind is LocalSend or kind is LocalSendClosest) and not any(
@@ -370,6 +382,7 @@ class Node:
         ):
             self._budget.release(len(item.payload))  # type: ignore[union-attr]
         self._apply(actions)
+        return 1
 
     def _apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -867,7 +880,7 @@ class Node:
             self._budget.release(size)
             raise
 
-    async def _to_router(self, item: Input) -> None:
+    async def _to_router(self, item: InboxItem) -> None:
         # Queue without yielding when there is room, so a burst of sends reaches the
         # router as one batch (and its frames leave in one coalesced link write); wait
         # only when the inbox is full.

@@ -4,16 +4,25 @@ Theory of operation: a `Peering` exists from the moment a link's handshake succe
 until the link ends. `Peering.run` owns one nursery with exactly two tasks:
 
 - the **reader** pulls bytes from the link, cuts them into Pinecone frames (the 10-byte
-  header says the total length), decodes each and hands it to the router task's inbox
-  as a `FrameIn`. Any decode error ends the peering (research §3.1): a peer that sends
-  garbage once is not trusted to frame correctly again. Going `READ_TIMEOUT` seconds
-  without a byte ends it too (the other side sends keepalives when idle). Protocol
-  frames are rate-limited per peering (a token bucket): a peer flooding announcements
-  or bootstraps is cut off instead of eating the router's time.
+  header says the total length) and decodes each straight from the receive buffer.
+  Every frame one read produced goes to the router task's inbox as ONE item, a
+  `FrameBatch`, which the router handles in one wakeup (frame by frame, in order, each
+  as the engine's `FrameIn`): the per-item channel and scheduling cost is paid once per
+  read, not once per frame. At most one batch per peering is in the inbox at a time
+  (the reader waits for the router to take the previous one before handing over the
+  next), so a peering holds at most about two reads' worth of frames in the node
+  however busy the router is: back-pressure reaches the peer through TCP. Any decode
+  error ends the peering (research §3.1): a peer that sends garbage once is not trusted
+  to frame correctly again; the frames before the bad one in that read are still
+  handed over, none after it. Going `READ_TIMEOUT` seconds without a byte ends it too
+  (the other side sends keepalives when idle). Protocol frames are rate-limited per
+  peering (a token bucket): a peer flooding announcements or bootstraps is cut off
+  instead of eating the router's time.
 - the **writer** waits for the router to queue frames (`PeerQueue`: protocol frames
   first, fair traffic with head drop), pops as many as fit in `WRITE_BATCH_BYTES`,
-  encodes them and sends them in one `send_all`, so small frames share Noise messages.
-  When nothing was sent for `KEEPALIVE_INTERVAL` it sends a keepalive.
+  encodes them into one list of parts and sends them joined in one `send_all`, so
+  small frames share Noise messages and each payload is copied once. When nothing was
+  sent for `KEEPALIVE_INTERVAL` it sends a keepalive.
 
 The router task is the only one that pushes onto the queue (synchronously, in
 `enqueue`), and the writer the only one that pops, all in one thread: no locks.
@@ -38,10 +47,19 @@ import trio
 
 from .errors import DecodeError, RemoteProtocolError
 from .identity import PublicKey
-from .router.actions import FrameIn, Input, PeerType
+from .router.actions import Input, PeerType
 from .router.constants import HEADER_SIZE
 from .router.queues import PeerQueue, is_traffic
-from .router.wire import KEEPALIVE, Frame, Keepalive, decode_frame, encode_frame, read_frame_length
+from .router.wire import (
+    KEEPALIVE,
+    ClosestTraffic,
+    Frame,
+    Keepalive,
+    Traffic,
+    decode_frame_at,
+    encode_frame_parts,
+    frame_length_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +123,35 @@ class SendBudget:
             self._event = trio.Event()
 
 
+class FrameBatch:
+    """Every frame one read from a peering produced, in order: one router inbox item.
+
+    The router feeds them to the engine one by one (as `FrameIn(port, frame)`) in one
+    wakeup, then calls `done()`, which lets the peering's reader hand over its next
+    batch.
+    """
+
+    __slots__ = ("_owner", "frames", "port")
+
+    def __init__(self, port: int, frames: list[Frame], owner: Peering | None = None) -> None:
+        self.port = port
+        self.frames = frames
+        self._owner = owner
+
+    def done(self) -> None:
+        """The router has handled every frame (called by the router task)."""
+        owner = self._owner
+        if owner is not None:
+            owner._batch_done()
+
+    def __repr__(self) -> str:
+        return f"FrameBatch(port={self.port}, frames={len(self.frames)})"
+
+
+#: What the router task's inbox carries: the engine's inputs, and frame batches.
+InboxItem = Input | FrameBatch
+
+
 class PeerFloodingError(RemoteProtocolError):
     """The peer sent protocol frames faster than `PROTOCOL_FRAMES_PER_SECOND`."""
 
@@ -153,7 +200,7 @@ class Peering:
         peer_type: PeerType,
         zone: str,
         outbound: bool,
-        inbox: trio.MemorySendChannel[Input],
+        inbox: trio.MemorySendChannel[InboxItem],
         keepalives: bool = True,
         local_key: bytes = b"",
         budget: SendBudget | None = None,
@@ -187,6 +234,10 @@ class Peering:
         self._up = up
         self._on_end = on_end
         self._wakeup = trio.Event()
+        #: A batch of this peering's is in the router inbox, not handled yet.
+        self._batch_pending = False
+        #: Set (and replaced) when the router finishes a batch the reader waits on.
+        self._batch_event: trio.Event | None = None
         self._cancel_scope = trio.CancelScope()
         self._ended = trio.Event()
 
@@ -198,11 +249,13 @@ class Peering:
         After the peering ended nothing is queued (nobody would ever pop it, and local
         traffic would hold its send budget forever): the frame itself is returned.
         """
+        t = type(frame)
+        traffic = t is Traffic or t is ClosestTraffic
         if self.closed:
-            if is_traffic(frame):
+            if traffic:
                 self._left(frame)
             return frame
-        if is_traffic(frame):
+        if traffic:
             size = len(frame.payload)  # type: ignore[union-attr]
             if self.queued_bytes + size > PEER_QUEUE_BYTES:
                 self.budget_drops += 1
@@ -220,6 +273,13 @@ class Peering:
         """A traffic frame left the queue (sent or dropped): release local budget."""
         if self._budget is not None and frame.source_key == self._local_key:  # type: ignore[union-attr]
             self._budget.release(len(frame.payload))  # type: ignore[union-attr]
+
+    def _batch_done(self) -> None:
+        self._batch_pending = False
+        event = self._batch_event
+        if event is not None:
+            self._batch_event = None
+            event.set()
 
     def close(self, reason: str) -> None:
         """End the peering (idempotent); `run` returns soon after."""
@@ -269,18 +329,15 @@ class Peering:
         self.close(reason)
 
     async def _reader(self) -> None:
-        buf = bytearray()
         stats = self.statistics
         now = trio.current_time()
         bucket = _TokenBucket(PROTOCOL_FRAMES_PER_SECOND, PROTOCOL_FRAMES_BURST, now)
-        inbox = self._inbox
-        port = self.port
         # One cancel scope for the whole read loop; its deadline moves with every read
         # (cheaper than a scope per read). No data for READ_TIMEOUT ends the peering.
         deadline = trio.CancelScope()
         try:
             with deadline:
-                await self._read_loop(buf, stats, bucket, deadline, inbox, port)
+                await self._read_loop(stats, bucket, deadline)
             if deadline.cancelled_caught:
                 self._end(f"no data for {READ_TIMEOUT:g} s")
         except (DecodeError, RemoteProtocolError) as exc:
@@ -294,46 +351,94 @@ class Peering:
             self._end(f"internal error: {exc!r}")
 
     async def _read_loop(
-        self,
-        buf: bytearray,
-        stats: PeeringStatistics,
-        bucket: _TokenBucket,
-        deadline: trio.CancelScope,
-        inbox: trio.MemorySendChannel[Input],
-        port: int,
+        self, stats: PeeringStatistics, bucket: _TokenBucket, deadline: trio.CancelScope
     ) -> None:
+        rest = b""  # the start of a frame that the previous read cut off
+        keepalives = self._keepalives
+        receive_some = self.link.receive_some
         while True:
-            if self._keepalives:
+            if keepalives:
                 deadline.deadline = trio.current_time() + READ_TIMEOUT
-            data = await self.link.receive_some(READ_SIZE)
+            data = await receive_some(READ_SIZE)
             if not data:
                 self._end("remote closed the link")
                 return
             stats.bytes_in += len(data)
-            buf += data
-            start = 0
-            end = len(buf)
-            while end - start >= HEADER_SIZE:
-                length = read_frame_length(bytes(buf[start : start + HEADER_SIZE]))
-                if end - start < length:
-                    break
-                frame = decode_frame(bytes(buf[start : start + length]))
-                start += length
-                stats.frames_in += 1
-                if type(frame) is Keepalive:
-                    continue  # it only moved the read deadline
-                if not is_traffic(frame) and not bucket.take(trio.current_time()):
-                    raise PeerFloodingError("protocol frames faster than allowed")
-                try:
-                    inbox.send_nowait(FrameIn(port, frame))
-                except trio.WouldBlock:
-                    deadline.deadline = math.inf  # a busy router is not a silent peer
-                    await inbox.send(FrameIn(port, frame))  # back-pressure
-            del buf[:start]
+            # Frames are decoded from `data` by offset; slices of it (payloads, keys)
+            # must be immutable bytes.
+            data = rest + data if rest else bytes(data)
+            frames: list[Frame] = []
+            try:
+                start = self._cut_frames(data, frames, stats, bucket)
+            except (DecodeError, RemoteProtocolError):
+                if frames:  # what came before the bad frame is still good
+                    await self._hand_over(frames, deadline)
+                raise
+            rest = data[start:] if start < len(data) else b""
+            if frames:
+                await self._hand_over(frames, deadline)
+
+    @staticmethod
+    def _cut_frames(
+        data: bytes, frames: list[Frame], stats: PeeringStatistics, bucket: _TokenBucket
+    ) -> int:
+        """Decode the whole frames in `data` into `frames`; return where the rest starts.
+
+        Raises:
+            DecodeError: for a malformed frame (the frames before it are in `frames`).
+            PeerFloodingError: for a protocol frame beyond the peer's rate.
+        """
+        start = 0
+        end = len(data)
+        append = frames.append
+        while end - start >= HEADER_SIZE:
+            stop = start + frame_length_at(data, start)
+            if stop > end:
+                break
+            frame = decode_frame_at(data, start, stop)
+            start = stop
+            stats.frames_in += 1
+            t = type(frame)
+            if t is Traffic or t is ClosestTraffic:
+                append(frame)
+            elif t is Keepalive:
+                continue  # it only moved the read deadline
+            elif bucket.take(trio.current_time()):
+                append(frame)
+            else:
+                raise PeerFloodingError("protocol frames faster than allowed")
+        return start
+
+    async def _hand_over(self, frames: list[Frame], deadline: trio.CancelScope) -> None:
+        """Put `frames` into the router inbox as one batch, after the previous one."""
+        if self._batch_pending:
+            # The router has not finished our previous batch: wait for it (and do not
+            # count the wait against the peer: a busy router is not a silent peer).
+            deadline.deadline = math.inf
+            while self._batch_pending:
+                event = self._batch_event
+                if event is None:
+                    event = self._batch_event = trio.Event()
+                await event.wait()
+        batch = FrameBatch(self.port, frames, self)
+        self._batch_pending = True
+        try:
+            self._inbox.send_nowait(batch)
+        except trio.WouldBlock:
+            deadline.deadline = math.inf
+            try:
+                await self._inbox.send(batch)  # back-pressure
+            except BaseException:
+                self._batch_pending = False
+                raise
+        except BaseException:
+            self._batch_pending = False
+            raise
 
     async def _writer(self) -> None:
         stats = self.statistics
         queue = self.queue
+        pop = queue.pop
         last_send = trio.current_time()
         try:
             while True:
@@ -353,24 +458,25 @@ class Peering:
                         continue
                 parts: list[bytes] = []
                 size = 0
+                count = 0
                 while size < WRITE_BATCH_BYTES:
-                    frame = queue.pop()
+                    frame = pop()
                     if frame is None:
                         break
-                    if is_traffic(frame):
+                    t = type(frame)
+                    if t is Traffic or t is ClosestTraffic:
                         self.queued_bytes -= len(frame.payload)  # type: ignore[union-attr]
                         self._left(frame)
-                    encoded = encode_frame(frame)
-                    parts.append(encoded)
-                    size += len(encoded)
-                if not parts:
+                    size += encode_frame_parts(frame, parts)
+                    count += 1
+                if not count:
                     continue
                 with trio.move_on_after(WRITE_TIMEOUT) as timeout:
-                    await self.link.send_all(b"".join(parts) if len(parts) > 1 else parts[0])
+                    await self.link.send_all(b"".join(parts))
                 if timeout.cancelled_caught:
                     self._end(f"write stuck for {WRITE_TIMEOUT:g} s")
                     return
-                stats.frames_out += len(parts)
+                stats.frames_out += count
                 stats.bytes_out += size
                 last_send = trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:

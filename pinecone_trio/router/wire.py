@@ -20,10 +20,20 @@ Decoding validates everything (magic, version, 10 <= length <= 65535, length equ
 bytes given, varu64 at most 10 bytes and not truncated, exact field sizes, no trailing
 bytes) and raises `DecodeError` for any malformed input, never anything else.
 Unknown frame types decode to `UnknownFrame` (Pinecone drops them silently).
+
+Fast paths (the relay's per-packet cost): traffic frames, by far the most common, are
+decoded straight from the reader's buffer at an offset (`decode_frame_at`: the header
+and fixed fields read with precomputed `struct`s, the payload one slice, no copy of the
+frame first), and encoded as a list of parts (`encode_frame_parts`) that the writer
+joins once for a whole batch of frames. Coordinates whose ports are all below 128 (one
+varu64 byte each, the common case: a port number is at most 253 and usually small) are
+converted with one `bytes(...)` / `tuple(...)` call, checked with `bytes.isascii()`;
+anything else takes the general varu64 path. The bytes on the wire are the same.
 """
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final, NamedTuple, final
@@ -59,17 +69,27 @@ __all__ = [
     "coords_distance",
     "decode_coords",
     "decode_frame",
+    "decode_frame_at",
     "decode_varu64",
     "encode_coords",
     "encode_frame",
+    "encode_frame_parts",
     "encode_varu64",
     "frame_length",
+    "frame_length_at",
     "read_frame_length",
 ]
 
 Coords = tuple[int, ...]
 
 _MAX_U64: Final = (1 << 64) - 1
+#: magic, version, frame type, reserved, hop limit, total length.
+_HEADER: Final = struct.Struct(">4sBBBBH")
+#: The header followed by the u16 payload (or inner body) length every body starts with.
+_HEADER_PLEN: Final = struct.Struct(">4sBBBBHH")
+_U16: Final = struct.Struct(">H")
+_U16_PAIR: Final = struct.Struct(">HH")
+_EMPTY_COORDS: Final = b"\x00\x00"
 #: Smallest signature entry: 1-byte port + key + signature.
 _MIN_HOP_SIZE: Final = 1 + KEY_SIZE + SIGNATURE_SIZE
 
@@ -133,6 +153,15 @@ def decode_varu64(buf: bytes, offset: int) -> tuple[int, int]:
 
 def encode_coords(coords: Coords) -> bytes:
     """Coordinates: a 2-byte big-endian byte length, then each port as a varu64."""
+    if not coords:
+        return _EMPTY_COORDS
+    try:
+        small = bytes(coords)
+    except (ValueError, TypeError):
+        pass  # a port > 255 (or not an int): the general path below decides
+    else:
+        if small.isascii():  # every port < 128: one varu64 byte each
+            return _U16.pack(len(small)) + small
     body = b"".join([encode_varu64(p) for p in coords])
     if len(body) > 0xFFFF:
         raise LocalProtocolError("coordinates too long")
@@ -153,6 +182,8 @@ def decode_coords(buf: bytes, offset: int) -> tuple[Coords, int]:
     if end > len(buf):
         raise DecodeError("truncated coordinates")
     sub = buf[start:end]
+    if sub.isascii():  # every byte < 0x80: each is a whole one-byte varu64
+        return tuple(sub), end
     ports: list[int] = []
     i = 0
     while i < n:
@@ -464,26 +495,78 @@ def _u16(n: int) -> bytes:
     return n.to_bytes(2, "big")
 
 
+def encode_frame_parts(frame: Frame, parts: list[bytes]) -> int:
+    """Append the wire bytes of `frame` to `parts` (possibly as several pieces).
+
+    Returns the encoded length. The writer collects many frames' parts and joins them
+    once, so a traffic frame's payload is copied once, into the link write.
+
+    Raises:
+        LocalProtocolError: if the frame cannot be expressed (too long, bad field sizes).
+    """
+    t = type(frame)
+    if t is Traffic:
+        f: Traffic = frame  # type: ignore[assignment]
+        dk = f.destination_key
+        sk = f.source_key
+        if len(dk) != KEY_SIZE or len(sk) != KEY_SIZE:
+            raise LocalProtocolError("keys are 32 bytes")
+        payload = f.payload
+        dc = f.destination_coords
+        dcw = encode_coords(dc)
+        scw = encode_coords(f.source_coords)
+        if dc:
+            total = HEADER_SIZE + 2 + len(dcw) + len(scw) + 2 * KEY_SIZE + len(payload)
+            header = _pack_header(FrameType.TRAFFIC, f.hop_limit, total, len(payload))
+            parts += (header, dcw, scw, dk, sk, payload)
+            return total
+        wk = f.watermark_key
+        if len(wk) != KEY_SIZE:
+            raise LocalProtocolError("keys are 32 bytes")
+        ws = encode_varu64(f.watermark_seq)
+        total = HEADER_SIZE + 2 + len(dcw) + len(scw) + 3 * KEY_SIZE + len(ws) + len(payload)
+        header = _pack_header(FrameType.TRAFFIC, f.hop_limit, total, len(payload))
+        parts += (header, dcw, scw, dk, sk, wk, ws, payload)
+        return total
+    if t is ClosestTraffic:
+        c: ClosestTraffic = frame  # type: ignore[assignment]
+        tk = c.target_key
+        sk = c.source_key
+        wk = c.watermark_key
+        if len(tk) != KEY_SIZE or len(sk) != KEY_SIZE or len(wk) != KEY_SIZE:
+            raise LocalProtocolError("keys are 32 bytes")
+        payload = c.payload
+        scw = encode_coords(c.source_coords)
+        ws = encode_varu64(c.watermark_seq)
+        total = HEADER_SIZE + 2 + len(scw) + 3 * KEY_SIZE + len(ws) + len(payload)
+        header = _pack_header(FrameType.CLOSEST_TRAFFIC, c.hop_limit, total, len(payload))
+        parts += (header, scw, tk, sk, wk, ws, payload)
+        return total
+    encoded = encode_frame(frame)
+    parts.append(encoded)
+    return len(encoded)
+
+
+def _pack_header(frame_type: int, hop_limit: int, total: int, plen: int) -> bytes:
+    """The 10-byte header and the body's u16 payload length, checked."""
+    if total > MAX_FRAME_SIZE:
+        raise LocalProtocolError(f"frame of {total} bytes exceeds {MAX_FRAME_SIZE}")
+    if not 0 <= hop_limit <= 255:
+        raise LocalProtocolError("hop limit must fit in one byte")
+    return _HEADER_PLEN.pack(FRAME_MAGIC, FRAME_VERSION, frame_type, 0, hop_limit, total, plen)
+
+
 def encode_frame(frame: Frame) -> bytes:
     """The wire bytes of `frame`.
 
     Raises:
         LocalProtocolError: if the frame cannot be expressed (too long, bad field sizes).
     """
-    if isinstance(frame, Traffic):
-        body = [
-            _u16(len(frame.payload)),
-            encode_coords(frame.destination_coords),
-            encode_coords(frame.source_coords),
-            _key(frame.destination_key),
-            _key(frame.source_key),
-        ]
-        if not frame.destination_coords:
-            body.append(_key(frame.watermark_key))
-            body.append(encode_varu64(frame.watermark_seq))
-        body.append(frame.payload)
-        b = b"".join(body)
-        return _header(FrameType.TRAFFIC, frame.hop_limit, len(b)) + b
+    t = type(frame)
+    if t is Traffic or t is ClosestTraffic:
+        parts: list[bytes] = []
+        encode_frame_parts(frame, parts)
+        return b"".join(parts)
     if isinstance(frame, Bootstrap):
         inner = bootstrap_signed_bytes(frame.sequence, _key(frame.root_key), frame.root_seq)
         inner += _sig(frame.signature)
@@ -501,19 +584,6 @@ def encode_frame(frame: Frame) -> bytes:
         body_bytes = frame.announcement.body
         b = _u16(len(body_bytes)) + body_bytes
         return _header(FrameType.TREE_ANNOUNCEMENT, 0, len(b)) + b
-    if isinstance(frame, ClosestTraffic):
-        b = b"".join(
-            [
-                _u16(len(frame.payload)),
-                encode_coords(frame.source_coords),
-                _key(frame.target_key),
-                _key(frame.source_key),
-                _key(frame.watermark_key),
-                encode_varu64(frame.watermark_seq),
-                frame.payload,
-            ]
-        )
-        return _header(FrameType.CLOSEST_TRAFFIC, frame.hop_limit, len(b)) + b
     if isinstance(frame, Keepalive):
         return _header(FrameType.KEEPALIVE, 0, 0)
     if isinstance(frame, WakeupBroadcast):
@@ -605,16 +675,106 @@ def read_frame_length(header: bytes) -> int:
     Raises:
         DecodeError: on a short header, bad magic, unknown version or a length < 10.
     """
-    if len(header) < HEADER_SIZE:
+    return frame_length_at(header, 0)
+
+
+def frame_length_at(buf: bytes, off: int) -> int:
+    """`read_frame_length` of the header at `buf[off:]`, without slicing it out.
+
+    Raises:
+        DecodeError: on a short header, bad magic, unknown version or a length < 10.
+    """
+    if len(buf) - off < HEADER_SIZE:
         raise DecodeError("truncated frame header")
-    if header[:4] != FRAME_MAGIC:
+    magic, version, _, _, _, length = _HEADER.unpack_from(buf, off)
+    if magic != FRAME_MAGIC:
         raise DecodeError("bad frame magic")
-    if header[4] != FRAME_VERSION:
-        raise DecodeError(f"unsupported frame version {header[4]}")
-    length = int.from_bytes(header[8:10], "big")
+    if version != FRAME_VERSION:
+        raise DecodeError(f"unsupported frame version {version}")
     if length < HEADER_SIZE:
         raise DecodeError(f"frame length {length} shorter than the header")
-    return length
+    return int(length)
+
+
+def decode_frame_at(buf: bytes, start: int, end: int) -> Frame:
+    """Decode the one whole frame that is exactly `buf[start:end]`, without copying it.
+
+    The reader calls this on its receive buffer after `read_frame_length` told it where
+    the frame ends. Traffic frames take a fast path; the rest `decode_frame`.
+
+    Raises:
+        DecodeError: if `buf[start:end]` is not exactly one valid frame.
+    """
+    if end - start < HEADER_SIZE + 2 or end > len(buf):
+        return decode_frame(buf[start:end])
+    magic, version, ftype, _, hop_limit, length, plen = _HEADER_PLEN.unpack_from(buf, start)
+    if (
+        magic != FRAME_MAGIC
+        or version != FRAME_VERSION
+        or length != end - start
+        or (ftype != FrameType.TRAFFIC and ftype != FrameType.CLOSEST_TRAFFIC)
+    ):
+        return decode_frame(buf[start:end])
+    off = start + HEADER_SIZE + 2
+    if ftype == FrameType.TRAFFIC:
+        dcoords, off = _coords_at(buf, off, end)
+        scoords, off = _coords_at(buf, off, end)
+        if off + 2 * KEY_SIZE > end:
+            raise DecodeError("truncated keys")
+        dkey = buf[off : off + KEY_SIZE]
+        skey = buf[off + KEY_SIZE : off + 2 * KEY_SIZE]
+        off += 2 * KEY_SIZE
+        wkey = FULL_MASK
+        wseq = 0
+        if not dcoords:
+            if off + KEY_SIZE > end:
+                raise DecodeError("truncated watermark key")
+            wkey = buf[off : off + KEY_SIZE]
+            off += KEY_SIZE
+            wseq, off = _varu64_at(buf, off, end)
+        if end - off != plen:
+            raise DecodeError("payload length does not match the frame length")
+        return Traffic(dcoords, scoords, dkey, skey, wkey, wseq, buf[off:end], hop_limit)
+    scoords, off = _coords_at(buf, off, end)
+    if off + 3 * KEY_SIZE > end:
+        raise DecodeError("truncated keys")
+    tkey = buf[off : off + KEY_SIZE]
+    skey = buf[off + KEY_SIZE : off + 2 * KEY_SIZE]
+    wkey = buf[off + 2 * KEY_SIZE : off + 3 * KEY_SIZE]
+    wseq, off = _varu64_at(buf, off + 3 * KEY_SIZE, end)
+    if end - off != plen:
+        raise DecodeError("payload length does not match the frame length")
+    return ClosestTraffic(scoords, tkey, skey, wkey, wseq, buf[off:end], hop_limit)
+
+
+def _coords_at(buf: bytes, off: int, end: int) -> tuple[Coords, int]:
+    """Coordinates at `off` in a frame ending at `end`."""
+    if off + 2 > end:
+        raise DecodeError("truncated coordinates length")
+    (n,) = _U16.unpack_from(buf, off)
+    start = off + 2
+    stop = start + n
+    if stop > end:
+        raise DecodeError("truncated coordinates")
+    if n == 0:
+        return (), stop
+    sub = buf[start:stop]
+    if sub.isascii():  # every byte < 0x80: each is a whole one-byte varu64
+        return tuple(sub), stop
+    ports: list[int] = []
+    i = 0
+    while i < n:
+        port, i = decode_varu64(sub, i)
+        ports.append(port)
+    return tuple(ports), stop
+
+
+def _varu64_at(buf: bytes, off: int, end: int) -> tuple[int, int]:
+    """A varu64 at `off` that must end before `end`."""
+    if off < end and buf[off] < 0x80:
+        return buf[off], off + 1
+    value, n = decode_varu64(buf[off:end], 0)
+    return value, off + n
 
 
 def decode_frame(data: bytes) -> Frame:
@@ -628,24 +788,16 @@ def decode_frame(data: bytes) -> Frame:
     if length != len(data):
         raise DecodeError(f"frame length field {length} but {len(data)} bytes given")
     ftype = data[5]
+    if ftype == FrameType.TRAFFIC or ftype == FrameType.CLOSEST_TRAFFIC:
+        if length < HEADER_SIZE + 2:
+            raise DecodeError("truncated payload length")
+        return decode_frame_at(data, 0, length)
     hop_limit = data[7]
     off = HEADER_SIZE
     if ftype == FrameType.KEEPALIVE:
         if length != HEADER_SIZE:
             raise DecodeError("keepalive with a body")
         return KEEPALIVE
-    if ftype == FrameType.TRAFFIC:
-        plen, off = _u16_at(data, off)
-        dcoords, off = decode_coords(data, off)
-        scoords, off = decode_coords(data, off)
-        dkey, off = _take(data, off, KEY_SIZE, "destination key")
-        skey, off = _take(data, off, KEY_SIZE, "source key")
-        wkey, wseq = FULL_MASK, 0
-        if not dcoords:
-            wkey, off = _take(data, off, KEY_SIZE, "watermark key")
-            wseq, off = decode_varu64(data, off)
-        payload = _rest(data, off, plen)
-        return Traffic(dcoords, scoords, dkey, skey, wkey, wseq, payload, hop_limit)
     if ftype == FrameType.BOOTSTRAP:
         plen, off = _u16_at(data, off)
         dkey, off = _take(data, off, KEY_SIZE, "destination key")
@@ -657,15 +809,6 @@ def decode_frame(data: bytes) -> Frame:
     if ftype == FrameType.TREE_ANNOUNCEMENT:
         plen, off = _u16_at(data, off)
         return TreeAnnouncement(decode_announcement(_rest(data, off, plen)))
-    if ftype == FrameType.CLOSEST_TRAFFIC:
-        plen, off = _u16_at(data, off)
-        scoords, off = decode_coords(data, off)
-        tkey, off = _take(data, off, KEY_SIZE, "target key")
-        skey, off = _take(data, off, KEY_SIZE, "source key")
-        wkey, off = _take(data, off, KEY_SIZE, "watermark key")
-        wseq, off = decode_varu64(data, off)
-        payload = _rest(data, off, plen)
-        return ClosestTraffic(scoords, tkey, skey, wkey, wseq, payload, hop_limit)
     if ftype == FrameType.WAKEUP_BROADCAST:
         plen, off = _u16_at(data, off)
         skey, off = _take(data, off, KEY_SIZE, "source key")

@@ -24,7 +24,7 @@ from pinecone_trio.node import (
     PeerLimitError,
     open_node,
 )
-from pinecone_trio.peering import Peering, SendBudget
+from pinecone_trio.peering import InboxItem, Peering, SendBudget
 from pinecone_trio.router.actions import Input, PeerDown, PeerType, PeerUp
 from pinecone_trio.router.wire import Traffic
 from pinecone_trio.transports import serve as serve_transport
@@ -101,8 +101,8 @@ class _StuckStream(trio.abc.Stream):
 
 def _peering(
     stream: trio.abc.Stream, budget: SendBudget | None = None, local_key: bytes = b""
-) -> tuple[Peering, trio.MemoryReceiveChannel[Input]]:
-    send, recv = trio.open_memory_channel[Input](16)
+) -> tuple[Peering, trio.MemoryReceiveChannel[InboxItem]]:
+    send, recv = trio.open_memory_channel[InboxItem](16)
     peering = Peering(
         link=stream,
         port=1,
