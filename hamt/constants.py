@@ -53,6 +53,10 @@ MAX_BATCH_OPS: Final = 65_536
 MAX_BUCKET_ENTRIES: Final = 4096
 #: Most nodes one block may carry (a batch of 65,536 keys rewrites fewer than this).
 MAX_NODES_PER_BLOCK: Final = 1 << 20
+#: Most trie nodes a writer keeps decoded between writes (`mutate.Retained`: the
+#: latest version's recently written paths, ~200 bytes each). A 100,000-key HAMT
+#: has about 10,000 nodes; past the limit the tree is dropped and rebuilt lazily.
+MAX_RETAINED_NODES: Final = 1 << 16
 
 #: Default LRU limits of decoded blocks: a count and the sum of their encoded sizes
 #: (a decoded block takes about 10x its encoded size in memory: ~2.5 KB for a single

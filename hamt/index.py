@@ -41,7 +41,7 @@ from .constants import (
 from .errors import BatchTooLargeError, HamtError, ReadOnlyError, ValueTooLargeError
 from .hashing import ComponentHash, Hasher, check_key, derive_hash_key, split_prefix
 from .log import LogLike
-from .mutate import Mutation
+from .mutate import Mutation, Retained
 from .trie import DiffItem, Item, diff, iterate, lookup, path_blocks
 from .wire import Block, HintReply, decode_block, decode_header, encode_header, header_block
 
@@ -103,6 +103,10 @@ class _Shared:
         self.changed = trio.Event()
         self.fetches = 0
         self.closed = False
+        # The writer's decoded trie of its latest block (`mutate.Retained`), valid while
+        # the log is at `retained_at` = (fork, length); taken by each write.
+        self.retained: Retained | None = None
+        self.retained_at = (0, 0)
         # Optional fast paths of richer logs (hyperlog.Log has both): a synchronous
         # local read, and a wait for the log to grow (replication wakes `watch`).
         self.get_nowait: Callable[[int], bytes] | None = getattr(log, "get_nowait", None)
@@ -121,6 +125,7 @@ class _Shared:
         if fork != self.fork:
             logger.info("log fork %d -> %d: dropping the block cache", self.fork, fork)
             self.cache.clear()
+            self.retained = None
             self.fork = fork
 
     def notify(self) -> None:
@@ -458,13 +463,26 @@ class Hamt(Generic[V]):
                 raise trio.ClosedResourceError("the HAMT is closed")
             s.check_fork()
             length = s.log.length
-            base = header_block() if length <= 1 else await self._fetch(length - 1)
+            # The writer's retained trie is the base when the log is still exactly where
+            # our last write left it (same fork and length); it is taken either way, so
+            # a write that fails halfway cannot leave a half-changed tree behind.
+            base: Block | Retained | None = s.retained
+            s.retained = None
+            if base is None or s.retained_at != (s.fork, length):
+                base = header_block() if length <= 1 else await self._fetch(length - 1)
             m = Mutation(base, length, path, s.cache)
             for key, data in ops:
-                if data is None:
-                    await self._run(m.delete(key, path(key)))
-                else:
-                    await self._run(m.put(key, data, path(key)))
+                steps = m.delete(key, path(key)) if data is None else m.put(key, data, path(key))
+                # Run synchronously while every block is cached (the usual case).
+                try:
+                    seq = next(steps)
+                except StopIteration:
+                    continue
+                while True:
+                    try:
+                        seq = steps.send(await self._fetch(seq))
+                    except StopIteration:
+                        break
             if not m.changed:
                 return False
             block_bytes, block = m.encode()
@@ -472,6 +490,8 @@ class Hamt(Generic[V]):
             if s.log.length != length + 1:
                 raise HamtError("the log changed under the HAMT (another writer?)")
             s.cache.put(block)
+            s.retained = m.retained()
+            s.retained_at = (s.fork, length + 1)
         finally:
             s.lock.release()
         s.notify()

@@ -13,6 +13,20 @@ once, which is why a batch costs far fewer bytes per key than single puts.
 Like the read walks in `trie`, the methods are generators that yield the number of
 a block they need and are sent the decoded `Block`.
 
+The retained trie. Copying each node of the path out of its decoded block (turning
+its relative pointers into absolute ones) is most of a single put's own cost. So
+`encode` leaves the mutated tree *clean*: every node it wrote is marked as "inline
+in the new block" (`src`), its new entries become that block's number, and the
+writer keeps the tree (`Retained`) as the base of its next mutation. A clean node
+is used in place: a write through it only clears its `src` (it is rewritten into
+the next block), and an untouched clean child is encoded as a pointer to its `src`.
+Nodes are materialized lazily, so the retained tree holds the paths written
+recently (for a few hundred thousand keys: all of it) and is dropped once it has
+materialized `MAX_RETAINED_NODES` nodes; the next mutation starts again from the
+latest block. The writer may only reuse it for the very next block of the same log
+and fork (`index.Hamt` checks), and a mutation that fails leaves it half-changed, so
+the writer discards it then.
+
 Entry pointers. An entry slot names only a block, and a reader finds the entry in
 that block by key (a get) or by hash prefix (iteration). That is unambiguous
 because the writer keeps one rule: an entry slot at position Q naming block B means
@@ -35,6 +49,7 @@ from .constants import (
     MAX_BLOCK_BYTES,
     MAX_BUCKET_ENTRIES,
     MAX_DEPTH,
+    MAX_RETAINED_NODES,
     PATH_BITS,
 )
 from .errors import BatchTooLargeError, CorruptNodeError
@@ -42,7 +57,7 @@ from .hashing import chunk
 from .trie import descend, position
 from .wire import COPY_FLAG, Block, Node, encode_node_block
 
-__all__ = ["Mutation"]
+__all__ = ["Mutation", "Retained"]
 
 
 @final
@@ -66,14 +81,17 @@ _Entry: TypeAlias = "int | _New"
 
 @final
 class _Dirty:
-    __slots__ = ("children", "dm", "entries", "nm")
+    __slots__ = ("children", "dm", "entries", "nm", "src")
 
     def __init__(self, dm: int, nm: int, entries: list[_Entry], children: list[Any]) -> None:
         self.dm = dm
         self.nm = nm
         self.entries = entries
-        # int (pointer), _Dirty/_Bucket (rewritten), or (node, src): inline in block src.
+        # int (pointer), _Dirty/_Bucket (materialized), or (node, src): inline in block src.
         self.children = children
+        # None: rewritten by the block under construction; an int: clean, equal to the
+        # node block `src` holds inline at this position (a retained node).
+        self.src: int | None = None
 
     @staticmethod
     def copy_of(node: Node, src: int) -> _Dirty:
@@ -91,10 +109,28 @@ class _Dirty:
 
 @final
 class _Bucket:
-    __slots__ = ("items",)
+    __slots__ = ("items", "src")
 
     def __init__(self, items: list[tuple[str, _Entry]]) -> None:
         self.items = items
+        self.src: int | None = None
+
+
+@final
+class Retained:
+    """The decoded trie of block `seq`, kept by its writer as the base of the next block.
+
+    Only `Mutation` reads or changes it; a `Mutation` built on it consumes it (it is
+    changed in place), and `Mutation.retained` hands back the new one.
+    """
+
+    __slots__ = ("nodes", "root", "seq")
+
+    def __init__(self, root: _Dirty, seq: int, nodes: int) -> None:
+        self.root = root
+        self.seq = seq
+        #: Nodes materialized into this tree so far (an upper bound of its size).
+        self.nodes = nodes
 
 
 _Steps: TypeAlias = Generator[int, Block, Any]
@@ -105,15 +141,34 @@ class Mutation:
     """The writes of one block (one put, one delete, or one batch) in progress."""
 
     def __init__(
-        self, base: Block, new_seq: int, path_fn: Callable[[str], int], cache: BlockCache
+        self,
+        base: Block | Retained,
+        new_seq: int,
+        path_fn: Callable[[str], int],
+        cache: BlockCache,
     ) -> None:
+        """Start a block after `base`: a decoded block, or the tree its writer retained.
+
+        A `Retained` base is consumed: this mutation changes it in place.
+        """
         if new_seq <= base.seq:
             raise ValueError("new block must come after its base")
         self.base_seq = base.seq
         self.new_seq = new_seq
         self._path = path_fn
         self._cache = cache
-        self._root = _Dirty.copy_of(base.root, base.seq)
+        if type(base) is Retained:
+            root = base.root
+            if root.src != base.seq:
+                raise ValueError("the retained tree was already used")
+            self._nodes = base.nodes
+        else:
+            assert type(base) is Block
+            root = _Dirty.copy_of(base.root, base.seq)
+            self._nodes = 1
+        root.src = None  # every block rewrites the root
+        self._root = root
+        self._retained: Retained | None = None
         self._touched: dict[str, None] = {}
         self._deletes: dict[str, None] = {}
         # Entries this block writes that are in the trie now, by key.
@@ -131,7 +186,9 @@ class Mutation:
         """Make child `i` of `node` (at `depth`) dirty and return it."""
         c = node.children[i]
         if type(c) is _Dirty or type(c) is _Bucket:
+            c.src = None  # a retained node: rewritten from now on
             return c
+        self._nodes += 1
         if type(c) is tuple:
             child, src = c
         else:
@@ -210,6 +267,7 @@ class Mutation:
                 del node.entries[i]
                 node.dm ^= bit
                 child: _Dirty | _Bucket
+                self._nodes += 1
                 if depth + 1 == MAX_DEPTH:
                     child = _Bucket([(ekey, e)])
                 else:
@@ -305,6 +363,8 @@ class Mutation:
     def encode(self) -> tuple[bytes, Block]:
         """Serialize the block; return its bytes and its decoded form (for the cache).
 
+        Also makes the tree clean for the new block (see `retained`).
+
         Raises:
             BatchTooLargeError: the block would exceed `MAX_BLOCK_BYTES`.
         """
@@ -313,13 +373,27 @@ class Mutation:
 
         def enc(node: Any) -> Node:
             if type(node) is _Bucket:
-                return [[k, 0 if type(e) is _New else seq - e] for k, e in node.items]
+                items = node.items
+                node.items = [(k, seq if type(e) is _New else e) for k, e in items]
+                node.src = seq
+                return [[k, 0 if type(e) is _New else seq - e] for k, e in items]
+            ents = node.entries
             out: Node = [node.dm, node.nm]
-            out += [0 if type(e) is _New else seq - e for e in node.entries]
-            out += [
-                seq - c if type(c) is int else seq - c[1] if type(c) is tuple else enc(c)
-                for c in node.children
-            ]
+            rel = [0 if type(e) is _New else seq - e for e in ents]
+            if 0 in rel:  # (old entries are older than this block: never 0)
+                node.entries = [seq if type(e) is _New else e for e in ents]
+            out += rel
+            for c in node.children:
+                t = type(c)
+                if t is int:
+                    out.append(seq - c)
+                elif t is tuple:
+                    out.append(seq - c[1])
+                elif c.src is not None:
+                    out.append(seq - c.src)
+                else:
+                    out.append(enc(c))
+            node.src = seq
             return out
 
         root = enc(self._root)
@@ -339,4 +413,14 @@ class Mutation:
         data = encode_node_block(ops, root)
         if len(data) > MAX_BLOCK_BYTES:
             raise BatchTooLargeError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_BYTES}")
+        if self._nodes <= MAX_RETAINED_NODES:
+            self._retained = Retained(self._root, seq, self._nodes)
         return data, Block(seq, root, ops, puts, len(data))
+
+    def retained(self) -> Retained | None:
+        """After `encode`: the tree of the new block, to base the writer's next mutation on.
+
+        Valid only once the block is stored as block `new_seq` of the same log and
+        fork; None when the tree has grown past `MAX_RETAINED_NODES`.
+        """
+        return self._retained
