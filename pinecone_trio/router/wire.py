@@ -107,6 +107,12 @@ class FrameType(IntEnum):
 # --- primitives --------------------------------------------------------------------------
 
 _SMALL_VARU64: Final = tuple(bytes([i]) for i in range(128))
+#: Multi-byte varu64s recently encoded and decoded. Watermark sequences (Unix-time
+#: bootstrap sequence numbers, five bytes) repeat on every frame of a flow, so the
+#: traffic codec looks them up instead of looping over bits. Cleared when full.
+_VARU64_CACHE_ENTRIES: Final = 1024
+_varu64_encoded: dict[int, bytes] = {}
+_varu64_decoded: dict[bytes, int] = {}
 
 
 def encode_varu64(value: int) -> bytes:
@@ -117,15 +123,23 @@ def encode_varu64(value: int) -> bytes:
     """
     if 0 <= value < 128:
         return _SMALL_VARU64[value]
+    cached = _varu64_encoded.get(value)
+    if cached is not None:
+        return cached
     if value < 0 or value > _MAX_U64:
         raise LocalProtocolError(f"varu64 out of range: {value}")
+    original = value
     out = bytearray([value & 0x7F])
     value >>= 7
     while value:
         out.append(0x80 | (value & 0x7F))
         value >>= 7
     out.reverse()
-    return bytes(out)
+    encoded = bytes(out)
+    if len(_varu64_encoded) >= _VARU64_CACHE_ENTRIES:
+        _varu64_encoded.clear()
+    _varu64_encoded[original] = encoded
+    return encoded
 
 
 def decode_varu64(buf: bytes, offset: int) -> tuple[int, int]:
@@ -724,27 +738,26 @@ def decode_frame_at(buf: bytes, start: int, end: int) -> Frame:
         dkey = buf[off : off + KEY_SIZE]
         skey = buf[off + KEY_SIZE : off + 2 * KEY_SIZE]
         off += 2 * KEY_SIZE
-        wkey = FULL_MASK
-        wseq = 0
-        if not dcoords:
-            if off + KEY_SIZE > end:
-                raise DecodeError("truncated watermark key")
-            wkey = buf[off : off + KEY_SIZE]
-            off += KEY_SIZE
-            wseq, off = _varu64_at(buf, off, end)
-        if end - off != plen:
-            raise DecodeError("payload length does not match the frame length")
-        return Traffic(dcoords, scoords, dkey, skey, wkey, wseq, buf[off:end], hop_limit)
+        if dcoords:
+            if end - off != plen:
+                raise DecodeError("payload length does not match the frame length")
+            return Traffic(dcoords, scoords, dkey, skey, FULL_MASK, 0, buf[off:end], hop_limit)
+        if off + KEY_SIZE > end:
+            raise DecodeError("truncated watermark key")
+        wkey = buf[off : off + KEY_SIZE]
+        off += KEY_SIZE
+        stop = end - plen  # the watermark sequence fills buf[off:stop]
+        wseq = _varu64_filling(buf, off, stop)
+        return Traffic(dcoords, scoords, dkey, skey, wkey, wseq, buf[stop:end], hop_limit)
     scoords, off = _coords_at(buf, off, end)
     if off + 3 * KEY_SIZE > end:
         raise DecodeError("truncated keys")
     tkey = buf[off : off + KEY_SIZE]
     skey = buf[off + KEY_SIZE : off + 2 * KEY_SIZE]
     wkey = buf[off + 2 * KEY_SIZE : off + 3 * KEY_SIZE]
-    wseq, off = _varu64_at(buf, off + 3 * KEY_SIZE, end)
-    if end - off != plen:
-        raise DecodeError("payload length does not match the frame length")
-    return ClosestTraffic(scoords, tkey, skey, wkey, wseq, buf[off:end], hop_limit)
+    stop = end - plen  # the watermark sequence fills buf[off + 96:stop]
+    wseq = _varu64_filling(buf, off + 3 * KEY_SIZE, stop)
+    return ClosestTraffic(scoords, tkey, skey, wkey, wseq, buf[stop:end], hop_limit)
 
 
 def _coords_at(buf: bytes, off: int, end: int) -> tuple[Coords, int]:
@@ -769,12 +782,23 @@ def _coords_at(buf: bytes, off: int, end: int) -> tuple[Coords, int]:
     return tuple(ports), stop
 
 
-def _varu64_at(buf: bytes, off: int, end: int) -> tuple[int, int]:
-    """A varu64 at `off` that must end before `end`."""
-    if off < end and buf[off] < 0x80:
-        return buf[off], off + 1
-    value, n = decode_varu64(buf[off:end], 0)
-    return value, off + n
+def _varu64_filling(buf: bytes, off: int, stop: int) -> int:
+    """The varu64 that must be exactly `buf[off:stop]` (the payload length, known from
+    the frame, says where it ends)."""
+    if stop - off == 1 and buf[off] < 0x80:
+        return buf[off]
+    if stop <= off:
+        raise DecodeError("payload length does not match the frame length")
+    raw = buf[off:stop]
+    value = _varu64_decoded.get(raw)
+    if value is None:
+        value, n = decode_varu64(raw, 0)
+        if n != len(raw):
+            raise DecodeError("payload length does not match the frame length")
+        if len(_varu64_decoded) >= _VARU64_CACHE_ENTRIES:
+            _varu64_decoded.clear()
+        _varu64_decoded[raw] = value
+    return value
 
 
 def decode_frame(data: bytes) -> Frame:

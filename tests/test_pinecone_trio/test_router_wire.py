@@ -22,11 +22,14 @@ from pinecone_trio.router.wire import (
     coords_distance,
     decode_coords,
     decode_frame,
+    decode_frame_at,
     decode_varu64,
     encode_coords,
     encode_frame,
+    encode_frame_parts,
     encode_varu64,
     frame_length,
+    frame_length_at,
     read_frame_length,
 )
 
@@ -277,3 +280,83 @@ def test_encoder_refuses_what_cannot_be_expressed() -> None:
         encode_frame(Traffic((), (), DEST, SRC, FULL_MASK, 0, b"", 256))
     with pytest.raises(LocalProtocolError):
         encode_frame(UnknownFrame(3, b""))
+
+
+# --- the fast paths: decode at an offset, encode as parts, small-port coordinates -------
+
+small_coords = st.lists(st.integers(0, 127), max_size=12).map(tuple)
+traffic_frames: st.SearchStrategy[Frame] = st.one_of(
+    st.builds(
+        Traffic,
+        st.lists(st.integers(0, 127), min_size=1, max_size=12).map(tuple),
+        small_coords,
+        keys,
+        keys,
+        st.just(FULL_MASK),
+        st.just(0),
+        payloads,
+        hop_limits,
+    ),
+    st.builds(Traffic, st.just(()), small_coords, keys, keys, keys, u64, payloads, hop_limits),
+    st.builds(ClosestTraffic, small_coords, keys, keys, keys, u64, payloads, hop_limits),
+)
+
+
+@given(st.one_of(traffic_frames, frames), st.binary(max_size=20), st.binary(max_size=20))
+def test_decode_at_an_offset_and_encode_as_parts(frame: Frame, before: bytes, after: bytes) -> None:
+    parts: list[bytes] = [before]
+    length = encode_frame_parts(frame, parts)
+    wire = b"".join(parts[1:])
+    assert wire == encode_frame(frame) and length == len(wire) == frame_length(frame)
+    buf = before + wire + after
+    assert frame_length_at(buf, len(before)) == length
+    decoded = decode_frame_at(buf, len(before), len(before) + length)
+    assert decoded == frame == decode_frame(wire)
+    if isinstance(decoded, (Traffic, ClosestTraffic)):
+        assert type(decoded.payload) is bytes
+
+
+@given(traffic_frames, st.data())
+def test_fast_path_truncations_are_decode_errors(frame: Frame, data: st.DataObject) -> None:
+    wire = encode_frame(frame)
+    cut = data.draw(st.integers(10, len(wire) - 1))
+    short = wire[:8] + cut.to_bytes(2, "big") + wire[10:cut]  # header fixed up
+    with pytest.raises(DecodeError):
+        decode_frame_at(b"xx" + short + b"yy", 2, 2 + len(short))
+
+
+@given(small_coords)
+def test_small_port_coordinates_match_the_general_varu64_encoding(c: tuple[int, ...]) -> None:
+    general = len(c).to_bytes(2, "big") + b"".join(encode_varu64(p) for p in c)
+    assert encode_coords(c) == general
+    assert decode_coords(general, 0) == (c, len(general))
+
+
+def test_varu64_caches_never_change_results() -> None:
+    # Watermark sequences go through small caches on both sides; a cached value must
+    # come back the same, and a malformed encoding must fail even after a good one of
+    # the same value was cached.
+    frame = Traffic((), (1,), DEST, SRC, SRC, 1_763_700_123, b"payload", 9)
+    wire = encode_frame(frame)
+    for _ in range(3):
+        assert encode_frame(frame) == wire
+        assert decode_frame(wire) == frame
+    seq = encode_varu64(1_763_700_123)
+    at = wire.index(seq)
+    padded = wire[:at] + b"\x80" * 7 + seq + wire[at + len(seq) :]  # > 10 varu64 bytes
+    padded = padded[:8] + len(padded).to_bytes(2, "big") + padded[10:]
+    with pytest.raises(DecodeError):
+        decode_frame(padded)
+    with pytest.raises(LocalProtocolError):
+        encode_varu64(-1)
+    with pytest.raises(LocalProtocolError):
+        encode_varu64(2**64)
+
+
+def test_frame_length_at_checks_the_header_in_place() -> None:
+    buf = b"junk" + encode_frame(KEEPALIVE)
+    assert frame_length_at(buf, 4) == 10
+    with pytest.raises(DecodeError, match="magic"):
+        frame_length_at(buf, 0)
+    with pytest.raises(DecodeError, match="truncated"):
+        frame_length_at(buf, 5)
