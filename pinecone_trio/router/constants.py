@@ -50,6 +50,10 @@ SNAKE_MAINTAIN_INTERVAL: Final = 1.0
 BOOTSTRAP_INTERVAL: Final = 5.0
 #: A snake table entry not refreshed for this long is invalid (2 x bootstrap interval).
 SNAKE_EXPIRY: Final = 10.0
+#: Ours: the least time between two of our bootstraps when one is wanted "soon" (a new
+#: parent, a new descending neighbour, a closer successor learnt). Pinecone waits for the
+#: next 1 s tick instead; we send at once, but at most four times a second.
+BOOTSTRAP_MIN_GAP: Final = 0.25
 #: Bound on snake table entries per node. Upstream is unbounded; when full, bootstraps
 #: from new origins are still forwarded but not remembered (counted as table_full).
 MAX_SNAKE_ENTRIES: Final = 65536

@@ -68,6 +68,7 @@ from .constants import (
     ANNOUNCEMENT_INTERVAL,
     ANNOUNCEMENT_TIMEOUT,
     BOOTSTRAP_INTERVAL,
+    BOOTSTRAP_MIN_GAP,
     COORDS_CACHE_LIFETIME,
     COORDS_CACHE_SWEEP,
     KEY_SIZE,
@@ -118,6 +119,15 @@ class RouterConfig:
     reparent_wait: float = REPARENT_WAIT
     snake_maintain_interval: float = SNAKE_MAINTAIN_INTERVAL
     bootstrap_interval: float = BOOTSTRAP_INTERVAL
+    #: A bootstrap wanted "soon" goes out at once, but never sooner than this after the
+    #: previous one (Pinecone: on the next 1 s maintenance tick).
+    bootstrap_min_gap: float = BOOTSTRAP_MIN_GAP
+    #: When a bootstrap ends here and its origin displaces a valid descending neighbour
+    #: (a node joined between the two), pass it on towards the displaced node, which
+    #: then learns its closer successor and bootstraps to it at once (docs/router.md,
+    #: deviation 21). False: Pinecone's behaviour (the displaced node finds out with its
+    #: next periodic bootstrap, up to 5 s later).
+    descending_handover: bool = True
     #: Pinecone's 10 s. 12.5 s removes the expire-at-refresh race of paths used every
     #: other round (docs/router.md, "Known behaviour"); kept at 10 for comparability.
     snake_expiry: float = SNAKE_EXPIRY
@@ -146,7 +156,8 @@ class RouterStatistics:
     `dropped` maps a reason to a count; every frame or input the engine discards is
     counted under exactly one reason: unknown_port, unsupported_type, bad_announcement,
     bad_signature, wrong_root, replay, own_bootstrap, snake_table_full (remembered
-    nothing, still forwarded), no_route, loop, watermark, hop_limit, too_large.
+    nothing, still forwarded), handover_no_route, no_route, loop, watermark, hop_limit,
+    too_large.
     """
 
     #: Frames received from peers (`FrameIn`).
@@ -186,8 +197,9 @@ class RouterState:
     """
 
     __slots__ = (
+        "_bootstrap_due",
         "_bootstrap_seq",
-        "_bootstrap_soon",
+        "_bootstrap_target",
         "_cfg",
         "_coords",
         "_coords_cache",
@@ -263,7 +275,11 @@ class RouterState:
         self._table = SnakeTable(cfg.max_snake_entries)
         self._descending: bytes | None = None
         self._last_bootstrap = -math.inf
-        self._bootstrap_soon = False
+        #: When a bootstrap wanted "soon" is due (math.inf: none wanted).
+        self._bootstrap_due = math.inf
+        #: The key our last bootstrap headed for (None: none sent); a key learnt between
+        #: ours and this one is a closer successor, worth bootstrapping to at once.
+        self._bootstrap_target: bytes | None = None
         self._bootstrap_seq = 0
         self._next_maintain = now + cfg.snake_maintain_interval
         # forwarding
@@ -324,6 +340,10 @@ class RouterState:
             if self._next_maintain <= now:
                 self._next_maintain = now + cfg.snake_maintain_interval
             self._maintain_snake(now, out)
+        if now >= self._bootstrap_due:
+            self._bootstrap_due = math.inf
+            if self._parent is not None:
+                self._send_bootstrap(now, out)
         if now >= self._next_cache_sweep:
             self._next_cache_sweep = now + cfg.coords_cache_sweep
             self._sweep_coords_cache(now)
@@ -331,7 +351,12 @@ class RouterState:
 
     def next_deadline(self) -> float:
         """When `on_timer` must next be called; `math.inf` if never."""
-        d = min(self._next_maintain, self._next_root_announce, self._next_cache_sweep)
+        d = min(
+            self._next_maintain,
+            self._next_root_announce,
+            self._next_cache_sweep,
+            self._bootstrap_due,
+        )
         w = self._waiting_until
         return d if w is None or w > d else w
 
@@ -508,6 +533,7 @@ class RouterState:
         self._peer_list = sorted(self._peers.values(), key=_port_of)
         if key != self._key:
             self._index.add(key, port, 0, peer.peer_type)
+            self._closer_successor(key)
         self._announce([peer], out)
         out.append(Emit(PeerAdded(port, key)))
 
@@ -593,7 +619,7 @@ class RouterState:
         self._parent = peer
         self._tree_changed(out)
         self._announce(self._peer_list, out)
-        self._bootstrap_soon = True
+        self._bootstrap_soon()
 
     def _choose_parent(self, now: float, among: list[Peer] | None = None) -> Peer | None:
         ann = self._current_ann()
@@ -688,9 +714,22 @@ class RouterState:
 
     # --- snake --------------------------------------------------------------------------
 
+    def _bootstrap_soon(self) -> None:
+        """Want a bootstrap now, rate-limited to one per `bootstrap_min_gap`."""
+        due = max(self._now, self._last_bootstrap + self._cfg.bootstrap_min_gap)
+        if due < self._bootstrap_due:
+            self._bootstrap_due = due
+
+    def _closer_successor(self, key: bytes) -> None:
+        """`key` was just learnt: if it lies between us and where our last bootstrap
+        went, that was not our successor; bootstrap again soon."""
+        target = self._bootstrap_target
+        if target is not None and self._key < key < target:
+            self._bootstrap_soon()
+
     def _set_descending(self, key: bytes | None, out: list[Action]) -> None:
         self._descending = key
-        self._bootstrap_soon = True
+        self._bootstrap_soon()
         out.append(Emit(DescendingChanged(key)))
 
     def _maintain_snake(self, now: float, out: list[Action]) -> None:
@@ -708,19 +747,21 @@ class RouterState:
                 self._set_descending(None, out)
         self._table.sweep(now, cfg.snake_expiry)
         if self._parent is not None and (
-            self._bootstrap_soon or now - self._last_bootstrap >= cfg.bootstrap_interval - 1e-9
+            now - self._last_bootstrap >= cfg.bootstrap_interval - 1e-9
         ):
             self._send_bootstrap(now, out)
 
     def _send_bootstrap(self, now: float, out: list[Action]) -> None:
-        self._bootstrap_soon = False
+        self._bootstrap_due = math.inf
         self._last_bootstrap = now
         ann = self._current_ann()
         seq = max(self._bootstrap_seq + 1, int((now + self._cfg.wall_clock_offset) * 1000))
         self._bootstrap_seq = seq
         port, bk, bs = self._snake(self._key, True, FULL_MASK, 0)
         if port is None:
+            self._bootstrap_target = None
             return
+        self._bootstrap_target = bk
         sig = self._signer.sign(bootstrap_signed_bytes(seq, ann.root_key, ann.root_seq))
         out.append(
             SendFrame(port, Bootstrap(self._key, bk, bs, seq, ann.root_key, ann.root_seq, sig))
@@ -743,6 +784,11 @@ class RouterState:
         if rk != ann.root_key or abs(rs - ann.root_seq) > tol:
             self._drop("wrong_root")
             return
+        if f.watermark_key < origin:
+            # Routing never gives a bootstrap a watermark below its origin: this is a
+            # handover towards the key in the watermark (deviation 21).
+            self._on_handover(port, f, now, out)
+            return
         table = self._table
         e = table.get(origin)
         if (
@@ -754,23 +800,26 @@ class RouterState:
             self._drop("replay")
             return
         nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq, port)
+        displaced: bytes | None = None
         if table.put(SnakeEntry(origin, port, nh, now, rk, rs, f.sequence)):
-            if origin < self._key:
-                d = self._descending
-                if d is None or d != origin:
-                    de = None if d is None else table.get(d)
-                    valid = (
-                        de is not None
-                        and de.last_seen > now - self._cfg.snake_expiry
-                        and de.root_key == rk
-                        and abs(de.root_seq - ann.root_seq) <= tol
-                    )
-                    if not valid or (d is not None and d < origin):
-                        self._set_descending(origin, out)
+            displaced = self._descending_update(origin, now, out)
+            self._closer_successor(origin)
         else:
             self._drop("snake_table_full")
         if nh is None:
-            return  # dead end: we are the origin's ascending neighbour
+            # Dead end: we are the origin's ascending neighbour. If it took the place of
+            # a descending neighbour that was still valid, that node does not know yet
+            # that its successor changed: tell it (deviation 21).
+            if displaced is not None and self._cfg.descending_handover:
+                de = table.get(displaced)
+                if de is not None:
+                    out.append(
+                        SendFrame(
+                            de.source,
+                            Bootstrap(origin, displaced, de.seq, f.sequence, rk, rs, f.signature),
+                        )
+                    )
+            return
         if nh == port:
             self._drop("loop")
             return
@@ -778,6 +827,82 @@ class RouterState:
             self._drop("watermark")
             return
         out.append(SendFrame(nh, Bootstrap(origin, bk, bs, f.sequence, rk, rs, f.signature)))
+
+    def _descending_update(self, origin: bytes, now: float, out: list[Action]) -> bytes | None:
+        """§7.4 step 5 for a fresh entry of `origin`. Return the descending key that
+        `origin` displaced if that one was still valid, else None."""
+        if origin >= self._key:
+            return None
+        d = self._descending
+        if d == origin:
+            return None
+        de = None if d is None else self._table.get(d)
+        ann = self._current_ann()
+        valid = (
+            de is not None
+            and de.last_seen > now - self._cfg.snake_expiry
+            and de.root_key == ann.root_key
+            and abs(de.root_seq - ann.root_seq) <= self._cfg.root_seq_tolerance
+        )
+        if not valid:
+            self._set_descending(origin, out)
+            return None
+        if d is not None and d < origin:
+            self._set_descending(origin, out)
+            return d
+        return None
+
+    def _on_handover(self, port: int, f: Bootstrap, now: float, out: list[Action]) -> None:
+        """A bootstrap of `origin` passed on by its dead end towards `target`, the
+        descending neighbour it displaced there (deviation 21).
+
+        It follows `target`'s own bootstrap path backwards: at every hop the snake entry
+        of `target`, whose sequence may never be older than the previous hop's (carried
+        in the watermark sequence). Along one such chain sequences never decrease and a
+        single bootstrap round never visits a node twice, so the chain has no cycle.
+        Every hop also learns a route to `origin` (back the way the handover came) if it
+        had none as fresh; `target` thereby learns its closer successor and bootstraps.
+        """
+        origin = f.destination_key
+        target = f.watermark_key
+        rk = f.root_key
+        rs = f.root_seq
+        tol = self._cfg.root_seq_tolerance
+        table = self._table
+        expired = now - self._cfg.snake_expiry
+        nh: int | None = None
+        te: SnakeEntry | None = None
+        if target != self._key:
+            te = table.get(target)
+            if (
+                te is None
+                or te.last_seen <= expired
+                or te.root_key != rk
+                or abs(te.root_seq - rs) > tol
+                or te.seq < f.watermark_seq
+                or te.source == port
+            ):
+                self._drop("handover_no_route")
+                te = None
+            else:
+                nh = te.source
+        e = table.get(origin)
+        if (
+            e is None
+            or e.last_seen <= expired
+            or e.root_key != rk
+            or abs(e.root_seq - rs) > tol
+            or f.sequence > e.seq
+        ):
+            if table.put(SnakeEntry(origin, port, None, now, rk, rs, f.sequence)):
+                self._descending_update(origin, now, out)
+                self._closer_successor(origin)
+            else:
+                self._drop("snake_table_full")
+        if te is not None and nh is not None:
+            out.append(
+                SendFrame(nh, Bootstrap(origin, target, te.seq, f.sequence, rk, rs, f.signature))
+            )
 
     # --- traffic ------------------------------------------------------------------------
 

@@ -181,7 +181,7 @@ class Prober:
         self.revisits = 0
         self.bootstrap_loops = 0
         self.misdelivered = 0
-        self._bootstrap_visits: set[tuple[bytes, int, int]] = set()
+        self._bootstrap_visits: set[tuple[bytes, int, int, bool]] = set()
         self._pairs = 0
         self._bfs: dict[int, tuple[int, dict[int, int]]] = {}
         net.on_send = self._on_send
@@ -263,7 +263,14 @@ class Prober:
 
     def _bootstrap_visit(self, node: int, frame: Bootstrap) -> None:
         # A bootstrap is one (origin, sequence); forwarding it twice from one node is a loop.
-        visit = (frame.destination_key, frame.sequence, node)
+        # Its handover (watermark below the origin, docs/router.md deviation 21) is a
+        # separate journey: one node may forward the bootstrap and later its handover.
+        visit = (
+            frame.destination_key,
+            frame.sequence,
+            node,
+            frame.watermark_key < frame.destination_key,
+        )
         visits = self._bootstrap_visits
         if visit in visits:
             self.bootstrap_loops += 1

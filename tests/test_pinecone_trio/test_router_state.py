@@ -258,13 +258,14 @@ def test_our_bootstraps_are_periodic_signed_and_monotonic() -> None:
     assert s.parent_port == 1
     boots: list[tuple[float, Bootstrap]] = []
     t = 0.0
-    while t < 21:
+    assert s.next_deadline() == 0.0  # a new parent: bootstrap at once
+    while t < 20:
         t = s.next_deadline()
         boots += [(t, f) for _, f in sent(s.on_timer(t)) if isinstance(f, Bootstrap)]
     times = [t for t, _ in boots]
-    assert times == [1.0, 6.0, 11.0, 16.0, 21.0]  # soon after the parent, then every 5 s
+    assert times == [0.0, 5.0, 10.0, 15.0, 20.0]  # at once after the parent, then every 5 s
     seqs = [b.sequence for _, b in boots]
-    assert seqs == sorted(set(seqs)) and seqs[0] == int((1.0 + 1e9) * 1000)
+    assert seqs == sorted(set(seqs)) and seqs[0] == int((0.0 + 1e9) * 1000)
     for _, b in boots:
         assert b.destination_key == key
         msg = bootstrap_signed_bytes(b.sequence, b.root_key, b.root_seq)
