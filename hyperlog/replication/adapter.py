@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from hyperlog import flat_tree, wire
+from hyperlog.bitfield import PAGE_BITS, Bitfield
 from hyperlog.crypto import TreeNode, leaf_node, parent_node
 from hyperlog.errors import (
     BlockNotAvailableError,
@@ -42,6 +43,9 @@ from hyperlog.proof import (
     verify_proof,
 )
 from hyperlog.replication.port import Applied
+
+#: Tree level of a span of one bitfield page (PAGE_BITS blocks).
+PAGE_LEVEL = PAGE_BITS.bit_length() - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +111,37 @@ def to_proof(d: wire.Data) -> Proof:
     )
 
 
+def held_level(bits: Bitfield, block: int) -> int | None:
+    """Return the smallest L such that the aligned span of 2**L blocks around `block`
+    holds a set bit of `bits` (0 if `block` is set), or None if no bit is set at all.
+
+    One page as one integer (nearest set bits on either side) instead of one
+    `first_set` per tree level; spans of whole pages use `first_set` per level.
+    """
+    page, off = divmod(block, PAGE_BITS)
+    data = int.from_bytes(bits.page_bytes(page), "little")
+    if data:
+        if (data >> off) & 1:
+            return 0
+        level = PAGE_LEVEL
+        below = data & ((1 << off) - 1)
+        if below:
+            level = (off ^ (below.bit_length() - 1)).bit_length()
+        above = data >> off
+        if above:
+            level = min(level, (off ^ (off + (above & -above).bit_length() - 1)).bit_length())
+        return level
+    # Bounded: one step per level above a page, at most 64 levels.
+    for level in range(PAGE_LEVEL + 1, 64):
+        lo = (block >> level) << level
+        first = bits.first_set(lo)
+        if first is not None and first < lo + (1 << level):
+            return level
+        if first is None and lo == 0:
+            return None
+    return None
+
+
 class LogAdapter:
     """Adapts a `hyperlog.Log` to the replication engine's `LogPort`."""
 
@@ -164,23 +199,28 @@ class LogAdapter:
         return self.missing_tree_nodes(2 * index)
 
     def missing_tree_nodes(self, node: int) -> int:
-        # `Log.missing_nodes` probes storage once per level (~8 queries for a sequential
-        # download). Guess instead from the in-memory bitfield: the lowest ancestor
-        # whose span holds a block we have is stored (every verified block stored its
-        # path). Confirm the guess with one probe; asking for more uncles than needed is
-        # harmless, fewer would fail verification, so fall back to the exact count.
+        # `Log.missing_nodes` probes storage once per level (~8 queries for a sparse
+        # get). Guess instead from the in-memory bitfield (one page as one integer, see
+        # `held_level`): the lowest ancestor whose span holds a block we have is stored
+        # (every verified block stored its path). Confirm the guess with a probe; asking
+        # for more uncles than needed is harmless, fewer would fail verification (and
+        # drop the peer), so fall back to the exact count when the guess is wrong.
         path = missing_nodes_candidates(node, self.log.length)
         if not path:
             return 0
-        bits = self.log.bitfield
-        for k in range(1, len(path)):
-            node = path[k]
-            first = bits.first_set(flat_tree.left_span(node) // 2)
-            if first is not None and first <= flat_tree.right_span(node) // 2:
-                if k == len(path) - 1 or self.log._get_node(node) is not None:
-                    return k
-                return missing_nodes(node, self.log.length, self._has_node)
-        return len(path) - 1
+        level = held_level(self.log.bitfield, flat_tree.left_span(node) // 2)
+        if level is None:
+            return len(path) - 1
+        k = max(1, level - flat_tree.depth(node))
+        if k >= len(path):
+            return len(path) - 1
+        # The node just below is usually stored too: it was sent as an uncle when the
+        # first block of the other half was verified. One uncle less to ask for.
+        if self._has_node(path[k - 1]):
+            return k - 1
+        if k == len(path) - 1 or self._has_node(path[k]):
+            return k
+        return missing_nodes(node, self.log.length, self._has_node)
 
     def _has_node(self, index: int) -> bool:
         return self.log._get_node(index) is not None

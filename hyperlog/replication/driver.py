@@ -305,12 +305,19 @@ class ReplicationSession:
         self.error: BaseException | None = None
         self.closed = trio.Event()
         self._scope = trio.CancelScope()
+        self._timer_at = -math.inf  # when the timer task wakes next (-inf: not sleeping)
         self.bytes_in = 0
         self.bytes_out = 0
 
     def _on_output(self) -> None:
         self._out_lot.unpark_all()
-        self._timer_lot.unpark_all()
+        # Wake the timer only for a deadline earlier than the one it sleeps until (a
+        # round trip used to wake it twice per side to recompute the same deadline).
+        at = self._timer_at
+        if self.engine.deadline_hint < at or any(
+            rep.engine.deadline_hint < at for rep in self._logs.values()
+        ):
+            self._timer_lot.unpark_all()
 
     def _resolve(self, dk: bytes) -> LogReplicator | None:
         assert self._resolve_user is not None
@@ -545,9 +552,11 @@ class ReplicationSession:
                 (rep.engine.next_deadline() for rep in self._logs.values()), default=math.inf
             )
             deadline = min(deadline, self.engine.next_deadline())
+            self._timer_at = deadline
             with trio.move_on_at(deadline):
                 await self._timer_lot.park()
                 continue
+            self._timer_at = -math.inf
             now = trio.current_time()
             self.engine.on_timer(now)
             for rep in list(self._logs.values()):

@@ -223,6 +223,10 @@ class LogReplicator:
         self.next_id = 1
         self.on_change = on_change or (lambda: None)
         self.on_block = on_block or (lambda index: None)
+        #: The earliest deadline created since the driver last computed
+        #: `next_deadline` (it resets this to inf): a driver sleeping until later
+        #: must wake its timer, one sleeping until earlier need not.
+        self.deadline_hint = math.inf
         self.stats = {"blocks": 0, "bytes": 0, "timeouts": 0, "hotswaps": 0}
 
     # ------------------------------------------------------------------ peers
@@ -230,6 +234,8 @@ class LogReplicator:
     def add_peer(self, ch: PeerChannel, now: float) -> None:
         """A channel opened on both sides: announce ourselves and start working."""
         self.peers.append(ch)
+        if len(self.peers) > 1:
+            self.deadline_hint = now  # requests in flight may now be hot-swapped
         self._send_sync(ch)
         contiguous = self.view.contiguous_length()
         if contiguous:
@@ -787,6 +793,7 @@ class LogReplicator:
         req = wire.RangeRequest(ch.local_id, rid, fork, node, self.view.missing_tree_nodes(node))
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
         ch.inflight[rid] = Inflight(rid, K_RANGE, first, fork, now, now + timeout, req, count=span)
+        self._note_deadline(now + timeout)
         ch.sink.send(req)
         for j in range(first, end):
             self.block_reqs.setdefault(j, []).append((ch, rid))
@@ -814,8 +821,13 @@ class LogReplicator:
         req = wire.Request(ch.local_id, rid, fork, block=block, upgrade=upgrade, manifest=manifest)
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
         ch.inflight[rid] = Inflight(rid, kind, index, fork, now, now + timeout, req)
+        self._note_deadline(now + (HOTSWAP_AFTER if len(self.peers) > 1 else timeout))
         ch.sink.send(req)
         return rid
+
+    def _note_deadline(self, deadline: float) -> None:
+        if deadline < self.deadline_hint:
+            self.deadline_hint = deadline
 
     def _cancel(self, ch: PeerChannel, rid: int) -> None:
         if ch.inflight.pop(rid, None) is not None and not ch.closed:
@@ -912,7 +924,11 @@ class LogReplicator:
         self.on_change()
 
     def next_deadline(self) -> float:
-        """When `on_timer` next has something to do (math.inf if never)."""
+        """When `on_timer` next has something to do (math.inf if never).
+
+        Resets `deadline_hint`: the caller now sleeps until at most this time.
+        """
+        self.deadline_hint = math.inf
         t = math.inf
         for ch in self.peers:
             for inf in ch.inflight.values():

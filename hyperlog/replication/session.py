@@ -109,6 +109,9 @@ class SessionEngine:
         self._soft_errors = 0
         self._now = 0.0  # the latest time we were given (for Open timestamps)
         self._serves = 0  # ServeWork items in `work`
+        #: The earliest deadline created since `next_deadline` was last called (see
+        #: `LogReplicator.deadline_hint`).
+        self.deadline_hint = math.inf
         self.ignored_opens = 0
         self.bad_capabilities = 0
         self.closed = False
@@ -300,7 +303,8 @@ class SessionEngine:
                 loc.replicator.refresh(now)
 
     def next_deadline(self) -> float:
-        """When `on_timer` has something to do (math.inf if never)."""
+        """When `on_timer` has something to do (math.inf if never); resets `deadline_hint`."""
+        self.deadline_hint = math.inf
         times = [
             loc.opened_at + OPEN_TIMEOUT
             for loc in self._by_dk.values()
@@ -312,6 +316,7 @@ class SessionEngine:
         if loc.opened:
             return
         loc.opened_at = self._now
+        self.deadline_hint = min(self.deadline_hint, self._now + OPEN_TIMEOUT)
         assert self.session_id is not None and self._initiator is not None
         loc.opened = True
         cap = caps.capability(self.session_id, loc.replicator.view.key, initiator=self._initiator)

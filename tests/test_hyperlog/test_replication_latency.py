@@ -1,0 +1,88 @@
+"""The sparse-get fast paths: what they skip must not change what is verified.
+
+* `held_level` / `LogAdapter.missing_tree_nodes` guess how many uncles a request
+  needs from the in-memory bitfield; the guess must never be *fewer* than the stored
+  tree requires (the proof would fail and the peer be dropped) and should equal the
+  exact count `Log.missing_tree_nodes` computes with one storage probe per level.
+
+(The timer task now wakes only for a deadline earlier than the one it sleeps until;
+request timeouts and hot-swaps are covered by test_replicate_memory.py's
+`test_black_hole_peer_times_out` and `test_hotswap_slow_get`.)
+"""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hyperlog import flat_tree, wire
+from hyperlog.bitfield import PAGE_BITS, Bitfield
+from hyperlog.crypto import key_pair
+from hyperlog.log import open_store
+from hyperlog.proof import ProofRequest, UpgradeRequest
+from hyperlog.replication.adapter import (
+    LogAdapter,
+    held_level,
+    to_data,
+    to_proof,
+    to_proof_request,
+)
+
+SEED = bytes(range(32))
+
+
+def _held_level_slow(bits: Bitfield, block: int, size: int) -> int | None:
+    for level in range(64):
+        lo = (block >> level) << level
+        if any(bits.get(i) for i in range(lo, min(lo + (1 << level), size))):
+            return level
+        if lo == 0 and (1 << level) >= size:
+            return None
+    return None
+
+
+@given(
+    size=st.sampled_from([64, 1000, PAGE_BITS + 5, 3 * PAGE_BITS]),
+    picks=st.lists(st.integers(min_value=0, max_value=10**6), max_size=6),
+    probe=st.integers(min_value=0, max_value=10**6),
+)
+def test_held_level_matches_a_bit_by_bit_scan(size: int, picks: list[int], probe: int) -> None:
+    bits = Bitfield()
+    for p in picks:
+        bits.set(p % size)
+    block = probe % size
+    assert held_level(bits, block) == _held_level_slow(bits, block, size)
+
+
+async def test_missing_nodes_guess_equals_the_exact_count() -> None:
+    n = 3000
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append([b"v%d" % i for i in range(n)])
+        reader = await rs.open_log(writer.key)
+        head = writer.create_proof(ProofRequest(0, upgrade=UpgradeRequest(0, n), manifest=True))
+        await reader.apply_proofs([head])
+        adapter = LogAdapter(reader)
+        rnd = random.Random(4)
+        try:
+            for _ in range(150):
+                want = rnd.randrange(n)
+                # Around the next block, its sibling and random others, and tree nodes
+                # (a RangeRequest's hash proof) at a few depths.
+                for i in (want, want ^ 1, max(0, want - 1), rnd.randrange(n)):
+                    assert adapter.missing_nodes(i) == reader.missing_nodes(i), i
+                for depth in (1, 3, 6):
+                    node = flat_tree.index(depth, rnd.randrange(n >> depth))
+                    assert adapter.missing_tree_nodes(node) == reader.missing_tree_nodes(node)
+                # Fetch `want` with exactly the guessed uncles: the proof verifies.
+                req = wire.Request(
+                    0, 1, 0, block=wire.RequestBlock(want, adapter.missing_nodes(want))
+                )
+                proof = writer.create_proof(to_proof_request(req))
+                (result,) = await reader.apply_proofs([to_proof(to_data(proof))])
+                assert not isinstance(result, Exception), result
+                assert reader.has(want)
+        finally:
+            adapter.close()
