@@ -450,7 +450,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         import trio
 
         if args.worker == "node":
-            trio.run(_node_worker, args)
+            profile_dir = os.environ.get("BENCH_PROFILE")
+            if profile_dir:
+                # BENCH_PROFILE=dir: each node process writes a cProfile dump there.
+                import cProfile
+
+                profiler = cProfile.Profile()
+                profiler.runcall(trio.run, _node_worker, args)
+                profiler.dump_stats(os.path.join(profile_dir, f"node-{os.getpid()}.prof"))
+            else:
+                trio.run(_node_worker, args)
         elif args.worker == "link-server":
             trio.run(_link_server, args.bytes)
         else:

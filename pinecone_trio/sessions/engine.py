@@ -220,6 +220,8 @@ class Session:
         self._last_recv = now
         self._last_eliciting_sent = now
         self.keepalive = False
+        self.corked = False  # the last `packets_to_send(cork=True)` held a tail back
+        self.writes = 0  # successful `stream_write` calls, so a caller sees new data
         # streams
         self._streams: dict[int, _Stream] = {}
         self._sendable: dict[int, None] = {}
@@ -591,7 +593,9 @@ class Session:
             self._fail(error, notify_peer=str(exc))
             return
         if self.state is State.ESTABLISHED:
-            self._acks.on_packet(pn, eliciting, now, self.config.max_ack_delay)
+            self._acks.on_packet(
+                pn, eliciting, now, self.config.max_ack_delay, self.config.ack_eliciting_threshold
+            )
 
     def _apply_frames(self, frames: list[wire.Frame], now: float) -> bool:
         eliciting = False
@@ -835,6 +839,7 @@ class Session:
         n = send.write(data)
         if n:
             self._sendable[sid] = None
+            self.writes += 1
         return n
 
     def stream_writable(self, sid: int) -> bool:
@@ -1058,14 +1063,21 @@ class Session:
             if sid in self._streams
         )
 
-    def packets_to_send(self, now: float) -> list[bytes]:
-        """The datagrams to send to the remote address now (at most a burst)."""
+    def packets_to_send(self, now: float, *, cork: bool = False) -> list[bytes]:
+        """The datagrams to send to the remote address now (at most a burst).
+
+        With `cork`, a stream's fresh data that would only part-fill a packet (no FIN,
+        not limited by credit) is held back and `corked` is set: the caller gives the
+        writer a chance to add more, then calls again without `cork` (TCP autocorking,
+        one scheduler pass instead of a timer). Bulk writers then send full packets.
+        """
         out = self._hs_outbox
         self._hs_outbox = []
+        self.corked = False
         if self.state is not State.ESTABLISHED:
             return out
         for _ in range(self.config.max_burst_packets):
-            packet = self._build_packet(now)
+            packet = self._build_packet(now, cork)
             if packet is None:
                 break
             out.append(packet)
@@ -1083,19 +1095,21 @@ class Session:
         self.stats["bytes_sent"] += len(packet)
         return packet
 
-    def _build_packet(self, now: float) -> bytes | None:
+    def _build_packet(self, now: float, cork: bool = False) -> bytes | None:
         budget = self.config.max_packet_size - _HEADER_AND_TAG - wire.PAYLOAD_OVERHEAD
         frames: list[list[object]] = []
         records: list[tuple[Any, ...]] = []
         acks = self._acks
-        ack_due = acks.has_unacked() and acks.ack_due(now)
+        ack_ranges: tuple[tuple[int, int], ...] = ()
+        ack_due = False
+        if acks.has_unacked():
+            # Room for an ACK is kept; it goes out only when due, or riding along with
+            # something else (an ACK-only packet is never sent just because we could).
+            ack_due = acks.ack_due(now)
+            ack_ranges = acks.ranges()
+            if ack_ranges:
+                budget -= wire.ack_frame_size(len(ack_ranges))
         may_send = self._probes > 0 or self._cc.can_send(self._recovery.bytes_in_flight)
-        if ack_due or (may_send and acks.has_unacked()):
-            ranges = acks.ranges()
-            if ranges:
-                frames.append(wire.frame_to_wire(wire.Ack(0, ranges)))
-                budget -= wire.ack_frame_size(len(ranges))
-            acks.on_ack_sent()
         eliciting = False
         # Datagrams are unreliable and not congestion-controlled beyond the queue bound:
         # the application chose to send them now.
@@ -1128,13 +1142,16 @@ class Session:
                     records.append(("msd", sid))
                     budget -= wire.CONTROL_FRAME_MAX
             if self._sendable and budget > wire.STREAM_FRAME_OVERHEAD:
-                budget = self._fill_streams(frames, records, budget)
+                budget = self._fill_streams(frames, records, budget, cork)
         if records:
             eliciting = True
         if self._need_ping and not eliciting:
             frames.append(wire.frame_to_wire(wire.Ping()))
             eliciting = True
         self._need_ping = False
+        if ack_ranges and (ack_due or frames):
+            frames.insert(0, wire.frame_to_wire(wire.Ack(0, ack_ranges)))
+            acks.on_ack_sent()
         if not frames:
             return None
         packet = self._seal(frames)
@@ -1151,7 +1168,7 @@ class Session:
         return packet
 
     def _fill_streams(
-        self, frames: list[list[object]], records: list[tuple[Any, ...]], budget: int
+        self, frames: list[list[object]], records: list[tuple[Any, ...]], budget: int, cork: bool
     ) -> int:
         sendable = self._sendable
         for sid in list(sendable):
@@ -1164,9 +1181,19 @@ class Session:
             if stream.state is not StreamState.OPEN:
                 continue  # wait for ACCEPT before sending anything
             credit = self._send_max - self._send_used
-            offset, data, fin, fresh = stream.send.next_chunk(
-                budget - wire.STREAM_FRAME_OVERHEAD, credit
-            )
+            send = stream.send
+            if (
+                cork
+                and send.fin_offset is None
+                and not send.retransmit
+                and send.write_offset - send.next_offset < budget - wire.STREAM_FRAME_OVERHEAD
+                and send.write_offset <= min(send.max_data, send.next_offset + credit)
+            ):
+                # Only a tail smaller than the room left, limited by what the application
+                # wrote so far (not by credit): hold it while the writer may add more.
+                self.corked = True
+                continue
+            offset, data, fin, fresh = send.next_chunk(budget - wire.STREAM_FRAME_OVERHEAD, credit)
             if not data and not fin:
                 continue  # blocked by flow control
             self._send_used += fresh

@@ -23,7 +23,6 @@ routes under an ephemeral key turns that off and checks `stream.remote_key` itse
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Final, Protocol, final
@@ -74,16 +73,34 @@ class DatagramService(Protocol):
 class _SessionHandle:
     """The Trio side of one session: its engine, its wake-up, its open streams."""
 
-    __slots__ = ("_wake", "engine", "ready", "streams")
+    __slots__ = ("_wake", "armed", "engine", "ready", "streams")
 
     def __init__(self, engine: Session) -> None:
         self.engine = engine
         self.ready = trio.Event()  # set once established or closed
         self.streams: dict[int, SessionStream] = {}
         self._wake = trio.Event()
+        # The deadline the driver sleeps until, or None while it runs.
+        self.armed: float | None = None
 
     def wake(self) -> None:
         self._wake.set()
+
+    def wake_if_needed(self, now: float) -> None:
+        """Wake the driver only if it has something to do before its armed deadline.
+
+        A received packet that needs no answer yet (an ACK is not due) leaves the driver
+        asleep: one task switch less per packet on a bulk receiver.
+        """
+        engine = self.engine
+        armed = self.armed
+        if (
+            armed is None
+            or engine.is_closed
+            or engine.wants_to_send(now)
+            or engine.next_deadline() < armed
+        ):
+            self._wake.set()
 
     def reset_wake(self) -> trio.Event:
         self._wake = trio.Event()
@@ -196,8 +213,10 @@ class SessionManager:
         if handle is None or handle.engine.remote_address != source:
             self._stats["dropped_no_session"] += 1
             return
-        handle.engine.receive_packet(packet, trio.current_time())
-        self._process(handle)
+        now = trio.current_time()
+        handle.engine.receive_packet(packet, now)
+        self._process(handle, wake=False)
+        handle.wake_if_needed(now)
 
     def _answer(self, source: PublicKey, packet: bytes) -> _SessionHandle | None:
         if self._nursery is None or source == self._address:
@@ -257,12 +276,13 @@ class SessionManager:
         engine = handle.engine
         send = self._service.send
         remote = engine.remote_address
+        cork = True
         try:
             while True:
                 wake = handle.reset_wake()
                 now = trio.current_time()
                 engine.handle_timer(now)
-                packets = engine.packets_to_send(now)
+                packets = engine.packets_to_send(now, cork=cork)
                 self._process(handle, wake=False)
                 for packet in packets:
                     try:
@@ -277,14 +297,28 @@ class SessionManager:
                         logger.debug("session packet to %s not sent: %s", remote.short(), exc)
                 if engine.is_closed:
                     return
+                if engine.corked:
+                    # A part-filled packet's worth of stream data was held back: give
+                    # the writers one scheduler pass, then cork again only if they
+                    # wrote more (bulk transfers send full packets; a lone short write
+                    # goes out after one pass, no timer).
+                    writes = engine.writes
+                    await trio.lowlevel.checkpoint()
+                    cork = engine.writes != writes
+                    continue
+                cork = True
                 if packets and engine.wants_to_send(trio.current_time()):
                     continue
                 deadline = engine.next_deadline()
                 if deadline <= trio.current_time():
                     await trio.lowlevel.checkpoint()
                     continue
-                with trio.move_on_at(deadline if deadline != math.inf else math.inf):
-                    await wake.wait()
+                handle.armed = deadline
+                try:
+                    with trio.move_on_at(deadline):
+                        await wake.wait()
+                finally:
+                    handle.armed = None
         finally:
             if not engine.is_closed:
                 engine.close("the session task ended")

@@ -212,8 +212,19 @@ class AckTracker:
     def largest(self) -> int:
         return self._highs[-1] if self._highs else -1
 
-    def on_packet(self, pn: int, ack_eliciting: bool, now: float, max_ack_delay: float) -> None:
-        """Record packet `pn` (already known to be new) and schedule an ACK."""
+    def on_packet(
+        self,
+        pn: int,
+        ack_eliciting: bool,
+        now: float,
+        max_ack_delay: float,
+        threshold: int = 2,
+    ) -> None:
+        """Record packet `pn` (already known to be new) and schedule an ACK.
+
+        The ACK is due at once after `threshold` ack-eliciting packets or a packet out
+        of order, else within `max_ack_delay`.
+        """
         lows, highs = self._lows, self._highs
         if highs and pn == highs[-1] + 1:
             highs[-1] = pn
@@ -238,7 +249,7 @@ class AckTracker:
                 del lows[0], highs[0]
         if ack_eliciting:
             self.eliciting_since_ack += 1
-            if not in_order or self.eliciting_since_ack >= 2:
+            if not in_order or self.eliciting_since_ack >= threshold:
                 self.immediate = True
             self.ack_deadline = min(self.ack_deadline, now + max_ack_delay)
 

@@ -190,7 +190,8 @@ class SessionStream(trio.abc.HalfCloseableStream):
                     raise _broken(exc)  # noqa: B904 (the cause is set)
                 if data is not None:
                     if data:
-                        self._handle.wake()  # a window update may be due
+                        # A window update may be due: wake the driver only then.
+                        self._handle.wake_if_needed(trio.current_time())
                     return data
                 await self._lot.park()
 

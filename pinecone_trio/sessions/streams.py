@@ -31,6 +31,9 @@ from ..errors import RemoteProtocolError
 _BIG_WRITE = 16 * 1024
 #: Small writes are coalesced into a tail chunk up to this size.
 _TAIL_LIMIT = 64 * 1024
+#: A read whose first in-order chunk is at least this large returns that chunk alone,
+#: as it arrived (copying a packet's worth costs more than another read call).
+_READ_JOIN_BELOW = 16 * 1024
 
 
 @final
@@ -145,7 +148,11 @@ class SendSide:
             return 0
         chunks = self._chunks
         if n >= _BIG_WRITE:
-            chunks.append(bytes(data[:n]))
+            whole = data.obj if type(data) is memoryview else data
+            if type(whole) is bytes and len(whole) == n and len(data) == n:
+                chunks.append(whole)  # immutable and complete: keep it, copy nothing
+            else:
+                chunks.append(bytes(data[:n]))
             self._starts.append(self.write_offset)
         else:
             tail = chunks[-1] if len(chunks) > self._head else None
@@ -376,8 +383,13 @@ class RecvSide:
         first = chunks[0]
         if len(first) <= max_bytes:
             chunks.popleft()
-            # Join small chunks up to the limit; a big first chunk goes out as it is.
-            if len(first) < max_bytes and chunks and len(chunks[0]) + len(first) <= max_bytes:
+            # Join small chunks up to the limit; a big first chunk goes out as it is
+            # (no copy: bulk readers get one packet's worth per call).
+            if (
+                len(first) < _READ_JOIN_BELOW
+                and chunks
+                and len(chunks[0]) + len(first) <= max_bytes
+            ):
                 pieces = [first]
                 size = len(first)
                 while chunks and size + len(chunks[0]) <= max_bytes:
