@@ -50,6 +50,29 @@ SERVER_ID = Identity.from_seed(b"S" * 32)
 CLIENT_ID = Identity.from_seed(b"C" * 32)
 ACK = b"k"
 MODES = ("tcp", "noise_tcp", "ws", "noise_ws")
+#: Extra modes, for A/B runs: "noise_tcp_generic" is a NoiseLink over the same TCP
+#: socket hidden behind a pass-through stream, so it takes the generic path
+#: (transport `send_all`/`receive_some`) instead of the socket fast path.
+EXTRA_MODES = ("noise_tcp_generic",)
+
+
+class _PassThrough(trio.abc.Stream):
+    """A stream that only forwards to another (hides its type from NoiseLink)."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
 
 
 # --------------------------------------------------------------------------- servers
@@ -83,6 +106,11 @@ async def _serve(mode: str, total: int, report: Any) -> None:
         except trio.BrokenResourceError:
             done.set()
 
+    async def on_generic(stream: trio.abc.Stream) -> None:
+        link = NoiseLink(_PassThrough(stream), SERVER_ID, initiator=False)
+        async with link:
+            await on_link(link)
+
     async def on_ws(request: trio_websocket.WebSocketRequest) -> None:
         ws = await request.accept()
         got = len(await ws.get_message())
@@ -100,6 +128,8 @@ async def _serve(mode: str, total: int, report: Any) -> None:
             bound = await nursery.start(transports.serve, "tcp://127.0.0.1:0", on_stream)
         elif mode == "noise_tcp":
             bound = await nursery.start(serve_links, "tcp://127.0.0.1:0", SERVER_ID, on_link)
+        elif mode == "noise_tcp_generic":
+            bound = await nursery.start(transports.serve, "tcp://127.0.0.1:0", on_generic)
         elif mode == "noise_ws":
             bound = await nursery.start(serve_links, "ws://127.0.0.1:0/", SERVER_ID, on_link)
         else:
@@ -142,6 +172,15 @@ async def _client(mode: str, bound: str, write: int, total: int) -> tuple[float,
         stream = await transports.dial(bound)
         async with stream:
             return await _send_stream(stream, write, total)
+    if mode == "noise_tcp_generic":
+        link = NoiseLink(
+            _PassThrough(await transports.dial(bound)),
+            CLIENT_ID,
+            initiator=True,
+            expected_key=SERVER_ID.public_key,
+        )
+        async with link:
+            return await _send_stream(link, write, total)
     if mode in ("noise_tcp", "noise_ws"):
         async with trio.open_nursery() as nursery:
             link = await connect_link(bound, CLIENT_ID, SERVER_ID.public_key, nursery=nursery)
@@ -267,7 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--total-mib", type=int, default=None, help="MiB per 64 KiB run")
     parser.add_argument("--handshakes", type=int, default=None, help="cycles per rate")
     parser.add_argument("--concurrency", type=int, default=8, help="dialers in flight")
-    parser.add_argument("--modes", default=",".join(MODES), help="subset of " + ",".join(MODES))
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="subset of " + ",".join(MODES + EXTRA_MODES),
+    )
+    parser.add_argument(
+        "--no-small", action="store_true", help="skip the 1 KiB-write runs (A/B runs)"
+    )
+    parser.add_argument(
+        "--no-handshakes", action="store_true", help="skip the handshake rates (A/B runs)"
+    )
     args = parser.parse_args(argv)
     runs = args.runs or (1 if args.quick else 3)
     total = (args.total_mib or (32 if args.quick else 256)) * MiB
@@ -284,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         raw.setdefault("aead_mbps", []).append(wall)
         raw.setdefault("aead_cpu_mbps", []).append(cpu_bound)
         print(f"run {run + 1}: aead {wall:,.0f} MB/s (cpu {cpu_bound:,.0f})", file=log, flush=True)
-        for write, amount in ((65536, total), (1024, small_total)):
+        sizes = ((65536, total),) if args.no_small else ((65536, total), (1024, small_total))
+        for write, amount in sizes:
             for mode in modes:
                 key = f"{mode}_{write // 1024}k_mbps"
                 wall, cpu_bound = throughput(mode, write, amount)
@@ -296,13 +346,17 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
     figures: dict[str, float] = {k: statistics.median(v) for k, v in raw.items()}
-    seq, conc, cpu_hs = handshake_rates(handshakes, args.concurrency)
-    figures["handshakes_per_s_sequential"] = seq
-    figures[f"handshakes_per_s_concurrency_{args.concurrency}"] = conc
-    figures["handshakes_per_s_cpu_limited"] = cpu_hs
-    print(
-        f"handshakes/s: sequential {seq:,.0f}, {args.concurrency} in flight {conc:,.0f}", file=log
-    )
+    hs_ratio: float | None = None
+    if not args.no_handshakes:
+        seq, conc, cpu_hs = handshake_rates(handshakes, args.concurrency)
+        figures["handshakes_per_s_sequential"] = seq
+        figures[f"handshakes_per_s_concurrency_{args.concurrency}"] = conc
+        figures["handshakes_per_s_cpu_limited"] = cpu_hs
+        hs_ratio = round(max(seq, conc) / 400, 3)
+        print(
+            f"handshakes/s: sequential {seq:,.0f}, {args.concurrency} in flight {conc:,.0f}",
+            file=log,
+        )
 
     def ratio(a: str, b: str) -> float | None:
         return round(figures[a] / figures[b], 3) if a in figures and b in figures else None
@@ -313,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
         "noise_ws_vs_ws": ratio("noise_ws_64k_mbps", "ws_64k_mbps"),
         "noise_tcp_1k_vs_tcp_1k": ratio("noise_tcp_1k_mbps", "tcp_1k_mbps"),
         "noise_ws_1k_vs_ws_1k": ratio("noise_ws_1k_mbps", "ws_1k_mbps"),
-        "handshakes_per_s_vs_target_400": round(max(seq, conc) / 400, 3),
+        "handshakes_per_s_vs_target_400": hs_ratio,
         "cpu_noise_tcp_vs_aead": ratio("noise_tcp_64k_cpu_mbps", "aead_cpu_mbps"),
         "cpu_noise_tcp_vs_tcp": ratio("noise_tcp_64k_cpu_mbps", "tcp_64k_cpu_mbps"),
         "cpu_noise_ws_vs_ws": ratio("noise_ws_64k_cpu_mbps", "ws_64k_cpu_mbps"),
+        "noise_tcp_vs_noise_tcp_generic": ratio("noise_tcp_64k_mbps", "noise_tcp_generic_64k_mbps"),
+        "cpu_noise_tcp_vs_noise_tcp_generic": ratio(
+            "noise_tcp_64k_cpu_mbps", "noise_tcp_generic_64k_cpu_mbps"
+        ),
     }
     params = {
         "total_mib_64k": total // MiB,

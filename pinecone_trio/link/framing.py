@@ -16,6 +16,12 @@ plus one chunk is buffered.
 
 At end of input the caller asks `buffered`: a non-zero value means the stream ended
 inside a frame (`TruncatedFrame`, raised by `check_eof`).
+
+`FrameBuffer` is the same decoder for callers that can read straight into memory (a
+socket's `readv`): it owns one fixed `bytearray`, lends its free tail (`writable`) to
+the reader, and returns frames as views of it. Nothing is allocated or copied per read;
+only the unfinished frame (under 64 KiB) is moved to the front when the tail gets too
+short to hold a whole frame. The views are valid until the next `writable` call.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ def encode_frame(message: bytes | bytearray | memoryview) -> bytes:
 
 
 _EMPTY = memoryview(b"")
+#: The most bytes one frame occupies on the wire.
+MAX_FRAME_BYTES = LENGTH_PREFIX_SIZE + MAX_MESSAGE_SIZE
 
 
 @final
@@ -128,6 +136,117 @@ class FrameDecoder:
             return None
         self._pos = end
         return chunk[pos + LENGTH_PREFIX_SIZE : end]
+
+    def check_eof(self) -> None:
+        """Call at end of input.
+
+        Raises:
+            TruncatedFrame: if the input ended inside a frame.
+        """
+        if self.buffered:
+            raise TruncatedFrame(f"the stream ended inside a frame ({self.buffered} bytes left)")
+
+    def take_buffered(self) -> bytes:
+        """Remove and return the bytes received but not yet returned as frames (to hand
+        them to another decoder)."""
+        rest = bytes(self._head) + self._chunk[self._pos :]
+        self._head = bytearray()
+        self._chunk = _EMPTY
+        self._pos = 0
+        return rest
+
+
+@final
+class FrameBuffer:
+    """Split a byte stream into length-prefixed frames inside one reusable buffer.
+
+    Use: `n = read_into(buffer.writable())`, then `buffer.wrote(n)`, then take
+    `next_frame()` until it returns None. Frames are views of the internal buffer and
+    are valid until the next `writable()` call.
+
+    Args:
+        size: bytes of the buffer, at least `MAX_FRAME_BYTES` (one largest frame).
+        max_frame_size: the largest frame accepted (at most `MAX_MESSAGE_SIZE`); you may
+            change the attribute between frames.
+    """
+
+    __slots__ = ("_buffer", "_end", "_start", "_view", "max_frame_size")
+
+    def __init__(self, size: int, max_frame_size: int = MAX_MESSAGE_SIZE) -> None:
+        if size < MAX_FRAME_BYTES:
+            raise ValueError(f"a frame buffer needs at least {MAX_FRAME_BYTES} bytes")
+        if not 0 <= max_frame_size <= MAX_MESSAGE_SIZE:
+            raise ValueError(f"max_frame_size must be 0..{MAX_MESSAGE_SIZE}")
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray(size)
+        self._view = memoryview(self._buffer)
+        self._start = 0  # first byte not yet returned as a frame
+        self._end = 0  # end of the received bytes
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return self._end - self._start
+
+    def writable(self) -> memoryview:
+        """The free space to read into (never empty). Invalidates earlier frames."""
+        start, end = self._start, self._end
+        if start == end:
+            self._start = self._end = 0
+        elif len(self._buffer) - end < MAX_FRAME_BYTES:
+            # Too little room for a whole frame behind the unfinished one: move it to
+            # the front (it is shorter than one frame, or a frame would have been taken).
+            pending = end - start
+            self._view[:pending] = self._view[start:end]
+            self._start, self._end = 0, pending
+        return self._view[self._end :]
+
+    def wrote(self, count: int) -> None:
+        """Record that `count` bytes were written at the start of `writable()`.
+
+        Raises:
+            ValueError: if `count` is negative or more than the free space.
+        """
+        if not 0 <= count <= len(self._buffer) - self._end:
+            raise ValueError(f"cannot record {count} bytes written")
+        self._end += count
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Copy `data` in (for bytes that arrived by another route).
+
+        Raises:
+            ValueError: if it does not fit; drain frames first (at most one unfinished
+                frame plus `len(buffer) - MAX_FRAME_BYTES` bytes always fits).
+        """
+        if not data:
+            return
+        room = self.writable()
+        if len(data) > len(room):
+            raise ValueError(f"{len(data)} bytes do not fit in {len(room)} free bytes")
+        room[: len(data)] = data
+        self._end += len(data)
+
+    def next_frame(self) -> memoryview | None:
+        """The next complete frame's contents, or None if more data is needed.
+
+        Raises:
+            FrameTooLarge: if the next length prefix exceeds `max_frame_size`.
+        """
+        start = self._start
+        available = self._end - start
+        if available < LENGTH_PREFIX_SIZE:
+            return None
+        buffer = self._buffer
+        size = (buffer[start] << 8) | buffer[start + 1]
+        if size > self.max_frame_size:
+            raise FrameTooLarge(
+                f"frame of {size} bytes announced; the limit here is {self.max_frame_size}"
+            )
+        if available < LENGTH_PREFIX_SIZE + size:
+            return None
+        begin = start + LENGTH_PREFIX_SIZE
+        self._start = begin + size
+        return self._view[begin : begin + size]
 
     def check_eof(self) -> None:
         """Call at end of input.

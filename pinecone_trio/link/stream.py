@@ -28,6 +28,16 @@ frame on hand, up to `max_bytes` of plaintext, in one go: one frame is returned 
 `bytearray`, so a burst of small frames costs one call, not one each. A frame larger
 than `max_bytes` is handed out in pieces.
 
+TCP fast path. Over a `trio.SocketStream` the link does its own non-blocking I/O on
+the socket's descriptor once the handshake is done, as `trio.socket` does: `os.write`
+of the sealed frames, and `os.readv` straight into a `FrameBuffer` (one reused buffer,
+frames decrypted from views of it), waiting with `trio.lowlevel.wait_writable` /
+`wait_readable` only when the kernel says so, and one scheduler checkpoint per call.
+That saves a `bytes` allocation per read, a copy, and the stream layer's
+per-call Python work, which at 64 KiB writes is a large share of what is not
+ChaCha20-Poly1305 (docs/link.md, "Performance"). Other transports go through their
+`send_all` / `receive_some` as before.
+
 Closing. An empty transport message (which `send_all` never produces) is our encrypted
 close notification: `aclose` sends it (bounded by `CLOSE_TIMEOUT`) before closing the
 transport, and the receiver reports end of stream only after reading it. A transport
@@ -43,6 +53,7 @@ senders or two receivers at once get `trio.BusyResourceError`.
 from __future__ import annotations
 
 import operator
+import os
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -67,7 +78,7 @@ from .constants import (
     MAX_PLAINTEXT_SIZE,
     TAG_SIZE,
 )
-from .framing import FrameDecoder, encode_frame
+from .framing import MAX_FRAME_BYTES, FrameBuffer, FrameDecoder, encode_frame
 from .handshake import HandshakeResult, NoiseHandshake
 
 #: Bytes asked of the transport per read; large reads amortise Trio's per-call cost.
@@ -75,6 +86,9 @@ RECEIVE_SIZE: Final = 256 * 1024
 #: Frames handed to the transport per write when `send_all` gets a large buffer.
 SEND_COALESCE_FRAMES: Final = 4
 _FRAME_OVERHEAD: Final = LENGTH_PREFIX_SIZE + TAG_SIZE
+#: Bytes asked of the transport per handshake read: a whole handshake frame at most, so
+#: little beyond the handshake is read before we know whether to switch decoders.
+_HANDSHAKE_READ_SIZE: Final = LENGTH_PREFIX_SIZE + MAX_HANDSHAKE_MESSAGE_SIZE
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +145,9 @@ class NoiseLink(trio.abc.Stream):
         self._handshake_lock = trio.Lock()
         self._result: HandshakeResult | None = None
         self._receive_size = receive_size
-        self._decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE_SIZE)
+        self._decoder: FrameDecoder | FrameBuffer = FrameDecoder(MAX_HANDSHAKE_MESSAGE_SIZE)
+        # A trio.SocketStream's socket, for the fast path (set after the handshake).
+        self._socket: trio.socket.SocketType | None = None
         self._send_cipher: NoiseCipher | None = None
         self._recv_cipher: NoiseCipher | None = None
         self._send_counter = 0
@@ -230,7 +246,14 @@ class NoiseLink(trio.abc.Stream):
         result = hs.result
         self._send_cipher = NoiseCipher(result.send_key)
         self._recv_cipher = NoiseCipher(result.recv_key)
-        self._decoder.max_frame_size = MAX_MESSAGE_SIZE
+        if isinstance(self.transport_stream, trio.SocketStream):
+            assert isinstance(self._decoder, FrameDecoder)
+            ring = FrameBuffer(max(self._receive_size, 2 * MAX_FRAME_BYTES))
+            ring.receive_data(self._decoder.take_buffered())  # at most one read's worth
+            self._decoder = ring
+            self._socket = self.transport_stream.socket
+        else:
+            self._decoder.max_frame_size = MAX_MESSAGE_SIZE
         return result
 
     async def _send_handshake(self, frame: bytes) -> None:
@@ -244,7 +267,7 @@ class NoiseLink(trio.abc.Stream):
     async def _receive_handshake_frame(self) -> memoryview:
         while (frame := self._decoder.next_frame()) is None:
             try:
-                data = await self.transport_stream.receive_some(self._receive_size)
+                data = await self.transport_stream.receive_some(_HANDSHAKE_READ_SIZE)
             except trio.BrokenResourceError as exc:
                 raise HandshakeAborted("connection lost during the handshake") from exc
             if not data:
@@ -253,6 +276,7 @@ class NoiseLink(trio.abc.Stream):
                     "the peer closed the connection during the handshake"
                     f" (before message {self._handshake.message_index + 1} of 3)"
                 )
+            assert isinstance(self._decoder, FrameDecoder)
             self._decoder.receive_data(data)
         return frame
 
@@ -284,13 +308,25 @@ class NoiseLink(trio.abc.Stream):
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
+            sock = self._socket
             with memoryview(data) as view:
                 flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
                 total = len(flat)
                 offset = 0
-                while offset < total:
-                    out, offset = self._seal(flat, offset)
-                    await self._send_raw(out)
+                if sock is None:
+                    while offset < total:
+                        out, offset = self._seal(flat, offset)
+                        await self._send_raw(out)
+                else:
+                    # Like trio.socket: a cancel point first, then write until done,
+                    # and a schedule point at the end unless we had to wait anyway.
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                    waited = False
+                    while offset < total:
+                        out, offset = self._seal(flat, offset)
+                        waited = await self._write_socket(sock, out) or waited
+                    if not waited:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
                 self._bytes_sent += total
 
     def _seal(self, data: memoryview, offset: int) -> tuple[memoryview, int]:
@@ -330,6 +366,35 @@ class NoiseLink(trio.abc.Stream):
             self._break(exc)
             raise
 
+    async def _write_socket(self, sock: trio.socket.SocketType, data: memoryview) -> bool:
+        """Write all of `data` to the socket's descriptor; True if we had to wait."""
+        waited = False
+        try:
+            while data:  # each pass writes some bytes or waits for room
+                fd = sock.fileno()
+                if fd < 0:
+                    raise trio.ClosedResourceError("the transport stream was closed")
+                try:
+                    sent = os.write(fd, data)
+                except BlockingIOError:
+                    waited = True
+                    await trio.lowlevel.wait_writable(fd)
+                    continue
+                data = data[sent:]
+        except trio.ClosedResourceError as exc:
+            self._break(exc)
+            if self._closed:
+                raise
+            raise trio.BrokenResourceError("the transport stream was closed") from exc
+        except OSError as exc:
+            self._break(exc)
+            raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+        except BaseException as exc:
+            # Frames (and nonces) may be half-written: the link cannot continue.
+            self._break(exc)
+            raise
+        return waited
+
     async def wait_send_all_might_not_block(self) -> None:
         with self._send_conflict:
             self._check_usable()
@@ -362,10 +427,9 @@ class NoiseLink(trio.abc.Stream):
                     return b""
                 if self._open_available(max_bytes or self._receive_size):
                     continue
-                data = await self._receive_raw()
+                got = await self._receive_raw()
                 checkpointed = True
-                if data:
-                    self._decoder.receive_data(data)
+                if got:
                     continue
                 try:
                     self._decoder.check_eof()
@@ -436,9 +500,17 @@ class NoiseLink(trio.abc.Stream):
         self._plain_pos = pos + max_bytes
         return plain[pos : pos + max_bytes]
 
-    async def _receive_raw(self) -> bytes | bytearray:
+    async def _receive_raw(self) -> int:
+        """Read more from the transport into the decoder; 0 at end of stream. A
+        checkpoint."""
         try:
-            return await self.transport_stream.receive_some(self._receive_size)
+            decoder = self._decoder
+            if isinstance(decoder, FrameBuffer):
+                assert self._socket is not None
+                return await self._read_socket(self._socket, decoder)
+            data = await self.transport_stream.receive_some(self._receive_size)
+            decoder.receive_data(data)
+            return len(data)
         except trio.ClosedResourceError as exc:
             if self._closed:
                 raise
@@ -447,6 +519,30 @@ class NoiseLink(trio.abc.Stream):
         except trio.BrokenResourceError as exc:
             self._break(exc)
             raise
+        except OSError as exc:
+            self._break(exc)
+            raise trio.BrokenResourceError(f"the connection failed: {exc}") from exc
+
+    @staticmethod
+    async def _read_socket(sock: trio.socket.SocketType, ring: FrameBuffer) -> int:
+        """Read what the socket has (waiting for something) straight into `ring`."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        waited = False
+        while True:  # each pass reads or waits until the socket is readable
+            fd = sock.fileno()
+            if fd < 0:
+                raise trio.ClosedResourceError("the transport stream was closed")
+            try:
+                count = os.readv(fd, [ring.writable()])
+            except BlockingIOError:
+                waited = True
+                await trio.lowlevel.wait_readable(fd)
+                continue
+            break
+        ring.wrote(count)
+        if not waited:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+        return count
 
     # ------------------------------------------------------------------ closing
 
