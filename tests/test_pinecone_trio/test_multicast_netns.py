@@ -127,7 +127,7 @@ def test_nodes_in_two_namespaces_find_each_other(
 
 
 class _FakeSocket:
-    """Records group memberships; the first join on each interface can be made to fail."""
+    """Records group memberships (IPv4 or IPv6); the first joins can be made to fail."""
 
     def __init__(self, failing_joins: int) -> None:
         self.failing_joins = failing_joins
@@ -135,14 +135,19 @@ class _FakeSocket:
         self.joins = 0
 
     def setsockopt(self, level: int, option: int, value: bytes) -> None:
-        index = int.from_bytes(value[8:12], sys.byteorder, signed=True)
-        if option == socket.IP_ADD_MEMBERSHIP:
+        if level == socket.IPPROTO_IPV6:  # struct ipv6_mreq: group (16), index
+            index = int.from_bytes(value[16:20], sys.byteorder)
+            join, leave = socket.IPV6_JOIN_GROUP, socket.IPV6_LEAVE_GROUP
+        else:  # struct ip_mreqn: group (4), address (4), index
+            index = int.from_bytes(value[8:12], sys.byteorder, signed=True)
+            join, leave = socket.IP_ADD_MEMBERSHIP, socket.IP_DROP_MEMBERSHIP
+        if option == join:
             self.joins += 1
             if self.failing_joins:
                 self.failing_joins -= 1
                 raise OSError(errno.ENODEV, "No such device")
             self.members.add(index)
-        elif option == socket.IP_DROP_MEMBERSHIP:
+        elif option == leave:
             self.members.discard(index)
 
 
@@ -158,19 +163,20 @@ def test_interface_rescan_retries_failed_joins_and_leaves_vanished(
         Identity.generate().public_key, listen_port=lambda: 1, on_beacon=lambda *a: None
     )
     sock = _FakeSocket(failing_joins=1)
-    discovery._rescan(sock)  # type: ignore[arg-type]
+    discovery._sockets = [(discovery._v4, sock)]  # type: ignore[list-item]
+    discovery._rescan_all()
     # the join failed (interface not ready): not counted as joined, so no beacons
     # are sent on it and the next rescan tries again
     assert discovery.statistics.interfaces == []
-    discovery._rescan(sock)  # type: ignore[arg-type]
+    discovery._rescan_all()
     assert discovery.statistics.interfaces == ["eth9"]
     assert sock.members == {9}
     present.clear()  # unplugged
-    discovery._rescan(sock)  # type: ignore[arg-type]
+    discovery._rescan_all()
     assert discovery.statistics.interfaces == []
     assert sock.members == set()
     present.append(Interface("eth9", 9, "10.0.0.9"))  # plugged back in
-    discovery._rescan(sock)  # type: ignore[arg-type]
+    discovery._rescan_all()
     assert sock.members == {9}
     assert sock.joins == 3
 
@@ -184,7 +190,8 @@ def test_only_beacons_sent_to_the_group_are_heard() -> None:
     discovery = multicast.MulticastDiscovery(
         me, listen_port=lambda: 1, on_beacon=lambda b, host, iface: heard.append((host, iface))
     )
-    discovery._joined = {9: Interface("eth9", 9, "10.0.0.9")}
+    v4 = discovery._v4
+    v4.joined = {9: Interface("eth9", 9, "10.0.0.9")}
 
     def pktinfo(ifindex: int, destination: str) -> list[tuple[int, int, bytes]]:
         info = struct.pack("i4s4s", ifindex, socket.inet_aton("10.0.0.9"), b"")
@@ -193,13 +200,13 @@ def test_only_beacons_sent_to_the_group_are_heard() -> None:
 
     sender = ("10.0.0.7", 60606)
     beacon = encode_beacon(other, 4000)
-    discovery._on_datagram(beacon, pktinfo(9, "10.0.0.9"), sender)  # unicast to us
-    discovery._on_datagram(beacon, pktinfo(3, "224.0.0.114"), sender)  # other interface
-    discovery._on_datagram(encode_beacon(me, 4000), pktinfo(9, "224.0.0.114"), sender)  # own
-    discovery._on_datagram(b"PTB\x01junk", pktinfo(9, "224.0.0.114"), sender)  # malformed
+    discovery._on_datagram(v4, beacon, pktinfo(9, "10.0.0.9"), sender)  # unicast to us
+    discovery._on_datagram(v4, beacon, pktinfo(3, "224.0.0.114"), sender)  # other interface
+    discovery._on_datagram(v4, encode_beacon(me, 4000), pktinfo(9, "224.0.0.114"), sender)  # own
+    discovery._on_datagram(v4, b"PTB\x01junk", pktinfo(9, "224.0.0.114"), sender)  # malformed
     assert heard == []
     assert discovery.statistics.bad_beacons == 2
-    discovery._on_datagram(beacon, pktinfo(9, "224.0.0.114"), sender)
+    discovery._on_datagram(v4, beacon, pktinfo(9, "224.0.0.114"), sender)
     assert heard == [("10.0.0.7", "eth9")]
     assert discovery.statistics.beacons_received == 1
 
@@ -216,12 +223,71 @@ def test_failed_interface_scan_keeps_the_last_one(monkeypatch: pytest.MonkeyPatc
         Identity.generate().public_key, listen_port=lambda: 1, on_beacon=lambda *a: None
     )
     sock = _FakeSocket(failing_joins=0)
-    discovery._rescan(sock)  # type: ignore[arg-type]
+    discovery._sockets = [(discovery._v4, sock)]  # type: ignore[list-item]
+    discovery._rescan_all()
 
     def fail() -> list[Interface]:
         raise OSError(errno.EMFILE, "Too many open files")
 
     monkeypatch.setattr(multicast, "usable_interfaces", fail)
-    discovery._rescan(sock)  # type: ignore[arg-type]
+    discovery._rescan_all()
     assert discovery.statistics.interfaces == ["eth9"]
     assert discovery.statistics.scan_errors == 1
+
+
+def test_if_inet6_parsing_keeps_only_usable_link_local_addresses() -> None:
+    from pinecone_trio.discovery.interfaces import parse_if_inet6
+
+    text = "\n".join(
+        [
+            "fe80000000000000b0a1fffffe000002 04 40 20 80     eth0",  # usable
+            "fe80000000000000b0a1fffffe000001 04 40 20 80     eth0",  # lower: preferred
+            "fd000000000000000000000000000002 04 40 00 80     eth0",  # global scope
+            "00000000000000000000000000000001 01 80 10 80       lo",  # loopback
+            "fe80000000000000000000000000000a 05 40 20 c0     eth1",  # tentative (0x40)
+            "fe80000000000000000000000000000b 06 40 20 88     eth2",  # DAD failed (0x08)
+            "fe80000000000000000000000000000c 07 40 20 80",  # malformed: 5 fields
+            "zz80000000000000000000000000000c 08 40 20 80     eth4",  # not hex
+            "",
+        ]
+    )
+    assert parse_if_inet6(text) == {4: "fe80::b0a1:ffff:fe00:1"}
+
+
+def test_ipv6_beacons_name_their_zone_and_unicast_ones_are_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pinecone_trio.discovery import multicast
+    from pinecone_trio.discovery.interfaces import Interface
+
+    me, other = Identity.generate().public_key, Identity.generate().public_key
+    heard: list[tuple[str, str]] = []
+    discovery = multicast.MulticastDiscovery(
+        me,
+        listen_port=lambda: 1,
+        listen_port_v6=lambda: 2,
+        on_beacon=lambda b, host, iface: heard.append((host, iface)),
+    )
+    v6 = discovery._v6
+    assert v6 is not None
+    # an IPv4-only interface is not joined over IPv6, and the reverse
+    present = [Interface("eth9", 9, None, "fe80::9"), Interface("eth4", 4, "10.0.0.4")]
+    monkeypatch.setattr(multicast, "usable_interfaces", lambda: list(present))
+    sock4, sock6 = _FakeSocket(failing_joins=0), _FakeSocket(failing_joins=0)
+    discovery._sockets = [(discovery._v4, sock4), (v6, sock6)]  # type: ignore[list-item]
+    discovery._rescan_all()
+    assert (sock4.members, sock6.members) == ({4}, {9})
+    assert discovery.statistics.interfaces_v6 == ["eth9"]
+
+    def pktinfo(ifindex: int, destination: str) -> list[tuple[int, int, bytes]]:
+        info = socket.inet_pton(socket.AF_INET6, destination) + struct.pack("I", ifindex)
+        return [(socket.IPPROTO_IPV6, multicast._IPV6_PKTINFO, info)]
+
+    sender = ("fe80::7%eth9", 60606, 0, 9)
+    beacon = encode_beacon(other, 4000)
+    discovery._on_datagram(v6, beacon, pktinfo(9, "fe80::9"), sender)  # unicast to us
+    discovery._on_datagram(v6, beacon, pktinfo(3, "ff02::114"), sender)  # other interface
+    assert heard == []
+    discovery._on_datagram(v6, beacon, pktinfo(9, "ff02::114"), sender)
+    discovery._on_datagram(v6, beacon, pktinfo(9, "ff02::114"), ("fe80::8", 60606, 0, 9))
+    assert heard == [("fe80::7%eth9", "eth9"), ("fe80::8%eth9", "eth9")]
