@@ -441,6 +441,19 @@ class SessionManager:
         if handle.engine.error is not None and not handle.engine.established:
             raise handle.engine.error
 
+    async def close_session(self, key: PublicKey, reason: str = "closed") -> None:
+        """Close the session to `key`, if there is one (libp2p's `disconnect`).
+
+        The peer is told (a CLOSE packet, best effort); streams on the session fail on
+        both sides with `trio.BrokenResourceError`. The next `connect` to `key` runs a
+        new handshake.
+        """
+        handle = self._by_address.get(PublicKey(key))
+        if handle is not None:
+            handle.engine.close(reason)
+            self._process(handle)
+        await trio.lowlevel.checkpoint()
+
     async def send_datagram(self, key: PublicKey, protocol: str, data: bytes) -> None:
         """Send an unreliable, encrypted datagram named by `protocol` to `key`.
 
