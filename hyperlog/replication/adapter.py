@@ -44,6 +44,8 @@ from hyperlog.proof import (
 )
 from hyperlog.replication.port import Applied
 
+#: Stored tree-node indices a reader remembers to skip storage probes (~3 MiB).
+MAX_KNOWN_NODES = 65536
 #: Tree level of a span of one bitfield page (PAGE_BITS blocks).
 PAGE_LEVEL = PAGE_BITS.bit_length() - 1
 
@@ -150,6 +152,10 @@ class LogAdapter:
         self.on_local_change: Callable[[int], None] | None = None
         self.on_want: Callable[[int], None] | None = None
         self._length = log.length
+        # Tree nodes we know are stored (our own verified proofs stored them, or a
+        # probe found them): saves a storage probe per uncle count. Forgotten on any
+        # truncation (the only way a stored node goes away) and when full.
+        self._known_nodes: set[int] = set()
         self._remove = log.add_listener(self._on_event)
         self._remove_want = log.add_want_listener(self._on_want)
 
@@ -158,6 +164,8 @@ class LogAdapter:
             self.on_want(index)
 
     def _on_event(self, event: LogEvent) -> None:
+        if isinstance(event, TruncateEvent):
+            self._known_nodes.clear()
         # Only local writes need announcing; verified proofs reach the engine directly.
         old, self._length = self._length, self.log.length
         if not self.log.writable or self.on_local_change is None:
@@ -223,7 +231,35 @@ class LogAdapter:
         return missing_nodes(node, self.log.length, self._has_node)
 
     def _has_node(self, index: int) -> bool:
-        return self.log._get_node(index) is not None
+        if index in self._known_nodes:
+            return True
+        if self.log._get_node(index) is None:
+            return False
+        self._remember_nodes((index,))
+        return True
+
+    def _remember_nodes(self, indices: Sequence[int]) -> None:
+        if len(self._known_nodes) + len(indices) > MAX_KNOWN_NODES:
+            self._known_nodes.clear()
+        self._known_nodes.update(indices)
+
+    def _remember_stored(
+        self, datas: Sequence[wire.Data], results: Sequence[Applied | HyperlogError]
+    ) -> None:
+        """Note the tree nodes that the verified block proofs of a group stored."""
+        if any(not isinstance(r, Applied) or r.truncated_to is not None for r in results):
+            return  # a failure or a fork change in the group: take no shortcut
+        parent = flat_tree.parent
+        for d in datas:
+            b = d.block
+            if b is None or not b.nodes:
+                continue
+            stored = [n.index for n in b.nodes]
+            node = 2 * b.index
+            for _ in b.nodes:
+                node = parent(node)
+                stored.append(node)
+            self._remember_nodes(stored)
 
     def needs_manifest(self) -> bool:
         return self.log.manifest is None
@@ -262,7 +298,9 @@ class LogAdapter:
         return result
 
     async def apply_many(self, datas: Sequence[wire.Data]) -> list[Applied | HyperlogError]:
-        return self._results(await self.log.apply_proofs([to_proof(d) for d in datas]))
+        results = self._results(await self.log.apply_proofs([to_proof(d) for d in datas]))
+        self._remember_stored(datas, results)
+        return results
 
     @staticmethod
     def _results(results: Sequence[ProofResult | HyperlogError]) -> list[Applied | HyperlogError]:

@@ -20,13 +20,12 @@ from hypothesis import strategies as st
 from hyperlog import flat_tree, wire
 from hyperlog.bitfield import PAGE_BITS, Bitfield
 from hyperlog.crypto import key_pair
-from hyperlog.log import open_store
+from hyperlog.log import Log, open_store
 from hyperlog.proof import ProofRequest, UpgradeRequest
 from hyperlog.replication.adapter import (
     LogAdapter,
     held_level,
     to_data,
-    to_proof,
     to_proof_request,
 )
 
@@ -56,6 +55,29 @@ def test_held_level_matches_a_bit_by_bit_scan(size: int, picks: list[int], probe
     assert held_level(bits, block) == _held_level_slow(bits, block, size)
 
 
+async def _fetch(adapter: LogAdapter, writer: Log, index: int) -> None:
+    """Fetch `index` with exactly the guessed uncles, through the adapter (which
+    remembers the nodes the verified proof stored)."""
+    req = wire.Request(
+        0, 1, writer.fork, block=wire.RequestBlock(index, adapter.missing_nodes(index))
+    )
+    data = to_data(writer.create_proof(to_proof_request(req)))
+    (result,) = await adapter.apply_many([data])
+    assert not isinstance(result, Exception), result
+    assert adapter.has(index)
+
+
+def _check_counts(adapter: LogAdapter, reader: Log, rnd: random.Random, want: int) -> None:
+    n = reader.length
+    # Around the next block, its sibling and random others, and tree nodes (a
+    # RangeRequest's hash proof) at a few depths.
+    for i in (want, want ^ 1, max(0, want - 1), rnd.randrange(n)):
+        assert adapter.missing_nodes(i) == reader.missing_nodes(i), i
+    for depth in (1, 3, 6):
+        node = flat_tree.index(depth, rnd.randrange(n >> depth))
+        assert adapter.missing_tree_nodes(node) == reader.missing_tree_nodes(node), node
+
+
 async def test_missing_nodes_guess_equals_the_exact_count() -> None:
     n = 3000
     async with open_store() as ws, open_store() as rs:
@@ -67,22 +89,27 @@ async def test_missing_nodes_guess_equals_the_exact_count() -> None:
         adapter = LogAdapter(reader)
         rnd = random.Random(4)
         try:
+            fetched = []
             for _ in range(150):
                 want = rnd.randrange(n)
-                # Around the next block, its sibling and random others, and tree nodes
-                # (a RangeRequest's hash proof) at a few depths.
-                for i in (want, want ^ 1, max(0, want - 1), rnd.randrange(n)):
-                    assert adapter.missing_nodes(i) == reader.missing_nodes(i), i
-                for depth in (1, 3, 6):
-                    node = flat_tree.index(depth, rnd.randrange(n >> depth))
-                    assert adapter.missing_tree_nodes(node) == reader.missing_tree_nodes(node)
-                # Fetch `want` with exactly the guessed uncles: the proof verifies.
-                req = wire.Request(
-                    0, 1, 0, block=wire.RequestBlock(want, adapter.missing_nodes(want))
-                )
-                proof = writer.create_proof(to_proof_request(req))
-                (result,) = await reader.apply_proofs([to_proof(to_data(proof))])
-                assert not isinstance(result, Exception), result
-                assert reader.has(want)
+                _check_counts(adapter, reader, rnd, want)
+                await _fetch(adapter, writer, want)
+                fetched.append(want)
+            # A new fork drops the upper part of the tree: nothing remembered from
+            # before may make us ask for too few uncles.
+            await writer.truncate(n // 3)
+            await writer.append([b"w%d" % i for i in range(n // 3, n)])
+            head = writer.create_proof(ProofRequest(writer.fork, upgrade=UpgradeRequest(0, n)))
+            (result,) = await reader.apply_proofs([head])
+            assert not isinstance(result, Exception) and result.truncated_to is not None
+            assert reader.fork == writer.fork
+            for i in fetched:  # their old paths were remembered, then cut away
+                for j in (i, i ^ 1):
+                    assert adapter.missing_nodes(j) == reader.missing_nodes(j), j
+            for _ in range(60):
+                want = rnd.randrange(n)
+                _check_counts(adapter, reader, rnd, want)
+                if not reader.has(want):
+                    await _fetch(adapter, writer, want)
         finally:
             adapter.close()
