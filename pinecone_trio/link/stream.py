@@ -155,6 +155,7 @@ class NoiseLink(trio.abc.Stream):
         self._bytes_sent = 0
         self._bytes_received = 0
         self._send_buffer = bytearray()
+        self._send_view = memoryview(self._send_buffer)
         self._plain: bytes | bytearray = b""
         self._held_frame: memoryview | None = None
         self._plain_pos = 0
@@ -303,8 +304,10 @@ class NoiseLink(trio.abc.Stream):
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         with self._send_conflict:
-            self._check_usable()
-            await self._ensure_handshake()
+            if self._closed or self._broken is not None:
+                self._check_usable()
+            if self._result is None:
+                await self._ensure_handshake()
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
@@ -324,7 +327,15 @@ class NoiseLink(trio.abc.Stream):
                     waited = False
                     while offset < total:
                         out, offset = self._seal(flat, offset)
-                        waited = await self._write_socket(sock, out) or waited
+                        # Usually the kernel takes it all at once; anything else
+                        # (a full socket, an error, a closed socket) goes the long way.
+                        fd = sock.fileno()
+                        try:
+                            sent = os.write(fd, out) if fd >= 0 else 0
+                        except OSError:
+                            sent = 0
+                        if sent < len(out):
+                            waited = await self._write_socket(sock, out[sent:]) or waited
                     if not waited:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                 self._bytes_sent += total
@@ -336,8 +347,9 @@ class NoiseLink(trio.abc.Stream):
         size = min(remaining, frames * MAX_PLAINTEXT_SIZE) + frames * _FRAME_OVERHEAD
         if len(self._send_buffer) < size:
             self._send_buffer = bytearray(size)
+            self._send_view = memoryview(self._send_buffer)
         buf = self._send_buffer
-        out = memoryview(buf)
+        out = self._send_view
         cipher = self._send_cipher
         assert cipher is not None
         pos = 0
@@ -413,9 +425,11 @@ class NoiseLink(trio.abc.Stream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         with self._receive_conflict:
-            self._check_usable()
+            if self._closed or self._broken is not None:
+                self._check_usable()
             checkpointed = self._result is None
-            await self._ensure_handshake()
+            if checkpointed:
+                await self._ensure_handshake()
             while True:
                 if self._plain:
                     if not checkpointed:
