@@ -276,6 +276,21 @@ class Bitfield:
         """The number of leading set bits: blocks ``0 .. n-1`` are all present."""
         return self._contiguous
 
+    def is_prefix(self) -> bool:
+        """Return True if the set bits are exactly ``0 .. contiguous_length - 1``.
+
+        O(1): only the page holding bit `contiguous_length` can hold a later set bit
+        without a later page existing. (A writer's usual state; see `Log.append`.)
+        """
+        order = self._order
+        if not order:
+            return True
+        page = self._contiguous >> _PAGE_SHIFT
+        last = order[-1]
+        if last != page:
+            return last < page
+        return self._counts[page] == self._contiguous & _PAGE_MASK
+
     def count(self) -> int:
         """Return the total number of set bits."""
         return sum(self._counts.values())

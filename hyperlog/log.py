@@ -108,6 +108,32 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+def _check_blocks(data: bytes | Sequence[bytes]) -> tuple[list[bytes], int]:
+    """Return the blocks of an `Log.append` argument as bytes, and their total size.
+
+    Raises:
+        TypeError: if a block is not bytes-like.
+        ValueError: if a block or the batch is too big.
+    """
+    values = [data] if isinstance(data, _BYTES_LIKE) else list(data)
+    total = 0
+    for v in values:
+        if not isinstance(v, _BYTES_LIKE):
+            raise TypeError(f"blocks must be bytes, not {type(v).__name__}")
+        if len(v) > MAX_BLOCK_SIZE:
+            raise ValueError(f"block of {len(v)} bytes exceeds {MAX_BLOCK_SIZE}")
+        total += len(v)
+    if len(values) > MAX_BATCH_BLOCKS or total > MAX_BATCH_BYTES:
+        raise ValueError(
+            f"batch of {len(values)} blocks / {total} bytes exceeds "
+            f"{MAX_BATCH_BLOCKS} blocks / {MAX_BATCH_BYTES} bytes"
+        )
+    return [v if type(v) is bytes else bytes(v) for v in values], total
+
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
 # --- events ----------------------------------------------------------------------------
 
 
@@ -398,20 +424,13 @@ class Log:
             ValueError: if a block or the batch exceeds `MAX_BLOCK_SIZE`,
                 `MAX_BATCH_BLOCKS` or `MAX_BATCH_BYTES`.
         """
-        values = [data] if isinstance(data, bytes | bytearray | memoryview) else list(data)
-        total = 0
-        for v in values:
-            if not isinstance(v, bytes | bytearray | memoryview):
-                raise TypeError(f"blocks must be bytes, not {type(v).__name__}")
-            if len(v) > MAX_BLOCK_SIZE:
-                raise ValueError(f"block of {len(v)} bytes exceeds {MAX_BLOCK_SIZE}")
-            total += len(v)
-        if len(values) > MAX_BATCH_BLOCKS or total > MAX_BATCH_BYTES:
-            raise ValueError(
-                f"batch of {len(values)} blocks / {total} bytes exceeds "
-                f"{MAX_BATCH_BLOCKS} blocks / {MAX_BATCH_BYTES} bytes"
-            )
-        values = [bytes(v) for v in values]
+        if type(data) is bytes:  # the common single block: skip the generic checks
+            values = [data]
+            total = len(data)
+            if total > MAX_BLOCK_SIZE:
+                raise ValueError(f"block of {total} bytes exceeds {MAX_BLOCK_SIZE}")
+        else:
+            values, total = _check_blocks(data)
         self._check_writable()
         await trio.lowlevel.checkpoint_if_cancelled()
         if total < THREAD_THRESHOLD_BYTES and not self._write_lock.locked():
@@ -461,8 +480,7 @@ class Log:
                 blocks.append((start + k, values[k], node.hash))
                 k += 1
         bf = self._bitfield
-        last = bf.last_set()
-        if bf.contiguous_length >= start and (last is None or last < start):
+        if bf.contiguous_length == start and bf.is_prefix():
             # The log holds exactly 0..start-1 (a writer's usual state): moving the
             # contiguous hint in the head records the new blocks; no bitfield page.
             bits: dict[int, bytes] = {}

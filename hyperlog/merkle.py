@@ -58,7 +58,11 @@ __all__ = [
 NodeGetter = Callable[[int], TreeNode | None]
 
 _U64 = struct.Struct("<Q")
+_U64X2 = struct.Struct("<QQ")
 _blake2b = hashlib.blake2b
+_Hasher = hashlib.blake2b
+#: The tree hash's state before any root: ``H(0x02 || ...``.
+_ROOTS_SEED = _blake2b(b"\x02", digest_size=HASH_SIZE)
 
 
 class StaleBatchError(ValueError):
@@ -89,6 +93,9 @@ class AppendBatch:
     roots: list[TreeNode]
     tree_hash: bytes
     signature: bytes | None = None
+    #: The tree's hash states after each new root (see `MerkleTree`), handed over by
+    #: `MerkleTree.apply` so the next append hashes only the roots it changes.
+    root_states: list[_Hasher] | None = None
 
     def sign(self, verifier: Verifier, secret_key: bytes | None) -> bytes:
         """Sign the new head with ``secret_key``, store and return the raw signature.
@@ -138,7 +145,15 @@ class MerkleTree:
     Cheap to copy (`snapshot`): the roots are at most 64 nodes.
     """
 
-    __slots__ = ("_tree_hash", "byte_length", "fork", "length", "roots", "signature")
+    __slots__ = (
+        "_root_states",
+        "_tree_hash",
+        "byte_length",
+        "fork",
+        "length",
+        "roots",
+        "signature",
+    )
 
     roots: list[TreeNode]
     length: int
@@ -162,6 +177,7 @@ class MerkleTree:
         self.fork = fork
         self.signature = signature
         self._tree_hash: bytes | None = None
+        self._root_states: list[_Hasher] | None = None
         if self.roots:
             last = self.roots[-1].index
             self.length = flat_tree.right_span(last) // 2 + 1
@@ -206,6 +222,7 @@ class MerkleTree:
         t.fork = self.fork
         t.signature = self.signature
         t._tree_hash = self._tree_hash
+        t._root_states = self._root_states  # never mutated in place: safe to share
         return t
 
     def tree_hash(self) -> bytes:
@@ -230,6 +247,7 @@ class MerkleTree:
         leaves complete (one per block on average).
         """
         roots = list(self.roots)
+        keep = len(roots)  # how many of the current roots survive the append
         nodes: list[TreeNode] = []
         length = self.length
         byte_length = self.byte_length
@@ -254,10 +272,41 @@ class MerkleTree:
                     blake(b"\x01" + pack(size) + left.hash + node.hash, digest_size=32).digest(),
                 )
                 nodes.append(node)
+            keep = min(keep, len(roots))
             roots.append(node)
+        # The tree hash feeds the roots left to right, so the hash state after the
+        # roots that survive is reused: a single append hashes one root, not all ~log n.
+        states = self._states()[:keep]
+        state = states[-1] if states else _ROOTS_SEED
+        pack2 = _U64X2.pack
+        for r in roots[keep:]:
+            state = state.copy()
+            state.update(r.hash + pack2(r.index, r.size))
+            states.append(state)
         return AppendBatch(
-            self.length, length, byte_length, self.fork, nodes, roots, tree_hash(roots)
+            self.length,
+            length,
+            byte_length,
+            self.fork,
+            nodes,
+            roots,
+            state.digest(),
+            root_states=states,
         )
+
+    def _states(self) -> list[_Hasher]:
+        """Return the tree hash's state after each root (built once, then carried along)."""
+        states = self._root_states
+        if states is None or len(states) != len(self.roots):
+            states = []
+            state = _ROOTS_SEED
+            pack2 = _U64X2.pack
+            for r in self.roots:
+                state = state.copy()
+                state.update(r.hash + pack2(r.index, r.size))
+                states.append(state)
+            self._root_states = states
+        return states
 
     # --- truncate ----------------------------------------------------------------------
 
@@ -320,8 +369,11 @@ class MerkleTree:
         if isinstance(batch, AppendBatch):
             if batch.start != self.length or batch.fork != self.fork:
                 raise StaleBatchError("the tree moved since this append batch was built")
+            states = batch.root_states
         elif batch.start != self.length or batch.start_fork != self.fork:
             raise StaleBatchError("the tree moved since this truncate batch was built")
+        else:
+            states = None
         self.set_head(
             batch.roots,
             batch.length,
@@ -330,6 +382,7 @@ class MerkleTree:
             batch.signature,
             tree_hash=batch.tree_hash,
         )
+        self._root_states = states
 
     def set_head(
         self,
@@ -351,6 +404,7 @@ class MerkleTree:
         self.fork = fork
         self.signature = signature
         self._tree_hash = tree_hash
+        self._root_states = None
 
 
 # --- byte offsets and seeks ------------------------------------------------------------

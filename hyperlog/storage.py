@@ -10,16 +10,27 @@ single integer-key probe, and a sparse replica stores only the blocks it has (no
 sparse files, no per-log file descriptors: research notes §6 and §13)::
 
     logs   (id, key, discovery_key, manifest, secret_key)      what never changes
-    blocks (handle << 40 | index)      -> (checksum, value)
+    blocks (handle << 40 | index)      -> (checksum, value, head) head: NULL but in
+                                                                 the log's last block
     nodes  (handle << 42 | node index) -> (size, hash)           parents, and leaves
                                                                  held without their block
     state  (handle << 33 | page)       -> 4 KiB "have" bitfield page
-           (handle << 33 | 2**32)      -> the signed head (fork, length, byte length,
-                                          contiguous hint, tree hash, signature)
+           (handle << 33 | 2**32)      -> the signed head, when it is not in a block row
     meta   (name) -> value                                       store-level settings
 
-The head sits in the same table as the bitfield pages, next to them, so a single
-append dirties three B-tree pages (blocks, nodes, state) instead of four.
+Where the head lives. A head (fork, length, byte length, contiguous hint, tree hash,
+signature) is written in the same transaction as what it covers. When that
+transaction also writes block ``length - 1`` (every append, and a download of the
+last block), the head goes into that block's row, and the row that held the previous
+head is cleared (it is almost always on the same B-tree page). A single append then
+dirties **one** page of the blocks table (plus a page of nodes every fourth append)
+instead of a blocks page and a state page: every dirty 16 KiB page is one WAL frame
+written per commit, the largest cost of a small append. Otherwise (truncation, a
+group of proofs without the last block) the head goes into ``state`` and the block
+row is cleared. At open both are read (the last block row of the log is one probe)
+and the newer one, by (fork, length), is the head. Schema 2 stores (no ``head``
+column) are upgraded in place by the first writable open; read-only opens read them
+as they are.
 
 Derived nodes. A leaf node is *not* stored when its block is: its size is the
 block's length and its hash is recomputed from the block when a proof needs it. The
@@ -97,8 +108,10 @@ DB_FILENAME: Final = "hyperlog.sqlite3"
 LOCK_FILENAME: Final = "hyperlog.lock"
 #: SQLite ``application_id``: the bytes "HYLG", so a foreign database is refused.
 APPLICATION_ID: Final = 0x48594C47
-#: Schema version, in SQLite's ``user_version``.
-SCHEMA_VERSION: Final = 2
+#: Schema version, in SQLite's ``user_version``. Version 3 added ``blocks.head``.
+SCHEMA_VERSION: Final = 3
+#: The oldest schema version this code opens (a writable open upgrades it).
+OLDEST_SCHEMA_VERSION: Final = 2
 #: Page size for new databases. A 1 KiB block plus its row header is just over 1 KiB,
 #: so 4 KiB pages hold 3 (25% slack) and 16 KiB pages 15 (4%). Every commit writes its
 #: dirty pages whole into the WAL, so larger pages cost single appends; 16 KiB measured
@@ -115,6 +128,13 @@ CHECKPOINT_CACHE_KIB: Final = 1024
 WAL_AUTOCHECKPOINT_PAGES: Final = 16384
 #: Bytes committed after which the background thread checkpoints the WAL.
 CHECKPOINT_EVERY_BYTES: Final = 8 * 1024 * 1024
+#: WAL size after which the writer finishes a background checkpoint itself, so that
+#: the next commit writes the WAL from its start again. A checkpoint running beside a
+#: busy writer never copies the frames written meanwhile, and SQLite only starts the
+#: WAL over once every frame is copied: without this step the WAL grew to the
+#: auto-checkpoint size (256 MiB) and every commit appended to a growing file (~10 us
+#: more CPU per single append, and a long inline checkpoint at 256 MiB).
+WAL_RESTART_BYTES: Final = 32 * 1024 * 1024
 #: Blocks per log: the block index fits in 40 bits of the row key.
 MAX_BLOCK_INDEX: Final = (1 << 40) - 1
 #: Logs per store: the handle fits above the 42-bit node index in a signed 64-bit key.
@@ -373,7 +393,7 @@ _SCHEMA: Final = (
         manifest BLOB,
         secret_key BLOB)""",
     "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, sum BLOB NOT NULL, "
-    "value BLOB NOT NULL)",
+    "value BLOB NOT NULL, head BLOB)",
     "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, "
     "hash BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY, value BLOB NOT NULL)",
@@ -415,8 +435,14 @@ class SQLiteStorage:
         self._ckpt_thread: threading.Thread | None = None
         self._ckpt_wake = threading.Event()
         self._ckpt_pending = 0
+        self._ckpt_restart_due = False
+        self._page_size = PAGE_SIZE
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
+        # handle -> index of the block whose row holds the log's head (see the module
+        # docstring); a log missing here keeps its head in `state`
+        self._embedded: dict[int, int] = {}
+        self._heads_in_blocks = True
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
         exists = self.db_path.exists()
@@ -486,10 +512,32 @@ class SQLiteStorage:
         (version,) = self._r.execute("PRAGMA user_version").fetchone()
         if app_id != APPLICATION_ID:
             raise CorruptStorageError(f"{self.db_path} is not a hyperlog database")
-        if version != SCHEMA_VERSION:
+        if not OLDEST_SCHEMA_VERSION <= version <= SCHEMA_VERSION:
             raise CorruptStorageError(
-                f"{self.db_path} has schema version {version}, expected {SCHEMA_VERSION}"
+                f"{self.db_path} has schema version {version}, expected "
+                f"{OLDEST_SCHEMA_VERSION} to {SCHEMA_VERSION}"
             )
+        if version < SCHEMA_VERSION and not self._readonly:
+            self._upgrade(version)
+            version = SCHEMA_VERSION
+        self._heads_in_blocks = version >= 3
+        (self._page_size,) = self._r.execute("PRAGMA page_size").fetchone()
+
+    def _upgrade(self, version: int) -> None:
+        """Bring a schema-2 database to the current schema, in one transaction."""
+        w = self._w
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            if version == 2:
+                # Adding a NULL column rewrites no row (SQLite reads it as NULL).
+                w.execute("ALTER TABLE blocks ADD COLUMN head BLOB")
+            w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            w.execute("COMMIT")
+        except BaseException:
+            if w.in_transaction:
+                w.execute("ROLLBACK")
+            raise
+        logger.info("upgraded %s from schema %d to %d", self.db_path, version, SCHEMA_VERSION)
 
     @property
     def readonly(self) -> bool:
@@ -557,6 +605,14 @@ class SQLiteStorage:
                 "SELECT value FROM state WHERE id = ?",
                 ((row[0] << _STATE_SHIFT) | _HEAD_SLOT,),
             ).fetchone()
+            last = None
+            if self._heads_in_blocks:
+                # the head, when it lives in a block row, is in the log's last block
+                base = row[0] << _BLOCK_SHIFT
+                last = self._r.execute(
+                    "SELECT id, head FROM blocks WHERE id >= ? AND id < ? ORDER BY id DESC LIMIT 1",
+                    (base, base + (1 << _BLOCK_SHIFT)),
+                ).fetchone()
         handle, k, dk, manifest, secret = row
         info = LogInfo(
             bytes(k),
@@ -565,6 +621,18 @@ class SQLiteStorage:
             None if secret is None else bytes(secret),
         )
         head = Head() if packed is None else _decode_head(packed[0], self.db_path)
+        self._embedded.pop(handle, None)
+        if last is not None and last[1] is not None:
+            in_block = _decode_head(last[1], self.db_path)
+            index = last[0] - (handle << _BLOCK_SHIFT)
+            if in_block.length != index + 1:
+                raise CorruptStorageError(
+                    f"the head stored with block {index} in {self.db_path} has length "
+                    f"{in_block.length}"
+                )
+            self._embedded[handle] = index
+            if (in_block.fork, in_block.length) >= (head.fork, head.length):
+                head = in_block
         return StoredLog(handle, info, head)
 
     def get_meta(self, name: str) -> bytes | None:
@@ -736,10 +804,20 @@ class SQLiteStorage:
                 if _is_corruption(exc):
                     raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
                 raise
+            # estimated WAL bytes: the right-edge pages of each table touched, and blocks
             self._ckpt_pending += PAGE_SIZE * 3 + sum(len(b[1]) for b in batch.blocks)
             if self._ckpt_pending >= CHECKPOINT_EVERY_BYTES:
                 self._ckpt_pending = 0
                 self._ckpt_wake.set()
+            if self._ckpt_restart_due:
+                # The background pass copied all but the last few frames: copy those
+                # (and sync) here, between transactions, so the next commit restarts
+                # the WAL. Its failure costs nothing but a bigger WAL.
+                self._ckpt_restart_due = False
+                try:
+                    w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except sqlite3.Error:
+                    logger.warning("checkpoint of %s failed", self.db_path, exc_info=True)
 
     def _checkpointer(self) -> None:
         """Copy the WAL into the database off the commit path (a PASSIVE checkpoint).
@@ -757,7 +835,10 @@ class SQLiteStorage:
             if self._closed:
                 return
             try:
-                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                # (busy, frames in the WAL, frames copied)
+                if row is not None and row[1] * self._page_size >= WAL_RESTART_BYTES:
+                    self._ckpt_restart_due = True
             except sqlite3.Error:
                 logger.warning("background checkpoint of %s failed", self.db_path, exc_info=True)
 
@@ -788,10 +869,33 @@ class SQLiteStorage:
                 )
             if batch.manifest is not None:
                 w.execute("UPDATE logs SET manifest = ? WHERE id = ?", (batch.manifest, handle))
-            if batch.blocks:
+            head = batch.head
+            blocks = batch.blocks
+            # the block row that takes the head, if this batch writes the log's last block
+            into = -1
+            if head is not None and blocks and self._heads_in_blocks:
+                last = head.length - 1
+                if blocks[-1][0] == last or any(b[0] == last for b in blocks):
+                    into = last
+            held = self._embedded.get(handle, -1)
+            # clear the row that held the previous head (unless the truncation drops it)
+            cut = batch.truncate
+            if head is not None and 0 <= held != into and (cut is None or held < cut):
+                w.execute("UPDATE blocks SET head = NULL WHERE id = ?", (bbase | held,))
+            packed = None if into < 0 or head is None else _encode_head(head)
+            if len(blocks) == 1:
+                i, v, h = blocks[0]
+                w.execute(
+                    "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?)",
+                    (bbase | i, _stored_sum(v, h), v, packed),
+                )
+            elif blocks:
                 w.executemany(
-                    "INSERT OR REPLACE INTO blocks (id, sum, value) VALUES (?, ?, ?)",
-                    [(bbase | i, _stored_sum(v, h), v) for i, v, h in batch.blocks],
+                    "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?)",
+                    [
+                        (bbase | i, _stored_sum(v, h), v, packed if i == into else None)
+                        for i, v, h in blocks
+                    ],
                 )
             if batch.nodes:
                 w.executemany(
@@ -799,8 +903,8 @@ class SQLiteStorage:
                     [(nbase | n.index, n.size, n.hash) for n in batch.nodes],
                 )
             rows = [(sbase | p, data) for p, data in batch.bitfield.items()]
-            if batch.head is not None:
-                rows.append((sbase | _HEAD_SLOT, _encode_head(batch.head)))
+            if head is not None and into < 0:
+                rows.append((sbase | _HEAD_SLOT, _encode_head(head)))
             if rows:
                 w.executemany("INSERT OR REPLACE INTO state (id, value) VALUES (?, ?)", rows)
             w.execute("COMMIT")
@@ -808,6 +912,10 @@ class SQLiteStorage:
             if w.in_transaction:
                 w.execute("ROLLBACK")
             raise
+        if into >= 0:
+            self._embedded[handle] = into
+        elif head is not None or (batch.truncate is not None and held >= batch.truncate):
+            self._embedded.pop(handle, None)
 
     # -- maintenance ------------------------------------------------------------
 

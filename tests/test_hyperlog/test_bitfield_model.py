@@ -61,6 +61,7 @@ def test_bitfield_matches_set_model(ops: list[tuple[object, ...]], probes: list[
     assert bf.count() == len(model)
     assert bf.contiguous_length == _first_unset(model, 0)
     assert bf.last_set() == (max(model) if model else None)
+    assert bf.is_prefix() == (model == set(range(len(model))))
     for p in probes:
         assert bf.get(p) == (p in model)
         assert bf.first_unset(p) == _first_unset(model, p)
