@@ -12,16 +12,23 @@ request timeouts and hot-swaps are covered by test_replicate_memory.py's
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from typing import Any
 
+import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
 from hyperlog import flat_tree, wire
 from hyperlog.bitfield import PAGE_BITS, Bitfield
 from hyperlog.crypto import key_pair
+from hyperlog.errors import BlockNotAvailableError, ReplicationError
 from hyperlog.log import Log, open_store
 from hyperlog.proof import ProofRequest, UpgradeRequest
+from hyperlog.replication import replicate, replication_for
 from hyperlog.replication.adapter import (
     LogAdapter,
     held_level,
@@ -113,3 +120,48 @@ async def test_missing_nodes_guess_equals_the_exact_count() -> None:
                     await _fetch(adapter, writer, want)
         finally:
             adapter.close()
+
+
+@pytest.mark.parametrize("part", ["value", "uncle"])
+async def test_block_without_upgrade_is_verified_against_the_stored_tree(part: str) -> None:
+    # Sparse gets ask for a block only (no upgrade, so no signature to check) with as
+    # few uncles as the reader's remembered nodes allow. The answer must still be
+    # checked against the stored tree: a wrong value or uncle drops the peer and
+    # stores nothing.
+    n = 2000
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append([b"v%d" % i for i in range(n)])
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        with trio.fail_after(60):
+            async with replicate(a, writer), replicate(b, reader) as session:
+                rep = replication_for(reader)
+                await rep.update()
+                for i in (100, 900, 1500, 1501, 1502):
+                    await rep.get(i)
+                port = replication_for(writer).port
+                honest = port.serve
+
+                async def tampered(request: Any) -> Any:
+                    data = await honest(request)
+                    if not isinstance(data, wire.Data) or data.block is None:
+                        return data  # the reader's follow-up: its whole signed tree
+                    assert data.upgrade is None  # a block-only answer
+                    blk = data.block
+                    if part == "value":
+                        blk = dataclasses.replace(blk, value=blk.value + b"!")
+                    else:
+                        assert blk.nodes, "the request asked for at least one uncle"
+                        bad = dataclasses.replace(blk.nodes[0], hash=bytes(32))
+                        blk = dataclasses.replace(blk, nodes=(bad, *blk.nodes[1:]))
+                    return dataclasses.replace(data, block=blk)
+
+                port.serve = tampered  # type: ignore[method-assign]
+                with pytest.raises(BlockNotAvailableError):
+                    await rep.get(1504, wait=False)
+                await session.wait_closed()
+                assert isinstance(session.error, ReplicationError)
+                assert "invalid proof" in str(session.error)
+                assert not reader.has(1504)
+        assert [i for i in range(n) if reader.has(i)] == [100, 900, 1500, 1501, 1502]
