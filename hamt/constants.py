@@ -53,10 +53,11 @@ MAX_BATCH_OPS: Final = 65_536
 MAX_BUCKET_ENTRIES: Final = 4096
 #: Most nodes one block may carry (a batch of 65,536 keys rewrites fewer than this).
 MAX_NODES_PER_BLOCK: Final = 1 << 20
-#: Most trie nodes a writer keeps decoded between writes (`mutate.Retained`: the
-#: latest version's recently written paths, ~200 bytes each). A 100,000-key HAMT
-#: has about 10,000 nodes; past the limit the tree is dropped and rebuilt lazily.
-MAX_RETAINED_NODES: Final = 1 << 16
+#: Trie depth from which a writer does not keep nodes decoded between writes
+#: (`mutate.Retained`): it keeps depths 0-3, at most 1 + 16 + 256 + 4,096 nodes
+#: (~2 MB), the part every put rewrites or often passes; deeper nodes are copied
+#: from their (cached) blocks when a write passes them.
+RETAIN_DEPTH: Final = 4
 
 #: Default LRU limits of decoded blocks: a count and the sum of their encoded sizes
 #: (a decoded block takes about 10x its encoded size in memory: ~2.5 KB for a single

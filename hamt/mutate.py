@@ -20,11 +20,11 @@ in the new block" (`src`), its new entries become that block's number, and the
 writer keeps the tree (`Retained`) as the base of its next mutation. A clean node
 is used in place: a write through it only clears its `src` (it is rewritten into
 the next block), and an untouched clean child is encoded as a pointer to its `src`.
-Nodes are materialized lazily, so the retained tree holds the paths written
-recently (for a few hundred thousand keys: all of it) and is dropped once it has
-materialized `MAX_RETAINED_NODES` nodes; the next mutation starts again from the
-latest block. The writer may only reuse it for the very next block of the same log
-and fork (`index.Hamt` checks), and a mutation that fails leaves it half-changed, so
+Nodes are materialized lazily and only the top `RETAIN_DEPTH` levels are kept
+(at most 4,369 nodes): deeper nodes are replaced by a pointer to the new block
+once it is encoded, and copied from their blocks again when a write passes them.
+The writer may only reuse the tree for the very next block of the same log and
+fork (`index.Hamt` checks), and a mutation that fails leaves it half-changed, so
 the writer discards it then.
 
 Entry pointers. An entry slot names only a block, and a reader finds the entry in
@@ -49,8 +49,8 @@ from .constants import (
     MAX_BLOCK_BYTES,
     MAX_BUCKET_ENTRIES,
     MAX_DEPTH,
-    MAX_RETAINED_NODES,
     PATH_BITS,
+    RETAIN_DEPTH,
 )
 from .errors import BatchTooLargeError, CorruptNodeError
 from .hashing import chunk
@@ -87,7 +87,7 @@ class _Dirty:
         self.dm = dm
         self.nm = nm
         self.entries = entries
-        # int (pointer), _Dirty/_Bucket (materialized), or (node, src): inline in block src.
+        # int (a block holding the child inline at this position) or _Dirty/_Bucket.
         self.children = children
         # None: rewritten by the block under construction; an int: clean, equal to the
         # node block `src` holds inline at this position (a retained node).
@@ -103,7 +103,7 @@ class _Dirty:
             dm,
             nm,
             [src - e for e in node[2:ne]],
-            [(c, src) if type(c) is list else src - c for c in node[ne:]],
+            [src if type(c) is tuple else src - c for c in node[ne:]],
         )
 
 
@@ -124,13 +124,11 @@ class Retained:
     changed in place), and `Mutation.retained` hands back the new one.
     """
 
-    __slots__ = ("nodes", "root", "seq")
+    __slots__ = ("root", "seq")
 
-    def __init__(self, root: _Dirty, seq: int, nodes: int) -> None:
+    def __init__(self, root: _Dirty, seq: int) -> None:
         self.root = root
         self.seq = seq
-        #: Nodes materialized into this tree so far (an upper bound of its size).
-        self.nodes = nodes
 
 
 _Steps: TypeAlias = Generator[int, Block, Any]
@@ -161,11 +159,9 @@ class Mutation:
             root = base.root
             if root.src != base.seq:
                 raise ValueError("the retained tree was already used")
-            self._nodes = base.nodes
         else:
             assert type(base) is Block
             root = _Dirty.copy_of(base.root, base.seq)
-            self._nodes = 1
         root.src = None  # every block rewrites the root
         self._root = root
         self._retained: Retained | None = None
@@ -188,12 +184,8 @@ class Mutation:
         if type(c) is _Dirty or type(c) is _Bucket:
             c.src = None  # a retained node: rewritten from now on
             return c
-        self._nodes += 1
-        if type(c) is tuple:
-            child, src = c
-        else:
-            b = yield from self._get(c)
-            child, src = descend(b, path, depth), c
+        b = yield from self._get(c)
+        child, src = descend(b, path, depth), c
         d: _Dirty | _Bucket
         if depth == MAX_DEPTH:
             d = _Bucket([(k, src - s) for k, s in child])
@@ -267,7 +259,6 @@ class Mutation:
                 del node.entries[i]
                 node.dm ^= bit
                 child: _Dirty | _Bucket
-                self._nodes += 1
                 if depth + 1 == MAX_DEPTH:
                     child = _Bucket([(ekey, e)])
                 else:
@@ -371,56 +362,55 @@ class Mutation:
         seq = self.new_seq
         news = self._news
 
-        def enc(node: Any) -> Node:
+        def enc(node: Any, depth: int) -> Node:
             if type(node) is _Bucket:
                 items = node.items
                 node.items = [(k, seq if type(e) is _New else e) for k, e in items]
                 node.src = seq
-                return [[k, 0 if type(e) is _New else seq - e] for k, e in items]
+                return tuple([(k, 0 if type(e) is _New else seq - e) for k, e in items])
             ents = node.entries
-            out: Node = [node.dm, node.nm]
+            out = [node.dm, node.nm]
             rel = [0 if type(e) is _New else seq - e for e in ents]
             if 0 in rel:  # (old entries are older than this block: never 0)
                 node.entries = [seq if type(e) is _New else e for e in ents]
             out += rel
-            for c in node.children:
-                t = type(c)
-                if t is int:
+            children = node.children
+            keep = depth + 1 < RETAIN_DEPTH
+            for i, c in enumerate(children):
+                if type(c) is int:
                     out.append(seq - c)
-                elif t is tuple:
-                    out.append(seq - c[1])
                 elif c.src is not None:
                     out.append(seq - c.src)
                 else:
-                    out.append(enc(c))
+                    out.append(enc(c, depth + 1))
+                    if not keep:  # deeper nodes are not retained: the block has them
+                        children[i] = seq
             node.src = seq
-            return out
+            return tuple(out)
 
-        root = enc(self._root)
-        ops: list[list[Any]] = []
+        root = enc(self._root, 0)
+        ops: list[tuple[Any, ...]] = []
         puts: dict[str, bytes] = {}
         for k in self._touched:
             n = news.get(k)
             if n is not None and not n.copy:
-                ops.append([k, n.value])
+                ops.append((k, n.value))
                 puts[k] = n.value
             elif k in self._deletes:
-                ops.append([k])
+                ops.append((k,))
         for k, n in news.items():
             if k not in puts:
-                ops.append([k, n.value, COPY_FLAG])
+                ops.append((k, n.value, COPY_FLAG))
                 puts[k] = n.value
         data = encode_node_block(ops, root)
         if len(data) > MAX_BLOCK_BYTES:
             raise BatchTooLargeError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_BYTES}")
-        if self._nodes <= MAX_RETAINED_NODES:
-            self._retained = Retained(self._root, seq, self._nodes)
-        return data, Block(seq, root, ops, puts, len(data))
+        self._retained = Retained(self._root, seq)
+        return data, Block(seq, root, tuple(ops), puts, len(data))
 
     def retained(self) -> Retained | None:
         """After `encode`: the tree of the new block, to base the writer's next mutation on.
 
-        Valid only once the block is stored as block `new_seq` of the same log and
-        fork; None when the tree has grown past `MAX_RETAINED_NODES`.
+        Valid only once the block is stored as block `new_seq` of the same log and fork.
         """
         return self._retained

@@ -14,7 +14,7 @@ block back) or an item (send ``None``). Item order is hash order (chunk 0 first)
 which is stable for a given HAMT, not sorted.
 
 Where a pointer leads: a node's entry slot names the block whose ops hold the entry;
-a child slot either *is* the child (an inline list, rewritten by the same block) or
+a child slot either *is* the child (an inline tuple, rewritten by the same block) or
 names an older block whose root-to-here path holds the child inline (`descend`).
 Pointers strictly decrease along any walk (checked by `wire.decode_block`), so every
 walk ends; depth is bounded by `MAX_DEPTH`.
@@ -122,7 +122,7 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
             return None
         c = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
         depth += 1
-        if type(c) is list:
+        if type(c) is tuple:
             node = c
         else:
             src -= c
@@ -154,7 +154,7 @@ def path_blocks(root: Block, path: int, cache: BlockCache) -> Steps[list[int]]:
             return seqs
         c = node[2 + dm.bit_count() + (nm & (bit - 1)).bit_count()]
         depth += 1
-        if type(c) is list:
+        if type(c) is tuple:
             node = c
             continue
         src -= c
@@ -181,7 +181,7 @@ def _child(
     c: Any, src: int, path: int, depth: int, cache: BlockCache
 ) -> Generator[int, Any, tuple[Node, int]]:
     """Resolve child slot `c` of a node held by block `src`: (node at `depth`, its block)."""
-    if type(c) is list:
+    if type(c) is tuple:
         return c, src
     b = yield from _get(cache, src - c)
     return descend(b, path, depth), src - c
@@ -324,8 +324,8 @@ def _diff(
         ka, va = _slot(an, c)
         kb, vb = _slot(bn, c)
         # A slot's identity is the block that wrote it: equal identities, equal subtrees.
-        ida = asrc if type(va) is list else asrc - (va or 0)
-        idb = bsrc if type(vb) is list else bsrc - (vb or 0)
+        ida = asrc if type(va) is tuple else asrc - (va or 0)
+        idb = bsrc if type(vb) is tuple else bsrc - (vb or 0)
         if ka == kb and (ka == "" or ida == idb):
             continue
         sub = prefix | (c << shift)

@@ -29,7 +29,7 @@ checks every shape, size, bitmap and pointer before anything else sees the block
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
@@ -72,10 +72,12 @@ COPY_FLAG: Final = 0
 #: Largest metadata blob in the header.
 MAX_METADATA_BYTES: Final = 64 * 1024
 
-#: A decoded node: ``[datamap, nodemap, entries..., children...]`` or a bucket.
-Node: TypeAlias = list[Any]
+#: A decoded node: ``(datamap, nodemap, entries..., children...)`` or a bucket. Decoded
+#: blocks are tuples, not lists: the cyclic garbage collector stops tracking a tuple of
+#: ints, so a cache of a hundred thousand blocks does not slow every collection down.
+Node: TypeAlias = tuple[Any, ...]
 #: The root of an empty trie.
-EMPTY_ROOT: Final[Node] = [0, 0]
+EMPTY_ROOT: Final[Node] = (0, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +97,7 @@ class Block:
 
     seq: int
     root: Node
-    ops: list[list[Any]]
+    ops: Sequence[Sequence[Any]]
     puts: dict[str, bytes]
     nbytes: int
     _by_path: list[tuple[int, str]] | None = field(default=None)
@@ -120,7 +122,7 @@ class Block:
             if not nm & bit:
                 return None
             node = node[2 + node[0].bit_count() + (nm & (bit - 1)).bit_count()]
-            if type(node) is not list:
+            if type(node) is not tuple:
                 return None
         return node
 
@@ -170,7 +172,7 @@ def _unpack(data: bytes, seq: int) -> Any:
     if len(data) > MAX_BLOCK_BYTES:
         raise CorruptNodeError(f"block larger than {MAX_BLOCK_BYTES} bytes", seq=seq)
     try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+        return msgpack.unpackb(data, raw=False, use_list=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises many kinds; all mean "not a block"
         raise CorruptNodeError(f"block does not decode: {exc}", seq=seq) from exc
 
@@ -178,12 +180,7 @@ def _unpack(data: bytes, seq: int) -> Any:
 def decode_header(data: bytes) -> Header:
     """Decode and check block 0; raise `CorruptNodeError` if it is not a HAMT header."""
     obj = _unpack(data, 0)
-    if (
-        not isinstance(obj, list)
-        or len(obj) != 5
-        or obj[0] != TAG_HEADER
-        or obj[1] != PROTOCOL_NAME
-    ):
+    if type(obj) is not tuple or len(obj) != 5 or obj[0] != TAG_HEADER or obj[1] != PROTOCOL_NAME:
         raise CorruptNodeError("block 0 is not a HAMT header", seq=0)
     if obj[2] != FORMAT_VERSION:
         raise CorruptNodeError(f"unsupported HAMT format version {obj[2]!r}", seq=0)
@@ -199,10 +196,10 @@ def decode_header(data: bytes) -> Header:
 
 def header_block() -> Block:
     """The decoded form of block 0 as a trie: an empty root, no ops."""
-    return Block(0, EMPTY_ROOT, [], {}, 0)
+    return Block(0, EMPTY_ROOT, (), {}, 0)
 
 
-def encode_node_block(ops: list[list[Any]], root: Node) -> bytes:
+def encode_node_block(ops: Sequence[Sequence[Any]], root: Sequence[Any]) -> bytes:
     """Encode an operation block (the caller built `ops` and `root` by the rules above)."""
     return msgpack.packb([TAG_NODE, ops, root], use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -216,7 +213,7 @@ def decode_block(data: bytes, seq: int) -> Block:
     if seq <= 0:
         raise CorruptNodeError("block 0 is the header, not a node", seq=seq)
     obj = _unpack(data, seq)
-    if not isinstance(obj, list) or len(obj) != 3 or obj[0] != TAG_NODE:
+    if type(obj) is not tuple or len(obj) != 3 or obj[0] != TAG_NODE:
         raise CorruptNodeError("not an operation block", seq=seq)
     ops, root = obj[1], obj[2]
     puts = _check_ops(ops, seq)
@@ -226,12 +223,12 @@ def decode_block(data: bytes, seq: int) -> Block:
 
 
 def _check_ops(ops: Any, seq: int) -> dict[str, bytes]:
-    if not isinstance(ops, list) or len(ops) > MAX_BATCH_OPS:
+    if type(ops) is not tuple or len(ops) > MAX_BATCH_OPS:
         raise CorruptNodeError("bad op list", seq=seq)
     puts: dict[str, bytes] = {}
     seen: set[str] = set()
     for op in ops:
-        if not isinstance(op, list) or not 1 <= len(op) <= 3:
+        if type(op) is not tuple or not 1 <= len(op) <= 3:
             raise CorruptNodeError("bad op", seq=seq)
         key = op[0]
         if not isinstance(key, str) or not key or len(key) > MAX_KEY_BYTES:
@@ -257,8 +254,8 @@ def _check_node(node: Any, depth: int, key: int, seq: int, index: dict[int, Node
     """Validate `node` (at `depth`, position `key`) and its inline subtree; index each node."""
     if len(index) >= MAX_NODES_PER_BLOCK:
         raise CorruptNodeError("too many nodes in one block", seq=seq)
-    if type(node) is not list:
-        raise CorruptNodeError("node is not a list", seq=seq)
+    if type(node) is not tuple:
+        raise CorruptNodeError("node is not an array", seq=seq)
     index[key] = node
     if depth == MAX_DEPTH:
         _check_bucket(node, seq)
@@ -293,13 +290,13 @@ def _check_node(node: Any, depth: int, key: int, seq: int, index: dict[int, Node
             _check_node(c, depth + 1, (key << CHUNK_BITS) | (low.bit_length() - 1), seq, index)
 
 
-def _check_bucket(node: list[Any], seq: int) -> None:
+def _check_bucket(node: Node, seq: int) -> None:
     if not 2 <= len(node) <= MAX_BUCKET_ENTRIES:
         raise CorruptNodeError("bad collision bucket size", seq=seq)
     keys: set[str] = set()
     for item in node:
         if (
-            not isinstance(item, list)
+            type(item) is not tuple
             or len(item) != 2
             or not isinstance(item[0], str)
             or type(item[1]) is not int

@@ -97,12 +97,16 @@ def test_retained_tree_writes_the_same_blocks(ops: list[Op], hash_function: Any)
     trio.run(run_against_reference, ops, hash_function)
 
 
-def test_same_blocks_when_the_tree_is_dropped_for_size(monkeypatch: pytest.MonkeyPatch) -> None:
-    # A tiny limit: the tree is dropped after most writes and rebuilt from the blocks.
-    monkeypatch.setattr(hamt.mutate, "MAX_RETAINED_NODES", 3)
+@pytest.mark.parametrize("depth", [1, 2, 65])
+def test_same_blocks_whatever_depth_is_retained(
+    monkeypatch: pytest.MonkeyPatch, depth: int
+) -> None:
+    # 1: only the root is kept, deeper nodes come from the blocks; 65: everything.
+    monkeypatch.setattr(hamt.mutate, "RETAIN_DEPTH", depth)
     rnd = random.Random(7)
     ops: list[Op] = [("put", f"k{rnd.randrange(400)}", b"v") for _ in range(300)]
     ops += [("del", f"k{rnd.randrange(400)}") for _ in range(100)]
+    ops += [("batch", [(f"k{rnd.randrange(400)}", None) for _ in range(50)])]
     trio.run(run_against_reference, ops, None, 4)
 
 
