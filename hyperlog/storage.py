@@ -21,16 +21,16 @@ sparse files, no per-log file descriptors: research notes §6 and §13)::
 Where the head lives. A head (fork, length, byte length, contiguous hint, tree hash,
 signature) is written in the same transaction as what it covers. When that
 transaction also writes block ``length - 1`` (every append, and a download of the
-last block), the head goes into that block's row, and the row that held the previous
-head is cleared (it is almost always on the same B-tree page). A single append then
-dirties **one** page of the blocks table (plus a page of nodes every fourth append)
-instead of a blocks page and a state page: every dirty 16 KiB page is one WAL frame
-written per commit, the largest cost of a small append. Otherwise (truncation, a
-group of proofs without the last block) the head goes into ``state`` and the block
-row is cleared. At open both are read (the last block row of the log is one probe)
-and the newer one, by (fork, length), is the head. Schema 2 stores (no ``head``
-column) are upgraded in place by the first writable open; read-only opens read them
-as they are.
+last block) and that block is small (`HEAD_IN_BLOCK_MAX`), the head goes into its
+row, and the row that held the previous head is cleared (it is almost always on the
+same B-tree page). A single append then dirties **one** page of the blocks table
+(plus a page of nodes every fourth append) instead of a blocks page and a state
+page: every dirty 16 KiB page is one WAL frame written per commit, the largest cost
+of a small append. Otherwise (truncation, big blocks, a group of proofs without the
+last block) the head goes into ``state`` and the block row is cleared. At open both
+are read (the last block row of the log is one probe) and the newer one, by (fork,
+length), is the head. Schema 2 stores (no ``head`` column) are upgraded in place by
+the first writable open; read-only opens read them as they are.
 
 Derived nodes. A leaf node is *not* stored when its block is: its size is the
 block's length and its hash is recomputed from the block when a proof needs it. The
@@ -145,6 +145,12 @@ CHECKSUM_SIZE: Final = 8
 #: proof that needs their leaf node does not read and re-hash the block (the extra 24
 #: bytes are noise next to the block; for 1 KiB blocks they would be 2.3% of the disk).
 FULL_HASH_ABOVE: Final = 4096
+#: The head goes into the last block's row only when that block is at most this big.
+#: Clearing the previous head rewrites that row, and a row that spills into overflow
+#: pages (16 KiB pages keep rows up to ~16 KiB local) is rewritten whole: for a
+#: 64 KiB block that doubled the bytes an append writes. Bigger blocks keep the head
+#: in ``state``, one small page beside 64 KiB of block.
+HEAD_IN_BLOCK_MAX: Final = 8192
 #: Longest store-level metadata value.
 MAX_META_SIZE: Final = 64 * 1024
 
@@ -875,7 +881,10 @@ class SQLiteStorage:
             into = -1
             if head is not None and blocks and self._heads_in_blocks:
                 last = head.length - 1
-                if blocks[-1][0] == last or any(b[0] == last for b in blocks):
+                if blocks[-1][0] == last:
+                    if len(blocks[-1][1]) <= HEAD_IN_BLOCK_MAX:
+                        into = last
+                elif any(b[0] == last and len(b[1]) <= HEAD_IN_BLOCK_MAX for b in blocks):
                     into = last
             held = self._embedded.get(handle, -1)
             # clear the row that held the previous head (unless the truncation drops it)

@@ -17,6 +17,7 @@ from hyperlog.log import Log, open_store
 from hyperlog.proof import BlockRequest, ProofRequest, UpgradeRequest
 from hyperlog.storage import (
     DB_FILENAME,
+    HEAD_IN_BLOCK_MAX,
     SCHEMA_VERSION,
     SQLiteStorage,
     _decode_head,
@@ -199,3 +200,17 @@ async def test_the_newer_of_two_heads_wins(tmp_path: Path) -> None:
     async with open_store(path) as store:
         log = await store.default_log()
         assert log.head == new
+
+
+async def test_big_blocks_keep_the_head_in_state(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    async with open_store(path) as store:
+        log = await store.create_log()
+        await log.append(b"small")
+        assert _heads(path) == ([0], False)
+        await log.append(bytes(HEAD_IN_BLOCK_MAX + 1))  # its row would spill: not here
+        assert _heads(path) == ([], True)
+        await log.append([bytes(HEAD_IN_BLOCK_MAX + 1), b"small again"])
+        assert _heads(path) == ([3], True)
+        state = log.length, log.fork, log.tree_hash()
+    assert await _reopened(path) == state
