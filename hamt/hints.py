@@ -15,6 +15,11 @@ multiplexer provides): frames of a 4-byte big-endian length and one msgpack mess
 (`wire.HintRequest` / `wire.HintReply`), at most `MAX_HINT_FRAME` bytes. Requests are
 answered in order. `_Framer` is the sans-IO part; the two coroutines are its shell.
 A request names the reader's version, so the hint is the path the reader will walk.
+
+When the request also names the reader's fork and both sides are `hyperlog.Log`s, the
+reply carries the blocks themselves with Merkle proofs against the reader's tree
+(`hamt.proofs`): the reader verifies and stores them and a cold get is one round
+trip instead of two (hint, then replication).
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ import trio
 
 from .errors import CorruptNodeError, HamtError, InvalidKeyError
 from .index import Hamt
-from .wire import MAX_HINT_FRAME, HintReply, HintRequest, decode_hint, encode_hint
+from .proofs import block_proofs, can_prove
+from .wire import (
+    MAX_HINT_FRAME,
+    MAX_HINT_REPLY_FRAME,
+    BlockProofData,
+    HintReply,
+    HintRequest,
+    decode_hint,
+    encode_hint,
+)
 
 __all__ = ["PathHintClient", "serve_path_hints"]
 
@@ -39,8 +53,9 @@ RECEIVE_SIZE: Final = 64 * 1024
 class _Framer:
     """Sans-IO length-prefixed framing: feed bytes, take whole frames."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = MAX_HINT_FRAME) -> None:
         self._buf = bytearray()
+        self._limit = limit
 
     def receive_data(self, data: bytes | bytearray) -> None:
         self._buf += data
@@ -49,8 +64,8 @@ class _Framer:
         if len(self._buf) < _LEN.size:
             return None
         (n,) = _LEN.unpack_from(self._buf)
-        if n > MAX_HINT_FRAME:
-            raise CorruptNodeError(f"hint frame of {n} bytes exceeds {MAX_HINT_FRAME}")
+        if n > self._limit:
+            raise CorruptNodeError(f"hint frame of {n} bytes exceeds {self._limit}")
         if len(self._buf) < _LEN.size + n:
             return None
         frame = bytes(self._buf[_LEN.size : _LEN.size + n])
@@ -64,7 +79,7 @@ def _frame(payload: bytes) -> bytes:
 
 async def _next(stream: trio.abc.Stream, framer: _Framer) -> bytes | None:
     # Bounded: each pass either returns a frame or consumes at least one byte; the
-    # framer refuses frames over MAX_HINT_FRAME, so the buffer stays bounded too.
+    # framer refuses frames over its limit, so the buffer stays bounded too.
     while (frame := framer.next_frame()) is None:
         data = await stream.receive_some(RECEIVE_SIZE)
         if not data:
@@ -97,7 +112,11 @@ async def serve_path_hints(
             blocks = await db.checkout(version).path_hint(msg.key) if version > 1 else []
         except InvalidKeyError:
             blocks = []
-        await stream.send_all(_frame(encode_hint(HintReply(msg.id, version, blocks))))
+        proofs: tuple[BlockProofData, ...] = ()
+        if msg.fork is not None and blocks and version == msg.version and can_prove(db.log):
+            proofs = block_proofs(db.log, blocks, version, msg.fork)
+        reply = HintReply(msg.id, version, blocks, proofs)
+        await stream.send_all(_frame(encode_hint(reply)))
 
 
 @final
@@ -106,12 +125,15 @@ class PathHintClient:
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
-        self._framer = _Framer()
+        self._framer = _Framer(MAX_HINT_REPLY_FRAME)
         self._lock = trio.Lock()
         self._next_id = 0
 
-    async def path_hint(self, key: str, version: int = 0) -> HintReply:
+    async def path_hint(self, key: str, version: int = 0, fork: int | None = None) -> HintReply:
         """Return the peer's `HintReply` for `key` at `version` (0: the peer's latest).
+
+        With `fork` (and `version` the reader's length), ask for the blocks themselves
+        with Merkle proofs against that tree (`HintReply.proofs`).
 
         Pass this client to `open_hamt(..., hints=client)` and every get that misses a
         local block asks for its path once and fetches it all at once.
@@ -122,7 +144,7 @@ class PathHintClient:
         """
         async with self._lock:
             self._next_id = (self._next_id + 1) % 2**32
-            req = HintRequest(self._next_id, key, version)
+            req = HintRequest(self._next_id, key, version, fork)
             await self._stream.send_all(_frame(encode_hint(req)))
             frame = await _next(self._stream, self._framer)
             if frame is None:

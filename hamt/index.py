@@ -42,6 +42,7 @@ from .errors import BatchTooLargeError, HamtError, ReadOnlyError, ValueTooLargeE
 from .hashing import ComponentHash, Hasher, check_key, derive_hash_key, split_prefix
 from .log import LogLike
 from .mutate import Mutation, Retained
+from .proofs import apply_block_proofs, can_apply
 from .trie import DiffItem, Item, diff, iterate, lookup, path_blocks
 from .wire import Block, HintReply, decode_block, decode_header, encode_header, header_block
 
@@ -85,7 +86,7 @@ class HamtStatistics:
 class HintSource(Protocol):
     """Something that tells which blocks a get reads (a `hamt.PathHintClient`)."""
 
-    async def path_hint(self, key: str, version: int = 0) -> HintReply: ...
+    async def path_hint(self, key: str, version: int = 0, fork: int | None = None) -> HintReply: ...
 
 
 @final
@@ -279,8 +280,16 @@ class Hamt(Generic[V]):
         return None if data is None else self._codec.decode(data)
 
     async def _ask_hint(self, source: HintSource, key: str, version: int) -> None:
+        log = self._s.log
         try:
-            reply = await source.path_hint(key, version)
+            if can_apply(log) and version == log.length:
+                # Ask for the blocks with proofs too: one round trip instead of two.
+                fork: int = getattr(log, "fork")  # noqa: B009 (duck-typed hyperlog.Log)
+                reply = await source.path_hint(key, version, fork)
+                if reply.proofs:
+                    await apply_block_proofs(log, fork, reply.proofs)
+            else:
+                reply = await source.path_hint(key, version)
         except HamtError as exc:  # a hint is an optimization: fall back to plain fetches
             logger.debug("path hint for %r failed: %s", key, exc)
             return

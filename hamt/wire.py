@@ -311,45 +311,108 @@ def _check_bucket(node: Node, seq: int) -> None:
 
 TAG_HINT_REQUEST: Final = 2
 TAG_HINT_REPLY: Final = 3
-#: Largest hint frame: a key, or a few hundred block numbers.
+#: Largest hint request frame (a key), and a reply's size without proofs.
 MAX_HINT_FRAME: Final = 64 * 1024
-#: Most block numbers in one hint (a path of 64 levels plus a full collision bucket).
+#: Most block numbers in one hint (a path of 64 levels plus a full collection bucket).
 MAX_HINT_BLOCKS: Final = MAX_DEPTH + MAX_BUCKET_ENTRIES + 2
+#: Most bytes of block values the proofs of one hint reply carry; blocks past it are
+#: named but not included (the reader fetches them through replication).
+MAX_HINT_PROOF_BYTES: Final = 1024 * 1024
+#: Largest hint reply frame.
+MAX_HINT_REPLY_FRAME: Final = MAX_HINT_FRAME + MAX_HINT_PROOF_BYTES + 64 * 1024
+#: Most Merkle nodes in one block proof (a tree of 2**64 blocks is 64 levels deep).
+MAX_PROOF_LEVELS: Final = 64
+#: Bytes of a Merkle tree hash.
+TREE_HASH_BYTES: Final = 32
+_MAX_U64: Final = 2**64 - 1
 
 
 @dataclass(frozen=True, slots=True)
 class HintRequest:
     """ "Which blocks does a get of `key` at `version` read?" (0: the latest version).
 
-    `id` pairs the reply.
+    `id` pairs the reply. `fork`, when set, asks for the blocks themselves with their
+    Merkle proofs against the reader's tree (its fork and length `version`).
     """
 
     id: int
     key: str
     version: int = 0
+    fork: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BlockProofData:
+    """A block and its Merkle uncles, from the leaf up: ``(index, size, hash)`` each."""
+
+    index: int
+    value: bytes
+    nodes: tuple[tuple[int, int, bytes], ...]
 
 
 @dataclass(frozen=True, slots=True)
 class HintReply:
-    """The answer: the version it was computed at and the blocks, root first."""
+    """The answer: the version it was computed at, the blocks (root first), and proofs
+    of some of them when the request asked for proofs and the peer could give them."""
 
     id: int
     version: int
     blocks: list[int]
+    proofs: tuple[BlockProofData, ...] = ()
 
 
 def encode_hint(msg: HintRequest | HintReply) -> bytes:
     """Encode a hint message (without framing)."""
     if isinstance(msg, HintRequest):
         obj: list[Any] = [TAG_HINT_REQUEST, FORMAT_VERSION, msg.id, msg.key, msg.version]
+        if msg.fork is not None:
+            obj.append(msg.fork)
     else:
         obj = [TAG_HINT_REPLY, FORMAT_VERSION, msg.id, msg.version, msg.blocks]
+        if msg.proofs:
+            obj.append([[p.index, p.value, [list(n) for n in p.nodes]] for p in msg.proofs])
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
+def _uint(x: Any, limit: int = _MAX_U64) -> bool:
+    return type(x) is int and 0 <= x <= limit
+
+
+def _decode_proofs(raw: Any, blocks: list[int]) -> tuple[BlockProofData, ...]:
+    if not isinstance(raw, list) or len(raw) > len(blocks):
+        raise CorruptNodeError("bad proofs in hint reply")
+    out = []
+    named = set(blocks)
+    total = 0
+    for p in raw:
+        if not (isinstance(p, list) and len(p) == 3 and type(p[0]) is int and p[0] in named):
+            raise CorruptNodeError("bad proof in hint reply")
+        value, nodes = p[1], p[2]
+        if not isinstance(value, bytes) or not isinstance(nodes, list):
+            raise CorruptNodeError("bad proof in hint reply")
+        total += len(value)
+        if total > MAX_HINT_PROOF_BYTES or len(nodes) > MAX_PROOF_LEVELS:
+            raise CorruptNodeError("hint proofs too large")
+        for n in nodes:
+            if not (
+                isinstance(n, list)
+                and len(n) == 3
+                and _uint(n[0])
+                and _uint(n[1])
+                and isinstance(n[2], bytes)
+                and len(n[2]) == TREE_HASH_BYTES
+            ):
+                raise CorruptNodeError("bad Merkle node in hint proof")
+        out.append(BlockProofData(p[0], value, tuple((n[0], n[1], n[2]) for n in nodes)))
+    return tuple(out)
+
+
 def decode_hint(data: bytes) -> HintRequest | HintReply:
-    """Decode and check a hint message; raise `CorruptNodeError` on anything else."""
-    if len(data) > MAX_HINT_FRAME:
+    """Decode and check a hint message; raise `CorruptNodeError` on anything else.
+
+    (Proofs are only checked for shape here; the log verifies them.)
+    """
+    if len(data) > MAX_HINT_REPLY_FRAME:
         raise CorruptNodeError("hint message too large")
     try:
         obj = msgpack.unpackb(data, raw=False, use_list=True)
@@ -358,14 +421,19 @@ def decode_hint(data: bytes) -> HintRequest | HintReply:
     ok_id = isinstance(obj, list) and len(obj) >= 4 and type(obj[2]) is int and 0 <= obj[2] < 2**32
     if not ok_id or obj[1] != FORMAT_VERSION:
         raise CorruptNodeError("bad hint message")
-    if obj[0] == TAG_HINT_REQUEST and len(obj) == 5:
+    if obj[0] == TAG_HINT_REQUEST and len(obj) in (5, 6):
         key, version = obj[3], obj[4]
+        if len(data) > MAX_HINT_FRAME:
+            raise CorruptNodeError("hint request too large")
         if not isinstance(key, str) or not 0 < len(key) <= MAX_KEY_BYTES:
             raise CorruptNodeError("bad key in hint request")
         if type(version) is not int or not 0 <= version < 2**63:
             raise CorruptNodeError("bad version in hint request")
-        return HintRequest(obj[2], key, version)
-    if obj[0] == TAG_HINT_REPLY and len(obj) == 5:
+        fork = obj[5] if len(obj) == 6 else None
+        if fork is not None and not _uint(fork):
+            raise CorruptNodeError("bad fork in hint request")
+        return HintRequest(obj[2], key, version, fork)
+    if obj[0] == TAG_HINT_REPLY and len(obj) in (5, 6):
         version, blocks = obj[3], obj[4]
         if (
             type(version) is int
@@ -374,5 +442,6 @@ def decode_hint(data: bytes) -> HintRequest | HintReply:
             and len(blocks) <= MAX_HINT_BLOCKS
             and all(type(b) is int and 0 < b < version for b in blocks)
         ):
-            return HintReply(obj[2], version, blocks)
+            proofs = _decode_proofs(obj[5], blocks) if len(obj) == 6 else ()
+            return HintReply(obj[2], version, blocks, proofs)
     raise CorruptNodeError("bad hint message")

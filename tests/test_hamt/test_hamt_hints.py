@@ -70,7 +70,9 @@ async def test_reader_asks_for_a_hint_once_per_get_on_a_miss() -> None:
         calls: list[tuple[str, int]] = []
 
         class Source:
-            async def path_hint(self, key: str, version: int = 0) -> HintReply:
+            async def path_hint(
+                self, key: str, version: int = 0, fork: int | None = None
+            ) -> HintReply:
                 calls.append((key, version))
                 return HintReply(0, version, await writer.checkout(version).path_hint(key))
 
