@@ -53,6 +53,11 @@ RECORDED = {
 MiB = 2**20
 
 
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -137,6 +142,7 @@ def child_reader(mode: str, key_hex: str, uri: str, count: int, seed: int) -> No
                         rnd = random.Random(seed)
                         idx = rnd.sample(range(log.length), count)
                         nbytes = 0
+                        c1 = _cpu_seconds()
                         if mode == "sparse-seq":
                             for i in idx:
                                 await rep.get(i)
@@ -151,6 +157,8 @@ def child_reader(mode: str, key_hex: str, uri: str, count: int, seed: int) -> No
                             raise RuntimeError("sparse blocks missing")
                         res["fetchSec"] = t2 - t1
                         res["msPerBlock"] = 1000 * (t2 - t1) / count
+                        # CPU of this process (with `inproc:`, both sides): load-proof.
+                        res["cpuMsPerBlock"] = 1000 * (_cpu_seconds() - c1) / count
                         res["bytes"] = nbytes
                     nursery.cancel_scope.cancel()
             res["maxRssMiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
