@@ -19,7 +19,12 @@ bench_kv.js has no size arguments, so they always do 100,000 keys): `--no-anchor
 them, and `--quick` (10,000 keys for ours) compares against the MEDIAN figures recorded
 in `anchors/js/results.md` instead, and says so.
 
-Usage:  python benchmarks/bench_hamt.py [--quick] [--json] [--no-anchor] [--n N]
+A/B in the same run: ``--ab-old DIR`` also runs both cases (without the remote part)
+with the `hamt` package found in DIR (e.g. ``git archive <commit> hamt | tar -x -C DIR``),
+interleaved with ours: old single, new single, old batch, new batch. Every case reports
+wall and CPU time (``time.process_time``) and the load average around it.
+
+Usage:  python benchmarks/bench_hamt.py [--quick] [--json] [--no-anchor] [--n N] [--ab-old DIR]
 """
 
 from __future__ import annotations
@@ -84,14 +89,16 @@ def du(path: str) -> int:
 # --------------------------------------------------------------------------- our cases
 
 
-async def run_local(case: str, n: int, seed: int) -> dict[str, Any]:
+async def run_local(case: str, n: int, seed: int, remote_too: bool = True) -> dict[str, Any]:
     keys, values, gets = make_data(n, seed)
+    load0 = os.getloadavg()[0]
     folder = tempfile.mkdtemp(prefix="bench-hamt-")
     try:
         async with open_store(folder) as store:
             log = await store.create_log()
             async with hamt.open_hamt(log) as db:
                 t0 = time.perf_counter()
+                c0 = time.process_time()
                 if case == "single":
                     for k, v in zip(keys, values, strict=True):
                         await db.put(k, v)
@@ -101,20 +108,25 @@ async def run_local(case: str, n: int, seed: int) -> dict[str, Any]:
                             for j in range(i, min(n, i + BATCH)):
                                 b.put(keys[j], values[j])
                 t1 = time.perf_counter()
+                c1 = time.process_time()
                 found = 0
                 for i in gets:
                     if await db.get(keys[i]) == values[i]:
                         found += 1
                 t2 = time.perf_counter()
+                c2 = time.process_time()
+                load1 = os.getloadavg()[0]
                 if found != len(gets):
                     raise RuntimeError(f"only {found}/{len(gets)} gets matched")
                 stats = db.statistics()
                 length, byte_length = log.length, log.byte_length
                 rss = max_rss_mib()
-                try:
-                    remote = await measure_remote(log, db, keys, values, seed)
-                except Exception as exc:  # replication is another part's work: report it
-                    remote = {"skipped": repr(exc)}
+                remote: dict[str, Any] = {"skipped": "--ab-old run"}
+                if remote_too:
+                    try:
+                        remote = await measure_remote(log, db, keys, values, seed)
+                    except Exception as exc:  # replication is another part's work: report it
+                        remote = {"skipped": repr(exc)}
         return {
             "case": case,
             "n": n,
@@ -123,6 +135,10 @@ async def run_local(case: str, n: int, seed: int) -> dict[str, Any]:
             "getSec": t2 - t1,
             "getsPerSec": len(gets) / (t2 - t1),
             "usPerGet": 1e6 * (t2 - t1) / len(gets),
+            "cpuUsPerPut": 1e6 * (c1 - c0) / n,
+            "cpuUsPerGet": 1e6 * (c2 - c1) / len(gets),
+            "loadavg": [round(load0, 2), round(load1, 2)],
+            "hamt": os.path.dirname(hamt.__file__),
             "logLength": length,
             "logBytesPerKey": byte_length / n,
             "diskMiB": du(folder) / 2**20,
@@ -201,6 +217,7 @@ async def measure_remote(
                 lat.sort()
                 out["cold_" + mode] = {
                     "msPerGetMedian": statistics.median(lat),
+                    "msPerGetP90": lat[int(0.9 * len(lat))],
                     "msMax": lat[-1],
                     "blocksFetchedPerGet": fetched,
                 }
@@ -239,14 +256,19 @@ async def _timed_gets(
     }
 
 
-def child(case: str, n: int, seed: int) -> None:
-    result = trio.run(run_local, case, n, seed)
+def child(case: str, n: int, seed: int, remote_too: bool) -> None:
+    result = trio.run(run_local, case, n, seed, remote_too)
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(args: list[str], cwd: Path | None = None, timeout: float = 3600) -> dict[str, Any]:
+def run_child(
+    args: list[str],
+    cwd: Path | None = None,
+    timeout: float = 3600,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     out = subprocess.run(
-        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        args, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False, env=env
     )
     if out.returncode != 0:
         raise RuntimeError(f"{args} failed ({out.returncode}):\n{out.stderr[-2000:]}")
@@ -281,16 +303,24 @@ def main() -> None:
     ap.add_argument("--no-anchor", action="store_true", help="do not run bench_kv.js")
     ap.add_argument("--n", type=int, default=None, help="keys (default 100,000; quick 10,000)")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--ab-old", metavar="DIR", help="A/B against the hamt package in DIR")
     ap.add_argument("--child", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--no-remote", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(a.child[0], int(a.child[1]), a.seed)
+        child(a.child[0], int(a.child[1]), a.seed, not a.no_remote)
         return
     n = a.n or (10_000 if a.quick else 100_000)
     notes: list[str] = []
     ours: dict[str, dict[str, Any]] = {}
     me = [sys.executable, os.path.abspath(__file__), "--seed", str(a.seed), "--child"]
+    notes.append(f"load average at start: {os.getloadavg()[0]:.2f}")
+    old: dict[str, dict[str, Any]] = {}
     for case in ("single", "batch"):
+        if a.ab_old:
+            env = dict(os.environ, PYTHONPATH=os.path.abspath(a.ab_old))
+            old[case] = run_child([*me, case, str(n), "--no-remote"], env=env)
+            print(f"  old {case}: {json.dumps(old[case])}", file=sys.stderr, flush=True)
         t = time.perf_counter()
         ours[case] = run_child([*me, case, str(n)])
         print(f"  ours {case}: {json.dumps(ours[case])}", file=sys.stderr, flush=True)
@@ -331,10 +361,17 @@ def main() -> None:
             / ours["single"]["logBytesPerKey"],
         }
     rounded = {k: round(v, 3) for k, v in ratios.items()}
+    ab: dict[str, float] = {}
+    for case, r in old.items():
+        ab[f"{case}_puts_new_vs_old"] = round(ours[case]["putsPerSec"] / r["putsPerSec"], 3)
+        ab[f"{case}_put_cpu_old_vs_new"] = round(r["cpuUsPerPut"] / ours[case]["cpuUsPerPut"], 3)
+    notes.append(f"load average at end: {os.getloadavg()[0]:.2f}")
     result: dict[str, Any] = {
         "benchmark": "hamt",
         "n": n,
         "ours": ours,
+        "old": old,
+        "ab": ab,
         "anchor": anchor,
         "anchor_source": source,
         "ratios": rounded,
@@ -346,18 +383,26 @@ def main() -> None:
         print(json.dumps(result))
         return
     print(f"# bench_hamt  n={n}  anchor: {source}")
-    print(f"{'case':<18}{'puts/s':>10}{'gets/s':>10}{'us/get':>9}{'B/entry':>9}{'RSS MiB':>9}")
-    rows = [("hamt " + c, ours[c]) for c in ("single", "batch")] + list(anchor.items())
+    print(
+        f"{'case':<18}{'puts/s':>10}{'cpu us/put':>11}{'gets/s':>10}{'us/get':>9}"
+        f"{'B/entry':>9}{'RSS MiB':>9}"
+    )
+    rows = [("hamt " + c, ours[c]) for c in ("single", "batch")]
+    rows += [("old hamt " + c, r) for c, r in old.items()] + list(anchor.items())
     for name, r in rows:
         print(
-            f"{name:<18}{r['putsPerSec']:>10.0f}{r['getsPerSec']:>10.0f}"
-            f"{1e6 / r['getsPerSec']:>9.0f}{r['logBytesPerKey']:>9.0f}"
+            f"{name:<18}{r['putsPerSec']:>10.0f}{r.get('cpuUsPerPut', float('nan')):>11.0f}"
+            f"{r['getsPerSec']:>10.0f}{1e6 / r['getsPerSec']:>9.0f}{r['logBytesPerKey']:>9.0f}"
             f"{r.get('maxRssMiB', float('nan')):>9.0f}"
         )
     for c in ("single", "batch"):
         print(f"remote get, {c}-built HAMT:", json.dumps(ours[c]["remote"]))
     for k, v in rounded.items():
         print(f"{k}: {v}")
+    for k, v in ab.items():
+        print(f"A/B {k}: {v}")
+    for note in notes:
+        print(f"note: {note}")
 
 
 if __name__ == "__main__":
