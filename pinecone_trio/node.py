@@ -234,6 +234,9 @@ class Node:
         self._free_ports = list(range(1, MAX_PORT + 1))
         self._subscribers: set[trio.MemorySendChannel[ev.NodeEvent]] = set()
         self._changed = trio.Event()
+        #: What the router showed at its last wakeup (root, descending key, parent
+        #: port, coordinates): a difference is a state change for `wait_for`.
+        self._router_view: tuple[object, ...] = ()
         self._listen_uris: list[str] = []
         self._multicast_port: int | None = None
         self._discovery: MulticastDiscovery | None = None
@@ -360,6 +363,14 @@ class Node:
                         handled += self._handle(state, item, now)
                 if now >= state.next_deadline():
                     self._apply(state.on_timer(now))
+                # Some of what `status()` shows changes without an engine event: the
+                # descending neighbour turns valid or stale as bootstraps refresh its
+                # entry, time passes or the root changes. Compare once per wakeup, so
+                # `wait_for` re-checks its predicate at every such change too.
+                view = (state.root, state.descending_key, state.parent_port, state.coords)
+                if view != self._router_view:
+                    self._router_view = view
+                    self._notify()
 
     def _handle(self, state: RouterState, item: InboxItem, now: float) -> int:
         """Feed one inbox item to the engine and carry out its actions; return the

@@ -421,15 +421,7 @@ class Bootstrap:
     signature: bytes
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    """Type 3: traffic for exactly `destination_key`.
-
-    Tree-routed when `destination_coords` is non-empty; the watermark then is not on the
-    wire and decodes as (FULL_MASK, 0).
-    """
-
+class _TrafficFields(NamedTuple):
     destination_coords: Coords
     source_coords: Coords
     destination_key: bytes
@@ -440,16 +432,7 @@ class Traffic:
     hop_limit: int
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class ClosestTraffic:
-    """Type 5 (ours): traffic for the node whose key is closest to `target_key`.
-
-    "Closest" is the snake's rule: the smallest key >= target, or the root (the highest
-    key) when the target is above every key. Always snake-routed, so it always carries a
-    watermark.
-    """
-
+class _ClosestTrafficFields(NamedTuple):
     source_coords: Coords
     target_key: bytes
     source_key: bytes
@@ -457,6 +440,53 @@ class ClosestTraffic:
     watermark_seq: int
     payload: bytes
     hop_limit: int
+
+
+# Traffic frames are built twice per hop (decoded, then forwarded by the engine); a
+# named tuple is built about three times faster than a frozen slotted dataclass and
+# reads its fields as fast. `__eq__`/`__hash__` keep the dataclass semantics: a frame
+# equals only a frame of the same type with equal fields, never a plain tuple.
+
+
+@final
+class Traffic(_TrafficFields):
+    """Type 3: traffic for exactly `destination_key`.
+
+    Tree-routed when `destination_coords` is non-empty; the watermark then is not on the
+    wire and decodes as (FULL_MASK, 0). Immutable (a named tuple).
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Traffic and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
+
+
+@final
+class ClosestTraffic(_ClosestTrafficFields):
+    """Type 5 (ours): traffic for the node whose key is closest to `target_key`.
+
+    "Closest" is the snake's rule: the smallest key >= target, or the root (the highest
+    key) when the target is above every key. Always snake-routed, so it always carries a
+    watermark. Immutable (a named tuple).
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ClosestTraffic and tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return tuple.__hash__(self)
 
 
 @final
