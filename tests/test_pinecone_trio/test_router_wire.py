@@ -360,3 +360,16 @@ def test_frame_length_at_checks_the_header_in_place() -> None:
         frame_length_at(buf, 0)
     with pytest.raises(DecodeError, match="truncated"):
         frame_length_at(buf, 5)
+
+
+def test_traffic_frames_compare_like_frozen_records() -> None:
+    # Traffic frames are named tuples (cheap to build); they still equal only frames
+    # of their own type with equal fields, hash consistently and cannot be changed.
+    t = Traffic((1,), (2,), DEST, SRC, FULL_MASK, 0, b"x", 5)
+    c = ClosestTraffic((2,), DEST, SRC, FULL_MASK, 0, b"x", 5)
+    assert t == Traffic((1,), (2,), DEST, SRC, FULL_MASK, 0, b"x", 5)
+    assert t != tuple(t) and tuple(t) != t and c != tuple(c)
+    assert t != Traffic((1,), (2,), DEST, SRC, FULL_MASK, 0, b"y", 5)
+    assert len({t, Traffic(*t), c, ClosestTraffic(*c)}) == 2
+    with pytest.raises(AttributeError):
+        t.hop_limit = 4  # type: ignore[misc]
