@@ -25,7 +25,7 @@ from .constants import MAX_MESSAGE_SIZE, TAG_SIZE
 KEY_SIZE: Final = 32
 #: Noise reserves 2**64 - 1; counters must stay below it.
 MAX_NONCE: Final = 2**64 - 1
-_NONCE_PREFIX: Final = b"\x00\x00\x00\x00"
+NONCE_PREFIX: Final = b"\x00\x00\x00\x00"
 
 Buffer = bytes | bytearray | memoryview
 
@@ -38,7 +38,7 @@ def noise_nonce(counter: int) -> bytes:
     """
     if not 0 <= counter < MAX_NONCE:
         raise LocalProtocolError(f"Noise nonce {counter} out of range (rekey or reconnect)")
-    return _NONCE_PREFIX + counter.to_bytes(8, "little")
+    return NONCE_PREFIX + counter.to_bytes(8, "little")
 
 
 @final
@@ -58,6 +58,12 @@ class NoiseCipher:
         if len(key) != KEY_SIZE:
             raise ValueError(f"a ChaCha20-Poly1305 key is {KEY_SIZE} bytes, not {len(key)}")
         self._aead = ChaCha20Poly1305(bytes(key))
+
+    @property
+    def aead(self) -> ChaCha20Poly1305:
+        """The underlying AEAD, for hot loops that check the counter range once and
+        build nonces as `noise_nonce` does (the link's batch paths)."""
+        return self._aead
 
     def encrypt(self, counter: int, ad: bytes, plaintext: Buffer) -> bytes:
         """Encrypt `plaintext` as message number `counter`; returns ciphertext + 16-byte tag.

@@ -58,9 +58,11 @@ from dataclasses import dataclass
 from typing import Final, final
 
 import trio
+from cryptography.exceptions import InvalidTag
 
 from .._util import ConflictDetector
 from ..errors import (
+    DecryptionFailed,
     HandshakeAborted,
     HandshakeTimeout,
     LinkError,
@@ -68,7 +70,7 @@ from ..errors import (
     TruncatedStream,
 )
 from ..identity import Identity, PublicKey
-from .aead import NoiseCipher
+from .aead import MAX_NONCE, NONCE_PREFIX, NoiseCipher
 from .constants import (
     CLOSE_TIMEOUT,
     HANDSHAKE_TIMEOUT,
@@ -352,6 +354,10 @@ class NoiseLink(trio.abc.Stream):
         out = self._send_view
         cipher = self._send_cipher
         assert cipher is not None
+        counter = self._send_counter
+        if counter + frames >= MAX_NONCE:
+            raise LocalProtocolError("Noise nonces exhausted (rekey or reconnect)")
+        aead = cipher.aead
         pos = 0
         for _ in range(frames):
             chunk = data[offset : offset + MAX_PLAINTEXT_SIZE]
@@ -359,10 +365,12 @@ class NoiseLink(trio.abc.Stream):
             buf[pos] = length >> 8
             buf[pos + 1] = length & 0xFF
             start = pos + LENGTH_PREFIX_SIZE
-            cipher.encrypt_into(self._send_counter, b"", chunk, out[start : start + length])
-            self._send_counter += 1
+            nonce = NONCE_PREFIX + counter.to_bytes(8, "little")
+            aead.encrypt_into(nonce, chunk, None, out[start : start + length])
+            counter += 1
             offset += len(chunk)
             pos = start + length
+        self._send_counter = counter
         return out[:pos], offset
 
     async def _send_raw(self, data: memoryview | bytes) -> None:
@@ -478,22 +486,33 @@ class NoiseLink(trio.abc.Stream):
                 plain: bytes | bytearray = cipher.decrypt(self._recv_counter, b"", frames[0])
                 self._recv_counter += 1
             else:
+                # Frames here are TAG_SIZE+1..MAX_MESSAGE_SIZE bytes (the framer and the
+                # loop above saw to it), so the AEAD is called directly.
+                counter = self._recv_counter
+                if counter + len(frames) >= MAX_NONCE:
+                    raise DecryptionFailed("Noise nonces exhausted")
+                aead = cipher.aead
                 plain = bytearray(total)
                 out = memoryview(plain)
                 pos = 0
                 for index, frame in enumerate(frames):
                     end = pos + len(frame) - TAG_SIZE
+                    nonce = NONCE_PREFIX + counter.to_bytes(8, "little")
                     try:
-                        cipher.decrypt_into(self._recv_counter, b"", frame, out[pos:end])
-                    except LinkError:
+                        aead.decrypt_into(nonce, frame, None, out[pos:end])
+                    except InvalidTag:
                         if index == 0:
-                            raise
+                            raise DecryptionFailed(
+                                f"transport message {counter} failed authentication"
+                                " (tampered, replayed, reordered or garbage)"
+                            ) from None
                         # Deliver what authenticated; the bad frame fails on the next call.
                         self._held_frame = frame
                         plain = plain[:pos]  # a copy: views of the original are alive
                         break
-                    self._recv_counter += 1
+                    counter += 1
                     pos = end
+                self._recv_counter = counter
         except LinkError as exc:
             self._break(exc)
             raise trio.BrokenResourceError(f"link broken: {exc}") from exc
