@@ -468,17 +468,9 @@ class Log:
         batch = self._tree.append(values)
         signature = batch.sign(self._verifier, self._secret_key)
         start = batch.start
-        blocks: list[tuple[int, bytes, bytes]] = []
-        parents: list[TreeNode] = []
-        k = 0
-        for node in batch.nodes:
-            if node.index & 1:
-                # Depth-1 parents of two stored blocks are derived by storage.
-                if node.index & 3 != 1:
-                    parents.append(node)
-            else:
-                blocks.append((start + k, values[k], node.hash))
-                k += 1
+        blocks = list(zip(range(start, batch.length), values, batch.leaf_hashes, strict=True))
+        # Depth-1 parents of two stored blocks are derived by storage.
+        parents = [node for node in batch.parents if node.index & 3 != 1]
         bf = self._bitfield
         if bf.contiguous_length == start and bf.is_prefix():
             # The log holds exactly 0..start-1 (a writer's usual state): moving the

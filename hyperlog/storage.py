@@ -899,23 +899,30 @@ class SQLiteStorage:
                     (bbase | i, _stored_sum(v, h), v, packed),
                 )
             elif blocks:
+                big = FULL_HASH_ABOVE
+                rows: list[tuple[int, bytes, bytes, bytes | None]] = [
+                    (bbase | i, h if len(v) > big else h[:CHECKSUM_SIZE], v, None)
+                    for i, v, h in blocks
+                ]
+                if into >= 0:
+                    at = len(blocks) - 1
+                    if blocks[at][0] != into:
+                        at = next(k for k, b in enumerate(blocks) if b[0] == into)
+                    rows[at] = (*rows[at][:3], packed)
                 w.executemany(
                     "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?)",
-                    [
-                        (bbase | i, _stored_sum(v, h), v, packed if i == into else None)
-                        for i, v, h in blocks
-                    ],
+                    rows,
                 )
             if batch.nodes:
                 w.executemany(
                     "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
                     [(nbase | n.index, n.size, n.hash) for n in batch.nodes],
                 )
-            rows = [(sbase | p, data) for p, data in batch.bitfield.items()]
+            state = [(sbase | p, data) for p, data in batch.bitfield.items()]
             if head is not None and into < 0:
-                rows.append((sbase | _HEAD_SLOT, _encode_head(head)))
-            if rows:
-                w.executemany("INSERT OR REPLACE INTO state (id, value) VALUES (?, ?)", rows)
+                state.append((sbase | _HEAD_SLOT, _encode_head(head)))
+            if state:
+                w.executemany("INSERT OR REPLACE INTO state (id, value) VALUES (?, ?)", state)
             w.execute("COMMIT")
         except BaseException:
             if w.in_transaction:
