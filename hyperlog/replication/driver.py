@@ -313,10 +313,7 @@ class ReplicationSession:
         self._out_lot.unpark_all()
         # Wake the timer only for a deadline earlier than the one it sleeps until (a
         # round trip used to wake it twice per side to recompute the same deadline).
-        at = self._timer_at
-        if self.engine.deadline_hint < at or any(
-            rep.engine.deadline_hint < at for rep in self._logs.values()
-        ):
+        if self.engine.deadline_hint < self._timer_at:
             self._timer_lot.unpark_all()
 
     def _resolve(self, dk: bytes) -> LogReplicator | None:

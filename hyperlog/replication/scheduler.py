@@ -79,6 +79,10 @@ class ChannelSink(Protocol):
     def send(self, msg: wire.Message) -> None: ...
     def add_work(self, work: Work) -> None: ...
     def pending_serves(self) -> int: ...
+    def note_deadline(self, deadline: float) -> None:
+        """A timer deadline now exists at `deadline` (the driver wakes its timer only
+        for deadlines earlier than the one it sleeps until)."""
+        ...
 
 
 @dataclass(slots=True)
@@ -223,10 +227,6 @@ class LogReplicator:
         self.next_id = 1
         self.on_change = on_change or (lambda: None)
         self.on_block = on_block or (lambda index: None)
-        #: The earliest deadline created since the driver last computed
-        #: `next_deadline` (it resets this to inf): a driver sleeping until later
-        #: must wake its timer, one sleeping until earlier need not.
-        self.deadline_hint = math.inf
         self.stats = {"blocks": 0, "bytes": 0, "timeouts": 0, "hotswaps": 0}
 
     # ------------------------------------------------------------------ peers
@@ -235,7 +235,7 @@ class LogReplicator:
         """A channel opened on both sides: announce ourselves and start working."""
         self.peers.append(ch)
         if len(self.peers) > 1:
-            self.deadline_hint = now  # requests in flight may now be hot-swapped
+            ch.sink.note_deadline(now)  # requests in flight may now be hot-swapped
         self._send_sync(ch)
         contiguous = self.view.contiguous_length()
         if contiguous:
@@ -793,7 +793,7 @@ class LogReplicator:
         req = wire.RangeRequest(ch.local_id, rid, fork, node, self.view.missing_tree_nodes(node))
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
         ch.inflight[rid] = Inflight(rid, K_RANGE, first, fork, now, now + timeout, req, count=span)
-        self._note_deadline(now + timeout)
+        ch.sink.note_deadline(now + timeout)
         ch.sink.send(req)
         for j in range(first, end):
             self.block_reqs.setdefault(j, []).append((ch, rid))
@@ -821,13 +821,9 @@ class LogReplicator:
         req = wire.Request(ch.local_id, rid, fork, block=block, upgrade=upgrade, manifest=manifest)
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
         ch.inflight[rid] = Inflight(rid, kind, index, fork, now, now + timeout, req)
-        self._note_deadline(now + (HOTSWAP_AFTER if len(self.peers) > 1 else timeout))
+        ch.sink.note_deadline(now + (HOTSWAP_AFTER if len(self.peers) > 1 else timeout))
         ch.sink.send(req)
         return rid
-
-    def _note_deadline(self, deadline: float) -> None:
-        if deadline < self.deadline_hint:
-            self.deadline_hint = deadline
 
     def _cancel(self, ch: PeerChannel, rid: int) -> None:
         if ch.inflight.pop(rid, None) is not None and not ch.closed:
@@ -924,11 +920,7 @@ class LogReplicator:
         self.on_change()
 
     def next_deadline(self) -> float:
-        """When `on_timer` next has something to do (math.inf if never).
-
-        Resets `deadline_hint`: the caller now sleeps until at most this time.
-        """
-        self.deadline_hint = math.inf
+        """When `on_timer` next has something to do (math.inf if never)."""
         t = math.inf
         for ch in self.peers:
             for inf in ch.inflight.values():

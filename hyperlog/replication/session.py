@@ -109,8 +109,9 @@ class SessionEngine:
         self._soft_errors = 0
         self._now = 0.0  # the latest time we were given (for Open timestamps)
         self._serves = 0  # ServeWork items in `work`
-        #: The earliest deadline created since `next_deadline` was last called (see
-        #: `LogReplicator.deadline_hint`).
+        #: The earliest timer deadline created (by us or by the replicators of our
+        #: channels, `note_deadline`) since `next_deadline` was last called: the
+        #: driver's timer, asleep until later, must wake; asleep until earlier, need not.
         self.deadline_hint = math.inf
         self.ignored_opens = 0
         self.bad_capabilities = 0
@@ -137,6 +138,10 @@ class SessionEngine:
 
     def pending_serves(self) -> int:
         return self._serves
+
+    def note_deadline(self, deadline: float) -> None:
+        if deadline < self.deadline_hint:
+            self.deadline_hint = deadline
 
     # ------------------------------------------------------------------ local API
 
@@ -303,7 +308,11 @@ class SessionEngine:
                 loc.replicator.refresh(now)
 
     def next_deadline(self) -> float:
-        """When `on_timer` has something to do (math.inf if never); resets `deadline_hint`."""
+        """When `on_timer` has something to do (math.inf if never).
+
+        Resets `deadline_hint`: the driver calls this (after every replicator's
+        `next_deadline`) just before its timer goes to sleep.
+        """
         self.deadline_hint = math.inf
         times = [
             loc.opened_at + OPEN_TIMEOUT
@@ -316,7 +325,7 @@ class SessionEngine:
         if loc.opened:
             return
         loc.opened_at = self._now
-        self.deadline_hint = min(self.deadline_hint, self._now + OPEN_TIMEOUT)
+        self.note_deadline(self._now + OPEN_TIMEOUT)
         assert self.session_id is not None and self._initiator is not None
         loc.opened = True
         cap = caps.capability(self.session_id, loc.replicator.view.key, initiator=self._initiator)
