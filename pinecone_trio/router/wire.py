@@ -90,6 +90,10 @@ _HEADER_PLEN: Final = struct.Struct(">4sBBBBHH")
 _U16: Final = struct.Struct(">H")
 _U16_PAIR: Final = struct.Struct(">HH")
 _EMPTY_COORDS: Final = b"\x00\x00"
+#: Type ids as plain ints for the fast paths (comparing with an IntEnum member costs an
+#: attribute lookup on the enum class each time).
+_TRAFFIC: Final = 3
+_CLOSEST_TRAFFIC: Final = 5
 #: Smallest signature entry: 1-byte port + key + signature.
 _MIN_HOP_SIZE: Final = 1 + KEY_SIZE + SIGNATURE_SIZE
 
@@ -557,11 +561,12 @@ def encode_frame_parts(frame: Frame, parts: list[bytes]) -> int:
             raise LocalProtocolError("keys are 32 bytes")
         payload = f.payload
         dc = f.destination_coords
-        dcw = encode_coords(dc)
-        scw = encode_coords(f.source_coords)
+        sc = f.source_coords
+        dcw = encode_coords(dc) if dc else _EMPTY_COORDS
+        scw = encode_coords(sc) if sc else _EMPTY_COORDS
         if dc:
             total = HEADER_SIZE + 2 + len(dcw) + len(scw) + 2 * KEY_SIZE + len(payload)
-            header = _pack_header(FrameType.TRAFFIC, f.hop_limit, total, len(payload))
+            header = _pack_header(_TRAFFIC, f.hop_limit, total, len(payload))
             parts += (header, dcw, scw, dk, sk, payload)
             return total
         wk = f.watermark_key
@@ -569,7 +574,7 @@ def encode_frame_parts(frame: Frame, parts: list[bytes]) -> int:
             raise LocalProtocolError("keys are 32 bytes")
         ws = encode_varu64(f.watermark_seq)
         total = HEADER_SIZE + 2 + len(dcw) + len(scw) + 3 * KEY_SIZE + len(ws) + len(payload)
-        header = _pack_header(FrameType.TRAFFIC, f.hop_limit, total, len(payload))
+        header = _pack_header(_TRAFFIC, f.hop_limit, total, len(payload))
         parts += (header, dcw, scw, dk, sk, wk, ws, payload)
         return total
     if t is ClosestTraffic:
@@ -580,10 +585,11 @@ def encode_frame_parts(frame: Frame, parts: list[bytes]) -> int:
         if len(tk) != KEY_SIZE or len(sk) != KEY_SIZE or len(wk) != KEY_SIZE:
             raise LocalProtocolError("keys are 32 bytes")
         payload = c.payload
-        scw = encode_coords(c.source_coords)
+        sc = c.source_coords
+        scw = encode_coords(sc) if sc else _EMPTY_COORDS
         ws = encode_varu64(c.watermark_seq)
         total = HEADER_SIZE + 2 + len(scw) + 3 * KEY_SIZE + len(ws) + len(payload)
-        header = _pack_header(FrameType.CLOSEST_TRAFFIC, c.hop_limit, total, len(payload))
+        header = _pack_header(_CLOSEST_TRAFFIC, c.hop_limit, total, len(payload))
         parts += (header, scw, tk, sk, wk, ws, payload)
         return total
     encoded = encode_frame(frame)
@@ -756,11 +762,11 @@ def decode_frame_at(buf: bytes, start: int, end: int) -> Frame:
         magic != FRAME_MAGIC
         or version != FRAME_VERSION
         or length != end - start
-        or (ftype != FrameType.TRAFFIC and ftype != FrameType.CLOSEST_TRAFFIC)
+        or (ftype != _TRAFFIC and ftype != _CLOSEST_TRAFFIC)
     ):
         return decode_frame(buf[start:end])
     off = start + HEADER_SIZE + 2
-    if ftype == FrameType.TRAFFIC:
+    if ftype == _TRAFFIC:
         dcoords, off = _coords_at(buf, off, end)
         scoords, off = _coords_at(buf, off, end)
         if off + 2 * KEY_SIZE > end:
