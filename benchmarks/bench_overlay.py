@@ -9,12 +9,17 @@ stdin/stdout as JSON lines.
     python benchmarks/bench_overlay.py            # full run (a few minutes)
     python benchmarks/bench_overlay.py --quick    # a small run
     python benchmarks/bench_overlay.py --json     # one JSON object
+    python benchmarks/bench_overlay.py --hops 3 --no-network --code /tmp/old
+                                                  # one hop count, workers on another tree
 
 Measured:
 - throughput: the sender pushes 1 KiB datagrams open-loop for a fixed time; the last
   node counts what arrives. Reported: datagrams delivered per second at the sink and
   the share lost (queues drop by design when a flow outruns a link; see docs/node.md).
 - round trip: sequential pings (1 KiB) to an echo node; median and p95.
+- CPU per frame: during the blast, each process's user+system CPU divided by the frames
+  it received (relays) or sent/delivered (ends); the relays' figure is the node's
+  per-hop cost of forwarding one 1 KiB datagram, link crypto included.
 - idle CPU: user+system CPU seconds of each of 20 converged idle nodes over a window.
 - cold join: a new node joins a converged 20-node network and pings every key until
   each has answered; the time until all have.
@@ -23,6 +28,7 @@ Measured:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -142,9 +148,67 @@ async def _worker(args: argparse.Namespace) -> None:
                             root=status["root_key"],
                             desc=status["snake"]["descending_key"],
                         )
+                    elif op == "frames":
+                        peers = node.status()["peers"]
+                        emit(
+                            event="frames",
+                            frames_in=sum(p["frames_in"] for p in peers),
+                            frames_out=sum(p["frames_out"] for p in peers),
+                        )
+
+
+async def _cpu_line(nodes: int, count: int, size: int, tree: bool) -> dict[str, Any]:
+    """CPU seconds this process spends moving `count` datagrams along a line of `nodes`
+    nodes over memory links (Noise included), all in this one process."""
+    import trio
+
+    from pinecone_trio.testing import open_network
+
+    names = [f"n{i}" for i in range(nodes)]
+    async with open_network(list(itertools.pairwise(names))) as net:
+        with trio.fail_after(120):
+            await net.wait_converged()
+        first, last = net[names[0]], net[names[-1]]
+        got = 0
+        want = 200
+        reached = trio.Event()
+
+        async def sink() -> None:
+            nonlocal got
+            while True:
+                await last.receive()
+                got += 1
+                if got >= want:
+                    reached.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sink)
+            if tree:  # the first node learns the last one's coordinates: tree routing
+                await last.send(first.public_key, b"hello")
+                await first.receive()
+            payload = b"x" * size
+            for _ in range(want):  # warm up
+                await first.send(last.public_key, payload)
+            with trio.fail_after(60):
+                await reached.wait()
+            got = 0
+            want = count
+            reached = trio.Event()
+            cpu = time.process_time()
+            for _ in range(count):
+                await first.send(last.public_key, payload)
+            with trio.move_on_after(30):  # a relay may drop (by design): do not wait forever
+                await reached.wait()
+            cpu = time.process_time() - cpu
+            nursery.cancel_scope.cancel()
+    return {"nodes": nodes, "sent": count, "delivered": got, "cpu_s": cpu}
 
 
 # ------------------------------------------------------------------------ orchestrator
+
+
+#: The source tree whose `pinecone_trio` the workers import (`--code`; A/B runs).
+CODE = {"root": ROOT}
 
 
 class Worker:
@@ -152,7 +216,8 @@ class Worker:
         cmd = [sys.executable, os.path.abspath(__file__), "--worker"]
         for uri in connect:
             cmd += ["--connect", uri]
-        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        path = CODE["root"] + os.pathsep + os.environ.get("PYTHONPATH", "")
+        env = dict(os.environ, PYTHONPATH=path)
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
         )
@@ -166,7 +231,7 @@ class Worker:
             line = self.proc.stdout.readline()
             if not line:
                 raise RuntimeError(f"worker exited waiting for {event}")
-            msg = json.loads(line)
+            msg: dict[str, Any] = json.loads(line)
             if msg.get("event") == event:
                 return msg
 
@@ -220,11 +285,19 @@ def bench_hops(hops: int, seconds: float, rtt_count: int) -> dict[str, Any]:
         rtts = first.ask("rtt", op="rtt", key=last.key, count=rtt_count, size=1024)["times"]
         first.ask("rtt", op="rtt", key=last.key, count=5, size=1024)
         last.ask("sink", op="sink")  # reset
+        cpu0 = [w.cpu_seconds() for w in workers]
+        frames0 = [w.ask("frames", op="frames") for w in workers]
         blast = first.ask("blasted", op="blast", key=last.key, seconds=seconds, size=1024)
         time.sleep(0.5)
         sink = last.ask("sink", op="sink")
+        cpu = [w.cpu_seconds() - c for w, c in zip(workers, cpu0, strict=True)]
+        frames = [
+            w.ask("frames", op="frames")["frames_in"] - f["frames_in"]
+            for w, f in zip(workers, frames0, strict=True)
+        ]
         span = max(sink["last"] - sink["first"], 1e-9)
         rtts.sort()
+        relay_us = [1e6 * c / max(n, 1) for c, n in zip(cpu[1:-1], frames[1:-1], strict=True)]
         return {
             "hops": hops,
             "sent": blast["sent"],
@@ -235,10 +308,54 @@ def bench_hops(hops: int, seconds: float, rtt_count: int) -> dict[str, Any]:
             "rtt_median_ms": 1000 * statistics.median(rtts) if rtts else None,
             "rtt_p95_ms": 1000 * rtts[int(0.95 * (len(rtts) - 1))] if rtts else None,
             "rtt_median_per_hop_ms": 1000 * statistics.median(rtts) / hops if rtts else None,
+            # CPU of each relay per frame it received, during the blast (+ 0.5 s drain)
+            "relay_cpu_us_per_frame": relay_us,
+            "relay_cpu_us_per_frame_mean": statistics.mean(relay_us) if relay_us else None,
+            "sender_cpu_us_per_datagram": 1e6 * cpu[0] / max(blast["sent"], 1),
+            "sink_cpu_us_per_datagram": 1e6 * cpu[-1] / max(sink["n"], 1),
         }
     finally:
         for w in workers:
             w.stop()
+
+
+def cpu_line(nodes: int, count: int, tree: bool) -> dict[str, Any]:
+    """Run `_cpu_line` in a fresh process importing pinecone_trio from `CODE`."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--cpu-line", str(nodes)]
+    cmd += ["--count", str(count)] + (["--tree"] if tree else [])
+    path = CODE["root"] + os.pathsep + os.environ.get("PYTHONPATH", "")
+    out = subprocess.run(
+        cmd, env=dict(os.environ, PYTHONPATH=path), capture_output=True, text=True, check=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def bench_inprocess(count: int, rounds: int) -> dict[str, Any]:
+    """CPU per datagram per relay hop, in one process over memory links.
+
+    A line of 2 nodes (sender and receiver) and one of 4 (two relays) move the same
+    number of 1 KiB datagrams; half the difference of their CPU per datagram is one
+    relay hop (decode, route, queue, encode, link crypto, the tasks around them).
+    Median of `rounds` interleaved pairs, for snake-routed and tree-routed traffic.
+    """
+    out: dict[str, Any] = {"count": count, "rounds": rounds}
+    for routing in ("snake", "tree"):
+        per_hop = []
+        ends = []
+        for _ in range(rounds):
+            two = cpu_line(2, count, routing == "tree")
+            four = cpu_line(4, count, routing == "tree")
+            us2 = 1e6 * two["cpu_s"] / max(two["delivered"], 1)
+            us4 = 1e6 * four["cpu_s"] / max(four["delivered"], 1)
+            ends.append(us2)
+            per_hop.append((us4 - us2) / 2)
+        out[routing] = {
+            "relay_cpu_us_per_hop": statistics.median(per_hop),
+            "relay_cpu_us_per_hop_all": per_hop,
+            "ends_cpu_us_per_datagram": statistics.median(ends),
+        }
+    return out
 
 
 def bench_idle_and_join(nodes: int, window: float, seed: int) -> dict[str, Any]:
@@ -282,22 +399,68 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--connect", action="append", default=[], help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true", help="a small, fast run")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--hops", type=int, action="append", help="hop counts to measure (repeatable)")
+    p.add_argument("--seconds", type=float, help="length of each throughput blast")
+    p.add_argument(
+        "--inprocess-only",
+        action="store_true",
+        help="only the in-process CPU per relay hop (memory links, no sockets)",
+    )
+    p.add_argument("--rounds", type=int, default=3, help="in-process A/B rounds (median)")
+    p.add_argument("--cpu-line", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=20000, help=argparse.SUPPRESS)
+    p.add_argument("--tree", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--no-network", action="store_true", help="skip the idle 20-node and cold-join test"
+    )
+    p.add_argument(
+        "--code",
+        default=ROOT,
+        help="source tree the node processes import pinecone_trio from (A/B runs)",
+    )
     args = p.parse_args(argv)
     if args.worker:
         import trio
 
         trio.run(_worker, args)
         return 0
-    seconds = 2.0 if args.quick else 5.0
+    if args.cpu_line:
+        import trio
+
+        print(json.dumps(trio.run(_cpu_line, args.cpu_line, args.count, 1024, args.tree)))
+        return 0
+    CODE["root"] = os.path.abspath(args.code)
+    count = 5000 if args.quick else 20000
+    inprocess = bench_inprocess(count, 1 if args.quick else args.rounds)
+    if args.inprocess_only:
+        print(json.dumps({"load_average": os.getloadavg(), "inprocess": inprocess}, indent=1))
+        return 0
+    seconds = args.seconds or (2.0 if args.quick else 5.0)
     rtt_count = 50 if args.quick else 300
-    hop_counts = [1, 3] if args.quick else [1, 3, 6]
+    hop_counts = args.hops or ([1, 3] if args.quick else [1, 3, 6])
     hops = [bench_hops(h, seconds, rtt_count) for h in hop_counts]
-    idle = bench_idle_and_join(10 if args.quick else 20, 5.0 if args.quick else 20.0, seed=1)
+    idle = (
+        None
+        if args.no_network
+        else bench_idle_and_join(10 if args.quick else 20, 5.0 if args.quick else 20.0, seed=1)
+    )
     three = next((h for h in hops if h["hops"] == 3), hops[-1])
+    ratios = {
+        "datagrams_3hop_vs_target": three["delivered_per_s"] / 20000,
+        "rtt_per_hop_vs_target": 2.0 / three["rtt_median_per_hop_ms"]
+        if three["rtt_median_per_hop_ms"]
+        else 0.0,
+    }
+    if idle is not None:
+        ratios["idle_cpu_vs_target"] = 0.01 / max(idle["idle_cpu_per_node_mean"], 1e-9)
+        ratios["join_vs_target"] = 3.0 / max(idle["join_reach_all_s"], 1e-9)
     result = {
         "benchmark": "overlay",
         "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        "load_average": os.getloadavg(),
+        "code": CODE["root"],
         "hops": hops,
+        "inprocess": inprocess,
         "network": idle,
         "targets": {
             "datagrams_3hop_per_s": 20000,
@@ -305,35 +468,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             "idle_cpu_per_node": 0.01,
             "join_reach_all_s": 3.0,
         },
-        "ratios": {
-            "datagrams_3hop_vs_target": three["delivered_per_s"] / 20000,
-            "rtt_per_hop_vs_target": 2.0 / three["rtt_median_per_hop_ms"]
-            if three["rtt_median_per_hop_ms"]
-            else 0.0,
-            "idle_cpu_vs_target": 0.01 / max(idle["idle_cpu_per_node_mean"], 1e-9),
-            "join_vs_target": 3.0 / max(idle["join_reach_all_s"], 1e-9),
-        },
+        "ratios": ratios,
     }
     if args.json:
         print(json.dumps(result, indent=1))
         return 0
     print(
         f"{'hops':>4} {'sent/s':>10} {'delivered/s':>12} {'loss':>6} "
-        f"{'rtt p50 ms':>10} {'rtt p95 ms':>10} {'p50/hop':>8}"
+        f"{'rtt p50 ms':>10} {'rtt p95 ms':>10} {'p50/hop':>8} {'relay us/frame':>14}"
     )
     for h in hops:
+        relay = h["relay_cpu_us_per_frame_mean"]
         print(
             f"{h['hops']:>4} {h['sent_per_s']:>10.0f} {h['delivered_per_s']:>12.0f} "
             f"{h['loss']:>6.1%} {h['rtt_median_ms']:>10.2f} {h['rtt_p95_ms']:>10.2f} "
-            f"{h['rtt_median_per_hop_ms']:>8.2f}"
+            f"{h['rtt_median_per_hop_ms']:>8.2f} "
+            f"{'-' if relay is None else format(relay, '.1f'):>14}"
         )
     n = idle
-    print(
-        f"\n{n['nodes']} nodes: converged in {n['converge_s']:.1f} s; idle CPU per node "
-        f"mean {n['idle_cpu_per_node_mean']:.2%}, max {n['idle_cpu_per_node_max']:.2%}; "
-        f"a cold joiner reached all in {n['join_reach_all_s']:.2f} s "
-        f"({n['join_missing']} missing)"
-    )
+    if n is not None:
+        print(
+            f"\n{n['nodes']} nodes: converged in {n['converge_s']:.1f} s; idle CPU per node "
+            f"mean {n['idle_cpu_per_node_mean']:.2%}, max {n['idle_cpu_per_node_max']:.2%}; "
+            f"a cold joiner reached all in {n['join_reach_all_s']:.2f} s "
+            f"({n['join_missing']} missing)"
+        )
+    for routing in ("snake", "tree"):
+        r = inprocess[routing]
+        print(
+            f"in-process, {routing}-routed: {r['relay_cpu_us_per_hop']:.1f} us CPU per relay hop"
+            f" (ends {r['ends_cpu_us_per_datagram']:.1f} us per datagram)"
+        )
     print("ratios:", json.dumps(result["ratios"]))
     return 0
 
