@@ -54,6 +54,9 @@ SNAKE_EXPIRY: Final = 10.0
 #: parent, a new descending neighbour, a closer successor learnt). Pinecone waits for the
 #: next 1 s tick instead; we send at once, but at most four times a second.
 BOOTSTRAP_MIN_GAP: Final = 0.25
+#: Ours: how long past its expiry a snake entry still carries a packet whose watermark is
+#: that very path (same origin and sequence); swept only after this too.
+SNAKE_PATH_GRACE: Final = 1.0
 #: Bound on snake table entries per node. Upstream is unbounded; when full, bootstraps
 #: from new origins are still forwarded but not remembered (counted as table_full).
 MAX_SNAKE_ENTRIES: Final = 65536

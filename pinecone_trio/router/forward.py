@@ -136,12 +136,14 @@ def snake_next_hop(
     table: SnakeTable,
     valid_after: float,
     exclude: int = -1,
+    grace_after: float | None = None,
 ) -> tuple[int | None, bytes, int]:
     """The snake next hop for `dest`: (port, new watermark key, new watermark seq).
 
     The port is `LOCAL` when we are the best (never for bootstraps) and None when a
-    bootstrap dead-ends here. `valid_after` is `now - snake expiry`. Routes through
-    port `exclude` (the arrival port) are not candidates.
+    bootstrap dead-ends here. `valid_after` is `now - snake expiry`; the entry that is
+    the packet's own watermark stays usable until `grace_after` (snake.py). Routes
+    through port `exclude` (the arrival port) are not candidates.
     """
     if not bootstrap and dest == our_key:
         return LOCAL, wm_key, wm_seq
@@ -160,7 +162,9 @@ def snake_next_hop(
         best_key = _ABOVE_EVERY_KEY
     inclusive = not bootstrap
     tree = index.first_route(dest, inclusive, best_key, exclude)
-    entry = table.first_candidate(dest, inclusive, best_key, wm_key, wm_seq, valid_after, exclude)
+    entry = table.first_candidate(
+        dest, inclusive, best_key, wm_key, wm_seq, valid_after, exclude, grace_after
+    )
     if entry is not None and (tree is None or entry.origin < tree[0]):
         return entry.source, entry.origin, entry.seq
     if tree is not None:

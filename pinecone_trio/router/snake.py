@@ -141,13 +141,18 @@ class SnakeTable:
         wm_seq: int,
         valid_after: float,
         exclude: int = -1,
+        grace_after: float | None = None,
     ) -> SnakeEntry | None:
         """The entry with the smallest origin in [dest or (dest, below), usable now.
 
         Usable: refreshed after `valid_after` and its watermark (origin, seq) not worse
         than the packet's (wm_key, wm_seq), and not leading back through port `exclude`.
         With `inclusive`, origin == dest also qualifies even if it is not below `below`
-        (an exact match).
+        (an exact match). The entry that *is* the packet's watermark (same origin and
+        sequence: the packet is following this very bootstrap path back) stays usable
+        until `grace_after` instead: entries along one path expire one link latency
+        apart, nearest the origin first, so a packet that set out on a path that was
+        still valid must not be dropped a few ms before it gets there.
         """
         s = self._sorted
         entries = self._entries
@@ -161,7 +166,15 @@ class SnakeTable:
                 return None  # every later origin is worse than the watermark too
             e = entries[origin]
             if (
-                e.last_seen > valid_after
+                (
+                    e.last_seen > valid_after
+                    or (
+                        grace_after is not None
+                        and origin == wm_key
+                        and e.seq == wm_seq
+                        and e.last_seen > grace_after
+                    )
+                )
                 and e.source != exclude
                 and not (origin == wm_key and e.seq != 0 and e.seq < wm_seq)
             ):

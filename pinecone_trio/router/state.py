@@ -80,6 +80,7 @@ from .constants import (
     REPARENT_WAIT,
     SNAKE_EXPIRY,
     SNAKE_MAINTAIN_INTERVAL,
+    SNAKE_PATH_GRACE,
     TRAFFIC_HOP_LIMIT,
 )
 from .forward import LOCAL, KeyIndex, snake_next_hop, tree_next_hop
@@ -128,6 +129,10 @@ class RouterConfig:
     #: deviation 21). False: Pinecone's behaviour (the displaced node finds out with its
     #: next periodic bootstrap, up to 5 s later).
     descending_handover: bool = True
+    #: A packet following a bootstrap path back (its watermark is that path's origin and
+    #: sequence) may still use the entry this long after it expired (deviation 23;
+    #: Pinecone: 0, and the entry is gone at the next 1 s tick).
+    snake_path_grace: float = SNAKE_PATH_GRACE
     #: Pinecone's 10 s. 12.5 s removes the expire-at-refresh race of paths used every
     #: other round (docs/router.md, "Known behaviour"); kept at 10 for comparability.
     snake_expiry: float = SNAKE_EXPIRY
@@ -515,6 +520,7 @@ class RouterState:
             table=self._table,
             valid_after=self._now - self._cfg.snake_expiry,
             exclude=exclude,
+            grace_after=self._now - self._cfg.snake_expiry - self._cfg.snake_path_grace,
         )
 
     # --- peers --------------------------------------------------------------------------
@@ -745,7 +751,7 @@ class RouterState:
                 or abs(e.root_seq - ann.root_seq) > cfg.root_seq_tolerance
             ):
                 self._set_descending(None, out)
-        self._table.sweep(now, cfg.snake_expiry)
+        self._table.sweep(now, cfg.snake_expiry + cfg.snake_path_grace)
         if self._parent is not None and (
             now - self._last_bootstrap >= cfg.bootstrap_interval - 1e-9
         ):

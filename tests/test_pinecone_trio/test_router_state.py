@@ -237,9 +237,13 @@ def test_bootstraps_install_paths_and_the_descending_neighbour() -> None:
     s.on_input(PeerUp(3, k(10)), 1.7)
     actions = s.on_input(FrameIn(3, _bootstrap(60, 5)), 1.8)
     assert [(p, type(f)) for p, f in sent(actions)] == [(1, Bootstrap)]
-    # Expiry: 10 s later both entries are gone and the descending neighbour is cleared.
+    # Expiry: 10 s later the descending neighbour is cleared, and after the 1 s path
+    # grace both entries are gone.
     actions = []
-    while s.next_deadline() <= 12.5:
+    while s.next_deadline() <= 11.5:
+        actions += s.on_timer(s.next_deadline())
+    assert s.descending_key is None and s.snake_table_size() == 2
+    while s.next_deadline() <= 13.5:
         actions += s.on_timer(s.next_deadline())
     assert s.descending_key is None and s.snake_table_size() == 0
     assert DescendingChanged(None) in events(actions)
