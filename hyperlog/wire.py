@@ -354,16 +354,7 @@ def _nodes(nodes: tuple[Node, ...]) -> list[list[object]]:
 def encode(msg: Message) -> bytes:
     """Return the msgpack payload of `msg` (without the frame length)."""
     body: list[object]
-    match msg:
-        case Hello(nonce):
-            body = [T_HELLO, WIRE_VERSION, nonce]
-        case Open(ch, dk, cap):
-            body = [T_OPEN, WIRE_VERSION, ch, dk, cap]
-        case Close(ch, reason):
-            body = [T_CLOSE, WIRE_VERSION, ch, reason]
-        case Sync(ch, fork, length, rlen, cu, dl, ul):
-            flags = int(cu) | int(dl) << 1 | int(ul) << 2
-            body = [T_SYNC, WIRE_VERSION, ch, fork, length, rlen, flags]
+    match msg:  # the per-block messages first: each case is a type test
         case Request(ch, rid, fork, b, h, s, u, man):
             body = [
                 T_REQUEST,
@@ -400,6 +391,15 @@ def encode(msg: Message) -> bytes:
                 ],
                 man,
             ]
+        case Hello(nonce):
+            body = [T_HELLO, WIRE_VERSION, nonce]
+        case Open(ch, dk, cap):
+            body = [T_OPEN, WIRE_VERSION, ch, dk, cap]
+        case Close(ch, reason):
+            body = [T_CLOSE, WIRE_VERSION, ch, reason]
+        case Sync(ch, fork, length, rlen, cu, dl, ul):
+            flags = int(cu) | int(dl) << 1 | int(ul) << 2
+            body = [T_SYNC, WIRE_VERSION, ch, fork, length, rlen, flags]
         case NoData(ch, rid, reason):
             body = [T_NO_DATA, WIRE_VERSION, ch, rid, reason]
         case Want(ch, start, length):
@@ -467,10 +467,25 @@ def _decode_nodes(x: object, what: str) -> tuple[Node, ...]:
         raise DecodeError(f"{what}: {len(items)} nodes exceeds {MAX_PROOF_NODES}")
     out = []
     for item in items:
+        # The same checks as the precise path below, inlined (every proof carries
+        # several nodes: this is on the round trip of each sparse get).
+        if type(item) is list and len(item) == 3:
+            i, s, h = item
+            if (
+                type(i) is int
+                and type(s) is int
+                and type(h) is bytes
+                and 0 <= i <= MAX_UINT
+                and 0 <= s <= MAX_UINT
+                and len(h) == HASH_SIZE
+            ):
+                out.append(Node(i, s, h))
+                continue
         i, s, h = _list(item, what, 3)
-        out.append(
-            Node(_uint(i, what + ".index"), _uint(s, what + ".size"), _bytes(h, what, exact=32))
-        )
+        _uint(i, what + ".index")
+        _uint(s, what + ".size")
+        _bytes(h, what, exact=HASH_SIZE)
+        raise AssertionError("unreachable: the checks above raise")  # pragma: no cover
     return tuple(out)
 
 

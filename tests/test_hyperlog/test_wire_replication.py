@@ -148,6 +148,30 @@ def test_too_many_nodes_refused() -> None:
         wire.decode(msgpack.packb(body, use_bin_type=True))
 
 
+@pytest.mark.parametrize(
+    "node",
+    [
+        [-1, 0, b"h" * 32],  # negative index
+        [True, 0, b"h" * 32],  # a bool is not an int
+        [0, -5, b"h" * 32],  # negative size
+        [0, 0, b"h" * 31],  # short hash
+        [0, 0, "h" * 32],  # str, not bytes
+        [0, 0],  # too few fields
+        [0, 0, b"h" * 32, 1],  # too many fields
+        7,  # not an array
+    ],
+)
+def test_malformed_node_refused(node: object) -> None:
+    good = [2, 5, b"g" * 32]
+    body = [wire.T_DATA, 1, 0, 1, 0, [1, b"v", [good, node]], None, None, None, None]
+    with pytest.raises(DecodeError):
+        wire.decode(msgpack.packb(body, use_bin_type=True))
+    ok = [wire.T_DATA, 1, 0, 1, 0, [1, b"v", [good, good]], None, None, None, None]
+    msg = wire.decode(msgpack.packb(ok, use_bin_type=True))
+    assert isinstance(msg, wire.Data) and msg.block is not None
+    assert msg.block.nodes == (wire.Node(2, 5, b"g" * 32),) * 2
+
+
 def test_trailing_bytes_refused() -> None:
     with pytest.raises(DecodeError):
         wire.decode(wire.encode(wire.Cancel(1, 2)) + b"\x00")
