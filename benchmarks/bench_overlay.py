@@ -411,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="only the in-process CPU per relay hop (memory links, no sockets)",
     )
     p.add_argument("--rounds", type=int, default=3, help="in-process A/B rounds (median)")
+    p.add_argument("--no-inprocess", action="store_true", help="skip the in-process CPU test")
     p.add_argument("--cpu-line", type=int, help=argparse.SUPPRESS)
     p.add_argument("--count", type=int, default=20000, help=argparse.SUPPRESS)
     p.add_argument("--tree", action="store_true", help=argparse.SUPPRESS)
@@ -435,7 +436,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     CODE["root"] = os.path.abspath(args.code)
     count = 5000 if args.quick else 20000
-    inprocess = bench_inprocess(count, 1 if args.quick else args.rounds)
+    inprocess = (
+        None if args.no_inprocess else bench_inprocess(count, 1 if args.quick else args.rounds)
+    )
     if args.inprocess_only:
         print(json.dumps({"load_average": os.getloadavg(), "inprocess": inprocess}, indent=1))
         return 0
@@ -498,6 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({n['join_missing']} missing)"
         )
     for routing in ("snake", "tree"):
+        if inprocess is None:
+            break
         r = inprocess[routing]
         print(
             f"in-process, {routing}-routed: {r['relay_cpu_us_per_hop']:.1f} us CPU per relay hop"
