@@ -4,6 +4,8 @@ closing while blocked. Real TCP on 127.0.0.1 throughout."""
 
 from __future__ import annotations
 
+import os
+import select
 import socket
 import struct
 
@@ -265,3 +267,46 @@ async def test_receive_of_maximum_size_messages_in_pieces() -> None:
     assert b.statistics().messages_received == a.statistics().messages_sent
     await a.aclose()
     await b.aclose()
+
+
+async def tcp_link_pair() -> tuple[NoiseLink, NoiseLink]:
+    return await link_pair(*await tcp_pair())
+
+
+def clog(link: NoiseLink, peer: NoiseLink) -> None:
+    """Fill `link`'s sending socket with valid frames until the kernel takes no more,
+    as in the middle of a large `send_all`. The peer acknowledges at once
+    (`TCP_QUICKACK`), so what stays queued is data its full window does not admit, which
+    nothing but a read can free. If the kernel takes the last frame only in part, its
+    rest is dropped: harmless here, as the checker's clogged tests never read past it
+    (they stop reading once the sender can write again, or close the pair)."""
+    assert link._socket is not None and peer._socket is not None
+    fd = link._socket.fileno()
+    message = memoryview(b"c" * 8000)
+    for _ in range(100_000):  # a few dozen suffice with small buffers
+        peer._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        frame = link._seal(message, 0)[0]
+        try:
+            written = os.write(fd, frame)
+        except BlockingIOError:
+            link._send_counter -= 1  # never sent
+            return
+        if written < len(frame):
+            return
+    raise AssertionError("the socket never filled up")
+
+
+async def clogged_tcp_link_pair() -> tuple[NoiseLink, NoiseLink]:
+    """A fast-path pair with both directions clogged (the checker flips pairs)."""
+    a, b = await link_pair(*await tcp_pair(SMALL_BUFFER))
+    clog(a, b)
+    clog(b, a)
+    for link in (a, b):
+        assert link._socket is not None
+        assert not select.select([], [link._socket.fileno()], [], 0)[1], "not clogged"
+    return a, b
+
+
+async def test_two_way_stream_over_tcp_fast_path_clogged() -> None:
+    with trio.fail_after(60):
+        await trio.testing.check_two_way_stream(tcp_link_pair, clogged_tcp_link_pair)
