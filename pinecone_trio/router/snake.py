@@ -41,7 +41,17 @@ def worse(a_key: bytes, a_seq: int, b_key: bytes, b_seq: int) -> bool:
 class SnakeEntry:
     """One bootstrap path through this node."""
 
-    __slots__ = ("destination", "last_seen", "origin", "root_key", "root_seq", "seq", "source")
+    __slots__ = (
+        "destination",
+        "last_seen",
+        "noticed",
+        "origin",
+        "root_key",
+        "root_seq",
+        "seq",
+        "signature",
+        "source",
+    )
 
     def __init__(
         self,
@@ -52,6 +62,7 @@ class SnakeEntry:
         root_key: bytes,
         root_seq: int,
         seq: int,
+        signature: bytes = b"",
     ) -> None:
         self.origin = origin
         #: The port the bootstrap arrived on: back towards the origin.
@@ -63,6 +74,10 @@ class SnakeEntry:
         self.root_seq = root_seq
         #: The bootstrap's sequence (the watermark sequence of this path).
         self.seq = seq
+        #: The origin's signature on it (for the path-break notice, deviation 24).
+        self.signature = signature
+        #: The sequence of the last path-break notice passed on for this path (one each).
+        self.noticed = 0
 
 
 @final
@@ -121,11 +136,11 @@ class SnakeTable:
             n += 1
         return n
 
-    def remove_port(self, port: int) -> list[bytes]:
-        """Delete every entry whose source or destination is `port`; return the origins."""
-        gone = [o for o, e in self._entries.items() if e.source == port or e.destination == port]
-        for o in gone:
-            self.remove(o)
+    def remove_port(self, port: int) -> list[SnakeEntry]:
+        """Delete every entry whose source or destination is `port`; return them."""
+        gone = [e for e in self._entries.values() if e.source == port or e.destination == port]
+        for e in gone:
+            self.remove(e.origin)
         return gone
 
     def clear(self) -> None:

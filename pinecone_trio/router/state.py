@@ -129,6 +129,10 @@ class RouterConfig:
     #: deviation 21). False: Pinecone's behaviour (the displaced node finds out with its
     #: next periodic bootstrap, up to 5 s later).
     descending_handover: bool = True
+    #: When a peering goes down, send each bootstrap path that went on through it back to
+    #: its origin, which then bootstraps again at once (deviation 24). False: Pinecone
+    #: (the origin finds a new path with its next periodic bootstrap, up to 5 s later).
+    path_break_notice: bool = True
     #: A packet following a bootstrap path back (its watermark is that path's origin and
     #: sequence) may still use the entry this long after it expired (deviation 23;
     #: Pinecone: 0, and the entry is gone at the next 1 s tick).
@@ -161,8 +165,8 @@ class RouterStatistics:
     `dropped` maps a reason to a count; every frame or input the engine discards is
     counted under exactly one reason: unknown_port, unsupported_type, bad_announcement,
     bad_signature, wrong_root, replay, own_bootstrap, snake_table_full (remembered
-    nothing, still forwarded), handover_no_route, no_route, loop, watermark, hop_limit,
-    too_large.
+    nothing, still forwarded), handover_no_route, duplicate_notice, no_route, loop,
+    watermark, hop_limit, too_large.
     """
 
     #: Frames received from peers (`FrameIn`).
@@ -555,8 +559,28 @@ class RouterState:
             index.remove(k, port)
         index.remove(peer.key, port)
         gone = self._table.remove_port(port)
-        if self._descending is not None and self._descending in gone:
+        d = self._descending
+        if d is not None and any(e.origin == d for e in gone):
             self._set_descending(None, out)
+        if self._cfg.path_break_notice:
+            # Paths that went on through the lost port are broken beyond us: tell each
+            # origin, back along its own path, so that it bootstraps again at once
+            # (deviation 24). Its bootstrap, signature included, comes back unchanged
+            # but for the watermark, which names the origin itself.
+            valid_after = now - self._cfg.snake_expiry
+            for e in gone:
+                if (
+                    e.destination == port
+                    and e.source != port
+                    and e.source in self._peers
+                    and e.last_seen > valid_after
+                    and e.signature
+                    and e.noticed != e.seq
+                ):
+                    f = Bootstrap(
+                        e.origin, e.origin, e.seq, e.seq, e.root_key, e.root_seq, e.signature
+                    )
+                    out.append(SendFrame(e.source, f))
         out.append(Emit(PeerRemoved(port, peer.key)))
         if not self._peers:
             # Last peer gone: a blank slate (research §4.2), sequence kept.
@@ -776,7 +800,11 @@ class RouterState:
     def _on_bootstrap(self, port: int, f: Bootstrap, now: float, out: list[Action]) -> None:
         origin = f.destination_key
         if origin == self._key:
-            self._drop("own_bootstrap")
+            if f.watermark_key == origin and f.sequence == self._bootstrap_seq:
+                # Our latest bootstrap, sent back: its path broke (deviation 24).
+                self._bootstrap_soon()
+            else:
+                self._drop("own_bootstrap")
             return
         if self._verify and not self._signer.verify(
             origin, bootstrap_signed_bytes(f.sequence, f.root_key, f.root_seq), f.signature
@@ -790,9 +818,10 @@ class RouterState:
         if rk != ann.root_key or abs(rs - ann.root_seq) > tol:
             self._drop("wrong_root")
             return
-        if f.watermark_key < origin:
-            # Routing never gives a bootstrap a watermark below its origin: this is a
-            # handover towards the key in the watermark (deviation 21).
+        if f.watermark_key <= origin:
+            # Routing never gives a bootstrap a watermark at or below its origin: this
+            # is a handover towards the key in the watermark (deviation 21), or, when
+            # that key is the origin's own, a path-break notice (deviation 24).
             self._on_handover(port, f, now, out)
             return
         table = self._table
@@ -807,7 +836,7 @@ class RouterState:
             return
         nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq, port)
         displaced: bytes | None = None
-        if table.put(SnakeEntry(origin, port, nh, now, rk, rs, f.sequence)):
+        if table.put(SnakeEntry(origin, port, nh, now, rk, rs, f.sequence, f.signature)):
             displaced = self._descending_update(origin, now, out)
             self._closer_successor(origin)
         else:
@@ -890,17 +919,27 @@ class RouterState:
             ):
                 self._drop("handover_no_route")
                 te = None
+            elif target == origin and (te.noticed == f.watermark_seq or te.seq != f.watermark_seq):
+                # Several breaks on one path send one notice; and if the origin has
+                # bootstrapped since, the notice is moot.
+                self._drop("duplicate_notice")
+                te = None
             else:
                 nh = te.source
+                if target == origin:
+                    te.noticed = f.watermark_seq
         e = table.get(origin)
-        if (
+        if target != origin and (
             e is None
             or e.last_seen <= expired
             or e.root_key != rk
             or abs(e.root_seq - rs) > tol
             or f.sequence > e.seq
         ):
-            if table.put(SnakeEntry(origin, port, None, now, rk, rs, f.sequence)):
+            ne = SnakeEntry(origin, port, None, now, rk, rs, f.sequence, f.signature)
+            # Not the origin's own path: a path-break notice must not follow it.
+            ne.noticed = f.sequence
+            if table.put(ne):
                 self._descending_update(origin, now, out)
                 self._closer_successor(origin)
             else:

@@ -181,7 +181,7 @@ class Prober:
         self.revisits = 0
         self.bootstrap_loops = 0
         self.misdelivered = 0
-        self._bootstrap_visits: set[tuple[bytes, int, int, bool]] = set()
+        self._bootstrap_visits: set[tuple[bytes, int, int, bytes | None]] = set()
         self._pairs = 0
         self._bfs: dict[int, tuple[int, dict[int, int]]] = {}
         net.on_send = self._on_send
@@ -263,13 +263,14 @@ class Prober:
 
     def _bootstrap_visit(self, node: int, frame: Bootstrap) -> None:
         # A bootstrap is one (origin, sequence); forwarding it twice from one node is a loop.
-        # Its handover (watermark below the origin, docs/router.md deviation 21) is a
-        # separate journey: one node may forward the bootstrap and later its handover.
+        # Its handover or path-break notice (watermark at or below the origin,
+        # docs/router.md deviations 21 and 24) is a separate journey: one node may
+        # forward the bootstrap and later the handover or notice.
         visit = (
             frame.destination_key,
             frame.sequence,
             node,
-            frame.watermark_key < frame.destination_key,
+            frame.watermark_key if frame.watermark_key <= frame.destination_key else None,
         )
         visits = self._bootstrap_visits
         if visit in visits:

@@ -14,6 +14,7 @@ from pinecone_trio.router.actions import (
     DescendingChanged,
     Emit,
     FrameIn,
+    PeerDown,
     PeerUp,
     SendFrame,
 )
@@ -145,3 +146,40 @@ def test_bootstraps_at_once_are_rate_limited() -> None:
     assert len(times) >= 2
     gaps = [b - a for a, b in zip([0.0, *times], times, strict=False)]
     assert min(gaps) >= 0.25 - 1e-9
+
+
+# --- path-break notice (deviation 24) ---------------------------------------------------
+
+
+def test_a_lost_link_sends_the_paths_through_it_back_to_their_origins() -> None:
+    for notice in (True, False):
+        s = engine(60, {2: 10, 3: 30}, path_break_notice=notice)
+        out = sent(s.on_input(FrameIn(2, boot(20, 100)), 1.0))
+        assert [p for p, _ in out] == [3]  # on towards 30
+        actions = s.on_input(PeerDown(3), 2.0)
+        expected = [(2, boot(20, 100, wm=20, wm_seq=100))] if notice else []
+        assert sent(actions) == expected
+
+
+def test_a_relay_passes_a_notice_back_along_the_path_and_learns_nothing() -> None:
+    s = engine(40, {2: 10, 3: 30})
+    s.on_input(FrameIn(2, boot(20, 100)), 1.0)
+    assert sent(s.on_input(FrameIn(3, boot(20, 100, wm=20, wm_seq=100)), 2.0)) == [
+        (2, boot(20, 100, wm=20, wm_seq=100))
+    ]
+    assert s.next_hop_exact(k(20)) == 2  # still towards 20, not back towards the break
+
+
+def test_the_origin_bootstraps_again_on_a_notice_for_its_latest_bootstrap() -> None:
+    s = engine(20, {2: 40})
+    (_, first), *_ = sent(s.on_timer(0.0))
+    assert isinstance(first, Bootstrap)
+    while s.next_deadline() <= 2.0:
+        s.on_timer(s.next_deadline())
+    old = Bootstrap(k(20), k(20), 1, first.sequence - 1, k(ROOT), 1, SIG)
+    s.on_input(FrameIn(2, old), 2.0)  # not our latest: ignored
+    assert s.next_deadline() > 2.0 and s.statistics().dropped["own_bootstrap"] == 1
+    notice = Bootstrap(k(20), k(20), first.sequence, first.sequence, k(ROOT), 1, SIG)
+    s.on_input(FrameIn(2, notice), 2.0)
+    assert s.next_deadline() == 2.0
+    assert [type(f) for _, f in sent(s.on_timer(2.0))] == [Bootstrap]
