@@ -15,14 +15,18 @@ Measured:
   by the session and by each link, so 0.5 of it is the ceiling for one hop).
 - session 1 hop / 3 hops: one session stream between the ends of a line of 2 / 4 node
   processes, 64 KiB writes, clock from the first write to the sink's answer.
-- connect to first byte: a fresh session (handshake, stream open, 1-byte echo) to the
-  far end of the 3-hop line; then the same on the warm session (stream open + echo).
+- setup, as py-libp2p's `connect` benchmark measures it: medians of 20 sequential
+  rounds, each a fresh session closed again afterwards (`close_session`, libp2p's
+  `disconnect`): the handshake alone (`wait_session`), and `connect` + 1-byte echo;
+  at 1 hop and 3 hops, and with three sessions set up at once (rates per second);
+  then stream open + echo on a warm 3-hop session.
 - concurrent streams: N streams opened at once on one session (1 hop), a 1 KiB echo on
   each; errors counted.
 - loss: one session stream over the in-memory overlay (one process, no links) lossless
   and with 1 % of packets dropped.
-- py-libp2p 0.8.1 (TCP + Noise + yamux) one-stream throughput between two processes and
-  `host.connect` time (max_connections_per_peer=1), by running the anchor script
+- py-libp2p 0.8.1 (TCP + Noise + yamux) one-stream throughput between two processes,
+  `host.connect` time and connect + new_stream + 1 KiB echo (max_connections_per_peer=1,
+  medians of 20 sequential connects), by running the anchor script
   `../shared/anchors/py/bench_libp2p.py` with a Python that has `libp2p` installed
   (`--libp2p-python`, default: /tmp/libp2p-venv/bin/python if present).
 """
