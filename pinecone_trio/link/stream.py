@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import operator
 import os
+import sys
 from dataclasses import dataclass
 from typing import Final, final
 
@@ -91,6 +92,8 @@ _FRAME_OVERHEAD: Final = LENGTH_PREFIX_SIZE + TAG_SIZE
 #: Bytes asked of the transport per handshake read: a whole handshake frame at most, so
 #: little beyond the handshake is read before we know whether to switch decoders.
 _HANDSHAKE_READ_SIZE: Final = LENGTH_PREFIX_SIZE + MAX_HANDSHAKE_MESSAGE_SIZE
+#: The TCP fast path needs sockets that are file descriptors (not Windows).
+_FAST_PATH: Final = sys.platform != "win32" and hasattr(os, "readv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,7 +252,7 @@ class NoiseLink(trio.abc.Stream):
         result = hs.result
         self._send_cipher = NoiseCipher(result.send_key)
         self._recv_cipher = NoiseCipher(result.recv_key)
-        if isinstance(self.transport_stream, trio.SocketStream):
+        if _FAST_PATH and isinstance(self.transport_stream, trio.SocketStream):
             assert isinstance(self._decoder, FrameDecoder)
             ring = FrameBuffer(max(self._receive_size, 2 * MAX_FRAME_BYTES))
             ring.receive_data(self._decoder.take_buffered())  # at most one read's worth
