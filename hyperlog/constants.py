@@ -15,13 +15,16 @@ MAX_BLOCK_SIZE: Final = 8 * 1024 * 1024
 MAX_BATCH_BLOCKS: Final = 65536
 #: Most bytes in one append call: bounds the memory a single transaction holds.
 MAX_BATCH_BYTES: Final = 256 * 1024 * 1024
-#: Appends (or verified groups) of at least this many bytes run their hashing and
-#: SQLite transaction in a worker thread so the Trio loop keeps running; smaller ones
-#: run inline, because a thread hop (~60-100 us) would cost more than the work. One
-#: 64 KiB block (~350 us of hashing and commit) is over the line: measured on the
-#: loaded 2-core machine, 64 KiB appends ran 1.2-3x faster in a thread, while 1 KiB
-#: appends ran 2x slower.
+#: Verified proof groups of at least this many bytes run their SQLite transaction in
+#: a worker thread so the Trio loop keeps running; smaller ones run inline, because a
+#: thread hop (~60-100 us) would cost more than the work.
 THREAD_THRESHOLD_BYTES: Final = 32 * 1024
+#: The same line for `Log.append`. Measured A/B (same run, 4,096 single 64 KiB
+#: appends, load 4-6): a thread hop per append cost ~180 us of CPU (606 vs 424 us per
+#: append, whole process) for no wall-clock gain, so a 64 KiB append (~0.4 ms of
+#: hashing and commit) runs inline; batches of 1,000 x 1 KiB (~10 ms) still go to a
+#: thread.
+APPEND_THREAD_THRESHOLD_BYTES: Final = 256 * 1024
 #: Blocks per worker-thread hop when a caller reads a long range (`Log.iter_blocks`).
 READ_CHUNK_BLOCKS: Final = 256
 #: Most blocks one `Log.get_many` call reads.

@@ -21,8 +21,9 @@ Concurrency: a `Log` belongs to one Trio run. Writers (append, truncate, applyin
 proofs) take the log's write lock, so batches never interleave; reads need no lock
 because the in-memory state only changes between checkpoints, after commits. Small
 operations run inline (a thread hop would cost more than a local SQLite read or a
-one-block commit); batches above `THREAD_THRESHOLD_BYTES`, full verification and
-long scans run in a worker thread so the event loop keeps serving other tasks.
+one-block commit); appends above `APPEND_THREAD_THRESHOLD_BYTES`, proof groups above
+`THREAD_THRESHOLD_BYTES`, full verification and long scans run in a worker thread so
+the event loop keeps serving other tasks.
 
 A `Store` (`open_store`) owns one storage and hands out one `Log` object per key, so
 an application, a replicator and a HAMT all share the same state and events.
@@ -42,6 +43,7 @@ import trio
 from . import flat_tree
 from .bitfield import Bitfield
 from .constants import (
+    APPEND_THREAD_THRESHOLD_BYTES,
     DEFAULT_LOG_META,
     EVENT_BUFFER,
     GET_MANY_THREAD_ABOVE,
@@ -433,7 +435,7 @@ class Log:
             values, total = _check_blocks(data)
         self._check_writable()
         await trio.lowlevel.checkpoint_if_cancelled()
-        if total < THREAD_THRESHOLD_BYTES and not self._write_lock.locked():
+        if total < APPEND_THREAD_THRESHOLD_BYTES and not self._write_lock.locked():
             # Fast path: no await between building and applying the batch, so nothing
             # can interleave and the lock is not needed (it only orders operations
             # that wait for a worker thread).
@@ -446,7 +448,7 @@ class Log:
         async with self._write_lock:
             if not values:
                 return AppendResult(self._tree.length, self._tree.byte_length)
-            if total >= THREAD_THRESHOLD_BYTES:
+            if total >= APPEND_THREAD_THRESHOLD_BYTES:
                 batch, hint = await trio.to_thread.run_sync(self._append_sync, values)
             else:
                 batch, hint = self._append_sync(values)
