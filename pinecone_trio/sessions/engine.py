@@ -31,6 +31,13 @@ Rules worth knowing:
 - Control frames (OPEN, ACCEPT, REFUSE, RESET_STREAM, STOP_SENDING) are idempotent
   and re-sent verbatim when their packet is lost; MAX_DATA/MAX_STREAM_DATA are re-sent
   with the current value; stream bytes are re-sent from the stream's buffer.
+- ACKs: due at once after `ack_eliciting_threshold` ack-eliciting packets or a gap,
+  else after `max_ack_delay`; an ACK is never sent alone before it is due, it rides on
+  whatever packet goes out first.
+- Corking: `packets_to_send(now, cork=True)` holds back a stream's fresh data that
+  would only part-fill a packet (no FIN, limited by what was written, not by credit)
+  and sets `corked`; the driver lets writers run once and asks again (`writes` counts
+  successful writes so it can tell whether they added anything).
 - A peer that breaks the protocol after authenticating (bad frame, flow-control
   violation) has the session closed with a `RemoteProtocolError` chained. Packets that
   do not authenticate are dropped and counted, never acted on.
