@@ -16,10 +16,10 @@ that collapsed its node; hidden from history). ``root`` is the root node. A node
 
 (CHAMP's layout): bit ``c`` of ``datamap`` says chunk ``c`` holds one entry, bit ``c``
 of ``nodemap`` that it holds a subtree. An *entry* is the sequence number of the block
-whose ``ops`` hold it (possibly this block). A *child* is either an inline node (a
-list: rewritten by this block) or the sequence number of an older block whose own
+whose ``ops`` hold it (possibly this block). A *child* is either an inline node (an
+array: rewritten by this block) or the sequence number of an older block whose own
 root-to-here path holds that subtree. At depth `MAX_DEPTH` a node is a collision
-bucket ``[[key, seq], ...]``.
+bucket ``[[key, seq], ...]``. Decoded, every array is a tuple (see `Node`).
 
 So a pointer is just a block number. Every pointer goes strictly backwards (an entry
 may also name its own block), which makes cycles impossible, and `decode_block`
