@@ -252,7 +252,8 @@ class NoiseLink(trio.abc.Stream):
         result = hs.result
         self._send_cipher = NoiseCipher(result.send_key)
         self._recv_cipher = NoiseCipher(result.recv_key)
-        if _FAST_PATH and isinstance(self.transport_stream, trio.SocketStream):
+        # Exactly a SocketStream: a subclass may override send_all / receive_some.
+        if _FAST_PATH and type(self.transport_stream) is trio.SocketStream:
             assert isinstance(self._decoder, FrameDecoder)
             ring = FrameBuffer(max(self._receive_size, 2 * MAX_FRAME_BYTES))
             ring.receive_data(self._decoder.take_buffered())  # at most one read's worth
