@@ -165,7 +165,8 @@ class RouterStatistics:
     `dropped` maps a reason to a count; every frame or input the engine discards is
     counted under exactly one reason: unknown_port, unsupported_type, bad_announcement,
     bad_signature, wrong_root, replay, own_bootstrap, snake_table_full (remembered
-    nothing, still forwarded), handover_no_route, duplicate_notice, no_route, loop,
+    nothing, still forwarded), handover_no_route, duplicate_notice, stale_teardown,
+    no_route, loop,
     watermark, hop_limit, too_large.
     """
 
@@ -581,6 +582,19 @@ class RouterState:
                         e.origin, e.origin, e.seq, e.seq, e.root_key, e.root_seq, e.signature
                     )
                     out.append(SendFrame(e.source, f))
+                elif (
+                    e.source == port
+                    and e.destination is not None
+                    and e.destination != port
+                    and e.destination in self._peers
+                    and e.last_seen > valid_after
+                    and e.signature
+                ):
+                    # A path that came in through the lost port: the nodes after us on
+                    # it still point here. Tear it down ahead of us (watermark sequence
+                    # 0 marks the teardown), so that they stop sending into the break.
+                    f = Bootstrap(e.origin, e.origin, 0, e.seq, e.root_key, e.root_seq, e.signature)
+                    out.append(SendFrame(e.destination, f))
         out.append(Emit(PeerRemoved(port, peer.key)))
         if not self._peers:
             # Last peer gone: a blank slate (research §4.2), sequence kept.
@@ -900,6 +914,9 @@ class RouterState:
         """
         origin = f.destination_key
         target = f.watermark_key
+        if target == origin and f.watermark_seq == 0:
+            self._on_teardown(port, f, out)
+            return
         rk = f.root_key
         rs = f.root_seq
         tol = self._cfg.root_seq_tolerance
@@ -948,6 +965,23 @@ class RouterState:
             out.append(
                 SendFrame(nh, Bootstrap(origin, target, te.seq, f.sequence, rk, rs, f.signature))
             )
+
+    def _on_teardown(self, port: int, f: Bootstrap, out: list[Action]) -> None:
+        """A path-break teardown (deviation 24): the path of `f`'s round broke before
+        the node it came from. Forget our entry if it is that very path (same sequence,
+        arrived from there) and pass the teardown on along it; a round's path is simple,
+        so this ends."""
+        origin = f.destination_key
+        e = self._table.get(origin)
+        if e is None or e.source != port or e.seq != f.sequence:
+            self._drop("stale_teardown")
+            return
+        self._table.remove(origin)
+        if self._descending == origin:
+            self._set_descending(None, out)
+        nh = e.destination
+        if nh is not None and nh != port and nh in self._peers:
+            out.append(SendFrame(nh, f))
 
     # --- traffic ------------------------------------------------------------------------
 

@@ -181,7 +181,7 @@ class Prober:
         self.revisits = 0
         self.bootstrap_loops = 0
         self.misdelivered = 0
-        self._bootstrap_visits: set[tuple[bytes, int, int, bytes | None]] = set()
+        self._bootstrap_visits: set[tuple[bytes, int, int, tuple[bytes, int] | None]] = set()
         self._pairs = 0
         self._bfs: dict[int, tuple[int, dict[int, int]]] = {}
         net.on_send = self._on_send
@@ -270,7 +270,9 @@ class Prober:
             frame.destination_key,
             frame.sequence,
             node,
-            frame.watermark_key if frame.watermark_key <= frame.destination_key else None,
+            (frame.watermark_key, frame.watermark_seq)
+            if frame.watermark_key <= frame.destination_key
+            else None,
         )
         visits = self._bootstrap_visits
         if visit in visits:

@@ -183,3 +183,24 @@ def test_the_origin_bootstraps_again_on_a_notice_for_its_latest_bootstrap() -> N
     s.on_input(FrameIn(2, notice), 2.0)
     assert s.next_deadline() == 2.0
     assert [type(f) for _, f in sent(s.on_timer(2.0))] == [Bootstrap]
+
+
+def test_a_lost_link_tears_down_the_paths_that_came_in_through_it() -> None:
+    s = engine(60, {2: 10, 3: 30})
+    s.on_input(FrameIn(2, boot(20, 100)), 1.0)  # 20's path: in on 2, on to 3
+    # Port 2 (towards 20) goes: the nodes after us still point here; tear down ahead.
+    assert sent(s.on_input(PeerDown(2), 2.0)) == [(3, boot(20, 100, wm=20, wm_seq=0))]
+
+
+def test_a_teardown_removes_exactly_that_path_and_goes_on_along_it() -> None:
+    s = engine(40, {2: 10, 3: 30, 4: 35})
+    s.on_input(FrameIn(2, boot(20, 100)), 1.0)
+    assert s.next_hop_exact(k(20)) == 2
+    teardown = boot(20, 100, wm=20, wm_seq=0)
+    assert sent(s.on_input(FrameIn(4, teardown), 2.0)) == []  # not from where it came
+    assert sent(s.on_input(FrameIn(2, boot(20, 99, wm=20, wm_seq=0)), 2.0)) == []  # old
+    assert s.statistics().dropped["stale_teardown"] == 2
+    assert s.next_hop_exact(k(20)) == 2
+    assert sent(s.on_input(FrameIn(2, teardown), 2.0)) == [(3, teardown)]
+    assert s.snake_entries() == [] and s.descending_key is None
+    assert s.next_hop_exact(k(20)) == 3  # now towards 30, the next key we know
