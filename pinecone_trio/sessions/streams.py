@@ -164,7 +164,14 @@ class SendSide:
         self.write_offset += n
         return n
 
-    def _slice(self, start: int, end: int) -> bytes:
+    def _slice(self, start: int, end: int) -> bytes | memoryview:
+        """Bytes `[start, end)` of the buffer, copied only when they must be.
+
+        A range inside one immutable chunk comes back as a view of it (the packet
+        encoder copies it once, into the packet); a range across chunks is joined from
+        views (one copy); a range of a growing `bytearray` tail is copied, since a view
+        would pin the tail's size.
+        """
         if start >= end:
             return b""
         starts, chunks = self._starts, self._chunks
@@ -172,20 +179,25 @@ class SendSide:
         chunk = chunks[i]
         offset = start - starts[i]
         if end - starts[i] <= len(chunk):
-            if offset == 0 and end - start == len(chunk) and type(chunk) is bytes:
-                return chunk
+            if type(chunk) is bytes:
+                if offset == 0 and end - start == len(chunk):
+                    return chunk
+                return memoryview(chunk)[offset : end - starts[i]]
             with memoryview(chunk) as view:
                 return bytes(view[offset : end - starts[i]])
-        pieces = []
-        while start < end:
-            chunk = chunks[i]
-            offset = start - starts[i]
-            take = min(len(chunk) - offset, end - start)
-            with memoryview(chunk) as view:
-                pieces.append(view[offset : offset + take].tobytes())
-            start += take
-            i += 1
-        return b"".join(pieces)
+        pieces: list[memoryview] = []
+        try:
+            while start < end:
+                chunk = chunks[i]
+                offset = start - starts[i]
+                take = min(len(chunk) - offset, end - start)
+                pieces.append(memoryview(chunk)[offset : offset + take])
+                start += take
+                i += 1
+            return b"".join(pieces)
+        finally:
+            for piece in pieces:
+                piece.release()
 
     def _trim(self, offset: int) -> None:
         """Forget the bytes before `offset` (all acknowledged)."""
@@ -226,7 +238,9 @@ class SendSide:
             and self.next_offset == self.fin_offset
         )
 
-    def next_chunk(self, budget: int, session_credit: int) -> tuple[int, bytes, bool, int]:
+    def next_chunk(
+        self, budget: int, session_credit: int
+    ) -> tuple[int, bytes | memoryview, bool, int]:
         """The next range to put in a packet: (offset, data, fin, fresh bytes used).
 
         Retransmissions come first and never consume credit. Returns an empty, non-fin

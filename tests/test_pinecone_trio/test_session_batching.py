@@ -189,3 +189,21 @@ async def test_bulk_transfer_sends_full_packets_and_few_acks(
         # One ACK per several packets (the threshold is 8), not one per packet or two.
         assert acks <= data_packets // 3
         nursery.cancel_scope.cancel()
+
+
+def test_send_buffer_hands_out_views_and_never_pins_a_growing_tail() -> None:
+    send = SendSide(1 << 20, 1 << 20)
+    first, second = bytes(range(256)) * 100, bytes(reversed(range(256))) * 100
+    send.write(memoryview(first))
+    send.write(memoryview(second))
+    offset, data, _, _ = send.next_chunk(1_000, 1 << 20)  # inside the first chunk
+    assert offset == 0 and type(data) is memoryview and data == first[:1_000]
+    offset, data, _, _ = send.next_chunk(len(first), 1 << 20)  # across both chunks
+    assert data == first[1_000:] + second[:1_000]
+    # Small writes grow a bytearray tail; what was handed out from it is a copy, so
+    # the tail can keep growing while a packet still holds the earlier bytes.
+    send.write(b"abc")
+    held = send.next_chunk(1 << 20, 1 << 20)[1]
+    send.write(b"def")
+    assert held[-3:] == b"abc"
+    assert send.next_chunk(1 << 20, 1 << 20)[1] == b"def"
