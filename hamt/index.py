@@ -4,7 +4,9 @@ This is the Trio shell around the sans-IO walks in `trie` and `mutate`: it runs 
 walk, and whenever the walk yields "need block N" it takes the block from the
 `BlockCache` or awaits it from the log (which, for a sparse replica, fetches it
 from a peer), decodes and validates it, and sends it back. Writes hold one
-`trio.Lock`, build one block per put, delete or batch, and append it as one batch.
+`trio.Lock`, build one block per put, delete or batch, and append it as one batch;
+the writer keeps the decoded trie of its latest block (`mutate.Retained`) and
+builds the next block on it while the log is still at the (fork, length) it left.
 
 A checkout is a read-only `Hamt` pinned to a version; it shares the log, the hash
 key and the cache with the HAMT it came from.
@@ -493,7 +495,7 @@ class Hamt(Generic[V]):
                     except StopIteration:
                         break
             if not m.changed:
-                return False
+                return False  # (the retained tree was taken: the next write rebuilds it)
             block_bytes, block = m.encode()
             await s.log.append([block_bytes])
             if s.log.length != length + 1:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from .wire import MAX_HINT_PROOF_BYTES, MAX_PROOF_LEVELS, BlockProofData
+from .wire import MAX_HINT_PROOF_BYTES, MAX_HINT_PROOFS, MAX_PROOF_LEVELS, BlockProofData
 
 __all__ = ["apply_block_proofs", "block_proofs", "can_apply", "can_prove"]
 
@@ -50,7 +50,8 @@ def block_proofs(
 
     Each proof climbs from the block's leaf to the root of the reader's tree of
     `length` blocks that covers it, so it verifies against roots the reader holds
-    even when this log has grown since. At most `MAX_HINT_PROOF_BYTES` of values.
+    even when this log has grown since. At most `MAX_HINT_PROOFS` proofs and
+    `MAX_HINT_PROOF_BYTES` of values.
     """
     from hyperlog import flat_tree
     from hyperlog.proof_types import BlockRequest, ProofRequest
@@ -60,6 +61,8 @@ def block_proofs(
     out: list[BlockProofData] = []
     total = 0
     for seq in blocks:
+        if len(out) >= MAX_HINT_PROOFS:
+            break
         if not 0 <= seq < length:
             continue
         levels = flat_tree.depth(flat_tree.root_for_leaf(2 * seq, 2 * length))
@@ -84,6 +87,7 @@ async def apply_block_proofs(log: Any, fork: int, proofs: Sequence[BlockProofDat
     """Verify and store `proofs` in `log` (one transaction); return how many were stored.
 
     Proofs of blocks already held are skipped; ones that fail verification store nothing.
+    Never raises for the log's sake: the blocks are then fetched the usual way.
     """
     from hyperlog.crypto import TreeNode
     from hyperlog.proof_types import BlockProof, Proof
@@ -95,7 +99,11 @@ async def apply_block_proofs(log: Any, fork: int, proofs: Sequence[BlockProofDat
     ]
     if not todo or log.fork != fork:
         return 0
-    results = await log.apply_proofs(todo)
+    try:
+        results = await log.apply_proofs(todo[:MAX_HINT_PROOFS])
+    except Exception as exc:  # e.g. the log closed: the plain fetches report it
+        logger.debug("hinted block proofs not applied: %s", exc)
+        return 0
     bad = [r for r in results if isinstance(r, Exception)]
     for r in bad:
         logger.debug("a hinted block proof did not verify: %s", r)

@@ -318,6 +318,9 @@ MAX_HINT_BLOCKS: Final = MAX_DEPTH + MAX_BUCKET_ENTRIES + 2
 #: Most bytes of block values the proofs of one hint reply carry; blocks past it are
 #: named but not included (the reader fetches them through replication).
 MAX_HINT_PROOF_BYTES: Final = 1024 * 1024
+#: Most block proofs in one hint reply (a collision bucket's hint can name thousands of
+#: blocks; those past this are fetched through replication).
+MAX_HINT_PROOFS: Final = 256
 #: Largest hint reply frame.
 MAX_HINT_REPLY_FRAME: Final = MAX_HINT_FRAME + MAX_HINT_PROOF_BYTES + 64 * 1024
 #: Most Merkle nodes in one block proof (a tree of 2**64 blocks is 64 levels deep).
@@ -379,7 +382,7 @@ def _uint(x: Any, limit: int = _MAX_U64) -> bool:
 
 
 def _decode_proofs(raw: Any, blocks: list[int]) -> tuple[BlockProofData, ...]:
-    if not isinstance(raw, list) or len(raw) > len(blocks):
+    if not isinstance(raw, list) or len(raw) > min(len(blocks), MAX_HINT_PROOFS):
         raise CorruptNodeError("bad proofs in hint reply")
     out = []
     named = set(blocks)

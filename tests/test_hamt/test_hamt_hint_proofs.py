@@ -120,6 +120,7 @@ def test_codec_with_proofs() -> None:
         HintReply(3, 9, [5], (dataclasses.replace(proof, nodes=((1, 1, b"short"),)),)),
         HintReply(3, 9, [5], (dataclasses.replace(proof, nodes=((-1, 1, b"\x00" * 32),)),)),
         HintReply(3, 9, [5], (proof, proof, proof)),  # more proofs than blocks
+        HintReply(3, 999, list(range(1, 300)), (proof,) * 257),  # over MAX_HINT_PROOFS
     ]:
         with pytest.raises(hamt.CorruptNodeError):
             decode_hint(encode_hint(bad))
