@@ -63,7 +63,9 @@ def parse_uri(uri: str) -> Address:
     if scheme == "tcp" and parts.path not in ("", "/"):
         raise ValueError(f"bad tcp URI {uri!r}: no path allowed")
     path = (parts.path or "/") if scheme == "ws" else ""
-    return Address(scheme, parts.hostname, port, path)
+    # An IPv6 zone may be written as RFC 6874 says ("%25eth0") or bare ("%eth0").
+    host = parts.hostname.replace("%25", "%", 1) if "%25" in parts.hostname else parts.hostname
+    return Address(scheme, host, port, path)
 
 
 class Transport(Protocol):

@@ -20,6 +20,10 @@ def test_parse_uri() -> None:
     assert parse_uri("memory://a") == Address("memory", "a", 0)
     assert parse_uri("memory://") == Address("memory", "", 0)
     assert str(parse_uri("tcp://[::1]:5")) == "tcp://[::1]:5"
+    # IPv6 link-local with a zone, bare or RFC 6874 style (what LAN discovery dials)
+    assert parse_uri("tcp://[fe80::1%eth0]:7").host == "fe80::1%eth0"
+    assert parse_uri("tcp://[fe80::1%25eth0]:7").host == "fe80::1%eth0"
+    assert str(parse_uri("tcp://[fe80::1%eth0]:7")) == "tcp://[fe80::1%eth0]:7"
     assert str(parse_uri("ws://h:1/x")) == "ws://h:1/x"
     for bad in (
         "udp://h:1",
