@@ -269,9 +269,13 @@ class Mutation:
                 depth += 1
                 continue
             if node.nm & bit:
-                node = yield from self._open(
-                    node, (node.nm & (bit - 1)).bit_count(), depth + 1, path
-                )
+                ci = (node.nm & (bit - 1)).bit_count()
+                c = node.children[ci]
+                if type(c) is _Dirty:  # retained or already rewritten: no generator needed
+                    c.src = None
+                    node = c
+                else:
+                    node = yield from self._open(node, ci, depth + 1, path)
                 depth += 1
                 continue
             node.entries.insert((node.dm & (bit - 1)).bit_count(), new)
