@@ -899,20 +899,18 @@ class SQLiteStorage:
                     (bbase | i, _stored_sum(v, h), v, packed),
                 )
             elif blocks:
+                # rows are made one at a time as SQLite binds them (a generator): a
+                # list would keep 1,000 tuples alive and feed the cyclic GC
                 big = FULL_HASH_ABOVE
-                rows: list[tuple[int, bytes, bytes, bytes | None]] = [
-                    (bbase | i, h if len(v) > big else h[:CHECKSUM_SIZE], v, None)
-                    for i, v, h in blocks
-                ]
-                if into >= 0:
-                    at = len(blocks) - 1
-                    if blocks[at][0] != into:
-                        at = next(k for k, b in enumerate(blocks) if b[0] == into)
-                    rows[at] = (*rows[at][:3], packed)
                 w.executemany(
-                    "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?)",
-                    rows,
+                    "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, NULL)",
+                    (
+                        (bbase | i, h if len(v) > big else h[:CHECKSUM_SIZE], v)
+                        for i, v, h in blocks
+                    ),
                 )
+                if into >= 0:
+                    w.execute("UPDATE blocks SET head = ? WHERE id = ?", (packed, bbase | into))
             if batch.nodes:
                 w.executemany(
                     "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
