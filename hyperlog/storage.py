@@ -914,7 +914,7 @@ class SQLiteStorage:
             if batch.nodes:
                 w.executemany(
                     "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
-                    [(nbase | n.index, n.size, n.hash) for n in batch.nodes],
+                    ((nbase | n.index, n.size, n.hash) for n in batch.nodes),
                 )
             state = [(sbase | p, data) for p, data in batch.bitfield.items()]
             if head is not None and into < 0:
