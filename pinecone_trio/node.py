@@ -88,8 +88,8 @@ from .services import (
 from .sessions.config import SessionConfig
 from .sessions.manager import SessionManager
 from .sessions.stream import SessionListener, SessionStream
+from .transports import Address, parse_uri
 from .transports import dial as dial_transport
-from .transports import parse_uri
 from .transports import serve as serve_transport
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,7 @@ class Node:
         self._router_view: tuple[object, ...] = ()
         self._listen_uris: list[str] = []
         self._multicast_port: int | None = None
+        self._multicast_port_v6: int | None = None
         self._discovery: MulticastDiscovery | None = None
         self._static: dict[str, StaticPeerState] = {}
         self._dialling: set[bytes] = set()
@@ -320,6 +321,14 @@ class Node:
         handler = partial(self._accept, PeerType.MULTICAST, "multicast")
         bound = await nursery.start(serve_transport, "tcp://0.0.0.0:0", handler)
         self._multicast_port = parse_uri(bound).port
+        try:
+            # A second listener for IPv6 link-local peerings (two laptops on a bare
+            # cable have no IPv4 addresses); Trio makes it IPv6-only.
+            bound_v6 = await nursery.start(serve_transport, "tcp://[::]:0", handler)
+        except OSError as exc:
+            logger.info("no IPv6 listener for LAN discovery: %s", exc)
+        else:
+            self._multicast_port_v6 = parse_uri(bound_v6).port
         options: dict[str, Any] = {}
         if self._config.beacon_interval is not None:
             options["interval"] = self._config.beacon_interval
@@ -328,6 +337,9 @@ class Node:
         self._discovery = MulticastDiscovery(
             self._public_key,
             listen_port=lambda: self._multicast_port,
+            listen_port_v6=None
+            if self._multicast_port_v6 is None
+            else (lambda: self._multicast_port_v6),
             on_beacon=self._on_beacon,
             interfaces=interfaces,
             **options,
@@ -827,7 +839,7 @@ class Node:
         self._nursery.start_soon(self._dial_beacon, beacon, host, interface)
 
     async def _dial_beacon(self, beacon: Beacon, host: str, interface: str) -> None:
-        uri = f"tcp://{host}:{beacon.port}"
+        uri = str(Address("tcp", host, beacon.port))  # brackets an IPv6 host
         try:
             await self._dial_and_attach(
                 uri,
@@ -1031,7 +1043,9 @@ class Node:
             if self._discovery is None
             else {
                 "port": self._multicast_port,
+                "port_v6": self._multicast_port_v6,
                 "interfaces": list(self._discovery.statistics.interfaces),
+                "interfaces_v6": list(self._discovery.statistics.interfaces_v6),
                 "beacons_sent": self._discovery.statistics.beacons_sent,
                 "beacons_received": self._discovery.statistics.beacons_received,
                 "bad_beacons": self._discovery.statistics.bad_beacons,

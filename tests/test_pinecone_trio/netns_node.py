@@ -30,6 +30,7 @@ async def main(seed_hex: str, peer_hex: str, result_path: str) -> None:
                 status = node.status()
                 result["peer_type"] = status["peers"][0]["type"]
                 result["zone"] = status["peers"][0]["zone"]
+                result["uri"] = status["peers"][0]["uri"]
                 result["beacons_received"] = status["multicast"]["beacons_received"]
                 got = None
                 while got is None:  # both sides send until they hear the other

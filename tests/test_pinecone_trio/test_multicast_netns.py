@@ -31,8 +31,10 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
 
 
-@pytest.fixture
-def two_namespaces() -> Iterator[tuple[str, str]]:
+@pytest.fixture(params=["ipv4", "ipv6-link-local-only"])
+def two_namespaces(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """Two namespaces joined by a veth pair: with IPv4 addresses, or (the bare-cable
+    case) with nothing but IPv6 link-local addresses."""
     if shutil.which("ip") is None:
         pytest.skip("iproute2 (ip) is not installed")
     tag = secrets.token_hex(4)  # unique: a stale namespace of a crashed run cannot clash
@@ -57,9 +59,14 @@ def two_namespaces() -> Iterator[tuple[str, str]]:
             "netns",
             b,
         )
-        _ip("-n", a, "addr", "add", "10.213.7.1/24", "dev", f"va{tag}")
-        _ip("-n", b, "addr", "add", "10.213.7.2/24", "dev", f"vb{tag}")
-        for ns, dev in ((a, f"va{tag}"), (b, f"vb{tag}")):
+        for i, (ns, dev) in enumerate(((a, f"va{tag}"), (b, f"vb{tag}")), start=1):
+            if request.param == "ipv4":
+                _ip("-n", ns, "addr", "add", f"10.213.7.{i}/24", "dev", dev)
+            else:
+                # fixed link-local addresses that skip duplicate address detection, so
+                # the first interface scan finds them usable (the kernel's own
+                # EUI-64 one stays tentative for a second or two)
+                _ip("-n", ns, "addr", "add", f"fe80::7:{i}/64", "dev", dev, "nodad")
             _ip("-n", ns, "link", "set", dev, "up")
             _ip("-n", ns, "link", "set", "lo", "up")
         yield a, b
@@ -81,7 +88,7 @@ def test_beacon_codec_refuses_garbage() -> None:
 
 
 def test_nodes_in_two_namespaces_find_each_other(
-    two_namespaces: tuple[str, str], tmp_path: Path
+    two_namespaces: tuple[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     ns_a, ns_b = two_namespaces
     ids = [Identity.generate(), Identity.generate()]
@@ -120,6 +127,8 @@ def test_nodes_in_two_namespaces_find_each_other(
         result = json.loads(path.read_text())
         assert result["ok"], f"node {i}: {result}\n{outputs[i]}"
         assert result["peer_type"] == "multicast"
+        if "ipv6" in request.node.callspec.params["two_namespaces"]:
+            assert result["uri"].startswith("tcp://[fe80::"), result  # link-local IPv6
         heard += result["beacons_received"]
         assert result["from"] == ids[1 - i].public_key.hex()
         assert result["received"] == f"hello from {ids[1 - i].public_key.hex()}"
