@@ -63,17 +63,23 @@ class Network:
         return True
 
     async def wait_converged(self, names: Sequence[str] | None = None) -> None:
-        """Wait until `converged(names)`; bound it with `trio.fail_after`."""
+        """Wait until `converged(names)`; bound it with `trio.fail_after`.
+
+        One watcher per node re-checks the whole network on each of that node's changes
+        (`Node.wait_for` checks and parks with no checkpoint in between), so a change
+        that lands while the watchers are being started is never missed.
+        """
         nodes = [self.nodes[n] for n in (names or list(self.nodes))]
-        while not self.converged(names):
-            async with trio.open_nursery() as nursery:
+        if self.converged(names):
+            return
+        async with trio.open_nursery() as nursery:
 
-                async def changed(node: Node) -> None:
-                    await node.wait_changed()
-                    nursery.cancel_scope.cancel()
+            async def watch(node: Node) -> None:
+                await node.wait_for(lambda: self.converged(names))
+                nursery.cancel_scope.cancel()
 
-                for node in nodes:
-                    nursery.start_soon(changed, node)
+            for node in nodes:
+                nursery.start_soon(watch, node)
 
 
 @asynccontextmanager
