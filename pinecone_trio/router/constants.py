@@ -23,9 +23,26 @@ MAX_VARU64_BYTES: Final = 10
 #: Ed25519 public key and signature sizes.
 KEY_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
-#: Largest application payload a local send may carry. Leaves room for the header,
-#: two coordinate lists at the deepest announceable tree depth and a watermark.
-MAX_TRAFFIC_PAYLOAD: Final = 60000
+#: Most hops a tree announcement can carry when every port takes two varu64 bytes (a
+#: port is at most 253): header, u16 body length, root key and a one-byte root sequence
+#: leave 65,490 bytes, and each hop is port (2) + key (32) + signature (64) = 98 bytes.
+_DEEPEST_TWO_BYTE_HOPS: Final = (MAX_FRAME_SIZE - HEADER_SIZE - 2 - KEY_SIZE - 1) // (
+    2 + KEY_SIZE + SIGNATURE_SIZE
+)
+#: Longest coordinates on the wire: the u16 length and 668 two-byte ports (1,338 bytes).
+#: One-byte ports allow 675 hops but only 675 bytes; mixing never beats all-two-byte.
+MAX_COORDS_WIRE_SIZE: Final = 2 + 2 * _DEEPEST_TWO_BYTE_HOPS
+#: Worst-case traffic overhead: header, u16 payload length, then either two coordinate
+#: lists and two keys (tree-routed, 2,752 bytes) or empty destination coordinates,
+#: source coordinates, three keys and a ten-byte watermark sequence (1,458 bytes).
+MAX_TRAFFIC_OVERHEAD: Final = (
+    HEADER_SIZE
+    + 2
+    + max(2 * MAX_COORDS_WIRE_SIZE + 2 * KEY_SIZE, 2 + MAX_COORDS_WIRE_SIZE + 3 * KEY_SIZE + 10)
+)
+#: Largest application payload a local send may carry (62,783): whatever coordinates
+#: and watermark the frame carries, it still fits in `MAX_FRAME_SIZE`.
+MAX_TRAFFIC_PAYLOAD: Final = MAX_FRAME_SIZE - MAX_TRAFFIC_OVERHEAD
 
 # --- ports and peers -------------------------------------------------------------------
 

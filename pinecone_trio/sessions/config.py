@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from ..router.constants import MAX_TRAFFIC_PAYLOAD
+
 #: Version of the session wire format (handshake packets and the frame array).
 SESSION_VERSION: Final = 1
 
@@ -24,6 +26,9 @@ NOISE_PROLOGUE: Final = b"pinecone-trio session v1"
 #: Largest overlay payload we ever accept or build, whatever the config says: the
 #: overlay's own frame limit (a 2-byte length) is 65,535 bytes including its header.
 MAX_PACKET_SIZE_LIMIT: Final = 65_535
+#: Default packet size: the overlay's traffic payload limit less the node's one-byte
+#: service tag (62,782 bytes), so a packet is one overlay frame.
+DEFAULT_PACKET_SIZE: Final = MAX_TRAFFIC_PAYLOAD - 1
 #: Smallest packet size a config may ask for; below this the fixed headers dominate.
 MIN_PACKET_SIZE: Final = 1_200
 
@@ -78,7 +83,7 @@ class SessionConfig:
         max_ack_delay: How long a receiver may delay an acknowledgement.
         ack_eliciting_threshold: Ack-eliciting packets received before an ACK is sent
             at once (RFC 9000 suggests 2 for ~1,200-byte packets; ours carry up to
-            60 KB, so one ACK per ~500 KB keeps the reverse path quiet).
+            62 KB, so one ACK per ~500 KB keeps the reverse path quiet).
         stream_window: Receive credit per stream (bytes the peer may send ahead of what
             the application has read).
         session_window: Receive credit across all streams of the session.
@@ -90,7 +95,7 @@ class SessionConfig:
         max_burst_packets: Packets one flush may produce before the driver yields.
     """
 
-    max_packet_size: int = 60_000
+    max_packet_size: int = DEFAULT_PACKET_SIZE
     handshake_timeout: float = 10.0
     handshake_retransmit: float = 0.5
     handshake_retransmit_max: float = 2.0
