@@ -18,6 +18,7 @@ from pinecone_trio.router.constants import (
 )
 from pinecone_trio.router.wire import (
     ClosestTraffic,
+    Frame,
     Traffic,
     decode_frame,
     encode_coords,
@@ -47,7 +48,7 @@ def test_deepest_coordinates_are_what_an_announcement_can_carry() -> None:
 @pytest.mark.parametrize("size", [MAX_TRAFFIC_PAYLOAD, MAX_TRAFFIC_PAYLOAD + 1])
 def test_largest_payload_with_longest_coordinates_and_watermark(size: int) -> None:
     payload = b"p" * size
-    frames = [
+    frames: list[Frame] = [
         # tree-routed: both coordinate lists, no watermark on the wire
         Traffic(LONGEST_COORDS, LONGEST_COORDS, K1, K2, b"\xff" * KEY_SIZE, 0, payload, 255),
         # snake-routed: source coordinates and a ten-byte watermark sequence
