@@ -5,6 +5,11 @@ byte, added on send and removed on delivery: 0 is raw application datagrams
 (`Node.send` / `Node.receive`), 1 the end-to-end sessions, 2 the DHT; applications may
 use tags from `FIRST_APPLICATION_SERVICE` up. Each service has its own bounded receive
 queues, so a service that does not read cannot starve another.
+
+A service whose consumer is itself synchronous and bounded (the session manager) may
+instead take its exact-key datagrams straight from the node's router task through a
+direct handler (`OverlayService.set_direct_handler`): no queue item, no task switch and
+no copy per packet (the handler sees a memoryview of the frame's payload past the tag).
 """
 
 from __future__ import annotations
@@ -33,6 +38,13 @@ MAX_DATAGRAM_PAYLOAD: Final = MAX_TRAFFIC_PAYLOAD - 1
 
 #: How a service hands a message to the node's router (with back-pressure).
 LocalQueue = Callable[[LocalSend | LocalSendClosest], Awaitable[None]]
+
+#: A direct receiver: called as `handler(source_key, payload)` in the node's router task
+#: for every exact-key datagram of the service; returns False if it dropped the datagram
+#: (the node counts it in `receive_drops`). It must not block: its run time is the
+#: router's, which is what pushes back on the links (TCP) when it falls behind. The
+#: payload is a view of the received frame, valid for as long as the handler keeps it.
+DirectHandler = Callable[[bytes, memoryview], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +79,10 @@ class OverlayService:
         self._prefix = bytes((tag,))
         self._exact: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
         self._closest: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
+        #: The direct handler for exact-key datagrams, if one is set (the node reads it).
+        self.direct: DirectHandler | None = None
+        #: Datagrams handed to the direct handler (accepted or not).
+        self.direct_deliveries = 0
 
     @property
     def public_key(self) -> PublicKey:
@@ -102,6 +118,13 @@ class OverlayService:
         """The next closest-key datagram of this service for which we are the closest."""
         return await self._closest.get()
 
+    def set_direct_handler(self, handler: DirectHandler | None) -> None:
+        """Deliver exact-key datagrams by calling `handler` instead of queueing them.
+
+        None goes back to the queue (`receive`). Closest-key datagrams always queue.
+        """
+        self.direct = handler
+
     def deliver_nowait(self, datagram: Datagram, closest: bool) -> bool:
         """Queue a delivered datagram (the node calls this); False when full."""
         return (self._closest if closest else self._exact).put_nowait(datagram)
@@ -128,3 +151,7 @@ class SessionServiceAdapter:
     async def receive(self) -> tuple[PublicKey, bytes]:
         datagram = await self._service.receive()
         return datagram.source_key, datagram.payload
+
+    def set_handler(self, handler: DirectHandler | None) -> None:
+        """Let the session manager take packets straight from the router task."""
+        self._service.set_direct_handler(handler)

@@ -46,7 +46,7 @@ class PacketCipher:
         return self._aead.encrypt(nonce, plaintext, header)
 
     def open(
-        self, packet_number: int, header: bytes, ciphertext: bytes | memoryview
+        self, packet_number: int, header: bytes | memoryview, ciphertext: bytes | memoryview
     ) -> bytes | None:
         """Decrypt and verify; returns None if the tag does not verify."""
         nonce = _NONCE_PREFIX + packet_number.to_bytes(8, "little")

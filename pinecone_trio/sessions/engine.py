@@ -412,14 +412,20 @@ class Session:
 
     # ------------------------------------------------------------ input
 
-    def receive_packet(self, packet: bytes, now: float) -> None:
-        """Process one datagram from the remote address. Never raises for bad input."""
+    def receive_packet(self, packet: bytes | memoryview, now: float) -> None:
+        """Process one datagram from the remote address. Never raises for bad input.
+
+        A TRANSPORT packet may be a view (the node's direct delivery); it is decrypted
+        from the view and not kept. Anything else is copied once if it is a view.
+        """
         if self.state is State.CLOSED or not packet:
             return
         kind = packet[0]
         if kind == wire.TRANSPORT:
             self._receive_transport(packet, now)
             return
+        if type(packet) is not bytes:
+            packet = bytes(packet)
         try:
             hp = wire.decode_handshake_packet(packet)
         except DecodeError:
@@ -566,7 +572,7 @@ class Session:
         )
         self.events.append(SessionReplaced(new))
 
-    def _receive_transport(self, packet: bytes, now: float) -> None:
+    def _receive_transport(self, packet: bytes | memoryview, now: float) -> None:
         recv = self._recv_cipher
         if recv is None or len(packet) < _HEADER_AND_TAG:
             self.stats["dropped_unauthenticated"] += 1

@@ -23,9 +23,9 @@ routes under an ephemeral key turns that off and checks `stream.remote_key` itse
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Final, Protocol, final
+from typing import Final, Protocol, final, runtime_checkable
 
 import trio
 
@@ -67,6 +67,17 @@ class DatagramService(Protocol):
     async def send(self, dest: PublicKey, payload: bytes) -> None: ...
 
     async def receive(self) -> tuple[PublicKey, bytes]: ...
+
+
+@runtime_checkable
+class DirectDatagramService(DatagramService, Protocol):
+    """A service that can also hand packets over synchronously, from its own task.
+
+    The manager then registers `handler(source_key, packet) -> bool` (False: dropped)
+    and still runs its receive loop, which only ends when the service closes.
+    """
+
+    def set_handler(self, handler: Callable[[bytes, memoryview], bool] | None) -> None: ...
 
 
 @final
@@ -171,8 +182,16 @@ class SessionManager:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                service = self._service
+                direct = service if isinstance(service, DirectDatagramService) else None
+                if direct is not None:
+                    direct.set_handler(self._deliver)
                 task_status.started()
-                await self._receive_loop()
+                try:
+                    await self._receive_loop()
+                finally:
+                    if direct is not None:
+                        direct.set_handler(None)
                 nursery.cancel_scope.cancel()  # the service closed: stop every session
         finally:
             self._closed = True
@@ -194,16 +213,26 @@ class SessionManager:
                 return
             self._dispatch(PublicKey(source), packet)
 
-    def _dispatch(self, source: PublicKey, packet: bytes) -> None:
-        kind = wire.packet_kind(packet)
+    def _deliver(self, source: bytes, packet: memoryview) -> bool:
+        """The direct handler: one packet from the overlay's router task."""
+        if self._nursery is None:
+            return False
+        if not packet or packet[0] != wire.TRANSPORT:
+            self._dispatch(source, bytes(packet))  # handshakes keep their own bytes
+        else:
+            self._dispatch(source, packet)
+        return True
+
+    def _dispatch(self, source: bytes, packet: bytes | memoryview) -> None:
+        kind = packet[0] if packet else 0
         handle: _SessionHandle | None = None
         if kind == wire.TRANSPORT:
             index = wire.transport_receiver(packet)
             handle = self._by_index.get(index) if index is not None else None
         elif kind == wire.INITIATION:
-            handle = self._by_address.get(source)
+            handle = self._by_address.get(source)  # type: ignore[call-overload]
             if handle is None:
-                handle = self._answer(source, packet)
+                handle = self._answer(PublicKey(source), bytes(packet))
                 return
         elif kind in (wire.RESPONSE, wire.FINISH):
             index = wire.handshake_receiver(packet)

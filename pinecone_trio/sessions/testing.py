@@ -117,7 +117,7 @@ class EnginePair:
         self._seq = itertools.count()
         self.incoming: dict[str, list[IncomingStream]] = {"a": [], "b": []}
         self.events: dict[str, list[object]] = {"a": [], "b": []}
-        self.tap: Callable[[str, bytes], bytes | None] | None = None
+        self.tap: Callable[[str, bytes], bytes | memoryview | None] | None = None
 
     def side(self, name: str) -> Session:
         session = self.a if name == "a" else self.b
@@ -175,9 +175,10 @@ class EnginePair:
             return False
         self.now = max(self.now, when)
         if arrival <= deadline:
-            _, _, dest, packet = heapq.heappop(self._queue)
+            _, _, dest, queued = heapq.heappop(self._queue)
+            packet: bytes | memoryview = queued
             if self.tap is not None:
-                tapped = self.tap(dest, packet)
+                tapped = self.tap(dest, queued)
                 if tapped is None:
                     return True
                 packet = tapped

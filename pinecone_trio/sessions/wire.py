@@ -150,19 +150,19 @@ def decode_handshake_packet(packet: bytes) -> HandshakePacket:
     return HandshakePacket(kind, sender, receiver, bytes(message))
 
 
-def packet_kind(packet: bytes) -> int:
+def packet_kind(packet: bytes | memoryview) -> int:
     """The type byte of a packet (0 for an empty one)."""
     return packet[0] if packet else 0
 
 
-def transport_receiver(packet: bytes) -> int | None:
+def transport_receiver(packet: bytes | memoryview) -> int | None:
     """The receiver index of a TRANSPORT packet, or None if it cannot be one."""
     if len(packet) < TRANSPORT_HEADER_SIZE + AEAD_TAG_SIZE or packet[0] != TRANSPORT:
         return None
     return int.from_bytes(packet[1:5], "big")
 
 
-def handshake_receiver(packet: bytes) -> int | None:
+def handshake_receiver(packet: bytes | memoryview) -> int | None:
     """The receiver index of a RESPONSE or FINISH packet, or None."""
     if len(packet) < _HS23.size or packet[0] not in (RESPONSE, FINISH):
         return None
