@@ -52,6 +52,11 @@ MAX_SESSIONS: Final = 4_096
 #: Most sessions still in their handshake that a peer's INITIATION may create; bounds
 #: what a flood of (possibly spoofed) INITIATIONs costs before any peer authenticated.
 MAX_HALF_OPEN: Final = 256
+#: Scheduler passes a driver holding back a part-filled packet gives the writers before
+#: it sends it anyway. Trio runs each batch of runnable tasks in a random order, so after
+#: one pass a writer that is about to write may not have run yet (about half the time
+#: in a bulk transfer: a short packet); after two it has, unless it is really idle.
+CORK_PASSES: Final = 2
 #: Incoming streams queued on a listener before new ones are refused.
 LISTEN_BACKLOG: Final = 1_024
 #: Received datagrams queued per protocol before new ones are dropped.
@@ -332,7 +337,10 @@ class SessionManager:
                     # wrote more (bulk transfers send full packets; a lone short write
                     # goes out after one pass, no timer).
                     writes = engine.writes
-                    await trio.lowlevel.checkpoint()
+                    for _ in range(CORK_PASSES):
+                        await trio.lowlevel.checkpoint()
+                        if engine.writes != writes:
+                            break
                     cork = engine.writes != writes
                     continue
                 cork = True
