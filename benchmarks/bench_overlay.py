@@ -9,6 +9,8 @@ stdin/stdout as JSON lines.
     python benchmarks/bench_overlay.py            # full run (a few minutes)
     python benchmarks/bench_overlay.py --quick    # a small run
     python benchmarks/bench_overlay.py --json     # one JSON object
+    python benchmarks/bench_overlay.py --join-only --seeds 5
+                                                  # idle network + cold join, 5 seeds
     python benchmarks/bench_overlay.py --hops 3 --no-network --code /tmp/old
                                                   # one hop count, workers on another tree
 
@@ -397,6 +399,44 @@ def bench_idle_and_join(nodes: int, window: float, seed: int) -> dict[str, Any]:
             w.stop()
 
 
+def _join_only(args: argparse.Namespace) -> int:
+    """The idle network and cold join alone, for several seeds (topology and joiner's
+    attachment point; keys are random each run), with the load average around each."""
+    nodes, window = (10, 5.0) if args.quick else (20, 20.0)
+    runs = []
+    for seed in range(1, max(1, args.seeds) + 1):
+        load = os.getloadavg()
+        run = bench_idle_and_join(nodes, window, seed=seed)
+        run.update(seed=seed, load_before=load, load_after=os.getloadavg())
+        runs.append(run)
+        if not args.json:
+            print(
+                f"seed {seed}: joiner reached all {nodes} in {run['join_reach_all_s']:.3f} s "
+                f"({run['join_missing']} missing); network converged in "
+                f"{run['converge_s']:.1f} s; idle CPU/node {run['idle_cpu_per_node_mean']:.2%}; "
+                f"load {load[0]:.1f} -> {run['load_after'][0]:.1f}",
+                flush=True,
+            )
+    worst = max(r["join_reach_all_s"] + (1e9 if r["join_missing"] else 0.0) for r in runs)
+    idle = max(r["idle_cpu_per_node_mean"] for r in runs)
+    result = {
+        "benchmark": "overlay-join",
+        "machine": f"{os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        "code": CODE["root"],
+        "runs": runs,
+        "targets": {"idle_cpu_per_node": 0.01, "join_reach_all_s": 3.0},
+        "ratios": {
+            "join_worst_vs_target": 3.0 / max(worst, 1e-9),
+            "idle_cpu_worst_vs_target": 0.01 / max(idle, 1e-9),
+        },
+    }
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print("ratios:", json.dumps(result["ratios"]))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -419,6 +459,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-network", action="store_true", help="skip the idle 20-node and cold-join test"
     )
     p.add_argument(
+        "--join-only",
+        action="store_true",
+        help="only the idle 20-node network and cold join, once per seed (see --seeds)",
+    )
+    p.add_argument(
+        "--seeds", type=int, default=1, help="with --join-only: run seeds 1..N (default 1)"
+    )
+    p.add_argument(
         "--code",
         default=ROOT,
         help="source tree the node processes import pinecone_trio from (A/B runs)",
@@ -435,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(trio.run(_cpu_line, args.cpu_line, args.count, 1024, args.tree)))
         return 0
     CODE["root"] = os.path.abspath(args.code)
+    if args.join_only:
+        return _join_only(args)
     count = 5000 if args.quick else 20000
     inprocess = (
         None if args.no_inprocess else bench_inprocess(count, 1 if args.quick else args.rounds)
