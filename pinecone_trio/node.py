@@ -52,6 +52,7 @@ from .discovery.beacon import Beacon
 from .discovery.multicast import MulticastDiscovery
 from .errors import LinkError, PeerLimitError
 from .identity import Identity, PublicKey
+from .link.handshake import PREPARED_HANDSHAKES
 from .link.stream import NoiseLink
 from .peering import FrameBatch, InboxItem, Peering, SendBudget
 from .router.actions import (
@@ -296,6 +297,7 @@ class Node:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 await nursery.start(self._router_task)
+                nursery.start_soon(self._prepare_handshakes)
                 await nursery.start(self._sessions.run)
                 for uri in listen:
                     scheme = parse_uri(uri).scheme
@@ -314,6 +316,30 @@ class Node:
                 service.close()
             for channel in list(self._subscribers):
                 channel.close()
+
+    async def _prepare_handshakes(self) -> None:
+        """Keep `PREPARED_HANDSHAKES` filled, one item per scheduler pass.
+
+        Woken whenever a handshake leaves the pool half full or less, so new links and
+        sessions rarely pay for the Noise object and the ephemeral key themselves.
+        """
+        pool = PREPARED_HANDSHAKES
+        wake = trio.Event()
+
+        def low() -> None:
+            wake.set()
+
+        pool.add_listener(low)
+        try:
+            while True:
+                wake = trio.Event()
+                for _ in range(pool.size):  # bounded: at most a full pool per wakeup
+                    if not pool.refill_one():
+                        break
+                    await trio.lowlevel.checkpoint()
+                await wake.wait()
+        finally:
+            pool.remove_listener(low)
 
     async def _start_multicast(
         self, nursery: trio.Nursery, interfaces: Sequence[str] | None
