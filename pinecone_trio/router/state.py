@@ -166,8 +166,7 @@ class RouterStatistics:
     counted under exactly one reason: unknown_port, unsupported_type, bad_announcement,
     bad_signature, wrong_root, replay, own_bootstrap, snake_table_full (remembered
     nothing, still forwarded), handover_no_route, duplicate_notice, stale_teardown,
-    no_route, loop,
-    watermark, hop_limit, too_large.
+    no_route, loop, watermark, hop_limit, too_large.
     """
 
     #: Frames received from peers (`FrameIn`).
