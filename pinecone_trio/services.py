@@ -99,6 +99,26 @@ class OverlayService:
         message = LocalSend(bytes(PublicKey(destination)), self._prefix + payload)
         await self._queue_local(message)
 
+    @property
+    def prefix(self) -> bytes:
+        """The service tag byte that starts every payload of this service on the wire."""
+        return self._prefix
+
+    async def send_tagged(self, destination: PublicKey | bytes, tagged: bytes) -> None:
+        """Like `send`, for a payload the caller already built behind our `prefix`.
+
+        Saves copying a large payload only to put one byte in front of it.
+
+        Raises:
+            ValueError: if `tagged` does not start with this service's tag, or its
+                payload is larger than `MAX_DATAGRAM_PAYLOAD`.
+        """
+        if tagged[:1] != self._prefix:
+            raise ValueError(f"a tagged payload must start with service tag {self.tag}")
+        if len(tagged) > MAX_DATAGRAM_PAYLOAD + 1:
+            raise ValueError(f"payload of {len(tagged) - 1} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        await self._queue_local(LocalSend(bytes(PublicKey(destination)), tagged))
+
     async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
         """Send `payload` to whichever node's key is closest to `target`.
 
@@ -155,3 +175,12 @@ class SessionServiceAdapter:
     def set_handler(self, handler: DirectHandler | None) -> None:
         """Let the session manager take packets straight from the router task."""
         self._service.set_direct_handler(handler)
+
+    @property
+    def prefix(self) -> bytes:
+        """What the manager puts in front of every packet it sends (the service tag)."""
+        return self._service.prefix
+
+    async def send_prefixed(self, dest: PublicKey, packet: bytes) -> None:
+        """Send a packet built behind `prefix` (no copy to add the tag)."""
+        await self._service.send_tagged(dest, packet)

@@ -1076,39 +1076,48 @@ class Session:
             if sid in self._streams
         )
 
-    def packets_to_send(self, now: float, *, cork: bool = False) -> list[bytes]:
+    def packets_to_send(
+        self, now: float, *, cork: bool = False, prefix: bytes = b""
+    ) -> list[bytes]:
         """The datagrams to send to the remote address now (at most a burst).
 
         With `cork`, a stream's fresh data that would only part-fill a packet (no FIN,
         not limited by credit) is held back and `corked` is set: the caller gives the
         writer a chance to add more, then calls again without `cork` (TCP autocorking,
         one scheduler pass instead of a timer). Bulk writers then send full packets.
+
+        Every packet starts with `prefix` (not part of the packet: the caller's own
+        header, e.g. the node's service tag, put in front of a transport packet as it
+        is assembled rather than copied in front of it afterwards).
         """
         out = self._hs_outbox
         self._hs_outbox = []
+        if prefix and out:
+            out = [prefix + packet for packet in out]
         self.corked = False
         if self.state is not State.ESTABLISHED:
             return out
         for _ in range(self.config.max_burst_packets):
-            packet = self._build_packet(now, cork)
+            packet = self._build_packet(now, cork, prefix)
             if packet is None:
                 break
             out.append(packet)
         return out
 
-    def _seal(self, wire_frames: list[list[object]]) -> bytes | None:
+    def _seal(self, wire_frames: list[list[object]], prefix: bytes = b"") -> bytes | None:
         cipher = self._send_cipher
         if cipher is None or self._next_pn >= MAX_PACKET_NUMBER:
             return None
         pn = self._next_pn
         self._next_pn += 1
         header = wire.TRANSPORT_HEADER.pack(wire.TRANSPORT, self._remote_index, pn)
-        packet = header + cipher.seal(pn, header, wire.encode_payload(wire_frames))
+        sealed = cipher.seal(pn, header, wire.encode_payload(wire_frames))
+        packet = b"".join((prefix, header, sealed)) if prefix else header + sealed
         self.stats["packets_sent"] += 1
-        self.stats["bytes_sent"] += len(packet)
+        self.stats["bytes_sent"] += len(packet) - len(prefix)
         return packet
 
-    def _build_packet(self, now: float, cork: bool = False) -> bytes | None:
+    def _build_packet(self, now: float, cork: bool = False, prefix: bytes = b"") -> bytes | None:
         budget = self.config.max_packet_size - _HEADER_AND_TAG - wire.PAYLOAD_OVERHEAD
         frames: list[list[object]] = []
         records: list[tuple[Any, ...]] = []
@@ -1167,7 +1176,7 @@ class Session:
             acks.on_ack_sent()
         if not frames:
             return None
-        packet = self._seal(frames)
+        packet = self._seal(frames, prefix)
         if packet is None:
             return None
         if eliciting:
@@ -1176,7 +1185,7 @@ class Session:
             self._last_eliciting_sent = now
             if records or frames[-1][0] == wire.PING:
                 self._recovery.on_packet_sent(
-                    SentPacket(self._next_pn - 1, now, len(packet), records)
+                    SentPacket(self._next_pn - 1, now, len(packet) - len(prefix), records)
                 )
         return packet
 

@@ -23,7 +23,7 @@ routes under an ephemeral key turns that off and checks `stream.remote_key` itse
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Final, Protocol, final, runtime_checkable
 
@@ -83,6 +83,20 @@ class DirectDatagramService(DatagramService, Protocol):
     """
 
     def set_handler(self, handler: Callable[[bytes, memoryview], bool] | None) -> None: ...
+
+
+@runtime_checkable
+class PrefixedDatagramService(DatagramService, Protocol):
+    """A service that takes packets already built behind its own header bytes.
+
+    The engines then put `prefix` in front of every packet as they assemble it, and
+    the manager sends with `send_prefixed`: the node's service tag costs no copy.
+    """
+
+    @property
+    def prefix(self) -> bytes: ...
+
+    async def send_prefixed(self, dest: PublicKey, packet: bytes) -> None: ...
 
 
 @final
@@ -308,7 +322,12 @@ class SessionManager:
 
     async def _drive(self, handle: _SessionHandle) -> None:
         engine = handle.engine
-        send = self._service.send
+        service = self._service
+        send: Callable[[PublicKey, bytes], Awaitable[None]]
+        if isinstance(service, PrefixedDatagramService):
+            prefix, send = service.prefix, service.send_prefixed
+        else:
+            prefix, send = b"", service.send
         remote = engine.remote_address
         cork = True
         try:
@@ -316,7 +335,7 @@ class SessionManager:
                 wake = handle.reset_wake()
                 now = trio.current_time()
                 engine.handle_timer(now)
-                packets = engine.packets_to_send(now, cork=cork)
+                packets = engine.packets_to_send(now, cork=cork, prefix=prefix)
                 self._process(handle, wake=False)
                 for packet in packets:
                     try:

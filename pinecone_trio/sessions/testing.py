@@ -118,6 +118,9 @@ class EnginePair:
         self.incoming: dict[str, list[IncomingStream]] = {"a": [], "b": []}
         self.events: dict[str, list[object]] = {"a": [], "b": []}
         self.tap: Callable[[str, bytes], bytes | memoryview | None] | None = None
+        #: Per side, what `packets_to_send` puts in front of every packet (the tap
+        #: must strip it); empty by default.
+        self.prefixes: dict[str, bytes] = {"a": b"", "b": b""}
 
     def side(self, name: str) -> Session:
         session = self.a if name == "a" else self.b
@@ -141,7 +144,7 @@ class EnginePair:
             if session is None:
                 continue
             for _ in range(1_000):
-                packets = session.packets_to_send(self.now)
+                packets = session.packets_to_send(self.now, prefix=self.prefixes[name])
                 self._events(name, session)
                 if not packets:
                     break

@@ -8,7 +8,7 @@ import pytest
 import trio
 import trio.testing
 
-from pinecone_trio.node import Node
+from pinecone_trio.node import MAX_DATAGRAM_PAYLOAD, Node
 from pinecone_trio.services import SERVICE_SESSION
 from pinecone_trio.testing import open_network
 
@@ -132,3 +132,27 @@ async def test_sessions_take_packets_straight_from_the_router(
         assert c.service(SERVICE_SESSION).direct_deliveries >= 3
         assert a.service(SERVICE_SESSION).direct_deliveries >= 2
         assert c.counters.receive_drops == 0 and a.counters.receive_drops == 0
+
+
+async def test_send_tagged_checks_the_tag_and_the_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        a, b = net["a"], net["b"]
+        service = a.service(TAG)
+        assert service.prefix == bytes((TAG,))
+        with pytest.raises(ValueError, match="service tag"):
+            await service.send_tagged(b.public_key, b"\x00payload")
+        with pytest.raises(ValueError, match=f"> {MAX_DATAGRAM_PAYLOAD}"):
+            await service.send_tagged(
+                b.public_key, service.prefix + b"x" * (MAX_DATAGRAM_PAYLOAD + 1)
+            )
+        with trio.fail_after(30):
+            while True:
+                await service.send_tagged(b.public_key, service.prefix + b"tagged")
+                with trio.move_on_after(0.5):
+                    datagram = await b.service(TAG).receive()
+                    break
+        assert datagram.payload == b"tagged" and datagram.source_key == a.public_key

@@ -47,3 +47,27 @@ def test_forged_and_replayed_views_are_dropped() -> None:
     assert pair.b is not None
     assert pair.b.stats["dropped_unauthenticated"] >= 1
     assert pair.b.stats["dropped_replayed"] >= 1
+
+
+def test_packets_built_behind_a_prefix() -> None:
+    """The engine puts the caller's prefix in front of every packet it builds."""
+    prefix = b"\x07"
+    pair = EnginePair(model=PathModel(loss=0.05, reorder=0.1, delay=(0.001, 0.05)), seed=3)
+    for name in ("a", "b"):
+        pair.prefixes[name] = prefix
+    stripped = {"a": 0, "b": 0}
+
+    def strip(dest: str, packet: bytes) -> bytes:
+        assert packet[:1] == prefix
+        stripped[dest] += 1
+        return packet[1:]
+
+    pair.tap = strip
+    _established(pair)
+    sid = _open(pair)
+    payload = bytes((i * 31) % 253 for i in range(250_000))
+    got, eof = _transfer(pair, sid, payload, timeout=300)
+    assert eof and got == payload
+    assert stripped["a"] > 0 and stripped["b"] > 0
+    # Statistics and congestion control count the packet, not the prefix.
+    assert pair.a.stats["bytes_sent"] < stripped["b"] * pair.config.max_packet_size
