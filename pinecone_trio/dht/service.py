@@ -141,6 +141,9 @@ class Dht:
             except trio.ClosedResourceError:
                 return
             target = bytes(datagram.target_key) if datagram.target_key is not None else None
+            # The router's view right now: a lookup that reaches us just after the snake
+            # changed must be forwarded to, and name, the neighbours we have now.
+            self._update_neighbours()
             self._apply(
                 self.engine.on_message(
                     bytes(datagram.source_key), datagram.payload, target, trio.current_time()
