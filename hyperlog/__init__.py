@@ -15,6 +15,8 @@ See docs/hyperlog.md (tree, hashes, proofs), docs/hyperlog-storage.md (SQLite la
 durability) and docs/replication.md (the replication protocol).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from .crypto import KeyPair, Manifest, Verifier, discovery_key, key_pair
 from .errors import (
     BlockNotAvailableError,
@@ -41,8 +43,25 @@ from .log import (
     open_store,
 )
 from .merkle import MerkleTree
-from .replication import Progress, ReplicationSession, replicate, replication_for
 from .storage import MemoryStorage, SQLiteStorage, Storage
+
+if TYPE_CHECKING:
+    from .replication import Progress, ReplicationSession, replicate, replication_for
+
+#: Imported on first use: a program that only reads or appends (the `hyperlog` command,
+#: a HAMT on a local log) does not pay for the replication protocol's modules.
+_LAZY = frozenset({"Progress", "ReplicationSession", "replicate", "replication_for"})
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import replication
+
+        value = getattr(replication, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AppendEvent",
@@ -79,3 +98,7 @@ __all__ = [
     "replicate",
     "replication_for",
 ]
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
