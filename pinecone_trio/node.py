@@ -1037,6 +1037,7 @@ class Node:
                     "queue_len": len(peering.queue),
                     "queue_drops": peering.queue.stats.dropped_traffic
                     + peering.queue.stats.dropped_protocol,
+                    "unencodable_dropped": stats.unencodable_dropped,
                     "connected_s": round(now - peering.connected_at, 3),
                 }
             )

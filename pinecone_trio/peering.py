@@ -45,7 +45,7 @@ from typing import Final
 
 import trio
 
-from .errors import DecodeError, RemoteProtocolError
+from .errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from .identity import PublicKey
 from .router.actions import Input, PeerType
 from .router.constants import HEADER_SIZE
@@ -163,6 +163,9 @@ class PeeringStatistics:
     frames_in: int = 0
     frames_out: int = 0
     keepalives_out: int = 0
+    #: Frames dropped because they cannot be encoded (e.g. a full-size payload towards
+    #: coordinates learnt from a forged, impossibly deep frame: over 65,535 bytes).
+    unencodable_dropped: int = 0
 
 
 class _TokenBucket:
@@ -467,7 +470,13 @@ class Peering:
                     if t is Traffic or t is ClosestTraffic:
                         self.queued_bytes -= len(frame.payload)  # type: ignore[union-attr]
                         self._left(frame)
-                    size += encode_frame_parts(frame, parts)
+                    try:
+                        size += encode_frame_parts(frame, parts)
+                    except LocalProtocolError as exc:
+                        # Drop the frame, not the peering (nothing was appended yet).
+                        stats.unencodable_dropped += 1
+                        logger.debug("frame to %s dropped: %s", self.public_key.short(), exc)
+                        continue
                     count += 1
                 if not count:
                     continue

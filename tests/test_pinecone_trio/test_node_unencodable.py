@@ -1,0 +1,37 @@
+"""A frame too big to encode is dropped by the writer; the peering survives."""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from pinecone_trio.node import MAX_DATAGRAM_PAYLOAD
+from pinecone_trio.router.constants import MAX_COORDS_WIRE_SIZE
+from pinecone_trio.testing import open_network
+
+
+async def test_unencodable_frame_is_dropped_not_the_peering(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        a, b = net["a"], net["b"]
+        # Coordinates deeper than any announcement can carry, as a forged frame could
+        # teach the coordinate cache (reached into here: no peer in the test forges).
+        bogus = (200,) * MAX_COORDS_WIRE_SIZE
+        state = a._state
+        assert state is not None
+        state._cache_coords(bytes(b.public_key), bogus, trio.current_time())
+        await a.send(b.public_key, b"x" * MAX_DATAGRAM_PAYLOAD)
+        await trio.testing.wait_all_tasks_blocked()  # the writer has had its turn
+        assert a.status()["peers"][0]["unencodable_dropped"] == 1
+        # The peering is still up and carries traffic (once the bogus entry is gone).
+        assert len(a.status()["peers"]) == 1
+        state._coords_cache.clear()
+        with trio.fail_after(30):
+            while True:
+                await a.send(b.public_key, b"after")
+                with trio.move_on_after(0.5):
+                    assert (await b.receive()).payload == b"after"
+                    break
