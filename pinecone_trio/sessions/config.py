@@ -83,7 +83,8 @@ class SessionConfig:
         max_ack_delay: How long a receiver may delay an acknowledgement.
         ack_eliciting_threshold: Ack-eliciting packets received before an ACK is sent
             at once (RFC 9000 suggests 2 for ~1,200-byte packets; ours carry up to
-            62 KB, so one ACK per ~500 KB keeps the reverse path quiet).
+            62 KB, so one ACK per ~250 KB keeps the reverse path quiet; 8 starved a
+            lossy path's small congestion window of ACKs, docs/sessions.md).
         stream_window: Receive credit per stream (bytes the peer may send ahead of what
             the application has read).
         session_window: Receive credit across all streams of the session.
@@ -102,7 +103,7 @@ class SessionConfig:
     idle_timeout: float = 15.0
     keepalive_interval: float = 5.0
     max_ack_delay: float = 0.005
-    ack_eliciting_threshold: int = 8
+    ack_eliciting_threshold: int = 4
     stream_window: int = 4 * 1024 * 1024
     session_window: int = 16 * 1024 * 1024
     stream_send_buffer: int = 4 * 1024 * 1024
