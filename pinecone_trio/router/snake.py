@@ -43,6 +43,7 @@ class SnakeEntry:
 
     __slots__ = (
         "destination",
+        "fanout",
         "last_seen",
         "noticed",
         "origin",
@@ -78,6 +79,35 @@ class SnakeEntry:
         self.signature = signature
         #: The sequence of the last path-break notice passed on for this path (one each).
         self.noticed = 0
+        #: Other ports this origin's bootstraps were passed on to while the paths there
+        #: may still be valid: earlier rounds' next hops and descending handovers
+        #: (deviation 21), port -> when. A teardown follows all of them (deviation 24).
+        self.fanout: dict[int, float] | None = None
+
+    def add_fanout(self, port: int, when: float) -> None:
+        """Remember that a bootstrap of this origin was passed on to `port`."""
+        if port != self.destination:
+            if self.fanout is None:
+                self.fanout = {port: when}
+            else:
+                self.fanout[port] = when
+
+    def inherit(self, old: SnakeEntry, after: float) -> None:
+        """Take over the ports `old` (this origin's previous, still usable round) was
+        passed on to, so that a teardown still reaches the nodes of that round."""
+        if old.destination is not None:
+            self.add_fanout(old.destination, old.last_seen)
+        if old.fanout is not None:
+            for port, when in old.fanout.items():
+                if when > after:
+                    self.add_fanout(port, when)
+
+    def ahead(self) -> list[int]:
+        """Every port this origin's paths went on to from here (destination first)."""
+        ports = [] if self.destination is None else [self.destination]
+        if self.fanout is not None:
+            ports.extend(p for p in self.fanout if p != self.destination)
+        return ports
 
 
 @final

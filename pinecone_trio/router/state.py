@@ -581,19 +581,15 @@ class RouterState:
                         e.origin, e.origin, e.seq, e.seq, e.root_key, e.root_seq, e.signature
                     )
                     out.append(SendFrame(e.source, f))
-                elif (
-                    e.source == port
-                    and e.destination is not None
-                    and e.destination != port
-                    and e.destination in self._peers
-                    and e.last_seen > valid_after
-                    and e.signature
-                ):
+                elif e.source == port and e.last_seen > valid_after and e.signature:
                     # A path that came in through the lost port: the nodes after us on
-                    # it still point here. Tear it down ahead of us (watermark sequence
-                    # 0 marks the teardown), so that they stop sending into the break.
+                    # it (and on earlier rounds' paths and handovers we passed on) still
+                    # point here. Tear them down ahead of us (watermark sequence 0 marks
+                    # the teardown), so that they stop sending into the break.
                     f = Bootstrap(e.origin, e.origin, 0, e.seq, e.root_key, e.root_seq, e.signature)
-                    out.append(SendFrame(e.destination, f))
+                    for ahead in e.ahead():
+                        if ahead != port and ahead in self._peers:
+                            out.append(SendFrame(ahead, f))
         out.append(Emit(PeerRemoved(port, peer.key)))
         if not self._peers:
             # Last peer gone: a blank slate (research §4.2), sequence kept.
@@ -824,6 +820,12 @@ class RouterState:
         ):
             self._drop("bad_signature")
             return
+        if f.watermark_key == origin and f.watermark_seq == 0:
+            # A teardown removes only the very entry it names, whatever root that was
+            # learnt under: when the dead node took the root with it, its paths must go
+            # as well (deviation 24).
+            self._on_teardown(port, f, out)
+            return
         ann = self._current_ann()
         rk = f.root_key
         rs = f.root_seq
@@ -849,7 +851,10 @@ class RouterState:
             return
         nh, bk, bs = self._snake(origin, True, f.watermark_key, f.watermark_seq, port)
         displaced: bytes | None = None
-        if table.put(SnakeEntry(origin, port, nh, now, rk, rs, f.sequence, f.signature)):
+        ne = SnakeEntry(origin, port, nh, now, rk, rs, f.sequence, f.signature)
+        if e is not None:
+            ne.inherit(e, now - self._cfg.snake_expiry - self._cfg.snake_path_grace)
+        if table.put(ne):
             displaced = self._descending_update(origin, now, out)
             self._closer_successor(origin)
         else:
@@ -861,6 +866,7 @@ class RouterState:
             if displaced is not None and self._cfg.descending_handover:
                 de = table.get(displaced)
                 if de is not None:
+                    ne.add_fanout(de.source, now)
                     out.append(
                         SendFrame(
                             de.source,
@@ -913,9 +919,6 @@ class RouterState:
         """
         origin = f.destination_key
         target = f.watermark_key
-        if target == origin and f.watermark_seq == 0:
-            self._on_teardown(port, f, out)
-            return
         rk = f.root_key
         rs = f.root_seq
         tol = self._cfg.root_seq_tolerance
@@ -955,32 +958,40 @@ class RouterState:
             ne = SnakeEntry(origin, port, None, now, rk, rs, f.sequence, f.signature)
             # Not the origin's own path: a path-break notice must not follow it.
             ne.noticed = f.sequence
+            if e is not None:
+                ne.inherit(e, now - self._cfg.snake_expiry - self._cfg.snake_path_grace)
+            if te is not None and nh is not None:
+                ne.add_fanout(nh, now)
             if table.put(ne):
                 self._descending_update(origin, now, out)
                 self._closer_successor(origin)
             else:
                 self._drop("snake_table_full")
+        elif e is not None and te is not None and nh is not None:
+            e.add_fanout(nh, now)  # our own path of `origin` stays; a teardown goes there too
         if te is not None and nh is not None:
             out.append(
                 SendFrame(nh, Bootstrap(origin, target, te.seq, f.sequence, rk, rs, f.signature))
             )
 
     def _on_teardown(self, port: int, f: Bootstrap, out: list[Action]) -> None:
-        """A path-break teardown (deviation 24): the path of `f`'s round broke before
-        the node it came from. Forget our entry if it is that very path (same sequence,
-        arrived from there) and pass the teardown on along it; a round's path is simple,
-        so this ends."""
+        """A path-break teardown (deviation 24): the origin's paths broke before the
+        node it came from, which no longer holds any. Forget our entry if it leads there
+        (arrived from there, this round or an earlier one) and pass the teardown on
+        everywhere that entry's rounds went on to. A node passes a teardown on only when
+        it removes its entry, and only a new bootstrap of the origin installs one, so
+        this ends."""
         origin = f.destination_key
         e = self._table.get(origin)
-        if e is None or e.source != port or e.seq != f.sequence:
+        if e is None or e.source != port or e.seq > f.sequence:
             self._drop("stale_teardown")
             return
         self._table.remove(origin)
         if self._descending == origin:
             self._set_descending(None, out)
-        nh = e.destination
-        if nh is not None and nh != port and nh in self._peers:
-            out.append(SendFrame(nh, f))
+        for nh in e.ahead():
+            if nh != port and nh in self._peers:
+                out.append(SendFrame(nh, f))
 
     # --- traffic ------------------------------------------------------------------------
 
