@@ -6,8 +6,10 @@ research/pinecone.md §7. Every non-root node sends a signed bootstrap towards i
 every 5 s; snake routing never delivers a bootstrap to its exact key, so it ends at the
 origin's ascending neighbour (the next higher key). Every node on the way, dead end
 included, records "origin -> the port it came from" in its `SnakeTable`. An entry not
-refreshed for 10 s is invalid and is swept on the next 1 s tick. Nothing is ever torn
-down explicitly.
+refreshed for 10 s is invalid and is swept on the next 1 s tick (plus the 1 s path
+grace). A lost peering tears down explicitly the paths that came in through it, along
+every port the origin's rounds went on to (`SnakeEntry.fanout`; docs/router.md
+deviation 24).
 
 `SnakeTable` keeps the entries twice over, so that no per-frame operation scans it:
 
