@@ -569,27 +569,27 @@ class RouterState:
             # but for the watermark, which names the origin itself.
             valid_after = now - self._cfg.snake_expiry
             for e in gone:
+                if e.last_seen <= valid_after or not e.signature:
+                    continue
                 if (
                     e.destination == port
                     and e.source != port
                     and e.source in self._peers
-                    and e.last_seen > valid_after
-                    and e.signature
                     and e.noticed != e.seq
                 ):
                     f = Bootstrap(
                         e.origin, e.origin, e.seq, e.seq, e.root_key, e.root_seq, e.signature
                     )
                     out.append(SendFrame(e.source, f))
-                elif e.source == port and e.last_seen > valid_after and e.signature:
-                    # A path that came in through the lost port: the nodes after us on
-                    # it (and on earlier rounds' paths and handovers we passed on) still
-                    # point here. Tear them down ahead of us (watermark sequence 0 marks
-                    # the teardown), so that they stop sending into the break.
-                    f = Bootstrap(e.origin, e.origin, 0, e.seq, e.root_key, e.root_seq, e.signature)
-                    for ahead in e.ahead():
-                        if ahead != port and ahead in self._peers:
-                            out.append(SendFrame(ahead, f))
+                # The nodes after us on this path (when it came in through the lost
+                # port), and on earlier rounds' paths and handovers we passed on (either
+                # way), still point here, where the entry is now gone. Tear them down
+                # ahead of us (watermark sequence 0 marks the teardown), so that they
+                # stop sending into the break.
+                f = Bootstrap(e.origin, e.origin, 0, e.seq, e.root_key, e.root_seq, e.signature)
+                for ahead in e.ahead():
+                    if ahead != port and ahead != e.source and ahead in self._peers:
+                        out.append(SendFrame(ahead, f))
         out.append(Emit(PeerRemoved(port, peer.key)))
         if not self._peers:
             # Last peer gone: a blank slate (research §4.2), sequence kept.

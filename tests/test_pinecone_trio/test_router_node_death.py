@@ -162,3 +162,27 @@ def test_random_graph_node_deaths_in_turn() -> None:
         below = (int.from_bytes(v, "big") - 1).to_bytes(32, "big")
         failed = _failures_per_round(net, alive, [below])
         assert _after_recovery(failed) == [0] * len(_after_recovery(failed)), failed
+
+
+@pytest.mark.parametrize("seed", range(5, 13))
+def test_four_deaths_at_once(seed: int) -> None:
+    """A fifth of the nodes die at once (the DHT's churn test): a node may lose both
+    the port a path came in on and the one it went on to, and nodes holding that
+    origin's earlier rounds must still hear of it (seed 9 lost probes for 2 s before)."""
+    n = 20
+    rng = random.Random(seed)
+    ring = {(min(i, (i + 1) % n), max(i, (i + 1) % n)) for i in range(n)}
+    edges = sorted(ring | {_pair(rng.sample(range(n), 2)) for _ in range(15)})
+    net = build(n, edges, seed=seed, config=CONFIGS["deployed"])
+    net.run_until(0.5)
+    _wait_converged(net, 60)
+    net.run_until(net.now + rng.uniform(0, 8))
+    victims = rng.sample(range(n), 4)
+    for v in victims:
+        _kill(net, v)
+    alive = sorted(max(net.components(), key=lambda c: len(c)))
+    _wait_converged(net, 60)
+    targets = [(int.from_bytes(net.keys[v], "big") - 1).to_bytes(32, "big") for v in victims]
+    targets += [rng.randbytes(32) for _ in range(6)]
+    failed = _failures_per_round(net, alive, targets)
+    assert _after_recovery(failed) == [0] * len(_after_recovery(failed)), failed
