@@ -235,7 +235,7 @@ class Prober:
     def _on_send(self, node: int, link: Link, frame: Frame) -> None:
         if type(frame) is Bootstrap:
             if self.track_loops:
-                self._bootstrap_visit(node, link, frame)
+                self._bootstrap_visit(node, frame)
             return
         if type(frame) is not Traffic:
             return
@@ -261,24 +261,25 @@ class Prober:
                 self.revisits += 1
             visited.add(state)
 
-    def _bootstrap_visit(self, node: int, link: Link, frame: Bootstrap) -> None:
+    def _bootstrap_visit(self, node: int, frame: Bootstrap) -> None:
         # A bootstrap is one (origin, sequence); forwarding it twice from one node is a loop.
         # Its handover or path-break notice (watermark at or below the origin,
         # docs/router.md deviations 21 and 24) is a separate journey: one node may
         # forward the bootstrap and later the handover or notice. A teardown (watermark
-        # (origin, 0)) fans out along every path the origin's rounds took from a node,
-        # so for it the loop is the same teardown sent twice over one link.
+        # (origin, 0)) is not checked: it fans out along every path the origin's rounds
+        # took from a node, and a node passes it on only when it removes an entry, so its
+        # sends are bounded by the installations, i.e. by the bootstrap and handover hops
+        # checked here; a handover copy of the same round can reinstall an entry behind
+        # a teardown, which is then torn down (and passed on over the same link) again.
         wk = frame.watermark_key
         origin = frame.destination_key
+        if wk == origin and frame.watermark_seq == 0:
+            return
         visit = (
             origin,
             frame.sequence,
             node,
-            None
-            if wk > origin
-            else (wk, -1 - link.dst)
-            if wk == origin and frame.watermark_seq == 0
-            else (wk, frame.watermark_seq),
+            None if wk > origin else (wk, frame.watermark_seq),
         )
         visits = self._bootstrap_visits
         if visit in visits:
