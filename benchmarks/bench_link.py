@@ -42,6 +42,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from pinecone_trio import transports
 from pinecone_trio.identity import Identity
 from pinecone_trio.link import MAX_PLAINTEXT_SIZE, NoiseLink, connect_link, serve_links
+from pinecone_trio.testing import PassThroughStream
 from pinecone_trio.transports.websocket import WS_RECEIVE_BUFFER_SIZE
 
 MiB = 1024 * 1024
@@ -54,25 +55,6 @@ ACK = b"k"
 #: pass-through stream, so it takes the generic path (transport `send_all` /
 #: `receive_some`) instead of the socket fast path: the A/B of that fast path.
 MODES = ("tcp", "noise_tcp", "noise_tcp_generic", "ws", "noise_ws")
-
-
-class _PassThrough(trio.abc.Stream):
-    """A stream that only forwards to another (hides its type from NoiseLink)."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 # --------------------------------------------------------------------------- servers
@@ -107,7 +89,7 @@ async def _serve(mode: str, total: int, report: Any) -> None:
             done.set()
 
     async def on_generic(stream: trio.abc.Stream) -> None:
-        link = NoiseLink(_PassThrough(stream), SERVER_ID, initiator=False)
+        link = NoiseLink(PassThroughStream(stream), SERVER_ID, initiator=False)
         async with link:
             await on_link(link)
 
@@ -174,7 +156,7 @@ async def _client(mode: str, bound: str, write: int, total: int) -> tuple[float,
             return await _send_stream(stream, write, total)
     if mode == "noise_tcp_generic":
         link = NoiseLink(
-            _PassThrough(await transports.dial(bound)),
+            PassThroughStream(await transports.dial(bound)),
             CLIENT_ID,
             initiator=True,
             expected_key=SERVER_ID.public_key,

@@ -22,6 +22,31 @@ import trio
 from .identity import Identity, PublicKey
 from .node import Node, NodeConfig, open_node
 
+
+class PassThroughStream(trio.abc.Stream):
+    """Forwards every call to `inner` and hides its type.
+
+    `NoiseLink` writes a `trio.SocketStream`'s descriptor directly; wrapping the stream
+    in this makes it take the generic `send_all`/`receive_some` path instead (tests of
+    that path, and the link benchmark's A/B).
+    """
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 #: Listen URIs per transport; port 0 / an empty name pick a free address.
 _LISTEN: Final = {
     "memory": "memory://",

@@ -452,6 +452,14 @@ class _ClosestTrafficFields(NamedTuple):
 # equals only a frame of the same type with equal fields, never a plain tuple.
 
 
+def _record_eq(self: tuple[object, ...], other: object) -> bool:
+    return type(other) is type(self) and tuple.__eq__(self, other)
+
+
+def _record_ne(self: tuple[object, ...], other: object) -> bool:
+    return not _record_eq(self, other)
+
+
 @final
 class Traffic(_TrafficFields):
     """Type 3: traffic for exactly `destination_key`.
@@ -461,15 +469,9 @@ class Traffic(_TrafficFields):
     """
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Traffic and tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
+    __eq__ = _record_eq
+    __ne__ = _record_ne
+    __hash__ = tuple.__hash__
 
 
 @final
@@ -482,15 +484,9 @@ class ClosestTraffic(_ClosestTrafficFields):
     """
 
     __slots__ = ()
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is ClosestTraffic and tuple.__eq__(self, other)
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return tuple.__hash__(self)
+    __eq__ = _record_eq
+    __ne__ = _record_ne
+    __hash__ = tuple.__hash__
 
 
 @final

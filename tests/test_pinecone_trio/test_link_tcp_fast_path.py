@@ -19,29 +19,11 @@ from pinecone_trio.errors import DecryptionFailed, TruncatedFrame, TruncatedStre
 from pinecone_trio.identity import Identity
 from pinecone_trio.link import MAX_PLAINTEXT_SIZE, NoiseCipher, NoiseHandshake, NoiseLink
 from pinecone_trio.link.framing import FrameDecoder, encode_frame
+from pinecone_trio.testing import PassThroughStream
 
 ALICE = Identity.from_seed(b"a" * 32)
 BOB = Identity.from_seed(b"b" * 32)
 SMALL_BUFFER = 32 * 1024
-
-
-class PassThrough(trio.abc.Stream):
-    """Forwards to another stream; hides its type, so NoiseLink takes the generic path."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def tcp_pair(buffer_size: int | None = None) -> tuple[trio.SocketStream, trio.SocketStream]:
@@ -90,7 +72,7 @@ async def test_socket_streams_take_the_fast_path_and_others_do_not() -> None:
     a, b = await link_pair(left, right)
     assert a._socket is left.socket and b._socket is right.socket
     left2, right2 = await tcp_pair()
-    c, d = await link_pair(PassThrough(left2), right2)
+    c, d = await link_pair(PassThroughStream(left2), right2)
     assert c._socket is None and d._socket is right2.socket
     await c.send_all(b"generic to fast")
     assert await d.receive_some() == b"generic to fast"

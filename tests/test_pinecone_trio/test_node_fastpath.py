@@ -6,13 +6,13 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from pinecone_trio import Identity
 from pinecone_trio.identity import FULL_MASK
 from pinecone_trio.node import Datagram
 from pinecone_trio.peering import READ_TIMEOUT, FrameBatch, InboxItem, Peering
-from pinecone_trio.router.actions import PeerType
 from pinecone_trio.router.wire import Bootstrap, Traffic, encode_frame
 from pinecone_trio.testing import open_network
+
+from .peering_helpers import make_peering
 
 DEST = bytes(range(32))
 SRC = bytes(range(100, 132))
@@ -29,19 +29,7 @@ def _snake_traffic(n: int) -> Traffic:
 def _peering(
     stream: trio.abc.Stream, keepalives: bool = False
 ) -> tuple[Peering, trio.MemoryReceiveChannel[InboxItem]]:
-    send, recv = trio.open_memory_channel[InboxItem](16)
-    peering = Peering(
-        link=stream,
-        port=7,
-        public_key=Identity.generate().public_key,
-        uri="test://",
-        peer_type=PeerType.REMOTE,
-        zone="test",
-        outbound=True,
-        inbox=send,
-        keepalives=keepalives,
-    )
-    return peering, recv
+    return make_peering(stream, port=7, keepalives=keepalives)
 
 
 async def _next_batch(recv: trio.MemoryReceiveChannel[InboxItem]) -> FrameBatch:

@@ -29,6 +29,8 @@ from pinecone_trio.router.actions import Input, PeerDown, PeerType, PeerUp
 from pinecone_trio.router.wire import Traffic
 from pinecone_trio.transports import serve as serve_transport
 
+from .peering_helpers import make_peering
+
 FULL = b"\xff" * 32
 
 
@@ -102,20 +104,7 @@ class _StuckStream(trio.abc.Stream):
 def _peering(
     stream: trio.abc.Stream, budget: SendBudget | None = None, local_key: bytes = b""
 ) -> tuple[Peering, trio.MemoryReceiveChannel[InboxItem]]:
-    send, recv = trio.open_memory_channel[InboxItem](16)
-    peering = Peering(
-        link=stream,
-        port=1,
-        public_key=Identity.generate().public_key,
-        uri="test://",
-        peer_type=PeerType.REMOTE,
-        zone="test",
-        outbound=True,
-        inbox=send,
-        local_key=local_key,
-        budget=budget,
-    )
-    return peering, recv
+    return make_peering(stream, budget=budget, local_key=local_key)
 
 
 async def test_frames_queued_on_an_ending_peering_release_their_budget(
