@@ -484,7 +484,8 @@ class Log:
             hint = self._stored_contiguous
         head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature, hint)
         self._storage.commit(
-            self._handle, WriteBatch(blocks=blocks, nodes=parents, bitfield=bits, head=head)
+            self._handle,
+            WriteBatch(blocks=blocks, nodes=parents, bitfield=bits, head=head, appended=True),
         )
         return batch, hint
 

@@ -10,8 +10,9 @@ single integer-key probe, and a sparse replica stores only the blocks it has (no
 sparse files, no per-log file descriptors: research notes §6 and §13)::
 
     logs   (id, key, discovery_key, manifest, secret_key)      what never changes
-    blocks (handle << 40 | index)      -> (checksum, value, head) head: NULL but in
-                                                                 the log's last block
+    blocks (handle << 40 | index)      -> (checksum, value, head, parents)
+                                          head: NULL but in the log's last block;
+                                          parents: the writer's parents it completes
     nodes  (handle << 42 | node index) -> (size, hash)           parents, and leaves
                                                                  held without their block
     state  (handle << 33 | page)       -> 4 KiB "have" bitfield page
@@ -40,8 +41,19 @@ against it, so a damaged block is reported (`CorruptStorageError`) instead of be
 returned. Likewise the depth-1 parent of two stored blocks is not stored (the log
 leaves it out of its batches): `get_node` rebuilds it from the two leaves. Together
 that saves one and a half 48-byte rows per block, the largest part of the on-disk
-overhead of small blocks, and a single append touches the node table only every
-fourth time.
+overhead of small blocks.
+
+Parents in the block row (schema 4). A writer's append stores the parents of depth
+2 and more in the row of the block that completes them (block ``right_span / 2``):
+the ``parents`` column of block ``b`` holds, for depth 2, 3, ... up to the number of
+trailing one bits of ``b``, 40 bytes each: the node's size (u64, little-endian) and
+its hash. An append then writes no row into ``nodes`` at all: a batch of 1,000
+blocks makes ~500 fewer rows, and a single append dirties one page instead of two
+every fourth time. A node is looked up in its completing block's row first, then in
+``nodes``, which keeps what a reader verifies from proofs (there the completing block
+is usually not held) and what older schemas stored. A truncation deletes the block
+rows at and past the cut, and with them exactly the parents whose span reaches past
+it.
 
 Atomicity: a `WriteBatch` (blocks, nodes, bitfield pages, the new head, an optional
 truncation and manifest) is written by `Storage.commit` in **one** transaction. The
@@ -108,8 +120,9 @@ DB_FILENAME: Final = "hyperlog.sqlite3"
 LOCK_FILENAME: Final = "hyperlog.lock"
 #: SQLite ``application_id``: the bytes "HYLG", so a foreign database is refused.
 APPLICATION_ID: Final = 0x48594C47
-#: Schema version, in SQLite's ``user_version``. Version 3 added ``blocks.head``.
-SCHEMA_VERSION: Final = 3
+#: Schema version, in SQLite's ``user_version``. Version 3 added ``blocks.head``,
+#: version 4 ``blocks.parents`` (see the module docstring).
+SCHEMA_VERSION: Final = 4
 #: The oldest schema version this code opens (a writable open upgrades it).
 OLDEST_SCHEMA_VERSION: Final = 2
 #: Page size for new databases. A 1 KiB block plus its row header is just over 1 KiB,
@@ -162,6 +175,9 @@ _NODE_SHIFT: Final = 42
 _STATE_SHIFT: Final = 33
 _HEAD_SLOT: Final = 1 << 32
 _HEAD = struct.Struct("<QQQQ")
+_SIZE = struct.Struct("<Q")
+#: Bytes per parent in a block row's ``parents`` column: u64 size, 32-byte hash.
+_PARENT_SLOT: Final = 40
 _SQLITE_CORRUPT: Final = 11
 _SQLITE_NOTADB: Final = 26
 
@@ -231,6 +247,9 @@ class WriteBatch:
         head: the new signed head, or None to keep the current one.
         truncate: a length to cut the log back to first, or None.
         manifest: an encoded manifest learnt from a peer, or None.
+        appended: True for a writer's append: ``blocks`` are new, and ``nodes`` are
+            exactly the parents of depth >= 2 they complete, bottom-up per block, so
+            storage may keep each in the row of the block that completes it.
     """
 
     blocks: list[tuple[int, bytes, bytes]] = field(default_factory=list)
@@ -239,6 +258,7 @@ class WriteBatch:
     head: Head | None = None
     truncate: int | None = None
     manifest: bytes | None = None
+    appended: bool = False
 
 
 class Storage(Protocol):
@@ -368,6 +388,57 @@ def _stored_sum(value: bytes | memoryview, digest: bytes) -> bytes:
     return digest if len(value) > FULL_HASH_ABOVE else digest[:CHECKSUM_SIZE]
 
 
+# Row inserts. An append writes new rows whole. A downloaded block keeps the parents
+# its row may hold (a writer's own row; the value is the same). NULLs are written as
+# literals: Python 3.11's `sqlite3` runs its adaptation lookup for a bound None as for
+# bytes (~0.4 us a parameter, measured), and a row without parents binds an empty
+# bytearray (the same one header byte on disk as NULL).
+_INSERT_ONE: Final = (
+    "INSERT OR REPLACE INTO blocks (id, sum, value, head, parents) VALUES (?, ?, ?, ?, ?)"
+)
+_INSERT_MANY: Final = (
+    "INSERT OR REPLACE INTO blocks (id, sum, value, head, parents) VALUES (?, ?, ?, NULL, ?)"
+)
+_UPSERT_ONE: Final = (
+    "INSERT INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
+    "DO UPDATE SET sum = excluded.sum, value = excluded.value, head = excluded.head"
+)
+_UPSERT_MANY: Final = (
+    "INSERT INTO blocks (id, sum, value, head) VALUES (?, ?, ?, NULL) ON CONFLICT (id) "
+    "DO UPDATE SET sum = excluded.sum, value = excluded.value, head = NULL"
+)
+_NO_PARENTS: Final = bytearray()
+
+
+def _parents_by_block(nodes: list[TreeNode]) -> tuple[dict[int, bytearray], list[TreeNode]]:
+    """Pack an append's parents into the rows of the blocks that complete them.
+
+    Returns ``{block: parents column}`` and the nodes that do not go into a row.
+
+    Raises:
+        ValueError: if the nodes are not an append's parents, bottom-up per block.
+    """
+    # bytearrays: SQLite binds them without the adaptation lookup `bytes` pays
+    rows: dict[int, bytearray] = {}
+    rest: list[TreeNode] = []
+    pack = _SIZE.pack
+    for n in nodes:
+        index = n.index
+        if index & 3 != 3:  # a leaf or a depth-1 parent: not kept in rows
+            rest.append(n)
+            continue
+        span = (index + 1) & -(index + 1)
+        block = (index + span - 1) >> 1
+        column = rows.get(block)
+        if column is None:
+            column = rows[block] = bytearray()
+        if len(column) != (span.bit_length() - 3) * _PARENT_SLOT:
+            raise ValueError(f"node {index} is out of order in an appended batch")
+        column += pack(n.size)
+        column += n.hash
+    return rows, rest
+
+
 #: Blobs up to this size are written as `bytearray` copies. Python 3.11's `sqlite3`
 #: binds a bytearray directly but runs its adaptation-protocol lookup for every
 #: `bytes` parameter (~0.3 us each): measured A/B, batches of 1,000 x 1 KiB took
@@ -407,7 +478,7 @@ _SCHEMA: Final = (
         manifest BLOB,
         secret_key BLOB)""",
     "CREATE TABLE IF NOT EXISTS blocks (id INTEGER PRIMARY KEY, sum BLOB NOT NULL, "
-    "value BLOB NOT NULL, head BLOB)",
+    "value BLOB NOT NULL, head BLOB, parents BLOB)",
     "CREATE TABLE IF NOT EXISTS nodes (id INTEGER PRIMARY KEY, size INTEGER NOT NULL, "
     "hash BLOB NOT NULL)",
     "CREATE TABLE IF NOT EXISTS state (id INTEGER PRIMARY KEY, value BLOB NOT NULL)",
@@ -457,6 +528,7 @@ class SQLiteStorage:
         # docstring); a log missing here keeps its head in `state`
         self._embedded: dict[int, int] = {}
         self._heads_in_blocks = True
+        self._parents_in_blocks = True
         if durability not in ("process", "power"):
             raise ValueError(f"durability must be 'process' or 'power', not {durability!r}")
         exists = self.db_path.exists()
@@ -535,16 +607,22 @@ class SQLiteStorage:
             self._upgrade(version)
             version = SCHEMA_VERSION
         self._heads_in_blocks = version >= 3
+        self._parents_in_blocks = version >= 4
         (self._page_size,) = self._r.execute("PRAGMA page_size").fetchone()
 
     def _upgrade(self, version: int) -> None:
-        """Bring a schema-2 database to the current schema, in one transaction."""
+        """Bring a schema-2 or -3 database to the current schema, in one transaction.
+
+        Adding a NULL column rewrites no row (SQLite reads it as NULL), so this is
+        instant at any size. Nodes stored in ``nodes`` stay there and are still found.
+        """
         w = self._w
         w.execute("BEGIN IMMEDIATE")
         try:
-            if version == 2:
-                # Adding a NULL column rewrites no row (SQLite reads it as NULL).
+            if version <= 2:
                 w.execute("ALTER TABLE blocks ADD COLUMN head BLOB")
+            if version <= 3:
+                w.execute("ALTER TABLE blocks ADD COLUMN parents BLOB")
             w.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             w.execute("COMMIT")
         except BaseException:
@@ -746,11 +824,17 @@ class SQLiteStorage:
         nbase = handle << _NODE_SHIFT
         bbase = handle << _BLOCK_SHIFT
         out: list[TreeNode | None] = []
+        in_rows = self._parents_in_blocks
         with self._rlock, _reporting_corruption(self.db_path):
             r = self._reader()
             for index in indices:
                 if not index & 1:
                     node = self._leaf(r, bbase, index)
+                    if node is not None:
+                        out.append(node)
+                        continue
+                elif index & 3 == 3 and in_rows:
+                    node = self._in_row(r, bbase, index)
                     if node is not None:
                         out.append(node)
                         continue
@@ -781,6 +865,19 @@ class SQLiteStorage:
         if not ok:
             raise CorruptStorageError(f"block {index >> 1} in {self.db_path} fails its checksum")
         return TreeNode(index, size, digest)
+
+    def _in_row(self, r: sqlite3.Connection, bbase: int, index: int) -> TreeNode | None:
+        # a parent of depth >= 2 kept in the row of the block that completes it
+        span = (index + 1) & -(index + 1)  # 2 ** depth
+        slot = (span.bit_length() - 3) * _PARENT_SLOT
+        row = r.execute(
+            "SELECT substr(parents, ?, ?) FROM blocks WHERE id = ?",
+            (slot + 1, _PARENT_SLOT, bbase | ((index + span - 1) >> 1)),
+        ).fetchone()
+        if row is None or row[0] is None or len(row[0]) != _PARENT_SLOT:
+            return None
+        data: bytes = row[0]
+        return TreeNode(index, _SIZE.unpack_from(data)[0], data[8:])
 
     def _derived(self, r: sqlite3.Connection, bbase: int, index: int) -> TreeNode | None:
         left = self._leaf(r, bbase, index - 1)
@@ -899,39 +996,62 @@ class SQLiteStorage:
             cut = batch.truncate
             if head is not None and 0 <= held != into and (cut is None or held < cut):
                 w.execute("UPDATE blocks SET head = NULL WHERE id = ?", (bbase | held,))
-            packed = None if into < 0 or head is None else _encode_head(head)
+            packed = None if into < 0 or head is None else bytearray(_encode_head(head))
+            nodes = batch.nodes
+            appended = batch.appended
+            rows: dict[int, bytearray] = {}
+            if appended and nodes:
+                rows, nodes = _parents_by_block(nodes)
             if len(blocks) == 1:
                 i, v, h = blocks[0]
-                w.execute(
-                    "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?)",
-                    (
-                        bbase | i,
-                        bytearray(_stored_sum(v, h)),
-                        bytearray(v) if len(v) <= _BIND_COPY_MAX else v,
-                        packed,
-                    ),
+                one = (
+                    bbase | i,
+                    bytearray(_stored_sum(v, h)),
+                    bytearray(v) if len(v) <= _BIND_COPY_MAX else v,
+                    packed,
                 )
+                if appended:
+                    w.execute(_INSERT_ONE, (*one, rows.get(i, _NO_PARENTS)))
+                else:
+                    w.execute(_UPSERT_ONE, one)
             elif blocks:
                 # rows are made one at a time as SQLite binds them (a generator): a
                 # list would keep 1,000 tuples alive and feed the cyclic GC
                 big = FULL_HASH_ABOVE
-                w.executemany(
-                    "INSERT OR REPLACE INTO blocks (id, sum, value, head) VALUES (?, ?, ?, NULL)",
-                    (
+                copy_max = _BIND_COPY_MAX
+                if appended:
+                    get = rows.get
+                    none = _NO_PARENTS
+                    w.executemany(
+                        _INSERT_MANY,
                         (
-                            bbase | i,
-                            h if len(v) > big else bytearray(h[:CHECKSUM_SIZE]),
-                            bytearray(v) if len(v) <= _BIND_COPY_MAX else v,
-                        )
-                        for i, v, h in blocks
-                    ),
-                )
+                            (
+                                bbase | i,
+                                h if len(v) > big else bytearray(h[:CHECKSUM_SIZE]),
+                                bytearray(v) if len(v) <= copy_max else v,
+                                get(i, none),
+                            )
+                            for i, v, h in blocks
+                        ),
+                    )
+                else:
+                    w.executemany(
+                        _UPSERT_MANY,
+                        (
+                            (
+                                bbase | i,
+                                h if len(v) > big else bytearray(h[:CHECKSUM_SIZE]),
+                                bytearray(v) if len(v) <= copy_max else v,
+                            )
+                            for i, v, h in blocks
+                        ),
+                    )
                 if into >= 0:
                     w.execute("UPDATE blocks SET head = ? WHERE id = ?", (packed, bbase | into))
-            if batch.nodes:
+            if nodes:
                 w.executemany(
                     "INSERT OR REPLACE INTO nodes (id, size, hash) VALUES (?, ?, ?)",
-                    ((nbase | n.index, n.size, bytearray(n.hash)) for n in batch.nodes),
+                    ((nbase | n.index, n.size, bytearray(n.hash)) for n in nodes),
                 )
             state = [(sbase | p, data) for p, data in batch.bitfield.items()]
             if head is not None and into < 0:

@@ -24,6 +24,8 @@ from hyperlog.storage import (
     _encode_head,
 )
 
+from .test_storage_parents_in_rows import downgrade_parents
+
 _HEAD_KEY = (1 << 33) | (1 << 32)  # state row of log handle 1's head
 
 
@@ -113,6 +115,7 @@ def _downgrade_to_schema_2(path: Path) -> None:
                 "INSERT OR REPLACE INTO state (id, value) VALUES (?, ?)", (_HEAD_KEY, row[1])
             )
         conn.execute("ALTER TABLE blocks DROP COLUMN head")
+        downgrade_parents(conn)
         conn.execute("PRAGMA user_version = 2")
         conn.execute("COMMIT")
     finally:
