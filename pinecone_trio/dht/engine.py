@@ -158,6 +158,7 @@ class EngineStatistics:
     announces_acked: int = 0
     replicas_sent: int = 0
     retries: int = 0
+    successor_claims: int = 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -345,6 +346,7 @@ class DhtEngine:
     def _on_successor(self, source: bytes, now: float) -> None:
         if source <= self._key:
             return
+        self.statistics.successor_claims += 1
         current = self._successor
         fresh = current is not None and now - self._successor_heard < SUCCESSOR_TTL
         if current is None or not fresh or source <= current:

@@ -17,6 +17,7 @@ synchronous code between checkpoints, so its state changes are atomic.
 
 from __future__ import annotations
 
+import math
 import time
 import weakref
 from collections.abc import AsyncIterator
@@ -79,6 +80,8 @@ class Dht:
             OUTBOX_SIZE
         )
         self._wake = trio.Event()
+        #: What the timer task sleeps until (it is woken when the engine's moves earlier).
+        self._timer_deadline = math.inf
         self._lookups: dict[int, _Waiter] = {}
         self._announces: dict[bytes, _Waiter] = {}
         self.outbox_drops = 0
@@ -163,7 +166,8 @@ class Dht:
 
     async def _timers(self) -> None:
         while True:
-            with trio.move_on_at(self.engine.next_deadline()):
+            self._timer_deadline = self.engine.next_deadline()
+            with trio.move_on_at(self._timer_deadline):
                 await self._wake.wait()
             self._wake = trio.Event()
             self._apply(self.engine.on_timer(trio.current_time()), wake=False)
@@ -174,6 +178,12 @@ class Dht:
         self.engine.set_neighbours(
             bytes.fromhex(desc) if desc else None, bytes.fromhex(asc) if asc else None
         )
+        # A new descending neighbour makes the engine due to send it a SUCCESSOR claim
+        # at once: wake the timer task if it sleeps past that (it may sleep forever on
+        # an idle node, and then no claim would ever go out and every copy pushed up the
+        # snake would follow the router's ascending guess, often the wrong node).
+        if self.engine.next_deadline() < self._timer_deadline:
+            self._wake.set()
 
     async def _watch_neighbours(self) -> None:
         while True:

@@ -346,6 +346,7 @@ def test_successor_claims() -> None:
     assert engine.neighbours == (None, router_guess)
     engine.on_message(far, hello, None, 1.0)
     assert engine.neighbours[1] == far  # a claim beats the router's guess
+    assert engine.statistics.successor_claims == 1
     engine.on_message(router_guess, hello, None, 2.0)
     assert engine.neighbours[1] == far  # a fresh closer claim is kept
     engine.on_message(near, hello, None, 3.0)

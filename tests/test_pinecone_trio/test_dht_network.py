@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -11,7 +12,11 @@ import trio.testing
 
 from pinecone_trio import Identity
 from pinecone_trio.dht import Dht, open_dht, topic_id
-from pinecone_trio.dht.constants import ANNOUNCE_REFRESH_INTERVAL, RECORD_TTL
+from pinecone_trio.dht.constants import (
+    ANNOUNCE_REFRESH_INTERVAL,
+    RECORD_TTL,
+    SUCCESSOR_INTERVAL,
+)
 from pinecone_trio.identity import PublicKey
 from pinecone_trio.node import Node, open_node
 from pinecone_trio.testing import Network
@@ -172,6 +177,30 @@ async def test_record_survives_closest_node_death(
             await trio.sleep(ANNOUNCE_REFRESH_INTERVAL * 1.2)
             entries = net.dhts[new_owner].engine.store.get(topic_id(topic), trio.current_time())
             assert [e.record.seq > first_seq for e in entries] == [True]
+
+
+async def test_idle_nodes_tell_their_predecessors_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # No DHT traffic at all: the SUCCESSOR claims must still go out as soon as the snake
+    # has converged (the router's ascending key is only a guess, often a wrong one).
+    async with dht_network(14, chords=10, seed=4) as net:
+        order = sorted(net.dhts, key=lambda n: net.key(n))
+        expected = {a: bytes(net.key(b)) for a, b in itertools.pairwise(order)}
+
+        def learned() -> bool:
+            return all(
+                net.dhts[a].engine.neighbours[1] == succ
+                and net.dhts[a].engine.statistics.successor_claims > 0
+                for a, succ in expected.items()
+            )
+
+        # Checked every tenth of a (virtual) second, for less than one hello interval.
+        for _ in range(int(SUCCESSOR_INTERVAL * 10) - 1):
+            if learned():
+                break
+            await trio.sleep(0.1)
+        assert learned()
 
 
 async def test_reannounce_restores_topic_after_all_holders_die(
