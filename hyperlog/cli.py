@@ -194,6 +194,8 @@ async def _cmd_info(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info))
         else:
+            if info["signature"] is None and info["length"]:
+                info["signature"] = "unsigned (the writer signs its last append when it next opens)"
             for name, value in info.items():
                 print(f"{name}: {value}")
     return 0

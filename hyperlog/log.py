@@ -251,6 +251,9 @@ class Log:
         self._closed = False
         # The contiguous-length hint last stored in the head (see `Head`).
         self._stored_contiguous = 0
+        # False while the stored head lacks the signature of the current head (the
+        # writer signs lazily: see `_sign`); `close` and a writable open store it.
+        self._stored_signed = True
 
     def _load(self, head: Head) -> None:
         """Rebuild the in-memory state from storage and check the signed head."""
@@ -268,11 +271,52 @@ class Log:
                 raise CorruptStorageError(
                     f"log {self.key.hex()}: stored roots do not match the signed head"
                 )
-            if self._verifier is not None and not tree.verify_signature(self._verifier):
+            if head.signature is None:
+                # The writer's last head, not signed yet (lazy signing). The writer
+                # signs it now, and stores it if it can write; a store without the
+                # secret key keeps it unsigned and never proves it to anyone.
+                self._stored_signed = False
+                if self._sign(tree) is not None and not self._storage.readonly:
+                    self._store_signature(tree)
+            elif self._verifier is not None and not tree.verify_signature(self._verifier):
                 raise CorruptStorageError(
                     f"log {self.key.hex()}: the stored signature does not verify"
                 )
         self._tree = tree
+
+    def _sign(self, tree: MerkleTree) -> bytes | None:
+        """Sign ``tree``'s head if it is unsigned and this store holds the secret key.
+
+        Appends leave the head unsigned (docs/hyperlog.md, "lazy signing"); whatever
+        exposes the signed head (`signature`, `head`, an upgrade proof, a snapshot's
+        signature, `verify`, `close`) calls this first. ed25519 is deterministic, so
+        the signature is the one hypercore would have made at append time. Returns
+        the signature, or None for an empty log or a head this store cannot sign.
+        """
+        sig = tree.signature
+        if sig is None and tree.length and self._secret_key is not None:
+            verifier = self._verifier
+            if verifier is not None:
+                sig = tree.signature = verifier.sign(
+                    tree.tree_hash(), tree.length, tree.fork, self._secret_key
+                )
+        return sig
+
+    def _ensure_signed(self) -> bytes | None:
+        return self._sign(self._tree)
+
+    def _store_signature(self, tree: MerkleTree) -> None:
+        """Write the (now signed) current head over the stored unsigned one."""
+        head = Head(
+            tree.fork,
+            tree.length,
+            tree.byte_length,
+            tree.tree_hash(),
+            tree.signature,
+            self._stored_contiguous,
+        )
+        self._storage.store_signature(self._handle, head)
+        self._stored_signed = True
 
     def _get_node(self, index: int) -> TreeNode | None:
         return self._storage.get_node(self._handle, index)
@@ -321,8 +365,21 @@ class Log:
 
     @property
     def signature(self) -> bytes | None:
-        """The raw 64-byte ed25519 signature of the head, None for an empty log."""
-        return self._tree.signature
+        """The raw 64-byte ed25519 signature of the head (signing it now if needed).
+
+        None for an empty log, and for a head that is not signed yet when this store
+        does not hold the writer's secret key (see `signed`).
+        """
+        return self._ensure_signed()
+
+    @property
+    def signed(self) -> bool:
+        """False if the head is not signed and cannot be signed here (no secret key).
+
+        Only the writer's own store can hold such a head (its last append, before it
+        was signed); it is never proved to anyone. An empty log counts as signed.
+        """
+        return self._tree.length == 0 or self._ensure_signed() is not None
 
     def tree_hash(self) -> bytes:
         """Return the hash over the current roots: what the signature covers."""
@@ -337,9 +394,8 @@ class Log:
     def head(self) -> Head:
         """The current signed head as stored."""
         t = self._tree
-        return Head(
-            t.fork, t.length, t.byte_length, t.tree_hash(), t.signature, self._stored_contiguous
-        )
+        sig = self._ensure_signed()
+        return Head(t.fork, t.length, t.byte_length, t.tree_hash(), sig, self._stored_contiguous)
 
     @property
     def contiguous_length(self) -> int:
@@ -465,10 +521,12 @@ class Log:
             raise NotWritableError(f"log {self.key.hex()} is not writable here")
 
     def _append_sync(self, values: list[bytes]) -> tuple[AppendBatch, int]:
-        """Hash, sign and commit one batch; does not touch in-memory state."""
-        assert self._verifier is not None
+        """Hash and commit one batch; does not touch in-memory state.
+
+        The head is committed unsigned: the signature is made when something needs it
+        (`_sign`), not per append.
+        """
         batch = self._tree.append(values)
-        signature = batch.sign(self._verifier, self._secret_key)
         start = batch.start
         blocks = list(zip(range(start, batch.length), values, batch.leaf_hashes, strict=True))
         # Depth-1 parents of two stored blocks are derived by storage.
@@ -482,7 +540,7 @@ class Log:
         else:
             bits = bf.pages_after_set(start, batch.length)
             hint = self._stored_contiguous
-        head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, signature, hint)
+        head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, None, hint)
         self._storage.commit(
             self._handle,
             WriteBatch(blocks=blocks, nodes=parents, bitfield=bits, head=head, appended=True),
@@ -490,6 +548,7 @@ class Log:
         return batch, hint
 
     def _after_append(self, start: int, length: int) -> None:
+        self._stored_signed = False
         self._bitfield.set_range(start, length)
         self._bitfield.clear_dirty()
         self._emit(AppendEvent(length, self._tree.byte_length, self._tree.fork))
@@ -522,6 +581,7 @@ class Log:
             await trio.to_thread.run_sync(self._storage.commit, self._handle, wb)
             self._tree.apply(batch)
             self._stored_contiguous = hint
+            self._stored_signed = True
             self._bitfield.clear_from(length)
             self._bitfield.clear_dirty()
             self._cuts[batch.fork] = length
@@ -755,6 +815,8 @@ class Log:
             InvalidRequestError: if the request is out of bounds or for another fork.
             BlockNotAvailableError: if the block or a needed node is not held here.
         """
+        if request.upgrade is not None:
+            self._ensure_signed()  # an unsigned head is never proved (create_proof refuses)
         tree = self._tree
         value = None
         if request.block is not None:
@@ -840,12 +902,17 @@ class Log:
             CorruptStorageError: if anything stored does not match (the message says what).
             InvalidSignatureError: if the signature does not verify the roots.
         """
+        self._ensure_signed()
         tree = self._tree.snapshot()
         await trio.to_thread.run_sync(self._verify_sync, tree)
 
     def _verify_sync(self, tree: MerkleTree) -> None:
         if self._verifier is None:
             raise CorruptStorageError("the manifest is unknown: the signature cannot be checked")
+        if tree.length and tree.signature is None:
+            raise CorruptStorageError(
+                "the head is not signed yet and this store has no secret key to sign it"
+            )
         if tree.length and not tree.verify_signature(self._verifier):
             raise CorruptStorageError("the signature does not verify the stored head")
         # Recompute the roots from the leaves wherever the whole subtree is held,
@@ -894,6 +961,18 @@ class Log:
     def closed(self) -> bool:
         """True once the store holding this log was closed."""
         return self._closed
+
+    def _store_signature_on_close(self) -> None:
+        """Sign the head and store the signature, if an append left it unsigned."""
+        if self._stored_signed or self._closed or self._storage.readonly:
+            return
+        if self._ensure_signed() is None:
+            return
+        try:
+            self._store_signature(self._tree)
+        except HyperlogError:
+            # the next writable open signs it again (the same bytes)
+            logger.warning("could not store the signature of %s", self.key.hex(), exc_info=True)
 
     def _close(self) -> None:
         self._closed = True
@@ -1100,8 +1179,13 @@ class LogSnapshot:
 
     @property
     def signature(self) -> bytes | None:
-        """The signature of the snapshot's head."""
-        return self._tree.signature
+        """The signature of the snapshot's head (signed now if the writer had not yet)."""
+        log, t = self._log, self._tree
+        current = log._tree
+        same = (t.length, t.fork) == (current.length, current.fork)
+        if same and t.signature is None:
+            t.signature = log._ensure_signed()  # one signature for both
+        return log._sign(t)
 
     def tree_hash(self) -> bytes:
         """The tree hash of the snapshot's head."""
@@ -1273,6 +1357,7 @@ class Store:
             return
         self._closed = True
         for log in self._logs.values():
+            log._store_signature_on_close()
             log._close()
         await trio.to_thread.run_sync(self.storage.close)
 

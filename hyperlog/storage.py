@@ -337,6 +337,14 @@ class Storage(Protocol):
         """Apply ``batch`` atomically and durably (see the module docstring)."""
         ...
 
+    def store_signature(self, handle: int, head: Head) -> None:
+        """Replace the stored head, committed unsigned, by ``head``: the same head signed.
+
+        Raises:
+            ValueError: if ``head`` has no signature.
+        """
+        ...
+
     def check(self, *, full: bool = False) -> None:
         """Check the database structure (``quick_check``, or ``integrity_check`` if full).
 
@@ -1068,6 +1076,29 @@ class SQLiteStorage:
         elif head is not None or (batch.truncate is not None and held >= batch.truncate):
             self._embedded.pop(handle, None)
 
+    def store_signature(self, handle: int, head: Head) -> None:
+        """Write the signed head where the unsigned one is (see `Storage.store_signature`).
+
+        One statement (its own transaction): the head column of the log's last block
+        row when the head lives there, else the head slot in ``state``.
+        """
+        if head.signature is None:
+            raise ValueError("store_signature needs a signed head")
+        packed = bytearray(_encode_head(head))
+        with self._wlock, _reporting_corruption(self.db_path):
+            w = self._writer()
+            held = self._embedded.get(handle, -1)
+            if held >= 0 and held == head.length - 1:
+                w.execute(
+                    "UPDATE blocks SET head = ? WHERE id = ?",
+                    (packed, (handle << _BLOCK_SHIFT) | held),
+                )
+            else:
+                w.execute(
+                    "INSERT OR REPLACE INTO state (id, value) VALUES (?, ?)",
+                    ((handle << _STATE_SHIFT) | _HEAD_SLOT, packed),
+                )
+
     # -- maintenance ------------------------------------------------------------
 
     def check(self, *, full: bool = False) -> None:
@@ -1214,6 +1245,14 @@ class MemoryStorage:
             for p, data in batch.bitfield.items():
                 self._pages[(handle, p)] = bytes(data)
             self._logs[handle - 1] = (info, batch.head if batch.head is not None else head)
+
+    def store_signature(self, handle: int, head: Head) -> None:
+        """Replace the stored head by the same head, signed."""
+        if head.signature is None:
+            raise ValueError("store_signature needs a signed head")
+        with self._lock:
+            info, _ = self._logs[handle - 1]
+            self._logs[handle - 1] = (info, head)
 
     def check(self, *, full: bool = False) -> None:
         """Nothing to check in memory."""
