@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import final
+from typing import Final, final
 
-from .wire import Block
+from .wire import Block, BlockRecord
 
 __all__ = ["BlockCache", "CacheStatistics"]
+
+#: Where a `BlockRecord` keeps the block's encoded size.
+_NBYTES: Final = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +41,8 @@ class BlockCache:
             raise ValueError("cache limits must be positive")
         self.max_blocks = max_blocks
         self.max_bytes = max_bytes
-        self._d: OrderedDict[int, Block] = OrderedDict()
+        # Records, not `Block`s: the garbage collector does not track them (wire.BlockRecord).
+        self._d: OrderedDict[int, BlockRecord] = OrderedDict()
         self._bytes = 0
         self._hits = 0
         self._misses = 0
@@ -46,24 +50,24 @@ class BlockCache:
 
     def get(self, seq: int) -> Block | None:
         """Return the cached block `seq` (marking it recently used), or None."""
-        b = self._d.get(seq)
-        if b is None:
+        rec = self._d.get(seq)
+        if rec is None:
             self._misses += 1
             return None
         self._hits += 1
         self._d.move_to_end(seq)
-        return b
+        return Block.from_record(rec)
 
     def put(self, block: Block) -> None:
         """Insert `block`, evicting the least recently used ones beyond the limits."""
         old = self._d.pop(block.seq, None)
         if old is not None:
-            self._bytes -= old.nbytes
-        self._d[block.seq] = block
+            self._bytes -= old[_NBYTES]
+        self._d[block.seq] = block.record()
         self._bytes += block.nbytes
         while len(self._d) > 1 and (len(self._d) > self.max_blocks or self._bytes > self.max_bytes):
             _, ev = self._d.popitem(last=False)
-            self._bytes -= ev.nbytes
+            self._bytes -= ev[_NBYTES]
             self._evictions += 1
 
     def clear(self) -> None:

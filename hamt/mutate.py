@@ -45,6 +45,7 @@ from typing import Any, TypeAlias, final
 from .cache import BlockCache
 from .constants import (
     CHUNK_BITS,
+    CHUNK_MASK,
     MAX_BATCH_OPS,
     MAX_BLOCK_BYTES,
     MAX_BUCKET_ENTRIES,
@@ -81,30 +82,54 @@ _Entry: TypeAlias = "int | _New"
 
 @final
 class _Dirty:
-    __slots__ = ("children", "dm", "entries", "nm", "src")
+    """A decoded node of the block under construction (or a retained, clean one).
 
-    def __init__(self, dm: int, nm: int, entries: list[_Entry], children: list[Any]) -> None:
+    `slots` holds one absolute block number per slot, in the node's own order
+    (entries, then children), so `encode` turns them into relative pointers with one
+    list comprehension: an entry's block (this block's number for the entries it
+    writes, whose `_New` is in `news` by chunk bit), then for each child the block
+    holding it inline. `kids` holds the children decoded in memory, by chunk bit
+    (retained ones and the ones this mutation opened); a clean kid's `src` equals
+    its slot, and `dirty` has the bit of each kid this mutation rewrites, so
+    `encode` visits only those.
+    """
+
+    __slots__ = ("dirty", "dm", "kids", "news", "nm", "slots", "src")
+
+    def __init__(self, dm: int, nm: int, slots: list[int]) -> None:
         self.dm = dm
         self.nm = nm
-        self.entries = entries
-        # int (a block holding the child inline at this position) or _Dirty/_Bucket.
-        self.children = children
+        self.slots = slots
+        self.news: dict[int, _New] | None = None
+        self.kids: dict[int, _Dirty | _Bucket] | None = None
+        self.dirty = 0
         # None: rewritten by the block under construction; an int: clean, equal to the
         # node block `src` holds inline at this position (a retained node).
         self.src: int | None = None
 
     @staticmethod
     def copy_of(node: Node, src: int) -> _Dirty:
-        dm, nm = node[0], node[1]
-        ne = 2 + dm.bit_count()
         # Pointers are stored relative to the block holding them; dirty nodes hold
         # absolute block numbers until `encode` makes them relative to the new block.
-        return _Dirty(
-            dm,
-            nm,
-            [src - e for e in node[2:ne]],
-            [src if type(c) is tuple else src - c for c in node[ne:]],
-        )
+        ne = 2 + node[0].bit_count()
+        slots = [src - e for e in node[2:ne]]
+        slots += [src if type(c) is tuple else src - c for c in node[ne:]]
+        return _Dirty(node[0], node[1], slots)
+
+    def add_kid(self, bit: int, kid: _Dirty | _Bucket) -> None:
+        """Record decoded child `kid` at chunk bit `bit` as rewritten by this mutation."""
+        kids = self.kids
+        if kids is None:
+            kids = self.kids = {}
+        kids[bit] = kid
+        self.dirty |= bit
+
+    def set_new(self, bit: int, new: _New) -> None:
+        """Note that the entry at chunk bit `bit` is `new` (written by this block)."""
+        news = self.news
+        if news is None:
+            news = self.news = {}
+        news[bit] = new
 
 
 @final
@@ -178,30 +203,45 @@ class Mutation:
             b = yield seq
         return b
 
-    def _open(self, node: _Dirty, i: int, depth: int, path: int) -> _Steps:
-        """Make child `i` of `node` (at `depth`) dirty and return it."""
-        c = node.children[i]
-        if type(c) is _Dirty or type(c) is _Bucket:
-            c.src = None  # a retained node: rewritten from now on
+    def _open(self, node: _Dirty, bit: int, depth: int, path: int) -> _Steps:
+        """Make the child at chunk bit `bit` of `node` (at `depth`) dirty and return it."""
+        kids = node.kids
+        c = kids.get(bit) if kids is not None else None
+        if c is not None:
+            if c.src is not None:  # a retained node: rewritten from now on
+                c.src = None
+                node.dirty |= bit
             return c
-        b = yield from self._get(c)
-        child, src = descend(b, path, depth), c
+        src = node.slots[node.dm.bit_count() + (node.nm & (bit - 1)).bit_count()]
+        b = yield from self._get(src)
+        child = descend(b, path, depth)
         d: _Dirty | _Bucket
         if depth == MAX_DEPTH:
             d = _Bucket([(k, src - s) for k, s in child])
         else:
             d = _Dirty.copy_of(child, src)
-        node.children[i] = d
+        node.add_kid(bit, d)
         return d
 
+    def _entry(self, node: _Dirty, i: int, bit: int) -> _Entry:
+        """The entry in slot `i` (chunk bit `bit`) of `node`: a block number or a `_New`."""
+        e = node.slots[i]
+        if e == self.new_seq:
+            assert node.news is not None
+            return node.news[bit]
+        return e
+
     def _entry_key(self, e: _Entry, key: str, path: int, depth: int) -> _Steps:
-        """The key of entry slot `e` at position (`path`, `depth`); `key` is the one we hold."""
+        """``(key, path)`` of entry slot `e` at position (`path`, `depth`); `key` is ours.
+
+        The path is None when the entry is `key` itself.
+        """
         if type(e) is _New:
-            return e.key
+            return e.key, e.path
         b: Block = yield from self._get(e)
         if key in b.puts:  # the rule above: then it is this very entry
-            return key
-        return b.entry_at(self._path, path, depth)
+            return key, None
+        return b.entry_with_path(self._path, path, depth)
 
     def _rehome(self, key: str, e: _Entry) -> _Steps:
         """Return an entry that may live higher up than `e` does now."""
@@ -231,8 +271,10 @@ class Mutation:
         if self._deletes.pop(key, 0) is None:
             new.existed = True
         self._news[key] = new
+        new_seq = self.new_seq
         node: Any = self._root
         depth = 0
+        shift = PATH_BITS
         while True:
             if depth == MAX_DEPTH:
                 items = node.items
@@ -245,41 +287,53 @@ class Mutation:
                     raise BatchTooLargeError("collision bucket full")
                 items.append((key, new))
                 return None
-            bit = 1 << chunk(path, depth)
-            if node.dm & bit:
-                i = (node.dm & (bit - 1)).bit_count()
-                e = node.entries[i]
-                ekey = yield from self._entry_key(e, key, path, depth + 1)
-                if ekey == key:
-                    new.existed = new.existed or type(e) is int or e.existed
-                    node.entries[i] = new
+            shift -= CHUNK_BITS
+            bit = 1 << ((path >> shift) & CHUNK_MASK)
+            dm = node.dm
+            if dm & bit:
+                i = (dm & (bit - 1)).bit_count()
+                e = self._entry(node, i, bit)
+                ekey, epath = yield from self._entry_key(e, key, path, depth + 1)
+                if epath is None or ekey == key:
+                    new.existed = new.existed or isinstance(e, int) or e.existed
+                    node.slots[i] = new_seq
+                    node.set_new(bit, new)
                     return None
                 # Another key holds the slot: push it one level down and go on.
-                epath = e.path if type(e) is _New else self._path(ekey)
-                del node.entries[i]
-                node.dm ^= bit
+                del node.slots[i]
+                node.dm = dm ^ bit
+                if type(e) is _New:
+                    assert node.news is not None
+                    del node.news[bit]
                 child: _Dirty | _Bucket
                 if depth + 1 == MAX_DEPTH:
                     child = _Bucket([(ekey, e)])
                 else:
-                    child = _Dirty(1 << chunk(epath, depth + 1), 0, [e], [])
-                node.children.insert((node.nm & (bit - 1)).bit_count(), child)
+                    cbit = 1 << ((epath >> (shift - CHUNK_BITS)) & CHUNK_MASK)
+                    child = _Dirty(cbit, 0, [new_seq if type(e) is _New else e])
+                    if type(e) is _New:
+                        child.set_new(cbit, e)
+                node.slots.insert(dm.bit_count() - 1 + (node.nm & (bit - 1)).bit_count(), new_seq)
                 node.nm |= bit
+                node.add_kid(bit, child)
                 node = child
                 depth += 1
                 continue
             if node.nm & bit:
-                ci = (node.nm & (bit - 1)).bit_count()
-                c = node.children[ci]
+                kids = node.kids
+                c = kids.get(bit) if kids is not None else None
                 if type(c) is _Dirty:  # retained or already rewritten: no generator needed
-                    c.src = None
+                    if c.src is not None:
+                        c.src = None
+                        node.dirty |= bit
                     node = c
                 else:
-                    node = yield from self._open(node, ci, depth + 1, path)
+                    node = yield from self._open(node, bit, depth + 1, path)
                 depth += 1
                 continue
-            node.entries.insert((node.dm & (bit - 1)).bit_count(), new)
-            node.dm |= bit
+            node.slots.insert((dm & (bit - 1)).bit_count(), new_seq)
+            node.dm = dm | bit
+            node.set_new(bit, new)
             return None
 
     def delete(self, key: str, path: int) -> _Steps:
@@ -301,18 +355,21 @@ class Mutation:
             bit = 1 << chunk(path, depth)
             if node.dm & bit:
                 i = (node.dm & (bit - 1)).bit_count()
-                e = node.entries[i]
-                ekey = yield from self._entry_key(e, key, path, depth + 1)
-                if ekey != key:
+                e = self._entry(node, i, bit)
+                ekey, epath = yield from self._entry_key(e, key, path, depth + 1)
+                if epath is not None and ekey != key:
                     return False
                 removed = e
-                del node.entries[i]
+                del node.slots[i]
                 node.dm ^= bit
+                if type(e) is _New:
+                    assert node.news is not None
+                    del node.news[bit]
                 break
             if not node.nm & bit:
                 return False
             stack.append((node, bit))
-            node = yield from self._open(node, (node.nm & (bit - 1)).bit_count(), depth + 1, path)
+            node = yield from self._open(node, bit, depth + 1, path)
             depth += 1
         self._count(key)
         if isinstance(removed, int) or removed.existed:
@@ -323,7 +380,7 @@ class Mutation:
             nd = depth  # the depth of `node`
             parent, bit = stack.pop()
             depth -= 1
-            ci = (parent.nm & (bit - 1)).bit_count()
+            lone: tuple[str, _Entry] | None
             if type(node) is _Bucket:
                 if len(node.items) >= 2:
                     break
@@ -333,18 +390,22 @@ class Mutation:
                     break
                 lone = None
                 if node.dm:
-                    e = node.entries[0]
+                    e = self._entry(node, 0, node.dm)
                     epos = position(path, nd) | (node.dm.bit_length() - 1) << (
                         PATH_BITS - CHUNK_BITS * (nd + 1)
                     )
-                    ekey = yield from self._entry_key(e, "", epos, nd + 1)
+                    ekey, _ = yield from self._entry_key(e, "", epos, nd + 1)
                     lone = (ekey, e)
-            del parent.children[ci]
+            del parent.slots[parent.dm.bit_count() + (parent.nm & (bit - 1)).bit_count()]
+            assert parent.kids is not None  # (the stack holds opened nodes only)
+            del parent.kids[bit]
+            parent.dirty &= ~bit
             parent.nm ^= bit
             if lone is not None:
                 moved = yield from self._rehome(lone[0], lone[1])
-                parent.entries.insert((parent.dm & (bit - 1)).bit_count(), moved)
+                parent.slots.insert((parent.dm & (bit - 1)).bit_count(), self.new_seq)
                 parent.dm |= bit
+                parent.set_new(bit, moved)
             node = parent
         return True
 
@@ -372,25 +433,27 @@ class Mutation:
                 node.items = [(k, seq if type(e) is _New else e) for k, e in items]
                 node.src = seq
                 return tuple([(k, 0 if type(e) is _New else seq - e) for k, e in items])
-            ents = node.entries
-            out = [node.dm, node.nm]
-            rel = [0 if type(e) is _New else seq - e for e in ents]
-            if 0 in rel:  # (old entries are older than this block: never 0)
-                node.entries = [seq if type(e) is _New else e for e in ents]
-            out += rel
-            children = node.children
-            keep = depth + 1 < RETAIN_DEPTH
-            for i, c in enumerate(children):
-                if type(c) is int:
-                    out.append(seq - c)
-                elif c.src is not None:
-                    out.append(seq - c.src)
-                else:
-                    out.append(enc(c, depth + 1))
-                    if not keep:  # deeper nodes are not retained: the block has them
-                        children[i] = seq
+            slots = node.slots
+            rel = [seq - x for x in slots]
+            dirty = node.dirty
+            if dirty:
+                kids = node.kids
+                assert kids is not None
+                nm = node.nm
+                base = node.dm.bit_count()
+                deeper = depth + 1
+                while dirty:
+                    bit = dirty & -dirty
+                    dirty ^= bit
+                    i = base + (nm & (bit - 1)).bit_count()
+                    rel[i] = enc(kids[bit], deeper)
+                    slots[i] = seq
+                node.dirty = 0
+            if depth + 1 >= RETAIN_DEPTH:
+                node.kids = None  # deeper nodes are not retained: the block has them
+            node.news = None  # (their slots hold `seq` already)
             node.src = seq
-            return tuple(out)
+            return (node.dm, node.nm, *rel)
 
         root = enc(self._root, 0)
         ops: list[tuple[Any, ...]] = []

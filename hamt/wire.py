@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias, final
 
 import msgpack
 
@@ -88,20 +88,71 @@ class Header:
     metadata: bytes | None
 
 
-@dataclass(slots=True, eq=False)
+#: Decoded blocks with at most this many inline nodes are not indexed in the cache
+#: (a walk from their root is as quick as an index lookup).
+_SMALL_BLOCK_NODES: Final = 8
+#: A block as the cache keeps it: ``(seq, root, ops, puts, nbytes, nodes, memo)``, an
+#: exact tuple that, for a block with at most one entry, holds only tuples, ints,
+#: bytes and str, so the cyclic garbage collector can stop tracking it (a `Block`
+#: instance is tracked for as long as it lives, and every full collection would walk
+#: a hundred thousand cached ones).
+BlockRecord: TypeAlias = tuple[Any, ...]
+
+
+@final
 class Block:
     """A decoded, validated block: its ops, its root node and lazy lookup indexes.
 
     `puts` maps each key this block holds an entry for (puts and copies) to its value.
+    A `Block` is a view: `record` is the (usually untracked) tuple the `BlockCache`
+    keeps, and `from_record` the same block again, sharing its parts (so lazy indexes
+    in `_memo` survive the round trip).
     """
 
-    seq: int
-    root: Node
-    ops: Sequence[Sequence[Any]]
-    puts: dict[str, bytes]
-    nbytes: int
-    _by_path: list[tuple[int, str]] | None = field(default=None)
-    _nodes: dict[int, Node] | None = field(default=None)
+    __slots__ = ("_memo", "_nodes", "nbytes", "ops", "puts", "root", "seq")
+
+    def __init__(
+        self,
+        seq: int,
+        root: Node,
+        ops: Sequence[Sequence[Any]],
+        puts: dict[str, bytes],
+        nbytes: int,
+        nodes: dict[int, Node] | None = None,
+        memo: dict[str, Any] | None = None,
+    ) -> None:
+        self.seq = seq
+        self.root = root
+        self.ops = ops
+        self.puts = puts
+        self.nbytes = nbytes
+        # Decoded blocks carry an index of their inline nodes (built while validating).
+        self._nodes = nodes
+        # Lazy indexes (the entries sorted by path) of blocks with several entries.
+        self._memo = memo if memo is not None or len(puts) < 2 else {}
+
+    def record(self) -> BlockRecord:
+        """This block as the tuple the cache keeps (`from_record` turns it back).
+
+        A tuple holding a dict stays tracked by the garbage collector, so a block with
+        at most one entry keeps it as a ``(key, value)`` pair (or ``()``), and the node
+        index of a small decoded block is dropped (`node_at` walks from the root then).
+        """
+        puts: Any = self.puts
+        if len(puts) < 2:
+            puts = next(iter(puts.items()), ())
+        nodes = self._nodes
+        if nodes is not None and len(nodes) <= _SMALL_BLOCK_NODES:
+            nodes = None
+        return (self.seq, self.root, self.ops, puts, self.nbytes, nodes, self._memo)
+
+    @staticmethod
+    def from_record(rec: BlockRecord) -> Block:
+        """The block whose `record` is `rec`."""
+        puts = rec[3]
+        if type(puts) is tuple:
+            puts = {puts[0]: puts[1]} if puts else {}
+        return Block(rec[0], rec[1], rec[2], puts, rec[4], rec[5], rec[6])
 
     def node_at(self, path: int, depth: int) -> Node | None:
         """Return the inline node at `depth` on `path`, or None if this block has none there.
@@ -132,17 +183,35 @@ class Block:
         The writer keeps this unique (docs/hamt.md, "Entry pointers"); a block that
         breaks the rule raises `CorruptNodeError`.
         """
-        if self._by_path is None:
-            self._by_path = sorted((path_fn(k), k) for k in self.puts)
+        return self.entry_with_path(path_fn, prefix, depth)[0]
+
+    def entry_with_path(
+        self, path_fn: Callable[[str], int], prefix: int, depth: int
+    ) -> tuple[str, int]:
+        """`entry_at`, and that key's path."""
         shift = PATH_BITS - CHUNK_BITS * depth
+        memo = self._memo
+        by_path: tuple[tuple[int, str], ...] | None = None if memo is None else memo.get("by_path")
+        if by_path is None:
+            if memo is None:  # a single put's block: nothing to sort or keep
+                for k in self.puts:
+                    p = path_fn(k)
+                    if p >> shift != prefix >> shift:
+                        break
+                    return k, p
+                raise CorruptNodeError(
+                    "entry pointer names a block without that entry", seq=self.seq
+                )
+            # (a tuple, so the cached record stays untracked by the garbage collector)
+            by_path = memo["by_path"] = tuple(sorted((path_fn(k), k) for k in self.puts))
         lo = (prefix >> shift) << shift
         hi = lo + (1 << shift)
-        i = bisect.bisect_left(self._by_path, (lo, ""))
-        if i >= len(self._by_path) or self._by_path[i][0] >= hi:
+        i = bisect.bisect_left(by_path, (lo, ""))
+        if i >= len(by_path) or by_path[i][0] >= hi:
             raise CorruptNodeError("entry pointer names a block without that entry", seq=self.seq)
-        if i + 1 < len(self._by_path) and self._by_path[i + 1][0] < hi:
+        if i + 1 < len(by_path) and by_path[i + 1][0] < hi:
             raise CorruptNodeError("entry pointer is ambiguous", seq=self.seq)
-        return self._by_path[i][1]
+        return by_path[i][1], by_path[i][0]
 
 
 def pack_value(obj: object) -> bytes:
@@ -219,7 +288,7 @@ def decode_block(data: bytes, seq: int) -> Block:
     puts = _check_ops(ops, seq)
     index: dict[int, Node] = {}
     _check_node(root, 0, 1, seq, index)
-    return Block(seq, root, ops, puts, len(data), None, index)
+    return Block(seq, root, ops, puts, len(data), index)
 
 
 def _check_ops(ops: Any, seq: int) -> dict[str, bytes]:
