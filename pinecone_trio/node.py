@@ -748,14 +748,18 @@ class Node:
 
         `await node.connect(key, "/chat/v1")` opens an end-to-end encrypted, reliable
         stream to the node with `key`, across any number of hops, speaking the named
-        protocol (a `SessionStream`, a half-closeable `trio.abc.Stream`).
+        protocol (a `SessionStream`, a half-closeable `trio.abc.Stream`). It returns
+        once the session's handshake is done (at once on a warm session), without
+        waiting for the peer to accept the stream: the OPEN travels in front of your
+        first bytes. A refused protocol is raised by the stream's next `receive_some`
+        or `send_all` once the refusal arrived, as `StreamRefusedError` (also a
+        `trio.BrokenResourceError`); `await stream.wait_accepted()` waits for the answer.
 
         Raises:
             LinkError: the handshake failed (wrong key, bad data, timeout).
             PeerLimitError: we or they are at the peer limit.
             OSError: the address could not be reached.
             ValueError: the URI is malformed.
-            StreamRefusedError: (sessions) the peer does not accept `protocol`.
             SessionError: (sessions) no session could be established.
         """
         if isinstance(target, str):

@@ -13,8 +13,11 @@ from typing import Final
 
 from ..router.constants import MAX_TRAFFIC_PAYLOAD
 
-#: Version of the session wire format (handshake packets and the frame array).
-SESSION_VERSION: Final = 1
+#: Version of the session wire format (handshake packets and the frame array). 2 since
+#: streams open optimistically (data before ACCEPT, EARLY streams, refusal returns
+#: credit): a version-1 peer would mis-count a refused stream's credit, so the two
+#: refuse each other's handshakes instead.
+SESSION_VERSION: Final = 2
 
 #: The Noise protocol every session runs (fixed by the design brief).
 NOISE_PROTOCOL_NAME: Final = b"Noise_XX_25519_ChaChaPoly_BLAKE2b"

@@ -26,8 +26,20 @@ Rules worth knowing:
   verifies; until then every probe timeout re-sends FINISH as well.
 - Stream ids: the side with the lower routing key opens even ids, the other odd ones
   (a rule both sides know before the handshake, whoever initiated it).
-- A stream is opened with OPEN(protocol); the peer answers ACCEPT or REFUSE(reason).
-  The opener sends no data before ACCEPT (data from the acceptor counts as ACCEPT).
+- Streams open optimistically: OPEN(protocol) travels in front of the stream's first
+  data, in the same packet (a stream with nothing written yet is corked like a short
+  tail, so the first write joins it), and the opener sends at once, within the peer's
+  initial credit, without waiting for the answer. The peer answers ACCEPT (lazily: it
+  rides on the next packet that goes out anyway, usually the ACK or the reply) or
+  REFUSE(reason) (at once). The opener keeps the stream until one of the two arrives.
+- Data (or RESET_STREAM, STOP_SENDING, MAX_STREAM_DATA) for a peer's stream whose OPEN
+  has not arrived yet (lost or reordered) creates the stream EARLY: its data is kept,
+  within the usual credit, and it counts against `max_incoming_streams`; the OPEN,
+  which the peer re-sends until acknowledged, makes it PENDING. With no room for an
+  EARLY stream, the whole packet is dropped unacknowledged and the peer re-sends it.
+- A refused stream counts for nothing in the session's flow control, on both sides:
+  the refuser takes back what the stream's data had counted and ignores what comes
+  later; the opener, on REFUSE, takes back everything it sent on it.
 - Control frames (OPEN, ACCEPT, REFUSE, RESET_STREAM, STOP_SENDING) are idempotent
   and re-sent verbatim when their packet is lost; MAX_DATA/MAX_STREAM_DATA are re-sent
   with the current value; stream bytes are re-sent from the stream's buffer.
@@ -68,11 +80,17 @@ from .streams import RangeSet, RecvSide, SendSide
 
 #: Application error code sent with RESET_STREAM / STOP_SENDING when a handle closes.
 CODE_CLOSED: Final = 0
+#: Our own stop code on a stream the peer refused (never on the wire).
+CODE_REFUSED: Final = -1
 #: CLOSE codes.
 CLOSE_NORMAL: Final = 0
 CLOSE_PROTOCOL_ERROR: Final = 1
 
 _HEADER_AND_TAG: Final = wire.TRANSPORT_HEADER_SIZE + wire.AEAD_TAG_SIZE
+#: Upper bounds on an encoded ACCEPT frame, and on OPEN less its protocol name
+#: (array header, tag, a uint64 id, a str header).
+_ACCEPT_FRAME_MAX: Final = 12
+_OPEN_FRAME_OVERHEAD: Final = 16
 
 
 class State(enum.Enum):
@@ -82,7 +100,8 @@ class State(enum.Enum):
 
 
 class StreamState(enum.Enum):
-    OPENING = "opening"  # we sent OPEN, no answer yet
+    OPENING = "opening"  # we opened it (and may send on it), no answer yet
+    EARLY = "early"  # the peer's data (or control) arrived before its OPEN
     PENDING = "pending"  # the peer opened it; the driver has not accepted it yet
     OPEN = "open"
     REFUSED = "refused"
@@ -95,9 +114,16 @@ class StreamBroken(Exception):
     `StreamRefusedError`); `cause` is the session's error when the session failed.
     """
 
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+    def __init__(
+        self, message: str, cause: BaseException | None = None, *, refused: bool = False
+    ) -> None:
         super().__init__(message)
         self.cause = cause
+        self.refused = refused  # the peer refused the stream's protocol (message: why)
+
+
+class _DropPacket(Exception):
+    """Internal: the packet cannot be taken now; drop it unacknowledged (it is re-sent)."""
 
 
 # ---------------------------------------------------------------- events
@@ -138,7 +164,17 @@ Event = HandshakeCompleted | IncomingStream | DatagramReceived | SessionClosed |
 
 @final
 class _Stream:
-    __slots__ = ("app_closed", "id", "local", "protocol", "recv", "refusal", "send", "state")
+    __slots__ = (
+        "app_closed",
+        "id",
+        "local",
+        "open_frame",
+        "protocol",
+        "recv",
+        "refusal",
+        "send",
+        "state",
+    )
 
     def __init__(
         self, stream_id: int, protocol: str, local: bool, state: StreamState, config: SessionConfig
@@ -153,6 +189,8 @@ class _Stream:
         self.recv = RecvSide(config.stream_window)
         self.refusal = ""
         self.app_closed = False
+        # Our OPEN, until it goes out in front of the stream's first data.
+        self.open_frame: wire.Open | None = None
 
 
 @final
@@ -196,10 +234,12 @@ class Session:
             "dropped_unauthenticated": 0,
             "dropped_replayed": 0,
             "dropped_handshake": 0,
+            "dropped_early": 0,
             "datagrams_dropped": 0,
             "probes": 0,
         }
         self.created = now
+        self._now = now  # the latest `now` we were given (for calls that take none)
         # handshake
         self._hs: SessionHandshake | None = None
         self._hs_packet: bytes | None = None  # our last handshake packet, for re-sending
@@ -237,6 +277,10 @@ class Session:
         self._remote_seen = RangeSet()  # remote stream ids already opened, as id // 2
         self._incoming = 0
         self._control: deque[wire.Frame] = deque()
+        # Control frames that need no packet of their own (ACCEPT): they ride on the
+        # next packet that goes out anyway, the ACK at the latest.
+        self._lazy_control: deque[wire.Accept] = deque()
+        self._lazy_due = math.inf  # ... or, with nothing going out, by this time
         self._datagrams: deque[wire.Datagram] = deque()
         self._close_frame: wire.Close | None = None
         self._max_data_due = False
@@ -420,6 +464,7 @@ class Session:
         """
         if self.state is State.CLOSED or not packet:
             return
+        self._now = now
         kind = packet[0]
         if kind == wire.TRANSPORT:
             self._receive_transport(packet, now)
@@ -598,6 +643,12 @@ class Session:
         try:
             frames = wire.decode_payload(plaintext)
             eliciting = self._apply_frames(frames, now)
+        except _DropPacket:
+            # Not acknowledged, so the peer re-sends what it carried; every frame
+            # already applied from it is idempotent (data is reassembled once, OPEN
+            # and the answers are recognised as repeats, credit only grows).
+            self.stats["dropped_early"] += 1
+            return
         except RemoteProtocolError as exc:
             error = SessionError(
                 f"peer broke the session protocol: {exc}", remote_key=self.remote_key
@@ -666,12 +717,35 @@ class Session:
                 if sid in self._streams:
                     self._max_stream_data_due.add(sid)
 
+    def _lookup(self, sid: int) -> _Stream | None:
+        """The stream a peer's frame is about; None if it is finished (or refused).
+
+        A peer's stream whose OPEN has not arrived yet is created EARLY.
+
+        Raises:
+            RemoteProtocolError: for one of our ids we never opened.
+            _DropPacket: if there is no room for an EARLY stream.
+        """
+        stream = self._streams.get(sid)
+        if stream is not None:
+            return stream
+        if sid % 2 == self._parity:
+            if sid >= self._next_sid:
+                raise RemoteProtocolError(f"frame for stream {sid}, which we never opened")
+            return None  # a late frame for one of our streams already finished
+        if self._seen_remote(sid):
+            return None  # a late retransmission for a stream already finished
+        if self._incoming >= self.config.max_incoming_streams:
+            raise _DropPacket
+        stream = _Stream(sid, "", False, StreamState.EARLY, self.config)
+        self._streams[sid] = stream
+        self._incoming += 1
+        return stream
+
     def _on_stream_data(self, frame: wire.StreamData) -> None:
-        stream = self._streams.get(frame.stream_id)
+        stream = self._lookup(frame.stream_id)
         if stream is None:
-            if frame.stream_id % 2 != self._parity and not self._seen_remote(frame.stream_id):
-                raise RemoteProtocolError(f"data on stream {frame.stream_id} before OPEN")
-            return  # a late retransmission for a stream already finished
+            return
         if stream.state is StreamState.OPENING:
             stream.state = StreamState.OPEN  # data from the acceptor implies ACCEPT
         advanced = stream.recv.on_data(frame.offset, frame.data, frame.fin)
@@ -698,7 +772,7 @@ class Session:
         if type(frame) is wire.Open:
             self._on_open(frame)
         elif type(frame) is wire.MaxStreamData:
-            stream = self._streams.get(frame.stream_id)
+            stream = self._lookup(frame.stream_id)
             if stream is not None and frame.limit > stream.send.max_data:
                 stream.send.max_data = frame.limit
                 self._sendable[stream.id] = None
@@ -712,28 +786,31 @@ class Session:
             if stream is not None and stream.state is StreamState.OPENING:
                 stream.state = StreamState.OPEN
                 self.changed.add(stream.id)
+                self._maybe_forget(stream)
         elif type(frame) is wire.Refuse:
             stream = self._streams.get(frame.stream_id)
             if stream is not None and stream.state is StreamState.OPENING:
-                stream.state = StreamState.REFUSED
-                stream.refusal = frame.reason or "refused"
-                self.changed.add(stream.id)
+                self._on_refused(stream, frame.reason or "refused")
         elif type(frame) is wire.ResetStream:
-            stream = self._streams.get(frame.stream_id)
+            stream = self._lookup(frame.stream_id)
             if stream is not None and stream.recv.reset_code is None:
                 recv = stream.recv
                 if frame.final_size < recv.highest or frame.final_size > recv.limit:
                     raise RemoteProtocolError("RESET_STREAM with an impossible final size")
+                if recv.fin_offset is not None and frame.final_size != recv.fin_offset:
+                    raise RemoteProtocolError("RESET_STREAM contradicts the stream's final size")
                 extra = frame.final_size - recv.highest
                 self._recv_highest += extra
                 self._recv_consumed += frame.final_size - recv.read_offset
+                # Late data up to the final size must not count a second time.
+                recv.highest = recv.fin_offset = frame.final_size
                 recv.reset_code = frame.code
                 recv.discard()
                 self._credit_session()
                 self.changed.add(stream.id)
                 self._maybe_forget(stream)
         elif type(frame) is wire.StopSending:
-            stream = self._streams.get(frame.stream_id)
+            stream = self._lookup(frame.stream_id)
             if stream is not None and stream.send.stop_code is None and not stream.send.fin_acked:
                 stream.send.stop_code = frame.code
                 stream.send.retransmit = RangeSet()
@@ -758,13 +835,35 @@ class Session:
         if self._seen_remote(sid):
             return  # a retransmitted OPEN; our answer is reliable on its own
         self._remote_seen.add(sid // 2, sid // 2 + 1)
-        if self._incoming >= self.config.max_incoming_streams:
+        stream = self._streams.get(sid)
+        if stream is not None:  # EARLY: its data came first
+            stream.protocol = frame.protocol
+            stream.state = StreamState.PENDING
+        elif self._incoming >= self.config.max_incoming_streams:
+            # Nothing of this stream was ever counted (no EARLY state: its data was
+            # dropped unacknowledged), and later data is ignored: the opener takes back
+            # its credit on REFUSE.
             self._control.append(wire.Refuse(sid, "too many streams open on this session"))
             return
-        stream = _Stream(sid, frame.protocol, False, StreamState.PENDING, self.config)
-        self._streams[sid] = stream
-        self._incoming += 1
+        else:
+            stream = _Stream(sid, frame.protocol, False, StreamState.PENDING, self.config)
+            self._streams[sid] = stream
+            self._incoming += 1
         self.events.append(IncomingStream(sid, frame.protocol))
+
+    def _on_refused(self, stream: _Stream, reason: str) -> None:
+        """The peer refused one of our streams: stop sending, give the credit back."""
+        stream.state = StreamState.REFUSED
+        stream.refusal = reason
+        send = stream.send
+        # The refuser counts none of this stream's bytes against the session's credit.
+        self._send_used -= send.next_offset
+        send.retransmit = RangeSet()
+        send.stop_code = CODE_REFUSED
+        stream.open_frame = None
+        self._sendable.pop(stream.id, None)
+        self.changed.add(stream.id)
+        self._maybe_forget(stream)
 
     # ------------------------------------------------------------ streams (application)
 
@@ -787,21 +886,35 @@ class Session:
             raise StreamBroken(str(self.error), self.error)
         sid = self._next_sid
         self._next_sid += 2
-        self._streams[sid] = _Stream(sid, protocol, True, StreamState.OPENING, self.config)
-        self._control.append(wire.Open(sid, protocol))
+        stream = _Stream(sid, protocol, True, StreamState.OPENING, self.config)
+        stream.open_frame = wire.Open(sid, protocol)
+        self._streams[sid] = stream
+        self._sendable[sid] = None
         return sid
 
     def accept_stream(self, sid: int) -> None:
         stream = self._stream(sid)
         if stream.state is StreamState.PENDING:
             stream.state = StreamState.OPEN
-            self._control.append(wire.Accept(sid))
+            if not self._lazy_control:
+                self._lazy_due = self._now + self.config.max_ack_delay
+            self._lazy_control.append(wire.Accept(sid))
 
     def refuse_stream(self, sid: int, reason: str) -> None:
+        """Refuse a PENDING stream: REFUSE goes out at once, its data is forgotten.
+
+        What its data counted against the session's credit is taken back (the opener
+        does the same on REFUSE), and later data for it is ignored.
+        """
         stream = self._stream(sid)
         if stream.state is StreamState.PENDING:
             self._control.append(wire.Refuse(sid, reason[:200]))
             stream.state = StreamState.REFUSED
+            recv = stream.recv
+            self._recv_highest -= recv.highest
+            if recv.reset_code is not None or recv.stopped:
+                self._recv_consumed -= recv.highest
+            recv.discard()
             self._forget(stream)
 
     def stream_status(self, sid: int) -> StreamState:
@@ -829,7 +942,7 @@ class Session:
         if stream is None:
             return None
         if stream.state is StreamState.REFUSED:
-            return StreamBroken(stream.refusal or "stream refused")
+            return StreamBroken(stream.refusal or "stream refused", refused=True)
         return None
 
     def stream_write(self, sid: int, data: bytes | bytearray | memoryview) -> int:
@@ -863,7 +976,9 @@ class Session:
         send = stream.send
         if send.stop_code is not None or send.reset_code is not None:
             return True
-        return send.space() > 0 and stream.state is StreamState.OPEN
+        return send.space() > 0 and (
+            stream.state is StreamState.OPEN or stream.state is StreamState.OPENING
+        )
 
     def stream_finish(self, sid: int) -> None:
         """Send FIN after what was written (idempotent)."""
@@ -946,11 +1061,12 @@ class Session:
             self._max_data_due = True
 
     def _maybe_forget(self, stream: _Stream) -> None:
-        if (stream.app_closed and stream.send.done and stream.recv.done) or (
-            stream.app_closed
-            and stream.state is not StreamState.OPEN
-            and stream.state is not StreamState.OPENING
-        ):
+        if not stream.app_closed:
+            return
+        state = stream.state
+        if state is StreamState.OPENING:
+            return  # the answer must still be seen: REFUSE takes back credit
+        if (stream.send.done and stream.recv.done) or state is not StreamState.OPEN:
             self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:
@@ -995,6 +1111,7 @@ class Session:
             self._last_recv + self.config.idle_timeout,
             self._recovery.next_deadline(),
             self._acks.ack_deadline,
+            self._lazy_due,
         )
         if self.wanted:
             deadline = min(deadline, self._last_eliciting_sent + self.config.keepalive_interval)
@@ -1006,6 +1123,7 @@ class Session:
         """Fire whatever timers are due at `now`."""
         if self.state is State.CLOSED:
             return
+        self._now = now
         if self.state is State.HANDSHAKE:
             if now >= self._hs_deadline:
                 self._fail(
@@ -1068,13 +1186,22 @@ class Session:
             return True
         if self._need_ping or self._datagrams:
             return True
+        if self._lazy_control and now >= self._lazy_due:
+            return True
         if not (self._probes or self._cc.can_send(self._recovery.bytes_in_flight)):
             return False
-        return bool(self._control or self._max_data_due or self._max_stream_data_due) or any(
-            self._streams[sid].send.wants_to_send() and self._streams[sid].state is StreamState.OPEN
-            for sid in self._sendable
-            if sid in self._streams
-        )
+        if self._control or self._max_data_due or self._max_stream_data_due:
+            return True
+        streams = self._streams
+        for sid in self._sendable:
+            stream = streams.get(sid)
+            if (
+                stream is not None
+                and (stream.state is StreamState.OPEN or stream.state is StreamState.OPENING)
+                and (stream.open_frame is not None or stream.send.wants_to_send())
+            ):
+                return True
+        return False
 
     def packets_to_send(
         self, now: float, *, cork: bool = False, prefix: bytes = b""
@@ -1165,12 +1292,25 @@ class Session:
                     budget -= wire.CONTROL_FRAME_MAX
             if self._sendable and budget > wire.STREAM_FRAME_OVERHEAD:
                 budget = self._fill_streams(frames, records, budget, cork)
+            lazy = self._lazy_control
+            if lazy and (frames or ack_due or now >= self._lazy_due):
+                while lazy and budget > _ACCEPT_FRAME_MAX:
+                    frame = lazy.popleft()
+                    frames.append([wire.ACCEPT, frame.stream_id])
+                    records.append(("c", frame))
+                    budget -= _ACCEPT_FRAME_MAX
+                self._lazy_due = now + self.config.max_ack_delay if lazy else math.inf
         if records:
             eliciting = True
         if self._need_ping and not eliciting:
-            frames.append(wire.frame_to_wire(wire.Ping()))
-            eliciting = True
-        self._need_ping = False
+            if self.corked:
+                pass  # the corked data will ask for the ACK; keep the PING for later
+            else:
+                frames.append(wire.frame_to_wire(wire.Ping()))
+                eliciting = True
+                self._need_ping = False
+        else:
+            self._need_ping = False
         if ack_ranges and (ack_due or frames):
             frames.insert(0, wire.frame_to_wire(wire.Ack(0, ack_ranges)))
             acks.on_ack_sent()
@@ -1197,13 +1337,20 @@ class Session:
             if budget <= wire.STREAM_FRAME_OVERHEAD:
                 break
             stream = self._streams.get(sid)
-            if stream is None or not stream.send.wants_to_send():
+            if stream is None:
                 del sendable[sid]
                 continue
-            if stream.state is not StreamState.OPEN:
-                continue  # wait for ACCEPT before sending anything
-            credit = self._send_max - self._send_used
             send = stream.send
+            open_frame = stream.open_frame
+            if open_frame is None and not send.wants_to_send():
+                del sendable[sid]
+                continue
+            state = stream.state
+            if state is not StreamState.OPEN and state is not StreamState.OPENING:
+                if state is StreamState.REFUSED:
+                    del sendable[sid]
+                continue  # a peer's stream not accepted yet: nothing to send on it
+            credit = self._send_max - self._send_used
             if (
                 cork
                 and send.fin_offset is None
@@ -1213,8 +1360,21 @@ class Session:
             ):
                 # Only a tail smaller than the room left, limited by what the application
                 # wrote so far (not by credit): hold it while the writer may add more.
+                # A new stream's OPEN waits with it (or for the first write).
                 self.corked = True
                 continue
+            if open_frame is not None:
+                # OPEN goes in front of the stream's first data, in the same packet.
+                size = _OPEN_FRAME_OVERHEAD + len(open_frame.protocol.encode())
+                if budget <= size + wire.STREAM_FRAME_OVERHEAD:
+                    break
+                stream.open_frame = None
+                frames.append([wire.OPEN, sid, open_frame.protocol])
+                records.append(("c", open_frame))
+                budget -= size
+                if not send.wants_to_send():
+                    del sendable[sid]
+                    continue
             offset, data, fin, fresh = send.next_chunk(budget - wire.STREAM_FRAME_OVERHEAD, credit)
             if not data and not fin:
                 continue  # blocked by flow control

@@ -442,11 +442,14 @@ class SessionManager:
     async def connect(self, key: PublicKey, protocol: str) -> SessionStream:
         """Open a stream to `key` speaking `protocol`.
 
-        Reuses the session to `key` or starts one (Noise XX over the overlay), then
-        asks the peer to open the stream and waits for its answer.
+        Reuses the session to `key` or starts one (Noise XX over the overlay) and waits
+        for its handshake; the stream opens optimistically: you may send at once (the
+        OPEN travels in front of your first bytes) and the peer's answer is not waited
+        for. If the peer refuses `protocol`, the stream's next `receive_some` or
+        `send_all` after the refusal arrived raises `StreamRefusedError` (also a
+        `trio.BrokenResourceError`); `await stream.wait_accepted()` waits for the answer.
 
         Raises:
-            StreamRefusedError: the peer has no listener for `protocol` (or is full).
             SessionTimeoutError: the handshake did not complete in time.
             SessionError: the peer proved another key, or the session failed.
             ValueError: if `protocol` is empty or longer than 255 bytes, or `key` is ours.
@@ -461,7 +464,10 @@ class SessionManager:
         stream = SessionStream(handle, sid, protocol)
         handle.streams[sid] = stream
         handle.wake()
-        await stream._wait_open()
+        if handle.engine.established:
+            await trio.lowlevel.checkpoint()
+        else:
+            await stream._wait_session()
         return stream
 
     @asynccontextmanager

@@ -8,6 +8,12 @@ reports the stream changed. Errors use Trio's vocabulary: `trio.ClosedResourceEr
 after our own `aclose` (or `send_eof`, for sending), `trio.BrokenResourceError` when the
 peer reset or stopped the stream or the session failed (the `SessionError` chained),
 `trio.BusyResourceError` for two tasks sending (or receiving) at once.
+
+Streams open optimistically (docs/sessions.md): `SessionManager.connect` returns once
+the session is up, before the peer answered the OPEN. A refusal is reported by the
+first `send_all` or `receive_some` that runs after the REFUSE arrived (and by
+`wait_accepted`), as `StreamRefusedError`, which is also a
+`trio.BrokenResourceError`; bytes written before it are discarded.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from typing import TYPE_CHECKING, Final, final
 import trio
 
 from .._util import ConflictDetector
-from ..errors import StreamRefusedError
+from ..errors import SessionError, StreamRefusedError
 from ..identity import PublicKey
 from .engine import StreamBroken, StreamState
 
@@ -29,11 +35,13 @@ if TYPE_CHECKING:
 DEFAULT_RECEIVE_SIZE: Final = 256 * 1024
 
 
-def _broken(exc: StreamBroken) -> trio.BrokenResourceError:
-    error = trio.BrokenResourceError(str(exc))
-    error.__cause__ = exc.cause if exc.cause is not None else exc
-    error.__suppress_context__ = True
-    return error
+@final
+class RefusedStreamError(StreamRefusedError, trio.BrokenResourceError):
+    """The peer refused the stream's protocol, reported by a read or write.
+
+    Catch it as `StreamRefusedError` (why) or as `trio.BrokenResourceError` (the stream
+    cannot be used), whichever your code already handles.
+    """
 
 
 @final
@@ -72,30 +80,62 @@ class SessionStream(trio.abc.HalfCloseableStream):
     def _wake(self) -> None:
         self._lot.unpark_all()
 
-    async def _wait_open(self) -> None:
-        """Wait for the peer's ACCEPT (connect's second half)."""
-        engine = self._engine
+    def _refused(self, reason: str) -> RefusedStreamError:
+        return RefusedStreamError(
+            f"{self.remote_address.hex()} refused a stream for {self.protocol!r}: {reason}",
+            remote_key=self.remote_key,
+            protocol=self.protocol,
+        )
+
+    def _broken(self, exc: StreamBroken) -> trio.BrokenResourceError:
+        if exc.refused:
+            return self._refused(str(exc))
+        error = trio.BrokenResourceError(str(exc))
+        error.__cause__ = exc.cause if exc.cause is not None else exc
+        error.__suppress_context__ = True
+        return error
+
+    async def _wait_session(self) -> None:
+        """Wait for the session's handshake (connect's second half)."""
+        handle = self._handle
         try:
-            while True:
-                try:
-                    state = engine.stream_status(self._sid)
-                except StreamBroken as exc:
-                    assert exc.cause is not None
-                    raise exc.cause from None
-                if state is StreamState.OPEN:
-                    return
-                if state is StreamState.REFUSED:
-                    reason = engine.refusal_reason(self._sid)
-                    raise StreamRefusedError(
-                        f"{self.remote_address.hex()} refused a stream for {self.protocol!r}:"
-                        f" {reason}",
-                        remote_key=self.remote_key,
-                        protocol=self.protocol,
-                    )
-                await self._lot.park()
+            await handle.ready.wait()
+            error = self._engine.error
+            if error is not None and not self._engine.established:
+                raise error
         except BaseException:
             self._close_now()
             raise
+
+    async def wait_accepted(self) -> None:
+        """Wait until the peer accepted the stream (optional: streams open optimistically).
+
+        `connect` returns before the peer answered; use this when you only send and
+        want to know the protocol was accepted (a reader learns it from its reads).
+
+        Raises:
+            StreamRefusedError: the peer refused the protocol (no listener, backlog full,
+                too many streams); also a `trio.BrokenResourceError`.
+            SessionError: if the session failed first.
+            trio.ClosedResourceError: if this stream was closed.
+        """
+        engine = self._engine
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("this stream was closed")
+            try:
+                state = engine.stream_status(self._sid)
+            except StreamBroken as exc:
+                cause = exc.cause
+                if isinstance(cause, SessionError):
+                    raise cause from None
+                raise self._broken(exc) from None
+            if state is StreamState.OPEN:
+                await trio.lowlevel.checkpoint()
+                return
+            if state is StreamState.REFUSED:
+                raise self._refused(engine.refusal_reason(self._sid) or "refused")
+            await self._lot.park()
 
     # ------------------------------------------------------------ sending
 
@@ -116,7 +156,7 @@ class SessionStream(trio.abc.HalfCloseableStream):
                 try:
                     n = engine.stream_write(self._sid, view)
                 except StreamBroken as exc:
-                    raise _broken(exc)  # noqa: B904 (the cause is set)
+                    raise self._broken(exc)  # noqa: B904 (the cause is set)
                 if n:
                     view = view[n:]
                     self._handle.wake()
@@ -187,7 +227,7 @@ class SessionStream(trio.abc.HalfCloseableStream):
                 try:
                     data = engine.stream_read(self._sid, max_bytes)
                 except StreamBroken as exc:
-                    raise _broken(exc)  # noqa: B904 (the cause is set)
+                    raise self._broken(exc)  # noqa: B904 (the cause is set)
                 if data is not None:
                     if data:
                         # A window update may be due: wake the driver only then.

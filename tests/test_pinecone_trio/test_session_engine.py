@@ -282,8 +282,8 @@ def test_an_authenticated_peer_sending_garbage_closes_the_session() -> None:
     _established(pair)
     b = pair.b
     assert b is not None
-    # Sign a frame that breaks the protocol (data on a stream b never opened).
-    never_opened = 100 + (1 - pair.a._parity)
+    # Sign a frame that breaks the protocol (data on one of a's ids a never opened).
+    never_opened = 100 + pair.a._parity
     bad = b._seal([wire.frame_to_wire(wire.StreamData(never_opened, 0, False, b"boo"))])
     assert bad is not None
     pair.a.receive_packet(bad, pair.now)

@@ -93,9 +93,16 @@ async def test_clogged_conformance(autojump_clock: trio.testing.MockClock) -> No
 
 async def test_refused_protocol_is_a_clear_error(autojump_clock: trio.testing.MockClock) -> None:
     async with open_managers() as (_, (a, b)):
+        # connect returns at once (optimistic open); the refusal comes with the read.
+        stream = await a.connect(b.public_key, "/nobody/home")
+        await stream.send_all(b"hello?")
         with pytest.raises(StreamRefusedError, match="no listener") as info:
-            await a.connect(b.public_key, "/nobody/home")
+            await stream.receive_some()
         assert info.value.protocol == "/nobody/home"
+        assert isinstance(info.value, trio.BrokenResourceError)
+        with pytest.raises(StreamRefusedError):
+            await stream.send_all(b"again")
+        await stream.aclose()
         # The session itself is fine: a listened protocol still works.
         client, server = await _stream_pair(a, b)
         await client.send_all(b"x")
