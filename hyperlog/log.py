@@ -482,9 +482,16 @@ class Log:
             ValueError: if a block or the batch exceeds `MAX_BLOCK_SIZE`,
                 `MAX_BATCH_BLOCKS` or `MAX_BATCH_BYTES`.
         """
-        if type(data) is bytes:  # the common single block: skip the generic checks
+        # the common single block (bytes, or a list of one as the HAMT passes it):
+        # skip the generic checks
+        if type(data) is bytes:
             values = [data]
             total = len(data)
+            if total > MAX_BLOCK_SIZE:
+                raise ValueError(f"block of {total} bytes exceeds {MAX_BLOCK_SIZE}")
+        elif type(data) is list and len(data) == 1 and type(data[0]) is bytes:
+            values = [data[0]]
+            total = len(values[0])
             if total > MAX_BLOCK_SIZE:
                 raise ValueError(f"block of {total} bytes exceeds {MAX_BLOCK_SIZE}")
         else:
@@ -528,7 +535,10 @@ class Log:
         """
         batch = self._tree.append(values)
         start = batch.start
-        blocks = list(zip(range(start, batch.length), values, batch.leaf_hashes, strict=True))
+        if len(values) == 1:
+            blocks = [(start, values[0], batch.leaf_hashes[0])]
+        else:
+            blocks = list(zip(range(start, batch.length), values, batch.leaf_hashes, strict=True))
         # Depth-1 parents of two stored blocks are derived by storage.
         parents = [node for node in batch.parents if node.index & 3 != 1]
         bf = self._bitfield
@@ -549,9 +559,14 @@ class Log:
 
     def _after_append(self, start: int, length: int) -> None:
         self._stored_signed = False
-        self._bitfield.set_range(start, length)
-        self._bitfield.clear_dirty()
-        self._emit(AppendEvent(length, self._tree.byte_length, self._tree.fork))
+        bits = self._bitfield
+        if length - start == 1:
+            bits.set(start)
+        else:
+            bits.set_range(start, length)
+        bits.clear_dirty()
+        if self._subscribers or self._listeners:  # no event object nobody receives
+            self._emit(AppendEvent(length, self._tree.byte_length, self._tree.fork))
         self._wake_length()
 
     async def truncate(self, length: int, *, fork: int | None = None) -> None:

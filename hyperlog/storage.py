@@ -924,7 +924,10 @@ class SQLiteStorage:
                     raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
                 raise
             # estimated WAL bytes: the right-edge pages of each table touched, and blocks
-            self._ckpt_pending += PAGE_SIZE * 3 + sum(len(b[1]) for b in batch.blocks)
+            blocks = batch.blocks
+            self._ckpt_pending += PAGE_SIZE * 3 + (
+                len(blocks[0][1]) if len(blocks) == 1 else sum(len(b[1]) for b in blocks)
+            )
             if self._ckpt_pending >= CHECKPOINT_EVERY_BYTES:
                 self._ckpt_pending = 0
                 self._ckpt_wake.set()
