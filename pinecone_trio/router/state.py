@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import final
+from typing import Final, final
 
 from ..errors import LocalProtocolError
 from .actions import (
@@ -73,10 +73,12 @@ from .constants import (
     COORDS_CACHE_SWEEP,
     KEY_SIZE,
     MAX_COORDS_CACHE,
+    MAX_COORDS_WIRE_SIZE,
     MAX_FRAME_SIZE,
     MAX_PORT,
     MAX_SNAKE_ENTRIES,
     MAX_TRAFFIC_PAYLOAD,
+    MAX_VARU64_BYTES,
     REPARENT_WAIT,
     SNAKE_EXPIRY,
     SNAKE_MAINTAIN_INTERVAL,
@@ -104,10 +106,15 @@ from .wire import (
     Traffic,
     TreeAnnouncement,
     bootstrap_signed_bytes,
+    coords_wire_size,
     frame_length,
 )
 
 __all__ = ["PeerStatus", "RouterConfig", "RouterState", "RouterStatistics"]
+
+#: Coordinates of at most this many ports fit in `MAX_COORDS_WIRE_SIZE` whatever the
+#: ports (a varu64 is at most `MAX_VARU64_BYTES`), so only longer ones are measured.
+_SHORT_COORDS: Final = (MAX_COORDS_WIRE_SIZE - 2) // MAX_VARU64_BYTES
 
 
 @final
@@ -1010,13 +1017,20 @@ class RouterState:
         else:
             self._drop("unsupported_type")
 
-    def _cache_coords(self, key: bytes, coords: Coords, now: float) -> None:
+    def _cache_coords(self, key: bytes, coords: Coords, now: float) -> bool:
+        """Remember a source's coordinates; False (the frame is to be dropped, counted
+        as `oversized_coords`) for coordinates longer than any tree allows. The decoder
+        refuses those already; this also covers frames handed over without the codec."""
+        if len(coords) > _SHORT_COORDS and coords_wire_size(coords) > MAX_COORDS_WIRE_SIZE:
+            self._drop("oversized_coords")
+            return False
         c = self._coords_cache
         if key in c:
             del c[key]
         elif len(c) >= self._cfg.max_coords_cache:
             del c[next(iter(c))]
         c[key] = (coords, now)
+        return True
 
     def _sweep_coords_cache(self, now: float) -> None:
         c = self._coords_cache
@@ -1062,8 +1076,8 @@ class RouterState:
     def _route_traffic(self, from_port: int, f: Traffic, now: float, out: list[Action]) -> None:
         key = self._key
         if f.destination_key == key:
-            if f.source_coords:
-                self._cache_coords(f.source_key, f.source_coords, now)
+            if f.source_coords and not self._cache_coords(f.source_key, f.source_coords, now):
+                return
             self._stats.delivered += 1
             out.append(
                 DeliverLocal(
@@ -1144,8 +1158,8 @@ class RouterState:
             self._drop("watermark")
             return
         if nh == LOCAL:
-            if f.source_coords:
-                self._cache_coords(f.source_key, f.source_coords, now)
+            if f.source_coords and not self._cache_coords(f.source_key, f.source_coords, now):
+                return
             self._stats.delivered += 1
             out.append(
                 DeliverLocal(

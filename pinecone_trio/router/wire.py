@@ -17,8 +17,9 @@ the start of entry *i* (research §3.5), so appending a hop is `body + entry` an
 verification never re-encodes anything.
 
 Decoding validates everything (magic, version, 10 <= length <= 65535, length equals the
-bytes given, varu64 at most 10 bytes and not truncated, exact field sizes, no trailing
-bytes) and raises `DecodeError` for any malformed input, never anything else.
+bytes given, varu64 at most 10 bytes and not truncated, coordinates at most
+`MAX_COORDS_WIRE_SIZE` bytes, exact field sizes, no trailing bytes) and raises
+`DecodeError` for any malformed input, never anything else.
 Unknown frame types decode to `UnknownFrame` (Pinecone drops them silently).
 
 Fast paths (the relay's per-packet cost): traffic frames, by far the most common, are
@@ -45,6 +46,7 @@ from .constants import (
     FRAME_VERSION,
     HEADER_SIZE,
     KEY_SIZE,
+    MAX_COORDS_WIRE_SIZE,
     MAX_FRAME_SIZE,
     MAX_VARU64_BYTES,
     SIGNATURE_SIZE,
@@ -67,6 +69,7 @@ __all__ = [
     "WakeupBroadcast",
     "bootstrap_signed_bytes",
     "coords_distance",
+    "coords_wire_size",
     "decode_coords",
     "decode_frame",
     "decode_frame_at",
@@ -90,6 +93,10 @@ _HEADER_PLEN: Final = struct.Struct(">4sBBBBHH")
 _U16: Final = struct.Struct(">H")
 _U16_PAIR: Final = struct.Struct(">HH")
 _EMPTY_COORDS: Final = b"\x00\x00"
+#: Coordinates longer than the deepest tree an announcement frame can describe are
+#: refused by the decoder (a DecodeError, like any malformed field): no correct node
+#: sends them, and the router would otherwise cache up to 64 KB per source key.
+_MAX_COORDS_BODY: Final = MAX_COORDS_WIRE_SIZE - 2
 #: Type ids as plain ints for the fast paths (comparing with an IntEnum member costs an
 #: attribute lookup on the enum class each time).
 _TRAFFIC: Final = 3
@@ -195,6 +202,8 @@ def decode_coords(buf: bytes, offset: int) -> tuple[Coords, int]:
     if offset + 2 > len(buf):
         raise DecodeError("truncated coordinates length")
     n = int.from_bytes(buf[offset : offset + 2], "big")
+    if n > _MAX_COORDS_BODY:
+        raise DecodeError(f"coordinates of {n + 2} bytes > {MAX_COORDS_WIRE_SIZE}")
     start = offset + 2
     end = start + n
     if end > len(buf):
@@ -656,6 +665,11 @@ def _sig(s: bytes) -> bytes:
     return s
 
 
+def coords_wire_size(c: Coords) -> int:
+    """Bytes `c` takes on the wire (the u16 length included)."""
+    return _coords_len(c)
+
+
 def _coords_len(c: Coords) -> int:
     n = 2
     for p in c:
@@ -797,6 +811,8 @@ def _coords_at(buf: bytes, off: int, end: int) -> tuple[Coords, int]:
     if off + 2 > end:
         raise DecodeError("truncated coordinates length")
     (n,) = _U16.unpack_from(buf, off)
+    if n > _MAX_COORDS_BODY:
+        raise DecodeError(f"coordinates of {n + 2} bytes > {MAX_COORDS_WIRE_SIZE}")
     start = off + 2
     stop = start + n
     if stop > end:

@@ -26,12 +26,14 @@ from pinecone_trio.router.actions import (
     RootChanged,
     SendFrame,
 )
+from pinecone_trio.router.constants import MAX_COORDS_WIRE_SIZE
 from pinecone_trio.router.signer import Ed25519Signer, NullSigner
 from pinecone_trio.router.state import RouterConfig, RouterState
 from pinecone_trio.router.wire import (
     KEEPALIVE,
     Announcement,
     Bootstrap,
+    ClosestTraffic,
     Frame,
     Traffic,
     TreeAnnouncement,
@@ -399,3 +401,24 @@ def test_root_sequence_tolerance_for_bootstraps(tolerance: int, accepted: bool) 
     s.on_input(FrameIn(2, _bootstrap(20, 100, rseq=1)), 1.0)
     assert (s.descending_key == k(20)) is accepted
     assert ("wrong_root" in s.statistics().dropped) is not accepted
+
+
+def test_oversized_source_coordinates_are_dropped_counted_and_never_cached() -> None:
+    s = _with_parent()
+    src = k(20)
+    # One port more than the deepest tree allows (every port below 128 is one byte).
+    longest = (5,) * (MAX_COORDS_WIRE_SIZE - 2)
+    too_long = (5,) * (MAX_COORDS_WIRE_SIZE - 1)
+    wide = (200,) * ((MAX_COORDS_WIRE_SIZE - 2) // 2 + 1)  # two-byte ports: too long too
+    for coords in (too_long, wide):
+        exact = Traffic((), coords, US, src, FULL_MASK, 0, b"hi", 250)
+        assert s.on_input(FrameIn(2, exact), 1.0) == []
+        closest = ClosestTraffic(coords, US, src, FULL_MASK, 0, b"hi", 250)
+        assert s.on_input(FrameIn(2, closest), 1.0) == []
+    assert s.statistics().dropped["oversized_coords"] == 4
+    assert s.coords_cache_size() == 0
+    assert s.statistics().delivered == 0
+    # The longest legal coordinates are still cached (and the frame delivered).
+    ok = Traffic((), longest, US, src, FULL_MASK, 0, b"hi", 250)
+    assert s.on_input(FrameIn(2, ok), 1.0) == [DeliverLocal(src, b"hi", DeliveryMode.EXACT, US, 5)]
+    assert s.coords_cache_size() == 1

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from pinecone_trio.errors import DecodeError, LocalProtocolError
 from pinecone_trio.identity import FULL_MASK, Identity
+from pinecone_trio.router.constants import MAX_COORDS_WIRE_SIZE
 from pinecone_trio.router.signer import Ed25519Signer
 from pinecone_trio.router.wire import (
     KEEPALIVE,
@@ -373,3 +374,30 @@ def test_traffic_frames_compare_like_frozen_records() -> None:
     assert len({t, Traffic(*t), c, ClosestTraffic(*c)}) == 2
     with pytest.raises(AttributeError):
         t.hop_limit = 4  # type: ignore[misc]
+
+
+def test_coordinates_longer_than_any_tree_are_refused_by_the_decoder() -> None:
+    body = MAX_COORDS_WIRE_SIZE - 2
+    longest = (5,) * body
+    assert decode_coords(encode_coords(longest), 0) == (longest, MAX_COORDS_WIRE_SIZE)
+    with pytest.raises(DecodeError):
+        decode_coords(encode_coords((5,) * (body + 1)), 0)
+    with pytest.raises(DecodeError):  # two-byte ports: the byte length is what counts
+        decode_coords(encode_coords((200,) * (body // 2 + 1)), 0)
+    # The same inside every frame that carries coordinates, on both decode paths.
+    for coords, ok in (((5,) * (body + 1), False), (longest, True)):
+        for frame in (
+            Traffic((1,), coords, DEST, SRC, FULL_MASK, 0, b"x", 9),
+            Traffic(coords, (1,), DEST, SRC, FULL_MASK, 0, b"x", 9),
+            Traffic((), coords, DEST, SRC, DEST, 7, b"x", 9),
+            ClosestTraffic(coords, DEST, SRC, DEST, 7, b"x", 9),
+        ):
+            wire = encode_frame(frame)
+            if ok:
+                assert decode_frame(wire) == frame
+                assert decode_frame_at(b"ab" + wire, 2, 2 + len(wire)) == frame
+                continue
+            with pytest.raises(DecodeError):
+                decode_frame(wire)
+            with pytest.raises(DecodeError):
+                decode_frame_at(b"ab" + wire, 2, 2 + len(wire))
