@@ -544,7 +544,10 @@ class Session:
         self._hs_retransmit_at = math.inf
         # The RTT sample is only trustworthy if INITIATION went out once.
         self._establish(hs, now, rtt_sample=None if self._hs_resent else now - self._hs_sent_at)
-        self._need_ping = True  # elicits an ACK: confirms the handshake and samples RTT
+        # No PING of its own here (until 2026-11-21 one went out right behind FINISH):
+        # the RTT was just sampled, a lost FINISH is re-sent when the responder re-sends
+        # RESPONSE or, once we send data, with every probe until we are confirmed; the
+        # first packet that goes out anyway (the OPEN and its data) asks for the ACK.
 
     def _on_finish(self, hp: wire.HandshakePacket, now: float) -> None:
         candidate = self._candidate

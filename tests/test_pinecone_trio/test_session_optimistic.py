@@ -368,3 +368,26 @@ async def test_a_cold_connect_still_fails_clearly_on_handshake_errors(
         with pytest.raises(Exception, match="handshake"):
             await a.connect(_identity(9).public_key, PROTO)
         nursery.cancel_scope.cancel()
+
+
+def test_a_lost_finish_is_resent_without_any_data_or_ping() -> None:
+    # The initiator sends no PING behind FINISH: with nothing else to send, the
+    # responder's RESPONSE retransmission brings the cached FINISH back.
+    pair = EnginePair(model=PathModel(delay=(0.01, 0.01)))
+    lost: list[bytes] = []
+
+    def tap(dest: str, packet: bytes) -> bytes | None:
+        if dest == "b" and packet[0] == wire.FINISH and not lost:
+            lost.append(packet)
+            return None
+        return packet
+
+    pair.tap = tap
+    assert pair.run_until(lambda: pair.a.established, timeout=1)
+    out = pair.a.packets_to_send(pair.now)
+    assert [p[0] for p in out] == [wire.FINISH]  # nothing behind FINISH
+    for packet in out:
+        tap("b", packet)  # ... and it is lost
+    assert pair.run_until(lambda: pair.b is not None and pair.b.established, timeout=5)
+    assert lost
+    assert pair.now >= pair.config.handshake_retransmit
