@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from .constants import (
     CHUNK_BITS,
@@ -43,6 +43,9 @@ __all__ = ["ComponentHash", "Hasher", "check_key", "derive_hash_key", "split_pre
 ComponentHash = Callable[[bytes], bytes]
 
 _PERSON: Final = b"hamt-key-v1"
+#: How many directory-component hashes a `Hasher` remembers.
+MAX_CACHED_DIRS: Final = 4096
+_ONE_COMPONENT_SHIFT: Final = PATH_BITS - 8 * COMPONENT_HASH_BYTES
 
 
 def derive_hash_key(log_key: bytes, salt: bytes) -> bytes:
@@ -62,14 +65,16 @@ def check_key(key: object) -> str:
         raise InvalidKeyError(f"keys are str, not {type(key).__name__}")
     if not key:
         raise InvalidKeyError("empty key")
-    if len(key) > MAX_KEY_BYTES or len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+    if len(key) > MAX_KEY_BYTES:
         raise InvalidKeyError(f"key longer than {MAX_KEY_BYTES} bytes")
-    if "" in key.split("/"):
-        raise InvalidKeyError(f"empty path component in {key!r}")
     try:
-        key.encode("utf-8")
+        size = len(key.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise InvalidKeyError(f"key is not valid UTF-8: {key!r}") from exc
+    if size > MAX_KEY_BYTES:
+        raise InvalidKeyError(f"key longer than {MAX_KEY_BYTES} bytes")
+    if "/" in key and (key[0] == "/" or key[-1] == "/" or "//" in key):
+        raise InvalidKeyError(f"empty path component in {key!r}")
     return key
 
 
@@ -85,20 +90,29 @@ def split_prefix(prefix: str) -> list[str]:
 
 
 class Hasher:
-    """Maps keys and prefixes to trie paths under one hash key (or an injected hash)."""
+    """Maps keys and prefixes to trie paths under one hash key (or an injected hash).
 
-    __slots__ = ("_component",)
+    The keyed BLAKE2b state is set up once and copied per component (keying costs a
+    compression of its own), and the hashes of directory components, which many keys
+    share, are remembered (at most `MAX_CACHED_DIRS` of them).
+    """
+
+    __slots__ = ("_base", "_component", "_dirs")
 
     def __init__(self, hash_key: bytes, component_hash: ComponentHash | None = None) -> None:
+        self._base: Any = None
         if component_hash is None:
             if len(hash_key) != HASH_KEY_BYTES:
                 raise ValueError(f"hash key must be {HASH_KEY_BYTES} bytes")
-
-            def _blake(data: bytes, _key: bytes = hash_key) -> bytes:
-                return hashlib.blake2b(data, key=_key, digest_size=COMPONENT_HASH_BYTES).digest()
-
-            component_hash = _blake
+            self._base = hashlib.blake2b(key=hash_key, digest_size=COMPONENT_HASH_BYTES)
+            component_hash = self._blake
         self._component = component_hash
+        self._dirs: dict[str, bytes] = {}
+
+    def _blake(self, data: bytes) -> bytes:
+        h = self._base.copy()
+        h.update(data)
+        return h.digest()  # type: ignore[no-any-return]
 
     def _hash(self, component: str) -> bytes:
         digest = self._component(component.encode("utf-8"))
@@ -106,20 +120,34 @@ class Hasher:
             raise ValueError(f"component hash returned {len(digest)} bytes")
         return digest
 
+    def _dir(self, component: str) -> bytes:
+        digest = self._dirs.get(component)
+        if digest is None:
+            digest = self._hash(component)[:DIR_HASH_BYTES]
+            if len(self._dirs) >= MAX_CACHED_DIRS:
+                self._dirs.clear()
+            self._dirs[component] = digest
+        return digest
+
     def path(self, key: str) -> int:
         """Return the trie path of a (validated) key as a `PATH_BITS`-bit integer."""
-        parts = key.split("/")
-        if len(parts) == 1:
+        if "/" not in key:
+            base = self._base
+            if base is not None:
+                h = base.copy()
+                h.update(key.encode("utf-8"))
+                return int.from_bytes(h.digest(), "big") << _ONE_COMPONENT_SHIFT
             raw = self._hash(key)[:COMPONENT_HASH_BYTES]
         else:
-            pieces = [self._hash(p)[:DIR_HASH_BYTES] for p in parts[:-1]]
+            parts = key.split("/")
+            pieces = [self._dir(p) for p in parts[:-1]]
             pieces.append(self._hash(parts[-1])[:COMPONENT_HASH_BYTES])
             raw = b"".join(pieces)[:PATH_HASH_BYTES]
         return int.from_bytes(raw, "big") << (PATH_BITS - 8 * len(raw))
 
     def prefix_path(self, components: list[str]) -> tuple[int, int]:
         """Return ``(path, depth)``: every key under `components` starts with these chunks."""
-        raw = b"".join(self._hash(p)[:DIR_HASH_BYTES] for p in components)[:PATH_HASH_BYTES]
+        raw = b"".join(self._dir(p) for p in components)[:PATH_HASH_BYTES]
         depth = min(len(raw) * 8 // CHUNK_BITS, PATH_BITS // CHUNK_BITS)
         return int.from_bytes(raw, "big") << (PATH_BITS - 8 * len(raw)) if raw else 0, depth
 

@@ -103,7 +103,8 @@ class _Shared:
         self.hasher = hasher
         self.cache = cache
         self.lock = trio.Lock()
-        self.changed = trio.Event()
+        # Set (and dropped) by the next change; made only when a watcher waits.
+        self._changed: trio.Event | None = None
         self.fetches = 0
         self.closed = False
         # The writer's decoded trie of its latest block (`mutate.Retained`), valid while
@@ -131,9 +132,18 @@ class _Shared:
             self.retained = None
             self.fork = fork
 
+    def changed(self) -> trio.Event:
+        """The event the next change sets."""
+        event = self._changed
+        if event is None:
+            event = self._changed = trio.Event()
+        return event
+
     def notify(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
+        event = self._changed
+        if event is not None:
+            self._changed = None
+            event.set()
 
 
 @final
@@ -393,7 +403,7 @@ class Hamt(Generic[V]):
 
     async def _watch(self, seen: int) -> AsyncGenerator[Change[V], None]:
         while not self._s.closed:
-            event = self._s.changed
+            event = self._s.changed()
             while seen < self._s.log.length:
                 for change in self._changes(await self._fetch(seen)):
                     yield change

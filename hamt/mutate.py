@@ -56,7 +56,7 @@ from .constants import (
 from .errors import BatchTooLargeError, CorruptNodeError
 from .hashing import chunk
 from .trie import descend, position
-from .wire import COPY_FLAG, Block, Node, encode_node_block
+from .wire import COPY_FLAG, Block, Node, encode_node_block, hold_young
 
 __all__ = ["Mutation", "Retained"]
 
@@ -426,13 +426,17 @@ class Mutation:
         """
         seq = self.new_seq
         news = self._news
+        made: list[tuple[Any, ...]] = []  # every tuple the decoded block is made of
 
         def enc(node: Any, depth: int) -> Node:
             if type(node) is _Bucket:
                 items = node.items
                 node.items = [(k, seq if type(e) is _New else e) for k, e in items]
                 node.src = seq
-                return tuple([(k, 0 if type(e) is _New else seq - e) for k, e in items])
+                pairs = [(k, 0 if type(e) is _New else seq - e) for k, e in items]
+                made.extend(pairs)
+                made.append(bucket := tuple(pairs))
+                return bucket
             slots = node.slots
             rel = [seq - x for x in slots]
             dirty = node.dirty
@@ -453,7 +457,9 @@ class Mutation:
                 node.kids = None  # deeper nodes are not retained: the block has them
             node.news = None  # (their slots hold `seq` already)
             node.src = seq
-            return (node.dm, node.nm, *rel)
+            out = (node.dm, node.nm, *rel)
+            made.append(out)
+            return out
 
         root = enc(self._root, 0)
         ops: list[tuple[Any, ...]] = []
@@ -473,7 +479,10 @@ class Mutation:
         if len(data) > MAX_BLOCK_BYTES:
             raise BatchTooLargeError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_BYTES}")
         self._retained = Retained(self._root, seq)
-        return data, Block(seq, root, tuple(ops), puts, len(data))
+        made += ops
+        made.append(op_tuple := tuple(ops))
+        hold_young(made)
+        return data, Block(seq, root, op_tuple, puts, len(data))
 
     def retained(self) -> Retained | None:
         """After `encode`: the tree of the new block, to base the writer's next mutation on.

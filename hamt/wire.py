@@ -100,6 +100,45 @@ BlockRecord: TypeAlias = tuple[Any, ...]
 
 
 @final
+class _YoungRing:
+    """Keeps the last `size` tuples the writer built, so the collector can untrack them.
+
+    CPython stops tracking a tuple when a collection finds it holds nothing trackable,
+    one pass per collection, visiting objects in list order. A decoded block is a
+    nest of tuples (root, inner nodes, ops) under its cache record, and the first
+    collection would reorder the nest parents first (objects reachable only from a
+    young object move behind it) and untrack one level per collection: the nest
+    would reach the oldest generation still tracked and make full collections come
+    more often and cost more. Referenced from this long-lived ring as well, each
+    tuple counts as reachable from outside, keeps its place (children were built
+    first) and the first young collection untracks the whole block. Only speed
+    depends on this: with a larger gen-0 threshold than `size` the nest just gets
+    untracked later.
+    """
+
+    __slots__ = ("_i", "_slots")
+
+    def __init__(self, size: int) -> None:
+        self._slots: list[object] = [None] * size
+        self._i = 0
+
+    def hold(self, objs: list[tuple[Any, ...]]) -> None:
+        n = len(objs)
+        i = self._i
+        if i + n > len(self._slots):
+            if n > len(self._slots):
+                return
+            i = 0
+        self._slots[i : i + n] = objs
+        self._i = i + n
+
+
+#: Tuples per ring: a few times the default gen-0 threshold (700 new containers).
+YOUNG_RING_SIZE: Final = 4096
+hold_young: Final = _YoungRing(YOUNG_RING_SIZE).hold
+
+
+@final
 class Block:
     """A decoded, validated block: its ops, its root node and lazy lookup indexes.
 
