@@ -58,6 +58,16 @@ class BlockCache:
         self._d.move_to_end(seq)
         return Block.from_record(rec)
 
+    def record(self, seq: int) -> BlockRecord | None:
+        """`get`, as the cached tuple (`wire.record_node`/`record_value` read it)."""
+        rec = self._d.get(seq)
+        if rec is None:
+            self._misses += 1
+            return None
+        self._hits += 1
+        self._d.move_to_end(seq)
+        return rec
+
     def put(self, block: Block) -> None:
         """Insert `block`, evicting the least recently used ones beyond the limits."""
         old = self._d.pop(block.seq, None)

@@ -30,7 +30,7 @@ from .cache import BlockCache
 from .constants import CHUNK_BITS, FANOUT, MAX_DEPTH, PATH_BITS
 from .errors import CorruptNodeError
 from .hashing import chunk
-from .wire import Block, Node
+from .wire import Block, Node, record_node, record_value
 
 __all__ = [
     "DiffItem",
@@ -113,9 +113,10 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
         dm = node[0]
         if dm & bit:
             s = src - node[2 + (dm & (bit - 1)).bit_count()]
-            b = cache.get(s)
-            if b is None:
-                b = yield s
+            rec = cache.record(s)  # (the cached tuple: no `Block` built per hop)
+            if rec is not None:
+                return record_value(rec, key)
+            b = yield s
             return b.puts.get(key)
         nm = node[1]
         if not nm & bit:
@@ -126,10 +127,12 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
             node = c
         else:
             src -= c
-            b = cache.get(src)
-            if b is None:
+            rec = cache.record(src)
+            if rec is not None:
+                node = record_node(rec, path, depth)
+            else:
                 b = yield src
-            node = descend(b, path, depth)
+                node = descend(b, path, depth)
 
 
 def path_blocks(root: Block, path: int, cache: BlockCache) -> Steps[list[int]]:

@@ -199,22 +199,7 @@ class Block:
         A child pointer's target. Decoded blocks carry an index of their inline nodes
         (built while validating); blocks this process encoded are walked from the root.
         """
-        nodes = self._nodes
-        if nodes is not None:
-            shift = PATH_BITS - CHUNK_BITS * depth
-            return nodes.get((1 << (CHUNK_BITS * depth)) | (path >> shift))
-        node = self.root
-        shift = PATH_BITS - CHUNK_BITS
-        for _ in range(depth):
-            bit = 1 << ((path >> shift) & CHUNK_MASK)
-            shift -= CHUNK_BITS
-            nm = node[1]
-            if not nm & bit:
-                return None
-            node = node[2 + node[0].bit_count() + (nm & (bit - 1)).bit_count()]
-            if type(node) is not tuple:
-                return None
-        return node
+        return _node_at(self.root, self._nodes, path, depth)
 
     def entry_at(self, path_fn: Callable[[str], int], prefix: int, depth: int) -> str:
         """Return the one key of this block whose path starts with `prefix`'s first `depth` chunks.
@@ -251,6 +236,44 @@ class Block:
         if i + 1 < len(by_path) and by_path[i + 1][0] < hi:
             raise CorruptNodeError("entry pointer is ambiguous", seq=self.seq)
         return by_path[i][1], by_path[i][0]
+
+
+def _node_at(root: Node, nodes: dict[int, Node] | None, path: int, depth: int) -> Node | None:
+    if nodes is not None:
+        shift = PATH_BITS - CHUNK_BITS * depth
+        return nodes.get((1 << (CHUNK_BITS * depth)) | (path >> shift))
+    node = root
+    shift = PATH_BITS - CHUNK_BITS
+    for _ in range(depth):
+        bit = 1 << ((path >> shift) & CHUNK_MASK)
+        shift -= CHUNK_BITS
+        nm = node[1]
+        if not nm & bit:
+            return None
+        node = node[2 + node[0].bit_count() + (nm & (bit - 1)).bit_count()]
+        if type(node) is not tuple:
+            return None
+    return node
+
+
+def record_node(rec: BlockRecord, path: int, depth: int) -> Node:
+    """The inline node at `depth` on `path` of a cached block (`Block.node_at`, no `Block`).
+
+    Raises:
+        CorruptNodeError: the block holds no node there.
+    """
+    node = _node_at(rec[1], rec[5], path, depth)
+    if node is None:
+        raise CorruptNodeError("child pointer names a block without that node", seq=rec[0])
+    return node
+
+
+def record_value(rec: BlockRecord, key: str) -> bytes | None:
+    """The value a cached block holds for `key` (``Block.puts.get``, no `Block`)."""
+    puts = rec[3]
+    if type(puts) is tuple:
+        return puts[1] if puts and puts[0] == key else None
+    return puts.get(key)  # type: ignore[no-any-return]
 
 
 def pack_value(obj: object) -> bytes:
