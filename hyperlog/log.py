@@ -506,7 +506,10 @@ class Log:
                 batch, self._stored_contiguous = self._append_sync(values)
                 self._tree.apply(batch)
                 self._after_append(batch.start, batch.length)
-            await trio.lowlevel.cancel_shielded_checkpoint()
+            if self._storage.maintenance_due:
+                await self._maintain()
+            else:
+                await trio.lowlevel.cancel_shielded_checkpoint()
             return AppendResult(self._tree.length, self._tree.byte_length)
         async with self._write_lock:
             if not values:
@@ -518,8 +521,21 @@ class Log:
             self._stored_contiguous = hint
             self._tree.apply(batch)
             self._after_append(batch.start, batch.length)
+        if self._storage.maintenance_due:
+            await self._maintain()
         await trio.lowlevel.checkpoint()
         return AppendResult(batch.length, batch.byte_length)
+
+    async def _maintain(self) -> None:
+        """Run the storage's deferred upkeep in a worker thread, appends held back.
+
+        It finishes a WAL checkpoint (milliseconds of disk waits, once per tens of
+        MiB written) off the event loop; appends meanwhile wait on the write lock.
+        """
+        with trio.CancelScope(shield=True):  # the append itself is already committed
+            async with self._write_lock:
+                if self._storage.maintenance_due:
+                    await trio.to_thread.run_sync(self._storage.maintain)
 
     def _check_writable(self) -> None:
         if self._closed:
@@ -1153,6 +1169,9 @@ class _Group:
         if any(not isinstance(e, DownloadEvent) for e in self.events):
             log._wake_length()
         self.pending = False
+        if log._storage.maintenance_due:
+            # the caller holds the write lock: no append can commit meanwhile
+            await trio.to_thread.run_sync(log._storage.maintain)
 
 
 # --- snapshots -------------------------------------------------------------------------

@@ -148,6 +148,9 @@ CHECKPOINT_EVERY_BYTES: Final = 8 * 1024 * 1024
 #: auto-checkpoint size (256 MiB) and every commit appended to a growing file (~10 us
 #: more CPU per single append, and a long inline checkpoint at 256 MiB).
 WAL_RESTART_BYTES: Final = 32 * 1024 * 1024
+#: Commits after which `SQLiteStorage.commit` finishes a due checkpoint itself, when
+#: nobody called `SQLiteStorage.maintain` (the log always does, off the event loop).
+_MAINTAIN_WITHIN_COMMITS: Final = 1000
 #: Blocks per log: the block index fits in 40 bits of the row key.
 MAX_BLOCK_INDEX: Final = (1 << 40) - 1
 #: Logs per store: the handle fits above the 42-bit node index in a signed 64-bit key.
@@ -345,6 +348,15 @@ class Storage(Protocol):
         """
         ...
 
+    @property
+    def maintenance_due(self) -> bool:
+        """True when `maintain` should run (in a worker thread) before the next commit."""
+        ...
+
+    def maintain(self) -> None:
+        """Do deferred upkeep that may wait on the disk (SQLite: finish a checkpoint)."""
+        ...
+
     def check(self, *, full: bool = False) -> None:
         """Check the database structure (``quick_check``, or ``integrity_check`` if full).
 
@@ -529,6 +541,7 @@ class SQLiteStorage:
         self._ckpt_wake = threading.Event()
         self._ckpt_pending = 0
         self._ckpt_restart_due = False
+        self._ckpt_commits_waited = 0
         self._page_size = PAGE_SIZE
         self._wlock = threading.Lock()
         self._rlock = threading.Lock()
@@ -932,14 +945,34 @@ class SQLiteStorage:
                 self._ckpt_pending = 0
                 self._ckpt_wake.set()
             if self._ckpt_restart_due:
-                # The background pass copied all but the last few frames: copy those
-                # (and sync) here, between transactions, so the next commit restarts
-                # the WAL. Its failure costs nothing but a bigger WAL.
-                self._ckpt_restart_due = False
-                try:
-                    w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error:
-                    logger.warning("checkpoint of %s failed", self.db_path, exc_info=True)
+                self._ckpt_commits_waited += 1
+                if self._ckpt_commits_waited > _MAINTAIN_WITHIN_COMMITS:
+                    self._finish_checkpoint(w)  # nobody calls `maintain`: do it here
+
+    @property
+    def maintenance_due(self) -> bool:
+        """True when `maintain` should run (in a worker thread) before the next commit."""
+        return self._ckpt_restart_due
+
+    def maintain(self) -> None:
+        """Finish the background checkpoint so that the next commit restarts the WAL.
+
+        The background pass copied all but the last few frames; this copies those
+        (and syncs) between transactions. It can wait on the disk for milliseconds
+        (two ``fsync``), so the log runs it in a worker thread with its write lock
+        held, never on the event loop. Its failure costs nothing but a bigger WAL.
+        """
+        with self._wlock:
+            if self._ckpt_restart_due and not self._closed:
+                self._finish_checkpoint(self._writer())
+
+    def _finish_checkpoint(self, w: sqlite3.Connection) -> None:
+        self._ckpt_restart_due = False
+        self._ckpt_commits_waited = 0
+        try:
+            w.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            logger.warning("checkpoint of %s failed", self.db_path, exc_info=True)
 
     def _checkpointer(self) -> None:
         """Copy the WAL into the database off the commit path (a PASSIVE checkpoint).
@@ -1256,6 +1289,14 @@ class MemoryStorage:
         with self._lock:
             info, _ = self._logs[handle - 1]
             self._logs[handle - 1] = (info, head)
+
+    @property
+    def maintenance_due(self) -> bool:
+        """Never: nothing to maintain in memory."""
+        return False
+
+    def maintain(self) -> None:
+        """Nothing to maintain in memory."""
 
     def check(self, *, full: bool = False) -> None:
         """Nothing to check in memory."""
