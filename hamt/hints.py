@@ -35,6 +35,7 @@ from .proofs import block_proofs, can_prove
 from .wire import (
     MAX_HINT_FRAME,
     MAX_HINT_REPLY_FRAME,
+    PROOF_PROBE_KEY,
     BlockProofData,
     HintReply,
     HintRequest,
@@ -106,6 +107,10 @@ async def serve_path_hints(
         if not isinstance(msg, HintRequest):
             raise CorruptNodeError("expected a hint request")
         version = db.version
+        if msg.key == PROOF_PROBE_KEY:
+            offers = can_prove(db.log)
+            await stream.send_all(_frame(encode_hint(HintReply(msg.id, version, [], (), offers))))
+            continue
         if 0 < msg.version < version:
             version = msg.version  # the reader's version: the path it will walk
         try:
@@ -123,17 +128,22 @@ async def serve_path_hints(
 class PathHintClient:
     """Asks a peer (running `serve_path_hints`) for the blocks a get reads."""
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, *, proofs: bool | None = None) -> None:
+        """`proofs`: whether the peer gives proofs (None: ask it first, once)."""
         self._stream = stream
         self._framer = _Framer(MAX_HINT_REPLY_FRAME)
         self._lock = trio.Lock()
         self._next_id = 0
+        self._proofs = proofs
 
     async def path_hint(self, key: str, version: int = 0, fork: int | None = None) -> HintReply:
         """Return the peer's `HintReply` for `key` at `version` (0: the peer's latest).
 
         With `fork` (and `version` the reader's length), ask for the blocks themselves
-        with Merkle proofs against that tree (`HintReply.proofs`).
+        with Merkle proofs against that tree (`HintReply.proofs`). The first such call
+        asks the peer whether it gives proofs (`wire.PROOF_PROBE_KEY`): a server from
+        before proofs closed the connection on a request with a fork, so it is asked
+        without one.
 
         Pass this client to `open_hamt(..., hints=client)` and every get that misses a
         local block asks for its path once and fetches it all at once.
@@ -143,13 +153,21 @@ class PathHintClient:
             CorruptNodeError: the peer's reply does not decode.
         """
         async with self._lock:
-            self._next_id = (self._next_id + 1) % 2**32
-            req = HintRequest(self._next_id, key, version, fork)
-            await self._stream.send_all(_frame(encode_hint(req)))
-            frame = await _next(self._stream, self._framer)
-            if frame is None:
-                raise HamtError("the hint peer closed the stream")
-            reply = decode_hint(frame)
-            if not isinstance(reply, HintReply) or reply.id != req.id:
-                raise HamtError("the hint peer answered out of turn")
-            return reply
+            if fork is not None:
+                if self._proofs is None:
+                    self._proofs = (await self._exchange(PROOF_PROBE_KEY, 0, None)).offers_proofs
+                if not self._proofs:
+                    fork = None
+            return await self._exchange(key, version, fork)
+
+    async def _exchange(self, key: str, version: int, fork: int | None) -> HintReply:
+        self._next_id = (self._next_id + 1) % 2**32
+        req = HintRequest(self._next_id, key, version, fork)
+        await self._stream.send_all(_frame(encode_hint(req)))
+        frame = await _next(self._stream, self._framer)
+        if frame is None:
+            raise HamtError("the hint peer closed the stream")
+        reply = decode_hint(frame)
+        if not isinstance(reply, HintReply) or reply.id != req.id:
+            raise HamtError("the hint peer answered out of turn")
+        return reply

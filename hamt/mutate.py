@@ -56,7 +56,7 @@ from .constants import (
 from .errors import BatchTooLargeError, CorruptNodeError
 from .hashing import chunk
 from .trie import descend, position
-from .wire import COPY_FLAG, Block, Node, encode_node_block, hold_young
+from .wire import COPY_FLAG, Block, Node, encode_node_block, hold_young, record_node
 
 __all__ = ["Mutation", "Retained"]
 
@@ -213,8 +213,12 @@ class Mutation:
                 node.dirty |= bit
             return c
         src = node.slots[node.dm.bit_count() + (node.nm & (bit - 1)).bit_count()]
-        b = yield from self._get(src)
-        child = descend(b, path, depth)
+        rec = self._cache.record(src)
+        if rec is not None:
+            child = record_node(rec, path, depth)
+        else:
+            b = yield src
+            child = descend(b, path, depth)
         d: _Dirty | _Bucket
         if depth == MAX_DEPTH:
             d = _Bucket([(k, src - s) for k, s in child])
@@ -230,6 +234,25 @@ class Mutation:
             assert node.news is not None
             return node.news[bit]
         return e
+
+    def _cached_entry_key(self, e: int, key: str, path: int, depth: int) -> Any:
+        """`_entry_key` of an old entry whose block is cached, without a generator; else None."""
+        rec = self._cache.record(e)
+        if rec is None:
+            return None
+        puts = rec[3]
+        if type(puts) is not tuple:  # several entries: the block's sorted index
+            if key in puts:
+                return key, None
+            return Block.from_record(rec).entry_with_path(self._path, path, depth)
+        if puts and puts[0] == key:
+            return key, None
+        if puts:
+            p = self._path(puts[0])
+            shift = PATH_BITS - CHUNK_BITS * depth
+            if p >> shift == path >> shift:
+                return puts[0], p
+        raise CorruptNodeError("entry pointer names a block without that entry", seq=e)
 
     def _entry_key(self, e: _Entry, key: str, path: int, depth: int) -> _Steps:
         """``(key, path)`` of entry slot `e` at position (`path`, `depth`); `key` is ours.
@@ -293,7 +316,13 @@ class Mutation:
             if dm & bit:
                 i = (dm & (bit - 1)).bit_count()
                 e = self._entry(node, i, bit)
-                ekey, epath = yield from self._entry_key(e, key, path, depth + 1)
+                if type(e) is _New:
+                    ekey, epath = e.key, e.path
+                else:
+                    found = self._cached_entry_key(e, key, path, depth + 1)
+                    if found is None:
+                        found = yield from self._entry_key(e, key, path, depth + 1)
+                    ekey, epath = found
                 if epath is None or ekey == key:
                     new.existed = new.existed or isinstance(e, int) or e.existed
                     node.slots[i] = new_seq

@@ -459,6 +459,12 @@ MAX_PROOF_LEVELS: Final = 64
 #: Bytes of a Merkle tree hash.
 TREE_HASH_BYTES: Final = 32
 _MAX_U64: Final = 2**64 - 1
+#: The key of a hint request that asks "may I ask you for proofs?": not a valid key
+#: (an empty path component), so a server from before proofs answers it with no
+#: blocks in a five-element reply, and a newer one that can prove blocks answers with
+#: the proofs field (`HintReply.offers_proofs`). Such a server closed the connection on
+#: a request with a fork, so a client sends a fork only after this answer.
+PROOF_PROBE_KEY: Final = "/"
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,12 +493,22 @@ class BlockProofData:
 @dataclass(frozen=True, slots=True)
 class HintReply:
     """The answer: the version it was computed at, the blocks (root first), and proofs
-    of some of them when the request asked for proofs and the peer could give them."""
+    of some of them when the request asked for proofs and the peer could give them.
+
+    `offers_proofs`: the reply has the proofs field (possibly empty), which a server
+    from before proofs never sends; it answers a `PROOF_PROBE_KEY` request that way
+    when it can prove blocks, so a client knows it may send requests with a fork.
+    """
 
     id: int
     version: int
     blocks: list[int]
     proofs: tuple[BlockProofData, ...] = ()
+    offers_proofs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.proofs and not self.offers_proofs:  # a reply with proofs offers them
+            object.__setattr__(self, "offers_proofs", True)
 
 
 def encode_hint(msg: HintRequest | HintReply) -> bytes:
@@ -503,7 +519,7 @@ def encode_hint(msg: HintRequest | HintReply) -> bytes:
             obj.append(msg.fork)
     else:
         obj = [TAG_HINT_REPLY, FORMAT_VERSION, msg.id, msg.version, msg.blocks]
-        if msg.proofs:
+        if msg.proofs or msg.offers_proofs:
             obj.append([[p.index, p.value, [list(n) for n in p.nodes]] for p in msg.proofs])
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
@@ -577,5 +593,5 @@ def decode_hint(data: bytes) -> HintRequest | HintReply:
             and all(type(b) is int and 0 < b < version for b in blocks)
         ):
             proofs = _decode_proofs(obj[5], blocks) if len(obj) == 6 else ()
-            return HintReply(obj[2], version, blocks, proofs)
+            return HintReply(obj[2], version, blocks, proofs, len(obj) == 6)
     raise CorruptNodeError("bad hint message")
