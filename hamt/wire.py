@@ -180,6 +180,7 @@ class Block:
         puts: Any = self.puts
         if len(puts) < 2:
             puts = next(iter(puts.items()), ())
+            hold_young([puts])
         nodes = self._nodes
         if nodes is not None and len(nodes) <= _SMALL_BLOCK_NODES:
             nodes = None

@@ -102,7 +102,7 @@ async def test_a_server_that_cannot_prove_is_asked_without_a_fork() -> None:
             for i in range(20):
                 await writer.put(f"k{i}", b"v")
             a, b = trio.testing.memory_stream_pair()
-            await nursery.start(old_serve_path_hints, a, writer)
+            await nursery.start(serve_path_hints, a, writer)
             client = PathHintClient(b)
             for _ in range(2):
                 reply = await client.path_hint("k3", writer.version, 0)
