@@ -36,7 +36,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeAlias, final
+from typing import Any, TypeAlias, final
 
 import trio
 
@@ -117,20 +117,25 @@ def _check_blocks(data: bytes | Sequence[bytes]) -> tuple[list[bytes], int]:
         TypeError: if a block is not bytes-like.
         ValueError: if a block or the batch is too big.
     """
-    values = [data] if isinstance(data, _BYTES_LIKE) else list(data)
+    # checked and converted to bytes in place below
+    values: list[Any] = [data] if isinstance(data, _BYTES_LIKE) else list(data)
+    if len(values) > MAX_BATCH_BLOCKS:
+        raise ValueError(f"batch of {len(values)} blocks exceeds {MAX_BATCH_BLOCKS} blocks")
     total = 0
-    for v in values:
-        if not isinstance(v, _BYTES_LIKE):
-            raise TypeError(f"blocks must be bytes, not {type(v).__name__}")
-        if len(v) > MAX_BLOCK_SIZE:
-            raise ValueError(f"block of {len(v)} bytes exceeds {MAX_BLOCK_SIZE}")
-        total += len(v)
-    if len(values) > MAX_BATCH_BLOCKS or total > MAX_BATCH_BYTES:
+    for k, v in enumerate(values):  # one pass: check, convert, add up
+        if type(v) is not bytes:
+            if not isinstance(v, _BYTES_LIKE):
+                raise TypeError(f"blocks must be bytes, not {type(v).__name__}")
+            v = values[k] = bytes(v)
+        n = len(v)
+        if n > MAX_BLOCK_SIZE:
+            raise ValueError(f"block of {n} bytes exceeds {MAX_BLOCK_SIZE}")
+        total += n
+    if total > MAX_BATCH_BYTES:
         raise ValueError(
-            f"batch of {len(values)} blocks / {total} bytes exceeds "
-            f"{MAX_BATCH_BLOCKS} blocks / {MAX_BATCH_BYTES} bytes"
+            f"batch of {len(values)} blocks / {total} bytes exceeds {MAX_BATCH_BYTES} bytes"
         )
-    return [v if type(v) is bytes else bytes(v) for v in values], total
+    return values, total
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -569,7 +574,14 @@ class Log:
         head = Head(batch.fork, batch.length, batch.byte_length, batch.tree_hash, None, hint)
         self._storage.commit(
             self._handle,
-            WriteBatch(blocks=blocks, nodes=parents, bitfield=bits, head=head, appended=True),
+            WriteBatch(
+                blocks=blocks,
+                nodes=parents,
+                bitfield=bits,
+                head=head,
+                appended=True,
+                block_bytes=batch.byte_length - self._tree.byte_length,
+            ),
         )
         return batch, hint
 

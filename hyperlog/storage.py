@@ -253,6 +253,7 @@ class WriteBatch:
         appended: True for a writer's append: ``blocks`` are new, and ``nodes`` are
             exactly the parents of depth >= 2 they complete, bottom-up per block, so
             storage may keep each in the row of the block that completes it.
+        block_bytes: the total size of ``blocks`` when the caller knows it, else -1.
     """
 
     blocks: list[tuple[int, bytes, bytes]] = field(default_factory=list)
@@ -262,6 +263,7 @@ class WriteBatch:
     truncate: int | None = None
     manifest: bytes | None = None
     appended: bool = False
+    block_bytes: int = -1
 
 
 class Storage(Protocol):
@@ -937,10 +939,10 @@ class SQLiteStorage:
                     raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
                 raise
             # estimated WAL bytes: the right-edge pages of each table touched, and blocks
-            blocks = batch.blocks
-            self._ckpt_pending += PAGE_SIZE * 3 + (
-                len(blocks[0][1]) if len(blocks) == 1 else sum(len(b[1]) for b in blocks)
-            )
+            size = batch.block_bytes
+            if size < 0:
+                size = sum(len(b[1]) for b in batch.blocks)
+            self._ckpt_pending += PAGE_SIZE * 3 + size
             if self._ckpt_pending >= CHECKPOINT_EVERY_BYTES:
                 self._ckpt_pending = 0
                 self._ckpt_wake.set()
