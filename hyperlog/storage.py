@@ -30,8 +30,11 @@ page: every dirty 16 KiB page is one WAL frame written per commit, the largest c
 of a small append. Otherwise (truncation, big blocks, a group of proofs without the
 last block) the head goes into ``state`` and the block row is cleared. At open both
 are read (the last block row of the log is one probe) and the newer one, by (fork,
-length), is the head. Schema 2 stores (no ``head`` column) are upgraded in place by
-the first writable open; read-only opens read them as they are.
+length), is the head. A writer's append stores its head without the signature (the
+log signs lazily, when the head is first exposed: docs/hyperlog.md §6);
+`SQLiteStorage.store_signature` later writes the signed head over it in place.
+Schema 2 and 3 stores are upgraded in place by the first writable open; read-only
+opens read them as they are.
 
 Derived nodes. A leaf node is *not* stored when its block is: its size is the
 block's length and its hash is recomputed from the block when a proof needs it. The
