@@ -25,7 +25,7 @@ transaction also writes block ``length - 1`` (every append, and a download of th
 last block) and that block is small (`HEAD_IN_BLOCK_MAX`), the head goes into its
 row, and the row that held the previous head is cleared (it is almost always on the
 same B-tree page). A single append then dirties **one** page of the blocks table
-(plus a page of nodes every fourth append) instead of a blocks page and a state
+(its parents ride in the same row, schema 4) instead of a blocks page and a state
 page: every dirty 16 KiB page is one WAL frame written per commit, the largest cost
 of a small append. Otherwise (truncation, big blocks, a group of proofs without the
 last block) the head goes into ``state`` and the block row is cleared. At open both
