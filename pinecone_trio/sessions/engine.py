@@ -1378,13 +1378,16 @@ class Session:
                 if not send.wants_to_send():
                     del sendable[sid]
                     continue
-            offset, data, fin, fresh = send.next_chunk(budget - wire.STREAM_FRAME_OVERHEAD, credit)
-            if not data and not fin:
+            offset, data, fin, fresh = send.next_chunk(
+                budget - wire.STREAM_FRAME_OVERHEAD, credit, pieces=True
+            )
+            size = sum(map(len, data)) if type(data) is list else len(data)
+            if not size and not fin:
                 continue  # blocked by flow control
             self._send_used += fresh
             frames.append([wire.STREAM, sid, offset, fin, data])
-            records.append(("s", sid, offset, len(data), fin))
-            budget -= len(data) + wire.STREAM_FRAME_OVERHEAD
+            records.append(("s", sid, offset, size, fin))
+            budget -= size + wire.STREAM_FRAME_OVERHEAD
             # Round robin: a stream that still has data goes to the back of the line.
             del sendable[sid]
             if stream.send.wants_to_send():

@@ -238,20 +238,44 @@ class SendSide:
             and self.next_offset == self.fin_offset
         )
 
+    def _pieces(self, start: int, end: int) -> bytes | memoryview | list[bytes | memoryview]:
+        """Like `_slice`, but a range across chunks comes back as a list of pieces
+        (views of immutable chunks, copies of a growing tail) for the encoder to join
+        straight into the plaintext: one copy of the data instead of two."""
+        starts, chunks = self._starts, self._chunks
+        i = bisect_right(starts, start, self._head) - 1
+        if start >= end or end - starts[i] <= len(chunks[i]):
+            return self._slice(start, end)
+        pieces: list[bytes | memoryview] = []
+        while start < end:
+            chunk = chunks[i]
+            offset = start - starts[i]
+            take = min(len(chunk) - offset, end - start)
+            if type(chunk) is bytes:
+                pieces.append(memoryview(chunk)[offset : offset + take])
+            else:
+                with memoryview(chunk) as view:
+                    pieces.append(bytes(view[offset : offset + take]))
+            start += take
+            i += 1
+        return pieces
+
     def next_chunk(
-        self, budget: int, session_credit: int
-    ) -> tuple[int, bytes | memoryview, bool, int]:
+        self, budget: int, session_credit: int, *, pieces: bool = False
+    ) -> tuple[int, bytes | memoryview | list[bytes | memoryview], bool, int]:
         """The next range to put in a packet: (offset, data, fin, fresh bytes used).
 
         Retransmissions come first and never consume credit. Returns an empty, non-fin
-        chunk if nothing fits.
+        chunk if nothing fits. With `pieces`, a range across chunks comes back as a list
+        (see `_pieces`; `wire.encode_payload` takes it as a last STREAM frame's data).
         """
+        cut = self._pieces if pieces else self._slice
         if self.retransmit:
             start, end = self.retransmit.first()
             end = min(end, start + budget)
             self.retransmit.remove(start, end)
             start = max(start, self.base)
-            data = self._slice(start, end) if start < end else b""
+            data = cut(start, end) if start < end else b""
             fin = self.fin_offset is not None and end == self.fin_offset
             if fin:
                 self.fin_sent = True
@@ -259,7 +283,7 @@ class SendSide:
         start = self.next_offset
         end = min(self.write_offset, self.max_data, start + budget, start + session_credit)
         end = max(end, start)
-        data = self._slice(start, end)
+        data = cut(start, end)
         self.next_offset = end
         fin = self.fin_offset is not None and end == self.fin_offset
         if fin:
