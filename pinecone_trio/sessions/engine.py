@@ -1295,14 +1295,16 @@ class Session:
                     budget -= wire.CONTROL_FRAME_MAX
             if self._sendable and budget > wire.STREAM_FRAME_OVERHEAD:
                 budget = self._fill_streams(frames, records, budget, cork)
-            lazy = self._lazy_control
-            if lazy and (frames or ack_due or now >= self._lazy_due):
-                while lazy and budget > _ACCEPT_FRAME_MAX:
-                    frame = lazy.popleft()
-                    frames.append([wire.ACCEPT, frame.stream_id])
-                    records.append(("c", frame))
-                    budget -= _ACCEPT_FRAME_MAX
-                self._lazy_due = now + self.config.max_ack_delay if lazy else math.inf
+        # ACCEPTs are tiny and, like ACKs, not held back by the congestion window
+        # (`wants_to_send` says yes once they are due, whatever the window).
+        lazy = self._lazy_control
+        if lazy and (frames or ack_due or now >= self._lazy_due):
+            while lazy and budget > _ACCEPT_FRAME_MAX:
+                frame = lazy.popleft()
+                frames.append([wire.ACCEPT, frame.stream_id])
+                records.append(("c", frame))
+                budget -= _ACCEPT_FRAME_MAX
+            self._lazy_due = now + self.config.max_ack_delay if lazy else math.inf
         if records:
             eliciting = True
         if self._need_ping and not eliciting:

@@ -391,3 +391,25 @@ def test_a_lost_finish_is_resent_without_any_data_or_ping() -> None:
     assert pair.run_until(lambda: pair.b is not None and pair.b.established, timeout=5)
     assert lost
     assert pair.now >= pair.config.handshake_retransmit
+
+
+def test_a_due_accept_goes_out_even_with_the_congestion_window_full() -> None:
+    # Otherwise a driver would be told "something to send" and build nothing: a spin.
+    pair = EnginePair()
+    _established(pair)
+    b = pair.b
+    assert b is not None
+    sid = pair.a.open_stream(PROTO)
+    pair.a.stream_write(sid, b"hi")
+    for packet in pair.a.packets_to_send(pair.now):
+        b.receive_packet(packet, pair.now)
+    b.accept_stream(sid)
+    b._cc.cwnd = 0  # nothing may be sent under congestion control
+    later = pair.now + pair.config.max_ack_delay
+    assert b.wants_to_send(later)
+    packets = b.packets_to_send(later)
+    assert packets
+    for packet in packets:
+        pair.a.receive_packet(packet, later)
+    assert pair.a.stream_status(sid) is StreamState.OPEN
+    assert not b.wants_to_send(later)
