@@ -30,7 +30,9 @@ class BytesCodec:
     """The identity codec: values are `bytes` (the default)."""
 
     def encode(self, value: bytes, /) -> bytes:
-        if not isinstance(value, bytes | bytearray | memoryview):
+        if type(value) is bytes:
+            return value
+        if not isinstance(value, bytearray | memoryview):
             raise TypeError(f"values are bytes, not {type(value).__name__} (pass a codec)")
         return bytes(value)
 

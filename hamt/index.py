@@ -454,10 +454,13 @@ class Hamt(Generic[V]):
           InvalidKeyError, ValueTooLargeError: bad input (nothing is written).
           ReadOnlyError: this is a checkout, or the log is not writable.
         """
-        self._check_writable()
+        if self._fixed is not None or not self._s.log.writable:
+            self._check_writable()
         check_key(key)
-        data = self._encode_value(value)
-        await self._apply([(key, data)])
+        data = self._codec.encode(value)
+        if len(data) > MAX_VALUE_BYTES:
+            raise ValueTooLargeError(f"value of {len(data)} bytes exceeds {MAX_VALUE_BYTES}")
+        await self._apply(((key, data),))
 
     async def delete(self, key: str) -> bool:
         """Remove `key`: one block appended if it was present. Return whether it was."""
