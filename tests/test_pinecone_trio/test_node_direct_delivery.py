@@ -118,6 +118,7 @@ async def test_sessions_take_packets_straight_from_the_router(
                 async with stream:
                     while data := await stream.receive_some():
                         received.extend(data)
+                    await stream.send_all(b"ok")  # a packet back (streams open optimistically)
                 finished.set()
 
             nursery.start_soon(sink)
@@ -126,6 +127,7 @@ async def test_sessions_take_packets_straight_from_the_router(
                 async with stream:
                     await stream.send_all(message)
                     await stream.send_eof()
+                    assert await stream.receive_some() == b"ok"
                     await finished.wait()
         assert bytes(received) == message
         # Every session packet (handshake and transport) went the direct way.
