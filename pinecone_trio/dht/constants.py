@@ -58,6 +58,11 @@ REPLICAS_ASCENDING: Final = 1
 #: and copies pushed up must reach the true successor. A claim is trusted this long.
 SUCCESSOR_INTERVAL: Final = 5.0
 SUCCESSOR_TTL: Final = 3 * SUCCESSOR_INTERVAL
+#: When a snake neighbour changes (a closer successor claimed, the descending one died or
+#: a node joined next to us), the copies we owe that side are pushed to the new neighbour
+#: at once rather than at the announcer's next refresh: this many records per change
+#: at most (the most recently stored first), well inside the shell's outbox.
+MAX_HANDOFF_RECORDS: Final = 256
 #: Neighbour keys a lookup reply carries (the responder's descending and ascending).
 MAX_NEIGHBOURS: Final = 4
 

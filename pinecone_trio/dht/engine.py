@@ -30,6 +30,14 @@ lookup finishes when every node named has answered or given up, or at its deadli
 Every record in a reply is verified against its own key before it is reported, so a
 lying responder can hide records but not invent them.
 
+Neighbours and hand-off. The shell hands over the router's snake neighbours; each node
+tells its descending neighbour "I am your successor" (SUCCESSOR) every
+`SUCCESSOR_INTERVAL`, and the ascending neighbour is the lower of the freshest lowest
+claim and the router's guess (both bound the true successor from above). The copies a
+node pushed up and down are remembered per record, and pushed again to a neighbour that
+changes (`MAX_HANDOFF_RECORDS` per change), so a copy that went to a wrong or dying
+neighbour is put right at once rather than at the next refresh.
+
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
 table); the overlay's source key is not authenticated, which is why nothing is stored
 without the announcer's signature and why replies only carry signed records.
@@ -51,11 +59,13 @@ from .constants import (
     EXPIRY_SWEEP_INTERVAL,
     KEY_SIZE,
     LOOKUP_TIMEOUT,
+    MAX_HANDOFF_RECORDS,
     MAX_LOOKUP_QUERIES,
     MAX_LOOKUP_RECORDS,
     MAX_PENDING,
     MAX_RECORD_DATA,
     MAX_RECORD_TTL,
+    MAX_TOTAL_RECORDS,
     MAX_TRACKED_SOURCES,
     RECORD_TTL,
     REPLICAS_ASCENDING,
@@ -159,6 +169,7 @@ class EngineStatistics:
     replicas_sent: int = 0
     retries: int = 0
     successor_claims: int = 0
+    handoffs: int = 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -261,6 +272,10 @@ class DhtEngine:
         self._successor: bytes | None = None
         self._successor_heard = -math.inf
         self._next_hello = math.inf
+        # Copies we owe each side, by (topic, announcer): (up, down) copies left when we
+        # stored the record; and the neighbours they were last handed to.
+        self._owed: OrderedDict[tuple[bytes, bytes], tuple[int, int]] = OrderedDict()
+        self._handed: tuple[bytes | None, bytes | None] = (None, None)
         self._lookups: dict[int, _Lookup] = {}
         self._announcements: dict[bytes, _Announcement] = {}
         self._announce_ids: dict[int, bytes] = {}
@@ -281,11 +296,15 @@ class DhtEngine:
 
     @property
     def _ascending(self) -> bytes | None:
-        # A fresh successor claim beats the router's local guess. (Freshness is checked
-        # against the last time we were given: `_now`, updated on every input.)
+        # Every live key above ours is an upper bound on our true successor: the lower
+        # of a fresh successor claim and the router's guess (the smallest higher key it
+        # knows a route to) is the better one. A claim is usually the lower, but one
+        # sent while the snake was still forming can be stale-high for a while.
+        # (Freshness is checked against `_now`, the time of the last input.)
+        guess = self._router_ascending
         if self._successor is not None and self._now - self._successor_heard < SUCCESSOR_TTL:
-            return self._successor
-        return self._router_ascending
+            return self._successor if guess is None else min(self._successor, guess)
+        return guess
 
     def set_neighbours(self, descending: bytes | None, ascending: bytes | None) -> None:
         """Tell the engine the router's snake neighbours (copies go to them; replies
@@ -371,8 +390,51 @@ class DhtEngine:
                 up, down = up + down, 0
             elif self._ascending is None:
                 up, down = 0, up + down
+            self._owe(record, up, down)
             actions += self._replicate(record, now, UP, up)
             actions += self._replicate(record, now, DOWN, down)
+        return actions
+
+    def _owe(self, record: Record, up: int, down: int) -> None:
+        """Remember the copies of `record` we push up and down (for a hand-off)."""
+        key = (record.topic, record.public_key)
+        self._owed.pop(key, None)
+        if not self._owed:
+            # Nothing was owed: there is no earlier change to hand anything over for.
+            self._handed = (self._ascending, self._descending)
+        if up > 0 or down > 0:
+            self._owed[key] = (up, down)
+            while len(self._owed) > MAX_TOTAL_RECORDS:
+                self._owed.popitem(last=False)
+
+    def _handoff(self, now: float) -> list[Action]:
+        """Push the copies we owe a side to its neighbour if that neighbour changed.
+
+        A copy sent up just before the true successor's claim arrived went to the
+        router's guess; one sent down before a dead predecessor was replaced went
+        nowhere. Without this they would stay misplaced until the next refresh."""
+        current = (self._ascending, self._descending)
+        if current == self._handed:
+            return []
+        changed = [
+            (direction, key)
+            for direction, key, old in zip((UP, DOWN), current, self._handed, strict=True)
+            if key is not None and key != old
+        ]
+        self._handed = current
+        actions: list[Action] = []
+        for (topic, announcer), owed in reversed(list(self._owed.items())):
+            stored = self.store.entry(topic, announcer)
+            if stored is None:
+                del self._owed[(topic, announcer)]
+                continue
+            remaining = _remaining(stored.expires, now)
+            for direction, key in changed:
+                copies = owed[0] if direction == UP else owed[1]
+                if copies > 0 and remaining > 0 and len(actions) < MAX_HANDOFF_RECORDS:
+                    store = Store(stored.record, remaining, copies - 1, direction)
+                    actions.append(SendExact(key, encode(store)))
+        self.statistics.handoffs += len(actions)
         return actions
 
     def _replicate(self, record: Record, now: float, direction: int, copies: int) -> list[Action]:
@@ -394,6 +456,8 @@ class DhtEngine:
     def _on_store(self, message: Store, now: float) -> list[Action]:
         result = self.store.put(message.record, now, remaining=message.remaining_ttl)
         if result is PutResult.STORED and message.copies > 0:
+            up = message.copies if message.direction == UP else 0
+            self._owe(message.record, up, message.copies - up)
             return self._replicate(message.record, now, message.direction, message.copies)
         return []
 
@@ -582,6 +646,9 @@ class DhtEngine:
         if now >= self._next_sweep:
             self.store.expire(now)
             self._next_sweep = now + EXPIRY_SWEEP_INTERVAL
+        if self._owed and (self._ascending, self._descending) != self._handed:
+            self.store.expire(now)
+            actions += self._handoff(now)
         for lookup in list(self._lookups.values()):
             if now >= lookup.deadline:
                 actions.append(self._finish(lookup))
@@ -629,6 +696,8 @@ class DhtEngine:
 
     def next_deadline(self) -> float:
         """When `on_timer` next has something to do (math.inf: nothing scheduled)."""
+        if self._owed and (self._ascending, self._descending) != self._handed:
+            return -math.inf  # a neighbour changed: hand the copies we owe over now
         deadline = self._next_hello if self._descending is not None else math.inf
         expiry = self.store.next_expiry()
         if expiry is not None:

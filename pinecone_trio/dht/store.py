@@ -167,6 +167,12 @@ class RecordStore:
         live.sort(key=lambda s: s.expires, reverse=True)
         return live
 
+    def entry(self, topic: bytes, public_key: bytes) -> StoredRecord | None:
+        """What is stored for this announcer under `topic` (a tombstone included);
+        call `expire` first for a live view."""
+        entries = self._topics.get(topic)
+        return None if entries is None else entries.get(public_key)
+
     def has(self, topic: bytes, public_key: bytes) -> bool:
         entries = self._topics.get(topic)
         return entries is not None and public_key in entries

@@ -355,6 +355,11 @@ def test_successor_claims() -> None:
     assert engine.neighbours[1] == far  # the near one went silent: replaced
     engine.on_message(b"\x02" * 32, hello, None, 4.0 + 3 * SUCCESSOR_TTL)
     assert engine.neighbours[1] == router_guess  # stale claim: back to the router's guess
+    # A claim above the router's guess (sent while the snake was still forming) loses:
+    # every key above ours bounds the true successor, the lower bound is the better one.
+    engine.on_message(far, hello, None, 5.0 + 3 * SUCCESSOR_TTL)
+    engine.set_neighbours(None, near)
+    assert engine.neighbours[1] == near
 
 
 def test_new_descending_neighbour_is_told_at_once() -> None:
@@ -463,3 +468,47 @@ def test_engine_modules_do_not_import_trio() -> None:
         }
         assert "trio" not in imported, name
         assert not relative & {"service", "node", "testing"}, name
+
+
+def _stores(actions: list[Action]) -> list[tuple[bytes, int, int]]:
+    """(to, copies left, direction) of every STORE in `actions`."""
+    out = []
+    for a in actions:
+        if isinstance(a, SendExact):
+            msg = wire.decode(a.payload)
+            if isinstance(msg, wire.Store):
+                out.append((a.key, msg.copies, msg.direction))
+    return out
+
+
+def test_copies_owed_are_handed_to_a_new_neighbour_at_once() -> None:
+    me = Identity.from_seed(b"\x42" * 32)
+    key = bytes(me.public_key)
+    below, below2 = bytes(31) + b"\x01", bytes(31) + b"\x02"
+    guess, true_successor = b"\xff" * 32, (int.from_bytes(key, "big") + 1).to_bytes(32, "big")
+    assert below < below2 < key < true_successor < guess
+    engine = DhtEngine(me)
+    engine.set_neighbours(below, guess)  # the router's ascending key is a wrong guess
+    engine.on_timer(0.0)
+    announcer = Identity.from_seed(b"a" * 32)
+    akey = bytes(announcer.public_key)
+    signature = announcer.sign(record_signable(T, akey, 1, 100, b""))
+    record = wire.Record(T, akey, 1, 100, b"", signature)
+    out = engine.on_message(akey, wire.encode(wire.Announce(1, record)), T, 1.0)
+    up, down = wire.UP, wire.DOWN
+    assert sorted(_stores(out)) == sorted([(guess, 0, up), (below, 1, down)])
+    assert engine.next_deadline() > 1.0
+    # The true successor's claim arrives: its copy is pushed to it at once (not down).
+    engine.on_message(true_successor, wire.encode(wire.Successor()), None, 2.0)
+    assert engine.next_deadline() == -math.inf
+    assert _stores(engine.on_timer(2.0)) == [(true_successor, 0, up)]
+    # Our predecessor dies and another takes its place: it gets the copies owed down.
+    engine.set_neighbours(below2, guess)
+    assert [s for s in _stores(engine.on_timer(3.0)) if s[2] == down] == [(below2, 1, down)]
+    assert engine.statistics.handoffs == 2
+    # Nothing changed: nothing is sent again, and the timer is not due.
+    assert _stores(engine.on_timer(4.0)) == []
+    assert engine.next_deadline() > 4.0
+    # An expired record is owed to nobody.
+    engine.set_neighbours(below, guess)
+    assert _stores(engine.on_timer(200.0)) == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import trio
@@ -15,6 +15,8 @@ from pinecone_trio.dht import Dht, open_dht, topic_id
 from pinecone_trio.dht.constants import (
     ANNOUNCE_REFRESH_INTERVAL,
     RECORD_TTL,
+    REPLICAS_ASCENDING,
+    REPLICAS_DESCENDING,
     SUCCESSOR_INTERVAL,
 )
 from pinecone_trio.identity import PublicKey
@@ -111,6 +113,15 @@ async def dht_network(n: int = 16, chords: int = 10, seed: int = 1) -> AsyncIter
         nursery.cancel_scope.cancel()
 
 
+async def eventually(condition: Callable[[], bool], *, seconds: float) -> None:
+    """Check `condition` every tenth of a (virtual) second for `seconds`."""
+    for _ in range(int(seconds * 10)):
+        if condition():
+            return
+        await trio.sleep(0.1)
+    assert condition()
+
+
 async def found(dht: Dht, topic: str) -> set[PublicKey]:
     return {r.public_key for r in await dht.lookup(topic, timeout=10)}
 
@@ -195,12 +206,36 @@ async def test_idle_nodes_tell_their_predecessors_at_once(
                 for a, succ in expected.items()
             )
 
-        # Checked every tenth of a (virtual) second, for less than one hello interval.
-        for _ in range(int(SUCCESSOR_INTERVAL * 10) - 1):
-            if learned():
-                break
-            await trio.sleep(0.1)
-        assert learned()
+        await eventually(learned, seconds=SUCCESSOR_INTERVAL - 0.5)
+
+
+def topic_below_every_key(net: DhtNetwork) -> str:
+    """A topic whose id is below every node's key: its home is the lowest node, which
+    has no descending neighbour and pushes all its copies up the snake."""
+    lowest = min(bytes(net.key(n)) for n in net.dhts)
+    for i in range(100_000):
+        if topic_id(f"low/{i}") < lowest:
+            return f"low/{i}"
+    raise AssertionError("no topic below the lowest key")  # pragma: no cover
+
+
+async def test_copies_up_from_the_bottom_of_the_snake_reach_the_true_successors(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with dht_network(18, seed=2) as net:
+        topic = topic_below_every_key(net)
+        order = sorted(net.dhts, key=lambda n: net.key(n))
+        owner, announcer = order[0], order[-1]
+        copies = REPLICAS_ASCENDING + REPLICAS_DESCENDING
+        async with net.dhts[announcer].announce(topic, data=b"low"):
+            # The copies reach the owner's true successors (with a hand-off if one went
+            # to a wrong node just before a successor claim arrived).
+            want = set(order[: 1 + copies])
+            await eventually(lambda: want <= set(net.holders(topic, announcer)), seconds=5)
+            net.kill(owner)
+            await net.wait_converged()
+            records = await net.dhts[order[5]].lookup(topic)
+            assert [(r.public_key, r.data) for r in records] == [(net.key(announcer), b"low")]
 
 
 async def test_reannounce_restores_topic_after_all_holders_die(
