@@ -382,7 +382,7 @@ class DhtEngine:
         result = self.store.put(record, now)
         ok = result in (PutResult.STORED, PutResult.DUPLICATE)
         status = ACK_STORED if ok else ACK_REFUSED
-        actions: list[Action] = [SendExact(source, encode(AnnounceAck(message.request_id, status)))]
+        actions: list[Action] = []
         if result is PutResult.STORED:
             # At an end of the snake, the copies of the missing side go the other way.
             up, down = REPLICAS_ASCENDING, REPLICAS_DESCENDING
@@ -393,6 +393,9 @@ class DhtEngine:
             self._owe(record, up, down)
             actions += self._replicate(record, now, UP, up)
             actions += self._replicate(record, now, DOWN, down)
+        # The acknowledgement goes after the copies: the shell sends in order, so an
+        # announcer that heard "stored" knows the copies were on their way before it.
+        actions.append(SendExact(source, encode(AnnounceAck(message.request_id, status))))
         return actions
 
     def _owe(self, record: Record, up: int, down: int) -> None:

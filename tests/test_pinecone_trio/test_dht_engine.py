@@ -497,6 +497,9 @@ def test_copies_owed_are_handed_to_a_new_neighbour_at_once() -> None:
     out = engine.on_message(akey, wire.encode(wire.Announce(1, record)), T, 1.0)
     up, down = wire.UP, wire.DOWN
     assert sorted(_stores(out)) == sorted([(guess, 0, up), (below, 1, down)])
+    # The acknowledgement is sent after the copies (the shell keeps the order).
+    assert isinstance(out[-1], SendExact) and out[-1].key == akey
+    assert wire.decode(out[-1].payload) == wire.AnnounceAck(1, wire.ACK_STORED)
     assert engine.next_deadline() > 1.0
     # The true successor's claim arrives: its copy is pushed to it at once (not down).
     engine.on_message(true_successor, wire.encode(wire.Successor()), None, 2.0)
