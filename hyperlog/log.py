@@ -507,7 +507,9 @@ class Log:
             # Fast path: no await between building and applying the batch, so nothing
             # can interleave and the lock is not needed (it only orders operations
             # that wait for a worker thread).
-            if values:
+            if len(values) == 1 and self._bitfield.contiguous_length == self._tree.length:
+                self._append_one(values[0])
+            elif values:
                 batch, self._stored_contiguous = self._append_sync(values)
                 self._tree.apply(batch)
                 self._after_append(batch.start, batch.length)
@@ -584,6 +586,26 @@ class Log:
             ),
         )
         return batch, hint
+
+    def _append_one(self, value: bytes) -> None:
+        """Hash, commit and apply one block (the single put): `_append_sync` and the rest
+        without a `WriteBatch` or `Head`, when the log holds every block before it."""
+        tree = self._tree
+        bf = self._bitfield
+        if not bf.is_prefix():
+            batch, self._stored_contiguous = self._append_sync([value])
+        else:
+            batch = tree.append((value,))
+            self._storage.append_one(
+                self._handle,
+                value,
+                batch.leaf_hashes[0],
+                batch.parents,
+                (batch.fork, batch.length, batch.byte_length, batch.tree_hash),
+            )
+            self._stored_contiguous = batch.length
+        tree.apply(batch)
+        self._after_append(batch.start, batch.length)
 
     def _after_append(self, start: int, length: int) -> None:
         self._stored_signed = False

@@ -345,6 +345,23 @@ class Storage(Protocol):
         """Apply ``batch`` atomically and durably (see the module docstring)."""
         ...
 
+    def append_one(
+        self,
+        handle: int,
+        value: bytes,
+        leaf: bytes,
+        parents: list[TreeNode],
+        head: tuple[int, int, int, bytes],
+    ) -> None:
+        """Commit a writer's single appended block to a log holding all blocks before it.
+
+        The same transaction as `commit` of ``WriteBatch(blocks=[(length - 1, value,
+        leaf)], nodes=parents, head=Head(fork, length, byte_length, tree_hash, None,
+        length), appended=True)``, with ``head`` = ``(fork, length, byte_length,
+        tree_hash)``, and no objects built for it (the common single put).
+        """
+        ...
+
     def store_signature(self, handle: int, head: Head) -> None:
         """Replace the stored head, committed unsigned, by ``head``: the same head signed.
 
@@ -421,6 +438,7 @@ def _stored_sum(value: bytes | memoryview, digest: bytes) -> bytes:
 _INSERT_ONE: Final = (
     "INSERT OR REPLACE INTO blocks (id, sum, value, head, parents) VALUES (?, ?, ?, ?, ?)"
 )
+_CLEAR_HEAD: Final = "UPDATE blocks SET head = NULL WHERE id = ?"
 _INSERT_MANY: Final = (
     "INSERT OR REPLACE INTO blocks (id, sum, value, head, parents) VALUES (?, ?, ?, NULL, ?)"
 )
@@ -954,6 +972,81 @@ class SQLiteStorage:
                 if self._ckpt_commits_waited > _MAINTAIN_WITHIN_COMMITS:
                     self._finish_checkpoint(w)  # nobody calls `maintain`: do it here
 
+    def append_one(
+        self,
+        handle: int,
+        value: bytes,
+        leaf: bytes,
+        parents: list[TreeNode],
+        head: tuple[int, int, int, bytes],
+    ) -> None:
+        """Commit one appended block (see `Storage.append_one`).
+
+        Four statements (BEGIN, clearing the previous head's row, one INSERT carrying
+        block, checksum, head and parents, COMMIT) and no `WriteBatch` or `Head`: the
+        same rows `commit` writes for that batch.
+        """
+        fork, length, byte_length, tree_hash = head
+        index = length - 1
+        if (
+            len(value) > HEAD_IN_BLOCK_MAX
+            or not self._parents_in_blocks
+            or len(value) > FULL_HASH_ABOVE
+        ):
+            self.commit(
+                handle,
+                WriteBatch(
+                    blocks=[(index, value, leaf)],
+                    nodes=[n for n in parents if n.index & 3 != 1],
+                    head=Head(fork, length, byte_length, tree_hash, None, length),
+                    appended=True,
+                    block_bytes=len(value),
+                ),
+            )
+            return
+        column = _NO_PARENTS
+        if len(parents) > 1:  # depth 2 and up ride in this block's row, bottom-up
+            column = bytearray()
+            pack = _SIZE.pack
+            for n in parents[1:]:
+                column += pack(n.size)
+                column += n.hash
+        bbase = handle << _BLOCK_SHIFT
+        row = (
+            bbase | index,
+            bytearray(leaf[:CHECKSUM_SIZE]),
+            bytearray(value),
+            bytearray(_HEAD.pack(fork, length, byte_length, length) + tree_hash),
+            column,
+        )
+        with self._wlock:
+            w = self._writer()
+            held = self._embedded.get(handle, -1)
+            try:
+                w.execute("BEGIN IMMEDIATE")
+                try:
+                    if held >= 0:
+                        w.execute(_CLEAR_HEAD, (bbase | held,))
+                    w.execute(_INSERT_ONE, row)
+                    w.execute("COMMIT")
+                except BaseException:
+                    if w.in_transaction:
+                        w.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                if _is_corruption(exc):
+                    raise CorruptStorageError(f"database {self.db_path}: {exc}") from exc
+                raise
+            self._embedded[handle] = index
+            self._ckpt_pending += PAGE_SIZE * 3 + len(value)
+            if self._ckpt_pending >= CHECKPOINT_EVERY_BYTES:
+                self._ckpt_pending = 0
+                self._ckpt_wake.set()
+            if self._ckpt_restart_due:
+                self._ckpt_commits_waited += 1
+                if self._ckpt_commits_waited > _MAINTAIN_WITHIN_COMMITS:
+                    self._finish_checkpoint(w)
+
     @property
     def maintenance_due(self) -> bool:
         """True when `maintain` should run (in a worker thread) before the next commit."""
@@ -1044,7 +1137,7 @@ class SQLiteStorage:
             # clear the row that held the previous head (unless the truncation drops it)
             cut = batch.truncate
             if head is not None and 0 <= held != into and (cut is None or held < cut):
-                w.execute("UPDATE blocks SET head = NULL WHERE id = ?", (bbase | held,))
+                w.execute(_CLEAR_HEAD, (bbase | held,))
             packed = None if into < 0 or head is None else bytearray(_encode_head(head))
             nodes = batch.nodes
             appended = batch.appended
@@ -1286,6 +1379,27 @@ class MemoryStorage:
             for p, data in batch.bitfield.items():
                 self._pages[(handle, p)] = bytes(data)
             self._logs[handle - 1] = (info, batch.head if batch.head is not None else head)
+
+    def append_one(
+        self,
+        handle: int,
+        value: bytes,
+        leaf: bytes,
+        parents: list[TreeNode],
+        head: tuple[int, int, int, bytes],
+    ) -> None:
+        """Commit one appended block (see `Storage.append_one`)."""
+        fork, length, byte_length, tree_hash = head
+        self.commit(
+            handle,
+            WriteBatch(
+                blocks=[(length - 1, value, leaf)],
+                nodes=[n for n in parents if n.index & 3 != 1],
+                head=Head(fork, length, byte_length, tree_hash, None, length),
+                appended=True,
+                block_bytes=len(value),
+            ),
+        )
 
     def store_signature(self, handle: int, head: Head) -> None:
         """Replace the stored head by the same head, signed."""
