@@ -24,7 +24,12 @@ with the `hamt` package found in DIR (e.g. ``git archive <commit> hamt | tar -x 
 interleaved with ours: old single, new single, old batch, new batch. Every case reports
 wall and CPU time (``time.process_time``) and the load average around it.
 
+Our store is created with 4 KiB SQLite pages (``--page-size``; hyperlog's default is
+16 KiB): the configuration docs/hamt.md recommends for a HAMT, whose single puts write
+~300-byte blocks (every commit writes each page it dirties whole into the WAL).
+
 Usage:  python benchmarks/bench_hamt.py [--quick] [--json] [--no-anchor] [--n N] [--ab-old DIR]
+                                        [--page-size BYTES]
 """
 
 from __future__ import annotations
@@ -51,6 +56,11 @@ from hyperlog.log import open_store
 
 ANCHOR_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "anchors" / "js"
 BATCH = 1000
+#: hyperlog's default page size (16 KiB: packs 1 KiB blocks tightly).
+DEFAULT_PAGE_SIZE = 16384
+#: The page size docs/hamt.md recommends for a HAMT's store: a single put's block is
+#: ~300 bytes and every commit writes each page it dirties whole into SQLite's WAL.
+STORE_PAGE_SIZE = 4096
 REMOTE_GETS = 200
 #: Fresh readers (one cold get each) per remote mode.
 COLD_READERS = 20
@@ -89,12 +99,16 @@ def du(path: str) -> int:
 # --------------------------------------------------------------------------- our cases
 
 
-async def run_local(case: str, n: int, seed: int, remote_too: bool = True) -> dict[str, Any]:
+async def run_local(
+    case: str, n: int, seed: int, remote_too: bool = True, page_size: int = STORE_PAGE_SIZE
+) -> dict[str, Any]:
     keys, values, gets = make_data(n, seed)
     load0 = os.getloadavg()[0]
     folder = tempfile.mkdtemp(prefix="bench-hamt-")
     try:
-        async with open_store(folder) as store:
+        # (an old tree of --ab-old may not know page_size: it gets SQLite's default)
+        kw: dict[str, Any] = {"page_size": page_size} if page_size != DEFAULT_PAGE_SIZE else {}
+        async with open_store(folder, **kw) as store:
             log = await store.create_log()
             async with hamt.open_hamt(log) as db:
                 t0 = time.perf_counter()
@@ -256,8 +270,8 @@ async def _timed_gets(
     }
 
 
-def child(case: str, n: int, seed: int, remote_too: bool) -> None:
-    result = trio.run(run_local, case, n, seed, remote_too)
+def child(case: str, n: int, seed: int, remote_too: bool, page_size: int) -> None:
+    result = trio.run(run_local, case, n, seed, remote_too, page_size)
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -304,25 +318,37 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=None, help="keys (default 100,000; quick 10,000)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ab-old", metavar="DIR", help="A/B against the hamt package in DIR")
+    ap.add_argument(
+        "--page-size",
+        type=int,
+        default=STORE_PAGE_SIZE,
+        help=f"SQLite page size of our store (default {STORE_PAGE_SIZE}, docs/hamt.md; "
+        f"hyperlog's own default is {DEFAULT_PAGE_SIZE}); old trees of --ab-old get "
+        f"{DEFAULT_PAGE_SIZE}",
+    )
     ap.add_argument("--child", nargs=2, metavar=("CASE", "N"), help=argparse.SUPPRESS)
     ap.add_argument("--no-remote", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        child(a.child[0], int(a.child[1]), a.seed, not a.no_remote)
+        child(a.child[0], int(a.child[1]), a.seed, not a.no_remote, a.page_size)
         return
     n = a.n or (10_000 if a.quick else 100_000)
     notes: list[str] = []
     ours: dict[str, dict[str, Any]] = {}
     me = [sys.executable, os.path.abspath(__file__), "--seed", str(a.seed), "--child"]
+    page = ["--page-size", str(a.page_size)]
+    notes.append(f"our store's SQLite page size: {a.page_size}")
     notes.append(f"load average at start: {os.getloadavg()[0]:.2f}")
     old: dict[str, dict[str, Any]] = {}
     for case in ("single", "batch"):
         if a.ab_old:
             env = dict(os.environ, PYTHONPATH=os.path.abspath(a.ab_old))
-            old[case] = run_child([*me, case, str(n), "--no-remote"], env=env)
+            old[case] = run_child(
+                [*me, case, str(n), "--no-remote", "--page-size", str(DEFAULT_PAGE_SIZE)], env=env
+            )
             print(f"  old {case}: {json.dumps(old[case])}", file=sys.stderr, flush=True)
         t = time.perf_counter()
-        ours[case] = run_child([*me, case, str(n)])
+        ours[case] = run_child([*me, case, str(n), *page])
         print(f"  ours {case}: {json.dumps(ours[case])}", file=sys.stderr, flush=True)
         notes.append(f"ours {case}: {time.perf_counter() - t:.0f} s")
     if a.no_anchor:

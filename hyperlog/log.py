@@ -83,6 +83,7 @@ from .proof import (
     verify_proof,
 )
 from .storage import (
+    PAGE_SIZE,
     Durability,
     Head,
     LogInfo,
@@ -1437,6 +1438,7 @@ async def open_store(
     readonly: bool = False,
     create: bool = True,
     durability: Durability = "process",
+    page_size: int = PAGE_SIZE,
 ) -> AsyncIterator[Store]:
     """Open a store folder (SQLite), a `Storage` you built, or (None) a memory store.
 
@@ -1447,8 +1449,11 @@ async def open_store(
         readonly: open a folder without the write lock; writes raise `NotWritableError`.
         create: create the folder and database if missing.
         durability: ``"process"`` or ``"power"`` (see `hyperlog.storage`).
+        page_size: the SQLite page size of a new store folder (`SQLiteStorage`):
+            4096 suits logs of small single appends, the default 16 KiB 1 KiB blocks.
 
     Raises:
+        ValueError: if ``durability`` or ``page_size`` is out of range.
         StorageLockedError: if another writer has the folder open.
         CorruptStorageError: if the database is not a hyperlog store or is damaged.
         FileNotFoundError: if the folder has no store and ``create`` is False.
@@ -1459,7 +1464,13 @@ async def open_store(
     elif isinstance(path, str | os.PathLike):
         folder = where = os.fspath(path)
         storage = await trio.to_thread.run_sync(
-            lambda: SQLiteStorage(folder, readonly=readonly, create=create, durability=durability)
+            lambda: SQLiteStorage(
+                folder,
+                readonly=readonly,
+                create=create,
+                durability=durability,
+                page_size=page_size,
+            )
         )
     else:
         storage = path

@@ -109,3 +109,27 @@ async def test_single_appends_reopen_and_verify(tmp_path: Path) -> None:
         assert [await log.get(i) for i in range(len(values))] == values
         await log.append(b"after reopen")
         await log.verify()
+
+
+@pytest.mark.parametrize("page_size", [4096, 65536])
+async def test_a_new_store_takes_its_page_size_and_keeps_it(tmp_path: Path, page_size: int) -> None:
+    async with open_store(tmp_path / "s", page_size=page_size) as store:
+        log = await store.create_log()
+        for i in range(50):
+            await log.append(bytes([i]) * 300)
+        key = log.key
+    # reopened with another page_size: the store keeps its own
+    async with open_store(tmp_path / "s", page_size=16384) as store:
+        log = await store.open_log(key)
+        await log.verify()
+        assert await log.get(49) == bytes([49]) * 300
+    with sqlite3.connect(tmp_path / "s" / DB_FILENAME) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone() == (page_size,)
+
+
+@pytest.mark.parametrize("page_size", [0, 2048, 5000, 131072])
+async def test_a_bad_page_size_is_refused(tmp_path: Path, page_size: int) -> None:
+    with pytest.raises(ValueError, match="page_size"):
+        async with open_store(tmp_path / "s", page_size=page_size):
+            pass
+    assert not (tmp_path / "s").exists()
