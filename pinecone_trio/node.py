@@ -231,6 +231,9 @@ class Node:
         )
         self._budget = SendBudget(LOCAL_SEND_BYTES, LOCAL_SEND_FRAMES)
         self._peerings: dict[int, Peering] = {}
+        #: Peerings that got frames in the router's current pass; it writes them at
+        #: the end of the pass (`Peering.write_queued`), coalesced, without the writers.
+        self._flush_list: list[Peering] = []
         self._by_key: dict[bytes, Peering] = {}
         self._free_ports = list(range(1, MAX_PORT + 1))
         self._subscribers: set[trio.MemorySendChannel[ev.NodeEvent]] = set()
@@ -401,6 +404,11 @@ class Node:
                         handled += self._handle(state, item, now)
                 if now >= state.next_deadline():
                     self._apply(state.on_timer(now))
+                if self._flush_list:
+                    flush = self._flush_list[:]
+                    self._flush_list.clear()  # the peerings hold this very list
+                    for peering in flush:
+                        peering.write_queued()
                 # Some of what `status()` shows changes without an engine event: the
                 # descending neighbour turns valid or stale as bootstraps refresh its
                 # entry, time passes or the root changes. Compare once per wakeup, so
@@ -585,6 +593,7 @@ class Node:
             budget=self._budget,
             up=PeerUp(port, bytes(key), peer_type, zone),
             on_end=self._on_peering_end,
+            flush_list=self._flush_list,
         )
         self._peerings[port] = peering
         self._by_key[bytes(key)] = peering

@@ -24,6 +24,19 @@ until the link ends. `Peering.run` owns one nursery with exactly two tasks:
   small frames share Noise messages and each payload is copied once. When nothing was
   sent for `KEEPALIVE_INTERVAL` it sends a keepalive.
 
+Writing from the router task. A node passes its peerings one shared `flush_list`.
+Then `enqueue` does not wake the writer: it puts the peering on that list, and the
+router, once it has handled everything its wakeup brought (a whole batch of frames),
+calls `write_queued()` on each listed peering. That pops and coalesces the queued
+frames exactly as the writer would and, when the link can write without waiting
+(`NoiseLink.try_send`: TCP, no write in progress, nothing left over), hands them to the
+kernel there and then, in the router task: a packet costs no task switch, checkpoint or
+cancel scope between the router and the socket, and still shares its write with the
+other frames of the same pass. Whatever cannot go that way (a memory or WebSocket
+link, a write still in progress, or what the kernel did not take at once and the link
+keeps) wakes the writer, which sends it in order. The queue's discipline (protocol
+frames first, fair traffic with head drop) is unchanged: both pop from it alike.
+
 The router task is the only one that pushes onto the queue (synchronously, in
 `enqueue`), and the writer the only one that pops, all in one thread: no locks.
 `run` first puts the node's `PeerUp` into the router inbox (so the router knows the
@@ -47,6 +60,7 @@ import trio
 
 from .errors import DecodeError, LocalProtocolError, RemoteProtocolError
 from .identity import PublicKey
+from .link.stream import NoiseLink
 from .router.actions import Input, PeerType
 from .router.constants import HEADER_SIZE
 from .router.queues import PeerQueue, is_traffic
@@ -209,6 +223,7 @@ class Peering:
         budget: SendBudget | None = None,
         up: Input | None = None,
         on_end: Callable[[Peering], None] | None = None,
+        flush_list: list[Peering] | None = None,
     ) -> None:
         self.link = link
         self.port = port
@@ -237,6 +252,17 @@ class Peering:
         self._up = up
         self._on_end = on_end
         self._wakeup = trio.Event()
+        #: The link, when it can write synchronously (`NoiseLink.try_send`).
+        self._direct: NoiseLink | None = link if isinstance(link, NoiseLink) else None
+        #: When the last bytes went to the link (keepalives are due KEEPALIVE_INTERVAL
+        #: after it).
+        self._last_send = self.connected_at
+        #: Writes made by `write_queued` in the router's task, without the writer.
+        self.direct_writes = 0
+        #: Where `enqueue` lists this peering for the router's `write_queued` call
+        #: (None: `enqueue` wakes the writer instead).
+        self._flush_list = flush_list
+        self._listed = False
         #: A batch of this peering's is in the router inbox, not handled yet.
         self._batch_pending = False
         #: Set (and replaced) when the router finishes a batch the reader waits on.
@@ -269,8 +295,59 @@ class Peering:
         if dropped is not None and is_traffic(dropped):
             self.queued_bytes -= len(dropped.payload)  # type: ignore[union-attr]
             self._left(dropped)
-        self._wakeup.set()
+        flush_list = self._flush_list
+        if flush_list is None:
+            self._wakeup.set()
+        elif not self._listed:
+            self._listed = True
+            flush_list.append(self)
         return dropped
+
+    def write_queued(self) -> None:
+        """Write the queued frames now, in the caller's task, if the link can (called by
+        the node's router task for each peering on its `flush_list`); otherwise, and for
+        whatever is left, wake the writer."""
+        self._listed = False
+        direct = self._direct
+        queue = self.queue
+        if direct is not None and not self.closed:
+            while queue and direct.can_try_send:  # each pass pops at least one frame
+                data, size, count = self._take_batch()
+                if count:
+                    direct.try_send(data)
+                    self.statistics.frames_out += count
+                    self.statistics.bytes_out += size
+                    self.direct_writes += 1
+                    self._last_send = trio.current_time()
+            if not queue and not direct.send_pending and not direct.broken:
+                return
+        self._wakeup.set()
+
+    def _take_batch(self) -> tuple[bytes, int, int]:
+        """Pop queued frames up to about `WRITE_BATCH_BYTES` and encode them into one
+        write: (bytes, encoded size, frames). Frames that cannot be encoded are dropped
+        and counted."""
+        pop = self.queue.pop
+        parts: list[bytes] = []
+        size = 0
+        count = 0
+        while size < WRITE_BATCH_BYTES:
+            frame = pop()
+            if frame is None:
+                break
+            t = type(frame)
+            if t is Traffic or t is ClosestTraffic:
+                self.queued_bytes -= len(frame.payload)  # type: ignore[union-attr]
+                self._left(frame)
+            try:
+                size += encode_frame_parts(frame, parts)
+            except LocalProtocolError as exc:
+                # Drop the frame, not the peering (nothing was appended yet).
+                self.statistics.unencodable_dropped += 1
+                logger.debug("frame to %s dropped: %s", self.public_key.short(), exc)
+                continue
+            count += 1
+        return b"".join(parts), size, count
 
     def _left(self, frame: Frame) -> None:
         """A traffic frame left the queue (sent or dropped): release local budget."""
@@ -441,53 +518,44 @@ class Peering:
     async def _writer(self) -> None:
         stats = self.statistics
         queue = self.queue
-        pop = queue.pop
-        last_send = trio.current_time()
+        direct = self._direct
+        self._last_send = trio.current_time()
         try:
             while True:
                 if not queue:
+                    if direct is not None and (direct.send_pending or direct.broken):
+                        # The rest of a write `enqueue` made; frames queue behind it.
+                        with trio.move_on_after(WRITE_TIMEOUT) as timeout:
+                            await direct.flush()  # raises if the link broke
+                        if timeout.cancelled_caught:
+                            self._end(f"write stuck for {WRITE_TIMEOUT:g} s")
+                            return
+                        self._last_send = trio.current_time()
+                        continue
                     self._wakeup = trio.Event()
                     if self._keepalives:
-                        deadline = last_send + KEEPALIVE_INTERVAL
+                        deadline = self._last_send + KEEPALIVE_INTERVAL
                         with trio.move_on_at(deadline):
                             await self._wakeup.wait()
                         if not queue:
-                            if trio.current_time() < deadline:
+                            if trio.current_time() < self._last_send + KEEPALIVE_INTERVAL:
                                 continue
                             queue.push(KEEPALIVE)
                             stats.keepalives_out += 1
                     else:
                         await self._wakeup.wait()
                         continue
-                parts: list[bytes] = []
-                size = 0
-                count = 0
-                while size < WRITE_BATCH_BYTES:
-                    frame = pop()
-                    if frame is None:
-                        break
-                    t = type(frame)
-                    if t is Traffic or t is ClosestTraffic:
-                        self.queued_bytes -= len(frame.payload)  # type: ignore[union-attr]
-                        self._left(frame)
-                    try:
-                        size += encode_frame_parts(frame, parts)
-                    except LocalProtocolError as exc:
-                        # Drop the frame, not the peering (nothing was appended yet).
-                        stats.unencodable_dropped += 1
-                        logger.debug("frame to %s dropped: %s", self.public_key.short(), exc)
-                        continue
-                    count += 1
+                data, size, count = self._take_batch()
                 if not count:
                     continue
                 with trio.move_on_after(WRITE_TIMEOUT) as timeout:
-                    await self.link.send_all(b"".join(parts))
+                    await self.link.send_all(data)
                 if timeout.cancelled_caught:
                     self._end(f"write stuck for {WRITE_TIMEOUT:g} s")
                     return
                 stats.frames_out += count
                 stats.bytes_out += size
-                last_send = trio.current_time()
+                self._last_send = trio.current_time()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             self._end(f"link broken: {exc or type(exc).__name__}")
         except Exception as exc:  # a bug or an odd link: end this peering, not the node

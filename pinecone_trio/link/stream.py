@@ -38,6 +38,15 @@ per-call Python work, which at 64 KiB writes is a large share of what is not
 ChaCha20-Poly1305 (docs/link.md, "Performance"). Other transports go through their
 `send_all` / `receive_some` as before.
 
+Writing without a task. On the TCP fast path `try_send(data)` seals and writes
+synchronously, from whatever task calls it, when no `send_all` is in progress: the
+node's router task hands a peering's frame straight to the kernel when that peering's
+queue is empty, instead of waking the peering's writer task for it (a task switch, two
+checkpoints and a cancel scope per write). What the kernel does not take at once is
+kept, sealed, as the link's `send_pending` bytes; they go before anything else, by the
+next `send_all` or by `flush()`, and while any are left `try_send` refuses, so the byte
+order on the wire is the order of the calls.
+
 Closing. An empty transport message (which `send_all` never produces) is our encrypted
 close notification: `aclose` sends it (bounded by `CLOSE_TIMEOUT`) before closing the
 transport, and the receiver reports end of stream only after reading it. A transport
@@ -161,6 +170,8 @@ class NoiseLink(trio.abc.Stream):
         self._bytes_received = 0
         self._send_buffer = bytearray()
         self._send_view = memoryview(self._send_buffer)
+        #: Sealed bytes of a `try_send` that the kernel has not taken yet.
+        self._pending: bytes = b""
         self._plain: bytes | bytearray = b""
         self._held_frame: memoryview | None = None
         self._plain_pos = 0
@@ -314,10 +325,15 @@ class NoiseLink(trio.abc.Stream):
                 self._check_usable()
             if self._result is None:
                 await self._ensure_handshake()
+            sock = self._socket
+            if self._pending:
+                assert sock is not None  # only the fast path leaves bytes pending
+                await trio.lowlevel.checkpoint_if_cancelled()
+                await self._write_socket(sock, memoryview(self._pending))
+                self._pending = b""
             if not data:
                 await trio.lowlevel.checkpoint()
                 return
-            sock = self._socket
             with memoryview(data) as view:
                 flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
                 total = len(flat)
@@ -345,6 +361,80 @@ class NoiseLink(trio.abc.Stream):
                     if not waited:
                         await trio.lowlevel.cancel_shielded_checkpoint()
                 self._bytes_sent += total
+
+    @property
+    def broken(self) -> bool:
+        """True once the link failed (its next `send_all` or `flush` raises)."""
+        return self._broken is not None
+
+    @property
+    def send_pending(self) -> int:
+        """Sealed bytes of a `try_send` the kernel has not taken yet (see `flush`)."""
+        return len(self._pending)
+
+    @property
+    def can_try_send(self) -> bool:
+        """Whether `try_send` would take data now (see there)."""
+        return (
+            self._socket is not None
+            and not self._pending
+            and not self._send_conflict.held
+            and not self._closed
+            and self._broken is None
+        )
+
+    def try_send(self, data: bytes | bytearray | memoryview) -> bool:
+        """Send `data` now, without a checkpoint, if the link can; False if it cannot.
+
+        It can (`can_try_send`) on the TCP fast path after the handshake, when no task
+        is in `send_all` and nothing is pending. Then all of `data` is sealed and
+        written to the socket at once; what the kernel does not take stays pending
+        (`send_pending`) and goes before anything else, with the next `send_all` or
+        `flush()`: call one of them soon. A write error breaks the link (`broken`; the
+        next `send_all` or `flush` raises `trio.BrokenResourceError`) and still returns
+        True: the data is as lost as if the connection had failed a moment later.
+        When False, nothing was sent and the link is unchanged.
+        """
+        if not self.can_try_send:
+            return False
+        sock = self._socket
+        assert sock is not None
+        with memoryview(data) as view:
+            flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+            total = len(flat)
+            offset = 0
+            pending: list[bytes] = []
+            while offset < total:  # each pass seals at least one frame
+                out, offset = self._seal(flat, offset)
+                if pending:
+                    pending.append(bytes(out))  # the buffer is reused by the next seal
+                    continue
+                fd = sock.fileno()
+                try:
+                    if fd < 0:
+                        raise trio.ClosedResourceError("the transport stream was closed")
+                    sent = os.write(fd, out)
+                except BlockingIOError:
+                    sent = 0
+                except (OSError, trio.ClosedResourceError) as exc:
+                    self._break(exc)
+                    return True
+                if sent < len(out):
+                    pending.append(bytes(out[sent:]))
+            self._bytes_sent += total
+        if pending:
+            self._pending = b"".join(pending) if len(pending) > 1 else pending[0]
+        return True
+
+    async def flush(self) -> None:
+        """Write what `try_send` left pending (a checkpoint even when nothing is).
+
+        Raises:
+            trio.BrokenResourceError: if the link broke (a write of `try_send` too).
+            trio.ClosedResourceError: if this link was closed.
+            trio.BusyResourceError: if another task is sending.
+        """
+        await self.send_all(b"")
 
     def _seal(self, data: memoryview, offset: int) -> tuple[memoryview, int]:
         """Encrypt up to SEND_COALESCE_FRAMES frames of `data[offset:]` into the buffer."""
@@ -591,10 +681,16 @@ class NoiseLink(trio.abc.Stream):
             return
         self._closed = True
         try:
+            if self._pending and self._socket is not None and not self._send_conflict.held:
+                # A try_send's tail goes first, or the close note would cut into it.
+                with trio.move_on_after(CLOSE_TIMEOUT):
+                    await self._write_socket(self._socket, memoryview(self._pending))
+                    self._pending = b""
             if (
                 self._send_cipher is not None
                 and self._broken is None
                 and not self._send_conflict.held
+                and not self._pending
             ):
                 note = self._send_cipher.encrypt(self._send_counter, b"", b"")
                 self._send_counter += 1

@@ -17,12 +17,14 @@ async def test_unencodable_frame_is_dropped_not_the_peering(
         with trio.fail_after(30):
             await net.wait_converged()
         a, b = net["a"], net["b"]
-        # Coordinates deeper than any announcement can carry, as a forged frame could
-        # teach the coordinate cache (reached into here: no peer in the test forges).
+        # Coordinates deeper than any announcement can carry. The decoder and the
+        # router's cache both refuse them now, so they are planted in the cache
+        # directly: the writer's drop is the last line of defence if any path ever
+        # lets such an entry through.
         bogus = (200,) * MAX_COORDS_WIRE_SIZE
         state = a._state
         assert state is not None
-        state._cache_coords(bytes(b.public_key), bogus, trio.current_time())
+        state._coords_cache[bytes(b.public_key)] = (bogus, trio.current_time())
         await a.send(b.public_key, b"x" * MAX_DATAGRAM_PAYLOAD)
         await trio.testing.wait_all_tasks_blocked()  # the writer has had its turn
         assert a.status()["peers"][0]["unencodable_dropped"] == 1
