@@ -7,8 +7,10 @@ Theory of operation
 - the **router task**, the only owner of the sans-IO `RouterState`. It sleeps until
   the engine's next deadline or the next item in its inbox (a bounded memory
   channel), feeds the engine, and carries out the actions it returns synchronously:
-  frames go onto the target peering's `PeerQueue`, local deliveries into the bounded
-  receive buffer (dropped and counted when full), dropped peers are closed, and events
+  frames go onto the target peering's `PeerQueue` (at the end of the wakeup the router
+  writes those queues to their links itself when a link can write at once,
+  `Peering.write_queued`; otherwise the peering's writer does), local deliveries into
+  the bounded receive buffer (dropped and counted when full), dropped peers are closed, and events
   go to subscribers. Because all of that happens between checkpoints, a cancellation
   can never land half-way through a routing decision.
 - one **listener** task per `listen` URI (and one TCP listener for LAN discovery);
