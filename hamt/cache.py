@@ -50,13 +50,8 @@ class BlockCache:
 
     def get(self, seq: int) -> Block | None:
         """Return the cached block `seq` (marking it recently used), or None."""
-        rec = self._d.get(seq)
-        if rec is None:
-            self._misses += 1
-            return None
-        self._hits += 1
-        self._d.move_to_end(seq)
-        return Block.from_record(rec)
+        rec = self.record(seq)
+        return None if rec is None else Block.from_record(rec)
 
     def record(self, seq: int) -> BlockRecord | None:
         """`get`, as the cached tuple (`wire.record_node`/`record_value` read it)."""
