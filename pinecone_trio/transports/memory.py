@@ -11,7 +11,6 @@ import itertools
 from typing import Final, final
 
 import trio
-import trio.testing
 
 from .base import Address, Handler, run_handler
 
@@ -30,6 +29,8 @@ class MemoryTransport:
         channel = _listeners.get(address.host)
         if channel is None:
             raise ConnectionRefusedError(f"{address}: nobody is listening")
+        import trio.testing  # here, not at the top: it imports pytest (~0.3 s per process)
+
         ours, theirs = trio.testing.memory_stream_pair()
         try:
             await channel.send(theirs)
