@@ -176,6 +176,10 @@ async def test_record_survives_closest_node_death(
             first_seq = (
                 net.dhts[owner].engine.store.get(topic_id(topic), trio.current_time())[0].record.seq
             )
+            # The ack can arrive while the owner's copies are still in its link queues;
+            # killing it in that instant would test a crash before replication instead.
+            copies = REPLICAS_ASCENDING + REPLICAS_DESCENDING
+            await eventually(lambda: len(net.holders(topic, announcer)) > copies, seconds=5)
             net.kill(owner)
             await net.wait_converged()
             # Right away, the copies on the dead node's neighbours answer.
