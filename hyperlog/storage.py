@@ -435,7 +435,9 @@ def _stored_sum(value: bytes | memoryview, digest: bytes) -> bytes:
 
 
 # Row inserts. An append writes new rows whole. A downloaded block keeps the parents
-# its row may hold (a writer's own row; the value is the same). NULLs are written as
+# its row may hold (a writer's own row; the value is the same), and the head it holds
+# unless it brings a new one (a second copy of the last block must not drop the head;
+# `_commit` clears a superseded head's row itself). NULLs are written as
 # literals: Python 3.11's `sqlite3` runs its adaptation lookup for a bound None as for
 # bytes (~0.4 us a parameter, measured), and a row without parents binds an empty
 # bytearray (the same one header byte on disk as NULL).
@@ -448,11 +450,12 @@ _INSERT_MANY: Final = (
 )
 _UPSERT_ONE: Final = (
     "INSERT INTO blocks (id, sum, value, head) VALUES (?, ?, ?, ?) ON CONFLICT (id) "
-    "DO UPDATE SET sum = excluded.sum, value = excluded.value, head = excluded.head"
+    "DO UPDATE SET sum = excluded.sum, value = excluded.value, "
+    "head = coalesce(excluded.head, head)"
 )
 _UPSERT_MANY: Final = (
     "INSERT INTO blocks (id, sum, value, head) VALUES (?, ?, ?, NULL) ON CONFLICT (id) "
-    "DO UPDATE SET sum = excluded.sum, value = excluded.value, head = NULL"
+    "DO UPDATE SET sum = excluded.sum, value = excluded.value"
 )
 _NO_PARENTS: Final = bytearray()
 

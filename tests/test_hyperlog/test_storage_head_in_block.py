@@ -91,6 +91,28 @@ async def test_a_reader_keeps_its_head_where_its_last_proof_put_it(tmp_path: Pat
         assert [reader.has(i) for i in (3, 5, 9, 10, 4)] == [True] * 4 + [False]
 
 
+@pytest.mark.parametrize("group", [1, 2])
+async def test_a_second_copy_of_the_head_block_keeps_the_head(tmp_path: Path, group: int) -> None:
+    # Two peers answer the same request: the second, verified copy of the last block
+    # (no upgrade) rewrote its row and dropped the head stored there, so the reopened
+    # reader came back empty.
+    async with open_store(tmp_path / "w") as wstore:
+        writer = await wstore.create_log()
+        await writer.append([b"w%d" % i for i in range(6)])
+        async with open_store(tmp_path / "r") as rstore:
+            reader = await rstore.open_log(writer.key)
+            await _download(writer, reader, block=5, upgrade=6)
+            assert _heads(tmp_path / "r") == ([5], False)
+            again = writer.create_proof(ProofRequest(0, block=BlockRequest(5, 0)))
+            other = writer.create_proof(ProofRequest(0, block=BlockRequest(4, 0)))
+            await reader.apply_proofs([again, other][:group])  # one row, or a batch of rows
+            assert _heads(tmp_path / "r") == ([5], False)
+    async with open_store(tmp_path / "r") as rstore:
+        reader = await rstore.open_log(writer.key, create=False)
+        assert (reader.length, reader.signature) == (6, writer.signature)
+        await reader.verify()
+
+
 async def _download(writer: Log, reader: Log, *, block: int, upgrade: int | None) -> None:
     up = None if upgrade is None else UpgradeRequest(reader.length, upgrade - reader.length)
     proof = writer.create_proof(
