@@ -531,7 +531,7 @@ class Log:
             self._after_append(batch.start, batch.length)
         if self._storage.maintenance_due:
             await self._maintain()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # committed: never `Cancelled` now
         return AppendResult(batch.length, batch.byte_length)
 
     async def _maintain(self) -> None:
@@ -653,7 +653,7 @@ class Log:
             self._cuts[batch.fork] = length
             self._emit(TruncateEvent(length, batch.fork))
             self._wake_length()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # committed: never `Cancelled` now
 
     # -- reading ----------------------------------------------------------------
 
@@ -953,7 +953,7 @@ class Log:
                         continue
                 results.append(batch if isinstance(batch, HyperlogError) else group.add(batch))
             await group.commit()
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()  # committed: never `Cancelled` now
         return results
 
     # -- verification -----------------------------------------------------------
@@ -1205,8 +1205,10 @@ class _Group:
             log._wake_length()
         self.pending = False
         if log._storage.maintenance_due:
-            # the caller holds the write lock: no append can commit meanwhile
-            await trio.to_thread.run_sync(log._storage.maintain)
+            # the caller holds the write lock: no append can commit meanwhile; shielded,
+            # as the commit above is done and must not be reported `Cancelled`
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(log._storage.maintain)
 
 
 # --- snapshots -------------------------------------------------------------------------
