@@ -34,7 +34,7 @@ length), is the head. A writer's append stores its head without the signature (t
 log signs lazily, when the head is first exposed: docs/hyperlog.md §6);
 `SQLiteStorage.store_signature` later writes the signed head over it in place.
 Schema 2 and 3 stores are upgraded in place by the first writable open; read-only
-opens read them as they are.
+opens read them as they are, and follow an upgrade a writer makes meanwhile.
 
 Derived nodes. A leaf node is *not* stored when its block is: its size is the
 block's length and its hash is recomputed from the block when a proof needs it. The
@@ -695,6 +695,16 @@ class SQLiteStorage:
             raise
         logger.info("upgraded %s from schema %d to %d", self.db_path, version, SCHEMA_VERSION)
 
+    def _follow_upgrade(self) -> None:
+        """Read an old schema as a writer beside us may have upgraded it (read-only).
+
+        A read-only open takes no lock, so a writable open may upgrade the database
+        after it; heads and parents written since are where the new schema puts them.
+        """
+        (version,) = self._r.execute("PRAGMA user_version").fetchone()
+        self._heads_in_blocks = version >= 3
+        self._parents_in_blocks = version >= 4
+
     @property
     def readonly(self) -> bool:
         """True if this storage was opened read-only."""
@@ -757,6 +767,8 @@ class SQLiteStorage:
             )
             if row is None:
                 return None
+            if not self._parents_in_blocks:
+                self._follow_upgrade()
             packed = self._r.execute(
                 "SELECT value FROM state WHERE id = ?",
                 ((row[0] << _STATE_SHIFT) | _HEAD_SLOT,),

@@ -239,3 +239,33 @@ async def test_big_blocks_keep_the_head_in_state(tmp_path: Path) -> None:
         assert _heads(path) == ([3], True)
         state = log.length, log.fork, log.tree_hash()
     assert await _reopened(path) == state
+
+
+@pytest.mark.parametrize("schema", [2, 3])
+async def test_a_read_only_store_follows_an_upgrade_made_after_it_opened(
+    tmp_path: Path, schema: int
+) -> None:
+    # A read-only open takes no lock, so a writer may upgrade the schema beside it; its
+    # later reads must look where the upgraded writer stores heads and parents (they
+    # reported a missing root as corruption, or a stale head).
+    path = tmp_path / "s"
+    async with open_store(path) as store:
+        log = await store.create_log()
+        await log.append([b"old %d" % i for i in range(10)])
+    if schema == 2:
+        _downgrade_to_schema_2(path)
+    else:
+        conn = sqlite3.connect(path / DB_FILENAME, isolation_level=None)
+        conn.execute("BEGIN")
+        downgrade_parents(conn)
+        conn.execute("PRAGMA user_version = 3")
+        conn.execute("COMMIT")
+        conn.close()
+    async with open_store(path, readonly=True) as ro:
+        async with open_store(path) as rw:
+            writer = await rw.default_log()
+            await writer.append([b"new %d" % i for i in range(30)])
+            state = writer.length, writer.tree_hash()
+        log = await ro.default_log()
+        assert (log.length, log.tree_hash()) == state
+        await log.verify()
