@@ -514,11 +514,13 @@ class Log:
                 batch, self._stored_contiguous = self._append_sync(values)
                 self._tree.apply(batch)
                 self._after_append(batch.start, batch.length)
+            # taken before the checkpoint: other tasks may append while we wait
+            result = AppendResult(self._tree.length, self._tree.byte_length)
             if self._storage.maintenance_due:
                 await self._maintain()
             else:
                 await trio.lowlevel.cancel_shielded_checkpoint()
-            return AppendResult(self._tree.length, self._tree.byte_length)
+            return result
         async with self._write_lock:
             if not values:
                 return AppendResult(self._tree.length, self._tree.byte_length)
