@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 `NoiseHandshake` runs `Noise_XX_25519_ChaChaPoly_BLAKE2b` through the `noiseprotocol`
-package and adds what Noise leaves to the application: who the peer *is*.
+package (on the leaner primitives of `noise_backend.LEAN_BACKEND`, byte-identical) and
+adds what Noise leaves to the application: who the peer *is*.
 
     initiator                                   responder
     write_message()  -> e                  ->   read_message()
@@ -66,6 +67,7 @@ from .constants import (
     PROTOCOL_NAME,
     TAG_SIZE,
 )
+from .noise_backend import LEAN_BACKEND
 from .payload import check_capabilities, decode_payload, encode_payload, sign_static_key
 
 #: Number of messages in the XX pattern.
@@ -101,7 +103,7 @@ HANDSHAKE_POOL_SIZE: Final = 8
 
 
 def _prepare() -> tuple[NoiseConnection, Any]:
-    noise = NoiseConnection.from_name(PROTOCOL_NAME)
+    noise = NoiseConnection.from_name(PROTOCOL_NAME, backend=LEAN_BACKEND)
     return noise, noise.noise_protocol.dh_fn.generate_keypair()
 
 
