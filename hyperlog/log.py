@@ -1038,8 +1038,9 @@ class Log:
             return
         try:
             self._store_signature(self._tree)
-        except HyperlogError:
-            # the next writable open signs it again (the same bytes)
+        except Exception:
+            # optional (a full disk must not keep the store open): the next writable
+            # open signs it again (the same bytes)
             logger.warning("could not store the signature of %s", self.key.hex(), exc_info=True)
 
     def _close(self) -> None:

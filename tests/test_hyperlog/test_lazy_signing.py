@@ -170,3 +170,26 @@ async def test_truncation_signs_and_stores_eagerly(tmp_path: Path) -> None:
         await log.append([b"a", b"b", b"c"])
         await log.truncate(2)
         assert _stored_head_signature(path) == log._tree.signature is not None
+
+
+async def test_a_failure_to_store_the_signature_at_close_still_closes_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Storing the signature at close is optional work (the next writable open redoes
+    # it); a full disk there left the store open with its write lock held.
+    path = tmp_path / "s"
+
+    def disk_full(self: SQLiteStorage, handle: int, head: object) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    async with open_store(path) as store:
+        log = await store.create_log(key_pair(_SEED))
+        await log.append(b"kept")
+        expected = log.signature
+        monkeypatch.setattr(SQLiteStorage, "store_signature", disk_full)
+    monkeypatch.undo()
+    assert _stored_head_signature(path) is None
+    async with open_store(path) as store:  # not refused: the first store released its lock
+        log = await store.default_log()
+        assert (log.length, log.signature) == (1, expected)
+        assert await log.get(0) == b"kept"
