@@ -923,7 +923,9 @@ class Node:
             raise ValueError("a service tag is 0..255")
         service = self._services.get(tag)
         if service is None:
-            service = OverlayService(self._public_key, tag, self._queue_local)
+            service = OverlayService(
+                self._public_key, tag, self._queue_local, self._queue_local_nowait
+            )
             self._services[tag] = service
         return service
 
@@ -957,6 +959,26 @@ class Node:
             # give the budget back, or `send` would eventually block forever.
             self._budget.release(size)
             raise
+
+    def _queue_local_nowait(self, message: LocalSend | LocalSendClosest) -> bool:
+        """`_queue_local` for a caller that cannot wait (the session manager answering
+        a handshake message from the router task): queue `message` if the local send
+        budget has room and the router inbox takes it at once, else change nothing and
+        return False. Called from the router task itself, the message is routed in the
+        same pass (the router drains its inbox in batches)."""
+        budget = self._budget
+        # `SendBudget.acquire` without its wait: the same room check, then the same take.
+        if budget.used >= budget.max_bytes or budget.frames >= budget.max_frames:
+            return False
+        size = len(message.payload)
+        budget.used += size
+        budget.frames += 1
+        try:
+            self._inbox_send.send_nowait(message)
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            budget.release(size)
+            return False
+        return True
 
     async def _to_router(self, item: InboxItem) -> None:
         # Queue without yielding when there is room, so a burst of sends reaches the

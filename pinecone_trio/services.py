@@ -38,6 +38,8 @@ MAX_DATAGRAM_PAYLOAD: Final = MAX_TRAFFIC_PAYLOAD - 1
 
 #: How a service hands a message to the node's router (with back-pressure).
 LocalQueue = Callable[[LocalSend | LocalSendClosest], Awaitable[None]]
+#: The same without waiting: False when the message cannot be queued at once.
+LocalQueueNowait = Callable[[LocalSend | LocalSendClosest], bool]
 
 #: A direct receiver: called as `handler(source_key, payload)` in the node's router task
 #: for every exact-key datagram of the service; returns False if it dropped the datagram
@@ -72,9 +74,16 @@ class OverlayService:
     service that does not read cannot starve another.
     """
 
-    def __init__(self, public_key: PublicKey, tag: int, queue_local: LocalQueue) -> None:
+    def __init__(
+        self,
+        public_key: PublicKey,
+        tag: int,
+        queue_local: LocalQueue,
+        queue_local_nowait: LocalQueueNowait | None = None,
+    ) -> None:
         self._public_key = public_key
         self._queue_local = queue_local
+        self._queue_local_nowait = queue_local_nowait
         self.tag = tag
         self._prefix = bytes((tag,))
         self._exact: DropQueue[Datagram] = DropQueue(RECEIVE_BUFFER)
@@ -118,6 +127,23 @@ class OverlayService:
         if len(tagged) > MAX_DATAGRAM_PAYLOAD + 1:
             raise ValueError(f"payload of {len(tagged) - 1} bytes > {MAX_DATAGRAM_PAYLOAD}")
         await self._queue_local(LocalSend(bytes(PublicKey(destination)), tagged))
+
+    def try_send_tagged(self, destination: PublicKey | bytes, tagged: bytes) -> bool:
+        """`send_tagged` without waiting, from any task: False (nothing sent) if the
+        node cannot queue the datagram at once (its local send budget or its router
+        inbox is full, or it is stopping), True once it is queued for the router.
+
+        Raises:
+            ValueError: as `send_tagged`.
+        """
+        if tagged[:1] != self._prefix:
+            raise ValueError(f"a tagged payload must start with service tag {self.tag}")
+        if len(tagged) > MAX_DATAGRAM_PAYLOAD + 1:
+            raise ValueError(f"payload of {len(tagged) - 1} bytes > {MAX_DATAGRAM_PAYLOAD}")
+        queue = self._queue_local_nowait
+        if queue is None:
+            return False
+        return queue(LocalSend(bytes(PublicKey(destination)), tagged))
 
     async def send_closest(self, target: PublicKey | bytes, payload: bytes) -> None:
         """Send `payload` to whichever node's key is closest to `target`.
@@ -184,3 +210,7 @@ class SessionServiceAdapter:
     async def send_prefixed(self, dest: PublicKey, packet: bytes) -> None:
         """Send a packet built behind `prefix` (no copy to add the tag)."""
         await self._service.send_tagged(dest, packet)
+
+    def try_send_prefixed(self, dest: PublicKey, packet: bytes) -> bool:
+        """`send_prefixed` without waiting; False if the node cannot queue it at once."""
+        return self._service.try_send_tagged(dest, packet)

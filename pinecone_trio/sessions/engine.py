@@ -1179,6 +1179,25 @@ class Session:
 
     # ------------------------------------------------------------ output
 
+    @property
+    def outbox_length(self) -> int:
+        """Packets waiting to go out as they are (handshake messages, CLOSE): the first
+        ones `packets_to_send` returns. A caller that can send without waiting takes
+        them one by one with `outbox_head` and `outbox_sent` instead."""
+        return len(self._hs_outbox)
+
+    def outbox_head(self) -> bytes:
+        """The first waiting packet (see `outbox_length`), left in place.
+
+        Raises:
+            IndexError: if nothing waits.
+        """
+        return self._hs_outbox[0]
+
+    def outbox_sent(self) -> None:
+        """The caller sent `outbox_head()`: forget it."""
+        del self._hs_outbox[0]
+
     def wants_to_send(self, now: float) -> bool:
         """Whether `packets_to_send` would produce something now."""
         if self._hs_outbox:

@@ -99,11 +99,29 @@ class PrefixedDatagramService(DatagramService, Protocol):
     async def send_prefixed(self, dest: PublicKey, packet: bytes) -> None: ...
 
 
+@runtime_checkable
+class NowaitDatagramService(DatagramService, Protocol):
+    """A service that can also take a datagram without waiting, from any task.
+
+    `try_send` returns False when it cannot take the datagram at once (no room); the
+    manager then leaves the packet to the session's driver, which waits in `send`.
+    """
+
+    def try_send(self, dest: PublicKey, payload: bytes) -> bool: ...
+
+
+@runtime_checkable
+class NowaitPrefixedDatagramService(PrefixedDatagramService, Protocol):
+    """`NowaitDatagramService` for packets built behind the service's `prefix`."""
+
+    def try_send_prefixed(self, dest: PublicKey, packet: bytes) -> bool: ...
+
+
 @final
 class _SessionHandle:
     """The Trio side of one session: its engine, its wake-up, its open streams."""
 
-    __slots__ = ("_wake", "armed", "engine", "ready", "streams")
+    __slots__ = ("_wake", "armed", "engine", "ready", "sending", "streams")
 
     def __init__(self, engine: Session) -> None:
         self.engine = engine
@@ -112,6 +130,9 @@ class _SessionHandle:
         self._wake = trio.Event()
         # The deadline the driver sleeps until, or None while it runs.
         self.armed: float | None = None
+        # Whether the driver is between taking packets and having sent them all (then
+        # nobody else may send for the session: its packets would overtake the driver's).
+        self.sending = False
 
     def wake(self) -> None:
         self._wake.set()
@@ -174,6 +195,17 @@ class SessionManager:
                 trio.MemoryReceiveChannel[tuple[PublicKey, bytes]],
             ],
         ] = {}
+        # How packets leave, decided once (a runtime-checkable Protocol's isinstance
+        # costs tens of microseconds, too much for every new session's driver).
+        self._prefix = b""
+        self._send: Callable[[PublicKey, bytes], Awaitable[None]] = service.send
+        self._send_nowait: Callable[[PublicKey, bytes], bool] | None = None
+        if isinstance(service, PrefixedDatagramService):
+            self._prefix, self._send = service.prefix, service.send_prefixed
+            if isinstance(service, NowaitPrefixedDatagramService):
+                self._send_nowait = service.try_send_prefixed
+        elif isinstance(service, NowaitDatagramService):
+            self._send_nowait = service.try_send
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._stats = {
@@ -263,6 +295,11 @@ class SessionManager:
             return
         now = trio.current_time()
         handle.engine.receive_packet(packet, now)
+        if kind == wire.INITIATION:
+            # Our RESPONSE (a re-sent one, or a candidate's on a restart) goes at once.
+            # A FINISH is left to the driver: the application learns the session is up
+            # in this same pass and its first packet follows FINISH in one link write.
+            self._send_handshake_now(handle)
         self._process(handle, wake=False)
         handle.wake_if_needed(now)
 
@@ -285,7 +322,9 @@ class SessionManager:
         engine.receive_packet(packet, trio.current_time())
         if not engine.wants_to_send(trio.current_time()):
             return None  # not a valid INITIATION: keep no state for it
-        return self._start(engine)
+        handle = self._start(engine)
+        self._send_handshake_now(handle)
+        return handle
 
     def _new_index(self) -> int:
         while True:
@@ -318,16 +357,36 @@ class SessionManager:
             config=self.config,
             now=trio.current_time(),
         )
-        return self._start(engine)
+        handle = self._start(engine)
+        self._send_handshake_now(handle)
+        return handle
+
+    def _send_handshake_now(self, handle: _SessionHandle) -> None:
+        """Hand the engine's waiting packets to the service from this task, now.
+
+        Used for the INITIATION (from the task that calls `connect`) and the RESPONSE
+        (from the task that delivered the INITIATION: on a node, the router task, so
+        the RESPONSE joins the router's current pass and leaves in its link write)
+        instead of one scheduler pass later from the session's driver. Only while the
+        driver is not sending itself (its packets must not be overtaken), and only what
+        the service takes without waiting; the rest stays with the engine for the
+        driver, which the caller wakes as usual.
+        """
+        send_nowait = self._send_nowait
+        if send_nowait is None or handle.sending:
+            return
+        engine = handle.engine
+        remote = engine.remote_address
+        prefix = self._prefix
+        for _ in range(engine.outbox_length):
+            packet = engine.outbox_head()
+            if not send_nowait(remote, prefix + packet if prefix else packet):
+                return
+            engine.outbox_sent()
 
     async def _drive(self, handle: _SessionHandle) -> None:
         engine = handle.engine
-        service = self._service
-        send: Callable[[PublicKey, bytes], Awaitable[None]]
-        if isinstance(service, PrefixedDatagramService):
-            prefix, send = service.prefix, service.send_prefixed
-        else:
-            prefix, send = b"", service.send
+        prefix, send = self._prefix, self._send
         remote = engine.remote_address
         cork = True
         try:
@@ -337,17 +396,21 @@ class SessionManager:
                 engine.handle_timer(now)
                 packets = engine.packets_to_send(now, cork=cork, prefix=prefix)
                 self._process(handle, wake=False)
-                for packet in packets:
-                    try:
-                        await send(remote, packet)
-                    except (trio.ClosedResourceError, trio.BrokenResourceError):
-                        # The overlay is shutting down under us: nothing can be sent.
-                        engine.close("the overlay service closed")
-                        return
-                    except PineconeError as exc:
-                        # Best effort, like any datagram: recovery re-sends what matters.
-                        self._stats["send_errors"] += 1
-                        logger.debug("session packet to %s not sent: %s", remote.short(), exc)
+                handle.sending = True
+                try:
+                    for packet in packets:
+                        try:
+                            await send(remote, packet)
+                        except (trio.ClosedResourceError, trio.BrokenResourceError):
+                            # The overlay is shutting down under us: nothing can be sent.
+                            engine.close("the overlay service closed")
+                            return
+                        except PineconeError as exc:
+                            # Best effort, like any datagram: recovery re-sends what matters.
+                            self._stats["send_errors"] += 1
+                            logger.debug("session packet to %s not sent: %s", remote.short(), exc)
+                finally:
+                    handle.sending = False
                 if engine.is_closed:
                     return
                 if engine.corked:
