@@ -288,7 +288,8 @@ class RangeRequest:
 
     An extension of hypercore's protocol for bulk downloads: one round trip and one
     proof per aligned subtree of up to `MAX_RANGE_BLOCKS` blocks. `nodes` is the hash
-    request's count of uncles the requester is missing above `node`.
+    request's count of uncles the requester is missing above `node`. With `leaves`
+    the answer also carries the leaf node of every block (see `RangeData`).
     """
 
     channel: int
@@ -296,12 +297,16 @@ class RangeRequest:
     fork: int
     node: int
     nodes: int
+    leaves: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class RangeData:
     """Answer to a RangeRequest: the blocks of `node`'s span, in order, and `proof`
-    (the node itself first, then its uncles upwards, as a hash proof)."""
+    (the node itself first, then its uncles upwards, as a hash proof). `leaves` (only
+    if the request asked for them) are the blocks' leaf nodes, in the same order: the
+    requester builds the uncles of its block proofs from them instead of hashing every
+    value a second time. They are as untrusted as everything else a peer sends."""
 
     channel: int
     id: int
@@ -309,6 +314,7 @@ class RangeData:
     node: int
     values: tuple[bytes, ...]
     proof: tuple[Node, ...]
+    leaves: tuple[Node, ...] = ()
 
 
 Message: TypeAlias = (
@@ -412,20 +418,57 @@ def encode(msg: Message) -> bytes:
             body = [T_RANGE, WIRE_VERSION, ch, start, length, drop]
         case Reject(ch, reason):
             body = [T_REJECT, WIRE_VERSION, ch, reason]
-        case RangeRequest(ch, rid, fork, node, nodes):
+        case RangeRequest(ch, rid, fork, node, nodes, leaves):
             body = [T_RANGE_REQUEST, WIRE_VERSION, ch, rid, fork, node, nodes]
-        case RangeData(ch, rid, fork, node, values, proof):
+            if leaves:
+                body.append(True)
+        case RangeData(ch, rid, fork, node, values, proof, leaves):
             body = [T_RANGE_DATA, WIRE_VERSION, ch, rid, fork, node, list(values), _nodes(proof)]
+            if leaves:
+                body.append(_nodes(leaves))
     out: bytes = msgpack.packb(body, use_bin_type=True)
     return out
 
 
 def encode_frame(msg: Message) -> bytes:
     """Return `msg` as one frame: 4-byte big-endian length, then the payload."""
+    if isinstance(msg, RangeData):
+        return _range_data_frame(msg)
     payload = encode(msg)
     if len(payload) > MAX_FRAME_SIZE:
         raise ValueError(f"message of {len(payload)} bytes exceeds MAX_FRAME_SIZE")
     return _LEN.pack(len(payload)) + payload
+
+
+def _bin_header(n: int) -> bytes:
+    """msgpack's header of a bin of `n` bytes (bin 8, 16 or 32, as `packb` picks)."""
+    if n < 0x100:
+        return b"\xc4" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _range_data_frame(msg: RangeData) -> bytes:
+    """`encode_frame` of a RangeData, the bytes of `packb` joined once from pieces: its
+    megabytes of values are copied once, not into a growing buffer and again behind
+    the length prefix. Equal to the generic encoding (tested)."""
+    head = [T_RANGE_DATA, WIRE_VERSION, msg.channel, msg.id, msg.fork, msg.node]
+    fields = len(head) + 2 + (1 if msg.leaves else 0)
+    parts = [b"", bytes((0x90 | fields,)), *(msgpack.packb(x) for x in head)]
+    count = len(msg.values)
+    parts.append(bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big"))
+    for value in msg.values:
+        parts.append(_bin_header(len(value)))
+        parts.append(value)
+    parts.append(msgpack.packb(_nodes(msg.proof), use_bin_type=True))
+    if msg.leaves:
+        parts.append(msgpack.packb(_nodes(msg.leaves), use_bin_type=True))
+    size = sum(map(len, parts))
+    if size > MAX_FRAME_SIZE:
+        raise ValueError(f"message of {size} bytes exceeds MAX_FRAME_SIZE")
+    parts[0] = _LEN.pack(size)
+    return b"".join(parts)
 
 
 # --------------------------------------------------------------------------- decode
@@ -494,7 +537,7 @@ def _arity(body: list[object], n: int, name: str) -> None:
         raise DecodeError(f"{name}: expected {n} fields, got {len(body)}")
 
 
-def decode(payload: bytes) -> Message:
+def decode(payload: bytes | bytearray) -> Message:
     """Decode one frame payload.
 
     Raises:
@@ -617,19 +660,29 @@ def _decode_body(tag: int, body: list[object]) -> Message:
             raise DecodeError("range: overflows")
         return Range(ch, start, length, _bool(body[5], "range.drop"))
     if tag == T_RANGE_REQUEST:
-        _arity(body, 7, "range_request")
+        # the optional last field (leaves) is sent only when true / not empty
+        if len(body) != 8:
+            _arity(body, 7, "range_request")
+        leaves = len(body) == 8
+        if leaves and body[7] is not True:
+            raise DecodeError("range_request.leaves: expected true")
         return RangeRequest(
             ch,
             _uint(body[3], "range_request.id", MAX_ID),
             _uint(body[4], "range_request.fork"),
             _uint(body[5], "range_request.node"),
             _uint(body[6], "range_request.nodes", MAX_PROOF_NODES),
+            leaves,
         )
     if tag == T_RANGE_DATA:
-        _arity(body, 8, "range_data")
+        if len(body) != 9:
+            _arity(body, 8, "range_data")
         values = _list(body[6], "range_data.values")
         if not 1 <= len(values) <= MAX_RANGE_BLOCKS:
             raise DecodeError(f"range_data: {len(values)} values")
+        leaf_nodes = _decode_nodes(body[8], "range_data.leaves") if len(body) == 9 else ()
+        if len(body) == 9 and len(leaf_nodes) != len(values):
+            raise DecodeError(f"range_data: {len(leaf_nodes)} leaves for {len(values)} values")
         return RangeData(
             ch,
             _uint(body[3], "range_data.id", MAX_ID),
@@ -637,6 +690,7 @@ def _decode_body(tag: int, body: list[object]) -> Message:
             _uint(body[5], "range_data.node"),
             tuple(_bytes(v, "range_data.value", limit=MAX_BLOCK_SIZE) for v in values),
             _decode_nodes(body[7], "range_data.proof"),
+            leaf_nodes,
         )
     raise DecodeError(f"unknown message type {tag}")
 
@@ -681,14 +735,33 @@ class FrameDecoder:
     returns None when more bytes are needed. A length prefix above `MAX_FRAME_SIZE`
     raises `DecodeError` before any of the frame is buffered, so a peer can never
     make us hold more than one maximal frame plus one read.
+
+    A frame of `BIG_FRAME` bytes or more that is not complete yet gets a buffer of its
+    exact size, filled by later reads and decoded where it is: one copy of its bytes
+    on the way in (a RangeData of 4 MiB otherwise cost a growing buffer, its copies on
+    each growth and one more to cut the payload out).
     """
+
+    #: Frames from this size on are collected in their own buffer (see above).
+    BIG_FRAME: Final = 256 * 1024
 
     def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
         self._buf = bytearray()
         self._pos = 0
         self._max = max_frame_size
+        self._big: bytearray | None = None  # the payload of a big frame being filled
+        self._big_fill = 0
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        big = self._big
+        if big is not None and self._big_fill < len(big):
+            n = min(len(big) - self._big_fill, len(data))
+            with memoryview(data) as view:
+                big[self._big_fill : self._big_fill + n] = view[:n]
+                self._big_fill += n
+                if n < len(view):
+                    self._buf += view[n:]
+            return
         if self._pos:
             # Compact once per read, not once per message: O(bytes) overall.
             del self._buf[: self._pos]
@@ -698,7 +771,8 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as messages."""
-        return len(self._buf) - self._pos
+        held = len(self._buf) - self._pos
+        return held if self._big is None else held + self._big_fill + FRAME_HEADER_SIZE
 
     def next_message(self) -> Message | None:
         """Return the next whole message, or None if more bytes are needed.
@@ -706,16 +780,34 @@ class FrameDecoder:
         Raises:
             DecodeError: the frame is oversized or its payload is malformed.
         """
+        big = self._big
+        if big is not None:
+            if self._big_fill < len(big):
+                return None
+            self._big = None
+            self._big_fill = 0
+            return decode(big)
         pos = self._pos
         if len(self._buf) - pos < FRAME_HEADER_SIZE:
             return None
         (n,) = _LEN.unpack_from(self._buf, pos)
         if n > self._max:
             raise DecodeError(f"frame length {n} exceeds {self._max}")
-        end = pos + FRAME_HEADER_SIZE + n
+        start = pos + FRAME_HEADER_SIZE
+        end = start + n
         if len(self._buf) < end:
+            if n >= self.BIG_FRAME:
+                # Move what we have of it into its own buffer; reads fill the rest.
+                big = bytearray(n)
+                have = len(self._buf) - start
+                with memoryview(self._buf) as view:
+                    big[:have] = view[start:]
+                del self._buf[:]
+                self._pos = 0
+                self._big = big
+                self._big_fill = have
             return None
         with memoryview(self._buf) as view:
-            payload = bytes(view[pos + FRAME_HEADER_SIZE : end])
+            payload = bytes(view[start:end])
         self._pos = end
         return decode(payload)

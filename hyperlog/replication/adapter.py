@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import trio
+
 from hyperlog import flat_tree, wire
 from hyperlog.bitfield import PAGE_BITS, Bitfield
 from hyperlog.crypto import TreeNode, leaf_node, parent_node
@@ -43,6 +45,7 @@ from hyperlog.proof import (
     verify_proof,
 )
 from hyperlog.replication.port import Applied
+from hyperlog.replication.scheduler import range_leaves_match
 
 #: Stored tree-node indices a reader remembers to skip storage probes (~3 MiB).
 MAX_KNOWN_NODES = 65536
@@ -287,9 +290,22 @@ class LogAdapter:
         values = [v async for v in self.log.iter_blocks(first, end)]
         if len(values) != end - first:
             raise BlockNotAvailableError("range not held")
+        leaves: tuple[wire.Node, ...] = ()
+        if r.leaves:
+            leaves = await trio.to_thread.run_sync(self._leaf_nodes, first, end)
         return wire.RangeData(
-            r.channel, r.id, r.fork, r.node, tuple(values), _nodes_out(proof.hash.nodes)
+            r.channel, r.id, r.fork, r.node, tuple(values), _nodes_out(proof.hash.nodes), leaves
         )
+
+    def _leaf_nodes(self, first: int, end: int) -> tuple[wire.Node, ...]:
+        # Blocks over 4 KiB store their whole leaf hash: one small read each, no hashing.
+        out = []
+        for i in range(first, end):
+            n = self.log._get_node(2 * i)
+            if n is None:
+                raise BlockNotAvailableError(f"leaf of block {i} not held")
+            out.append(wire.Node(n.index, n.size, n.hash))
+        return tuple(out)
 
     async def apply(self, data: wire.Data) -> Applied:
         (result,) = await self.apply_many([data])
@@ -317,7 +333,15 @@ class LogAdapter:
         # (no wire.Node round trip) and minimal uncles: the hot path of a download.
         depth = flat_tree.depth(data.node)
         nodes: dict[int, TreeNode] = {}
-        level = [leaf_node(first + k, v) for k, v in enumerate(data.values)]
+        if data.leaves:
+            # The peer's leaves (asked for with big blocks; the scheduler checked their
+            # indices and sizes): the log hashes every value when it verifies its block
+            # proof, so a wrong leaf fails like a wrong uncle. One hash per block.
+            if not range_leaves_match(data, first, asked=True):
+                raise InvalidProofError("range data: leaves are not the blocks' leaf nodes")
+            level = [TreeNode(n.index, n.size, n.hash) for n in data.leaves]
+        else:
+            level = [leaf_node(first + k, v) for k, v in enumerate(data.values)]
         for n in level:
             nodes[n.index] = n
         for _ in range(depth):

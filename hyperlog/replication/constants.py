@@ -61,3 +61,8 @@ RANGE_BYTES: Final = 4 * 1024 * 1024
 RANGE_BYTES_IN_FLIGHT: Final = 16 * 1024 * 1024
 #: Ranges smaller than this are not worth it: use single-block requests.
 RANGE_MIN_BLOCKS: Final = 4
+#: From this average block size on, a RangeRequest asks the peer for the blocks' leaf
+#: nodes too (`RangeRequest.leaves`): the peer reads them from storage (the full leaf
+#: hash is stored with every block over 4 KiB) and we hash each value once, inside the
+#: log's verification, instead of twice. Smaller blocks hash cheaply on our side.
+RANGE_LEAVES_MIN_BLOCK: Final = 8 * 1024

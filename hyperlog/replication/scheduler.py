@@ -58,6 +58,7 @@ from hyperlog.replication.constants import (
     PAGE_BITS,
     RANGE_BYTES,
     RANGE_BYTES_IN_FLIGHT,
+    RANGE_LEAVES_MIN_BLOCK,
     RANGE_MIN_BLOCKS,
     REQUEST_TIMEOUT,
     SCAN_LIMIT,
@@ -426,6 +427,8 @@ class LogReplicator:
         assert isinstance(req, wire.RangeRequest)
         if msg.node != req.node or msg.fork != req.fork or len(msg.values) != inf.count:
             raise RemoteProtocolError("range data: differs from the range requested")
+        if msg.leaves and not range_leaves_match(msg, inf.index, asked=req.leaves):
+            raise RemoteProtocolError("range data: leaves not asked for or not the blocks'")
         ch.verifying[inf.id] = inf
         ch.sink.add_work(RangeVerifyWork(ch, inf, msg))
 
@@ -790,7 +793,9 @@ class LogReplicator:
         rid = self.next_id
         self.next_id = self.next_id % wire.MAX_ID + 1
         fork = self.view.fork
-        req = wire.RangeRequest(ch.local_id, rid, fork, node, self.view.missing_tree_nodes(node))
+        leaves = avg >= RANGE_LEAVES_MIN_BLOCK
+        nodes = self.view.missing_tree_nodes(node)
+        req = wire.RangeRequest(ch.local_id, rid, fork, node, nodes, leaves)
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)
         ch.inflight[rid] = Inflight(rid, K_RANGE, first, fork, now, now + timeout, req, count=span)
         ch.sink.note_deadline(now + timeout)
@@ -936,20 +941,34 @@ class LogReplicator:
         return t
 
 
+def range_leaves_match(msg: wire.RangeData, first: int, *, asked: bool) -> bool:
+    """Whether `msg.leaves` were asked for and are the leaf indices and sizes of its
+    values (their hashes are checked by verification, like any uncle)."""
+    if not asked or len(msg.leaves) != len(msg.values):
+        return False
+    index = 2 * first
+    for leaf, value in zip(msg.leaves, msg.values, strict=True):
+        if leaf.index != index or leaf.size != len(value):
+            return False
+        index += 2
+    return True
+
+
 def range_proofs(channel: int, msg: wire.RangeData, first: int) -> list[wire.Data]:
     """Turn a RangeData into ordinary proofs the log verifies one by one.
 
     First the hash proof of the subtree root `msg.node` (verified against what we
     trust, it makes the root trusted), then one block proof per value whose uncles are
-    recomputed here from the other values. A wrong value changes the recomputed root,
-    so its proof (and every proof of the range) fails verification: nothing is trusted
-    because it came in a range.
+    recomputed here from the other values (or from `msg.leaves`, which the scheduler
+    checked for shape). A wrong value or leaf changes the recomputed root, so its proof
+    (and every proof of the range) fails verification: nothing is trusted because it
+    came in a range.
     """
     depth = flat_tree.depth(msg.node)
     level: list[wire.Node] = []
     nodes: dict[int, wire.Node] = {}
     for k, v in enumerate(msg.values):
-        n = wire.Node(2 * (first + k), len(v), leaf_hash(v))
+        n = msg.leaves[k] if msg.leaves else wire.Node(2 * (first + k), len(v), leaf_hash(v))
         level.append(n)
         nodes[n.index] = n
     for _ in range(depth):

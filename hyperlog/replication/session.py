@@ -61,7 +61,8 @@ def message_size(msg: wire.Message) -> int:
             n += _NODE_BYTES * len(msg.hash.nodes)
         return n
     if isinstance(msg, wire.RangeData):
-        return _ENVELOPE_BYTES + sum(map(len, msg.values)) + _NODE_BYTES * len(msg.proof)
+        nodes = len(msg.proof) + len(msg.leaves)
+        return _ENVELOPE_BYTES + sum(map(len, msg.values)) + _NODE_BYTES * nodes
     if isinstance(msg, wire.Bitfield):
         return _ENVELOPE_BYTES + len(msg.bits)
     return _ENVELOPE_BYTES

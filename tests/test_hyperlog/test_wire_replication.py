@@ -54,7 +54,15 @@ messages = st.one_of(
     st.builds(wire.Open, small, h32, h32),
     st.builds(wire.Close, small, st.text(max_size=20)),
     st.builds(wire.Reject, small, st.text(max_size=20)),
-    st.builds(wire.RangeRequest, small, small, u64, u64, st.integers(0, wire.MAX_PROOF_NODES)),
+    st.builds(
+        wire.RangeRequest,
+        small,
+        small,
+        u64,
+        u64,
+        st.integers(0, wire.MAX_PROOF_NODES),
+        st.booleans(),
+    ),
     st.builds(
         wire.RangeData,
         small,
@@ -63,6 +71,22 @@ messages = st.one_of(
         u64,
         st.lists(st.binary(max_size=40), min_size=1, max_size=wire.MAX_RANGE_BLOCKS).map(tuple),
         nodes,
+    ),
+    st.lists(st.binary(max_size=40), min_size=1, max_size=wire.MAX_RANGE_BLOCKS).flatmap(
+        lambda values: st.builds(
+            wire.RangeData,
+            small,
+            small,
+            u64,
+            u64,
+            st.just(tuple(values)),
+            nodes,
+            st.lists(
+                st.builds(wire.Node, u64, u64, h32),
+                min_size=len(values),
+                max_size=len(values),
+            ).map(tuple),
+        )
     ),
     st.builds(wire.Sync, small, u64, u64, u64, st.booleans(), st.booleans(), st.booleans()),
     requests,
@@ -111,6 +135,60 @@ def test_corrupted_byte_decodes_or_raises(msg: wire.Message, data: st.DataObject
         wire.decode(bytes(raw))
 
 
+@pytest.mark.parametrize("size", [0, 1, 255, 256, 65535, 65536, 300_000])
+def test_range_data_frame_equals_generic_encoding(size: int) -> None:
+    # RangeData frames are joined from pieces (values copied once): same bytes.
+    values = tuple(bytes([k]) * (size + k % 3) for k in range(20))
+    leaf_nodes = tuple(wire.Node(2 * k, len(v), bytes(32)) for k, v in enumerate(values))
+    for leaves in ((), leaf_nodes):
+        proof = (wire.Node(7, 9, bytes(32)),)
+        msg = wire.RangeData(3, 2**31, 2**40, 2**33 - 1, values, proof, leaves)
+        frame = wire.encode_frame(msg)
+        payload = wire.encode(msg)
+        assert frame == struct.pack(">I", len(payload)) + payload
+        assert wire.decode(payload) == msg
+
+
+@given(
+    st.lists(st.integers(0, 3), min_size=1, max_size=5),
+    st.lists(st.sampled_from([1, 7, 4096, 65536, 262_144, 10**7]), min_size=1, max_size=8),
+)
+def test_frame_decoder_big_frames_any_chunking(kinds: list[int], chunks: list[int]) -> None:
+    # Frames from FrameDecoder.BIG_FRAME on are filled in their own buffer.
+    sizes = [10, 100_000, 300_000, 70_000]
+    msgs: list[wire.Message] = []
+    for i, kind in enumerate(kinds):
+        value = bytes([i]) * sizes[kind]
+        msgs.append(wire.RangeData(1, i, 0, 7, (value, value[:5]), ()))
+        msgs.append(wire.Want(1, i, 1))
+    data = b"".join(wire.encode_frame(m) for m in msgs)
+    dec = wire.FrameDecoder()
+    out: list[wire.Message] = []
+    pos = 0
+    for k in range(len(data)):  # bounded: each pass consumes at least one byte
+        if pos >= len(data):
+            break
+        step = chunks[k % len(chunks)]
+        dec.receive_data(data[pos : pos + step])
+        pos += step
+        while (m := dec.next_message()) is not None:
+            out.append(m)
+    assert out == msgs
+    assert dec.buffered == 0
+
+
+def test_big_frame_counts_as_buffered() -> None:
+    frame = wire.encode_frame(wire.RangeData(1, 1, 0, 7, (b"x" * 400_000,), ()))
+    dec = wire.FrameDecoder()
+    dec.receive_data(frame[:1000])
+    assert dec.next_message() is None
+    assert dec.buffered == 1000
+    dec.receive_data(frame[1000:])
+    assert dec.buffered == len(frame)
+    assert isinstance(dec.next_message(), wire.RangeData)
+    assert dec.buffered == 0
+
+
 def test_oversized_frame_refused_before_buffering() -> None:
     dec = wire.FrameDecoder()
     dec.receive_data(struct.pack(">I", wire.MAX_FRAME_SIZE + 1))
@@ -131,6 +209,10 @@ def test_oversized_frame_refused_before_buffering() -> None:
         [wire.T_BITFIELD, 1, 0, 3, b"\x01"],  # unaligned
         [wire.T_BITFIELD, 1, 0, 0, b"\x01" * (wire.MAX_BITFIELD_BYTES + 1)],
         [wire.T_DATA, 1, 0, 1, 0, [0, b"v", [[0, 1, b"short"]]], None, None, None, None],
+        [wire.T_RANGE_REQUEST, 1, 0, 1, 0, 1, 0, False],  # leaves are only sent as true
+        [wire.T_RANGE_REQUEST, 1, 0, 1, 0, 1, 0, 1],
+        [wire.T_RANGE_DATA, 1, 0, 1, 0, 1, [b"a", b"b"], [], [[0, 1, b"h" * 32]]],  # 1 leaf
+        [wire.T_RANGE_DATA, 1, 0, 1, 0, 1, [b"a"], [], []],  # leaves present but empty
         [99, 1, 0],
         {"a": 1},
         "hello",
