@@ -65,3 +65,13 @@ RETAIN_DEPTH: Final = 4
 #: encoded) or by batches (~14 MB).
 DEFAULT_CACHE_BLOCKS: Final = 131_072
 DEFAULT_CACHE_BYTES: Final = 32 * 1024 * 1024
+
+#: Blocks at least this large (a batch's block: ~140 KB for 1,000 keys) are not
+#: decoded when a get first reads them: the get walks the few nodes on its path in
+#: the encoded bytes (`wire.LazyBlock`), since decoding and checking a whole batch
+#: block (~2,000 nodes) costs milliseconds and a cold get needs one node of it.
+LAZY_BLOCK_BYTES: Final = 16 * 1024
+#: A block kept encoded is decoded in full once gets have read it this many times
+#: (or at once, when anything but a get reads it): an often-read block then costs a
+#: cached-tuple lookup per hop again, one that is read once never costs a full decode.
+LAZY_PROMOTE_USES: Final = 8

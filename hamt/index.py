@@ -35,6 +35,7 @@ from .codec import BYTES, Codec
 from .constants import (
     DEFAULT_CACHE_BLOCKS,
     DEFAULT_CACHE_BYTES,
+    LAZY_BLOCK_BYTES,
     MAX_BATCH_OPS,
     MAX_BLOCK_BYTES,
     MAX_VALUE_BYTES,
@@ -46,7 +47,15 @@ from .log import LogLike
 from .mutate import Mutation, Retained
 from .proofs import apply_block_proofs, can_apply
 from .trie import DiffItem, Item, diff, iterate, lookup, path_blocks
-from .wire import Block, HintReply, decode_block, decode_header, encode_header, header_block
+from .wire import (
+    Block,
+    HintReply,
+    LazyBlock,
+    decode_block,
+    decode_header,
+    encode_header,
+    header_block,
+)
 
 __all__ = ["Batch", "Change", "DiffEntry", "Hamt", "HamtStatistics", "open_hamt"]
 
@@ -215,6 +224,40 @@ class Hamt(Generic[V]):
         self._s.cache.put(b)
         return b
 
+    def _admit(self, seq: int, data: bytes) -> Block | LazyBlock:
+        """Cache block `seq` read as `data` for a get: a large one stays encoded."""
+        if len(data) >= LAZY_BLOCK_BYTES and type(data) is bytes:
+            lazy = LazyBlock(seq, data)
+            self._s.cache.put_lazy(lazy)
+            return lazy
+        b = decode_block(data, seq)
+        self._s.cache.put(b)
+        return b
+
+    def _local_read(self, seq: int) -> Block | LazyBlock | None:
+        """`_local` for a get's lookup: a large block read now is kept encoded."""
+        got = self._s.cache.peek(seq)
+        if got is not None:
+            return got if type(got) is LazyBlock else Block.from_record(got)
+        if seq == 0:
+            return self._local(0)
+        if self._s.get_nowait is None:
+            return None
+        try:
+            data = self._s.get_nowait(seq)
+        except Exception:  # not held locally (or damaged): the async get decides
+            return None
+        self._s.fetches += 1
+        return self._admit(seq, data)
+
+    async def _fetch_read(self, seq: int) -> Block | LazyBlock:
+        """`_fetch` for a get's lookup and prefetches (see `_local_read`)."""
+        b = self._local_read(seq)
+        if b is not None:
+            return b
+        self._s.fetches += 1
+        return self._admit(seq, await self._s.log.get(seq))
+
     async def _fetch(self, seq: int) -> Block:
         b = self._local(seq)
         if b is not None:
@@ -270,23 +313,23 @@ class Hamt(Generic[V]):
         source = self._s.hints if hint is None else None
         self._s.check_fork()
         v = self.version
-        root_block = None if v <= 1 else self._local(v - 1)
+        root_block = None if v <= 1 else self._local_read(v - 1)
         if source is not None and v > 1 and root_block is None:
             await self._ask_hint(source, key, v)
             source = None
-        root = header_block() if v <= 1 else root_block or await self._fetch(v - 1)
+        root = header_block() if v <= 1 else root_block or await self._fetch_read(v - 1)
         steps = lookup(root, key, self._s.hasher.path(key), self._s.cache)
         try:
             seq = next(steps)
             while True:
-                b = self._local(seq)
+                b = self._local_read(seq)
                 if b is None and source is not None:
                     # The first block this get cannot read locally: ask a peer for the
                     # whole path once and fetch it all at once.
                     await self._ask_hint(source, key, v)
                     source = None
-                    b = self._local(seq)
-                seq = steps.send(b if b is not None else await self._fetch(seq))
+                    b = self._local_read(seq)
+                seq = steps.send(b if b is not None else await self._fetch_read(seq))
         except StopIteration as stop:
             data: bytes | None = stop.value
         return None if data is None else self._codec.decode(data)
@@ -299,13 +342,25 @@ class Hamt(Generic[V]):
                 fork: int = getattr(log, "fork")  # noqa: B009 (duck-typed hyperlog.Log)
                 reply = await source.path_hint(key, version, fork)
                 if reply.proofs:
-                    await apply_block_proofs(log, fork, reply.proofs)
+                    # The verified blocks go to the cache as they came: no re-read from
+                    # storage (and no re-hash of its checksum) before the walk.
+                    for p in await apply_block_proofs(log, fork, reply.proofs):
+                        if 0 < p.index < version and p.index not in self._s.cache:
+                            self._admit_hinted(p.index, p.value)
             else:
                 reply = await source.path_hint(key, version)
         except HamtError as exc:  # a hint is an optimization: fall back to plain fetches
             logger.debug("path hint for %r failed: %s", key, exc)
             return
         await self.prefetch(reply.blocks)
+
+    def _admit_hinted(self, seq: int, data: bytes) -> None:
+        try:
+            self._admit(seq, data)
+        except HamtError as exc:  # read again (and reported) if the walk needs it
+            logger.debug("hinted block %d not cached: %s", seq, exc)
+        else:
+            self._s.fetches += 1
 
     async def path_hint(self, key: str) -> list[int]:
         """Return the blocks a lookup of `key` reads, root first (serve this to sparse peers)."""
@@ -320,11 +375,11 @@ class Hamt(Generic[V]):
         if not want:
             return
         if len(want) == 1:
-            await self._fetch(want[0])
+            await self._fetch_read(want[0])
             return
         async with trio.open_nursery() as nursery:
             for s in want:
-                nursery.start_soon(self._fetch, s)
+                nursery.start_soon(self._fetch_read, s)
 
     async def items(self, prefix: str = "") -> AsyncIterator[tuple[str, V]]:
         """Iterate over ``(key, value)`` of every key under `prefix` (all keys by default).

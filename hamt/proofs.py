@@ -83,28 +83,35 @@ def block_proofs(
     return tuple(out)
 
 
-async def apply_block_proofs(log: Any, fork: int, proofs: Sequence[BlockProofData]) -> int:
-    """Verify and store `proofs` in `log` (one transaction); return how many were stored.
+async def apply_block_proofs(
+    log: Any, fork: int, proofs: Sequence[BlockProofData]
+) -> list[BlockProofData]:
+    """Verify and store `proofs` in `log` (one transaction); return the ones stored.
 
-    Proofs of blocks already held are skipped; ones that fail verification store nothing.
-    Never raises for the log's sake: the blocks are then fetched the usual way.
+    Proofs of blocks already held are skipped; ones that fail verification store
+    nothing. The values of the returned proofs are verified: the caller may use them
+    as they are. Never raises for the log's sake: the blocks are then fetched the
+    usual way.
     """
     from hyperlog.crypto import TreeNode
     from hyperlog.proof_types import BlockProof, Proof
 
+    fresh = [p for p in proofs if not log.has(p.index)][:MAX_HINT_PROOFS]
+    if not fresh or log.fork != fork:
+        return []
     todo = [
         Proof(fork, block=BlockProof(p.index, p.value, tuple(TreeNode(*n) for n in p.nodes)))
-        for p in proofs
-        if not log.has(p.index)
+        for p in fresh
     ]
-    if not todo or log.fork != fork:
-        return 0
     try:
-        results = await log.apply_proofs(todo[:MAX_HINT_PROOFS])
+        results = await log.apply_proofs(todo)
     except Exception as exc:  # e.g. the log closed: the plain fetches report it
         logger.debug("hinted block proofs not applied: %s", exc)
-        return 0
-    bad = [r for r in results if isinstance(r, Exception)]
-    for r in bad:
-        logger.debug("a hinted block proof did not verify: %s", r)
-    return len(todo) - len(bad)
+        return []
+    stored = []
+    for p, r in zip(fresh, results, strict=True):
+        if isinstance(r, Exception):
+            logger.debug("a hinted block proof did not verify: %s", r)
+        else:
+            stored.append(p)
+    return stored

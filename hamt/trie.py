@@ -30,7 +30,18 @@ from .cache import BlockCache
 from .constants import CHUNK_BITS, FANOUT, MAX_DEPTH, PATH_BITS
 from .errors import CorruptNodeError
 from .hashing import chunk
-from .wire import Block, Node, record_node, record_value
+from .wire import (
+    EMPTY_ROOT,
+    WALK_ABSENT,
+    WALK_BUCKET,
+    WALK_ENTRY,
+    Block,
+    BlockRecord,
+    LazyBlock,
+    Node,
+    record_node,
+    record_value,
+)
 
 __all__ = [
     "DiffItem",
@@ -88,23 +99,58 @@ def descend(block: Block, path: int, depth: int) -> Node:
     return node
 
 
-def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes | None]:
+def lookup(
+    root: Block | LazyBlock, key: str, path: int, cache: BlockCache
+) -> Generator[int, Block | LazyBlock, bytes | None]:
     """Find `key` (whose trie path is `path`) in the trie rooted at `root`.
 
-    Returns the value bytes, or None if the key is absent.
+    Returns the value bytes, or None if the key is absent. Blocks may come decoded
+    or kept encoded (`LazyBlock`, walked in place): a lookup may be sent either.
     """
-    node = root.root
     src = root.seq  # the block holding `node`: pointers in it are relative to src
     depth = 0
+    node: Node = EMPTY_ROOT
+    got: BlockRecord | Block | LazyBlock | None
+    lazy: LazyBlock | None = None
+    if type(root) is LazyBlock:
+        lazy = root
+    else:
+        assert type(root) is Block
+        node = root.root
+    # Bounded: each pass descends at least one level (MAX_DEPTH ends it) or returns.
     while True:
+        if lazy is not None:
+            kind, what, depth = lazy.walk(path, depth)
+            if kind == WALK_ABSENT:
+                return None
+            if kind == WALK_ENTRY:
+                got = cache.peek(what)
+                if got is None:
+                    got = yield what
+                return _value(got, key)
+            if kind == WALK_BUCKET:
+                node, src, lazy = what, lazy.seq, None
+            else:  # WALK_CHILD: the child is inline in block `what`
+                src = what
+                got = cache.peek(src)
+                if got is None:
+                    got = yield src
+                if type(got) is LazyBlock:
+                    lazy = got
+                    continue
+                lazy = None
+                if type(got) is Block:
+                    node = descend(got, path, depth)
+                else:
+                    node = record_node(got, path, depth)
         if depth == MAX_DEPTH:
             for k, s in node:
                 if k == key:
                     s = src - s
-                    b = cache.get(s)
-                    if b is None:
-                        b = yield s
-                    value = b.puts.get(key)
+                    got = cache.peek(s)
+                    if got is None:
+                        got = yield s
+                    value = _value(got, key)
                     if value is None:
                         raise CorruptNodeError("bucket names a block without the key", seq=s)
                     return value
@@ -113,11 +159,12 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
         dm = node[0]
         if dm & bit:
             s = src - node[2 + (dm & (bit - 1)).bit_count()]
-            rec = cache.record(s)  # (the cached tuple: no `Block` built per hop)
-            if rec is not None:
-                return record_value(rec, key)
-            b = yield s
-            return b.puts.get(key)
+            got = cache.peek(s)  # (the cached tuple: no `Block` built per hop)
+            if type(got) is tuple:
+                return record_value(got, key)
+            if got is None:
+                got = yield s
+            return _value(got, key)
         nm = node[1]
         if not nm & bit:
             return None
@@ -127,12 +174,27 @@ def lookup(root: Block, key: str, path: int, cache: BlockCache) -> Steps[bytes |
             node = c
         else:
             src -= c
-            rec = cache.record(src)
-            if rec is not None:
-                node = record_node(rec, path, depth)
+            got = cache.peek(src)
+            if type(got) is tuple:
+                node = record_node(got, path, depth)
+                continue
+            if got is None:
+                got = yield src
+            if type(got) is LazyBlock:
+                lazy = got
             else:
-                b = yield src
-                node = descend(b, path, depth)
+                assert type(got) is Block
+                node = descend(got, path, depth)
+
+
+def _value(got: BlockRecord | Block | LazyBlock, key: str) -> bytes | None:
+    """The value block `got` (a cached tuple, a decoded or a kept-encoded block) holds for `key`."""
+    if type(got) is tuple:
+        return record_value(got, key)
+    if type(got) is LazyBlock:
+        return got.value(key)
+    assert type(got) is Block
+    return got.puts.get(key)
 
 
 def path_blocks(root: Block, path: int, cache: BlockCache) -> Steps[list[int]]:

@@ -56,6 +56,7 @@ from .errors import CorruptNodeError
 __all__ = [
     "Block",
     "Header",
+    "LazyBlock",
     "Node",
     "decode_block",
     "decode_header",
@@ -437,6 +438,189 @@ def _check_bucket(node: Node, seq: int) -> None:
         ):
             raise CorruptNodeError("bad collision bucket entry", seq=seq)
         keys.add(item[0])
+
+
+# -- blocks kept encoded (a get's walk reads its path in place) -------------------
+
+#: `LazyBlock.walk` results: where the walk leaves the block.
+WALK_ABSENT: Final = 0
+WALK_ENTRY: Final = 1
+WALK_CHILD: Final = 2
+WALK_BUCKET: Final = 3
+#: First bytes of a msgpack array: fixarray, array 16, array 32.
+_ARRAY_MARKERS: Final = frozenset(range(0x90, 0xA0)) | {0xDC, 0xDD}
+
+
+@final
+class LazyBlock:
+    """A large block kept in its encoded form: a get reads only the nodes on its path.
+
+    Decoding and checking a batch's block (~140 KB, ~2,000 nodes) takes milliseconds,
+    while a get needs one to five of its nodes, or one of its entries. `walk` follows
+    a path through the msgpack bytes, skipping sibling subtrees and the ops without
+    building them (msgpack's C skipper), and checks each node it passes exactly as
+    `decode_block` does; `value` reads one key's op. Nothing else of the block is
+    checked until `decode` (the full `decode_block`), which every other reader of the
+    block uses: a block damaged where a get does not look answers that get and fails
+    anything that reads the rest.
+
+    `uses` counts the reads (the `BlockCache` decodes an often-read block in full).
+    """
+
+    __slots__ = ("_ops", "data", "nbytes", "seq", "uses")
+
+    def __init__(self, seq: int, data: bytes) -> None:
+        """Keep `data` as block `seq` (> 0); nothing is decoded yet.
+
+        Raises:
+            CorruptNodeError: `seq` is the header's, or `data` is not bytes or too large.
+        """
+        if seq <= 0:
+            raise CorruptNodeError("block 0 is the header, not a node", seq=seq)
+        if type(data) is not bytes:
+            raise CorruptNodeError("block is not bytes", seq=seq)
+        if len(data) > MAX_BLOCK_BYTES:
+            raise CorruptNodeError(f"block larger than {MAX_BLOCK_BYTES} bytes", seq=seq)
+        self.seq = seq
+        self.data = data
+        self.nbytes = len(data)
+        self.uses = 0
+        self._ops: tuple[Any, ...] | None = None
+
+    def decode(self) -> Block:
+        """The whole block, decoded and checked (`decode_block`)."""
+        return decode_block(self.data, self.seq)
+
+    def _at_ops(self) -> msgpack.Unpacker:
+        """An unpacker over the block, positioned at its op list (after the tag)."""
+        up = msgpack.Unpacker(raw=False, use_list=False, strict_map_key=True)
+        up.feed(self.data)
+        if up.read_array_header() != 3 or _int_or_none(up.unpack()) != TAG_NODE:
+            raise CorruptNodeError("not an operation block", seq=self.seq)
+        return up
+
+    def walk(self, path: int, depth: int) -> tuple[int, Any, int]:
+        """Walk `path` from this block's inline node at `depth` down as far as the block holds it.
+
+        Returns ``(kind, what, depth)`` where the walk leaves the block: `WALK_ABSENT`
+        (no slot for the path: the key is absent), `WALK_ENTRY` (``what``: the block
+        holding the entry), `WALK_CHILD` (``what``: the block holding the child inline
+        at the returned depth) or `WALK_BUCKET` (``what``: the checked collision
+        bucket at `MAX_DEPTH`; its pointers are relative to this block).
+
+        Raises:
+            CorruptNodeError: a node on the way is malformed, or the block holds no
+                inline node at `depth` on `path` (a child pointer named it wrongly).
+        """
+        seq = self.seq
+        data = self.data
+        try:
+            up = self._at_ops()
+            up.skip()  # the ops, unread
+            d = 0
+            # Bounded: every pass goes one level deeper; a node at MAX_DEPTH ends it.
+            while True:
+                if d == MAX_DEPTH:
+                    bucket = up.unpack()
+                    if type(bucket) is not tuple:
+                        raise CorruptNodeError("node is not an array", seq=seq)
+                    _check_bucket(bucket, seq)
+                    return WALK_BUCKET, bucket, d
+                n = up.read_array_header()
+                dm = _int_or_none(up.unpack()) if n >= 2 else None
+                nm = _int_or_none(up.unpack()) if n >= 2 else None
+                _check_head(n, dm, nm, d, seq)
+                assert dm is not None and nm is not None
+                bit = 1 << ((path >> (PATH_BITS - CHUNK_BITS * (d + 1))) & CHUNK_MASK)
+                if dm & bit:
+                    if d < depth:
+                        break
+                    for _ in range((dm & (bit - 1)).bit_count()):
+                        up.skip()
+                    e = up.unpack()
+                    if type(e) is not int or not 0 <= e < seq:
+                        raise CorruptNodeError(f"entry pointer {e!r} out of range", seq=seq)
+                    return WALK_ENTRY, seq - e, d
+                if not nm & bit:
+                    if d < depth:
+                        break
+                    return WALK_ABSENT, None, d
+                for _ in range(dm.bit_count() + (nm & (bit - 1)).bit_count()):
+                    up.skip()
+                if data[up.tell()] in _ARRAY_MARKERS:
+                    d += 1  # an inline child: read it next
+                    continue
+                c = up.unpack()
+                if type(c) is not int or not 0 < c < seq:
+                    raise CorruptNodeError(f"child pointer {c!r} out of range", seq=seq)
+                if d + 1 <= depth:
+                    break
+                return WALK_CHILD, seq - c, d + 1
+        except CorruptNodeError:
+            raise
+        except Exception as exc:  # msgpack raises many kinds; all mean "not a block"
+            raise CorruptNodeError(f"block does not decode: {exc!r}", seq=seq) from exc
+        raise CorruptNodeError("child pointer names a block without that node", seq=seq)
+
+    def value(self, key: str) -> bytes | None:
+        """The value this block's ops hold for `key` (None: none, or a delete).
+
+        The ops are decoded once (kept for the next read); the op of `key` is checked
+        as `decode_block` checks every op, and a key that appears twice is refused.
+
+        Raises:
+            CorruptNodeError: the op list or the op of `key` is malformed.
+        """
+        seq = self.seq
+        ops = self._ops
+        if ops is None:
+            try:
+                ops = self._at_ops().unpack()
+            except CorruptNodeError:
+                raise
+            except Exception as exc:
+                raise CorruptNodeError(f"block does not decode: {exc!r}", seq=seq) from exc
+            if type(ops) is not tuple or len(ops) > MAX_BATCH_OPS:
+                raise CorruptNodeError("bad op list", seq=seq)
+            self._ops = ops
+        found: tuple[Any, ...] | None = None
+        for op in ops:
+            if type(op) is not tuple or not op:
+                raise CorruptNodeError("bad op", seq=seq)
+            if op[0] == key:
+                if found is not None:
+                    raise CorruptNodeError(f"key {key!r} appears twice", seq=seq)
+                found = op
+        if found is None:
+            return None
+        if len(found) > 3:
+            raise CorruptNodeError("bad op", seq=seq)
+        if len(found) == 1:
+            return None
+        value = found[1]
+        if not isinstance(value, bytes) or len(value) > MAX_VALUE_BYTES:
+            raise CorruptNodeError("bad value in op", seq=seq)
+        if len(found) == 3 and found[2] != COPY_FLAG:
+            raise CorruptNodeError("bad op flag", seq=seq)
+        return value
+
+
+def _int_or_none(x: Any) -> int | None:
+    return x if type(x) is int else None
+
+
+def _check_head(n: int, dm: int | None, nm: int | None, depth: int, seq: int) -> None:
+    """`_check_node`'s checks of one node's array length and bitmaps (for `LazyBlock`)."""
+    if n < 2:
+        raise CorruptNodeError("node too short", seq=seq)
+    if dm is None or nm is None or not 0 <= dm < 1 << FANOUT:
+        raise CorruptNodeError("bad bitmap", seq=seq)
+    if not 0 <= nm < 1 << FANOUT or dm & nm:
+        raise CorruptNodeError("bad bitmap", seq=seq)
+    if n != 2 + dm.bit_count() + nm.bit_count():
+        raise CorruptNodeError("bitmap does not match the slots", seq=seq)
+    if depth and n == 2:
+        raise CorruptNodeError("empty inner node", seq=seq)
 
 
 # -- path hints (hamt.hints) --------------------------------------------------------
