@@ -19,10 +19,12 @@ bench_kv.js has no size arguments, so they always do 100,000 keys): `--no-anchor
 them, and `--quick` (10,000 keys for ours) compares against the MEDIAN figures recorded
 in `anchors/js/results.md` instead, and says so.
 
-A/B in the same run: ``--ab-old DIR`` also runs both cases (without the remote part)
-with the `hamt` package found in DIR (e.g. ``git archive <commit> hamt | tar -x -C DIR``),
-interleaved with ours: old single, new single, old batch, new batch. Every case reports
-wall and CPU time (``time.process_time``) and the load average around it.
+A/B in the same run: ``--ab-old DIR`` also runs both cases (without the remote part,
+unless ``--ab-remote``) with the `hamt` package found in DIR (e.g. ``git archive <commit>
+hamt | tar -x -C DIR``), interleaved with ours: old single, new single, old batch, new
+batch. Every case reports wall and CPU time (``time.process_time``) and the load average
+around it. The old tree's store gets our page size, unless DIR holds a `hyperlog` too
+(an old one may not know `page_size`: it then gets hyperlog's default).
 
 Our store is created with 4 KiB SQLite pages (``--page-size``; hyperlog's default is
 16 KiB): the configuration docs/hamt.md recommends for a HAMT, whose single puts write
@@ -319,6 +321,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ab-old", metavar="DIR", help="A/B against the hamt package in DIR")
     ap.add_argument(
+        "--ab-remote", action="store_true", help="with --ab-old: the old tree's remote gets too"
+    )
+    ap.add_argument(
         "--page-size",
         type=int,
         default=STORE_PAGE_SIZE,
@@ -343,9 +348,10 @@ def main() -> None:
     for case in ("single", "batch"):
         if a.ab_old:
             env = dict(os.environ, PYTHONPATH=os.path.abspath(a.ab_old))
-            old[case] = run_child(
-                [*me, case, str(n), "--no-remote", "--page-size", str(DEFAULT_PAGE_SIZE)], env=env
-            )
+            own_log = os.path.isdir(os.path.join(a.ab_old, "hyperlog"))
+            old_page = ["--page-size", str(DEFAULT_PAGE_SIZE)] if own_log else page
+            remote = [] if a.ab_remote else ["--no-remote"]
+            old[case] = run_child([*me, case, str(n), *remote, *old_page], env=env)
             print(f"  old {case}: {json.dumps(old[case])}", file=sys.stderr, flush=True)
         t = time.perf_counter()
         ours[case] = run_child([*me, case, str(n), *page])
@@ -391,6 +397,14 @@ def main() -> None:
     for case, r in old.items():
         ab[f"{case}_puts_new_vs_old"] = round(ours[case]["putsPerSec"] / r["putsPerSec"], 3)
         ab[f"{case}_put_cpu_old_vs_new"] = round(r["cpuUsPerPut"] / ours[case]["cpuUsPerPut"], 3)
+        ab[f"{case}_get_cpu_old_vs_new"] = round(r["cpuUsPerGet"] / ours[case]["cpuUsPerGet"], 3)
+        for mode in ("cold_plain", "cold_hinted"):
+            if mode in r["remote"] and mode in ours[case]["remote"]:
+                ab[f"{case}_{mode}_ms_old_vs_new"] = round(
+                    r["remote"][mode]["msPerGetMedian"]
+                    / ours[case]["remote"][mode]["msPerGetMedian"],
+                    3,
+                )
     notes.append(f"load average at end: {os.getloadavg()[0]:.2f}")
     result: dict[str, Any] = {
         "benchmark": "hamt",
