@@ -510,6 +510,13 @@ def _is_corruption(exc: sqlite3.Error) -> bool:
     return "malformed" in text or "not a database" in text
 
 
+def _has_content(conn: sqlite3.Connection) -> bool:
+    """Return True unless the database is empty: no table, no application id."""
+    (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    (app_id,) = conn.execute("PRAGMA application_id").fetchone()
+    return bool(tables or app_id)
+
+
 @contextlib.contextmanager
 def _reporting_corruption(path: object) -> Iterator[None]:
     try:
@@ -635,6 +642,8 @@ class SQLiteStorage:
         if not self._readonly:
             self._w = self._connect(False, WRITE_CACHE_KIB)
             w = self._w
+            if exists and not _has_content(w):
+                exists = False  # a creation cut short before its schema committed
             if not exists:
                 os.chmod(self.db_path, 0o600)  # the database holds the writer's secret key
                 w.execute(f"PRAGMA page_size = {self._page_size}")

@@ -166,6 +166,27 @@ async def test_garbage_and_foreign_files_are_refused(tmp_path: Path) -> None:
             pass  # pragma: no cover
 
 
+@pytest.mark.parametrize("left", ["empty file", "empty WAL database"])
+async def test_a_store_whose_creation_was_cut_short_opens(tmp_path: Path, left: str) -> None:
+    # A kill (or an error) between creating the database file and committing its
+    # schema left a file every later open refused as "not a hyperlog database".
+    path = tmp_path / "s"
+    path.mkdir()
+    if left == "empty file":
+        (path / DB_FILENAME).write_bytes(b"")
+    else:
+        conn = sqlite3.connect(path / DB_FILENAME)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.close()
+    async with open_store(path) as store:
+        log = await store.create_log()
+        await log.append(b"after")
+    async with open_store(path, readonly=True) as store:
+        log = await store.default_log()
+        assert await log.get(0) == b"after"
+        await log.verify()
+
+
 async def test_truncated_file_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "s"
     await _make(path)
