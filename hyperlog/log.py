@@ -1316,6 +1316,7 @@ class Store:
         self.storage = storage
         self.path = path
         self._logs: dict[bytes, Log] = {}
+        self._opening = trio.Lock()
         self._closed = False
 
     @property
@@ -1381,6 +1382,15 @@ class Store:
         """
         self._check_open()
         log = self._logs.get(key)
+        if log is not None:
+            return log
+        # one opening at a time: two tasks opening one key got two `Log` objects, whose
+        # appends then wrote two different blocks and heads at the same index
+        async with self._opening:
+            return await self._open_log(key, manifest, create)
+
+    async def _open_log(self, key: bytes, manifest: Manifest | bytes | None, create: bool) -> Log:
+        log = self._logs.get(key)  # another task may have opened it meanwhile
         if log is not None:
             return log
         stored = await trio.to_thread.run_sync(self.storage.find_log, key)

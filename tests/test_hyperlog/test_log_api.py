@@ -10,14 +10,14 @@ import pytest
 import trio
 import trio.testing
 
-from hyperlog.crypto import key_pair
+from hyperlog.crypto import discovery_key, key_pair
 from hyperlog.errors import (
     BlockNotAvailableError,
     HyperlogError,
     NotWritableError,
     StorageLockedError,
 )
-from hyperlog.log import AppendEvent, DownloadEvent, Store, TruncateEvent, open_store
+from hyperlog.log import AppendEvent, DownloadEvent, Log, Store, TruncateEvent, open_store
 from tests.conftest import SHARED
 
 VECTORS = json.loads((SHARED / "vectors" / "hypercore.json").read_text())
@@ -204,6 +204,44 @@ async def test_reopen_sqlite_restores_state(tmp_path: Path) -> None:
         log = await s.default_log()
         assert not log.writable
         assert await log.get(0) == b"a" * 100
+
+
+async def test_tasks_opening_one_log_at_once_share_one_log_object(tmp_path: Path) -> None:
+    # Each opened the log in a worker thread; both got their own `Log`, and their
+    # appends wrote two different blocks (and heads) at the same index.
+    path = tmp_path / "s"
+    async with open_store(path) as s:
+        log = await s.create_log()
+        await log.append(b"zero")
+        key = log.key
+        reader_key = (await s.create_log()).key
+    new_key = bytes(range(32))
+    names = {
+        "writer 1": key,
+        "writer 2": key,
+        "new 1": new_key,  # added once, not refused the second time
+        "new 2": new_key,
+        "by key": reader_key,
+        "by discovery key": discovery_key(reader_key),
+    }
+    async with open_store(path) as s:
+        got: dict[str, Log] = {}
+
+        async def open_and_append(name: str) -> None:
+            log = got[name] = await s.open_log(names[name])
+            if name.startswith("writer"):
+                await log.append(name.encode())
+
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                nursery.start_soon(open_and_append, name)
+        assert got["writer 1"] is got["writer 2"]
+        assert got["new 1"] is got["new 2"]
+        assert got["by key"] is got["by discovery key"]
+    async with open_store(path) as s:
+        log = await s.open_log(key, create=False)
+        assert sorted([await log.get(1), await log.get(2)]) == [b"writer 1", b"writer 2"]
+        await log.verify()
 
 
 async def test_second_writer_is_refused(tmp_path: Path) -> None:
