@@ -1381,10 +1381,13 @@ class Session:
                 and not send.retransmit
                 and send.write_offset - send.next_offset < budget - wire.STREAM_FRAME_OVERHEAD
                 and send.write_offset <= min(send.max_data, send.next_offset + credit)
+                and (send.write_offset == 0 or self._recovery.bytes_in_flight > 0)
             ):
                 # Only a tail smaller than the room left, limited by what the application
                 # wrote so far (not by credit): hold it while the writer may add more.
-                # A new stream's OPEN waits with it (or for the first write).
+                # A new stream's OPEN waits with it (or for the first write). As Linux's
+                # autocorking, only while earlier packets are still unacknowledged: a
+                # short write on an idle session (a request, a reply) goes at once.
                 self.corked = True
                 continue
             if open_frame is not None:

@@ -322,9 +322,7 @@ class SessionManager:
         engine.receive_packet(packet, trio.current_time())
         if not engine.wants_to_send(trio.current_time()):
             return None  # not a valid INITIATION: keep no state for it
-        handle = self._start(engine)
-        self._send_handshake_now(handle)
-        return handle
+        return self._start(engine, send_now=True)
 
     def _new_index(self) -> int:
         while True:
@@ -332,11 +330,15 @@ class SessionManager:
             if index not in self._by_index:
                 return index
 
-    def _start(self, engine: Session) -> _SessionHandle:
+    def _start(self, engine: Session, *, send_now: bool = False) -> _SessionHandle:
+        """Register a new session and start its driver; with `send_now`, first hand its
+        waiting handshake packet to the service (spawning the task is not on its path)."""
         assert self._nursery is not None
         handle = _SessionHandle(engine)
         self._by_address[engine.remote_address] = handle
         self._by_index[engine.local_index] = handle
+        if send_now:
+            self._send_handshake_now(handle)
         self._nursery.start_soon(self._drive, handle)
         return handle
 
@@ -357,9 +359,7 @@ class SessionManager:
             config=self.config,
             now=trio.current_time(),
         )
-        handle = self._start(engine)
-        self._send_handshake_now(handle)
-        return handle
+        return self._start(engine, send_now=True)
 
     def _send_handshake_now(self, handle: _SessionHandle) -> None:
         """Hand the engine's waiting packets to the service from this task, now.

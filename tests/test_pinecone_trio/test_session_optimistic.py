@@ -91,11 +91,31 @@ def test_a_new_stream_with_nothing_written_is_corked_then_opened_alone() -> None
     sid = pair.a.open_stream(PROTO)
     assert pair.a.packets_to_send(pair.now, cork=True) == []
     assert pair.a.corked
+    other = pair.a.open_stream(PROTO)
+    pair.a.stream_write(other, b"y" * 100)
+    pair.a.stream_finish(other)
+    assert len(pair.a.packets_to_send(pair.now, cork=True)) == 1  # a FIN is never held
+    assert pair.a.corked  # the first stream still waits for its first write
     pair.a.stream_write(sid, b"x")
-    # Still a short tail: held again while the writer may add more...
+    # A short tail while a packet is unacknowledged: held while the writer may add more...
     assert pair.a.packets_to_send(pair.now, cork=True) == []
     # ... and sent, OPEN in front, once the driver stops corking.
     assert len(pair.a.packets_to_send(pair.now)) == 1
+
+
+def test_a_short_first_write_on_an_idle_session_goes_at_once() -> None:
+    # Nothing unacknowledged (Linux's autocorking rule): a request or a reply is not
+    # held for the writer's next write; the OPEN still rides in front of it.
+    pair = EnginePair()
+    _established(pair)
+    sid = pair.a.open_stream(PROTO)
+    assert pair.a.packets_to_send(pair.now, cork=True) == []  # nothing written yet
+    pair.a.stream_write(sid, b"x")
+    packets = pair.a.packets_to_send(pair.now, cork=True)
+    assert len(packets) == 1 and not pair.a.corked
+    assert pair.b is not None
+    pair.b.receive_packet(packets[0], pair.now)
+    assert pair.b.stream_read(sid, 10) == b"x"
 
 
 def test_data_before_open_is_kept_until_the_open_arrives() -> None:
