@@ -112,8 +112,16 @@ def _run_and_kill(path: Path, seed: int, acks: int, model: Model) -> tuple[Model
 
 
 async def _check(path: Path, acked: Model, pending: Model | None) -> Model:
+    # read-only first: the killed writer's last head is usually unsigned on disk; a
+    # read-only open signs it in memory, with the bytes the writable open then stores
+    async with open_store(path, readonly=True) as store:
+        log = await store.default_log()
+        assert log.signed
+        await log.verify()
+        seen = (log.length, log.fork, log.signature)
     async with open_store(path) as store:
         log = await store.default_log()
+        assert (log.length, log.fork, log.signature) == seen
         await store.check()
         await log.verify()
         for state in [acked] if pending is None else [acked, pending]:
