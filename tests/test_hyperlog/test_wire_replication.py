@@ -146,6 +146,8 @@ def test_range_data_frame_equals_generic_encoding(size: int) -> None:
         frame = wire.encode_frame(msg)
         payload = wire.encode(msg)
         assert frame == struct.pack(">I", len(payload)) + payload
+        # the joined encoder (used from 8 KiB values on) for every bin header size
+        assert wire._range_data_frame(msg) == frame
         assert wire.decode(payload) == msg
 
 
