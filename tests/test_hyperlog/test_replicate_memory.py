@@ -279,6 +279,8 @@ async def _fake_peer_open(stream: trio.abc.Stream, key: bytes) -> None:
     "bad",
     [
         wire.Data(1, 77, 0, wire.DataBlock(0, block_value(KEY, 0, 0), ())),  # unrequested
+        # an unrequested range of big blocks (a flood of them stops at the first)
+        wire.RangeData(1, 78, 0, 3, (b"v" * 300_000,) * 2, (), (wire.Node(0, 1, bytes(32)),) * 2),
         wire.Sync(1, 0, 10, 0),  # then a sync with a shorter length on the same fork
         wire.Bitfield(1, 0, b"\x01"),  # garbage-free but then an invalid upgrade answer
     ],
