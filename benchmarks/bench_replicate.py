@@ -6,7 +6,9 @@ What it measures (the same cases as ../shared/anchors/js/bench_replicate.js):
   ``hyperlog serve`` in one process; a fresh reader process (SQLite store) connects,
   ``update()``s and downloads everything; time from connect to all blocks verified and
   stored, and the reader process's peak RSS. hypercore's matching case is its
-  ``full-2proc`` mode (writer in a second process).
+  ``full-2proc`` mode (writer in a second process). Also the CPU time per block of
+  each side during the download (load-proof): ``cpuUsPerBlock`` (reader process,
+  all threads) and ``writerCpuUsPerBlock`` (the ``serve`` process, from /proc).
 * sparse-seq: after ``update()``, 1,000 random blocks fetched with one awaited
   ``get`` at a time (ms per block); sparse-par: the same 1,000 requested at once.
   Like hypercore's ``sparse-seq`` / ``sparse-par`` modes, the writer runs in the
@@ -132,8 +134,10 @@ def child_reader(mode: str, key_hex: str, uri: str, count: int, seed: int) -> No
                     res: dict[str, Any] = {"mode": mode, "length": log.length}
                     res["connectToUpdateSec"] = t1 - t0
                     if mode == "full":
+                        c1 = _cpu_seconds()
                         await rep.download(0, log.length)
                         t2 = time.perf_counter()
+                        res["cpuUsPerBlock"] = 1e6 * (_cpu_seconds() - c1) / max(1, log.length)
                         if not log.has_range(0, log.length):
                             raise RuntimeError("not fully downloaded")
                         res["sec"] = t2 - t0
@@ -213,16 +217,38 @@ class Server:
             raise RuntimeError(f"serve did not start: {line!r}")
         self.key, self.uri = m.group(1), m.group(2)
 
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the serve process so far (None off Linux)."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
 
-def _trials(mode: str, label: str, key: str, uri: str, count: int, trials: int) -> dict[str, float]:
+def _trials(
+    mode: str,
+    label: str,
+    key: str,
+    uri: str,
+    count: int,
+    trials: int,
+    server: Server | None = None,
+) -> dict[str, float]:
     """Run `trials` fresh reader processes; return the median of each numeric field."""
     rs = []
     for t in range(trials):
+        before = server.cpu_seconds() if server is not None else None
         r = _run_child(mode, key, uri, str(count), str(7 + t))
+        after = server.cpu_seconds() if server is not None else None
+        if before is not None and after is not None and r.get("length"):
+            # the serve process idles between trials: its CPU delta is this trial's
+            r["writerCpuUsPerBlock"] = 1e6 * (after - before) / r["length"]
         _log(f"  [ours {label} run {t + 1}] {json.dumps(r)}")
         rs.append(r)
     keys = [k for k in rs[0] if isinstance(rs[0][k], float | int)]
@@ -245,8 +271,15 @@ def run_ours(total: int, count: int, trials: int) -> dict[str, dict[str, float]]
             key = prep.stdout.split()[-1]
             _log(f"prepared {total // bs} x {bs} B in {time.perf_counter() - t0:.1f} s")
 
-            def trials_of(mode: str, name: str, uri: str, key: str = key, bs: int = bs) -> None:
-                out[f"{name}-{bs}"] = _trials(mode, f"{name}-{bs}", key, uri, count, trials)
+            def trials_of(
+                mode: str,
+                name: str,
+                uri: str,
+                key: str = key,
+                bs: int = bs,
+                server: Server | None = None,
+            ) -> None:
+                out[f"{name}-{bs}"] = _trials(mode, f"{name}-{bs}", key, uri, count, trials, server)
 
             # Sparse gets are compared at 1 KiB (the JS figures we use), with the writer
             # in the reader's process like hypercore's sparse modes (both still talk
@@ -256,7 +289,7 @@ def run_ours(total: int, count: int, trials: int) -> dict[str, dict[str, float]]
                     trials_of(mode, mode, "inproc:" + tmp)
             server = Server(tmp)
             try:
-                trials_of("full", "full", server.uri)
+                trials_of("full", "full", server.uri, server=server)
                 if bs == 1024:
                     trials_of("sparse-seq", "sparse-seq-2proc", server.uri)
             finally:
@@ -386,6 +419,14 @@ def main() -> None:
     ]
     for name, a, b in rows:
         print(f"{name:<22}{a:>14.3f}{b:>16.3f}")
+    for bs in (1024, 65536):
+        full = ours[f"full-{bs}"]
+        if "cpuUsPerBlock" in full:
+            writer = full.get("writerCpuUsPerBlock", float("nan"))
+            print(
+                f"full {bs // 1024} KiB CPU per block: reader {full['cpuUsPerBlock']:.0f} us,"
+                f" writer {writer:.0f} us"
+            )
     print("ratios:", json.dumps(result["ratios"]))
 
 
