@@ -7,8 +7,10 @@ The manager runs over anything with `public_key`, `async send(dest_key, payload)
 - the receive loop: it reads datagrams, finds the session by the receiver index in the
   packet (or by source key, for an INITIATION), feeds the engine synchronously and
   wakes that session's driver;
-- one driver task per session: the only task that sends for the session and fires its
-  timers; it sleeps until the engine's next deadline or a wake-up.
+- one driver task per session: it fires the session's timers and sends everything
+  but the INITIATION and the RESPONSE when the service can take those at once
+  (`NowaitDatagramService`, `_send_handshake_now`); it sleeps until the engine's next
+  deadline or a wake-up.
 
 Application calls (`connect`, stream reads and writes, datagrams) call the engine
 synchronously and wake the driver. Engines never see trio.
