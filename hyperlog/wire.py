@@ -741,10 +741,11 @@ class FrameDecoder:
     raises `DecodeError` before any of the frame is buffered, so a peer can never
     make us hold more than one maximal frame plus one read.
 
-    A frame of `BIG_FRAME` bytes or more that is not complete yet gets a buffer of its
-    exact size, filled by later reads and decoded where it is: one copy of its bytes
-    on the way in (a RangeData of 4 MiB otherwise cost a growing buffer, its copies on
-    each growth and one more to cut the payload out).
+    A frame of `BIG_FRAME` bytes or more gets a buffer of its exact size once
+    `BIG_FRAME` bytes or a quarter of it have arrived (a peer makes us allocate at
+    most 32 times what it sent, and never more than the bound above); later reads
+    fill it and it is decoded where it is. Appending 256 KiB reads to one `bytearray`
+    re-copied it into fresh memory on most growths (its growth step is an eighth).
     """
 
     #: Frames from this size on are collected in their own buffer (see above).
@@ -754,24 +755,32 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         self._max = max_frame_size
-        self._big: bytearray | None = None  # the payload of a big frame being filled
-        self._big_fill = 0
+        self._big: bytearray | None = None  # a big frame's payload so far (see above)
+        self._big_size = 0  # its full size
+        self._big_fill = 0  # bytes of it received
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
-        big = self._big
-        if big is not None and self._big_fill < len(big):
-            n = min(len(big) - self._big_fill, len(data))
+        if self._big is not None and self._big_fill < self._big_size:
             with memoryview(data) as view:
-                big[self._big_fill : self._big_fill + n] = view[:n]
-                self._big_fill += n
-                if n < len(view):
-                    self._buf += view[n:]
+                used = self._fill_big(view)
+                if used < len(view):
+                    self._buf += view[used:]
             return
         if self._pos:
             # Compact once per read, not once per message: O(bytes) overall.
             del self._buf[: self._pos]
             self._pos = 0
         self._buf += data
+
+    def _fill_big(self, view: memoryview) -> int:
+        """Copy the start of `view` into the big frame; return how many bytes it took."""
+        big = self._big
+        assert big is not None
+        fill = self._big_fill
+        n = min(len(big) - fill, len(view))
+        big[fill : fill + n] = view[:n]
+        self._big_fill = fill + n
+        return n
 
     @property
     def buffered(self) -> int:
@@ -787,10 +796,10 @@ class FrameDecoder:
         """
         big = self._big
         if big is not None:
-            if self._big_fill < len(big):
+            if self._big_fill < self._big_size:
                 return None
             self._big = None
-            self._big_fill = 0
+            self._big_size = self._big_fill = 0
             return decode(big)
         pos = self._pos
         if len(self._buf) - pos < FRAME_HEADER_SIZE:
@@ -801,16 +810,16 @@ class FrameDecoder:
         start = pos + FRAME_HEADER_SIZE
         end = start + n
         if len(self._buf) < end:
-            if n >= self.BIG_FRAME:
+            have = len(self._buf) - start
+            if n >= self.BIG_FRAME and have >= min(self.BIG_FRAME, n // 4):
                 # Move what we have of it into its own buffer; reads fill the rest.
-                big = bytearray(n)
-                have = len(self._buf) - start
+                self._big = bytearray(n)
+                self._big_size = n
+                self._big_fill = 0
                 with memoryview(self._buf) as view:
-                    big[:have] = view[start:]
+                    self._fill_big(view[start:])
                 del self._buf[:]
                 self._pos = 0
-                self._big = big
-                self._big_fill = have
             return None
         with memoryview(self._buf) as view:
             payload = bytes(view[start:end])

@@ -191,6 +191,23 @@ def test_big_frame_counts_as_buffered() -> None:
     assert dec.buffered == 0
 
 
+def test_big_frame_buffer_only_after_enough_arrived() -> None:
+    # A peer makes us allocate a big frame's buffer only once BIG_FRAME bytes (or a
+    # quarter of the frame) arrived: at most 32 times what it sent.
+    msg = wire.RangeData(1, 1, 0, 7, (b"y" * 2_000_000,), ())
+    frame = wire.encode_frame(msg)
+    dec = wire.FrameDecoder()
+    dec.receive_data(frame[:100_000])
+    assert dec.next_message() is None
+    assert dec._big is None
+    dec.receive_data(frame[100_000:400_000])
+    assert dec.next_message() is None
+    assert dec._big is not None and len(dec._big) == len(frame) - 4
+    dec.receive_data(frame[400_000:])
+    assert dec.next_message() == msg
+    assert dec._big is None and dec.buffered == 0
+
+
 def test_oversized_frame_refused_before_buffering() -> None:
     dec = wire.FrameDecoder()
     dec.receive_data(struct.pack(">I", wire.MAX_FRAME_SIZE + 1))
