@@ -127,12 +127,14 @@ class BlockCache:
         old = self._d.pop(block.seq, None)
         if old is not None:
             self._bytes -= old[_NBYTES]
-        kept = self._lazy.pop(block.seq, None)
-        if kept is not None:
-            self._bytes -= kept.nbytes
+        if self._lazy:
+            kept = self._lazy.pop(block.seq, None)
+            if kept is not None:
+                self._bytes -= kept.nbytes
         self._d[block.seq] = block.record()
         self._bytes += block.nbytes
-        self._evict()
+        if len(self._d) + len(self._lazy) > self.max_blocks or self._bytes > self.max_bytes:
+            self._evict()
 
     def put_lazy(self, lazy: LazyBlock) -> None:
         """Keep `lazy` encoded (unless the block is cached already), evicting beyond the limits."""
@@ -140,7 +142,8 @@ class BlockCache:
             return
         self._lazy[lazy.seq] = lazy
         self._bytes += lazy.nbytes
-        self._evict()
+        if len(self._d) + len(self._lazy) > self.max_blocks or self._bytes > self.max_bytes:
+            self._evict()
 
     def _evict(self) -> None:
         # Blocks kept encoded go first (only single gets have read them), then the
