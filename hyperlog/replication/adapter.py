@@ -15,8 +15,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import trio
-
 from hyperlog import flat_tree, wire
 from hyperlog.bitfield import PAGE_BITS, Bitfield
 from hyperlog.crypto import TreeNode, leaf_node, parent_node
@@ -290,9 +288,9 @@ class LogAdapter:
         values = [v async for v in self.log.iter_blocks(first, end)]
         if len(values) != end - first:
             raise BlockNotAvailableError("range not held")
-        leaves: tuple[wire.Node, ...] = ()
-        if r.leaves:
-            leaves = await trio.to_thread.run_sync(self._leaf_nodes, first, end)
+        # Like `create_proof`'s node reads, on the loop: 64 small reads (~0.4 ms) cost
+        # less than one more worker-thread round trip per range on a busy machine.
+        leaves = self._leaf_nodes(first, end) if r.leaves else ()
         return wire.RangeData(
             r.channel, r.id, r.fork, r.node, tuple(values), _nodes_out(proof.hash.nodes), leaves
         )
