@@ -269,9 +269,6 @@ def run_ours(total: int, count: int, trials: int) -> dict[str, dict[str, float]]
                 cwd=ROOT,
             )
             key = prep.stdout.split()[-1]
-            # Write the prepared store back to disk now: otherwise the kernel flushes
-            # its 100+ MiB during the first trial (that trial ran ~1.5x slower).
-            os.sync()
             _log(f"prepared {total // bs} x {bs} B in {time.perf_counter() - t0:.1f} s")
 
             def trials_of(
