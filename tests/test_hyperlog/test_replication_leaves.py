@@ -57,6 +57,15 @@ class WrongLeaf(RecordingAdapter):
         return dataclasses.replace(d, leaves=tuple(leaves))
 
 
+class WrongFirstLeaf(RecordingAdapter):
+    """Flips a bit of block 0's leaf hash: no proof uses it (the log hashes the value)."""
+
+    def edit(self, d: wire.RangeData) -> wire.RangeData:
+        n = d.leaves[0]
+        first = wire.Node(n.index, n.size, bytes([n.hash[0] ^ 1]) + n.hash[1:])
+        return dataclasses.replace(d, leaves=(first, *d.leaves[1:]))
+
+
 class WrongValue(RecordingAdapter):
     """Sends the right leaves but flips a byte of the value of block 3 of each range."""
 
@@ -150,6 +159,18 @@ async def test_wrong_leaf_stores_nothing_of_the_range() -> None:
             # and every later proof relies on a node only it would have made trusted.
             assert reader.statistics().blocks_held == 0
             assert await _download(writer, reader, RecordingAdapter(writer)) is None
+        for i in range(writer.length):
+            assert await reader.get(i) == await writer.get(i)
+        await reader.verify()
+
+
+async def test_first_leaf_is_never_trusted() -> None:
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append(values(64, BIG))
+        reader = await rs.open_log(writer.key)
+        with trio.fail_after(60):
+            assert await _download(writer, reader, WrongFirstLeaf(writer)) is None
         for i in range(writer.length):
             assert await reader.get(i) == await writer.get(i)
         await reader.verify()
