@@ -5,8 +5,8 @@ checkouts. No trio here: the engine peeks at it synchronously and only yields
 "need block N" on a miss.
 
 Large blocks a get read are kept encoded (`wire.LazyBlock`) in a second map under
-the same limits: `peek` (what a lookup uses) hands them out as they are and decodes
-one in full once it has been read `LAZY_PROMOTE_USES` times; `get` and `record`
+the same limits: `decoded` then `kept` (what a lookup uses) hand them out as they are and
+decode one in full once it has been read `LAZY_PROMOTE_USES` times; `get` and `record`
 (every other walk) always return a decoded block, decoding a kept one first.
 """
 
@@ -90,19 +90,26 @@ class BlockCache:
         self._hits += 1
         return self._promote(lazy)
 
-    def peek(self, seq: int) -> BlockRecord | LazyBlock | None:
-        """`record`, except that a block kept encoded is returned as it is (for a lookup).
+    def decoded(self, seq: int) -> BlockRecord | None:
+        """`record` if block `seq` is cached decoded, else None (nothing decoded, no miss counted).
 
-        Its read is counted; at `LAZY_PROMOTE_USES` reads it is decoded in full.
-
-        Raises:
-            CorruptNodeError: a kept block was due for its full decode and is malformed.
+        A lookup's hot path: a miss here goes on to `kept`.
         """
         rec = self._d.get(seq)
         if rec is not None:
             self._hits += 1
             self._d.move_to_end(seq)
-            return rec
+        return rec
+
+    def kept(self, seq: int) -> BlockRecord | LazyBlock | None:
+        """After a `decoded` miss: block `seq` kept encoded, as it is (for a lookup), or None.
+
+        Its read is counted; at `LAZY_PROMOTE_USES` reads it is decoded in full and its
+        record returned.
+
+        Raises:
+            CorruptNodeError: a kept block was due for its full decode and is malformed.
+        """
         lazy = self._lazy.get(seq)
         if lazy is None:
             self._misses += 1
@@ -113,6 +120,11 @@ class BlockCache:
             return self._promote(lazy)
         self._lazy.move_to_end(seq)
         return lazy
+
+    def peek(self, seq: int) -> BlockRecord | LazyBlock | None:
+        """`decoded`, then `kept`: what a lookup may read of block `seq`, or None."""
+        rec = self.decoded(seq)
+        return rec if rec is not None else self.kept(seq)
 
     def _promote(self, lazy: LazyBlock) -> BlockRecord:
         """Decode a kept block in full and keep the decoded one instead."""

@@ -236,9 +236,15 @@ class Hamt(Generic[V]):
 
     def _local_read(self, seq: int) -> Block | LazyBlock | None:
         """`_local` for a get's lookup: a large block read now is kept encoded."""
-        got = self._s.cache.peek(seq)
-        if got is not None:
-            return got if type(got) is LazyBlock else Block.from_record(got)
+        cache = self._s.cache
+        rec = cache.decoded(seq)
+        if rec is None:
+            got = cache.kept(seq)
+            if type(got) is LazyBlock:
+                return got
+            rec = got
+        if rec is not None:
+            return Block.from_record(rec)
         if seq == 0:
             return self._local(0)
         if self._s.get_nowait is None:

@@ -111,11 +111,11 @@ def lookup(
     depth = 0
     node: Node = EMPTY_ROOT
     got: BlockRecord | Block | LazyBlock | None
+    rec: BlockRecord | None
     lazy: LazyBlock | None = None
     if type(root) is LazyBlock:
         lazy = root
     else:
-        assert type(root) is Block
         node = root.root
     # Bounded: each pass descends at least one level (MAX_DEPTH ends it) or returns.
     while True:
@@ -159,9 +159,10 @@ def lookup(
         dm = node[0]
         if dm & bit:
             s = src - node[2 + (dm & (bit - 1)).bit_count()]
-            got = cache.peek(s)  # (the cached tuple: no `Block` built per hop)
-            if type(got) is tuple:
-                return record_value(got, key)
+            rec = cache.decoded(s)  # (the cached tuple: no `Block` built per hop)
+            if rec is not None:
+                return record_value(rec, key)
+            got = cache.kept(s)
             if got is None:
                 got = yield s
             return _value(got, key)
@@ -174,17 +175,19 @@ def lookup(
             node = c
         else:
             src -= c
-            got = cache.peek(src)
-            if type(got) is tuple:
-                node = record_node(got, path, depth)
+            rec = cache.decoded(src)
+            if rec is not None:
+                node = record_node(rec, path, depth)
                 continue
+            got = cache.kept(src)
             if got is None:
                 got = yield src
             if type(got) is LazyBlock:
                 lazy = got
-            else:
-                assert type(got) is Block
+            elif type(got) is Block:
                 node = descend(got, path, depth)
+            else:
+                node = record_node(got, path, depth)
 
 
 def _value(got: BlockRecord | Block | LazyBlock, key: str) -> bytes | None:
