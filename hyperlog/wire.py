@@ -99,15 +99,28 @@ class Node:
     hash: bytes
 
 
+#: `Hello.features` bit: the sender answers `RangeRequest.leaves` (and may ask for it).
+FEATURE_RANGE_LEAVES: Final = 1
+#: Every feature this implementation speaks (sent in our `Hello`).
+FEATURES: Final = FEATURE_RANGE_LEAVES
+#: Largest feature bitmask a `Hello` may carry (64 bits).
+MAX_FEATURES: Final = (1 << 64) - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """First frame on a stream: protocol version and a fresh 32-byte nonce.
+    """First frame on a stream: protocol version, a fresh 32-byte nonce and the
+    sender's feature bits.
 
     The nonces of both sides name the session when the stream has no handshake
-    hash (see docs/replication.md, "Capabilities").
+    hash (see docs/replication.md, "Capabilities"). A side uses an optional message
+    field only when the peer's `features` has its bit; unknown bits and any fields
+    after `features` are ignored, so later versions can add both without breaking
+    this one.
     """
 
     nonce: bytes
+    features: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,8 +410,8 @@ def encode(msg: Message) -> bytes:
                 ],
                 man,
             ]
-        case Hello(nonce):
-            body = [T_HELLO, WIRE_VERSION, nonce]
+        case Hello(nonce, features):
+            body = [T_HELLO, WIRE_VERSION, nonce, features]
         case Open(ch, dk, cap):
             body = [T_OPEN, WIRE_VERSION, ch, dk, cap]
         case Close(ch, reason):
@@ -580,8 +593,12 @@ def decode(payload: bytes | bytearray) -> Message:
 
 def _decode_body(tag: int, body: list[object]) -> Message:
     if tag == T_HELLO:
-        _arity(body, 3, "hello")
-        return Hello(_bytes(body[2], "hello.nonce", exact=32))
+        # [type, version, nonce, features?, later fields...]: a Hello without
+        # features (the first version) speaks none; fields after it are ignored.
+        if len(body) < 3:
+            raise DecodeError(f"hello: expected at least 3 fields, got {len(body)}")
+        features = _uint(body[3], "hello.features", MAX_FEATURES) if len(body) > 3 else 0
+        return Hello(_bytes(body[2], "hello.nonce", exact=32), features)
     ch = _uint(body[2], "channel", MAX_ID) if len(body) > 2 else 0
     if tag == T_OPEN:
         _arity(body, 5, "open")

@@ -286,6 +286,7 @@ class ReplicationSession:
         handshake_hash: bytes | None,
         initiator: bool | None,
         resolve: Callable[[bytes], object | None] | None,
+        features: int = wire.FEATURES,
     ) -> None:
         self.stream = stream
         self._resolve_user = resolve
@@ -293,6 +294,7 @@ class ReplicationSession:
             handshake_hash=handshake_hash,
             initiator=initiator,
             resolve=self._resolve if resolve is not None else None,
+            features=features,
         )
         self._logs: dict[bytes, LogReplication] = {}
         self._out_lot = trio.lowlevel.ParkingLot()
@@ -573,6 +575,7 @@ async def replicate(
     resolve: Callable[[bytes], object | None] | None = None,
     handshake_hash: bytes | None = None,
     initiator: bool | None = None,
+    features: int = wire.FEATURES,
 ) -> AsyncIterator[ReplicationSession]:
     """Replicate `logs` with the peer at the other end of `stream`.
 
@@ -587,6 +590,9 @@ async def replicate(
         handshake_hash: the link's Noise handshake hash, binding capabilities to this
             link (taken from `stream.handshake_hash` when the stream has one).
         initiator: this side's role for capabilities (default: from the Hello nonces).
+        features: the optional protocol features to announce in our Hello
+            (`hyperlog.wire.FEATURE_*`; default: every one this version speaks). Each
+            is used only if the peer announces it too.
 
     The session ends when the stream ends, the peer misbehaves (`session.error`
     says why), or the block exits (the stream is closed).
@@ -614,7 +620,11 @@ async def replicate(
             return found if found is not None or user_resolve is None else user_resolve(dk)
 
     session = ReplicationSession(
-        stream, handshake_hash=handshake_hash, initiator=initiator, resolve=resolve
+        stream,
+        handshake_hash=handshake_hash,
+        initiator=initiator,
+        resolve=resolve,
+        features=features,
     )
     for log in offered:
         session.add(log)

@@ -77,6 +77,9 @@ K_RANGE = "range"  # a RangeRequest: every block of an aligned subtree
 class ChannelSink(Protocol):
     """Where a channel's outgoing messages and work go (the session engine)."""
 
+    #: Feature bits both sides announced in their Hello (`wire.FEATURE_*`).
+    peer_features: int
+
     def send(self, msg: wire.Message) -> None: ...
     def add_work(self, work: Work) -> None: ...
     def pending_serves(self) -> int: ...
@@ -402,6 +405,8 @@ class LogReplicator:
         ch.sink.add_work(ServeWork(ch, msg))
 
     def _on_range_request(self, ch: PeerChannel, msg: wire.RangeRequest) -> None:
+        if msg.leaves and not ch.sink.peer_features & wire.FEATURE_RANGE_LEAVES:
+            raise RemoteProtocolError("range request: leaves asked for, a feature not agreed")
         if ch.sink.pending_serves() >= MAX_PENDING_SERVES:
             raise RemoteProtocolError(f"more than {MAX_PENDING_SERVES} requests unanswered")
         if self.frozen is not None or msg.fork != self.view.fork:
@@ -793,7 +798,9 @@ class LogReplicator:
         rid = self.next_id
         self.next_id = self.next_id % wire.MAX_ID + 1
         fork = self.view.fork
-        leaves = avg >= RANGE_LEAVES_MIN_BLOCK
+        leaves = avg >= RANGE_LEAVES_MIN_BLOCK and bool(
+            ch.sink.peer_features & wire.FEATURE_RANGE_LEAVES
+        )
         nodes = self.view.missing_tree_nodes(node)
         req = wire.RangeRequest(ch.local_id, rid, fork, node, nodes, leaves)
         timeout = max(REQUEST_TIMEOUT, 8 * ch.srtt)

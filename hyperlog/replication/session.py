@@ -91,14 +91,19 @@ class SessionEngine:
         initiator: bool | None = None,
         resolve: Callable[[bytes], LogReplicator | None] | None = None,
         nonce: bytes | None = None,
+        features: int = wire.FEATURES,
     ) -> None:
         self.peer_id = next(_peer_ids)
         self.nonce = nonce if nonce is not None else os.urandom(32)
+        #: Our feature bits (sent in our Hello) and the peer's (from its Hello): an
+        #: optional field is used only when both have its bit.
+        self.features = features
+        self.peer_features = 0
         self._handshake_hash = handshake_hash
         self._initiator = initiator
         self._resolve = resolve
         self.session_id: bytes | None = None
-        self.outbox: deque[wire.Message] = deque([wire.Hello(self.nonce)])
+        self.outbox: deque[wire.Message] = deque([wire.Hello(self.nonce, features)])
         self.work: deque[Work] = deque()
         self.outbox_bytes = message_size(self.outbox[0])  # estimate of what `outbox` holds
         self.on_output: Callable[[], None] = lambda: None
@@ -293,6 +298,7 @@ class SessionEngine:
         if msg.nonce == self.nonce:
             raise RemoteProtocolError("hello: the peer echoed our nonce (a loop?)")
         self._remote_nonce = msg.nonce
+        self.peer_features = msg.features & self.features
         if self._initiator is None:
             self._initiator = self.nonce < msg.nonce
         self.session_id = self._handshake_hash or caps.nonce_session_id(self.nonce, msg.nonce)

@@ -9,6 +9,7 @@ unverified is stored.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import trio
 import trio.testing
@@ -16,7 +17,7 @@ import trio.testing
 from hyperlog import wire
 from hyperlog.crypto import key_pair
 from hyperlog.log import Log, open_store
-from hyperlog.replication import replicate, replication_for
+from hyperlog.replication import caps, replicate, replication_for
 from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import RANGE_LEAVES_MIN_BLOCK
 
@@ -212,3 +213,87 @@ async def test_leaves_of_other_blocks_are_refused() -> None:
             err = await _download(writer, reader, ShiftedLeaves(writer))
         assert "leaves" in str(err)
         assert reader.statistics().blocks_held == 0
+
+
+# --- feature negotiation (`Hello.features`) ----------------------------------------
+
+
+async def test_leaves_are_not_asked_of_a_peer_that_does_not_announce_them() -> None:
+    """A peer whose Hello lacks FEATURE_RANGE_LEAVES is asked for plain ranges, and
+    the download works (big blocks hashed on the reader as before leaves existed)."""
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append(values(64, BIG))
+        reader = await rs.open_log(writer.key)
+        served = RecordingAdapter(writer)
+        with trio.fail_after(60):
+            a, b = trio.testing.memory_stream_pair()
+            async with replicate(a, served, features=0), replicate(b, reader):
+                rep = replication_for(reader)
+                await rep.update()
+                await rep.download(0, writer.length)
+        assert served.range_requests
+        assert not any(r.leaves for r in served.range_requests)
+        for i in range(writer.length):
+            assert await reader.get(i) == await writer.get(i)
+        await reader.verify()
+
+
+async def test_a_reader_that_does_not_announce_leaves_is_not_sent_them() -> None:
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append(values(64, BIG))
+        reader = await rs.open_log(writer.key)
+        served = RecordingAdapter(writer)
+        with trio.fail_after(60):
+            a, b = trio.testing.memory_stream_pair()
+            async with replicate(a, served), replicate(b, reader, features=0):
+                rep = replication_for(reader)
+                await rep.update()
+                await rep.download(0, writer.length)
+        assert served.range_requests
+        assert not any(r.leaves for r in served.range_requests)
+        assert reader.has_range(0, writer.length)
+
+
+async def test_asking_for_leaves_without_the_feature_drops_the_peer() -> None:
+    """A peer that asks for leaves although we did not announce them breaks the
+    protocol: the serving side drops it."""
+    async with open_store() as ws:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append(values(4, BIG))
+        a, b = trio.testing.memory_stream_pair()
+        with trio.fail_after(30):
+            async with replicate(a, writer, features=0) as session:
+                peer = _RawPeer(b)
+                await peer.hello_and_open(writer)
+                await peer.send(
+                    wire.RangeRequest(1, 1, writer.fork, 1, 0, True)  # blocks 0-1, leaves
+                )
+                await session.wait_closed()
+        assert "leaves" in str(session.error)
+
+
+class _RawPeer:
+    """Speaks the replication wire by hand (announcing every feature)."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.decoder = wire.FrameDecoder()
+
+    async def send(self, msg: wire.Message) -> None:
+        await self.stream.send_all(wire.encode_frame(msg))
+
+    async def receive(self) -> wire.Message:
+        while (msg := self.decoder.next_message()) is None:
+            self.decoder.receive_data(await self.stream.receive_some(65536))
+        return msg
+
+    async def hello_and_open(self, log: Log) -> None:
+        nonce = os.urandom(32)
+        await self.send(wire.Hello(nonce, wire.FEATURES))
+        theirs = await self.receive()
+        assert isinstance(theirs, wire.Hello)
+        session_id = caps.nonce_session_id(nonce, theirs.nonce)
+        cap = caps.capability(session_id, log.key, initiator=nonce < theirs.nonce)
+        await self.send(wire.Open(1, log.discovery_key, cap))

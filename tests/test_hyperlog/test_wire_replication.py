@@ -50,7 +50,7 @@ datas = st.builds(
     _opt(st.binary(max_size=100)),
 )
 messages = st.one_of(
-    st.builds(wire.Hello, h32),
+    st.builds(wire.Hello, h32, u64),
     st.builds(wire.Open, small, h32, h32),
     st.builds(wire.Close, small, st.text(max_size=20)),
     st.builds(wire.Reject, small, st.text(max_size=20)),
@@ -276,3 +276,23 @@ def test_malformed_node_refused(node: object) -> None:
 def test_trailing_bytes_refused() -> None:
     with pytest.raises(DecodeError):
         wire.decode(wire.encode(wire.Cancel(1, 2)) + b"\x00")
+
+
+def test_hello_of_the_first_version_has_no_features() -> None:
+    body = msgpack.packb([wire.T_HELLO, wire.WIRE_VERSION, b"n" * 32], use_bin_type=True)
+    assert wire.decode(body) == wire.Hello(b"n" * 32, 0)
+
+
+def test_hello_fields_after_features_are_ignored() -> None:
+    """A later version may add Hello fields; this one reads what it knows."""
+    body = msgpack.packb(
+        [wire.T_HELLO, wire.WIRE_VERSION, b"n" * 32, 5, "later", [1, 2]], use_bin_type=True
+    )
+    assert wire.decode(body) == wire.Hello(b"n" * 32, 5)
+
+
+@pytest.mark.parametrize("features", [-1, "1", None, 1.0, b"\x01"])
+def test_hello_with_malformed_features_refused(features: object) -> None:
+    body = msgpack.packb([wire.T_HELLO, wire.WIRE_VERSION, b"n" * 32, features], use_bin_type=True)
+    with pytest.raises(DecodeError, match="features"):
+        wire.decode(body)
