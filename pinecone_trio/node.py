@@ -966,17 +966,13 @@ class Node:
         budget has room and the router inbox takes it at once, else change nothing and
         return False. Called from the router task itself, the message is routed in the
         same pass (the router drains its inbox in batches)."""
-        budget = self._budget
-        # `SendBudget.acquire` without its wait: the same room check, then the same take.
-        if budget.used >= budget.max_bytes or budget.frames >= budget.max_frames:
-            return False
         size = len(message.payload)
-        budget.used += size
-        budget.frames += 1
+        if not self._budget.try_acquire(size):
+            return False
         try:
             self._inbox_send.send_nowait(message)
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            budget.release(size)
+            self._budget.release(size)
             return False
         return True
 

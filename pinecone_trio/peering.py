@@ -124,10 +124,18 @@ class SendBudget:
         self._event = trio.Event()
 
     async def acquire(self, size: int) -> None:
-        while self.used >= self.max_bytes or self.frames >= self.max_frames:
+        """Take room for one frame of `size` bytes, waiting while the budget is full."""
+        while not self.try_acquire(size):
             await self._event.wait()
+
+    def try_acquire(self, size: int) -> bool:
+        """Take room for one frame of `size` bytes if the budget is not full; False
+        (nothing taken) if it is."""
+        if self.used >= self.max_bytes or self.frames >= self.max_frames:
+            return False
         self.used += size
         self.frames += 1
+        return True
 
     def release(self, size: int) -> None:
         self.used = max(0, self.used - size)
