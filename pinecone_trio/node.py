@@ -1042,6 +1042,15 @@ class Node:
         """Keys of the peers we have a live peering with, sorted."""
         return sorted(p.public_key for p in self._peerings.values())
 
+    def snake_neighbours(self) -> tuple[bytes | None, bytes | None]:
+        """The raw keys of this node's descending and ascending snake neighbours (None
+        where there is none, or the node is not running); `wait_changed` returns when
+        they may have changed."""
+        state = self._state
+        if state is None:
+            return None, None
+        return state.descending_key, state.ascending_key
+
     def status(self) -> dict[str, Any]:
         """A plain, JSON-ready snapshot of the node (keys as lowercase hex)."""
         state = self._state

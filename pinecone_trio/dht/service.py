@@ -173,11 +173,7 @@ class Dht:
             self._apply(self.engine.on_timer(trio.current_time()), wake=False)
 
     def _update_neighbours(self) -> None:
-        snake = self._node.status().get("snake") or {}
-        desc, asc = snake.get("descending_key"), snake.get("ascending_key")
-        self.engine.set_neighbours(
-            bytes.fromhex(desc) if desc else None, bytes.fromhex(asc) if asc else None
-        )
+        self.engine.set_neighbours(*self._node.snake_neighbours())
         # A new descending neighbour makes the engine due to send it a SUCCESSOR claim
         # at once: wake the timer task if it sleeps past that (it may sleep forever on
         # an idle node, and then no claim would ever go out and every copy pushed up the
