@@ -35,15 +35,14 @@ from ..errors import PineconeError, SessionError
 from ..identity import Identity, PublicKey
 from . import wire
 from .config import SessionConfig
-from .engine import (
+from .engine import Session, random_index
+from .events import (
     DatagramReceived,
     HandshakeCompleted,
     IncomingStream,
-    Session,
     SessionClosed,
     SessionReplaced,
     StreamBroken,
-    random_index,
 )
 from .stream import SessionListener, SessionStream
 

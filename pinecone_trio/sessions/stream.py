@@ -26,7 +26,7 @@ import trio
 from .._util import ConflictDetector
 from ..errors import SessionError, StreamRefusedError
 from ..identity import PublicKey
-from .engine import StreamBroken, StreamState
+from .events import StreamBroken, StreamState
 
 if TYPE_CHECKING:
     from .manager import _SessionHandle

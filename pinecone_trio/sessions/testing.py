@@ -26,7 +26,8 @@ import trio
 
 from ..identity import Identity, PublicKey
 from .config import SessionConfig
-from .engine import IncomingStream, Session, random_index
+from .engine import Session, random_index
+from .events import IncomingStream
 
 #: Packets queued for one endpoint of a `MemoryOverlay` before new ones are dropped.
 ENDPOINT_QUEUE: Final = 4_096
