@@ -1357,12 +1357,21 @@ class Store:
         info = LogInfo(
             verifier.key, discovery_key(verifier.key), verifier.manifest.encode(), kp.secret_key
         )
-        stored = await trio.to_thread.run_sync(self.storage.create_log, info)
-        if self.storage.get_meta(DEFAULT_LOG_META) is None:
-            await trio.to_thread.run_sync(self.storage.set_meta, DEFAULT_LOG_META, info.key)
-        log = Log(self, stored)
-        self._logs[info.key] = log
+        # under the opening lock, and the log with its default mark in one worker call:
+        # two tasks creating logs at once both saw no default and both set one, and a
+        # cancellation between the two steps left the new log stored but not the default
+        async with self._opening:
+            stored = await trio.to_thread.run_sync(self._create_stored, info)
+            log = Log(self, stored)
+            self._logs[info.key] = log
         return log
+
+    def _create_stored(self, info: LogInfo) -> StoredLog:
+        """Store a new log, and make it the default if the store has none (worker thread)."""
+        stored = self.storage.create_log(info)
+        if self.storage.get_meta(DEFAULT_LOG_META) is None:
+            self.storage.set_meta(DEFAULT_LOG_META, info.key)
+        return stored
 
     async def open_log(
         self, key: bytes, *, manifest: Manifest | bytes | None = None, create: bool = True
@@ -1403,9 +1412,7 @@ class Store:
             if manifest is not None:
                 encoded = Verifier.for_key(key, manifest).manifest.encode()
             info = LogInfo(key, discovery_key(key), encoded, None)
-            stored = await trio.to_thread.run_sync(self.storage.create_log, info)
-            if self.storage.get_meta(DEFAULT_LOG_META) is None:
-                await trio.to_thread.run_sync(self.storage.set_meta, DEFAULT_LOG_META, key)
+            stored = await trio.to_thread.run_sync(self._create_stored, info)
         log = self._logs.get(stored.info.key)
         if log is None:
             log = Log(self, stored)

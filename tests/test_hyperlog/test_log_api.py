@@ -244,6 +244,21 @@ async def test_tasks_opening_one_log_at_once_share_one_log_object(tmp_path: Path
         await log.verify()
 
 
+async def test_logs_created_at_once_leave_the_oldest_as_the_default(tmp_path: Path) -> None:
+    # Each task created its log, then saw no default and set its own: the last one
+    # to finish became the default, not the first log of the store.
+    path = tmp_path / "s"
+    async with open_store(path) as s:
+        async with trio.open_nursery() as nursery:
+            for _ in range(6):
+                nursery.start_soon(s.create_log)
+        oldest = s.keys()[0]
+        assert len(s.keys()) == 6
+        assert (await s.default_log()).key == oldest
+    async with open_store(path) as s:
+        assert (await s.default_log()).key == oldest
+
+
 async def test_second_writer_is_refused(tmp_path: Path) -> None:
     async with open_store(tmp_path / "s") as s:
         await s.create_log()
