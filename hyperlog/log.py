@@ -504,7 +504,10 @@ class Log:
             values, total = _check_blocks(data)
         self._check_writable()
         await trio.lowlevel.checkpoint_if_cancelled()
-        if total < APPEND_THREAD_THRESHOLD_BYTES and not self._write_lock.locked():
+        # A small append runs inline unless a worker thread holds the storage (another
+        # log's commit or checkpoint catch-up): waiting for it there would stall the loop.
+        inline = total < APPEND_THREAD_THRESHOLD_BYTES and not self._storage.write_busy
+        if inline and not self._write_lock.locked():
             # Fast path: no await between building and applying the batch, so nothing
             # can interleave and the lock is not needed (it only orders operations
             # that wait for a worker thread).
@@ -524,7 +527,7 @@ class Log:
         async with self._write_lock:
             if not values:
                 return AppendResult(self._tree.length, self._tree.byte_length)
-            if total >= APPEND_THREAD_THRESHOLD_BYTES:
+            if not inline or self._storage.write_busy:
                 batch, hint = await trio.to_thread.run_sync(self._append_sync, values)
             else:
                 batch, hint = self._append_sync(values)
@@ -1184,7 +1187,7 @@ class _Group:
             hint = min(hint, w.truncate)
         if t.length != log._tree.length or t.fork != log._tree.fork or w.manifest:
             w.head = Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature, hint)
-        if self.bytes >= THREAD_THRESHOLD_BYTES:
+        if self.bytes >= THREAD_THRESHOLD_BYTES or log._storage.write_busy:
             await trio.to_thread.run_sync(log._storage.commit, log._handle, w)
         else:
             log._storage.commit(log._handle, w)

@@ -379,6 +379,13 @@ class Storage(Protocol):
         """True when `maintain` should run (in a worker thread) before the next commit."""
         ...
 
+    @property
+    def write_busy(self) -> bool:
+        """True while a write holds the storage in another thread (a commit or
+        `maintain` in a worker thread, for any log of the store): a write made now
+        on the event loop would block it until that one ends."""
+        ...
+
     def maintain(self) -> None:
         """Do deferred upkeep that may wait on the disk (SQLite: finish a checkpoint)."""
         ...
@@ -1093,6 +1100,11 @@ class SQLiteStorage:
         """True when `maintain` should run (in a worker thread) before the next commit."""
         return self._ckpt_restart_due
 
+    @property
+    def write_busy(self) -> bool:
+        """See `Storage.write_busy`."""
+        return self._wlock.locked()
+
     def maintain(self) -> None:
         """Finish the background checkpoint so that the next commit restarts the WAL.
 
@@ -1454,6 +1466,11 @@ class MemoryStorage:
     def maintenance_due(self) -> bool:
         """Never: nothing to maintain in memory."""
         return False
+
+    @property
+    def write_busy(self) -> bool:
+        """See `Storage.write_busy`."""
+        return self._lock.locked()
 
     def maintain(self) -> None:
         """Nothing to maintain in memory."""

@@ -68,3 +68,48 @@ def test_a_synchronous_user_still_gets_the_catch_up(tmp_path: Path) -> None:
         assert not storage.maintenance_due
     finally:
         storage.close()
+
+
+async def test_an_append_waits_off_the_loop_while_another_log_holds_the_storage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage's write lock is per store: while log A's catch-up holds it in a
+    worker thread, a small append on log B goes to a worker thread too, instead of
+    blocking the event loop on that lock until the catch-up ends."""
+    import trio
+
+    release = threading.Event()
+    holding = threading.Event()
+
+    def slow_maintain(self: SQLiteStorage) -> None:
+        with self._wlock:
+            self._ckpt_restart_due = False
+            holding.set()
+            release.wait(timeout=5)  # bounded: a blocked loop cannot release it
+
+    monkeypatch.setattr(SQLiteStorage, "maintain", slow_maintain)
+    async with open_store(tmp_path / "s") as store:
+        log_a = await store.create_log()
+        log_b = await store.create_log()
+        storage = store.storage
+        assert isinstance(storage, SQLiteStorage)
+        ticks_while_b_waited = 0
+        b_done = trio.Event()
+
+        async def append_b() -> None:
+            await log_b.append(b"b")
+            b_done.set()
+
+        async with trio.open_nursery() as nursery:
+            storage._ckpt_restart_due = True  # as the background pass sets it
+            nursery.start_soon(log_a.append, b"a")  # commits, then runs the catch-up
+            assert await trio.to_thread.run_sync(holding.wait, 5)
+            assert storage.write_busy
+            nursery.start_soon(append_b)
+            for _ in range(20):  # the loop keeps running while B's append waits
+                await trio.sleep(0.001)
+                ticks_while_b_waited += not b_done.is_set()
+            release.set()
+        assert ticks_while_b_waited == 20
+        assert await log_a.get(0) == b"a"
+        assert await log_b.get(0) == b"b"
