@@ -213,16 +213,24 @@ class Hamt(Generic[V]):
         if seq == 0:
             b = header_block()
         else:
-            if self._s.get_nowait is None:
+            data = self._read_nowait(seq)
+            if data is None:
                 return None
-            try:
-                data = self._s.get_nowait(seq)
-            except Exception:  # not held locally (or damaged): the async get decides
-                return None
-            self._s.fetches += 1
             b = decode_block(data, seq)
         self._s.cache.put(b)
         return b
+
+    def _read_nowait(self, seq: int) -> bytes | None:
+        """Block `seq`'s bytes from local storage without waiting (counted as a
+        fetch), or None if it is not held here."""
+        if self._s.get_nowait is None:
+            return None
+        try:
+            data = self._s.get_nowait(seq)
+        except Exception:  # not held locally (or damaged): the async get decides
+            return None
+        self._s.fetches += 1
+        return data
 
     def _admit(self, seq: int, data: bytes) -> Block | LazyBlock:
         """Cache block `seq` read as `data` for a get: a large one stays encoded."""
@@ -247,14 +255,8 @@ class Hamt(Generic[V]):
             return Block.from_record(rec)
         if seq == 0:
             return self._local(0)
-        if self._s.get_nowait is None:
-            return None
-        try:
-            data = self._s.get_nowait(seq)
-        except Exception:  # not held locally (or damaged): the async get decides
-            return None
-        self._s.fetches += 1
-        return self._admit(seq, data)
+        data = self._read_nowait(seq)
+        return None if data is None else self._admit(seq, data)
 
     async def _fetch_read(self, seq: int) -> Block | LazyBlock:
         """`_fetch` for a get's lookup and prefetches (see `_local_read`)."""
