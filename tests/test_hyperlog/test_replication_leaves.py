@@ -112,18 +112,33 @@ async def _download(writer: Log, reader: Log, served: RecordingAdapter) -> BaseE
         return session.error
 
 
+async def _download_all(
+    writer: Log,
+    reader: Log,
+    served: RecordingAdapter,
+    *,
+    writer_features: int = wire.FEATURES,
+    reader_features: int = wire.FEATURES,
+) -> None:
+    """Download everything from `served` into `reader` over a memory stream."""
+    with trio.fail_after(60):
+        a, b = trio.testing.memory_stream_pair()
+        async with (
+            replicate(a, served, features=writer_features),
+            replicate(b, reader, features=reader_features),
+        ):
+            rep = replication_for(reader)
+            await rep.update()
+            await rep.download(0, writer.length)
+
+
 async def test_big_blocks_ask_for_leaves_and_verify() -> None:
     async with open_store() as ws, open_store() as rs:
         writer = await ws.create_log(key_pair(SEED))
         await writer.append(values(130, BIG))
         reader = await rs.open_log(writer.key)
         served = RecordingAdapter(writer)
-        with trio.fail_after(60):
-            a, b = trio.testing.memory_stream_pair()
-            async with replicate(a, served), replicate(b, reader):
-                rep = replication_for(reader)
-                await rep.update()
-                await rep.download(0, writer.length)
+        await _download_all(writer, reader, served)
         assert served.range_requests
         assert all(r.leaves for r in served.range_requests)
         for i in range(writer.length):
@@ -137,12 +152,7 @@ async def test_small_blocks_hash_on_the_reader() -> None:
         await writer.append(values(200, 1000))
         reader = await rs.open_log(writer.key)
         served = RecordingAdapter(writer)
-        with trio.fail_after(60):
-            a, b = trio.testing.memory_stream_pair()
-            async with replicate(a, served), replicate(b, reader):
-                rep = replication_for(reader)
-                await rep.update()
-                await rep.download(0, writer.length)
+        await _download_all(writer, reader, served)
         assert served.range_requests
         assert not any(r.leaves for r in served.range_requests)
         assert reader.has_range(0, writer.length)
@@ -226,12 +236,7 @@ async def test_leaves_are_not_asked_of_a_peer_that_does_not_announce_them() -> N
         await writer.append(values(64, BIG))
         reader = await rs.open_log(writer.key)
         served = RecordingAdapter(writer)
-        with trio.fail_after(60):
-            a, b = trio.testing.memory_stream_pair()
-            async with replicate(a, served, features=0), replicate(b, reader):
-                rep = replication_for(reader)
-                await rep.update()
-                await rep.download(0, writer.length)
+        await _download_all(writer, reader, served, writer_features=0)
         assert served.range_requests
         assert not any(r.leaves for r in served.range_requests)
         for i in range(writer.length):
@@ -245,12 +250,7 @@ async def test_a_reader_that_does_not_announce_leaves_is_not_sent_them() -> None
         await writer.append(values(64, BIG))
         reader = await rs.open_log(writer.key)
         served = RecordingAdapter(writer)
-        with trio.fail_after(60):
-            a, b = trio.testing.memory_stream_pair()
-            async with replicate(a, served), replicate(b, reader, features=0):
-                rep = replication_for(reader)
-                await rep.update()
-                await rep.download(0, writer.length)
+        await _download_all(writer, reader, served, reader_features=0)
         assert served.range_requests
         assert not any(r.leaves for r in served.range_requests)
         assert reader.has_range(0, writer.length)
