@@ -386,39 +386,55 @@ class Node:
         task_status.started()
         with inbox:
             while True:
-                item: InboxItem | None
-                try:
-                    item = inbox.receive_nowait()
-                except trio.WouldBlock:
-                    item = None
-                    with trio.move_on_at(state.next_deadline()):
-                        item = await inbox.receive()
-                else:
-                    await trio.lowlevel.checkpoint()  # never starve the other tasks
-                now = trio.current_time()
-                if item is not None:
-                    handled = self._handle(state, item, now)
-                    while handled < ROUTER_BATCH:
+                # One cancel scope per timer period, not one per wait: its deadline
+                # follows the engine's (moving it is cheap; making and entering a scope
+                # is several µs, and the router waits about once per packet). When it
+                # fires, the wait or the checkpoint in it ends; no inbox item is lost
+                # (a cancelled `receive` takes none, and a taken item is handled first).
+                with trio.CancelScope(deadline=state.next_deadline()) as timer:
+                    while True:
                         try:
                             item = inbox.receive_nowait()
                         except trio.WouldBlock:
-                            break
-                        handled += self._handle(state, item, now)
-                if now >= state.next_deadline():
-                    self._apply(state.on_timer(now))
-                if self._flush_list:
-                    flush = self._flush_list[:]
-                    self._flush_list.clear()  # the peerings hold this very list
-                    for peering in flush:
-                        peering.write_queued()
-                # Some of what `status()` shows changes without an engine event: the
-                # descending neighbour turns valid or stale as bootstraps refresh its
-                # entry, time passes or the root changes. Compare once per wakeup, so
-                # `wait_for` re-checks its predicate at every such change too.
-                view = (state.root, state.descending_key, state.parent_port, state.coords)
-                if view != self._router_view:
-                    self._router_view = view
-                    self._notify()
+                            item = await inbox.receive()
+                            self._router_pass(state, item)
+                        else:
+                            self._router_pass(state, item)
+                            await trio.lowlevel.checkpoint()  # never starve the other tasks
+                        deadline = state.next_deadline()
+                        if deadline != timer.deadline:
+                            timer.deadline = deadline
+                self._router_pass(state, None)  # the timer fired
+
+    def _router_pass(self, state: RouterState, item: InboxItem | None) -> None:
+        """Handle `item` and whatever else the inbox holds (up to `ROUTER_BATCH`
+        inputs), run due timers, write what the pass queued on links, and tell
+        `wait_for` callers if the router's view changed."""
+        now = trio.current_time()
+        if item is not None:
+            handled = self._handle(state, item, now)
+            inbox = self._inbox_recv
+            while handled < ROUTER_BATCH:
+                try:
+                    item = inbox.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                handled += self._handle(state, item, now)
+        if now >= state.next_deadline():
+            self._apply(state.on_timer(now))
+        if self._flush_list:
+            flush = self._flush_list[:]
+            self._flush_list.clear()  # the peerings hold this very list
+            for peering in flush:
+                peering.write_queued()
+        # Some of what `status()` shows changes without an engine event: the
+        # descending neighbour turns valid or stale as bootstraps refresh its entry,
+        # time passes or the root changes. Compare once per pass, so `wait_for`
+        # re-checks its predicate at every such change too.
+        view = (state.root, state.descending_key, state.parent_port, state.coords)
+        if view != self._router_view:
+            self._router_view = view
+            self._notify()
 
     def _handle(self, state: RouterState, item: InboxItem, now: float) -> int:
         """Feed one inbox item to the engine and carry out its actions; return the

@@ -148,21 +148,29 @@ class SessionStream(trio.abc.HalfCloseableStream):
             trio.BusyResourceError: if another task is sending on this stream.
         """
         with self._send_conflict:
-            await trio.lowlevel.checkpoint()
-            self._check_send()
-            view = memoryview(data).cast("B")
-            engine = self._engine
-            while view:
-                try:
-                    n = engine.stream_write(self._sid, view)
-                except StreamBroken as exc:
-                    raise self._broken(exc)  # noqa: B904 (the cause is set)
-                if n:
-                    view = view[n:]
-                    self._handle.wake()
-                else:
-                    await self._lot.park()
-                    self._check_send()
+            # A checkpoint in two halves around the write, as trio's sockets do (one
+            # task switch, not two when the buffer is full and we park anyway).
+            await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False
+            try:
+                self._check_send()
+                view = memoryview(data).cast("B")
+                engine = self._engine
+                while view:
+                    try:
+                        n = engine.stream_write(self._sid, view)
+                    except StreamBroken as exc:
+                        raise self._broken(exc)  # noqa: B904 (the cause is set)
+                    if n:
+                        view = view[n:]
+                        self._handle.wake()
+                    else:
+                        parked = True
+                        await self._lot.park()
+                        self._check_send()
+            finally:
+                if not parked:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _check_send(self) -> None:
         if self._closed:
@@ -219,21 +227,31 @@ class SessionStream(trio.abc.HalfCloseableStream):
             if max_bytes < 1:
                 raise ValueError("max_bytes must be >= 1")
         with self._recv_conflict:
-            await trio.lowlevel.checkpoint()
-            engine = self._engine
-            while True:
-                if self._closed:
-                    raise trio.ClosedResourceError("this stream was closed")
-                try:
-                    data = engine.stream_read(self._sid, max_bytes)
-                except StreamBroken as exc:
-                    raise self._broken(exc)  # noqa: B904 (the cause is set)
-                if data is not None:
-                    if data:
-                        # A window update may be due: wake the driver only then.
-                        self._handle.wake_if_needed(trio.current_time())
-                    return data
-                await self._lot.park()
+            # A checkpoint in two halves around the read, as trio's sockets do: the
+            # cancel point before anything is taken, the schedule point after (none
+            # when we parked). A cancelled read never loses data, and an empty buffer
+            # costs one task switch, not two.
+            await trio.lowlevel.checkpoint_if_cancelled()
+            parked = False
+            try:
+                engine = self._engine
+                while True:
+                    if self._closed:
+                        raise trio.ClosedResourceError("this stream was closed")
+                    try:
+                        data = engine.stream_read(self._sid, max_bytes)
+                    except StreamBroken as exc:
+                        raise self._broken(exc)  # noqa: B904 (the cause is set)
+                    if data is not None:
+                        if data:
+                            # A window update may be due: wake the driver only then.
+                            self._handle.wake_if_needed(trio.current_time())
+                        return data
+                    parked = True
+                    await self._lot.park()
+            finally:
+                if not parked:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
 
     # ------------------------------------------------------------ closing
 
