@@ -64,6 +64,39 @@ async def test_connect_accept_roundtrip(autojump_clock: trio.testing.MockClock) 
         await server.aclose()
 
 
+async def test_stream_calls_are_checkpoints_and_a_cancelled_read_keeps_its_data(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # receive_some and send_all checkpoint in two halves (a cancel point before the
+    # buffer is touched, a schedule point after unless they parked): each call is still
+    # a full checkpoint, and a read cancelled at its start takes nothing.
+    async with open_managers() as (_, (a, b)):
+        client, server = await _stream_pair(a, b)
+        with trio.testing.assert_checkpoints():
+            await client.send_all(b"first")  # room in the buffer: no park
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await server.receive_some()
+        with trio.testing.assert_checkpoints():
+            assert await server.receive_some() == b"first"  # data waiting: no park
+        with trio.testing.assert_checkpoints():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_all, b"second")
+                assert await server.receive_some() == b"second"  # parks, then reads
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            with pytest.raises(trio.Cancelled):
+                await client.send_all(b"never")
+        await client.send_eof()
+        assert await server.receive_some() == b""  # "never" was not queued
+        await client.aclose()
+        await server.aclose()
+        with pytest.raises(trio.ClosedResourceError), trio.testing.assert_checkpoints():
+            await server.receive_some()
+
+
 async def test_half_closeable_stream_conformance(autojump_clock: trio.testing.MockClock) -> None:
     async with open_managers(model=PathModel(delay=(0.001, 0.003))) as (_, (a, b)):
 
