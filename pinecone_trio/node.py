@@ -513,7 +513,7 @@ class Node:
             return
         datagram = Datagram(
             PublicKey(action.source_key),
-            payload[1:],
+            bytes(payload[1:]),  # queued: its own bytes, not a view of a read buffer
             PublicKey(action.target_key) if closest else None,
             action.hops,
         )

@@ -293,11 +293,16 @@ class Peering:
                 self._left(frame)
             return frame
         if traffic:
-            size = len(frame.payload)  # type: ignore[union-attr]
+            payload = frame.payload  # type: ignore[union-attr]
+            size = len(payload)
             if self.queued_bytes + size > PEER_QUEUE_BYTES:
                 self.budget_drops += 1
                 self._left(frame)
                 return frame
+            if type(payload) is memoryview:
+                # A forwarded payload is a view of the buffer it was read into; a queued
+                # one must not keep that whole buffer alive.
+                frame = frame._replace(payload=bytes(payload))  # type: ignore[union-attr]
             self.queued_bytes += size
         dropped = self.queue.push(frame)
         if dropped is not None and is_traffic(dropped):
@@ -336,7 +341,7 @@ class Peering:
         write: (bytes, encoded size, frames). Frames that cannot be encoded are dropped
         and counted."""
         pop = self.queue.pop
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         size = 0
         count = 0
         while size < WRITE_BATCH_BYTES:
@@ -441,7 +446,7 @@ class Peering:
     async def _read_loop(
         self, stats: PeeringStatistics, bucket: _TokenBucket, deadline: trio.CancelScope
     ) -> None:
-        rest = b""  # the start of a frame that the previous read cut off
+        rest: bytes | bytearray = b""  # the start of a frame the previous read cut off
         keepalives = self._keepalives
         receive_some = self.link.receive_some
         while True:
@@ -452,9 +457,10 @@ class Peering:
                 self._end("remote closed the link")
                 return
             stats.bytes_in += len(data)
-            # Frames are decoded from `data` by offset; slices of it (payloads, keys)
-            # must be immutable bytes.
-            data = rest + data if rest else bytes(data)
+            # Frames are decoded from `data` by offset, traffic payloads as views of it
+            # (the link hands over each buffer and never writes to it again).
+            if rest:
+                data = rest + data
             frames: list[Frame] = []
             try:
                 start = self._cut_frames(data, frames, stats, bucket)
@@ -468,7 +474,10 @@ class Peering:
 
     @staticmethod
     def _cut_frames(
-        data: bytes, frames: list[Frame], stats: PeeringStatistics, bucket: _TokenBucket
+        data: bytes | bytearray,
+        frames: list[Frame],
+        stats: PeeringStatistics,
+        bucket: _TokenBucket,
     ) -> int:
         """Decode the whole frames in `data` into `frames`; return where the rest starts.
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import Enum, IntEnum
 from typing import final
 
-from .wire import Coords, Frame
+from .wire import Coords, Frame, Payload
 
 __all__ = [
     "Action",
@@ -182,7 +182,7 @@ class DeliverLocal:
     """
 
     source_key: bytes
-    payload: bytes
+    payload: Payload  # a view of the read buffer for a received frame (see `Payload`)
     mode: DeliveryMode
     target_key: bytes
     hops: int

@@ -37,7 +37,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, NamedTuple, final
+from typing import Final, NamedTuple, TypeAlias, final
 
 from ..errors import DecodeError, LocalProtocolError
 from ..identity import FULL_MASK
@@ -153,7 +153,7 @@ def encode_varu64(value: int) -> bytes:
     return encoded
 
 
-def decode_varu64(buf: bytes, offset: int) -> tuple[int, int]:
+def decode_varu64(buf: bytes | bytearray, offset: int) -> tuple[int, int]:
     """Decode a varu64 at `offset`; return (value, offset after it).
 
     Raises:
@@ -434,6 +434,13 @@ class Bootstrap:
     signature: bytes
 
 
+Payload: TypeAlias = bytes | memoryview
+"""A traffic frame's payload: bytes, or (decoded by `decode_frame_at`) a read-only
+view into the reader's receive buffer, which saves copying it out at every hop. Whoever
+keeps a payload beyond the router pass that routed it copies it (`bytes(payload)`): a
+peering queueing a forwarded frame, the node queueing a datagram."""
+
+
 class _TrafficFields(NamedTuple):
     destination_coords: Coords
     source_coords: Coords
@@ -441,7 +448,7 @@ class _TrafficFields(NamedTuple):
     source_key: bytes
     watermark_key: bytes
     watermark_seq: int
-    payload: bytes
+    payload: Payload
     hop_limit: int
 
 
@@ -451,7 +458,7 @@ class _ClosestTrafficFields(NamedTuple):
     source_key: bytes
     watermark_key: bytes
     watermark_seq: int
-    payload: bytes
+    payload: Payload
     hop_limit: int
 
 
@@ -548,7 +555,7 @@ def _u16(n: int) -> bytes:
     return n.to_bytes(2, "big")
 
 
-def encode_frame_parts(frame: Frame, parts: list[bytes]) -> int:
+def encode_frame_parts(frame: Frame, parts: list[bytes | memoryview]) -> int:
     """Append the wire bytes of `frame` to `parts` (possibly as several pieces).
 
     Returns the encoded length. The writer collects many frames' parts and joins them
@@ -619,7 +626,7 @@ def encode_frame(frame: Frame) -> bytes:
     """
     t = type(frame)
     if t is Traffic or t is ClosestTraffic:
-        parts: list[bytes] = []
+        parts: list[bytes | memoryview] = []
         encode_frame_parts(frame, parts)
         return b"".join(parts)
     if isinstance(frame, Bootstrap):
@@ -738,7 +745,7 @@ def read_frame_length(header: bytes) -> int:
     return frame_length_at(header, 0)
 
 
-def frame_length_at(buf: bytes, off: int) -> int:
+def frame_length_at(buf: bytes | bytearray, off: int) -> int:
     """`read_frame_length` of the header at `buf[off:]`, without slicing it out.
 
     Raises:
@@ -756,17 +763,19 @@ def frame_length_at(buf: bytes, off: int) -> int:
     return int(length)
 
 
-def decode_frame_at(buf: bytes, start: int, end: int) -> Frame:
+def decode_frame_at(buf: bytes | bytearray, start: int, end: int) -> Frame:
     """Decode the one whole frame that is exactly `buf[start:end]`, without copying it.
 
     The reader calls this on its receive buffer after `read_frame_length` told it where
-    the frame ends. Traffic frames take a fast path; the rest `decode_frame`.
+    the frame ends. Traffic frames take a fast path: their payload is a read-only view
+    of `buf` (see `Payload`; `buf` must not change while the frame lives), their keys
+    are bytes. The rest go through `decode_frame`.
 
     Raises:
         DecodeError: if `buf[start:end]` is not exactly one valid frame.
     """
     if end - start < HEADER_SIZE + 2 or end > len(buf):
-        return decode_frame(buf[start:end])
+        return decode_frame(bytes(buf[start:end]))
     magic, version, ftype, _, hop_limit, length, plen = _HEADER_PLEN.unpack_from(buf, start)
     if (
         magic != FRAME_MAGIC
@@ -774,39 +783,40 @@ def decode_frame_at(buf: bytes, start: int, end: int) -> Frame:
         or length != end - start
         or (ftype != _TRAFFIC and ftype != _CLOSEST_TRAFFIC)
     ):
-        return decode_frame(buf[start:end])
+        return decode_frame(bytes(buf[start:end]))
     off = start + HEADER_SIZE + 2
+    view = memoryview(buf).toreadonly()
     if ftype == _TRAFFIC:
         dcoords, off = _coords_at(buf, off, end)
         scoords, off = _coords_at(buf, off, end)
         if off + 2 * KEY_SIZE > end:
             raise DecodeError("truncated keys")
-        dkey = buf[off : off + KEY_SIZE]
-        skey = buf[off + KEY_SIZE : off + 2 * KEY_SIZE]
+        dkey = bytes(buf[off : off + KEY_SIZE])
+        skey = bytes(buf[off + KEY_SIZE : off + 2 * KEY_SIZE])
         off += 2 * KEY_SIZE
         if dcoords:
             if end - off != plen:
                 raise DecodeError("payload length does not match the frame length")
-            return Traffic(dcoords, scoords, dkey, skey, FULL_MASK, 0, buf[off:end], hop_limit)
+            return Traffic(dcoords, scoords, dkey, skey, FULL_MASK, 0, view[off:end], hop_limit)
         if off + KEY_SIZE > end:
             raise DecodeError("truncated watermark key")
-        wkey = buf[off : off + KEY_SIZE]
+        wkey = bytes(buf[off : off + KEY_SIZE])
         off += KEY_SIZE
         stop = end - plen  # the watermark sequence fills buf[off:stop]
         wseq = _varu64_filling(buf, off, stop)
-        return Traffic(dcoords, scoords, dkey, skey, wkey, wseq, buf[stop:end], hop_limit)
+        return Traffic(dcoords, scoords, dkey, skey, wkey, wseq, view[stop:end], hop_limit)
     scoords, off = _coords_at(buf, off, end)
     if off + 3 * KEY_SIZE > end:
         raise DecodeError("truncated keys")
-    tkey = buf[off : off + KEY_SIZE]
-    skey = buf[off + KEY_SIZE : off + 2 * KEY_SIZE]
-    wkey = buf[off + 2 * KEY_SIZE : off + 3 * KEY_SIZE]
+    tkey = bytes(buf[off : off + KEY_SIZE])
+    skey = bytes(buf[off + KEY_SIZE : off + 2 * KEY_SIZE])
+    wkey = bytes(buf[off + 2 * KEY_SIZE : off + 3 * KEY_SIZE])
     stop = end - plen  # the watermark sequence fills buf[off + 96:stop]
     wseq = _varu64_filling(buf, off + 3 * KEY_SIZE, stop)
-    return ClosestTraffic(scoords, tkey, skey, wkey, wseq, buf[stop:end], hop_limit)
+    return ClosestTraffic(scoords, tkey, skey, wkey, wseq, view[stop:end], hop_limit)
 
 
-def _coords_at(buf: bytes, off: int, end: int) -> tuple[Coords, int]:
+def _coords_at(buf: bytes | bytearray, off: int, end: int) -> tuple[Coords, int]:
     """Coordinates at `off` in a frame ending at `end`."""
     if off + 2 > end:
         raise DecodeError("truncated coordinates length")
@@ -830,14 +840,14 @@ def _coords_at(buf: bytes, off: int, end: int) -> tuple[Coords, int]:
     return tuple(ports), stop
 
 
-def _varu64_filling(buf: bytes, off: int, stop: int) -> int:
+def _varu64_filling(buf: bytes | bytearray, off: int, stop: int) -> int:
     """The varu64 that must be exactly `buf[off:stop]` (the payload length, known from
     the frame, says where it ends)."""
     if stop - off == 1 and buf[off] < 0x80:
         return buf[off]
     if stop <= off:
         raise DecodeError("payload length does not match the frame length")
-    raw = buf[off:stop]
+    raw = bytes(buf[off:stop])
     value = _varu64_decoded.get(raw)
     if value is None:
         value, n = decode_varu64(raw, 0)

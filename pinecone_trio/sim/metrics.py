@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import Final, final
 
 from ..router.actions import DeliverLocal, DeliveryMode, LocalSend
-from ..router.wire import Bootstrap, Frame, Traffic
+from ..router.wire import Bootstrap, Frame, Payload, Traffic
 from .network import Link, Network
 
 #: Probe payloads start with this, then the probe id (8 bytes, big endian).
@@ -226,8 +226,8 @@ class Prober:
         net.local_input(src, LocalSend(destination_key=net.nodes[dst].key, payload=payload))
         return probe
 
-    def _probe_of(self, payload: bytes) -> Probe | None:
-        if len(payload) != _HEADER_LEN or not payload.startswith(PROBE_MAGIC):
+    def _probe_of(self, payload: Payload) -> Probe | None:
+        if len(payload) != _HEADER_LEN or payload[: len(PROBE_MAGIC)] != PROBE_MAGIC:
             return None
         pid = _ID.unpack_from(payload, len(PROBE_MAGIC))[0]
         return self.probes[pid] if pid < len(self.probes) else None

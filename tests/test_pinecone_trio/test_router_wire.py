@@ -305,16 +305,25 @@ traffic_frames: st.SearchStrategy[Frame] = st.one_of(
 
 @given(st.one_of(traffic_frames, frames), st.binary(max_size=20), st.binary(max_size=20))
 def test_decode_at_an_offset_and_encode_as_parts(frame: Frame, before: bytes, after: bytes) -> None:
-    parts: list[bytes] = [before]
+    parts: list[bytes | memoryview] = [before]
     length = encode_frame_parts(frame, parts)
     wire = b"".join(parts[1:])
     assert wire == encode_frame(frame) and length == len(wire) == frame_length(frame)
-    buf = before + wire + after
-    assert frame_length_at(buf, len(before)) == length
-    decoded = decode_frame_at(buf, len(before), len(before) + length)
-    assert decoded == frame == decode_frame(wire)
-    if isinstance(decoded, (Traffic, ClosestTraffic)):
-        assert type(decoded.payload) is bytes
+    # The reader decodes from whatever the link handed it: bytes, or a bytearray.
+    for buf in (before + wire + after, bytearray(before + wire + after)):
+        assert frame_length_at(buf, len(before)) == length
+        decoded = decode_frame_at(buf, len(before), len(before) + length)
+        assert decoded == frame == decode_frame(wire)
+        if isinstance(decoded, (Traffic, ClosestTraffic)):
+            # The payload is a read-only view of the buffer, not a copy; the keys are
+            # bytes of their own (hashable, and they outlive the buffer).
+            payload = decoded.payload
+            assert type(payload) is memoryview and payload.readonly and payload.obj is buf
+            first = decoded.destination_key if isinstance(decoded, Traffic) else decoded.target_key
+            assert type(first) is bytes and type(decoded.source_key) is bytes
+            assert type(decoded.watermark_key) is bytes
+        else:
+            assert hash(decoded) == hash(frame)  # protocol frames hold bytes only
 
 
 @given(traffic_frames, st.data())
