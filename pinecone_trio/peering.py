@@ -458,12 +458,20 @@ class Peering:
                 return
             stats.bytes_in += len(data)
             # Frames are decoded from `data` by offset, traffic payloads as views of it
-            # (the link hands over each buffer and never writes to it again).
-            if rest:
-                data = rest + data
+            # (the link hands over each buffer and never writes to it again). A frame
+            # the previous read cut off is completed with just the bytes it lacks: one
+            # frame copied, not the whole read.
             frames: list[Frame] = []
+            start = 0
             try:
-                start = self._cut_frames(data, frames, stats, bucket)
+                if rest:
+                    need = self._bytes_to_complete(rest, data)
+                    if need < 0 or need > len(data):
+                        rest = rest + data  # that frame goes on past this read too
+                        continue
+                    self._cut_frames(rest + data[:need], 0, frames, stats, bucket)
+                    start = need
+                start = self._cut_frames(data, start, frames, stats, bucket)
             except (DecodeError, RemoteProtocolError):
                 if frames:  # what came before the bad frame is still good
                     await self._hand_over(frames, deadline)
@@ -473,19 +481,35 @@ class Peering:
                 await self._hand_over(frames, deadline)
 
     @staticmethod
+    def _bytes_to_complete(rest: bytes | bytearray, data: bytes | bytearray) -> int:
+        """How many bytes of `data` complete the frame that `rest` starts; -1 while
+        even its header is incomplete.
+
+        Raises:
+            DecodeError: for a malformed frame header.
+        """
+        if len(rest) >= HEADER_SIZE:
+            return frame_length_at(rest, 0) - len(rest)
+        head = rest + data[: HEADER_SIZE - len(rest)]
+        if len(head) < HEADER_SIZE:
+            return -1
+        return frame_length_at(head, 0) - len(rest)
+
+    @staticmethod
     def _cut_frames(
         data: bytes | bytearray,
+        start: int,
         frames: list[Frame],
         stats: PeeringStatistics,
         bucket: _TokenBucket,
     ) -> int:
-        """Decode the whole frames in `data` into `frames`; return where the rest starts.
+        """Decode the whole frames in `data[start:]` into `frames`; return where the
+        rest starts.
 
         Raises:
             DecodeError: for a malformed frame (the frames before it are in `frames`).
             PeerFloodingError: for a protocol frame beyond the peer's rate.
         """
-        start = 0
         end = len(data)
         append = frames.append
         while end - start >= HEADER_SIZE:
