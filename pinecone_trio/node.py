@@ -180,6 +180,18 @@ class StaticPeerState:
     next_attempt: float = 0.0
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
+    def status(self, now: float) -> dict[str, Any]:
+        """This static peer's part of `Node.status()` (JSON-ready)."""
+        waiting = self.state == "waiting"
+        return {
+            "uri": self.uri,
+            "state": self.state,
+            "public_key": self.public_key.hex() if self.public_key is not None else None,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "next_attempt_in": round(max(0.0, self.next_attempt - now), 3) if waiting else None,
+        }
+
 
 @dataclass(slots=True)
 class NodeCounters:
@@ -192,10 +204,6 @@ class NodeCounters:
     receive_drops: int = 0
     unknown_service: int = 0
     queue_drops: int = 0
-
-
-def _peer_type_name(t: PeerType) -> str:
-    return t.name.lower()
 
 
 def _remote_uri(stream: trio.abc.Stream, scheme: str) -> str:
@@ -615,7 +623,7 @@ class Node:
         )
         self._peerings[port] = peering
         self._by_key[bytes(key)] = peering
-        self._publish(ev.PeerConnected(key, uri, _peer_type_name(peer_type), port))
+        self._publish(ev.PeerConnected(key, uri, peer_type.name.lower(), port))
         return peering
 
     def _on_peering_end(self, peering: Peering) -> None:
@@ -1078,27 +1086,7 @@ class Node:
         peers = []
         for port, peering in sorted(self._peerings.items()):
             rp = router_peers.get(port)
-            stats = peering.statistics
-            peers.append(
-                {
-                    "public_key": peering.public_key.hex(),
-                    "uri": peering.uri,
-                    "port": port,
-                    "type": _peer_type_name(peering.peer_type),
-                    "zone": peering.zone,
-                    "outbound": peering.outbound,
-                    "coords": list(rp.coords) if rp is not None and rp.coords is not None else None,
-                    "bytes_in": stats.bytes_in,
-                    "bytes_out": stats.bytes_out,
-                    "frames_in": stats.frames_in,
-                    "frames_out": stats.frames_out,
-                    "queue_len": len(peering.queue),
-                    "queue_drops": peering.queue.stats.dropped_traffic
-                    + peering.queue.stats.dropped_protocol,
-                    "unencodable_dropped": stats.unencodable_dropped,
-                    "connected_s": round(now - peering.connected_at, 3),
-                }
-            )
+            peers.append(peering.status(now, rp.coords if rp is not None else None))
         parent_port = state.parent_port
         parent = self._peerings.get(parent_port) if parent_port is not None else None
         desc = state.descending_key
@@ -1125,41 +1113,15 @@ class Node:
                 name: dict(value) if isinstance(value, dict) else value
                 for name, value in asdict(router_stats).items()
             },
-            "static_peers": [
-                {
-                    "uri": s.uri,
-                    "state": s.state,
-                    "public_key": s.public_key.hex() if s.public_key is not None else None,
-                    "failures": s.failures,
-                    "last_error": s.last_error,
-                    "next_attempt_in": round(max(0.0, s.next_attempt - now), 3)
-                    if s.state == "waiting"
-                    else None,
-                }
-                for s in self._static.values()
-            ],
+            "static_peers": [s.status(now) for s in self._static.values()],
             "multicast": None
             if self._discovery is None
             else {
                 "port": self._multicast_port,
                 "port_v6": self._multicast_port_v6,
-                "interfaces": list(self._discovery.statistics.interfaces),
-                "interfaces_v6": list(self._discovery.statistics.interfaces_v6),
-                "beacons_sent": self._discovery.statistics.beacons_sent,
-                "beacons_received": self._discovery.statistics.beacons_received,
-                "bad_beacons": self._discovery.statistics.bad_beacons,
+                **self._discovery.statistics.status(),
             },
-            "counters": {
-                "handshake_failures": self.counters.handshake_failures,
-                "misbehaving_peers": self.counters.misbehaving_peers,
-                "refused_peer_limit": self.counters.refused_peer_limit,
-                "refused_pending_handshakes": self.counters.refused_pending_handshakes,
-                "duplicate_links": self.counters.duplicate_links,
-                "dial_failures": self.counters.dial_failures,
-                "receive_drops": self.counters.receive_drops,
-                "unknown_service": self.counters.unknown_service,
-                "queue_drops": self.counters.queue_drops,
-            },
+            "counters": asdict(self.counters),
         }
 
 

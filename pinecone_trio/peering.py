@@ -54,7 +54,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -67,6 +67,7 @@ from .router.queues import PeerQueue, is_traffic
 from .router.wire import (
     KEEPALIVE,
     ClosestTraffic,
+    Coords,
     Frame,
     Keepalive,
     Traffic,
@@ -373,6 +374,29 @@ class Peering:
         if event is not None:
             self._batch_event = None
             event.set()
+
+    def status(self, now: float, coords: Coords | None) -> dict[str, Any]:
+        """This peering's part of `Node.status()` (JSON-ready); `coords` are the
+        peer's tree coordinates as the router knows them."""
+        stats = self.statistics
+        queue_stats = self.queue.stats
+        return {
+            "public_key": self.public_key.hex(),
+            "uri": self.uri,
+            "port": self.port,
+            "type": self.peer_type.name.lower(),
+            "zone": self.zone,
+            "outbound": self.outbound,
+            "coords": list(coords) if coords is not None else None,
+            "bytes_in": stats.bytes_in,
+            "bytes_out": stats.bytes_out,
+            "frames_in": stats.frames_in,
+            "frames_out": stats.frames_out,
+            "queue_len": len(self.queue),
+            "queue_drops": queue_stats.dropped_traffic + queue_stats.dropped_protocol,
+            "unencodable_dropped": stats.unencodable_dropped,
+            "connected_s": round(now - self.connected_at, 3),
+        }
 
     def close(self, reason: str) -> None:
         """End the peering (idempotent); `run` returns soon after."""

@@ -31,7 +31,7 @@ import socket
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -81,6 +81,16 @@ class DiscoveryStatistics:
     #: Interfaces joined over IPv4 and over IPv6, by name.
     interfaces: list[str] = field(default_factory=list)
     interfaces_v6: list[str] = field(default_factory=list)
+
+    def status(self) -> dict[str, Any]:
+        """The part of `Node.status()` these counters make (JSON-ready)."""
+        return {
+            "interfaces": list(self.interfaces),
+            "interfaces_v6": list(self.interfaces_v6),
+            "beacons_sent": self.beacons_sent,
+            "beacons_received": self.beacons_received,
+            "bad_beacons": self.bad_beacons,
+        }
 
 
 class _Family:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -198,3 +199,42 @@ async def test_events_report_peers_and_root(autojump_clock: trio.testing.MockClo
         if not b_is_root:
             root = next(e for e in seen if isinstance(e, events.RootChanged))
             assert root.root_key == a.public_key
+
+
+async def test_status_is_json_with_every_documented_field(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # status() is assembled from the node, each peering and each static peer: pin its
+    # whole shape, so no part goes missing or changes type unnoticed.
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        a = net["a"]
+        a.add_static_peer("memory://nobody-here")
+        with trio.fail_after(60):
+            await a.wait_for(lambda: a.status()["static_peers"][0]["failures"] >= 1)
+        status = json.loads(json.dumps(a.status()))
+    assert set(status) == {
+        "public_key", "root_key", "root_seq", "coords", "parent_key", "listen", "peers",
+        "snake", "tables", "router", "static_peers", "multicast", "counters",
+    }  # fmt: skip
+    (peer,) = status["peers"]
+    assert set(peer) == {
+        "public_key", "uri", "port", "type", "zone", "outbound", "coords", "bytes_in",
+        "bytes_out", "frames_in", "frames_out", "queue_len", "queue_drops",
+        "unencodable_dropped", "connected_s",
+    }  # fmt: skip
+    assert peer["public_key"] == net["b"].public_key.hex() and peer["type"] == "remote"
+    assert isinstance(peer["coords"], list) and peer["bytes_in"] > 0
+    (static,) = status["static_peers"]
+    assert set(static) == {
+        "uri", "state", "public_key", "failures", "last_error", "next_attempt_in",
+    }  # fmt: skip
+    assert static["uri"] == "memory://nobody-here" and static["public_key"] is None
+    assert status["multicast"] is None
+    assert set(status["counters"]) == {
+        "handshake_failures", "misbehaving_peers", "refused_peer_limit",
+        "refused_pending_handshakes", "duplicate_links", "dial_failures", "receive_drops",
+        "unknown_service", "queue_drops",
+    }  # fmt: skip
+    assert status["counters"]["dial_failures"] >= 1
