@@ -401,13 +401,19 @@ class Node:
                 # (a cancelled `receive` takes none, and a taken item is handled first).
                 with trio.CancelScope(deadline=state.next_deadline()) as timer:
                     while True:
+                        item: InboxItem | None
                         try:
                             item = inbox.receive_nowait()
                         except trio.WouldBlock:
-                            item = await inbox.receive()
-                            self._router_pass(state, item)
+                            item = None
+                        if item is None:
+                            # (outside the except clause: the pass's own errors must not
+                            # carry WouldBlock as their context; and no name holds the
+                            # item, so an idle router keeps nothing alive)
+                            self._router_pass(state, await inbox.receive())
                         else:
                             self._router_pass(state, item)
+                            item = None
                             await trio.lowlevel.checkpoint()  # never starve the other tasks
                         deadline = state.next_deadline()
                         if deadline != timer.deadline:

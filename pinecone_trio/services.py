@@ -45,7 +45,9 @@ LocalQueueNowait = Callable[[LocalSend | LocalSendClosest], bool]
 #: for every exact-key datagram of the service; returns False if it dropped the datagram
 #: (the node counts it in `receive_drops`). It must not block: its run time is the
 #: router's, which is what pushes back on the links (TCP) when it falls behind. The
-#: payload is a view of the received frame, valid for as long as the handler keeps it.
+#: payload is a read-only view into the link's read buffer (no copy): a handler that
+#: keeps any of it past the call must copy it (`bytes(payload)`), or it keeps that
+#: whole buffer (up to 256 KiB) alive.
 DirectHandler = Callable[[bytes, memoryview], bool]
 
 

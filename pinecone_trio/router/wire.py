@@ -860,7 +860,8 @@ def _varu64_filling(buf: bytes | bytearray, off: int, stop: int) -> int:
 
 
 def decode_frame(data: bytes) -> Frame:
-    """Decode exactly one whole frame.
+    """Decode exactly one whole frame; a traffic payload is bytes of its own (the
+    reader's fast path, `decode_frame_at`, gives views instead).
 
     Raises:
         DecodeError: if `data` is not exactly one valid frame.
@@ -873,7 +874,8 @@ def decode_frame(data: bytes) -> Frame:
     if ftype == FrameType.TRAFFIC or ftype == FrameType.CLOSEST_TRAFFIC:
         if length < HEADER_SIZE + 2:
             raise DecodeError("truncated payload length")
-        return decode_frame_at(data, 0, length)
+        frame = decode_frame_at(data, 0, length)
+        return frame._replace(payload=bytes(frame.payload))  # type: ignore[union-attr]
     hop_limit = data[7]
     off = HEADER_SIZE
     if ftype == FrameType.KEEPALIVE:

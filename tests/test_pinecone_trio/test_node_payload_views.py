@@ -8,7 +8,11 @@ real TCP links, with many frames per read so that views share buffers.
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 import trio
+import trio.testing
 
 from pinecone_trio import Identity
 from pinecone_trio.identity import FULL_MASK
@@ -66,3 +70,58 @@ async def test_a_queued_forwarded_frame_holds_its_own_bytes() -> None:
     del frame
     view.release()
     buffer.extend(b"!")  # the queue exports nothing of the buffer: it can be resized
+
+
+def _router_tasks() -> list[trio.lowlevel.Task]:
+    found, stack = [], [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        if task is None:
+            continue
+        if task.name.endswith("_router_task"):
+            found.append(task)
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return found
+
+
+async def test_an_idle_router_holds_no_inbox_item(autojump_clock: trio.testing.MockClock) -> None:
+    # While it waits for the next item, the router task must not keep the last one: a
+    # FrameBatch holds its frames, their read buffer and the (maybe ended) peering.
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        a, b = net["a"], net["b"]
+        await a.send(b.public_key, b"x" * 10)
+        with trio.fail_after(30):
+            await b.receive()
+        await trio.testing.wait_all_tasks_blocked()
+        routers = _router_tasks()
+        assert len(routers) == 2
+        for task in routers:
+            assert task.coro.cr_frame is not None
+            assert task.coro.cr_frame.f_locals.get("item") is None
+
+
+async def test_a_direct_handler_error_is_logged_without_a_stray_context(
+    autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The router's pass runs outside the `except WouldBlock` of its inbox poll, so an
+    # error there is logged as itself, not "during handling of WouldBlock".
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        a, b = net["a"], net["b"]
+
+        def handler(source: bytes, payload: memoryview) -> bool:
+            raise RuntimeError("a handler bug")
+
+        b.service(16).set_direct_handler(handler)
+        await trio.testing.wait_all_tasks_blocked()
+        with caplog.at_level(logging.ERROR, logger="pinecone_trio"):
+            await a.service(16).send(b.public_key, b"x")
+            with trio.fail_after(30):
+                await b.wait_for(lambda: b.counters.receive_drops >= 1)
+        errors = [r.exc_info[1] for r in caplog.records if r.exc_info]
+        assert isinstance(errors[0], RuntimeError) and errors[0].__context__ is None
+        assert b.counters.receive_drops == 1

@@ -315,6 +315,10 @@ def test_decode_at_an_offset_and_encode_as_parts(frame: Frame, before: bytes, af
         decoded = decode_frame_at(buf, len(before), len(before) + length)
         assert decoded == frame == decode_frame(wire)
         if isinstance(decoded, (Traffic, ClosestTraffic)):
+            # The public whole-frame decoder gives bytes, as before views existed.
+            whole = decode_frame(wire)
+            assert isinstance(whole, (Traffic, ClosestTraffic))
+            assert type(whole.payload) is bytes
             # The payload is a read-only view of the buffer, not a copy; the keys are
             # bytes of their own (hashable, and they outlive the buffer).
             payload = decoded.payload

@@ -81,9 +81,14 @@ async def test_stream_calls_are_checkpoints_and_a_cancelled_read_keeps_its_data(
                 await server.receive_some()
         with trio.testing.assert_checkpoints():
             assert await server.receive_some() == b"first"  # data waiting: no park
-        with trio.testing.assert_checkpoints():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(client.send_all, b"second")
+        async with trio.open_nursery() as nursery:
+
+            async def later() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                await client.send_all(b"second")
+
+            nursery.start_soon(later)
+            with trio.testing.assert_checkpoints():
                 assert await server.receive_some() == b"second"  # parks, then reads
         with trio.CancelScope() as scope:
             scope.cancel()
