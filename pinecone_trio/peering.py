@@ -478,7 +478,10 @@ class Peering:
                 deadline.deadline = trio.current_time() + READ_TIMEOUT
             data = await receive_some(READ_SIZE)
             if not data:
-                self._end("remote closed the link")
+                if rest:  # a clean close in the middle of a frame: say what was lost
+                    self._end(f"remote closed the link inside a frame ({len(rest)} bytes lost)")
+                else:
+                    self._end("remote closed the link")
                 return
             stats.bytes_in += len(data)
             # Frames are decoded from `data` by offset, traffic payloads as views of it

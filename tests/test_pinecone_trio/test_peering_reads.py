@@ -118,3 +118,14 @@ def test_a_bad_header_after_a_cut_ends_the_peering_after_the_good_frames() -> No
     got, reason = trio.run(_received, chunks)
     assert got == frames
     assert reason is not None and reason.startswith("misbehaving")
+
+
+def test_a_close_inside_a_frame_says_so() -> None:
+    frames = _frames([100, 200])
+    wire = b"".join(encode_frame(f) for f in frames)
+    got, reason = trio.run(_received, [wire[:-7]])
+    assert got == frames[:1]
+    assert (
+        reason
+        == f"remote closed the link inside a frame ({len(encode_frame(frames[1])) - 7} bytes lost)"
+    )
