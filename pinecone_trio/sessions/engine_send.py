@@ -139,6 +139,7 @@ class SendPathMixin(SessionBase):
         records: list[tuple[Any, ...]] = []
         acks = self._acks
         ack_ranges: tuple[tuple[int, int], ...] = ()
+        ack_room = 0
         ack_due = False
         if acks.has_unacked():
             # Room for an ACK is kept; it goes out only when due, or riding along with
@@ -146,15 +147,22 @@ class SendPathMixin(SessionBase):
             ack_due = acks.ack_due(now)
             ack_ranges = acks.ranges()
             if ack_ranges:
-                budget -= wire.ack_frame_size(len(ack_ranges))
+                ack_room = wire.ack_frame_size(len(ack_ranges))
+                budget -= ack_room
         may_send = self._probes > 0 or self._cc.can_send(self._recovery.bytes_in_flight)
         eliciting = False
         # Datagrams are unreliable and not congestion-controlled beyond the queue bound:
         # the application chose to send them now.
         while self._datagrams:
             dgram = self._datagrams[0]
-            size = len(dgram.data) + wire.STREAM_FRAME_OVERHEAD + len(dgram.protocol)
+            size = len(dgram.data) + wire.STREAM_FRAME_OVERHEAD + len(dgram.protocol.encode())
             if size > budget:
+                if ack_ranges and not ack_due and not frames and size <= budget + ack_room:
+                    # A datagram that fits only without the room kept for an ACK that
+                    # is not due: it goes now, the ACK waits for a later packet.
+                    budget += ack_room
+                    ack_ranges = ()
+                    continue
                 break
             self._datagrams.popleft()
             frames.append(wire.frame_to_wire(dgram))

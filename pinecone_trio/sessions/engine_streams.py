@@ -166,19 +166,20 @@ class StreamsMixin(SessionBase):
                     raise RemoteProtocolError("RESET_STREAM with an impossible final size")
                 if recv.fin_offset is not None and frame.final_size != recv.fin_offset:
                     raise RemoteProtocolError("RESET_STREAM contradicts the stream's final size")
-                extra = frame.final_size - recv.highest
-                self._recv_highest += extra
-                self._recv_consumed += frame.final_size - recv.read_offset
+                self._recv_highest += frame.final_size - recv.highest
                 # Late data up to the final size must not count a second time.
                 recv.highest = recv.fin_offset = frame.final_size
                 recv.reset_code = frame.code
-                recv.discard()
+                # Every byte up to the final size is consumed now, once: the unread
+                # ones here; on a stream we had stopped, those that came since were
+                # counted as they came (`read_offset` followed them).
+                self._recv_consumed += recv.abandon()
                 self._credit_session()
                 self.changed.add(stream.id)
                 self._maybe_forget(stream)
         elif type(frame) is wire.StopSending:
             stream = self._lookup(frame.stream_id)
-            if stream is not None and stream.send.stop_code is None and not stream.send.fin_acked:
+            if stream is not None and not stream.send.done:
                 stream.send.stop_code = frame.code
                 stream.send.retransmit = RangeSet()
                 self._control.append(
@@ -415,9 +416,10 @@ class StreamsMixin(SessionBase):
             recv.stopped = True
             if stream.state is not StreamState.REFUSED:
                 self._control.append(wire.StopSending(sid, CODE_CLOSED))
-        if recv.buffered:
-            self._recv_consumed += recv.buffered
-            recv.discard()
+        if recv.highest > recv.read_offset:
+            # Unread and still missing bytes below the highest offset are consumed
+            # now; later arrivals count as they come, the rest with the final size.
+            self._recv_consumed += recv.abandon()
             self._credit_session()
         self._maybe_forget(stream)
 
@@ -433,7 +435,7 @@ class StreamsMixin(SessionBase):
         state = stream.state
         if state is StreamState.OPENING:
             return  # the answer must still be seen: REFUSE takes back credit
-        if (stream.send.done and stream.recv.done) or state is not StreamState.OPEN:
+        if (stream.send.done and stream.recv.settled) or state is not StreamState.OPEN:
             self._forget(stream)
 
     def _forget(self, stream: _Stream) -> None:

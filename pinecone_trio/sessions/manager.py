@@ -410,6 +410,11 @@ class SessionManager:
                             # Best effort, like any datagram: recovery re-sends what matters.
                             self._stats["send_errors"] += 1
                             logger.debug("session packet to %s not sent: %s", remote.short(), exc)
+                        except ValueError:
+                            # A packet the overlay refuses (too large) is our bug: log it
+                            # and let recovery deal with the loss; never crash the node.
+                            self._stats["send_errors"] += 1
+                            logger.exception("session packet to %s refused", remote.short())
                 finally:
                     handle.sending = False
                 if engine.is_closed:

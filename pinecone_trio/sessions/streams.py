@@ -92,6 +92,21 @@ class RangeSet:
     def ranges(self) -> list[tuple[int, int]]:
         return list(zip(self._starts, self._ends, strict=True))
 
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """The parts of `[start, end)` that no range covers, in order."""
+        starts, ends = self._starts, self._ends
+        out: list[tuple[int, int]] = []
+        i = bisect_right(ends, start)
+        while start < end:
+            if i >= len(starts) or starts[i] >= end:
+                out.append((start, end))
+                break
+            if starts[i] > start:
+                out.append((start, starts[i]))
+            start = max(start, ends[i])
+            i += 1
+        return out
+
 
 @final
 class SendSide:
@@ -221,8 +236,12 @@ class SendSide:
 
     @property
     def done(self) -> bool:
-        """Nothing more will ever be sent (all acknowledged, or abandoned)."""
-        return self.reset_code is not None or self.stop_code is not None or self.fin_acked
+        """Nothing more will ever be sent: every byte and the FIN acknowledged (QUIC's
+        "Data Recvd"; an acknowledged FIN alone is not enough while an earlier packet
+        may still be lost), or the half abandoned."""
+        if self.reset_code is not None or self.stop_code is not None:
+            return True
+        return self.fin_acked and self.fin_offset is not None and self.base >= self.fin_offset
 
     def has_fresh(self) -> bool:
         return self.next_offset < self.write_offset and self.next_offset < self.max_data
@@ -327,6 +346,7 @@ class RecvSide:
     __slots__ = (
         "_chunks",
         "_heap",
+        "_held",
         "_pending",
         "buffered",
         "fin_offset",
@@ -350,8 +370,11 @@ class RecvSide:
         self.fin_offset: int | None = None
         self.reset_code: int | None = None
         self.stopped = False  # we told the peer to stop (the application closed)
+        # Out-of-order data: disjoint pieces by offset (`_held` says which offsets they
+        # cover, so overlapping segments are stored once: at most the window).
         self._pending: dict[int, bytes] = {}
         self._heap: list[int] = []
+        self._held = RangeSet()
 
     @property
     def contiguous(self) -> int:
@@ -364,7 +387,28 @@ class RecvSide:
 
     @property
     def done(self) -> bool:
+        """Nothing more for the application: reset, stopped, or read to the FIN."""
         return self.reset_code is not None or self.stopped or (self.eof and not self.buffered)
+
+    @property
+    def settled(self) -> bool:
+        """`done`, and the final size is known, so every byte the peer will ever send
+        on this stream has been counted against the session's credit: the stream may be
+        forgotten. (A stopped stream waits for the peer's RESET_STREAM or FIN.)"""
+        return self.fin_offset is not None and self.done
+
+    def abandon(self) -> int:
+        """Drop what is buffered and count everything up to the highest offset as
+        consumed; return how many bytes that newly counts. From here on `read_offset`
+        follows `highest` (see `on_data`)."""
+        gained = self.highest - self.read_offset
+        self.read_offset = self.highest
+        self._chunks.clear()
+        self.buffered = 0
+        self._pending.clear()
+        self._heap.clear()
+        self._held = RangeSet()
+        return gained
 
     def on_data(self, offset: int, data: bytes, fin: bool) -> int:
         """Take a STREAM frame; returns how far the highest offset advanced.
@@ -387,6 +431,7 @@ class RecvSide:
         advanced = max(0, end - self.highest)
         self.highest += advanced
         if self.reset_code is not None or self.stopped:
+            self.read_offset = self.highest  # counted as consumed on arrival (caller)
             return advanced
         contiguous = self.contiguous
         if offset <= contiguous:
@@ -394,10 +439,15 @@ class RecvSide:
                 self._append(data[contiguous - offset :] if offset < contiguous else data)
                 if self._heap:
                     self._drain()
-        elif len(data) > len(self._pending.get(offset, b"")):
-            if offset not in self._pending:
-                heapq.heappush(self._heap, offset)
-            self._pending[offset] = data
+        else:
+            # Keep only what no held piece covers yet: a peer re-sending overlapping
+            # ranges at shifting offsets cannot make us hold more than the window.
+            held = self._held
+            pending = self._pending
+            for a, b in held.gaps(offset, end):
+                pending[a] = data if a == offset and b == end else data[a - offset : b - offset]
+                heapq.heappush(self._heap, a)
+            held.add(offset, end)
         return advanced
 
     def _append(self, data: bytes) -> None:
@@ -413,6 +463,7 @@ class RecvSide:
             end = offset + len(data)
             if end > contiguous:
                 self._append(data[contiguous - offset :])
+        self._held.remove(0, self.contiguous)
 
     def read(self, max_bytes: int) -> bytes:
         chunks = self._chunks
@@ -444,10 +495,13 @@ class RecvSide:
         return data
 
     def discard(self) -> None:
-        """Drop what was received but not read (the stream was closed or reset)."""
+        """Drop what was received but not read (a refused stream)."""
         self.read_offset += self.buffered
         self._chunks.clear()
         self.buffered = 0
+        self._pending.clear()
+        self._heap.clear()
+        self._held = RangeSet()
 
     def window_update(self) -> int | None:
         """A new credit to advertise, once the reader consumed half the window."""
