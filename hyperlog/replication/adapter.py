@@ -231,6 +231,10 @@ class LogAdapter:
             return k
         return missing_nodes(node, self.log.length, self._has_node)
 
+    def tree_node_size(self, node: int) -> int | None:
+        n = self.log._get_node(node)
+        return None if n is None else n.size
+
     def _has_node(self, index: int) -> bool:
         if index in self._known_nodes:
             return True

@@ -531,7 +531,15 @@ class ReplicationSession:
             frames = []
             size = 0
             while out and size < READ_SIZE:
-                f = wire.encode_frame(self.engine.pop_outbox())
+                msg = self.engine.pop_outbox()
+                try:
+                    f = wire.encode_frame(msg)
+                except ValueError as exc:
+                    # A message we cannot encode (too big for a frame) is our bug, but
+                    # it must end this session with a reason, not crash `replicate`.
+                    self._fail(ReplicationError(f"cannot send {type(msg).__name__}: {exc}"))
+                    self._scope.cancel()
+                    return
                 frames.append(f)
                 size += len(f)
             try:

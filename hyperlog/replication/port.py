@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from hyperlog import wire
 from hyperlog.errors import ForkConflictError, HyperlogError
@@ -62,6 +62,20 @@ class LogView(Protocol):
 
     def needs_manifest(self) -> bool:
         """Whether upgrade requests must ask for the manifest (a reader knowing only the key)."""
+        ...
+
+
+@runtime_checkable
+class SizedView(Protocol):
+    """Optional `LogView` extra: the byte size of a stored tree node.
+
+    The scheduler uses it to refuse (serving) or avoid (requesting) a RangeRequest
+    whose values would not fit in one frame; views without it (test fakes) skip the
+    early check, and `LogReplicator.on_served` still refuses an oversized answer.
+    """
+
+    def tree_node_size(self, node: int) -> int | None:
+        """The byte size of the blocks under tree node `node`, or None if not stored."""
         ...
 
 

@@ -64,7 +64,7 @@ from hyperlog.replication.constants import (
     SCAN_LIMIT,
 )
 from hyperlog.replication.have import RemoteHave
-from hyperlog.replication.port import Applied, LogView
+from hyperlog.replication.port import Applied, LogView, SizedView
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +72,12 @@ K_BLOCK = "block"
 K_UPGRADE = "upgrade"
 K_CONFLICT = "conflict"  # an upgrade from 0, to check a suspected equivocation
 K_RANGE = "range"  # a RangeRequest: every block of an aligned subtree
+
+#: Bytes of values one RangeData may carry. Its other parts (at most 64 leaves and
+#: `wire.MAX_PROOF_NODES` uncles of ~53 bytes each, msgpack headers) take well under
+#: 64 KiB, so the frame stays within `wire.MAX_FRAME_SIZE` (MAX_BLOCK_SIZE + 64 KiB);
+#: a bigger RangeData could not be encoded at all.
+MAX_RANGE_VALUE_BYTES = wire.MAX_BLOCK_SIZE
 
 
 class ChannelSink(Protocol):
@@ -422,7 +428,20 @@ class LogReplicator:
         ):
             ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_NOT_AVAILABLE))
             return
+        size = self._subtree_bytes(msg.node)
+        if size is not None and size > MAX_RANGE_VALUE_BYTES:
+            # Its answer would not fit in a frame (big blocks in the span, or a peer
+            # asking for too much): refuse before reading anything; the requester
+            # fetches these blocks one by one.
+            ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_INVALID))
+            return
         ch.sink.add_work(ServeWork(ch, msg))
+
+    def _subtree_bytes(self, node: int) -> int | None:
+        """Byte size of the blocks under `node` if the view stores that node."""
+        if isinstance(self.view, SizedView):
+            return self.view.tree_node_size(node)
+        return None
 
     def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData) -> None:
         inf = ch.inflight.pop(msg.id, None)
@@ -483,6 +502,12 @@ class LogReplicator:
             return
         if data is None:
             ch.sink.send(wire.NoData(ch.local_id, request.id, wire.NO_DATA_NOT_AVAILABLE))
+        elif (
+            isinstance(data, wire.RangeData) and sum(map(len, data.values)) > MAX_RANGE_VALUE_BYTES
+        ):
+            # Too big for one frame (a view without node sizes could not refuse it
+            # earlier): encoding it would fail, so refuse as `_on_range_request` does.
+            ch.sink.send(wire.NoData(ch.local_id, request.id, wire.NO_DATA_INVALID))
         else:
             ch.sink.send(data)
 
@@ -577,6 +602,8 @@ class LogReplicator:
             raise RemoteProtocolError(f"refused to prove its tree after a bad proof: {ch.suspect}")
         if inf.kind == K_UPGRADE:
             ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
+        elif inf.kind == K_RANGE and msg.reason == wire.NO_DATA_INVALID:
+            pass  # too big for one frame: its blocks are retried one by one (below)
         else:
             ch.have.drop_range(inf.index, 1)
             g = self.gets.get(inf.index)
@@ -791,10 +818,16 @@ class LogReplicator:
             if not ch.have.has(j) or self.view.has(j) or j in self.block_reqs or j in self.retry:
                 return False
         avg = max(1, self.view.byte_length // max(1, self.view.length))
-        cap = max(2, min(MAX_RANGES_IN_FLIGHT, RANGE_BYTES_IN_FLIGHT // (span * avg)))
+        node = flat_tree.index(span.bit_length() - 1, first // span)
+        # The span comes from the log's average block size; where we already store
+        # the subtree's node (an uncle of earlier proofs) its real size is known.
+        size = self._subtree_bytes(node)
+        if size is not None and size > MAX_RANGE_VALUE_BYTES:
+            return False  # would not fit in one frame: single-block requests
+        est = span * avg if size is None else max(1, size)
+        cap = max(2, min(MAX_RANGES_IN_FLIGHT, RANGE_BYTES_IN_FLIGHT // est))
         if ch.ranges_outstanding() >= cap:
             return None
-        node = flat_tree.index(span.bit_length() - 1, first // span)
         rid = self.next_id
         self.next_id = self.next_id % wire.MAX_ID + 1
         fork = self.view.fork

@@ -1,0 +1,104 @@
+"""Races and limits in replication found by review, each reproduced with real `Log`s.
+
+Real clock (the log stores in worker threads, see `test_replicate_log.py`), with
+generous `trio.fail_after` bounds and no speed assertions. Gated streams make one side
+stop reading so that an answer is already on the wire when the requester changes its
+mind (cancel, truncation): the races are then deterministic.
+"""
+
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from hyperlog import wire
+from hyperlog.errors import ReplicationError
+from hyperlog.log import open_store
+from hyperlog.replication import replicate, replication_for
+
+from .replication_race_helpers import blocks, writer_log
+
+# ---------------------------------------------------------------- 7: frame-size limit
+
+
+async def test_range_with_big_blocks_is_fetched_block_by_block() -> None:
+    # Two 5 MiB blocks inside the first 64-block range (the span comes from the
+    # log's *average* block size): its RangeData would be ~10 MiB, over the frame
+    # limit. The writer used to crash in its writer task; now it refuses the range
+    # and the reader fetches those blocks one by one.
+    values = blocks(200)
+    values[10] = b"A" * (5 << 20)
+    values[20] = b"B" * (5 << 20)
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, values)
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        with trio.fail_after(60):
+            async with replicate(a, writer) as wsess, replicate(b, reader) as rsess:
+                rep = replication_for(reader)
+                await rep.update()
+                assert rep.engine.range_span() == 64
+                p = await rep.download(0, 200)
+                assert p.missing == 0
+                assert wsess.error is None and rsess.error is None
+        for i in (0, 10, 20, 63, 199):
+            assert await reader.get(i) == values[i]
+
+
+async def test_oversized_range_request_is_refused_not_fatal() -> None:
+    # A peer asks for 64 x 256 KiB = 16 MiB in one RangeRequest (a modified reader):
+    # the writer answers NoData(invalid) instead of crashing, and the blocks still
+    # arrive through single-block requests.
+    values = [bytes([i]) * (256 << 10) for i in range(64)]
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, values)
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        with trio.fail_after(60):
+            async with replicate(a, writer) as wsess, replicate(b, reader) as rsess:
+                rep = replication_for(reader)
+                await rep.update()
+                rep.engine.range_span = lambda: 64  # type: ignore[method-assign]
+                p = await rep.download(0, 64)
+                assert p.missing == 0
+                assert wsess.error is None and rsess.error is None
+        assert await reader.get(63) == values[63]
+
+
+async def test_oversized_answer_is_refused_by_on_served() -> None:
+    # A view without node sizes cannot refuse the request early; the built answer is
+    # refused instead of being queued (it could not be encoded).
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(4))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        with trio.fail_after(30):
+            async with replicate(a, writer) as wsess, replicate(b, reader):
+                rep = replication_for(writer)
+                await replication_for(reader).update()
+                ch = rep.engine.peers[0]
+                node = 1  # blocks 0-1
+                req = wire.RangeRequest(ch.remote_id, 999, 0, node, 0)
+                big = b"x" * (wire.MAX_BLOCK_SIZE // 2 + 1)
+                data = wire.RangeData(ch.local_id, 999, 0, node, (big, big), ())
+                before = len(wsess.engine.outbox)
+                rep.engine.on_served(ch, req, data)
+                sent = list(wsess.engine.outbox)[before:]
+                assert sent == [wire.NoData(ch.local_id, 999, wire.NO_DATA_INVALID)]
+
+
+async def test_unencodable_message_ends_the_session_with_an_error() -> None:
+    # Whatever reaches the writer task too big to encode ends the session with a
+    # reason (session.error); it used to escape from `replicate` as a ValueError.
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(4))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        with trio.fail_after(30):
+            async with replicate(a, writer) as wsess, replicate(b, reader):
+                await replication_for(reader).update()
+                block = wire.DataBlock(0, b"x" * wire.MAX_FRAME_SIZE, ())
+                wsess.engine.send(wire.Data(1, 1, 0, block=block))
+                await wsess.closed.wait()
+                assert isinstance(wsess.error, ReplicationError)
+                assert "MAX_FRAME_SIZE" in str(wsess.error)
