@@ -26,6 +26,10 @@ MAX_ATTEMPTS: Final = 6
 #: Default `get` timeout: a missing block never waits longer than this unless you
 #: pass `timeout=None` explicitly.
 DEFAULT_GET_TIMEOUT: Final = 30.0
+#: Ids of requests we cancelled remembered per channel, so that an answer already
+#: on the wire when we cancelled is ignored rather than taken for a protocol error
+#: (oldest forgotten first; a timeout cancels at most a window's worth at once).
+MAX_CANCELLED_IDS: Final = 8 * MAX_WINDOW
 #: Requests from one peer we accept but have not answered yet; beyond this the peer
 #: is flooding us (our own window never exceeds MAX_WINDOW) and is dropped.
 MAX_PENDING_SERVES: Final = 2 * MAX_WINDOW

@@ -50,6 +50,7 @@ from hyperlog.replication.constants import (
     HOTSWAP_AFTER,
     INITIAL_WINDOW,
     MAX_ATTEMPTS,
+    MAX_CANCELLED_IDS,
     MAX_PENDING_SERVES,
     MAX_RANGES_IN_FLIGHT,
     MAX_WANT_SPAN,
@@ -153,6 +154,9 @@ class PeerChannel:
         self.have = RemoteHave()
         self.wanted_pages: set[int] = set()
         self.inflight: dict[int, Inflight] = {}
+        # Requests we cancelled whose answer may still arrive (insertion order: the
+        # oldest is forgotten first, at most MAX_CANCELLED_IDS).
+        self.cancelled: dict[int, None] = {}
         self.verifying: dict[int, Inflight] = {}  # answered, queued for verification
         self.window = float(INITIAL_WINDOW)
         self.srtt = 0.0
@@ -178,6 +182,15 @@ class PeerChannel:
         if index >= self.remote_length:
             return False
         return self.have.has(index) or not self.have.known(index)
+
+    def note_cancelled(self, rid: int) -> None:
+        self.cancelled[rid] = None
+        if len(self.cancelled) > MAX_CANCELLED_IDS:
+            del self.cancelled[next(iter(self.cancelled))]
+
+    def answers_cancelled(self, rid: int) -> bool:
+        """Whether `rid` is a request we cancelled (its answer is then expected once)."""
+        return self.cancelled.pop(rid, 0) is None
 
     def __repr__(self) -> str:
         return f"<PeerChannel peer={self.peer_id} ch={self.local_id}>"
@@ -445,6 +458,8 @@ class LogReplicator:
 
     def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData) -> None:
         inf = ch.inflight.pop(msg.id, None)
+        if inf is None and ch.answers_cancelled(msg.id):
+            return  # it crossed our Cancel on the wire: neither verified nor stored
         if inf is None or inf.kind != K_RANGE:
             raise RemoteProtocolError(f"range data for request {msg.id}, which we never sent")
         req = inf.request
@@ -513,6 +528,8 @@ class LogReplicator:
 
     def _on_data(self, ch: PeerChannel, msg: wire.Data) -> None:
         inf = ch.inflight.pop(msg.id, None)
+        if inf is None and ch.answers_cancelled(msg.id):
+            return  # it crossed our Cancel on the wire: neither verified nor stored
         if inf is None or not isinstance(inf.request, wire.Request):
             raise RemoteProtocolError(f"data for request {msg.id}, which we never sent")
         req = inf.request
@@ -597,7 +614,8 @@ class LogReplicator:
     def _on_no_data(self, ch: PeerChannel, msg: wire.NoData, now: float) -> None:
         inf = ch.inflight.pop(msg.id, None)
         if inf is None:
-            return  # an answer to a request we cancelled: harmless
+            ch.answers_cancelled(msg.id)
+            return  # an answer to a request we cancelled (or unknown): harmless
         if inf.kind == K_CONFLICT:
             raise RemoteProtocolError(f"refused to prove its tree after a bad proof: {ch.suspect}")
         if inf.kind == K_UPGRADE:
@@ -872,6 +890,8 @@ class LogReplicator:
 
     def _cancel(self, ch: PeerChannel, rid: int) -> None:
         if ch.inflight.pop(rid, None) is not None and not ch.closed:
+            # The peer may have answered already: that answer is ignored, not an error.
+            ch.note_cancelled(rid)
             ch.sink.send(wire.Cancel(ch.local_id, rid))
 
     def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None:

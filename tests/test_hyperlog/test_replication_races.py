@@ -16,7 +16,7 @@ from hyperlog.errors import ReplicationError
 from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
 
-from .replication_race_helpers import blocks, writer_log
+from .replication_race_helpers import Gated, blocks, writer_log
 
 # ---------------------------------------------------------------- 7: frame-size limit
 
@@ -102,3 +102,33 @@ async def test_unencodable_message_ends_the_session_with_an_error() -> None:
                 await wsess.closed.wait()
                 assert isinstance(wsess.error, ReplicationError)
                 assert "MAX_FRAME_SIZE" in str(wsess.error)
+
+
+# ---------------------------------------------------------------- 4: cancelled answers
+
+
+async def test_answer_to_a_cancelled_get_keeps_the_peer() -> None:
+    # The app gives up on a get while the writer's Data is already on its way (the
+    # reader is not reading for a moment): the late answer used to be taken for
+    # "data for a request we never sent" and drop a healthy peer.
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(100))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        gb = Gated(b)
+        with trio.fail_after(30):
+            async with replicate(a, writer), replicate(gb, reader) as rsess:
+                rep = replication_for(reader)
+                await rep.update()
+                gb.pause()
+                with trio.move_on_after(0.2):
+                    await rep.get(10)
+                assert not reader.has(10)
+                await trio.sleep(0.1)  # the Data waits for the reader, behind the Cancel
+                gb.resume()
+                await trio.sleep(0.1)  # the reader reads the Cancel's late answer
+                assert rsess.error is None and not rsess.closed.is_set()
+                await rep.get(11, timeout=10)  # the same session still serves us
+                assert rep.peers == 1
+                assert not reader.has(10)  # the ignored answer was not stored
+                await rep.get(10)
