@@ -444,13 +444,13 @@ class DhtEngine:
         key = self._ascending if direction == UP else self._descending
         if key is None or copies <= 0:
             return []
-        entries = self.store.get(record.topic, now) if record.ttl else None
-        expires = now + (MAX_RECORD_TTL if record.ttl == 0 else record.ttl)
-        if entries is not None:
-            for entry in entries:
-                if entry.record.public_key == record.public_key:
-                    expires = entry.expires
-        remaining = _remaining(expires, now)
+        # A copy never outlives what we hold: the stored entry's expiry (a tombstone's
+        # too; `get` leaves tombstones out, `entry` does not).
+        self.store.expire(now)
+        stored = self.store.entry(record.topic, record.public_key)
+        if stored is None or stored.record != record:
+            return []
+        remaining = _remaining(stored.expires, now)
         if remaining <= 0:
             return []
         self.statistics.replicas_sent += 1

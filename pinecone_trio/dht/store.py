@@ -137,6 +137,16 @@ class RecordStore:
             self.statistics.stale += 1
             return PutResult.STALE
         expires = now + lifetime
+        if old is None:
+            # Make room first: an eviction may empty (and so delete) this very topic,
+            # which must then be made again below, not written to detached.
+            if topic is not None and len(topic) >= self._max_per_topic:
+                victim = min(topic.values(), key=lambda s: s.expires)
+                self._remove(record.topic, victim.record.public_key)
+                self.statistics.evicted += 1
+            while self._count >= self._max_total:
+                self._evict_oldest()
+            topic = self._topics.get(record.topic)
         if topic is None:
             while len(self._topics) >= self._max_topics:
                 self._drop_topic(next(iter(self._topics)))
@@ -144,12 +154,6 @@ class RecordStore:
         else:
             self._topics.move_to_end(record.topic)
         if old is None:
-            if len(topic) >= self._max_per_topic:
-                victim = min(topic.values(), key=lambda s: s.expires)
-                self._remove(record.topic, victim.record.public_key)
-                self.statistics.evicted += 1
-            while self._count >= self._max_total:
-                self._evict_oldest()
             self._count += 1
         topic[record.public_key] = StoredRecord(record, expires)
         heapq.heappush(self._heap, (expires, record.topic, record.public_key))

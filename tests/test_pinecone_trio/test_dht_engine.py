@@ -515,3 +515,25 @@ def test_copies_owed_are_handed_to_a_new_neighbour_at_once() -> None:
     # An expired record is owed to nobody.
     engine.set_neighbours(below, guess)
     assert _stores(engine.on_timer(200.0)) == []
+
+
+def test_a_tombstone_copy_never_outlives_its_source() -> None:
+    # A STORE copy is forwarded with what is left of the stored lifetime; a tombstone's
+    # copies went on with a fresh MAX_RECORD_TTL instead.
+    me, announcer, down = (Identity.from_seed(bytes([70 + i]) * 32) for i in range(3))
+    topic = topic_id("t")
+    key = bytes(announcer.public_key)
+    engine = DhtEngine(me)
+    engine.set_neighbours(bytes(down.public_key), None)
+    for seq, ttl in ((6, 150), (7, 0)):  # a live record, then its withdrawal
+        record = wire.Record(
+            topic, key, seq, ttl, b"", announcer.sign(record_signable(topic, key, seq, ttl, b""))
+        )
+        message = wire.encode(wire.Store(record, 5, 1, wire.DOWN))  # 5 s left, 1 more copy
+        source = bytes(Identity.from_seed(bytes([90 + seq]) * 32).public_key)
+        out = engine.on_message(source, message, None, 100.0)
+        copies = [wire.decode(a.payload) for a in out if isinstance(a, SendExact)]
+        assert len(copies) == 1
+        copy = copies[0]
+        assert isinstance(copy, wire.Store) and copy.record == record
+        assert 0 < copy.remaining_ttl <= 5

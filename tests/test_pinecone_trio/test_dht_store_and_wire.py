@@ -153,6 +153,25 @@ def test_store_bounds_evict_the_oldest() -> None:
     assert store.statistics.evicted >= 3
 
 
+def test_an_eviction_that_empties_the_new_records_own_topic_loses_nothing() -> None:
+    # The store is full and its oldest record is the only one of the topic a new record
+    # goes into: the eviction deleted that topic, and the new record was written into
+    # the detached dict (lost) while the count still grew, until an AssertionError.
+    ids = [Identity.from_seed(bytes([40 + i]) * 32) for i in range(4)]
+    t1, t2 = topic_id("t1"), topic_id("t2")
+    store = RecordStore(max_total=2)
+    assert store.put(signed(ids[0], topic=t1, ttl=150), now=0.0) is PutResult.STORED
+    assert store.put(signed(ids[1], topic=t2, ttl=150), now=10.0) is PutResult.STORED
+    assert store.put(signed(ids[2], topic=t1, ttl=150), now=20.0) is PutResult.STORED
+    assert store.has(t1, bytes(ids[2].public_key)) and len(store) == 2
+    assert [s.record.public_key for s in store.get(t1, 20.0)] == [bytes(ids[2].public_key)]
+    store.expire(1000.0)
+    assert len(store) == 0 and store.topic_count == 0
+    for i, who in enumerate(ids):  # full again, evicting as it goes: never an error
+        assert store.put(signed(who, topic=t2, seq=5, ttl=150), now=1000.0 + i) is PutResult.STORED
+    assert len(store) == 2
+
+
 def test_expiry_heap_stays_bounded_under_refreshes() -> None:
     store = RecordStore()
     for seq in range(1, 2000):
