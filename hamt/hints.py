@@ -48,6 +48,8 @@ __all__ = ["PathHintClient", "serve_path_hints"]
 _LEN: Final = struct.Struct(">I")
 #: Bytes asked of the stream per receive.
 RECEIVE_SIZE: Final = 64 * 1024
+#: Calls a client may give up on (their late answers are skipped) before it stops.
+MAX_ABANDONED_HINTS: Final = 64
 
 
 @final
@@ -134,6 +136,9 @@ class PathHintClient:
         self._framer = _Framer(MAX_HINT_REPLY_FRAME)
         self._lock = trio.Lock()
         self._next_id = 0
+        # Ids of requests whose caller gave up before the answer came (see `_exchange`).
+        self._abandoned: set[int] = set()
+        self._broken = ""
         self._proofs = proofs
 
     async def path_hint(self, key: str, version: int = 0, fork: int | None = None) -> HintReply:
@@ -161,13 +166,33 @@ class PathHintClient:
             return await self._exchange(key, version, fork)
 
     async def _exchange(self, key: str, version: int, fork: int | None) -> HintReply:
+        if self._broken:
+            raise HamtError(f"hint client unusable: {self._broken}")
         self._next_id = (self._next_id + 1) % 2**32
         req = HintRequest(self._next_id, key, version, fork)
-        await self._stream.send_all(_frame(encode_hint(req)))
-        frame = await _next(self._stream, self._framer)
-        if frame is None:
-            raise HamtError("the hint peer closed the stream")
-        reply = decode_hint(frame)
-        if not isinstance(reply, HintReply) or reply.id != req.id:
-            raise HamtError("the hint peer answered out of turn")
-        return reply
+        sent = False
+        try:
+            await self._stream.send_all(_frame(encode_hint(req)))
+            sent = True
+            while True:
+                frame = await _next(self._stream, self._framer)
+                if frame is None:
+                    raise HamtError("the hint peer closed the stream")
+                reply = decode_hint(frame)
+                if isinstance(reply, HintReply) and reply.id in self._abandoned:
+                    self._abandoned.discard(reply.id)  # the late answer to a call given up
+                    continue
+                if not isinstance(reply, HintReply) or reply.id != req.id:
+                    raise HamtError("the hint peer answered out of turn")
+                return reply
+        except BaseException:
+            # A call given up (cancelled, timed out) after its request went out: its
+            # answer will still come and is skipped then. Cut off while sending, the
+            # stream may hold half a frame: nothing more can be asked on it.
+            if not sent:
+                self._broken = "a request was cut off while being sent"
+            elif len(self._abandoned) >= MAX_ABANDONED_HINTS:
+                self._broken = "too many hint calls given up"
+            else:
+                self._abandoned.add(req.id)
+            raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -100,6 +101,20 @@ class HintSource(Protocol):
     async def path_hint(self, key: str, version: int = 0, fork: int | None = None) -> HintReply: ...
 
 
+#: The write lock of each log (see `_Shared.lock`), for as long as the log lives.
+_WRITE_LOCKS: weakref.WeakKeyDictionary[object, trio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _write_lock(log: object) -> trio.Lock:
+    try:
+        lock = _WRITE_LOCKS.get(log)
+        if lock is None:
+            lock = _WRITE_LOCKS[log] = trio.Lock()
+    except TypeError:  # a log that cannot be weakly referenced: a lock of its own
+        return trio.Lock()
+    return lock
+
+
 @final
 class _Shared:
     """State shared by a HAMT and its checkouts."""
@@ -111,7 +126,9 @@ class _Shared:
         self.hints = hints
         self.hasher = hasher
         self.cache = cache
-        self.lock = trio.Lock()
+        # One write lock per log, shared by every HAMT opened on it: two writers on one
+        # log would each build a block for the same position.
+        self.lock = _write_lock(log)
         # Set (and dropped) by the next change; made only when a watcher waits.
         self._changed: trio.Event | None = None
         self.fetches = 0
@@ -317,7 +334,7 @@ class Hamt(Generic[V]):
         """
         check_key(key)
         if hint:
-            await self.prefetch(hint)
+            await self._prefetch(hint, best_effort=True)
         source = self._s.hints if hint is None else None
         self._s.check_fork()
         v = self.version
@@ -357,10 +374,12 @@ class Hamt(Generic[V]):
                             self._admit_hinted(p.index, p.value)
             else:
                 reply = await source.path_hint(key, version)
-        except HamtError as exc:  # a hint is an optimization: fall back to plain fetches
+        except (HamtError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            # A hint is an optimization: a failed or vanished hint peer means plain
+            # fetches, never a failed get.
             logger.debug("path hint for %r failed: %s", key, exc)
             return
-        await self.prefetch(reply.blocks)
+        await self._prefetch(reply.blocks, best_effort=True)
 
     def _admit_hinted(self, seq: int, data: bytes) -> None:
         try:
@@ -378,16 +397,29 @@ class Hamt(Generic[V]):
 
     async def prefetch(self, seqs: Sequence[int]) -> None:
         """Fetch blocks `seqs` into the cache, all at once."""
+        await self._prefetch(seqs, best_effort=False)
+
+    async def _prefetch(self, seqs: Sequence[int], *, best_effort: bool) -> None:
+        """`prefetch`; with `best_effort` (a hint's blocks) a block that cannot be read
+        is skipped, not raised: the walk reports the error of a block it really needs,
+        and a hint naming a bad block off the key's path fails nothing."""
         cache = self._s.cache
         want = sorted({s for s in seqs if 0 < s < self.version and s not in cache})
         if not want:
             return
+        fetch = self._fetch_quietly if best_effort else self._fetch_read
         if len(want) == 1:
-            await self._fetch_read(want[0])
+            await fetch(want[0])
             return
         async with trio.open_nursery() as nursery:
             for s in want:
-                nursery.start_soon(self._fetch_read, s)
+                nursery.start_soon(fetch, s)
+
+    async def _fetch_quietly(self, seq: int) -> None:
+        try:
+            await self._fetch_read(seq)
+        except Exception as exc:  # (not cancellation) see `_prefetch`
+            logger.debug("hinted block %d not prefetched: %s", seq, exc)
 
     async def items(self, prefix: str = "") -> AsyncIterator[tuple[str, V]]:
         """Iterate over ``(key, value)`` of every key under `prefix` (all keys by default).
@@ -419,6 +451,7 @@ class Hamt(Generic[V]):
 
         `right` defaults to this view's version. Unchanged subtrees are skipped unread.
         """
+        self._s.check_fork()  # blocks cached from an older fork must not answer
         r = self.version if right is None else right
         for v in (left, r):
             if not 1 <= v <= self._s.log.length:
@@ -441,6 +474,7 @@ class Hamt(Generic[V]):
         ``diff(v1, v2)`` summarizes. A batch's changes share one version. Entries
         re-homed by a delete are not changes and are not reported.
         """
+        self._s.check_fork()
         stop = self.version if until is None else min(until, self.version)
         for seq in range(max(since, 1), stop):
             for change in self._changes(await self._fetch(seq)):
@@ -467,6 +501,7 @@ class Hamt(Generic[V]):
     async def _watch(self, seen: int) -> AsyncGenerator[Change[V], None]:
         while not self._s.closed:
             event = self._s.changed()
+            self._s.check_fork()
             while seen < self._s.log.length:
                 for change in self._changes(await self._fetch(seen)):
                     yield change
@@ -573,6 +608,11 @@ class Hamt(Generic[V]):
             if not m.changed:
                 return False  # (the retained tree was taken: the next write rebuilds it)
             block_bytes, block = m.encode()
+            # The block's pointers are relative to position `length`: if anything else
+            # appended meanwhile (a writer outside this module; HAMTs share the lock),
+            # it must not go in at another position.
+            if s.log.length != length or s._fork() != s.fork:
+                raise HamtError("the log changed under the HAMT (another writer?)")
             await s.log.append([block_bytes])
             if s.log.length != length + 1:
                 raise HamtError("the log changed under the HAMT (another writer?)")

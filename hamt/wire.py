@@ -313,9 +313,15 @@ def _unpack(data: bytes, seq: int) -> Any:
 def decode_header(data: bytes) -> Header:
     """Decode and check block 0; raise `CorruptNodeError` if it is not a HAMT header."""
     obj = _unpack(data, 0)
-    if type(obj) is not tuple or len(obj) != 5 or obj[0] != TAG_HEADER or obj[1] != PROTOCOL_NAME:
+    if (
+        type(obj) is not tuple
+        or len(obj) != 5
+        or type(obj[0]) is not int  # (msgpack gives 1.0 and True too: both are != 1 here)
+        or obj[0] != TAG_HEADER
+        or obj[1] != PROTOCOL_NAME
+    ):
         raise CorruptNodeError("block 0 is not a HAMT header", seq=0)
-    if obj[2] != FORMAT_VERSION:
+    if type(obj[2]) is not int or obj[2] != FORMAT_VERSION:
         raise CorruptNodeError(f"unsupported HAMT format version {obj[2]!r}", seq=0)
     salt, metadata = obj[3], obj[4]
     if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
@@ -346,7 +352,7 @@ def decode_block(data: bytes, seq: int) -> Block:
     if seq <= 0:
         raise CorruptNodeError("block 0 is the header, not a node", seq=seq)
     obj = _unpack(data, seq)
-    if type(obj) is not tuple or len(obj) != 3 or obj[0] != TAG_NODE:
+    if type(obj) is not tuple or len(obj) != 3 or type(obj[0]) is not int or obj[0] != TAG_NODE:
         raise CorruptNodeError("not an operation block", seq=seq)
     ops, root = obj[1], obj[2]
     puts = _check_ops(ops, seq)
