@@ -249,14 +249,17 @@ class Hamt(Generic[V]):
         self._s.fetches += 1
         return data
 
-    def _admit(self, seq: int, data: bytes) -> Block | LazyBlock:
-        """Cache block `seq` read as `data` for a get: a large one stays encoded."""
+    def _admit(self, seq: int, data: bytes, *, keep: bool = True) -> Block | LazyBlock:
+        """Cache block `seq` read as `data` for a get: a large one stays encoded.
+        With `keep` False only decode it (a read that a new fork overtook)."""
         if len(data) >= LAZY_BLOCK_BYTES and type(data) is bytes:
             lazy = LazyBlock(seq, data)
-            self._s.cache.put_lazy(lazy)
+            if keep:
+                self._s.cache.put_lazy(lazy)
             return lazy
         b = decode_block(data, seq)
-        self._s.cache.put(b)
+        if keep:
+            self._s.cache.put(b)
         return b
 
     def _local_read(self, seq: int) -> Block | LazyBlock | None:
@@ -281,15 +284,21 @@ class Hamt(Generic[V]):
         if b is not None:
             return b
         self._s.fetches += 1
-        return self._admit(seq, await self._s.log.get(seq))
+        fork = self._s._fork()
+        data = await self._s.log.get(seq)
+        # A truncation during the read (and a `check_fork` by another task, which
+        # emptied the cache) must not let a block of the old fork back into the cache.
+        return self._admit(seq, data, keep=self._s._fork() == fork)
 
     async def _fetch(self, seq: int) -> Block:
         b = self._local(seq)
         if b is not None:
             return b
         self._s.fetches += 1
+        fork = self._s._fork()
         b = decode_block(await self._s.log.get(seq), seq)
-        self._s.cache.put(b)
+        if self._s._fork() == fork:  # (as in `_fetch_read`)
+            self._s.cache.put(b)
         return b
 
     async def _root(self) -> Block:

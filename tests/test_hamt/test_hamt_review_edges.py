@@ -155,3 +155,41 @@ def test_a_block_tag_must_be_the_integer(tag: object) -> None:
 def test_a_header_tag_and_version_must_be_integers() -> None:
     with pytest.raises(CorruptNodeError):
         decode_header(msgpack.packb([False, "hamt", True, b"s" * 16, None], use_bin_type=True))
+
+
+class _GatedLog(_YieldingLog):
+    """Reads of `gated` take their bytes at once, then wait for `gate` to return them:
+    a read that the log's truncation overtakes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gated: int | None = None
+        self.gate = trio.Event()
+        self.reading = trio.Event()
+
+    async def get(self, index: int) -> bytes:
+        data = await self.inner.get(index)
+        if index == self.gated:
+            self.reading.set()
+            await self.gate.wait()
+        return data
+
+
+async def test_a_read_overtaken_by_a_new_fork_is_not_cached() -> None:
+    log = _GatedLog()
+    db = await load_hamt(log)
+    await db.put("a", b"1")
+    await db.put("b", b"OLD")  # block 2
+    reader = await load_hamt(log)
+    log.gated = 2
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader.get, "b")  # reads old block 2, held at the gate
+        await log.reading.wait()
+        log.truncate(2)  # a new fork: block 2 is replaced...
+        log.gated = None
+        other = await load_hamt(log)
+        await other.put("c", b"NEW")
+        assert await reader.get("c") == b"NEW"  # ...and `reader` checked the fork
+        log.gate.set()  # now the old read finishes
+    assert await reader.get("b") is None
+    assert [(c.key, c.value) async for c in reader.history()] == [("a", b"1"), ("c", b"NEW")]
