@@ -156,7 +156,7 @@ class PeerChannel:
         self.inflight: dict[int, Inflight] = {}
         # Requests we cancelled whose answer may still arrive (insertion order: the
         # oldest is forgotten first, at most MAX_CANCELLED_IDS).
-        self.cancelled: dict[int, None] = {}
+        self.cancelled: dict[int, Inflight] = {}
         self.verifying: dict[int, Inflight] = {}  # answered, queued for verification
         self.window = float(INITIAL_WINDOW)
         self.srtt = 0.0
@@ -183,14 +183,14 @@ class PeerChannel:
             return False
         return self.have.has(index) or not self.have.known(index)
 
-    def note_cancelled(self, rid: int) -> None:
-        self.cancelled[rid] = None
+    def note_cancelled(self, inf: Inflight) -> None:
+        self.cancelled[inf.id] = inf
         if len(self.cancelled) > MAX_CANCELLED_IDS:
             del self.cancelled[next(iter(self.cancelled))]
 
-    def answers_cancelled(self, rid: int) -> bool:
-        """Whether `rid` is a request we cancelled (its answer is then expected once)."""
-        return self.cancelled.pop(rid, 0) is None
+    def take_cancelled(self, rid: int) -> Inflight | None:
+        """The request `rid` if we cancelled it (its answer is expected at most once)."""
+        return self.cancelled.pop(rid, None)
 
     def __repr__(self) -> str:
         return f"<PeerChannel peer={self.peer_id} ch={self.local_id}>"
@@ -366,7 +366,7 @@ class LogReplicator:
             case wire.Cancel():
                 pass  # handled by the session (drops the queued serve)
             case wire.Data():
-                self._on_data(ch, msg)
+                self._on_data(ch, msg, now)
             case wire.NoData():
                 self._on_no_data(ch, msg, now)
             case wire.Want():
@@ -385,7 +385,7 @@ class LogReplicator:
             case wire.RangeRequest():
                 self._on_range_request(ch, msg)
             case wire.RangeData():
-                self._on_range_data(ch, msg)
+                self._on_range_data(ch, msg, now)
             case wire.Close():
                 pass  # handled by the session
 
@@ -456,10 +456,11 @@ class LogReplicator:
             return self.view.tree_node_size(node)
         return None
 
-    def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData) -> None:
+    def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData, now: float) -> None:
         inf = ch.inflight.pop(msg.id, None)
-        if inf is None and ch.answers_cancelled(msg.id):
-            return  # it crossed our Cancel on the wire: neither verified nor stored
+        if inf is None and (late := ch.take_cancelled(msg.id)) is not None:
+            self._on_late_answer(ch, late, now)
+            return
         if inf is None or inf.kind != K_RANGE:
             raise RemoteProtocolError(f"range data for request {msg.id}, which we never sent")
         req = inf.request
@@ -526,10 +527,11 @@ class LogReplicator:
         else:
             ch.sink.send(data)
 
-    def _on_data(self, ch: PeerChannel, msg: wire.Data) -> None:
+    def _on_data(self, ch: PeerChannel, msg: wire.Data, now: float) -> None:
         inf = ch.inflight.pop(msg.id, None)
-        if inf is None and ch.answers_cancelled(msg.id):
-            return  # it crossed our Cancel on the wire: neither verified nor stored
+        if inf is None and (late := ch.take_cancelled(msg.id)) is not None:
+            self._on_late_answer(ch, late, now)
+            return
         if inf is None or not isinstance(inf.request, wire.Request):
             raise RemoteProtocolError(f"data for request {msg.id}, which we never sent")
         req = inf.request
@@ -614,7 +616,7 @@ class LogReplicator:
     def _on_no_data(self, ch: PeerChannel, msg: wire.NoData, now: float) -> None:
         inf = ch.inflight.pop(msg.id, None)
         if inf is None:
-            ch.answers_cancelled(msg.id)
+            ch.take_cancelled(msg.id)
             return  # an answer to a request we cancelled (or unknown): harmless
         if inf.kind == K_CONFLICT:
             raise RemoteProtocolError(f"refused to prove its tree after a bad proof: {ch.suspect}")
@@ -630,6 +632,33 @@ class LogReplicator:
         self._forget_inflight(ch, inf, failed=True)
         self._fail_unservable()
         self.pump(now)
+        self.on_change()
+
+    def _on_late_answer(self, ch: PeerChannel, inf: Inflight, now: float) -> None:
+        """Data answering a request we cancelled: it crossed our Cancel on the wire.
+
+        It is ignored (neither verified nor stored). The peer did answer, though: if
+        we cancelled because it timed out, lift that verdict (the upgrade marked
+        failed, the get's peer marked tried) and wait longer next time, or a slow
+        only peer could never be asked again and its get would fail while the
+        session lives on.
+        """
+        # The peer is at least this slow: later requests wait longer before timing
+        # out (else a peer slower than REQUEST_TIMEOUT would time out every time).
+        ch.srtt = max(ch.srtt, now - inf.sent_at)
+        if inf.kind == K_UPGRADE and ch.upgrade_failed_at == (inf.fork, inf.index):
+            ch.upgrade_failed_at = None
+        elif inf.kind == K_BLOCK and (g := self.gets.get(inf.index)) is not None:
+            g.tried.discard(ch.peer_id)
+        else:
+            return
+        # Gets failed for want of a peer may have one again (`_fail_unservable`
+        # re-fails those that still have none, after `pump` asked for the others).
+        for g in self.gets.values():
+            if isinstance(g.error, BlockNotAvailableError) and g.attempts < MAX_ATTEMPTS:
+                g.error = None
+        self.pump(now)
+        self._fail_unservable()
         self.on_change()
 
     def _on_want(self, ch: PeerChannel, msg: wire.Want) -> None:
@@ -889,9 +918,10 @@ class LogReplicator:
         return rid
 
     def _cancel(self, ch: PeerChannel, rid: int) -> None:
-        if ch.inflight.pop(rid, None) is not None and not ch.closed:
+        inf = ch.inflight.pop(rid, None)
+        if inf is not None and not ch.closed:
             # The peer may have answered already: that answer is ignored, not an error.
-            ch.note_cancelled(rid)
+            ch.note_cancelled(inf)
             ch.sink.send(wire.Cancel(ch.local_id, rid))
 
     def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None:

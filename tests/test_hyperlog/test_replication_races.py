@@ -16,6 +16,7 @@ from hyperlog.errors import ReplicationError
 from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
 
+from . import test_replication_fuzz as fuzz
 from .replication_race_helpers import Gated, blocks, writer_log
 
 # ---------------------------------------------------------------- 7: frame-size limit
@@ -132,3 +133,13 @@ async def test_answer_to_a_cancelled_get_keeps_the_peer() -> None:
                 assert rep.peers == 1
                 assert not reader.has(10)  # the ignored answer was not stored
                 await rep.get(10)
+
+
+def test_late_answer_after_a_timeout_lifts_the_verdict() -> None:
+    # Engine level (the fuzz harness, fake logs): the reader's upgrade request times
+    # out before its answer is read. The late answer is ignored but shows the peer
+    # is alive: the upgrade is asked again (with a longer timeout) and the get that
+    # had failed for want of a peer gets its block; the session is not dropped.
+    fuzz.test_engine_under_faults.hypothesis.inner_test(  # type: ignore[attr-defined]
+        [("deliver", True, 0, 0), ("want", False, 0, 0)]
+    )
