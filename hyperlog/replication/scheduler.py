@@ -310,7 +310,7 @@ class LogReplicator:
             del self.gets[g.index]
             if not self._needed_by_download(g.index):
                 for ch, rid in self.block_reqs.pop(g.index, []):
-                    self._cancel(ch, rid)
+                    self._cancel_request(ch, rid)
 
     def want_range(self, start: int, end: int | None, now: float) -> DownloadWant:
         d = DownloadWant(start, end, start)
@@ -690,7 +690,7 @@ class LogReplicator:
             g.error = None
             self.on_block(index)
         for ch, rid in self.block_reqs.pop(index, []):
-            self._cancel(ch, rid)
+            self._cancel_request(ch, rid)
         for d in self.downloads:
             if index >= d.start and (d.end is None or index < d.end):
                 d.missing -= 1
@@ -923,6 +923,18 @@ class LogReplicator:
             # The peer may have answered already: that answer is ignored, not an error.
             ch.note_cancelled(inf)
             ch.sink.send(wire.Cancel(ch.local_id, rid))
+
+    def _cancel_request(self, ch: PeerChannel, rid: int) -> None:
+        """Cancel a request for a block that is stored or no longer wanted.
+
+        A range covers other blocks too: each of them must leave `block_reqs` (or it
+        would look in flight forever, and neither a get nor a download would ask for
+        it again); those a download still needs go back to the retry set.
+        """
+        inf = ch.inflight.get(rid)
+        self._cancel(ch, rid)
+        if inf is not None:
+            self._forget_inflight(ch, inf, failed=True)
 
     def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None:
         if inf.kind == K_CONFLICT:

@@ -143,3 +143,41 @@ def test_late_answer_after_a_timeout_lifts_the_verdict() -> None:
     fuzz.test_engine_under_faults.hypothesis.inner_test(  # type: ignore[attr-defined]
         [("deliver", True, 0, 0), ("want", False, 0, 0)]
     )
+
+
+# ---------------------------------------------------------------- 5: cancelled ranges
+
+
+async def test_releasing_a_get_inside_a_range_leaves_no_stale_blocks() -> None:
+    # A get inside a RangeRequest of a download (download stopped first): releasing
+    # the get cancelled the whole range but left its other 63 blocks marked in flight
+    # for good, so later gets timed out and downloads never finished.
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(1000))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        ga = Gated(a)
+        with trio.fail_after(60):
+            async with replicate(ga, writer), replicate(b, reader) as rsess:
+                rep = replication_for(reader)
+                eng = rep.engine
+                await rep.update()
+                ga.pause()  # the writer does not read our requests for a while
+                async with trio.open_nursery() as gets:
+                    async with trio.open_nursery() as dl:
+                        dl.start_soon(rep.download, 0, 1000)
+                        await trio.sleep(0.05)
+                        gets.start_soon(rep.get, 5)
+                        await trio.sleep(0.05)
+                        assert any(x.kind == "range" for x in eng.peers[0].inflight.values())
+                        dl.cancel_scope.cancel()
+                    gets.cancel_scope.cancel()
+                ch = eng.peers[0]
+                for index, reqs in eng.block_reqs.items():
+                    for c, rid in reqs:
+                        assert rid in c.inflight or rid in c.verifying, index
+                ga.resume()
+                await rep.get(7, timeout=10)
+                p = await rep.download(0, 64)
+                assert p.missing == 0
+                assert rsess.error is None and ch in eng.peers
