@@ -624,6 +624,15 @@ class LogReplicator:
             ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
         elif inf.kind == K_RANGE and msg.reason == wire.NO_DATA_INVALID:
             pass  # too big for one frame: its blocks are retried one by one (below)
+        elif (
+            msg.reason == wire.NO_DATA_FORK
+            or inf.fork != self.view.fork
+            or inf.fork != ch.remote_fork
+        ):
+            # Asked on a fork that is no longer ours or the peer's (a truncation
+            # crossed the request): it says nothing about which blocks the peer has.
+            # Only forget the request; it is asked again on the new fork.
+            pass
         else:
             ch.have.drop_range(inf.index, 1)
             g = self.gets.get(inf.index)
@@ -652,14 +661,17 @@ class LogReplicator:
             g.tried.discard(ch.peer_id)
         else:
             return
-        # Gets failed for want of a peer may have one again (`_fail_unservable`
-        # re-fails those that still have none, after `pump` asked for the others).
-        for g in self.gets.values():
-            if isinstance(g.error, BlockNotAvailableError) and g.attempts < MAX_ATTEMPTS:
-                g.error = None
+        self._reopen_gets()
         self.pump(now)
         self._fail_unservable()
         self.on_change()
+
+    def _reopen_gets(self) -> None:
+        """Gets failed for want of a peer may have one again: clear their errors
+        (`_fail_unservable` fails again those that still have none)."""
+        for g in self.gets.values():
+            if isinstance(g.error, BlockNotAvailableError) and g.attempts < MAX_ATTEMPTS:
+                g.error = None
 
     def _on_want(self, ch: PeerChannel, msg: wire.Want) -> None:
         length = self.view.length
@@ -707,6 +719,10 @@ class LogReplicator:
             # A newer fork: blocks from `truncated_to` on are gone and must be fetched
             # again from the new history.
             self.retry = {i for i in self.retry if i < truncated_to}
+            # "Peer lacks the block" verdicts were about the old history.
+            for g in self.gets.values():
+                g.tried.clear()
+            self._reopen_gets()
             for d in self.downloads:
                 d.cursor = min(d.cursor, max(d.start, truncated_to))
                 stop = self.view.length if d.end is None else d.end

@@ -8,6 +8,8 @@ mind (cancel, truncation): the races are then deterministic.
 
 from __future__ import annotations
 
+from functools import partial
+
 import trio
 import trio.testing
 
@@ -181,3 +183,32 @@ async def test_releasing_a_get_inside_a_range_leaves_no_stale_blocks() -> None:
                 p = await rep.download(0, 64)
                 assert p.missing == 0
                 assert rsess.error is None and ch in eng.peers
+
+
+# ---------------------------------------------------------------- 1: get vs truncation
+
+
+async def test_get_in_flight_when_the_writer_truncates() -> None:
+    # The writer truncates (fork 1) while our Request(fork 0, block 10) waits for it
+    # to read: it answers NoData(fork). That used to count as "this peer lacks block
+    # 10" (peer marked tried, have-bit dropped, never undone on the fork change), so
+    # the get timed out although block 10 survived the truncation.
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(100))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        ga = Gated(a)
+        with trio.fail_after(30):
+            async with replicate(ga, writer), replicate(b, reader) as rsess:
+                rep = replication_for(reader)
+                await rep.update()
+                ga.pause()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(partial(rep.get, 10, timeout=5, wait=False))
+                    await trio.sleep(0.05)  # the request is on the wire
+                    await writer.truncate(50)
+                    await writer.append(blocks(60, b"c", 50))
+                    await trio.sleep(0.05)
+                    ga.resume()
+                assert reader.has(10) and reader.fork == 1
+                assert rsess.error is None
