@@ -621,7 +621,7 @@ class LogReplicator:
         if inf.kind == K_CONFLICT:
             raise RemoteProtocolError(f"refused to prove its tree after a bad proof: {ch.suspect}")
         if inf.kind == K_UPGRADE:
-            ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
+            self._upgrade_failed(ch, inf)
         elif inf.kind == K_RANGE and msg.reason == wire.NO_DATA_INVALID:
             pass  # too big for one frame: its blocks are retried one by one (below)
         elif (
@@ -665,6 +665,17 @@ class LogReplicator:
         self.pump(now)
         self._fail_unservable()
         self.on_change()
+
+    @staticmethod
+    def _upgrade_failed(ch: PeerChannel, inf: Inflight) -> None:
+        """The peer refused (or never answered) upgrade request `inf`.
+
+        Marks the head that request asked for, and only if it is still the peer's:
+        after a Sync with a new fork or length crossed the request, the failure says
+        nothing about the new head (which must be asked for, not skipped).
+        """
+        if (ch.remote_fork, ch.remote_length) == (inf.fork, inf.index):
+            ch.upgrade_failed_at = (inf.fork, inf.index)
 
     def _reopen_gets(self) -> None:
         """Gets failed for want of a peer may have one again: clear their errors
@@ -1034,7 +1045,7 @@ class LogReplicator:
                     elif inf.kind in (K_CONFLICT, K_RANGE):
                         pass  # ranges are retried block by block; a suspect stays idle
                     else:
-                        ch.upgrade_failed_at = (ch.remote_fork, ch.remote_length)
+                        self._upgrade_failed(ch, inf)
                     self._forget_inflight(ch, inf, failed=True)
                 elif inf.sent_at + HOTSWAP_AFTER <= now:
                     inf.swap_checked = True

@@ -212,3 +212,33 @@ async def test_get_in_flight_when_the_writer_truncates() -> None:
                     ga.resume()
                 assert reader.has(10) and reader.fork == 1
                 assert rsess.error is None
+
+
+# ---------------------------------------------------------------- 2: upgrade vs truncation
+
+
+async def test_stale_upgrade_refusal_does_not_mark_the_new_head_failed() -> None:
+    # Our upgrade request {100, 10} on fork 0 waits while the writer truncates and
+    # appends (fork 1, length 120); its NoData used to mark the peer's *current* head
+    # (1, 120) as failed, so we never upgraded to it.
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(100))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        ga = Gated(a)
+        with trio.fail_after(30):
+            async with replicate(ga, writer), replicate(b, reader) as rsess:
+                rep = replication_for(reader)
+                await rep.update()
+                ga.pause()
+                await writer.append(blocks(110, b"x", 100))  # we ask for {100, 10}
+                await trio.sleep(0.05)
+                await writer.truncate(105)
+                await writer.append(blocks(120, b"y", 105))
+                await trio.sleep(0.05)
+                ga.resume()  # the writer refuses the fork-0 upgrade
+                await rep.update(timeout=10)
+                assert (reader.fork, reader.length) == (1, 120)
+                assert rep.engine.peers[0].upgrade_failed_at is None
+                await rep.get(115, timeout=10, wait=False)
+                assert rsess.error is None
