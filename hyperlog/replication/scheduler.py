@@ -378,7 +378,7 @@ class LogReplicator:
                 self.pump(now)
             case wire.Range():
                 if msg.drop:
-                    ch.have.drop_range(msg.start, msg.length)
+                    self._drop_have(ch, msg.start, msg.length)
                 else:
                     ch.have.add_range(msg.start, msg.length)
                 self.pump(now)
@@ -634,7 +634,7 @@ class LogReplicator:
             # Only forget the request; it is asked again on the new fork.
             pass
         else:
-            ch.have.drop_range(inf.index, 1)
+            self._drop_have(ch, inf.index, 1)
             g = self.gets.get(inf.index)
             if g is not None:
                 g.tried.add(ch.peer_id)
@@ -730,9 +730,12 @@ class LogReplicator:
             # A newer fork: blocks from `truncated_to` on are gone and must be fetched
             # again from the new history.
             self.retry = {i for i in self.retry if i < truncated_to}
-            # "Peer lacks the block" verdicts were about the old history.
+            # "Peer lacks the block" verdicts were about the old history, and so were
+            # the pages we asked peers about: ask again where bits are unknown.
             for g in self.gets.values():
                 g.tried.clear()
+            for ch in self.peers:
+                ch.wanted_pages.clear()
             self._reopen_gets()
             for d in self.downloads:
                 d.cursor = min(d.cursor, max(d.start, truncated_to))
@@ -833,9 +836,15 @@ class LogReplicator:
             for i in sorted(self.retry):
                 if ch.free_slots() <= 0:
                     return
-                if d.start <= i < stop and i not in self.block_reqs and ch.have.has(i):
+                if not d.start <= i < stop or i in self.block_reqs:
+                    continue
+                if ch.have.has(i):
                     self.retry.discard(i)
                     self._request_block(ch, i, now)
+                elif not ch.have.known(i) and i < ch.remote_length:
+                    # The cursor never revisits a retry item: ask about its page here,
+                    # or a block whose bit was forgotten would wait forever.
+                    self._want_page(ch, i // PAGE_BITS)
             i = d.cursor
             scanned = 0
             advancing = True
@@ -868,13 +877,29 @@ class LogReplicator:
                 advancing = False
                 if not ch.have.known(i) and i < ch.remote_length:
                     page = i // PAGE_BITS
-                    if page not in ch.wanted_pages and len(ch.wanted_pages) < 4 * SCAN_LIMIT:
-                        ch.wanted_pages.add(page)
-                        ch.have.mark_known(page)
-                        ch.sink.send(wire.Want(ch.local_id, page * PAGE_BITS, PAGE_BITS))
+                    self._want_page(ch, page)
                     i = (page + 1) * PAGE_BITS
                     continue
                 i += 1
+
+    @staticmethod
+    def _want_page(ch: PeerChannel, page: int) -> None:
+        """Ask the peer which blocks of `page` it has (once, until we forget them)."""
+        if page not in ch.wanted_pages and len(ch.wanted_pages) < 4 * SCAN_LIMIT:
+            ch.wanted_pages.add(page)
+            ch.have.mark_known(page)
+            ch.sink.send(wire.Want(ch.local_id, page * PAGE_BITS, PAGE_BITS))
+
+    @staticmethod
+    def _drop_have(ch: PeerChannel, start: int, length: int) -> None:
+        """The peer lacks [start, start + length). `RemoteHave` forgets its whole
+        prefix past `start` rather than splitting it: those blocks become unknown, so
+        their pages may be asked about again (a Want), or nobody would ever ask."""
+        before = ch.have.contiguous
+        ch.have.drop_range(start, length)
+        if ch.have.contiguous < before:
+            lo, hi = ch.have.contiguous // PAGE_BITS, (before - 1) // PAGE_BITS
+            ch.wanted_pages = {p for p in ch.wanted_pages if not lo <= p <= hi}
 
     def _try_range(
         self, ch: PeerChannel, first: int, span: int, stop: int, now: float
