@@ -93,6 +93,7 @@ from .tree import (
     Peer,
     check_announcement,
     decide_announcement,
+    extendable,
     select_parent,
 )
 from .wire import (
@@ -485,13 +486,30 @@ class RouterState:
     def next_hop_closest(self, target_key: bytes, *, from_port: int = LOCAL) -> int | None:
         """The port closest-key traffic for `target_key` takes from here (`LOCAL` when we
         are the closest node, None when dropped)."""
-        rk = self._current_ann().root_key
-        port, _, _ = self._snake(
-            target_key if target_key <= rk else rk, False, FULL_MASK, 0, from_port
-        )
+        cap = self._closest_cap()
+        if cap is None and target_key > self._key:
+            return None
+        aim = target_key if cap is None or target_key <= cap else cap
+        port, _, _ = self._snake(aim, False, FULL_MASK, 0, from_port)
         if port != LOCAL and port == from_port:
             return None
         return port
+
+    def _closest_cap(self) -> bytes | None:
+        """The highest key closest-key traffic aims at (traffic for a target above it
+        goes to the node that holds it): the root's key. During a reparent hold-down we
+        only act as root (our own key), while higher keys still exist: then the
+        strongest root a peer outside our subtree still announces, or None when no peer
+        knows a key above ours (traffic for targets above us is dropped then, not
+        wrongly delivered here)."""
+        root = self._current_ann().root_key
+        if self._waiting_until is None:
+            return root
+        for p in self._peer_list:
+            ann = p.ann
+            if ann is not None and not p.contains_us and ann.root_key > root:
+                root = ann.root_key
+        return root if root > self._key else None
 
     def next_hop_coords(self, coords: Coords, *, from_port: int = LOCAL) -> int | None:
         """The tree next hop towards `coords` (`LOCAL` when they are ours, None if none)."""
@@ -701,7 +719,8 @@ class RouterState:
         is_parent = peer is self._parent
         action = decide_announcement(
             from_parent=is_parent,
-            contains_us=peer.contains_us,
+            # Too deep to extend counts as unusable, like a descendant's (`extendable`).
+            contains_us=peer.contains_us or not extendable(ann),
             new_root_key=ann.root_key,
             new_root_seq=ann.root_seq,
             our_root_key=cur.root_key,
@@ -1146,10 +1165,17 @@ class RouterState:
             self._drop("hop_limit")
             return
         target = f.target_key
-        rk = self._current_ann().root_key
+        cap = self._closest_cap()
+        if cap is None and target > self._key:
+            self._drop("holddown")  # keys above ours exist, but no route to them now
+            return
         # Above every key (the root's is the highest): the root is the closest node.
         nh, bk, bs = self._snake(
-            target if target <= rk else rk, False, f.watermark_key, f.watermark_seq, from_port
+            target if cap is None or target <= cap else cap,
+            False,
+            f.watermark_key,
+            f.watermark_seq,
+            from_port,
         )
         if nh is None:
             self._drop("no_route")

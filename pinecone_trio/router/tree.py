@@ -34,8 +34,20 @@ from enum import Enum
 from typing import final
 
 from .actions import PeerType
+from .constants import HEADER_SIZE, KEY_SIZE, MAX_FRAME_SIZE, SIGNATURE_SIZE
 from .signer import Signer
 from .wire import Announcement, Coords
+
+#: The most one hop adds to an announcement: a two-byte port, a key and a signature.
+_MAX_HOP_BYTES = 2 + KEY_SIZE + SIGNATURE_SIZE
+
+
+def extendable(ann: Announcement) -> bool:
+    """Whether `ann` plus our own hop still fits in a frame. A legal announcement of
+    the greatest depth does not: adopting it, we could announce nothing, and our peers
+    would keep our old announcement (an inconsistent tree). So it is never a parent's."""
+    return HEADER_SIZE + 2 + len(ann.body) + _MAX_HOP_BYTES <= MAX_FRAME_SIZE
+
 
 __all__ = [
     "AnnouncementAction",
@@ -190,7 +202,12 @@ def select_parent(
     best: Peer | None = None
     for p in peers:
         ann = p.ann
-        if ann is None or p.contains_us or now - p.ann_time >= announcement_timeout:
+        if (
+            ann is None
+            or p.contains_us
+            or now - p.ann_time >= announcement_timeout
+            or not extendable(ann)
+        ):
             continue
         rk = ann.root_key
         if rk < best_key:
