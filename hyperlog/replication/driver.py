@@ -28,7 +28,7 @@ import dataclasses
 import logging
 import math
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, cast, runtime_checkable
@@ -80,6 +80,18 @@ def _small(w: Work) -> bool:
     if isinstance(w, ServeWork):
         return isinstance(w.request, wire.Request)
     return isinstance(w, VerifyWork)
+
+
+def _inline_fits(work: Iterable[Work], outbox_bytes: int) -> bool:
+    """Whether serving `work` inline cannot push the outbox over MAX_OUTBOX_BYTES.
+
+    The reader must never wait for the writer to drain: it would stop reading, and
+    two peers serving each other big blocks would each wait for the other to read
+    (a deadlock). A single-block answer is at most one frame, so this bounds what
+    the inline serves add; otherwise the worker serves (and may wait) instead.
+    """
+    serves = sum(1 for w in work if isinstance(w, ServeWork))
+    return outbox_bytes + serves * wire.MAX_FRAME_SIZE <= MAX_OUTBOX_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,14 +404,14 @@ class ReplicationSession:
             if (
                 not self._working
                 and len(work) <= _INLINE_WORK
-                and self.engine.outbox_bytes <= MAX_OUTBOX_BYTES
                 and all(map(_small, work))
+                and _inline_fits(work, self.engine.outbox_bytes)
             ):
                 # A few single-block items and an idle worker: do them here and save
                 # two task switches per round trip (sparse gets are latency-bound).
                 self._working = True
                 try:
-                    await self._do_work()
+                    await self._do_work(inline=True)
                 finally:
                     self._working = False
             else:
@@ -425,7 +437,9 @@ class ReplicationSession:
             self._fail(exc)
             self._scope.cancel()
 
-    async def _do_work(self) -> None:
+    async def _do_work(self, *, inline: bool = False) -> None:
+        """Run the queued work. `inline`: on the reader task, which must not wait for
+        the writer to drain (`_inline_fits` bounded what its serves add)."""
         pending: list[Work] = []
         while (w := self.engine.next_work()) is not None:
             pending.append(w)
@@ -447,7 +461,7 @@ class ReplicationSession:
                     await self._apply_group(group, unsettled)
                     group = []
                 if isinstance(w, ServeWork):
-                    await self._serve(w)
+                    await self._serve(w, may_wait=not inline)
                 elif isinstance(w, RangeVerifyWork):
                     await self._apply_range(w, unsettled)
                 else:
@@ -461,11 +475,12 @@ class ReplicationSession:
             self.engine.abandon(unsettled, trio.current_time())
             raise
 
-    async def _serve(self, w: ServeWork) -> None:
+    async def _serve(self, w: ServeWork, *, may_wait: bool = True) -> None:
         # A peer that asks but does not read must not make us buffer without bound:
         # wait until the writer drains (its requests then pile up against
-        # MAX_PENDING_SERVES and it is dropped if it keeps going).
-        while self.engine.outbox_bytes > MAX_OUTBOX_BYTES:
+        # MAX_PENDING_SERVES and it is dropped if it keeps going). Not on the reader
+        # (`may_wait=False`), which must keep reading.
+        while may_wait and self.engine.outbox_bytes > MAX_OUTBOX_BYTES:
             await self._drain_lot.park()
         rep = self._rep_of(w)
         try:

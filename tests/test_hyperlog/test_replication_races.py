@@ -11,9 +11,11 @@ from __future__ import annotations
 from functools import partial
 
 import trio
+import trio.socket
 import trio.testing
 
 from hyperlog import wire
+from hyperlog.crypto import key_pair
 from hyperlog.errors import ReplicationError
 from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
@@ -317,3 +319,36 @@ def test_download_asks_again_about_blocks_whose_bits_were_forgotten() -> None:
         net.tick(1.0)
     assert net.dead is None
     assert d.done and d.missing == 0
+
+
+# ---------------------------------------------------------------- 6: inline work vs drain
+
+
+async def test_two_peers_serving_each_other_big_blocks_do_not_deadlock() -> None:
+    # Each side writes one log and downloads the other's, 4 blocks of 8 MiB each way,
+    # over a socket pair (real kernel buffers, so a side that stops reading stalls its
+    # peer's writer). The reader task used to serve small requests inline and wait
+    # for its own outbox to drain: both readers stopped reading, neither drained.
+    k = 4
+    big = wire.MAX_BLOCK_SIZE
+    async with open_store() as sa, open_store() as sb:
+        x = await sa.create_log(key_pair(bytes(32)))
+        y = await sb.create_log(key_pair(bytes(range(32))))
+        await x.append([bytes([i]) * big for i in range(k)])
+        await y.append([bytes([i + 1]) * big for i in range(k)])
+        xr = await sb.open_log(x.key)
+        yr = await sa.open_log(y.key)
+        s1, s2 = trio.socket.socketpair()
+        with trio.fail_after(60):
+            async with (
+                replicate(trio.SocketStream(s1), x, yr) as sess_a,
+                replicate(trio.SocketStream(s2), xr, y) as sess_b,
+            ):
+                ra, rb = replication_for(yr), replication_for(xr)
+                await ra.update()
+                await rb.update()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(ra.download, 0, k)
+                    nursery.start_soon(rb.download, 0, k)
+                assert sess_a.error is None and sess_b.error is None
+        assert all(yr.has(i) and xr.has(i) for i in range(k))
