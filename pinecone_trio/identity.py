@@ -12,9 +12,11 @@ created with mode 0600 and refused when group or others can read them.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import stat
-from pathlib import Path
+import tempfile
 from typing import Final, final
 
 import nacl.exceptions
@@ -30,6 +32,8 @@ SIGNATURE_SIZE: Final = 64
 FULL_MASK: Final = b"\xff" * PUBLIC_KEY_SIZE
 
 _KEY_FILE_MAX_BYTES: Final = 1024
+#: A key file's contents, once stripped: the seed as exactly 64 hex digits.
+_HEX_SEED: Final = re.compile(f"[0-9a-fA-F]{{{2 * SEED_SIZE}}}")
 
 
 @final
@@ -136,14 +140,30 @@ class Identity:
         Raises:
             KeyFileError: if the file exists and `overwrite` is false.
         """
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+        name = os.fspath(path)
+        if not overwrite and os.path.lexists(name):
+            raise KeyFileError(f"{name}: key file already exists")
+        # Written whole to a temporary file beside it, then put in place at once: a
+        # reader (another process starting on the same path) or a crash never sees a
+        # half-written key file.
+        directory = os.path.dirname(name) or "."
+        fd, tmp = tempfile.mkstemp(prefix=".key-", dir=directory)
         try:
-            fd = os.open(path, flags, 0o600)
-        except FileExistsError:
-            raise KeyFileError(f"{os.fspath(path)}: key file already exists") from None
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            os.fchmod(f.fileno(), 0o600)
-            f.write(self._seed.hex() + "\n")
+            with os.fdopen(fd, "w", encoding="ascii") as f:
+                os.fchmod(f.fileno(), 0o600)
+                f.write(self._seed.hex() + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            if overwrite:
+                os.replace(tmp, name)
+            else:
+                try:
+                    os.link(tmp, name)  # fails if the name exists: never replaces a key
+                except FileExistsError:
+                    raise KeyFileError(f"{name}: key file already exists") from None
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
@@ -155,15 +175,24 @@ class Identity:
         """
         name = os.fspath(path)
         try:
-            st = os.stat(name)
-            if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise KeyFileError(
-                    f"{name}: key file is accessible by others (mode {st.st_mode & 0o777:o});"
-                    " run: chmod 600 " + name
-                )
-            if st.st_size > _KEY_FILE_MAX_BYTES:
-                raise KeyFileError(f"{name}: not a key file (too large)")
-            text = Path(name).read_text(encoding="ascii")
+            # Checked and read through one descriptor (no swap between the two), opened
+            # without blocking: a FIFO or device is refused, never waited on.
+            fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK)
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise KeyFileError(f"{name}: not a key file (not a regular file)")
+                if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                    raise KeyFileError(
+                        f"{name}: key file is accessible by others"
+                        f" (mode {st.st_mode & 0o777:o}); run: chmod 600 " + name
+                    )
+                if st.st_size > _KEY_FILE_MAX_BYTES:
+                    raise KeyFileError(f"{name}: not a key file (too large)")
+                raw = os.read(fd, _KEY_FILE_MAX_BYTES + 1)
+            finally:
+                os.close(fd)
+            text = raw.decode("ascii")
         except FileNotFoundError:
             raise KeyFileError(f"{name}: no such key file") from None
         except UnicodeDecodeError:
@@ -173,11 +202,9 @@ class Identity:
         text = text.strip()
         if len(text) != 2 * SEED_SIZE:
             raise KeyFileError(f"{name}: not a key file (expected {2 * SEED_SIZE} hex digits)")
-        try:
-            seed = bytes.fromhex(text)
-        except ValueError:
-            raise KeyFileError(f"{name}: not a key file (not hex)") from None
-        return cls(seed)
+        if not _HEX_SEED.fullmatch(text):  # (`bytes.fromhex` would skip inner spaces)
+            raise KeyFileError(f"{name}: not a key file (not hex)")
+        return cls(bytes.fromhex(text))
 
     @classmethod
     def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:

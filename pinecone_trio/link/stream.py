@@ -558,7 +558,8 @@ class NoiseLink(trio.abc.Stream):
         """Decrypt the complete frames on hand (up to `limit` plaintext bytes) into
         `_plain`; False if there is none. Several frames are decrypted straight into one
         buffer, so many small frames cost one `receive_some` return, not one each."""
-        frame = self._held_frame or self._decoder.next_frame()
+        held = self._held_frame  # (an empty frame is falsy: test for None)
+        frame = held if held is not None else self._decoder.next_frame()
         self._held_frame = None
         if frame is None:
             return False

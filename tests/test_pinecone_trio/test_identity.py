@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,6 +70,7 @@ def test_load_or_create(tmp_path: Path) -> None:
         ("", "expected 64 hex digits"),
         ("ab" * 31, "expected 64 hex digits"),
         ("zz" * 32, "not hex"),
+        ("00" * 30 + "  00", "not hex"),  # 64 characters; fromhex would skip the spaces
         ("ab" * 600, "too large"),
     ],
 )
@@ -90,3 +93,50 @@ def test_key_file_readable_by_others_is_refused(tmp_path: Path) -> None:
 def test_missing_key_file(tmp_path: Path) -> None:
     with pytest.raises(KeyFileError, match="no such key file"):
         Identity.load(tmp_path / "nope")
+
+
+def test_a_fifo_is_refused_not_waited_on(tmp_path: Path) -> None:
+    path = tmp_path / "fifo.key"
+    os.mkfifo(path, 0o600)
+    with pytest.raises(KeyFileError, match="not a regular file"):
+        Identity.load(path)  # used to block forever in the read
+
+
+def test_a_saved_key_file_is_never_seen_half_written(tmp_path: Path) -> None:
+    # The key is written to a temporary file and linked into place: no empty or partial
+    # key file exists at any moment, and an existing one is never replaced.
+    path = tmp_path / "k"
+    first = Identity.generate()
+    first.save(path)
+    with pytest.raises(KeyFileError, match="already exists"):
+        Identity.generate().save(path)
+    assert Identity.load(path).public_key == first.public_key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]  # no temporary left
+    second = Identity.generate()
+    second.save(path, overwrite=True)
+    assert Identity.load(path).public_key == second.public_key
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def _load_or_create(path: str, start: Any, out: Any) -> None:
+    start.wait()
+    try:
+        out.put(Identity.load_or_create(path).public_key.hex())
+    except Exception as exc:  # reported to the parent
+        out.put(repr(exc))
+
+
+def test_processes_starting_together_share_one_key(tmp_path: Path) -> None:
+    # Two processes creating the same key file at once: one wins, the other loads its
+    # key (it used to read the winner's still-empty file and fail).
+    ctx = multiprocessing.get_context("fork")
+    for i in range(20):
+        path = str(tmp_path / f"race{i}.key")
+        start, out = ctx.Barrier(2), ctx.Queue()
+        procs = [ctx.Process(target=_load_or_create, args=(path, start, out)) for _ in range(2)]
+        for proc in procs:
+            proc.start()
+        results = [out.get(timeout=30) for _ in procs]
+        for proc in procs:
+            proc.join(timeout=30)
+        assert results[0] == results[1] and len(results[0]) == 64, results
