@@ -161,9 +161,20 @@ class Identity:
                     os.link(tmp, name)  # fails if the name exists: never replaces a key
                 except FileExistsError:
                     raise KeyFileError(f"{name}: key file already exists") from None
+                except OSError:  # a file system without hard links: create exclusively
+                    self._save_exclusive(name)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
+
+    def _save_exclusive(self, name: str) -> None:
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeyFileError(f"{name}: key file already exists") from None
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(self._seed.hex() + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Identity:
