@@ -124,12 +124,14 @@ MAX_SUBSCRIBERS: Final = 256
 #: The router handles at most about this many queued inputs (frames of a `FrameBatch`
 #: count one each) in one go before checking timers and letting the writers run.
 ROUTER_BATCH: Final = 256
-#: A key heard in a beacon is dialled at most once per this many seconds.
+#: A key heard in a beacon is dialled at most once per this many seconds at one address.
 BEACON_REDIAL_INTERVAL: Final = 5.0
-#: Keys remembered for the beacon redial limit.
+#: (key, address) pairs remembered for the beacon redial limit.
 MAX_BEACON_MEMORY: Final = 1024
 #: Dials triggered by beacons in progress at once; more beacons wait for the next round.
 MAX_BEACON_DIALS: Final = 16
+#: Of those, at most this many to addresses one host's beacons named.
+MAX_BEACON_DIALS_PER_HOST: Final = 2
 #: A static peering that lasted at least this long counts as a success (backoff reset);
 #: one that ended sooner counts as a failure, so a peer that accepts and hangs up at
 #: once is redialled with growing delays, not in a tight loop.
@@ -256,8 +258,10 @@ class Node:
         self._multicast_port_v6: int | None = None
         self._discovery: MulticastDiscovery | None = None
         self._static: dict[str, StaticPeerState] = {}
-        self._dialling: set[bytes] = set()
-        self._beacon_dials: dict[bytes, float] = {}
+        # Beacon dials in progress and recent ones, by (key, host, port): a beacon that
+        # names a key at a wrong or stalling address must not hold back the real one.
+        self._dialling: dict[tuple[bytes, str, int], str] = {}
+        self._beacon_dials: dict[tuple[bytes, str, int], float] = {}
         self._pending_handshakes = 0
         self._rng = random.Random()
         self.counters = NodeCounters()
@@ -906,12 +910,15 @@ class Node:
     def _on_beacon(self, beacon: Beacon, host: str, interface: str) -> None:
         self._notify()  # status()["multicast"] changed
         key = bytes(beacon.public_key)
-        if key in self._by_key or key in self._dialling or self._nursery is None:
+        target = (key, host, beacon.port)
+        if key in self._by_key or target in self._dialling or self._nursery is None:
             return
         if len(self._dialling) >= MAX_BEACON_DIALS:
             return  # a LAN full of (forged) keys cannot make us dial without bound
+        if sum(1 for h in self._dialling.values() if h == host) >= MAX_BEACON_DIALS_PER_HOST:
+            return  # nor can one host take every dial slot
         now = trio.current_time()
-        if now - self._beacon_dials.get(key, -math.inf) < BEACON_REDIAL_INTERVAL:
+        if now - self._beacon_dials.get(target, -math.inf) < BEACON_REDIAL_INTERVAL:
             return
         if len(self._beacon_dials) >= MAX_BEACON_MEMORY:
             self._beacon_dials = {
@@ -919,8 +926,8 @@ class Node:
             }
             if len(self._beacon_dials) >= MAX_BEACON_MEMORY:
                 return
-        self._beacon_dials[key] = now
-        self._dialling.add(key)
+        self._beacon_dials[target] = now
+        self._dialling[target] = host
         self._nursery.start_soon(self._dial_beacon, beacon, host, interface)
 
     async def _dial_beacon(self, beacon: Beacon, host: str, interface: str) -> None:
@@ -939,7 +946,7 @@ class Node:
             self._notify()
             logger.info("dial to beacon %s at %s failed: %s", beacon.public_key.short(), uri, exc)
         finally:
-            self._dialling.discard(bytes(beacon.public_key))
+            self._dialling.pop((bytes(beacon.public_key), host, beacon.port), None)
 
     # --- public API: overlay datagrams -----------------------------------------------
 
