@@ -222,6 +222,36 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         self._recovery.discard_all()
         self.changed.update(self._streams)
         self.events.append(SessionClosed(error))
+        candidate = self._candidate
+        self._candidate = None
+        if candidate is not None and notify_peer is None:
+            self._promote(candidate)
+
+    def _promote(self, candidate: _Candidate) -> None:
+        """The old session ended (the peer's CLOSE, an idle timeout) while the peer's
+        new handshake was pending beside it: that handshake goes on as a session of its
+        own, waiting for the FINISH (a CLOSE overtaken by the new INITIATION, as after
+        `close_session` then `connect`, must not end both)."""
+        now = self._now
+        new = Session(
+            identity=self.identity,
+            local_address=self.local_address,
+            remote_address=self.remote_address,
+            local_index=self.local_index,
+            expected_key=self.expected_key,
+            config=self.config,
+            now=now,
+        )
+        new._hs = candidate.handshake
+        new._hs_initiation = candidate.initiation
+        new._remote_index = candidate.remote_index
+        new._hs_packet = candidate.response  # re-sent on its timer, as any RESPONSE
+        new._hs_sent_at = now
+        new._hs_interval = self.config.handshake_retransmit
+        new._hs_retransmit_at = now + new._hs_interval
+        new._hs_deadline = candidate.deadline
+        new.keepalive = self.keepalive
+        self.events.append(SessionReplaced(new))
 
     def close(self, reason: str = "closed") -> None:
         """Close the session: tell the peer (best effort) and fail every stream."""

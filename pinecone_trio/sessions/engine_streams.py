@@ -261,8 +261,10 @@ class StreamsMixin(SessionBase):
         return sid
 
     def accept_stream(self, sid: int) -> None:
-        stream = self._stream(sid)
-        if stream.state is StreamState.PENDING:
+        """Accept a PENDING stream (ACCEPT rides on the next packet); a stream the peer
+        has meanwhile reset and the engine forgot is left alone (its reads fail)."""
+        stream = self._streams.get(sid)
+        if stream is not None and stream.state is StreamState.PENDING:
             stream.state = StreamState.OPEN
             if not self._lazy_control:
                 self._lazy_due = self._now + self.config.max_ack_delay

@@ -122,10 +122,12 @@ class NowaitPrefixedDatagramService(PrefixedDatagramService, Protocol):
 class _SessionHandle:
     """The Trio side of one session: its engine, its wake-up, its open streams."""
 
-    __slots__ = ("_wake", "armed", "engine", "ready", "sending", "streams")
+    __slots__ = ("_wake", "armed", "engine", "inbound", "ready", "sending", "streams")
 
-    def __init__(self, engine: Session) -> None:
+    def __init__(self, engine: Session, *, inbound: bool = False) -> None:
         self.engine = engine
+        # Made by a peer's INITIATION (not by our dial): what `MAX_HALF_OPEN` counts.
+        self.inbound = inbound
         self.ready = trio.Event()  # set once established or closed
         self.streams: dict[int, SessionStream] = {}
         self._wake = trio.Event()
@@ -307,7 +309,11 @@ class SessionManager:
     def _answer(self, source: PublicKey, packet: bytes) -> _SessionHandle | None:
         if self._nursery is None or source == self._address:
             return None
-        half_open = sum(1 for h in self._by_index.values() if not h.engine.established)
+        # Only half-open sessions a peer's INITIATION made count: our own dials to
+        # silent keys must not lock every peer out.
+        half_open = sum(
+            1 for h in self._by_index.values() if h.inbound and not h.engine.established
+        )
         if len(self._by_index) >= MAX_SESSIONS or half_open >= MAX_HALF_OPEN:
             self._stats["dropped_no_session"] += 1
             return None
@@ -323,7 +329,7 @@ class SessionManager:
         engine.receive_packet(packet, trio.current_time())
         if not engine.wants_to_send(trio.current_time()):
             return None  # not a valid INITIATION: keep no state for it
-        return self._start(engine, send_now=True)
+        return self._start(engine, send_now=True, inbound=True)
 
     def _new_index(self) -> int:
         while True:
@@ -331,11 +337,13 @@ class SessionManager:
             if index not in self._by_index:
                 return index
 
-    def _start(self, engine: Session, *, send_now: bool = False) -> _SessionHandle:
+    def _start(
+        self, engine: Session, *, send_now: bool = False, inbound: bool = False
+    ) -> _SessionHandle:
         """Register a new session and start its driver; with `send_now`, first hand its
         waiting handshake packet to the service (spawning the task is not on its path)."""
         assert self._nursery is not None
-        handle = _SessionHandle(engine)
+        handle = _SessionHandle(engine, inbound=inbound)
         self._by_address[engine.remote_address] = handle
         self._by_index[engine.local_index] = handle
         if send_now:
@@ -476,8 +484,10 @@ class SessionManager:
             listener = self._listeners.get(event.protocol)
             stream = SessionStream(handle, event.stream_id, event.protocol)
             if listener is not None and listener.offer(stream):
+                # Accepted when the application takes it (`SessionListener.accept`): a
+                # stream still in the backlog when the listener closes is refused, and
+                # the opener never mistakes that for an empty reply.
                 handle.streams[event.stream_id] = stream
-                engine.accept_stream(event.stream_id)
             else:
                 self._stats["refused_streams"] += 1
                 reason = "backlog full" if listener is not None else "no listener"
@@ -503,8 +513,9 @@ class SessionManager:
             for stream in list(handle.streams.values()):
                 stream._wake()
         elif type(event) is SessionReplaced and self._nursery is not None:
-            new = self._start(event.session)
-            new.ready.set()
+            new = self._start(event.session, inbound=not event.session.established)
+            if event.session.established:
+                new.ready.set()  # (a promoted handshake sets it when its FINISH comes)
 
     # ------------------------------------------------------------ public API
 
@@ -546,6 +557,8 @@ class SessionManager:
         Raises:
             ValueError: if something already listens for `protocol`.
         """
+        if self._closed:
+            raise trio.ClosedResourceError("the session manager stopped")
         if protocol in self._listeners:
             raise ValueError(f"already listening for {protocol!r}")
         if not protocol or len(protocol.encode()) > 255:
@@ -582,6 +595,10 @@ class SessionManager:
         handle = self._by_address.get(PublicKey(key))
         if handle is not None:
             handle.engine.close(reason)
+            # The CLOSE leaves now, from this task: a `connect` right after must not
+            # have its INITIATION reach the peer first (the peer would start the new
+            # handshake beside the old session, and the CLOSE would then end both).
+            self._send_handshake_now(handle)
             self._process(handle)
         await trio.lowlevel.checkpoint()
 
@@ -620,6 +637,8 @@ class SessionManager:
         """
         queue = self._datagrams.get(protocol)
         if queue is None:
+            if self._closed:
+                raise trio.ClosedResourceError("the session manager stopped")
             queue = trio.open_memory_channel[tuple[PublicKey, bytes]](DATAGRAM_BACKLOG)
             self._datagrams[protocol] = queue
         try:

@@ -255,6 +255,13 @@ class SessionStream(trio.abc.HalfCloseableStream):
 
     # ------------------------------------------------------------ closing
 
+    def _accept(self) -> None:
+        """The application took this incoming stream: ACCEPT it (lazily, riding on
+        the next packet)."""
+        if not self._closed and not self._engine.is_closed:
+            self._engine.accept_stream(self._sid)
+            self._handle.wake()
+
     def _close_now(self) -> None:
         if self._closed:
             return
@@ -302,9 +309,11 @@ class SessionListener(trio.abc.Listener[SessionStream]):
         if self._closed:
             raise trio.ClosedResourceError("listener closed")
         try:
-            return await self._receive.receive()
+            stream = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise trio.ClosedResourceError("listener closed") from None
+        stream._accept()
+        return stream
 
     def _close_now(self) -> None:
         if self._closed:
