@@ -286,7 +286,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     run: Runner = args.run
     try:
-        return trio.run(run, args)
+        try:
+            return trio.run(run, args)
+        except BaseExceptionGroup as group:
+            # Trio wraps what a nursery's tasks raised (Ctrl-C while serving, a port
+            # in use): report the one real cause like any other error, not a group.
+            leaves = _leaves(group)
+            interrupted = [e for e in leaves if isinstance(e, KeyboardInterrupt)]
+            if interrupted:
+                raise interrupted[0] from None
+            others = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+            if len(others) == 1:
+                raise others[0] from None
+            raise
     except KeyboardInterrupt:
         print("hyperlog: interrupted", file=sys.stderr)
         return 130
@@ -296,6 +308,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"hyperlog: error: {message}", file=sys.stderr)
         return 1
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """Every exception inside `group`, nested groups opened."""
+    out: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            stack.extend(exc.exceptions)
+        else:
+            out.append(exc)
+    return out
 
 
 if __name__ == "__main__":

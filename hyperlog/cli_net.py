@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import shutil
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
@@ -146,6 +148,28 @@ async def _cmd_clone(args: argparse.Namespace) -> int:
 
 
 async def _clone(args: argparse.Namespace) -> int:
+    # A store this command creates is removed again if the clone fails before anything
+    # was fetched (a mistyped key, a peer that is not there): it would hold an empty
+    # log for the wrong key, and a later clone into the folder could not be seen.
+    created = not _exists(args.dir)
+    confirmed: list[bool] = []  # set once the peer said it serves the log
+    try:
+        return await _clone_into(args, confirmed)
+    finally:
+        if created and not confirmed:
+            _remove_store(args.dir)
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _remove_store(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _clone_into(args: argparse.Namespace, confirmed: list[bool]) -> int:
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import connect_link
 
@@ -164,24 +188,28 @@ async def _clone(args: argparse.Namespace) -> int:
             _check_alive(session)
             if rep.peers == 0:
                 raise HyperlogError("the peer does not serve this log")
+            confirmed.append(True)  # from here on, what is fetched is kept (resumable)
             start, end = args.sparse if args.sparse else (0, log.length)
             end = min(end, log.length)
+            p: Progress | None = None
             if args.live:
                 bar = _Bar(sys.stderr, 0)
                 print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
-                await rep.download(start, None, progress=bar)
-            bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
-            p = await rep.download(start, end, progress=bar)
-            bar(p, final=True)
+                await rep.download(start, None, progress=bar)  # ends with the connection
+            else:
+                bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
+                p = await rep.download(start, end, progress=bar)
+                bar(p, final=True)
             nursery.cancel_scope.cancel()
+        reason = session.error or "closed by the peer"
+        held = f"length {log.length}, {log.statistics().blocks_held} blocks held"
+        if p is None:  # a live clone ends only when the connection does
+            raise ReplicationError(f"the connection ended ({reason}); {held}")
         if not log.has_range(start, end):
             raise ReplicationError(
-                f"the connection ended before the download finished: {session.error}"
+                f"the connection ended before the download finished ({reason}); {held}"
             )
-        print(
-            f"cloned {log.key.hex()}: length {log.length}, "
-            f"{log.statistics().blocks_held} blocks held ({p.blocks} fetched, {p.bytes} bytes)"
-        )
+        print(f"cloned {log.key.hex()}: {held} ({p.blocks} fetched, {p.bytes} bytes)")
     return 0
 
 

@@ -1,0 +1,133 @@
+"""The `hyperlog` command when things go wrong, as a user meets it (real processes).
+
+Each test failed before its fix: Ctrl-C on `serve` and a port in use printed
+exception-group tracebacks; a live clone crashed (`UnboundLocalError`) when the server
+went away; a clone with a mistyped key left a store for that key behind, which hid a
+later, correct clone into the same folder.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from hyperlog.crypto import key_pair
+from hyperlog.log import open_store
+
+CMD = [sys.executable, "-m", "hyperlog.cli"]
+BOUND = 60  # real time on a shared machine: only matters when something hangs
+
+
+async def _store_with_log(directory: Path, blocks: int = 20) -> str:
+    async with open_store(directory) as store:
+        log = await store.create_log(key_pair(bytes(range(32))))
+        await log.append([b"line %d" % i for i in range(blocks)])
+        return log.key.hex()
+
+
+async def _start_serve(
+    directory: Path, listen: str = "tcp://127.0.0.1:0"
+) -> tuple[trio.Process, str]:
+    proc = await trio.lowlevel.open_process(
+        [*CMD, "serve", str(directory), "--listen", listen],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = b""
+    with trio.fail_after(BOUND):
+        while not line.endswith(b"\n"):
+            chunk = await proc.stdout.receive_some(1024)
+            assert chunk, "serve exited early"
+            line += chunk
+    m = re.match(rb"serving [0-9a-f]{64} on (tcp://\S+)", line)
+    assert m is not None, line
+    return proc, m.group(1).decode()
+
+
+async def _stderr_of(proc: trio.Process) -> bytes:
+    assert proc.stderr is not None
+    out = b""
+    while chunk := await proc.stderr.receive_some(65536):
+        out += chunk
+    return out
+
+
+async def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
+    await _store_with_log(tmp_path / "w")
+    proc, _ = await _start_serve(tmp_path / "w")
+    proc.send_signal(signal.SIGINT)
+    with trio.fail_after(BOUND):
+        err = await _stderr_of(proc)
+        code = await proc.wait()
+    assert code == 130 and b"Traceback" not in err and b"interrupted" in err
+
+
+async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    await _store_with_log(tmp_path / "w")
+    proc, uri = await _start_serve(tmp_path / "w")
+    try:
+        with trio.fail_after(BOUND):
+            second = await trio.run_process(
+                [*CMD, "serve", str(tmp_path / "w"), "--listen", uri],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert second.returncode == 1
+        assert b"Traceback" not in second.stderr and b"hyperlog: error:" in second.stderr
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_a_live_clone_says_why_it_ended(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w")
+    proc, uri = await _start_serve(tmp_path / "w")
+    clone = await trio.lowlevel.open_process(
+        [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri, "--live"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    await trio.sleep(2)  # (real time: the clone connects and follows)
+    proc.send_signal(signal.SIGINT)  # the server goes away
+    with trio.fail_after(BOUND):
+        await proc.wait()
+        err = await _stderr_of(clone)
+        code = await clone.wait()
+    assert code == 1 and b"Traceback" not in err, err
+    assert b"the connection ended" in err and b"20 blocks held" in err
+
+
+async def test_a_clone_with_a_wrong_key_leaves_nothing_behind(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w")
+    proc, uri = await _start_serve(tmp_path / "w")
+    try:
+        with trio.fail_after(BOUND):
+            wrong = await trio.run_process(
+                [*CMD, "clone", "ab" * 32, str(tmp_path / "r"), "--connect", uri],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert wrong.returncode == 1 and b"does not serve this log" in wrong.stderr
+            assert not (tmp_path / "r").exists()
+            right = await trio.run_process(
+                [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            assert right.returncode == 0, right.stderr
+            info = await trio.run_process(
+                [*CMD, "info", str(tmp_path / "r"), "--json"], capture_stdout=True
+            )
+        assert key.encode() in info.stdout
+    finally:
+        proc.kill()
+        await proc.wait()
