@@ -260,7 +260,9 @@ class SessionStream(trio.abc.HalfCloseableStream):
         the next packet)."""
         if not self._closed and not self._engine.is_closed:
             self._engine.accept_stream(self._sid)
-            self._handle.wake()
+            # Only if the ACCEPT's deadline comes before the driver's: it usually rides
+            # on the packet that goes out anyway (the ACK, the reply).
+            self._handle.wake_if_needed(trio.current_time())
 
     def _close_now(self) -> None:
         if self._closed:
