@@ -144,8 +144,9 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
             now=now,
         )
 
-    def _replace(self, candidate: _Candidate, now: float) -> None:
-        """The peer restarted: a fresh session takes over under the new keys."""
+    def _successor(self, candidate: _Candidate, now: float) -> Session:
+        """A fresh session between the same two keys, under our index, for the peer's
+        new handshake `candidate` (its index and INITIATION taken over)."""
         new = Session(
             identity=self.identity,
             local_address=self.local_address,
@@ -157,9 +158,14 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         )
         new._remote_index = candidate.remote_index
         new._hs_initiation = candidate.initiation
+        new.keepalive = self.keepalive
+        return new
+
+    def _replace(self, candidate: _Candidate, now: float) -> None:
+        """The peer restarted: a fresh session takes over under the new keys."""
+        new = self._successor(candidate, now)
         new._confirmed = True
         new._establish(candidate.handshake, now, rtt_sample=None)
-        new.keepalive = self.keepalive
         self._fail(
             SessionError(
                 "the peer restarted the session; its streams were lost", remote_key=self.remote_key
@@ -233,24 +239,13 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         own, waiting for the FINISH (a CLOSE overtaken by the new INITIATION, as after
         `close_session` then `connect`, must not end both)."""
         now = self._now
-        new = Session(
-            identity=self.identity,
-            local_address=self.local_address,
-            remote_address=self.remote_address,
-            local_index=self.local_index,
-            expected_key=self.expected_key,
-            config=self.config,
-            now=now,
-        )
+        new = self._successor(candidate, now)
         new._hs = candidate.handshake
-        new._hs_initiation = candidate.initiation
-        new._remote_index = candidate.remote_index
         new._hs_packet = candidate.response  # re-sent on its timer, as any RESPONSE
         new._hs_sent_at = now
         new._hs_interval = self.config.handshake_retransmit
         new._hs_retransmit_at = now + new._hs_interval
         new._hs_deadline = candidate.deadline
-        new.keepalive = self.keepalive
         self.events.append(SessionReplaced(new))
 
     def close(self, reason: str = "closed") -> None:
