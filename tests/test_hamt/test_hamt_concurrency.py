@@ -9,6 +9,8 @@ import trio.testing
 
 import hamt
 
+from .helpers import WrappedLog
+
 
 async def test_concurrent_puts_and_gets(autojump_clock: trio.testing.MockClock) -> None:
     log = hamt.MemoryLog()
@@ -34,25 +36,13 @@ async def test_concurrent_puts_and_gets(autojump_clock: trio.testing.MockClock) 
         assert len([k async for k, _ in db.items("w3")]) == 20
 
 
-class SlowLog:
-    """A read-only view of another log whose `get` waits until released."""
+class SlowLog(WrappedLog):
+    """A view of another log whose `get` waits until released."""
 
     def __init__(self, inner: hamt.MemoryLog) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.release = trio.Event()
         self.appended = 0
-
-    @property
-    def key(self) -> bytes:
-        return self.inner.key
-
-    @property
-    def length(self) -> int:
-        return self.inner.length
-
-    @property
-    def writable(self) -> bool:
-        return True
 
     async def get(self, index: int) -> bytes:
         if index > 0:

@@ -26,33 +26,20 @@ from hamt.hints import PathHintClient, serve_path_hints
 from hamt.index import load_hamt
 from hamt.wire import decode_block, decode_header
 
+from .helpers import WrappedLog
 
-class _YieldingLog:
+
+class _YieldingLog(WrappedLog):
     """A `MemoryLog` whose reads yield to the scheduler, as any I/O-backed log does,
     and which can be truncated to a new fork (the optional `fork` of `LogLike`)."""
 
     def __init__(self) -> None:
-        self.inner = hamt.MemoryLog()
+        super().__init__()
         self.fork = 0
-
-    @property
-    def key(self) -> bytes:
-        return self.inner.key
-
-    @property
-    def length(self) -> int:
-        return self.inner.length
-
-    @property
-    def writable(self) -> bool:
-        return True
 
     async def get(self, index: int) -> bytes:
         await trio.lowlevel.checkpoint()
         return await self.inner.get(index)
-
-    async def append(self, blocks: list[bytes]) -> int:
-        return await self.inner.append(blocks)
 
     def truncate(self, length: int) -> None:
         del self.inner.blocks[length:]

@@ -24,7 +24,7 @@ import hamt.mutate
 from hamt.index import load_hamt
 from hyperlog.log import open_store
 
-from .helpers import constant_hash, first_byte_hash
+from .helpers import WrappedLog, constant_hash, first_byte_hash
 
 KEYS = [f"k{i}" for i in range(12)] + ["a/b", "a/c", "a/b/c", "zz", "y/1", "y/2"]
 
@@ -139,27 +139,12 @@ async def test_a_second_writer_on_the_log_invalidates_the_tree() -> None:
     assert await fresh_items(log, None) == model
 
 
-class FailingLog:
+class FailingLog(WrappedLog):
     """A `MemoryLog` whose next append can be made to fail."""
 
     def __init__(self) -> None:
-        self.inner = hamt.MemoryLog()
+        super().__init__()
         self.fail = False
-
-    @property
-    def key(self) -> bytes:
-        return self.inner.key
-
-    @property
-    def length(self) -> int:
-        return self.inner.length
-
-    @property
-    def writable(self) -> bool:
-        return True
-
-    async def get(self, index: int) -> bytes:
-        return await self.inner.get(index)
 
     async def append(self, blocks: Sequence[bytes]) -> object:
         if self.fail:
