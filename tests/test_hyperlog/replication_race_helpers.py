@@ -7,10 +7,17 @@ logs (the answer is already sent while the requester is not reading).
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
 import trio
+import trio.testing
 
 from hyperlog.crypto import key_pair
-from hyperlog.log import Log, Store
+from hyperlog.log import Log, Store, open_store
+from hyperlog.replication import ReplicationSession, replicate, replication_for
 
 SEED = bytes(range(32))
 
@@ -65,3 +72,29 @@ class Gated(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+@dataclass
+class GatedReplication:
+    """A writer log of `n` blocks replicating to a reader over a gated stream: `gate`
+    holds back what the writer reads (our requests)."""
+
+    writer: Log
+    reader: Log
+    gate: Gated
+    rep: Any  # the reader's replication handle (`replication_for`)
+    session: ReplicationSession  # the reader's side
+
+
+@asynccontextmanager
+async def gated_replication(n: int, *, loose: bool = False) -> AsyncIterator[GatedReplication]:
+    """Both logs in memory stores, replicating, the reader updated once."""
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, blocks(n))
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        gate = Gated(a, loose=loose)
+        async with replicate(gate, writer), replicate(b, reader) as session:
+            rep = replication_for(reader)
+            await rep.update()
+            yield GatedReplication(writer, reader, gate, rep, session)

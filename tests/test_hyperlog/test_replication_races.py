@@ -21,7 +21,7 @@ from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
 
 from . import test_replication_fuzz as fuzz
-from .replication_race_helpers import Gated, blocks, writer_log
+from .replication_race_helpers import Gated, blocks, gated_replication, writer_log
 
 # ---------------------------------------------------------------- 7: frame-size limit
 
@@ -156,35 +156,29 @@ async def test_releasing_a_get_inside_a_range_leaves_no_stale_blocks() -> None:
     # A get inside a RangeRequest of a download (download stopped first): releasing
     # the get cancelled the whole range but left its other 63 blocks marked in flight
     # for good, so later gets timed out and downloads never finished.
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, blocks(1000))
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        ga = Gated(a)
-        with trio.fail_after(60):
-            async with replicate(ga, writer), replicate(b, reader) as rsess:
-                rep = replication_for(reader)
-                eng = rep.engine
-                await rep.update()
-                ga.pause()  # the writer does not read our requests for a while
-                async with trio.open_nursery() as gets:
-                    async with trio.open_nursery() as dl:
-                        dl.start_soon(rep.download, 0, 1000)
-                        await trio.sleep(0.05)
-                        gets.start_soon(rep.get, 5)
-                        await trio.sleep(0.05)
-                        assert any(x.kind == "range" for x in eng.peers[0].inflight.values())
-                        dl.cancel_scope.cancel()
-                    gets.cancel_scope.cancel()
-                ch = eng.peers[0]
-                for index, reqs in eng.block_reqs.items():
-                    for c, rid in reqs:
-                        assert rid in c.inflight or rid in c.verifying, index
-                ga.resume()
-                await rep.get(7, timeout=10)
-                p = await rep.download(0, 64)
-                assert p.missing == 0
-                assert rsess.error is None and ch in eng.peers
+    with trio.fail_after(60):
+        async with gated_replication(1000) as g:
+            rep, ga = g.rep, g.gate
+            eng = rep.engine
+            ga.pause()  # the writer does not read our requests for a while
+            async with trio.open_nursery() as gets:
+                async with trio.open_nursery() as dl:
+                    dl.start_soon(rep.download, 0, 1000)
+                    await trio.sleep(0.05)
+                    gets.start_soon(rep.get, 5)
+                    await trio.sleep(0.05)
+                    assert any(x.kind == "range" for x in eng.peers[0].inflight.values())
+                    dl.cancel_scope.cancel()
+                gets.cancel_scope.cancel()
+            ch = eng.peers[0]
+            for index, reqs in eng.block_reqs.items():
+                for c, rid in reqs:
+                    assert rid in c.inflight or rid in c.verifying, index
+            ga.resume()
+            await rep.get(7, timeout=10)
+            p = await rep.download(0, 64)
+            assert p.missing == 0
+            assert g.session.error is None and ch in eng.peers
 
 
 # ---------------------------------------------------------------- 1: get vs truncation
@@ -195,25 +189,19 @@ async def test_get_in_flight_when_the_writer_truncates() -> None:
     # to read: it answers NoData(fork). That used to count as "this peer lacks block
     # 10" (peer marked tried, have-bit dropped, never undone on the fork change), so
     # the get timed out although block 10 survived the truncation.
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, blocks(100))
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        ga = Gated(a)
-        with trio.fail_after(30):
-            async with replicate(ga, writer), replicate(b, reader) as rsess:
-                rep = replication_for(reader)
-                await rep.update()
-                ga.pause()
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(partial(rep.get, 10, timeout=5, wait=False))
-                    await trio.sleep(0.05)  # the request is on the wire
-                    await writer.truncate(50)
-                    await writer.append(blocks(60, b"c", 50))
-                    await trio.sleep(0.05)
-                    ga.resume()
-                assert reader.has(10) and reader.fork == 1
-                assert rsess.error is None
+    with trio.fail_after(30):
+        async with gated_replication(100) as g:
+            writer, reader, ga = g.writer, g.reader, g.gate
+            ga.pause()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(g.rep.get, 10, timeout=5, wait=False))
+                await trio.sleep(0.05)  # the request is on the wire
+                await writer.truncate(50)
+                await writer.append(blocks(60, b"c", 50))
+                await trio.sleep(0.05)
+                ga.resume()
+            assert reader.has(10) and reader.fork == 1
+            assert g.session.error is None
 
 
 # ---------------------------------------------------------------- 2: upgrade vs truncation
@@ -223,27 +211,21 @@ async def test_stale_upgrade_refusal_does_not_mark_the_new_head_failed() -> None
     # Our upgrade request {100, 10} on fork 0 waits while the writer truncates and
     # appends (fork 1, length 120); its NoData used to mark the peer's *current* head
     # (1, 120) as failed, so we never upgraded to it.
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, blocks(100))
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        ga = Gated(a)
-        with trio.fail_after(30):
-            async with replicate(ga, writer), replicate(b, reader) as rsess:
-                rep = replication_for(reader)
-                await rep.update()
-                ga.pause()
-                await writer.append(blocks(110, b"x", 100))  # we ask for {100, 10}
-                await trio.sleep(0.05)
-                await writer.truncate(105)
-                await writer.append(blocks(120, b"y", 105))
-                await trio.sleep(0.05)
-                ga.resume()  # the writer refuses the fork-0 upgrade
-                await rep.update(timeout=10)
-                assert (reader.fork, reader.length) == (1, 120)
-                assert rep.engine.peers[0].upgrade_failed_at is None
-                await rep.get(115, timeout=10, wait=False)
-                assert rsess.error is None
+    with trio.fail_after(30):
+        async with gated_replication(100) as g:
+            writer, reader, rep, ga = g.writer, g.reader, g.rep, g.gate
+            ga.pause()
+            await writer.append(blocks(110, b"x", 100))  # we ask for {100, 10}
+            await trio.sleep(0.05)
+            await writer.truncate(105)
+            await writer.append(blocks(120, b"y", 105))
+            await trio.sleep(0.05)
+            ga.resume()  # the writer refuses the fork-0 upgrade
+            await rep.update(timeout=10)
+            assert (reader.fork, reader.length) == (1, 120)
+            assert rep.engine.peers[0].upgrade_failed_at is None
+            await rep.get(115, timeout=10, wait=False)
+            assert g.session.error is None
 
 
 # ---------------------------------------------------------------- 3: live download vs truncations
@@ -254,37 +236,31 @@ async def test_live_download_survives_repeated_truncations_mid_transfer() -> Non
     # second time growing past its old length): fork NoData used to drop have-bits
     # that no Want ever restored, and the retried blocks were never asked for again.
     n = 2000
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, blocks(n))
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        ga = Gated(a, loose=True)
-        with trio.fail_after(60):
-            async with replicate(ga, writer), replicate(b, reader) as rsess:
-                rep = replication_for(reader)
-                await rep.update()
-                await rep.download(0, n - 600)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(rep.download, 0, None)
-                    for rnd, tag in enumerate([b"c", b"d"]):
-                        ga.pause()
-                        await trio.sleep(0.05)  # requests wait for the writer
-                        cut = writer.length - 10
-                        await writer.truncate(cut)
-                        await writer.append(blocks(n + 300 * rnd, tag, cut))
-                        ga.resume()
-                        with trio.fail_after(10):
-                            # Polls two logs' state (bounded by fail_after).
-                            while reader.fork != writer.fork or not all(  # noqa: ASYNC110
-                                reader.has(i) for i in range(writer.length)
-                            ):
-                                await trio.sleep(0.05)
-                        if rnd == 0:
-                            await writer.append(blocks(n + 300, b"e", writer.length))
-                    nursery.cancel_scope.cancel()
-                assert rsess.error is None
-        for i in (0, n - 1, n + 299):
-            assert await reader.get(i) == await writer.get(i)
+    with trio.fail_after(60):
+        async with gated_replication(n, loose=True) as g:
+            writer, reader, rep, ga = g.writer, g.reader, g.rep, g.gate
+            await rep.download(0, n - 600)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rep.download, 0, None)
+                for rnd, tag in enumerate([b"c", b"d"]):
+                    ga.pause()
+                    await trio.sleep(0.05)  # requests wait for the writer
+                    cut = writer.length - 10
+                    await writer.truncate(cut)
+                    await writer.append(blocks(n + 300 * rnd, tag, cut))
+                    ga.resume()
+                    with trio.fail_after(10):
+                        # Polls two logs' state (bounded by fail_after).
+                        while reader.fork != writer.fork or not all(  # noqa: ASYNC110
+                            reader.has(i) for i in range(writer.length)
+                        ):
+                            await trio.sleep(0.05)
+                    if rnd == 0:
+                        await writer.append(blocks(n + 300, b"e", writer.length))
+                nursery.cancel_scope.cancel()
+            assert g.session.error is None
+            for i in (0, n - 1, n + 299):
+                assert await reader.get(i) == await writer.get(i)
 
 
 def _settle(net: fuzz.Net) -> None:
