@@ -44,6 +44,11 @@ MAX_REASON: Final = 512
 MAX_ACK_RANGES: Final = 64
 #: Most frames one packet may carry (a decoder limit: bounds work per packet).
 MAX_FRAMES_PER_PACKET: Final = 4_096
+#: Most responder handshakes one session runs at once for the peer's INITIATIONs. The
+#: overlay's source key is not authenticated, so anyone can send an INITIATION in a
+#: peer's name: each is answered beside the others and only the one whose FINISH
+#: verifies counts. Beyond this many, new INITIATIONs are dropped until one expires.
+MAX_CANDIDATES: Final = 4
 #: Replay window, in packets (WireGuard uses 2,048 - 64 bits; we keep 2,048).
 REPLAY_WINDOW: Final = 2_048
 #: Largest stream id a peer may use (QUIC's varint ceiling, 2^62 - 1).

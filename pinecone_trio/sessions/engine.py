@@ -144,9 +144,8 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
             now=now,
         )
 
-    def _successor(self, candidate: _Candidate, now: float) -> Session:
-        """A fresh session between the same two keys, under our index, for the peer's
-        new handshake `candidate` (its index and INITIATION taken over)."""
+    def _successor(self, now: float) -> Session:
+        """A fresh session between the same two keys, under our index."""
         new = Session(
             identity=self.identity,
             local_address=self.local_address,
@@ -156,19 +155,20 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
             config=self.config,
             now=now,
         )
-        new._remote_index = candidate.remote_index
-        new._hs_initiation = candidate.initiation
         new.keepalive = self.keepalive
         return new
 
     def _replace(self, candidate: _Candidate, now: float) -> None:
-        """The peer restarted: a fresh session takes over under the new keys."""
-        new = self._successor(candidate, now)
-        new._confirmed = True
-        new._establish(candidate.handshake, now, rtt_sample=None)
+        """The peer's new handshake completed on our established session (it restarted,
+        or its dial beat ours): a fresh session takes over under the new keys."""
+        new = self._successor(now)
+        new._adopt(candidate, now)
+        self._candidates.clear()
         self._fail(
             SessionError(
-                "the peer restarted the session; its streams were lost", remote_key=self.remote_key
+                "the peer replaced the session (it restarted, or dialled us at the same"
+                " time); its streams were lost",
+                remote_key=self.remote_key,
             )
         )
         self.events.append(SessionReplaced(new))
@@ -228,24 +228,18 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         self._recovery.discard_all()
         self.changed.update(self._streams)
         self.events.append(SessionClosed(error))
-        candidate = self._candidate
-        self._candidate = None
-        if candidate is not None and notify_peer is None:
-            self._promote(candidate)
+        candidates = self._candidates
+        self._candidates = []
+        if candidates and notify_peer is None and self.remote_key is not None:
+            self._promote(candidates)
 
-    def _promote(self, candidate: _Candidate) -> None:
-        """The old session ended (the peer's CLOSE, an idle timeout) while the peer's
-        new handshake was pending beside it: that handshake goes on as a session of its
-        own, waiting for the FINISH (a CLOSE overtaken by the new INITIATION, as after
+    def _promote(self, candidates: list[_Candidate]) -> None:
+        """The established session ended (the peer's CLOSE, an idle timeout) while
+        handshakes of the peer were pending beside it: they go on as a session of their
+        own, waiting for a FINISH (a CLOSE overtaken by the next INITIATION, as after
         `close_session` then `connect`, must not end both)."""
-        now = self._now
-        new = self._successor(candidate, now)
-        new._hs = candidate.handshake
-        new._hs_packet = candidate.response  # re-sent on its timer, as any RESPONSE
-        new._hs_sent_at = now
-        new._hs_interval = self.config.handshake_retransmit
-        new._hs_retransmit_at = now + new._hs_interval
-        new._hs_deadline = candidate.deadline
+        new = self._successor(self._now)
+        new._candidates = candidates
         self.events.append(SessionReplaced(new))
 
     def close(self, reason: str = "closed") -> None:
@@ -386,7 +380,7 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         if self.state is State.CLOSED:
             return math.inf
         if self.state is State.HANDSHAKE:
-            return min(self._hs_deadline, self._hs_retransmit_at)
+            return self._handshake_deadline()
         deadline = min(
             self._last_recv + self.config.idle_timeout,
             self._recovery.next_deadline(),
@@ -395,34 +389,16 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         )
         if self.wanted:
             deadline = min(deadline, self._last_eliciting_sent + self.config.keepalive_interval)
-        if self._candidate is not None:
-            deadline = min(deadline, self._candidate.deadline)
-        return deadline
+        return min(deadline, self._handshake_deadline())
 
     def handle_timer(self, now: float) -> None:
         """Fire whatever timers are due at `now`."""
         if self.state is State.CLOSED:
             return
         self._now = now
-        if self.state is State.HANDSHAKE:
-            if now >= self._hs_deadline:
-                self._fail(
-                    SessionTimeoutError(
-                        f"no session with {self.remote_address.hex()}: the handshake did not"
-                        f" complete within {self.config.handshake_timeout:g} s",
-                        remote_key=self.remote_address,
-                    )
-                )
-            elif now >= self._hs_retransmit_at and self._hs_packet is not None:
-                self._hs_outbox.append(self._hs_packet)
-                self._hs_resent = True
-                self._hs_interval = min(
-                    self._hs_interval * 1.5, self.config.handshake_retransmit_max
-                )
-                self._hs_retransmit_at = now + self._hs_interval
+        self._handshake_timers(now)
+        if self.state is not State.ESTABLISHED:
             return
-        if self._candidate is not None and now >= self._candidate.deadline:
-            self._candidate = None
         if now >= self._last_recv + self.config.idle_timeout:
             self._fail(
                 SessionTimeoutError(

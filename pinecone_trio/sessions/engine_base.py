@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from ..errors import SessionError
 from ..identity import Identity, PublicKey
 from . import wire
-from .config import REPLAY_WINDOW, SessionConfig
+from .config import MAX_CANDIDATES, REPLAY_WINDOW, SessionConfig
 from .congestion import NewReno
 from .crypto import PacketCipher, ReplayWindow
 from .events import Event, State
@@ -74,17 +74,26 @@ class SessionBase:
         # handshake
         self._hs: SessionHandshake | None = None
         self._hs_packet: bytes | None = None  # our last handshake packet, for re-sending
-        self._hs_initiation = b""  # the INITIATION our current responder state answered
+        self._hs_initiation = b""  # the INITIATION of the handshake we answered and kept
         self._hs_retransmit_at = math.inf
         self._hs_interval = config.handshake_retransmit
         self._hs_deadline = now + config.handshake_timeout
         self._hs_outbox: list[bytes] = []
         self._hs_sent_at = now
         self._hs_resent = False
-        self._candidate: _Candidate | None = None
+        # Responder handshakes for the peer's INITIATIONs, beside our own dial or our
+        # established session; none touches the session until its FINISH verifies.
+        self._candidates: list[_Candidate] = []
+        # INITIATIONs we answered whose handshakes lost to another: duplicates of them
+        # (the peer re-sending) are ignored rather than answered afresh.
+        self._dial_at = math.inf  # a deferred dial of ours starts then (`start_dial`)
+        self._superseded: deque[bytes] = deque(maxlen=2 * MAX_CANDIDATES)
         self._remote_index = 0
         self._confirmed = False
         self._finish_packet: bytes | None = None
+        # A responder that has sent nothing by this time sends a PING, so the initiator
+        # learns the session is confirmed (any TRANSPORT packet does it; see `_seal`).
+        self._confirm_at = math.inf
         # transport
         self._send_cipher: PacketCipher | None = None
         self._recv_cipher: PacketCipher | None = None

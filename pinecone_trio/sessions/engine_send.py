@@ -126,6 +126,7 @@ class SendPathMixin(SessionBase):
             return None
         pn = self._next_pn
         self._next_pn += 1
+        self._confirm_at = math.inf  # any packet of ours confirms the handshake
         header = wire.TRANSPORT_HEADER.pack(wire.TRANSPORT, self._remote_index, pn)
         sealed = cipher.seal(pn, header, wire.encode_payload(wire_frames))
         packet = b"".join((prefix, header, sealed)) if prefix else header + sealed

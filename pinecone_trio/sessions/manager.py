@@ -356,6 +356,12 @@ class SessionManager:
             raise trio.ClosedResourceError("the session manager is not running")
         handle = self._by_address.get(key)
         if handle is not None and not handle.engine.is_closed:
+            # A session a peer's INITIATION made may be waiting on a forged one: dial
+            # beside it, and whichever handshake completes first is the session.
+            if handle.engine.start_dial(trio.current_time()):
+                handle.inbound = False
+                self._send_handshake_now(handle)
+                handle.wake()
             return handle
         if key == self._address:
             raise ValueError("cannot open a session to our own key")

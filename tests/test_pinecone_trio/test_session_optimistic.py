@@ -391,8 +391,8 @@ async def test_a_cold_connect_still_fails_clearly_on_handshake_errors(
 
 
 def test_a_lost_finish_is_resent_without_any_data_or_ping() -> None:
-    # The initiator sends no PING behind FINISH: with nothing else to send, the
-    # responder's RESPONSE retransmission brings the cached FINISH back.
+    # The initiator sends no PING behind FINISH: with nothing else to send, it re-sends
+    # FINISH on its handshake timer until something from the responder verifies.
     pair = EnginePair(model=PathModel(delay=(0.01, 0.01)))
     lost: list[bytes] = []
 
