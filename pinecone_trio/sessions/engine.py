@@ -389,16 +389,19 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         )
         if self.wanted:
             deadline = min(deadline, self._last_eliciting_sent + self.config.keepalive_interval)
-        return min(deadline, self._handshake_deadline())
+        if self._candidates or not self._confirmed or self._confirm_at != math.inf:
+            deadline = min(deadline, self._handshake_deadline())
+        return deadline
 
     def handle_timer(self, now: float) -> None:
         """Fire whatever timers are due at `now`."""
         if self.state is State.CLOSED:
             return
         self._now = now
-        self._handshake_timers(now)
-        if self.state is not State.ESTABLISHED:
-            return
+        if self._candidates or not self._confirmed or self._confirm_at != math.inf:
+            self._handshake_timers(now)
+            if self.state is not State.ESTABLISHED:
+                return
         if now >= self._last_recv + self.config.idle_timeout:
             self._fail(
                 SessionTimeoutError(
