@@ -141,6 +141,9 @@ LOCAL_SEND_BYTES: Final = 2 * 1024 * 1024
 LOCAL_SEND_FRAMES: Final = 256
 #: The capability a listener at its peer limit advertises before it closes the link.
 REFUSED_PEER_LIMIT: Final = "refused:peer-limit"
+#: How long a node leaving through `open_node` waits for its sessions' CLOSE packets
+#: to reach the links, so that peers learn at once instead of by their idle timeout.
+GOODBYE_GRACE: Final = 0.25
 
 
 #: The router settings a running node uses unless told otherwise. The engine's own
@@ -243,6 +246,7 @@ class Node:
         )
         self._budget = SendBudget(LOCAL_SEND_BYTES, LOCAL_SEND_FRAMES)
         self._peerings: dict[int, Peering] = {}
+        self._stopped = False  # `run` has ended (or crashed)
         #: Peerings that got frames in the router's current pass; it writes them at
         #: the end of the pass (`Peering.write_queued`), coalesced, without the writers.
         self._flush_list: list[Peering] = []
@@ -328,11 +332,26 @@ class Node:
                 task_status.started()
                 await trio.sleep_forever()
         finally:
+            self._stopped = True
             self._inbox_send.close()
             for service in self._services.values():
                 service.close()
             for channel in list(self._subscribers):
                 channel.close()
+
+    async def _say_goodbye(self) -> None:
+        """Close every session, telling its peer, and give the CLOSE packets up to
+        `GOODBYE_GRACE` to leave through the router and the links."""
+        if self._nursery is None or self._stopped or not self._sessions.close_all("the peer left"):
+            return
+        # A shutdown path, polled: at most one check per millisecond, for 0.25 s.
+        with trio.move_on_after(GOODBYE_GRACE):
+            for _ in range(int(GOODBYE_GRACE * 1000)):
+                if not self._inbox_send.statistics().current_buffer_used and all(
+                    peering.idle for peering in self._peerings.values()
+                ):
+                    return
+                await trio.sleep(0.001)
 
     async def _prepare_handshakes(self) -> None:
         """Keep `PREPARED_HANDSHAKES` filled, one item per scheduler pass.
@@ -1180,17 +1199,24 @@ async def open_node(
         NodeCrashedError: a background task of the node failed.
     """
     node = Node(identity, config)
+    # The node runs in a scope of its own, shielded once it is up: when the block ends,
+    # even by an outer cancellation, the node first says goodbye (its sessions' CLOSE
+    # packets still need the router and the links), then this scope ends it.
+    run_scope = trio.CancelScope()
+
+    async def run_node(task_status: trio.TaskStatus[None]) -> None:
+        with run_scope:
+            await node.run(
+                listen=listen,
+                static_peers=static_peers,
+                multicast=multicast,
+                multicast_interfaces=multicast_interfaces,
+                task_status=task_status,
+            )
+
     async with open_service_nursery("node") as nursery:
         try:
-            await nursery.start(
-                partial(
-                    node.run,
-                    listen=listen,
-                    static_peers=static_peers,
-                    multicast=multicast,
-                    multicast_interfaces=multicast_interfaces,
-                )
-            )
+            await nursery.start(run_node)
         except BaseExceptionGroup as group:
             # A listener that cannot bind fails inside the node's nursery; raise the
             # error itself (OSError, ValueError) as documented, not a group of one.
@@ -1198,4 +1224,10 @@ async def open_node(
             if leaf is None:
                 raise
             raise leaf from None
-        yield node
+        run_scope.shield = True
+        try:
+            yield node
+        finally:
+            with trio.CancelScope(shield=True):  # bounded by GOODBYE_GRACE
+                await node._say_goodbye()
+            run_scope.cancel()

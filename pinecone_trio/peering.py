@@ -317,6 +317,12 @@ class Peering:
             flush_list.append(self)
         return dropped
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no write pending on the link."""
+        direct = self._direct
+        return not self.queue and (direct is None or not direct.send_pending)
+
     def write_queued(self) -> None:
         """Write the queued frames now, in the caller's task, if the link can (called by
         the node's router task for each peering on its `flush_list`); otherwise, and for

@@ -600,13 +600,29 @@ class SessionManager:
         """
         handle = self._by_address.get(PublicKey(key))
         if handle is not None:
-            handle.engine.close(reason)
-            # The CLOSE leaves now, from this task: a `connect` right after must not
-            # have its INITIATION reach the peer first (the peer would start the new
-            # handshake beside the old session, and the CLOSE would then end both).
-            self._send_handshake_now(handle)
-            self._process(handle)
+            self._close(handle, reason)
         await trio.lowlevel.checkpoint()
+
+    def close_all(self, reason: str = "closed") -> int:
+        """Close every session now, telling each peer (CLOSE, best effort), as before
+        the local node stops. Returns how many sessions there were.
+
+        The CLOSE packets are handed to the service at once where it takes them
+        without waiting; the rest stay with the sessions' drivers, so the caller should
+        give the service a moment before it stops.
+        """
+        handles = list(self._by_index.values())
+        for handle in handles:
+            self._close(handle, reason)
+        return len(handles)
+
+    def _close(self, handle: _SessionHandle, reason: str) -> None:
+        handle.engine.close(reason)
+        # The CLOSE leaves now, from this task: a `connect` right after must not have
+        # its INITIATION reach the peer first (the peer would start the new handshake
+        # beside the old session, and the CLOSE would then end both).
+        self._send_handshake_now(handle)
+        self._process(handle)
 
     async def send_datagram(self, key: PublicKey, protocol: str, data: bytes) -> None:
         """Send an unreliable, encrypted datagram named by `protocol` to `key`.

@@ -1,0 +1,70 @@
+"""A node leaving through `open_node` tells its session peers (CLOSE) before it stops.
+
+Before, the sessions' CLOSE packets were made after the router and the links had been
+cancelled, so a peer's streams failed only by its idle timeout (15 s).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from pinecone_trio import Identity
+from pinecone_trio.errors import SessionError
+from pinecone_trio.node import GOODBYE_GRACE, Node, open_node
+from pinecone_trio.sessions.stream import SessionStream
+
+PROTO = "/goodbye/v1"
+
+
+async def _connect_when_routed(node: Node, key: object) -> SessionStream:
+    with trio.fail_after(20):
+        while True:
+            try:
+                return await node.connect(key, PROTO)  # type: ignore[arg-type]
+            except SessionError:
+                await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def _line(n: int) -> AsyncIterator[list[tuple[Node, trio.CancelScope]]]:
+    """`n` nodes on real loopback TCP, in a line; each runs in its own cancel scope so
+    a test can stop one (its `open_node` block ends normally)."""
+    async with trio.open_nursery() as nursery:
+        nodes: list[tuple[Node, trio.CancelScope]] = []
+
+        async def run_one(task_status: trio.TaskStatus[tuple[Node, trio.CancelScope]]) -> None:
+            with trio.CancelScope() as scope:
+                async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node:
+                    task_status.started((node, scope))
+                    await trio.sleep_forever()
+
+        for _ in range(n):
+            nodes.append(await nursery.start(run_one))
+        for (left, _), (right, _) in itertools.pairwise(nodes):
+            await left.connect(right.listen_uris[0])
+        yield nodes
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+async def test_a_leaving_node_breaks_its_peers_streams_at_once(hops: int) -> None:
+    async with _line(hops + 1) as nodes:
+        (leaver, leaver_scope), (peer, _) = nodes[0], nodes[-1]
+        async with peer.listen(PROTO) as listener:
+            stream = await _connect_when_routed(leaver, peer.public_key)
+            await stream.send_all(b"hello")
+            with trio.fail_after(5):
+                accepted = await listener.accept()
+                assert await accepted.receive_some() == b"hello"
+            start = trio.current_time()
+            leaver_scope.cancel()
+            # The idle timeout is 15 s: only the CLOSE makes this fast.
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as info:
+                await accepted.receive_some()
+            assert "the peer left" in str(info.value.__cause__)
+            assert trio.current_time() - start < 1 + GOODBYE_GRACE
