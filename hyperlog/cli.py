@@ -14,6 +14,7 @@ and exit status 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import sqlite3
 import sys
@@ -39,6 +40,15 @@ Runner = Callable[[argparse.Namespace], Awaitable[int]]
 
 #: Store metadata telling `cat` how the log was filled (``lines`` or ``bytes``).
 _CAT_FORMAT_META: Final = "cli_cat_format"
+#: The installed distribution whose version ``--version`` prints (see pyproject.toml).
+DISTRIBUTION: Final = "pinecone-trio"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "(not installed)"
 
 
 def _parse_seed(text: str) -> bytes:
@@ -275,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperlog", description="A signed, append-only, hypercore-compatible log."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMAND_GROUPS:
         add(subparsers)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -152,3 +153,10 @@ def test_console_script_runs(tmp_path: Path) -> None:
         check=True,
     )
     assert json.loads(proc.stdout)["length"] == 2500
+
+
+def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out == f"hyperlog {importlib.metadata.version('pinecone-trio')}\n"

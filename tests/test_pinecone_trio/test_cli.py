@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -176,3 +177,14 @@ def test_unwritable_status_file_is_reported_not_fatal(tmp_path: Path) -> None:
             proc.kill()
             raise
     assert proc.returncode == 0, err
+
+
+def test_version_names_the_installed_distribution() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinecone_trio.cli", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"pinecone-trio {importlib.metadata.version('pinecone-trio')}\n"
