@@ -35,6 +35,11 @@ WS_RECEIVE_BUFFER_SIZE: Final = 256 * 1024
 MAX_WS_MESSAGE_SIZE: Final = 256 * 1024
 #: Largest message we accept (trio-websocket closes the connection above it).
 MAX_WS_RECEIVE_MESSAGE_SIZE: Final = 1024 * 1024
+#: Most accepted connections one listener lets sit before their HTTP upgrade request
+#: is answered (each waits at most `DIAL_TIMEOUT`); more are closed at once, so a
+#: flood of silent connections cannot hold unbounded sockets and tasks. The node's own
+#: limit on pending link handshakes applies only after the upgrade.
+MAX_PENDING_UPGRADES: Final = 64
 #: Close codes that mean an orderly end of stream.
 _NORMAL_CLOSE_CODES: Final = frozenset({1000, 1001})
 
@@ -173,9 +178,12 @@ class WebSocketTransport:
                 return
             await run_handler(handler, WebSocketStream(connection), bound)
 
+        limit = _PendingUpgrades(MAX_PENDING_UPGRADES, bound)
         server = trio_websocket.WebSocketServer(
             on_request,
-            listeners,
+            # Annotated as socket listeners, but any `trio.abc.Listener` works: the
+            # server only accepts from them (and shows other kinds by their repr).
+            [_LimitedListener(listener, limit) for listener in listeners],  # type: ignore[misc]
             max_message_size=MAX_WS_RECEIVE_MESSAGE_SIZE,
             receive_buffer_size=WS_RECEIVE_BUFFER_SIZE,
             connect_timeout=DIAL_TIMEOUT,
@@ -184,6 +192,82 @@ class WebSocketTransport:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.run)
             task_status.started(bound)
+
+
+@final
+class _PendingUpgrades:
+    """The count of one listener's connections whose upgrade is not answered yet."""
+
+    def __init__(self, limit: int, bound: str) -> None:
+        self.limit = limit
+        self.bound = bound
+        self.pending = 0
+        self.refused = 0
+
+
+@final
+class _LimitedListener(trio.abc.Listener[trio.abc.Stream]):
+    """Closes new connections at once while `MAX_PENDING_UPGRADES` wait for theirs.
+
+    trio-websocket answers the upgrade request (101, or 404 for another path) with the
+    connection's first write, and writes nothing before it: so a connection stops
+    counting at its first `send_all`, at end of stream or a failed read (the client
+    left), or when it is closed (the upgrade timed out).
+    """
+
+    def __init__(self, inner: trio.abc.Listener[trio.abc.Stream], limit: _PendingUpgrades) -> None:
+        self._inner = inner
+        self._limit = limit
+
+    async def accept(self) -> trio.abc.Stream:
+        limit = self._limit
+        for _ in range(1_000_000):  # bounded only to keep every loop finite
+            stream = await self._inner.accept()
+            if limit.pending < limit.limit:
+                limit.pending += 1
+                return _CountedStream(stream, limit)
+            limit.refused += 1
+            logger.debug("WebSocket listener %s: too many pending upgrades", limit.bound)
+            await trio.aclose_forcefully(stream)
+        raise trio.ClosedResourceError("too many refused connections")  # pragma: no cover
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@final
+class _CountedStream(trio.abc.Stream):
+    """A stream that holds one pending-upgrade slot until its first write or close."""
+
+    def __init__(self, inner: trio.abc.Stream, limit: _PendingUpgrades) -> None:
+        self._inner = inner
+        self._limit: _PendingUpgrades | None = limit
+
+    def _release(self) -> None:
+        if self._limit is not None:
+            self._limit.pending -= 1
+            self._limit = None
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        self._release()
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            data = await self._inner.receive_some(max_bytes)
+        except BaseException:
+            self._release()
+            raise
+        if not data:
+            self._release()  # the client left; trio-websocket closes it only later
+        return data
+
+    async def aclose(self) -> None:
+        self._release()
+        await self._inner.aclose()
 
 
 async def _run_client(

@@ -194,3 +194,34 @@ async def test_ws_listener_survives_bad_http() -> None:
             stream = await transports.dial(bound, nursery=n)
             assert await roundtrip(stream, b"fine") == b"fine"
             await stream.aclose()
+
+
+async def test_ws_listener_caps_connections_waiting_for_their_upgrade(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Silent connections each hold a slot until they send their upgrade request or are
+    # closed; beyond the cap, new ones are closed at once (before, every one waited up
+    # to DIAL_TIMEOUT, without limit). Answered connections give their slot back.
+    from pinecone_trio.transports import websocket
+
+    monkeypatch.setattr(websocket, "MAX_PENDING_UPGRADES", 4)
+    with trio.fail_after(20):
+        async with serving("ws://127.0.0.1:0/p", echo) as bound, trio.open_nursery() as n:
+            port = parse_uri(bound).port
+            answered = []
+            for _ in range(3):  # served, then idle: they must not keep their slots
+                stream = await transports.dial(bound, nursery=n)
+                assert await roundtrip(stream, b"up") == b"up"
+                answered.append(stream)
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(4)]
+            await trio.sleep(0.2)  # accepted by the server
+            extra = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(2):  # closed at once, not after DIAL_TIMEOUT
+                assert await extra.receive_some(10) == b""
+            for raw in silent:
+                await raw.aclose()
+            await trio.sleep(0.2)  # the server sees them go
+            stream = await transports.dial(bound, nursery=n)
+            assert await roundtrip(stream, b"fine") == b"fine"
+            for open_stream in [*answered, stream, extra]:
+                await open_stream.aclose()
