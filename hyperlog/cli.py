@@ -14,6 +14,7 @@ and exit status 1 (2 for usage errors), never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import sqlite3
@@ -146,8 +147,20 @@ async def _cmd_append(args: argparse.Namespace) -> int:
             fmt = b"bytes"
             size = args.block_size
             blocks, per_batch = _chunks(stream, size), max(1, CLI_FILE_BATCH_BYTES // size)
+        before = log.length
         try:
             count = await _append_all(log, blocks, per_batch)
+        except BaseException:
+            # Ctrl-C or an error mid-way: the batches appended so far are committed.
+            committed = log.length - before
+            if committed:
+                with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
+                    store.storage.set_meta(_CAT_FORMAT_META, fmt)
+            print(
+                f"hyperlog: stopped after appending {committed} blocks, length {log.length}",
+                file=sys.stderr,
+            )
+            raise
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
@@ -159,6 +172,29 @@ async def _cmd_append(args: argparse.Namespace) -> int:
 # --- cat -------------------------------------------------------------------------------
 
 
+def _cat_range(start: int, end: int | None, length: int) -> tuple[int, int]:
+    """The blocks ``cat`` writes: [start, end) cut to the log, with a warning if cut.
+
+    Raises:
+        HyperlogError: nothing of a non-empty request exists (START past the end), or
+            END is before START.
+    """
+    if end is not None and end < start:
+        raise HyperlogError(f"--end {end} is before --start {start}")
+    want_end = length if end is None else end
+    if start > length or (start == length and want_end > start):
+        raise HyperlogError(
+            f"blocks {start}..{want_end - 1} are past the end of the log (length {length})"
+        )
+    if want_end > length:
+        print(
+            f"hyperlog: warning: the log has {length} blocks: "
+            f"writing blocks {start}..{length - 1} of {start}..{want_end - 1}",
+            file=sys.stderr,
+        )
+    return start, min(want_end, length)
+
+
 async def _cmd_cat(args: argparse.Namespace) -> int:
     async with open_store(args.dir, readonly=True, create=False) as store:
         log = await store.default_log()
@@ -168,9 +204,9 @@ async def _cmd_cat(args: argparse.Namespace) -> int:
             lines = True
         else:
             lines = store.storage.get_meta(_CAT_FORMAT_META) != b"bytes"
-        end = log.length if args.end is None else min(args.end, log.length)
+        start, end = _cat_range(args.start, args.end, log.length)
         out = sys.stdout.buffer
-        async for block in log.iter_blocks(args.start, end):
+        async for block in log.iter_blocks(start, end):
             out.write(block)
             if lines:
                 out.write(b"\n")
@@ -254,13 +290,28 @@ def add_local_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     )
     p.set_defaults(run=_cmd_append)
 
-    p = subparsers.add_parser("cat", help="write blocks START..END-1 to stdout")
+    p = subparsers.add_parser(
+        "cat",
+        help="write blocks START..END-1 to stdout",
+        description="Write blocks START..END-1 of the log to stdout.",
+        epilog=(
+            "An END past the log's length writes the blocks that exist and warns on "
+            "stderr (exit status 0); a START past the end (nothing to write) is an error "
+            "(exit status 1). Without --raw or --lines, cat writes a newline after each "
+            "block unless the log was filled here with 'append --file'; that setting is "
+            "local, so on a clone the default is --lines: pass --raw for binary data."
+        ),
+    )
     p.add_argument("dir", metavar="DIR")
-    p.add_argument("--start", type=_non_negative, default=0, metavar="N")
-    p.add_argument("--end", type=_non_negative, default=None, metavar="N")
+    p.add_argument("--start", type=_non_negative, default=0, metavar="START", help="default 0")
+    p.add_argument("--end", type=_non_negative, metavar="END", help="default: the log's length")
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--raw", action="store_true", help="no newline after each block")
-    fmt.add_argument("--lines", action="store_true", help="a newline after each block")
+    fmt.add_argument(
+        "--lines",
+        action="store_true",
+        help="a newline after each block (the default, except for a log filled with --file)",
+    )
     p.set_defaults(run=_cmd_cat)
 
     p = subparsers.add_parser("info", help="show the key, length, fork and signed head")

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from hyperlog.cli import main
+from hyperlog.constants import MAX_BLOCK_SIZE
 from hyperlog.storage import DB_FILENAME
 from tests.conftest import SHARED
 
 VECTORS = json.loads((SHARED / "vectors" / "hypercore.json").read_text())
+CMD = [sys.executable, "-m", "hyperlog.cli"]
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -160,3 +164,72 @@ def test_version_names_the_installed_distribution(capsys: pytest.CaptureFixture[
         main(["--version"])
     assert exc.value.code == 0
     assert capsys.readouterr().out == f"hyperlog {importlib.metadata.version('pinecone-trio')}\n"
+
+
+def test_cat_says_when_the_range_passes_the_end(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = str(tmp_path / "log")
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"".join(b"%d\n" % i for i in range(5)))
+    assert _run(capsys, "create", store)[0] == 0
+    assert _run(capsys, "append", store, "--lines", str(lines))[0] == 0
+    # Part of the range exists: those blocks, a warning naming what was cut, status 0.
+    code, out, err = _run(capsys, "cat", store, "--start", "3", "--end", "9")
+    assert (code, out.splitlines()) == (0, ["3", "4"])
+    assert "warning" in err and "5 blocks" in err and "3..4" in err
+    # Nothing of it exists: one error line, status 1.
+    for argv in (["--start", "7"], ["--start", "5", "--end", "6"], ["--start", "3", "--end", "2"]):
+        code, out, err = _run(capsys, "cat", store, *argv)
+        assert (code, out) == (1, ""), argv
+        assert err.startswith("hyperlog: error:") and err.count("\n") == 1, err
+    # An empty range at the end is no error (e.g. "everything after what I had").
+    assert _run(capsys, "cat", store, "--start", "5") == (0, "", "")
+
+
+def test_a_failed_append_says_how_many_blocks_it_committed(tmp_path: Path) -> None:
+    store = tmp_path / "log"
+    subprocess.run([*CMD, "create", str(store)], check=True, capture_output=True)
+    lines = tmp_path / "lines.txt"
+    with lines.open("wb") as f:
+        f.write(b"".join(b"%d\n" % i for i in range(1500)))
+        f.write(b"x" * (MAX_BLOCK_SIZE + 1))  # too long for a block: fails in batch two
+    proc = subprocess.run(
+        [*CMD, "append", str(store), "--lines", str(lines)], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 1
+    assert b"stopped after appending 1000 blocks, length 1000" in proc.stderr, proc.stderr
+    assert b"hyperlog: error: a line longer than" in proc.stderr
+
+
+def test_an_interrupted_append_says_how_many_blocks_it_committed(tmp_path: Path) -> None:
+    store = tmp_path / "log"
+    subprocess.run([*CMD, "create", str(store)], check=True, capture_output=True)
+    proc = subprocess.Popen(
+        [*CMD, "append", str(store), "--lines", "-"],
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"".join(b"%d\n" % i for i in range(1000)))  # one full batch
+        proc.stdin.flush()
+        deadline = time.monotonic() + 60  # real time: only matters when something hangs
+        while _length(store) < 1000:
+            assert time.monotonic() < deadline, "the first batch was never committed"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)  # while it waits for more input
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert b"stopped after appending 1000 blocks, length 1000" in err, err
+    assert b"interrupted" in err and b"Traceback" not in err
+
+
+def _length(store: Path) -> int:
+    proc = subprocess.run([*CMD, "info", str(store), "--json"], capture_output=True, check=True)
+    length: int = json.loads(proc.stdout)["length"]
+    return length
