@@ -8,6 +8,7 @@ It prints one line, ``serving KEY on URI``, once it listens.
 log KEY into the store folder DIR (created if needed), verifying every block and the
 signed head; ``--sparse`` fetches only blocks START..END-1, ``--live`` keeps following
 the writer until interrupted. A progress bar goes to stderr when it is a terminal.
+Both commands take ``ws://HOST:PORT/PATH`` URIs too (the link over a WebSocket).
 
 Links are `pinecone_trio`'s Noise links (``connect_link`` / ``serve_links``). This is
 the only hyperlog module that imports `pinecone_trio`, lazily inside the commands, so
@@ -90,9 +91,13 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 class _Bar:
-    """A one-line progress bar on a terminal (nothing otherwise)."""
+    """A one-line progress bar on a terminal (nothing otherwise).
 
-    def __init__(self, out: TextIO, total: int) -> None:
+    `total` is the number of blocks to fetch, or None for a live clone, whose total is
+    not known (the writer may append at any time): that shows counts, no percentage.
+    """
+
+    def __init__(self, out: TextIO, total: int | None) -> None:
         self.out = out
         self.total = total
         self.enabled = out.isatty()
@@ -104,15 +109,23 @@ class _Bar:
         if not self.enabled or (not final and now - self.last < PROGRESS_INTERVAL):
             return
         self.last = now
-        done = max(0, self.total - p.missing) if self.total else 0
-        frac = 1.0 if not self.total else done / self.total
-        width = 30
-        fill = math.floor(frac * width)
         rate = p.bytes / max(now - self.t0, 1e-9) / 1e6
-        self.out.write(
-            f"\r[{'#' * fill}{'.' * (width - fill)}] {100 * frac:5.1f}% "
-            f"{done}/{self.total} blocks {p.bytes / 1e6:.1f} MB {rate:.1f} MB/s"
-        )
+        amount = f"{p.bytes / 1e6:.1f} MB {rate:.1f} MB/s"
+        if self.total is None:
+            behind = f"{p.missing} to go" if p.missing else "up to date"
+            line = f"live: {p.blocks} blocks fetched, {behind}, {amount}"
+        elif self.total == 0:
+            line = "nothing to fetch: every block asked for is already here"
+        else:
+            done = max(0, self.total - p.missing)
+            frac = done / self.total
+            width = 30
+            fill = math.floor(frac * width)
+            line = (
+                f"[{'#' * fill}{'.' * (width - fill)}] {100 * frac:5.1f}% "
+                f"{done}/{self.total} blocks {amount}"
+            )
+        self.out.write(f"\r{line}\x1b[K")  # erase what a longer previous line left
         if final:
             self.out.write("\n")
         self.out.flush()
@@ -160,6 +173,26 @@ async def _clone(args: argparse.Namespace) -> int:
             _remove_store(args.dir)
 
 
+def _sparse_end(start: int, end: int, length: int) -> int:
+    """The end of what `clone --sparse START:END` fetches, cut to the log, warning if cut.
+
+    Raises:
+        HyperlogError: nothing of a non-empty range exists (START at or past the end).
+    """
+    if end <= length:
+        return end
+    if start >= length:
+        raise HyperlogError(
+            f"--sparse {start}:{end}: the log has {length} blocks, none of {start}..{end - 1}"
+        )
+    print(
+        f"hyperlog: warning: the log has {length} blocks: "
+        f"fetching {start}..{length - 1} of {start}..{end - 1}",
+        file=sys.stderr,
+    )
+    return length
+
+
 def _exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -173,10 +206,11 @@ async def _clone_into(args: argparse.Namespace, confirmed: list[bool]) -> int:
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import connect_link
 
-    async with open_store(args.dir) as store:
+    # The transport nursery runs a ws:// connection's reader task; it outlives the link.
+    async with open_store(args.dir) as store, trio.open_nursery() as transport_nursery:
         log = await store.open_log(args.key)
         rep = replication_for(log)
-        link = await connect_link(args.connect, Identity.generate())
+        link = await connect_link(args.connect, Identity.generate(), nursery=transport_nursery)
         async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
             # Watch the session: a dead connection ends the clone with its reason.
             async def watch() -> None:
@@ -188,12 +222,13 @@ async def _clone_into(args: argparse.Namespace, confirmed: list[bool]) -> int:
             _check_alive(session)
             if rep.peers == 0:
                 raise HyperlogError("the peer does not serve this log")
-            confirmed.append(True)  # from here on, what is fetched is kept (resumable)
             start, end = args.sparse if args.sparse else (0, log.length)
-            end = min(end, log.length)
+            if not args.live:
+                end = _sparse_end(start, end, log.length)
+            confirmed.append(True)  # from here on, what is fetched is kept (resumable)
             p: Progress | None = None
             if args.live:
-                bar = _Bar(sys.stderr, 0)
+                bar = _Bar(sys.stderr, None)
                 print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
                 await rep.download(start, None, progress=bar)  # ends with the connection
             else:
@@ -220,17 +255,33 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     """Register ``serve`` and ``clone`` on the ``hyperlog`` command's subparsers."""
     p = subparsers.add_parser("serve", help="serve the store's logs over Noise links")
     p.add_argument("dir", metavar="DIR", help="store folder")
-    p.add_argument("--listen", required=True, metavar="URI", help="e.g. tcp://127.0.0.1:7000")
+    p.add_argument(
+        "--listen",
+        required=True,
+        metavar="URI",
+        help="tcp://HOST:PORT or ws://HOST:PORT/PATH, e.g. tcp://127.0.0.1:7000 (port 0: any)",
+    )
     p.add_argument("--identity", metavar="FILE", help="link key file (default: ephemeral)")
     p.set_defaults(run=_cmd_serve)
 
     p = subparsers.add_parser("clone", help="fetch a log by key from a serving peer")
     p.add_argument("key", metavar="KEY", type=_parse_key, help="the log key (hex)")
     p.add_argument("dir", metavar="DIR", help="store folder (created if needed)")
-    p.add_argument("--connect", required=True, metavar="URI", help="e.g. tcp://127.0.0.1:7000")
+    p.add_argument(
+        "--connect",
+        required=True,
+        metavar="URI",
+        help="tcp://HOST:PORT or ws://HOST:PORT/PATH, e.g. tcp://127.0.0.1:7000",
+    )
     p.add_argument("--live", action="store_true", help="keep following the writer")
     p.add_argument(
-        "--sparse", type=_parse_span, metavar="START:END", help="fetch only these blocks"
+        "--sparse",
+        type=_parse_span,
+        metavar="START:END",
+        help=(
+            "fetch only blocks START..END-1; an END past the log's length fetches what "
+            "exists and warns, a START past it is an error (exit status 1)"
+        ),
     )
     p.set_defaults(run=_cmd_clone)
 

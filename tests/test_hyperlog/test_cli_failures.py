@@ -3,7 +3,9 @@
 Each test failed before its fix: Ctrl-C on `serve` and a port in use printed
 exception-group tracebacks; a live clone crashed (`UnboundLocalError`) when the server
 went away; a clone with a mistyped key left a store for that key behind, which hid a
-later, correct clone into the same folder.
+later, correct clone into the same folder; a clone over ws:// failed ("needs a
+nursery") though `serve` listens on ws://; a `--sparse` range past the log's end
+"succeeded" silently, having fetched less than asked or nothing.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ async def _start_serve(
             chunk = await proc.stdout.receive_some(1024)
             assert chunk, "serve exited early"
             line += chunk
-    m = re.match(rb"serving [0-9a-f]{64} on (tcp://\S+)", line)
+    m = re.match(rb"serving [0-9a-f]{64} on ((?:tcp|ws)://\S+)", line)
     assert m is not None, line
     return proc, m.group(1).decode()
 
@@ -131,3 +133,53 @@ async def test_a_clone_with_a_wrong_key_leaves_nothing_behind(tmp_path: Path) ->
     finally:
         proc.kill()
         await proc.wait()
+
+
+async def test_clone_over_websocket(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w")
+    proc, uri = await _start_serve(tmp_path / "w", "ws://127.0.0.1:0/")
+    try:
+        assert uri.startswith("ws://127.0.0.1:")
+        with trio.fail_after(BOUND):
+            clone = await trio.run_process(
+                [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+        assert clone.returncode == 0, clone.stderr
+        assert b"20 blocks held" in clone.stdout
+    finally:
+        proc.kill()
+        await proc.wait()
+
+
+async def test_a_sparse_range_past_the_end_says_so(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w")  # 20 blocks
+    proc, uri = await _start_serve(tmp_path / "w")
+    try:
+        with trio.fail_after(BOUND):
+            part = await trio.run_process(
+                [*CMD, "clone", key, str(tmp_path / "p"), "--connect", uri, "--sparse", "15:30"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            none = await trio.run_process(
+                [*CMD, "clone", key, str(tmp_path / "n"), "--connect", uri, "--sparse", "25:30"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    finally:
+        proc.kill()
+        await proc.wait()
+    # Part of the range exists: fetched, with a warning naming what was cut.
+    assert part.returncode == 0, part.stderr
+    assert b"5 blocks held" in part.stdout
+    assert b"warning" in part.stderr and b"15..19" in part.stderr
+    # None of it exists: one error line, status 1, and no store left behind.
+    assert none.returncode == 1 and none.stdout == b""
+    assert none.stderr.startswith(b"hyperlog: error:") and none.stderr.count(b"\n") == 1
+    assert b"20 blocks" in none.stderr
+    assert not (tmp_path / "n").exists()
