@@ -28,6 +28,16 @@ ANNOUNCE_RETRY_INTERVAL: Final = 10.0
 #: the older record is refused.
 TOMBSTONE_TTL: Final = MAX_RECORD_TTL
 
+#: An announcer signs its records with `seq` = its wall clock in microseconds (kept
+#: strictly increasing), so a store can tell when a record was made: one whose
+#: `seq + lifetime` lies further in the past than this (seconds) expired where it was
+#: made, and is refused as a replay. It is also the clock difference tolerated between
+#: nodes. Sequence numbers below `SEQ_TIMESTAMP_FLOOR` are plain counters (another
+#: implementation, or tests) and are not judged by time.
+MAX_CLOCK_SKEW: Final = 600
+#: 2020-01-01T00:00:00Z in microseconds: a seq at or above it is a signing time.
+SEQ_TIMESTAMP_FLOOR: Final = 1_577_836_800_000_000
+
 # --- the store --------------------------------------------------------------------
 
 #: Distinct topics one node stores; beyond it the least recently announced topic goes.

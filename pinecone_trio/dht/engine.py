@@ -78,7 +78,7 @@ from .constants import (
     SUCCESSOR_TTL,
 )
 from .crypto import record_signable
-from .store import PutResult, RecordStore, verify_record
+from .store import PutResult, RecordStore, expired_at_origin, verify_record
 from .wire import (
     ACK_RATE_LIMITED,
     ACK_REFUSED,
@@ -254,9 +254,16 @@ class DhtEngine:
         rng: random.Random | None = None,
         record_ttl: int = RECORD_TTL,
         refresh_interval: float = ANNOUNCE_REFRESH_INTERVAL,
+        clock_offset: float | None = None,
     ) -> None:
         """`first_seq` should grow across restarts (the shell passes wall-clock
-        microseconds), so a restarted announcer's records replace its old ones."""
+        microseconds), so a restarted announcer's records replace its old ones.
+
+        `clock_offset` is wall-clock time minus the `now` the caller passes. With it
+        (the shell's case), every record is signed with seq = its signing time in
+        microseconds (never less than the previous seq + 1), and records that expired
+        where they were made are refused as replays, stored or in lookup replies
+        (`store.expired_at_origin`). Without it (tests), seq is a plain counter."""
         if not 0 < record_ttl <= MAX_RECORD_TTL:
             raise ValueError(f"record_ttl must be 1..{MAX_RECORD_TTL}")
         self._identity = identity
@@ -265,7 +272,8 @@ class DhtEngine:
         self._rng = rng or random.Random()
         self._record_ttl = record_ttl
         self._refresh = refresh_interval
-        self.store = store or RecordStore()
+        self._clock_offset = clock_offset
+        self.store = store or RecordStore(clock_offset=clock_offset)
         self._limiter = SourceLimiter()
         self._descending: bytes | None = None
         self._router_ascending: bytes | None = None
@@ -538,8 +546,12 @@ class DhtEngine:
         if query.done:
             return []
         query.done = True
+        offset = self._clock_offset
         for record, remaining in reply.records:
             if record.ttl == 0 or not verify_record(record):
+                self.statistics.bad_reply_records += 1
+                continue
+            if offset is not None and expired_at_origin(record, now + offset):
                 self.statistics.bad_reply_records += 1
                 continue
             old = lookup.found.get(record.public_key)
@@ -569,9 +581,12 @@ class DhtEngine:
 
     # ------------------------------------------------------------ announcements
 
-    def _sign(self, topic: bytes, data: bytes, ttl: int) -> Record:
+    def _sign(self, topic: bytes, data: bytes, ttl: int, now: float) -> Record:
         seq = self._seq
-        self._seq = min(_U64, seq + 1)
+        if self._clock_offset is not None:
+            seq = max(seq, int((now + self._clock_offset) * 1e6))
+        seq = min(_U64 - 1, seq)
+        self._seq = seq + 1
         signature = self._identity.sign(record_signable(topic, self._key, seq, ttl, data))
         return Record(topic, self._key, seq, ttl, data, signature)
 
@@ -592,7 +607,7 @@ class DhtEngine:
             raise LocalProtocolError("already announcing this topic")
         if self.pending() >= MAX_PENDING:
             raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
-        record = self._sign(topic, bytes(data), self._record_ttl)
+        record = self._sign(topic, bytes(data), self._record_ttl, now)
         ann = _Announcement(topic, bytes(data), record, 0, None, math.inf)
         self._announcements[topic] = ann
         return self._send_round(ann, now)
@@ -611,7 +626,7 @@ class DhtEngine:
         if ann is None:
             return []
         self._announce_ids.pop(ann.request_id, None)
-        withdrawal = self._sign(topic, b"", 0)
+        withdrawal = self._sign(topic, b"", 0, now)
         return [SendClosest(topic, encode(Announce(self._new_id(), withdrawal)))]
 
     def _on_ack(self, ack: AnnounceAck, now: float) -> list[Action]:
@@ -683,7 +698,7 @@ class DhtEngine:
                     ann.query = None
                     actions += self._end_round(ann, False, now)
             elif aq is None and now >= ann.next_refresh:
-                ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
+                ann.record = self._sign(ann.topic, ann.data, self._record_ttl, now)
                 actions += self._send_round(ann, now)
         return actions
 

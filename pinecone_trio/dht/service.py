@@ -75,7 +75,11 @@ class Dht:
     def __init__(self, node: Node, *, engine: DhtEngine | None = None) -> None:
         self._node = node
         self._service: OverlayService = node.service(SERVICE_DHT)
-        self.engine = engine or DhtEngine(node.identity, first_seq=time.time_ns() // 1000)
+        self.engine = engine or DhtEngine(
+            node.identity,
+            first_seq=time.time_ns() // 1000,
+            clock_offset=time.time() - trio.current_time(),
+        )
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[SendExact | SendClosest](
             OUTBOX_SIZE
         )

@@ -12,8 +12,13 @@ SEQ_REUSED). A record with ttl 0 is a withdrawal: it replaces the record with a
 tombstone that is never returned by `get` but refuses older copies until it expires.
 
 Lifetimes are local: a record lives `min(ttl, MAX_RECORD_TTL, remaining)` seconds from
-when this node stored it, measured on the caller's clock (`now`), so no two nodes need
-synchronised clocks. Everything expires by `now` alone: `expire(now)` pops a heap of
+when this node stored it, measured on the caller's clock (`now`). Clocks matter only
+for replays: an announcer's seq is its signing time in wall-clock microseconds, so a
+store given its own wall clock (`clock_offset`: wall time minus `now`) refuses a
+record that expired where it was made more than `MAX_CLOCK_SKEW` (10 min) ago
+(`expired_at_origin`). Without that, an old signed record could be stored again, for
+another full lifetime, whenever the newer record or its tombstone had gone.
+Everything expires by `now` alone: `expire(now)` pops a heap of
 (expiry, key) entries (stale heap entries are skipped, and the heap is rebuilt when
 they outnumber live ones), and `put` expires before it inserts, so a full table of
 dead records never refuses live ones (polkadot-sdk#5187).
@@ -33,10 +38,12 @@ from typing import Final
 
 from ..identity import PublicKey
 from .constants import (
+    MAX_CLOCK_SKEW,
     MAX_RECORD_TTL,
     MAX_RECORDS_PER_TOPIC,
     MAX_TOPICS,
     MAX_TOTAL_RECORDS,
+    SEQ_TIMESTAMP_FLOOR,
     TOMBSTONE_TTL,
 )
 from .crypto import record_signable
@@ -51,7 +58,7 @@ class PutResult(Enum):
 
     STORED = "stored"  # new, or a newer seq than what we had (replicate it)
     DUPLICATE = "duplicate"  # exactly what we already have (acknowledge, do not replicate)
-    STALE = "stale"  # older seq, or the same seq with different contents
+    STALE = "stale"  # older seq, the same seq with other contents, or expired at origin
     BAD_SIGNATURE = "bad_signature"
 
 
@@ -63,6 +70,19 @@ def verify_record(record: Record) -> bool:
     except ValueError:
         return False
     return key.verify(signable, record.signature)
+
+
+def record_lifetime(record: Record) -> float:
+    """How long a store keeps `record` at most (a withdrawal: its tombstone's life)."""
+    return float(TOMBSTONE_TTL if record.ttl == 0 else min(record.ttl, MAX_RECORD_TTL))
+
+
+def expired_at_origin(record: Record, wall_now: float) -> bool:
+    """Whether `record`, by the signing time in its seq, expired more than
+    `MAX_CLOCK_SKEW` before `wall_now` (seconds since the epoch): a replay."""
+    if record.seq < SEQ_TIMESTAMP_FLOOR:
+        return False  # a counter, not a time
+    return record.seq / 1e6 + record_lifetime(record) + MAX_CLOCK_SKEW < wall_now
 
 
 @dataclass(slots=True)
@@ -94,7 +114,11 @@ class RecordStore:
         max_topics: int = MAX_TOPICS,
         max_per_topic: int = MAX_RECORDS_PER_TOPIC,
         max_total: int = MAX_TOTAL_RECORDS,
+        clock_offset: float | None = None,
     ) -> None:
+        """`clock_offset` is wall-clock time minus the `now` the caller passes; None
+        (tests) turns the replay check by signing time off."""
+        self._clock_offset = clock_offset
         self._topics: OrderedDict[bytes, dict[bytes, StoredRecord]] = OrderedDict()
         self._heap: list[tuple[float, bytes, bytes]] = []
         self._count = 0
@@ -125,12 +149,14 @@ class RecordStore:
             if record.seq == old.record.seq:
                 self.statistics.duplicates += 1
                 return PutResult.DUPLICATE
+        offset = self._clock_offset
+        if offset is not None and expired_at_origin(record, now + offset):
+            self.statistics.stale += 1
+            return PutResult.STALE
         if not verify_record(record):
             self.statistics.bad_signatures += 1
             return PutResult.BAD_SIGNATURE
-        lifetime = float(min(record.ttl, MAX_RECORD_TTL))
-        if record.ttl == 0:
-            lifetime = float(TOMBSTONE_TTL)
+        lifetime = record_lifetime(record)
         if remaining is not None:
             lifetime = min(lifetime, remaining)
         if lifetime <= 0:

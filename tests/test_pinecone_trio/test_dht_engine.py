@@ -537,3 +537,15 @@ def test_a_tombstone_copy_never_outlives_its_source() -> None:
         copy = copies[0]
         assert isinstance(copy, wire.Store) and copy.record == record
         assert 0 < copy.remaining_ttl <= 5
+
+
+def test_records_are_signed_with_their_signing_time_and_seq_never_repeats() -> None:
+    wall = 1_800_000_000.0
+    engine = DhtEngine(Identity.from_seed(b"t" * 32), clock_offset=wall)
+    first = engine._sign(topic_id("t"), b"", 150, 5.0)
+    assert first.seq == int((wall + 5.0) * 1e6)
+    again = engine._sign(topic_id("t"), b"", 150, 5.0)  # same instant
+    assert again.seq == first.seq + 1
+    earlier = engine._sign(topic_id("t"), b"", 150, 1.0)  # the clock went back
+    assert earlier.seq == again.seq + 1
+    assert engine._sign(topic_id("t"), b"", 150, 65.0).seq == int((wall + 65.0) * 1e6)
