@@ -29,6 +29,8 @@ from .node import Node, open_node
 
 #: How often `--status-json` is rewritten.
 STATUS_INTERVAL = 1.0
+#: How often, at most, static peers' state is looked at for dial failures to report.
+STATIC_REPORT_INTERVAL = 0.2
 #: The installed distribution whose version `--version` prints (see pyproject.toml).
 DISTRIBUTION: Final = "pinecone-trio"
 
@@ -58,7 +60,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="URI",
-        help="static peer to keep connected (repeatable)",
+        help=(
+            "static peer to keep connected (repeatable); one that cannot be reached is "
+            "reported on stderr and redialled with backoff"
+        ),
     )
     p.add_argument("--multicast", action="store_true", help="find peers on the LAN by multicast")
     p.add_argument(
@@ -104,6 +109,35 @@ def _describe(event: NodeEvent) -> str:
     return str(event)
 
 
+async def _report_static_peers(node: Node) -> None:
+    # The node redials a static peer it cannot reach with backoff, silently: say so on
+    # stderr, once per peer and distinct error (again after it was connected). A drop
+    # of a connected peer is not repeated here: the PeerDisconnected event said it.
+    told: dict[str, str] = {}  # uri -> the error last reported
+    was_connected: set[str] = set()
+    while True:
+        for peer in node.status()["static_peers"]:
+            uri, state, error = peer["uri"], peer["state"], peer["last_error"]
+            if state == "connected":
+                told.pop(uri, None)
+                was_connected.add(uri)
+            elif state == "waiting" and error and told.get(uri) != error:
+                told[uri] = error
+                if uri in was_connected:
+                    was_connected.discard(uri)
+                    continue
+                retry = peer["next_attempt_in"]
+                print(
+                    f"pinecone-trio: cannot connect to {uri}: {error} (retrying in {retry:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        await node.wait_changed()
+        # A busy node changes state per frame: look at most this often. A static peer
+        # waits at least half a second between dials, so no failure goes unseen.
+        await trio.sleep(STATIC_REPORT_INTERVAL)
+
+
 async def _write_status(node: Node, path: str) -> None:
     # A status file that cannot be written (directory gone, disk full) is reported,
     # once per distinct error, but does not stop the relay.
@@ -136,6 +170,8 @@ async def _run(args: argparse.Namespace) -> None:
                 _say(args.quiet, f"listening on {uri}")
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_print_events, node, args.quiet)
+                if args.connect:
+                    nursery.start_soon(_report_static_peers, node)
                 if args.status_json:
                     nursery.start_soon(_write_status, node, args.status_json)
                 async for signum in signals:

@@ -188,3 +188,36 @@ def test_version_names_the_installed_distribution() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"pinecone-trio {importlib.metadata.version('pinecone-trio')}\n"
+
+
+def test_an_unreachable_static_peer_is_reported_and_redialled(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    uri = f"tcp://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "pinecone_trio.cli", "--key", str(tmp_path / "k")]
+    proc = subprocess.Popen(
+        [*command, "--connect", uri, "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        killer = threading.Timer(60.0, proc.kill)  # a silent process ends the read
+        killer.start()
+        try:
+            line = proc.stderr.readline()
+        finally:
+            killer.cancel()
+        assert line.startswith(f"pinecone-trio: cannot connect to {uri}: "), line
+        assert "retrying" in line
+        assert proc.poll() is None  # still running: the node keeps redialling
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise
+    assert proc.returncode == 0, err
