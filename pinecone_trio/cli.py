@@ -3,8 +3,9 @@
     pinecone-trio --key node.key --listen tcp://0.0.0.0:7000 --listen ws://0.0.0.0:7001/ \
         --connect tcp://seed.example:7000 --multicast --status-json /run/pt.json
 
-Prints peers and the root as they change. `--status-json PATH` rewrites PATH atomically
-every second with `node.status()`. SIGINT or SIGTERM shut the node down cleanly.
+Prints peers and the root as they change, and on stderr a static peer it cannot reach.
+`--status-json PATH` rewrites PATH atomically every second with `node.status()`. SIGINT
+or SIGTERM shut the node down cleanly.
 """
 
 from __future__ import annotations
