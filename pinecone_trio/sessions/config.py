@@ -47,7 +47,7 @@ MAX_FRAMES_PER_PACKET: Final = 4_096
 #: Most responder handshakes one session runs at once for the peer's INITIATIONs. The
 #: overlay's source key is not authenticated, so anyone can send an INITIATION in a
 #: peer's name: each is answered beside the others and only the one whose FINISH
-#: verifies counts. Beyond this many, new INITIATIONs are dropped until one expires.
+#: verifies counts. Beyond this many, a new INITIATION replaces the oldest candidate.
 MAX_CANDIDATES: Final = 4
 #: Replay window, in packets (WireGuard uses 2,048 - 64 bits; we keep 2,048).
 REPLAY_WINDOW: Final = 2_048

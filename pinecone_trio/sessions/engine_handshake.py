@@ -18,12 +18,12 @@ candidate whose FINISH verifies (the peer proved its identity) acts:
   pending candidates go on as a new session (`Session._promote`).
 
 Simultaneous dials: the dial from the lower routing key wins. The lower side ignores
-the peer's INITIATIONs while it dials; the higher side answers them with a candidate
-but keeps its own dial, so a forged INITIATION cannot cancel it. The first handshake
-to complete at each side wins there; if the higher side completed its own dial first,
-the lower side's FINISH still arrives and replaces it, and the lower side, once its
-dial completed, drops the candidates it held for the higher side's INITIATIONs. Both
-end on the same keys.
+the peer's INITIATIONs while it dials and, once its dial completed, until the peer
+confirmed it (until then a crossing INITIATION is still on its way); it also drops
+the candidates it held. The higher side answers the lower side's INITIATIONs with a
+candidate but keeps its own dial, so a forged INITIATION cannot cancel it; whichever
+completes first is its session, and if its own dial completed first, the lower
+side's FINISH still arrives and replaces it. Both end on the same keys.
 
 Retransmission is the initiator's, so a forged INITIATION is answered once per packet
 and never on a timer: INITIATION is re-sent until RESPONSE arrives (a duplicate
@@ -105,19 +105,29 @@ class HandshakeMixin(SessionBase):
             if candidate.initiation == packet:
                 self._hs_outbox.append(candidate.response)  # our RESPONSE was lost
                 return
-        if (
-            self.state is State.HANDSHAKE
-            and self._hs is not None
-            and self.local_address < self.remote_address
+        if self.local_address < self.remote_address and (
+            (self.state is State.HANDSHAKE and self._hs is not None)
+            or (self._finish_packet is not None and not self._confirmed)
         ):
-            return  # simultaneous dial: ours wins, the peer will answer it
-        if len(self._candidates) >= MAX_CANDIDATES:
-            self.stats["dropped_handshake"] += 1
+            # Simultaneous dials: ours wins, and the peer will take it. Also once our
+            # dial completed, until the peer confirms it: an INITIATION then crossed our
+            # FINISH (answering it could leave each side on the other's keys when
+            # packets are reordered). A peer that restarted within that round trip is
+            # answered only after our session ends (idle timeout).
             return
         fresh = _Candidate.start(self, hp, packet, now)
-        if fresh is not None:
-            self._candidates.append(fresh)
-            self._hs_outbox.append(fresh.response)
+        if fresh is None:
+            return
+        if len(self._candidates) >= MAX_CANDIDATES:
+            # The oldest goes: a real peer's candidate needs only a round trip, so a
+            # forger must keep MAX_CANDIDATES INITIATIONs coming every round trip to
+            # crowd it out (refusing new ones instead, four forged packets every
+            # `handshake_timeout` would lock the peer out).
+            # (Not marked superseded: a re-sent copy of it is answered afresh.)
+            del self._candidates[0]
+            self.stats["dropped_handshake"] += 1
+        self._candidates.append(fresh)
+        self._hs_outbox.append(fresh.response)
 
     def _on_response(self, hp: wire.HandshakePacket, now: float) -> None:
         hs = self._hs
@@ -171,27 +181,9 @@ class HandshakeMixin(SessionBase):
                 continue
             if self.state is not State.ESTABLISHED:
                 self._adopt(candidate, now)
-            elif self._crossed():
-                self._superseded.append(candidate.initiation)
-                self.stats["dropped_handshake"] += 1
             else:
                 self._replace(candidate, now)
             return
-
-    def _crossed(self) -> bool:
-        """Whether the peer's dial crossed ours rather than replacing our session.
-
-        We are the lower key, our own dial completed, and nothing from the peer has
-        verified under it yet (unconfirmed): the peer's FINISH is for a dial it started
-        before it saw ours. The lower key's dial wins; the peer takes it when our FINISH
-        (re-sent until we are confirmed) arrives. Once confirmed, the peer knows our
-        session, so a new handshake from it means it restarted.
-        """
-        return (
-            self.local_address < self.remote_address
-            and self._finish_packet is not None
-            and not self._confirmed
-        )
 
     def _adopt(self, candidate: _Candidate, now: float) -> None:
         """The peer's handshake completed before ours: it is this session's."""

@@ -52,6 +52,7 @@ logger = logging.getLogger(__name__)
 MAX_SESSIONS: Final = 4_096
 #: Most sessions still in their handshake that a peer's INITIATION may create; bounds
 #: what a flood of (possibly spoofed) INITIATIONs costs before any peer authenticated.
+#: At the limit a new one replaces the oldest.
 MAX_HALF_OPEN: Final = 256
 #: Scheduler passes a driver holding back a part-filled packet gives the writers before
 #: it sends it anyway. Trio runs each batch of runnable tasks in a random order, so after
@@ -213,6 +214,7 @@ class SessionManager:
         self._closed = False
         self._stats = {
             "dropped_no_session": 0,
+            "evicted_half_open": 0,
             "dropped_datagrams": 0,
             "refused_streams": 0,
             "send_errors": 0,
@@ -310,11 +312,14 @@ class SessionManager:
         if self._nursery is None or source == self._address:
             return None
         # Only half-open sessions a peer's INITIATION made count: our own dials to
-        # silent keys must not lock every peer out.
-        half_open = sum(
-            1 for h in self._by_index.values() if h.inbound and not h.engine.established
-        )
-        if len(self._by_index) >= MAX_SESSIONS or half_open >= MAX_HALF_OPEN:
+        # silent keys must not lock every peer out. At the limit the oldest goes (its
+        # peer re-sends if it is real): refusing new ones instead, a burst of forged
+        # INITIATIONs would lock every real peer out for `handshake_timeout`.
+        half_open = [h for h in self._by_index.values() if h.inbound and not h.engine.established]
+        if len(half_open) >= MAX_HALF_OPEN:
+            self._close(half_open[0], "too many half-open sessions")
+            self._stats["evicted_half_open"] += 1
+        if len(self._by_index) >= MAX_SESSIONS:
             self._stats["dropped_no_session"] += 1
             return None
         engine = Session.answer(

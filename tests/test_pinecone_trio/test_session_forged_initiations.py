@@ -30,8 +30,9 @@ import trio.testing
 
 from pinecone_trio.identity import Identity, PublicKey
 from pinecone_trio.sessions import SessionManager, wire
-from pinecone_trio.sessions.config import SessionConfig
+from pinecone_trio.sessions.config import MAX_CANDIDATES, SessionConfig
 from pinecone_trio.sessions.engine import Session, random_index
+from pinecone_trio.sessions.manager import MAX_HALF_OPEN
 from pinecone_trio.sessions.testing import EnginePair, MemoryOverlay, PathModel, open_memory_overlay
 
 PROTO = "/t/1"
@@ -141,6 +142,42 @@ async def test_connect_after_a_forged_initiation_dials_instead_of_waiting_on_it(
         assert trio.current_time() - start < high.config.handshake_retransmit + 0.1
 
 
+async def test_forged_initiations_filling_a_peers_candidates_do_not_lock_it_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The fifth INITIATION replaces the oldest candidate; refusing it instead, four
+    # forged packets kept the real peer out for the handshake timeout.
+    async with _low_and_high() as (overlay, low, high, _), high.listen(PROTO) as listener:
+        for _ in range(MAX_CANDIDATES):
+            overlay._transmit(
+                low.public_key, high.public_key, _forged_initiation(low.public_key, high.public_key)
+            )
+        await trio.sleep(ONE_WAY * 2)
+        assert len(high._by_address[low.public_key].engine._candidates) == MAX_CANDIDATES
+        with trio.fail_after(2):
+            await _echo_once(low, high, listener)
+
+
+async def test_a_burst_of_forged_initiations_does_not_lock_real_peers_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # MAX_HALF_OPEN forged INITIATIONs from as many made-up keys filled the manager's
+    # half-open sessions, and every real peer's INITIATION was dropped until they
+    # expired (10 s). Now a new one replaces the oldest.
+    async with _low_and_high() as (overlay, low, high, _), high.listen(PROTO) as listener:
+        base = bytes(_identity(77).public_key)[:-2]
+        for n in range(MAX_HALF_OPEN):
+            claimed = PublicKey(base + n.to_bytes(2, "big"))
+            overlay._transmit(
+                claimed, high.public_key, _forged_initiation(claimed, high.public_key)
+            )
+        await trio.sleep(ONE_WAY * 2)
+        assert high.statistics()["sessions"] == MAX_HALF_OPEN
+        with trio.fail_after(2):
+            await _echo_once(low, high, listener)
+        assert high.statistics()["evicted_half_open"] >= 1
+
+
 @pytest.mark.parametrize("forger_is_lower", [True, False])
 async def test_a_forged_initiation_gets_one_response_and_none_on_a_timer(
     autojump_clock: trio.testing.MockClock, forger_is_lower: bool
@@ -234,8 +271,8 @@ async def test_simultaneous_dials_end_in_one_session(
     autojump_clock: trio.testing.MockClock, seed: int, loss: float, reorder: float
 ) -> None:
     # "reordered" ended in two sessions (each side on the other's keys) in about one
-    # seed in ten before a lower key whose own dial completed, still unconfirmed,
-    # stopped taking the higher key's crossing FINISH as a restart (`_crossed`).
+    # seed in ten until the lower key, its own dial complete but not yet confirmed,
+    # stopped answering the higher key's (crossing) INITIATIONs.
     rng = random.Random(seed)
     delay = rng.uniform(0.002, 0.03)
     model = PathModel(
@@ -268,7 +305,7 @@ async def test_a_peer_restarting_after_our_dial_replaces_the_session(
     autojump_clock: trio.testing.MockClock, restarted: str
 ) -> None:
     # The side that stays dialled first and was confirmed; the restarted side's new
-    # dial must replace the session whichever key is lower (`_crossed` must not hold).
+    # dial must replace the session whichever key is lower.
     ids = sorted((_identity(1), _identity(2)), key=lambda i: i.public_key)
     gone, stays = (ids[0], ids[1]) if restarted == "low" else (ids[1], ids[0])
     model = PathModel(delay=(ONE_WAY, ONE_WAY))
