@@ -28,6 +28,7 @@ import pytest
 import trio
 import trio.testing
 
+from pinecone_trio.errors import SessionError
 from pinecone_trio.identity import Identity, PublicKey
 from pinecone_trio.sessions import SessionManager, wire
 from pinecone_trio.sessions.config import MAX_CANDIDATES, SessionConfig
@@ -327,4 +328,61 @@ async def test_a_peer_restarting_after_our_dial_replaces_the_session(
             keeper._by_address[gone.public_key].engine.handshake_hash
             == new._by_address[stays.public_key].engine.handshake_hash
         )
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize(("loss", "reorder"), [(0.0, 0.3), (0.1, 0.2)], ids=["reordered", "lossy"])
+async def test_crossing_dials_among_forged_initiations_end_in_one_session(
+    autojump_clock: trio.testing.MockClock, seed: int, loss: float, reorder: float
+) -> None:
+    # Three forged INITIATIONs, each in either side's name, at random times while both
+    # sides dial. Before the lower key ignored INITIATIONs until its completed dial was
+    # confirmed, seed 70 of this scenario ended with each side on the other's keys.
+    rng = random.Random(seed)
+    delay = rng.uniform(0.002, 0.03)
+    model = PathModel(
+        loss=loss, reorder=reorder, reorder_delay=delay, delay=(delay / 2, delay * 1.5)
+    )
+    async with _low_and_high(model) as (overlay, low, high, nursery):
+        offsets = {low: rng.uniform(0, 4 * delay), high: rng.uniform(0, 4 * delay)}
+
+        async def forge() -> None:
+            for _ in range(3):
+                await trio.sleep(rng.uniform(0, 6 * delay))
+                claimed, target = (low, high) if rng.random() < 0.5 else (high, low)
+                overlay._transmit(
+                    claimed.public_key,
+                    target.public_key,
+                    _forged_initiation(claimed.public_key, target.public_key),
+                )
+
+        nursery.start_soon(forge)
+        async with low.listen(PROTO) as low_listener, high.listen(PROTO) as high_listener:
+            listeners = {low: low_listener, high: high_listener}
+            done: list[SessionManager] = []
+
+            async def dial(client: SessionManager, server: SessionManager) -> None:
+                await trio.sleep(offsets[client])
+                try:
+                    await _echo_once(client, server, listeners[server])
+                except (SessionError, trio.BrokenResourceError):
+                    if not loss:
+                        raise
+                    return
+                done.append(client)
+
+            # Under loss a crossing may still break the higher side's first stream
+            # (docs/sessions.md); the sessions must agree all the same.
+            with trio.move_on_after(20):
+                async with trio.open_nursery() as both:
+                    both.start_soon(dial, low, high)
+                    both.start_soon(dial, high, low)
+            if not loss:
+                assert len(done) == 2
+        await trio.sleep(1)
+        a = low._by_address[high.public_key].engine
+        b = high._by_address[low.public_key].engine
+        assert a.established and b.established
+        assert a.handshake_hash == b.handshake_hash
         nursery.cancel_scope.cancel()
