@@ -1,4 +1,4 @@
-"""The log: a signed, append-only, Merkle-verified sequence of blocks, and the store holding it.
+"""The log: a signed, append-only, Merkle-verified sequence of blocks.
 
 Theory of operation
 -------------------
@@ -27,13 +27,16 @@ the event loop keeps serving other tasks.
 
 A `Store` (`open_store`) owns one storage and hands out one `Log` object per key, so
 an application, a replicator and a HAMT all share the same state and events.
+
+Modules: this one holds the `Log`; `hyperlog.log_apply` its group commit of replicated
+proofs (`apply_proofs`), `hyperlog.snapshot` the `LogSnapshot`, and `hyperlog.store`
+the `Store` and `open_store`. All of them stay importable from here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, final
 
@@ -43,7 +46,6 @@ from . import flat_tree
 from .bitfield import Bitfield
 from .constants import (
     APPEND_THREAD_THRESHOLD_BYTES,
-    DEFAULT_LOG_META,
     EVENT_BUFFER,
     GET_MANY_THREAD_ABOVE,
     MAX_BATCH_BLOCKS,
@@ -52,19 +54,8 @@ from .constants import (
     MAX_GET_MANY,
     MAX_PROOF_GROUP,
     READ_CHUNK_BLOCKS,
-    THREAD_THRESHOLD_BYTES,
 )
-from .crypto import (
-    KeyPair,
-    Manifest,
-    TreeNode,
-    Verifier,
-    default_manifest,
-    discovery_key,
-    leaf_hash,
-    parent_hash,
-    tree_hash,
-)
+from .crypto import Manifest, TreeNode, Verifier, leaf_hash, parent_hash, tree_hash
 from .errors import (
     BlockNotAvailableError,
     CorruptStorageError,
@@ -80,6 +71,7 @@ from .events import (
     ProofResult,
     TruncateEvent,
 )
+from .log_apply import _Group
 from .merkle import AppendBatch, MerkleTree, byte_offset, seek
 from .proof import (
     Proof,
@@ -88,19 +80,10 @@ from .proof import (
     create_proof,
     missing_nodes,
     proof_node_indices,
-    verify_proof,
 )
-from .storage import (
-    PAGE_SIZE,
-    Durability,
-    Head,
-    LogInfo,
-    MemoryStorage,
-    SQLiteStorage,
-    Storage,
-    StoredLog,
-    WriteBatch,
-)
+from .snapshot import LogSnapshot
+from .storage import Head, StoredLog, WriteBatch
+from .store import Store, open_store
 
 __all__ = [
     "AppendEvent",
@@ -982,455 +965,3 @@ class Log:
             event.set()
         self._block_waiters.clear()
         self._wake_length()
-
-
-class _Group:
-    """Verified proofs waiting to be committed together, and the state they lead to."""
-
-    def __init__(self, log: Log) -> None:
-        self.log = log
-        self.tree = log._tree.snapshot()
-        self.verifier = log._verifier
-        self.overlay: dict[int, TreeNode] = {}
-        self.write = WriteBatch()
-        self.blocks: dict[int, tuple[bytes, bytes]] = {}
-        self.new_bits: list[int] = []
-        self.events: list[LogEvent] = []
-        self.truncated_to: int | None = None
-        self.fork_changed = False
-        self.pending = False
-        self.bytes = 0
-
-    def verify(self, proof: Proof, seek_padding: int) -> VerifiedBatch | HyperlogError:
-        """Verify ``proof`` against the state this group leads to; return the error if not."""
-        try:
-            return verify_proof(
-                self.tree,
-                proof,
-                self.verifier if self.verifier is not None else self.log.key,
-                self.get_node,
-                seek_padding=seek_padding,
-            )
-        except HyperlogError as exc:
-            return exc
-
-    def get_node(self, index: int) -> TreeNode | None:
-        node = self.overlay.get(index)
-        if node is not None:
-            return node
-        if self.fork_changed or (
-            self.truncated_to is not None and flat_tree.right_span(index) >= 2 * self.truncated_to
-        ):
-            return None
-        return self.log._get_node(index)
-
-    def add(self, batch: VerifiedBatch) -> ProofResult:
-        truncated_to = None
-        if batch.is_fork_change:
-            truncated_to = self._common_prefix(batch)
-            self.write.truncate = truncated_to
-            self.truncated_to = truncated_to
-            self.fork_changed = True
-            self.events.append(TruncateEvent(truncated_to, batch.fork))
-        if batch.verifier is not None and self.verifier is None:
-            self.verifier = batch.verifier
-            self.write.manifest = batch.verifier.manifest.encode()
-        leaf = None
-        block_index = None
-        if batch.block is not None:
-            block_index, value = batch.block
-            leaf = 2 * block_index
-            for node in batch.nodes:
-                if node.index == leaf:
-                    self.blocks[block_index] = (value, node.hash)
-                    break
-            self.new_bits.append(block_index)
-            self.bytes += len(value)
-            self.events.append(DownloadEvent(block_index, len(value)))
-        for node in batch.nodes:
-            self.overlay[node.index] = node
-        batch.apply_to(self.tree)
-        if batch.upgraded:
-            self.events.append(AppendEvent(batch.length, batch.byte_length, batch.fork))
-        self.pending = True
-        return ProofResult(
-            block=block_index,
-            block_size=0 if batch.block is None else len(batch.block[1]),
-            upgraded=batch.upgraded,
-            truncated_to=truncated_to,
-            hash=batch.hash,
-            seek=batch.seek,
-        )
-
-    def _common_prefix(self, batch: VerifiedBatch) -> int:
-        """Return how many leading blocks the new fork provably shares with ours.
-
-        A new root equal to a stored node covers a shared prefix; the first root that
-        differs (or is not stored) ends it. Hypercore bisects further with hash
-        requests; we re-download instead (docs/hyperlog-storage.md).
-        """
-        shared = 0
-        limit = min(self.tree.length, batch.length)
-        for root in batch.roots:
-            if flat_tree.right_span(root.index) // 2 >= limit:
-                break
-            mine = self.log._get_node(root.index)
-            if mine is None or mine.hash != root.hash or mine.size != root.size:
-                break
-            shared = flat_tree.right_span(root.index) // 2 + 1
-        return shared
-
-    async def commit(self) -> None:
-        if not self.pending:
-            return
-        log = self.log
-        w = self.write
-        blocks = self.blocks
-        w.blocks = [(i, value, digest) for i, (value, digest) in sorted(blocks.items())]
-        held = set(blocks)
-        bits = log._bitfield
-        keep_below = w.truncate if w.truncate is not None else log._tree.length + 1
-
-        def stored(block: int) -> bool:
-            return block in held or (block < keep_below and bits.get(block))
-
-        def derived(i: int) -> bool:
-            # a leaf of a stored block, or the depth-1 parent of two stored blocks
-            if not i & 1:
-                return i >> 1 in held
-            return i & 3 == 1 and stored((i - 1) >> 1) and stored((i + 1) >> 1)
-
-        w.nodes = [n for i, n in sorted(self.overlay.items()) if not derived(i)]
-        if w.truncate is not None:
-            after = log._bitfield.copy()
-            after.clear_from(w.truncate)
-            for i in self.new_bits:
-                after.set(i)
-            w.bitfield = after.take_dirty()
-        else:
-            w.bitfield = log._bitfield.pages_after_set_bits(self.new_bits)
-        t = self.tree
-        hint = log._stored_contiguous
-        if w.truncate is not None:
-            hint = min(hint, w.truncate)
-        if t.length != log._tree.length or t.fork != log._tree.fork or w.manifest:
-            w.head = Head(t.fork, t.length, t.byte_length, t.tree_hash(), t.signature, hint)
-        if self.bytes >= THREAD_THRESHOLD_BYTES or log._storage.write_busy:
-            await trio.to_thread.run_sync(log._storage.commit, log._handle, w)
-        else:
-            log._storage.commit(log._handle, w)
-        # Committed: now move memory forward (no checkpoint between here and the end).
-        if self.verifier is not None and log._verifier is None:
-            log._verifier = self.verifier
-        if w.head is not None:
-            log._stored_contiguous = w.head.contiguous_length
-        if w.truncate is not None:
-            log._bitfield.clear_from(w.truncate)
-            log._cuts[t.fork] = w.truncate
-        for i in self.new_bits:
-            log._bitfield.set(i)
-        log._bitfield.clear_dirty()
-        log._tree = t
-        for event in self.events:
-            log._emit(event)
-        for i in self.new_bits:
-            log._wake_block(i)
-        if any(not isinstance(e, DownloadEvent) for e in self.events):
-            log._wake_length()
-        self.pending = False
-        if log._storage.maintenance_due:
-            # the caller holds the write lock: no append can commit meanwhile; shielded,
-            # as the commit above is done and must not be reported `Cancelled`
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(log._storage.maintain)
-
-
-# --- snapshots -------------------------------------------------------------------------
-
-
-@final
-class LogSnapshot:
-    """A read-only view of a log at the length, fork and signature it had when taken.
-
-    Blocks appended later are invisible. If the log is later truncated below the
-    snapshot's length, the blocks past the cut are gone for the snapshot too (their
-    `get` raises `BlockNotAvailableError`) instead of returning another fork's data.
-    """
-
-    def __init__(self, log: Log, tree: MerkleTree) -> None:
-        """Internal: use `Log.snapshot`."""
-        self._log = log
-        self._tree = tree
-
-    @property
-    def key(self) -> bytes:
-        """The log key."""
-        return self._log.key
-
-    @property
-    def length(self) -> int:
-        """The length when the snapshot was taken."""
-        return self._tree.length
-
-    @property
-    def byte_length(self) -> int:
-        """The byte length when the snapshot was taken."""
-        return self._tree.byte_length
-
-    @property
-    def fork(self) -> int:
-        """The fork when the snapshot was taken."""
-        return self._tree.fork
-
-    @property
-    def signature(self) -> bytes | None:
-        """The signature of the snapshot's head (signed now if the writer had not yet)."""
-        log, t = self._log, self._tree
-        current = log._tree
-        same = (t.length, t.fork) == (current.length, current.fork)
-        if same and t.signature is None:
-            t.signature = log._ensure_signed()  # one signature for both
-        return log._sign(t)
-
-    def tree_hash(self) -> bytes:
-        """The tree hash of the snapshot's head."""
-        return self._tree.tree_hash()
-
-    def _valid_below(self) -> int:
-        cut = self._tree.length
-        for fork, length in self._log._cuts.items():
-            if fork > self._tree.fork:
-                cut = min(cut, length)
-        return cut
-
-    def has(self, index: int) -> bool:
-        """Return True if block ``index`` is in the snapshot and held locally."""
-        return 0 <= index < self._valid_below() and self._log.has(index)
-
-    async def get(
-        self,
-        index: int,
-        *,
-        wait: bool | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-    ) -> bytes:
-        """Return block ``index`` of the snapshot (see `Log.get`).
-
-        Raises:
-            BlockNotAvailableError: if ``index`` is outside the snapshot, was truncated
-                away since, or is missing and not waited for.
-        """
-        if not 0 <= index < self._valid_below():
-            await trio.lowlevel.checkpoint()
-            raise BlockNotAvailableError(f"block {index} is not in this snapshot")
-        return await self._log.get(index, wait=wait, timeout=timeout)
-
-    async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
-        """Like `Log.seek`, within the snapshot's head."""
-        result = seek(self._tree, byte_offset, self._log._get_node, padding=padding)
-        await trio.lowlevel.checkpoint()
-        return result
-
-
-# --- the store -------------------------------------------------------------------------
-
-
-@final
-class Store:
-    """Many logs in one storage. Get one from `open_store`.
-
-    Each key maps to a single `Log` object for as long as the store is open.
-    """
-
-    def __init__(self, storage: Storage, path: str | None = None) -> None:
-        """Internal: use `open_store`."""
-        self.storage = storage
-        self.path = path
-        self._logs: dict[bytes, Log] = {}
-        self._opening = trio.Lock()
-        self._closed = False
-
-    @property
-    def readonly(self) -> bool:
-        """True if the store was opened read-only."""
-        return self.storage.readonly
-
-    def keys(self) -> list[bytes]:
-        """Return the keys of every log in the store, oldest first."""
-        return self.storage.list_logs()
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise HyperlogError("the store is closed")
-
-    async def create_log(self, key_pair: KeyPair | None = None, *, compat: bool = False) -> Log:
-        """Create a writable log signed by ``key_pair`` (a fresh one if None).
-
-        Args:
-            key_pair: the ed25519 key pair; its secret key is stored with the log.
-            compat: hypercore's legacy mode (key = the public key) instead of the
-                default v1 manifest.
-
-        Raises:
-            ValueError: if the store already has this log, or the key pair has no secret.
-        """
-        from .crypto import key_pair as new_key_pair
-
-        self._check_open()
-        kp = key_pair if key_pair is not None else new_key_pair()
-        if kp.secret_key is None:
-            raise ValueError("creating a writable log needs a secret key")
-        verifier = (
-            Verifier.compat(kp.public_key)
-            if compat
-            else Verifier.from_manifest(default_manifest(kp.public_key))
-        )
-        info = LogInfo(
-            verifier.key, discovery_key(verifier.key), verifier.manifest.encode(), kp.secret_key
-        )
-        # under the opening lock, and the log with its default mark in one worker call:
-        # two tasks creating logs at once both saw no default and both set one, and a
-        # cancellation between the two steps left the new log stored but not the default
-        async with self._opening:
-            stored = await trio.to_thread.run_sync(self._create_stored, info)
-            log = Log(self, stored)
-            self._logs[info.key] = log
-        return log
-
-    def _create_stored(self, info: LogInfo) -> StoredLog:
-        """Store a new log, and make it the default if the store has none (worker thread)."""
-        stored = self.storage.create_log(info)
-        if self.storage.get_meta(DEFAULT_LOG_META) is None:
-            self.storage.set_meta(DEFAULT_LOG_META, info.key)
-        return stored
-
-    async def open_log(
-        self, key: bytes, *, manifest: Manifest | bytes | None = None, create: bool = True
-    ) -> Log:
-        """Return the log with this key, as a reader if it is new to this store.
-
-        Args:
-            key: the 32-byte log key (or, for a log already stored, its discovery key).
-            manifest: the log's manifest when known (checked against the key); a
-                reader learns it from the first proof otherwise.
-            create: add the log as an empty reader if the store does not have it.
-
-        Raises:
-            KeyError: if the log is not stored and ``create`` is False.
-            InvalidSignatureError: if ``manifest`` does not belong to ``key``.
-            CorruptStorageError: if the stored head does not verify.
-        """
-        self._check_open()
-        log = self._logs.get(key)
-        if log is not None:
-            return log
-        # one opening at a time: two tasks opening one key got two `Log` objects, whose
-        # appends then wrote two different blocks and heads at the same index
-        async with self._opening:
-            return await self._open_log(key, manifest, create)
-
-    async def _open_log(self, key: bytes, manifest: Manifest | bytes | None, create: bool) -> Log:
-        log = self._logs.get(key)  # another task may have opened it meanwhile
-        if log is not None:
-            return log
-        stored = await trio.to_thread.run_sync(self.storage.find_log, key)
-        if stored is None:
-            if not create or self.storage.readonly:
-                raise KeyError(f"no log with key {key.hex()} in this store")
-            if len(key) != 32:
-                raise ValueError("a log key is 32 bytes")
-            encoded = None
-            if manifest is not None:
-                encoded = Verifier.for_key(key, manifest).manifest.encode()
-            info = LogInfo(key, discovery_key(key), encoded, None)
-            stored = await trio.to_thread.run_sync(self._create_stored, info)
-        log = self._logs.get(stored.info.key)
-        if log is None:
-            log = Log(self, stored)
-            await trio.to_thread.run_sync(log._load, stored.head)
-            self._logs[stored.info.key] = log
-        return log
-
-    async def default_log(self) -> Log:
-        """Return the store's first log (the one the ``hyperlog`` command works on).
-
-        Raises:
-            KeyError: if the store holds no log.
-        """
-        key = self.storage.get_meta(DEFAULT_LOG_META)
-        if key is None:
-            keys = self.keys()
-            if not keys:
-                raise KeyError("the store holds no log")
-            key = keys[0]
-        return await self.open_log(key, create=False)
-
-    async def check(self, *, full: bool = False) -> None:
-        """Run the storage's structural check (in a worker thread).
-
-        Raises:
-            CorruptStorageError: if the database is damaged.
-        """
-        await trio.to_thread.run_sync(lambda: self.storage.check(full=full))
-
-    async def aclose(self) -> None:
-        """Close every log and the storage. Idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        for log in self._logs.values():
-            log._store_signature_on_close()
-            log._close()
-        await trio.to_thread.run_sync(self.storage.close)
-
-
-@contextlib.asynccontextmanager
-async def open_store(
-    path: str | os.PathLike[str] | Storage | None = None,
-    *,
-    readonly: bool = False,
-    create: bool = True,
-    durability: Durability = "process",
-    page_size: int = PAGE_SIZE,
-) -> AsyncIterator[Store]:
-    """Open a store folder (SQLite), a `Storage` you built, or (None) a memory store.
-
-    ``async with open_store("data/") as store: log = await store.create_log()``.
-
-    Args:
-        path: a folder, a `Storage` object, or None for a fresh `MemoryStorage`.
-        readonly: open a folder without the write lock; writes raise `NotWritableError`.
-        create: create the folder and database if missing.
-        durability: ``"process"`` or ``"power"`` (see `hyperlog.storage`).
-        page_size: the SQLite page size of a new store folder (`SQLiteStorage`):
-            4096 suits logs of small single appends, the default 16 KiB 1 KiB blocks.
-
-    Raises:
-        ValueError: if ``durability`` or ``page_size`` is out of range.
-        StorageLockedError: if another writer has the folder open.
-        CorruptStorageError: if the database is not a hyperlog store or is damaged.
-        FileNotFoundError: if the folder has no store and ``create`` is False.
-    """
-    if path is None:
-        storage: Storage = MemoryStorage()
-        where = None
-    elif isinstance(path, str | os.PathLike):
-        folder = where = os.fspath(path)
-        storage = await trio.to_thread.run_sync(
-            lambda: SQLiteStorage(
-                folder,
-                readonly=readonly,
-                create=create,
-                durability=durability,
-                page_size=page_size,
-            )
-        )
-    else:
-        storage = path
-        where = None
-    store = Store(storage, where)
-    try:
-        yield store
-    finally:
-        with trio.CancelScope(shield=True):
-            await store.aclose()
