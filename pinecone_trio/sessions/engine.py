@@ -230,14 +230,15 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         self.events.append(SessionClosed(error))
         candidates = self._candidates
         self._candidates = []
-        if candidates and notify_peer is None and self.remote_key is not None:
+        if candidates and notify_peer is None:
             self._promote(candidates)
 
     def _promote(self, candidates: list[_Candidate]) -> None:
-        """The established session ended (the peer's CLOSE, an idle timeout) while
-        handshakes of the peer were pending beside it: they go on as a session of their
-        own, waiting for a FINISH (a CLOSE overtaken by the next INITIATION, as after
-        `close_session` then `connect`, must not end both)."""
+        """The session ended (the peer's CLOSE, an idle timeout, our own dial timing
+        out) while handshakes of the peer were pending beside it: they go on as a
+        session of their own, waiting for a FINISH (a CLOSE overtaken by the next
+        INITIATION, as after `close_session` then `connect`, must not end both; nor
+        must our dial's timeout end the peer's dial that is about to complete)."""
         new = self._successor(self._now)
         new._candidates = candidates
         self.events.append(SessionReplaced(new))

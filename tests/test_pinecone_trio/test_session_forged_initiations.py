@@ -386,3 +386,37 @@ async def test_crossing_dials_among_forged_initiations_end_in_one_session(
         assert a.established and b.established
         assert a.handshake_hash == b.handshake_hash
         nursery.cancel_scope.cancel()
+
+
+async def test_our_dial_timing_out_keeps_the_peers_pending_handshake(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # `high`'s INITIATIONs never arrive; just before its dial times out, `low` dials.
+    # The timeout came 5 ms before low's FINISH and dropped the candidate with it: low's
+    # stream waited for the idle timeout and high's retry failed too (found by review).
+    async with _low_and_high() as (overlay, low, high, _):
+        transmit = overlay._transmit
+
+        def lossy(src: PublicKey, dst: PublicKey, payload: bytes) -> None:
+            lost = src == high.public_key and payload[0] == wire.INITIATION
+            if not (lost and trio.current_time() < 9):
+                transmit(src, dst, payload)
+
+        overlay._transmit = lossy  # type: ignore[method-assign]
+        timeout = high.config.handshake_timeout
+        async with low.listen(PROTO) as low_listener, high.listen(PROTO) as high_listener:
+
+            async def high_dials() -> None:
+                with pytest.raises(SessionError):
+                    await high.wait_session(low.public_key)
+                with trio.fail_after(1):
+                    await _echo_once(high, low, low_listener)
+
+            async def low_dials() -> None:
+                await trio.sleep(timeout - 0.025)
+                with trio.fail_after(1):
+                    await _echo_once(low, high, high_listener)
+
+            async with trio.open_nursery() as both:
+                both.start_soon(high_dials)
+                both.start_soon(low_dials)
