@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import sqlite3
 import sys
@@ -23,6 +22,8 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import IO, Any, Final
 
 import trio
+
+from pinecone_trio._util import installed_version
 
 from .cli_net import add_net_commands
 from .constants import (
@@ -41,15 +42,6 @@ Runner = Callable[[argparse.Namespace], Awaitable[int]]
 
 #: Store metadata telling `cat` how the log was filled (``lines`` or ``bytes``).
 _CAT_FORMAT_META: Final = "cli_cat_format"
-#: The installed distribution whose version ``--version`` prints (see pyproject.toml).
-DISTRIBUTION: Final = "pinecone-trio"
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "(not installed)"
 
 
 def _parse_seed(text: str) -> bytes:
@@ -336,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperlog", description="A signed, append-only, hypercore-compatible log."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMAND_GROUPS:
         add(subparsers)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Final
 
 import trio
 
 from .errors import NodeCrashedError
+
+#: The distribution the command-line tools report with `--version` (pyproject.toml).
+DISTRIBUTION: Final = "pinecone-trio"
+
+
+def installed_version() -> str:
+    """The installed version of `DISTRIBUTION`, for the CLIs' `--version`."""
+    try:
+        return importlib.metadata.version(DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "(not installed)"
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

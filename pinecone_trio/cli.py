@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
 import json
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 import trio
 
+from ._util import installed_version
 from .errors import PineconeError
 from .events import NodeEvent
 from .identity import Identity
@@ -32,20 +32,11 @@ from .node import Node, open_node
 STATUS_INTERVAL = 1.0
 #: How often, at most, static peers' state is looked at for dial failures to report.
 STATIC_REPORT_INTERVAL = 0.2
-#: The installed distribution whose version `--version` prints (see pyproject.toml).
-DISTRIBUTION: Final = "pinecone-trio"
-
-
-def _version() -> str:
-    try:
-        return importlib.metadata.version(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:  # running from a source tree
-        return "(not installed)"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pinecone-trio", description="Run a pinecone-trio node.")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
     p.add_argument(
         "--key", required=True, help="ed25519 key file (created with mode 0600 if absent)"
     )
