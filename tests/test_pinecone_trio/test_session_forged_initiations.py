@@ -264,6 +264,59 @@ def test_a_lost_confirmation_ping_is_answered_again_when_finish_is_resent() -> N
     assert pair.now >= pair.config.handshake_retransmit
 
 
+async def _crossing_dials(seed: int, loss: float, reorder: float, forged: int) -> None:
+    """Both sides connect (and echo) at random offsets of up to two round trips, so the
+    INITIATIONs cross or one arrives before the other side dialled; `forged`
+    INITIATIONs in either side's name arrive at random times meanwhile. The sessions
+    must agree (same handshake hash). Under loss a crossing may still break the
+    higher side's first stream (docs/sessions.md); without loss every echo succeeds."""
+    rng = random.Random(seed)
+    delay = rng.uniform(0.002, 0.03)
+    model = PathModel(
+        loss=loss, reorder=reorder, reorder_delay=delay, delay=(delay / 2, delay * 1.5)
+    )
+    async with _low_and_high(model) as (overlay, low, high, nursery):
+        offsets = {low: rng.uniform(0, 4 * delay), high: rng.uniform(0, 4 * delay)}
+
+        async def forge() -> None:
+            for _ in range(forged):
+                await trio.sleep(rng.uniform(0, 6 * delay))
+                claimed, target = (low, high) if rng.random() < 0.5 else (high, low)
+                overlay._transmit(
+                    claimed.public_key,
+                    target.public_key,
+                    _forged_initiation(claimed.public_key, target.public_key),
+                )
+
+        nursery.start_soon(forge)
+        async with low.listen(PROTO) as low_listener, high.listen(PROTO) as high_listener:
+            listeners = {low: low_listener, high: high_listener}
+            done: list[SessionManager] = []
+
+            async def dial(client: SessionManager, server: SessionManager) -> None:
+                await trio.sleep(offsets[client])
+                try:
+                    await _echo_once(client, server, listeners[server])
+                except (SessionError, trio.BrokenResourceError):
+                    if not loss:
+                        raise
+                    return
+                done.append(client)
+
+            with trio.move_on_after(20):
+                async with trio.open_nursery() as both:
+                    both.start_soon(dial, low, high)
+                    both.start_soon(dial, high, low)
+            if not loss:
+                assert len(done) == 2
+        await trio.sleep(1)
+        a = low._by_address[high.public_key].engine
+        b = high._by_address[low.public_key].engine
+        assert a.established and b.established
+        assert a.handshake_hash == b.handshake_hash
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize(
     ("loss", "reorder"), [(0.0, 0.0), (0.0, 0.3), (0.1, 0.2)], ids=["clean", "reordered", "lossy"]
@@ -274,31 +327,7 @@ async def test_simultaneous_dials_end_in_one_session(
     # "reordered" ended in two sessions (each side on the other's keys) in about one
     # seed in ten until the lower key, its own dial complete but not yet confirmed,
     # stopped answering the higher key's (crossing) INITIATIONs.
-    rng = random.Random(seed)
-    delay = rng.uniform(0.002, 0.03)
-    model = PathModel(
-        loss=loss, reorder=reorder, reorder_delay=delay, delay=(delay / 2, delay * 1.5)
-    )
-    async with _low_and_high(model) as (_, low, high, nursery):
-        # Each side connects after its own offset (up to about two round trips): the
-        # INITIATIONs cross, or one arrives before the other side dialled.
-        offsets = {low: rng.uniform(0, 4 * delay), high: rng.uniform(0, 4 * delay)}
-        async with low.listen(PROTO) as low_listener, high.listen(PROTO) as high_listener:
-            listeners = {low: low_listener, high: high_listener}
-
-            async def dial(client: SessionManager, server: SessionManager) -> None:
-                await trio.sleep(offsets[client])
-                await _echo_once(client, server, listeners[server])
-
-            with trio.fail_after(20):
-                async with trio.open_nursery() as both:
-                    both.start_soon(dial, low, high)
-                    both.start_soon(dial, high, low)
-        a = low._by_address[high.public_key].engine
-        b = high._by_address[low.public_key].engine
-        assert a.established and b.established
-        assert a.handshake_hash == b.handshake_hash
-        nursery.cancel_scope.cancel()
+    await _crossing_dials(seed, loss, reorder, forged=0)
 
 
 @pytest.mark.parametrize("restarted", ["low", "high"])
@@ -336,56 +365,9 @@ async def test_a_peer_restarting_after_our_dial_replaces_the_session(
 async def test_crossing_dials_among_forged_initiations_end_in_one_session(
     autojump_clock: trio.testing.MockClock, seed: int, loss: float, reorder: float
 ) -> None:
-    # Three forged INITIATIONs, each in either side's name, at random times while both
-    # sides dial. Before the lower key ignored INITIATIONs until its completed dial was
-    # confirmed, seed 70 of this scenario ended with each side on the other's keys.
-    rng = random.Random(seed)
-    delay = rng.uniform(0.002, 0.03)
-    model = PathModel(
-        loss=loss, reorder=reorder, reorder_delay=delay, delay=(delay / 2, delay * 1.5)
-    )
-    async with _low_and_high(model) as (overlay, low, high, nursery):
-        offsets = {low: rng.uniform(0, 4 * delay), high: rng.uniform(0, 4 * delay)}
-
-        async def forge() -> None:
-            for _ in range(3):
-                await trio.sleep(rng.uniform(0, 6 * delay))
-                claimed, target = (low, high) if rng.random() < 0.5 else (high, low)
-                overlay._transmit(
-                    claimed.public_key,
-                    target.public_key,
-                    _forged_initiation(claimed.public_key, target.public_key),
-                )
-
-        nursery.start_soon(forge)
-        async with low.listen(PROTO) as low_listener, high.listen(PROTO) as high_listener:
-            listeners = {low: low_listener, high: high_listener}
-            done: list[SessionManager] = []
-
-            async def dial(client: SessionManager, server: SessionManager) -> None:
-                await trio.sleep(offsets[client])
-                try:
-                    await _echo_once(client, server, listeners[server])
-                except (SessionError, trio.BrokenResourceError):
-                    if not loss:
-                        raise
-                    return
-                done.append(client)
-
-            # Under loss a crossing may still break the higher side's first stream
-            # (docs/sessions.md); the sessions must agree all the same.
-            with trio.move_on_after(20):
-                async with trio.open_nursery() as both:
-                    both.start_soon(dial, low, high)
-                    both.start_soon(dial, high, low)
-            if not loss:
-                assert len(done) == 2
-        await trio.sleep(1)
-        a = low._by_address[high.public_key].engine
-        b = high._by_address[low.public_key].engine
-        assert a.established and b.established
-        assert a.handshake_hash == b.handshake_hash
-        nursery.cancel_scope.cancel()
+    # Before the lower key ignored INITIATIONs until its completed dial was confirmed,
+    # seed 70 ended with each side on the other's keys.
+    await _crossing_dials(seed, loss, reorder, forged=3)
 
 
 async def test_our_dial_timing_out_keeps_the_peers_pending_handshake(
