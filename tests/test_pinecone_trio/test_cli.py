@@ -54,6 +54,17 @@ def _wait_json(path: Path, predicate: object, timeout: float = 60.0) -> dict[str
     raise AssertionError(f"status never matched; last: {last}")
 
 
+def _terminate(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM `proc`, wait for it (killing it after 60 s) and return its stderr."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return err
+
+
 def test_two_relays_peer_and_report_status(tmp_path: Path) -> None:
     a = _start(
         "--key",
@@ -170,12 +181,7 @@ def test_unwritable_status_file_is_reported_not_fatal(tmp_path: Path) -> None:
         assert "cannot write" in line, line
         assert proc.poll() is None  # still running
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        err = _terminate(proc)
     assert proc.returncode == 0, err
 
 
@@ -214,10 +220,5 @@ def test_an_unreachable_static_peer_is_reported_and_redialled(tmp_path: Path) ->
         assert "retrying" in line
         assert proc.poll() is None  # still running: the node keeps redialling
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            _out, err = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
+        err = _terminate(proc)
     assert proc.returncode == 0, err
