@@ -1228,6 +1228,12 @@ async def open_node(
         try:
             yield node
         finally:
-            with trio.CancelScope(shield=True):  # bounded by GOODBYE_GRACE
-                await node._say_goodbye()
-            run_scope.cancel()
+            try:
+                with trio.CancelScope(shield=True):  # bounded by GOODBYE_GRACE
+                    await node._say_goodbye()
+            finally:
+                # Whatever ends the goodbye (a second Ctrl-C arrives as an exception
+                # even in a shielded scope), the node must end too, or the nursery
+                # would wait for it for ever.
+                run_scope.shield = False
+                run_scope.cancel()

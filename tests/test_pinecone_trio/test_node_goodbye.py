@@ -68,3 +68,17 @@ async def test_a_leaving_node_breaks_its_peers_streams_at_once(hops: int) -> Non
                 await accepted.receive_some()
             assert "the peer left" in str(info.value.__cause__)
             assert trio.current_time() - start < 1 + GOODBYE_GRACE
+
+
+async def test_a_goodbye_that_fails_still_ends_the_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A second Ctrl-C arrives in the goodbye as an exception, shield or not; so would a
+    # bug. Before, the node's shielded run scope was then never cancelled and leaving
+    # `open_node` hung for ever (found by review).
+    async def failing_goodbye(self: Node) -> None:
+        await trio.lowlevel.checkpoint()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Node, "_say_goodbye", failing_goodbye)
+    with trio.fail_after(5), pytest.raises(KeyboardInterrupt):
+        async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]):
+            pass
