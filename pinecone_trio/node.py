@@ -347,8 +347,10 @@ class Node:
         # A shutdown path, polled: at most one check per millisecond, for 0.25 s.
         with trio.move_on_after(GOODBYE_GRACE):
             for _ in range(int(GOODBYE_GRACE * 1000)):
-                if not self._inbox_send.statistics().current_buffer_used and all(
-                    peering.idle for peering in self._peerings.values()
+                if (
+                    not self._sessions.flushing
+                    and not self._inbox_send.statistics().current_buffer_used
+                    and all(peering.idle for peering in self._peerings.values())
                 ):
                     return
                 await trio.sleep(0.001)

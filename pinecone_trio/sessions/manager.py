@@ -212,6 +212,9 @@ class SessionManager:
             self._send_nowait = service.try_send
         self._nursery: trio.Nursery | None = None
         self._closed = False
+        # Closed sessions whose CLOSE waits for their driver (it was sending when the
+        # session closed; handing the CLOSE over then would have overtaken it).
+        self._unsent_closes: set[_SessionHandle] = set()
         self._stats = {
             "dropped_no_session": 0,
             "evicted_half_open": 0,
@@ -419,6 +422,8 @@ class SessionManager:
                 handle.sending = True
                 try:
                     for packet in packets:
+                        if engine.is_closed:
+                            break  # closed meanwhile: its CLOSE goes next (below)
                         try:
                             await send(remote, packet)
                         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -437,6 +442,9 @@ class SessionManager:
                 finally:
                     handle.sending = False
                 if engine.is_closed:
+                    # Closed while we were sending (`close_session`, the node leaving):
+                    # its CLOSE could not be handed over then without overtaking us.
+                    await self._send_last(handle)
                     return
                 if engine.corked:
                     # A part-filled packet's worth of stream data was held back: give
@@ -464,9 +472,34 @@ class SessionManager:
                 finally:
                     handle.armed = None
         finally:
+            self._unsent_closes.discard(handle)
             if not engine.is_closed:
                 engine.close("the session task ended")
             self._process(handle)
+
+    async def _send_last(self, handle: _SessionHandle) -> None:
+        """Send what a closed session still holds (its CLOSE), best effort."""
+        engine = handle.engine
+        handle.sending = True
+        try:
+            for packet in engine.packets_to_send(trio.current_time(), prefix=self._prefix):
+                try:
+                    await self._send(engine.remote_address, packet)
+                except (
+                    PineconeError,
+                    ValueError,
+                    trio.ClosedResourceError,
+                    trio.BrokenResourceError,
+                ):
+                    return  # the overlay is going: nothing more can be sent
+        finally:
+            handle.sending = False
+            self._unsent_closes.discard(handle)
+
+    @property
+    def flushing(self) -> bool:
+        """Whether a closed session's CLOSE still waits for its driver to send it."""
+        return bool(self._unsent_closes)
 
     def _process(self, handle: _SessionHandle, *, wake: bool = True) -> None:
         """React to what the engine reported: streams to wake, events to deliver.
@@ -627,6 +660,8 @@ class SessionManager:
         # its INITIATION reach the peer first (the peer would start the new handshake
         # beside the old session, and the CLOSE would then end both).
         self._send_handshake_now(handle)
+        if handle.sending and handle.engine.outbox_length:
+            self._unsent_closes.add(handle)  # the driver sends it (`_send_last`)
         self._process(handle)
 
     async def send_datagram(self, key: PublicKey, protocol: str, data: bytes) -> None:

@@ -6,6 +6,7 @@ cancelled, so a peer's streams failed only by its idle timeout (15 s).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -82,3 +83,38 @@ async def test_a_goodbye_that_fails_still_ends_the_node(monkeypatch: pytest.Monk
     with trio.fail_after(5), pytest.raises(KeyboardInterrupt):
         async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]):
             pass
+
+
+async def test_the_close_leaves_even_when_the_session_was_sending_in_bulk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With the local send budget full, the session's driver is waiting to send when
+    # the node leaves; the CLOSE could not be handed over without overtaking it, and
+    # the driver then returned without sending it: the peer waited 15 s (found by
+    # review). A budget of two frames makes the driver wait nearly all the time.
+    import pinecone_trio.node as node_module
+
+    monkeypatch.setattr(node_module, "LOCAL_SEND_FRAMES", 2)
+    async with _line(2) as nodes:
+        (leaver, leaver_scope), (peer, _) = nodes
+        async with peer.listen(PROTO) as listener, trio.open_nursery() as nursery:
+            stream = await _connect_when_routed(leaver, peer.public_key)
+
+            async def pump() -> None:
+                chunk = b"x" * 65536
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    for _ in range(100_000):
+                        await stream.send_all(chunk)
+
+            nursery.start_soon(pump)
+            accepted = await listener.accept()
+            received = 0
+            with trio.fail_after(30), pytest.raises(trio.BrokenResourceError) as info:
+                for _ in range(1_000_000):
+                    received += len(await accepted.receive_some())
+                    if received > 8_000_000 and not leaver_scope.cancel_called:
+                        start = trio.current_time()
+                        leaver_scope.cancel()
+            assert "the peer left" in str(info.value.__cause__)
+            assert trio.current_time() - start < 1 + GOODBYE_GRACE
+            nursery.cancel_scope.cancel()
