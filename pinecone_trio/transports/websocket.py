@@ -40,6 +40,9 @@ MAX_WS_RECEIVE_MESSAGE_SIZE: Final = 1024 * 1024
 #: flood of silent connections cannot hold unbounded sockets and tasks. The node's own
 #: limit on pending link handshakes applies only after the upgrade.
 MAX_PENDING_UPGRADES: Final = 64
+#: ... and from any one address, so one host's silent connections cannot take them all
+#: (an attacker with many addresses still can: there is no eviction).
+MAX_PENDING_UPGRADES_PER_HOST: Final = 8
 #: Close codes that mean an orderly end of stream.
 _NORMAL_CLOSE_CODES: Final = frozenset({1000, 1001})
 
@@ -178,7 +181,7 @@ class WebSocketTransport:
                 return
             await run_handler(handler, WebSocketStream(connection), bound)
 
-        limit = _PendingUpgrades(MAX_PENDING_UPGRADES, bound)
+        limit = _PendingUpgrades(MAX_PENDING_UPGRADES, MAX_PENDING_UPGRADES_PER_HOST, bound)
         server = trio_websocket.WebSocketServer(
             on_request,
             # Annotated as socket listeners, but any `trio.abc.Listener` works: the
@@ -196,18 +199,49 @@ class WebSocketTransport:
 
 @final
 class _PendingUpgrades:
-    """The count of one listener's connections whose upgrade is not answered yet."""
+    """One listener's connections whose upgrade is not answered yet, in all and by
+    the host they come from."""
 
-    def __init__(self, limit: int, bound: str) -> None:
+    def __init__(self, limit: int, per_host: int, bound: str) -> None:
         self.limit = limit
+        self.per_host = per_host
         self.bound = bound
         self.pending = 0
+        self.by_host: dict[str, int] = {}
         self.refused = 0
+
+    def take(self, host: str) -> bool:
+        if self.pending >= self.limit or self.by_host.get(host, 0) >= self.per_host:
+            self.refused += 1
+            return False
+        self.pending += 1
+        self.by_host[host] = self.by_host.get(host, 0) + 1
+        return True
+
+    def give_back(self, host: str) -> None:
+        self.pending -= 1
+        left = self.by_host[host] - 1
+        if left:
+            self.by_host[host] = left
+        else:
+            del self.by_host[host]
+
+
+def _peer_host(stream: trio.abc.Stream) -> str:
+    """The address a connection comes from ("" if the stream has no socket)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return ""
+    try:
+        return str(sock.getpeername()[0])
+    except OSError:
+        return ""
 
 
 @final
 class _LimitedListener(trio.abc.Listener[trio.abc.Stream]):
-    """Closes new connections at once while `MAX_PENDING_UPGRADES` wait for theirs.
+    """Closes new connections at once while `MAX_PENDING_UPGRADES` (or, from their
+    host, `MAX_PENDING_UPGRADES_PER_HOST`) wait for theirs.
 
     trio-websocket answers the upgrade request (101, or 404 for another path) with the
     connection's first write, and writes nothing before it: so a connection stops
@@ -221,15 +255,13 @@ class _LimitedListener(trio.abc.Listener[trio.abc.Stream]):
 
     async def accept(self) -> trio.abc.Stream:
         limit = self._limit
-        for _ in range(1_000_000):  # bounded only to keep every loop finite
+        while True:  # ends by returning a connection, or by the listener's error
             stream = await self._inner.accept()
-            if limit.pending < limit.limit:
-                limit.pending += 1
-                return _CountedStream(stream, limit)
-            limit.refused += 1
+            host = _peer_host(stream)
+            if limit.take(host):
+                return _CountedStream(stream, limit, host)
             logger.debug("WebSocket listener %s: too many pending upgrades", limit.bound)
-            await trio.aclose_forcefully(stream)
-        raise trio.ClosedResourceError("too many refused connections")  # pragma: no cover
+            await trio.aclose_forcefully(stream)  # (a checkpoint: a flood cannot spin)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
@@ -239,13 +271,14 @@ class _LimitedListener(trio.abc.Listener[trio.abc.Stream]):
 class _CountedStream(trio.abc.Stream):
     """A stream that holds one pending-upgrade slot until its first write or close."""
 
-    def __init__(self, inner: trio.abc.Stream, limit: _PendingUpgrades) -> None:
+    def __init__(self, inner: trio.abc.Stream, limit: _PendingUpgrades, host: str) -> None:
         self._inner = inner
         self._limit: _PendingUpgrades | None = limit
+        self._host = host
 
     def _release(self) -> None:
         if self._limit is not None:
-            self._limit.pending -= 1
+            self._limit.give_back(self._host)
             self._limit = None
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:

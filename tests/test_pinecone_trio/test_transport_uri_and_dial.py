@@ -225,3 +225,29 @@ async def test_ws_listener_caps_connections_waiting_for_their_upgrade(
             assert await roundtrip(stream, b"fine") == b"fine"
             for open_stream in [*answered, stream, extra]:
                 await open_stream.aclose()
+
+
+async def test_ws_listener_caps_pending_upgrades_per_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # One host's silent connections cannot take every slot (a review showed 64 from
+    # one address locking every client out); another address still gets its upgrade.
+    from pinecone_trio.transports import websocket
+
+    monkeypatch.setattr(websocket, "MAX_PENDING_UPGRADES_PER_HOST", 2)
+    upgrade = (
+        b"GET /p HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with trio.fail_after(20):
+        async with serving("ws://127.0.0.1:0/p", echo) as bound:
+            port = parse_uri(bound).port
+            silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+            await trio.sleep(0.2)
+            third = await trio.open_tcp_stream("127.0.0.1", port)
+            with trio.fail_after(2):
+                assert await third.receive_some(10) == b""  # closed at once
+            other = await trio.open_tcp_stream("127.0.0.1", port, local_address="127.0.0.2")
+            await other.send_all(upgrade)
+            with trio.fail_after(2):
+                assert (await other.receive_some(12)).startswith(b"HTTP/1.1 101")
+            for stream in [*silent, third, other]:
+                await stream.aclose()
