@@ -48,6 +48,7 @@ from __future__ import annotations
 import math
 import random
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..errors import DecodeError, LocalProtocolError
@@ -254,13 +255,14 @@ class DhtEngine:
         rng: random.Random | None = None,
         record_ttl: int = RECORD_TTL,
         refresh_interval: float = ANNOUNCE_REFRESH_INTERVAL,
-        clock_offset: float | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         """`first_seq` should grow across restarts (the shell passes wall-clock
         microseconds), so a restarted announcer's records replace its old ones.
 
-        `clock_offset` is wall-clock time minus the `now` the caller passes. With it
-        (the shell's case), every record is signed with seq = its signing time in
+        `wall_clock` gives the time since the epoch (the shell passes `time.time`,
+        read at each signature, so a machine that slept or had its clock corrected
+        signs with the real time). With it, every record is signed with seq = its signing time in
         microseconds (never less than the previous seq + 1), and records that expired
         where they were made are refused as replays, stored or in lookup replies
         (`store.expired_at_origin`). Without it (tests), seq is a plain counter."""
@@ -272,8 +274,8 @@ class DhtEngine:
         self._rng = rng or random.Random()
         self._record_ttl = record_ttl
         self._refresh = refresh_interval
-        self._clock_offset = clock_offset
-        self.store = store or RecordStore(clock_offset=clock_offset)
+        self._wall_clock = wall_clock
+        self.store = store or RecordStore(wall_clock=wall_clock)
         self._limiter = SourceLimiter()
         self._descending: bytes | None = None
         self._router_ascending: bytes | None = None
@@ -546,12 +548,12 @@ class DhtEngine:
         if query.done:
             return []
         query.done = True
-        offset = self._clock_offset
+        wall_now = self._wall_clock() if self._wall_clock is not None else None
         for record, remaining in reply.records:
             if record.ttl == 0 or not verify_record(record):
                 self.statistics.bad_reply_records += 1
                 continue
-            if offset is not None and expired_at_origin(record, now + offset):
+            if wall_now is not None and expired_at_origin(record, wall_now):
                 self.statistics.bad_reply_records += 1
                 continue
             old = lookup.found.get(record.public_key)
@@ -581,10 +583,10 @@ class DhtEngine:
 
     # ------------------------------------------------------------ announcements
 
-    def _sign(self, topic: bytes, data: bytes, ttl: int, now: float) -> Record:
+    def _sign(self, topic: bytes, data: bytes, ttl: int) -> Record:
         seq = self._seq
-        if self._clock_offset is not None:
-            seq = max(seq, int((now + self._clock_offset) * 1e6))
+        if self._wall_clock is not None:
+            seq = max(seq, int(self._wall_clock() * 1e6))
         seq = min(_U64 - 1, seq)
         self._seq = seq + 1
         signature = self._identity.sign(record_signable(topic, self._key, seq, ttl, data))
@@ -607,7 +609,7 @@ class DhtEngine:
             raise LocalProtocolError("already announcing this topic")
         if self.pending() >= MAX_PENDING:
             raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
-        record = self._sign(topic, bytes(data), self._record_ttl, now)
+        record = self._sign(topic, bytes(data), self._record_ttl)
         ann = _Announcement(topic, bytes(data), record, 0, None, math.inf)
         self._announcements[topic] = ann
         return self._send_round(ann, now)
@@ -626,7 +628,7 @@ class DhtEngine:
         if ann is None:
             return []
         self._announce_ids.pop(ann.request_id, None)
-        withdrawal = self._sign(topic, b"", 0, now)
+        withdrawal = self._sign(topic, b"", 0)
         return [SendClosest(topic, encode(Announce(self._new_id(), withdrawal)))]
 
     def _on_ack(self, ack: AnnounceAck, now: float) -> list[Action]:
@@ -698,7 +700,7 @@ class DhtEngine:
                     ann.query = None
                     actions += self._end_round(ann, False, now)
             elif aq is None and now >= ann.next_refresh:
-                ann.record = self._sign(ann.topic, ann.data, self._record_ttl, now)
+                ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
                 actions += self._send_round(ann, now)
         return actions
 

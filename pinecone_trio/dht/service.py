@@ -78,7 +78,7 @@ class Dht:
         self.engine = engine or DhtEngine(
             node.identity,
             first_seq=time.time_ns() // 1000,
-            clock_offset=time.time() - trio.current_time(),
+            wall_clock=time.time,
         )
         self._outbox_send, self._outbox_recv = trio.open_memory_channel[SendExact | SendClosest](
             OUTBOX_SIZE

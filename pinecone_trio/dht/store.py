@@ -14,7 +14,7 @@ tombstone that is never returned by `get` but refuses older copies until it expi
 Lifetimes are local: a record lives `min(ttl, MAX_RECORD_TTL, remaining)` seconds from
 when this node stored it, measured on the caller's clock (`now`). Clocks matter only
 for replays: an announcer's seq is its signing time in wall-clock microseconds, so a
-store given its own wall clock (`clock_offset`: wall time minus `now`) refuses a
+store given a wall clock (`wall_clock`, seconds since the epoch) refuses a
 record that expired where it was made more than `MAX_CLOCK_SKEW` (10 min) ago
 (`expired_at_origin`). Without that, an old signed record could be stored again, for
 another full lifetime, whenever the newer record or its tombstone had gone.
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Final
@@ -114,11 +115,12 @@ class RecordStore:
         max_topics: int = MAX_TOPICS,
         max_per_topic: int = MAX_RECORDS_PER_TOPIC,
         max_total: int = MAX_TOTAL_RECORDS,
-        clock_offset: float | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
-        """`clock_offset` is wall-clock time minus the `now` the caller passes; None
-        (tests) turns the replay check by signing time off."""
-        self._clock_offset = clock_offset
+        """`wall_clock` gives the time since the epoch (the shell: `time.time`, read
+        at each use, so a suspended or corrected clock is followed); None (tests)
+        turns the replay check by signing time off."""
+        self._wall_clock = wall_clock
         self._topics: OrderedDict[bytes, dict[bytes, StoredRecord]] = OrderedDict()
         self._heap: list[tuple[float, bytes, bytes]] = []
         self._count = 0
@@ -149,8 +151,8 @@ class RecordStore:
             if record.seq == old.record.seq:
                 self.statistics.duplicates += 1
                 return PutResult.DUPLICATE
-        offset = self._clock_offset
-        if offset is not None and expired_at_origin(record, now + offset):
+        wall_clock = self._wall_clock
+        if wall_clock is not None and expired_at_origin(record, wall_clock()):
             self.statistics.stale += 1
             return PutResult.STALE
         if not verify_record(record):

@@ -83,15 +83,17 @@ def _signed_at(wall: float, ttl: int = 100, who: Identity = ALICE) -> wire.Recor
 def test_a_record_replayed_after_it_expired_at_origin_is_refused() -> None:
     # Before: lifetimes were only local, so once the record (or the tombstone of its
     # withdrawal) had expired here, the old signed bytes could be stored again.
-    store = RecordStore(clock_offset=WALL)
+    wall = [WALL]
+    store = RecordStore(wall_clock=lambda: wall[0])
     record = _signed_at(WALL)
     assert store.put(record, 0) is PutResult.STORED
     later = 100 + MAX_CLOCK_SKEW + 1  # its 100 s of life, plus the skew tolerated
+    wall[0] = WALL + later
     assert store.get(TOPIC, later) == []
     assert store.put(record, later) is PutResult.STALE
     # ... while one signed now is welcome, and so is one from a clock 9 minutes slow.
     assert store.put(_signed_at(WALL + later), later) is PutResult.STORED
-    slow = RecordStore(clock_offset=WALL)
+    slow = RecordStore(wall_clock=lambda: WALL)
     assert slow.put(_signed_at(WALL - 540), 0) is PutResult.STORED
 
 
@@ -99,11 +101,11 @@ def test_the_origin_check_reads_only_timestamps_and_only_with_a_clock() -> None:
     old = _signed_at(WALL - 10 * MAX_CLOCK_SKEW)
     assert RecordStore().put(old, 0) is PutResult.STORED  # no clock: not judged
     counter = signed(ALICE, seq=7)  # below SEQ_TIMESTAMP_FLOOR: a counter
-    assert RecordStore(clock_offset=WALL).put(counter, 0) is PutResult.STORED
-    assert RecordStore(clock_offset=WALL).put(old, 0) is PutResult.STALE
+    assert RecordStore(wall_clock=lambda: WALL).put(counter, 0) is PutResult.STORED
+    assert RecordStore(wall_clock=lambda: WALL).put(old, 0) is PutResult.STALE
     # A withdrawal is judged by its tombstone's life.
     withdrawal = _signed_at(WALL - TOMBSTONE_TTL - MAX_CLOCK_SKEW + 5, ttl=0)
-    assert RecordStore(clock_offset=WALL).put(withdrawal, 0) is PutResult.STORED
+    assert RecordStore(wall_clock=lambda: WALL).put(withdrawal, 0) is PutResult.STORED
 
 
 def test_store_keeps_until_expiry_measured_locally() -> None:
