@@ -23,7 +23,7 @@ import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
-from .._util import ConflictDetector
+from .._util import ConflictDetector, single_failure
 from ..link.constants import CLOSE_TIMEOUT, DIAL_TIMEOUT
 from .base import Address, Handler, run_handler
 
@@ -337,6 +337,12 @@ async def _run_client(
         if tcp is not None:
             # trio-websocket does not close the socket when the upgrade is refused.
             await trio.aclose_forcefully(tcp)
+        if isinstance(exc, BaseExceptionGroup):
+            # The nursery wraps a failed TCP connect: raise the OSError itself, as a
+            # tcp:// dial would (not "connection failed (ExceptionGroup(...))").
+            leaf = single_failure(exc)
+            if isinstance(leaf, OSError):
+                raise leaf from None
         if isinstance(exc, OSError):
             raise
         rejected = isinstance(exc, BaseExceptionGroup) and exc.subgroup(

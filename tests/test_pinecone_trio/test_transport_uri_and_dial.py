@@ -113,13 +113,18 @@ async def test_memory_dial_refused_and_name_in_use() -> None:
         await transports.dial("memory://taken")  # unregistered after the listener stops
 
 
-async def test_tcp_dial_refused() -> None:
-    # Bind then close a socket to find a port nobody listens on.
+@pytest.mark.parametrize("scheme", ["tcp", "ws"])
+async def test_dial_refused_is_the_connect_error_itself(scheme: str) -> None:
+    # Bind then close a socket to find a port nobody listens on. A ws:// dial said
+    # "WebSocket connection failed (ExceptionGroup(...))" before (found by review).
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     await listeners[0].aclose()
-    with pytest.raises(OSError):
-        await transports.dial(f"tcp://127.0.0.1:{port}")
+    async with trio.open_nursery() as nursery:
+        with pytest.raises(OSError) as info:
+            await transports.dial(f"{scheme}://127.0.0.1:{port}/", nursery=nursery)
+    assert "Group" not in str(info.value)
+    assert f"127.0.0.1:{port}" in str(info.value)
 
 
 async def test_ws_wrong_path_and_missing_nursery() -> None:
