@@ -30,6 +30,7 @@ from .constants import (
     CLI_DEFAULT_BLOCK_SIZE,
     CLI_FILE_BATCH_BYTES,
     CLI_LINES_PER_BATCH,
+    MAX_BATCH_BLOCKS,
     MAX_BLOCK_SIZE,
 )
 from .crypto import SEED_SIZE, key_pair
@@ -138,7 +139,8 @@ async def _cmd_append(args: argparse.Namespace) -> int:
             stream = _open_input(args.file)
             fmt = b"bytes"
             size = args.block_size
-            blocks, per_batch = _chunks(stream, size), max(1, CLI_FILE_BATCH_BYTES // size)
+            per_batch = min(MAX_BATCH_BLOCKS, max(1, CLI_FILE_BATCH_BYTES // size))
+            blocks = _chunks(stream, size)
         before = log.length
         try:
             count = await _append_all(log, blocks, per_batch)
@@ -171,10 +173,16 @@ def _cat_range(start: int, end: int | None, length: int) -> tuple[int, int]:
         HyperlogError: nothing of a non-empty request exists (START past the end), or
             END is before START.
     """
-    if end is not None and end < start:
+    if end is None:
+        if start > length:
+            raise HyperlogError(f"--start {start} is past the end of the log (length {length})")
+        return start, length  # (START = length: nothing to write, and nothing asked)
+    if end < start:
         raise HyperlogError(f"--end {end} is before --start {start}")
-    want_end = length if end is None else end
-    if start > length or (start == length and want_end > start):
+    if end == start:
+        return start, start  # an empty request
+    want_end = end
+    if start >= length:
         raise HyperlogError(
             f"blocks {start}..{want_end - 1} are past the end of the log (length {length})"
         )

@@ -183,8 +183,14 @@ def test_cat_says_when_the_range_passes_the_end(
         code, out, err = _run(capsys, "cat", store, *argv)
         assert (code, out) == (1, ""), argv
         assert err.startswith("hyperlog: error:") and err.count("\n") == 1, err
-    # An empty range at the end is no error (e.g. "everything after what I had").
+    # The message names what was asked (it said "blocks 7..4" for --start 7).
+    assert _run(capsys, "cat", store, "--start", "7")[2] == (
+        "hyperlog: error: --start 7 is past the end of the log (length 5)\n"
+    )
+    # An empty range is no error, at the end (e.g. "everything after what I had") or
+    # anywhere else.
     assert _run(capsys, "cat", store, "--start", "5") == (0, "", "")
+    assert _run(capsys, "cat", store, "--start", "9", "--end", "9") == (0, "", "")
 
 
 def test_a_failed_append_says_how_many_blocks_it_committed(tmp_path: Path) -> None:
@@ -233,3 +239,17 @@ def _length(store: Path) -> int:
     proc = subprocess.run([*CMD, "info", str(store), "--json"], capture_output=True, check=True)
     length: int = json.loads(proc.stdout)["length"]
     return length
+
+
+def test_append_file_with_tiny_blocks_keeps_batches_within_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 1 MiB batches of 10-byte blocks were 104,857 blocks, over MAX_BATCH_BLOCKS
+    # (65,536): the append failed at its first batch (found by review).
+    store = str(tmp_path / "log")
+    data = tmp_path / "data.bin"
+    data.write_bytes(bytes(range(256)) * 4_000)  # 1,024,000 bytes: 102,400 blocks
+    assert _run(capsys, "create", store)[0] == 0
+    code, _, err = _run(capsys, "append", store, "--file", str(data), "--block-size", "10")
+    assert code == 0, err
+    assert "appended 102400 blocks" in err
