@@ -73,6 +73,7 @@ from cryptography.exceptions import InvalidTag
 from .._util import ConflictDetector
 from ..errors import (
     DecryptionFailed,
+    FrameTooLarge,
     HandshakeAborted,
     HandshakeTimeout,
     LinkError,
@@ -283,6 +284,16 @@ class NoiseLink(trio.abc.Stream):
             ) from exc
 
     async def _receive_handshake_frame(self) -> memoryview:
+        try:
+            return await self._read_handshake_frame()
+        except FrameTooLarge as exc:
+            # Usually not a pinecone peer at all (an HTTP server's "HT" is 18,516).
+            raise FrameTooLarge(
+                f"{exc} during the handshake: the peer does not speak the pinecone link"
+                " protocol (or not this version of it)"
+            ) from None
+
+    async def _read_handshake_frame(self) -> memoryview:
         while (frame := self._decoder.next_frame()) is None:
             try:
                 data = await self.transport_stream.receive_some(_HANDSHAKE_READ_SIZE)

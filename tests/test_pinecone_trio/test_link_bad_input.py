@@ -99,6 +99,24 @@ async def test_garbage(uri: str) -> None:
             await expect_failure(bound, stats, "FrameTooLarge")
 
 
+async def test_dialling_something_that_is_not_a_pinecone_peer_says_so() -> None:
+    # An HTTP server's answer starts "HT": an 18,516-byte frame. The error said only
+    # "frame of 18516 bytes announced; the limit here is 4096" (found by review).
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+
+    async def http_server(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+        await stream.aclose()
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, http_server, listeners)
+            with pytest.raises(FrameTooLarge, match="does not speak the pinecone link protocol"):
+                await connect_link(f"tcp://127.0.0.1:{port}", CLIENT)
+            nursery.cancel_scope.cancel()
+
+
 async def test_garbage_of_plausible_size() -> None:
     with trio.fail_after(20):
         async with link_server() as (bound, stats):
