@@ -213,7 +213,8 @@ class SessionManager:
         self._nursery: trio.Nursery | None = None
         self._closed = False
         # Closed sessions whose CLOSE waits for their driver (it was sending when the
-        # session closed; handing the CLOSE over then would have overtaken it).
+        # session closed, and handing the CLOSE over then would have overtaken it; or
+        # the service could not take it at once).
         self._unsent_closes: set[_SessionHandle] = set()
         self._stats = {
             "dropped_no_session": 0,
@@ -660,8 +661,10 @@ class SessionManager:
         # its INITIATION reach the peer first (the peer would start the new handshake
         # beside the old session, and the CLOSE would then end both).
         self._send_handshake_now(handle)
-        if handle.sending and handle.engine.outbox_length:
-            self._unsent_closes.add(handle)  # the driver sends it (`_send_last`)
+        if handle.engine.outbox_length:
+            # Not taken now (the driver is sending, or the service is full): the
+            # driver sends it, then ends (`_send_last`, or its next pass).
+            self._unsent_closes.add(handle)
         self._process(handle)
 
     async def send_datagram(self, key: PublicKey, protocol: str, data: bytes) -> None:
