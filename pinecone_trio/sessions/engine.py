@@ -247,6 +247,8 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
         """Close the session: tell the peer (best effort) and fail every stream."""
         if self.state is State.CLOSED:
             return
+        if self.state is State.HANDSHAKE:
+            self._hs_outbox.clear()  # an unsent INITIATION or RESPONSE is moot now
         if self._send_cipher is not None:
             self._close_frame = wire.Close(CLOSE_NORMAL, reason[:200])
             self._flush_close()

@@ -421,9 +421,10 @@ class SessionManager:
                 packets = engine.packets_to_send(now, cork=cork, prefix=prefix)
                 self._process(handle, wake=False)
                 handle.sending = True
+                closed_before = engine.is_closed  # then `packets` holds its CLOSE
                 try:
                     for packet in packets:
-                        if engine.is_closed:
+                        if engine.is_closed and not closed_before:
                             break  # closed meanwhile: its CLOSE goes next (below)
                         try:
                             await send(remote, packet)

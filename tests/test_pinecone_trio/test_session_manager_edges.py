@@ -25,7 +25,12 @@ from pinecone_trio.errors import SessionError, StreamRefusedError
 from pinecone_trio.identity import Identity, PublicKey
 from pinecone_trio.sessions import SessionManager, wire
 from pinecone_trio.sessions.manager import MAX_HALF_OPEN
-from pinecone_trio.sessions.testing import MemoryOverlay, PathModel, open_memory_overlay
+from pinecone_trio.sessions.testing import (
+    MemoryEndpoint,
+    MemoryOverlay,
+    PathModel,
+    open_memory_overlay,
+)
 
 PROTO = "/t/1"
 
@@ -153,3 +158,63 @@ async def test_a_stopped_manager_refuses_instead_of_waiting(
         }
         with trio.fail_after(10), pytest.raises(trio.ClosedResourceError):
             await calls[call]()  # type: ignore[misc]
+
+
+class _Endpoint:
+    """A memory endpoint seen through `DatagramService` only (no `try_send`), or
+    with a `try_send` that can be told to refuse (a full router inbox)."""
+
+    def __init__(self, inner: MemoryEndpoint) -> None:
+        self._inner = inner
+        self.public_key = inner.public_key
+
+    async def send(self, dest: PublicKey, payload: bytes) -> None:
+        await self._inner.send(dest, payload)
+
+    async def receive(self) -> tuple[PublicKey, bytes]:
+        return await self._inner.receive()
+
+
+class _RefusingEndpoint(_Endpoint):
+    refuse = False
+
+    def try_send(self, dest: PublicKey, payload: bytes) -> bool:
+        return not self.refuse and self._inner.try_send(dest, payload)
+
+
+@pytest.mark.parametrize("how", ["service full", "no try_send", "protocol error"])
+async def test_a_close_left_to_the_driver_is_sent(
+    autojump_clock: trio.testing.MockClock, how: str
+) -> None:
+    # A driver that found its session already closed dropped the CLOSE it had just
+    # taken from the engine: the peer learnt by its idle timeout, 15 s later (found by
+    # review).
+    ia, ib = _identity(1), _identity(2)
+    model = PathModel(delay=(0.01, 0.01))
+    async with open_memory_overlay(model) as overlay, trio.open_nursery() as nursery:
+        inner = overlay.endpoint(ia.public_key)
+        service = _Endpoint(inner) if how == "no try_send" else _RefusingEndpoint(inner)
+        a = SessionManager(service, ia)
+        b = SessionManager(overlay.endpoint(ib.public_key), ib)
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        async with b.listen(PROTO) as listener:
+            stream = await a.connect(ib.public_key, PROTO)
+            await stream.send_all(b"ping")
+            accepted = await listener.accept()
+            assert await accepted.receive_some() == b"ping"
+            await trio.sleep(1)  # a's driver asleep
+            if how == "service full":
+                assert isinstance(service, _RefusingEndpoint)
+                service.refuse = True
+            if how == "protocol error":
+                handle = a._by_address[ib.public_key]
+                handle.engine._fail(SessionError("bad frame"), notify_peer="bad frame")
+                a._process(handle)
+            else:
+                await a.close_session(ib.public_key)
+            start = trio.current_time()
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError):
+                await accepted.receive_some()
+            assert trio.current_time() - start < 1
+        nursery.cancel_scope.cancel()
