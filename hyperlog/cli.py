@@ -106,16 +106,25 @@ def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
 
 
 async def _append_all(log: Log, blocks: Iterator[bytes], per_batch: int) -> int:
+    """Append in batches of at most `per_batch` blocks and about `CLI_FILE_BATCH_BYTES`
+    (one block may be larger), so no batch exceeds the log's limits; returns the count.
+    """
     batch: list[bytes] = []
+    size = 0
     count = 0
     for block in blocks:
         if len(block) > MAX_BLOCK_SIZE:
             raise HyperlogError(f"a block of {len(block)} bytes exceeds {MAX_BLOCK_SIZE}")
+        if batch and size + len(block) > CLI_FILE_BATCH_BYTES:
+            await log.append(batch)
+            count += len(batch)
+            batch, size = [], 0
         batch.append(block)
+        size += len(block)
         if len(batch) >= per_batch:
             await log.append(batch)
             count += len(batch)
-            batch = []
+            batch, size = [], 0
     if batch:
         await log.append(batch)
         count += len(batch)

@@ -253,3 +253,23 @@ def test_append_file_with_tiny_blocks_keeps_batches_within_the_limit(
     code, _, err = _run(capsys, "append", store, "--file", str(data), "--block-size", "10")
     assert code == 0, err
     assert "appended 102400 blocks" in err
+
+
+def test_append_lines_keeps_batches_within_the_byte_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,000-line batches had no byte limit: 1,000 long lines (each a valid block) could
+    # exceed MAX_BATCH_BYTES (256 MiB) and nothing was appended (found by review).
+    # Scaled down here: a 10 KB batch limit, 1 KB lines, 4 KB CLI batches.
+    import hyperlog.cli
+    import hyperlog.log
+
+    monkeypatch.setattr(hyperlog.log, "MAX_BATCH_BYTES", 10_000)
+    monkeypatch.setattr(hyperlog.cli, "CLI_FILE_BATCH_BYTES", 4_000)
+    store = str(tmp_path / "log")
+    lines = tmp_path / "lines.txt"
+    lines.write_bytes(b"".join(b"%04d" % i + b"x" * 995 + b"\n" for i in range(50)))
+    assert _run(capsys, "create", store)[0] == 0
+    code, _, err = _run(capsys, "append", store, "--lines", str(lines))
+    assert code == 0, err
+    assert "appended 50 blocks" in err
