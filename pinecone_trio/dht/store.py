@@ -190,12 +190,22 @@ class RecordStore:
         return PutResult.STORED
 
     def get(self, topic: bytes, now: float) -> list[StoredRecord]:
-        """Live (not withdrawn) records of `topic`, the freshest (latest expiry) first."""
+        """Live (not withdrawn) records of `topic`, the freshest (latest expiry) first.
+
+        With a wall clock, records that have expired where they were made are left out
+        even if their local lifetime has not run out (this machine slept: monotonic
+        time stopped), since every reader would refuse them."""
         self.expire(now)
         entries = self._topics.get(topic)
         if not entries:
             return []
-        live = [s for s in entries.values() if not s.withdrawn]
+        wall_clock = self._wall_clock
+        wall_now = wall_clock() if wall_clock is not None else None
+        live = [
+            s
+            for s in entries.values()
+            if not s.withdrawn and (wall_now is None or not expired_at_origin(s.record, wall_now))
+        ]
         live.sort(key=lambda s: s.expires, reverse=True)
         return live
 

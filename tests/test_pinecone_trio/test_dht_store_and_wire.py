@@ -97,6 +97,17 @@ def test_a_record_replayed_after_it_expired_at_origin_is_refused() -> None:
     assert slow.put(_signed_at(WALL - 540), 0) is PutResult.STORED
 
 
+def test_a_store_that_slept_does_not_serve_records_expired_at_origin() -> None:
+    # Monotonic time stops while the machine sleeps, so local lifetimes run on; every
+    # reader would refuse such records as replays (found by review).
+    wall = [WALL]
+    store = RecordStore(wall_clock=lambda: wall[0])
+    assert store.put(_signed_at(WALL), 0) is PutResult.STORED
+    assert len(store.get(TOPIC, 1)) == 1
+    wall[0] += 3_600  # an hour asleep; `now` (monotonic) moved one second
+    assert store.get(TOPIC, 2) == []
+
+
 def test_the_origin_check_reads_only_timestamps_and_only_with_a_clock() -> None:
     old = _signed_at(WALL - 10 * MAX_CLOCK_SKEW)
     assert RecordStore().put(old, 0) is PutResult.STORED  # no clock: not judged
