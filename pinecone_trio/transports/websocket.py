@@ -303,6 +303,35 @@ class _CountedStream(trio.abc.Stream):
         await self._inner.aclose()
 
 
+@final
+class _UpgradeWatch(trio.abc.Stream):
+    """A client's TCP stream that ends the dial when the server closes it before the
+    upgrade (a listener over its pending-upgrade limit does): trio-websocket would
+    wait for the upgrade until `DIAL_TIMEOUT`."""
+
+    def __init__(self, inner: trio.abc.Stream, dial_scope: trio.CancelScope) -> None:
+        self._inner = inner
+        self._dial_scope = dial_scope
+        self.upgraded = False
+        self.closed_early = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self._inner.receive_some(max_bytes)
+        if not data and not self.upgraded:
+            self.closed_early = True
+            self._dial_scope.cancel()
+        return data
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
 async def _run_client(
     address: Address, *, task_status: trio.TaskStatus[WebSocketStream] = trio.TASK_STATUS_IGNORED
 ) -> None:
@@ -316,19 +345,27 @@ async def _run_client(
     tcp: trio.abc.Stream | None = None
     try:
         async with trio.open_nursery() as nursery:
-            with trio.move_on_after(DIAL_TIMEOUT):
+            with trio.move_on_after(DIAL_TIMEOUT) as dial_scope:
                 tcp = await trio.open_tcp_stream(address.host, address.port)
+                watched = _UpgradeWatch(tcp, dial_scope)
+                # Annotated as a socket stream; any trio stream works (an endpoint it
+                # cannot name shows as its repr).
                 connection = await trio_websocket.wrap_client_stream(
                     nursery,
-                    tcp,
+                    watched,  # type: ignore[arg-type]
                     f"{address.host}:{address.port}",
                     address.path,
                     max_message_size=MAX_WS_RECEIVE_MESSAGE_SIZE,
                     receive_buffer_size=WS_RECEIVE_BUFFER_SIZE,
                 )
+                watched.upgraded = True
                 task_status.started(WebSocketStream(connection, tcp))
                 started = True
             if not started:
+                if watched.closed_early:
+                    raise ConnectionRefusedError(
+                        f"{address}: the server closed the connection before the upgrade"
+                    )
                 raise TimeoutError(f"{address}: no WebSocket connection within {DIAL_TIMEOUT} s")
     except Exception as exc:
         if started:

@@ -256,3 +256,17 @@ async def test_ws_listener_caps_pending_upgrades_per_host(monkeypatch: pytest.Mo
                 assert (await other.receive_some(12)).startswith(b"HTTP/1.1 101")
             for stream in [*silent, third, other]:
                 await stream.aclose()
+
+
+async def test_ws_dial_to_a_server_that_closes_before_the_upgrade_fails_at_once() -> None:
+    # A listener over its pending-upgrade limit closes new connections; the dialler
+    # waited DIAL_TIMEOUT (10 s) for an upgrade that could not come (found by review).
+    async def closer(stream: trio.SocketStream) -> None:
+        await trio.aclose_forcefully(stream)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(trio.serve_tcp, closer, 0)
+        port = listeners[0].socket.getsockname()[1]
+        with trio.fail_after(2), pytest.raises(ConnectionRefusedError, match="before the upgrade"):
+            await transports.dial(f"ws://127.0.0.1:{port}/p", nursery=nursery)
+        nursery.cancel_scope.cancel()
