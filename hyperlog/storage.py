@@ -86,7 +86,8 @@ with WAL a read never waits for a write and always sees a committed state.
 Modules
 -------
 This module is the front door: it re-exports every name of the four modules the
-storage layer is made of, and holds no code of its own but `_OneNamespace` below.
+storage layer is made of and holds no code of its own. (Tuning constants are read
+where the code using them lives: patch `hyperlog.storage_sqlite`, not this module.)
 
 * `hyperlog.storage_types`: `LogInfo`, `Head`, `StoredLog`, `WriteBatch` and the
   `Storage` protocol, shared by the backends and the log.
@@ -99,11 +100,6 @@ storage layer is made of, and holds no code of its own but `_OneNamespace` below
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Final
-
-from . import storage_memory, storage_schema, storage_sqlite, storage_types
 from .storage_memory import MemoryStorage as MemoryStorage
 from .storage_schema import _BLOCK_SHIFT as _BLOCK_SHIFT
 from .storage_schema import _CLEAR_HEAD as _CLEAR_HEAD
@@ -176,28 +172,3 @@ __all__ = [
     "StoredLog",
     "WriteBatch",
 ]
-
-_PARTS: Final = (storage_types, storage_schema, storage_sqlite, storage_memory)
-_MISSING: Final = object()
-
-
-class _OneNamespace(types.ModuleType):
-    """`hyperlog.storage` behaving as the single namespace it was before the split.
-
-    Its constants used to be read by code in this module, so setting one here (tests
-    tune the checkpointer with ``monkeypatch.setattr(hyperlog.storage,
-    "WAL_RESTART_BYTES", ...)``) changed what the storage does. Setting a name now
-    also sets it in every part that holds the same object under that name, where the
-    code reads it. Reads are plain attribute lookups: nothing on a hot path comes here.
-    """
-
-    def __setattr__(self, name: str, value: object) -> None:
-        old = self.__dict__.get(name, _MISSING)
-        if old is not _MISSING:
-            for part in _PARTS:
-                if part.__dict__.get(name, _MISSING) is old:
-                    setattr(part, name, value)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _OneNamespace

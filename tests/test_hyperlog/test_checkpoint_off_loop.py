@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-import hyperlog.storage as storage_module
+import hyperlog.storage_sqlite as storage_module
 from hyperlog.log import open_store
 from hyperlog.storage import LogInfo, SQLiteStorage, WriteBatch
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import trio
 
-import hyperlog.storage as storage_module
+import hyperlog.storage_sqlite as storage_module
 from hyperlog.constants import APPEND_THREAD_THRESHOLD_BYTES
 from hyperlog.log import Log, open_store
 from hyperlog.storage import SQLiteStorage
