@@ -222,7 +222,7 @@ async def test_status_is_json_with_every_documented_field(
     assert set(peer) == {
         "public_key", "uri", "port", "type", "zone", "outbound", "coords", "bytes_in",
         "bytes_out", "frames_in", "frames_out", "queue_len", "queue_drops",
-        "unencodable_dropped", "connected_s",
+        "unencodable_dropped", "protocol_dropped", "connected_s",
     }  # fmt: skip
     assert peer["public_key"] == net["b"].public_key.hex() and peer["type"] == "remote"
     assert isinstance(peer["coords"], list) and peer["bytes_in"] > 0
