@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -57,8 +59,9 @@ async def _attacker(uri: str) -> NoiseLink:
     return link
 
 
-@pytest.mark.parametrize("kind", ["garbage", "bad_signature", "flood"])
-async def test_misbehaving_peer_is_dropped_and_counted(kind: str) -> None:
+@asynccontextmanager
+async def _node_honest_and_attacker() -> AsyncIterator[tuple[Node, Node, NoiseLink]]:
+    """A listening node with an honest peer and a raw link of ours peered to it."""
     async with (
         open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node,
         open_node(Identity.generate()) as honest,
@@ -67,23 +70,30 @@ async def test_misbehaving_peer_is_dropped_and_counted(kind: str) -> None:
         await honest.connect(uri)
         link = await _attacker(uri)
         async with link:
-            await _misbehave(node, honest, link, kind)
+            with trio.fail_after(BOUND):
+                await node.wait_for(lambda: len(node.peer_keys()) == 2)
+            yield node, honest, link
+
+
+def _bogus_bootstrap() -> bytes:
+    return encode_frame(Bootstrap(b"\x02" * 32, b"\xff" * 32, 0, 1, b"\x03" * 32, 0, b"\x00" * 64))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "bad_signature", "flood"])
+async def test_misbehaving_peer_is_dropped_and_counted(kind: str) -> None:
+    async with _node_honest_and_attacker() as (node, honest, link):
+        await _misbehave(node, honest, link, kind)
 
 
 async def _misbehave(node: Node, honest: Node, link: NoiseLink, kind: str) -> None:
-    with trio.fail_after(BOUND):
-        await node.wait_for(lambda: len(node.peer_keys()) == 2)
     if kind == "garbage":
         await link.send_all(b"this is not a pinecone frame at all")
     elif kind == "bad_signature":
         ann = Announcement.new(bytes(link.remote_key), 1).extend(1, b"\x01" * 32, b"\x00" * 64)
         await link.send_all(encode_frame(TreeAnnouncement(ann)))
     else:
-        frame = encode_frame(
-            Bootstrap(b"\x02" * 32, b"\xff" * 32, 0, 1, b"\x03" * 32, 0, b"\x00" * 64)
-        )
         with contextlib.suppress(trio.BrokenResourceError):  # cut off mid-flood
-            await link.send_all(frame * 60_000)  # over 5x the 10,000-frame burst
+            await link.send_all(_bogus_bootstrap() * 60_000)  # over 5x the 10,000-frame burst
     with trio.fail_after(BOUND):
         await node.wait_for(lambda: node.counters.misbehaving_peers == 1)
         await node.wait_for(lambda: node.peer_keys() == [honest.public_key])
@@ -101,35 +111,23 @@ async def test_protocol_frames_over_the_allowance_are_dropped_and_the_peer_stays
     # A busy honest link (a bridge between two halves of a large network carries about
     # N / 20 bootstraps a second) may pass the allowance: the excess is dropped, the
     # peer is not cut off as it was at 2,000/s before (measured in the simulator).
-    async with (
-        open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node,
-        open_node(Identity.generate()) as honest,
-    ):
-        uri = node.listen_uris[0]
-        await honest.connect(uri)
-        link = await _attacker(uri)
-        async with link:
-            with trio.fail_after(BOUND):
-                await node.wait_for(lambda: len(node.peer_keys()) == 2)
-            frame = encode_frame(
-                Bootstrap(b"\x02" * 32, b"\xff" * 32, 0, 1, b"\x03" * 32, 0, b"\x00" * 64)
-            )
-            await link.send_all(frame * 20_000)  # twice the burst, a fifth of the flood mark
+    async with _node_honest_and_attacker() as (node, honest, link):
+        await link.send_all(_bogus_bootstrap() * 20_000)  # 2x the burst, 1/5 the flood mark
 
-            def attacker_status() -> dict[str, int]:
-                honest_key = honest.public_key.hex()
-                (peer,) = [p for p in node.status()["peers"] if p["public_key"] != honest_key]
-                return peer  # type: ignore[no-any-return]
+        def attacker_status() -> dict[str, int]:
+            honest_key = honest.public_key.hex()
+            (peer,) = [p for p in node.status()["peers"] if p["public_key"] != honest_key]
+            return peer  # type: ignore[no-any-return]
 
-            # Every frame read, and those the router could not get through dropped.
-            with trio.fail_after(60):
-                for _ in range(1_200):  # (nothing changes the node's state: poll)
-                    if attacker_status()["frames_in"] >= 20_000:
-                        break
-                    await trio.sleep(0.05)
-            assert attacker_status()["protocol_dropped"] > 0
-            assert node.counters.misbehaving_peers == 0
-            assert len(node.peer_keys()) == 2
+        # Every frame read, and those the router could not get through dropped.
+        with trio.fail_after(60):
+            for _ in range(1_200):  # (nothing changes the node's state: poll)
+                if attacker_status()["frames_in"] >= 20_000:
+                    break
+                await trio.sleep(0.05)
+        assert attacker_status()["protocol_dropped"] > 0
+        assert node.counters.misbehaving_peers == 0
+        assert len(node.peer_keys()) == 2
 
 
 async def test_failed_handshake_is_counted_and_listener_keeps_serving() -> None:
