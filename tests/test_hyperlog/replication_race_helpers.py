@@ -86,6 +86,29 @@ class GatedReplication:
     session: ReplicationSession  # the reader's side
 
 
+@dataclass
+class Replicating:
+    """Two logs replicating over a memory stream pair, and both sessions."""
+
+    writer: Log
+    reader: Log
+    writer_session: ReplicationSession
+    reader_session: ReplicationSession
+
+
+@asynccontextmanager
+async def replicating(values: list[bytes]) -> AsyncIterator[Replicating]:
+    """A writer holding `values` and a reader of it, in memory stores, replicating;
+    the reader updated once."""
+    async with open_store() as ws, open_store() as rs:
+        writer = await writer_log(ws, values)
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        async with replicate(a, writer) as wsess, replicate(b, reader) as rsess:
+            await replication_for(reader).update()
+            yield Replicating(writer, reader, wsess, rsess)
+
+
 @asynccontextmanager
 async def gated_replication(n: int, *, loose: bool = False) -> AsyncIterator[GatedReplication]:
     """Both logs in memory stores, replicating, the reader updated once."""

@@ -21,7 +21,7 @@ from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
 
 from . import test_replication_fuzz as fuzz
-from .replication_race_helpers import Gated, blocks, gated_replication, writer_log
+from .replication_race_helpers import Gated, blocks, gated_replication, replicating, writer_log
 
 # ---------------------------------------------------------------- 7: frame-size limit
 
@@ -34,20 +34,15 @@ async def test_range_with_big_blocks_is_fetched_block_by_block() -> None:
     values = blocks(200)
     values[10] = b"A" * (5 << 20)
     values[20] = b"B" * (5 << 20)
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, values)
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        with trio.fail_after(60):
-            async with replicate(a, writer) as wsess, replicate(b, reader) as rsess:
-                rep = replication_for(reader)
-                await rep.update()
-                assert rep.engine.range_span() == 64
-                p = await rep.download(0, 200)
-                assert p.missing == 0
-                assert wsess.error is None and rsess.error is None
-        for i in (0, 10, 20, 63, 199):
-            assert await reader.get(i) == values[i]
+    with trio.fail_after(60):
+        async with replicating(values) as r:
+            rep = replication_for(r.reader)
+            assert rep.engine.range_span() == 64
+            p = await rep.download(0, 200)
+            assert p.missing == 0
+            assert r.writer_session.error is None and r.reader_session.error is None
+            for i in (0, 10, 20, 63, 199):
+                assert await r.reader.get(i) == values[i]
 
 
 async def test_oversized_range_request_is_refused_not_fatal() -> None:
@@ -55,58 +50,45 @@ async def test_oversized_range_request_is_refused_not_fatal() -> None:
     # the writer answers NoData(invalid) instead of crashing, and the blocks still
     # arrive through single-block requests.
     values = [bytes([i]) * (256 << 10) for i in range(64)]
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, values)
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        with trio.fail_after(60):
-            async with replicate(a, writer) as wsess, replicate(b, reader) as rsess:
-                rep = replication_for(reader)
-                await rep.update()
-                rep.engine.range_span = lambda: 64  # type: ignore[method-assign]
-                p = await rep.download(0, 64)
-                assert p.missing == 0
-                assert wsess.error is None and rsess.error is None
-        assert await reader.get(63) == values[63]
+    with trio.fail_after(60):
+        async with replicating(values) as r:
+            rep = replication_for(r.reader)
+            rep.engine.range_span = lambda: 64  # type: ignore[method-assign]
+            p = await rep.download(0, 64)
+            assert p.missing == 0
+            assert r.writer_session.error is None and r.reader_session.error is None
+            assert await r.reader.get(63) == values[63]
 
 
 async def test_oversized_answer_is_refused_by_on_served() -> None:
     # A view without node sizes cannot refuse the request early; the built answer is
     # refused instead of being queued (it could not be encoded).
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, blocks(4))
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        with trio.fail_after(30):
-            async with replicate(a, writer) as wsess, replicate(b, reader):
-                rep = replication_for(writer)
-                await replication_for(reader).update()
-                ch = rep.engine.peers[0]
-                node = 1  # blocks 0-1
-                req = wire.RangeRequest(ch.remote_id, 999, 0, node, 0)
-                big = b"x" * (wire.MAX_BLOCK_SIZE // 2 + 1)
-                data = wire.RangeData(ch.local_id, 999, 0, node, (big, big), ())
-                before = len(wsess.engine.outbox)
-                rep.engine.on_served(ch, req, data)
-                sent = list(wsess.engine.outbox)[before:]
-                assert sent == [wire.NoData(ch.local_id, 999, wire.NO_DATA_INVALID)]
+    with trio.fail_after(30):
+        async with replicating(blocks(4)) as r:
+            wsess = r.writer_session
+            rep = replication_for(r.writer)
+            ch = rep.engine.peers[0]
+            node = 1  # blocks 0-1
+            req = wire.RangeRequest(ch.remote_id, 999, 0, node, 0)
+            big = b"x" * (wire.MAX_BLOCK_SIZE // 2 + 1)
+            data = wire.RangeData(ch.local_id, 999, 0, node, (big, big), ())
+            before = len(wsess.engine.outbox)
+            rep.engine.on_served(ch, req, data)
+            sent = list(wsess.engine.outbox)[before:]
+            assert sent == [wire.NoData(ch.local_id, 999, wire.NO_DATA_INVALID)]
 
 
 async def test_unencodable_message_ends_the_session_with_an_error() -> None:
     # Whatever reaches the writer task too big to encode ends the session with a
     # reason (session.error); it used to escape from `replicate` as a ValueError.
-    async with open_store() as ws, open_store() as rs:
-        writer = await writer_log(ws, blocks(4))
-        reader = await rs.open_log(writer.key)
-        a, b = trio.testing.memory_stream_pair()
-        with trio.fail_after(30):
-            async with replicate(a, writer) as wsess, replicate(b, reader):
-                await replication_for(reader).update()
-                block = wire.DataBlock(0, b"x" * wire.MAX_FRAME_SIZE, ())
-                wsess.engine.send(wire.Data(1, 1, 0, block=block))
-                await wsess.closed.wait()
-                assert isinstance(wsess.error, ReplicationError)
-                assert "MAX_FRAME_SIZE" in str(wsess.error)
+    with trio.fail_after(30):
+        async with replicating(blocks(4)) as r:
+            wsess = r.writer_session
+            block = wire.DataBlock(0, b"x" * wire.MAX_FRAME_SIZE, ())
+            wsess.engine.send(wire.Data(1, 1, 0, block=block))
+            await wsess.closed.wait()
+            assert isinstance(wsess.error, ReplicationError)
+            assert "MAX_FRAME_SIZE" in str(wsess.error)
 
 
 # ---------------------------------------------------------------- 4: cancelled answers
