@@ -247,6 +247,12 @@ class LogReplicator:
         self.upgrade_inflight: PeerChannel | None = None
         self.frozen: HyperlogError | None = None
         self.pending_opens = 0  # channels we opened that the remote has not answered
+        # Answers queued for verification, per block they cover, and the blocks of
+        # those that an earlier answer already stored: the same block may be answered
+        # twice (a hot-swapped get, a get inside a range) before either answer is
+        # stored, and it must count once, when it is first stored.
+        self.queued_blocks: dict[int, int] = {}
+        self.stored_early: set[int] = set()
         self.next_id = 1
         self.on_change = on_change or (lambda: None)
         self.on_block = on_block or (lambda index: None)
@@ -469,25 +475,25 @@ class LogReplicator:
             raise RemoteProtocolError("range data: differs from the range requested")
         if msg.leaves and not range_leaves_match(msg, inf.index, asked=req.leaves):
             raise RemoteProtocolError("range data: leaves not asked for or not the blocks'")
-        ch.verifying[inf.id] = inf
-        ch.sink.add_work(RangeVerifyWork(ch, inf, msg))
+        self._queue_verify(ch, inf, RangeVerifyWork(ch, inf, msg))
 
     def on_range_applied(
         self, work: RangeVerifyWork, results: list[Applied | HyperlogError], now: float
     ) -> HyperlogError | None:
         """The driver verified (or refused) a range. Returns the error to drop with."""
         ch, inf = work.channel, work.inflight
-        ch.verifying.pop(inf.id, None)
         errors = [r for r in results if isinstance(r, HyperlogError)]
-        stored = [r for r in results if isinstance(r, Applied)]
+        stored = {
+            r.block: r.block_size for r in results if isinstance(r, Applied) and r.block is not None
+        }
+        new = self._unqueue(ch, inf, list(stored))
         self._forget_inflight(ch, inf, failed=bool(errors))
         rtt = max(0.0, now - inf.sent_at)
         ch.srtt = rtt if ch.srtt == 0 else 0.875 * ch.srtt + 0.125 * rtt
-        for r in stored:
-            if r.block is not None:
-                ch.blocks_in += 1
-                ch.bytes_in += r.block_size
-                self._on_stored(r.block, r.block_size, ch)
+        for index in new:
+            ch.blocks_in += 1
+            ch.bytes_in += stored[index]
+            self._on_stored(index, stored[index], ch)
         self.pump(now)
         self.on_change()
         return errors[0] if errors else None
@@ -548,8 +554,36 @@ class LogReplicator:
             raise RemoteProtocolError("data: upgrade span differs from the one requested")
         if msg.hash is not None or msg.seek is not None:
             raise RemoteProtocolError("data: carries parts that were not requested")
+        self._queue_verify(ch, inf, VerifyWork(ch, inf, msg))
+
+    def _queue_verify(
+        self, ch: PeerChannel, inf: Inflight, work: VerifyWork | RangeVerifyWork
+    ) -> None:
+        """Hand an answer to the driver for verification and storage."""
         ch.verifying[inf.id] = inf
-        ch.sink.add_work(VerifyWork(ch, inf, msg))
+        for index in _blocks_of(inf):
+            self.queued_blocks[index] = self.queued_blocks.get(index, 0) + 1
+        ch.sink.add_work(work)
+
+    def _unqueue(self, ch: PeerChannel, inf: Inflight, stored: list[int]) -> list[int]:
+        """The answer `inf` left the verification queue (verified, refused or
+        abandoned) having stored the blocks `stored`.
+
+        Returns:
+            those of `stored` stored for the first time (not by another answer to the
+            same block that was queued at the same time).
+        """
+        new = [index for index in stored if index not in self.stored_early]
+        if ch.verifying.pop(inf.id, None) is None:
+            return new
+        self.stored_early.update(stored)
+        for index in _blocks_of(inf):
+            left = self.queued_blocks.pop(index, 0) - 1
+            if left > 0:
+                self.queued_blocks[index] = left
+            else:
+                self.stored_early.discard(index)
+        return new
 
     def on_applied(
         self, work: VerifyWork, result: Applied | HyperlogError, now: float
@@ -560,8 +594,8 @@ class LogReplicator:
             the error to drop the peer with, or None.
         """
         ch, inf = work.channel, work.inflight
-        ch.verifying.pop(inf.id, None)
         if isinstance(result, HyperlogError):
+            self._unqueue(ch, inf, [])
             self._forget_inflight(ch, inf, failed=True)
             if (
                 isinstance(result, InvalidProofError)
@@ -581,8 +615,10 @@ class LogReplicator:
         rtt = max(0.0, now - inf.sent_at)
         ch.srtt = rtt if ch.srtt == 0 else 0.875 * ch.srtt + 0.125 * rtt
         ch.window = min(float(MAX_WINDOW), ch.window + 1.0)
+        stored = [] if result.block is None else [result.block]
+        new = self._unqueue(ch, inf, stored)
         self._forget_inflight(ch, inf, failed=False)
-        if result.block is not None:
+        if result.block is not None and new:
             ch.blocks_in += 1
             ch.bytes_in += result.block_size
             self._on_stored(result.block, result.block_size, ch)
@@ -595,7 +631,7 @@ class LogReplicator:
     def abandon(self, work: Work, now: float) -> None:
         """A verification the driver will never run (its session ended): requeue."""
         if isinstance(work, VerifyWork | RangeVerifyWork):
-            work.channel.verifying.pop(work.inflight.id, None)
+            self._unqueue(work.channel, work.inflight, [])
             self._forget_inflight(work.channel, work.inflight, failed=True)
 
     def on_conflict_checked(
@@ -607,7 +643,7 @@ class LogReplicator:
             the error to drop the peer with: the conflict (the log is then frozen), or
             the peer's original bad proof.
         """
-        work.channel.verifying.pop(work.inflight.id, None)
+        self._unqueue(work.channel, work.inflight, [])
         if isinstance(conflict, ForkConflictError):
             self.freeze(conflict)
             return conflict
@@ -730,6 +766,7 @@ class LogReplicator:
             # A newer fork: blocks from `truncated_to` on are gone and must be fetched
             # again from the new history.
             self.retry = {i for i in self.retry if i < truncated_to}
+            self.stored_early = {i for i in self.stored_early if i < truncated_to}
             # "Peer lacks the block" verdicts were about the old history, and so were
             # the pages we asked peers about: ask again where bits are unknown.
             for g in self.gets.values():
@@ -1093,6 +1130,13 @@ class LogReplicator:
                 ):
                     t = min(t, inf.sent_at + HOTSWAP_AFTER)
         return t
+
+
+def _blocks_of(inf: Inflight) -> range:
+    """The blocks an answer to `inf` may store."""
+    if inf.kind in (K_BLOCK, K_RANGE):
+        return range(inf.index, inf.index + inf.count)
+    return range(0)
 
 
 def range_leaves_match(msg: wire.RangeData, first: int, *, asked: bool) -> bool:
