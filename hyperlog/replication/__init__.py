@@ -1,7 +1,8 @@
 """hyperlog replication: sparse, live, multi-peer log replication over any Trio stream.
 
-Engine modules (`session`, `scheduler`, `have`, `caps`, `port`, `constants`) never
-import trio; `driver` is the thin Trio shell and `adapter` bridges to `hyperlog.Log`.
+Engine modules (`session`, `scheduler` and its `scheduler_*` parts, `ranges`, `have`,
+`caps`, `port`, `constants`) never import trio; `driver` is the thin Trio shell and
+`adapter` bridges to `hyperlog.Log`.
 See docs/replication.md.
 """
 

@@ -43,7 +43,7 @@ from hyperlog.proof import (
     verify_proof,
 )
 from hyperlog.replication.port import Applied
-from hyperlog.replication.scheduler import range_leaves_match
+from hyperlog.replication.ranges import range_leaves_match
 
 #: Stored tree-node indices a reader remembers to skip storage probes (~3 MiB).
 MAX_KNOWN_NODES = 65536
@@ -331,7 +331,7 @@ class LogAdapter:
         return out
 
     async def apply_range(self, data: wire.RangeData, first: int) -> list[Applied | HyperlogError]:
-        # `scheduler.range_proofs` with TreeNodes built once and shared by the proofs
+        # `ranges.range_proofs` with TreeNodes built once and shared by the proofs
         # (no wire.Node round trip) and minimal uncles: the hot path of a download.
         depth = flat_tree.depth(data.node)
         nodes: dict[int, TreeNode] = {}

@@ -51,10 +51,10 @@ from hyperlog.replication.constants import (
     MAX_OUTBOX_BYTES,
 )
 from hyperlog.replication.port import LogPort
-from hyperlog.replication.scheduler import (
+from hyperlog.replication.scheduler import LogReplicator
+from hyperlog.replication.scheduler_state import (
     K_CONFLICT,
     DownloadWant,
-    LogReplicator,
     RangeVerifyWork,
     ServeWork,
     VerifyWork,

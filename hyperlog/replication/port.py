@@ -99,7 +99,7 @@ class LogPort(LogView, Protocol):
     async def apply_range(self, data: wire.RangeData, first: int) -> list[Applied | HyperlogError]:
         """Verify and store a RangeData whose first block is `first` as one group: the
         hash proof of `data.node`, then each block with uncles recomputed from the
-        other values (see `scheduler.range_proofs`). One result per proof, in order."""
+        other values (see `ranges.range_proofs`). One result per proof, in order."""
         ...
 
     async def apply_many(self, datas: Sequence[wire.Data]) -> list[Applied | HyperlogError]:

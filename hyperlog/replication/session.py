@@ -39,7 +39,8 @@ from hyperlog import wire
 from hyperlog.errors import RemoteProtocolError
 from hyperlog.replication import caps
 from hyperlog.replication.constants import MAX_CHANNELS, MAX_SOFT_ERRORS, OPEN_TIMEOUT
-from hyperlog.replication.scheduler import LogReplicator, PeerChannel, ServeWork, Work
+from hyperlog.replication.scheduler import LogReplicator
+from hyperlog.replication.scheduler_state import PeerChannel, ServeWork, Work
 
 _peer_ids = iter(range(1, 2**62))
 

@@ -1,0 +1,82 @@
+"""`ReplicatorBase`: every field of a `LogReplicator`, initialised in one place.
+
+`LogReplicator` (scheduler.py) is assembled from one mixin per side of the work:
+serving what peers ask of us (scheduler_serve.py), taking in the answers to what we
+asked (scheduler_answers.py) and deciding what to ask of whom (scheduler_fetch.py).
+Each is a subclass of `ReplicatorBase`: the fields live here, so every part sees all
+of them with their types, and the few methods one part calls in another are declared
+here for the type checker only (they add nothing at run time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from hyperlog.errors import HyperlogError
+from hyperlog.replication.port import LogView
+from hyperlog.replication.scheduler_state import DownloadWant, GetWant, PeerChannel
+
+if TYPE_CHECKING:
+    from hyperlog import wire
+    from hyperlog.replication.scheduler_state import Inflight
+
+
+class ReplicatorBase:
+    """The fields of `LogReplicator` (see scheduler.py for what they are for)."""
+
+    def __init__(
+        self,
+        view: LogView,
+        *,
+        on_change: Callable[[], None] | None = None,
+        on_block: Callable[[int], None] | None = None,
+    ) -> None:
+        """Args:
+        view: the log's facts.
+        on_change: called after any change (downloads, update, peers).
+        on_block: called with an index when that block was stored or its `get`
+            failed, so a waiting `get` wakes alone (not every waiter on every block).
+        """
+        self.view = view
+        self.peers: list[PeerChannel] = []
+        self.gets: dict[int, GetWant] = {}
+        self.downloads: list[DownloadWant] = []
+        self.retry: set[int] = set()
+        self.block_reqs: dict[int, list[tuple[PeerChannel, int]]] = {}
+        self.upgrade_inflight: PeerChannel | None = None
+        self.frozen: HyperlogError | None = None
+        self.pending_opens = 0  # channels we opened that the remote has not answered
+        # Answers queued for verification, per block they cover, and the blocks of
+        # those that an earlier answer already stored: the same block may be answered
+        # twice (a hot-swapped get, a get inside a range) before either answer is
+        # stored, and it must count once, when it is first stored.
+        self.queued_blocks: dict[int, int] = {}
+        self.stored_early: set[int] = set()
+        self.next_id = 1
+        self.on_change = on_change or (lambda: None)
+        self.on_block = on_block or (lambda index: None)
+        self.stats = {"blocks": 0, "bytes": 0, "timeouts": 0, "hotswaps": 0}
+
+    if TYPE_CHECKING:
+        # Defined by one part, called by another (see the module docstring).
+        def pump(self, now: float) -> None: ...
+        def _fail_unservable(self, only: GetWant | None = None) -> None: ...
+        def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None: ...
+        def _cancel_request(self, ch: PeerChannel, rid: int) -> None: ...
+        def _request(
+            self,
+            ch: PeerChannel,
+            kind: str,
+            index: int,
+            now: float,
+            *,
+            block: wire.RequestBlock | None = None,
+            upgrade: wire.RequestUpgrade | None = None,
+        ) -> int: ...
+        @staticmethod
+        def _drop_have(ch: PeerChannel, start: int, length: int) -> None: ...
+        @staticmethod
+        def _upgrade_failed(ch: PeerChannel, inf: Inflight) -> None: ...
+        def _send_sync(self, ch: PeerChannel) -> None: ...
+        def _count_live(self) -> None: ...
