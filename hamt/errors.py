@@ -6,7 +6,8 @@ HamtError
 ├── InvalidKeyError       a key is not a valid path, or too long
 ├── ValueTooLargeError    a value (after the codec) exceeds MAX_VALUE_BYTES
 ├── BatchTooLargeError    a batch holds more ops or bytes than one block may
-└── ReadOnlyError         a write to a checkout or to a log you cannot append to
+├── ReadOnlyError         a write to a checkout or to a log you cannot append to
+└── TruncatedError        a checkout's version was cut away by a truncation (another fork)
 ```
 
 Missing keys are `None`, not exceptions. Nothing in this module imports trio.
@@ -20,6 +21,7 @@ __all__ = [
     "HamtError",
     "InvalidKeyError",
     "ReadOnlyError",
+    "TruncatedError",
     "ValueTooLargeError",
 ]
 
@@ -55,3 +57,11 @@ class BatchTooLargeError(HamtError, ValueError):
 
 class ReadOnlyError(HamtError):
     """You wrote to a checkout, or to a HAMT whose log you cannot append to."""
+
+
+class TruncatedError(HamtError):
+    """A checkout's version is gone: the log was truncated below it (a new fork).
+
+    The blocks past the cut now belong to another fork, so the checkout refuses to
+    read instead of answering with that fork's data. Make a new checkout.
+    """

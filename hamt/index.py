@@ -9,7 +9,9 @@ the writer keeps the decoded trie of its latest block (`mutate.Retained`) and
 builds the next block on it while the log is still at the (fork, length) it left.
 
 A checkout is a read-only `Hamt` pinned to a version; it shares the log, the hash
-key and the cache with the HAMT it came from.
+key and the cache with the HAMT it came from. It also remembers the log's fork: once
+the log is truncated below its version (a new fork), it refuses to read
+(`TruncatedError`) instead of answering from the other fork's blocks.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from .constants import (
     MAX_VALUE_BYTES,
     SALT_BYTES,
 )
-from .errors import BatchTooLargeError, HamtError, ReadOnlyError, ValueTooLargeError
+from .errors import (
+    BatchTooLargeError,
+    HamtError,
+    ReadOnlyError,
+    TruncatedError,
+    ValueTooLargeError,
+)
 from .hashing import ComponentHash, Hasher, check_key, derive_hash_key, split_prefix
 from .log import LogLike
 from .mutate import Mutation, Retained
@@ -144,6 +152,35 @@ class _Shared:
             log, "wait_length", None
         )
         self.fork = self._fork()
+        # fork -> the length the log was cut to when it took that fork, from the log's
+        # truncate events (see `kept`); None: the log does not say where it was cut.
+        self.cuts: dict[int, int] | None = None
+        self._stop_listening: Callable[[], object] | None = None
+        self._listen_for_cuts()
+
+    def _listen_for_cuts(self) -> None:
+        add_listener = getattr(self.log, "add_listener", None)
+        if not callable(add_listener):
+            return
+        try:
+            from hyperlog.events import TruncateEvent
+        except ImportError:  # pragma: no cover (hyperlog ships beside hamt)
+            return
+        cuts: dict[int, int] = {}
+
+        def on_event(event: object) -> None:
+            # Only the dict is referenced, not this object and its cache: a HAMT that
+            # is never closed (`load_hamt`) leaves a few bytes behind, not its blocks.
+            if isinstance(event, TruncateEvent):
+                cuts[event.fork] = event.length
+
+        self._stop_listening = add_listener(on_event)
+        self.cuts = cuts
+
+    def stop_listening(self) -> None:
+        stop, self._stop_listening = self._stop_listening, None
+        if stop is not None:
+            stop()
 
     def _fork(self) -> int:
         fork = getattr(self.log, "fork", 0)
@@ -157,6 +194,19 @@ class _Shared:
             self.cache.clear()
             self.retained = None
             self.fork = fork
+
+    def kept(self, fork: int, length: int) -> int:
+        """How many of the first `length` blocks the log held at fork `fork` it still
+        holds: truncations keep the blocks below their cut, so this is the lowest cut
+        since (0 when the fork changed and the log does not say where it was cut)."""
+        if self._fork() == fork:
+            return length
+        if self.cuts is None:
+            return 0
+        for later, cut in self.cuts.items():
+            if later > fork:
+                length = min(length, cut)
+        return length
 
     def changed(self) -> trio.Event:
         """The event the next change sets."""
@@ -184,6 +234,8 @@ class Hamt(Generic[V]):
         self._s = shared
         self._codec = codec
         self._fixed = version
+        # The log's fork when a checkout was made: its version names blocks of that fork.
+        self._fixed_fork = shared._fork()
 
     # -- state ---------------------------------------------------------------------
 
@@ -205,6 +257,10 @@ class Hamt(Generic[V]):
     def checkout(self, version: int) -> Hamt[V]:
         """Return a read-only view of the HAMT as it was at `version`.
 
+        The view remembers the log's fork: if the log is later truncated below
+        `version` (a new fork), its reads raise `TruncatedError`; a truncation that
+        keeps the first `version` blocks leaves it readable.
+
         Raises:
             ValueError: `version` is not between 1 and the current version.
         """
@@ -222,8 +278,25 @@ class Hamt(Generic[V]):
 
     # -- block access ---------------------------------------------------------------
 
+    def _check_version(self) -> None:
+        """Refuse a checkout's read once a truncation cut its version away: the log's
+        blocks (and the cache's) from the cut on are another fork's."""
+        v = self._fixed
+        if v is None:
+            return
+        fork = self._fixed_fork
+        kept = self._s.kept(fork, v)
+        if kept < v:
+            where = f"to {kept} blocks" if self._s.cuts is not None else "(the log says not where)"
+            raise TruncatedError(
+                f"version {v} is gone: the log was truncated {where} since this checkout "
+                f"was made at fork {fork} (now fork {self._s._fork()})"
+            )
+
     def _local(self, seq: int) -> Block | None:
         """Return block `seq` from the cache or local storage, without waiting, or None."""
+        if self._fixed is not None:
+            self._check_version()
         b = self._s.cache.get(seq)
         if b is not None:
             return b
@@ -264,6 +337,8 @@ class Hamt(Generic[V]):
 
     def _local_read(self, seq: int) -> Block | LazyBlock | None:
         """`_local` for a get's lookup: a large block read now is kept encoded."""
+        if self._fixed is not None:
+            self._check_version()
         cache = self._s.cache
         rec = cache.decoded(seq)
         if rec is None:
@@ -286,6 +361,8 @@ class Hamt(Generic[V]):
         self._s.fetches += 1
         fork = self._s._fork()
         data = await self._s.log.get(seq)
+        if self._fixed is not None:
+            self._check_version()  # (cut during the read)
         # A truncation during the read (and a `check_fork` by another task, which
         # emptied the cache) must not let a block of the old fork back into the cache.
         return self._admit(seq, data, keep=self._s._fork() == fork)
@@ -297,6 +374,8 @@ class Hamt(Generic[V]):
         self._s.fetches += 1
         fork = self._s._fork()
         b = decode_block(await self._s.log.get(seq), seq)
+        if self._fixed is not None:
+            self._check_version()
         if self._s._fork() == fork:  # (as in `_fetch_read`)
             self._s.cache.put(b)
         return b
@@ -534,6 +613,7 @@ class Hamt(Generic[V]):
 
     def _close(self) -> None:
         self._s.closed = True
+        self._s.stop_listening()
         self._s.notify()
 
     def refresh(self) -> None:

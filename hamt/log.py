@@ -9,6 +9,10 @@ few members works too. A log may also offer, and `Hamt` then uses:
   ``watch()`` follows appends made by replication;
 * ``fork: int``: bumped when the log is truncated; the HAMT then drops its block
   cache, which may hold blocks of the old fork.
+* ``add_listener(callback) -> remover``, calling back with hyperlog's events: its
+  ``TruncateEvent(length, fork)`` tells where each truncation cut, so a checkout
+  stays readable while its version was kept (without it, any fork change retires
+  older checkouts: `TruncatedError`).
 
 `MemoryLog` is the deterministic in-memory implementation the property tests use.
 """

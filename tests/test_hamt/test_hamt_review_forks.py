@@ -1,0 +1,106 @@
+"""A second review's fork edges: checkouts and watchers across a truncation.
+
+Each test failed before its fix:
+
+* a checkout kept only its version number: after the log was truncated below it and
+  grew again, it answered with the new fork's blocks (keys that never existed at its
+  version appeared);
+"""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+import hamt
+from hamt.errors import TruncatedError
+from hamt.index import load_hamt
+from hyperlog.log import open_store
+
+from .helpers import WrappedLog
+
+
+class _ForkingLog(WrappedLog):
+    """A `LogLike` with a `fork` that says nothing about where it was cut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fork = 0
+
+    def truncate(self, length: int) -> None:
+        del self.inner.blocks[length:]
+        self.fork += 1
+
+
+async def test_a_checkout_cut_away_by_a_truncation_refuses_to_read() -> None:
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db:
+            for i in range(9):
+                await db.put(f"k{i}", b"old%d" % i)
+            old = db.checkout(10)
+            kept = db.checkout(5)  # blocks 0-4: the truncation below keeps them
+            assert await old.get("k8") == b"old8"
+            await log.truncate(5)
+            for i in range(5):
+                await db.put(f"k{i + 100}", b"NEW")
+            await db.put("k8", b"NEW-FORK-VALUE")
+            assert log.length == 11 and log.fork == 1
+            with pytest.raises(TruncatedError, match=r"version 10 is gone.*truncated to 5"):
+                await old.get("k8")
+            with pytest.raises(TruncatedError):
+                [k async for k, _ in old.items()]
+            with pytest.raises(TruncatedError):
+                [c async for c in old.history()]
+            with pytest.raises(TruncatedError):
+                await old.path_hint("k1")
+            # A checkout the truncation kept whole still reads its own version.
+            assert {k: v async for k, v in kept.items()} == {
+                f"k{i}": b"old%d" % i for i in range(4)
+            }
+            assert await kept.get("k3") == b"old3" and await kept.get("k100") is None
+            # A checkout made on the new fork reads the new fork.
+            new = db.checkout(10)
+            assert await new.get("k104") == b"NEW" and await new.get("k8") is None
+
+
+async def test_a_checkout_on_a_log_that_does_not_say_where_it_was_cut() -> None:
+    log = _ForkingLog()
+    db = await load_hamt(log)
+    for i in range(9):
+        await db.put(f"k{i}", b"old")
+    old = db.checkout(10)
+    log.truncate(5)
+    for i in range(5):
+        await db.put(f"new{i}", b"NEW")
+    with pytest.raises(TruncatedError, match="says not where"):
+        await old.get("k8")
+
+
+async def test_a_checkout_cut_away_during_a_read_refuses_the_block() -> None:
+    class _Gated(_ForkingLog):
+        gate: trio.Event | None = None
+
+        async def get(self, index: int) -> bytes:
+            data = await self.inner.get(index)
+            if self.gate is not None:
+                await self.gate.wait()
+            return data
+
+    log = _Gated()
+    db = await load_hamt(log, cache_blocks=1)
+    for i in range(9):
+        await db.put(f"k{i}", b"old")
+    old = db.checkout(10)
+    log.gate = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def read() -> None:
+            with pytest.raises(TruncatedError):
+                await old.get("k0")  # the root is cached; block 1 (k0's entry) is read
+
+        nursery.start_soon(read)
+        await trio.testing.wait_all_tasks_blocked()
+        log.truncate(5)
+        log.gate.set()
