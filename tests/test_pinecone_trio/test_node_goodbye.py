@@ -92,9 +92,9 @@ async def test_the_close_leaves_even_when_the_session_was_sending_in_bulk(
     # the node leaves; the CLOSE could not be handed over without overtaking it, and
     # the driver then returned without sending it: the peer waited 15 s (found by
     # review). A budget of two frames makes the driver wait nearly all the time.
-    import pinecone_trio.node as node_module
+    import pinecone_trio.node_base as node_base
 
-    monkeypatch.setattr(node_module, "LOCAL_SEND_FRAMES", 2)
+    monkeypatch.setattr(node_base, "LOCAL_SEND_FRAMES", 2)
     async with _line(2) as nodes:
         (leaver, leaver_scope), (peer, _) = nodes
         async with peer.listen(PROTO) as listener, trio.open_nursery() as nursery:

@@ -301,12 +301,12 @@ async def test_event_subscribers_are_bounded(autojump_clock: trio.testing.MockCl
 async def test_unexpected_dial_failure_of_a_static_peer_does_not_crash_the_node(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pinecone_trio.node as node_module
+    import pinecone_trio.node_peerings as peerings_module
 
     async def weird_dial(uri: str, **kwargs: object) -> trio.abc.Stream:
         raise KeyError("a transport bug")
 
-    monkeypatch.setattr(node_module, "dial_transport", weird_dial)
+    monkeypatch.setattr(peerings_module, "dial_transport", weird_dial)
     async with open_node(Identity.generate(), static_peers=["memory://nowhere"]) as node:
         with trio.fail_after(60):
             await node.wait_for(lambda: node.status()["static_peers"][0]["failures"] >= 2)
