@@ -92,8 +92,12 @@ async def _misbehave(node: Node, honest: Node, link: NoiseLink, kind: str) -> No
         ann = Announcement.new(bytes(link.remote_key), 1).extend(1, b"\x01" * 32, b"\x00" * 64)
         await link.send_all(encode_frame(TreeAnnouncement(ann)))
     else:
+        # Over 5x the 10,000-frame burst at once; again while the node reads slower than
+        # the flood mark refills (a loaded machine), until it cuts us off.
+        flood = _bogus_bootstrap() * 60_000
         with contextlib.suppress(trio.BrokenResourceError):  # cut off mid-flood
-            await link.send_all(_bogus_bootstrap() * 60_000)  # over 5x the 10,000-frame burst
+            for _ in range(10):
+                await link.send_all(flood)
     with trio.fail_after(BOUND):
         await node.wait_for(lambda: node.counters.misbehaving_peers == 1)
         await node.wait_for(lambda: node.peer_keys() == [honest.public_key])
