@@ -583,19 +583,34 @@ class Hamt(Generic[V]):
         Local writes wake the watcher at once; so do appends that replication makes,
         for a log with ``wait_length`` (a `hyperlog.Log`); otherwise call `refresh()`.
         Close the iterator when you stop early: ``async with aclosing(db.watch()) as it``.
+
+        After a truncation (a new fork) the watcher goes on from the cut: it reports
+        every change of the new fork's blocks, from the first block past the cut (from
+        block 1 on a log that does not say where it was cut). The old fork's changes
+        past the cut are not reported undone.
         """
         return self._watch(self._s.log.length)
 
     async def _watch(self, seen: int) -> AsyncGenerator[Change[V], None]:
-        while not self._s.closed:
-            event = self._s.changed()
-            self._s.check_fork()
-            while seen < self._s.log.length:
-                for change in self._changes(await self._fetch(seen)):
+        s = self._s
+        fork = s._fork()
+        while not s.closed:
+            event = s.changed()
+            while True:
+                if s._fork() != fork:
+                    # A new fork: its blocks from the cut on are changes not reported yet.
+                    seen = max(1, min(seen, s.kept(fork, seen)))
+                    fork = s._fork()
+                s.check_fork()
+                if seen >= s.log.length:
+                    break
+                block = await self._fetch(seen)
+                if s._fork() != fork:
+                    continue  # truncated during the read: the block may be the old fork's
+                for change in self._changes(block):
                     yield change
                 seen += 1
-            if seen >= self._s.log.length:
-                await self._wait_change(event, seen + 1)
+            await self._wait_change(event, seen + 1)
 
     async def _wait_change(self, event: trio.Event, length: int) -> None:
         wait_length = self._s.wait_length

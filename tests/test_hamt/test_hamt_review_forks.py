@@ -5,9 +5,13 @@ Each test failed before its fix:
 * a checkout kept only its version number: after the log was truncated below it and
   grew again, it answered with the new fork's blocks (keys that never existed at its
   version appeared);
+* `watch()` kept counting from the old fork's length, so it missed every change of a
+  new fork until the log outgrew the length it had before the truncation;
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import trio
@@ -104,3 +108,49 @@ async def test_a_checkout_cut_away_during_a_read_refuses_the_block() -> None:
         await trio.testing.wait_all_tasks_blocked()
         log.truncate(5)
         log.gate.set()
+
+
+async def _watch_into(db: hamt.Hamt[bytes], send: trio.MemorySendChannel[tuple[int, str]]) -> None:
+    async with contextlib.aclosing(db.watch()) as changes:
+        async for c in changes:
+            await send.send((c.version, c.key))
+
+
+async def test_watch_reports_the_changes_of_a_new_fork() -> None:
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db, trio.open_nursery() as nursery:
+            for i in range(9):
+                await db.put(f"k{i}", b"v")
+            send, receive = trio.open_memory_channel[tuple[int, str]](100)
+            nursery.start_soon(_watch_into, db, send)
+            await trio.testing.wait_all_tasks_blocked()
+            await log.truncate(5)
+            for i in range(4):
+                await db.put(f"new{i}", b"v")  # versions 6..9 of the new fork
+            with trio.fail_after(5):
+                got = [await receive.receive() for _ in range(4)]
+            assert got == [(6, "new0"), (7, "new1"), (8, "new2"), (9, "new3")]
+            await db.put("new4", b"v")
+            with trio.fail_after(5):
+                assert await receive.receive() == (10, "new4")
+            await trio.testing.wait_all_tasks_blocked()
+            assert receive.statistics().current_buffer_used == 0  # nothing twice
+            nursery.cancel_scope.cancel()
+
+
+async def test_watch_on_a_log_that_does_not_say_where_it_was_cut_replays_it() -> None:
+    log = _ForkingLog()
+    db = await load_hamt(log)
+    for i in range(3):
+        await db.put(f"k{i}", b"v")
+    async with trio.open_nursery() as nursery:
+        send, receive = trio.open_memory_channel[tuple[int, str]](100)
+        nursery.start_soon(_watch_into, db, send)
+        await trio.testing.wait_all_tasks_blocked()
+        log.truncate(2)
+        await db.put("new", b"v")
+        with trio.fail_after(5):
+            got = [await receive.receive() for _ in range(2)]
+        assert got == [(2, "k0"), (3, "new")]  # from block 1 again: nothing missed
+        nursery.cancel_scope.cancel()
