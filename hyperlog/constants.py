@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from typing import Final
 
+#: Most blocks in one log: a block index fits in the 40 bits the SQLite row key gives it
+#: (`hyperlog.storage_schema`). Appends past it are refused, and so is any proof that
+#: claims a longer log or a block, node or length beyond it (`InvalidProofError`).
+MAX_LOG_LENGTH: Final = 1 << 40
 #: Largest block we append or store. hypercore suggests at most 15 MB; we keep 8 MiB,
 #: the same bound the replication wire uses, so any stored block can be served.
 MAX_BLOCK_SIZE: Final = 8 * 1024 * 1024

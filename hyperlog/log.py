@@ -397,7 +397,8 @@ class Log:
         Raises:
             NotWritableError: if this log has no secret key here or the store is read-only.
             ValueError: if a block or the batch exceeds `MAX_BLOCK_SIZE`,
-                `MAX_BATCH_BLOCKS` or `MAX_BATCH_BYTES`.
+                `MAX_BATCH_BLOCKS` or `MAX_BATCH_BYTES`, or the log would hold more than
+                `MAX_LOG_LENGTH` (2**40) blocks.
         """
         # the common single block (bytes, or a list of one as the HAMT passes it):
         # skip the generic checks

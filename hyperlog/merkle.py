@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import final
 
 from . import flat_tree
+from .constants import MAX_LOG_LENGTH
 from .crypto import HASH_SIZE, TreeNode, Verifier, tree_hash
 from .errors import BlockNotAvailableError, CorruptStorageError
 
@@ -263,7 +264,15 @@ class MerkleTree:
 
         One leaf per block, plus one parent for every pair of equal-depth roots the new
         leaves complete (one per block on average).
+
+        Raises:
+            ValueError: if the log would hold more than `MAX_LOG_LENGTH` blocks.
         """
+        if self.length + len(blocks) > MAX_LOG_LENGTH:
+            raise ValueError(
+                f"a log holds at most {MAX_LOG_LENGTH} blocks: cannot append {len(blocks)} "
+                f"to {self.length}"
+            )
         roots = list(self.roots)
         keep = len(roots)  # how many of the current roots survive the append
         hashes: list[bytes] = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import final
 
+from .constants import MAX_LOG_LENGTH
 from .crypto import TreeNode, Verifier
 from .merkle import MerkleTree, StaleBatchError
 
@@ -35,8 +36,10 @@ __all__ = [
 MAX_PROOF_NODES = 256
 #: Largest block value a proof may carry (the wire layer's limit; hypercore suggests 15 MB).
 MAX_BLOCK_SIZE = 8 * 1024 * 1024
-#: Highest flat-tree index we accept: 2 * (2**63) covers every length below 2**63.
-MAX_INDEX = 2**64
+#: Flat-tree indices we accept are below this: ``2 * MAX_LOG_LENGTH`` (2**41) covers every
+#: node of a log of at most `MAX_LOG_LENGTH` (2**40) blocks, the most a log holds. A
+#: proof naming a higher node or block, or an upgrade to a longer log, is refused.
+MAX_INDEX = 2 * MAX_LOG_LENGTH
 
 
 # --- requests --------------------------------------------------------------------------

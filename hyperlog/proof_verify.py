@@ -22,6 +22,7 @@ import struct
 from collections.abc import Sequence
 
 from . import flat_tree
+from .constants import MAX_LOG_LENGTH
 from .crypto import HASH_SIZE, MAX_U64, SIGNATURE_SIZE, TreeNode, Verifier, tree_hash
 from .errors import DecodeError, InvalidProofError, InvalidSignatureError
 from .merkle import MerkleTree, NodeGetter
@@ -195,6 +196,8 @@ def verify_proof(
         InvalidProofError: anything does not verify (a bad signature raises the
             subclass `InvalidSignatureError`). Nothing was changed.
     """
+    if not 0 <= proof.fork <= MAX_U64:
+        raise InvalidProofError(f"fork {proof.fork} is not a 64-bit unsigned integer")
     if proof.fork < tree.fork:
         raise InvalidProofError(f"proof for fork {proof.fork}, the log is at {tree.fork}")
     parts = (proof.block is not None) + (proof.hash is not None) + (proof.seek is not None)
@@ -258,14 +261,18 @@ def verify_proof(
     if up is not None:
         if not fork_change and up.start != tree.length:
             raise InvalidProofError(f"upgrade from {up.start}, the reader has {tree.length}")
-        if up.length <= 0 or up.start + up.length >= MAX_INDEX // 2:
-            raise InvalidProofError(f"bad upgrade length {up.length}")
+        if up.length <= 0 or up.start < 0 or up.start + up.length > MAX_LOG_LENGTH:
+            raise InvalidProofError(
+                f"bad upgrade length {up.length} (a log holds at most {MAX_LOG_LENGTH} blocks)"
+            )
         _check_nodes(up.nodes, "upgrade")
         _check_nodes(up.additional_nodes, "additional")
         if len(up.signature) != SIGNATURE_SIZE:
             raise InvalidSignatureError("a signature is 64 bytes")
         roots, used_top = _verify_upgrade(old_roots, up, subject_top, out)
         length = flat_tree.right_span(roots[-1].index) // 2 + 1
+        if length > MAX_LOG_LENGTH:  # the additional nodes may reach past `up.length`
+            raise InvalidProofError(f"an upgrade to {length} blocks exceeds {MAX_LOG_LENGTH}")
         th = tree_hash(roots)
         if isinstance(use_verifier, bytes):
             raise InvalidProofError("the manifest is needed to verify this log's signature")

@@ -7,7 +7,9 @@ lock file; the database holds any number of logs. Every log gets a small integer
 handle (its row id in ``logs``) and its rows in the other tables are keyed by
 ``handle << shift | index``, so one B-tree per table serves every log, lookups are a
 single integer-key probe, and a sparse replica stores only the blocks it has (no
-sparse files, no per-log file descriptors: research notes §6 and §13)::
+sparse files, no per-log file descriptors: research notes §6 and §13). A log holds
+at most `MAX_LOG_LENGTH` (2**40) blocks, so its keys never reach the next handle's;
+`commit` refuses a batch that would (`storage_schema._check_batch`)::
 
     logs   (id, key, discovery_key, manifest, secret_key)      what never changes
     blocks (handle << 40 | index)      -> (checksum, value, head, parents)

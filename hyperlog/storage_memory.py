@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import final
 
 from .crypto import TreeNode, leaf_hash, parent_node
-from .storage_schema import _truncated_nodes
+from .storage_schema import _check_batch, _truncated_nodes
 from .storage_types import Head, LogInfo, StoredLog, WriteBatch
 
 __all__ = ["MemoryStorage"]
@@ -104,7 +104,9 @@ class MemoryStorage:
         return sorted((p, d) for (h, p), d in self._pages.items() if h == handle)
 
     def commit(self, handle: int, batch: WriteBatch) -> None:
-        """Apply ``batch`` atomically."""
+        """Apply ``batch`` atomically (refused whole, as by `SQLiteStorage`, if an index
+        is outside a log)."""
+        _check_batch(batch)
         with self._lock:
             info, head = self._logs[handle - 1]
             if batch.truncate is not None:

@@ -15,9 +15,10 @@ import struct
 from typing import Final
 
 from . import flat_tree
+from .constants import MAX_LOG_LENGTH
 from .crypto import TreeNode, leaf_hash
 from .errors import CorruptStorageError
-from .storage_types import Head
+from .storage_types import Head, WriteBatch
 
 __all__ = [
     "APPLICATION_ID",
@@ -37,8 +38,8 @@ APPLICATION_ID: Final = 0x48594C47
 SCHEMA_VERSION: Final = 4
 #: The oldest schema version this code opens (a writable open upgrades it).
 OLDEST_SCHEMA_VERSION: Final = 2
-#: Blocks per log: the block index fits in 40 bits of the row key.
-MAX_BLOCK_INDEX: Final = (1 << 40) - 1
+#: Highest block index of a log (`MAX_LOG_LENGTH` - 1): it fits in 40 bits of the row key.
+MAX_BLOCK_INDEX: Final = MAX_LOG_LENGTH - 1
 #: Logs per store: the handle fits above the 42-bit node index in a signed 64-bit key.
 MAX_LOGS_PER_STORE: Final = (1 << 21) - 1
 #: Bytes of the leaf hash kept beside each block as its checksum.
@@ -58,6 +59,8 @@ _BLOCK_SHIFT: Final = 40
 _NODE_SHIFT: Final = 42
 _STATE_SHIFT: Final = 33
 _HEAD_SLOT: Final = 1 << 32
+#: Tree nodes of a log of at most `MAX_LOG_LENGTH` blocks have indices below this.
+_NODE_LIMIT: Final = 2 * MAX_LOG_LENGTH
 _HEAD = struct.Struct("<QQQQ")
 _SIZE = struct.Struct("<Q")
 #: Bytes per parent in a block row's ``parents`` column: u64 size, 32-byte hash.
@@ -77,6 +80,37 @@ def _truncated_nodes(length: int) -> list[int]:
         if node < 2 * length:
             out.append(node)
     return out
+
+
+def _check_batch(batch: WriteBatch) -> None:
+    """Refuse a batch whose indices do not fit the row keys of one log.
+
+    A block index past `MAX_BLOCK_INDEX`, a node index at or past ``2 * MAX_LOG_LENGTH``
+    or a bitfield page at or past the head slot would compose the row key of another
+    log (``handle << shift | index``) and overwrite its rows. The log and proof
+    verification never produce one (they refuse such lengths first); this is the last
+    line of defence, checked before the transaction starts.
+
+    Raises:
+        ValueError: if an index is out of range. Nothing was written.
+    """
+    for i, _, _ in batch.blocks:
+        if not 0 <= i <= MAX_BLOCK_INDEX:
+            raise ValueError(f"block index {i} is outside a log (at most {MAX_LOG_LENGTH} blocks)")
+    for n in batch.nodes:
+        if not 0 <= n.index < _NODE_LIMIT:
+            raise ValueError(
+                f"tree node {n.index} is outside a log of at most {MAX_LOG_LENGTH} blocks"
+            )
+    for p in batch.bitfield:
+        if not 0 <= p < _HEAD_SLOT:
+            raise ValueError(f"bitfield page {p} is out of range")
+    head = batch.head
+    if head is not None and not 0 <= head.length <= MAX_LOG_LENGTH:
+        raise ValueError(f"a head of length {head.length} exceeds {MAX_LOG_LENGTH} blocks")
+    cut = batch.truncate
+    if cut is not None and not 0 <= cut <= MAX_LOG_LENGTH:
+        raise ValueError(f"cannot truncate to {cut} blocks")
 
 
 def _encode_head(head: Head) -> bytes:

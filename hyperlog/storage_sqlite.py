@@ -29,6 +29,7 @@ from .storage_schema import (
     _INSERT_MANY,
     _INSERT_ONE,
     _NO_PARENTS,
+    _NODE_LIMIT,
     _NODE_SHIFT,
     _PARENT_SLOT,
     _SCHEMA,
@@ -40,9 +41,11 @@ from .storage_schema import (
     CHECKSUM_SIZE,
     FULL_HASH_ABOVE,
     HEAD_IN_BLOCK_MAX,
+    MAX_BLOCK_INDEX,
     MAX_LOGS_PER_STORE,
     OLDEST_SCHEMA_VERSION,
     SCHEMA_VERSION,
+    _check_batch,
     _decode_head,
     _encode_head,
     _matches,
@@ -435,6 +438,8 @@ class SQLiteStorage:
 
     def get_block(self, handle: int, index: int) -> bytes | None:
         """Return block ``index``, or None (see `Storage.get_block`)."""
+        if not 0 <= index <= MAX_BLOCK_INDEX:
+            return None  # its row key would be another log's
         with self._rlock:
             try:
                 row = (
@@ -460,10 +465,12 @@ class SQLiteStorage:
         """Return many blocks in one locked pass (see `Storage.get_blocks`)."""
         base = handle << _BLOCK_SHIFT
         found: dict[int, bytes] = {}
+        # an index outside the log would be another log's row key: never looked up
+        valid = [i for i in indices if 0 <= i <= MAX_BLOCK_INDEX]
         with self._rlock, _reporting_corruption(self.db_path):
             r = self._reader()
-            for k in range(0, len(indices), _IN_CHUNK):
-                chunk = indices[k : k + _IN_CHUNK]
+            for k in range(0, len(valid), _IN_CHUNK):
+                chunk = valid[k : k + _IN_CHUNK]
                 marks = ",".join("?" * len(chunk))
                 rows = r.execute(
                     f"SELECT id, sum, value FROM blocks WHERE id IN ({marks})",
@@ -481,6 +488,7 @@ class SQLiteStorage:
         """Yield stored blocks in ``start .. end - 1`` in order (see `Storage.iter_blocks`)."""
         base = handle << _BLOCK_SHIFT
         pos = max(start, 0)
+        end = min(end, MAX_BLOCK_INDEX + 1)  # past it, keys are the next log's
         # Fetch in slices so the read lock is never held across a yield.
         while pos < end:
             with self._rlock, _reporting_corruption(self.db_path):
@@ -489,7 +497,7 @@ class SQLiteStorage:
                     .execute(
                         "SELECT id, sum, value FROM blocks WHERE id >= ? AND id < ? "
                         "ORDER BY id LIMIT 256",
-                        (base | pos, base | end),
+                        (base + pos, base + end),
                     )
                     .fetchall()
                 )
@@ -515,6 +523,9 @@ class SQLiteStorage:
         with self._rlock, _reporting_corruption(self.db_path):
             r = self._reader()
             for index in indices:
+                if not 0 <= index < _NODE_LIMIT:
+                    out.append(None)  # its row key would be another log's
+                    continue
                 if not index & 1:
                     node = self._leaf(r, bbase, index)
                     if node is not None:
@@ -591,6 +602,7 @@ class SQLiteStorage:
 
     def commit(self, handle: int, batch: WriteBatch) -> None:
         """Apply ``batch`` in one transaction (see `Storage.commit`)."""
+        _check_batch(batch)
         bbase = handle << _BLOCK_SHIFT
         nbase = handle << _NODE_SHIFT
         sbase = handle << _STATE_SHIFT
@@ -631,6 +643,9 @@ class SQLiteStorage:
         """
         fork, length, byte_length, tree_hash = head
         index = length - 1
+        if not 0 <= index <= MAX_BLOCK_INDEX:
+            # its row key would be another log's (the log refuses such appends first)
+            raise ValueError(f"block index {index} is outside a log")
         if (
             len(value) > HEAD_IN_BLOCK_MAX
             or not self._parents_in_blocks
@@ -758,11 +773,11 @@ class SQLiteStorage:
                 n = batch.truncate
                 w.execute(
                     "DELETE FROM blocks WHERE id >= ? AND id < ?",
-                    (bbase | n, bbase + (1 << _BLOCK_SHIFT)),
+                    (bbase + n, bbase + (1 << _BLOCK_SHIFT)),
                 )
                 w.execute(
                     "DELETE FROM nodes WHERE id >= ? AND id < ?",
-                    (nbase | (2 * n), nbase + (1 << _NODE_SHIFT)),
+                    (nbase + 2 * n, nbase + (1 << _NODE_SHIFT)),
                 )
                 w.executemany(
                     "DELETE FROM nodes WHERE id = ?",
