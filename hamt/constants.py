@@ -79,3 +79,10 @@ LAZY_BLOCK_BYTES: Final = 16 * 1024
 #: cheaper; measured on a warm remote reader (200 gets, 100 batch blocks), 16 beat 2,
 #: 4 and 8 on median, p90 and total time.
 LAZY_PROMOTE_USES: Final = 16
+
+#: Seconds a get waits for a path hint (`open_hamt(hints=...)`) before it reads its
+#: blocks without one: a peer that never answers must not stall gets. The hint's
+#: answer, if it comes later, is skipped by the client (`hints.MAX_ABANDONED_HINTS`).
+#: A hint saves the round trips of a path (~4-5 levels); waiting for it much longer
+#: than a few round trips never pays. It normally comes in ~2 ms on loopback.
+HINT_TIMEOUT: Final = 2.0

@@ -8,7 +8,8 @@ trip per level. A peer that holds the blocks can instead run the lookup itself
 then fetches them all at once through replication (`Hamt.get(key, hint=...)`, which
 prefetches concurrently) and runs the lookup locally. Blocks still arrive through
 hyperlog replication and are verified there: a hint only says *which* blocks to
-fetch, so a lying peer can waste a fetch but never change an answer.
+fetch, so a lying peer can waste a fetch but never change an answer, and a silent
+one costs a get at most its `hint_timeout` (`constants.HINT_TIMEOUT`).
 
 The hint protocol runs over any `trio.abc.Stream` (its own connection, or a channel a
 multiplexer provides): frames of a 4-byte big-endian length and one msgpack message

@@ -38,6 +38,7 @@ from .codec import BYTES, Codec
 from .constants import (
     DEFAULT_CACHE_BLOCKS,
     DEFAULT_CACHE_BYTES,
+    HINT_TIMEOUT,
     LAZY_BLOCK_BYTES,
     MAX_BATCH_OPS,
     MAX_BLOCK_BYTES,
@@ -128,10 +129,16 @@ class _Shared:
     """State shared by a HAMT and its checkouts."""
 
     def __init__(
-        self, log: LogLike, hasher: Hasher, cache: BlockCache, hints: HintSource | None
+        self,
+        log: LogLike,
+        hasher: Hasher,
+        cache: BlockCache,
+        hints: HintSource | None,
+        hint_timeout: float = HINT_TIMEOUT,
     ) -> None:
         self.log = log
         self.hints = hints
+        self.hint_timeout = hint_timeout
         self.hasher = hasher
         self.cache = cache
         # One write lock per log, shared by every HAMT opened on it: two writers on one
@@ -450,18 +457,25 @@ class Hamt(Generic[V]):
     async def _ask_hint(self, source: HintSource, key: str, version: int) -> None:
         log = self._s.log
         try:
-            if can_apply(log) and version == log.length:
-                # Ask for the blocks with proofs too: one round trip instead of two.
-                fork: int = getattr(log, "fork")  # noqa: B009 (duck-typed hyperlog.Log)
-                reply = await source.path_hint(key, version, fork)
-                if reply.proofs:
-                    # The verified blocks go to the cache as they came: no re-read from
-                    # storage (and no re-hash of its checksum) before the walk.
-                    for p in await apply_block_proofs(log, fork, reply.proofs):
-                        if 0 < p.index < version and p.index not in self._s.cache:
-                            self._admit_hinted(p.index, p.value)
-            else:
-                reply = await source.path_hint(key, version)
+            # Bounded: a peer that never answers costs a get `hint_timeout` seconds, then
+            # the get reads plainly (the client skips the answer if it comes later).
+            with trio.move_on_after(self._s.hint_timeout) as waited:
+                if can_apply(log) and version == log.length:
+                    # Ask for the blocks with proofs too: one round trip instead of two.
+                    fork: int | None = getattr(log, "fork")  # noqa: B009 (duck-typed hyperlog.Log)
+                    reply = await source.path_hint(key, version, fork)
+                else:
+                    fork = None
+                    reply = await source.path_hint(key, version)
+            if waited.cancelled_caught:
+                logger.debug("path hint for %r: no answer in %s s", key, self._s.hint_timeout)
+                return
+            if fork is not None and reply.proofs:
+                # The verified blocks go to the cache as they came: no re-read from
+                # storage (and no re-hash of its checksum) before the walk.
+                for p in await apply_block_proofs(log, fork, reply.proofs):
+                    if 0 < p.index < version and p.index not in self._s.cache:
+                        self._admit_hinted(p.index, p.value)
         except (HamtError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             # A hint is an optimization: a failed or vanished hint peer means plain
             # fetches, never a failed get.
@@ -784,6 +798,7 @@ def open_hamt(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
     hints: HintSource | None = None,
+    hint_timeout: float = HINT_TIMEOUT,
 ) -> AbstractAsyncContextManager[Hamt[bytes]]: ...
 
 
@@ -797,6 +812,7 @@ def open_hamt(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
     hints: HintSource | None = None,
+    hint_timeout: float = HINT_TIMEOUT,
 ) -> AbstractAsyncContextManager[Hamt[V]]: ...
 
 
@@ -809,6 +825,7 @@ def open_hamt(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
     hints: HintSource | None = None,
+    hint_timeout: float = HINT_TIMEOUT,
 ) -> AbstractAsyncContextManager[Hamt[Any]]:
     """Open the HAMT stored in `log`: ``async with open_hamt(log) as db: ...``.
 
@@ -824,12 +841,16 @@ def open_hamt(
       metadata: stored in the header when the HAMT is created.
       hints: a `PathHintClient` to a peer holding the HAMT: a get that misses a local
         block asks it for the whole path once and fetches that at once.
+      hint_timeout: seconds a get waits for the hint peer's answer before it reads
+        without one (`HINT_TIMEOUT`, 2 s).
 
     Raises:
       CorruptNodeError: block 0 is not a HAMT header.
       ReadOnlyError: the log is empty and not writable.
     """
-    return _open(log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints)
+    return _open(
+        log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints, hint_timeout
+    )
 
 
 async def load_hamt(
@@ -840,6 +861,7 @@ async def load_hamt(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     metadata: bytes | None = None,
     hints: HintSource | None = None,
+    hint_timeout: float = HINT_TIMEOUT,
 ) -> Hamt[Any]:
     """`open_hamt` without the context: for tests that span several `trio.run` calls."""
     if log.length == 0:
@@ -848,7 +870,7 @@ async def load_hamt(
         await log.append([encode_header(os.urandom(SALT_BYTES), metadata)])
     header = decode_header(await log.get(0))
     hasher = Hasher(derive_hash_key(log.key, header.salt), hash_function)
-    shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes), hints)
+    shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes), hints, hint_timeout)
     return Hamt(shared, codec if codec is not None else BYTES, None)
 
 
@@ -861,8 +883,11 @@ async def _open(
     cache_bytes: int,
     metadata: bytes | None,
     hints: HintSource | None,
+    hint_timeout: float,
 ) -> AsyncGenerator[Hamt[Any], None]:
-    hamt = await load_hamt(log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints)
+    hamt = await load_hamt(
+        log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints, hint_timeout
+    )
     try:
         yield hamt
     finally:
