@@ -87,12 +87,18 @@ class LogSnapshot:
 
         Raises:
             BlockNotAvailableError: if ``index`` is outside the snapshot, was truncated
-                away since, or is missing and not waited for.
+                away since (also while the call waited for it: the block that arrives
+                then is another fork's), or is missing and not waited for.
         """
         if not 0 <= index < self._valid_below():
             await trio.lowlevel.checkpoint()
             raise BlockNotAvailableError(f"block {index} is not in this snapshot")
-        return await self._log.get(index, wait=wait, timeout=timeout)
+        value = await self._log.get(index, wait=wait, timeout=timeout)
+        # The log may have changed fork while `get` waited (or at its checkpoint): its
+        # block `index` is then the new fork's, not this snapshot's.
+        if index >= self._valid_below():
+            raise BlockNotAvailableError(f"block {index} was truncated away from this snapshot")
+        return value
 
     async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
         """Like `Log.seek`, within the snapshot's head."""
