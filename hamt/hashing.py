@@ -13,7 +13,11 @@ lives in one subtree: listing a path prefix walks that subtree only.
 Equal paths for different keys are possible (a truncated deep path, an injected
 hash function in tests, or a 64-bit collision); they meet in a collision bucket at
 `MAX_DEPTH`, where full keys are compared. A wrong answer can therefore never come
-from the hash, only slower lookups.
+from the hash, only slower lookups. The deep path is the one to know about: the
+hashes of `FULL_PATH_DIRS` (8) directory components fill the whole path, so every key
+under a directory that deep has the same path and they all share one bucket (at most
+`MAX_BUCKET_ENTRIES` keys, each put rewriting the whole bucket). The layout is the
+stored format (it decides where every existing entry sits), so it stays as it is.
 
 The component hash is injectable (`ComponentHash`) so tests can force collisions,
 as hypertrie's collision tests do.
@@ -37,7 +41,15 @@ from .constants import (
 )
 from .errors import InvalidKeyError
 
-__all__ = ["ComponentHash", "Hasher", "check_key", "derive_hash_key", "split_prefix"]
+__all__ = [
+    "FULL_PATH_DIRS",
+    "ComponentHash",
+    "Hasher",
+    "check_key",
+    "derive_hash_key",
+    "full_path_directory",
+    "split_prefix",
+]
 
 #: A component hash: bytes of one path component -> at least COMPONENT_HASH_BYTES bytes.
 ComponentHash = Callable[[bytes], bytes]
@@ -46,6 +58,9 @@ _PERSON: Final = b"hamt-key-v1"
 #: How many directory-component hashes a `Hasher` remembers.
 MAX_CACHED_DIRS: Final = 4096
 _ONE_COMPONENT_SHIFT: Final = PATH_BITS - 8 * COMPONENT_HASH_BYTES
+#: Directory levels whose hashes fill a whole path: every key under a directory this
+#: deep has the same path (the directory's), so they all share one collision bucket.
+FULL_PATH_DIRS: Final = -(-PATH_HASH_BYTES // DIR_HASH_BYTES)
 
 
 def derive_hash_key(log_key: bytes, salt: bytes) -> bytes:
@@ -76,6 +91,16 @@ def check_key(key: object) -> str:
     if "/" in key and (key[0] == "/" or key[-1] == "/" or "//" in key):
         raise InvalidKeyError(f"empty path component in {key!r}")
     return key
+
+
+def full_path_directory(key: str) -> str | None:
+    """Return the directory whose hashes make up all of `key`'s path, or None.
+
+    That is its first `FULL_PATH_DIRS` components when `key` has at least that many
+    directory components: every key under that directory has the same trie path.
+    """
+    parts = key.split("/", FULL_PATH_DIRS)
+    return "/".join(parts[:FULL_PATH_DIRS]) if len(parts) > FULL_PATH_DIRS else None
 
 
 def split_prefix(prefix: str) -> list[str]:

@@ -51,10 +51,11 @@ from .constants import (
     MAX_BUCKET_ENTRIES,
     MAX_DEPTH,
     PATH_BITS,
+    PATH_HASH_BYTES,
     RETAIN_DEPTH,
 )
 from .errors import BatchTooLargeError, CorruptNodeError
-from .hashing import chunk
+from .hashing import FULL_PATH_DIRS, chunk, full_path_directory
 from .trie import descend, position
 from .wire import COPY_FLAG, Block, Node, encode_node_block, hold_young, record_node
 
@@ -157,6 +158,20 @@ class Retained:
 
 
 _Steps: TypeAlias = Generator[int, Block, Any]
+
+
+def _bucket_full(key: str) -> str:
+    """The message of a put refused because its key's collision bucket is full."""
+    message = f"collision bucket full: {MAX_BUCKET_ENTRIES} keys already have the path of {key!r}"
+    directory = full_path_directory(key)
+    if directory is None:
+        return message
+    return (
+        f"{message}: the hashes of its directory {directory!r} ({FULL_PATH_DIRS} levels "
+        f"deep) fill the whole {PATH_HASH_BYTES}-byte path, so every key under it has that "
+        f"one path; at most {MAX_BUCKET_ENTRIES} keys fit under a directory "
+        f"{FULL_PATH_DIRS} or more levels deep (docs/hamt.md, Hashing)"
+    )
 
 
 @final
@@ -307,7 +322,7 @@ class Mutation:
                         items[i] = (key, new)
                         return None
                 if len(items) >= MAX_BUCKET_ENTRIES:
-                    raise BatchTooLargeError("collision bucket full")
+                    raise BatchTooLargeError(_bucket_full(key))
                 items.append((key, new))
                 return None
             shift -= CHUNK_BITS
