@@ -29,7 +29,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, final, overload
+from typing import Any, Generic, Protocol, TypeVar, cast, final, overload
 
 import trio
 
@@ -53,7 +53,7 @@ from .errors import (
     ValueTooLargeError,
 )
 from .hashing import ComponentHash, Hasher, check_key, derive_hash_key, split_prefix
-from .log import LogLike
+from .log import LogLike, ReadableLog
 from .mutate import Mutation, Retained
 from .proofs import apply_block_proofs, can_apply
 from .trie import DiffItem, Item, diff, iterate, lookup, path_blocks
@@ -130,7 +130,7 @@ class _Shared:
 
     def __init__(
         self,
-        log: LogLike,
+        log: ReadableLog,
         hasher: Hasher,
         cache: BlockCache,
         hints: HintSource | None,
@@ -188,6 +188,11 @@ class _Shared:
         stop, self._stop_listening = self._stop_listening, None
         if stop is not None:
             stop()
+
+    def writable(self) -> bool:
+        """Whether the log takes appends (a log without `writable`, e.g. a
+        `hyperlog.LogSnapshot`, does not)."""
+        return getattr(self.log, "writable", False) is True
 
     def _fork(self) -> int:
         fork = getattr(self.log, "fork", 0)
@@ -254,10 +259,10 @@ class Hamt(Generic[V]):
     @property
     def writable(self) -> bool:
         """Whether puts are allowed: a live HAMT on a log you can append to."""
-        return self._fixed is None and self._s.log.writable
+        return self._fixed is None and self._s.writable()
 
     @property
-    def log(self) -> LogLike:
+    def log(self) -> ReadableLog:
         """The underlying log."""
         return self._s.log
 
@@ -654,7 +659,7 @@ class Hamt(Generic[V]):
     def _check_writable(self) -> None:
         if self._fixed is not None:
             raise ReadOnlyError("a checkout is read-only")
-        if not self._s.log.writable:
+        if not self._s.writable():
             raise ReadOnlyError("the log is not writable")
 
     def _encode_value(self, value: V) -> bytes:
@@ -670,7 +675,7 @@ class Hamt(Generic[V]):
           InvalidKeyError, ValueTooLargeError: bad input (nothing is written).
           ReadOnlyError: this is a checkout, or the log is not writable.
         """
-        if self._fixed is not None or not self._s.log.writable:
+        if self._fixed is not None or not self._s.writable():
             self._check_writable()
         check_key(key)
         data = self._codec.encode(value)
@@ -731,7 +736,8 @@ class Hamt(Generic[V]):
             # it must not go in at another position.
             if s.log.length != length or s._fork() != s.fork:
                 raise HamtError("the log changed under the HAMT (another writer?)")
-            await s.log.append([block_bytes])
+            # (`_check_writable` passed: the log is a `LogLike` that takes appends)
+            await cast(LogLike, s.log).append([block_bytes])
             if s.log.length != length + 1:
                 raise HamtError("the log changed under the HAMT (another writer?)")
             s.cache.put(block)
@@ -790,7 +796,7 @@ class Batch(Generic[V]):
 
 @overload
 def open_hamt(
-    log: LogLike,
+    log: ReadableLog,
     *,
     codec: None = None,
     hash_function: ComponentHash | None = None,
@@ -804,7 +810,7 @@ def open_hamt(
 
 @overload
 def open_hamt(
-    log: LogLike,
+    log: ReadableLog,
     *,
     codec: Codec[V],
     hash_function: ComponentHash | None = None,
@@ -817,7 +823,7 @@ def open_hamt(
 
 
 def open_hamt(
-    log: LogLike,
+    log: ReadableLog,
     *,
     codec: Codec[Any] | None = None,
     hash_function: ComponentHash | None = None,
@@ -833,7 +839,9 @@ def open_hamt(
     read (from peers, for a replica) and checked.
 
     Args:
-      log: a `LogLike` (e.g. a `hyperlog.Log`, or a `MemoryLog`).
+      log: a `LogLike` (e.g. a `hyperlog.Log`, or a `MemoryLog`); for a read-only HAMT
+        a `ReadableLog` is enough (e.g. a `hyperlog.LogSnapshot`): its `writable` is
+        False and writes raise `ReadOnlyError`.
       codec: how values become bytes (default: values are bytes); see `hamt.codec`.
       hash_function: replaces the keyed BLAKE2b of path components (tests use it to
         force collisions). Every reader of a HAMT must use the same one.
@@ -854,7 +862,7 @@ def open_hamt(
 
 
 async def load_hamt(
-    log: LogLike,
+    log: ReadableLog,
     codec: Codec[Any] | None = None,
     hash_function: ComponentHash | None = None,
     cache_blocks: int = DEFAULT_CACHE_BLOCKS,
@@ -865,9 +873,9 @@ async def load_hamt(
 ) -> Hamt[Any]:
     """`open_hamt` without the context: for tests that span several `trio.run` calls."""
     if log.length == 0:
-        if not log.writable:
+        if getattr(log, "writable", False) is not True:
             raise ReadOnlyError("the log is empty and not writable: nothing to open")
-        await log.append([encode_header(os.urandom(SALT_BYTES), metadata)])
+        await cast(LogLike, log).append([encode_header(os.urandom(SALT_BYTES), metadata)])
     header = decode_header(await log.get(0))
     hasher = Hasher(derive_hash_key(log.key, header.salt), hash_function)
     shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes), hints, hint_timeout)
@@ -876,7 +884,7 @@ async def load_hamt(
 
 @asynccontextmanager
 async def _open(
-    log: LogLike,
+    log: ReadableLog,
     codec: Codec[Any] | None,
     hash_function: ComponentHash | None,
     cache_blocks: int,

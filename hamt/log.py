@@ -1,7 +1,9 @@
 """What a HAMT needs from a log, and an in-memory log for tests.
 
 `hyperlog.Log` satisfies `LogLike` as it is; any other append-only log with these
-few members works too. A log may also offer, and `Hamt` then uses:
+few members works too. A read-only HAMT needs only `ReadableLog` (key, length, get):
+a `hyperlog.LogSnapshot`, say, whose HAMT refuses writes with `ReadOnlyError`. A log
+may also offer, and `Hamt` then uses:
 
 * ``get_nowait(index) -> bytes`` (raising if the block is not held): a synchronous
   local read, tried before the awaited ``get``;
@@ -24,12 +26,12 @@ import os
 from collections.abc import Sequence
 from typing import Protocol, final, runtime_checkable
 
-__all__ = ["LogLike", "MemoryLog"]
+__all__ = ["LogLike", "MemoryLog", "ReadableLog"]
 
 
 @runtime_checkable
-class LogLike(Protocol):
-    """An append-only log of byte blocks, numbered from 0."""
+class ReadableLog(Protocol):
+    """What a read-only HAMT needs: a log of byte blocks, numbered from 0, to read."""
 
     @property
     def key(self) -> bytes:
@@ -41,13 +43,18 @@ class LogLike(Protocol):
         """Number of blocks (the HAMT's version)."""
         ...
 
+    async def get(self, index: int) -> bytes:
+        """Return block `index` (fetching it from peers if the log can)."""
+        ...
+
+
+@runtime_checkable
+class LogLike(ReadableLog, Protocol):
+    """An append-only log of byte blocks, numbered from 0."""
+
     @property
     def writable(self) -> bool:
         """Whether `append` may be called."""
-        ...
-
-    async def get(self, index: int) -> bytes:
-        """Return block `index` (fetching it from peers if the log can)."""
         ...
 
     async def append(self, blocks: Sequence[bytes]) -> object:

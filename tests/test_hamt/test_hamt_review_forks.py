@@ -7,6 +7,8 @@ Each test failed before its fix:
   version appeared);
 * `watch()` kept counting from the old fork's length, so it missed every change of a
   new fork until the log outgrew the length it had before the truncation;
+* a HAMT opened on a `hyperlog.LogSnapshot` read fine, but `writable`, `put`, `delete`
+  and `batch` raised `AttributeError` (a snapshot has no `writable` or `append`);
 """
 
 from __future__ import annotations
@@ -154,3 +156,26 @@ async def test_watch_on_a_log_that_does_not_say_where_it_was_cut_replays_it() ->
             got = [await receive.receive() for _ in range(2)]
         assert got == [(2, "k0"), (3, "new")]  # from block 1 again: nothing missed
         nursery.cancel_scope.cancel()
+
+
+async def test_a_hamt_on_a_log_snapshot_is_read_only() -> None:
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db:
+            await db.put("a", b"1")
+            snap = log.snapshot()
+            await db.put("b", b"2")  # after the snapshot: not in it
+        async with hamt.open_hamt(snap) as ro:
+            assert await ro.get("a") == b"1" and await ro.get("b") is None
+            assert ro.version == 2 and not ro.writable
+            with pytest.raises(hamt.ReadOnlyError):
+                await ro.put("c", b"3")
+            with pytest.raises(hamt.ReadOnlyError):
+                await ro.delete("a")
+            with pytest.raises(hamt.ReadOnlyError):
+                ro.batch()
+            assert not ro.checkout(2).writable
+        empty = (await store.create_log()).snapshot()
+        with pytest.raises(hamt.ReadOnlyError, match="empty and not writable"):
+            async with hamt.open_hamt(empty):
+                pass
