@@ -18,6 +18,7 @@ __all__ = [
     "InvalidProofError",
     "InvalidRequestError",
     "InvalidSignatureError",
+    "LogChangedError",
     "NotWritableError",
     "StorageLockedError",
 ]
@@ -63,6 +64,15 @@ class NotWritableError(HyperlogError):
 
 class CorruptStorageError(HyperlogError):
     """Stored data is damaged or inconsistent; it is never returned as valid data."""
+
+
+class LogChangedError(HyperlogError):
+    """The log changed fork under a read-only open (the writer truncated it): reopen it.
+
+    A read-only open reads the log as it was committed when it was opened. Once the
+    writer beside it truncates the log, the stored blocks past the cut belong to
+    another fork, so reads raise this instead of returning them.
+    """
 
 
 class StorageLockedError(HyperlogError):

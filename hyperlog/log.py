@@ -60,6 +60,7 @@ from .errors import (
     BlockNotAvailableError,
     CorruptStorageError,
     HyperlogError,
+    LogChangedError,
     NotWritableError,
 )
 from .events import (
@@ -148,6 +149,11 @@ class Log:
         """Internal: use `Store.create_log` / `Store.open_log`."""
         self._store = store
         self._storage = store.storage
+        # A read-only open checks after its reads that no writer beside it moved the
+        # log to another fork (`_check_unchanged`); `_seen_version` is the storage's
+        # `data_version` at the last check that found the log unchanged.
+        self._readonly = store.storage.readonly
+        self._seen_version: int | None = None
         self._handle = stored.handle
         self._info = stored.info
         self._secret_key = stored.info.secret_key
@@ -200,6 +206,45 @@ class Log:
                     f"log {self.key.hex()}: the stored signature does not verify"
                 )
         self._tree = tree
+        if self._readonly:
+            self._check_unchanged()  # what was just read is of the head's fork
+
+    def _check_unchanged(self) -> None:
+        """Raise `LogChangedError` if the stored log left this read-only open's fork.
+
+        A read-only open keeps the head it loaded, while a writer beside it may
+        truncate the log and write another fork's blocks at the same indices. Call
+        this *after* a read: every truncation moves the stored fork forward, so if
+        the stored fork is still ours now, nothing was cut since the log was loaded
+        and what was read belongs to our head. Storage's `data_version` makes the
+        usual case (nothing committed since the last check) one cheap query.
+        """
+        storage = self._storage
+        version = storage.data_version()  # before the head: a later commit changes it
+        if version == self._seen_version:
+            return
+        stored = storage.find_log(self.key)
+        tree = self._tree
+        if stored is None:
+            raise LogChangedError(f"log {self.key.hex()} vanished under this read-only open")
+        head = stored.head
+        if head.fork != tree.fork or head.length < tree.length:
+            raise LogChangedError(
+                f"log {self.key.hex()} changed under this read-only open (fork {tree.fork}, "
+                f"length {tree.length} is now fork {head.fork}, length {head.length}): "
+                "reopen the store to read it"
+            )
+        self._seen_version = version
+
+    def _not_stored(self, index: int) -> HyperlogError:
+        """The error for a block the bitfield holds but storage does not.
+
+        Damage (`CorruptStorageError`), unless a writer beside this read-only open
+        truncated the log (`LogChangedError`, raised from here).
+        """
+        if self._readonly:
+            self._check_unchanged()
+        return CorruptStorageError(f"block {index} is marked present but is not stored")
 
     def _sign(self, tree: MerkleTree) -> bytes | None:
         """Sign ``tree``'s head if it is unsigned and this store holds the secret key.
@@ -585,7 +630,9 @@ class Log:
             raise BlockNotAvailableError(f"block {index} is not available locally")
         value = self._storage.get_block(self._handle, index)
         if value is None:
-            raise CorruptStorageError(f"block {index} is marked present but is not stored")
+            raise self._not_stored(index)
+        if self._readonly:
+            self._check_unchanged()
         return value
 
     async def get(
@@ -616,9 +663,12 @@ class Log:
             raise BlockNotAvailableError(f"block {index} does not exist")
         if index < self._tree.length and self._bitfield.get(index):
             value = self._storage.get_block(self._handle, index)
-            await trio.lowlevel.checkpoint()
             if value is None:
-                raise CorruptStorageError(f"block {index} is marked present but is not stored")
+                await trio.lowlevel.checkpoint()
+                raise self._not_stored(index)
+            if self._readonly:
+                self._check_unchanged()
+            await trio.lowlevel.checkpoint()
             return value
         if wait is False or (wait is None and not self._want_listeners):
             await trio.lowlevel.checkpoint()
@@ -662,8 +712,10 @@ class Log:
         out: list[bytes] = []
         for i, value in zip(indices, values, strict=True):
             if value is None:
-                raise CorruptStorageError(f"block {i} is marked present but is not stored")
+                raise self._not_stored(i)
             out.append(value)
+        if self._readonly:
+            self._check_unchanged()
         return out
 
     async def iter_blocks(self, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -688,11 +740,13 @@ class Log:
         expected = start
         for index, value in self._storage.iter_blocks(self._handle, start, end):
             if index != expected:
-                raise CorruptStorageError(f"block {expected} is marked present but is not stored")
+                raise self._not_stored(expected)
             out.append(value)
             expected += 1
         if expected != end:
-            raise CorruptStorageError(f"block {expected} is marked present but is not stored")
+            raise self._not_stored(expected)
+        if self._readonly:
+            self._check_unchanged()
         return out
 
     async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
@@ -702,7 +756,11 @@ class Log:
             IndexError: if ``byte_offset`` is not below `byte_length`.
             BlockNotAvailableError: if a tree node on the way is not stored here.
         """
-        result = seek(self._tree, byte_offset, self._get_node, padding=padding)
+        try:
+            result = seek(self._tree, byte_offset, self._get_node, padding=padding)
+        finally:
+            if self._readonly:  # its nodes, and a missing one, must be of our fork
+                self._check_unchanged()
         await trio.lowlevel.checkpoint()
         return result
 
@@ -713,7 +771,11 @@ class Log:
             IndexError: if ``index`` is not below `length`.
             BlockNotAvailableError: if a needed tree node is not stored here.
         """
-        result = byte_offset(self._tree, index, self._get_node)
+        try:
+            result = byte_offset(self._tree, index, self._get_node)
+        finally:
+            if self._readonly:
+                self._check_unchanged()
         await trio.lowlevel.checkpoint()
         return result
 
@@ -816,7 +878,11 @@ class Log:
         manifest = None
         if request.manifest and self._verifier is not None:
             manifest = self._verifier.manifest.encode()
-        return create_proof(tree, request, get_node, value=value, manifest=manifest)
+        try:
+            return create_proof(tree, request, get_node, value=value, manifest=manifest)
+        finally:
+            if self._readonly:  # never prove another fork's nodes or block
+                self._check_unchanged()
 
     async def apply_proof(self, proof: Proof, *, seek_padding: int = 0) -> ProofResult:
         """Verify a peer's ``proof`` against what this log trusts, then store it atomically.
@@ -890,6 +956,13 @@ class Log:
         await trio.to_thread.run_sync(self._verify_sync, tree)
 
     def _verify_sync(self, tree: MerkleTree) -> None:
+        try:
+            self._verify_stored(tree)
+        finally:
+            if self._readonly:  # damage found, or the writer truncated the log?
+                self._check_unchanged()
+
+    def _verify_stored(self, tree: MerkleTree) -> None:
         if self._verifier is None:
             raise CorruptStorageError("the manifest is unknown: the signature cannot be checked")
         if tree.length and tree.signature is None:

@@ -102,6 +102,11 @@ class LogSnapshot:
 
     async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
         """Like `Log.seek`, within the snapshot's head."""
-        result = seek(self._tree, byte_offset, self._log._get_node, padding=padding)
+        log = self._log
+        try:
+            result = seek(self._tree, byte_offset, log._get_node, padding=padding)
+        finally:
+            if log._readonly:
+                log._check_unchanged()
         await trio.lowlevel.checkpoint()
         return result

@@ -77,7 +77,9 @@ hypercore 11 itself never syncs per append (research notes §6.2).
 
 One writer: opening a store for writing takes an exclusive ``flock`` on the lock file
 beside the database, so a second writer (another process, or the same process twice)
-is refused with `StorageLockedError`. Read-only opens take no lock.
+is refused with `StorageLockedError`. Read-only opens take no lock; a `Log` there
+checks after each read (`data_version`, then the stored head) that the writer did not
+move the log to another fork meanwhile (`LogChangedError`, docs/hyperlog-storage.md).
 
 Threads: SQLite calls block, so the log may run them in worker threads. The storage
 keeps two connections, one for writes and one for reads, each behind its own lock;

@@ -38,6 +38,10 @@ class MemoryStorage:
         """Always False."""
         return False
 
+    def data_version(self) -> int:
+        """Always 0: nothing but this object writes to it."""
+        return 0
+
     def list_logs(self) -> list[bytes]:
         """Return the keys of every log, oldest first."""
         return [info.key for info, _ in self._logs]

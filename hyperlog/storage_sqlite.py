@@ -336,6 +336,16 @@ class SQLiteStorage:
             raise HyperlogError("storage is closed")
         return self._r
 
+    def data_version(self) -> int:
+        """Return SQLite's ``data_version`` of the read connection (see `Storage`).
+
+        It changes when any other connection (a writer in this or another process,
+        or this store's own write connection) commits.
+        """
+        with self._rlock, _reporting_corruption(self.db_path):
+            (version,) = self._reader().execute("PRAGMA data_version").fetchone()
+        return int(version)
+
     # -- logs -------------------------------------------------------------------
 
     def list_logs(self) -> list[bytes]:

@@ -111,6 +111,14 @@ class Storage(Protocol):
         """True if this storage refuses writes."""
         ...
 
+    def data_version(self) -> int:
+        """Return a number that changes whenever another connection commits to the store.
+
+        A read-only open uses it to notice a writer beside it cheaply (SQLite's
+        ``PRAGMA data_version``); a backend with no other writer returns a constant.
+        """
+        ...
+
     def list_logs(self) -> list[bytes]:
         """Return the keys of every log in the store, oldest first."""
         ...
