@@ -73,7 +73,7 @@ from .events import (
     TruncateEvent,
 )
 from .log_apply import _Group
-from .merkle import AppendBatch, MerkleTree, byte_offset, seek
+from .merkle import AppendBatch, MerkleTree, _require_int, byte_offset, seek
 from .proof import (
     Proof,
     ProofRequest,
@@ -371,10 +371,13 @@ class Log:
 
     def has(self, index: int) -> bool:
         """Return True if block ``index`` is held locally (and inside the signed length)."""
+        _require_int(index, "a block index")
         return 0 <= index < self._tree.length and self._bitfield.get(index)
 
     def has_range(self, start: int, end: int) -> bool:
         """Return True if every block in ``start .. end - 1`` is held locally."""
+        _require_int(start, "a block index")
+        _require_int(end, "a block index")
         if start >= end:
             return True
         if start < 0 or end > self._tree.length:
@@ -387,6 +390,8 @@ class Log:
         Raises:
             ValueError: if ``start`` or ``count`` is not a multiple of 8.
         """
+        _require_int(start, "a block index")
+        _require_int(count, "a count")
         if start % 8 or count % 8 or start < 0 or count < 0:
             raise ValueError("have_bits needs non-negative multiples of 8")
         out = bytearray(count // 8)
@@ -403,10 +408,12 @@ class Log:
         This is hypercore's ``nodes`` field of a block request: the responder skips
         the uncles the requester already has. 0 when ``index`` is past `length`.
         """
+        _require_int(index, "a block index")
         return self.missing_tree_nodes(2 * index)
 
     def missing_tree_nodes(self, node: int) -> int:
         """Like `missing_nodes` for any flat-tree node index (for hash requests)."""
+        _require_int(node, "a tree node index")
         if node < 0:
             return 0
         handle = self._handle
@@ -591,8 +598,13 @@ class Log:
 
         Raises:
             NotWritableError: if this log cannot sign.
-            ValueError: if ``length`` exceeds the current length or ``fork`` is not higher.
+            TypeError: if ``length`` or ``fork`` is not an int.
+            ValueError: if ``length`` exceeds the current length, or ``fork`` is not
+                higher or above 2**64 - 1.
         """
+        _require_int(length, "a truncation length")
+        if fork is not None:
+            _require_int(fork, "a fork")
         self._check_writable()
         assert self._verifier is not None
         async with self._write_lock:
@@ -623,9 +635,11 @@ class Log:
         """Return block ``index`` if it is held locally, without waiting.
 
         Raises:
+            TypeError: if ``index`` is not an int.
             BlockNotAvailableError: if the block is not held here.
             CorruptStorageError: if the stored block is damaged.
         """
+        _require_int(index, "a block index")
         if not 0 <= index < self._tree.length or not self._bitfield.get(index):
             raise BlockNotAvailableError(f"block {index} is not available locally")
         value = self._storage.get_block(self._handle, index)
@@ -655,10 +669,12 @@ class Log:
             timeout: seconds to wait at most (None: no limit besides cancellation).
 
         Raises:
+            TypeError: if ``index`` is not an int.
             BlockNotAvailableError: if the block is missing and not waited for, or the
                 wait timed out.
             CorruptStorageError: if the stored block is damaged.
         """
+        _require_int(index, "a block index")
         if index < 0:
             raise BlockNotAvailableError(f"block {index} does not exist")
         if index < self._tree.length and self._bitfield.get(index):
@@ -701,7 +717,7 @@ class Log:
         if len(indices) > MAX_GET_MANY:
             raise ValueError(f"at most {MAX_GET_MANY} blocks per get_many")
         for i in indices:
-            if not self.has(i):
+            if not self.has(i):  # (it checks that `i` is an int)
                 await trio.lowlevel.checkpoint()
                 raise BlockNotAvailableError(f"block {i} is not available locally")
         if len(indices) > GET_MANY_THREAD_ABOVE:
@@ -722,8 +738,12 @@ class Log:
         """Yield the locally held blocks ``start .. end - 1`` in order, reading in chunks.
 
         Raises:
+            TypeError: if ``start`` or ``end`` is not an int.
             BlockNotAvailableError: at the first block in the range that is not held.
         """
+        _require_int(start, "a block index")
+        if end is not None:
+            _require_int(end, "a block index")
         stop = self._tree.length if end is None else min(end, self._tree.length)
         pos = max(start, 0)
         while pos < stop:
@@ -753,9 +773,12 @@ class Log:
         """Return ``(block, offset_in_block)`` holding the byte at ``byte_offset``.
 
         Raises:
+            TypeError: if ``byte_offset`` or ``padding`` is not an int.
             IndexError: if ``byte_offset`` is not below `byte_length`.
             BlockNotAvailableError: if a tree node on the way is not stored here.
         """
+        _require_int(byte_offset, "a byte offset")
+        _require_int(padding, "a padding")
         try:
             result = seek(self._tree, byte_offset, self._get_node, padding=padding)
         finally:
@@ -768,9 +791,11 @@ class Log:
         """Return the byte offset at which block ``index`` starts.
 
         Raises:
+            TypeError: if ``index`` is not an int.
             IndexError: if ``index`` is not below `length`.
             BlockNotAvailableError: if a needed tree node is not stored here.
         """
+        _require_int(index, "a block index")
         try:
             result = byte_offset(self._tree, index, self._get_node)
         finally:
@@ -823,6 +848,7 @@ class Log:
 
     async def wait_length(self, length: int) -> None:
         """Return once the signed length is at least ``length`` (or the fork changed)."""
+        _require_int(length, "a length")
         fork = self._tree.fork
         # Bounded: each pass waits for the next length change.
         while self._tree.length < length and self._tree.fork == fork:

@@ -40,7 +40,7 @@ from typing import final
 
 from . import flat_tree
 from .constants import MAX_LOG_LENGTH
-from .crypto import HASH_SIZE, TreeNode, Verifier, tree_hash
+from .crypto import HASH_SIZE, MAX_U64, TreeNode, Verifier, tree_hash
 from .errors import BlockNotAvailableError, CorruptStorageError
 
 __all__ = [
@@ -57,6 +57,18 @@ __all__ = [
 
 #: Returns the stored node at a flat-tree index, or None when it is not stored.
 NodeGetter = Callable[[int], TreeNode | None]
+
+
+def _require_int(value: object, what: str) -> None:
+    """Raise `TypeError` unless ``value`` is an int (a bool is not an index).
+
+    The public API checks its indices, lengths and forks with this, so ``get(1.0)``
+    says what is wrong instead of failing somewhere inside storage (or, worse,
+    working: ``True`` is 1 and ``1.0`` finds block 1 in a dictionary).
+    """
+    if type(value) is not int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+
 
 _U64 = struct.Struct("<Q")
 _U64X2 = struct.Struct("<QQ")
@@ -363,14 +375,21 @@ class MerkleTree:
         new histories are distinct signed statements.
 
         Raises:
-            ValueError: if ``length`` exceeds the current length or ``fork`` is not higher.
+            TypeError: if ``length`` or ``fork`` is not an int.
+            ValueError: if ``length`` exceeds the current length, or ``fork`` is not
+                higher or does not fit 64 bits (a log at fork 2**64 - 1 cannot fork).
             BlockNotAvailableError: if a node of the new roots is not stored.
         """
+        _require_int(length, "a truncation length")
+        if fork is not None:
+            _require_int(fork, "a fork")
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot truncate a log of length {self.length} to {length}")
         new_fork = self.fork + 1 if fork is None else fork
         if new_fork <= self.fork:
             raise ValueError(f"the new fork {new_fork} must be above {self.fork}")
+        if new_fork > MAX_U64:
+            raise ValueError(f"the new fork {new_fork} does not fit 64 bits")
         roots: list[TreeNode] = []
         for i in flat_tree.full_roots(2 * length):
             node = get_node(i)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, final
 import trio
 
 from .errors import BlockNotAvailableError
-from .merkle import MerkleTree, seek
+from .merkle import MerkleTree, _require_int, seek
 
 if TYPE_CHECKING:
     from .log import Log
@@ -74,6 +74,7 @@ class LogSnapshot:
 
     def has(self, index: int) -> bool:
         """Return True if block ``index`` is in the snapshot and held locally."""
+        _require_int(index, "a block index")
         return 0 <= index < self._valid_below() and self._log.has(index)
 
     async def get(
@@ -90,6 +91,7 @@ class LogSnapshot:
                 away since (also while the call waited for it: the block that arrives
                 then is another fork's), or is missing and not waited for.
         """
+        _require_int(index, "a block index")
         if not 0 <= index < self._valid_below():
             await trio.lowlevel.checkpoint()
             raise BlockNotAvailableError(f"block {index} is not in this snapshot")
@@ -102,6 +104,8 @@ class LogSnapshot:
 
     async def seek(self, byte_offset: int, *, padding: int = 0) -> tuple[int, int]:
         """Like `Log.seek`, within the snapshot's head."""
+        _require_int(byte_offset, "a byte offset")
+        _require_int(padding, "a padding")
         log = self._log
         try:
             result = seek(self._tree, byte_offset, log._get_node, padding=padding)
