@@ -44,11 +44,17 @@ class PublicKey(bytes):
 
     Raises:
         ValueError: if the value is not exactly 32 bytes.
+        TypeError: if the value is not bytes-like (hex text goes to `from_hex`).
     """
 
     __slots__ = ()
 
     def __new__(cls, value: bytes | bytearray | memoryview) -> PublicKey:
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            hint = " (for 64 hex digits use PublicKey.from_hex)" if isinstance(value, str) else ""
+            raise TypeError(
+                f"a public key is {PUBLIC_KEY_SIZE} bytes, not {type(value).__name__}{hint}"
+            )
         raw = bytes(value)
         if len(raw) != PUBLIC_KEY_SIZE:
             raise ValueError(f"a public key is {PUBLIC_KEY_SIZE} bytes, not {len(raw)}")

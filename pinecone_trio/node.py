@@ -44,7 +44,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, replace
 from functools import partial
-from typing import Any, overload
+from typing import Any, Final, overload
 
 import trio
 
@@ -134,20 +134,28 @@ class Node(RouterTaskMixin, PeeringsMixin):
     async def run(
         self,
         *,
-        listen: Sequence[str] = (),
-        static_peers: Sequence[str] = (),
+        listen: str | Sequence[str] = (),
+        static_peers: str | Sequence[str] = (),
         multicast: bool = False,
-        multicast_interfaces: Sequence[str] | None = None,
+        multicast_interfaces: str | Sequence[str] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run the node until cancelled. Ready (listeners bound) when started.
 
+        The arguments are `open_node`'s; a single string where a list is expected is
+        a list of one.
+
         Raises:
             OSError: if a listen address cannot be bound.
             ValueError: if a URI is malformed.
+            TypeError: if a URI or interface name is not a string.
         """
         if self._nursery is not None:
             raise RuntimeError("a Node runs once")
+        listen = _strings("listen", listen)
+        static_peers = _strings("static_peers", static_peers)
+        if multicast_interfaces is not None:
+            multicast_interfaces = _strings("multicast_interfaces", multicast_interfaces)
         router_config = self._config.router or DEPLOYED_ROUTER_CONFIG
         offset = time.time() - trio.current_time()
         router_config = _replace_offset(router_config, offset)
@@ -228,7 +236,7 @@ class Node(RouterTaskMixin, PeeringsMixin):
     async def connect(self, target: str) -> PublicKey: ...
 
     @overload
-    async def connect(self, target: PublicKey | bytes, protocol: str) -> SessionStream: ...
+    async def connect(self, target: PublicKey | bytes | str, protocol: str) -> SessionStream: ...
 
     async def connect(
         self, target: str | PublicKey | bytes, protocol: str | None = None
@@ -240,29 +248,38 @@ class Node(RouterTaskMixin, PeeringsMixin):
         remote key once the peering is up (or was already up over another link).
 
         `await node.connect(key, "/chat/v1")` opens an end-to-end encrypted, reliable
-        stream to the node with `key`, across any number of hops, speaking the named
-        protocol (a `SessionStream`, a half-closeable `trio.abc.Stream`). It returns
-        once the session's handshake is done (at once on a warm session), without
-        waiting for the peer to accept the stream: the OPEN travels in front of your
-        first bytes. A refused protocol is raised by the stream's next `receive_some`
-        or `send_all` once the refusal arrived, as `StreamRefusedError` (also a
-        `trio.BrokenResourceError`); `await stream.wait_accepted()` waits for the answer.
+        stream to the node with `key` (a `PublicKey`, its 32 bytes, or its 64 hex
+        digits as `pinecone-trio` prints them), across any number of hops, speaking the
+        named protocol (a `SessionStream`, a half-closeable `trio.abc.Stream`). It
+        returns once the session's handshake is done (at once on a warm session),
+        without waiting for the peer to accept the stream: the OPEN travels in front of
+        your first bytes. A refused protocol is raised by the stream's next
+        `receive_some` or `send_all` once the refusal arrived, as `StreamRefusedError`
+        (also a `trio.BrokenResourceError`); `await stream.wait_accepted()` waits for
+        the answer.
 
         Raises:
             LinkError: the handshake failed (wrong key, bad data, timeout).
             PeerLimitError: we or they are at the peer limit.
             OSError: the address could not be reached.
-            ValueError: the URI is malformed.
+            ValueError: the URI is malformed, or the key is not 32 bytes / 64 hex digits.
+            TypeError: a URI with a protocol, a key without one, or a target of another
+                type.
             SessionError: (sessions) no session could be established.
+            trio.ClosedResourceError: the node is not running.
         """
-        if isinstance(target, str):
-            if protocol is not None:
-                raise TypeError("connect(uri) takes no protocol")
+        if protocol is None:
+            if not isinstance(target, str):
+                raise TypeError(
+                    "connect(key, protocol) needs a protocol name; connect(uri) takes a "
+                    f"URI string, not {type(target).__name__}"
+                )
+            self._check_running()
             key, _ = await self._dial_and_attach(target)
             return key
-        if protocol is None:
-            raise TypeError("connect(key, protocol) needs a protocol name")
-        return await self._connect_session(PublicKey(target), protocol)
+        key = _session_key(target)
+        self._check_running()
+        return await self._connect_session(key, protocol)
 
     async def _connect_session(self, key: PublicKey, protocol: str) -> SessionStream:
         return await self._sessions.connect(key, protocol)
@@ -428,6 +445,41 @@ class Node(RouterTaskMixin, PeeringsMixin):
         }
 
 
+def _strings(name: str, value: str | Sequence[str]) -> list[str]:
+    """`value` as a list of strings: one string is a list of one (not its characters)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{name} takes a string or a list of strings, not {type(value).__name__}")
+    items = list(value)
+    for item in items:
+        if not isinstance(item, str):
+            raise TypeError(f"{name} takes strings, not {type(item).__name__} ({item!r})")
+    return items
+
+
+_SESSION_TARGET: Final = (
+    "with a protocol, target is the peer's key: a PublicKey, 32 bytes or 64 hex digits"
+)
+
+
+def _session_key(target: object) -> PublicKey:
+    """The key `connect(target, protocol)` opens a session to."""
+    if isinstance(target, str):
+        if "://" in target:
+            raise TypeError(f"connect(uri) takes no protocol ({_SESSION_TARGET}, not {target!r})")
+        try:
+            return PublicKey.from_hex(target)
+        except ValueError:
+            raise ValueError(f"{_SESSION_TARGET}, not {target!r}") from None
+    if isinstance(target, (bytes, bytearray, memoryview)):
+        try:
+            return PublicKey(target)
+        except ValueError as exc:
+            raise ValueError(f"{_SESSION_TARGET}: {exc}") from None
+    raise TypeError(f"{_SESSION_TARGET}, not {type(target).__name__}")
+
+
 def _replace_offset(config: RouterConfig, offset: float) -> RouterConfig:
     return replace(config, wall_clock_offset=offset)
 
@@ -437,10 +489,10 @@ def _replace_offset(config: RouterConfig, offset: float) -> RouterConfig:
 async def open_node(
     identity: Identity,
     *,
-    listen: Sequence[str] = (),
-    static_peers: Sequence[str] = (),
+    listen: str | Sequence[str] = (),
+    static_peers: str | Sequence[str] = (),
     multicast: bool = False,
-    multicast_interfaces: Sequence[str] | None = None,
+    multicast_interfaces: str | Sequence[str] | None = None,
     config: NodeConfig | None = None,
 ) -> AsyncIterator[Node]:
     """Run a node for the duration of the block.
@@ -448,14 +500,18 @@ async def open_node(
     Args:
         identity: the node's key pair; its public key is the node's address.
         listen: URIs to accept peerings on (`tcp://host:port`, `ws://host:port/path`,
-            `memory://name`); port 0 picks a free port (see `Node.listen_uris`).
-        static_peers: URIs to keep connected, redialled with backoff.
+            `memory://name`); port 0 picks a free port (see `Node.listen_uris`). One
+            URI may be given as a plain string.
+        static_peers: URIs to keep connected, redialled with backoff (a list, or one
+            URI as a string).
         multicast: find and peer with nodes on the LAN by multicast beacons.
-        multicast_interfaces: limit discovery to these interface names.
+        multicast_interfaces: limit discovery to these interface names (a list, or
+            one name as a string).
         config: tunables.
 
     Raises:
         OSError, ValueError: a listener could not start.
+        TypeError: a URI or interface name is not a string.
         NodeCrashedError: a background task of the node failed.
     """
     node = Node(identity, config)

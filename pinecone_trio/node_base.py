@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Final
 
 import trio
 
@@ -40,6 +41,9 @@ from .services import (
 )
 from .sessions.config import SessionConfig
 from .sessions.manager import SessionManager
+
+#: What a node's public calls raise (as `trio.ClosedResourceError`) once it stopped.
+NOT_RUNNING: Final = "the node is not running (its open_node block has ended)"
 
 
 class NodeBase:
@@ -119,6 +123,11 @@ class NodeBase:
             )
             self._services[tag] = service
         return service
+
+    def _check_running(self) -> None:
+        """Raise `trio.ClosedResourceError` unless the node runs (inside `open_node`)."""
+        if self._stopped or self._nursery is None:
+            raise trio.ClosedResourceError(NOT_RUNNING)
 
     async def _queue_local(self, message: LocalSend | LocalSendClosest) -> None:
         size = len(message.payload)

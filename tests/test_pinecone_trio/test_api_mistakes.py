@@ -1,0 +1,111 @@
+"""Library mistakes get errors that say what was expected, or simply work.
+
+From a user-side review (repro 04_api_mistakes.py): a key as the hex text
+`pinecone-trio` prints, `listen=` one string instead of a list, a DHT topic of the
+wrong type, a call on a node whose block has ended.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import pytest
+import trio
+import trio.testing
+
+from pinecone_trio import Identity, PublicKey, open_node
+from pinecone_trio.testing import open_network
+
+# --- connect(key, protocol) with the key as text --------------------------------------
+
+
+async def test_connect_takes_a_hex_key_with_a_protocol(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(30):
+            await net.wait_converged()
+        a, b = net["a"], net["b"]
+        async with b.listen("/chat/v1") as listener:
+            for target in (b.public_key.hex(), b.public_key.hex().upper() + "\n"):
+                with trio.fail_after(30):
+                    stream = await a.connect(target, "/chat/v1")
+                    accepted = await listener.accept()
+                assert stream.remote_key == b.public_key
+                assert accepted.remote_key == a.public_key
+                await stream.aclose()
+                await accepted.aclose()
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "match"),
+    [
+        ("tcp://127.0.0.1:7000", TypeError, "connect\\(uri\\) takes no protocol"),
+        ("abcd", ValueError, "target is the peer's key: a PublicKey, 32 bytes or 64 hex"),
+        ("zz" * 32, ValueError, "target is the peer's key"),
+        (b"short", ValueError, "target is the peer's key.*32 bytes, not 5"),
+        (42, TypeError, "target is the peer's key.*not int"),
+    ],
+)
+async def test_connect_with_a_protocol_names_what_a_target_is(
+    target: object, error: type[Exception], match: str
+) -> None:
+    async with open_node(Identity.generate()) as node:
+        with pytest.raises(error, match=match):
+            await node.connect(target, "/chat/v1")  # type: ignore[call-overload]
+
+
+async def test_connect_without_a_protocol_needs_a_uri() -> None:
+    async with open_node(Identity.generate()) as node:
+        with pytest.raises(TypeError, match="needs a protocol name"):
+            await node.connect(Identity.generate().public_key)  # type: ignore[call-overload]
+
+
+def test_public_key_from_text_points_at_from_hex() -> None:
+    with pytest.raises(TypeError, match=r"PublicKey\.from_hex"):
+        PublicKey("ab" * 32)  # type: ignore[arg-type]
+
+
+# --- one string where a list of strings is expected ------------------------------------
+
+
+async def test_listen_and_static_peers_take_one_uri_as_a_string() -> None:
+    async with open_node(Identity.generate(), listen="tcp://127.0.0.1:0") as a:
+        assert len(a.listen_uris) == 1 and a.listen_uris[0].startswith("tcp://127.0.0.1:")
+        async with open_node(Identity.generate(), static_peers=a.listen_uris[0]) as b:
+            assert [s["uri"] for s in b.status()["static_peers"]] == a.listen_uris
+            with trio.fail_after(30):
+                await b.wait_for(lambda: a.public_key in b.peer_keys())
+
+
+async def test_node_run_takes_one_uri_as_a_string() -> None:
+    from pinecone_trio.node import Node
+
+    node = Node(Identity.generate())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(partial(node.run, listen="memory://"))
+        assert len(node.listen_uris) == 1 and node.listen_uris[0].startswith("memory://")
+        nursery.cancel_scope.cancel()
+
+
+def test_one_interface_name_is_a_list_of_one() -> None:
+    from pinecone_trio.node import _strings
+
+    assert _strings("multicast_interfaces", "eth0") == ["eth0"]
+    assert _strings("multicast_interfaces", ("eth0", "wlan0")) == ["eth0", "wlan0"]
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"listen": [b"tcp://127.0.0.1:0"]}, "listen takes strings, not bytes"),
+        ({"listen": b"tcp://127.0.0.1:0"}, "listen takes a string or a list of strings"),
+        ({"static_peers": [7000]}, "static_peers takes strings, not int"),
+    ],
+)
+async def test_uri_lists_of_another_type_are_refused(
+    options: dict[str, object], match: str
+) -> None:
+    with pytest.raises(TypeError, match=match):
+        async with open_node(Identity.generate(), **options):  # type: ignore[arg-type]
+            pass
