@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
+import signal
 import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import IO, Any, Final
 
 import trio
-
-from pinecone_trio._util import installed_version
 
 from .cli_net import add_net_commands
 from .constants import (
@@ -43,6 +43,20 @@ Runner = Callable[[argparse.Namespace], Awaitable[int]]
 
 #: Store metadata telling `cat` how the log was filled (``lines`` or ``bytes``).
 _CAT_FORMAT_META: Final = "cli_cat_format"
+#: The distribution `--version` reports (hyperlog ships in it; read here without
+#: importing `pinecone_trio`, which the local commands never need).
+_DISTRIBUTION: Final = "pinecone-trio"
+
+
+class Terminated(Exception):
+    """SIGTERM arrived: the command was stopped like a Ctrl-C (exit status 143)."""
+
+
+def _installed_version() -> str:
+    try:
+        return importlib.metadata.version(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return "(not installed)"
 
 
 def _parse_seed(text: str) -> bytes:
@@ -345,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hyperlog", description="A signed, append-only, hypercore-compatible log."
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {installed_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_installed_version()}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in COMMAND_GROUPS:
         add(subparsers)
@@ -358,14 +372,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Runner = args.run
     try:
         try:
-            return trio.run(run, args)
+            return trio.run(_until_terminated, run, args)
         except BaseExceptionGroup as group:
             # Trio wraps what a nursery's tasks raised (Ctrl-C while serving, a port
             # in use): report the one real cause like any other error, not a group.
             leaves = _leaves(group)
-            interrupted = [e for e in leaves if isinstance(e, KeyboardInterrupt)]
-            if interrupted:
-                raise interrupted[0] from None
+            stopped = [e for e in leaves if isinstance(e, KeyboardInterrupt | Terminated)]
+            if stopped:
+                raise stopped[0] from None
             others = [e for e in leaves if not isinstance(e, trio.Cancelled)]
             if len(others) == 1:
                 raise others[0] from None
@@ -373,12 +387,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hyperlog: interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("hyperlog: terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:
         return 1
     except (HyperlogError, OSError, ValueError, KeyError, sqlite3.Error) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"hyperlog: error: {message}", file=sys.stderr)
         return 1
+
+
+async def _until_terminated(run: Runner, args: argparse.Namespace) -> int:
+    """Run the command; SIGTERM (a service manager stopping it, `kill`) cancels it as
+    Ctrl-C does, so it says what it did (`append`'s count, `clone`'s blocks held) and
+    leaves the store consistent, then raises `Terminated`."""
+    status: list[int] = []
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def command() -> None:
+                status.append(await run(args))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(command)
+            async for _ in signals:
+                raise Terminated
+    return status[0]
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:

@@ -19,18 +19,27 @@ in its ``COMMAND_GROUPS`` (``python -m hyperlog.cli_net`` works too).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
 import trio
 
 from .errors import HyperlogError, ReplicationError
 from .log import open_store
-from .replication import Progress, ReplicationSession, replicate, replication_for
+from .replication import (
+    LogReplication,
+    Progress,
+    ReplicationSession,
+    replicate,
+    replication_for,
+)
+from .storage_sqlite import DB_FILENAME, LOCK_FILENAME
 
 if TYPE_CHECKING:
     from pinecone_trio.link.stream import NoiseLink
@@ -41,6 +50,9 @@ __all__ = ["add_net_commands"]
 CLONE_UPDATE_TIMEOUT = 30.0
 #: Redraw the progress bar at most this often (seconds).
 PROGRESS_INTERVAL = 0.1
+#: A clone (not --live) that gets no block for this long stops and says why (the peer
+#: may hold only part of the log); `--stall-timeout` changes it.
+CLONE_STALL_TIMEOUT = 15.0
 
 
 def _parse_key(text: str) -> bytes:
@@ -68,10 +80,14 @@ def _parse_span(text: str) -> tuple[int, int]:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
+    from pinecone_trio.errors import PineconeError
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import serve_links
 
-    identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
+    try:
+        identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
+    except PineconeError as exc:
+        raise HyperlogError(f"--identity {args.identity}: {exc}") from exc
     async with open_store(args.dir, create=False) as store:
         if not store.keys():
             raise HyperlogError(f"{args.dir} holds no log to serve")
@@ -81,7 +97,10 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
                 await session.wait_closed()
 
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(serve_links, args.listen, identity, handler)
+            try:
+                bound = await nursery.start(serve_links, args.listen, identity, handler)
+            except (OSError, PineconeError) as exc:
+                raise HyperlogError(f"cannot listen on {args.listen}: {_reason(exc)}") from exc
             first = await store.default_log()
             print(f"serving {first.key.hex()} on {bound}", flush=True)
     return 0
@@ -131,9 +150,25 @@ class _Bar:
         self.out.flush()
 
 
-def _check_alive(session: ReplicationSession) -> None:
-    if session.closed.is_set():
-        raise ReplicationError(f"the connection ended: {session.error or 'closed by the peer'}")
+def _reason(exc: BaseException) -> str:
+    """An error's message without Python's spelling (`[Errno 111] ...`)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _check_alive(session: ReplicationSession, uri: str, *, served: bool) -> None:
+    if not session.closed.is_set():
+        return
+    reason = session.error or "closed by the peer"
+    if not served:
+        # Nothing of the log came before the end: the peer is probably no hyperlog
+        # server (a pinecone-trio node, another service on that port).
+        raise ReplicationError(
+            f"{uri} ended the connection before serving the log ({reason}); "
+            "is it a `hyperlog serve`?"
+        )
+    raise ReplicationError(f"the connection ended: {reason}")
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -160,17 +195,38 @@ async def _cmd_clone(args: argparse.Namespace) -> int:
         raise single from None
 
 
+class _CloneState:
+    """What `_clone` must know when the clone ends early."""
+
+    def __init__(self) -> None:
+        self.confirmed = False  # the peer said it serves the log: keep what comes
+        self.fresh = False  # the store held no log before this clone
+        self.fetched = 0  # blocks this run fetched (and kept)
+
+
 async def _clone(args: argparse.Namespace) -> int:
-    # A store this command creates is removed again if the clone fails before anything
-    # was fetched (a mistyped key, a peer that is not there): it would hold an empty
-    # log for the wrong key, and a later clone into the folder could not be seen.
-    created = not _exists(args.dir)
-    confirmed: list[bool] = []  # set once the peer said it serves the log
+    # What this command created is removed again if the clone fails before the peer
+    # confirmed the log (a mistyped key, a peer that is not there): a store holding an
+    # empty log for the wrong key would hide a later clone into the folder.
+    created = _missing_dirs(args.dir)
+    had_store = _has_store(args.dir)
+    state = _CloneState()
     try:
-        return await _clone_into(args, confirmed)
+        return await _clone_into(args, state)
+    except (KeyboardInterrupt, trio.Cancelled):  # Ctrl-C; SIGTERM (hyperlog.cli)
+        if state.confirmed:
+            print(
+                f"hyperlog: stopped after fetching {state.fetched} blocks (kept: run the "
+                "same clone again to resume)",
+                file=sys.stderr,
+            )
+        raise
     finally:
-        if created and not confirmed:
-            _remove_store(args.dir)
+        if not state.confirmed:
+            if created:
+                _remove_store(created[-1])  # the outermost folder this clone made
+            elif state.fresh or not had_store:
+                _remove_store_files(args.dir)
 
 
 def _sparse_end(start: int, end: int, length: int) -> int:
@@ -193,8 +249,21 @@ def _sparse_end(start: int, end: int, length: int) -> int:
     return length
 
 
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
+def _missing_dirs(path: str) -> list[str]:
+    """The folders a store at `path` would create, innermost first."""
+    missing: list[str] = []
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return missing
+
+
+def _has_store(folder: str) -> bool:
+    return os.path.exists(os.path.join(folder, DB_FILENAME))
 
 
 def _remove_store(path: str) -> None:
@@ -202,15 +271,34 @@ def _remove_store(path: str) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def _clone_into(args: argparse.Namespace, confirmed: list[bool]) -> int:
+def _remove_store_files(folder: str) -> None:
+    """Remove a store's files from a folder the user made (and keep the folder)."""
+    for name in (DB_FILENAME, f"{DB_FILENAME}-wal", f"{DB_FILENAME}-shm", LOCK_FILENAME):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(folder, name))
+
+
+async def _clone_into(args: argparse.Namespace, state: _CloneState) -> int:
+    from pinecone_trio.errors import PineconeError
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import connect_link
 
     # The transport nursery runs a ws:// connection's reader task; it outlives the link.
     async with open_store(args.dir) as store, trio.open_nursery() as transport_nursery:
+        held_keys = store.keys()
+        state.fresh = not held_keys
+        if held_keys and args.key not in held_keys:
+            # The commands work on a store's first log: a second one would be invisible.
+            raise HyperlogError(
+                f"{args.dir} already holds the log {held_keys[0].hex()}: "
+                "clone into a new or empty folder"
+            )
         log = await store.open_log(args.key)
         rep = replication_for(log)
-        link = await connect_link(args.connect, Identity.generate(), nursery=transport_nursery)
+        try:
+            link = await connect_link(args.connect, Identity.generate(), nursery=transport_nursery)
+        except (OSError, PineconeError) as exc:
+            raise ReplicationError(f"{args.connect}: {_reason(exc)}") from exc
         async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
             # Watch the session: a dead connection ends the clone with its reason.
             async def watch() -> None:
@@ -219,21 +307,26 @@ async def _clone_into(args: argparse.Namespace, confirmed: list[bool]) -> int:
 
             nursery.start_soon(watch)
             await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
-            _check_alive(session)
+            _check_alive(session, args.connect, served=rep.peers > 0)
             if rep.peers == 0:
                 raise HyperlogError("the peer does not serve this log")
             start, end = args.sparse if args.sparse else (0, log.length)
             if not args.live:
                 end = _sparse_end(start, end, log.length)
-            confirmed.append(True)  # from here on, what is fetched is kept (resumable)
+            state.confirmed = True  # from here on, what is fetched is kept (resumable)
+
+            def progress(p: Progress) -> None:
+                state.fetched = p.blocks
+                bar(p)
+
             p: Progress | None = None
             if args.live:
                 bar = _Bar(sys.stderr, None)
                 print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
-                await rep.download(start, None, progress=bar)  # ends with the connection
+                await rep.download(start, None, progress=progress)  # ends with the connection
             else:
                 bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
-                p = await rep.download(start, end, progress=bar)
+                p = await _download_or_stall(rep, start, end, progress, args.stall_timeout)
                 bar(p, final=True)
             nursery.cancel_scope.cancel()
         reason = session.error or "closed by the peer"
@@ -246,6 +339,43 @@ async def _clone_into(args: argparse.Namespace, confirmed: list[bool]) -> int:
             )
         print(f"cloned {log.key.hex()}: {held} ({p.blocks} fetched, {p.bytes} bytes)")
     return 0
+
+
+async def _download_or_stall(
+    rep: LogReplication,
+    start: int,
+    end: int,
+    progress: Callable[[Progress], None],
+    stall_timeout: float,
+) -> Progress:
+    """`rep.download(start, end)`, stopped with an error once no block came for
+    `stall_timeout` seconds (a peer holding only part of the log, or one that stopped
+    answering): a plain download would wait for ever.
+
+    Raises:
+        ReplicationError: the download stalled; what arrived is kept.
+    """
+    last: Progress | None = None
+    # The deadline moves on with every block that arrives.
+    with trio.CancelScope(deadline=trio.current_time() + stall_timeout) as stall:
+
+        def on_progress(p: Progress) -> None:
+            nonlocal last
+            last = p
+            stall.deadline = trio.current_time() + stall_timeout
+            progress(p)
+
+        return await rep.download(start, end, progress=on_progress)
+    missing = [i for i in range(start, end) if not rep.port.has(i)]
+    offered = rep.offered(missing)
+    got = 0 if last is None else last.blocks
+    if last is not None:
+        progress(last)
+    raise ReplicationError(
+        f"no block arrived for {stall_timeout:g} s: {len(missing)} of blocks "
+        f"{start}..{end - 1} are missing and the peer offers {offered} of them "
+        f"(it may hold only part of the log); {got} fetched and kept"
+    )
 
 
 # --- wiring ----------------------------------------------------------------------------
@@ -274,6 +404,16 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="tcp://HOST:PORT or ws://HOST:PORT/PATH, e.g. tcp://127.0.0.1:7000",
     )
     p.add_argument("--live", action="store_true", help="keep following the writer")
+    p.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=CLONE_STALL_TIMEOUT,
+        metavar="SECONDS",
+        help=(
+            "without --live, stop with an error when no block arrives for this long "
+            f"(default {CLONE_STALL_TIMEOUT:g})"
+        ),
+    )
     p.add_argument(
         "--sparse",
         type=_parse_span,

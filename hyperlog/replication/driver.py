@@ -235,6 +235,10 @@ class LogReplication:
                 await self.wait_changed()
         return (self.port.fork, self.port.length) != before
 
+    def offered(self, blocks: Iterable[int]) -> int:
+        """How many of `blocks` a connected peer says it has (its have-bits)."""
+        return sum(1 for i in blocks if any(ch.have.has(i) for ch in self.engine.peers))
+
     async def wait_for_peers(self, n: int = 1) -> None:
         """Wait until at least `n` peers have this log's channel open and synced."""
         while sum(1 for ch in self.engine.peers if ch.synced) < n:

@@ -19,7 +19,9 @@ from pathlib import Path
 import trio
 
 from hyperlog.crypto import key_pair
+from hyperlog.errors import HyperlogError
 from hyperlog.log import open_store
+from hyperlog.storage_sqlite import DB_FILENAME
 
 CMD = [sys.executable, "-m", "hyperlog.cli"]
 BOUND = 60  # real time on a shared machine: only matters when something hangs
@@ -50,6 +52,19 @@ async def _start_serve(
     m = re.match(rb"serving [0-9a-f]{64} on ((?:tcp|ws)://\S+)", line)
     assert m is not None, line
     return proc, m.group(1).decode()
+
+
+async def _blocks_held(directory: Path) -> int:
+    """Blocks a running clone has stored so far (0 while it has no store yet)."""
+    if not (directory / DB_FILENAME).exists():
+        return 0
+    try:
+        async with open_store(directory, readonly=True, create=False) as store:
+            if not store.keys():
+                return 0
+            return (await store.default_log()).statistics().blocks_held
+    except HyperlogError:  # caught mid-way through its first commit
+        return 0
 
 
 async def _stderr_of(proc: trio.Process) -> bytes:
@@ -96,7 +111,12 @@ async def test_a_live_clone_says_why_it_ended(tmp_path: Path) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    await trio.sleep(2)  # (real time: the clone connects and follows)
+    # The clone has all 20 blocks (a fixed sleep was too short on a loaded machine).
+    with trio.fail_after(BOUND):
+        for _ in range(BOUND * 20):  # another process's store: poll it
+            if await _blocks_held(tmp_path / "r") >= 20:
+                break
+            await trio.sleep(0.05)
     proc.send_signal(signal.SIGINT)  # the server goes away
     with trio.fail_after(BOUND):
         await proc.wait()
