@@ -96,9 +96,15 @@ READ_SIZE: Final = 256 * 1024
 #: batches (a coalesced 256 KiB read at a relay is ~250 frames of one flow), so a flow
 #: must hold a whole batch or a relay would drop most of every burst.
 PEER_FLOW_FRAMES: Final = 512
-#: Bytes of traffic payload queued per peering at most; beyond it new traffic frames
-#: are dropped (and counted). This, not the frame counts, bounds a peering's memory.
+#: Bytes of traffic queued per peering at most (`_queued_size`: payload, coordinates
+#: and the frame object); beyond it new traffic frames are dropped (and counted). This,
+#: not the frame counts, bounds a peering's memory.
 PEER_QUEUE_BYTES: Final = 8 * 1024 * 1024
+#: What a queued traffic frame costs beyond its payload: the frame object and its keys,
+#: and one pointer per coordinate (a frame with an empty payload and 1,336 one-byte
+#: ports holds ~10 KB; counted as nothing, 130,000 of them fitted in the flow limits).
+QUEUED_FRAME_OVERHEAD: Final = 256
+_COORDINATE_SLOT: Final = 8
 #: Protocol frames (announcements, bootstraps ...; not keepalives) a peer may have
 #: processed per second on average, and in one burst; beyond that they are dropped
 #: and counted (`protocol_dropped`), and the peer stays. Honest load is the bootstraps
@@ -199,6 +205,14 @@ class PeeringStatistics:
     unencodable_dropped: int = 0
     #: Protocol frames from the peer dropped beyond `PROTOCOL_FRAMES_PER_SECOND`.
     protocol_dropped: int = 0
+
+
+def _queued_size(frame: Traffic | ClosestTraffic) -> int:
+    """What `frame` counts against `PEER_QUEUE_BYTES` while queued."""
+    coordinates = len(frame.source_coords)
+    if type(frame) is Traffic:
+        coordinates += len(frame.destination_coords)
+    return len(frame.payload) + QUEUED_FRAME_OVERHEAD + _COORDINATE_SLOT * coordinates
 
 
 class _ProtocolAllowance:
@@ -330,7 +344,7 @@ class Peering:
             return frame
         if traffic:
             payload = frame.payload  # type: ignore[union-attr]
-            size = len(payload)
+            size = _queued_size(frame)  # type: ignore[arg-type]
             if self.queued_bytes + size > PEER_QUEUE_BYTES:
                 self.budget_drops += 1
                 self._left(frame)
@@ -342,7 +356,7 @@ class Peering:
             self.queued_bytes += size
         dropped = self.queue.push(frame)
         if dropped is not None and is_traffic(dropped):
-            self.queued_bytes -= len(dropped.payload)  # type: ignore[union-attr]
+            self.queued_bytes -= _queued_size(dropped)  # type: ignore[arg-type]
             self._left(dropped)
         flush_list = self._flush_list
         if flush_list is None:
@@ -392,7 +406,7 @@ class Peering:
                 break
             t = type(frame)
             if t is Traffic or t is ClosestTraffic:
-                self.queued_bytes -= len(frame.payload)  # type: ignore[union-attr]
+                self.queued_bytes -= _queued_size(frame)  # type: ignore[arg-type]
                 self._left(frame)
             try:
                 size += encode_frame_parts(frame, parts)

@@ -18,6 +18,7 @@ repeated cost, not any check).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final, Protocol, final
 
 import nacl.bindings
@@ -48,9 +49,12 @@ class Signer(Protocol):
 
 @final
 class VerifyCache:
-    """A bounded memory of good signatures: signature -> (key, message).
+    """A bounded memory of good signatures: signature -> (key, digest of the message).
 
-    Oldest entries are evicted first. `hits` and `misses` count lookups.
+    It keeps a 32-byte BLAKE2b digest, not the message: announcement prefixes run up to
+    64 KB each, and a peer could otherwise fill `max_entries` of them (gigabytes) with
+    validly signed announcements it makes itself. Oldest entries are evicted first.
+    `hits` and `misses` count lookups.
     """
 
     __slots__ = ("_entries", "hits", "max_entries", "misses")
@@ -63,7 +67,7 @@ class VerifyCache:
 
     def check(self, public_key: bytes, message: bytes, signature: bytes) -> bool:
         hit = self._entries.get(signature)
-        if hit is not None and hit[0] == public_key and hit[1] == message:
+        if hit is not None and hit[0] == public_key and hit[1] == _digest(message):
             self.hits += 1
             return True
         self.misses += 1
@@ -73,10 +77,14 @@ class VerifyCache:
         entries = self._entries
         if len(entries) >= self.max_entries:
             del entries[next(iter(entries))]
-        entries[signature] = (public_key, message)
+        entries[signature] = (public_key, _digest(message))
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _digest(message: bytes) -> bytes:
+    return hashlib.blake2b(message, digest_size=32).digest()
 
 
 @final

@@ -34,7 +34,7 @@ from enum import Enum
 from typing import final
 
 from .actions import PeerType
-from .constants import HEADER_SIZE, KEY_SIZE, MAX_FRAME_SIZE, SIGNATURE_SIZE
+from .constants import HEADER_SIZE, KEY_SIZE, MAX_FRAME_SIZE, MAX_PORT, SIGNATURE_SIZE
 from .signer import Signer
 from .wire import Announcement, Coords
 
@@ -123,9 +123,9 @@ def check_announcement(
     """Why `ann` from the peer with `sender_key` is illegal, or None if it is fine.
 
     Rules (§5.3 step 1): at least one signature, the first signer is the root, no hop
-    port is 0, the last signer is the sender, no key appears twice, every signature
-    verifies over the body up to the start of its own entry (skipped when `verify` is
-    false: the null signer would accept them anyway).
+    port is 0 (nor above `MAX_PORT`: ours), the last signer is the sender, no key
+    appears twice, every signature verifies over the body up to the start of its own
+    entry (skipped when `verify` is false: the null signer would accept them anyway).
     """
     keys = ann.keys
     if not keys:
@@ -136,8 +136,14 @@ def check_announcement(
         return "last signer is not the peer"
     if len(set(keys)) != len(keys):
         return "announcement repeats a key"
-    if 0 in ann.coords:
+    coords = ann.coords
+    if 0 in coords:
         return "hop port 0 in announcement"
+    if coords and max(coords) > MAX_PORT:
+        # Every size limit on coordinates assumes ports of at most two varu64 bytes:
+        # one adopted hop of ten bytes made our coordinates too long for every peer's
+        # decoder, so all our traffic got us dropped as misbehaving (deviation 27).
+        return f"hop port above {MAX_PORT} in announcement"
     if verify:
         body = ann.body
         for key, sig, start in zip(keys, ann.signatures, ann.starts, strict=True):

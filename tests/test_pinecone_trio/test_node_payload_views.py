@@ -17,6 +17,7 @@ import trio.testing
 from pinecone_trio import Identity
 from pinecone_trio.identity import FULL_MASK
 from pinecone_trio.node import MAX_DATAGRAM_PAYLOAD
+from pinecone_trio.peering import QUEUED_FRAME_OVERHEAD
 from pinecone_trio.router.wire import Traffic
 from pinecone_trio.testing import open_network
 
@@ -66,7 +67,7 @@ async def test_a_queued_forwarded_frame_holds_its_own_bytes() -> None:
     queued = peering.queue.pop()
     assert queued is not None and isinstance(queued, Traffic)
     assert type(queued.payload) is bytes and queued.payload == b"payload"
-    assert peering.queued_bytes == len(b"payload")
+    assert peering.queued_bytes == len(b"payload") + QUEUED_FRAME_OVERHEAD
     del frame
     view.release()
     buffer.extend(b"!")  # the queue exports nothing of the buffer: it can be resized
