@@ -20,16 +20,43 @@ import hashlib
 import struct
 from typing import Final
 
+from .constants import KEY_SIZE
+
 TOPIC_DOMAIN: Final = b"pinecone-trio dht topic v1\x00"
 RECORD_DOMAIN: Final = b"pinecone-trio dht record v1\x00"
 
 _RECORD_FIELDS: Final = struct.Struct(">QIH")
 
 
-def topic_id(topic: bytes | str) -> bytes:
-    """The 32-byte DHT key of a topic (str topics are UTF-8 encoded)."""
-    raw = topic.encode() if isinstance(topic, str) else bytes(topic)
-    return hashlib.blake2b(TOPIC_DOMAIN + raw, digest_size=32).digest()
+def topic_id(topic: bytes | bytearray | memoryview | str) -> bytes:
+    """The 32-byte DHT key of a topic (str topics are UTF-8 encoded).
+
+    Raises:
+        TypeError: if `topic` is neither str nor bytes-like (`bytes(3)` would quietly
+            name the topic of three zero bytes).
+    """
+    if isinstance(topic, str):
+        raw = topic.encode()
+    elif isinstance(topic, (bytes, bytearray, memoryview)):
+        raw = bytes(topic)
+    else:
+        raise TypeError(f"a DHT topic is str or bytes, not {type(topic).__name__}")
+    return hashlib.blake2b(TOPIC_DOMAIN + raw, digest_size=KEY_SIZE).digest()
+
+
+def check_topic_id(topic: object) -> bytes:
+    """`topic` as the 32 bytes of a topic id (what `topic_id` returns).
+
+    Raises:
+        TypeError: if `topic` is not bytes-like.
+        ValueError: if it is not 32 bytes long.
+    """
+    if not isinstance(topic, (bytes, bytearray, memoryview)):
+        raise TypeError(f"a DHT topic id is 32 bytes (topic_id(topic)), not {type(topic).__name__}")
+    raw = bytes(topic)
+    if len(raw) != KEY_SIZE:
+        raise ValueError(f"a DHT topic id is {KEY_SIZE} bytes, not {len(raw)}")
+    return raw
 
 
 def record_signable(topic: bytes, public_key: bytes, seq: int, ttl: int, data: bytes) -> bytes:

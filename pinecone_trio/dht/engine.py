@@ -58,7 +58,6 @@ from .constants import (
     ANNOUNCE_REFRESH_INTERVAL,
     ANNOUNCE_RETRY_INTERVAL,
     EXPIRY_SWEEP_INTERVAL,
-    KEY_SIZE,
     LOOKUP_TIMEOUT,
     MAX_HANDOFF_RECORDS,
     MAX_LOOKUP_QUERIES,
@@ -78,7 +77,7 @@ from .constants import (
     SUCCESSOR_INTERVAL,
     SUCCESSOR_TTL,
 )
-from .crypto import record_signable
+from .crypto import check_topic_id, record_signable
 from .store import PutResult, RecordStore, expired_at_origin, verify_record
 from .wire import (
     ACK_RATE_LIMITED,
@@ -511,10 +510,10 @@ class DhtEngine:
         """Start a lookup of topic id `topic`; it ends with a `LookupDone` action.
 
         Raises:
+            TypeError, ValueError: `topic` is not a 32-byte topic id.
             LocalProtocolError: when `MAX_PENDING` requests are already in flight.
         """
-        if len(topic) != KEY_SIZE:
-            raise ValueError("a topic id is 32 bytes")
+        topic = check_topic_id(topic)
         if self.pending() >= MAX_PENDING:
             raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
         rid = self._new_id()
@@ -598,11 +597,13 @@ class DhtEngine:
         The first round ends with an `AnnounceDone` action.
 
         Raises:
+            TypeError: `topic` or `data` is not bytes-like.
             ValueError: bad topic id or `data` longer than `MAX_RECORD_DATA`.
             LocalProtocolError: already announcing `topic`, or too many requests.
         """
-        if len(topic) != KEY_SIZE:
-            raise ValueError("a topic id is 32 bytes")
+        topic = check_topic_id(topic)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"record data is bytes, not {type(data).__name__}")
         if len(data) > MAX_RECORD_DATA:
             raise ValueError(f"record data of {len(data)} bytes > {MAX_RECORD_DATA}")
         if topic in self._announcements:
@@ -623,8 +624,12 @@ class DhtEngine:
         return [SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))]
 
     def stop_announce(self, topic: bytes, now: float) -> list[Action]:
-        """Stop announcing `topic` and send a signed withdrawal (best effort)."""
-        ann = self._announcements.pop(topic, None)
+        """Stop announcing `topic` and send a signed withdrawal (best effort).
+
+        Raises:
+            TypeError, ValueError: `topic` is not a 32-byte topic id.
+        """
+        ann = self._announcements.pop(check_topic_id(topic), None)
         if ann is None:
             return []
         self._announce_ids.pop(ann.request_id, None)

@@ -206,6 +206,7 @@ class Dht:
         nobody answered). Records of this node itself are included.
 
         Raises:
+            TypeError: `topic` is neither str nor bytes-like.
             LocalProtocolError: too many DHT requests in flight (`MAX_PENDING`).
             trio.ClosedResourceError: the DHT is (or got) closed.
         """
@@ -217,7 +218,12 @@ class Dht:
         *,
         timeout: float = LOOKUP_TIMEOUT,  # noqa: ASYNC109 (a query window, not an error)
     ) -> list[PeerRecord]:
-        """`lookup` by a 32-byte topic id (`crypto.topic_id(topic)`)."""
+        """`lookup` by a 32-byte topic id (`crypto.topic_id(topic)`).
+
+        Raises:
+            TypeError, ValueError: `topic` is not 32 bytes.
+            LocalProtocolError, trio.ClosedResourceError: as `lookup`.
+        """
         self._check_open()
         rid, actions = self.engine.lookup(topic, trio.current_time(), timeout)
         waiter = self._lookups[rid] = _Waiter()
@@ -241,12 +247,15 @@ class Dht:
         expires after `RECORD_TTL`).
 
         Raises:
+            TypeError: `topic` is neither str nor bytes-like, or `data` is not bytes-like.
             ValueError: `data` longer than `MAX_RECORD_DATA`.
             LocalProtocolError: this DHT already announces `topic`.
             trio.ClosedResourceError: the DHT is (or got) closed.
         """
-        self._check_open()
         tid = topic_id(topic)
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"record data is bytes, not {type(data).__name__}")
+        self._check_open()
         actions = self.engine.start_announce(tid, bytes(data), trio.current_time())
         waiter = self._announces[tid] = _Waiter()
         try:

@@ -47,7 +47,7 @@ from .constants import (
     SEQ_TIMESTAMP_FLOOR,
     TOMBSTONE_TTL,
 )
-from .crypto import record_signable
+from .crypto import check_topic_id, record_signable
 from .wire import Record
 
 #: Rebuild the expiry heap when it holds this many times more entries than records.
@@ -194,7 +194,12 @@ class RecordStore:
 
         With a wall clock, records that have expired where they were made are left out
         even if their local lifetime has not run out (this machine slept: monotonic
-        time stopped), since every reader would refuse them."""
+        time stopped), since every reader would refuse them.
+
+        Raises:
+            TypeError, ValueError: `topic` is not a 32-byte topic id.
+        """
+        topic = check_topic_id(topic)
         self.expire(now)
         entries = self._topics.get(topic)
         if not entries:
@@ -212,11 +217,11 @@ class RecordStore:
     def entry(self, topic: bytes, public_key: bytes) -> StoredRecord | None:
         """What is stored for this announcer under `topic` (a tombstone included);
         call `expire` first for a live view."""
-        entries = self._topics.get(topic)
+        entries = self._topics.get(check_topic_id(topic))
         return None if entries is None else entries.get(public_key)
 
     def has(self, topic: bytes, public_key: bytes) -> bool:
-        entries = self._topics.get(topic)
+        entries = self._topics.get(check_topic_id(topic))
         return entries is not None and public_key in entries
 
     def topics(self) -> list[bytes]:

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from pinecone_trio import Identity, PublicKey, open_node
+from pinecone_trio.dht import DhtEngine, RecordStore, open_dht, topic_id
 from pinecone_trio.testing import open_network
 
 # --- connect(key, protocol) with the key as text --------------------------------------
@@ -109,3 +110,66 @@ async def test_uri_lists_of_another_type_are_refused(
     with pytest.raises(TypeError, match=match):
         async with open_node(Identity.generate(), **options):  # type: ignore[arg-type]
             pass
+
+
+# --- DHT topics of the wrong type ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("topic", [3, 3.0, None, ["chat"]])
+async def test_dht_refuses_a_topic_that_is_not_str_or_bytes(
+    autojump_clock: trio.testing.MockClock, topic: object
+) -> None:
+    # bytes(3) == b"\0\0\0": an int topic used to name the three-zero-byte topic.
+    name = type(topic).__name__
+    with pytest.raises(TypeError, match=f"a DHT topic is str or bytes, not {name}"):
+        topic_id(topic)  # type: ignore[arg-type]
+    async with open_node(Identity.generate()) as node, open_dht(node) as dht:
+        with pytest.raises(TypeError, match=f"not {name}"):
+            await dht.lookup(topic)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match=f"not {name}"):
+            async with dht.announce(topic, data=b"x"):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        with pytest.raises(TypeError, match=f"a DHT topic id is 32 bytes .*not {name}"):
+            await dht.lookup_id(topic)  # type: ignore[arg-type]
+        assert dht.engine.pending() == 0 and dht.engine.announcing() == []
+
+
+async def test_dht_accepts_every_bytes_like_topic(autojump_clock: trio.testing.MockClock) -> None:
+    tid = topic_id(b"chat")
+    assert topic_id("chat") == topic_id(bytearray(b"chat")) == topic_id(memoryview(b"chat")) == tid
+    async with (
+        open_node(Identity.generate()) as node,
+        open_dht(node) as dht,
+        dht.announce(bytearray(b"chat"), data=memoryview(b"me")),
+    ):
+        [record] = await dht.lookup(memoryview(b"chat"))
+        assert record.data == b"me"
+        [record] = await dht.lookup_id(bytearray(tid))
+        assert record.data == b"me"
+
+
+async def test_dht_refuses_record_data_that_is_not_bytes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_node(Identity.generate()) as node, open_dht(node) as dht:
+        with pytest.raises(TypeError, match="record data is bytes, not int"):
+            async with dht.announce("chat", data=3):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+        with pytest.raises(TypeError, match="record data is bytes, not str"):
+            async with dht.announce("chat", data="me"):  # type: ignore[arg-type]
+                pass  # pragma: no cover
+
+
+def test_dht_engine_and_store_check_topic_ids() -> None:
+    engine = DhtEngine(Identity.generate())
+    for call in (
+        lambda: engine.lookup(3, 0.0),  # type: ignore[arg-type]
+        lambda: engine.start_announce(3, b"", 0.0),  # type: ignore[arg-type]
+        lambda: engine.stop_announce(3, 0.0),  # type: ignore[arg-type]
+        lambda: RecordStore().get(3, 0.0),  # type: ignore[arg-type]
+        lambda: RecordStore().has("chat", b"k" * 32),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(TypeError, match="a DHT topic id is 32 bytes"):
+            call()
+    with pytest.raises(ValueError, match="a DHT topic id is 32 bytes, not 4"):
+        engine.lookup(b"chat", 0.0)
