@@ -73,7 +73,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def write_json_atomically(path: str, value: Any) -> None:
-    """Replace `path` with `value` as JSON, so readers never see a half-written file."""
+    """Replace `path` with `value` as JSON, so readers never see a half-written file.
+
+    Raises:
+        OSError: if `path` cannot be written; its `filename` is `path`, not the
+            temporary file written first.
+    """
+    try:
+        _write_json_atomically(path, value)
+    except OSError as exc:
+        if exc.errno is None:
+            raise OSError(f"cannot write status file {path}: {exc}") from exc
+        raise OSError(exc.errno, f"cannot write status file: {exc.strerror or exc}", path) from exc
+
+
+def _write_json_atomically(path: str, value: Any) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".status-", dir=directory)
     try:
@@ -85,6 +99,12 @@ def write_json_atomically(path: str, value: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _os_error_text(exc: OSError) -> str:
+    """One line for an OSError: its message, and the file it is about if it names one."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _say(quiet: bool, text: str) -> None:
@@ -138,7 +158,7 @@ async def _write_status(node: Node, path: str) -> None:
         try:
             await trio.to_thread.run_sync(write_json_atomically, path, node.status())
         except OSError as exc:
-            error = f"cannot write {path}: {exc.strerror or exc}"
+            error = _os_error_text(exc)
             if error != last_error:
                 print(f"pinecone-trio: {error}", file=sys.stderr, flush=True)
             last_error = error
@@ -174,7 +194,7 @@ async def _run(args: argparse.Namespace) -> None:
             try:
                 write_json_atomically(args.status_json, {**node.status(), "stopped": True})
             except OSError as exc:  # reported; the shutdown itself was clean
-                print(f"pinecone-trio: cannot write {args.status_json}: {exc}", file=sys.stderr)
+                print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -185,8 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pinecone-trio: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        where = f" ({exc.filename})" if exc.filename else ""
-        print(f"pinecone-trio: {exc.strerror or exc}{where}", file=sys.stderr)
+        print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
         return 1
     except ValueError as exc:  # a malformed URI or option value
         print(f"pinecone-trio: {exc}", file=sys.stderr)

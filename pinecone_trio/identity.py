@@ -36,6 +36,14 @@ _KEY_FILE_MAX_BYTES: Final = 1024
 _HEX_SEED: Final = re.compile(f"[0-9a-fA-F]{{{2 * SEED_SIZE}}}")
 
 
+def _naming(exc: OSError, path: str, doing: str) -> OSError:
+    """`exc` again (the same errno, so the same subclass) as a failure to do `doing` on
+    `path`: the path a caller asked for, not the temporary file next to it."""
+    if exc.errno is None:
+        return OSError(f"{doing} {path}: {exc}")
+    return OSError(exc.errno, f"{doing}: {exc.strerror or exc}", path)
+
+
 @final
 class PublicKey(bytes):
     """A 32-byte ed25519 public key, ordered as Pinecone orders keys.
@@ -145,10 +153,19 @@ class Identity:
 
         Raises:
             KeyFileError: if the file exists and `overwrite` is false.
+            OSError: if the file cannot be written (its directory is missing or not
+                writable, the disk is full); `filename` is `path`, not the temporary
+                file the key is written to first.
         """
         name = os.fspath(path)
         if not overwrite and os.path.lexists(name):
             raise KeyFileError(f"{name}: key file already exists")
+        try:
+            self._save(name, overwrite)
+        except OSError as exc:
+            raise _naming(exc, name, "cannot write key file") from exc
+
+    def _save(self, name: str, overwrite: bool) -> None:
         # Written whole to a temporary file beside it, then put in place at once: a
         # reader (another process starting on the same path) or a crash never sees a
         # half-written key file.

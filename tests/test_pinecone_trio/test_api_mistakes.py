@@ -7,13 +7,16 @@ wrong type, a call on a node whose block has ended.
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
 from pinecone_trio import Identity, PublicKey, open_node
+from pinecone_trio.cli import write_json_atomically
 from pinecone_trio.dht import DhtEngine, RecordStore, open_dht, topic_id
 from pinecone_trio.testing import open_network
 
@@ -173,3 +176,41 @@ def test_dht_engine_and_store_check_topic_ids() -> None:
             call()
     with pytest.raises(ValueError, match="a DHT topic id is 32 bytes, not 4"):
         engine.lookup(b"chat", 0.0)
+
+
+# --- errors name the file asked for, not a temporary file beside it ----------------------
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_saving_a_key_in_a_missing_directory_names_the_key_file(
+    tmp_path: Path, overwrite: bool
+) -> None:
+    path = tmp_path / "missing-dir" / "node.key"
+    with pytest.raises(FileNotFoundError) as info:
+        Identity.generate().save(path, overwrite=overwrite)
+    assert info.value.filename == str(path)
+    assert info.value.strerror == "cannot write key file: No such file or directory"
+    assert ".key-" not in str(info.value)
+    with pytest.raises(FileNotFoundError) as info:
+        Identity.load_or_create(path)
+    assert info.value.filename == str(path)
+
+
+def test_saving_a_key_in_a_read_only_directory_names_the_key_file(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes into a read-only directory")
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(PermissionError) as info:
+            Identity.generate().save(tmp_path / "node.key")
+    finally:
+        tmp_path.chmod(0o700)
+    assert info.value.filename == str(tmp_path / "node.key")
+
+
+def test_status_json_in_a_missing_directory_names_the_status_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "s.json"
+    with pytest.raises(FileNotFoundError) as info:
+        write_json_atomically(str(path), {"a": 1})
+    assert info.value.filename == str(path)
+    assert ".status-" not in str(info.value)
