@@ -89,6 +89,7 @@ class NodeBase:
         self._dialling: dict[tuple[bytes, str, int], str] = {}
         self._beacon_dials: dict[tuple[bytes, str, int], float] = {}
         self._pending_handshakes = 0
+        self._pending_by_host: dict[str, int] = {}
         self._rng = random.Random()
         self.counters = NodeCounters()
 

@@ -20,6 +20,10 @@ from .sessions.config import SessionConfig
 DEFAULT_MAX_PEERS: Final = 64
 #: Inbound connections allowed to be mid-handshake at once; more are closed at once.
 MAX_PENDING_HANDSHAKES: Final = 32
+#: ... and from any one address (where the transport tells it: TCP), so one host's
+#: silent connections cannot take every slot and lock honest peers out (one with many
+#: addresses still can; each slot is held at most `NodeConfig.handshake_timeout`).
+MAX_PENDING_HANDSHAKES_PER_HOST: Final = 4
 #: Items the router inbox holds before senders wait (back-pressure on peer readers).
 INBOX_SIZE: Final = 1024
 #: Events buffered per subscriber before that subscriber misses some.

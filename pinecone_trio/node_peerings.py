@@ -36,6 +36,7 @@ from .node_config import (
     MAX_BEACON_DIALS_PER_HOST,
     MAX_BEACON_MEMORY,
     MAX_PENDING_HANDSHAKES,
+    MAX_PENDING_HANDSHAKES_PER_HOST,
     REFUSED_PEER_LIMIT,
     STATIC_STABLE_AFTER,
     StaticPeerState,
@@ -49,17 +50,25 @@ from .transports import serve as serve_transport
 logger = logging.getLogger(__name__)
 
 
+def _peer_address(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """(host, port) an inbound stream comes from, where the transport tells it (TCP)."""
+    sock = getattr(stream, "socket", None)
+    if sock is None:
+        return None
+    try:
+        host, port = sock.getpeername()[:2]
+    except OSError:
+        return None
+    return str(host), int(port)
+
+
 def _remote_uri(stream: trio.abc.Stream, scheme: str) -> str:
     """Best-effort description of where an inbound stream comes from."""
-    sock = getattr(stream, "socket", None)
-    if sock is not None:
-        try:
-            host, port = sock.getpeername()[:2]
-        except OSError:
-            pass
-        else:
-            return f"tcp://{host}:{port}" if ":" not in host else f"tcp://[{host}]:{port}"
-    return f"{scheme}://(inbound)"
+    address = _peer_address(stream)
+    if address is None:
+        return f"{scheme}://(inbound)"
+    host, port = address
+    return f"tcp://{host}:{port}" if ":" not in host else f"tcp://[{host}]:{port}"
 
 
 #: What a dial is expected to fail with (anything else is logged as a bug).
@@ -193,7 +202,12 @@ class PeeringsMixin(NodeBase):
 
     async def _accept(self, peer_type: PeerType, scheme: str, stream: trio.abc.Stream) -> None:
         """Listener handler: handshake an inbound connection and run its peering."""
-        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES:
+        address = _peer_address(stream)
+        host = None if address is None else address[0]
+        by_host = self._pending_by_host
+        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES or (
+            host is not None and by_host.get(host, 0) >= MAX_PENDING_HANDSHAKES_PER_HOST
+        ):
             self.counters.refused_pending_handshakes += 1
             self._notify()
             await trio.aclose_forcefully(stream)
@@ -207,6 +221,8 @@ class PeeringsMixin(NodeBase):
             handshake_timeout=self._config.handshake_timeout,
         )
         self._pending_handshakes += 1
+        if host is not None:
+            by_host[host] = by_host.get(host, 0) + 1
         try:
             await link.do_handshake()
         except (LinkError, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
@@ -217,6 +233,11 @@ class PeeringsMixin(NodeBase):
             return
         finally:
             self._pending_handshakes -= 1
+            if host is not None:
+                if by_host[host] <= 1:
+                    del by_host[host]
+                else:
+                    by_host[host] -= 1
         if at_limit:
             self.counters.refused_peer_limit += 1
             self._notify()

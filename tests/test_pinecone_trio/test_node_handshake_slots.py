@@ -1,0 +1,48 @@
+"""One host's silent connections cannot take every inbound handshake slot.
+
+Before, 32 idle TCP connections from one address held all of a node's pending
+handshake slots for the 10 s handshake timeout (and again on reconnect): every honest
+inbound connection was closed at once (found by review).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import trio
+
+from pinecone_trio import Identity
+from pinecone_trio.node import (
+    MAX_PENDING_HANDSHAKES,
+    MAX_PENDING_HANDSHAKES_PER_HOST,
+    open_node,
+)
+from pinecone_trio.transports import parse_uri
+
+BOUND = 30
+
+
+async def _idle_connection(host: str, port: int, source: str) -> trio.SocketStream:
+    sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    await sock.bind((source, 0))  # another loopback address: "another host"
+    await sock.connect((host, port))
+    return trio.SocketStream(sock)
+
+
+async def test_one_hosts_silent_connections_leave_room_for_others() -> None:
+    async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node:
+        address = parse_uri(node.listen_uris[0])
+        idle = []
+        try:
+            with trio.fail_after(BOUND):
+                for _ in range(MAX_PENDING_HANDSHAKES):  # the old limit: all of them
+                    idle.append(await _idle_connection(address.host, address.port, "127.0.0.2"))
+                await node.wait_for(
+                    lambda: node.counters.refused_pending_handshakes
+                    >= MAX_PENDING_HANDSHAKES - MAX_PENDING_HANDSHAKES_PER_HOST
+                )
+                async with open_node(Identity.generate()) as honest:
+                    assert await honest.connect(node.listen_uris[0]) == node.public_key
+        finally:
+            for stream in idle:
+                await stream.aclose()
