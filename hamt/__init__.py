@@ -22,6 +22,7 @@ from .errors import CorruptNodeError as CorruptNodeError
 from .errors import HamtError as HamtError
 from .errors import InvalidKeyError as InvalidKeyError
 from .errors import ReadOnlyError as ReadOnlyError
+from .errors import TruncatedError as TruncatedError
 from .errors import ValueTooLargeError as ValueTooLargeError
 from .hashing import ComponentHash as ComponentHash
 from .hints import PathHintClient as PathHintClient
@@ -58,6 +59,7 @@ __all__ = [
     "MsgpackCodec",
     "PathHintClient",
     "ReadOnlyError",
+    "TruncatedError",
     "ValueTooLargeError",
     "open_hamt",
     "serve_path_hints",

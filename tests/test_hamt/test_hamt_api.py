@@ -193,7 +193,7 @@ def test_public_surface() -> None:
         "CacheStatistics", "Change", "Codec", "ComponentHash", "CorruptNodeError",
         "DiffEntry", "Hamt", "HamtError", "HamtStatistics", "InvalidKeyError", "JsonCodec",
         "LogLike", "MemoryLog", "MsgpackCodec", "PathHintClient", "ReadOnlyError",
-        "ValueTooLargeError", "open_hamt", "serve_path_hints",
+        "TruncatedError", "ValueTooLargeError", "open_hamt", "serve_path_hints",
     }  # fmt: skip
     for name in hamt.__all__:
         assert getattr(hamt, name) is not None
