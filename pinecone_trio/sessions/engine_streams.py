@@ -393,12 +393,15 @@ class StreamsMixin(SessionBase):
             self._credit_session()
             self._maybe_forget(stream)
             return data
+        if recv.eof:
+            # The peer ended the stream before the session ended: that end stands,
+            # as the data read before it does (a peer that closes its streams and
+            # leaves at once sends FIN, then CLOSE).
+            self._maybe_forget(stream)
+            return b""
         broken = self._broken(stream)
         if broken is not None:
             raise broken
-        if recv.eof:
-            self._maybe_forget(stream)
-            return b""
         return None
 
     def stream_close(self, sid: int) -> None:

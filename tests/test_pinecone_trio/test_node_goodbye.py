@@ -118,3 +118,23 @@ async def test_the_close_leaves_even_when_the_session_was_sending_in_bulk(
             assert "the peer left" in str(info.value.__cause__)
             assert trio.current_time() - start < 1 + GOODBYE_GRACE
             nursery.cancel_scope.cancel()
+
+
+async def test_a_stream_closed_just_before_leaving_ends_cleanly_for_the_peer() -> None:
+    # The README's chat: the acceptor reads, closes its stream and leaves at once; the
+    # dialler, waiting for that close, must see the end of the stream (b""), not the
+    # session's CLOSE as a broken stream (it did: the CLOSE, processed in the same
+    # batch as the FIN, turned the end into BrokenResourceError).
+    async with _line(2) as nodes:
+        (leaver, leaver_scope), (peer, _) = nodes
+        async with leaver.listen(PROTO) as listener:
+            stream = await _connect_when_routed(peer, leaver.public_key)
+            await stream.send_all(b"hello")
+            await stream.send_eof()
+            with trio.fail_after(5):
+                async with await listener.accept() as accepted:
+                    assert await accepted.receive_some() == b"hello"
+            leaver_scope.cancel()
+            with trio.fail_after(5):
+                assert await stream.receive_some() == b""
+
