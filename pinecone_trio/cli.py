@@ -19,6 +19,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 
@@ -27,6 +28,7 @@ from .errors import PineconeError
 from .events import NodeEvent
 from .identity import Identity
 from .node import Node, open_node
+from .transports import parse_uri
 
 #: How often `--status-json` is rewritten.
 STATUS_INTERVAL = 1.0
@@ -197,9 +199,34 @@ async def _run(args: argparse.Namespace) -> None:
                 print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
 
 
+def check_uri(option: str, uri: str) -> None:
+    """Refuse a URI this command cannot use, saying which option gave it.
+
+    memory:// links exist only inside one Python process (they are for tests), so a
+    separate process can never reach them.
+
+    Raises:
+        ValueError: `uri` is not a usable tcp:// or ws:// URI.
+    """
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == "memory":
+        raise ValueError(
+            f"{option} {uri}: memory:// links work only inside one Python process "
+            "(for tests); use tcp://HOST:PORT or ws://HOST:PORT/PATH"
+        )
+    if scheme not in ("tcp", "ws"):
+        raise ValueError(
+            f"{option} {uri!r}: unknown transport (use tcp://HOST:PORT or ws://HOST:PORT/PATH)"
+        )
+    parse_uri(uri)  # the rest of the URI: host, port, path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        for option, uris in (("--listen", args.listen), ("--connect", args.connect)):
+            for uri in uris:
+                check_uri(option, uri)
         trio.run(_run, args)
     except PineconeError as exc:
         print(f"pinecone-trio: {exc}", file=sys.stderr)

@@ -9,6 +9,7 @@ identities.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -57,7 +58,8 @@ def parse_uri(uri: str) -> Address:
     if scheme not in ("tcp", "ws"):
         raise ValueError(f"unknown transport in {uri!r} (tcp://, ws:// or memory://)")
     if not parts.hostname or port is None:
-        raise ValueError(f"bad {scheme} URI {uri!r}: expected {scheme}://host:port")
+        expected = "ws://host:port/path" if scheme == "ws" else "tcp://host:port"
+        raise ValueError(f"bad {scheme} URI {uri!r}: expected {expected}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"bad {scheme} URI {uri!r}: no query, fragment or user allowed")
     if scheme == "tcp" and parts.path not in ("", "/"):
@@ -66,6 +68,43 @@ def parse_uri(uri: str) -> Address:
     # An IPv6 zone may be written as RFC 6874 says ("%25eth0") or bare ("%eth0").
     host = parts.hostname.replace("%25", "%", 1) if "%25" in parts.hostname else parts.hostname
     return Address(scheme, host, port, path)
+
+
+def os_error_in(exc: OSError, context: str) -> OSError:
+    """`exc` again, its class and errno kept, with `context` in front of its message
+    ("cannot listen on tcp://127.0.0.1:7000: Address already in use")."""
+    text = exc.strerror or str(exc) or type(exc).__name__
+    try:
+        if exc.errno is not None:
+            return type(exc)(exc.errno, f"{context}: {text}")
+        return type(exc)(f"{context}: {text}")
+    except TypeError:  # a subclass with a constructor of its own
+        return OSError(exc.errno, f"{context}: {text}")
+
+
+async def listen_tcp(address: Address) -> list[trio.SocketListener]:
+    """`trio.open_tcp_listeners` for `address`, failing with an error that names it.
+
+    Raises:
+        OSError: the address cannot be bound ("cannot listen on URI: reason").
+    """
+    try:
+        return await trio.open_tcp_listeners(address.port, host=address.host)
+    except OSError as exc:
+        raise os_error_in(exc, f"cannot listen on {address}") from exc
+
+
+async def connect_tcp(address: Address) -> trio.SocketStream:
+    """`trio.open_tcp_stream` to `address`; a host name that does not resolve fails
+    with an error that names it (not only "Name or service not known").
+
+    Raises:
+        OSError: the address cannot be reached.
+    """
+    try:
+        return await trio.open_tcp_stream(address.host, address.port)
+    except socket.gaierror as exc:
+        raise os_error_in(exc, f"cannot resolve host {address.host!r}") from exc
 
 
 class Transport(Protocol):

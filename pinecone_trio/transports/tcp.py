@@ -8,7 +8,7 @@ from typing import final
 import trio
 
 from ..link.constants import DIAL_TIMEOUT
-from .base import Address, Handler, run_handler
+from .base import Address, Handler, connect_tcp, listen_tcp, run_handler
 
 
 @final
@@ -17,7 +17,7 @@ class TcpTransport:
 
     async def dial(self, address: Address, *, nursery: trio.Nursery | None) -> trio.abc.Stream:
         with trio.move_on_after(DIAL_TIMEOUT):
-            return await trio.open_tcp_stream(address.host, address.port)
+            return await connect_tcp(address)
         raise TimeoutError(f"{address}: no TCP connection within {DIAL_TIMEOUT} s")
 
     async def serve(
@@ -27,7 +27,7 @@ class TcpTransport:
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await listen_tcp(address)
         # With a numeric host there is exactly one listener; with a name that resolves
         # to several addresses and port 0 each may get its own port: report the first.
         host, port = listeners[0].socket.getsockname()[:2]

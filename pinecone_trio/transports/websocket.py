@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import operator
+from http import HTTPStatus
 from typing import Final, final
 
 import trio
@@ -25,7 +26,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from .._util import ConflictDetector, single_failure
 from ..link.constants import CLOSE_TIMEOUT, DIAL_TIMEOUT
-from .base import Address, Handler, run_handler
+from .base import Address, Handler, connect_tcp, listen_tcp, run_handler
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +165,7 @@ class WebSocketTransport:
         *,
         task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        listeners = await trio.open_tcp_listeners(address.port, host=address.host)
+        listeners = await listen_tcp(address)
         host, port = listeners[0].socket.getsockname()[:2]
         bound = str(Address("ws", host, port, address.path))
 
@@ -346,7 +347,7 @@ async def _run_client(
     try:
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(DIAL_TIMEOUT) as dial_scope:
-                tcp = await trio.open_tcp_stream(address.host, address.port)
+                tcp = await connect_tcp(address)
                 watched = _UpgradeWatch(tcp, dial_scope)
                 # Annotated as a socket stream; any trio stream works (an endpoint it
                 # cannot name shows as its repr).
@@ -382,9 +383,41 @@ async def _run_client(
                 raise leaf from None
         if isinstance(exc, OSError):
             raise
-        rejected = isinstance(exc, BaseExceptionGroup) and exc.subgroup(
-            trio_websocket.ConnectionRejected
-        )
-        if rejected or isinstance(exc, trio_websocket.ConnectionRejected):
-            raise ConnectionRefusedError(f"{address}: WebSocket upgrade refused") from exc
+        rejected = _rejection(exc)
+        if rejected is not None:
+            raise ConnectionRefusedError(_refused_message(address, rejected)) from exc
         raise ConnectionError(f"{address}: WebSocket connection failed ({exc!r})") from exc
+
+
+def _rejection(exc: BaseException) -> trio_websocket.ConnectionRejected | None:
+    """The server's refusal of the upgrade in `exc` (perhaps inside a group), if any."""
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        group = exc.subgroup(trio_websocket.ConnectionRejected)
+        if group is not None:
+            for leaf in _leaves(group):
+                if isinstance(leaf, trio_websocket.ConnectionRejected):
+                    return leaf
+    return None
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    leaves: list[BaseException] = []
+    for exc in group.exceptions:
+        leaves.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return leaves
+
+
+def _refused_message(address: Address, rejected: trio_websocket.ConnectionRejected) -> str:
+    """What a dial refused by the server says: the HTTP status, and for 404 (what our
+    listeners answer for a path they do not serve) that the path may be wrong."""
+    status = rejected.status_code
+    try:
+        status_text = f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        status_text = f"HTTP {status}"
+    message = f"{address}: WebSocket upgrade refused: {status_text}"
+    if status == HTTPStatus.NOT_FOUND:
+        message += f" (no WebSocket listener on path {address.path!r}: check the path)"
+    return message

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -29,3 +32,35 @@ def test_a_key_file_in_a_missing_directory_is_named(tmp_path: Path) -> None:
     assert line == (f"pinecone-trio: cannot write key file: No such file or directory ({key})"), (
         line
     )
+
+
+def test_a_listen_address_in_use_is_named(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        uri = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        line = _one_error_line(_run("--key", str(tmp_path / "k"), "--listen", uri))
+    assert line == f"pinecone-trio: cannot listen on {uri}: Address already in use", line
+
+
+@pytest.mark.parametrize("option", ["--listen", "--connect"])
+def test_memory_uris_are_refused_with_the_reason(tmp_path: Path, option: str) -> None:
+    line = _one_error_line(_run("--key", str(tmp_path / "k"), option, "memory://relay"))
+    assert line == (
+        f"pinecone-trio: {option} memory://relay: memory:// links work only inside one "
+        "Python process (for tests); use tcp://HOST:PORT or ws://HOST:PORT/PATH"
+    ), line
+
+
+def test_an_unknown_transport_offers_only_what_the_command_can_use(tmp_path: Path) -> None:
+    line = _one_error_line(_run("--key", str(tmp_path / "k"), "--connect", "udp://h:1"))
+    assert line == (
+        "pinecone-trio: --connect 'udp://h:1': unknown transport "
+        "(use tcp://HOST:PORT or ws://HOST:PORT/PATH)"
+    ), line
+    assert "memory" not in line
+
+
+def test_a_ws_uri_without_a_port_shows_the_whole_form(tmp_path: Path) -> None:
+    line = _one_error_line(_run("--key", str(tmp_path / "k"), "--listen", "ws://127.0.0.1/x"))
+    assert line.endswith("expected ws://host:port/path"), line
