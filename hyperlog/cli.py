@@ -20,6 +20,7 @@ import json
 import signal
 import sqlite3
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import IO, Any, Final
 
@@ -263,8 +264,13 @@ async def _cmd_info(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(info))
         else:
-            if info["signature"] is None and info["length"]:
-                info["signature"] = "unsigned (the writer signs its last append when it next opens)"
+            if info["signature"] is None:
+                info["signature"] = (
+                    "unsigned (the writer signs its last append when it next opens)"
+                    if info["length"]
+                    else "none (an empty log)"
+                )
+            info["writable"] = "yes" if info["writable"] else "no (no secret key here)"
             for name, value in info.items():
                 print(f"{name}: {value}")
     return 0
@@ -402,6 +408,8 @@ async def _until_terminated(run: Runner, args: argparse.Namespace) -> int:
     """Run the command; SIGTERM (a service manager stopping it, `kill`) cancels it as
     Ctrl-C does, so it says what it did (`append`'s count, `clone`'s blocks held) and
     leaves the store consistent, then raises `Terminated`."""
+    if threading.current_thread() is not threading.main_thread():
+        return await run(args)  # (signals reach the main thread only: nothing to catch)
     status: list[int] = []
     with trio.open_signal_receiver(signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
