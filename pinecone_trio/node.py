@@ -268,7 +268,7 @@ class Node(RouterTaskMixin, PeeringsMixin):
             TypeError: a URI with a protocol, a key without one, or a target of another
                 type.
             SessionError: (sessions) no session could be established.
-            trio.ClosedResourceError: the node is not running.
+            trio.ClosedResourceError: the node has stopped.
         """
         if protocol is None:
             if not isinstance(target, str):
@@ -298,11 +298,21 @@ class Node(RouterTaskMixin, PeeringsMixin):
         return self._sessions.listen(protocol)
 
     async def send_datagram(self, key: PublicKey | bytes, protocol: str, data: bytes) -> None:
-        """Send an encrypted, unreliable datagram named by `protocol` to `key`."""
+        """Send an encrypted, unreliable datagram named by `protocol` to `key`.
+
+        Raises:
+            trio.ClosedResourceError: the node has stopped.
+        """
+        self._check_running()
         await self._sessions.send_datagram(PublicKey(key), protocol, data)
 
     async def receive_datagram(self, protocol: str) -> tuple[PublicKey, bytes]:
-        """The next end-to-end datagram for `protocol`, with its sender's proven key."""
+        """The next end-to-end datagram for `protocol`, with its sender's proven key.
+
+        Raises:
+            trio.ClosedResourceError: the node has stopped (also while waiting).
+        """
+        self._check_running()
         return await self._sessions.receive_datagram(protocol)
 
     @property
@@ -321,6 +331,7 @@ class Node(RouterTaskMixin, PeeringsMixin):
 
         Raises:
             ValueError: if `payload` is larger than `MAX_DATAGRAM_PAYLOAD`.
+            trio.ClosedResourceError: the node has stopped.
         """
         await self._raw.send(destination, payload)
 
@@ -329,15 +340,26 @@ class Node(RouterTaskMixin, PeeringsMixin):
 
         Closest is the snake's rule: the smallest key >= `target`, or the highest key
         in the network when none is that high.
+
+        Raises:
+            ValueError, trio.ClosedResourceError: as `send`.
         """
         await self._raw.send_closest(target, payload)
 
     async def receive(self) -> Datagram:
-        """The next raw datagram sent to our exact key."""
+        """The next raw datagram sent to our exact key.
+
+        Raises:
+            trio.ClosedResourceError: the node has stopped (and nothing is left queued).
+        """
         return await self._raw.receive()
 
     async def receive_closest(self) -> Datagram:
-        """The next raw closest-key datagram for which we are the closest node."""
+        """The next raw closest-key datagram for which we are the closest node.
+
+        Raises:
+            trio.ClosedResourceError: as `receive`.
+        """
         return await self._raw.receive_closest()
 
     def __aiter__(self) -> AsyncIterator[Datagram]:

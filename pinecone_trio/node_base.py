@@ -42,8 +42,9 @@ from .services import (
 from .sessions.config import SessionConfig
 from .sessions.manager import SessionManager
 
-#: What a node's public calls raise (as `trio.ClosedResourceError`) once it stopped.
-NOT_RUNNING: Final = "the node is not running (its open_node block has ended)"
+#: What a node's public calls raise (as `trio.ClosedResourceError`) once it stopped
+#: (the same words as its receive queues, `_queue.DropQueue`).
+STOPPED: Final = "the node has stopped"
 
 
 class NodeBase:
@@ -59,6 +60,7 @@ class NodeBase:
         self._nursery: trio.Nursery | None = None
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[InboxItem](INBOX_SIZE)
         self._services: dict[int, OverlayService] = {}
+        self._stopped = False  # `run` has ended (or crashed)
         self._raw = self.service(SERVICE_DATAGRAM)
         session_config = self._config.sessions or SessionConfig()
         if session_config.max_packet_size > MAX_DATAGRAM_PAYLOAD:
@@ -68,7 +70,6 @@ class NodeBase:
         )
         self._budget = SendBudget(LOCAL_SEND_BYTES, LOCAL_SEND_FRAMES)
         self._peerings: dict[int, Peering] = {}
-        self._stopped = False  # `run` has ended (or crashed)
         #: Peerings that got frames in the router's current pass; it writes them at
         #: the end of the pass (`Peering.write_queued`), coalesced, without the writers.
         self._flush_list: list[Peering] = []
@@ -123,12 +124,17 @@ class NodeBase:
                 self._public_key, tag, self._queue_local, self._queue_local_nowait
             )
             self._services[tag] = service
+            if self._stopped:
+                service.close()  # its receivers raise at once rather than wait for ever
         return service
 
     def _check_running(self) -> None:
-        """Raise `trio.ClosedResourceError` unless the node runs (inside `open_node`)."""
-        if self._stopped or self._nursery is None:
-            raise trio.ClosedResourceError(NOT_RUNNING)
+        """Raise unless the node runs: `trio.ClosedResourceError` once it stopped (its
+        `open_node` block ended), RuntimeError if it never started."""
+        if self._stopped:
+            raise trio.ClosedResourceError(STOPPED)
+        if self._nursery is None:
+            raise RuntimeError("the node is not running (start it with open_node)")
 
     async def _queue_local(self, message: LocalSend | LocalSendClosest) -> None:
         size = len(message.payload)
@@ -163,9 +169,12 @@ class NodeBase:
         # only when the inbox is full.
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            self._inbox_send.send_nowait(item)
-        except trio.WouldBlock:
-            await self._inbox_send.send(item)
+            try:
+                self._inbox_send.send_nowait(item)
+            except trio.WouldBlock:
+                await self._inbox_send.send(item)
+        except trio.ClosedResourceError:  # closed when `run` ends (not by the caller)
+            raise trio.ClosedResourceError(STOPPED) from None
 
     def _publish(self, event: ev.NodeEvent) -> None:
         for channel in list(self._subscribers):

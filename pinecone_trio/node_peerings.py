@@ -29,7 +29,7 @@ from .discovery.multicast import MulticastDiscovery
 from .errors import LinkError, PeerLimitError
 from .identity import PublicKey
 from .link.stream import NoiseLink
-from .node_base import NodeBase
+from .node_base import STOPPED, NodeBase
 from .node_config import (
     BEACON_REDIAL_INTERVAL,
     MAX_BEACON_DIALS,
@@ -298,18 +298,23 @@ class PeeringsMixin(NodeBase):
             except RuntimeError:  # the node has stopped: clean up here, at once
                 peering.close("the node is not running")
                 await peering.run()
-                raise
+                raise trio.ClosedResourceError(STOPPED) from None
         return key, peering
 
     # --- static peers and LAN discovery -----------------------------------------------
 
     def add_static_peer(self, uri: str) -> None:
-        """Keep `uri` connected: dial now and redial with backoff whenever it drops."""
+        """Keep `uri` connected: dial now and redial with backoff whenever it drops.
+
+        Raises:
+            ValueError: `uri` is malformed.
+            trio.ClosedResourceError: the node has stopped.
+        """
         parse_uri(uri)  # raises ValueError early
+        self._check_running()
         if uri in self._static:
             return
-        if self._nursery is None:
-            raise RuntimeError("the node is not running")
+        assert self._nursery is not None
         state = StaticPeerState(uri)
         self._static[uri] = state
         self._nursery.start_soon(self._keep_static, state)

@@ -214,3 +214,40 @@ def test_status_json_in_a_missing_directory_names_the_status_file(tmp_path: Path
         write_json_atomically(str(path), {"a": 1})
     assert info.value.filename == str(path)
     assert ".status-" not in str(info.value)
+
+
+# --- calls on a node whose block has ended ----------------------------------------------
+
+
+async def test_a_stopped_node_says_so() -> None:
+    other = Identity.generate().public_key
+    async with open_node(Identity.generate()) as node:
+        pass
+    calls = {
+        "send": lambda: node.send(other, b"x"),
+        "send_closest": lambda: node.send_closest(other, b"x"),
+        "receive": node.receive,
+        "receive_closest": node.receive_closest,
+        "connect(uri)": lambda: node.connect("tcp://127.0.0.1:1"),
+        "connect(key, protocol)": lambda: node.connect(other, "/chat/v1"),
+        "send_datagram": lambda: node.send_datagram(other, "/chat/v1", b"x"),
+        "receive_datagram": lambda: node.receive_datagram("/chat/v1"),
+        "service(20).send": lambda: node.service(20).send(other, b"x"),
+        "service(21).receive": lambda: node.service(21).receive(),  # made after the stop
+    }
+    for name, call in calls.items():
+        with pytest.raises(trio.ClosedResourceError) as info, trio.fail_after(5):
+            await call()
+        assert str(info.value) == "the node has stopped", name
+    with pytest.raises(trio.ClosedResourceError, match=r"^the node has stopped$"):
+        node.add_static_peer("tcp://127.0.0.1:1")
+
+
+async def test_a_node_that_never_ran_says_so() -> None:
+    from pinecone_trio.node import Node
+
+    node = Node(Identity.generate())
+    with pytest.raises(RuntimeError, match="the node is not running"):
+        await node.connect("tcp://127.0.0.1:1")
+    with pytest.raises(RuntimeError, match="the node is not running"):
+        node.add_static_peer("tcp://127.0.0.1:1")
