@@ -3,7 +3,8 @@
     pinecone-trio --key node.key --listen tcp://0.0.0.0:7000 --listen ws://0.0.0.0:7001/ \
         --connect tcp://seed.example:7000 --multicast --status-json /run/pt.json
 
-Prints peers and the root as they change, and on stderr a static peer it cannot reach.
+Prints its public key and the URIs it listens on (ports resolved), then peers and the
+root as they change (not with `--quiet`), and on stderr a static peer it cannot reach.
 `--status-json PATH` rewrites PATH atomically every second with `node.status()`. SIGINT
 or SIGTERM shut the node down cleanly.
 """
@@ -70,7 +71,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--status-json", metavar="PATH", help="rewrite PATH with the status every second"
     )
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help=(
+            "print only the startup lines (public key, the URIs actually bound, e.g. "
+            "the port picked for :0) and errors; no peer, root or shutdown lines"
+        ),
+    )
     return p
 
 
@@ -179,9 +187,11 @@ async def _run(args: argparse.Namespace) -> None:
             multicast=args.multicast,
             multicast_interfaces=args.multicast_interface,
         ) as node:
-            _say(args.quiet, f"public key {node.public_key.hex()}")
+            # Printed even with --quiet: with port 0 this is the only way to learn the
+            # port (besides --status-json), and it is said once.
+            print(f"public key {node.public_key.hex()}", flush=True)
             for uri in node.listen_uris:
-                _say(args.quiet, f"listening on {uri}")
+                print(f"listening on {uri}", flush=True)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_print_events, node, args.quiet)
                 if args.connect:

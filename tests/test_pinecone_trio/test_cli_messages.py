@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,29 @@ def test_an_unknown_transport_offers_only_what_the_command_can_use(tmp_path: Pat
 def test_a_ws_uri_without_a_port_shows_the_whole_form(tmp_path: Path) -> None:
     line = _one_error_line(_run("--key", str(tmp_path / "k"), "--listen", "ws://127.0.0.1/x"))
     assert line.endswith("expected ws://host:port/path"), line
+
+
+def test_quiet_still_says_where_it_listens(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "pinecone_trio.cli", "--key", str(tmp_path / "k")),
+            *("--quiet", "--listen", "ws://127.0.0.1:0/x"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    killer = threading.Timer(60.0, proc.kill)  # a silent process ends the reads
+    killer.start()
+    try:
+        key_line = proc.stdout.readline()
+        listen_line = proc.stdout.readline()
+    finally:
+        killer.cancel()
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert re.fullmatch(r"public key [0-9a-f]{64}\n", key_line), key_line
+    assert re.fullmatch(r"listening on ws://127\.0\.0\.1:[1-9][0-9]*/x\n", listen_line)
+    assert proc.returncode == 0, err
+    assert out == "", out  # quiet: no event or shutdown lines
