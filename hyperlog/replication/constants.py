@@ -47,6 +47,12 @@ MAX_WANT_SPAN: Final = 8 * PAGE_BITS
 SCAN_LIMIT: Final = 4096
 #: Outgoing bytes queued for one peer before we stop serving its requests.
 MAX_OUTBOX_BYTES: Final = 16 * 1024 * 1024
+#: Outgoing bytes queued for one peer at which it is dropped if it sends us anything
+#: more: it does not read what it makes us send. Serving stops at MAX_OUTBOX_BYTES
+#: (plus one frame), so only what is answered at once (Want, a refused Request, a
+#: Sync) and our own announcements can get here. The reader never waits for the
+#: writer instead (two peers doing so at once would deadlock).
+MAX_UNREAD_BYTES: Final = 2 * MAX_OUTBOX_BYTES
 #: A channel we opened that the remote neither opened nor rejected within this long is
 #: given up (so `update` and `get` do not wait on it).
 OPEN_TIMEOUT: Final = 10.0

@@ -19,7 +19,10 @@ Writer: drains the engine's outbox into one `send_all` per batch of messages (th
 protomux "cork"). A worker task does the awaited work (serving, verifying) while the
 reader keeps reading. Serving waits while more than `MAX_OUTBOX_BYTES` wait to be
 sent, so a peer that asks but never reads cannot make us buffer without bound (its
-unanswered requests then hit `MAX_PENDING_SERVES` and it is dropped).
+unanswered requests then hit `MAX_PENDING_SERVES` and it is dropped). What the engine
+answers at once (wants, refused requests, syncs) is bounded by dropping instead: the
+engine raises once more than `MAX_UNREAD_BYTES` wait for a peer that still sends. The
+reader never waits for the writer (two peers doing so at once would deadlock).
 """
 
 from __future__ import annotations

@@ -21,10 +21,13 @@ stream-level part of the protocol and hands channel messages to the per-log
 
 Outputs: `outbox` (messages to write, in order) and `work` (serves and verifications
 the driver must await, in arrival order). `on_output` is called whenever either
-grows, so the driver can wake its writer. Requests the peer cancels before we
-served them are dropped from `work`. Every violation raises `RemoteProtocolError`
-or `DecodeError` from `receive`; the driver then closes the stream, and the
-replicators requeue what this peer owed us.
+grows, so the driver can wake its writer. `outbox_bytes` estimates what the outbox
+holds: serving stops above `MAX_OUTBOX_BYTES` (the driver waits), and a peer that
+sends anything while more than `MAX_UNREAD_BYTES` wait for it is dropped (it asks
+but does not read; the reader never waits for the writer, see driver.py). Requests
+the peer cancels before we served them are dropped from `work`. Every violation
+raises `RemoteProtocolError` or `DecodeError` from `receive`; the driver then closes
+the stream, and the replicators requeue what this peer owed us.
 """
 
 from __future__ import annotations
@@ -38,7 +41,12 @@ from dataclasses import dataclass
 from hyperlog import wire
 from hyperlog.errors import RemoteProtocolError
 from hyperlog.replication import caps
-from hyperlog.replication.constants import MAX_CHANNELS, MAX_SOFT_ERRORS, OPEN_TIMEOUT
+from hyperlog.replication.constants import (
+    MAX_CHANNELS,
+    MAX_SOFT_ERRORS,
+    MAX_UNREAD_BYTES,
+    OPEN_TIMEOUT,
+)
 from hyperlog.replication.scheduler import LogReplicator
 from hyperlog.replication.scheduler_state import PeerChannel, ServeWork, Work
 
@@ -219,10 +227,23 @@ class SessionEngine:
         """Handle one decoded message from the peer.
 
         Raises:
-            RemoteProtocolError: the peer broke the protocol; drop it.
+            RemoteProtocolError: the peer broke the protocol, or it keeps sending
+                while more than `MAX_UNREAD_BYTES` of our messages wait for it to
+                read them (whatever made them: answers to its wants, refusals,
+                syncs, announcements); drop it.
         """
         if self.closed:
             return
+        self._receive(msg, now)
+        if self.outbox_bytes > MAX_UNREAD_BYTES:
+            # Checked per message: one read may carry thousands of small messages,
+            # each answered at once (a Want by up to 32 KiB of bitfield).
+            raise RemoteProtocolError(
+                f"peer does not read: {self.outbox_bytes} bytes queued for it "
+                f"(limit {MAX_UNREAD_BYTES})"
+            )
+
+    def _receive(self, msg: wire.Message, now: float) -> None:
         self._now = now
         if isinstance(msg, wire.Hello):
             if self.session_id is not None:
