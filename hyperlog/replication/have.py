@@ -57,11 +57,23 @@ class RemoteHave:
             touched += 1
 
     def drop_range(self, start: int, length: int) -> None:
+        """The peer lacks [start, start + length) (a NoData, or a dropped Range).
+
+        Inside the prefix: demoting the part of the prefix past `end` into sparse
+        pages is costly, so it is forgotten instead: the prefix ends at `start`, and
+        the pages it covered are forgotten too, so all of [start, old prefix) is
+        "unknown" (asked about again with a Want). A page kept there would turn
+        those blocks into "known absent": a page can outlive the prefix that grew
+        past it (a Want marks it known, then a Range covers it), and two one-off
+        NoData from a peer that has everything used to stall a download forever.
+        """
         end = start + length
         if start < self.contiguous:
-            # Demote the part of the prefix past `end` into sparse pages is costly;
-            # forget it instead: those blocks become "unknown", which is safe.
+            old = self.contiguous
             self.contiguous = start
+            lo, hi = start // PAGE_BITS, (old - 1) // PAGE_BITS
+            for p in [p for p in self._pages if lo <= p <= hi]:
+                del self._pages[p]
         for p in list(self._pages):
             lo, hi = p * PAGE_BITS, (p + 1) * PAGE_BITS
             if hi <= start or lo >= end:
