@@ -285,13 +285,23 @@ class LogAdapter:
         return to_data(proof, request.channel, request.id)
 
     async def _serve_range(self, r: wire.RangeRequest) -> wire.RangeData:
-        proof = self.log.create_proof(ProofRequest(r.fork, hash=HashRequest(r.node, r.nodes)))
-        assert proof.hash is not None
         first = flat_tree.left_span(r.node) // 2
         end = flat_tree.right_span(r.node) // 2 + 1
+        if self.log.fork != r.fork:
+            raise BlockNotAvailableError(f"range asked on fork {r.fork}, the log is at another")
+        # Read the blocks first (a worker thread: the loop runs meanwhile), then build
+        # the proof without awaiting, under the view the blocks were read under. A
+        # truncation (the only way a held block changes) always moves the fork, so an
+        # unchanged fork means the values and the proof are of one history. The other
+        # order sent a new fork's values under the old fork's proof when the writer
+        # truncated and appended during the read, and the reader dropped us.
         values = [v async for v in self.log.iter_blocks(first, end)]
         if len(values) != end - first:
             raise BlockNotAvailableError("range not held")
+        if self.log.fork != r.fork:
+            raise BlockNotAvailableError("the log moved to another fork while serving a range")
+        proof = self.log.create_proof(ProofRequest(r.fork, hash=HashRequest(r.node, r.nodes)))
+        assert proof.hash is not None
         # Like `create_proof`'s node reads, on the loop: 64 small reads (~0.4 ms) cost
         # less than one more worker-thread round trip per range on a busy machine.
         leaves = self._leaf_nodes(first, end) if r.leaves else ()

@@ -121,6 +121,10 @@ class AnswersMixin(ReplicatorBase):
         if isinstance(result, HyperlogError):
             self._unqueue(ch, inf, [])
             self._forget_inflight(ch, inf, failed=True)
+            if self._stale(work):
+                self.pump(now)
+                self.on_change()
+                return None
             if (
                 isinstance(result, InvalidProofError)
                 and not isinstance(result, InvalidSignatureError)
@@ -171,7 +175,18 @@ class AnswersMixin(ReplicatorBase):
             self._on_stored(index, stored[index], ch)
         self.pump(now)
         self.on_change()
-        return errors[0] if errors else None
+        return errors[0] if errors and not self._stale(work) else None
+
+    def _stale(self, work: VerifyWork | RangeVerifyWork) -> bool:
+        """Whether `work` answers a request made on a fork we have since left.
+
+        Its fork is the one we asked on (`_on_data` checks), so an honest peer's
+        correct answer fails verification once a truncation moved us on while it was
+        on the wire or queued: that is stale, not misbehaviour (the request is only
+        forgotten, and asked again on our fork). Honest peers used to be dropped for
+        it ("invalid proof") after every fork change.
+        """
+        return work.data.fork < self.view.fork
 
     def abandon(self, work: Work, now: float) -> None:
         """A verification the driver will never run (its session ended): requeue."""

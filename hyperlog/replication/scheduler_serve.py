@@ -74,7 +74,11 @@ class ServeMixin(ReplicatorBase):
         if ch.closed:
             return
         if data is None:
-            ch.sink.send(wire.NoData(ch.local_id, request.id, wire.NO_DATA_NOT_AVAILABLE))
+            # Refused after a fork change during the serve (a truncation while a range
+            # was read): say so, or the peer takes it for "we lack the block".
+            moved = request.fork != self.view.fork
+            reason = wire.NO_DATA_FORK if moved else wire.NO_DATA_NOT_AVAILABLE
+            ch.sink.send(wire.NoData(ch.local_id, request.id, reason))
         elif (
             isinstance(data, wire.RangeData) and sum(map(len, data.values)) > MAX_RANGE_VALUE_BYTES
         ):

@@ -8,23 +8,30 @@ on the code before its fix.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 
 import pytest
 
-from hyperlog import wire
+from hyperlog import flat_tree, wire
+from hyperlog.crypto import key_pair
 from hyperlog.errors import HyperlogError, RemoteProtocolError
+from hyperlog.log import Log, open_store
 from hyperlog.replication import caps, session
+from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import MAX_OUTBOX_BYTES, MAX_UNREAD_BYTES, REQUEST_TIMEOUT
 from hyperlog.replication.port import Applied
 from hyperlog.replication.scheduler import (
     LogReplicator,
+    PeerChannel,
     RangeVerifyWork,
     ServeWork,
+    VerifyWork,
     Work,
 )
 from hyperlog.replication.session import SessionEngine
 
 from .test_replication_fakes import FakeLog, run_sync
+from .test_replication_progress import ListSink
 
 KEY = bytes(range(32))
 PEER_NONCE = b"\x02" * 32
@@ -158,3 +165,134 @@ def test_two_one_off_nodata_do_not_stall_a_download(refuse: tuple[int, int]) -> 
         p.tick(REQUEST_TIMEOUT + 1)
     missing = [i for i in range(300) if not p.r.has(i)]
     assert d.done and not missing, f"stalled, missing {missing[:5]}..."
+
+
+# -- 3. a range served across a truncation is refused, not sent with a stale proof ---
+
+
+async def test_range_served_across_a_truncation_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with open_store() as store:
+        w = await store.create_log(key_pair(KEY))
+        old = [b"old %d" % i for i in range(64)]
+        await w.append(old)
+        adapter = LogAdapter(w)
+        read = Log.iter_blocks
+
+        async def rewrite_during_read(
+            log: Log, start: int = 0, end: int | None = None
+        ) -> AsyncIterator[bytes]:
+            # The read runs in a worker thread; the writer truncates and appends
+            # meanwhile (deterministically here: just before the blocks are read).
+            await log.truncate(0)
+            await log.append([b"new %d" % i for i in range(64)])
+            async for v in read(log, start, end):
+                yield v
+
+        monkeypatch.setattr(Log, "iter_blocks", rewrite_during_read)
+        node = flat_tree.index(6, 0)  # blocks 0..63
+        req = wire.RangeRequest(1, 9, 0, node, 0, False)
+        data = await adapter.serve(req)
+        adapter.close()
+        # Before the fix: the new fork's values under the old fork's proof (built
+        # before the read), which the reader refuses, dropping us. Now: refused
+        # (`on_served` tells the peer it was another fork).
+        assert data is None, "a range read across a fork change was served"
+        assert w.fork == 1
+
+
+def test_refusal_after_a_fork_change_says_other_fork() -> None:
+    log = FakeLog(KEY, length=64)
+    rep = LogReplicator(log)
+    sink = ListSink()
+    ch = PeerChannel(sink, 1, 1, peer_id=1)
+    ch.owner = rep
+    rep.add_peer(ch, 0.0)
+    req = wire.RangeRequest(1, 5, 0, flat_tree.index(6, 0), 0, False)
+    rep.on_message(ch, req, 0.0)
+    log.truncate_and_fork(0)  # while the serve ran
+    rep.on_served(ch, req, None)
+    (nodata,) = [m for m in sink.sent if isinstance(m, wire.NoData)]
+    assert nodata.reason == wire.NO_DATA_FORK
+
+
+# -- 4. a late answer on the fork we just left is stale, not an invalid proof ---------
+
+
+def _answer(log: FakeLog, ch: PeerChannel, req: wire.Request) -> wire.Data:
+    data = run_sync(log.serve(req))
+    assert isinstance(data, wire.Data)
+    return dataclasses.replace(data, channel=ch.remote_id, id=req.id)
+
+
+def _verify_all(log: FakeLog, rep: LogReplicator, sink: ListSink, now: float) -> list[object]:
+    errors: list[object] = []
+    for w in sink.work:
+        assert isinstance(w, VerifyWork)
+        try:
+            result: Applied | HyperlogError = run_sync(log.apply(w.data))
+        except HyperlogError as exc:
+            result = exc
+        errors.append(rep.on_applied(w, result, now))
+    sink.work.clear()
+    return errors
+
+
+def test_late_answer_from_the_old_fork_does_not_drop_an_honest_peer() -> None:
+    n = 64
+    old = FakeLog(KEY, length=n)  # peer C: an honest copy of fork 0
+    new = FakeLog(KEY, length=n)  # peer W: the writer, who truncates to 32 (fork 1)
+    new.truncate_and_fork(32)
+    new.append(8)
+    reader = FakeLog(KEY, length=n, have=False)  # knows fork 0, length n
+    rep = LogReplicator(reader)
+    sc, sw = ListSink(), ListSink()
+    c = PeerChannel(sc, 1, 1, peer_id=1)
+    c.owner = rep
+    rep.add_peer(c, 0.0)
+    rep.on_message(c, wire.Sync(1, 0, n, n), 0.0)
+    rep.on_message(c, wire.Range(1, 0, n), 0.0)
+    rep.want_block(5, 0.0)
+    (req,) = [m for m in sc.sent if isinstance(m, wire.Request) and m.block is not None]
+    late = _answer(old, c, req)  # C answers on fork 0; slow link: it arrives later
+    # Meanwhile W connects on fork 1 and the reader upgrades from it.
+    w = PeerChannel(sw, 2, 2, peer_id=2)
+    w.owner = rep
+    rep.add_peer(w, 0.0)
+    rep.on_message(w, wire.Sync(2, 1, new.length, 0), 0.0)
+    (up,) = [m for m in sw.sent if isinstance(m, wire.Request) and m.upgrade is not None]
+    rep.on_message(w, _answer(new, w, up), 0.5)
+    assert _verify_all(reader, rep, sw, 0.5) == [None]
+    assert reader.fork == 1
+    # C's correct answer to what we asked (fork 0) arrives: stale, not misbehaviour.
+    rep.on_message(c, late, 1.0)
+    assert _verify_all(reader, rep, sc, 1.0) == [None], "the honest peer would be dropped"
+    # ... and block 5 is asked for again, on fork 1.
+    assert any(
+        isinstance(m, wire.Request) and m.block is not None and m.block.index == 5 and m.fork == 1
+        for m in sc.sent + sw.sent
+    )
+
+
+def test_late_range_from_the_old_fork_is_stale_and_its_blocks_retried() -> None:
+    n = 64
+    p = Pair(n)
+    d = p.rrep.want_range(0, n, p.now)
+    (ch,) = p.rrep.peers
+    # Take the RangeRequest off the wire before the writer sees it.
+    (req,) = [m for m in p.rs.outbox if isinstance(m, wire.RangeRequest)]
+    p.rs.outbox.clear()
+    p.rs.outbox_bytes = 0
+    rd = run_sync(p.w.serve(req))  # answered on fork 0 ...
+    assert isinstance(rd, wire.RangeData)
+    p.w.truncate_and_fork(0)  # ... then the writer rewrites history and we follow
+    p.w.append(n)
+    p.wrep.on_local_update(n, p.now)
+    p.flush()
+    assert p.r.fork == 1
+    late = dataclasses.replace(rd, channel=ch.remote_id, id=req.id)
+    p.rs.receive(late, p.now)  # the old fork's range arrives late: not a drop
+    p.flush()
+    p.tick(REQUEST_TIMEOUT + 1)
+    assert d.done and all(p.r.has(i) for i in range(n))
