@@ -17,7 +17,9 @@ stay fast for millions of blocks:
   search inside one page with a single big-integer operation (C speed);
 * `contiguous_length` (the number of blocks ``0..k-1`` all present, hypercore's
   ``contiguousLength`` hint) is cached and only moves forward on sets;
-* `runs` yields maximal runs of set bits, for ``range`` messages and for ``cat``.
+* `runs` yields maximal runs of set bits, for ``range`` messages and for ``cat``;
+* `bits_bytes` copies a span as bytes (slices of its pages), for ``bitfield``
+  messages: its cost does not depend on how many runs the span holds.
 
 Writers mark pages dirty; `take_dirty` hands the changed pages to storage, which
 writes them in the same transaction as the blocks they describe. Nothing here does
@@ -352,6 +354,35 @@ class Bitfield:
             return None
         page = self._order[-1]
         return (page << _PAGE_SHIFT) + int.from_bytes(self._pages[page], "little").bit_length() - 1
+
+    def bits_bytes(self, start: int, end: int) -> bytes:
+        """Return bits ``start .. end - 1`` as bytes, LSB first (the page layout).
+
+        ``start`` must be a multiple of 8; bits past ``end`` in the last byte are 0.
+        Copies byte slices of the stored pages (absent pages read as zeros): the cost
+        is per page, not per run of bits (a page of alternating bits has 16,384 runs).
+
+        Raises:
+            ValueError: if ``start`` is negative or not a multiple of 8.
+        """
+        if start < 0 or start % 8:
+            raise ValueError("bits_bytes needs a non-negative start, a multiple of 8")
+        if end <= start:
+            return b""
+        out = bytearray((end - start + 7) // 8)
+        order = self._order
+        first = bisect.bisect_left(order, start >> _PAGE_SHIFT)
+        last = bisect.bisect_right(order, (end - 1) >> _PAGE_SHIFT)
+        # Bounded by the stored pages the span touches.
+        for page in order[first:last]:
+            base = page << _PAGE_SHIFT
+            lo, hi = max(start, base), min(end, base + PAGE_BITS)
+            a, b = (lo - base) >> 3, (hi - base + 7) >> 3
+            dst = (lo - start) >> 3
+            out[dst : dst + b - a] = self._pages[page][a:b]
+        if (end - start) % 8:
+            out[-1] &= (1 << ((end - start) % 8)) - 1
+        return bytes(out)
 
     def runs(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
         """Yield ``(first, stop)`` for each maximal run of set bits in ``start .. end - 1``.

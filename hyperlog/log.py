@@ -394,13 +394,11 @@ class Log:
         _require_int(count, "a count")
         if start % 8 or count % 8 or start < 0 or count < 0:
             raise ValueError("have_bits needs non-negative multiples of 8")
-        out = bytearray(count // 8)
-        limit = min(start + count, self._tree.length)
-        for first, stop in self._bitfield.runs(start, limit):
-            for i in range(first, stop):
-                k = i - start
-                out[k >> 3] |= 1 << (k & 7)
-        return bytes(out)
+        # Byte slices of the bitfield's pages: the cost is per page, not per run of
+        # set bits (walking runs took 0.2 s per 4 KiB page of alternating bits, on
+        # the loop, for every page of every Want a peer sent).
+        bits = self._bitfield.bits_bytes(start, min(start + count, self._tree.length))
+        return bits + bytes(count // 8 - len(bits))
 
     def missing_nodes(self, index: int) -> int:
         """Return how many tree nodes on block ``index``'s path up to its root are not stored.
