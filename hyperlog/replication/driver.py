@@ -54,7 +54,7 @@ from hyperlog.replication.constants import (
     MAX_OUTBOX_BYTES,
 )
 from hyperlog.replication.port import LogPort
-from hyperlog.replication.scheduler import LogReplicator
+from hyperlog.replication.scheduler import LogReplicator, check_index
 from hyperlog.replication.scheduler_state import (
     K_CONFLICT,
     DownloadWant,
@@ -162,9 +162,12 @@ class LogReplication:
                 if True, keep waiting for peers to connect or to get the block.
 
         Raises:
+            TypeError: `index` is not an int.
+            ValueError: `index` is negative.
             BlockNotAvailableError: timed out, or (wait=False) no peer has the block.
             ForkConflictError: the log is frozen after a fork conflict.
         """
+        check_index(index, "a block index")
         if self.port.has(index):
             return
         deadline = math.inf if timeout is None else trio.current_time() + timeout
@@ -200,6 +203,10 @@ class LogReplication:
 
         Returns:
             the final progress (blocks and bytes fetched by this download).
+
+        Raises:
+            TypeError: `start` or `end` is not an int.
+            ValueError: `start` is negative, or `end` is before `start`.
         """
         d = self.engine.want_range(start, end, trio.current_time())
         last = (-1, -1)

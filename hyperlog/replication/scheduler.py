@@ -82,11 +82,26 @@ __all__ = [
     "ServeWork",
     "VerifyWork",
     "Work",
+    "check_index",
     "range_leaves_match",
     "range_proofs",
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def check_index(value: object, what: str) -> None:
+    """Refuse what is not a block index (the public API calls this before any work).
+
+    Raises:
+        TypeError: `value` is not an int (a bool is not an index either).
+        ValueError: `value` is negative (the flat-tree walks of a negative index
+            never end: `get(-1)` used to hang the process at 100% CPU).
+    """
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative, got {value}")
 
 
 class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
@@ -134,7 +149,11 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
 
         With `passive`, nobody will call `release_block`: the want ends when the block
         is stored or no peer can provide it (for `Log.get`'s want listeners).
+
+        Raises:
+            TypeError, ValueError: `index` is not a block index (`check_index`).
         """
+        check_index(index, "a block index")
         g = self.gets.get(index)
         if g is None:
             g = self.gets[index] = GetWant(index)
@@ -156,6 +175,17 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
                     self._cancel_request(ch, rid)
 
     def want_range(self, start: int, end: int | None, now: float) -> DownloadWant:
+        """Fetch blocks [start, end) (a `download`; `end=None` follows the log live).
+
+        Raises:
+            TypeError, ValueError: `start` or `end` is not a block index, or
+                `end < start`.
+        """
+        check_index(start, "the start of a range")
+        if end is not None:
+            check_index(end, "the end of a range")
+            if end < start:
+                raise ValueError(f"range end {end} is before its start {start}")
         d = DownloadWant(start, end, start)
         stop = self.view.length if end is None else end
         d.missing = sum(1 for i in range(start, stop) if not self.view.has(i))

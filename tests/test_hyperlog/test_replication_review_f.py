@@ -20,7 +20,7 @@ from hyperlog.bitfield import PAGE_BITS, PAGE_BYTES, Bitfield
 from hyperlog.crypto import key_pair
 from hyperlog.errors import HyperlogError, RemoteProtocolError
 from hyperlog.log import Log, open_store
-from hyperlog.replication import caps, session
+from hyperlog.replication import caps, replication_for, session
 from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import MAX_OUTBOX_BYTES, MAX_UNREAD_BYTES, REQUEST_TIMEOUT
 from hyperlog.replication.port import Applied
@@ -356,3 +356,39 @@ async def test_have_bits_of_alternating_pages_costs_per_page(
         assert got == alternating * pages
         # Before: two searches per run (131,072 calls), ~0.2 s of loop per page.
         assert calls <= 4 * pages
+
+
+# -- 6. a negative or non-int index is refused at the public API ---------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda rep: rep.want_block(-1, 0.0), ValueError),
+        (lambda rep: rep.want_block(1.0, 0.0), TypeError),
+        (lambda rep: rep.want_block(True, 0.0), TypeError),
+        (lambda rep: rep.want_range(-5, 3, 0.0), ValueError),
+        (lambda rep: rep.want_range(5, 3, 0.0), ValueError),
+        (lambda rep: rep.want_range(0, 2.5, 0.0), TypeError),
+        (lambda rep: rep.want_range("0", None, 0.0), TypeError),
+    ],
+)
+def test_engine_refuses_what_is_not_a_block_index(call: Any, error: type[Exception]) -> None:
+    # Before: accepted; with a connected peer the flat-tree walk of a negative index
+    # (the uncle count of its request) never ended, on the Trio thread.
+    rep = LogReplicator(FakeLog(KEY, length=10, have=False))
+    with pytest.raises(error):
+        call(rep)
+    assert not rep.gets and not rep.downloads
+
+
+async def test_get_and_download_refuse_negative_indices() -> None:
+    rep = replication_for(FakeLog(KEY, length=10, have=False))
+    with pytest.raises(ValueError, match="negative"):
+        await rep.get(-1, timeout=1)
+    with pytest.raises(ValueError, match="negative"):
+        await rep.download(-5, 3)
+    with pytest.raises(ValueError, match="before its start"):
+        await rep.download(5, 3)
+    with pytest.raises(TypeError):
+        await rep.get(2.0, timeout=1)  # type: ignore[arg-type]
