@@ -23,6 +23,10 @@ REQUEST_TIMEOUT: Final = 10.0
 HOTSWAP_AFTER: Final = 0.75
 #: How often one block is requested before a `get` gives up on the current peers.
 MAX_ATTEMPTS: Final = 6
+#: Blocks a `Log.get` waits for that no connected peer could provide, remembered per
+#: log (oldest forgotten first) and asked for again when a peer syncs: the log's API
+#: never says when such a wait ends, so they cannot be kept as wants.
+MAX_PARKED_WANTS: Final = 1024
 #: Default `get` timeout: a missing block never waits longer than this unless you
 #: pass `timeout=None` explicitly.
 DEFAULT_GET_TIMEOUT: Final = 30.0

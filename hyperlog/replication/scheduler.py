@@ -41,7 +41,8 @@ from __future__ import annotations
 import logging
 
 from hyperlog import wire
-from hyperlog.errors import RemoteProtocolError
+from hyperlog.errors import BlockNotAvailableError, RemoteProtocolError
+from hyperlog.replication.constants import MAX_ATTEMPTS
 from hyperlog.replication.ranges import (
     MAX_RANGE_VALUE_BYTES,
     range_leaves_match,
@@ -248,12 +249,14 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
                 pass  # we answer wants at once and keep no subscription
             case wire.Bitfield():
                 ch.have.add_bits(msg.start, msg.bits)
+                self._announced(ch, msg.start, msg.start + 8 * len(msg.bits))
                 self.pump(now)
             case wire.Range():
                 if msg.drop:
                     self._drop_have(ch, msg.start, msg.length)
                 else:
                     ch.have.add_range(msg.start, msg.length)
+                    self._announced(ch, msg.start, msg.start + msg.length)
                 self.pump(now)
             case wire.RangeRequest():
                 self._on_range_request(ch, msg)
@@ -261,6 +264,27 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
                 self._on_range_data(ch, msg, now)
             case wire.Close():
                 pass  # handled by the session
+
+    def _announced(self, ch: PeerChannel, start: int, end: int) -> None:
+        """The peer says it now has blocks of [start, end): a get that tried it before
+        (a NoData, a timeout) may ask it again, and one failed for want of a peer no
+        longer fails. Gets never re-asked a peer that got the block later (a chain
+        writer -> B -> C: C's get, refused once by B, waited out its timeout).
+
+        Costs min(end - start, number of gets): a download elsewhere announces every
+        block it stores to every peer.
+        """
+        if not self.gets:
+            return
+        if end - start <= len(self.gets):
+            found = [g for i in range(start, end) if (g := self.gets.get(i)) is not None]
+        else:
+            found = [g for g in self.gets.values() if start <= g.index < end]
+        for g in found:
+            if ch.peer_id in g.tried and ch.have.has(g.index):
+                g.tried.discard(ch.peer_id)
+                if isinstance(g.error, BlockNotAvailableError) and g.attempts < MAX_ATTEMPTS:
+                    g.error = None
 
     def _on_sync(self, ch: PeerChannel, msg: wire.Sync, now: float) -> None:
         first = not ch.synced
@@ -271,6 +295,8 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
         ch.remote_fork, ch.remote_length = msg.fork, msg.length
         ch.remote_can_upgrade = msg.can_upgrade
         ch.synced = True
+        if first and self.parked:
+            self._unpark()
         if self.gets:
             self._fail_unservable()
         if msg.remote_length != self.view.length:

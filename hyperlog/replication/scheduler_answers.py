@@ -286,6 +286,7 @@ class AnswersMixin(ReplicatorBase):
         self.stats["blocks"] += 1
         self.stats["bytes"] += size
         self.retry.discard(index)
+        self.parked.pop(index, None)
         g = self.gets.pop(index, None)
         if g is not None:
             g.error = None

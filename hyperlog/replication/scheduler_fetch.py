@@ -7,7 +7,8 @@ one RangeRequest where the peer has a whole aligned subtree we lack, else single
 blocks, and a Want for pages whose have-bits we do not know). `on_timer` expires
 requests; a cancelled or failed request is forgotten for every block it covers
 (those a download still needs go to the retry set), and gets that no peer can serve
-any more fail.
+any more fail. A failed passive want (a `Log.get`, which waits on its own timeout) is
+parked instead of forgotten and asked for again when a peer syncs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hyperlog.errors import BlockNotAvailableError
 from hyperlog.replication.constants import (
     HOTSWAP_AFTER,
     MAX_ATTEMPTS,
+    MAX_PARKED_WANTS,
     MAX_RANGES_IN_FLIGHT,
     MIN_WINDOW,
     PAGE_BITS,
@@ -346,6 +348,24 @@ class FetchMixin(ReplicatorBase):
             g.passive = False
             if g.waiters <= 0 and self.gets.get(g.index) is g:
                 del self.gets[g.index]
+            # `Log.get` keeps waiting (its own timeout) but never asks again: park the
+            # index, and ask when a peer syncs (a `Log.get` waiting for a peer that
+            # connects later used to wait out its whole timeout).
+            self.parked.pop(g.index, None)
+            self.parked[g.index] = None
+            if len(self.parked) > MAX_PARKED_WANTS:
+                del self.parked[next(iter(self.parked))]
+
+    def _unpark(self) -> None:
+        """A peer synced: parked passive wants become wants again (one try each)."""
+        parked, self.parked = self.parked, {}
+        for index in parked:
+            if self.view.has(index):
+                continue
+            g = self.gets.get(index)
+            if g is None:
+                g = self.gets[index] = GetWant(index)
+            g.passive = True
 
     # ------------------------------------------------------------------ timers
 

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,9 +22,13 @@ from hyperlog.bitfield import PAGE_BITS, PAGE_BYTES, Bitfield
 from hyperlog.crypto import key_pair
 from hyperlog.errors import HyperlogError, RemoteProtocolError
 from hyperlog.log import Log, open_store
-from hyperlog.replication import caps, replication_for, session
+from hyperlog.replication import caps, replicate, replication_for, session
 from hyperlog.replication.adapter import LogAdapter
-from hyperlog.replication.constants import MAX_OUTBOX_BYTES, MAX_UNREAD_BYTES, REQUEST_TIMEOUT
+from hyperlog.replication.constants import (
+    MAX_OUTBOX_BYTES,
+    MAX_UNREAD_BYTES,
+    REQUEST_TIMEOUT,
+)
 from hyperlog.replication.port import Applied
 from hyperlog.replication.scheduler import (
     LogReplicator,
@@ -392,3 +398,80 @@ async def test_get_and_download_refuse_negative_indices() -> None:
         await rep.download(5, 3)
     with pytest.raises(TypeError):
         await rep.get(2.0, timeout=1)  # type: ignore[arg-type]
+
+
+# -- 7. a Log.get waiting with no peer fetches from a peer that connects later --------
+
+
+def _connect(
+    rep: LogReplicator, peer_id: int, length: int, now: float = 0.0, *, held: int | None = None
+) -> ListSink:
+    """A peer of fork 0 and `length` holding blocks [0, held) opens a channel and syncs."""
+    sink = ListSink()
+    ch = PeerChannel(sink, peer_id, peer_id, peer_id=peer_id)
+    ch.owner = rep
+    rep.add_peer(ch, now)
+    rep.on_message(ch, wire.Sync(peer_id, 0, length, rep.view.length), now)
+    rep.on_message(ch, wire.Range(peer_id, 0, length if held is None else held), now)
+    return sink
+
+
+def _asked(sink: ListSink, index: int) -> bool:
+    return any(
+        isinstance(m, wire.Request) and m.block is not None and m.block.index == index
+        for m in sink.sent
+    )
+
+
+def test_passive_want_is_asked_of_a_peer_that_connects_later() -> None:
+    rep = LogReplicator(FakeLog(KEY, length=20, have=False))
+    g = rep.want_block(7, 0.0, passive=True)  # `Log.get(7)` with nobody connected
+    assert g.error is not None  # no peer: it failed (Log.get keeps waiting)
+    sink = _connect(rep, 1, 20, 1.0)
+    assert _asked(sink, 7), "the waiting Log.get never asked the new peer"
+
+
+async def test_log_get_waiting_before_a_peer_connects_gets_the_block() -> None:
+    async with open_store() as ws, open_store() as rs:
+        w = await ws.create_log(key_pair(KEY))
+        await w.append([b"block %d" % i for i in range(20)])
+        r = await rs.open_log(w.key)
+        rep = replication_for(r)
+        a, b = trio.testing.memory_stream_pair()
+        async with replicate(a, w), replicate(b, r):  # learn the length, then leave
+            await rep.wait_for_peers()
+            await rep.update()
+        while rep.peers:
+            await rep.wait_changed()
+        got: list[bytes] = []
+        done = trio.Event()
+        async with trio.open_nursery() as nursery:
+
+            async def get() -> None:
+                got.append(await r.get(7, timeout=8))
+                done.set()
+
+            nursery.start_soon(get)
+            await trio.testing.wait_all_tasks_blocked()  # Log.get waits, no peer
+            a, b = trio.testing.memory_stream_pair()
+            async with replicate(a, w), replicate(b, r):
+                with trio.fail_after(5):  # before: waited out its 8 s, then failed
+                    await done.wait()
+        assert got == [b"block 7"]
+
+
+# -- 8. a get asks again a peer that announces the block after refusing it -----------
+
+
+def test_get_reasks_a_peer_that_announces_the_block_later() -> None:
+    rep = LogReplicator(FakeLog(KEY, length=100, have=False))
+    sink = _connect(rep, 1, 100, held=50)  # B: blocks 0..49 of 100; 70 unknown
+    g = rep.want_block(70, 0.0)
+    (req,) = [m for m in sink.sent if isinstance(m, wire.Request) and m.block is not None]
+    (ch,) = rep.peers
+    rep.on_message(ch, wire.NoData(1, req.id), 0.1)  # B lacks it (for now)
+    assert ch.peer_id in g.tried and g.error is not None
+    sink.sent.clear()
+    rep.on_message(ch, wire.Range(1, 70, 1), 2.0)  # B fetched it and says so
+    assert _asked(sink, 70), "the get never asked B again"
+    assert g.error is None and ch.peer_id not in g.tried
