@@ -298,21 +298,26 @@ class Bitfield:
         return sum(self._counts.values())
 
     def count_range(self, start: int, end: int) -> int:
-        """Return how many bits in ``start .. end - 1`` are set."""
+        """Return how many bits in ``start .. end - 1`` are set.
+
+        Visits only the stored pages the span touches (absent pages hold no set bit),
+        so a span far past the last page costs nothing more.
+        """
+        start = max(start, 0)
+        if end <= start:
+            return 0
         total = 0
-        pos = max(start, 0)
-        while pos < end:
-            page = pos >> _PAGE_SHIFT
-            lo = pos & _PAGE_MASK
-            hi = min(end - (page << _PAGE_SHIFT), PAGE_BITS)
-            data = self._pages.get(page)
-            if data is not None:
-                if lo == 0 and hi == PAGE_BITS:
-                    total += self._counts[page]
-                else:
-                    bits = int.from_bytes(data, "little") >> lo
-                    total += (bits & ((1 << (hi - lo)) - 1)).bit_count()
-            pos = (page << _PAGE_SHIFT) + hi
+        order = self._order
+        first = bisect.bisect_left(order, start >> _PAGE_SHIFT)
+        last = bisect.bisect_right(order, (end - 1) >> _PAGE_SHIFT)
+        for page in order[first:last]:
+            base = page << _PAGE_SHIFT
+            lo, hi = max(start, base) - base, min(end, base + PAGE_BITS) - base
+            if lo == 0 and hi == PAGE_BITS:
+                total += self._counts[page]
+            else:
+                bits = int.from_bytes(self._pages[page], "little") >> lo
+                total += (bits & ((1 << (hi - lo)) - 1)).bit_count()
         return total
 
     def first_unset(self, start: int = 0) -> int:

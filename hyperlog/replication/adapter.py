@@ -204,6 +204,9 @@ class LogAdapter:
     def have_bits(self, start: int, count: int) -> bytes:
         return self.log.have_bits(start, count)
 
+    def count_held(self, start: int, end: int) -> int:
+        return self.log.bitfield.count_range(start, min(end, self.log.length))
+
     def missing_nodes(self, index: int) -> int:
         return self.missing_tree_nodes(2 * index)
 

@@ -79,6 +79,17 @@ class SizedView(Protocol):
         ...
 
 
+@runtime_checkable
+class CountingView(Protocol):
+    """Optional `LogView` extra: how many blocks of a span are held, without a `has`
+    per block. Download progress counts with it (views without it, test fakes, are
+    asked block by block, over the log's length at most)."""
+
+    def count_held(self, start: int, end: int) -> int:
+        """How many blocks of [start, end) are held (none past the log's length)."""
+        ...
+
+
 class LogPort(LogView, Protocol):
     """`LogView` plus the storage operations the driver awaits."""
 

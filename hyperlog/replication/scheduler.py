@@ -189,7 +189,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
                 raise ValueError(f"range end {end} is before its start {start}")
         d = DownloadWant(start, end, start)
         stop = self.view.length if end is None else end
-        d.missing = sum(1 for i in range(start, stop) if not self.view.has(i))
+        d.missing = self._missing_in(start, stop)
         d.counted_to = max(start, stop)
         d.done = end is not None and d.missing == 0
         self.downloads.append(d)
@@ -221,7 +221,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
         for d in self.downloads:
             if d.end is None and d.counted_to < length:
                 lo = max(d.counted_to, d.start)
-                d.missing += sum(1 for i in range(lo, length) if not self.view.has(i))
+                d.missing += self._missing_in(lo, length)
                 d.counted_to = length
 
     # ------------------------------------------------------------------ remote messages

@@ -320,7 +320,7 @@ class AnswersMixin(ReplicatorBase):
             for d in self.downloads:
                 d.cursor = min(d.cursor, max(d.start, truncated_to))
                 stop = self.view.length if d.end is None else d.end
-                d.missing = sum(1 for i in range(d.start, stop) if not self.view.has(i))
+                d.missing = self._missing_in(d.start, stop)
                 d.counted_to = max(d.start, stop)
                 d.done = d.end is not None and d.missing == 0
         self._count_live()

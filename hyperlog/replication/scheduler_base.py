@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hyperlog.errors import HyperlogError
-from hyperlog.replication.port import LogView
+from hyperlog.replication.port import CountingView, LogView
 from hyperlog.replication.scheduler_state import DownloadWant, GetWant, PeerChannel
 
 if TYPE_CHECKING:
@@ -60,6 +60,23 @@ class ReplicatorBase:
         self.on_change = on_change or (lambda: None)
         self.on_block = on_block or (lambda index: None)
         self.stats = {"blocks": 0, "bytes": 0, "timeouts": 0, "hotswaps": 0}
+
+    def _missing_in(self, start: int, end: int) -> int:
+        """How many blocks of [start, end) we lack: those held are counted over the
+        log's length only, the rest is arithmetic (a `download(0, 2**40)` on a short
+        log used to call `has` once per block of the range, on the loop, for hours).
+        """
+        if end <= start:
+            return 0
+        stop = min(end, self.view.length)
+        beyond = end - max(start, stop)
+        if stop <= start:
+            return beyond
+        if isinstance(self.view, CountingView):
+            held = self.view.count_held(start, stop)
+        else:
+            held = sum(1 for i in range(start, stop) if self.view.has(i))
+        return stop - start - held + beyond
 
     if TYPE_CHECKING:
         # Defined by one part, called by another (see the module docstring).

@@ -475,3 +475,65 @@ def test_get_reasks_a_peer_that_announces_the_block_later() -> None:
     rep.on_message(ch, wire.Range(1, 70, 1), 2.0)  # B fetched it and says so
     assert _asked(sink, 70), "the get never asked B again"
     assert g.error is None and ch.peer_id not in g.tried
+
+
+# -- 9. a download's count costs per held page, not per block of its range -----------
+
+
+@given(
+    picks=st.lists(st.integers(0, 4 * PAGE_BITS), max_size=40),
+    runs=st.lists(st.tuples(st.integers(0, 4 * PAGE_BITS), st.integers(1, PAGE_BITS)), max_size=3),
+    start=st.integers(-5, 5 * PAGE_BITS),
+    size=st.integers(-5, 3 * PAGE_BITS),
+)
+def test_count_range_matches_bit_by_bit(
+    picks: list[int], runs: list[tuple[int, int]], start: int, size: int
+) -> None:
+    bits = Bitfield()
+    for i in picks:
+        bits.set(i)
+    for lo, n in runs:
+        bits.set_range(lo, lo + n)
+    want = sum(1 for i in range(max(start, 0), start + size) if bits.get(i))
+    assert bits.count_range(start, start + size) == want
+    assert bits.count_range(start, 2**40) == sum(1 for i in bits if i >= start)
+
+
+class CountedHas(FakeLog):
+    """A FakeLog whose `has` fails past a budget (a loop over a huge range)."""
+
+    budget = 10_000
+
+    def has(self, index: int) -> bool:
+        self.budget -= 1
+        assert self.budget >= 0, "has() called once per block of the range"
+        return super().has(index)
+
+
+@pytest.mark.parametrize(("start", "end"), [(0, 2**40), (3, 10**12), (10**9, 2**40)])
+def test_download_far_past_the_length_counts_arithmetically(start: int, end: int) -> None:
+    log = CountedHas(KEY, length=10, have=False)
+    log.blocks = {i: b"" for i in (2, 5)}
+    rep = LogReplicator(log)
+    d = rep.want_range(start, end, 0.0)
+    held = sum(1 for i in (2, 5) if start <= i < end)
+    assert d.missing == end - start - held and not d.done
+
+
+async def test_adapter_counts_held_blocks_from_the_bitfield() -> None:
+    async with open_store() as ws, open_store() as rs:
+        w = await ws.create_log(key_pair(KEY))
+        await w.append([b"x"] * 40)
+        r = await rs.open_log(w.key)
+        rep = replication_for(r)
+        a, b = trio.testing.memory_stream_pair()
+        async with replicate(a, w), replicate(b, r):
+            await rep.wait_for_peers()
+            await rep.update()
+            await rep.get(3)
+            await rep.get(33)
+        engine = rep.engine
+        assert engine._missing_in(0, 2**40) == 2**40 - 2
+        assert engine._missing_in(4, 40) == 35
+        assert engine._missing_in(33, 34) == 0
+        assert engine._missing_in(50, 60) == 10
