@@ -39,6 +39,12 @@ MAX_CANCELLED_IDS: Final = 8 * MAX_WINDOW
 MAX_PENDING_SERVES: Final = 2 * MAX_WINDOW
 #: Channels (logs) one stream may open.
 MAX_CHANNELS: Final = 1024
+#: Remote channel ids closed or rejected on one stream that we remember (oldest
+#: forgotten first): a message racing the close is then ignored (a soft error), and an
+#: open reusing the id is refused. A peer opening and closing channels forever used
+#: to make this set grow without limit; a message for a forgotten id is a protocol
+#: error, as for an id never opened.
+MAX_CLOSED_CHANNEL_IDS: Final = 4 * MAX_CHANNELS
 #: Blocks whose have-bits we keep per remote page (one hypercore page).
 PAGE_BITS: Final = 32768
 #: Sparse have-pages kept per remote peer and log (32 MiB of bitmap at most would be

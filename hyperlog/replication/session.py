@@ -17,7 +17,9 @@ stream-level part of the protocol and hands channel messages to the per-log
    we do not have is ignored (counted); a wrong capability closes that channel.
 3. Channel messages carry the *sender's* channel id (protomux style): we map remote
    ids to channels. Messages for a channel the peer closed are ignored up to
-   `MAX_SOFT_ERRORS`, then the peer is dropped.
+   `MAX_SOFT_ERRORS`, then the peer is dropped. The last `MAX_CLOSED_CHANNEL_IDS`
+   closed ids are remembered (a peer opening and closing channels forever must not
+   grow our memory); a message for an older one is an error, as for an unknown id.
 
 Outputs: `outbox` (messages to write, in order) and `work` (serves and verifications
 the driver must await, in arrival order). `on_output` is called whenever either
@@ -43,6 +45,7 @@ from hyperlog.errors import RemoteProtocolError
 from hyperlog.replication import caps
 from hyperlog.replication.constants import (
     MAX_CHANNELS,
+    MAX_CLOSED_CHANNEL_IDS,
     MAX_SOFT_ERRORS,
     MAX_UNREAD_BYTES,
     OPEN_TIMEOUT,
@@ -118,7 +121,9 @@ class SessionEngine:
         self.on_output: Callable[[], None] = lambda: None
         self._by_dk: dict[bytes, _Local] = {}
         self._by_remote: dict[int, _Local] = {}
-        self._closed_remote: set[int] = set()
+        # Remote ids of channels closed or refused (insertion order: the oldest is
+        # forgotten first, at most MAX_CLOSED_CHANNEL_IDS).
+        self._closed_remote: dict[int, None] = {}
         self._cancelled: set[tuple[int, int]] = set()
         self._next_local = 1
         self._soft_errors = 0
@@ -264,7 +269,7 @@ class SessionEngine:
                     if mine.channel is not None:
                         assert mine.remote_id is not None
                         self._by_remote.pop(mine.remote_id, None)
-                        self._closed_remote.add(mine.remote_id)
+                        self._note_closed(mine.remote_id)
                         for w in self.work:
                             if w.channel is mine.channel:
                                 mine.replicator.abandon(w, now)
@@ -285,7 +290,7 @@ class SessionEngine:
         ch = loc.channel
         if isinstance(msg, wire.Close):
             del self._by_remote[msg.channel]
-            self._closed_remote.add(msg.channel)
+            self._note_closed(msg.channel)
             loc.remote_id = None
             loc.channel = None
             for w in self.work:
@@ -304,6 +309,12 @@ class SessionEngine:
                 self._cancelled &= live
             return
         loc.replicator.on_message(ch, msg, now)
+
+    def _note_closed(self, remote_id: int) -> None:
+        self._closed_remote.pop(remote_id, None)
+        self._closed_remote[remote_id] = None
+        if len(self._closed_remote) > MAX_CLOSED_CHANNEL_IDS:
+            del self._closed_remote[next(iter(self._closed_remote))]
 
     @staticmethod
     def _settle(loc: _Local) -> None:
@@ -369,7 +380,7 @@ class SessionEngine:
             rep = self._resolve(msg.discovery_key) if self._resolve is not None else None
             if rep is None:
                 self.ignored_opens += 1
-                self._closed_remote.add(msg.channel)
+                self._note_closed(msg.channel)
                 self._soft_error("open for a log we do not have")
                 self.send(wire.Reject(msg.channel, "unknown log"))
                 return
@@ -382,7 +393,7 @@ class SessionEngine:
             msg.capability, self.session_id, key, initiator=not self._initiator
         ):
             self.bad_capabilities += 1
-            self._closed_remote.add(msg.channel)
+            self._note_closed(msg.channel)
             self._soft_error("open: wrong capability")
             self.send(wire.Reject(msg.channel, "bad capability"))
             return

@@ -25,6 +25,7 @@ from hyperlog.log import Log, open_store
 from hyperlog.replication import caps, replicate, replication_for, session
 from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import (
+    MAX_CLOSED_CHANNEL_IDS,
     MAX_OUTBOX_BYTES,
     MAX_UNREAD_BYTES,
     REQUEST_TIMEOUT,
@@ -537,3 +538,25 @@ async def test_adapter_counts_held_blocks_from_the_bitfield() -> None:
         assert engine._missing_in(4, 40) == 35
         assert engine._missing_in(33, 34) == 0
         assert engine._missing_in(50, 60) == 10
+
+
+# -- 10. opening and closing channels forever does not grow the session --------------
+
+
+def test_open_close_cycles_keep_closed_ids_bounded() -> None:
+    log = FakeLog(KEY, length=10)
+    s, rep = open_session(log)
+    assert s.session_id is not None
+    cap = caps.capability(s.session_id, log.key, initiator=s.nonce > PEER_NONCE)
+    s.receive(wire.Close(1, ""), 0.0)
+    for k in range(2, 3 * MAX_CLOSED_CHANNEL_IDS):
+        s.receive(wire.Open(k, log.discovery_key, cap), 0.0)
+        s.receive(wire.Close(k, ""), 0.0)
+        while s.outbox:
+            s.pop_outbox()
+    assert len(s._closed_remote) <= MAX_CLOSED_CHANNEL_IDS
+    assert not rep.peers
+    # Recent ids are still known: a message racing their close is a soft error.
+    s.receive(wire.Sync(k, 0, 0, 10), 0.0)
+    with pytest.raises(RemoteProtocolError, match="reused"):
+        s.receive(wire.Open(k, log.discovery_key, cap), 0.0)
