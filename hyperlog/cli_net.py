@@ -99,8 +99,10 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         async with trio.open_nursery() as nursery:
             try:
                 bound = await nursery.start(serve_links, args.listen, identity, handler)
-            except (OSError, PineconeError) as exc:
-                raise HyperlogError(f"cannot listen on {args.listen}: {_reason(exc)}") from exc
+            except OSError as exc:
+                raise HyperlogError(_reason(exc)) from exc  # it names the URI already
+            except PineconeError as exc:
+                raise HyperlogError(f"cannot listen on {args.listen}: {exc}") from exc
             first = await store.default_log()
             print(f"serving {first.key.hex()} on {bound}", flush=True)
     return 0

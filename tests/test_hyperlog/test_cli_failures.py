@@ -87,17 +87,19 @@ async def test_ctrl_c_stops_serve_cleanly(tmp_path: Path) -> None:
 
 async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
     await _store_with_log(tmp_path / "w")
+    await _store_with_log(tmp_path / "w2")  # (the same store would fail on its lock first)
     proc, uri = await _start_serve(tmp_path / "w")
     try:
         with trio.fail_after(BOUND):
             second = await trio.run_process(
-                [*CMD, "serve", str(tmp_path / "w"), "--listen", uri],
+                [*CMD, "serve", str(tmp_path / "w2"), "--listen", uri],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
             )
         assert second.returncode == 1
         assert b"Traceback" not in second.stderr and b"hyperlog: error:" in second.stderr
+        assert second.stderr.count(b"cannot listen on " + uri.encode()) == 1, second.stderr
     finally:
         proc.kill()
         await proc.wait()
