@@ -7,7 +7,6 @@ wrong type, a call on a node whose block has ended.
 
 from __future__ import annotations
 
-import os
 from functools import partial
 from pathlib import Path
 
@@ -194,18 +193,6 @@ def test_saving_a_key_in_a_missing_directory_names_the_key_file(
     with pytest.raises(FileNotFoundError) as info:
         Identity.load_or_create(path)
     assert info.value.filename == str(path)
-
-
-def test_saving_a_key_in_a_read_only_directory_names_the_key_file(tmp_path: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root writes into a read-only directory")
-    tmp_path.chmod(0o500)
-    try:
-        with pytest.raises(PermissionError) as info:
-            Identity.generate().save(tmp_path / "node.key")
-    finally:
-        tmp_path.chmod(0o700)
-    assert info.value.filename == str(tmp_path / "node.key")
 
 
 def test_status_json_in_a_missing_directory_names_the_status_file(tmp_path: Path) -> None:
