@@ -188,6 +188,9 @@ class _Shared:
         stop, self._stop_listening = self._stop_listening, None
         if stop is not None:
             stop()
+            # No longer told where the log is cut: a checkout used after this (its
+            # `open_hamt` block ended) treats any fork change as cutting it away.
+            self.cuts = None
 
     def writable(self) -> bool:
         """Whether the log takes appends (a log without `writable`, e.g. a
@@ -242,12 +245,15 @@ class Hamt(Generic[V]):
     `version` (the log's length) names a state and `checkout(version)` reads it.
     """
 
-    def __init__(self, shared: _Shared, codec: Codec[V], version: int | None) -> None:
+    def __init__(
+        self, shared: _Shared, codec: Codec[V], version: int | None, fork: int | None = None
+    ) -> None:
         self._s = shared
         self._codec = codec
         self._fixed = version
-        # The log's fork when a checkout was made: its version names blocks of that fork.
-        self._fixed_fork = shared._fork()
+        # The log's fork when a checkout was made: its version names blocks of that fork
+        # (a checkout of a checkout keeps the first one's).
+        self._fixed_fork = shared._fork() if fork is None else fork
 
     # -- state ---------------------------------------------------------------------
 
@@ -278,7 +284,14 @@ class Hamt(Generic[V]):
         """
         if not 1 <= version <= self._s.log.length:
             raise ValueError(f"version {version} not in 1..{self._s.log.length}")
-        return Hamt(self._s, self._codec, version)
+        if self._fixed is None:
+            return Hamt(self._s, self._codec, version)
+        # A view of a view: of the same fork, and only while that fork's blocks are
+        # still there (a retired checkout must not hand out a view of the new fork).
+        self._check_version()
+        view: Hamt[V] = Hamt(self._s, self._codec, version, self._fixed_fork)
+        view._check_version()
+        return view
 
     def snapshot(self) -> Hamt[V]:
         """Return a read-only view pinned at the current version."""

@@ -179,3 +179,42 @@ async def test_a_hamt_on_a_log_snapshot_is_read_only() -> None:
         with pytest.raises(hamt.ReadOnlyError, match="empty and not writable"):
             async with hamt.open_hamt(empty):
                 pass
+
+
+async def test_a_checkout_used_after_its_block_ended_still_refuses_the_new_fork() -> None:
+    # Found by a second review: closing the HAMT stopped hearing about cuts but kept
+    # the (now frozen) record of them, so a fork change looked like no cut at all.
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db:
+            for i in range(9):
+                await db.put(f"k{i}", b"old%d" % i)
+            co = db.checkout(10)
+            assert await co.get("k8") == b"old8"
+        await log.truncate(5)
+        async with hamt.open_hamt(log) as db2:
+            for i in range(6):
+                await db2.put(f"k{i + 100}", b"NEW")
+        with pytest.raises(TruncatedError):
+            await co.get("k8")
+
+
+async def test_views_of_a_retired_checkout_are_retired_too() -> None:
+    # Found by a second review: `snapshot()`/`checkout()` of a checkout that a cut
+    # retired were stamped with the new fork and answered from it.
+    async with open_store() as store:
+        log = await store.create_log()
+        async with hamt.open_hamt(log) as db:
+            for i in range(9):
+                await db.put(f"k{i}", b"old%d" % i)
+            old = db.checkout(10)
+            kept = db.checkout(5)
+            await log.truncate(5)
+            for i in range(6):
+                await db.put(f"new{i}", b"NEW")
+            with pytest.raises(TruncatedError):
+                old.snapshot()
+            with pytest.raises(TruncatedError):
+                old.checkout(9)
+            # A view of a checkout the cut kept is fine, and of the old fork.
+            assert await kept.checkout(3).get("k1") == b"old1"
