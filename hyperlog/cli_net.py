@@ -215,8 +215,14 @@ async def _clone(args: argparse.Namespace) -> int:
     state = _CloneState()
     try:
         return await _clone_into(args, state)
-    except (KeyboardInterrupt, trio.Cancelled):  # Ctrl-C; SIGTERM (hyperlog.cli)
-        if state.confirmed:
+    except BaseException as exc:
+        # Ctrl-C, or SIGTERM (hyperlog.cli cancels us): often inside a group, as the
+        # clone's nurseries deliver it.
+        stopped = (KeyboardInterrupt, trio.Cancelled)
+        if state.confirmed and (
+            isinstance(exc, stopped)
+            or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(stopped) is not None)
+        ):
             print(
                 f"hyperlog: stopped after fetching {state.fetched} blocks (kept: run the "
                 "same clone again to resume)",

@@ -20,9 +20,11 @@ from .sessions.config import SessionConfig
 DEFAULT_MAX_PEERS: Final = 64
 #: Inbound connections allowed to be mid-handshake at once; more are closed at once.
 MAX_PENDING_HANDSHAKES: Final = 32
-#: ... and from any one address (where the transport tells it: TCP), so one host's
-#: silent connections cannot take every slot and lock honest peers out (one with many
-#: addresses still can; each slot is held at most `NodeConfig.handshake_timeout`).
+#: ... and, once half of those are taken, from any one address (where the transport
+#: tells it: TCP) at most this many: so one host's silent connections cannot take every
+#: slot and lock honest peers out, while a burst from one address (nodes behind a NAT,
+#: several on one machine) still fits while the node is not busy. A host with many
+#: addresses still can; each slot is held at most `NodeConfig.handshake_timeout`.
 MAX_PENDING_HANDSHAKES_PER_HOST: Final = 4
 #: Items the router inbox holds before senders wait (back-pressure on peer readers).
 INBOX_SIZE: Final = 1024

@@ -205,8 +205,15 @@ class PeeringsMixin(NodeBase):
         address = _peer_address(stream)
         host = None if address is None else address[0]
         by_host = self._pending_by_host
-        if self._pending_handshakes >= MAX_PENDING_HANDSHAKES or (
-            host is not None and by_host.get(host, 0) >= MAX_PENDING_HANDSHAKES_PER_HOST
+        pending = self._pending_handshakes
+        if pending >= MAX_PENDING_HANDSHAKES or (
+            # One address may fill at most half the slots: beyond that, only its first
+            # few (a burst of honest dials from one address, peers behind one NAT get
+            # room while the rest are free; one host's silent sockets cannot lock
+            # everybody else out).
+            host is not None
+            and pending >= MAX_PENDING_HANDSHAKES // 2
+            and by_host.get(host, 0) >= MAX_PENDING_HANDSHAKES_PER_HOST
         ):
             self.counters.refused_pending_handshakes += 1
             self._notify()

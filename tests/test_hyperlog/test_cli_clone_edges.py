@@ -24,7 +24,14 @@ import trio
 
 from hyperlog.storage_sqlite import DB_FILENAME
 
-from .test_cli_failures import BOUND, CMD, _start_serve, _stderr_of, _store_with_log
+from .test_cli_failures import (
+    BOUND,
+    CMD,
+    _blocks_held,
+    _start_serve,
+    _stderr_of,
+    _store_with_log,
+)
 
 
 async def _hyperlog(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -155,3 +162,30 @@ async def test_the_local_commands_do_not_load_the_overlay_stack() -> None:
             [sys.executable, "-c", probe], capture_stdout=True, check=True
         )
     assert result.stdout.splitlines()[-1] == b"False"
+
+
+async def test_a_clone_stopped_by_sigterm_says_what_it_kept(tmp_path: Path) -> None:
+    # Found by a second review: the "stopped after fetching" line never printed (the
+    # cancellation reached `_clone` inside an exception group).
+    key = await _store_with_log(tmp_path / "w")  # 20 blocks
+    proc, uri = await _start_serve(tmp_path / "w")
+    try:
+        clone = await trio.lowlevel.open_process(
+            [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri, "--live"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        with trio.fail_after(BOUND):
+            for _ in range(BOUND * 20):  # another process's store: poll it
+                if await _blocks_held(tmp_path / "r") >= 20:
+                    break
+                await trio.sleep(0.05)
+        clone.send_signal(signal.SIGTERM)
+        with trio.fail_after(BOUND):
+            err = await _stderr_of(clone)
+            code = await clone.wait()
+    finally:
+        proc.kill()
+        await proc.wait()
+    assert code == 143, err
+    assert b"stopped after fetching 20 blocks" in err and err.endswith(b"terminated\n")
