@@ -39,12 +39,17 @@ class _ForkingLog(WrappedLog):
         self.fork += 1
 
 
+async def _put_nine_old_keys(db: hamt.Hamt[bytes]) -> None:
+    """k0..k8 = old0..old8: the HAMT is then at version 10 (a header and nine puts)."""
+    for i in range(9):
+        await db.put(f"k{i}", b"old%d" % i)
+
+
 async def test_a_checkout_cut_away_by_a_truncation_refuses_to_read() -> None:
     async with open_store() as store:
         log = await store.create_log()
         async with hamt.open_hamt(log) as db:
-            for i in range(9):
-                await db.put(f"k{i}", b"old%d" % i)
+            await _put_nine_old_keys(db)
             old = db.checkout(10)
             kept = db.checkout(5)  # blocks 0-4: the truncation below keeps them
             assert await old.get("k8") == b"old8"
@@ -187,8 +192,7 @@ async def test_a_checkout_used_after_its_block_ended_still_refuses_the_new_fork(
     async with open_store() as store:
         log = await store.create_log()
         async with hamt.open_hamt(log) as db:
-            for i in range(9):
-                await db.put(f"k{i}", b"old%d" % i)
+            await _put_nine_old_keys(db)
             co = db.checkout(10)
             assert await co.get("k8") == b"old8"
         await log.truncate(5)
@@ -205,8 +209,7 @@ async def test_views_of_a_retired_checkout_are_retired_too() -> None:
     async with open_store() as store:
         log = await store.create_log()
         async with hamt.open_hamt(log) as db:
-            for i in range(9):
-                await db.put(f"k{i}", b"old%d" % i)
+            await _put_nine_old_keys(db)
             old = db.checkout(10)
             kept = db.checkout(5)
             await log.truncate(5)

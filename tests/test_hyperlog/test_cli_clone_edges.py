@@ -27,7 +27,7 @@ from hyperlog.storage_sqlite import DB_FILENAME
 from .test_cli_failures import (
     BOUND,
     CMD,
-    _blocks_held,
+    _live_clone_holding,
     _start_serve,
     _stderr_of,
     _store_with_log,
@@ -170,16 +170,7 @@ async def test_a_clone_stopped_by_sigterm_says_what_it_kept(tmp_path: Path) -> N
     key = await _store_with_log(tmp_path / "w")  # 20 blocks
     proc, uri = await _start_serve(tmp_path / "w")
     try:
-        clone = await trio.lowlevel.open_process(
-            [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri, "--live"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        with trio.fail_after(BOUND):
-            for _ in range(BOUND * 20):  # another process's store: poll it
-                if await _blocks_held(tmp_path / "r") >= 20:
-                    break
-                await trio.sleep(0.05)
+        clone = await _live_clone_holding(key, tmp_path / "r", uri, 20)
         clone.send_signal(signal.SIGTERM)
         with trio.fail_after(BOUND):
             err = await _stderr_of(clone)

@@ -105,20 +105,26 @@ async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         await proc.wait()
 
 
-async def test_a_live_clone_says_why_it_ended(tmp_path: Path) -> None:
-    key = await _store_with_log(tmp_path / "w")
-    proc, uri = await _start_serve(tmp_path / "w")
+async def _live_clone_holding(key: str, directory: Path, uri: str, blocks: int) -> trio.Process:
+    """A `clone --live` into `directory`, once it holds `blocks` blocks (a fixed sleep
+    was too short on a loaded machine)."""
     clone = await trio.lowlevel.open_process(
-        [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri, "--live"],
+        [*CMD, "clone", key, str(directory), "--connect", uri, "--live"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    # The clone has all 20 blocks (a fixed sleep was too short on a loaded machine).
     with trio.fail_after(BOUND):
         for _ in range(BOUND * 20):  # another process's store: poll it
-            if await _blocks_held(tmp_path / "r") >= 20:
+            if await _blocks_held(directory) >= blocks:
                 break
             await trio.sleep(0.05)
+    return clone
+
+
+async def test_a_live_clone_says_why_it_ended(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w")
+    proc, uri = await _start_serve(tmp_path / "w")
+    clone = await _live_clone_holding(key, tmp_path / "r", uri, 20)
     proc.send_signal(signal.SIGINT)  # the server goes away
     with trio.fail_after(BOUND):
         await proc.wait()
