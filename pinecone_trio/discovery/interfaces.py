@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import ipaddress
+import os
 import socket
 import struct
 import sys
@@ -49,7 +50,10 @@ class Interface:
 
 
 def _ioctl(sock: socket.socket, request: int, name: str) -> bytes:
-    packed = struct.pack("256s", name.encode()[:15])
+    # Linux allows any byte but '/', ':' and whitespace in a name, and
+    # `socket.if_nameindex` decodes it like a file name (undecodable bytes become
+    # surrogates), so encode it back the same way: `str.encode()` would raise.
+    packed = struct.pack("256s", os.fsencode(name)[:15])
     return fcntl.ioctl(sock.fileno(), request, packed)
 
 
@@ -88,7 +92,15 @@ def _link_local_addresses() -> dict[int, str]:
 
 
 def usable_interfaces() -> list[Interface]:
-    """The interfaces a beacon can be sent on now, ordered by name."""
+    """The interfaces a beacon can be sent on now, ordered by name.
+
+    An interface that cannot be asked about (it vanished meanwhile, or its name
+    cannot be encoded back to the kernel's bytes) is skipped: one bad interface must
+    never take discovery down.
+
+    Raises:
+        OSError: the interface list or the query socket itself is unavailable.
+    """
     if not sys.platform.startswith("linux"):
         return []
     link_local = _link_local_addresses()
@@ -97,8 +109,8 @@ def usable_interfaces() -> list[Interface]:
         for index, name in socket.if_nameindex():
             try:
                 flags = struct.unpack_from("H", _ioctl(sock, _SIOCGIFFLAGS, name), 16)[0]
-            except OSError:
-                continue  # the interface vanished meanwhile
+            except (OSError, ValueError):
+                continue  # vanished meanwhile, or a name we cannot hand back
             if not flags & _IFF_UP or not flags & _IFF_MULTICAST:
                 continue
             if flags & (_IFF_POINTOPOINT | _IFF_LOOPBACK):
@@ -106,7 +118,7 @@ def usable_interfaces() -> list[Interface]:
             ipv4: str | None
             try:
                 ipv4 = socket.inet_ntoa(_ioctl(sock, _SIOCGIFADDR, name)[20:24])
-            except OSError:
+            except (OSError, ValueError):
                 ipv4 = None  # no IPv4 address: IPv6 link-local may still do
             ipv6 = link_local.get(index)
             if ipv4 is None and ipv6 is None:

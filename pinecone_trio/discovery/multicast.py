@@ -274,7 +274,7 @@ class MulticastDiscovery:
     def _rescan_all(self) -> None:
         try:
             found = usable_interfaces()
-        except OSError as exc:  # e.g. out of file descriptors on a busy relay
+        except (OSError, ValueError) as exc:  # e.g. out of file descriptors on a busy relay
             self.statistics.scan_errors += 1
             logger.info("interface scan failed (keeping the last one): %s", exc)
             return
