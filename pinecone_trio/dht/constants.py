@@ -70,9 +70,14 @@ SUCCESSOR_INTERVAL: Final = 5.0
 SUCCESSOR_TTL: Final = 3 * SUCCESSOR_INTERVAL
 #: When a snake neighbour changes (a closer successor claimed, the descending one died or
 #: a node joined next to us), the copies we owe that side are pushed to the new neighbour
-#: at once rather than at the announcer's next refresh: this many records per change
-#: at most (the most recently stored first), well inside the shell's outbox.
+#: at once rather than at the announcer's next refresh: this many records at most (the
+#: most recently stored first), well inside the shell's outbox ...
 MAX_HANDOFF_RECORDS: Final = 256
+#: ... out of a budget per node, not per change, refilled at this many copies a second
+#: (`MAX_HANDOFF_RECORDS` per `SUCCESSOR_TTL`). A successor claim is unauthenticated
+#: and any key between ours and the successor's can be claimed: with a budget per
+#: change, every forged 3-byte claim bought 256 STOREs (140 KB) to the forged key.
+HANDOFF_RATE: Final = MAX_HANDOFF_RECORDS / SUCCESSOR_TTL
 #: Neighbour keys a lookup reply carries (the responder's descending and ascending).
 MAX_NEIGHBOURS: Final = 4
 

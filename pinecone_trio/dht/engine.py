@@ -35,8 +35,10 @@ tells its descending neighbour "I am your successor" (SUCCESSOR) every
 `SUCCESSOR_INTERVAL`, and the ascending neighbour is the lower of the freshest lowest
 claim and the router's guess (both bound the true successor from above). The copies a
 node pushed up and down are remembered per record, and pushed again to a neighbour that
-changes (`MAX_HANDOFF_RECORDS` per change), so a copy that went to a wrong or dying
-neighbour is put right at once rather than at the next refresh.
+changes, so a copy that went to a wrong or dying neighbour is put right at once rather
+than at the next refresh. Claims are unauthenticated, so hand-offs draw on one budget
+per node (`MAX_HANDOFF_RECORDS` at once, refilled at `HANDOFF_RATE`), not per change:
+forged claims from ever new keys cannot make a node push its store out again and again.
 
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
 table); the overlay's source key is not authenticated, which is why nothing is stored
@@ -58,6 +60,7 @@ from .constants import (
     ANNOUNCE_REFRESH_INTERVAL,
     ANNOUNCE_RETRY_INTERVAL,
     EXPIRY_SWEEP_INTERVAL,
+    HANDOFF_RATE,
     LOOKUP_TIMEOUT,
     MAX_HANDOFF_RECORDS,
     MAX_LOOKUP_QUERIES,
@@ -285,6 +288,8 @@ class DhtEngine:
         # stored the record; and the neighbours they were last handed to.
         self._owed: OrderedDict[tuple[bytes, bytes], tuple[int, int]] = OrderedDict()
         self._handed: tuple[bytes | None, bytes | None] = (None, None)
+        # The node's hand-off budget (copies), refilled at HANDOFF_RATE since the time.
+        self._handoff_budget = (float(MAX_HANDOFF_RECORDS), -math.inf)
         self._lookups: dict[int, _Lookup] = {}
         self._announcements: dict[bytes, _Announcement] = {}
         self._announce_ids: dict[int, bytes] = {}
@@ -424,7 +429,10 @@ class DhtEngine:
 
         A copy sent up just before the true successor's claim arrived went to the
         router's guess; one sent down before a dead predecessor was replaced went
-        nowhere. Without this they would stay misplaced until the next refresh."""
+        nowhere. Without this they would stay misplaced until the next refresh.
+
+        The copies come out of the node's budget (`MAX_HANDOFF_RECORDS`, refilled at
+        `HANDOFF_RATE`); those it cannot pay for wait for the announcer's refresh."""
         current = (self._ascending, self._descending)
         if current == self._handed:
             return []
@@ -434,6 +442,9 @@ class DhtEngine:
             if key is not None and key != old
         ]
         self._handed = current
+        tokens, since = self._handoff_budget
+        budget = min(float(MAX_HANDOFF_RECORDS), tokens + (now - since) * HANDOFF_RATE)
+        limit = int(budget)
         actions: list[Action] = []
         for (topic, announcer), owed in reversed(list(self._owed.items())):
             stored = self.store.entry(topic, announcer)
@@ -443,9 +454,10 @@ class DhtEngine:
             remaining = _remaining(stored.expires, now)
             for direction, key in changed:
                 copies = owed[0] if direction == UP else owed[1]
-                if copies > 0 and remaining > 0 and len(actions) < MAX_HANDOFF_RECORDS:
+                if copies > 0 and remaining > 0 and len(actions) < limit:
                     store = Store(stored.record, remaining, copies - 1, direction)
                     actions.append(SendExact(key, encode(store)))
+        self._handoff_budget = (budget - len(actions), now)
         self.statistics.handoffs += len(actions)
         return actions
 
