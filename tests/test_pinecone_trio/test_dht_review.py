@@ -3,11 +3,16 @@ times, the Trio shell in virtual time."""
 
 from __future__ import annotations
 
-from pinecone_trio.dht import wire
+import trio
+import trio.testing
+
+from pinecone_trio.dht import open_dht, wire
 from pinecone_trio.dht.constants import HANDOFF_RATE, MAX_HANDOFF_RECORDS, SUCCESSOR_TTL
 from pinecone_trio.dht.crypto import record_signable, topic_id
 from pinecone_trio.dht.engine import Action, DhtEngine, SendExact
+from pinecone_trio.dht.service import EXIT_GRACE
 from pinecone_trio.identity import Identity
+from pinecone_trio.testing import open_network
 
 
 def _record(signer: Identity, topic: bytes, seq: int, ttl: int, data: bytes = b"") -> wire.Record:
@@ -56,3 +61,44 @@ def test_forged_successor_claims_cannot_make_a_node_push_its_store_out_again_and
     new_descending = bytes(31) + b"\x01"
     engine.set_neighbours(new_descending, b"\xff" * 32)
     assert _stores(engine.on_timer(now)).count(new_descending) == 30
+
+
+async def test_leaving_open_dht_right_after_an_announce_block_still_withdraws(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # `async with open_dht(node) as dht, dht.announce(t):` queued the withdrawal with
+    # send_nowait, and the service nursery cancelled the sender before it ran: the
+    # record of the node that left stayed findable for RECORD_TTL.
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(60):
+            await net.wait_converged()
+        a, b = net["a"], net["b"]
+        keys = sorted([a.public_key, b.public_key])
+
+        def closest(t: str) -> bytes:
+            return next((k for k in keys if k >= topic_id(t)), keys[-1])
+
+        # b is the record's home: the withdrawal must travel from a to b.
+        topic = next(t for t in (f"t{i}" for i in range(1000)) if closest(t) == b.public_key)
+        async with open_dht(b) as dht_b:
+            async with open_dht(a) as dht_a, dht_a.announce(topic, b"a") as ann:
+                assert ann.acknowledged
+                assert len(await dht_b.lookup(topic)) == 1
+            await trio.sleep(1.0)
+            stored = dht_b.engine.store.entry(topic_id(topic), bytes(a.public_key))
+            assert stored is not None and stored.withdrawn
+            assert await dht_b.lookup(topic) == []
+
+
+async def test_leaving_open_dht_while_cancelled_is_bounded_by_the_grace(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_network([("a", "b")]) as net:
+        with trio.fail_after(60):
+            await net.wait_converged()
+        with trio.CancelScope() as scope:
+            async with open_dht(net["a"]) as dht, dht.announce("t"):
+                start = trio.current_time()
+                scope.cancel()
+                await trio.sleep(1)
+        assert trio.current_time() - start <= EXIT_GRACE
