@@ -24,10 +24,6 @@ ANNOUNCE_REFRESH_INTERVAL: Final = 60.0
 ANNOUNCE_JITTER: Final = 0.1
 #: After an announcement got no acknowledgement at all, try again this much sooner.
 ANNOUNCE_RETRY_INTERVAL: Final = 10.0
-#: How long a withdrawal (a signed record with ttl 0) is remembered, so that a replay of
-#: the older record is refused.
-TOMBSTONE_TTL: Final = MAX_RECORD_TTL
-
 #: An announcer signs its records with `seq` = its wall clock in microseconds (kept
 #: strictly increasing), so a store can tell when a record was made: one whose
 #: `seq + lifetime` lies further in the past than this (seconds) expired where it was
@@ -35,6 +31,14 @@ TOMBSTONE_TTL: Final = MAX_RECORD_TTL
 #: nodes. Sequence numbers below `SEQ_TIMESTAMP_FLOOR` are plain counters (another
 #: implementation, or tests) and are not judged by time.
 MAX_CLOCK_SKEW: Final = 600
+#: How long a withdrawal (a signed record with ttl 0) is remembered, so that a replay of
+#: the older record is refused: until every older record has expired at its origin.
+#: An older record is refused once our clock passes its signing time (before the
+#: withdrawal's) + `MAX_RECORD_TTL` + `MAX_CLOCK_SKEW`, and the withdrawal reaches us
+#: when our clock reads at least its signing time - `MAX_CLOCK_SKEW` (a later signing
+#: time is refused), hence the sum. (It was `MAX_RECORD_TTL`: a captured copy of a
+#: withdrawn record could be stored again for up to 10 minutes after its tombstone died.)
+TOMBSTONE_TTL: Final = MAX_RECORD_TTL + 2 * MAX_CLOCK_SKEW
 #: 2020-01-01T00:00:00Z in microseconds: a seq at or above it is a signing time.
 SEQ_TIMESTAMP_FLOOR: Final = 1_577_836_800_000_000
 

@@ -79,6 +79,7 @@ from .constants import (
     SOURCE_RATE,
     SUCCESSOR_INTERVAL,
     SUCCESSOR_TTL,
+    TOMBSTONE_TTL,
 )
 from .crypto import check_topic_id, record_signable
 from .store import PutResult, RecordStore, expired_at_origin, verify_record
@@ -239,7 +240,8 @@ class _Announcement:
 
 
 def _remaining(expires: float, now: float) -> int:
-    return max(0, min(MAX_RECORD_TTL, math.ceil(expires - now)))
+    # A tombstone lives longer than any record: its copies must carry all of it.
+    return max(0, min(TOMBSTONE_TTL, math.ceil(expires - now)))
 
 
 # ---------------------------------------------------------------- the engine

@@ -3,16 +3,27 @@ times, the Trio shell in virtual time."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 import trio.testing
 
 from pinecone_trio.dht import open_dht, wire
-from pinecone_trio.dht.constants import HANDOFF_RATE, MAX_HANDOFF_RECORDS, SUCCESSOR_TTL
+from pinecone_trio.dht.constants import (
+    HANDOFF_RATE,
+    MAX_CLOCK_SKEW,
+    MAX_HANDOFF_RECORDS,
+    MAX_RECORD_TTL,
+    SUCCESSOR_TTL,
+    TOMBSTONE_TTL,
+)
 from pinecone_trio.dht.crypto import record_signable, topic_id
 from pinecone_trio.dht.engine import Action, DhtEngine, SendExact
 from pinecone_trio.dht.service import EXIT_GRACE
 from pinecone_trio.identity import Identity
 from pinecone_trio.testing import open_network
+
+#: A wall-clock time (seconds since the epoch) the tests' clocks start from.
+WALL = 1_800_000_000.0
 
 
 def _record(signer: Identity, topic: bytes, seq: int, ttl: int, data: bytes = b"") -> wire.Record:
@@ -102,3 +113,41 @@ async def test_leaving_open_dht_while_cancelled_is_bounded_by_the_grace(
                 scope.cancel()
                 await trio.sleep(1)
         assert trio.current_time() - start <= EXIT_GRACE
+
+
+@pytest.mark.parametrize("home_clock_offset", [0.0, -(MAX_CLOCK_SKEW - 1), MAX_CLOCK_SKEW - 1])
+def test_a_withdrawn_record_is_never_stored_again_by_replay(home_clock_offset: float) -> None:
+    # The tombstone lived MAX_RECORD_TTL (300 s) while a captured copy is refused only
+    # once its signing time + lifetime + MAX_CLOCK_SKEW has passed: in between, a replay
+    # of the withdrawn record was stored again.
+    wall = [WALL]
+    mono = [1000.0]
+    home = DhtEngine(Identity.from_seed(b"h" * 32), wall_clock=lambda: wall[0] + home_clock_offset)
+    alice = DhtEngine(Identity.from_seed(b"a" * 32), wall_clock=lambda: wall[0])
+    topic = topic_id("chat")
+    captured = alice.start_announce(topic, b"alice", mono[0])[0].payload
+    home.on_message(alice.public_key, captured, topic, mono[0])
+    wall[0] += 10
+    mono[0] += 10
+    withdrawal = alice.stop_announce(topic, mono[0])[0].payload
+    home.on_message(alice.public_key, withdrawal, topic, mono[0])
+    attacker = b"\x99" * 32
+    for _ in range(2 * (TOMBSTONE_TTL + MAX_CLOCK_SKEW) // 10):
+        wall[0] += 10
+        mono[0] += 10
+        home.on_message(attacker, captured, topic, mono[0])
+        assert home.store.get(topic, mono[0]) == [], f"stored again {mono[0] - 1010} s later"
+
+
+def test_a_tombstone_copy_carries_its_whole_lifetime() -> None:
+    # Copies were capped at MAX_RECORD_TTL: a replica's tombstone died early.
+    me, announcer, down = (Identity.from_seed(bytes([110 + i]) * 32) for i in range(3))
+    topic = topic_id("t")
+    engine = DhtEngine(me)
+    engine.set_neighbours(bytes(down.public_key), None)
+    withdrawal = _record(announcer, topic, 7, 0)
+    out = engine.on_message(
+        bytes(announcer.public_key), wire.encode(wire.Announce(1, withdrawal)), topic, 0.0
+    )
+    [copy] = [m for a in out if isinstance(m := wire.decode(a.payload), wire.Store)]
+    assert copy.remaining_ttl == TOMBSTONE_TTL > MAX_RECORD_TTL
