@@ -82,7 +82,7 @@ from .constants import (
     TOMBSTONE_TTL,
 )
 from .crypto import check_topic_id, record_signable
-from .store import PutResult, RecordStore, expired_at_origin, verify_record
+from .store import PutResult, RecordStore, outside_clock_window, verify_record
 from .wire import (
     ACK_RATE_LIMITED,
     ACK_REFUSED,
@@ -268,8 +268,9 @@ class DhtEngine:
         read at each signature, so a machine that slept or had its clock corrected
         signs with the real time). With it, every record is signed with seq = its signing time in
         microseconds (never less than the previous seq + 1), and records that expired
-        where they were made are refused as replays, stored or in lookup replies
-        (`store.expired_at_origin`). Without it (tests), seq is a plain counter."""
+        where they were made, or were signed more than `MAX_CLOCK_SKEW` in our future,
+        are refused as replays, stored or in lookup replies
+        (`store.outside_clock_window`). Without it (tests), seq is a plain counter."""
         if not 0 < record_ttl <= MAX_RECORD_TTL:
             raise ValueError(f"record_ttl must be 1..{MAX_RECORD_TTL}")
         self._identity = identity
@@ -566,7 +567,7 @@ class DhtEngine:
             if record.ttl == 0 or not verify_record(record):
                 self.statistics.bad_reply_records += 1
                 continue
-            if wall_now is not None and expired_at_origin(record, wall_now):
+            if wall_now is not None and outside_clock_window(record, wall_now):
                 self.statistics.bad_reply_records += 1
                 continue
             old = lookup.found.get(record.public_key)

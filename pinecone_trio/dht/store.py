@@ -17,7 +17,10 @@ for replays: an announcer's seq is its signing time in wall-clock microseconds, 
 store given a wall clock (`wall_clock`, seconds since the epoch) refuses a
 record that expired where it was made more than `MAX_CLOCK_SKEW` (10 min) ago
 (`expired_at_origin`). Without that, an old signed record could be stored again, for
-another full lifetime, whenever the newer record or its tombstone had gone.
+another full lifetime, whenever the newer record or its tombstone had gone. For the
+same reason it refuses a record signed more than `MAX_CLOCK_SKEW` in its future
+(`signed_in_future`: an announcer whose clock ran a day ahead made records replayable
+for a day).
 Everything expires by `now` alone: `expire(now)` pops a heap of
 (expiry, key) entries (stale heap entries are skipped, and the heap is rebuilt when
 they outnumber live ones), and `put` expires before it inserts, so a full table of
@@ -59,7 +62,7 @@ class PutResult(Enum):
 
     STORED = "stored"  # new, or a newer seq than what we had (replicate it)
     DUPLICATE = "duplicate"  # exactly what we already have (acknowledge, do not replicate)
-    STALE = "stale"  # older seq, the same seq with other contents, or expired at origin
+    STALE = "stale"  # older seq, the same seq with other contents, or outside the clock window
     BAD_SIGNATURE = "bad_signature"
 
 
@@ -84,6 +87,21 @@ def expired_at_origin(record: Record, wall_now: float) -> bool:
     if record.seq < SEQ_TIMESTAMP_FLOOR:
         return False  # a counter, not a time
     return record.seq / 1e6 + record_lifetime(record) + MAX_CLOCK_SKEW < wall_now
+
+
+def signed_in_future(record: Record, wall_now: float) -> bool:
+    """Whether `record`'s signing time lies more than `MAX_CLOCK_SKEW` after `wall_now`.
+
+    Such a record (its announcer's clock far ahead) would escape `expired_at_origin`
+    for as long as the clock was ahead, and so stay replayable; it is refused."""
+    if record.seq < SEQ_TIMESTAMP_FLOOR:
+        return False  # a counter, not a time
+    return record.seq / 1e6 > wall_now + MAX_CLOCK_SKEW
+
+
+def outside_clock_window(record: Record, wall_now: float) -> bool:
+    """`expired_at_origin` or `signed_in_future`: refused, stored or in a reply."""
+    return expired_at_origin(record, wall_now) or signed_in_future(record, wall_now)
 
 
 @dataclass(slots=True)
@@ -152,7 +170,7 @@ class RecordStore:
                 self.statistics.duplicates += 1
                 return PutResult.DUPLICATE
         wall_clock = self._wall_clock
-        if wall_clock is not None and expired_at_origin(record, wall_clock()):
+        if wall_clock is not None and outside_clock_window(record, wall_clock()):
             self.statistics.stale += 1
             return PutResult.STALE
         if not verify_record(record):
@@ -209,7 +227,8 @@ class RecordStore:
         live = [
             s
             for s in entries.values()
-            if not s.withdrawn and (wall_now is None or not expired_at_origin(s.record, wall_now))
+            if not s.withdrawn
+            and (wall_now is None or not outside_clock_window(s.record, wall_now))
         ]
         live.sort(key=lambda s: s.expires, reverse=True)
         return live

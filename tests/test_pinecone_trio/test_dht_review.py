@@ -17,8 +17,9 @@ from pinecone_trio.dht.constants import (
     TOMBSTONE_TTL,
 )
 from pinecone_trio.dht.crypto import record_signable, topic_id
-from pinecone_trio.dht.engine import Action, DhtEngine, SendExact
+from pinecone_trio.dht.engine import Action, DhtEngine, LookupDone, SendExact
 from pinecone_trio.dht.service import EXIT_GRACE
+from pinecone_trio.dht.store import PutResult, RecordStore
 from pinecone_trio.identity import Identity
 from pinecone_trio.testing import open_network
 
@@ -151,3 +152,21 @@ def test_a_tombstone_copy_carries_its_whole_lifetime() -> None:
     )
     [copy] = [m for a in out if isinstance(m := wire.decode(a.payload), wire.Store)]
     assert copy.remaining_ttl == TOMBSTONE_TTL > MAX_RECORD_TTL
+
+
+def test_a_record_signed_in_the_future_is_refused_stored_and_in_replies() -> None:
+    # Only past signing times were judged: a record signed by a clock a day ahead
+    # escaped `expired_at_origin` for that day and stayed replayable meanwhile.
+    announcer = Identity.from_seed(b"f" * 32)
+    topic = topic_id("t")
+    ahead = _record(announcer, topic, int((WALL + MAX_CLOCK_SKEW + 5) * 1e6), 150)
+    within = _record(announcer, topic, int((WALL + MAX_CLOCK_SKEW - 5) * 1e6), 150)
+    store = RecordStore(wall_clock=lambda: WALL)
+    assert store.put(ahead, 0.0) is PutResult.STALE
+    assert store.put(within, 0.0) is PutResult.STORED
+    engine = DhtEngine(Identity.from_seed(b"r" * 32), wall_clock=lambda: WALL)
+    rid, _ = engine.lookup(topic, 0.0)
+    reply = wire.LookupReply(rid, topic, ((ahead, 150),), (), True)
+    [done] = engine.on_message(b"\x07" * 32, wire.encode_lookup_reply(reply), None, 0.5)
+    assert isinstance(done, LookupDone) and done.records == ()
+    assert engine.statistics.bad_reply_records == 1
