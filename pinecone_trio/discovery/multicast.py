@@ -286,7 +286,8 @@ class MulticastDiscovery:
         )
 
     def _rescan(self, fam: _Family, sock: trio.socket.SocketType, found: list[Interface]) -> None:
-        """Join the group on new interfaces, leave it on vanished ones.
+        """Join the group on new interfaces, leave it on vanished ones, and follow
+        renamed ones (same index and address: no new join).
 
         An interface counts as joined only once the kernel accepted the membership, so
         one that could not be joined yet (just appearing, no carrier, IPv6 address
@@ -308,6 +309,10 @@ class MulticastDiscovery:
         for index, iface in current.items():
             known = fam.joined.get(index)
             if known is not None and fam.address(known) == fam.address(iface):
+                # Still joined; but the interface may have been renamed, and an IPv6
+                # sender's zone is the name: keep it current (a stale one fails every
+                # dial, a review found), with no need to join again.
+                fam.joined[index] = iface
                 continue
             try:
                 fam.membership(sock, True, index)
