@@ -36,8 +36,6 @@ MULTICAST_PORT: Final = 60606
 BEACON_INTERVAL: Final = 2.0
 #: Interfaces are re-enumerated every 10 s, so a cable plugged in later is noticed.
 INTERFACE_RESCAN_INTERVAL: Final = 10.0
-#: A dial triggered by a beacon gives up after 5 s.
-BEACON_DIAL_TIMEOUT: Final = 5.0
 
 BEACON_MAGIC: Final = b"PTB"
 BEACON_VERSION: Final = 1
