@@ -164,6 +164,16 @@ class LogAdapter:
         if self.on_want is not None:
             self.on_want(index)
 
+    def waiting(self, index: int) -> bool:
+        """Whether a `Log.get` still waits for block `index` (`WaitingView`).
+
+        `Log.get` tells its want listeners when it starts waiting, never when it
+        gives up (its timeout, a cancellation): its event then stays with nobody
+        waiting on it, which is what this reads.
+        """
+        event = self.log._block_waiters.get(index)
+        return event is not None and event.statistics().tasks_waiting > 0
+
     def _on_event(self, event: LogEvent) -> None:
         if isinstance(event, TruncateEvent):
             self._known_nodes.clear()

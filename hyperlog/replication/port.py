@@ -90,6 +90,19 @@ class CountingView(Protocol):
         ...
 
 
+@runtime_checkable
+class WaitingView(Protocol):
+    """Optional `LogView` extra: whether a reader of the log (`Log.get`) still waits
+    for block `index`. A `Log.get` tells the replicator when it starts waiting (its
+    want listeners) but not when it gives up (timeout, cancellation): the scheduler
+    asks this before asking peers again for a parked want. Views without it (test
+    fakes) forget a parked want `DEFAULT_GET_TIMEOUT` after it was asked for."""
+
+    def waiting(self, index: int) -> bool:
+        """Whether some reader is waiting for block `index` right now."""
+        ...
+
+
 class LogPort(LogView, Protocol):
     """`LogView` plus the storage operations the driver awaits."""
 

@@ -160,6 +160,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
             g = self.gets[index] = GetWant(index)
         if passive:
             g.passive = True
+            g.wanted_at = now
         else:
             g.waiters += 1
         self.pump(now)
@@ -296,7 +297,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
         ch.remote_can_upgrade = msg.can_upgrade
         ch.synced = True
         if first and self.parked:
-            self._unpark()
+            self._unpark(ch, now)
         if self.gets:
             self._fail_unservable()
         if msg.remote_length != self.view.length:

@@ -235,7 +235,15 @@ class AnswersMixin(ReplicatorBase):
             if g is not None:
                 g.tried.add(ch.peer_id)
         self._forget_inflight(ch, inf, failed=True)
-        self._fail_unservable()
+        if inf.kind in (K_BLOCK, K_RANGE):
+            # Only the gets of the refused blocks can have lost a peer (forgetting a
+            # peer's bits makes them unknown, so may-have): one check each, not one
+            # per get (1,024 parked gets refused by a joining peer cost 10^6).
+            for index in blocks_of(inf):
+                if (g := self.gets.get(index)) is not None:
+                    self._fail_unservable(g)
+        else:
+            self._fail_unservable()
         self.pump(now)
         self.on_change()
 

@@ -42,8 +42,9 @@ class ReplicatorBase:
         self.peers: list[PeerChannel] = []
         self.gets: dict[int, GetWant] = {}
         # Passive wants (`Log.get`) failed for want of a peer, asked again when a peer
-        # syncs; insertion order, at most MAX_PARKED_WANTS (see scheduler_fetch.py).
-        self.parked: dict[int, None] = {}
+        # syncs, with when `Log.get` asked; insertion order, at most MAX_PARKED_WANTS
+        # (see scheduler_fetch.py).
+        self.parked: dict[int, float] = {}
         self.downloads: list[DownloadWant] = []
         self.retry: set[int] = set()
         self.block_reqs: dict[int, list[tuple[PeerChannel, int]]] = {}
@@ -82,7 +83,7 @@ class ReplicatorBase:
         # Defined by one part, called by another (see the module docstring).
         def pump(self, now: float) -> None: ...
         def _fail_unservable(self, only: GetWant | None = None) -> None: ...
-        def _unpark(self) -> None: ...
+        def _unpark(self, ch: PeerChannel, now: float) -> None: ...
         def _forget_inflight(self, ch: PeerChannel, inf: Inflight, *, failed: bool) -> None: ...
         def _cancel_request(self, ch: PeerChannel, rid: int) -> None: ...
         def _request(

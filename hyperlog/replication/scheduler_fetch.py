@@ -18,6 +18,7 @@ import math
 from hyperlog import flat_tree, wire
 from hyperlog.errors import BlockNotAvailableError
 from hyperlog.replication.constants import (
+    DEFAULT_GET_TIMEOUT,
     HOTSWAP_AFTER,
     MAX_ATTEMPTS,
     MAX_PARKED_WANTS,
@@ -31,6 +32,7 @@ from hyperlog.replication.constants import (
     REQUEST_TIMEOUT,
     SCAN_LIMIT,
 )
+from hyperlog.replication.port import WaitingView
 from hyperlog.replication.ranges import MAX_RANGE_VALUE_BYTES, subtree_bytes
 from hyperlog.replication.scheduler_base import ReplicatorBase
 from hyperlog.replication.scheduler_state import (
@@ -91,14 +93,17 @@ class FetchMixin(ReplicatorBase):
         if not self.gets:
             return
         multi = len(self.peers) > 1
+        free = ch.free_slots()
         for g in list(self.gets.values()):
-            if ch.free_slots() <= 0:
+            if free <= 0:
                 return
+            if ch.peer_id in g.tried:
+                continue  # first: cheap, and most gets a joining peer revived skip here
             i = g.index
             reqs = self.block_reqs.get(i)
             if reqs and (not multi or len(reqs) >= 2):
                 continue  # in flight, and no hot-swap possible (cheap check first)
-            if i >= self.view.length or self.view.has(i) or ch.peer_id in g.tried:
+            if i >= self.view.length or self.view.has(i):
                 continue
             if not ch.may_have(i):
                 continue
@@ -111,6 +116,7 @@ class FetchMixin(ReplicatorBase):
                 self.stats["hotswaps"] += 1
             g.attempts += 1
             self._request_block(ch, i, now)
+            free -= 1
 
     def _fill_downloads(self, ch: PeerChannel, now: float) -> None:
         span = self.range_span() if self.downloads else 0
@@ -352,20 +358,37 @@ class FetchMixin(ReplicatorBase):
             # index, and ask when a peer syncs (a `Log.get` waiting for a peer that
             # connects later used to wait out its whole timeout).
             self.parked.pop(g.index, None)
-            self.parked[g.index] = None
+            self.parked[g.index] = g.wanted_at
             if len(self.parked) > MAX_PARKED_WANTS:
                 del self.parked[next(iter(self.parked))]
 
-    def _unpark(self) -> None:
-        """A peer synced: parked passive wants become wants again (one try each)."""
+    def _still_wanted(self, index: int, since: float, now: float) -> bool:
+        """Whether the `Log.get` that parked `index` (at `since`) still waits.
+
+        `Log.get` never tells us when it gives up (its timeout, a cancel): ask the
+        log (`WaitingView`), or, for views that cannot say, give up after
+        `DEFAULT_GET_TIMEOUT`. Parked wants used to outlive their `Log.get` and be
+        asked of every peer again on every peer's first sync.
+        """
+        if isinstance(self.view, WaitingView):
+            return self.view.waiting(index)
+        return now - since < DEFAULT_GET_TIMEOUT
+
+    def _unpark(self, ch: PeerChannel, now: float) -> None:
+        """`ch`'s peer synced for the first time: parked passive wants whose `Log.get`
+        still waits become wants again, asked of that peer only (every other peer was
+        asked when they were parked, or synced since and was asked then). The others
+        are forgotten."""
         parked, self.parked = self.parked, {}
-        for index in parked:
-            if self.view.has(index):
+        others = {c.peer_id for c in self.peers if c is not ch}
+        for index, since in parked.items():
+            if self.view.has(index) or not self._still_wanted(index, since, now):
                 continue
             g = self.gets.get(index)
             if g is None:
-                g = self.gets[index] = GetWant(index)
+                g = self.gets[index] = GetWant(index, tried=set(others))
             g.passive = True
+            g.wanted_at = since
 
     # ------------------------------------------------------------------ timers
 

@@ -147,6 +147,7 @@ class GetWant:
     index: int
     waiters: int = 0
     passive: bool = False  # asked for by `Log.get` (no waiter to release it)
+    wanted_at: float = 0.0  # when `Log.get` asked (passive): a parked want expires
     attempts: int = 0
     tried: set[int] = field(default_factory=set)
     error: HyperlogError | None = None
