@@ -250,14 +250,14 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
                 pass  # we answer wants at once and keep no subscription
             case wire.Bitfield():
                 ch.have.add_bits(msg.start, msg.bits)
-                self._announced(ch, msg.start, msg.start + 8 * len(msg.bits))
+                self._announced(ch, msg.start, msg.start + 8 * len(msg.bits), now)
                 self.pump(now)
             case wire.Range():
                 if msg.drop:
                     self._drop_have(ch, msg.start, msg.length)
                 else:
                     ch.have.add_range(msg.start, msg.length)
-                    self._announced(ch, msg.start, msg.start + msg.length)
+                    self._announced(ch, msg.start, msg.start + msg.length, now)
                 self.pump(now)
             case wire.RangeRequest():
                 self._on_range_request(ch, msg)
@@ -266,15 +266,27 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
             case wire.Close():
                 pass  # handled by the session
 
-    def _announced(self, ch: PeerChannel, start: int, end: int) -> None:
+    def _announced(self, ch: PeerChannel, start: int, end: int, now: float) -> None:
         """The peer says it now has blocks of [start, end): a get that tried it before
         (a NoData, a timeout) may ask it again, and one failed for want of a peer no
         longer fails. Gets never re-asked a peer that got the block later (a chain
-        writer -> B -> C: C's get, refused once by B, waited out its timeout).
+        writer -> B -> C: C's get, refused once by B, waited out its timeout). A parked
+        `Log.get` want it covers becomes a want again, asked of this peer: only
+        `self.gets` used to be looked at, and such a `Log.get` waited out its timeout.
 
-        Costs min(end - start, number of gets): a download elsewhere announces every
-        block it stores to every peer.
+        Costs min(end - start, number of gets) (and of parked wants): a download
+        elsewhere announces every block it stores to every peer.
         """
+        if self.parked:
+            if end - start <= len(self.parked):
+                covered = [i for i in range(start, end) if i in self.parked]
+            else:
+                covered = [i for i in self.parked if start <= i < end]
+            others = {c.peer_id for c in self.peers if c is not ch}
+            for i in covered:
+                if ch.have.has(i):
+                    self.parked_ahead.discard(i)
+                    self._revive(i, self.parked.pop(i), others, now)
         if not self.gets:
             return
         if end - start <= len(self.gets):

@@ -294,7 +294,8 @@ class AnswersMixin(ReplicatorBase):
         self.stats["blocks"] += 1
         self.stats["bytes"] += size
         self.retry.discard(index)
-        self.parked.pop(index, None)
+        if self.parked.pop(index, None) is not None:
+            self.parked_ahead.discard(index)
         g = self.gets.pop(index, None)
         if g is not None:
             g.error = None
@@ -332,6 +333,8 @@ class AnswersMixin(ReplicatorBase):
                 d.counted_to = max(d.start, stop)
                 d.done = d.end is not None and d.missing == 0
         self._count_live()
+        if self.parked_ahead:
+            self._unpark_covered(now)
         if self.gets:
             self._fail_unservable()
         if sync:

@@ -359,8 +359,12 @@ class FetchMixin(ReplicatorBase):
             # connects later used to wait out its whole timeout).
             self.parked.pop(g.index, None)
             self.parked[g.index] = g.wanted_at
+            if g.index >= self.view.length:
+                self.parked_ahead.add(g.index)  # asked again when our length covers it
             if len(self.parked) > MAX_PARKED_WANTS:
-                del self.parked[next(iter(self.parked))]
+                oldest = next(iter(self.parked))
+                del self.parked[oldest]
+                self.parked_ahead.discard(oldest)
 
     def _still_wanted(self, index: int, since: float, now: float) -> bool:
         """Whether the `Log.get` that parked `index` (at `since`) still waits.
@@ -380,15 +384,32 @@ class FetchMixin(ReplicatorBase):
         asked when they were parked, or synced since and was asked then). The others
         are forgotten."""
         parked, self.parked = self.parked, {}
+        self.parked_ahead.clear()
         others = {c.peer_id for c in self.peers if c is not ch}
         for index, since in parked.items():
-            if self.view.has(index) or not self._still_wanted(index, since, now):
-                continue
-            g = self.gets.get(index)
-            if g is None:
-                g = self.gets[index] = GetWant(index, tried=set(others))
-            g.passive = True
-            g.wanted_at = since
+            self._revive(index, since, others, now)
+
+    def _unpark_covered(self, now: float) -> None:
+        """Our length grew: parked wants for blocks past our old length (a `Log.get`
+        tailing the log, `get(length)`) become wants again. They used to wait out
+        their timeout although a peer announced the block."""
+        ahead = [i for i in self.parked_ahead if i < self.view.length]
+        for index in ahead:
+            self.parked_ahead.discard(index)
+            since = self.parked.pop(index, None)
+            if since is not None:
+                self._revive(index, since, set(), now)
+
+    def _revive(self, index: int, since: float, tried: set[int], now: float) -> None:
+        """A parked want (parked at `since`) is a passive want again, its peers
+        `tried` skipped, unless the block is here or its `Log.get` gave up."""
+        if self.view.has(index) or not self._still_wanted(index, since, now):
+            return
+        g = self.gets.get(index)
+        if g is None:
+            g = self.gets[index] = GetWant(index, tried=set(tried))
+        g.passive = True
+        g.wanted_at = since
 
     # ------------------------------------------------------------------ timers
 

@@ -13,13 +13,14 @@ import trio.testing
 from hyperlog import wire
 from hyperlog.crypto import key_pair
 from hyperlog.log import open_store
-from hyperlog.replication import replication_for
+from hyperlog.replication import replicate, replication_for
 from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT
 from hyperlog.replication.scheduler import LogReplicator, PeerChannel
 
 from .test_replication_fakes import FakeLog
 from .test_replication_progress import ListSink
+from .test_replication_review_f import Pair
 
 KEY = bytes(range(32))
 
@@ -141,3 +142,71 @@ async def test_adapter_says_whether_a_log_get_still_waits() -> None:
             assert not adapter.waiting(1), "a cancelled Log.get still counts"
         finally:
             adapter.close()
+
+
+# -- 2. a parked Log.get is asked again when a peer announces it or our length grows --
+
+
+def test_parked_want_is_asked_again_when_its_peer_announces_the_block() -> None:
+    rep = LogReplicator(FakeLog(KEY, length=100, have=False))
+    sink, ch = _connect(rep, 1, 100, held=50)  # B: blocks 0..49 of 100
+    rep.want_block(70, 0.0, passive=True)  # Log.get(70)
+    (req,) = _asked(sink, 70)
+    rep.on_message(ch, wire.NoData(1, req.id), 0.1)  # B lacks 70 for now
+    assert 70 in rep.parked
+    sink.sent.clear()
+    rep.on_message(ch, wire.Range(1, 70, 1), 2.0)  # B fetched 70 and announces it
+    assert _asked(sink, 70), "the parked Log.get was not asked of the announcing peer"
+
+
+def test_parked_want_is_asked_again_after_a_bitfield_announcement() -> None:
+    rep = LogReplicator(FakeLog(KEY, length=100, have=False))
+    sink, ch = _connect(rep, 1, 100, held=50)
+    rep.want_block(70, 0.0, passive=True)
+    (req,) = _asked(sink, 70)
+    rep.on_message(ch, wire.NoData(1, req.id), 0.1)
+    sink.sent.clear()
+    bits = bytearray(8)
+    bits[(70 - 64) // 8] |= 1 << ((70 - 64) % 8)
+    rep.on_message(ch, wire.Bitfield(1, 64, bytes(bits)), 2.0)
+    assert _asked(sink, 70)
+
+
+def test_log_get_tailing_the_log_gets_the_next_block() -> None:
+    # `await log.get(log.length)`: the block does not exist yet, no peer can give it
+    # (parked); the writer appends it: Sync + Range(10, 1), then our upgrade.
+    p = Pair(10)
+    assert p.r.length == 10
+    p.rrep.want_block(10, p.now, passive=True)
+    assert 10 in p.rrep.parked
+    p.w.append(1)
+    p.wrep.on_local_update(10, p.now)
+    p.flush()
+    assert p.r.length == 11
+    assert p.r.has(10), "the tailing Log.get waited out its timeout"
+
+
+async def test_log_get_tailing_a_live_writer_over_memory_streams() -> None:
+    async with open_store() as ws, open_store() as rs:
+        w = await ws.create_log(key_pair(KEY))
+        await w.append([b"b%d" % i for i in range(10)])
+        r = await rs.open_log(w.key)
+        a, b = trio.testing.memory_stream_pair()
+        async with replicate(a, w), replicate(b, r):
+            rep = replication_for(r)
+            await rep.wait_for_peers()
+            await rep.update()
+            got: list[bytes] = []
+            done = trio.Event()
+            async with trio.open_nursery() as nursery:
+
+                async def tail() -> None:
+                    got.append(await r.get(10, timeout=8))
+                    done.set()
+
+                nursery.start_soon(tail)
+                await trio.testing.wait_all_tasks_blocked()
+                await w.append([b"b10"])
+                with trio.fail_after(5):  # before: waited out its 8 s, then failed
+                    await done.wait()
+        assert got == [b"b10"]
