@@ -301,6 +301,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
 
     def _on_sync(self, ch: PeerChannel, msg: wire.Sync, now: float) -> None:
         first = not ch.synced
+        was_able = not first and self._blocks_from(ch)
         if msg.fork == ch.remote_fork and msg.length < ch.remote_length and not first:
             raise RemoteProtocolError("sync: length went backwards without a fork")
         if (msg.fork, msg.length) != (ch.remote_fork, ch.remote_length):
@@ -308,7 +309,10 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
         ch.remote_fork, ch.remote_length = msg.fork, msg.length
         ch.remote_can_upgrade = msg.can_upgrade
         ch.synced = True
-        if first and self.parked:
+        if msg.fork == self.view.fork:
+            ch.fork_refused = False
+        if self.parked and (first or (not was_able and self._blocks_from(ch))):
+            # A new peer, or one that can serve our fork again: parked wants ask it.
             self._unpark(ch, now)
         if self.gets:
             self._fail_unservable()

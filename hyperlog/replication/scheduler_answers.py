@@ -227,8 +227,16 @@ class AnswersMixin(ReplicatorBase):
         ):
             # Asked on a fork that is no longer ours or the peer's (a truncation
             # crossed the request): it says nothing about which blocks the peer has.
-            # Only forget the request; it is asked again on the new fork.
-            pass
+            # Only forget the request; it is asked again on the new fork. Refused
+            # although both were on our fork (a frozen log, or the peer moved and
+            # its Sync is on the way): ask it for no block until its next Sync
+            # shows our fork, or the same block was asked again at once, forever.
+            if (
+                msg.reason == wire.NO_DATA_FORK
+                and inf.kind in (K_BLOCK, K_RANGE)
+                and inf.fork == self.view.fork == ch.remote_fork
+            ):
+                ch.fork_refused = True
         else:
             self._drop_have(ch, inf.index, 1)
             g = self.gets.get(inf.index)
@@ -325,6 +333,7 @@ class AnswersMixin(ReplicatorBase):
                 g.tried.clear()
             for ch in self.peers:
                 ch.wanted_pages.clear()
+                ch.fork_refused = False  # refused on the fork we left
             self._reopen_gets()
             for d in self.downloads:
                 d.cursor = min(d.cursor, max(d.start, truncated_to))

@@ -57,8 +57,16 @@ class FetchMixin(ReplicatorBase):
             if ch.closed or not ch.synced or ch.suspect is not None:
                 continue
             self._maybe_upgrade(ch, now)
-            self._fill_gets(ch, now)
-            self._fill_downloads(ch, now)
+            if self._blocks_from(ch):
+                self._fill_gets(ch, now)
+                self._fill_downloads(ch, now)
+
+    def _blocks_from(self, ch: PeerChannel) -> bool:
+        """Whether `ch`'s peer can serve blocks of our fork: it says it is on our fork
+        and did not refuse one as another fork's since (`fork_refused`). Any other
+        peer refuses every block request with NoData(FORK), and each refusal used to
+        be asked again at once, forever (a frozen peer, a peer on an older fork)."""
+        return ch.remote_fork == self.view.fork and not ch.fork_refused
 
     def _needs_upgrade_from(self, ch: PeerChannel) -> bool:
         if not ch.remote_can_upgrade or ch.upgrade_failed_at == (ch.remote_fork, ch.remote_length):
@@ -97,7 +105,7 @@ class FetchMixin(ReplicatorBase):
         for g in list(self.gets.values()):
             if free <= 0:
                 return
-            if ch.peer_id in g.tried:
+            if ch.peer_id in g.tried or g.attempts >= MAX_ATTEMPTS:
                 continue  # first: cheap, and most gets a joining peer revived skip here
             i = g.index
             reqs = self.block_reqs.get(i)
@@ -341,7 +349,7 @@ class FetchMixin(ReplicatorBase):
                 and (
                     self._needs_upgrade_from(ch)
                     if g.index >= self.view.length
-                    else ch.may_have(g.index)
+                    else self._blocks_from(ch) and ch.may_have(g.index)
                 )
             ]
             if not pending and not able and self.upgrade_inflight is None:

@@ -95,6 +95,10 @@ class PeerChannel:
         self.remote_length = 0
         self.remote_can_upgrade = False
         self.synced = False
+        # It refused a block request on our fork as another fork's (NoData(FORK))
+        # while its Sync said it was on our fork (a frozen log, or a Sync in flight):
+        # no block requests to it until a Sync of its shows our fork again.
+        self.fork_refused = False
         self.have = RemoteHave()
         self.wanted_pages: set[int] = set()
         self.inflight: dict[int, Inflight] = {}

@@ -12,10 +12,11 @@ import trio.testing
 
 from hyperlog import wire
 from hyperlog.crypto import key_pair
+from hyperlog.errors import ForkConflictError
 from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
 from hyperlog.replication.adapter import LogAdapter
-from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT
+from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT, MAX_ATTEMPTS
 from hyperlog.replication.scheduler import LogReplicator, PeerChannel
 
 from .test_replication_fakes import FakeLog
@@ -210,3 +211,74 @@ async def test_log_get_tailing_a_live_writer_over_memory_streams() -> None:
                 with trio.fail_after(5):  # before: waited out its 8 s, then failed
                     await done.wait()
         assert got == [b"b10"]
+
+
+# -- 3. NoData(FORK) is not asked again at once, forever ---------------------------
+
+
+def test_frozen_peer_is_not_asked_again_at_once_forever() -> None:
+    # The writer froze its log (a fork conflict seen elsewhere): it refuses every
+    # request with NoData(FORK). The reader asked it again at once, forever
+    # (169,983 requests in 10,000 zero-time rounds); `flush` raises if it never settles.
+    p = Pair(64)
+    p.wrep.freeze(ForkConflictError("two signed trees for fork 0 (seen elsewhere)"))
+    sent: list[wire.Message] = []
+    send = p.rs.send
+
+    def count(msg: wire.Message) -> None:
+        sent.append(msg)
+        send(msg)
+
+    p.rs.send = count  # type: ignore[method-assign]
+    d = p.rrep.want_range(0, 64, p.now)
+    g = p.rrep.want_block(5, p.now)
+    p.flush()
+    asks = [m for m in sent if isinstance(m, wire.Request | wire.RangeRequest)]
+    assert len(asks) <= 2, f"{len(asks)} requests to a peer refusing every one"
+    assert not d.done and g.error is not None
+
+
+def test_peer_refusing_as_another_fork_is_asked_again_after_its_sync() -> None:
+    rep = LogReplicator(FakeLog(KEY, length=100, have=False))
+    sink, ch = _connect(rep, 1, 100)
+    rep.want_block(5, 0.0)
+    (req,) = _asked(sink, 5)
+    sink.sent.clear()
+    rep.on_message(ch, wire.NoData(1, req.id, wire.NO_DATA_FORK), 0.0)
+    assert not _asked(sink), "asked again at once after NoData(FORK)"
+    rep.on_message(ch, wire.Sync(1, 0, 101, 100), 1.0)  # on our fork again
+    assert _asked(sink, 5), "never asked again after a Sync showing our fork"
+
+
+def test_peer_on_an_older_fork_is_not_asked_for_blocks() -> None:
+    # We are on fork 1; B is still on fork 0 and holds the old history: every request
+    # is refused NoData(FORK), and used to be asked again at once (20,000 round trips).
+    r = FakeLog(KEY, length=100, have=False)
+    r.truncate_and_fork(100)
+    assert r.fork == 1
+    rep = LogReplicator(r)
+    sink, ch = _connect(rep, 1, 100)  # B: fork 0
+    d = rep.want_range(0, 100, 0.0)
+    g = rep.want_block(5, 0.0)
+    for _ in range(100):
+        reqs = [m for m in sink.sent if isinstance(m, wire.Request | wire.RangeRequest)]
+        sink.sent.clear()
+        if not reqs:
+            break
+        for m in reqs:
+            rep.on_message(ch, wire.NoData(1, m.id, wire.NO_DATA_FORK), 0.0)
+    else:
+        raise AssertionError("the request / NoData(FORK) ping-pong never ended")
+    assert not d.done and g.error is not None
+
+
+def test_fill_gets_respects_max_attempts() -> None:
+    rep = LogReplicator(FakeLog(KEY, length=100, have=False))
+    sink, ch = _connect(rep, 1, 100)
+    g = rep.want_block(5, 0.0)
+    (req,) = _asked(sink, 5)
+    sink.sent.clear()
+    rep._cancel_request(ch, req.id)  # forgotten without a verdict on the peer
+    g.attempts = MAX_ATTEMPTS
+    rep.pump(1.0)
+    assert not _asked(sink, 5), "a get past MAX_ATTEMPTS was asked again"
