@@ -78,8 +78,19 @@ class MemoryStorage:
         return [self._blocks.get((handle, i)) for i in indices]
 
     def iter_blocks(self, handle: int, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        """Yield stored blocks in ``start .. end - 1`` in order."""
-        keys = sorted(i for h, i in self._blocks if h == handle and start <= i < end)
+        """Yield stored blocks in ``start .. end - 1`` in order.
+
+        Runs in a worker thread (`Log.iter_blocks`) while the loop thread commits:
+        it never iterates over the live dictionary outside the write lock. Scanning
+        it did, and "dictionary changed size during iteration" escaped `replicate()`
+        when a writer appended while a range was served.
+        """
+        if end - start <= len(self._blocks):
+            keys: Sequence[int] = range(start, end)  # one lookup each, no iteration
+        else:  # a sparse span larger than the store: scan a snapshot
+            with self._lock:
+                keys = [i for h, i in self._blocks if h == handle and start <= i < end]
+            keys.sort()
         for i in keys:
             value = self._blocks.get((handle, i))
             if value is not None:

@@ -6,6 +6,8 @@ Each test drives the sans-IO engines (`SessionEngine`, `LogReplicator`) directly
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import trio
 import trio.testing
@@ -18,6 +20,7 @@ from hyperlog.replication import replicate, replication_for
 from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT, MAX_ATTEMPTS
 from hyperlog.replication.scheduler import LogReplicator, PeerChannel
+from hyperlog.storage_memory import MemoryStorage
 
 from .test_replication_fakes import FakeLog
 from .test_replication_progress import ListSink
@@ -282,3 +285,28 @@ def test_fill_gets_respects_max_attempts() -> None:
     g.attempts = MAX_ATTEMPTS
     rep.pump(1.0)
     assert not _asked(sink, 5), "a get past MAX_ATTEMPTS was asked again"
+
+
+# -- 6. the memory store's iter_blocks survives appends from the loop thread -------
+
+
+class _AppendingDict(dict[tuple[int, int], bytes]):
+    """A dict that gets a new key while it is iterated: the loop thread appending
+    while a worker thread reads a range (deterministically, here)."""
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        it = super().__iter__()
+        yield next(it)
+        self[(1, len(self) + 1000)] = b"appended"
+        yield from it
+
+
+def test_memory_store_iter_blocks_survives_a_concurrent_append() -> None:
+    store = MemoryStorage()
+    blocks = [(i, b"b%d" % i, b"") for i in range(100)]
+    store._blocks = _AppendingDict({(1, i): v for i, v, _ in blocks})
+    got = list(store.iter_blocks(1, 10, 74))  # before: RuntimeError (size changed)
+    assert got == [(i, b"b%d" % i) for i in range(10, 74)]
+    # A sparse span wider than the store takes a snapshot under the write lock.
+    store._blocks = {(1, 5): b"x", (1, 9): b"y", (2, 7): b"z"}
+    assert list(store.iter_blocks(1, 0, 2**40)) == [(5, b"x"), (9, b"y")]
