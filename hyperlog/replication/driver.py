@@ -20,9 +20,11 @@ protomux "cork"). A worker task does the awaited work (serving, verifying) while
 reader keeps reading. Serving waits while more than `MAX_OUTBOX_BYTES` wait to be
 sent, so a peer that asks but never reads cannot make us buffer without bound (its
 unanswered requests then hit `MAX_PENDING_SERVES` and it is dropped). What the engine
-answers at once (wants, refused requests, syncs) is bounded by dropping instead: the
-engine raises once more than `MAX_UNREAD_BYTES` wait for a peer that still sends. The
-reader never waits for the writer (two peers doing so at once would deadlock).
+answers at once (wants, refused requests, syncs) and our own announcements are
+bounded by dropping instead: once more than `MAX_UNREAD_BYTES` wait for the peer, the
+engine sets `unread_error` and `_on_output` ends the session (a peer that neither
+reads nor sends is dropped too). The reader never waits for the writer (two peers
+doing so at once would deadlock).
 """
 
 from __future__ import annotations
@@ -338,6 +340,13 @@ class ReplicationSession:
         self.bytes_out = 0
 
     def _on_output(self) -> None:
+        if self.engine.unread_error is not None and self.error is None:
+            # The peer does not read what we queue for it (it may send nothing
+            # either, so the reader would never see it): end the session from here,
+            # which may be inside `Log.append`, so never by raising.
+            self._fail(self.engine.unread_error)
+            self._scope.cancel()
+            return
         self._out_lot.unpark_all()
         # Wake the timer only for a deadline earlier than the one it sleeps until (a
         # round trip used to wake it twice per side to recompute the same deadline).
@@ -364,6 +373,8 @@ class ReplicationSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
+                if self.engine.unread_error is not None:
+                    nursery.cancel_scope.cancel()
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._worker)
                 nursery.start_soon(self._timer)

@@ -24,9 +24,10 @@ stream-level part of the protocol and hands channel messages to the per-log
 Outputs: `outbox` (messages to write, in order) and `work` (serves and verifications
 the driver must await, in arrival order). `on_output` is called whenever either
 grows, so the driver can wake its writer. `outbox_bytes` estimates what the outbox
-holds: serving stops above `MAX_OUTBOX_BYTES` (the driver waits), and a peer that
-sends anything while more than `MAX_UNREAD_BYTES` wait for it is dropped (it asks
-but does not read; the reader never waits for the writer, see driver.py). Requests
+holds: serving stops above `MAX_OUTBOX_BYTES` (the driver waits), and once more
+than `MAX_UNREAD_BYTES` wait for the peer, `unread_error` is set, nothing more is
+queued, the driver ends the session and `receive` raises it (it does not read; the
+reader never waits for the writer, see driver.py). Requests
 the peer cancels before we served them are dropped from `work`. Every violation
 raises `RemoteProtocolError` or `DecodeError` from `receive`; the driver then closes
 the stream, and the replicators requeue what this peer owed us.
@@ -118,6 +119,10 @@ class SessionEngine:
         self.outbox: deque[wire.Message] = deque([wire.Hello(self.nonce, features)])
         self.work: deque[Work] = deque()
         self.outbox_bytes = message_size(self.outbox[0])  # estimate of what `outbox` holds
+        #: Set once more than `MAX_UNREAD_BYTES` wait for the peer to read them: the
+        #: session must end (the driver closes it; `receive` raises it). Nothing more
+        #: is queued meanwhile.
+        self.unread_error: RemoteProtocolError | None = None
         self.on_output: Callable[[], None] = lambda: None
         self._by_dk: dict[bytes, _Local] = {}
         self._by_remote: dict[int, _Local] = {}
@@ -140,8 +145,19 @@ class SessionEngine:
     # ------------------------------------------------------------------ ChannelSink
 
     def send(self, msg: wire.Message) -> None:
+        if self.unread_error is not None:
+            return  # being dropped: it reads nothing of what we queue anyway
         self.outbox.append(msg)
         self.outbox_bytes += message_size(msg)
+        if self.outbox_bytes > MAX_UNREAD_BYTES:
+            # Checked on every message queued, not only when the peer sends: a peer
+            # that neither reads nor sends used to grow our outbox by a Sync and a
+            # Range per local append, without bound. Never raised here: `send` runs
+            # inside `Log.append` (its listeners) and other local calls.
+            self.unread_error = RemoteProtocolError(
+                f"peer does not read: {self.outbox_bytes} bytes queued for it "
+                f"(limit {MAX_UNREAD_BYTES})"
+            )
         self.on_output()
 
     def pop_outbox(self) -> wire.Message:
@@ -225,6 +241,10 @@ class SessionEngine:
                 loc.channel = None
         self.work.clear()
         self._serves = 0
+        # Nothing is written after the stream ended: free what waited (up to
+        # MAX_UNREAD_BYTES for a peer dropped for not reading).
+        self.outbox.clear()
+        self.outbox_bytes = 0
 
     # ------------------------------------------------------------------ input
 
@@ -240,13 +260,10 @@ class SessionEngine:
         if self.closed:
             return
         self._receive(msg, now)
-        if self.outbox_bytes > MAX_UNREAD_BYTES:
+        if self.unread_error is not None:
             # Checked per message: one read may carry thousands of small messages,
             # each answered at once (a Want by up to 32 KiB of bitfield).
-            raise RemoteProtocolError(
-                f"peer does not read: {self.outbox_bytes} bytes queued for it "
-                f"(limit {MAX_UNREAD_BYTES})"
-            )
+            raise self.unread_error
 
     def _receive(self, msg: wire.Message, now: float) -> None:
         self._now = now

@@ -14,9 +14,9 @@ import trio.testing
 
 from hyperlog import wire
 from hyperlog.crypto import key_pair
-from hyperlog.errors import ForkConflictError
+from hyperlog.errors import ForkConflictError, RemoteProtocolError
 from hyperlog.log import open_store
-from hyperlog.replication import replicate, replication_for
+from hyperlog.replication import replicate, replication_for, session
 from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import DEFAULT_GET_TIMEOUT, MAX_ATTEMPTS
 from hyperlog.replication.scheduler import LogReplicator, PeerChannel
@@ -24,7 +24,7 @@ from hyperlog.storage_memory import MemoryStorage
 
 from .test_replication_fakes import FakeLog
 from .test_replication_progress import ListSink
-from .test_replication_review_f import Pair
+from .test_replication_review_f import Pair, open_session
 
 KEY = bytes(range(32))
 
@@ -310,3 +310,42 @@ def test_memory_store_iter_blocks_survives_a_concurrent_append() -> None:
     # A sparse span wider than the store takes a snapshot under the write lock.
     store._blocks = {(1, 5): b"x", (1, 9): b"y", (2, 7): b"z"}
     assert list(store.iter_blocks(1, 0, 2**40)) == [(5, b"x"), (9, b"y")]
+
+
+# -- 4. a peer that neither reads nor sends is dropped at the unread limit ----------
+
+
+def test_silent_nonreader_is_dropped_when_our_announcements_pile_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = 64 * 1024
+    monkeypatch.setattr(session, "MAX_UNREAD_BYTES", limit)
+    log = FakeLog(KEY, length=1)
+    s, rep = open_session(log)
+    # The peer never sends again nor reads: every local append queues for it.
+    for _ in range(10 * limit // 64):
+        old = log.length
+        log.append(1)
+        rep.on_local_update(old, 0.0)  # must not raise: it runs inside Log.append
+    assert s.outbox_bytes <= limit + 64, "the outbox grew without bound"
+    assert s.unread_error is not None
+    with pytest.raises(RemoteProtocolError, match="does not read"):
+        s.receive(wire.Want(1, 0, 8), 0.0)
+
+
+async def test_driver_ends_a_session_whose_peer_neither_reads_nor_sends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limit = 64 * 1024
+    monkeypatch.setattr(session, "MAX_UNREAD_BYTES", limit)
+    a, _b = trio.testing.lockstep_stream_pair()  # nobody reads _b: our Hello blocks
+    async with open_store() as ws:
+        w = await ws.create_log(key_pair(KEY))
+        async with replicate(a, w) as sess:
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(2 * limit // 64):  # what the announcements would queue
+                sess.engine.send(wire.Sync(1, 0, 1, 0))
+            with trio.fail_after(5):
+                await sess.wait_closed()
+            assert isinstance(sess.error, RemoteProtocolError)
+            assert "does not read" in str(sess.error)
