@@ -123,6 +123,11 @@ class SessionEngine:
         #: session must end (the driver closes it; `receive` raises it). Nothing more
         #: is queued meanwhile.
         self.unread_error: RemoteProtocolError | None = None
+        # Coalescing (see `send`): messages popped so far, and per channel the last
+        # Sync and the last (non-drop) Range queued, with their sequence numbers.
+        self._popped = 0
+        self._last_sync: dict[int, tuple[int, wire.Sync]] = {}
+        self._last_range: dict[int, tuple[int, wire.Range]] = {}
         self.on_output: Callable[[], None] = lambda: None
         self._by_dk: dict[bytes, _Local] = {}
         self._by_remote: dict[int, _Local] = {}
@@ -147,6 +152,23 @@ class SessionEngine:
     def send(self, msg: wire.Message) -> None:
         if self.unread_error is not None:
             return  # being dropped: it reads nothing of what we queue anyway
+        if self._coalesce(msg):
+            self.on_output()
+            return
+        seq = self._popped + len(self.outbox)
+        if isinstance(msg, wire.Sync):
+            last = self._last_sync.get(msg.channel)
+            if last is not None and last[1].fork != msg.fork:
+                self._last_range.pop(msg.channel, None)  # no Range merges across forks
+            self._last_sync[msg.channel] = (seq, msg)
+        elif isinstance(msg, wire.Range):
+            if msg.drop:
+                self._last_range.pop(msg.channel, None)
+            else:
+                self._last_range[msg.channel] = (seq, msg)
+        elif isinstance(msg, wire.Open):
+            self._last_sync.pop(msg.channel, None)
+            self._last_range.pop(msg.channel, None)
         self.outbox.append(msg)
         self.outbox_bytes += message_size(msg)
         if self.outbox_bytes > MAX_UNREAD_BYTES:
@@ -160,9 +182,51 @@ class SessionEngine:
             )
         self.on_output()
 
+    def _unsent(self, seq: int, msg: wire.Message) -> int | None:
+        """Where message `msg`, queued as number `seq`, waits in the outbox (None:
+        sent already, or the outbox was changed behind our back)."""
+        i = seq - self._popped
+        if 0 <= i < len(self.outbox) and self.outbox[i] is msg:
+            return i
+        return None
+
+    def _coalesce(self, msg: wire.Message) -> bool:
+        """Fold `msg` into an unsent message of its channel, if one says it all.
+
+        A Sync replaces the channel's unsent Sync of the same fork (the newer head
+        says everything the older did); a Range extends the channel's unsent Range
+        that ends where it starts (no drop in between). A slow peer's backlog of
+        announcements stays O(1): every local append used to queue a Sync and a
+        Range per peer, and an honest follower on a slow link was dropped at
+        `MAX_UNREAD_BYTES` during a burst of single appends.
+        """
+        if isinstance(msg, wire.Sync):
+            last = self._last_sync.get(msg.channel)
+            if last is None or last[1].fork != msg.fork:
+                return False
+            i = self._unsent(*last)
+            if i is None:
+                return False
+            self.outbox[i] = msg
+            self._last_sync[msg.channel] = (last[0], msg)
+            return True
+        if isinstance(msg, wire.Range) and not msg.drop:
+            lr = self._last_range.get(msg.channel)
+            if lr is None or lr[1].start + lr[1].length != msg.start:
+                return False
+            i = self._unsent(*lr)
+            if i is None:
+                return False
+            merged = wire.Range(msg.channel, lr[1].start, lr[1].length + msg.length)
+            self.outbox[i] = merged
+            self._last_range[msg.channel] = (lr[0], merged)
+            return True
+        return False
+
     def pop_outbox(self) -> wire.Message:
         """Take the next message to write (keeps `outbox_bytes` exact)."""
         msg = self.outbox.popleft()
+        self._popped += 1
         self.outbox_bytes -= message_size(msg)
         return msg
 

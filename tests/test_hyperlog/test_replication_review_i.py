@@ -322,11 +322,10 @@ def test_silent_nonreader_is_dropped_when_our_announcements_pile_up(
     monkeypatch.setattr(session, "MAX_UNREAD_BYTES", limit)
     log = FakeLog(KEY, length=1)
     s, rep = open_session(log)
-    # The peer never sends again nor reads: every local append queues for it.
-    for _ in range(10 * limit // 64):
-        old = log.length
-        log.append(1)
-        rep.on_local_update(old, 0.0)  # must not raise: it runs inside Log.append
+    # The peer never sends again nor reads: every block we store (scattered: a
+    # sparse download from another peer) is announced to it.
+    for k in range(10 * limit // 64):
+        rep._on_stored(2 * k + 1, 64, None)  # must not raise: runs inside local calls
     assert s.outbox_bytes <= limit + 64, "the outbox grew without bound"
     assert s.unread_error is not None
     with pytest.raises(RemoteProtocolError, match="does not read"):
@@ -343,9 +342,82 @@ async def test_driver_ends_a_session_whose_peer_neither_reads_nor_sends(
         w = await ws.create_log(key_pair(KEY))
         async with replicate(a, w) as sess:
             await trio.testing.wait_all_tasks_blocked()
-            for _ in range(2 * limit // 64):  # what the announcements would queue
-                sess.engine.send(wire.Sync(1, 0, 1, 0))
+            for k in range(2 * limit // 64):  # scattered announcements of blocks
+                sess.engine.send(wire.Range(1, 2 * k, 1))
             with trio.fail_after(5):
                 await sess.wait_closed()
             assert isinstance(sess.error, RemoteProtocolError)
             assert "does not read" in str(sess.error)
+
+
+# -- 5. announcements to a slow peer are coalesced: its backlog stays O(1) ---------
+
+
+def test_burst_of_appends_queues_one_sync_and_one_range_per_peer() -> None:
+    log = FakeLog(KEY, length=1)
+    s, rep = open_session(log)
+    before = len(s.outbox)
+    for _ in range(10_000):  # single appends; the peer reads nothing meanwhile
+        old = log.length
+        log.append(1)
+        rep.on_local_update(old, 0.0)
+    added = list(s.outbox)[before:]
+    # Before: 20,000 messages (a Sync and a Range per append), and an honest slow
+    # follower was dropped at MAX_UNREAD_BYTES ("peer does not read").
+    assert len(added) <= 2, f"{len(added)} messages queued for 10,000 appends"
+    syncs = [m for m in s.outbox if isinstance(m, wire.Sync)]
+    ranges = [m for m in s.outbox if isinstance(m, wire.Range)]
+    assert [m.length for m in syncs] == [10_001]
+    assert [(m.start, m.length) for m in ranges] == [(0, 10_001)]
+
+
+def test_stale_sync_flood_from_a_nonreader_queues_one_sync() -> None:
+    s, _ = open_session(FakeLog(KEY, length=300))
+    before = len(s.outbox)
+    for _ in range(10_000):
+        s.receive(wire.Sync(1, 0, 0, 12345), 0.0)  # a stale view: we re-sync each time
+    assert len(s.outbox) - before <= 1
+
+
+def test_coalesced_announcements_keep_a_live_follower_exact() -> None:
+    # A burst of appends while nothing is delivered: what the follower learns from
+    # the coalesced Sync and Range is exact.
+    p = Pair(8)
+    d = p.rrep.want_range(0, None, p.now)
+    p.flush()
+    for _ in range(50):
+        old = p.w.length
+        p.w.append(1)
+        p.wrep.on_local_update(old, p.now)
+    p.flush()
+    assert p.r.length == p.w.length == 58
+    assert all(p.r.has(i) for i in range(58))
+    assert d.missing == 0
+
+
+def test_no_coalescing_across_a_truncation() -> None:
+    log = FakeLog(KEY, length=10)
+    s, rep = open_session(log)  # queued: Sync(0, 10), Range(0, 10)
+    for _ in range(5):
+        old = log.length
+        log.append(1)
+        rep.on_local_update(old, 0.0)
+    log.truncate_and_fork(12)
+    rep.on_local_update(15, 0.0)
+    old = log.length
+    log.append(1)
+    rep.on_local_update(old, 0.0)
+    added = [
+        (type(m).__name__, getattr(m, "fork", None), getattr(m, "length", None))
+        if isinstance(m, wire.Sync)
+        else (type(m).__name__, m.start, m.length, m.drop)
+        for m in s.outbox
+        if isinstance(m, wire.Sync | wire.Range)
+    ]
+    assert added == [
+        ("Sync", 0, 15),
+        ("Range", 0, 15, False),
+        ("Sync", 1, 13),  # the new fork's head: not folded into the old fork's Sync
+        ("Range", 12, 3, True),
+        ("Range", 12, 1, False),  # after the drop: not merged into the Range before it
+    ]
