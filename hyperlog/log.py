@@ -687,19 +687,32 @@ class Log:
         if wait is False or (wait is None and not self._want_listeners):
             await trio.lowlevel.checkpoint()
             raise BlockNotAvailableError(f"block {index} is not available locally")
-        with trio.move_on_after(timeout if timeout is not None else float("inf")):
-            # Bounded: each pass either returns or waits for a new block/length event.
-            while not self.has(index):
-                if self._closed:
-                    raise HyperlogError("the log was closed while waiting for a block")
-                event = self._block_waiters.get(index)
-                if event is None:
-                    event = self._block_waiters[index] = trio.Event()
-                for want in list(self._want_listeners):
-                    want(index)
-                await event.wait()
-            return self.get_nowait(index)
+        try:
+            with trio.move_on_after(timeout if timeout is not None else float("inf")):
+                # Bounded: each pass either returns or waits for a new block/length event.
+                while not self.has(index):
+                    if self._closed:
+                        raise HyperlogError("the log was closed while waiting for a block")
+                    event = self._block_waiters.get(index)
+                    if event is None:
+                        event = self._block_waiters[index] = trio.Event()
+                    for want in list(self._want_listeners):
+                        want(index)
+                    await event.wait()
+                return self.get_nowait(index)
+        finally:
+            # Given up (timed out, cancelled) with nobody else waiting: forget the
+            # event, so `waiting` says so and the table holds only live waits.
+            left = self._block_waiters.get(index)
+            if left is not None and not left.statistics().tasks_waiting:
+                del self._block_waiters[index]
         raise BlockNotAvailableError(f"block {index} did not arrive within {timeout} s")
+
+    def waiting(self, index: int) -> bool:
+        """Whether a `get` is waiting for block `index` now (replication asks: a want
+        whose `get` gave up is not worth fetching any more)."""
+        event = self._block_waiters.get(index)
+        return event is not None and event.statistics().tasks_waiting > 0
 
     async def get_many(self, indices: Sequence[int]) -> list[bytes]:
         """Return the locally held blocks at ``indices`` (in that order), read in one pass.

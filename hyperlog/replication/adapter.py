@@ -168,11 +168,9 @@ class LogAdapter:
         """Whether a `Log.get` still waits for block `index` (`WaitingView`).
 
         `Log.get` tells its want listeners when it starts waiting, never when it
-        gives up (its timeout, a cancellation): its event then stays with nobody
-        waiting on it, which is what this reads.
+        gives up (its timeout, a cancellation): `Log.waiting` says whether it still does.
         """
-        event = self.log._block_waiters.get(index)
-        return event is not None and event.statistics().tasks_waiting > 0
+        return self.log.waiting(index)
 
     def _on_event(self, event: LogEvent) -> None:
         if isinstance(event, TruncateEvent):
