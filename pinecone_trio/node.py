@@ -49,6 +49,7 @@ from typing import Any, Final, overload
 import trio
 
 from . import events as ev
+from ._allocator import keep_heap_top
 from ._util import open_service_nursery, single_failure
 from .errors import PeerLimitError
 from .identity import Identity, PublicKey
@@ -59,6 +60,7 @@ from .node_config import (
     DEPLOYED_ROUTER_CONFIG,
     EVENT_BUFFER,
     GOODBYE_GRACE,
+    HANDSHAKE_MESSAGE_TIMEOUT,
     INBOX_SIZE,
     LOCAL_SEND_BYTES,
     LOCAL_SEND_FRAMES,
@@ -101,6 +103,7 @@ __all__ = [
     "EVENT_BUFFER",
     "FIRST_APPLICATION_SERVICE",
     "GOODBYE_GRACE",
+    "HANDSHAKE_MESSAGE_TIMEOUT",
     "INBOX_SIZE",
     "LOCAL_SEND_BYTES",
     "LOCAL_SEND_FRAMES",
@@ -158,6 +161,8 @@ class Node(RouterTaskMixin, PeeringsMixin):
         static_peers = _strings("static_peers", static_peers)
         if multicast_interfaces is not None:
             multicast_interfaces = _strings("multicast_interfaces", multicast_interfaces)
+        if self._config.tune_allocator:
+            keep_heap_top()
         router_config = self._config.router or DEPLOYED_ROUTER_CONFIG
         offset = time.time() - trio.current_time()
         router_config = _replace_offset(router_config, offset)

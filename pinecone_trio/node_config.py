@@ -24,8 +24,14 @@ MAX_PENDING_HANDSHAKES: Final = 32
 #: tells it: TCP) at most this many: so one host's silent connections cannot take every
 #: slot and lock honest peers out, while a burst from one address (nodes behind a NAT,
 #: several on one machine) still fits while the node is not busy. A host with many
-#: addresses still can; each slot is held at most `NodeConfig.handshake_timeout`.
+#: addresses still can; each slot is held at most `HANDSHAKE_MESSAGE_TIMEOUT` per
+#: message the peer owes, and `NodeConfig.handshake_timeout` in all.
 MAX_PENDING_HANDSHAKES_PER_HOST: Final = 4
+#: Seconds an inbound connection has for each of its handshake messages (1 and 3). An
+#: honest dialler sends message 1 as soon as it connects and message 3 one round trip
+#: after our message 2, so a few seconds cover slow links; a silent connection gives
+#: its pending-handshake slot back after this, not after the whole handshake timeout.
+HANDSHAKE_MESSAGE_TIMEOUT: Final = 3.0
 #: Items the router inbox holds before senders wait (back-pressure on peer readers).
 INBOX_SIZE: Final = 1024
 #: Events buffered per subscriber before that subscriber misses some.
@@ -82,6 +88,10 @@ class NodeConfig:
     #: Overrides for multicast discovery (tests use a short interval).
     beacon_interval: float | None = None
     multicast_port: int | None = None
+    #: Keep a few MiB of free heap instead of returning it to the kernel after every
+    #: large packet (glibc only, process-wide, set by the first node that runs; see
+    #: `pinecone_trio._allocator`). False leaves the C allocator as it is.
+    tune_allocator: bool = True
 
 
 @dataclass(slots=True)
