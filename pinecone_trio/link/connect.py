@@ -86,6 +86,7 @@ async def serve_links(
     *,
     capabilities: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
     handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    message_timeout: float | None = None,
     max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
     statistics: LinkServerStatistics | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
@@ -97,7 +98,8 @@ async def serve_links(
     connection; the listener keeps serving everyone else. The link is closed when the
     handler returns. While `max_pending_handshakes` handshakes are in progress, further
     connections are closed at once (a flood of stalled handshakes would otherwise hold
-    a task and a socket each for up to `handshake_timeout`).
+    a task and a socket each for up to `handshake_timeout`; `message_timeout`, if
+    given, bounds the wait for each of the dialler's handshake messages as well).
 
     Raises:
         ValueError: if the URI is malformed.
@@ -117,6 +119,7 @@ async def serve_links(
             initiator=False,
             capabilities=capabilities,
             handshake_timeout=handshake_timeout,
+            message_timeout=message_timeout,
         )
         async with link:
             stats.pending_handshakes += 1

@@ -61,6 +61,7 @@ senders or two receivers at once get `trio.BusyResourceError`.
 
 from __future__ import annotations
 
+import math
 import operator
 import os
 import sys
@@ -130,6 +131,9 @@ class NoiseLink(trio.abc.Stream):
         capabilities: strings advertised to the peer (see `NoiseHandshake`).
         prologue: bytes both sides must agree on.
         handshake_timeout: seconds the handshake may take.
+        message_timeout: seconds we wait for each handshake message of the peer (None:
+            only `handshake_timeout` applies). A listener under load sets a few seconds
+            here, so a silent or stalling connection gives its slot back sooner.
         receive_size: bytes requested from the transport per read.
 
     Raises:
@@ -146,6 +150,7 @@ class NoiseLink(trio.abc.Stream):
         capabilities: frozenset[str] | set[str] | tuple[str, ...] = frozenset(),
         prologue: bytes = b"",
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        message_timeout: float | None = None,
         receive_size: int = RECEIVE_SIZE,
     ) -> None:
         self.transport_stream = transport_stream
@@ -157,6 +162,7 @@ class NoiseLink(trio.abc.Stream):
             capabilities=capabilities,
         )
         self._handshake_timeout = handshake_timeout
+        self._message_timeout = math.inf if message_timeout is None else message_timeout
         self._handshake_lock = trio.Lock()
         self._result: HandshakeResult | None = None
         self._receive_size = receive_size
@@ -252,8 +258,15 @@ class NoiseLink(trio.abc.Stream):
             while not hs.complete:
                 if hs.writing:
                     await self._send_handshake(encode_frame(hs.write_message()))
-                else:
+                    continue
+                with trio.move_on_after(self._message_timeout):
                     hs.read_message(await self._receive_handshake_frame())
+                    continue
+                raise HandshakeTimeout(
+                    f"no handshake message {hs.message_index + 1} of 3 within"
+                    f" {self._message_timeout} s",
+                    remote_key=hs.remote_key,
+                )
         if not hs.complete:
             assert scope.cancelled_caught
             raise HandshakeTimeout(

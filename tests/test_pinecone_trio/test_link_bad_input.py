@@ -359,3 +359,55 @@ async def test_a_zero_length_frame_between_good_ones_breaks_the_link(transport: 
         assert got in (b"", b"A" * 100)  # never the frame after the garbage
         await a_raw.aclose()
         await b_raw.aclose()
+
+
+@pytest.mark.parametrize("say_hello", [False, True])
+async def test_a_message_timeout_cuts_a_silent_peer_short(
+    say_hello: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    # A listener under load gives each handshake message of the peer a few seconds, not
+    # the whole handshake timeout: silent before message 1, or after it (message 3).
+    ours, theirs = trio.testing.memory_stream_pair()
+    link = NoiseLink(ours, SERVER, initiator=False, handshake_timeout=10, message_timeout=3)
+    if say_hello:
+        hello = NoiseHandshake(CLIENT, initiator=True).write_message()
+        await theirs.send_all(encode_frame(hello))
+    start = trio.current_time()
+    with pytest.raises(HandshakeTimeout, match=f"no handshake message {3 if say_hello else 1}"):
+        await link.do_handshake()
+    assert 3 <= trio.current_time() - start < 4
+
+
+async def test_a_message_timeout_never_stretches_the_handshake_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours, _theirs = trio.testing.memory_stream_pair()
+    link = NoiseLink(ours, SERVER, initiator=False, handshake_timeout=2, message_timeout=3)
+    start = trio.current_time()
+    with pytest.raises(HandshakeTimeout, match="within 2 s"):
+        await link.do_handshake()
+    assert 2 <= trio.current_time() - start < 3
+
+
+async def test_a_slow_but_steady_peer_is_within_the_message_timeout(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 2.5 s before each message: each within 3 s, the whole within 10 s.
+    ours, theirs = trio.testing.memory_stream_pair()
+    server = NoiseLink(ours, SERVER, initiator=False, message_timeout=3)
+    client = NoiseHandshake(CLIENT, initiator=True)
+
+    async def slow_client() -> None:
+        decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE_SIZE)
+        await trio.sleep(2.5)
+        await theirs.send_all(encode_frame(client.write_message()))
+        while (frame := decoder.next_frame()) is None:
+            decoder.receive_data(await theirs.receive_some())
+        client.read_message(frame)
+        await trio.sleep(2.5)
+        await theirs.send_all(encode_frame(client.write_message()))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(slow_client)
+        await server.do_handshake()
+    assert server.remote_key == CLIENT.public_key

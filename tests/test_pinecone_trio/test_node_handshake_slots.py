@@ -10,10 +10,13 @@ from __future__ import annotations
 import socket
 
 import trio
+import trio.testing
 
-from pinecone_trio import Identity
+from pinecone_trio import Identity, transports
 from pinecone_trio.node import (
+    HANDSHAKE_MESSAGE_TIMEOUT,
     MAX_PENDING_HANDSHAKES,
+    NodeConfig,
     open_node,
 )
 from pinecone_trio.transports import parse_uri
@@ -65,3 +68,22 @@ async def test_a_burst_of_dials_from_one_address_is_not_refused() -> None:
                     nursery.start_soon(dial_once)
         assert hub.counters.refused_pending_handshakes == 0
     assert connected == [hub.public_key] * 12
+
+
+async def test_a_silent_inbound_connection_gives_its_slot_back_early(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with open_node(Identity.generate(), listen="memory://slots-silent") as node:
+        raw = await transports.dial(node.listen_uris[0])
+        start = trio.current_time()
+        with trio.fail_after(BOUND):
+            while await raw.receive_some():  # silent: nothing to read until closed
+                pass
+        assert (
+            HANDSHAKE_MESSAGE_TIMEOUT
+            <= trio.current_time() - start
+            < HANDSHAKE_MESSAGE_TIMEOUT + 1
+            < NodeConfig().handshake_timeout
+        )
+        await node.wait_for(lambda: node.counters.handshake_failures == 1)
+        await raw.aclose()
