@@ -60,6 +60,7 @@ from .node_config import (
     DEPLOYED_ROUTER_CONFIG,
     EVENT_BUFFER,
     GOODBYE_GRACE,
+    GOODBYE_LINGER,
     HANDSHAKE_MESSAGE_TIMEOUT,
     INBOX_SIZE,
     LOCAL_SEND_BYTES,
@@ -103,6 +104,7 @@ __all__ = [
     "EVENT_BUFFER",
     "FIRST_APPLICATION_SERVICE",
     "GOODBYE_GRACE",
+    "GOODBYE_LINGER",
     "HANDSHAKE_MESSAGE_TIMEOUT",
     "INBOX_SIZE",
     "LOCAL_SEND_BYTES",
@@ -199,10 +201,20 @@ class Node(RouterTaskMixin, PeeringsMixin):
 
     async def _say_goodbye(self) -> None:
         """Close every session, telling its peer, and give the CLOSE packets up to
-        `GOODBYE_GRACE` to leave through the router and the links."""
-        if self._nursery is None or self._stopped or not self._sessions.close_all("the peer left"):
+        `GOODBYE_GRACE` to leave through the router and the links; before that, give
+        streams the application ended up to `GOODBYE_LINGER` to be delivered."""
+        if self._nursery is None or self._stopped:
             return
-        # A shutdown path, polled: at most one check per millisecond, for 0.25 s.
+        # Shutdown paths, polled: at most one check per millisecond. First, streams the
+        # application ended get their last bytes and FIN acknowledged (a CLOSE sent at
+        # once overtook them: the peer read a broken stream instead of its end).
+        with trio.move_on_after(GOODBYE_LINGER):
+            for _ in range(int(GOODBYE_LINGER * 1000)):
+                if not self._sessions.delivering:
+                    break
+                await trio.sleep(0.001)
+        if not self._sessions.close_all("the peer left"):
+            return
         with trio.move_on_after(GOODBYE_GRACE):
             for _ in range(int(GOODBYE_GRACE * 1000)):
                 if (

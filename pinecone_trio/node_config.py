@@ -61,6 +61,10 @@ REFUSED_PEER_LIMIT: Final = "refused:peer-limit"
 #: How long a node leaving through `open_node` waits for its sessions' CLOSE packets
 #: to reach the links, so that peers learn at once instead of by their idle timeout.
 GOODBYE_GRACE: Final = 0.25
+#: How long, before that, a leaving node waits for streams the application ended (FIN
+#: queued) to be delivered: acknowledged up to their FIN. Usually one round trip; a
+#: peer that stopped reading or answering costs at most this.
+GOODBYE_LINGER: Final = 1.0
 
 
 #: The router settings a running node uses unless told otherwise. The engine's own

@@ -84,6 +84,20 @@ class _Stream:
 class StreamsMixin(SessionBase):
     """`Session`'s streams (see the module docstring)."""
 
+    @property
+    def delivering(self) -> bool:
+        """Whether a stream whose sending half the application ended (FIN queued) still
+        has bytes or the FIN to get acknowledged: what a graceful leave waits for
+        before its CLOSE, as a closing TCP socket still delivers what it was given."""
+        if self.state is not State.ESTABLISHED:
+            return False
+        return any(
+            stream.send.fin_offset is not None
+            and not stream.send.done
+            and stream.state is not StreamState.REFUSED
+            for stream in self._streams.values()
+        )
+
     def _lookup(self, sid: int) -> _Stream | None:
         """The stream a peer's frame is about; None if it is finished (or refused).
 

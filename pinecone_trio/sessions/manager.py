@@ -499,6 +499,12 @@ class SessionManager:
             self._unsent_closes.discard(handle)
 
     @property
+    def delivering(self) -> bool:
+        """Whether a session has a stream the application ended whose last bytes or
+        FIN the peer has not acknowledged yet (see `Session.delivering`)."""
+        return any(handle.engine.delivering for handle in self._by_index.values())
+
+    @property
     def flushing(self) -> bool:
         """Whether a closed session's CLOSE still waits for its driver to send it."""
         return bool(self._unsent_closes)

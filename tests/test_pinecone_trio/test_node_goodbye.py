@@ -16,7 +16,7 @@ import trio
 
 from pinecone_trio import Identity
 from pinecone_trio.errors import SessionError
-from pinecone_trio.node import GOODBYE_GRACE, Node, open_node
+from pinecone_trio.node import GOODBYE_GRACE, GOODBYE_LINGER, Node, open_node
 from pinecone_trio.sessions.stream import SessionStream
 
 PROTO = "/goodbye/v1"
@@ -138,3 +138,67 @@ async def test_a_stream_closed_just_before_leaving_ends_cleanly_for_the_peer() -
             with trio.fail_after(5):
                 assert await stream.receive_some() == b""
 
+
+async def test_a_listener_leaving_right_after_closing_its_stream_ends_it_cleanly() -> None:
+    # The README's chat as a user found it failing (8 of 10 runs on a loaded machine):
+    # the acceptor's node leaves as soon as its stream is closed, before the session's
+    # driver sent the FIN; the goodbye CLOSE overtook it and the dialler read a broken
+    # stream. The node now lingers (bounded) until ended streams are acknowledged.
+
+    async def leaving_acceptor(uri: str, task_status: trio.TaskStatus[str]) -> None:
+        async with open_node(Identity.generate(), listen=["tcp://127.0.0.1:0"]) as node:
+            await node.connect(uri)
+            async with node.listen(PROTO) as listener:
+                task_status.started(node.public_key.hex())
+                async with await listener.accept() as stream:
+                    await stream.receive_some()
+
+    for round_ in range(10):
+        async with _line(1) as nodes:
+            ((dialler, _),) = nodes
+            async with trio.open_nursery() as nursery:
+                key = await nursery.start(leaving_acceptor, dialler.listen_uris[0])
+                stream = await _connect_when_routed(dialler, key)
+                await stream.send_all(b"hello")
+                await stream.send_eof()
+                with trio.fail_after(10):
+                    assert await stream.receive_some() == b"", f"round {round_}"
+
+
+async def test_the_linger_is_bounded_when_the_peer_stops_answering(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A stream ended towards a peer that vanished without a word: the node still
+    # leaves, after GOODBYE_LINGER (and at most GOODBYE_GRACE more).
+    left = trio.Event()
+    ended = trio.Event()
+    async with _line(1) as nodes, trio.open_nursery() as nursery:
+        ((peer, peer_scope),) = nodes
+
+        async def leaver(task_status: trio.TaskStatus[None]) -> None:
+            async with open_node(Identity.generate()) as node:
+                await node.connect(peer.listen_uris[0])
+                async with peer.listen(PROTO) as listener:
+                    stream = await _connect_when_routed(node, peer.public_key)
+                    await stream.send_all(b"x" * 10)
+                    await listener.accept()
+
+                # The peer leaves without a goodbye (no CLOSE): its links just go down.
+                async def no_goodbye() -> None:
+                    pass
+
+                monkeypatch.setattr(peer, "_say_goodbye", no_goodbye)
+                peer_scope.cancel()
+                await stream.send_all(b"y" * 100_000)
+                await stream.send_eof()
+                task_status.started()
+                await left.wait()
+            ended.set()
+
+        await nursery.start(leaver)
+        start = trio.current_time()
+        left.set()
+        with trio.fail_after(10):
+            await ended.wait()
+        elapsed = trio.current_time() - start
+        assert GOODBYE_LINGER <= elapsed < GOODBYE_LINGER + GOODBYE_GRACE + 1  # it lingered

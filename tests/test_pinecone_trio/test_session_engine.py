@@ -289,3 +289,29 @@ def test_an_authenticated_peer_sending_garbage_closes_the_session() -> None:
     pair.a.receive_packet(bad, pair.now)
     assert pair.a.is_closed
     assert "protocol" in str(pair.a.error)
+
+
+def test_delivering_until_the_ended_stream_is_acknowledged() -> None:
+    # What a leaving node waits for before its CLOSE: a stream whose sending half the
+    # application ended, until every byte and the FIN are acknowledged.
+    pair = EnginePair(model=PathModel(delay=(0.01, 0.01)))
+    _established(pair)
+    sid = _open(pair)
+    pair.a.stream_write(sid, b"x" * 200_000)
+    assert not pair.a.delivering  # still being written: not ended, nothing to linger for
+    pair.a.stream_finish(sid)
+    assert pair.a.delivering
+    assert pair.run_until(lambda: not pair.a.delivering, timeout=10)
+    assert pair.b is not None and pair.b.stream_read(sid, 1 << 20)  # the bytes arrived
+
+
+def test_delivering_ends_with_the_session() -> None:
+    pair = EnginePair(model=PathModel(delay=(0.01, 0.01)))
+    _established(pair)
+    sid = _open(pair)
+    pair.a.stream_write(sid, b"x" * 1_000)
+    pair.a.stream_finish(sid)
+    pair.paths["a"].model = PathModel(loss=1.0)  # nothing of ours arrives any more
+    assert pair.a.delivering
+    assert pair.run_until(lambda: pair.a.is_closed, timeout=60)
+    assert not pair.a.delivering
