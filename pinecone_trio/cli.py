@@ -3,6 +3,7 @@
     pinecone-trio --key node.key --listen tcp://0.0.0.0:7000 --listen ws://0.0.0.0:7001/ \
         --connect tcp://seed.example:7000 --multicast --status-json /run/pt.json
 
+`python -m pinecone_trio ...` is the same command (`pinecone_trio/__main__.py`).
 Prints its public key and the URIs it listens on (ports resolved), then peers and the
 root as they change (not with `--quiet`), and on stderr a static peer it cannot reach.
 `--status-json PATH` rewrites PATH atomically every second with `node.status()`. SIGINT

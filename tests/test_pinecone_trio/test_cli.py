@@ -222,3 +222,28 @@ def test_an_unreachable_static_peer_is_reported_and_redialled(tmp_path: Path) ->
     finally:
         err = _terminate(proc)
     assert proc.returncode == 0, err
+
+
+def test_python_m_pinecone_trio_is_the_same_command(tmp_path: Path) -> None:
+    # `python -m pinecone_trio` said "No module named pinecone_trio.__main__".
+    version = f"pinecone-trio {importlib.metadata.version('pinecone-trio')}\n"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinecone_trio", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (proc.returncode, proc.stdout) == (0, version), proc.stderr
+    # and it runs a node, not just the parser
+    key = str(tmp_path / "k")
+    node = subprocess.Popen(
+        [sys.executable, "-m", "pinecone_trio", "--key", key, "--listen", "tcp://127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _read_until(node, "listening on ").startswith("tcp://127.0.0.1:")
+    finally:
+        err = _terminate(node)
+    assert node.returncode == 0, err
