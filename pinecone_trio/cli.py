@@ -3,11 +3,16 @@
     pinecone-trio --key node.key --listen tcp://0.0.0.0:7000 --listen ws://0.0.0.0:7001/ \
         --connect tcp://seed.example:7000 --multicast --status-json /run/pt.json
 
-`python -m pinecone_trio ...` is the same command (`pinecone_trio/__main__.py`).
-Prints its public key and the URIs it listens on (ports resolved), then peers and the
-root as they change (not with `--quiet`), and on stderr a static peer it cannot reach.
-`--status-json PATH` rewrites PATH atomically every second with `node.status()`. SIGINT
-or SIGTERM shut the node down cleanly.
+(`python -m pinecone_trio ...` is the same command.) Prints its public key and the URIs
+it listens on (ports resolved), then peers and the root as they change (not with
+`--quiet`), and on stderr a static peer it cannot reach. `--status-json PATH` rewrites
+PATH atomically every second with `node.status()` (and the DHT's status under "dht").
+SIGINT or SIGTERM shut the node down cleanly.
+
+The node runs the DHT service (`pinecone_trio.dht.open_dht`) unless `--no-dht` is
+given: a topic's records are stored on the node whose key is closest to the topic id,
+whoever that is, so a relay without it is a hole in the DHT of the apps around it
+(docs/dht.md).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from urllib.parse import urlsplit
 import trio
 
 from ._util import installed_version
+from .dht import Dht, open_dht
 from .errors import PineconeError
 from .events import NodeEvent
 from .identity import Identity
@@ -68,6 +74,17 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="NAME",
         help="limit multicast discovery to these interfaces (repeatable)",
+    )
+    p.add_argument(
+        "--no-dht",
+        action="store_true",
+        help=(
+            "do not run the DHT service (it runs by default). Costs the others: the DHT "
+            "stores each topic on the node whose key is closest to it, so topics whose "
+            "home is this node's key can then be neither announced nor looked up by "
+            "anyone; the node still relays their traffic. Turn it off only in an "
+            "overlay whose apps use no DHT"
+        ),
     )
     p.add_argument(
         "--status-json", metavar="PATH", help="rewrite PATH with the status every second"
@@ -161,13 +178,18 @@ async def _report_static_peers(node: Node) -> None:
         await trio.sleep(STATIC_REPORT_INTERVAL)
 
 
-async def _write_status(node: Node, path: str) -> None:
+def _status(node: Node, dht: Dht | None) -> dict[str, Any]:
+    """`node.status()` with the DHT's under "dht" (None when it runs none)."""
+    return {**node.status(), "dht": None if dht is None else dht.status()}
+
+
+async def _write_status(node: Node, dht: Dht | None, path: str) -> None:
     # A status file that cannot be written (directory gone, disk full) is reported,
     # once per distinct error, but does not stop the relay.
     last_error = ""
     while True:
         try:
-            await trio.to_thread.run_sync(write_json_atomically, path, node.status())
+            await trio.to_thread.run_sync(write_json_atomically, path, _status(node, dht))
         except OSError as exc:
             error = _os_error_text(exc)
             if error != last_error:
@@ -181,33 +203,44 @@ async def _write_status(node: Node, path: str) -> None:
 async def _run(args: argparse.Namespace) -> None:
     identity = Identity.load_or_create(args.key)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(
-            identity,
-            listen=args.listen,
-            static_peers=args.connect,
-            multicast=args.multicast,
-            multicast_interfaces=args.multicast_interface,
-        ) as node:
+        async with (
+            open_node(
+                identity,
+                listen=args.listen,
+                static_peers=args.connect,
+                multicast=args.multicast,
+                multicast_interfaces=args.multicast_interface,
+            ) as node,
+            contextlib.AsyncExitStack() as stack,
+        ):
+            dht = None if args.no_dht else await stack.enter_async_context(open_dht(node))
             # Printed even with --quiet: with port 0 this is the only way to learn the
             # port (besides --status-json), and it is said once.
             print(f"public key {node.public_key.hex()}", flush=True)
             for uri in node.listen_uris:
                 print(f"listening on {uri}", flush=True)
+            _say(args.quiet, _describe_dht(dht))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_print_events, node, args.quiet)
                 if args.connect:
                     nursery.start_soon(_report_static_peers, node)
                 if args.status_json:
-                    nursery.start_soon(_write_status, node, args.status_json)
+                    nursery.start_soon(_write_status, node, dht, args.status_json)
                 async for signum in signals:
                     _say(args.quiet, f"{signal.Signals(signum).name}: shutting down")
                     nursery.cancel_scope.cancel()
                     break
         if args.status_json:
             try:
-                write_json_atomically(args.status_json, {**node.status(), "stopped": True})
+                write_json_atomically(args.status_json, {**_status(node, dht), "stopped": True})
             except OSError as exc:  # reported; the shutdown itself was clean
                 print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
+
+
+def _describe_dht(dht: Dht | None) -> str:
+    if dht is not None:
+        return "dht on: stores and answers the DHT topics homed at this key"
+    return "dht off (--no-dht): DHT topics homed at this key can be neither announced nor found"
 
 
 def check_uri(option: str, uri: str) -> None:
