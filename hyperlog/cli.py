@@ -289,9 +289,17 @@ async def _cmd_verify(args: argparse.Namespace) -> int:
         await store.check(full=True)
         log = await store.default_log()
         await log.verify()
-        held = log.statistics().blocks_held
-        print(f"ok: {log.key.hex()} length {log.length}, {held} blocks held, all hashes verified")
+        print(f"ok: {log.key.hex()} {_verified(log)}")
     return 0
+
+
+def _verified(log: Log) -> str:
+    """What `verify` checked, truthfully: an empty log has no block and no signed head
+    (a clone of one does not even know the manifest, which only checks signatures)."""
+    if not log.length:
+        return "length 0: an empty log, nothing to check (no blocks, no signed head)"
+    held = log.statistics().blocks_held
+    return f"length {log.length}, {held} blocks held, all hashes verified"
 
 
 # --- wiring ----------------------------------------------------------------------------

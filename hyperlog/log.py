@@ -982,7 +982,9 @@ class Log:
         """Recompute every stored hash up to the roots and check the signature.
 
         Reads every stored block and tree node (in a worker thread). A reader with
-        a sparse copy checks each block it holds against the stored tree.
+        a sparse copy checks each block it holds against the stored tree. An empty log
+        has nothing signed to check, and passes even where the manifest is unknown (a
+        reader that cloned it).
 
         Raises:
             CorruptStorageError: if anything stored does not match (the message says what).
@@ -1000,14 +1002,7 @@ class Log:
                 self._check_unchanged()
 
     def _verify_stored(self, tree: MerkleTree) -> None:
-        if self._verifier is None:
-            raise CorruptStorageError("the manifest is unknown: the signature cannot be checked")
-        if tree.length and tree.signature is None:
-            raise CorruptStorageError(
-                "the head is not signed yet and this store has no secret key to sign it"
-            )
-        if tree.length and not tree.verify_signature(self._verifier):
-            raise CorruptStorageError("the signature does not verify the stored head")
+        self._verify_signature(tree)
         # Recompute the roots from the leaves wherever the whole subtree is held,
         # otherwise check each held leaf up to the first stored ancestor that we
         # have recomputed: every stored parent must equal the hash of its children.
@@ -1047,6 +1042,25 @@ class Log:
             level = upper
         if tree.length and tree_hash(tree.roots) != tree.tree_hash():
             raise CorruptStorageError("the tree hash does not match the roots")
+
+    def _verify_signature(self, tree: MerkleTree) -> None:
+        """Check the signature of a non-empty head.
+
+        An empty log (length 0) has no signed head: nothing is signed, so nothing needs
+        the manifest. A reader learns the manifest with its first upgrade (the only
+        proof that needs it), so a reader of an empty log does not know it, and that is
+        not damage: verifying such a clone used to fail ("the manifest is unknown").
+        """
+        if not tree.length:
+            return
+        if self._verifier is None:
+            raise CorruptStorageError("the manifest is unknown: the signature cannot be checked")
+        if tree.signature is None:
+            raise CorruptStorageError(
+                "the head is not signed yet and this store has no secret key to sign it"
+            )
+        if not tree.verify_signature(self._verifier):
+            raise CorruptStorageError("the signature does not verify the stored head")
 
     # -- life cycle -------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import trio
 
 from ._util import installed_version
 from .dht import Dht, open_dht
+from .discovery.beacon import INTERFACE_RESCAN_INTERVAL
 from .errors import PineconeError
 from .events import NodeEvent
 from .identity import Identity
@@ -94,7 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help=(
             "print only the startup lines (public key, the URIs actually bound, e.g. "
-            "the port picked for :0) and errors; no peer, root or shutdown lines"
+            "the port picked for :0, multicast discovery) and errors; no DHT, peer, "
+            "root or shutdown lines"
         ),
     )
     return p
@@ -219,6 +221,8 @@ async def _run(args: argparse.Namespace) -> None:
             print(f"public key {node.public_key.hex()}", flush=True)
             for uri in node.listen_uris:
                 print(f"listening on {uri}", flush=True)
+            for line in _describe_peering(node, args):
+                print(line, flush=True)
             _say(args.quiet, _describe_dht(dht))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_print_events, node, args.quiet)
@@ -235,6 +239,36 @@ async def _run(args: argparse.Namespace) -> None:
                 write_json_atomically(args.status_json, {**_status(node, dht), "stopped": True})
             except OSError as exc:  # reported; the shutdown itself was clean
                 print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
+
+
+def _describe_peering(node: Node, args: argparse.Namespace) -> list[str]:
+    """The startup lines besides `listening on`: LAN discovery (its interfaces and the
+    ports LAN peers dial), or that the node accepts no peerings at all."""
+    multicast = node.status()["multicast"]
+    if multicast is not None:
+        families = [("IPv4", multicast["interfaces"], f"tcp://0.0.0.0:{multicast['port']}")]
+        if multicast["port_v6"] is not None:
+            v6 = f"tcp://[::]:{multicast['port_v6']}"
+            families.append(("IPv6", multicast["interfaces_v6"], v6))
+        ports = ", ".join(uri for _, _, uri in families)
+        if not any(names for _, names, _ in families):
+            among = (
+                f" among {', '.join(args.multicast_interface)}" if args.multicast_interface else ""
+            )
+            where = (
+                f"no usable interface yet{among} (up, multicast, with an address; looked "
+                f"for again every {INTERFACE_RESCAN_INTERVAL:g} s)"
+            )
+        else:
+            where = ", ".join(
+                f"{', '.join(names) or 'no interface'} ({family})" for family, names, _ in families
+            )
+        return [f"multicast discovery on {where}; LAN peerings accepted on {ports}"]
+    if node.listen_uris:
+        return []
+    if args.connect:
+        return ["accepting no peerings (no --listen or --multicast): only dialling --connect"]
+    return ["no --listen, --connect or --multicast: this node peers with nobody"]
 
 
 def _describe_dht(dht: Dht | None) -> str:

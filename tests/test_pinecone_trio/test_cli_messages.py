@@ -93,3 +93,48 @@ def test_quiet_still_says_where_it_listens(tmp_path: Path) -> None:
     assert re.fullmatch(r"listening on ws://127\.0\.0\.1:[1-9][0-9]*/x\n", listen_line)
     assert proc.returncode == 0, err
     assert out == "", out  # quiet: no event or shutdown lines
+
+
+def _startup_lines(*args: str, count: int) -> list[str]:
+    """Start `pinecone-trio` with `args`, read `count` stdout lines, stop it (SIGTERM)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pinecone_trio.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    killer = threading.Timer(60.0, proc.kill)  # a silent process ends the reads
+    killer.start()
+    try:
+        lines = [proc.stdout.readline() for _ in range(count)]
+    finally:
+        killer.cancel()
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return lines
+
+
+def test_multicast_without_listen_says_what_it_does(tmp_path: Path) -> None:
+    # `--multicast` with no `--listen` printed the public key and nothing else: not that
+    # discovery was on, nor the ports LAN peers dial (even --quiet says where it listens).
+    key_line, line = _startup_lines("--key", str(tmp_path / "k"), "--multicast", "--quiet", count=2)
+    assert re.fullmatch(r"public key [0-9a-f]{64}\n", key_line), key_line
+    match = re.fullmatch(
+        r"multicast discovery on (.+); LAN peerings accepted on "
+        r"tcp://0\.0\.0\.0:([1-9][0-9]*)(, tcp://\[::\]:[1-9][0-9]*)?\n",
+        line,
+    )
+    assert match is not None, line
+
+
+def test_a_node_that_accepts_no_peerings_says_so(tmp_path: Path) -> None:
+    key = str(tmp_path / "k")
+    lines = _startup_lines("--key", key, count=3)
+    assert lines[1] == "no --listen, --connect or --multicast: this node peers with nobody\n"
+    assert lines[2].startswith("dht on: "), lines
+    lines = _startup_lines("--key", key, "--connect", "tcp://127.0.0.1:1", "--quiet", count=2)
+    assert lines[1] == (
+        "accepting no peerings (no --listen or --multicast): only dialling --connect\n"
+    )
