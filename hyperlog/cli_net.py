@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
+from urllib.parse import urlsplit
 
 import trio
 
@@ -84,6 +85,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import serve_links
 
+    _check_uri("--listen", args.listen)
     try:
         identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
     except PineconeError as exc:
@@ -159,6 +161,34 @@ def _reason(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _check_uri(option: str, uri: str) -> None:
+    """Refuse a URI the commands cannot use, saying which option gave it (worded as
+    `pinecone-trio` words it).
+
+    memory:// links exist only inside one Python process (they are for tests): a
+    `serve` on one was reachable from no other process, yet said it was serving.
+
+    Raises:
+        HyperlogError: `uri` is not a usable tcp:// or ws:// URI.
+    """
+    from pinecone_trio.transports.base import parse_uri
+
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == "memory":
+        raise HyperlogError(
+            f"{option} {uri}: memory:// links work only inside one Python process "
+            "(for tests); use tcp://HOST:PORT or ws://HOST:PORT/PATH"
+        )
+    if scheme not in ("tcp", "ws"):
+        raise HyperlogError(
+            f"{option} {uri!r}: unknown transport (use tcp://HOST:PORT or ws://HOST:PORT/PATH)"
+        )
+    try:
+        parse_uri(uri)  # the rest of the URI: host, port, path
+    except ValueError as exc:
+        raise HyperlogError(f"{option}: {exc}") from None
+
+
 def _check_alive(session: ReplicationSession, uri: str, *, served: bool) -> None:
     if not session.closed.is_set():
         return
@@ -187,6 +217,7 @@ def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
 
 
 async def _cmd_clone(args: argparse.Namespace) -> int:
+    _check_uri("--connect", args.connect)  # before the store folder is made
     # Report the one real failure as one line (the command's contract), not a group.
     try:
         return await _clone(args)
