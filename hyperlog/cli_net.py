@@ -32,7 +32,7 @@ from urllib.parse import urlsplit
 import trio
 
 from .errors import HyperlogError, ReplicationError
-from .log import open_store
+from .log import Log, open_store
 from .replication import (
     LogReplication,
     Progress,
@@ -102,7 +102,7 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
             try:
                 bound = await nursery.start(serve_links, args.listen, identity, handler)
             except OSError as exc:
-                raise HyperlogError(_reason(exc)) from exc  # it names the URI already
+                raise HyperlogError(_naming(args.listen, _reason(exc))) from exc
             except PineconeError as exc:
                 raise HyperlogError(f"cannot listen on {args.listen}: {exc}") from exc
             first = await store.default_log()
@@ -189,18 +189,72 @@ def _check_uri(option: str, uri: str) -> None:
         raise HyperlogError(f"{option}: {exc}") from None
 
 
+def _naming(uri: str, message: str) -> str:
+    """`message` about `uri`, prefixed with the URI unless it names it already (the
+    transports' errors do: a ws:// error used to show the URI twice)."""
+    from pinecone_trio.transports.base import parse_uri
+
+    names = {uri, uri.rstrip("/")}
+    with contextlib.suppress(ValueError):
+        names.add(str(parse_uri(uri)))
+    if any(name and name in message for name in names):
+        return message
+    return f"{uri}: {message}"
+
+
+def _os_reasons(exc: BaseException) -> list[str]:
+    """The operating system's reasons inside `exc`: its own errno, then those of the
+    errors it was raised from, groups opened (`trio.open_tcp_stream` says only "all
+    attempts to connect to HOST:PORT failed" and puts each attempt's error, "Connection
+    refused", "No route to host", in a group as its cause). Distinct, in order."""
+    found: list[str] = []
+    stack: list[BaseException] = [exc]
+    # Bounded: a chain of causes is short; at most 64 errors are looked at.
+    for _ in range(64):
+        if not stack:
+            break
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        elif isinstance(e, OSError) and e.errno and (text := os.strerror(e.errno)) not in found:
+            found.append(text)
+        if e.__cause__ is not None:
+            stack.append(e.__cause__)
+    return found
+
+
+def _connect_failure(uri: str, exc: BaseException) -> str:
+    """One line for a failed dial: the URI, what failed, and the OS reason (connection
+    refused, timed out, no route to host) when the error carries one."""
+    message = _reason(exc)
+    reasons = [r for r in _os_reasons(exc) if r.lower() not in message.lower()]
+    if reasons:
+        message = f"{message} ({', '.join(reasons)})"
+    return _naming(uri, message)
+
+
+def _ended(error: BaseException | None) -> str:
+    """Why a replication session ended, in a user's words (not the link's: "link
+    broken: the stream ended inside a frame (38164 bytes left)")."""
+    if error is None:
+        return "the peer closed the connection"
+    if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
+        # The stream died: the peer stopped (Ctrl-C, a crash) or the network failed.
+        reasons = _os_reasons(error)
+        detail = reasons[0].lower() if reasons else "the connection broke off"
+        return f"the peer went away ({detail})"
+    return f"the peer was dropped ({error})"  # it broke the protocol, sent a bad proof
+
+
 def _check_alive(session: ReplicationSession, uri: str, *, served: bool) -> None:
     if not session.closed.is_set():
         return
-    reason = session.error or "closed by the peer"
+    ended = _ended(session.error)
     if not served:
         # Nothing of the log came before the end: the peer is probably no hyperlog
         # server (a pinecone-trio node, another service on that port).
-        raise ReplicationError(
-            f"{uri} ended the connection before serving the log ({reason}); "
-            "is it a `hyperlog serve`?"
-        )
-    raise ReplicationError(f"the connection ended: {reason}")
+        raise ReplicationError(f"{uri}: {ended} before serving the log; is it a `hyperlog serve`?")
+    raise ReplicationError(f"{uri}: {ended}")
 
 
 def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
@@ -235,6 +289,8 @@ class _CloneState:
         self.confirmed = False  # the peer said it serves the log: keep what comes
         self.fresh = False  # the store held no log before this clone
         self.fetched = 0  # blocks this run fetched (and kept)
+        self.span = (0, 0)  # the blocks to fetch, [start, end) (set when confirmed)
+        self.progress: Progress | None = None  # the download's last progress
 
 
 async def _clone(args: argparse.Namespace) -> int:
@@ -337,7 +393,7 @@ async def _clone_into(args: argparse.Namespace, state: _CloneState) -> int:
         try:
             link = await connect_link(args.connect, Identity.generate(), nursery=transport_nursery)
         except (OSError, PineconeError) as exc:
-            raise ReplicationError(f"{args.connect}: {_reason(exc)}") from exc
+            raise ReplicationError(_connect_failure(args.connect, exc)) from exc
         async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
             # Watch the session: a dead connection ends the clone with its reason.
             async def watch() -> None:
@@ -345,39 +401,78 @@ async def _clone_into(args: argparse.Namespace, state: _CloneState) -> int:
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch)
-            await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
-            _check_alive(session, args.connect, served=rep.peers > 0)
-            if rep.peers == 0:
-                raise HyperlogError("the peer does not serve this log")
-            start, end = args.sparse if args.sparse else (0, log.length)
-            if not args.live:
-                end = _sparse_end(start, end, log.length)
-            state.confirmed = True  # from here on, what is fetched is kept (resumable)
-
-            def progress(p: Progress) -> None:
-                state.fetched = p.blocks
-                bar(p)
-
-            p: Progress | None = None
-            if args.live:
-                bar = _Bar(sys.stderr, None)
-                print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
-                await rep.download(start, None, progress=progress)  # ends with the connection
-            else:
-                bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
-                p = await _download_or_stall(rep, start, end, progress, args.stall_timeout)
-                bar(p, final=True)
+            await _confirm(args, rep, log, session, state)
+            await _fetch(args, rep, log, state)
             nursery.cancel_scope.cancel()
-        reason = session.error or "closed by the peer"
-        held = f"length {log.length}, {log.statistics().blocks_held} blocks held"
-        if p is None:  # a live clone ends only when the connection does
-            raise ReplicationError(f"the connection ended ({reason}); {held}")
-        if not log.has_range(start, end):
-            raise ReplicationError(
-                f"the connection ended before the download finished ({reason}); {held}"
-            )
-        print(f"cloned {log.key.hex()}: {held} ({p.blocks} fetched, {p.bytes} bytes)")
+        print(_outcome(args, log, session, state))
     return 0
+
+
+async def _confirm(
+    args: argparse.Namespace,
+    rep: LogReplication,
+    log: Log,
+    session: ReplicationSession,
+    state: _CloneState,
+) -> None:
+    """Wait for the peer's signed head, then settle the span to fetch: from here on,
+    what is fetched is kept (a re-run resumes)."""
+    await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
+    _check_alive(session, args.connect, served=rep.peers > 0)
+    if rep.peers == 0:
+        raise HyperlogError("the peer does not serve this log")
+    start, end = args.sparse if args.sparse else (0, log.length)
+    if not args.live:
+        end = _sparse_end(start, end, log.length)
+    state.span = (start, end)
+    state.confirmed = True
+
+
+async def _fetch(
+    args: argparse.Namespace, rep: LogReplication, log: Log, state: _CloneState
+) -> None:
+    """Download the span (`--live`: follow the writer until the connection ends)."""
+    start, end = state.span
+
+    def progress(p: Progress) -> None:
+        state.fetched = p.blocks
+        state.progress = p
+        bar(p)
+
+    if args.live:
+        bar = _Bar(sys.stderr, None)
+        print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
+        await rep.download(start, None, progress=progress)  # ends with the connection
+    else:
+        bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
+        p = await _download_or_stall(rep, start, end, progress, args.stall_timeout)
+        state.progress = p
+        bar(p, final=True)
+
+
+def _outcome(
+    args: argparse.Namespace, log: Log, session: ReplicationSession, state: _CloneState
+) -> str:
+    """The line a finished clone prints.
+
+    Raises:
+        ReplicationError: the connection ended first: one line naming the URI and
+            why (the peer closed it, went away, was dropped), and what is held. It used
+            to be the link's words without the URI ("the connection ended (link
+            broken: the stream ended inside a frame (38164 bytes left))").
+    """
+    ended = _ended(session.error)
+    if not state.confirmed:  # it ended while we waited for the peer's head
+        raise ReplicationError(
+            f"{args.connect}: {ended} before serving the log; is it a `hyperlog serve`?"
+        )
+    start, end = state.span
+    held = f"length {log.length}, {log.statistics().blocks_held} blocks held"
+    if args.live or not log.has_range(start, end):
+        when = "" if args.live else " before the download finished"
+        raise ReplicationError(f"{args.connect}: {ended}{when}; {held}")
+    p = state.progress or Progress(0, 0, 0)
+    return f"cloned {log.key.hex()}: {held} ({p.blocks} fetched, {p.bytes} bytes)"
 
 
 async def _download_or_stall(

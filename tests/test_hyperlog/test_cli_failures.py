@@ -131,7 +131,12 @@ async def test_a_live_clone_says_why_it_ended(tmp_path: Path) -> None:
         err = await _stderr_of(clone)
         code = await clone.wait()
     assert code == 1 and b"Traceback" not in err, err
-    assert b"the connection ended" in err and b"20 blocks held" in err
+    # One line naming the URI and what happened (found by a tester: it used to be the
+    # link's words, "the connection ended (link broken: ...)", without the URI).
+    # (closed, or went away if the server's goodbye did not make it out)
+    line = err.splitlines()[-1].decode()
+    assert line.startswith(f"hyperlog: error: {uri}: the peer "), line
+    assert line.endswith("; length 20, 20 blocks held"), line
 
 
 async def test_a_clone_with_a_wrong_key_leaves_nothing_behind(tmp_path: Path) -> None:
