@@ -94,6 +94,14 @@ REQUEST_TIMEOUT: Final = 1.0
 REQUEST_RETRIES: Final = 2
 #: Default overall bound of `lookup` (seconds).
 LOOKUP_TIMEOUT: Final = 10.0
+#: A node that knows no snake neighbour has joined no overlay yet (it just started, or
+#: lost every peer): alone, it is the closest node to every topic, so a request sent
+#: then is answered by itself. A lookup started then waits for the node to join (up to
+#: its own timeout; a node still alone then answers from its own store). An announce
+#: waits this long (seconds), then goes out anyway (the node stores and acknowledges
+#: its own record); either way every announcement is sent again the moment the node
+#: joins (a user's app announced at startup, alone, and its record stayed on itself).
+ANNOUNCE_JOIN_WAIT: Final = REQUEST_TIMEOUT * (1 + REQUEST_RETRIES)
 #: Lookups and announcements one node has in flight at once.
 MAX_PENDING: Final = 1024
 #: Nodes one lookup asks (the closest node and the neighbours it names).

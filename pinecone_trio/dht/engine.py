@@ -57,6 +57,7 @@ from ..errors import DecodeError, LocalProtocolError
 from ..identity import Identity, PublicKey
 from .constants import (
     ANNOUNCE_JITTER,
+    ANNOUNCE_JOIN_WAIT,
     ANNOUNCE_REFRESH_INTERVAL,
     ANNOUNCE_RETRY_INTERVAL,
     EXPIRY_SWEEP_INTERVAL,
@@ -223,6 +224,8 @@ class _Lookup:
     closest: _Query
     exact: dict[bytes, _Query] = field(default_factory=dict)
     found: dict[bytes, PeerRecord] = field(default_factory=dict)
+    #: Not sent yet: started while the node had joined no overlay (`DhtEngine.joined`).
+    parked: bool = False
 
     def finished(self) -> bool:
         return self.closest.done and all(q.done for q in self.exact.values())
@@ -286,6 +289,12 @@ class DhtEngine:
         self._router_ascending: bytes | None = None
         self._successor: bytes | None = None
         self._successor_heard = -math.inf
+        # The node went from no snake neighbour to one since the last timer: send the
+        # parked lookups, and every announcement again (`_on_join`).
+        self._just_joined = False
+        # Until `set_neighbours` is first called the engine does not know it is alone
+        # (a caller that routes its messages itself, as tests do): it counts as joined.
+        self._told_neighbours = False
         self._next_hello = math.inf
         # Copies we owe each side, by (topic, announcer): (up, down) copies left when we
         # stored the record; and the neighbours they were last handed to.
@@ -323,14 +332,33 @@ class DhtEngine:
             return self._successor if guess is None else min(self._successor, guess)
         return guess
 
+    @property
+    def joined(self) -> bool:
+        """Whether the node has joined an overlay: the router knows a snake neighbour.
+
+        A node alone is the closest node to every topic, so what it sends by closest
+        key comes back to itself: lookups wait (up to their timeout) until it joins,
+        announcements up to `ANNOUNCE_JOIN_WAIT`, and joining sends every announcement
+        again. An engine never told its neighbours (`set_neighbours`) counts as joined:
+        it cannot know it is alone."""
+        if not self._told_neighbours:
+            return True
+        return self._descending is not None or self._router_ascending is not None
+
     def set_neighbours(self, descending: bytes | None, ascending: bytes | None) -> None:
         """Tell the engine the router's snake neighbours (copies go to them; replies
-        name them). A new descending neighbour is told at once that we succeed it."""
+        name them). A new descending neighbour is told at once that we succeed it;
+        the first neighbour after none (the node joined) sends the parked lookups and
+        every announcement at the next `on_timer` (`next_deadline` says it is due)."""
+        was_joined = self.joined
+        self._told_neighbours = True
         descending = descending if descending != self._key else None
         if descending != self._descending:
             self._next_hello = -math.inf if descending is not None else math.inf
         self._descending = descending
         self._router_ascending = ascending if ascending != self._key else None
+        if self.joined and not was_joined and (self._lookups or self._announcements):
+            self._just_joined = True  # every lookup is parked while not joined
 
     def announcing(self) -> list[bytes]:
         """Topic ids we announce."""
@@ -532,10 +560,17 @@ class DhtEngine:
         if self.pending() >= MAX_PENDING:
             raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
         rid = self._new_id()
+        self.statistics.lookups += 1
+        if not self.joined:
+            # Alone, the lookup would come back to us and find only our own records:
+            # park it until the node joins, or until its deadline (answered then from
+            # our own store: still alone, we are the closest node).
+            query = _Query(retry_at=math.inf)
+            self._lookups[rid] = _Lookup(rid, topic, now + timeout, query, parked=True)
+            return rid, []
         self._lookups[rid] = _Lookup(
             rid, topic, now + timeout, _Query(retry_at=now + REQUEST_TIMEOUT)
         )
-        self.statistics.lookups += 1
         return rid, [SendClosest(topic, encode(Lookup(rid, topic)))]
 
     def cancel_lookup(self, request_id: int) -> None:
@@ -588,6 +623,14 @@ class DhtEngine:
             return [self._finish(lookup)]
         return []
 
+    def _answer_locally(self, lookup: _Lookup, now: float) -> None:
+        """Fill a parked lookup from our own store (the node is alone: the closest)."""
+        for stored in self.store.get(lookup.topic, now)[:MAX_LOOKUP_RECORDS]:
+            record = stored.record
+            lookup.found[record.public_key] = PeerRecord(
+                record.topic, PublicKey(record.public_key), record.data, stored.expires, record.seq
+            )
+
     def _finish(self, lookup: _Lookup) -> LookupDone:
         del self._lookups[lookup.request_id]
         records = sorted(lookup.found.values(), key=lambda r: r.expires, reverse=True)
@@ -628,13 +671,20 @@ class DhtEngine:
         record = self._sign(topic, bytes(data), self._record_ttl)
         ann = _Announcement(topic, bytes(data), record, 0, None, math.inf)
         self._announcements[topic] = ann
-        return self._send_round(ann, now)
+        # Alone, we would acknowledge our own record: the first round waits for the
+        # node to join (`_on_join`), at most ANNOUNCE_JOIN_WAIT.
+        return self._send_round(ann, now, send=self.joined)
 
-    def _send_round(self, ann: _Announcement, now: float) -> list[Action]:
+    def _send_round(self, ann: _Announcement, now: float, *, send: bool = True) -> list[Action]:
+        """Start a round of `ann`: send it now, or (not `send`) hold it unsent (its
+        query's `tries` 0) until the node joins or `ANNOUNCE_JOIN_WAIT` has passed."""
         ann.request_id = self._new_id()
         self._announce_ids[ann.request_id] = ann.topic
-        ann.query = _Query(retry_at=now + REQUEST_TIMEOUT)
         ann.next_refresh = math.inf
+        if not send:
+            ann.query = _Query(tries=0, retry_at=now + ANNOUNCE_JOIN_WAIT)
+            return []
+        ann.query = _Query(retry_at=now + REQUEST_TIMEOUT)
         self.statistics.announces_sent += 1
         return [SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))]
 
@@ -680,6 +730,8 @@ class DhtEngine:
         """Retries, refreshes, lookup deadlines and record expiry due at `now`."""
         self._now = now
         actions: list[Action] = []
+        if self._just_joined:
+            actions += self._on_join(now)
         if self._descending is not None and now >= self._next_hello:
             actions.append(SendExact(self._descending, encode(Successor())))
             self._next_hello = now + SUCCESSOR_INTERVAL
@@ -691,6 +743,8 @@ class DhtEngine:
             actions += self._handoff(now)
         for lookup in list(self._lookups.values()):
             if now >= lookup.deadline:
+                if lookup.parked:
+                    self._answer_locally(lookup, now)
                 actions.append(self._finish(lookup))
                 continue
             message = encode(Lookup(lookup.request_id, lookup.topic))
@@ -710,7 +764,12 @@ class DhtEngine:
                 actions.append(self._finish(lookup))
         for ann in list(self._announcements.values()):
             aq = ann.query
-            if aq is not None and now >= aq.retry_at:
+            if aq is not None and aq.tries == 0 and now >= aq.retry_at:
+                # A round held while the node was alone: its first send, freshly signed.
+                self._announce_ids.pop(ann.request_id, None)
+                ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
+                actions += self._send_round(ann, now)
+            elif aq is not None and now >= aq.retry_at:
                 if self._retry(aq, now):
                     actions.append(
                         SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))
@@ -722,6 +781,28 @@ class DhtEngine:
             elif aq is None and now >= ann.next_refresh:
                 ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
                 actions += self._send_round(ann, now)
+        return actions
+
+    def _on_join(self, now: float) -> list[Action]:
+        """The node joined an overlay: send the parked lookups, and make every
+        announcement between rounds due now (sent by `on_timer` as a refresh). One
+        made while we were alone is stored only here, where nobody will look for it
+        once we have neighbours."""
+        self._just_joined = False
+        if not self.joined:  # joined and left again before this timer
+            return []
+        actions: list[Action] = []
+        for lookup in self._lookups.values():
+            if lookup.parked:
+                lookup.parked = False
+                lookup.closest.retry_at = now + REQUEST_TIMEOUT
+                message = encode(Lookup(lookup.request_id, lookup.topic))
+                actions.append(SendClosest(lookup.topic, message))
+        for ann in self._announcements.values():
+            if ann.query is None:
+                ann.next_refresh = now  # between rounds: refresh now
+            elif ann.query.tries == 0:
+                ann.query.retry_at = now  # held unsent: send now
         return actions
 
     def _retry(self, query: _Query, now: float) -> bool:
@@ -736,6 +817,8 @@ class DhtEngine:
 
     def next_deadline(self) -> float:
         """When `on_timer` next has something to do (math.inf: nothing scheduled)."""
+        if self._just_joined:
+            return -math.inf  # send the parked requests now
         if self._owed and (self._ascending, self._descending) != self._handed:
             return -math.inf  # a neighbour changed: hand the copies we owe over now
         deadline = self._next_hello if self._descending is not None else math.inf

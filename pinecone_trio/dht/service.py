@@ -223,6 +223,11 @@ class Dht:
         they answered within `timeout` seconds (an empty list if nobody announces, or
         nobody answered). Records of this node itself are included.
 
+        A node that has joined no overlay yet (no snake neighbour: it just started, or
+        lost its peers) waits for that within `timeout` and asks then; alone, it would
+        be the closest node to every topic and answer itself. Still alone at the end
+        of `timeout`, it answers from its own store (its own records, at most).
+
         Raises:
             TypeError: `topic` is neither str nor bytes-like.
             LocalProtocolError: too many DHT requests in flight (`MAX_PENDING`).
@@ -264,6 +269,11 @@ class Dht:
         exits, when a signed withdrawal is sent (best effort; without it the record
         expires after `RECORD_TTL`).
 
+        A node that has joined no overlay yet (no snake neighbour) holds the first round
+        until it joins, at most `ANNOUNCE_JOIN_WAIT` (3 s); still alone then, it is the
+        closest node itself and stores and acknowledges its own record. Whenever the
+        node joins an overlay (again), the record is sent again at once.
+
         Raises:
             TypeError: `topic` is neither str nor bytes-like, or `data` is not bytes-like.
             ValueError: `data` longer than `MAX_RECORD_DATA`.
@@ -290,6 +300,7 @@ class Dht:
         store = self.engine.store
         desc, asc = self.engine.neighbours
         return {
+            "joined": self.engine.joined,
             "records": len(store),
             "topics": store.topic_count,
             "announcing": len(self.engine.announcing()),
