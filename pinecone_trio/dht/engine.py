@@ -40,6 +40,12 @@ than at the next refresh. Claims are unauthenticated, so hand-offs draw on one b
 per node (`MAX_HANDOFF_RECORDS` at once, refilled at `HANDOFF_RATE`), not per change:
 forged claims from ever new keys cannot make a node push its store out again and again.
 
+Joining. A node that knows no snake neighbour (`joined` is False: it just started, or
+lost every peer) is the closest node to every topic, so its requests would come back
+to itself. Its lookups are parked until it joins (answered from its own store if it is
+still alone at their deadline), its first announce round is held up to
+`ANNOUNCE_JOIN_WAIT`, and when it joins every announcement is sent again at once.
+
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
 table); the overlay's source key is not authenticated, which is why nothing is stored
 without the announcer's signature and why replies only carry signed records.
