@@ -272,6 +272,7 @@ def _describe_peering(node: Node, args: argparse.Namespace) -> list[str]:
 
 
 def _describe_dht(dht: Dht | None) -> str:
+    """The startup line about the DHT service: on, or off and what that costs others."""
     if dht is not None:
         return "dht on: stores and answers the DHT topics homed at this key"
     return "dht off (--no-dht): DHT topics homed at this key can be neither announced nor found"
