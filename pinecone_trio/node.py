@@ -208,11 +208,17 @@ class Node(RouterTaskMixin, PeeringsMixin):
         # Shutdown paths, polled: at most one check per millisecond. First, streams the
         # application ended get their last bytes and FIN acknowledged (a CLOSE sent at
         # once overtook them: the peer read a broken stream instead of its end).
-        with trio.move_on_after(GOODBYE_LINGER):
-            for _ in range(int(GOODBYE_LINGER * 1000)):
-                if not self._sessions.delivering:
-                    break
-                await trio.sleep(0.001)
+        try:
+            with trio.move_on_after(GOODBYE_LINGER):
+                for _ in range(int(GOODBYE_LINGER * 1000)):
+                    if not self._sessions.delivering:
+                        break
+                    await trio.sleep(0.001)
+        except BaseException:
+            # A Ctrl-C (it reaches even a shielded scope) cuts the linger short: the
+            # CLOSEs still leave, as they did before there was a linger.
+            self._sessions.close_all("the peer left")
+            raise
         if not self._sessions.close_all("the peer left"):
             return
         with trio.move_on_after(GOODBYE_GRACE):
@@ -586,7 +592,7 @@ async def open_node(
             yield node
         finally:
             try:
-                with trio.CancelScope(shield=True):  # bounded by GOODBYE_GRACE
+                with trio.CancelScope(shield=True):  # GOODBYE_LINGER + GOODBYE_GRACE
                     await node._say_goodbye()
             finally:
                 # Whatever ends the goodbye (a second Ctrl-C arrives as an exception

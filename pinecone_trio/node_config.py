@@ -13,6 +13,7 @@ import trio
 
 from .backoff import DIAL_TIMEOUT
 from .identity import PublicKey
+from .link.constants import HANDSHAKE_TIMEOUT
 from .router.state import RouterConfig
 from .sessions.config import SessionConfig
 
@@ -27,10 +28,12 @@ MAX_PENDING_HANDSHAKES: Final = 32
 #: addresses still can; each slot is held at most `HANDSHAKE_MESSAGE_TIMEOUT` per
 #: message the peer owes, and `NodeConfig.handshake_timeout` in all.
 MAX_PENDING_HANDSHAKES_PER_HOST: Final = 4
-#: Seconds an inbound connection has for each of its handshake messages (1 and 3). An
-#: honest dialler sends message 1 as soon as it connects and message 3 one round trip
-#: after our message 2, so a few seconds cover slow links; a silent connection gives
-#: its pending-handshake slot back after this, not after the whole handshake timeout.
+#: Seconds an inbound connection has for each of its handshake messages (1 and 3), with
+#: the default `NodeConfig.handshake_timeout` (10 s); it scales with that setting
+#: (`handshake_message_timeout`), so a user who allows slow links more time gives
+#: each message more too. An honest dialler sends message 1 as soon as it connects
+#: and message 3 one round trip after our message 2; a silent connection gives its
+#: pending-handshake slot back after this, not after the whole handshake timeout.
 HANDSHAKE_MESSAGE_TIMEOUT: Final = 3.0
 #: Items the router inbox holds before senders wait (back-pressure on peer readers).
 INBOX_SIZE: Final = 1024
@@ -85,17 +88,23 @@ class NodeConfig:
     #: Send keepalives and drop silent peers (Pinecone's 3 s / 5 s). Off only for tests
     #: of idle behaviour over memory links.
     keepalives: bool = True
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
     dial_timeout: float = DIAL_TIMEOUT
     router: RouterConfig | None = None
     sessions: SessionConfig | None = None
     #: Overrides for multicast discovery (tests use a short interval).
     beacon_interval: float | None = None
     multicast_port: int | None = None
-    #: Keep a few MiB of free heap instead of returning it to the kernel after every
-    #: large packet (glibc only, process-wide, set by the first node that runs; see
-    #: `pinecone_trio._allocator`). False leaves the C allocator as it is.
+    #: Keep up to 4 MiB of free heap per malloc arena instead of returning it to the
+    #: kernel after every large packet (glibc only, process-wide, set by the first node
+    #: that runs; see `pinecone_trio._allocator`). False leaves the C allocator as it is.
     tune_allocator: bool = True
+
+
+def handshake_message_timeout(handshake_timeout: float) -> float:
+    """The per-message deadline of an inbound handshake: `HANDSHAKE_MESSAGE_TIMEOUT` at
+    the default 10 s handshake timeout, in proportion to it otherwise."""
+    return HANDSHAKE_MESSAGE_TIMEOUT * handshake_timeout / HANDSHAKE_TIMEOUT
 
 
 @dataclass(slots=True)

@@ -32,7 +32,6 @@ from .link.stream import NoiseLink
 from .node_base import STOPPED, NodeBase
 from .node_config import (
     BEACON_REDIAL_INTERVAL,
-    HANDSHAKE_MESSAGE_TIMEOUT,
     MAX_BEACON_DIALS,
     MAX_BEACON_DIALS_PER_HOST,
     MAX_BEACON_MEMORY,
@@ -41,6 +40,7 @@ from .node_config import (
     REFUSED_PEER_LIMIT,
     STATIC_STABLE_AFTER,
     StaticPeerState,
+    handshake_message_timeout,
 )
 from .peering import Peering
 from .router.actions import PeerDown, PeerType, PeerUp
@@ -227,7 +227,7 @@ class PeeringsMixin(NodeBase):
             initiator=False,
             capabilities={REFUSED_PEER_LIMIT} if at_limit else frozenset(),
             handshake_timeout=self._config.handshake_timeout,
-            message_timeout=HANDSHAKE_MESSAGE_TIMEOUT,
+            message_timeout=handshake_message_timeout(self._config.handshake_timeout),
         )
         self._pending_handshakes += 1
         if host is not None:

@@ -202,3 +202,56 @@ async def test_the_linger_is_bounded_when_the_peer_stops_answering(
             await ended.wait()
         elapsed = trio.current_time() - start
         assert GOODBYE_LINGER <= elapsed < GOODBYE_LINGER + GOODBYE_GRACE + 1  # it lingered
+
+
+async def test_an_interrupted_linger_still_sends_the_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A Ctrl-C reaches even the shielded goodbye. During the linger it skipped the
+    # CLOSEs altogether: the peer kept the dead session until its idle timeout (found
+    # by review). The interruption stands in here as an error from the linger's check.
+    from pinecone_trio.sessions.manager import SessionManager
+
+    class Interrupted(Exception):
+        pass
+
+    interrupted: list[BaseException] = []
+    checks = iter([True])
+    leaving: list[SessionManager] = []
+    original = SessionManager.delivering
+
+    def delivering(self: SessionManager) -> bool:
+        if self not in leaving:
+            return original.fget(self)  # type: ignore[no-any-return, misc]
+        if next(checks, None) is None:
+            raise Interrupted  # the second check: the linger was interrupted
+        return True
+
+    async with _line(1) as nodes, trio.open_nursery() as nursery:
+        ((peer, _),) = nodes
+        leave = trio.Event()
+
+        async def leaver(task_status: trio.TaskStatus[None]) -> None:
+            try:
+                async with open_node(Identity.generate()) as node:
+                    await node.connect(peer.listen_uris[0])
+                    stream = await _connect_when_routed(node, peer.public_key)
+                    await stream.send_all(b"hello")
+                    task_status.started()
+                    await leave.wait()
+                    leaving.append(node.sessions)
+                    monkeypatch.setattr(SessionManager, "delivering", property(delivering))
+            except BaseException as exc:  # as an application's Ctrl-C handler would
+                interrupted.append(exc)
+
+        async with peer.listen(PROTO) as listener:
+            await nursery.start(leaver)
+            with trio.fail_after(5):
+                accepted = await listener.accept()
+                assert await accepted.receive_some() == b"hello"
+            start = trio.current_time()
+            leave.set()
+            with trio.fail_after(5), pytest.raises(trio.BrokenResourceError) as info:
+                await accepted.receive_some()
+            assert "the peer left" in str(info.value.__cause__)
+            assert trio.current_time() - start < 1
+    assert len(interrupted) == 1
+    assert "Interrupted" in repr(interrupted[0])

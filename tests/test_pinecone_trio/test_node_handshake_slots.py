@@ -7,18 +7,23 @@ inbound connection was closed at once (found by review).
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
+import pytest
 import trio
 import trio.testing
 
 from pinecone_trio import Identity, transports
+from pinecone_trio.link import MAX_HANDSHAKE_MESSAGE_SIZE, NoiseHandshake
+from pinecone_trio.link.framing import FrameDecoder, encode_frame
 from pinecone_trio.node import (
     HANDSHAKE_MESSAGE_TIMEOUT,
     MAX_PENDING_HANDSHAKES,
     NodeConfig,
     open_node,
 )
+from pinecone_trio.node_config import handshake_message_timeout
 from pinecone_trio.transports import parse_uri
 
 BOUND = 30
@@ -86,4 +91,34 @@ async def test_a_silent_inbound_connection_gives_its_slot_back_early(
             < NodeConfig().handshake_timeout
         )
         await node.wait_for(lambda: node.counters.handshake_failures == 1)
+        await raw.aclose()
+
+
+@pytest.mark.parametrize(("handshake_timeout", "accepted"), [(10.0, False), (30.0, True)])
+async def test_the_message_deadline_scales_with_the_handshake_timeout(
+    handshake_timeout: float, accepted: bool, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Message 3 comes 3.5 s after our message 2: too slow at the default 10 s (3 s per
+    # message), fine for a node told to allow slow links 30 s (9 s per message). The
+    # fixed 3 s dropped such honest dials whatever the node was told (found by review).
+    assert handshake_message_timeout(handshake_timeout) == 3.0 * handshake_timeout / 10
+    config = NodeConfig(handshake_timeout=handshake_timeout)
+    name = f"memory://slots-slow-{handshake_timeout}"
+    async with open_node(Identity.generate(), listen=name, config=config) as node:
+        raw = await transports.dial(node.listen_uris[0])
+        dialler = NoiseHandshake(Identity.generate(), initiator=True)
+        await raw.send_all(encode_frame(dialler.write_message()))
+        decoder = FrameDecoder(MAX_HANDSHAKE_MESSAGE_SIZE)
+        with trio.fail_after(BOUND):
+            while (frame := decoder.next_frame()) is None:
+                decoder.receive_data(await raw.receive_some())
+        dialler.read_message(frame)
+        await trio.sleep(3.5)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await raw.send_all(encode_frame(dialler.write_message()))
+        with trio.fail_after(BOUND):
+            await node.wait_for(
+                lambda: bool(node.peer_keys()) or node.counters.handshake_failures > 0
+            )
+        assert bool(node.peer_keys()) is accepted
         await raw.aclose()
