@@ -136,17 +136,18 @@ async def _serve_briefly(*args: str) -> subprocess.CompletedProcess[bytes]:
     )
     assert proc.stdout is not None and proc.stderr is not None
     out, err = b"", b""
+    code: int | None = None
     with trio.move_on_after(BOUND / 4):
         while chunk := await proc.stderr.receive_some(65536):
             err += chunk
-        await proc.wait()
-    if proc.returncode is None:
+        code = await proc.wait()
+    if code is None:
         proc.kill()
-        await proc.wait()
+        code = await proc.wait()
     with trio.move_on_after(1):
         while chunk := await proc.stdout.receive_some(65536):
             out += chunk
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return subprocess.CompletedProcess(proc.args, code, out, err)
 
 
 async def test_memory_uris_are_refused_and_never_suggested(tmp_path: Path) -> None:
