@@ -39,6 +39,7 @@ datagrams, events and `status()`, and `open_node`.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -239,9 +240,20 @@ class Node(RouterTaskMixin, PeeringsMixin):
         """
         pool = PREPARED_HANDSHAKES
         wake = trio.Event()
+        token = trio.lowlevel.current_trio_token()
 
         def low() -> None:
-            wake.set()
+            # The pool is process-wide: a node of another `trio.run` (another thread)
+            # may take from it. Only this run may touch its Event.
+            try:
+                here = trio.lowlevel.current_trio_token()
+            except RuntimeError:
+                here = None
+            if here is token:
+                wake.set()
+                return
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(lambda: wake.set())
 
         pool.add_listener(low)
         try:

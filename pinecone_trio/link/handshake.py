@@ -132,10 +132,10 @@ class HandshakePool:
 
     def take(self) -> tuple[NoiseConnection, Any]:
         """A fresh Noise connection object and an ephemeral key pair never handed out."""
-        if self._items:
-            item = self._items.pop()
+        try:
+            item = self._items.pop()  # atomic: nodes of other threads may take too
             self.taken += 1
-        else:
+        except IndexError:
             item = _prepare()
             self.misses += 1
         if len(self._items) <= self.size // 2:

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import queue
+import threading
+
 import trio
 import trio.testing
 
-from pinecone_trio import Identity
+from pinecone_trio import Identity, PublicKey
 from pinecone_trio.link.handshake import (
     PREPARED_HANDSHAKES,
     HandshakePool,
     NoiseHandshake,
 )
+from pinecone_trio.node import open_node
 from pinecone_trio.testing import open_network
 
 ALICE, BOB = Identity.from_seed(b"\x0a" * 32), Identity.from_seed(b"\x0b" * 32)
@@ -92,3 +96,51 @@ async def test_a_running_node_keeps_the_pool_filled(
         assert PREPARED_HANDSHAKES.taken >= taken + 2
         await trio.testing.wait_all_tasks_blocked()
         assert len(PREPARED_HANDSHAKES) > PREPARED_HANDSHAKES.size // 2
+
+
+def test_nodes_of_two_trio_runs_share_the_pool_safely() -> None:
+    # The pool is process-wide; its refill listeners were called from whichever run
+    # took an item, and one run then set another run's trio.Event (an AssertionError
+    # inside a session handler, 4 of 6 runs; found by review). Two runs in two threads,
+    # a node in each, handshakes both ways while both keep taking from the pool.
+    errors: list[BaseException] = []
+    ready: queue.Queue[tuple[str, PublicKey]] = queue.Queue()
+    finished = threading.Event()
+
+    def run_a() -> None:
+        async def main() -> None:
+            async with open_node(ALICE, listen="tcp://127.0.0.1:0") as a, a.listen("/p") as lst:
+                ready.put((a.listen_uris[0], a.public_key))
+                with trio.fail_after(20):
+                    for _ in range(5):
+                        stream = await lst.accept()
+                        assert await stream.receive_some() == b"x"
+                        await stream.aclose()
+                    await trio.to_thread.run_sync(finished.wait, abandon_on_cancel=True)
+
+        try:
+            trio.run(main)
+        except BaseException as exc:  # reported to the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_a)
+    thread.start()
+    try:
+        uri, key = ready.get(timeout=20)
+
+        async def main_b() -> None:
+            async with open_node(BOB) as b:
+                await b.connect(uri)
+                with trio.fail_after(20):
+                    for _ in range(5):
+                        await b.sessions.close_session(key, "again")  # a fresh handshake
+                        stream = await b.connect(key, "/p")
+                        await stream.send_all(b"x")
+                        await stream.aclose()
+
+        trio.run(main_b)
+    finally:
+        finished.set()
+        thread.join(20)
+    assert not thread.is_alive()
+    assert not errors, errors
