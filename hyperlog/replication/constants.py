@@ -73,12 +73,25 @@ HELLO_TIMEOUT: Final = 10.0
 MAX_SOFT_ERRORS: Final = 64
 #: RangeRequests in flight to one peer (each carries up to RANGE_BYTES of blocks).
 MAX_RANGES_IN_FLIGHT: Final = 8
-#: Target bytes per RangeRequest: ranges shrink for big blocks to stay near this
+#: Largest bytes per RangeRequest: ranges shrink for big blocks to stay near this
 #: (4 MiB = 64 blocks of 64 KiB: fewer, larger messages measured ~30% faster than 1 MiB).
 RANGE_BYTES: Final = 4 * 1024 * 1024
 #: Bytes of ranges outstanding per peer: big blocks get fewer ranges in flight
 #: (4 x 4 MiB), small ones the full MAX_RANGES_IN_FLIGHT.
 RANGE_BYTES_IN_FLIGHT: Final = 16 * 1024 * 1024
+#: Each peer's ranges start near this many bytes (`PeerChannel.range_target`) and grow
+#: towards RANGE_BYTES while they arrive quickly: nothing of a range is stored before
+#: all of it arrived, and 4 MiB takes 4 s at 8 Mbit/s (a link dropping every few
+#: seconds let a clone store nothing, ever).
+RANGE_INITIAL_BYTES: Final = 128 * 1024
+#: A range should take at most about this long on the wire: the next ones double while
+#: the peer carries twice the current size in this time, and shrink to what it carries
+#: in this time when that is less (`PeerChannel.note_range`).
+RANGE_SECONDS: Final = 1.0
+#: Ranges outstanding per peer, in bytes, are at most this many of its current range
+#: size (and RANGE_BYTES_IN_FLIGHT): about 4 s of answers queued on a slow link,
+#: well within REQUEST_TIMEOUT (16 MiB took 16 s at 8 Mbit/s, and ranges timed out).
+RANGE_FLIGHT_RANGES: Final = RANGE_BYTES_IN_FLIGHT // RANGE_BYTES
 #: Ranges smaller than this are not worth it: use single-block requests.
 RANGE_MIN_BLOCKS: Final = 4
 #: From this average block size on, a RangeRequest asks the peer for the blocks' leaf

@@ -78,6 +78,7 @@ class AnswersMixin(ReplicatorBase):
             raise RemoteProtocolError("range data: differs from the range requested")
         if msg.leaves and not range_leaves_match(msg, inf.index, asked=req.leaves):
             raise RemoteProtocolError("range data: leaves not asked for or not the blocks'")
+        ch.note_range(inf, sum(map(len, msg.values)), now)  # sizes the next ranges
         self._queue_verify(ch, inf, RangeVerifyWork(ch, inf, msg))
 
     def _queue_verify(

@@ -4,7 +4,9 @@
 (at most one per log), then gets (asked again of a second peer when the first is
 slow: hot-swap), then downloads (the retry set, then from each download's cursor:
 one RangeRequest where the peer has a whole aligned subtree we lack, else single
-blocks, and a Want for pages whose have-bits we do not know). `on_timer` expires
+blocks, and a Want for pages whose have-bits we do not know). A range's size adapts
+to each peer (`peer_span`, `PeerChannel.note_range`): it starts small and grows while
+answers arrive quickly, so one takes about a second or less on the wire. `on_timer` expires
 requests; a cancelled or failed request is forgotten for every block it covers
 (those a download still needs go to the retry set), and gets that no peer can serve
 any more fail. A failed passive want (a `Log.get`, which waits on its own timeout) is
@@ -27,6 +29,7 @@ from hyperlog.replication.constants import (
     PAGE_BITS,
     RANGE_BYTES,
     RANGE_BYTES_IN_FLIGHT,
+    RANGE_FLIGHT_RANGES,
     RANGE_LEAVES_MIN_BLOCK,
     RANGE_MIN_BLOCKS,
     REQUEST_TIMEOUT,
@@ -127,7 +130,7 @@ class FetchMixin(ReplicatorBase):
             free -= 1
 
     def _fill_downloads(self, ch: PeerChannel, now: float) -> None:
-        span = self.range_span() if self.downloads else 0
+        span = self.peer_span(ch) if self.downloads else 0
         for d in self.downloads:
             if d.done:
                 continue
@@ -160,12 +163,12 @@ class FetchMixin(ReplicatorBase):
                     advancing = False
                     i += 1
                     continue
-                if span and i % span == 0:
-                    got = self._try_range(ch, i, span, stop, now)
+                if span:
+                    got = self._try_ranges(ch, i, span, stop, now)
                     if got is None:
                         break  # this peer's range slots are full: wait, no singles
                     if got:
-                        i += span
+                        i += got
                         if advancing:
                             d.cursor = i
                         continue
@@ -203,7 +206,7 @@ class FetchMixin(ReplicatorBase):
             ch.wanted_pages = {p for p in ch.wanted_pages if not lo <= p <= hi}
 
     def range_span(self) -> int:
-        """Blocks per RangeRequest for this log (0: use single-block requests).
+        """Largest blocks per RangeRequest for this log (0: use single-block requests).
 
         A power of two up to `MAX_RANGE_BLOCKS`, keeping a range near `RANGE_BYTES`
         for the log's average block size.
@@ -216,6 +219,43 @@ class FetchMixin(ReplicatorBase):
         while span > 1 and span * avg > RANGE_BYTES:
             span //= 2
         return span if span >= RANGE_MIN_BLOCKS else 0
+
+    def peer_span(self, ch: PeerChannel) -> int:
+        """Blocks per RangeRequest to `ch`'s peer (0: use single-block requests):
+        `range_span`, halved while over the peer's adaptive `range_target` (what it
+        carries in about `RANGE_SECONDS`), never below `RANGE_MIN_BLOCKS`."""
+        span = self.range_span()
+        avg = max(1, self.view.byte_length // max(1, self.view.length))
+        # Bounded: each pass halves `span`, at most log2(MAX_RANGE_BLOCKS) passes.
+        while span > RANGE_MIN_BLOCKS and span * avg > ch.range_target:
+            span //= 2
+        return span
+
+    def _try_ranges(
+        self, ch: PeerChannel, first: int, span: int, stop: int, now: float
+    ) -> int | None:
+        """Request the aligned subtree of `span` blocks at `first` (`_try_range`), or,
+        where `first` is not a multiple of `span`, the largest aligned subtree from
+        `first` (at least `RANGE_MIN_BLOCKS`).
+
+        A peer's span grows as its ranges arrive quickly, and the cursor is then a
+        multiple of the old span only: a smaller range takes it to the next multiple of
+        the new one (single-block requests used to). Where less than a span of the log
+        is left, single-block requests fetch the tail, as before.
+
+        Returns:
+            the blocks requested; 0 if single-block requests should be used; None if
+            the peer's range slots are all taken.
+        """
+        size = span
+        if first % span:
+            if first + span > stop:
+                return 0
+            size = first & -first  # the largest power of two dividing `first` (< span)
+            if size < RANGE_MIN_BLOCKS:
+                return 0
+        got = self._try_range(ch, first, size, stop, now)
+        return None if got is None else size if got else 0
 
     def _try_range(
         self, ch: PeerChannel, first: int, span: int, stop: int, now: float
@@ -240,7 +280,10 @@ class FetchMixin(ReplicatorBase):
         if size is not None and size > MAX_RANGE_VALUE_BYTES:
             return False  # would not fit in one frame: single-block requests
         est = span * avg if size is None else max(1, size)
-        cap = max(2, min(MAX_RANGES_IN_FLIGHT, RANGE_BYTES_IN_FLIGHT // est))
+        # A few of this peer's current ranges, so that a slow link has only a few
+        # seconds of answers queued (each ~RANGE_SECONDS), a fast one 16 MiB.
+        flight = min(RANGE_BYTES_IN_FLIGHT, RANGE_FLIGHT_RANGES * ch.range_target)
+        cap = max(2, min(MAX_RANGES_IN_FLIGHT, flight // est))
         if ch.ranges_outstanding() >= cap:
             return None
         rid = self.next_id
@@ -433,8 +476,10 @@ class FetchMixin(ReplicatorBase):
                         g = self.gets.get(inf.index)
                         if g is not None:
                             g.tried.add(ch.peer_id)
-                    elif inf.kind in (K_CONFLICT, K_RANGE):
-                        pass  # ranges are retried block by block; a suspect stays idle
+                    elif inf.kind == K_RANGE:
+                        ch.note_range_timeout()  # retried block by block; smaller next
+                    elif inf.kind == K_CONFLICT:
+                        pass  # a suspect stays idle
                     else:
                         self._upgrade_failed(ch, inf)
                     self._forget_inflight(ch, inf, failed=True)

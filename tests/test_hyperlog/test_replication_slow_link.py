@@ -1,0 +1,163 @@
+"""A full download over a slow link (8 Mbit/s), in virtual time: ranges are sized by
+how fast the peer's answers arrive.
+
+Found by a tester on a throttled link: a clone interrupted 2-3 s in (2-3 MB received)
+held no block at all. Every RangeRequest asked for 4 MiB (64 blocks of 64 KiB), 4 s of
+this link, and four were sent at once: nothing of a range is stored before all of it
+arrived, so a link that drops every few seconds never let a clone make progress; and
+the third and fourth ranges, 12 and 16 s behind on the wire, timed out (10 s) and
+were fetched again while their late answers were thrown away. Ranges now start small
+and grow while they arrive quickly, and shrink to what the link carries in about a
+second after a slow one; on a fast link they grow to the full 4 MiB.
+
+`Throttled` carries the writer's bytes at a fixed rate in Trio's clock; `MockClock`
+with autojump makes that virtual time, so the tests are deterministic and quick. The
+logs' storage work runs inline instead of in worker threads (`no_threads`): autojump
+moves the clock whenever every task waits, also while a thread works, and would then
+fire request timeouts that no real link would see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+from hyperlog import flat_tree, wire
+from hyperlog.crypto import key_pair
+from hyperlog.log import Log, open_store
+from hyperlog.replication import ReplicationSession, replicate, replication_for
+
+SEED = bytes(range(32))
+BLOCK = 64 * 1024
+#: 8 Mbit/s, the tester's `tc` setting.
+RATE = 1_000_000
+#: Bytes the throttle lets through per step (a few TCP segments).
+CHUNK = 16 * 1024
+
+
+@pytest.fixture(autouse=True)
+def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Virtual time that passes only on the link: storage work runs inline."""
+
+    async def inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
+        await trio.lowlevel.checkpoint()
+        return fn(*args)
+
+    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+
+
+class Throttled(trio.abc.Stream):
+    """Wraps a stream; what is sent leaves at `rate` bytes per second (Trio's clock)."""
+
+    def __init__(self, inner: trio.abc.Stream, rate: float) -> None:
+        self.inner = inner
+        self.rate = rate
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        # Bounded: each pass sends CHUNK bytes of `data`.
+        for start in range(0, len(view), CHUNK):
+            piece = view[start : start + CHUNK]
+            await trio.sleep(len(piece) / self.rate)
+            await self.inner.send_all(piece)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+@dataclass
+class Link:
+    """A writer serving a reader over a link that carries the writer's bytes at a rate."""
+
+    writer: Log
+    reader: Log
+    reader_session: ReplicationSession
+    requests: list[wire.RangeRequest]  # the reader's RangeRequests, in order
+
+
+@asynccontextmanager
+async def slow_link(blocks: int, rate: float | None) -> AsyncIterator[Link]:
+    """`blocks` blocks of 64 KiB, served at `rate` bytes per second (None: unthrottled)."""
+    async with open_store() as ws, open_store() as rs:
+        writer = await ws.create_log(key_pair(SEED))
+        await writer.append([bytes([i % 251]) * BLOCK for i in range(blocks)])
+        reader = await rs.open_log(writer.key)
+        a, b = trio.testing.memory_stream_pair()
+        served: trio.abc.Stream = a if rate is None else Throttled(a, rate)
+        async with replicate(served, writer), replicate(b, reader) as session:
+            requests: list[wire.RangeRequest] = []
+            original = session.stream.send_all
+
+            async def recording(data: bytes | bytearray | memoryview) -> None:
+                decoder = wire.FrameDecoder()
+                decoder.receive_data(bytes(data))
+                while (msg := decoder.next_message()) is not None:
+                    if isinstance(msg, wire.RangeRequest):
+                        requests.append(msg)
+                await original(data)
+
+            session.stream.send_all = recording  # type: ignore[method-assign]
+            await replication_for(reader).update()
+            yield Link(writer, reader, session, requests)
+
+
+def _span(req: wire.RangeRequest) -> int:
+    return 1 << flat_tree.depth(req.node)
+
+
+async def test_an_interrupted_clone_on_a_slow_link_keeps_what_arrived(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 4 MiB at 1 MB/s; the link drops 2.5 s into the download (2.5 MB on the wire).
+    # The old code held 0 blocks then: its one range of 64 blocks was still arriving.
+    with trio.fail_after(120):  # virtual seconds (MockClock)
+        async with slow_link(64, RATE) as link:
+            rep = replication_for(link.reader)
+            with trio.move_on_after(2.5):
+                await rep.download(0, 64)
+            held = link.reader.statistics().blocks_held
+    assert held >= 24, held  # 1.5 MiB of the ~2.4 MiB that arrived, at least
+
+
+async def test_a_slow_link_has_no_timeouts_and_ranges_of_about_a_second(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 16 MiB at 1 MB/s. The old code sent four 4 MiB ranges at once: the third and
+    # fourth timed out on the wire (10 s) and were fetched again.
+    with trio.fail_after(600):  # virtual seconds (MockClock)
+        async with slow_link(256, RATE) as link:
+            rep = replication_for(link.reader)
+            t0 = trio.current_time()
+            p = await rep.download(0, 256)
+            took = trio.current_time() - t0
+            timeouts = rep.engine.stats["timeouts"]
+            received = link.reader_session.bytes_in
+    assert p.missing == 0
+    assert timeouts == 0
+    assert received < 1.05 * 256 * BLOCK, received  # nothing was fetched twice
+    assert max(_span(r) for r in link.requests) * BLOCK <= RATE  # a second or less
+    assert took < 1.2 * 256 * BLOCK / RATE, took  # the link stayed busy
+
+
+async def test_a_fast_link_grows_ranges_to_the_full_size(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Unthrottled (virtual time stands still): ranges grow to 64 blocks (4 MiB).
+    with trio.fail_after(120):
+        async with slow_link(512, None) as link:
+            p = await replication_for(link.reader).download(0, 512)
+    assert p.missing == 0
+    spans = [_span(r) for r in link.requests]
+    assert spans[0] < 64 and spans[-1] == 64 and spans.count(64) >= 4, spans
