@@ -380,7 +380,7 @@ async def _run_client(
             # tcp:// dial would (not "connection failed (ExceptionGroup(...))").
             leaf = single_failure(exc)
             if isinstance(leaf, OSError):
-                raise leaf from None
+                raise leaf from leaf.__cause__  # keep the attempts (their OS reasons)
         if isinstance(exc, OSError):
             raise
         rejected = _rejection(exc)

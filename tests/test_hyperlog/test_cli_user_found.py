@@ -19,6 +19,7 @@ import subprocess
 from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 
 from hyperlog.crypto import key_pair
@@ -120,8 +121,10 @@ def _unused_port() -> int:
     return port  # closed: nothing listens there
 
 
-async def test_a_refused_connection_says_why(tmp_path: Path) -> None:
-    uri = f"tcp://127.0.0.1:{_unused_port()}"
+@pytest.mark.parametrize("scheme", ["tcp", "ws"])
+async def test_a_refused_connection_says_why(tmp_path: Path, scheme: str) -> None:
+    # ws:// dials dropped the attempts' OS errors (`raise leaf from None`) until 2026-11-22.
+    uri = f"{scheme}://127.0.0.1:{_unused_port()}" + ("/" if scheme == "ws" else "")
     clone = await _hyperlog("clone", "ab" * 32, str(tmp_path / "r"), "--connect", uri)
     message = _one_error_line(clone)
     assert message.startswith(f"hyperlog: error: {uri}: ") and "Connection refused" in message
