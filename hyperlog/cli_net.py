@@ -27,7 +27,6 @@ import sys
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
-from urllib.parse import urlsplit
 
 import trio
 
@@ -171,22 +170,15 @@ def _check_uri(option: str, uri: str) -> None:
     Raises:
         HyperlogError: `uri` is not a usable tcp:// or ws:// URI.
     """
-    from pinecone_trio.transports.base import parse_uri
+    from pinecone_trio.transports.base import check_process_uri
 
-    scheme = urlsplit(uri).scheme.lower()
-    if scheme == "memory":
-        raise HyperlogError(
-            f"{option} {uri}: memory:// links work only inside one Python process "
-            "(for tests); use tcp://HOST:PORT or ws://HOST:PORT/PATH"
-        )
-    if scheme not in ("tcp", "ws"):
-        raise HyperlogError(
-            f"{option} {uri!r}: unknown transport (use tcp://HOST:PORT or ws://HOST:PORT/PATH)"
-        )
     try:
-        parse_uri(uri)  # the rest of the URI: host, port, path
+        check_process_uri(option, uri)
     except ValueError as exc:
-        raise HyperlogError(f"{option}: {exc}") from None
+        message = str(exc)
+        raise HyperlogError(
+            message if message.startswith(option) else f"{option}: {message}"
+        ) from None
 
 
 def _naming(uri: str, message: str) -> str:

@@ -26,7 +26,6 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlsplit
 
 import trio
 
@@ -37,7 +36,7 @@ from .errors import PineconeError
 from .events import NodeEvent
 from .identity import Identity
 from .node import Node, open_node
-from .transports import parse_uri
+from .transports.base import check_process_uri
 
 #: How often `--status-json` is rewritten.
 STATUS_INTERVAL = 1.0
@@ -279,25 +278,13 @@ def _describe_dht(dht: Dht | None) -> str:
 
 
 def check_uri(option: str, uri: str) -> None:
-    """Refuse a URI this command cannot use, saying which option gave it.
-
-    memory:// links exist only inside one Python process (they are for tests), so a
-    separate process can never reach them.
+    """Refuse a URI this command cannot use, saying which option gave it (memory://
+    links exist only inside one Python process).
 
     Raises:
         ValueError: `uri` is not a usable tcp:// or ws:// URI.
     """
-    scheme = urlsplit(uri).scheme.lower()
-    if scheme == "memory":
-        raise ValueError(
-            f"{option} {uri}: memory:// links work only inside one Python process "
-            "(for tests); use tcp://HOST:PORT or ws://HOST:PORT/PATH"
-        )
-    if scheme not in ("tcp", "ws"):
-        raise ValueError(
-            f"{option} {uri!r}: unknown transport (use tcp://HOST:PORT or ws://HOST:PORT/PATH)"
-        )
-    parse_uri(uri)  # the rest of the URI: host, port, path
+    check_process_uri(option, uri)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

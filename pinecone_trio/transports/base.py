@@ -70,6 +70,29 @@ def parse_uri(uri: str) -> Address:
     return Address(scheme, host, port, path)
 
 
+def check_process_uri(option: str, uri: str) -> None:
+    """Refuse a URI a command-line program cannot use, naming the option that gave it
+    (`pinecone-trio`'s and `hyperlog`'s checks, worded alike).
+
+    memory:// links exist only inside one Python process (they are for tests), so a
+    separate process can never reach them.
+
+    Raises:
+        ValueError: `uri` is not a usable tcp:// or ws:// URI.
+    """
+    scheme = urlsplit(uri).scheme.lower()
+    if scheme == "memory":
+        raise ValueError(
+            f"{option} {uri}: memory:// links work only inside one Python process "
+            "(for tests); use tcp://HOST:PORT or ws://HOST:PORT/PATH"
+        )
+    if scheme not in ("tcp", "ws"):
+        raise ValueError(
+            f"{option} {uri!r}: unknown transport (use tcp://HOST:PORT or ws://HOST:PORT/PATH)"
+        )
+    parse_uri(uri)  # the rest of the URI: host, port, path
+
+
 def os_error_in(exc: OSError, context: str) -> OSError:
     """`exc` again, its class and errno kept, with `context` in front of its message
     ("cannot listen on tcp://127.0.0.1:7000: Address already in use")."""

@@ -25,6 +25,7 @@ import trio
 from hyperlog.crypto import key_pair
 from hyperlog.log import open_store
 from hyperlog.replication import replicate
+from pinecone_trio.testing import PassThroughStream
 
 from .test_cli_clone_edges import _hyperlog, _one_error_line
 from .test_cli_failures import BOUND, CMD, _start_serve, _store_with_log
@@ -58,12 +59,12 @@ async def test_log_verify_passes_on_an_empty_reader_that_lacks_the_manifest(
         await reader.verify()  # nothing signed: nothing needs the manifest
 
 
-class _DiesAfter(trio.abc.Stream):
+class _DiesAfter(PassThroughStream):
     """A server's transport that stops dead after `budget` bytes, in the middle of a
     frame: what a client sees when `hyperlog serve` is killed mid-send."""
 
     def __init__(self, inner: trio.abc.Stream, budget: int) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.budget = budget
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -75,15 +76,6 @@ class _DiesAfter(trio.abc.Stream):
         self.budget = 0
         await self.inner.aclose()
         raise trio.BrokenResourceError("the server died")
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 async def test_a_server_going_away_mid_clone_is_named_with_its_uri(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from hyperlog import flat_tree, wire
 from hyperlog.crypto import key_pair
 from hyperlog.log import Log, open_store
 from hyperlog.replication import ReplicationSession, replicate, replication_for
+from pinecone_trio.testing import PassThroughStream
 
 SEED = bytes(range(32))
 BLOCK = 64 * 1024
@@ -52,11 +53,11 @@ def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(trio.to_thread, "run_sync", inline)
 
 
-class Throttled(trio.abc.Stream):
+class Throttled(PassThroughStream):
     """Wraps a stream; what is sent leaves at `rate` bytes per second (Trio's clock)."""
 
     def __init__(self, inner: trio.abc.Stream, rate: float) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.rate = rate
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
@@ -66,15 +67,6 @@ class Throttled(trio.abc.Stream):
             piece = view[start : start + CHUNK]
             await trio.sleep(len(piece) / self.rate)
             await self.inner.send_all(piece)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        return await self.inner.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 @dataclass
