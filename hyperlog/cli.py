@@ -43,7 +43,7 @@ __all__ = ["COMMAND_GROUPS", "build_parser", "main"]
 Runner = Callable[[argparse.Namespace], Awaitable[int]]
 
 #: Store metadata telling `cat` how the log was filled (``lines`` or ``bytes``).
-_CAT_FORMAT_META: Final = "cli_cat_format"
+CAT_FORMAT_META: Final = "cli_cat_format"
 #: The distribution `--version` reports (hyperlog ships in it; read here without
 #: importing `pinecone_trio`, which the local commands never need).
 _DISTRIBUTION: Final = "pinecone-trio"
@@ -102,7 +102,7 @@ async def _cmd_create(args: argparse.Namespace) -> int:
 # --- append ----------------------------------------------------------------------------
 
 
-def _lines(stream: IO[bytes]) -> Iterator[bytes]:
+def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
     # Read at most one block (plus its newline) at a time: a huge line is refused
     # without being held in memory whole. Bounded by the input size.
     while line := stream.readline(MAX_BLOCK_SIZE + 1):
@@ -146,7 +146,7 @@ async def _append_all(log: Log, blocks: Iterator[bytes], per_batch: int) -> int:
     return count
 
 
-def _open_input(path: str) -> IO[bytes]:
+def open_input(path: str) -> IO[bytes]:
     return sys.stdin.buffer if path == "-" else open(path, "rb")
 
 
@@ -156,11 +156,11 @@ async def _cmd_append(args: argparse.Namespace) -> int:
         if not log.writable:
             raise HyperlogError(f"the log in {args.dir} is not writable (no secret key)")
         if args.lines is not None:
-            stream = _open_input(args.lines)
+            stream = open_input(args.lines)
             fmt = b"lines"
-            blocks, per_batch = _lines(stream), CLI_LINES_PER_BATCH
+            blocks, per_batch = read_lines(stream), CLI_LINES_PER_BATCH
         else:
-            stream = _open_input(args.file)
+            stream = open_input(args.file)
             fmt = b"bytes"
             size = args.block_size
             per_batch = min(MAX_BATCH_BLOCKS, max(1, CLI_FILE_BATCH_BYTES // size))
@@ -173,7 +173,7 @@ async def _cmd_append(args: argparse.Namespace) -> int:
             committed = log.length - before
             if committed:
                 with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
-                    store.storage.set_meta(_CAT_FORMAT_META, fmt)
+                    store.storage.set_meta(CAT_FORMAT_META, fmt)
             print(
                 f"hyperlog: stopped after appending {committed} blocks, length {log.length}",
                 file=sys.stderr,
@@ -182,7 +182,7 @@ async def _cmd_append(args: argparse.Namespace) -> int:
         finally:
             if stream is not sys.stdin.buffer:
                 stream.close()
-        store.storage.set_meta(_CAT_FORMAT_META, fmt)
+        store.storage.set_meta(CAT_FORMAT_META, fmt)
         print(f"appended {count} blocks, length {log.length}", file=sys.stderr)
     return 0
 
@@ -227,7 +227,7 @@ async def _cmd_cat(args: argparse.Namespace) -> int:
         elif args.lines:
             lines = True
         else:
-            lines = store.storage.get_meta(_CAT_FORMAT_META) != b"bytes"
+            lines = store.storage.get_meta(CAT_FORMAT_META) != b"bytes"
         start, end = _cat_range(args.start, args.end, log.length)
         out = sys.stdout.buffer
         async for block in log.iter_blocks(start, end):

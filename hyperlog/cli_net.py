@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TextIO
 import trio
 
 from .errors import HyperlogError, ReplicationError
-from .log import Log, open_store
+from .log import Log, Store, open_store
 from .replication import (
     LogReplication,
     Progress,
@@ -92,6 +92,9 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     async with open_store(args.dir, create=False) as store:
         if not store.keys():
             raise HyperlogError(f"{args.dir} holds no log to serve")
+        first = await store.default_log()
+        if args.append_lines is not None and not first.writable:
+            raise HyperlogError(f"--append-lines: the log in {args.dir} is not writable")
 
         async def handler(link: NoiseLink) -> None:
             async with replicate(link, store) as session:  # serve everything it has
@@ -104,9 +107,39 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
                 raise HyperlogError(_naming(args.listen, _reason(exc))) from exc
             except PineconeError as exc:
                 raise HyperlogError(f"cannot listen on {args.listen}: {exc}") from exc
-            first = await store.default_log()
             print(f"serving {first.key.hex()} on {bound}", flush=True)
+            if args.append_lines is not None:
+                nursery.start_soon(_append_lines_while_serving, store, first, args.append_lines)
     return 0
+
+
+async def _append_lines_while_serving(store: Store, log: Log, source: str) -> None:
+    """Append each line of `source` ('-': stdin) as one block as soon as it is read, so
+    readers following the log (`clone --live`) get it at once. When the input ends the
+    log is still served (a message says how many lines were appended)."""
+    from .cli import CAT_FORMAT_META, open_input, read_lines
+
+    stream = open_input(source)
+    lines = read_lines(stream)
+    count = 0
+    try:
+        # Bounded by the input: each pass appends one line or ends. A read blocks in a
+        # thread; Ctrl-C abandons it (the process is ending).
+        while (
+            line := await trio.to_thread.run_sync(next, lines, None, abandon_on_cancel=True)
+        ) is not None:
+            await log.append([line])
+            if not count:
+                store.storage.set_meta(CAT_FORMAT_META, b"lines")
+            count += 1
+    finally:
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    print(
+        f"hyperlog: input ended after {count} lines, length {log.length}; still serving",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 # --- clone -----------------------------------------------------------------------------
@@ -518,6 +551,13 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         help="tcp://HOST:PORT or ws://HOST:PORT/PATH, e.g. tcp://127.0.0.1:7000 (port 0: any)",
     )
     p.add_argument("--identity", metavar="FILE", help="link key file (default: ephemeral)")
+    p.add_argument(
+        "--append-lines",
+        metavar="FILE",
+        help="while serving, append each line of FILE ('-' for stdin) as one block as it "
+        "arrives: readers following with clone --live get it at once (serve holds the "
+        "store, so `hyperlog append` cannot run beside it)",
+    )
     p.set_defaults(run=_cmd_serve)
 
     p = subparsers.add_parser("clone", help="fetch a log by key from a serving peer")
