@@ -63,6 +63,7 @@ class AnswersMixin(ReplicatorBase):
             raise RemoteProtocolError("data: upgrade span differs from the one requested")
         if msg.hash is not None or msg.seek is not None:
             raise RemoteProtocolError("data: carries parts that were not requested")
+        ch.min_rtt = min(ch.min_rtt, now - inf.sent_at)  # small answers: the round trip
         self._queue_verify(ch, inf, VerifyWork(ch, inf, msg))
 
     def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData, now: float) -> None:

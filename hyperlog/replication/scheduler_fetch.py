@@ -32,6 +32,7 @@ from hyperlog.replication.constants import (
     RANGE_FLIGHT_RANGES,
     RANGE_LEAVES_MIN_BLOCK,
     RANGE_MIN_BLOCKS,
+    RANGE_SECONDS,
     REQUEST_TIMEOUT,
     SCAN_LIMIT,
 )
@@ -281,8 +282,11 @@ class FetchMixin(ReplicatorBase):
             return False  # would not fit in one frame: single-block requests
         est = span * avg if size is None else max(1, size)
         # A few of this peer's current ranges, so that a slow link has only a few
-        # seconds of answers queued (each ~RANGE_SECONDS), a fast one 16 MiB.
-        flight = min(RANGE_BYTES_IN_FLIGHT, RANGE_FLIGHT_RANGES * ch.range_target)
+        # seconds of answers queued (each ~RANGE_SECONDS), a fast one 16 MiB; plus what
+        # the link carries in a round trip, so a long one does not idle it.
+        rtt = ch.min_rtt if ch.min_rtt < math.inf else 0.0
+        ranges = RANGE_FLIGHT_RANGES + rtt / RANGE_SECONDS
+        flight = min(RANGE_BYTES_IN_FLIGHT, int(ranges * ch.range_target))
         cap = max(2, min(MAX_RANGES_IN_FLIGHT, flight // est))
         if ch.ranges_outstanding() >= cap:
             return None

@@ -125,6 +125,9 @@ class PeerChannel:
         # arrived (the wire was busy with that one until then).
         self.range_target = RANGE_INITIAL_BYTES
         self.last_range_at = -math.inf
+        # The fastest answer to a block or upgrade request: the round trip, which a
+        # range's first byte needs before its transfer can even start.
+        self.min_rtt = math.inf
 
     def free_slots(self) -> int:
         # Answers received but not yet verified still count: reading runs ahead of
@@ -139,7 +142,8 @@ class PeerChannel:
     def note_range(self, inf: Inflight, size: int, now: float) -> None:
         """A range of `size` value bytes, asked for by `inf`, arrived at `now`: size the
         next ones by how long it took on the wire, from when the wire was free for it
-        (the previous range's arrival, or the request if later).
+        (the previous range's arrival, or a round trip after the request if later: a
+        long round trip is not a slow link).
 
         At that pace the peer carries `capacity` bytes in `RANGE_SECONDS`. Twice the
         current target (or the range, if bigger: spans have a floor) or more: the target
@@ -149,7 +153,8 @@ class PeerChannel:
         one each range takes about a second or less, so an interrupted download keeps
         all but that (a 4 MiB range took 4 s at 8 Mbit/s and was lost whole).
         """
-        took = now - max(inf.sent_at, self.last_range_at)
+        rtt = self.min_rtt if self.min_rtt < math.inf else 0.0
+        took = max(0.0, now - max(inf.sent_at + rtt, self.last_range_at))
         self.last_range_at = now
         capacity = size * RANGE_SECONDS / took if took > 0 else math.inf
         base = max(self.range_target, size)

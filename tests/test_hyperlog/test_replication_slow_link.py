@@ -19,6 +19,7 @@ fire request timeouts that no real link would see.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -54,19 +55,48 @@ def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class Throttled(PassThroughStream):
-    """Wraps a stream; what is sent leaves at `rate` bytes per second (Trio's clock)."""
+    """Wraps a stream; what is sent leaves at `rate` bytes per second (None: at once)
+    and arrives `latency` seconds later (Trio's clock; a latency needs `nursery`, where
+    the delivering task runs)."""
 
-    def __init__(self, inner: trio.abc.Stream, rate: float) -> None:
+    def __init__(
+        self,
+        inner: trio.abc.Stream,
+        rate: float | None,
+        latency: float = 0.0,
+        nursery: trio.Nursery | None = None,
+    ) -> None:
         super().__init__(inner)
         self.rate = rate
+        self.latency = latency
+        self._due, due = trio.open_memory_channel[tuple[float, bytes]](math.inf)
+        if latency:
+            assert nursery is not None
+            nursery.start_soon(self._deliver, due)
+
+    async def _deliver(self, due: trio.MemoryReceiveChannel[tuple[float, bytes]]) -> None:
+        async for at, piece in due:  # bounded by what was sent
+            await trio.sleep_until(at)
+            try:
+                await self.inner.send_all(piece)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         view = memoryview(data)
         # Bounded: each pass sends CHUNK bytes of `data`.
         for start in range(0, len(view), CHUNK):
             piece = view[start : start + CHUNK]
-            await trio.sleep(len(piece) / self.rate)
-            await self.inner.send_all(piece)
+            if self.rate is not None:
+                await trio.sleep(len(piece) / self.rate)
+            if self.latency:
+                self._due.send_nowait((trio.current_time() + self.latency, bytes(piece)))
+            else:
+                await self.inner.send_all(piece)
+
+    async def aclose(self) -> None:
+        self._due.close()
+        await super().aclose()
 
 
 @dataclass
@@ -80,15 +110,21 @@ class Link:
 
 
 @asynccontextmanager
-async def slow_link(blocks: int, rate: float | None) -> AsyncIterator[Link]:
-    """`blocks` blocks of 64 KiB, served at `rate` bytes per second (None: unthrottled)."""
-    async with open_store() as ws, open_store() as rs:
+async def slow_link(blocks: int, rate: float | None, latency: float = 0.0) -> AsyncIterator[Link]:
+    """`blocks` blocks of 64 KiB, served at `rate` bytes per second (None: unthrottled),
+    each way `latency` seconds late."""
+    async with open_store() as ws, open_store() as rs, trio.open_nursery() as nursery:
         writer = await ws.create_log(key_pair(SEED))
         await writer.append([bytes([i % 251]) * BLOCK for i in range(blocks)])
         reader = await rs.open_log(writer.key)
         a, b = trio.testing.memory_stream_pair()
-        served: trio.abc.Stream = a if rate is None else Throttled(a, rate)
-        async with replicate(served, writer), replicate(b, reader) as session:
+        served: trio.abc.Stream = a
+        asking: trio.abc.Stream = b
+        if rate is not None or latency:
+            served = Throttled(a, rate, latency, nursery)
+        if latency:
+            asking = Throttled(b, None, latency, nursery)
+        async with replicate(served, writer), replicate(asking, reader) as session:
             requests: list[wire.RangeRequest] = []
             original = session.stream.send_all
 
@@ -103,6 +139,7 @@ async def slow_link(blocks: int, rate: float | None) -> AsyncIterator[Link]:
             session.stream.send_all = recording  # type: ignore[method-assign]
             await replication_for(reader).update()
             yield Link(writer, reader, session, requests)
+        nursery.cancel_scope.cancel()  # the delivering tasks, if any
 
 
 def _span(req: wire.RangeRequest) -> int:
@@ -153,3 +190,24 @@ async def test_a_fast_link_grows_ranges_to_the_full_size(
     assert p.missing == 0
     spans = [_span(r) for r in link.requests]
     assert spans[0] < 64 and spans[-1] == 64 and spans.count(64) >= 4, spans
+
+
+async def test_a_fast_link_with_a_long_round_trip_keeps_large_ranges(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # 100 Mbit/s, 2 s round trip, 32 MiB. Ranges were timed from their request, so the
+    # round trip counted as transfer time: every answer shrank the target to what a
+    # round trip carries and the download took 22.6 s (5.7 s with the old fixed 4 MiB
+    # ranges; found by review). A range is now timed from a round trip after its
+    # request, and what is in flight covers a round trip: 9.5 s, the rest being the
+    # ramp from 128 KiB (one doubling per round trip).
+    with trio.fail_after(600):  # virtual seconds (MockClock)
+        async with slow_link(512, 12_500_000, latency=1.0) as link:
+            rep = replication_for(link.reader)
+            t0 = trio.current_time()
+            p = await rep.download(0, 512)
+            took = trio.current_time() - t0
+            timeouts = rep.engine.stats["timeouts"]
+    assert p.missing == 0 and timeouts == 0
+    assert took < 12, took
+    assert max(_span(req) for req in link.requests) == 64  # full 4 MiB ranges reached
