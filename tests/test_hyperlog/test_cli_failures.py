@@ -35,10 +35,13 @@ async def _store_with_log(directory: Path, blocks: int = 20) -> str:
 
 
 async def _start_serve(
-    directory: Path, listen: str = "tcp://127.0.0.1:0"
+    directory: Path, listen: str = "tcp://127.0.0.1:0", *extra: str, stdin: bool = False
 ) -> tuple[trio.Process, str]:
+    """`hyperlog serve` once it said where it serves (`extra` arguments; a pipe to
+    its input with `stdin`)."""
     proc = await trio.lowlevel.open_process(
-        [*CMD, "serve", str(directory), "--listen", listen],
+        [*CMD, "serve", str(directory), "--listen", listen, *extra],
+        stdin=subprocess.PIPE if stdin else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -16,8 +16,26 @@ from .test_cli_failures import (
     BOUND,
     CMD,
     _live_clone_holding,
+    _start_serve,
     _store_with_log,
 )
+
+
+async def _stop(proc: trio.Process) -> None:
+    """Ctrl-C, then wait for the process and close its pipes."""
+    proc.send_signal(signal.SIGINT)
+    with trio.fail_after(BOUND):
+        await proc.wait()
+    for pipe in (proc.stdin, proc.stdout, proc.stderr):
+        if pipe is not None:
+            await pipe.aclose()
+
+
+APPEND = ("--append-lines", "-")
+
+
+async def _serve_appending(directory: Path) -> tuple[trio.Process, str]:
+    return await _start_serve(directory, "tcp://127.0.0.1:0", *APPEND, stdin=True)
 
 
 async def _stop(proc: trio.Process) -> None:
