@@ -7,7 +7,6 @@ A tester could not show live following with the CLI: `serve` holds the store, so
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 
 import trio
@@ -36,36 +35,6 @@ APPEND = ("--append-lines", "-")
 
 async def _serve_appending(directory: Path) -> tuple[trio.Process, str]:
     return await _start_serve(directory, "tcp://127.0.0.1:0", *APPEND, stdin=True)
-
-
-async def _stop(proc: trio.Process) -> None:
-    """Ctrl-C, then wait for the process and close its pipes."""
-    proc.send_signal(signal.SIGINT)
-    with trio.fail_after(BOUND):
-        await proc.wait()
-    for pipe in (proc.stdin, proc.stdout, proc.stderr):
-        if pipe is not None:
-            await pipe.aclose()
-
-
-APPEND = ("--append-lines", "-")
-
-
-async def _serve_appending(directory: Path) -> tuple[trio.Process, str]:
-    proc = await trio.lowlevel.open_process(
-        [*CMD, "serve", str(directory), "--listen", "tcp://127.0.0.1:0", *APPEND],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    line = b""
-    with trio.fail_after(BOUND):
-        while not line.endswith(b"\n"):
-            chunk = await proc.stdout.receive_some(1024)
-            assert chunk, "serve exited early"
-            line += chunk
-    return proc, line.split()[-1].decode()
 
 
 async def test_lines_appended_while_serving_reach_a_live_clone(tmp_path: Path) -> None:
