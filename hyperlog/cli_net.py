@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import trio
 
+from .constants import MAX_BLOCK_SIZE
 from .errors import HyperlogError, ReplicationError
 from .log import Log, Store, open_store
 from .replication import (
@@ -93,8 +94,11 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
         if not store.keys():
             raise HyperlogError(f"{args.dir} holds no log to serve")
         first = await store.default_log()
-        if args.append_lines is not None and not first.writable:
-            raise HyperlogError(f"--append-lines: the log in {args.dir} is not writable")
+        source = None
+        if args.append_lines is not None:
+            if not first.writable:
+                raise HyperlogError(f"--append-lines: the log in {args.dir} is not writable")
+            source = _open_lines_source(args.append_lines)  # a bad FILE: before listening
 
         async def handler(link: NoiseLink) -> None:
             async with replicate(link, store) as session:  # serve everything it has
@@ -108,35 +112,68 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
             except PineconeError as exc:
                 raise HyperlogError(f"cannot listen on {args.listen}: {exc}") from exc
             print(f"serving {first.key.hex()} on {bound}", flush=True)
-            if args.append_lines is not None:
-                nursery.start_soon(_append_lines_while_serving, store, first, args.append_lines)
+            if source is not None:
+                nursery.start_soon(_append_lines_while_serving, store, first, source)
     return 0
 
 
-async def _append_lines_while_serving(store: Store, log: Log, source: str) -> None:
-    """Append each line of `source` ('-': stdin) as one block as soon as it is read, so
-    readers following the log (`clone --live`) get it at once. When the input ends the
-    log is still served (a message says how many lines were appended)."""
-    from .cli import CAT_FORMAT_META, open_input, read_lines
-
-    stream = open_input(source)
-    lines = read_lines(stream)
-    count = 0
+def _open_lines_source(path: str) -> int:
+    """The file descriptor `--append-lines` reads ('-': standard input)."""
+    if path == "-":
+        return sys.stdin.fileno()
     try:
-        # Bounded by the input: each pass appends one line or ends. A read blocks in a
-        # thread; Ctrl-C abandons it (the process is ending).
-        while (
-            line := await trio.to_thread.run_sync(next, lines, None, abandon_on_cancel=True)
-        ) is not None:
-            await log.append([line])
-            if not count:
-                store.storage.set_meta(CAT_FORMAT_META, b"lines")
-            count += 1
-    finally:
-        if stream is not sys.stdin.buffer:
-            stream.close()
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise HyperlogError(f"--append-lines {path}: {_reason(exc)}") from None
+
+
+async def _append_lines_while_serving(store: Store, log: Log, fd: int) -> None:
+    """Append each line read from `fd` as one block as soon as it is read, so readers
+    following the log (`clone --live`) get it at once. When the input ends, or a line is
+    too long to be a block, the log is still served (a message says how many lines
+    were appended).
+
+    The descriptor is read with `os.read` in a thread, not through Python's buffered
+    file: a read blocked on a terminal or a pipe holds no lock, so Ctrl-C abandons it
+    and the process exits as the other commands do (a buffered `stdin` held its lock and
+    aborted the interpreter at shutdown).
+    """
+    from .cli import CAT_FORMAT_META
+
+    count = 0
+    pending = b""
+    why = ""
+
+    async def append(line: bytes) -> None:
+        nonlocal count, why
+        if len(line) > MAX_BLOCK_SIZE:
+            why = f"a line longer than {MAX_BLOCK_SIZE} bytes cannot be one block: stopped"
+            return
+        await log.append([line])
+        if not count:
+            store.storage.set_meta(CAT_FORMAT_META, b"lines")
+        count += 1
+
+    # Bounded by the input: each pass reads some bytes or ends.
+    while not why and (
+        data := await trio.to_thread.run_sync(os.read, fd, 65536, abandon_on_cancel=True)
+    ):
+        pending += data
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            await append(line)
+            if why:
+                break
+        if not why and len(pending) > MAX_BLOCK_SIZE:
+            await append(pending)  # says why
+    if not why:
+        if pending:  # a last line without its newline
+            await append(pending)
+        why = why or "input ended"
+    if fd != sys.stdin.fileno():
+        os.close(fd)
     print(
-        f"hyperlog: input ended after {count} lines, length {log.length}; still serving",
+        f"hyperlog: --append-lines: {why} after {count} lines, length {log.length}; still serving",
         file=sys.stderr,
         flush=True,
     )

@@ -139,7 +139,7 @@ class HandshakePool:
             item = _prepare()
             self.misses += 1
         if len(self._items) <= self.size // 2:
-            for listener in self._listeners:
+            for listener in tuple(self._listeners):  # another run may remove its own
                 listener()
         return item
 
