@@ -9,13 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from pinecone_trio.cli import write_json_atomically
+
+from .cli_helpers import killed_after
 
 
 def _start(*args: str) -> subprocess.Popen[str]:
@@ -29,16 +30,10 @@ def _start(*args: str) -> subprocess.Popen[str]:
 
 def _read_until(proc: subprocess.Popen[str], prefix: str, timeout: float = 60.0) -> str:
     assert proc.stdout is not None
-    # readline() blocks: a process that hangs silently is killed at the deadline,
-    # which ends the read with EOF instead of hanging the test run.
-    killer = threading.Timer(timeout, proc.kill)
-    killer.start()
-    try:
+    with killed_after(proc, timeout):
         while line := proc.stdout.readline():
             if line.startswith(prefix):
                 return line[len(prefix) :].strip()
-    finally:
-        killer.cancel()
     raise AssertionError(f"no line starting {prefix!r}")
 
 
@@ -210,12 +205,8 @@ def test_an_unreachable_static_peer_is_reported_and_redialled(tmp_path: Path) ->
     )
     try:
         assert proc.stderr is not None
-        killer = threading.Timer(60.0, proc.kill)  # a silent process ends the read
-        killer.start()
-        try:
+        with killed_after(proc):
             line = proc.stderr.readline()
-        finally:
-            killer.cancel()
         assert line.startswith(f"pinecone-trio: cannot connect to {uri}: "), line
         assert "retrying" in line
         assert proc.poll() is None  # still running: the node keeps redialling

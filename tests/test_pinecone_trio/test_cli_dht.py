@@ -14,7 +14,6 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +25,8 @@ import trio
 from pinecone_trio import Identity, open_node
 from pinecone_trio.dht import open_dht, topic_id
 from pinecone_trio.node import Node
+
+from .cli_helpers import killed_after
 
 
 def _three_keys_and_a_topic() -> tuple[Identity, Identity, Identity, str]:
@@ -50,12 +51,8 @@ def _relay(key: Path, status: Path, *extra: str) -> Iterator[tuple[str, list[str
     )
     try:
         assert proc.stdout is not None
-        killer = threading.Timer(60.0, proc.kill)  # a silent process ends the reads
-        killer.start()
-        try:
+        with killed_after(proc):
             lines = [proc.stdout.readline() for _ in range(3)]
-        finally:
-            killer.cancel()
         assert lines[1].startswith("listening on "), lines
         yield lines[1].removeprefix("listening on ").strip(), lines
     finally:

@@ -7,10 +7,11 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+
+from .cli_helpers import killed_after
 
 
 def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -80,13 +81,11 @@ def test_quiet_still_says_where_it_listens(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.stdout is not None
-    killer = threading.Timer(60.0, proc.kill)  # a silent process ends the reads
-    killer.start()
     try:
-        key_line = proc.stdout.readline()
-        listen_line = proc.stdout.readline()
+        with killed_after(proc):
+            key_line = proc.stdout.readline()
+            listen_line = proc.stdout.readline()
     finally:
-        killer.cancel()
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     assert re.fullmatch(r"public key [0-9a-f]{64}\n", key_line), key_line
@@ -104,12 +103,10 @@ def _startup_lines(*args: str, count: int) -> list[str]:
         text=True,
     )
     assert proc.stdout is not None
-    killer = threading.Timer(60.0, proc.kill)  # a silent process ends the reads
-    killer.start()
     try:
-        lines = [proc.stdout.readline() for _ in range(count)]
+        with killed_after(proc):
+            lines = [proc.stdout.readline() for _ in range(count)]
     finally:
-        killer.cancel()
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
