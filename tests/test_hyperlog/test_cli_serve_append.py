@@ -14,6 +14,7 @@ import trio
 
 from hyperlog.constants import MAX_BLOCK_SIZE
 
+from .test_cli_clone_edges import _hyperlog
 from .test_cli_failures import (
     BOUND,
     CMD,
@@ -63,13 +64,7 @@ async def test_lines_appended_while_serving_reach_a_live_clone(tmp_path: Path) -
         clone = await _live_clone_holding(key, tmp_path / "r", uri, 5)  # resumes, gets both
         await _stop(clone)
         await serve.stdin.aclose()  # the input ends: still serving, and says so
-        with trio.fail_after(BOUND):
-            err = b""
-            while b"still serving" not in err:
-                assert serve.stderr is not None
-                chunk = await serve.stderr.receive_some(1024)
-                assert chunk, err
-                err += chunk
+        err = await _stderr_until(serve, b"still serving")
         assert b"input ended after 2 lines, length 5" in err
         with trio.fail_after(BOUND):
             cat = await trio.run_process(
@@ -87,13 +82,7 @@ async def test_append_lines_needs_a_writable_log(tmp_path: Path) -> None:
         await _stop(await _live_clone_holding(key, tmp_path / "r", uri, 1))  # a reader's store
     finally:
         await _stop(serve)
-    with trio.fail_after(BOUND):
-        result = await trio.run_process(
-            [*CMD, "serve", str(tmp_path / "r"), "--listen", "tcp://127.0.0.1:0", *APPEND],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+    result = await _hyperlog("serve", str(tmp_path / "r"), "--listen", "tcp://127.0.0.1:0", *APPEND)
     assert result.returncode == 1
     assert b"--append-lines: the log in" in result.stderr and b"not writable" in result.stderr
 
@@ -115,13 +104,9 @@ async def test_a_signal_while_waiting_for_input_exits_cleanly(
 async def test_a_missing_input_file_is_refused_before_serving(tmp_path: Path) -> None:
     await _store_with_log(tmp_path / "w", blocks=1)
     missing = ("--append-lines", str(tmp_path / "missing.txt"))
-    with trio.fail_after(BOUND):
-        result = await trio.run_process(
-            [*CMD, "serve", str(tmp_path / "w"), "--listen", "tcp://127.0.0.1:0", *missing],
-            capture_stdout=True,
-            capture_stderr=True,
-            check=False,
-        )
+    result = await _hyperlog(
+        "serve", str(tmp_path / "w"), "--listen", "tcp://127.0.0.1:0", *missing
+    )
     assert result.returncode == 1 and result.stdout == b""  # never said "serving"
     assert b"--append-lines " in result.stderr and b"No such file" in result.stderr
 
