@@ -96,12 +96,17 @@ REQUEST_RETRIES: Final = 2
 LOOKUP_TIMEOUT: Final = 10.0
 #: A node that knows no snake neighbour has joined no overlay yet (it just started, or
 #: lost every peer): alone, it is the closest node to every topic, so a request sent
-#: then is answered by itself. A lookup started then waits for the node to join (up to
-#: its own timeout; a node still alone then answers from its own store). An announce
-#: waits this long (seconds), then goes out anyway (the node stores and acknowledges
-#: its own record); either way every announcement is sent again the moment the node
-#: joins (a user's app announced at startup, alone, and its record stayed on itself).
+#: then is answered by itself. An announce waits this long (seconds) for the node to
+#: join, then goes out anyway (the node stores and acknowledges its own record); either
+#: way every announcement is sent again the moment the node joins (a user's app
+#: announced at startup, alone, and its record stayed on itself).
 ANNOUNCE_JOIN_WAIT: Final = REQUEST_TIMEOUT * (1 + REQUEST_RETRIES)
+#: A lookup started alone waits this long (seconds, within its own timeout) for the node
+#: to join, and is sent the moment it does; still alone then, it answers from the node's
+#: own store (before 2026-11-22 it waited its whole timeout, 10 s by default, on a node
+#: run alone for a demo). One request timeout more than an announce waits, so a lookup
+#: started beside an announcement on a lone node finds it stored.
+LOOKUP_JOIN_WAIT: Final = ANNOUNCE_JOIN_WAIT + REQUEST_TIMEOUT
 #: Lookups and announcements one node has in flight at once.
 MAX_PENDING: Final = 1024
 #: Nodes one lookup asks (the closest node and the neighbours it names).

@@ -42,9 +42,10 @@ forged claims from ever new keys cannot make a node push its store out again and
 
 Joining. A node that knows no snake neighbour (`joined` is False: it just started, or
 lost every peer) is the closest node to every topic, so its requests would come back
-to itself. Its lookups are parked until it joins (answered from its own store if it is
-still alone at their deadline), its first announce round is held up to
-`ANNOUNCE_JOIN_WAIT`, and when it joins every announcement is sent again at once.
+to itself. Its lookups are parked until it joins, for `LOOKUP_JOIN_WAIT` at most (then
+answered from its own store: alone, it is the home of every topic), its first announce
+round is held up to `ANNOUNCE_JOIN_WAIT`, and when it joins every announcement is sent
+again at once.
 
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
 table); the overlay's source key is not authenticated, which is why nothing is stored
@@ -68,6 +69,7 @@ from .constants import (
     ANNOUNCE_RETRY_INTERVAL,
     EXPIRY_SWEEP_INTERVAL,
     HANDOFF_RATE,
+    LOOKUP_JOIN_WAIT,
     LOOKUP_TIMEOUT,
     MAX_HANDOFF_RECORDS,
     MAX_LOOKUP_QUERIES,
@@ -230,7 +232,8 @@ class _Lookup:
     closest: _Query
     exact: dict[bytes, _Query] = field(default_factory=dict)
     found: dict[bytes, PeerRecord] = field(default_factory=dict)
-    #: Not sent yet: started while the node had joined no overlay (`DhtEngine.joined`).
+    #: Not sent yet: started while the node had joined no overlay (`DhtEngine.joined`);
+    #: `closest.retry_at` is then when it stops waiting and answers from our store.
     parked: bool = False
 
     def finished(self) -> bool:
@@ -343,7 +346,7 @@ class DhtEngine:
         """Whether the node has joined an overlay: the router knows a snake neighbour.
 
         A node alone is the closest node to every topic, so what it sends by closest
-        key comes back to itself: lookups wait (up to their timeout) until it joins,
+        key comes back to itself: lookups wait up to `LOOKUP_JOIN_WAIT` for it to join,
         announcements up to `ANNOUNCE_JOIN_WAIT`, and joining sends every announcement
         again. An engine never told its neighbours (`set_neighbours`) counts as joined:
         it cannot know it is alone."""
@@ -569,9 +572,9 @@ class DhtEngine:
         self.statistics.lookups += 1
         if not self.joined:
             # Alone, the lookup would come back to us and find only our own records:
-            # park it until the node joins, or until its deadline (answered then from
-            # our own store: still alone, we are the closest node).
-            query = _Query(retry_at=math.inf)
+            # park it until the node joins, for LOOKUP_JOIN_WAIT at most (answered then
+            # from our own store: still alone, we are the closest node).
+            query = _Query(retry_at=now + min(timeout, LOOKUP_JOIN_WAIT))
             self._lookups[rid] = _Lookup(rid, topic, now + timeout, query, parked=True)
             return rid, []
         self._lookups[rid] = _Lookup(
@@ -748,9 +751,12 @@ class DhtEngine:
             self.store.expire(now)
             actions += self._handoff(now)
         for lookup in list(self._lookups.values()):
+            if lookup.parked and now >= lookup.closest.retry_at:
+                # Still alone after its wait (`_on_join` unparks it when the node joins).
+                self._answer_locally(lookup, now)
+                actions.append(self._finish(lookup))
+                continue
             if now >= lookup.deadline:
-                if lookup.parked:
-                    self._answer_locally(lookup, now)
                 actions.append(self._finish(lookup))
                 continue
             message = encode(Lookup(lookup.request_id, lookup.topic))

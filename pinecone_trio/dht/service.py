@@ -224,9 +224,10 @@ class Dht:
         nobody answered). Records of this node itself are included.
 
         A node that has joined no overlay yet (no snake neighbour: it just started, or
-        lost its peers) waits for that within `timeout` and asks then; alone, it would
-        be the closest node to every topic and answer itself. Still alone at the end
-        of `timeout`, it answers from its own store (its own records, at most).
+        lost its peers) waits for that, up to `LOOKUP_JOIN_WAIT` (4 s) within
+        `timeout`, and asks then; alone, it would be the closest node to every topic
+        and answer itself. Still alone at the end of that wait, it answers from its own
+        store (its own records, and what it stored for others before it lost its peers).
 
         Raises:
             TypeError: `topic` is neither str nor bytes-like.
