@@ -97,9 +97,9 @@ LOOKUP_TIMEOUT: Final = 10.0
 #: A node that knows no snake neighbour has joined no overlay yet (it just started, or
 #: lost every peer): alone, it is the closest node to every topic, so a request sent
 #: then is answered by itself. An announce waits this long (seconds) for the node to
-#: join, then goes out anyway (the node stores and acknowledges its own record); either
-#: way every announcement is sent again the moment the node joins (a user's app
-#: announced at startup, alone, and its record stayed on itself).
+#: join, then goes out anyway (the node stores and acknowledges its own record); an
+#: announcement no overlay has acknowledged yet is sent again the moment the node joins
+#: (a user's app announced at startup, alone, and its record stayed on itself).
 ANNOUNCE_JOIN_WAIT: Final = REQUEST_TIMEOUT * (1 + REQUEST_RETRIES)
 #: A lookup started alone waits this long (seconds, within its own timeout) for the node
 #: to join, and is sent the moment it does; still alone then, it answers from the node's
@@ -107,6 +107,22 @@ ANNOUNCE_JOIN_WAIT: Final = REQUEST_TIMEOUT * (1 + REQUEST_RETRIES)
 #: run alone for a demo). One request timeout more than an announce waits, so a lookup
 #: started beside an announcement on a lone node finds it stored.
 LOOKUP_JOIN_WAIT: Final = ANNOUNCE_JOIN_WAIT + REQUEST_TIMEOUT
+#: Joining an overlay (again) re-sends each announcement the overlay has acknowledged
+#: before, since its home may have moved while we were away; for a node that keeps
+#: losing its only peer and getting it back, these re-sends are damped per announcement,
+#: like route-flap damping (RFC 2439). The first re-send after a calm period goes at
+#: once; the next may go this long (seconds) after it at the earliest, and each further
+#: one doubles the wait ...
+JOIN_RESEND_PENALTY: Final = 10.0
+#: ... up to this: at worst a flapping node re-sends each announcement about as often as
+#: its refresh would (a re-send is a refresh: it re-signs and restarts the interval) ...
+JOIN_RESEND_MAX_PENALTY: Final = ANNOUNCE_REFRESH_INTERVAL
+#: ... and the wait starts over at `JOIN_RESEND_PENALTY` once an announcement has had no
+#: join re-send for this long (the node stopped flapping). A join within the wait moves
+#: the re-send to the end of the wait, sent then if the node is still joined. (Before
+#: 2026-11-22 every join re-signed and re-sent every announcement: 50 sends per join for
+#: a node announcing 50 topics, whatever the rate of joins.)
+JOIN_RESEND_RESET: Final = 2 * JOIN_RESEND_MAX_PENALTY
 #: Lookups and announcements one node has in flight at once.
 MAX_PENDING: Final = 1024
 #: Nodes one lookup asks (the closest node and the neighbours it names).

@@ -43,9 +43,20 @@ forged claims from ever new keys cannot make a node push its store out again and
 Joining. A node that knows no snake neighbour (`joined` is False: it just started, or
 lost every peer) is the closest node to every topic, so its requests would come back
 to itself. Its lookups are parked until it joins, for `LOOKUP_JOIN_WAIT` at most (then
-answered from its own store: alone, it is the home of every topic), its first announce
-round is held up to `ANNOUNCE_JOIN_WAIT`, and when it joins every announcement is sent
-again at once.
+answered from its own store: alone, it is the home of every topic), and its first
+announce round is held up to `ANNOUNCE_JOIN_WAIT`. When it joins, the parked lookups
+and held rounds go at once, and so does every announcement no overlay has acknowledged
+yet (`placed` False: acknowledged only by ourselves, alone), since only we hold it.
+The others were acknowledged by a home once, but it may have moved while we were away,
+so the join re-sends them too, damped per announcement like route-flap damping: the
+first re-send after a calm period goes at once, the next no sooner than
+`JOIN_RESEND_PENALTY` after it, the wait doubling with each further one up to
+`JOIN_RESEND_MAX_PENALTY` and starting over after `JOIN_RESEND_RESET` without one. A
+join within the wait moves the re-send to its end (sent then if still joined). So a
+node whose only peer flaps every few seconds re-signs and re-sends each announcement
+three times in its first minute of flapping and once per `JOIN_RESEND_MAX_PENALTY`
+after (besides its refreshes), not on every join; a node away for longer than the wait
+re-sends at once.
 
 Serving. Requests are rate-limited per claimed source key (token buckets, bounded
 table); the overlay's source key is not authenticated, which is why nothing is stored
@@ -69,6 +80,9 @@ from .constants import (
     ANNOUNCE_RETRY_INTERVAL,
     EXPIRY_SWEEP_INTERVAL,
     HANDOFF_RATE,
+    JOIN_RESEND_MAX_PENALTY,
+    JOIN_RESEND_PENALTY,
+    JOIN_RESEND_RESET,
     LOOKUP_JOIN_WAIT,
     LOOKUP_TIMEOUT,
     MAX_HANDOFF_RECORDS,
@@ -183,6 +197,8 @@ class EngineStatistics:
     retries: int = 0
     successor_claims: int = 0
     handoffs: int = 0
+    join_resends: int = 0
+    join_resends_damped: int = 0
 
 
 # ---------------------------------------------------------------- helpers
@@ -249,6 +265,14 @@ class _Announcement:
     query: _Query | None  # the round in flight, None between rounds
     next_refresh: float
     reported: bool = False
+    #: An acknowledgement reached us while we had joined an overlay: a home there holds
+    #: (or held) the record. Until then only we do, and every join sends it at once.
+    placed: bool = False
+    #: A join asked for a re-send at this time (damped: `DhtEngine._on_join`).
+    join_due: float = math.inf
+    #: The last re-send a join triggered, and the wait after it before the next.
+    join_sent: float = -math.inf
+    join_penalty: float = 0.0
 
 
 def _remaining(expires: float, now: float) -> int:
@@ -347,9 +371,9 @@ class DhtEngine:
 
         A node alone is the closest node to every topic, so what it sends by closest
         key comes back to itself: lookups wait up to `LOOKUP_JOIN_WAIT` for it to join,
-        announcements up to `ANNOUNCE_JOIN_WAIT`, and joining sends every announcement
-        again. An engine never told its neighbours (`set_neighbours`) counts as joined:
-        it cannot know it is alone."""
+        announcements up to `ANNOUNCE_JOIN_WAIT`, and joining sends announcements again
+        (damped: "Joining" above). An engine never told its neighbours
+        (`set_neighbours`) counts as joined: it cannot know it is alone."""
         if not self._told_neighbours:
             return True
         return self._descending is not None or self._router_ascending is not None
@@ -358,7 +382,8 @@ class DhtEngine:
         """Tell the engine the router's snake neighbours (copies go to them; replies
         name them). A new descending neighbour is told at once that we succeed it;
         the first neighbour after none (the node joined) sends the parked lookups and
-        every announcement at the next `on_timer` (`next_deadline` says it is due)."""
+        the announcements due on joining at the next `on_timer` (`next_deadline` says
+        it is due)."""
         was_joined = self.joined
         self._told_neighbours = True
         descending = descending if descending != self._key else None
@@ -690,6 +715,7 @@ class DhtEngine:
         ann.request_id = self._new_id()
         self._announce_ids[ann.request_id] = ann.topic
         ann.next_refresh = math.inf
+        ann.join_due = math.inf  # whatever round goes out is what a join asked for
         if not send:
             ann.query = _Query(tries=0, retry_at=now + ANNOUNCE_JOIN_WAIT)
             return []
@@ -720,6 +746,9 @@ class DhtEngine:
         acked = ack.status == ACK_STORED
         if acked:
             self.statistics.announces_acked += 1
+            # Acknowledged while joined: a home in the overlay holds it (alone, the
+            # acknowledgement is our own).
+            ann.placed = ann.placed or self.joined
         return self._end_round(ann, acked, now)
 
     def _end_round(self, ann: _Announcement, acked: bool, now: float) -> list[Action]:
@@ -790,16 +819,37 @@ class DhtEngine:
                     self._announce_ids.pop(ann.request_id, None)
                     ann.query = None
                     actions += self._end_round(ann, False, now)
-            elif aq is None and now >= ann.next_refresh:
+            elif aq is None and now >= min(ann.next_refresh, ann.join_due):
+                if now >= ann.join_due:
+                    ann.join_due = math.inf
+                    if self.joined:
+                        self._count_join_resend(ann, now)
+                    elif now < ann.next_refresh:
+                        continue  # left again before its damped re-send: the next join asks
                 ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
                 actions += self._send_round(ann, now)
         return actions
 
+    def _count_join_resend(self, ann: _Announcement, now: float) -> None:
+        """A join re-sends `ann` now: the wait before the next join re-send doubles (up to
+        `JOIN_RESEND_MAX_PENALTY`), or starts over after a calm `JOIN_RESEND_RESET`."""
+        if now - ann.join_sent >= JOIN_RESEND_RESET:
+            ann.join_penalty = JOIN_RESEND_PENALTY
+        else:
+            ann.join_penalty = min(2 * ann.join_penalty, JOIN_RESEND_MAX_PENALTY)
+        ann.join_sent = now
+        self.statistics.join_resends += 1
+
     def _on_join(self, now: float) -> list[Action]:
-        """The node joined an overlay: send the parked lookups, and make every
-        announcement between rounds due now (sent by `on_timer` as a refresh). One
-        made while we were alone is stored only here, where nobody will look for it
-        once we have neighbours."""
+        """The node joined an overlay: send the parked lookups and the held announce
+        rounds, and make announcements between rounds due (sent by `on_timer` as a
+        refresh). One no overlay has acknowledged (made while we were alone) is stored
+        only here, where nobody will look for it once we have neighbours: it is due now.
+        One a home acknowledged before may have a new home here (we were away, the
+        overlay changed, or this is another one): it is due now too, unless a join
+        re-sent it within its damping penalty (`JOIN_RESEND_PENALTY`), and then at
+        the end of the penalty: a node whose only peer flaps does not re-sign and
+        re-send everything on every join."""
         self._just_joined = False
         if not self.joined:  # joined and left again before this timer
             return []
@@ -811,10 +861,15 @@ class DhtEngine:
                 message = encode(Lookup(lookup.request_id, lookup.topic))
                 actions.append(SendClosest(lookup.topic, message))
         for ann in self._announcements.values():
-            if ann.query is None:
-                ann.next_refresh = now  # between rounds: refresh now
-            elif ann.query.tries == 0:
-                ann.query.retry_at = now  # held unsent: send now
+            if ann.query is not None:
+                if ann.query.tries == 0:
+                    ann.query.retry_at = now  # held unsent: its first send, now
+            elif not ann.placed:
+                ann.next_refresh = now  # only we hold it: refresh now, undamped
+            else:
+                ann.join_due = max(now, ann.join_sent + ann.join_penalty)
+                if ann.join_due > now:
+                    self.statistics.join_resends_damped += 1
         return actions
 
     def _retry(self, query: _Query, now: float) -> bool:
@@ -848,5 +903,5 @@ class DhtEngine:
             if ann.query is not None:
                 deadline = min(deadline, ann.query.retry_at)
             else:
-                deadline = min(deadline, ann.next_refresh)
+                deadline = min(deadline, ann.next_refresh, ann.join_due)
         return deadline

@@ -272,8 +272,10 @@ class Dht:
 
         A node that has joined no overlay yet (no snake neighbour) holds the first round
         until it joins, at most `ANNOUNCE_JOIN_WAIT` (3 s); still alone then, it is the
-        closest node itself and stores and acknowledges its own record. Whenever the
-        node joins an overlay (again), the record is sent again at once.
+        closest node itself and stores and acknowledges its own record. When the node
+        joins an overlay (again), the record is sent again: at once if no overlay has
+        acknowledged it yet or no join re-sent it lately; for a node that keeps losing
+        and regaining its peers, at growing intervals (`JOIN_RESEND_PENALTY`, docs/dht.md).
 
         Raises:
             TypeError: `topic` is neither str nor bytes-like, or `data` is not bytes-like.
