@@ -7,7 +7,9 @@ It prints one line, ``serving KEY on URI``, once it listens.
 ``clone KEY DIR --connect tcp://HOST:PORT [--live] [--sparse START:END]`` fetches the
 log KEY into the store folder DIR (created if needed), verifying every block and the
 signed head; ``--sparse`` fetches only blocks START..END-1, ``--live`` keeps following
-the writer until interrupted. A progress bar goes to stderr when it is a terminal.
+the writer until interrupted, dialling again whenever the connection is lost or cannot
+be made (`_follow_live` says which errors it retries). A progress bar goes to stderr
+when it is a terminal.
 Both commands take ``ws://HOST:PORT/PATH`` URIs too (the link over a WebSocket).
 
 Links are `pinecone_trio`'s Noise links (``connect_link`` / ``serve_links``). This is
@@ -22,11 +24,13 @@ import argparse
 import contextlib
 import math
 import os
+import random
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import trio
 
@@ -54,6 +58,18 @@ PROGRESS_INTERVAL = 0.1
 #: A clone (not --live) that gets no block for this long stops and says why (the peer
 #: may hold only part of the log); `--stall-timeout` changes it.
 CLONE_STALL_TIMEOUT = 15.0
+#: `clone --live` dials again about this long (seconds, jittered down to half) after
+#: the connection was lost or could not be made ...
+LIVE_RETRY_FIRST = 0.5
+#: ... doubling with every failed attempt up to this (seconds): a server that comes
+#: back is found within about this long, and an absent one costs a dial per half minute.
+LIVE_RETRY_CAP = 30.0
+#: Seconds a live clone's TCP connection may be idle before the kernel probes the peer,
+#: the seconds between probes, and the unanswered probes that break the connection: a
+#: vanished peer (Wi-Fi gone, no reset) is noticed within about 30 s.
+LIVE_KEEPALIVE_IDLE = 15
+LIVE_KEEPALIVE_INTERVAL = 5
+LIVE_KEEPALIVE_COUNT = 3
 
 
 def _parse_key(text: str) -> bytes:
@@ -440,12 +456,7 @@ def _remove_store_files(folder: str) -> None:
 
 
 async def _clone_into(args: argparse.Namespace, state: _CloneState) -> int:
-    from pinecone_trio.errors import PineconeError
-    from pinecone_trio.identity import Identity
-    from pinecone_trio.link.connect import connect_link
-
-    # The transport nursery runs a ws:// connection's reader task; it outlives the link.
-    async with open_store(args.dir) as store, trio.open_nursery() as transport_nursery:
+    async with open_store(args.dir) as store:
         held_keys = store.keys()
         state.fresh = not held_keys
         if held_keys and args.key not in held_keys:
@@ -456,22 +467,40 @@ async def _clone_into(args: argparse.Namespace, state: _CloneState) -> int:
             )
         log = await store.open_log(args.key)
         rep = replication_for(log)
-        try:
-            link = await connect_link(args.connect, Identity.generate(), nursery=transport_nursery)
-        except (OSError, PineconeError) as exc:
-            raise ReplicationError(_connect_failure(args.connect, exc)) from exc
-        async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
-            # Watch the session: a dead connection ends the clone with its reason.
-            async def watch() -> None:
-                await session.wait_closed()
-                nursery.cancel_scope.cancel()
+        if args.live:
+            await _follow_live(args, log, rep, state)  # returns only by raising
+        # The transport nursery runs a ws:// connection's reader task; it outlives the link.
+        async with trio.open_nursery() as transport_nursery:
+            link = await _dial(args.connect, transport_nursery)
+            async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
+                # Watch the session: a dead connection ends the clone with its reason.
+                async def watch() -> None:
+                    await session.wait_closed()
+                    nursery.cancel_scope.cancel()
 
-            nursery.start_soon(watch)
-            await _confirm(args, rep, log, session, state)
-            await _fetch(args, rep, log, state)
-            nursery.cancel_scope.cancel()
-        print(_outcome(args, log, session, state))
+                nursery.start_soon(watch)
+                await _confirm(args, rep, log, session, state)
+                await _fetch(args, rep, log, state)
+                nursery.cancel_scope.cancel()
+            print(_outcome(args, log, session, state))
     return 0
+
+
+async def _dial(uri: str, nursery: trio.Nursery) -> NoiseLink:
+    """A Noise link to `uri` (a fresh identity: the server does not need to know us).
+
+    Raises:
+        ReplicationError: the dial or the link handshake failed; one line naming the
+            URI and the reason, with the original error as its cause.
+    """
+    from pinecone_trio.errors import PineconeError
+    from pinecone_trio.identity import Identity
+    from pinecone_trio.link.connect import connect_link
+
+    try:
+        return await connect_link(uri, Identity.generate(), nursery=nursery)
+    except (OSError, PineconeError) as exc:
+        raise ReplicationError(_connect_failure(uri, exc)) from exc
 
 
 async def _confirm(
@@ -488,16 +517,14 @@ async def _confirm(
     if rep.peers == 0:
         raise HyperlogError("the peer does not serve this log")
     start, end = args.sparse if args.sparse else (0, log.length)
-    if not args.live:
-        end = _sparse_end(start, end, log.length)
-    state.span = (start, end)
+    state.span = (start, _sparse_end(start, end, log.length))
     state.confirmed = True
 
 
 async def _fetch(
     args: argparse.Namespace, rep: LogReplication, log: Log, state: _CloneState
 ) -> None:
-    """Download the span (`--live`: follow the writer until the connection ends)."""
+    """Download the span (a clone that is not --live)."""
     start, end = state.span
 
     def progress(p: Progress) -> None:
@@ -505,21 +532,20 @@ async def _fetch(
         state.progress = p
         bar(p)
 
-    if args.live:
-        bar = _Bar(sys.stderr, None)
-        print(f"following {log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
-        await rep.download(start, None, progress=progress)  # ends with the connection
-    else:
-        bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
-        p = await _download_or_stall(rep, start, end, progress, args.stall_timeout)
-        state.progress = p
-        bar(p, final=True)
+    bar = _Bar(sys.stderr, sum(1 for i in range(start, end) if not log.has(i)))
+    p = await _download_or_stall(rep, start, end, progress, args.stall_timeout)
+    state.progress = p
+    bar(p, final=True)
+
+
+def _held(log: Log) -> str:
+    return f"length {log.length}, {log.statistics().blocks_held} blocks held"
 
 
 def _outcome(
     args: argparse.Namespace, log: Log, session: ReplicationSession, state: _CloneState
 ) -> str:
-    """The line a finished clone prints.
+    """The line a finished clone (not --live) prints.
 
     Raises:
         ReplicationError: the connection ended first: one line naming the URI and
@@ -533,10 +559,9 @@ def _outcome(
             f"{args.connect}: {ended} before serving the log; is it a `hyperlog serve`?"
         )
     start, end = state.span
-    held = f"length {log.length}, {log.statistics().blocks_held} blocks held"
-    if args.live or not log.has_range(start, end):
-        when = "" if args.live else " before the download finished"
-        raise ReplicationError(f"{args.connect}: {ended}{when}; {held}")
+    held = _held(log)
+    if not log.has_range(start, end):
+        raise ReplicationError(f"{args.connect}: {ended} before the download finished; {held}")
     p = state.progress or Progress(0, 0, 0)
     return f"cloned {log.key.hex()}: {held} ({p.blocks} fetched, {p.bytes} bytes)"
 
@@ -578,6 +603,241 @@ async def _download_or_stall(
     )
 
 
+# --- clone --live ------------------------------------------------------------------
+
+
+class _Outage:
+    """Says once that the connection is lost (or cannot be made), and once that it is
+    back: a clone retrying every 30 s for an hour would otherwise print 120 lines."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.since: float | None = None  # when it was lost (None: connected)
+
+    def lost(self, message: str) -> None:
+        if self.since is None:
+            self.since = trio.current_time()
+            _notice(message)
+
+    def back(self, *, again: bool) -> None:
+        if self.since is not None:
+            took = trio.current_time() - self.since
+            what = "connected again" if again else "connected"
+            _notice(f"hyperlog: {self.uri}: {what} after {took:.1f} s")
+            self.since = None
+
+
+def _notice(message: str) -> None:
+    """One line on stderr (over the live progress bar's line on a terminal)."""
+    erase = "\r\x1b[K" if sys.stderr.isatty() else ""
+    print(f"{erase}{message}", file=sys.stderr, flush=True)
+
+
+def _retry_delay(failures: int, rng: random.Random | None = None) -> float:
+    """Seconds before the next dial after `failures` failed ones since the peer last
+    served the log: about `LIVE_RETRY_FIRST`, doubling up to `LIVE_RETRY_CAP`, drawn from
+    [d/2, d] so clones that lost the same server do not all redial it at once."""
+    ceiling = min(LIVE_RETRY_CAP, LIVE_RETRY_FIRST * 2.0 ** min(failures, 32))
+    return (rng or random).uniform(ceiling / 2, ceiling)
+
+
+def _transient_dial(exc: BaseException) -> bool:
+    """Whether a failed dial may succeed later: the operating system's errors
+    (refused, reset, timed out, no route, a name not resolved, a refused WebSocket
+    upgrade) and a handshake cut off or timed out. A handshake the peer got wrong
+    (`BadHandshake`, a frame too large, a message that does not decrypt) is not: it
+    speaks something else."""
+    from pinecone_trio.errors import (
+        HandshakeAborted,
+        HandshakeTimeout,
+        TruncatedFrame,
+        TruncatedStream,
+    )
+
+    transient = (OSError, HandshakeAborted, HandshakeTimeout, TruncatedFrame, TruncatedStream)
+    return isinstance(exc, transient)
+
+
+def _transient_end(error: BaseException | None) -> bool:
+    """Whether a session ended in a way a new connection may mend: the peer closed it
+    (`None`: a server stopped or restarted) or the stream broke (reset, EOF inside a
+    frame, keepalive timeout). A peer dropped for breaking the protocol, sending an
+    invalid proof, a fork conflict or no hello is not: it would do it again."""
+    return error is None or isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError)
+
+
+def _keep_alive(stream: trio.abc.Stream) -> None:
+    """Have the kernel probe an idle TCP connection, so a peer that vanished without a
+    word (Wi-Fi gone, a laptop asleep) breaks it within about `LIVE_KEEPALIVE_IDLE` +
+    `LIVE_KEEPALIVE_COUNT` x `LIVE_KEEPALIVE_INTERVAL` seconds: a live clone sends
+    nothing while it waits for appends, so it would otherwise wait for ever. (ws://
+    links keep the operating system's defaults.)"""
+    if not isinstance(stream, trio.SocketStream):
+        return
+    options = [
+        (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), LIVE_KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), LIVE_KEEPALIVE_INTERVAL),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), LIVE_KEEPALIVE_COUNT),
+    ]
+    for level, name, value in options:
+        if name is not None:
+            with contextlib.suppress(OSError):  # best effort: the defaults still work
+                stream.setsockopt(level, name, value)
+
+
+class _Following:
+    """A live clone's state across its connections."""
+
+    def __init__(self, args: argparse.Namespace, log: Log, state: _CloneState) -> None:
+        self.uri: str = args.connect
+        self.start: int = args.sparse[0] if args.sparse else 0
+        self.log = log
+        self.state = state
+        self.outage = _Outage(self.uri)
+        self.bar = _Bar(sys.stderr, None)
+        self.served = False  # the last connection served the log
+        self.bytes = 0  # bytes fetched so far, over every connection
+
+    def confirm(self, session: ReplicationSession, rep: LogReplication) -> None:
+        """Check the peer serves the log (after `rep.update`), and say so if it is back.
+
+        Raises:
+            ReplicationError: the peer does not serve this log (a server for another
+                key), or ended the connection for a reason retrying cannot mend.
+        """
+        if session.closed.is_set():
+            return  # (the caller looks at why)
+        if rep.peers == 0:
+            held = f"; {_held(self.log)}" if self.state.confirmed else ""
+            raise ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
+        self.served = True
+        self.outage.back(again=self.state.confirmed)
+        if not self.state.confirmed:
+            self.state.span = (self.start, self.log.length)
+            self.state.confirmed = True
+            print(f"following {self.log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
+
+    def progress(self, base: int) -> Callable[[Progress], None]:
+        """The progress callback of one connection's download (counts from `base`)."""
+        bytes_before = self.bytes
+
+        def progress(p: Progress) -> None:
+            total = Progress(base + p.blocks, bytes_before + p.bytes, p.missing)
+            self.state.fetched = total.blocks
+            self.state.progress = total
+            self.bytes = total.bytes
+            self.bar(total)
+
+        return progress
+
+    def ended(self, error: BaseException | None) -> None:
+        """The connection ended: say so (once), or raise if retrying cannot mend it.
+
+        Raises:
+            ReplicationError: the session ended for a reason that is not transient.
+        """
+        ended = _ended(error)
+        if not self.served:
+            # Nothing of the log came before the end: maybe no hyperlog server at all.
+            message = f"{self.uri}: {ended} before serving the log; is it a `hyperlog serve`?"
+            if not _transient_end(error):
+                raise ReplicationError(message)
+            message = f"{self.uri}: {ended} before serving the log (is it a `hyperlog serve`?)"
+        else:
+            if not _transient_end(error):
+                raise ReplicationError(f"{self.uri}: {ended}; {_held(self.log)}")
+            message = f"{self.uri}: {ended}; {_held(self.log)}"
+        self.failed(f"hyperlog: {message}")
+
+    def failed(self, message: str) -> None:
+        """Say (once per outage) that the connection is lost and is being retried."""
+        self.outage.lost(f"{message}; retrying (Ctrl-C to stop)")
+
+
+async def _follow_live(
+    args: argparse.Namespace, log: Log, rep: LogReplication, state: _CloneState
+) -> NoReturn:
+    """`clone --live`: follow the writer until stopped, through lost connections.
+
+    When the connection ends or cannot be made, it says so once on stderr and dials
+    again after a backoff (`_retry_delay`: from `LIVE_RETRY_FIRST` doubling to
+    `LIVE_RETRY_CAP`, reset once the peer serves the log again), says when it is
+    connected again, and resumes from what the store holds (replication is sparse:
+    the next download fetches only what is missing).
+
+    Transient, retried: a failed dial (connection refused or reset, timed out, no
+    route to host, a name not resolved: `_transient_dial`), a handshake cut off or
+    timed out, and a connection that ends or breaks once up, or before the peer
+    served anything (the peer closed it, a reset, EOF, the link broken, a keepalive
+    timeout: `_transient_end`).
+
+    Fatal, one line and exit status 1 (or what a local error gives): the peer does
+    not serve this log (a server for another key); it fails the link handshake (not
+    our protocol); it is dropped for sending an invalid proof or signature, garbage,
+    breaking the protocol or no hello; a fork conflict; and anything local (the
+    store's errors, a bad URI, which `_cmd_clone` checks first) propagates as it is.
+    Ctrl-C and SIGTERM stop it at any point (130, 143), saying what was kept.
+
+    Raises:
+        ReplicationError: a fatal error, as above.
+        HyperlogError: a fork conflict, a storage error.
+    """
+    from pinecone_trio.errors import PineconeError
+    from pinecone_trio.identity import Identity
+    from pinecone_trio.link.connect import connect_link
+
+    following = _Following(args, log, state)
+    failures = 0  # failed dials or connections since the peer last served the log
+    # Not bounded on purpose: --live follows until Ctrl-C, SIGTERM or a fatal error;
+    # each pass dials once and then waits at least LIVE_RETRY_FIRST / 2 seconds.
+    while True:
+        following.served = False
+        # A ws:// connection's reader task runs here; it ends with the connection.
+        async with trio.open_nursery() as transport_nursery:
+            try:
+                link = await connect_link(
+                    args.connect, Identity.generate(), nursery=transport_nursery
+                )
+            except (OSError, PineconeError) as exc:
+                if not _transient_dial(exc):
+                    raise ReplicationError(_connect_failure(args.connect, exc)) from exc
+                following.failed(f"hyperlog: {_connect_failure(args.connect, exc)}")
+            else:
+                _keep_alive(link.transport_stream)
+                error = await _follow_link(link, log, rep, following)
+                following.ended(error)
+            transport_nursery.cancel_scope.cancel()
+        if following.served:
+            failures = 0
+        await trio.sleep(_retry_delay(failures))
+        failures += 1
+
+
+async def _follow_link(
+    link: NoiseLink, log: Log, rep: LogReplication, following: _Following
+) -> BaseException | None:
+    """Follow the log over one connection until it ends; returns why it ended
+    (`session.error`).
+
+    Raises:
+        ReplicationError: the peer does not serve this log.
+        HyperlogError: a fork conflict (the download stops on it), a storage error.
+    """
+    async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            await session.wait_closed()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(watch)
+        await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
+        following.confirm(session, rep)
+        progress = following.progress(following.state.fetched)
+        await rep.download(following.start, None, progress=progress)  # ends with the link
+    return session.error
+
+
 # --- wiring ----------------------------------------------------------------------------
 
 
@@ -610,7 +870,12 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         metavar="URI",
         help="tcp://HOST:PORT or ws://HOST:PORT/PATH, e.g. tcp://127.0.0.1:7000",
     )
-    p.add_argument("--live", action="store_true", help="keep following the writer")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="keep following the writer until Ctrl-C, reconnecting when the connection "
+        "is lost or cannot be made (a server for another log, a bad proof: exit status 1)",
+    )
     p.add_argument(
         "--stall-timeout",
         type=float,

@@ -1,0 +1,232 @@
+"""`hyperlog clone --live` keeps following through lost connections (real processes).
+
+Before: a live clone said the server went away and stopped when the connection ended
+(a server restarted, a laptop asleep), or when it could not be made at all, so a user
+following a log had to watch it and start it again. Now it says so once, dials again
+with a backoff, says when it is back and resumes; what retrying cannot mend (a server
+for another log) still ends it with one line and exit status 1.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperlog import cli_net
+from hyperlog.crypto import key_pair
+from hyperlog.errors import InvalidProofError, ReplicationError
+from hyperlog.log import open_store
+
+from .test_cli_failures import (
+    BOUND,
+    CMD,
+    _blocks_held,
+    _live_clone_holding,
+    _start_serve,
+    _stderr_of,
+    _store_with_log,
+)
+from .test_cli_serve_append import APPEND, _stderr_until
+
+
+async def _append(directory: Path, *blocks: bytes) -> None:
+    async with open_store(directory, create=False) as store:
+        await (await store.default_log()).append(list(blocks))
+
+
+async def _wait_held(directory: Path, blocks: int) -> None:
+    """Until the clone writing into `directory` holds `blocks` blocks."""
+    with trio.fail_after(BOUND):
+        for _ in range(BOUND * 20):  # another process's store: poll it
+            if await _blocks_held(directory) >= blocks:
+                return
+            await trio.sleep(0.05)
+
+
+async def _interrupt(proc: trio.Process) -> tuple[int, bytes]:
+    """Ctrl-C: its exit status and the rest of its stderr."""
+    proc.send_signal(signal.SIGINT)
+    with trio.fail_after(BOUND):
+        rest = await _stderr_of(proc)
+        return await proc.wait(), rest
+
+
+async def _kill(*procs: trio.Process | None) -> None:
+    """Kill what still runs, wait for it and close its pipes (the tests' `finally`)."""
+    with trio.CancelScope(shield=True), trio.fail_after(BOUND):
+        for proc in procs:
+            if proc is None:
+                continue
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    await pipe.aclose()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_a_live_clone_follows_a_server_that_restarts(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w", blocks=3)
+    serve, uri = await _start_serve(tmp_path / "w")
+    clone = again = None
+    try:
+        clone = await _live_clone_holding(key, tmp_path / "r", uri, 3)
+        serve.kill()  # a crash: no goodbye
+        with trio.fail_after(BOUND):
+            await serve.wait()
+        err = await _stderr_until(clone, b"retrying")
+        await _append(tmp_path / "w", b"while it was down", b"and more")
+        # Back on the same port, with more blocks, appending what it reads.
+        again, _ = await _start_serve(tmp_path / "w", uri, *APPEND, stdin=True)
+        await _wait_held(tmp_path / "r", 5)  # resumed: the blocks appended meanwhile
+        err += await _stderr_until(clone, b"connected again")
+        assert again.stdin is not None
+        await again.stdin.send_all(b"after the restart\n")
+        await _wait_held(tmp_path / "r", 6)  # and it follows live again
+        code, rest = await _interrupt(clone)
+    finally:
+        await _kill(serve, clone, again)
+    err += rest
+    assert code == 130, err
+    lines = err.decode().splitlines()
+    # Said once (not once per dial), naming the URI, why, and what is held.
+    lost = [line for line in lines if "retrying" in line]
+    assert lost == [
+        f"hyperlog: {uri}: the peer went away (the connection broke off); "
+        "length 3, 3 blocks held; retrying (Ctrl-C to stop)"
+    ], err
+    assert sum("connected again after" in line for line in lines) == 1, err
+    assert "stopped after fetching 6 blocks" in lines[-2], err
+    with trio.fail_after(BOUND):
+        cat = await trio.run_process([*CMD, "cat", str(tmp_path / "r")], capture_stdout=True)
+    assert cat.stdout.splitlines()[3:] == [b"while it was down", b"and more", b"after the restart"]
+
+
+async def test_a_live_clone_started_before_the_server_connects_when_it_appears(
+    tmp_path: Path,
+) -> None:
+    key = await _store_with_log(tmp_path / "w", blocks=4)
+    uri = f"tcp://127.0.0.1:{_free_port()}"
+    serve = None
+    clone = await trio.lowlevel.open_process(
+        [*CMD, "clone", key, str(tmp_path / "r"), "--connect", uri, "--live"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        err = await _stderr_until(clone, b"retrying")
+        assert f"hyperlog: {uri}: ".encode() in err and b"Connection refused" in err, err
+        assert clone.returncode is None  # still there, waiting
+        serve, _ = await _start_serve(tmp_path / "w", uri)
+        await _wait_held(tmp_path / "r", 4)
+        err += await _stderr_until(clone, b"following")
+        clone.send_signal(signal.SIGTERM)
+        with trio.fail_after(BOUND):
+            err += await _stderr_of(clone)
+            code = await clone.wait()
+    finally:
+        await _kill(serve, clone)
+    assert code == 143, err
+    assert err.count(b"retrying") == 1 and b"connected after" in err, err
+    assert b"connected again" not in err  # (it never was connected before)
+    assert b"stopped after fetching 4 blocks" in err, err
+
+
+async def test_a_server_for_another_log_ends_a_live_clone(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w", blocks=2)
+    async with open_store(tmp_path / "other") as store:
+        await store.create_log(key_pair(bytes(32)))  # another key
+    serve, uri = await _start_serve(tmp_path / "w")
+    clone = other = None
+    try:
+        clone = await _live_clone_holding(key, tmp_path / "r", uri, 2)
+        serve.kill()
+        with trio.fail_after(BOUND):
+            await serve.wait()
+        other, _ = await _start_serve(tmp_path / "other", uri)  # the same port
+        with trio.fail_after(BOUND):
+            err = await _stderr_of(clone)
+            code = await clone.wait()
+    finally:
+        await _kill(serve, clone, other)
+    assert code == 1 and b"Traceback" not in err, err
+    last = err.decode().splitlines()[-1]
+    held = "length 2, 2 blocks held"
+    assert last == f"hyperlog: error: {uri}: the peer does not serve this log; {held}", err
+    assert await _blocks_held(tmp_path / "r") == 2  # what it had is kept
+
+
+async def test_a_live_clone_of_a_log_the_server_does_not_serve_stops_at_once(
+    tmp_path: Path,
+) -> None:
+    await _store_with_log(tmp_path / "w", blocks=1)
+    serve, uri = await _start_serve(tmp_path / "w")
+    try:
+        with trio.fail_after(BOUND):
+            wrong = await trio.run_process(
+                [*CMD, "clone", "ab" * 32, str(tmp_path / "r"), "--connect", uri, "--live"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    finally:
+        await _kill(serve)
+    assert wrong.returncode == 1, wrong.stderr
+    assert wrong.stderr == f"hyperlog: error: {uri}: the peer does not serve this log\n".encode()
+    assert not (tmp_path / "r").exists()  # nothing left behind, as without --live
+
+
+# --- the pieces, without processes -----------------------------------------------------
+
+
+def test_the_retry_delay_doubles_from_half_a_second_to_its_cap() -> None:
+    rng = random.Random(7)
+    for failures, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (99, 30.0)]:
+        for _ in range(20):
+            delay = cli_net._retry_delay(failures, rng)
+            assert ceiling / 2 <= delay <= ceiling, (failures, delay)
+    assert cli_net.LIVE_RETRY_FIRST == 0.5 and cli_net.LIVE_RETRY_CAP == 30.0
+
+
+def test_which_failures_are_retried() -> None:
+    from pinecone_trio.errors import BadHandshake, HandshakeAborted, HandshakeTimeout
+
+    assert cli_net._transient_dial(ConnectionRefusedError(111, "Connection refused"))
+    assert cli_net._transient_dial(TimeoutError("no TCP connection within 5 s"))
+    assert cli_net._transient_dial(socket.gaierror(-3, "Temporary failure in name resolution"))
+    assert cli_net._transient_dial(HandshakeAborted("connection lost during the handshake"))
+    assert cli_net._transient_dial(HandshakeTimeout("no handshake"))
+    assert not cli_net._transient_dial(BadHandshake("not a Noise peer"))
+    assert cli_net._transient_end(None)  # the peer closed it
+    assert cli_net._transient_end(trio.BrokenResourceError("reset"))
+    assert cli_net._transient_end(trio.ClosedResourceError())
+    assert not cli_net._transient_end(ReplicationError("peer sent an invalid proof: x"))
+    assert not cli_net._transient_end(InvalidProofError("bad"))
+    assert not cli_net._transient_end(ReplicationError("peer sent no hello in time"))
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux keepalive options")
+async def test_a_live_clones_connection_is_probed_when_idle() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # (the backlog accepts)
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            cli_net._keep_alive(stream)
+            assert stream.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            idle = stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+            assert idle == cli_net.LIVE_KEEPALIVE_IDLE
+    finally:
+        await listeners[0].aclose()
