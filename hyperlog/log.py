@@ -134,6 +134,14 @@ def _check_blocks(data: bytes | Sequence[bytes]) -> tuple[list[bytes], int]:
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
+def _require_natural(index: int) -> None:
+    """A block index `get` can look up: negative is a ValueError, as in replication's
+    `check_index` (it was BlockNotAvailableError here and ValueError there)."""
+    _require_int(index, "a block index")
+    if index < 0:
+        raise ValueError(f"a block index must not be negative, got {index}")
+
+
 # --- the log ---------------------------------------------------------------------------
 
 
@@ -634,11 +642,12 @@ class Log:
 
         Raises:
             TypeError: if ``index`` is not an int.
+            ValueError: if ``index`` is negative.
             BlockNotAvailableError: if the block is not held here.
             CorruptStorageError: if the stored block is damaged.
         """
-        _require_int(index, "a block index")
-        if not 0 <= index < self._tree.length or not self._bitfield.get(index):
+        _require_natural(index)
+        if not index < self._tree.length or not self._bitfield.get(index):
             raise BlockNotAvailableError(f"block {index} is not available locally")
         value = self._storage.get_block(self._handle, index)
         if value is None:
@@ -668,13 +677,12 @@ class Log:
 
         Raises:
             TypeError: if ``index`` is not an int.
+            ValueError: if ``index`` is negative (as `LogReplication.get` says it).
             BlockNotAvailableError: if the block is missing and not waited for, or the
                 wait timed out.
             CorruptStorageError: if the stored block is damaged.
         """
-        _require_int(index, "a block index")
-        if index < 0:
-            raise BlockNotAvailableError(f"block {index} does not exist")
+        _require_natural(index)
         if index < self._tree.length and self._bitfield.get(index):
             value = self._storage.get_block(self._handle, index)
             if value is None:
