@@ -73,7 +73,7 @@ from .events import (
     TruncateEvent,
 )
 from .log_apply import _Group
-from .merkle import AppendBatch, MerkleTree, _require_int, byte_offset, seek
+from .merkle import AppendBatch, MerkleTree, _require_index, _require_int, byte_offset, seek
 from .proof import (
     Proof,
     ProofRequest,
@@ -132,14 +132,6 @@ def _check_blocks(data: bytes | Sequence[bytes]) -> tuple[list[bytes], int]:
 
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
-
-
-def _require_natural(index: int) -> None:
-    """A block index `get` can look up: negative is a ValueError, as in replication's
-    `check_index` (it was BlockNotAvailableError here and ValueError there)."""
-    _require_int(index, "a block index")
-    if index < 0:
-        raise ValueError(f"a block index must not be negative, got {index}")
 
 
 # --- the log ---------------------------------------------------------------------------
@@ -646,7 +638,7 @@ class Log:
             BlockNotAvailableError: if the block is not held here.
             CorruptStorageError: if the stored block is damaged.
         """
-        _require_natural(index)
+        _require_index(index)
         if not index < self._tree.length or not self._bitfield.get(index):
             raise BlockNotAvailableError(f"block {index} is not available locally")
         value = self._storage.get_block(self._handle, index)
@@ -682,7 +674,7 @@ class Log:
                 wait timed out.
             CorruptStorageError: if the stored block is damaged.
         """
-        _require_natural(index)
+        _require_index(index)
         if index < self._tree.length and self._bitfield.get(index):
             value = self._storage.get_block(self._handle, index)
             if value is None:

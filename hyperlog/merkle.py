@@ -70,6 +70,14 @@ def _require_int(value: object, what: str) -> None:
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
 
 
+def _require_index(index: object) -> None:
+    """`_require_int` for a block index a `get` looks up, and `ValueError` if it is
+    negative (a block that can never exist, unlike one not held yet)."""
+    _require_int(index, "a block index")
+    if index < 0:  # type: ignore[operator]
+        raise ValueError(f"a block index must not be negative, got {index}")
+
+
 _U64 = struct.Struct("<Q")
 _U64X2 = struct.Struct("<QQ")
 _blake2b = hashlib.blake2b

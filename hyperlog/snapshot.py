@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, final
 import trio
 
 from .errors import BlockNotAvailableError
-from .merkle import MerkleTree, _require_int, seek
+from .merkle import MerkleTree, _require_index, _require_int, seek
 
 if TYPE_CHECKING:
     from .log import Log
@@ -87,12 +87,13 @@ class LogSnapshot:
         """Return block ``index`` of the snapshot (see `Log.get`).
 
         Raises:
-            BlockNotAvailableError: if ``index`` is outside the snapshot, was truncated
+            ValueError: if ``index`` is negative (as `Log.get` says it).
+            BlockNotAvailableError: if ``index`` is past the snapshot's end, was truncated
                 away since (also while the call waited for it: the block that arrives
                 then is another fork's), or is missing and not waited for.
         """
-        _require_int(index, "a block index")
-        if not 0 <= index < self._valid_below():
+        _require_index(index)
+        if not index < self._valid_below():
             await trio.lowlevel.checkpoint()
             raise BlockNotAvailableError(f"block {index} is not in this snapshot")
         value = await self._log.get(index, wait=wait, timeout=timeout)

@@ -1,4 +1,5 @@
-"""A negative block index is a ValueError from `Log.get` as from replication's `get`.
+"""A negative block index is a ValueError from `Log.get`, a snapshot's `get` and
+replication's `get` alike.
 
 `Log.get(-1)` raised BlockNotAvailableError ("block -1 does not exist", as if it might
 exist some day) while `replication_for(log).get(-1)` raised ValueError.
@@ -35,3 +36,8 @@ async def test_a_negative_index_is_a_value_error_everywhere(tmp_path: Path) -> N
         with pytest.raises(BlockNotAvailableError):
             log.get_nowait(2)
         assert await log.get(1) == b"b"
+        snapshot = log.snapshot()
+        with pytest.raises(ValueError, match="must not be negative, got -1"):
+            await snapshot.get(-1)
+        with pytest.raises(BlockNotAvailableError):
+            await snapshot.get(2, wait=False)
