@@ -114,8 +114,9 @@ LOOKUP_JOIN_WAIT: Final = ANNOUNCE_JOIN_WAIT + REQUEST_TIMEOUT
 #: once; the next may go this long (seconds) after it at the earliest, and each further
 #: one doubles the wait ...
 JOIN_RESEND_PENALTY: Final = 10.0
-#: ... up to this: at worst a flapping node re-sends each announcement about as often as
-#: its refresh would (a re-send is a refresh: it re-signs and restarts the interval) ...
+#: ... up to this: at worst a flapping node's join re-sends of each announcement come
+#: about as often as its refreshes, on top of them (a re-send is a refresh: it re-signs
+#: and restarts the interval; measured 1.6 sends a minute per announcement, all told) ...
 JOIN_RESEND_MAX_PENALTY: Final = ANNOUNCE_REFRESH_INTERVAL
 #: ... and the wait starts over at `JOIN_RESEND_PENALTY` once an announcement has had no
 #: join re-send for this long (the node stopped flapping). A join within the wait moves

@@ -273,6 +273,9 @@ class _Announcement:
     #: The last re-send a join triggered, and the wait after it before the next.
     join_sent: float = -math.inf
     join_penalty: float = 0.0
+    #: Every send of the round in flight went out while we had joined: its
+    #: acknowledgement comes from a home in an overlay, not from ourselves.
+    round_joined: bool = False
 
 
 def _remaining(expires: float, now: float) -> int:
@@ -323,7 +326,7 @@ class DhtEngine:
         self._successor: bytes | None = None
         self._successor_heard = -math.inf
         # The node went from no snake neighbour to one since the last timer: send the
-        # parked lookups, and every announcement again (`_on_join`).
+        # parked lookups and the announcements due on joining (damped: `_on_join`).
         self._just_joined = False
         # Until `set_neighbours` is first called the engine does not know it is alone
         # (a caller that routes its messages itself, as tests do): it counts as joined.
@@ -720,6 +723,7 @@ class DhtEngine:
             ann.query = _Query(tries=0, retry_at=now + ANNOUNCE_JOIN_WAIT)
             return []
         ann.query = _Query(retry_at=now + REQUEST_TIMEOUT)
+        ann.round_joined = self.joined
         self.statistics.announces_sent += 1
         return [SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))]
 
@@ -746,9 +750,9 @@ class DhtEngine:
         acked = ack.status == ACK_STORED
         if acked:
             self.statistics.announces_acked += 1
-            # Acknowledged while joined: a home in the overlay holds it (alone, the
-            # acknowledgement is our own).
-            ann.placed = ann.placed or self.joined
+            # Sent and acknowledged while joined: a home in the overlay holds it
+            # (alone, the acknowledgement is our own).
+            ann.placed = ann.placed or (self.joined and ann.round_joined)
         return self._end_round(ann, acked, now)
 
     def _end_round(self, ann: _Announcement, acked: bool, now: float) -> list[Action]:
@@ -812,6 +816,7 @@ class DhtEngine:
                 actions += self._send_round(ann, now)
             elif aq is not None and now >= aq.retry_at:
                 if self._retry(aq, now):
+                    ann.round_joined = ann.round_joined and self.joined
                     actions.append(
                         SendClosest(ann.topic, encode(Announce(ann.request_id, ann.record)))
                     )
@@ -855,7 +860,9 @@ class DhtEngine:
             return []
         actions: list[Action] = []
         for lookup in self._lookups.values():
-            if lookup.parked:
+            # (one whose deadline has come stays parked: `on_timer` answers it from our
+            # own store rather than sending it and finishing it empty at once)
+            if lookup.parked and now < lookup.deadline:
                 lookup.parked = False
                 lookup.closest.retry_at = now + REQUEST_TIMEOUT
                 message = encode(Lookup(lookup.request_id, lookup.topic))
@@ -864,6 +871,12 @@ class DhtEngine:
             if ann.query is not None:
                 if ann.query.tries == 0:
                     ann.query.retry_at = now  # held unsent: its first send, now
+                elif not ann.round_joined:
+                    # Sent to ourselves while alone and not acknowledged yet: that
+                    # round would place it nowhere. Start it over, into the overlay.
+                    self._announce_ids.pop(ann.request_id, None)
+                    ann.record = self._sign(ann.topic, ann.data, self._record_ttl)
+                    actions += self._send_round(ann, now)
             elif not ann.placed:
                 ann.next_refresh = now  # only we hold it: refresh now, undamped
             else:

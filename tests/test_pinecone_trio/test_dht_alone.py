@@ -131,3 +131,22 @@ async def test_a_lone_node_finds_its_own_announcement_well_before_the_lookup_tim
                 await looked.wait()
         assert [r.data for r in records] == [b"v2"]
         assert trio.current_time() - start <= LOOKUP_JOIN_WAIT
+
+
+def test_a_join_when_the_lookup_is_due_answers_from_our_store() -> None:
+    """Found by a second reader: a lookup whose wait ends at its deadline (a timeout no
+    longer than `LOOKUP_JOIN_WAIT`), with the node joining at that instant, was sent
+    (wasted) and finished empty in the same timer; it answers from our store instead."""
+    engine = _alone_with_own_record()
+    rid, _ = engine.lookup(T, 4.0, timeout=1.0)
+    engine.set_neighbours(OTHER, None)
+    out = engine.on_timer(5.0)
+    [done] = [a for a in out if isinstance(a, LookupDone)]
+    assert done.request_id == rid
+    assert [r.data for r in done.records] == [b"mine"]
+    lookups = [
+        a
+        for a in out
+        if isinstance(a, SendClosest) and isinstance(wire.decode(a.payload), wire.Lookup)
+    ]
+    assert lookups == []

@@ -3,7 +3,8 @@ lookup right after start returned [] in 0.0 s, the node still alone being every 
 home, and an announce at startup was acknowledged by the node itself and stayed there).
 
 Lookups wait for the node to join (up to their timeout), the first announce round up to
-`ANNOUNCE_JOIN_WAIT`, and joining sends every announcement again. Checked on the engine
+`ANNOUNCE_JOIN_WAIT`, and joining sends the announcements due (damped for a node that
+flaps: test_dht_join_damping.py). Checked on the engine
 alone, on nodes over memory links in virtual time, and over real TCP on 127.0.0.1.
 """
 

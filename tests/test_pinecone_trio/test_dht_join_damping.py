@@ -202,3 +202,28 @@ def test_the_penalty_starts_over_after_a_calm_period() -> None:
     assert node.announces[-1] == (quiet + 1.0, TOPICS[0])
     node.advance(quiet + 1.0 + JOIN_RESEND_PENALTY)
     assert node.announces[-1] == (quiet + 1.0 + JOIN_RESEND_PENALTY, TOPICS[0])
+
+
+def test_a_round_sent_to_ourselves_still_in_flight_at_the_join_is_started_over() -> None:
+    """Found by a second reader: the first round of a lone node goes to the node itself
+    (through its outbox and router, not at once); joining in between skipped it, and the
+    node's own acknowledgement then marked the record placed: nothing went into the
+    overlay until the refresh, a minute later, and later joins were damped."""
+    topic = TOPICS[0]
+    engine = DhtEngine(Identity.from_seed(b"r" * 32))
+    engine.set_neighbours(None, None)
+    assert engine.start_announce(topic, b"v", 0.0) == []  # held: alone
+    [to_self] = engine.on_timer(ANNOUNCE_JOIN_WAIT)  # the first round, to ourselves
+    assert isinstance(to_self, SendClosest)
+    now = ANNOUNCE_JOIN_WAIT + 0.001
+    engine.set_neighbours(None, OTHER)  # a peer arrives before our ANNOUNCE comes back
+    [again] = engine.on_timer(now)
+    assert isinstance(again, SendClosest) and again.target == topic  # started over, now
+    assert isinstance(wire.decode(again.payload), wire.Announce)
+    # Our own ANNOUNCE arrives late and we acknowledge it to ourselves: the ack of the
+    # abandoned round is not taken for the overlay's.
+    for action in engine.on_message(engine.public_key, to_self.payload, to_self.target, now):
+        if isinstance(action, SendExact) and action.key == engine.public_key:
+            assert engine.on_message(engine.public_key, action.payload, None, now) == []
+    ann = engine._announcements[topic]
+    assert not ann.placed and ann.query is not None
