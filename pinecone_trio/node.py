@@ -19,7 +19,10 @@ Theory of operation
   router `PeerDown`;
 - one task per **static peer**, which keeps its URI connected and redials with
   exponential backoff and jitter;
-- the **multicast discovery** tasks, which call back into the node for each beacon.
+- the **multicast discovery** tasks, which call back into the node for each beacon;
+- the **DHT** (`Node.dht`, unless `NodeConfig(dht=False)`): its tasks store and answer
+  the topic records homed at this node's key, so that no node of the overlay is a hole
+  in it whether or not its application uses the DHT (docs/dht.md).
 
 Duplicate links between the same two keys are resolved the same way on both sides,
 without coordination: the link dialled by the lower key wins, and between two such
@@ -45,7 +48,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import asdict, replace
 from functools import partial
-from typing import Any, Final, overload
+from typing import TYPE_CHECKING, Any, Final, overload
 
 import trio
 
@@ -98,6 +101,9 @@ from .sessions.stream import SessionListener, SessionStream
 from .transports import parse_uri
 from .transports import serve as serve_transport
 
+if TYPE_CHECKING:
+    from .dht.service import Dht
+
 __all__ = [
     "BEACON_REDIAL_INTERVAL",
     "DEFAULT_MAX_PEERS",
@@ -136,6 +142,8 @@ __all__ = [
 
 class Node(RouterTaskMixin, PeeringsMixin):
     """A pinecone-trio node. Get one from `open_node`; see the module docstring."""
+
+    _dht: Dht | None = None
 
     # --- running ------------------------------------------------------------------------
 
@@ -181,6 +189,12 @@ class Node(RouterTaskMixin, PeeringsMixin):
                 await nursery.start(self._router_task)
                 nursery.start_soon(self._prepare_handshakes)
                 await nursery.start(self._sessions.run)
+                if self._config.dht:
+                    # Imported here: pinecone_trio.dht is built on this module.
+                    from .dht.service import Dht
+
+                    self._dht = Dht(self)
+                    await nursery.start(self._dht.run)
                 for uri in listen:
                     scheme = parse_uri(uri).scheme
                     handler = partial(self._accept, PeerType.REMOTE, scheme)
@@ -203,13 +217,21 @@ class Node(RouterTaskMixin, PeeringsMixin):
     async def _say_goodbye(self) -> None:
         """Close every session, telling its peer, and give the CLOSE packets up to
         `GOODBYE_GRACE` to leave through the router and the links; before that, give
-        streams the application ended up to `GOODBYE_LINGER` to be delivered."""
+        streams the application ended up to `GOODBYE_LINGER` to be delivered, and the
+        DHT's outbox (the withdrawals of announce blocks just left) up to its
+        `EXIT_GRACE` to reach the router."""
         if self._nursery is None or self._stopped:
             return
-        # Shutdown paths, polled: at most one check per millisecond. First, streams the
-        # application ended get their last bytes and FIN acknowledged (a CLOSE sent at
-        # once overtook them: the peer read a broken stream instead of its end).
+        # Shutdown paths, polled: at most one check per millisecond. First, what the
+        # DHT's outbox holds goes to the router (it would be cancelled with the node,
+        # and the records withdrawn just now stayed findable for RECORD_TTL); then
+        # streams the application ended get their last bytes and FIN acknowledged (a
+        # CLOSE sent at once overtook them: the peer read a broken stream instead of
+        # its end).
+        dht_sent = False
         try:
+            if self._dht is not None:
+                dht_sent = await self._dht._drain()
             with trio.move_on_after(GOODBYE_LINGER):
                 for _ in range(int(GOODBYE_LINGER * 1000)):
                     if not self._sessions.delivering:
@@ -220,8 +242,12 @@ class Node(RouterTaskMixin, PeeringsMixin):
             # CLOSEs still leave, as they did before there was a linger.
             self._sessions.close_all("the peer left")
             raise
-        if not self._sessions.close_all("the peer left"):
+        if not self._sessions.close_all("the peer left") and not dht_sent:
             return
+        # Everything out when seen twice in a row, a poll apart: `idle` cannot see a
+        # writer task that took the last frames and is still writing them (a link with
+        # no direct write, memory or WebSocket), which the cancellation cut short.
+        quiet = 0
         with trio.move_on_after(GOODBYE_GRACE):
             for _ in range(int(GOODBYE_GRACE * 1000)):
                 if (
@@ -229,7 +255,11 @@ class Node(RouterTaskMixin, PeeringsMixin):
                     and not self._inbox_send.statistics().current_buffer_used
                     and all(peering.idle for peering in self._peerings.values())
                 ):
-                    return
+                    quiet += 1
+                    if quiet == 2:
+                        return
+                else:
+                    quiet = 0
                 await trio.sleep(0.001)
 
     async def _prepare_handshakes(self) -> None:
@@ -354,6 +384,18 @@ class Node(RouterTaskMixin, PeeringsMixin):
     def sessions(self) -> SessionManager:
         """The end-to-end session manager (statistics, advanced use)."""
         return self._sessions
+
+    @property
+    def dht(self) -> Dht | None:
+        """The DHT this node serves (`pinecone_trio.dht.Dht`: `announce`, `lookup`,
+        `status`), or None with `NodeConfig(dht=False)` (or before the node runs).
+
+        Every node serves it by default: it stores and answers the topic records homed
+        at its key whether or not the application uses the DHT, so that the topics
+        homed here stay findable for everyone (docs/dht.md). Closed once the node
+        stops. `open_dht(node)` yields this same object.
+        """
+        return self._dht
 
     # --- public API: overlay datagrams -----------------------------------------------
 

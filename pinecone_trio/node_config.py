@@ -99,6 +99,12 @@ class NodeConfig:
     #: kernel after every large packet (glibc only, process-wide, set by the first node
     #: that runs; see `pinecone_trio._allocator`). False leaves the C allocator as it is.
     tune_allocator: bool = True
+    #: Serve the DHT (`Node.dht`): store and answer the topic records homed at this
+    #: node's key, whether or not the application announces or looks anything up.
+    #: False makes the node a hole in the DHT of the overlay: the topics homed at its
+    #: key (about 1/N of them among N nodes) can then be neither announced nor found,
+    #: by anyone (docs/dht.md). For an overlay whose applications use no DHT.
+    dht: bool = True
 
 
 def handshake_message_timeout(handshake_timeout: float) -> float:

@@ -93,6 +93,11 @@ class Dht:
         #: What the timer task sleeps until (it is woken when the engine's moves earlier).
         self._timer_deadline = math.inf
         self._sender_done = trio.Event()
+        #: Datagrams put in the outbox, and how many of them the sender has handed to
+        #: the node since (or given up on); `_drain` waits for the second to catch up.
+        self._queued = 0
+        self._handed = 0
+        self._handed_lot = trio.lowlevel.ParkingLot()
         self._lookups: dict[int, _Waiter] = {}
         self._announces: dict[bytes, _Waiter] = {}
         self.outbox_drops = 0
@@ -134,6 +139,8 @@ class Dht:
                     self._outbox_send.send_nowait(action)
                 except (trio.WouldBlock, trio.ClosedResourceError):  # full, or closing
                     self.outbox_drops += 1
+                else:
+                    self._queued += 1
             elif isinstance(action, LookupDone):
                 waiter = self._lookups.pop(action.request_id, None)
                 if waiter is not None:
@@ -175,8 +182,26 @@ class Dht:
                         await self._service.send_closest(action.target, action.payload)
                 except (trio.ClosedResourceError, trio.BrokenResourceError):
                     return
+                finally:
+                    self._handed += 1
+                    if self._handed_lot:
+                        self._handed_lot.unpark_all()
         finally:
             self._sender_done.set()
+            self._handed_lot.unpark_all()
+
+    async def _drain(self) -> bool:
+        """Wait until what the outbox holds now has been handed to the node (the
+        withdrawals of announce blocks just left), for at most `EXIT_GRACE` and even
+        when cancelled, without closing it: the DHT keeps running. True if the outbox
+        held anything (the caller may then give the node time to send it)."""
+        target = self._queued
+        if self._handed >= target:
+            return False
+        with trio.move_on_after(EXIT_GRACE, shield=True):
+            while self._handed < target and not self._sender_done.is_set():
+                await self._handed_lot.park()
+        return True
 
     async def _flush(self) -> None:
         """Refuse new requests, then let the sender empty the outbox, for at most
@@ -323,12 +348,29 @@ def vars_of(obj: object) -> dict[str, int]:
 
 @asynccontextmanager
 async def open_dht(node: Node) -> AsyncIterator[Dht]:
-    """Run a DHT on `node` for the duration of the block.
+    """The DHT of `node`, for the duration of the block.
+
+    A node serves the DHT itself by default (`node.dht`, `NodeConfig.dht`): then this
+    yields that running DHT, and leaving the block does not stop it (the node serves
+    until it stops); it only waits, up to `EXIT_GRACE`, for the withdrawals of announce
+    blocks left just before to be handed to the node, as a DHT of its own would. On a
+    node started with `NodeConfig(dht=False)`, it runs a DHT of its own on the node for
+    the duration of the block, as before 2026-11-23 (the node is a hole in the DHT
+    while no block runs: docs/dht.md).
 
     Raises:
-        RuntimeError: a DHT is already open on this node (it would split the messages).
+        RuntimeError: a DHT of its own is already open on this node (it would split
+            the messages; not raised when the node serves the DHT itself).
         NodeCrashedError: a background task of the DHT failed.
     """
+    served = node.dht
+    if served is not None:
+        try:
+            yield served
+        finally:
+            # The withdrawal of an announce block left just now is still in the outbox.
+            await served._drain()
+        return
     if node in _open_on:
         raise RuntimeError("a DHT is already open on this node")
     _open_on.add(node)

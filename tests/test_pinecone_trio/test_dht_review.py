@@ -21,7 +21,13 @@ from pinecone_trio.dht.engine import Action, DhtEngine, LookupDone, SendExact
 from pinecone_trio.dht.service import EXIT_GRACE
 from pinecone_trio.dht.store import PutResult, RecordStore
 from pinecone_trio.identity import Identity
+from pinecone_trio.node import NodeConfig
 from pinecone_trio.testing import open_network
+
+#: The nodes serve the DHT themselves (the default: open_dht yields theirs), or not
+#: (open_dht runs one of its own for the block).
+SERVED = [None, NodeConfig(dht=False)]
+SERVED_IDS = ["node-dht", "open-dht-only"]
 
 #: A wall-clock time (seconds since the epoch) the tests' clocks start from.
 WALL = 1_800_000_000.0
@@ -75,13 +81,14 @@ def test_forged_successor_claims_cannot_make_a_node_push_its_store_out_again_and
     assert _stores(engine.on_timer(now)).count(new_descending) == 30
 
 
+@pytest.mark.parametrize("config", SERVED, ids=SERVED_IDS)
 async def test_leaving_open_dht_right_after_an_announce_block_still_withdraws(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, config: NodeConfig | None
 ) -> None:
     # `async with open_dht(node) as dht, dht.announce(t):` queued the withdrawal with
     # send_nowait, and the service nursery cancelled the sender before it ran: the
     # record of the node that left stayed findable for RECORD_TTL.
-    async with open_network([("a", "b")]) as net:
+    async with open_network([("a", "b")], config=config) as net:
         with trio.fail_after(60):
             await net.wait_converged()
         a, b = net["a"], net["b"]
@@ -102,10 +109,11 @@ async def test_leaving_open_dht_right_after_an_announce_block_still_withdraws(
             assert await dht_b.lookup(topic) == []
 
 
+@pytest.mark.parametrize("config", SERVED, ids=SERVED_IDS)
 async def test_leaving_open_dht_while_cancelled_is_bounded_by_the_grace(
-    autojump_clock: trio.testing.MockClock,
+    autojump_clock: trio.testing.MockClock, config: NodeConfig | None
 ) -> None:
-    async with open_network([("a", "b")]) as net:
+    async with open_network([("a", "b")], config=config) as net:
         with trio.fail_after(60):
             await net.wait_converged()
         with trio.CancelScope() as scope:

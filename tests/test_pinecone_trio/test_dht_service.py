@@ -10,8 +10,12 @@ import trio.testing
 from pinecone_trio import Identity, LocalProtocolError
 from pinecone_trio.dht import open_dht, topic_id
 from pinecone_trio.dht.constants import MAX_RECORD_DATA
-from pinecone_trio.node import SERVICE_DHT, open_node
+from pinecone_trio.node import SERVICE_DHT, NodeConfig, open_node
 from pinecone_trio.testing import open_network
+
+#: Nodes that do not serve the DHT themselves: `open_dht` runs one of its own, for the
+#: block (and the other nodes of a network are holes, answering nothing).
+NO_DHT = NodeConfig(dht=False)
 
 
 async def test_single_node_finds_itself(autojump_clock: trio.testing.MockClock) -> None:
@@ -25,7 +29,7 @@ async def test_single_node_finds_itself(autojump_clock: trio.testing.MockClock) 
 
 
 async def test_one_dht_per_node_and_local_errors(autojump_clock: trio.testing.MockClock) -> None:
-    async with open_node(Identity.generate()) as node, open_dht(node) as dht:
+    async with open_node(Identity.generate(), config=NO_DHT) as node, open_dht(node) as dht:
         with pytest.raises(RuntimeError):
             async with open_dht(node):
                 pass  # pragma: no cover
@@ -38,14 +42,15 @@ async def test_one_dht_per_node_and_local_errors(autojump_clock: trio.testing.Mo
                     pass  # pragma: no cover
             assert len(await dht.lookup("t")) == 1
     # Closed: a new DHT can be opened on another node run.
-    async with open_node(Identity.generate()) as node, open_dht(node):
+    async with open_node(Identity.generate(), config=NO_DHT) as node, open_dht(node):
         pass
 
 
 async def test_closed_dht_refuses_and_wakes_waiters(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_network([("a", "b")]) as net:
+    # A DHT open_dht ran itself (the node serves none) is closed when its block ends.
+    async with open_network([("a", "b")], config=NO_DHT) as net:
         with trio.fail_after(60):
             await net.wait_converged()
         async with open_dht(net["a"]) as dht:
@@ -81,7 +86,7 @@ async def test_closed_dht_refuses_and_wakes_waiters(
 async def test_cancelled_lookup_leaves_nothing_pending(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    async with open_network([("a", "b"), ("b", "c")]) as net:
+    async with open_network([("a", "b"), ("b", "c")], config=NO_DHT) as net:
         with trio.fail_after(60):
             await net.wait_converged()
         async with open_dht(net["a"]) as dht:  # b and c run no DHT: nobody answers
