@@ -9,10 +9,10 @@ it listens on (ports resolved), then peers and the root as they change (not with
 PATH atomically every second with `node.status()` (and the DHT's status under "dht").
 SIGINT or SIGTERM shut the node down cleanly.
 
-The node runs the DHT service (`pinecone_trio.dht.open_dht`) unless `--no-dht` is
-given: a topic's records are stored on the node whose key is closest to the topic id,
-whoever that is, so a relay without it is a hole in the DHT of the apps around it
-(docs/dht.md).
+The node serves the DHT (`Node.dht`), as every node does by default, unless `--no-dht`
+is given (`NodeConfig(dht=False)`): a topic's records are stored on the node whose key
+is closest to the topic id, whoever that is, so a relay without it is a hole in the
+DHT of the apps around it (docs/dht.md).
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from typing import Any
 import trio
 
 from ._util import installed_version
-from .dht import Dht, open_dht
+from .dht import Dht
 from .discovery.beacon import INTERFACE_RESCAN_INTERVAL
 from .errors import PineconeError
 from .events import NodeEvent
 from .identity import Identity
-from .node import Node, open_node
+from .node import Node, NodeConfig, open_node
 from .transports.base import check_process_uri
 
 #: How often `--status-json` is rewritten.
@@ -179,18 +179,18 @@ async def _report_static_peers(node: Node) -> None:
         await trio.sleep(STATIC_REPORT_INTERVAL)
 
 
-def _status(node: Node, dht: Dht | None) -> dict[str, Any]:
-    """`node.status()` with the DHT's under "dht" (None when it runs none)."""
-    return {**node.status(), "dht": None if dht is None else dht.status()}
+def _status(node: Node) -> dict[str, Any]:
+    """`node.status()` with its DHT's under "dht" (None when it serves none)."""
+    return {**node.status(), "dht": None if node.dht is None else node.dht.status()}
 
 
-async def _write_status(node: Node, dht: Dht | None, path: str) -> None:
+async def _write_status(node: Node, path: str) -> None:
     # A status file that cannot be written (directory gone, disk full) is reported,
     # once per distinct error, but does not stop the relay.
     last_error = ""
     while True:
         try:
-            await trio.to_thread.run_sync(write_json_atomically, path, _status(node, dht))
+            await trio.to_thread.run_sync(write_json_atomically, path, _status(node))
         except OSError as exc:
             error = _os_error_text(exc)
             if error != last_error:
@@ -204,17 +204,14 @@ async def _write_status(node: Node, dht: Dht | None, path: str) -> None:
 async def _run(args: argparse.Namespace) -> None:
     identity = Identity.load_or_create(args.key)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with (
-            open_node(
-                identity,
-                listen=args.listen,
-                static_peers=args.connect,
-                multicast=args.multicast,
-                multicast_interfaces=args.multicast_interface,
-            ) as node,
-            contextlib.AsyncExitStack() as stack,
-        ):
-            dht = None if args.no_dht else await stack.enter_async_context(open_dht(node))
+        async with open_node(
+            identity,
+            listen=args.listen,
+            static_peers=args.connect,
+            multicast=args.multicast,
+            multicast_interfaces=args.multicast_interface,
+            config=NodeConfig(dht=not args.no_dht),
+        ) as node:
             # Printed even with --quiet: with port 0 this is the only way to learn the
             # port (besides --status-json), and it is said once.
             print(f"public key {node.public_key.hex()}", flush=True)
@@ -222,20 +219,20 @@ async def _run(args: argparse.Namespace) -> None:
                 print(f"listening on {uri}", flush=True)
             for line in _describe_peering(node, args):
                 print(line, flush=True)
-            _say(args.quiet, _describe_dht(dht))
+            _say(args.quiet, _describe_dht(node.dht))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_print_events, node, args.quiet)
                 if args.connect:
                     nursery.start_soon(_report_static_peers, node)
                 if args.status_json:
-                    nursery.start_soon(_write_status, node, dht, args.status_json)
+                    nursery.start_soon(_write_status, node, args.status_json)
                 async for signum in signals:
                     _say(args.quiet, f"{signal.Signals(signum).name}: shutting down")
                     nursery.cancel_scope.cancel()
                     break
         if args.status_json:
             try:
-                write_json_atomically(args.status_json, {**_status(node, dht), "stopped": True})
+                write_json_atomically(args.status_json, {**_status(node), "stopped": True})
             except OSError as exc:  # reported; the shutdown itself was clean
                 print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
 
