@@ -3,10 +3,11 @@
 Run:  python examples/dht_demo.py [--nodes 12] [--seed N]
 
 Starts N nodes in this process, peered over real TCP on 127.0.0.1 in a random
-connected graph, and waits for the overlay to converge. Two nodes ("alice" and "bob")
-announce the topic "demo/chat" on the DHT and listen for "/chat/v1" streams; a third
-("carol") looks the topic up, opens an encrypted session stream to every peer it
-found and exchanges a message with each. Every step prints what happened and how long
+connected graph, and waits for the overlay to converge. Every node serves the DHT (a
+node does by default: `node.dht`). Two nodes ("alice" and "bob") announce the topic
+"demo/chat" on it and listen for "/chat/v1" streams; a third ("carol") looks the topic
+up, opens an encrypted session stream to every peer it found and exchanges a message
+with each. Every step prints what happened and how long
 it took; the program exits 0 on its own (within about 30 s), 1 if anything fails.
 """
 
@@ -20,7 +21,7 @@ from collections.abc import Callable
 
 import trio
 
-from pinecone_trio.dht import Dht, open_dht
+from pinecone_trio.dht import Dht
 from pinecone_trio.identity import PublicKey
 from pinecone_trio.node import Node, NodeConfig
 from pinecone_trio.router import RouterConfig
@@ -112,18 +113,14 @@ async def main(n: int, seed: int) -> int:
             roles = {alice: "alice", bob: "bob", carol: "carol"}
             for node_name, role in roles.items():
                 say(f"{role:5} is {node_name}, key {net[node_name].public_key.short()}…")
+            # Every node serves the DHT from its start (NodeConfig.dht, the default).
+            dhts: dict[str, Dht] = {}
+            for node_name in names:
+                dht = net[node_name].dht
+                assert dht is not None
+                dhts[node_name] = dht
+            say(f"DHT served by all {n} nodes (node.dht: every node's, by default)")
             async with trio.open_nursery() as nursery:
-                dhts: dict[str, Dht] = {}
-
-                async def run_dht(node_name: str, *, task_status: trio.TaskStatus[None]) -> None:
-                    async with open_dht(net[node_name]) as dht:
-                        dhts[node_name] = dht
-                        task_status.started()
-                        await trio.sleep_forever()
-
-                for node_name in names:
-                    await nursery.start(run_dht, node_name)
-                say(f"DHT running on all {n} nodes")
                 for node_name in (alice, bob):
                     await nursery.start(
                         announce_and_serve, roles[node_name], net[node_name], dhts[node_name], say
