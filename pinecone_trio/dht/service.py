@@ -33,7 +33,7 @@ from .._util import open_service_nursery
 from ..identity import PublicKey
 from ..node import SERVICE_DHT, Node, OverlayService
 from ..node_config import GOODBYE_GRACE
-from .constants import LOOKUP_TIMEOUT
+from .constants import LOOKUP_TIMEOUT, SUCCESSOR_INTERVAL
 from .crypto import topic_id
 from .engine import (
     Action,
@@ -48,8 +48,14 @@ from .engine import (
 #: Datagrams the engine may have waiting to be sent before more are dropped (counted).
 OUTBOX_SIZE: Final = 1024
 #: The snake neighbours are re-read at least this often (seconds), besides on every
-#: node state change (the ascending neighbour changes without an event).
-NEIGHBOUR_POLL_INTERVAL: Final = 1.0
+#: node state change and every DHT message (the router's ascending guess changes
+#: without an event). The timer task re-reads them whenever it wakes and sleeps no
+#: longer than this, so on a node with a predecessor the poll rides on the wake that
+#: sends it our SUCCESSOR claim: an idle node wakes for the DHT once per
+#: `SUCCESSOR_INTERVAL`. (It was 1 s, in a task of its own, until 2026-11-22, when
+#: every node came to serve the DHT: over 20 idle nodes in one process, that wake cost
+#: about as much CPU as everything else the DHT does.)
+NEIGHBOUR_POLL_INTERVAL: Final = SUCCESSOR_INTERVAL
 #: Leaving `open_dht`, what the outbox still holds (the withdrawals of the announce
 #: blocks just left) is sent for at most this long, shielded (the node's goodbye grace).
 EXIT_GRACE: Final = GOODBYE_GRACE
@@ -213,11 +219,15 @@ class Dht:
 
     async def _timers(self) -> None:
         while True:
-            self._timer_deadline = self.engine.next_deadline()
+            now = trio.current_time()
+            # The neighbour poll (NEIGHBOUR_POLL_INTERVAL), on every wake: a new
+            # descending neighbour is told at once by the `on_timer` just below.
+            self.engine.set_neighbours(*self._node.snake_neighbours())
+            self._apply(self.engine.on_timer(now), wake=False)
+            self._timer_deadline = min(self.engine.next_deadline(), now + NEIGHBOUR_POLL_INTERVAL)
             with trio.move_on_at(self._timer_deadline):
                 await self._wake.wait()
             self._wake = trio.Event()
-            self._apply(self.engine.on_timer(trio.current_time()), wake=False)
 
     def _update_neighbours(self) -> None:
         self.engine.set_neighbours(*self._node.snake_neighbours())
@@ -230,8 +240,7 @@ class Dht:
 
     async def _watch_neighbours(self) -> None:
         while True:
-            with trio.move_on_after(NEIGHBOUR_POLL_INTERVAL):
-                await self._node.wait_changed()
+            await self._node.wait_changed()
             self._update_neighbours()
 
     # ------------------------------------------------------------ public API
