@@ -8,13 +8,18 @@ async with open_dht(node) as dht:
 ```
 
 The DHT rides on the node's overlay service 2 (`SERVICE_DHT`): closest-key datagrams to
-topic ids and exact-key replies. `open_dht` owns a nursery with four tasks: one reads
-exact-key datagrams, one closest-key datagrams, one sends what the engine asks to send,
-and one sleeps until the engine's next deadline (retries, refreshes, expiry) and keeps
-the engine told of the node's snake neighbours. The engine is only ever touched from
-synchronous code between checkpoints, so its state changes are atomic. Leaving
-`open_dht` closes the outbox and gives the sender `EXIT_GRACE` (shielded) to send what
-it holds, so the withdrawal of an `announce` block left just before is not lost.
+topic ids and exact-key replies. Every node runs one from its start (`Node.dht`, unless
+`NodeConfig(dht=False)`), its tasks in the node's nursery; `open_dht` yields that one,
+or on a node without runs one of its own for the block. `Dht.run` holds five tasks: one
+reads exact-key datagrams, one closest-key datagrams, one sends what the engine asks to
+send, one sleeps until the engine's next deadline (retries, refreshes, expiry, the
+successor claim) and re-reads the node's snake neighbours on every wake, and one
+re-reads them on every node state change. The engine is only ever touched from
+synchronous code between checkpoints, so its state changes are atomic. Leaving a DHT
+of its own, `open_dht` closes the outbox and gives the sender `EXIT_GRACE` (shielded)
+to send what it holds, so the withdrawal of an `announce` block left just before is not
+lost; leaving the node's, it waits as long for what the outbox holds to reach the node,
+and so does the node when it leaves.
 """
 
 from __future__ import annotations
@@ -53,8 +58,8 @@ OUTBOX_SIZE: Final = 1024
 #: longer than this, so on a node with a predecessor the poll rides on the wake that
 #: sends it our SUCCESSOR claim: an idle node wakes for the DHT once per
 #: `SUCCESSOR_INTERVAL`. (It was 1 s, in a task of its own, until 2026-11-22, when
-#: every node came to serve the DHT: over 20 idle nodes in one process, that wake cost
-#: about as much CPU as everything else the DHT does.)
+#: every node came to serve the DHT: over 20 idle nodes in one process, that wake was
+#: over a third of the CPU the DHT cost.)
 NEIGHBOUR_POLL_INTERVAL: Final = SUCCESSOR_INTERVAL
 #: Leaving `open_dht`, what the outbox still holds (the withdrawals of the announce
 #: blocks just left) is sent for at most this long, shielded (the node's goodbye grace).
