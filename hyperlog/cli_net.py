@@ -670,9 +670,12 @@ def _keep_alive(stream: trio.abc.Stream) -> None:
     """Have the kernel probe an idle TCP connection, so a peer that vanished without a
     word (Wi-Fi gone, a laptop asleep) breaks it within about `LIVE_KEEPALIVE_IDLE` +
     `LIVE_KEEPALIVE_COUNT` x `LIVE_KEEPALIVE_INTERVAL` seconds: a live clone sends
-    nothing while it waits for appends, so it would otherwise wait for ever. (ws://
-    links keep the operating system's defaults.)"""
-    if not isinstance(stream, trio.SocketStream):
+    nothing while it waits for appends, so it would otherwise wait for ever. `stream`
+    is a link's transport stream: a tcp:// one, or a ws:// one, whose TCP connection
+    gets the same options (it used to keep the system's defaults, and a clone over
+    ws:// never noticed a vanished server)."""
+    sock = _tcp_under(stream)
+    if sock is None:
         return
     options = [
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
@@ -683,7 +686,16 @@ def _keep_alive(stream: trio.abc.Stream) -> None:
     for level, name, value in options:
         if name is not None:
             with contextlib.suppress(OSError):  # best effort: the defaults still work
-                stream.setsockopt(level, name, value)
+                sock.setsockopt(level, name, value)
+
+
+def _tcp_under(stream: trio.abc.Stream) -> trio.SocketStream | None:
+    """The TCP connection a link's transport stream runs over (None: not TCP)."""
+    from pinecone_trio.transports.websocket import WebSocketStream
+
+    if isinstance(stream, WebSocketStream):
+        return stream.socket_stream
+    return stream if isinstance(stream, trio.SocketStream) else None
 
 
 class _Following:

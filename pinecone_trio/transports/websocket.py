@@ -10,7 +10,8 @@ text message is a protocol violation and breaks the stream.
 trio-websocket reads the socket in `receive_buffer_size` pieces; its default of 4 KiB
 costs 2-4x in throughput (shared/anchors/py/results.md §7), so we use
 `WS_RECEIVE_BUFFER_SIZE`. A client connection needs a background reader task: `dial`
-runs it in the nursery you pass, which must outlive the stream.
+runs it in the nursery you pass, which must outlive the stream; the stream's
+`socket_stream` is its TCP connection (to set keepalive options on).
 """
 
 from __future__ import annotations
@@ -67,6 +68,14 @@ class WebSocketStream(trio.abc.Stream):
         self._eof = False
         self._send_conflict = ConflictDetector("sending on this WebSocket stream")
         self._receive_conflict = ConflictDetector("receiving on this WebSocket stream")
+
+    @property
+    def socket_stream(self) -> trio.SocketStream | None:
+        """The TCP connection a dialled WebSocket runs over, for socket options such as
+        keepalive (`setsockopt`); None for a stream a listener accepted (trio-websocket
+        keeps that socket to itself). Only set options on it: the WebSocket owns its
+        bytes."""
+        return self._raw if isinstance(self._raw, trio.SocketStream) else None
 
     def _closed_error(
         self, exc: BaseException

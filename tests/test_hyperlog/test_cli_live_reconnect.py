@@ -15,7 +15,6 @@ import socket
 import subprocess
 from pathlib import Path
 
-import pytest
 import trio
 
 from hyperlog import cli_net
@@ -216,17 +215,3 @@ def test_which_failures_are_retried() -> None:
     assert not cli_net._transient_end(ReplicationError("peer sent an invalid proof: x"))
     assert not cli_net._transient_end(InvalidProofError("bad"))
     assert not cli_net._transient_end(ReplicationError("peer sent no hello in time"))
-
-
-@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux keepalive options")
-async def test_a_live_clones_connection_is_probed_when_idle() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # (the backlog accepts)
-    port = listeners[0].socket.getsockname()[1]
-    try:
-        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-            cli_net._keep_alive(stream)
-            assert stream.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-            idle = stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
-            assert idle == cli_net.LIVE_KEEPALIVE_IDLE
-    finally:
-        await listeners[0].aclose()

@@ -1,0 +1,117 @@
+"""`hyperlog clone --live` notices a server that vanished without a word.
+
+A live clone sends nothing while it waits for appends, so a server whose network went
+away (Wi-Fi gone, a laptop asleep: no reset) is found out only by the kernel probing
+the connection. Before: only tcp:// links were probed; over ws:// the clone waited
+for ever and never followed the server again when it came back.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from hyperlog import cli_net
+from pinecone_trio import transports
+
+from ..test_pinecone_trio.netns_helpers import Program, laptops
+from .test_cli_failures import _blocks_held, _store_with_log
+
+
+async def _idle_probes(stream: trio.SocketStream) -> None:
+    assert stream.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        idle = stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        assert idle == cli_net.LIVE_KEEPALIVE_IDLE
+
+
+async def test_a_live_clones_tcp_connection_is_probed_when_idle() -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # (the backlog accepts)
+    port = listeners[0].socket.getsockname()[1]
+    try:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            cli_net._keep_alive(stream)
+            await _idle_probes(stream)
+    finally:
+        await listeners[0].aclose()
+
+
+async def test_a_live_clones_ws_connection_is_probed_when_idle() -> None:
+    async def handler(stream: trio.abc.Stream) -> None:
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(transports.serve, "ws://127.0.0.1:0/log", handler)
+            stream = await transports.dial(bound, nursery=nursery)
+            assert isinstance(stream, transports.WebSocketStream)
+            cli_net._keep_alive(stream)
+            assert stream.socket_stream is not None
+            await _idle_probes(stream.socket_stream)
+            await stream.aclose()
+            nursery.cancel_scope.cancel()
+
+
+def _wait_held(directory: Path, blocks: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # another process's store: poll it
+        if trio.run(_blocks_held, directory) >= blocks:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{directory} did not reach {blocks} blocks in {timeout} s")
+
+
+def _unplug(namespace: str) -> None:
+    """Set the namespace's cable down: nothing it sends leaves, nothing reaches it."""
+    shown = subprocess.run(
+        ["ip", "-n", namespace, "-o", "link", "show", "type", "veth"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    veth = shown.stdout.split(":")[1].strip().split("@")[0]  # "3: NAME@if2: <...>"
+    subprocess.run(["ip", "-n", namespace, "link", "set", veth, "down"], check=True, timeout=10)
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_a_live_clone_notices_a_vanished_server_over_tcp_and_ws(tmp_path: Path) -> None:
+    """Two laptops joined by a cable; the server's end of the cable goes down (no
+    reset, nothing answers). Each clone says the server went away within the
+    keepalive's ~30 s (bound: 60 s), over tcp:// and over ws://."""
+    uris = {"tcp": "tcp://10.65.0.2:7000", "ws": "ws://10.65.0.2:7001/log"}
+    keys = {name: trio.run(_store_with_log, tmp_path / f"w-{name}", 3) for name in uris}
+    with laptops(2, line=True) as (ns_clone, ns_server):
+        running: list[Program] = []
+        try:
+            for name, uri in uris.items():
+                serve = Program(
+                    ns_server,
+                    ["-m", "hyperlog.cli", "serve", str(tmp_path / f"w-{name}"), "--listen", uri],
+                    tmp_path,
+                )
+                running.append(serve)
+                serve.wait_for_line("serving", timeout=60)
+            clones = {}
+            for name, uri in uris.items():
+                args = ["clone", keys[name], str(tmp_path / f"r-{name}"), "--connect", uri]
+                clones[name] = Program(ns_clone, ["-m", "hyperlog.cli", *args, "--live"], tmp_path)
+                running.append(clones[name])
+            for name in uris:
+                _wait_held(tmp_path / f"r-{name}", 3, timeout=60)
+            _unplug(ns_server)
+            t0 = time.monotonic()
+            for name, uri in uris.items():
+                line = clones[name].wait_for_line(f"hyperlog: {uri}: ", timeout=60)
+                took = time.monotonic() - t0
+                assert "went away" in line and "retrying" in line, clones[name].output
+                assert took < 50, (name, took, clones[name].output)
+        finally:
+            for proc in running:
+                proc.stop()
