@@ -679,7 +679,7 @@ def _keep_alive(stream: trio.abc.Stream) -> None:
         return
     options = [
         (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
-        (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPIDLE", None), LIVE_KEEPALIVE_IDLE),
+        (socket.IPPROTO_TCP, _keepalive_idle_option(), LIVE_KEEPALIVE_IDLE),
         (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), LIVE_KEEPALIVE_INTERVAL),
         (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), LIVE_KEEPALIVE_COUNT),
     ]
@@ -687,6 +687,18 @@ def _keep_alive(stream: trio.abc.Stream) -> None:
         if name is not None:
             with contextlib.suppress(OSError):  # best effort: the defaults still work
                 sock.setsockopt(level, name, value)
+
+
+def _keepalive_idle_option() -> int | None:
+    """The option setting a connection's idle time before the first keepalive probe:
+    TCP_KEEPIDLE (Linux, Windows, the BSDs), or TCP_KEEPALIVE on macOS, which names it
+    so and has no TCP_KEEPIDLE (Python exposes it since 3.10). Without it a clone on a
+    Mac probed only after the system's two hours."""
+    for name in ("TCP_KEEPIDLE", "TCP_KEEPALIVE"):
+        option = getattr(socket, name, None)
+        if option is not None:
+            return int(option)
+    return None
 
 
 def _tcp_under(stream: trio.abc.Stream) -> trio.SocketStream | None:

@@ -25,20 +25,41 @@ from .test_cli_failures import _blocks_held, _store_with_log
 
 async def _idle_probes(stream: trio.SocketStream) -> None:
     assert stream.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
-    if hasattr(socket, "TCP_KEEPIDLE"):
-        idle = stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
-        assert idle == cli_net.LIVE_KEEPALIVE_IDLE
+    # The idle time, through whichever name the platform has (macOS: TCP_KEEPALIVE).
+    idle_option = getattr(socket, "TCP_KEEPIDLE", None)
+    if idle_option is None:
+        idle_option = socket.TCP_KEEPALIVE
+    idle = stream.getsockopt(socket.IPPROTO_TCP, idle_option)
+    assert idle == cli_net.LIVE_KEEPALIVE_IDLE
+
+
+async def _probed_tcp_stream() -> tuple[trio.SocketStream, trio.SocketListener]:
+    """A connected stream (the listener's backlog accepts it) after `_keep_alive`."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    cli_net._keep_alive(stream)
+    return stream, listeners[0]
 
 
 async def test_a_live_clones_tcp_connection_is_probed_when_idle() -> None:
-    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")  # (the backlog accepts)
-    port = listeners[0].socket.getsockname()[1]
-    try:
-        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-            cli_net._keep_alive(stream)
-            await _idle_probes(stream)
-    finally:
-        await listeners[0].aclose()
+    stream, listener = await _probed_tcp_stream()
+    async with stream, listener:
+        await _idle_probes(stream)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="emulates macOS on Linux")
+async def test_the_idle_time_is_set_where_the_option_is_named_tcp_keepalive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # macOS: Python has TCP_KEEPALIVE (the idle time) and no TCP_KEEPIDLE. Before, the
+    # clone set no idle time there: the first probe came after the system's 2 hours.
+    option = socket.TCP_KEEPIDLE
+    monkeypatch.delattr(socket, "TCP_KEEPIDLE")
+    monkeypatch.setattr(socket, "TCP_KEEPALIVE", option, raising=False)
+    stream, listener = await _probed_tcp_stream()
+    async with stream, listener:
+        assert stream.getsockopt(socket.IPPROTO_TCP, option) == cli_net.LIVE_KEEPALIVE_IDLE
 
 
 async def test_a_live_clones_ws_connection_is_probed_when_idle() -> None:
