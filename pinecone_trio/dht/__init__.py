@@ -1,7 +1,9 @@
 """Topic announce/lookup on the snake keyspace (a DHT). See docs/dht.md.
 
-`open_dht(node)` runs it on a node; `dht.announce(topic)` makes the node findable
-under a topic, `dht.lookup(topic)` finds who announces it. The engine
+Every node serves it from its start (`node.dht`, unless `NodeConfig(dht=False)`), and
+`open_dht(node)` yields that one (or runs one of its own on a node without);
+`dht.announce(topic)` makes the node findable under a topic, `dht.lookup(topic)` finds
+who announces it. The engine
 (`engine.DhtEngine`), store (`store.RecordStore`) and codecs (`wire`) are sans-IO.
 """
 

@@ -369,7 +369,7 @@ async def open_dht(node: Node) -> AsyncIterator[Dht]:
     until it stops); it only waits, up to `EXIT_GRACE`, for the withdrawals of announce
     blocks left just before to be handed to the node, as a DHT of its own would. On a
     node started with `NodeConfig(dht=False)`, it runs a DHT of its own on the node for
-    the duration of the block, as before 2026-11-23 (the node is a hole in the DHT
+    the duration of the block, as before 2026-11-22 (the node is a hole in the DHT
     while no block runs: docs/dht.md).
 
     Raises:
