@@ -70,6 +70,12 @@ LIVE_RETRY_CAP = 30.0
 LIVE_KEEPALIVE_IDLE = 15
 LIVE_KEEPALIVE_INTERVAL = 5
 LIVE_KEEPALIVE_COUNT = 3
+#: Seconds data a live clone sent may stay unacknowledged before the kernel breaks its
+#: connection (TCP_USER_TIMEOUT, Linux only): keepalive never probes while something
+#: is unacknowledged, and a downloading clone soon has something (the Cancel of a
+#: request unanswered for REQUEST_TIMEOUT), so a server vanishing mid-download went
+#: unnoticed for the system's ~15 minutes of retransmissions.
+LIVE_USER_TIMEOUT = 30
 
 
 def _parse_key(text: str) -> bytes:
@@ -670,7 +676,9 @@ def _keep_alive(stream: trio.abc.Stream) -> None:
     """Have the kernel probe an idle TCP connection, so a peer that vanished without a
     word (Wi-Fi gone, a laptop asleep) breaks it within about `LIVE_KEEPALIVE_IDLE` +
     `LIVE_KEEPALIVE_COUNT` x `LIVE_KEEPALIVE_INTERVAL` seconds: a live clone sends
-    nothing while it waits for appends, so it would otherwise wait for ever. `stream`
+    nothing while it waits for appends, so it would otherwise wait for ever. Where the
+    system has TCP_USER_TIMEOUT (Linux), data left unacknowledged for
+    `LIVE_USER_TIMEOUT` seconds breaks it too (a peer vanishing mid-download). `stream`
     is a link's transport stream: a tcp:// one, or a ws:// one, whose TCP connection
     gets the same options (it used to keep the system's defaults, and a clone over
     ws:// never noticed a vanished server)."""
@@ -682,6 +690,7 @@ def _keep_alive(stream: trio.abc.Stream) -> None:
         (socket.IPPROTO_TCP, _keepalive_idle_option(), LIVE_KEEPALIVE_IDLE),
         (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPINTVL", None), LIVE_KEEPALIVE_INTERVAL),
         (socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPCNT", None), LIVE_KEEPALIVE_COUNT),
+        (socket.IPPROTO_TCP, getattr(socket, "TCP_USER_TIMEOUT", None), LIVE_USER_TIMEOUT * 1000),
     ]
     for level, name, value in options:
         if name is not None:
