@@ -44,6 +44,7 @@ from .replication import (
     replicate,
     replication_for,
 )
+from .replication.constants import HELLO_TIMEOUT, OPEN_TIMEOUT
 from .storage_sqlite import DB_FILENAME, LOCK_FILENAME
 
 if TYPE_CHECKING:
@@ -326,6 +327,10 @@ def _ended(error: BaseException | None) -> str:
     broken: the stream ended inside a frame (38164 bytes left)")."""
     if error is None:
         return "the peer closed the connection"
+    if isinstance(error, _Unanswered):
+        return str(error)
+    if _hello_timed_out(error):
+        return f"the peer sent nothing for {HELLO_TIMEOUT:g} s once the link was up (no hello)"
     if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
         # The stream died: the peer stopped (Ctrl-C, a crash) or the network failed.
         reasons = _os_reasons(error)
@@ -664,12 +669,29 @@ def _transient_dial(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
-def _transient_end(error: BaseException | None) -> bool:
+def _transient_end(error: BaseException | None, *, served_before: bool = False) -> bool:
     """Whether a session ended in a way a new connection may mend: the peer closed it
     (`None`: a server stopped or restarted) or the stream broke (reset, EOF inside a
-    frame, keepalive timeout). A peer dropped for breaking the protocol, sending an
-    invalid proof, a fork conflict or no hello is not: it would do it again."""
-    return error is None or isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError)
+    frame, keepalive timeout); and, from a server that served the log before
+    (`served_before`), no hello or no answer for the log in time (a link that stalled
+    right after its handshake: lossy Wi-Fi, a paused server). A peer dropped for
+    breaking the protocol, sending an invalid proof or a fork conflict is not: it
+    would do it again; nor is one that never served the log and sends no hello (it
+    may be no hyperlog server at all)."""
+    if error is None or isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
+        return True
+    return served_before and (isinstance(error, _Unanswered) or _hello_timed_out(error))
+
+
+class _Unanswered(Exception):
+    """The server neither opened nor refused the log's channel in time (why a live
+    connection ended, as `session.error` says for the others)."""
+
+
+def _hello_timed_out(error: BaseException) -> bool:
+    """Whether a session ended because the peer sent no hello in time (timed out, as
+    opposed to a peer that sent something else: the driver chains the timeout)."""
+    return isinstance(error, ReplicationError) and isinstance(error.__cause__, trio.TooSlowError)
 
 
 def _keep_alive(stream: trio.abc.Stream) -> None:
@@ -732,24 +754,34 @@ class _Following:
         self.served = False  # the last connection served the log
         self.bytes = 0  # bytes fetched so far, over every connection
 
-    def confirm(self, session: ReplicationSession, rep: LogReplication) -> None:
+    def confirm(self, session: ReplicationSession, rep: LogReplication) -> _Unanswered | None:
         """Check the peer serves the log (after `rep.update`), and say so if it is back.
 
+        Returns:
+            why to drop this connection and dial again: a server that served the log
+            before left the log's channel unanswered (a stalled link), or None.
+
         Raises:
-            ReplicationError: the peer does not serve this log (a server for another
-                key), or ended the connection for a reason retrying cannot mend.
+            ReplicationError: the peer does not serve this log (it refused it: a
+                server for another key; or, never served by it, it did not answer).
         """
         if session.closed.is_set():
-            return  # (the caller looks at why)
+            return None  # (the caller looks at why)
         if rep.peers == 0:
             held = f"; {_held(self.log)}" if self.state.confirmed else ""
-            raise ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
+            if self.log.discovery_key in session.engine.rejected:
+                raise ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
+            unanswered = f"the peer did not answer for the log within {OPEN_TIMEOUT:g} s"
+            if self.state.confirmed:  # it served the log before: the link stalled
+                return _Unanswered(unanswered)
+            raise ReplicationError(f"{self.uri}: {unanswered}; is it a `hyperlog serve`?")
         self.served = True
         self.outage.back(again=self.state.confirmed)
         if not self.state.confirmed:
             self.state.span = (self.start, self.log.length)
             self.state.confirmed = True
             print(f"following {self.log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
+        return None
 
     def progress(self, base: int) -> Callable[[Progress], None]:
         """The progress callback of one connection's download (counts from `base`)."""
@@ -771,14 +803,14 @@ class _Following:
             ReplicationError: the session ended for a reason that is not transient.
         """
         ended = _ended(error)
-        if not self.served:
-            # Nothing of the log came before the end: maybe no hyperlog server at all.
+        if not self.served and not self.state.confirmed:
+            # Nothing of the log came, ever: maybe no hyperlog server at all.
             message = f"{self.uri}: {ended} before serving the log; is it a `hyperlog serve`?"
             if not _transient_end(error):
                 raise ReplicationError(message)
             message = f"{self.uri}: {ended} before serving the log (is it a `hyperlog serve`?)"
         else:
-            if not _transient_end(error):
+            if not _transient_end(error, served_before=True):
                 raise ReplicationError(f"{self.uri}: {ended}; {_held(self.log)}")
             message = f"{self.uri}: {ended}; {_held(self.log)}"
         self.failed(f"hyperlog: {message}")
@@ -803,13 +835,17 @@ async def _follow_live(
     route to host, a name not resolved: `_transient_dial`), a handshake cut off or
     timed out, and a connection that ends or breaks once up, or before the peer
     served anything (the peer closed it, a reset, EOF, the link broken, a keepalive
-    timeout: `_transient_end`).
+    timeout: `_transient_end`); and, once this URI has served the log, a link that
+    stalls right after its handshake (no hello within `HELLO_TIMEOUT`, the log's
+    channel neither opened nor refused within `OPEN_TIMEOUT`).
 
-    Fatal, one line and exit status 1 (or what a local error gives): the peer does
-    not serve this log (a server for another key); it fails the link handshake (not
-    our protocol); it is dropped for sending an invalid proof or signature, garbage,
-    breaking the protocol or no hello; a fork conflict; and anything local (the
-    store's errors, a bad URI, which `_cmd_clone` checks first) propagates as it is.
+    Fatal, one line and exit status 1 (or what a local error gives): the peer refuses
+    the log (a server for another key; never served by this URI, one that does not
+    answer for it either); it fails the link handshake (not our protocol); it is
+    dropped for sending an invalid proof or signature, garbage or breaking the
+    protocol, or, never served by this URI, for no hello; a fork conflict; and
+    anything local (the store's errors, a bad URI, which `_cmd_clone` checks first)
+    propagates as it is.
     Ctrl-C and SIGTERM stop it at any point (130, 143), saying what was kept.
 
     Raises:
@@ -865,7 +901,10 @@ async def _follow_link(
 
         nursery.start_soon(watch)
         await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
-        following.confirm(session, rep)
+        unanswered = following.confirm(session, rep)
+        if unanswered is not None:
+            nursery.cancel_scope.cancel()  # (the watch task; leaving closes the link)
+            return unanswered
         progress = following.progress(following.state.fetched)
         await rep.download(following.start, None, progress=progress)  # ends with the link
     return session.error

@@ -400,8 +400,11 @@ class ReplicationSession:
             del hello_scope
             while True:
                 await self._read_once(dec)
-        except trio.TooSlowError:
-            self._fail(ReplicationError("peer sent no hello in time"))
+        except trio.TooSlowError as exc:
+            # Timed out, not refused: the cause says so (a stalled link may mend).
+            error = ReplicationError("peer sent no hello in time")
+            error.__cause__ = exc
+            self._fail(error)
         except (DecodeError, ReplicationError, InvalidProofError) as exc:
             self._fail(exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError, EOFError) as exc:
@@ -643,7 +646,9 @@ async def replicate(
             is used only if the peer announces it too.
 
     The session ends when the stream ends, the peer misbehaves (`session.error`
-    says why), or the block exits (the stream is closed).
+    says why), or the block exits (the stream is closed). A peer that sends no Hello
+    within `HELLO_TIMEOUT` ends it with a `ReplicationError` whose `__cause__` is a
+    `trio.TooSlowError`; `session.engine.rejected` lists the logs the peer refused.
     """
     if handshake_hash is None:
         hh = getattr(stream, "handshake_hash", None)

@@ -14,7 +14,9 @@ stream-level part of the protocol and hands channel messages to the per-log
    by the `resolve` callback: "serve everything I have"), we check its capability
    and, if we had not opened that log yet, open it too. A channel is live once both
    sides opened it; the log's replicator then adds it as a peer. An open for a log
-   we do not have is ignored (counted); a wrong capability closes that channel.
+   we do not have is refused (counted); a wrong capability closes that channel.
+   The remote's refusals of our opens are kept in `rejected`, apart from opens it
+   left unanswered for `OPEN_TIMEOUT` (`on_timer` gives up on those).
 3. Channel messages carry the *sender's* channel id (protomux style): we map remote
    ids to channels. Messages for a channel the peer closed are ignored up to
    `MAX_SOFT_ERRORS`, then the peer is dropped. The last `MAX_CLOSED_CHANNEL_IDS`
@@ -145,6 +147,11 @@ class SessionEngine:
         self.deadline_hint = math.inf
         self.ignored_opens = 0
         self.bad_capabilities = 0
+        #: Discovery keys of our logs whose open the remote refused, with its reason
+        #: ("unknown log", "bad capability"): it will not serve them on this stream.
+        #: An open it left unanswered for `OPEN_TIMEOUT` (it may be slow, not wrong)
+        #: is not here.
+        self.rejected: dict[bytes, str] = {}
         self.closed = False
 
     # ------------------------------------------------------------------ ChannelSink
@@ -342,10 +349,11 @@ class SessionEngine:
             self._on_open(msg, now)
             return
         if isinstance(msg, wire.Reject):
-            for mine in self._by_dk.values():
+            for dk, mine in self._by_dk.items():
                 if mine.local_id == msg.channel and mine.opened:
                     # Refused: whatever we linked for this log is void (the remote
                     # will never serve it), so unlink it too.
+                    self.rejected[dk] = msg.reason
                     self._settle(mine)
                     if mine.channel is not None:
                         assert mine.remote_id is not None

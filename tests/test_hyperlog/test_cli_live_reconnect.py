@@ -214,4 +214,10 @@ def test_which_failures_are_retried() -> None:
     assert cli_net._transient_end(trio.ClosedResourceError())
     assert not cli_net._transient_end(ReplicationError("peer sent an invalid proof: x"))
     assert not cli_net._transient_end(InvalidProofError("bad"))
-    assert not cli_net._transient_end(ReplicationError("peer sent no hello in time"))
+    no_hello = ReplicationError("peer sent no hello in time")
+    no_hello.__cause__ = trio.TooSlowError()  # as the driver reports it: timed out
+    assert not cli_net._transient_end(no_hello)  # (maybe no hyperlog server at all)
+    assert cli_net._transient_end(no_hello, served_before=True)  # a link that stalled
+    assert not cli_net._transient_end(
+        ReplicationError("hello: the peer echoed our nonce"), served_before=True
+    )
