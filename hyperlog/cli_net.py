@@ -297,19 +297,38 @@ def _os_reasons(exc: BaseException) -> list[str]:
     attempts to connect to HOST:PORT failed" and puts each attempt's error, "Connection
     refused", "No route to host", in a group as its cause). Distinct, in order."""
     found: list[str] = []
+    for e in _causes(exc):
+        if isinstance(e, OSError) and e.errno and (text := os.strerror(e.errno)) not in found:
+            found.append(text)
+    return found
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, then the errors it was raised from, groups opened, in order (at most 64:
+    a chain of causes is short)."""
+    found: list[BaseException] = []
     stack: list[BaseException] = [exc]
-    # Bounded: a chain of causes is short; at most 64 errors are looked at.
-    for _ in range(64):
-        if not stack:
-            break
+    while stack and len(found) < 64:
         e = stack.pop()
         if isinstance(e, BaseExceptionGroup):
             stack.extend(reversed(e.exceptions))
-        elif isinstance(e, OSError) and e.errno and (text := os.strerror(e.errno)) not in found:
-            found.append(text)
+        else:
+            found.append(e)
         if e.__cause__ is not None:
             stack.append(e.__cause__)
     return found
+
+
+def _refused_upgrade(exc: BaseException) -> int | None:
+    """The HTTP status of a WebSocket upgrade the server refused, if `exc` is that
+    (the ws:// transport raises ConnectionRefusedError from trio-websocket's
+    `ConnectionRejected`)."""
+    from trio_websocket import ConnectionRejected
+
+    for e in _causes(exc):
+        if isinstance(e, ConnectionRejected):
+            return e.status_code
+    return None
 
 
 def _connect_failure(uri: str, exc: BaseException) -> str:
@@ -320,6 +339,16 @@ def _connect_failure(uri: str, exc: BaseException) -> str:
     if reasons:
         message = f"{message} ({', '.join(reasons)})"
     return _naming(uri, message)
+
+
+def _dial_failure(uri: str, exc: BaseException) -> str:
+    """`_connect_failure`, asking to check the path when a WebSocket upgrade was
+    refused with a 4xx status (the transport asks it for 404 already)."""
+    message = _connect_failure(uri, exc)
+    status = _refused_upgrade(exc)
+    if status is not None and 400 <= status < 500 and "check the path" not in message:
+        message += " (check the path)"
+    return message
 
 
 def _ended(error: BaseException | None) -> str:
@@ -652,12 +681,17 @@ def _retry_delay(failures: int, rng: random.Random | None = None) -> float:
     return (rng or random).uniform(ceiling / 2, ceiling)
 
 
-def _transient_dial(exc: BaseException) -> bool:
+def _transient_dial(exc: BaseException, *, served_before: bool = False) -> bool:
     """Whether a failed dial may succeed later: the operating system's errors
-    (refused, reset, timed out, no route, a name not resolved, a refused WebSocket
-    upgrade) and a handshake cut off or timed out. A handshake the peer got wrong
-    (`BadHandshake`, a frame too large, a message that does not decrypt) is not: it
-    speaks something else."""
+    (refused, reset, timed out, no route, a name not resolved, a WebSocket upgrade
+    refused with a 5xx status) and a handshake cut off or timed out. A handshake the
+    peer got wrong (`BadHandshake`, a frame too large, a message that does not
+    decrypt) is not: it speaks something else; nor is an upgrade refused with a 4xx
+    status (the wrong path) by a URI that never served the log (`served_before`: a
+    proxy in front of a server that did may answer 404 while it restarts)."""
+    status = _refused_upgrade(exc)
+    if status is not None and 400 <= status < 500 and not served_before:
+        return False
     from pinecone_trio.errors import (
         HandshakeAborted,
         HandshakeTimeout,
@@ -869,8 +903,8 @@ async def _follow_live(
                     args.connect, Identity.generate(), nursery=transport_nursery
                 )
             except (OSError, PineconeError) as exc:
-                if not _transient_dial(exc):
-                    raise ReplicationError(_connect_failure(args.connect, exc)) from exc
+                if not _transient_dial(exc, served_before=state.confirmed):
+                    raise ReplicationError(_dial_failure(args.connect, exc)) from exc
                 following.failed(f"hyperlog: {_connect_failure(args.connect, exc)}")
             else:
                 _keep_alive(link.transport_stream)

@@ -16,6 +16,7 @@ import subprocess
 from pathlib import Path
 
 import trio
+from trio_websocket import ConnectionRejected
 
 from hyperlog import cli_net
 from hyperlog.crypto import key_pair
@@ -188,6 +189,29 @@ async def test_a_live_clone_of_a_log_the_server_does_not_serve_stops_at_once(
     assert not (tmp_path / "r").exists()  # nothing left behind, as without --live
 
 
+async def test_a_live_clone_refused_by_a_websocket_path_stops_at_once(tmp_path: Path) -> None:
+    # A wrong path is answered 404 by our listener: retried for ever before.
+    key = await _store_with_log(tmp_path / "w", blocks=1)
+    serve, uri = await _start_serve(tmp_path / "w", "ws://127.0.0.1:0/log")
+    wrong = uri.replace("/log", "/lgo")
+    try:
+        with trio.fail_after(BOUND):
+            done = await trio.run_process(
+                [*CMD, "clone", key, str(tmp_path / "r"), "--connect", wrong, "--live"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+    finally:
+        await _kill(serve)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.decode() == (
+        f"hyperlog: error: {wrong}: WebSocket upgrade refused: HTTP 404 Not Found "
+        "(no WebSocket listener on path '/lgo': check the path)\n"
+    )
+    assert not (tmp_path / "r").exists()
+
+
 # --- the pieces, without processes -----------------------------------------------------
 
 
@@ -209,6 +233,19 @@ def test_which_failures_are_retried() -> None:
     assert cli_net._transient_dial(HandshakeAborted("connection lost during the handshake"))
     assert cli_net._transient_dial(HandshakeTimeout("no handshake"))
     assert not cli_net._transient_dial(BadHandshake("not a Noise peer"))
+    for status, fatal in [(404, True), (403, True), (502, False), (503, False)]:
+        refused = ConnectionRefusedError(f"WebSocket upgrade refused: HTTP {status}")
+        refused.__cause__ = ConnectionRejected(status, (), None)
+        assert cli_net._transient_dial(refused) is not fatal, status
+        assert cli_net._transient_dial(refused, served_before=True), status  # (a proxy)
+    assert cli_net._dial_failure("ws://h:1/x", refused) == (
+        "ws://h:1/x: WebSocket upgrade refused: HTTP 503"  # (5xx: no path to check)
+    )
+    forbidden = ConnectionRefusedError("ws://h:1/x: WebSocket upgrade refused: HTTP 403")
+    forbidden.__cause__ = ConnectionRejected(403, (), None)
+    assert cli_net._dial_failure("ws://h:1/x", forbidden) == (
+        "ws://h:1/x: WebSocket upgrade refused: HTTP 403 (check the path)"
+    )
     assert cli_net._transient_end(None)  # the peer closed it
     assert cli_net._transient_end(trio.BrokenResourceError("reset"))
     assert cli_net._transient_end(trio.ClosedResourceError())
