@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, NoReturn, TextIO
 import trio
 
 from .constants import CLI_LINES_PER_BATCH, MAX_BLOCK_SIZE
-from .errors import HyperlogError, ReplicationError
+from .errors import HyperlogError, InvalidProofError, ReplicationError
 from .log import Log, Store, open_store
 from .replication import (
     LogReplication,
@@ -722,6 +722,12 @@ class _Unanswered(Exception):
     connection ended, as `session.error` says for the others)."""
 
 
+def _invalid_proof(error: BaseException) -> bool:
+    """Whether a session ended because the peer's proof did not verify against the
+    blocks held here."""
+    return any(isinstance(e, InvalidProofError) for e in _causes(error))
+
+
 def _hello_timed_out(error: BaseException) -> bool:
     """Whether a session ended because the peer sent no hello in time (timed out, as
     opposed to a peer that sent something else: the driver chains the timeout)."""
@@ -845,6 +851,10 @@ class _Following:
             message = f"{self.uri}: {ended} before serving the log (is it a `hyperlog serve`?)"
         else:
             if not _transient_end(error, served_before=True):
+                if error is not None and _invalid_proof(error):
+                    # This URI served the log before, so its history changed: a server
+                    # restored from an older copy and appended to since (or damaged).
+                    ended = f"the server's log does not extend the copy held here ({error})"
                 raise ReplicationError(f"{self.uri}: {ended}; {_held(self.log)}")
             message = f"{self.uri}: {ended}; {_held(self.log)}"
         self.failed(f"hyperlog: {message}")

@@ -10,6 +10,7 @@ for another log) still ends it with one line and exit status 1.
 from __future__ import annotations
 
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -167,6 +168,36 @@ async def test_a_server_for_another_log_ends_a_live_clone(tmp_path: Path) -> Non
     held = "length 2, 2 blocks held"
     assert last == f"hyperlog: error: {uri}: the peer does not serve this log; {held}", err
     assert await _blocks_held(tmp_path / "r") == 2  # what it had is kept
+
+
+async def test_a_server_restored_from_an_older_copy_ends_a_live_clone(tmp_path: Path) -> None:
+    key = await _store_with_log(tmp_path / "w", blocks=3)
+    shutil.copytree(tmp_path / "w", tmp_path / "older")  # the writer's backup
+    await _append(tmp_path / "w", b"line 3", b"line 4")
+    serve, uri = await _start_serve(tmp_path / "w")
+    clone = restored = None
+    try:
+        clone = await _live_clone_holding(key, tmp_path / "r", uri, 5)
+        serve.kill()
+        with trio.fail_after(BOUND):
+            await serve.wait()
+        # Restored from the backup and appended to: 6 blocks that do not extend our 5.
+        await _append(tmp_path / "older", b"other 3", b"other 4", b"other 5")
+        restored, _ = await _start_serve(tmp_path / "older", uri)
+        with trio.fail_after(BOUND):
+            err = await _stderr_of(clone)
+            code = await clone.wait()
+    finally:
+        await _kill(serve, clone, restored)
+    assert code == 1, err
+    last = err.decode().splitlines()[-1]
+    # Not "the peer was dropped (...) before serving the log; is it a `hyperlog serve`?"
+    assert last.startswith(
+        f"hyperlog: error: {uri}: the server's log does not extend the copy held here "
+        "(peer sent an invalid proof: "
+    ), err
+    assert last.endswith("); length 5, 5 blocks held"), err
+    assert await _blocks_held(tmp_path / "r") == 5  # what it had is kept
 
 
 async def test_a_live_clone_of_a_log_the_server_does_not_serve_stops_at_once(
