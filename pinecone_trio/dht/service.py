@@ -87,7 +87,7 @@ class _Waiter:
 
 
 class Dht:
-    """A node's DHT. Get one from `open_dht`."""
+    """A node's DHT: `node.dht` (every node serves one by default) or `open_dht(node)`."""
 
     def __init__(self, node: Node, *, engine: DhtEngine | None = None) -> None:
         self._node = node
@@ -375,9 +375,14 @@ async def open_dht(node: Node) -> AsyncIterator[Dht]:
     Raises:
         RuntimeError: a DHT of its own is already open on this node (it would split
             the messages; not raised when the node serves the DHT itself).
-        NodeCrashedError: a background task of the DHT failed.
+        RuntimeError: the node is not running (a node that serves the DHT itself
+            starts it in `Node.run`: a DHT opened before would split the messages).
+        NodeCrashedError: a background task of a DHT of its own failed (the node's
+            own DHT failing stops the node: `open_node` raises it).
     """
     served = node.dht
+    if served is None and node.serves_dht:
+        raise RuntimeError("open_dht needs a running node (open_node): it serves the DHT itself")
     if served is not None:
         try:
             yield served
