@@ -4,7 +4,9 @@ Every subcommand works on a *store folder* (DIR) holding the SQLite database; th
 command works on the store's default log (the first one created or cloned into it).
 
 Adding subcommands: each ``add_*_commands(subparsers)`` function registers its
-subparsers and sets ``run`` to an ``async def (args) -> int`` (the exit status). The
+subparsers and sets ``run`` to an ``async def (args) -> int`` (the exit status), and
+may set ``check`` to a function that refuses options which cannot go together
+(through its parser's ``error``, before anything runs). The
 network commands (``serve``, ``clone``) live in ``hyperlog.cli_net`` and are wired by
 appending its ``add_net_commands`` to `COMMAND_GROUPS`. `main` runs the chosen
 coroutine under ``trio.run`` and turns every expected failure into one line on stderr
@@ -383,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hyperlog`` command; return its exit status."""
     args = build_parser().parse_args(argv)
+    check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
+    if check is not None:
+        check(args)  # options that cannot go together: a usage error (exit status 2)
     run: Runner = args.run
     try:
         try:

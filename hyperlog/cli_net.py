@@ -4,9 +4,10 @@
 whoever connects and knows a log's key (capabilities prove it without sending it).
 It prints one line, ``serving KEY on URI``, once it listens.
 
-``clone KEY DIR --connect tcp://HOST:PORT [--live] [--sparse START:END]`` fetches the
-log KEY into the store folder DIR (created if needed), verifying every block and the
-signed head; ``--sparse`` fetches only blocks START..END-1, ``--live`` keeps following
+``clone KEY DIR --connect tcp://HOST:PORT [--live] [--sparse START:[END]]`` fetches
+the log KEY into the store folder DIR (created if needed), verifying every block and
+the signed head; ``--sparse`` fetches only blocks START..END-1 (``START:`` to the end;
+with ``--live`` only that form, following from START), ``--live`` keeps following
 the writer until interrupted, dialling again whenever the connection is lost or cannot
 be made (`_follow_live` says which errors it retries). A progress bar goes to stderr
 when it is a terminal.
@@ -30,6 +31,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 import trio
@@ -89,15 +91,30 @@ def _parse_key(text: str) -> bytes:
     return key
 
 
-def _parse_span(text: str) -> tuple[int, int]:
+def _parse_span(text: str) -> tuple[int, int | None]:
+    """`--sparse START:END`, or `START:` (END None: to the log's end, or live)."""
     start, sep, end = text.partition(":")
     try:
-        a, b = int(start), int(end)
+        a, b = int(start), (int(end) if end else None)
     except ValueError:
-        raise argparse.ArgumentTypeError("--sparse takes START:END (integers)") from None
-    if not sep or a < 0 or b < a:
+        raise argparse.ArgumentTypeError("--sparse takes START:END or START: (integers)") from None
+    if not sep or a < 0 or (b is not None and b < a):
         raise argparse.ArgumentTypeError("--sparse takes START:END with 0 <= START <= END")
     return a, b
+
+
+def _check_clone_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse options `clone` cannot honour together (a usage error, exit status 2).
+
+    A live clone follows the log without end: it used to ignore the END of
+    `--sparse START:END` silently.
+    """
+    if args.live and args.sparse is not None and args.sparse[1] is not None:
+        start, end = args.sparse
+        parser.error(
+            f"--sparse {start}:{end} with --live: a live clone follows the log without "
+            f"end; use --sparse {start}: to follow it from block {start}"
+        )
 
 
 # --- serve -----------------------------------------------------------------------------
@@ -556,7 +573,13 @@ async def _confirm(
     _check_alive(session, args.connect, served=rep.peers > 0)
     if rep.peers == 0:
         raise HyperlogError("the peer does not serve this log")
-    start, end = args.sparse if args.sparse else (0, log.length)
+    start, end = args.sparse if args.sparse else (0, None)
+    if end is None:  # (--sparse START:) to the log's end
+        if start > log.length:
+            raise HyperlogError(
+                f"--sparse {start}: the log has {log.length} blocks, none from {start} on"
+            )
+        end = log.length
     state.span = (start, _sparse_end(start, end, log.length))
     state.confirmed = True
 
@@ -1005,13 +1028,14 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     p.add_argument(
         "--sparse",
         type=_parse_span,
-        metavar="START:END",
+        metavar="START:[END]",
         help=(
-            "fetch only blocks START..END-1; an END past the log's length fetches what "
-            "exists and warns, a START past it is an error (exit status 1)"
+            "fetch only blocks START..END-1 (START: to the log's end); an END past the "
+            "log's length fetches what exists and warns, a START past it is an error "
+            "(exit status 1). With --live only START: (follows from START)"
         ),
     )
-    p.set_defaults(run=_cmd_clone)
+    p.set_defaults(run=_cmd_clone, check=partial(_check_clone_args, p))
 
 
 def main(argv: list[str] | None = None) -> int:

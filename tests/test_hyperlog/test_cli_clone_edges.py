@@ -180,3 +180,38 @@ async def test_a_clone_stopped_by_sigterm_says_what_it_kept(tmp_path: Path) -> N
         await proc.wait()
     assert code == 143, err
     assert b"stopped after fetching 20 blocks" in err and err.endswith(b"terminated\n")
+
+
+async def test_a_live_clone_takes_a_sparse_start_and_refuses_an_end(tmp_path: Path) -> None:
+    # A live clone follows the log without end: --live --sparse 0:10 used to fetch
+    # everything and keep following, silently.
+    key = await _store_with_log(tmp_path / "w")  # 20 blocks
+    proc, uri = await _start_serve(tmp_path / "w")
+    clone = None
+    try:
+        refused = await _hyperlog(
+            "clone", key, str(tmp_path / "r"), "--connect", uri, "--live", "--sparse", "0:10"
+        )
+        tail = await _hyperlog(
+            "clone", key, str(tmp_path / "t"), "--connect", uri, "--sparse", "15:"
+        )
+        clone = await _live_clone_holding(key, tmp_path / "l", uri, 5, "--sparse", "15:")
+        clone.send_signal(signal.SIGINT)
+        with trio.fail_after(BOUND):
+            err = await _stderr_of(clone)
+            code = await clone.wait()
+    finally:
+        for p in (proc, clone):
+            if p is not None and p.returncode is None:
+                p.kill()
+                await p.wait()
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.decode().splitlines()[-1] == (
+        "hyperlog clone: error: --sparse 0:10 with --live: a live clone follows the log "
+        "without end; use --sparse 0: to follow it from block 0"
+    )
+    assert not (tmp_path / "r").exists()
+    assert tail.returncode == 0, tail.stderr
+    assert b"length 20, 5 blocks held (5 fetched" in tail.stdout, tail.stdout
+    assert code == 130, err
+    assert b"stopped after fetching 5 blocks" in err, err  # blocks 15..19 only

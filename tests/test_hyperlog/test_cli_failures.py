@@ -108,11 +108,13 @@ async def test_a_port_in_use_is_one_line(tmp_path: Path) -> None:
         await proc.wait()
 
 
-async def _live_clone_holding(key: str, directory: Path, uri: str, blocks: int) -> trio.Process:
-    """A `clone --live` into `directory`, once it holds `blocks` blocks (a fixed sleep
-    was too short on a loaded machine)."""
+async def _live_clone_holding(
+    key: str, directory: Path, uri: str, blocks: int, *extra: str
+) -> trio.Process:
+    """A `clone --live` into `directory` (`extra` arguments), once it holds `blocks`
+    blocks (a fixed sleep was too short on a loaded machine)."""
     clone = await trio.lowlevel.open_process(
-        [*CMD, "clone", key, str(directory), "--connect", uri, "--live"],
+        [*CMD, "clone", key, str(directory), "--connect", uri, "--live", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
