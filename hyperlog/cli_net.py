@@ -67,6 +67,10 @@ LIVE_RETRY_FIRST = 0.5
 #: ... doubling with every failed attempt up to this (seconds): a server that comes
 #: back is found within about this long, and an absent one costs a dial per half minute.
 LIVE_RETRY_CAP = 30.0
+#: Seconds a connection must stay up, serving the log, before the backoff starts from
+#: `LIVE_RETRY_FIRST` again: a path that drops every connection right after it serves
+#: used to be redialled every ~1.5 s for ever (the backoff was reset once served).
+LIVE_STEADY = 10.0
 #: Seconds a live clone's TCP connection may be idle before the kernel probes the peer,
 #: the seconds between probes, and the unanswered probes that break the connection: a
 #: vanished peer (Wi-Fi gone, no reset) is noticed within about 30 s.
@@ -671,35 +675,68 @@ async def _download_or_stall(
 
 class _Outage:
     """Says once that the connection is lost (or cannot be made), and once that it is
-    back: a clone retrying every 30 s for an hour would otherwise print 120 lines."""
+    back: a clone retrying every 30 s for an hour would otherwise print 120 lines.
+
+    A connection that comes back and drops again within `LIVE_STEADY` (a path that
+    keeps dropping) makes it say so once, and then nothing until a connection has held
+    for `LIVE_STEADY`: it used to say "lost" and "connected again" for every one.
+    """
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.since: float | None = None  # when it was lost (None: connected)
+        # When a connection came back after an outage, until it held (`steady`).
+        self.back_at: float | None = None
+        self.flapping = False  # said that it keeps dropping: quiet until one holds
 
     def lost(self, message: str) -> None:
-        if self.since is None:
-            self.since = trio.current_time()
-            _notice(message)
+        if self.since is not None:
+            return
+        now = self.since = trio.current_time()
+        if self.back_at is None:
+            _notice(f"{message}; retrying (Ctrl-C to stop)")
+            return
+        self.flapping = True
+        _notice(
+            f"{message}; it keeps dropping ({now - self.back_at:.1f} s after connecting "
+            f"again): retrying less often, quietly until a connection holds for "
+            f"{LIVE_STEADY:g} s (Ctrl-C to stop)"
+        )
 
     def back(self, *, again: bool) -> None:
-        if self.since is not None:
-            took = trio.current_time() - self.since
+        if self.since is None:
+            return
+        now = trio.current_time()
+        if not self.flapping:
             what = "connected again" if again else "connected"
-            _notice(f"hyperlog: {self.uri}: {what} after {took:.1f} s")
+            _notice(f"hyperlog: {self.uri}: {what} after {now - self.since:.1f} s")
             self.since = None
+        self.back_at = now  # (while flapping, `since` stays: the next loss is quiet)
+
+    def steady(self) -> None:
+        """The connection has held for `LIVE_STEADY` seconds."""
+        if self.flapping and self.since is not None and self.back_at is not None:
+            took = self.back_at - self.since
+            _notice(
+                f"hyperlog: {self.uri}: connected again after {took:.1f} s "
+                f"(it has held for {LIVE_STEADY:g} s)"
+            )
+        self.since = self.back_at = None
+        self.flapping = False
 
 
 def _notice(message: str) -> None:
     """One line on stderr (over the live progress bar's line on a terminal)."""
     erase = "\r\x1b[K" if sys.stderr.isatty() else ""
-    print(f"{erase}{message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"{erase}{message}\n")  # one write: Ctrl-C cannot split the line
+    sys.stderr.flush()
 
 
 def _retry_delay(failures: int, rng: random.Random | None = None) -> float:
-    """Seconds before the next dial after `failures` failed ones since the peer last
-    served the log: about `LIVE_RETRY_FIRST`, doubling up to `LIVE_RETRY_CAP`, drawn from
-    [d/2, d] so clones that lost the same server do not all redial it at once."""
+    """Seconds before the next dial after `failures` failed ones since a connection
+    last held for `LIVE_STEADY`: about `LIVE_RETRY_FIRST`, doubling up to
+    `LIVE_RETRY_CAP`, drawn from [d/2, d] so clones that lost the same server do not
+    all redial it at once."""
     ceiling = min(LIVE_RETRY_CAP, LIVE_RETRY_FIRST * 2.0 ** min(failures, 32))
     return (rng or random).uniform(ceiling / 2, ceiling)
 
@@ -815,6 +852,7 @@ class _Following:
         self.outage = _Outage(self.uri)
         self.bar = _Bar(sys.stderr, None)
         self.served = False  # the last connection served the log
+        self.failures = 0  # failed dials or connections since one last held (`steady`)
         self.bytes = 0  # bytes fetched so far, over every connection
 
     def confirm(self, session: ReplicationSession, rep: LogReplication) -> _Unanswered | None:
@@ -884,7 +922,14 @@ class _Following:
 
     def failed(self, message: str) -> None:
         """Say (once per outage) that the connection is lost and is being retried."""
-        self.outage.lost(f"{message}; retrying (Ctrl-C to stop)")
+        self.outage.lost(message)
+
+    async def hold(self) -> None:
+        """Once the connection has served for `LIVE_STEADY` seconds, start the backoff
+        from the beginning again (run beside the download; cancelled with it)."""
+        await trio.sleep(LIVE_STEADY)
+        self.failures = 0
+        self.outage.steady()
 
 
 async def _follow_live(
@@ -894,9 +939,10 @@ async def _follow_live(
 
     When the connection ends or cannot be made, it says so once on stderr and dials
     again after a backoff (`_retry_delay`: from `LIVE_RETRY_FIRST` doubling to
-    `LIVE_RETRY_CAP`, reset once the peer serves the log again), says when it is
-    connected again, and resumes from what the store holds (replication is sparse:
-    the next download fetches only what is missing).
+    `LIVE_RETRY_CAP`, reset once a connection has served the log for `LIVE_STEADY`),
+    says when it is connected again, and resumes from what the store holds
+    (replication is sparse: the next download fetches only what is missing). A path
+    that keeps dropping is said once (`_Outage`).
 
     Transient, retried: a failed dial (connection refused or reset, timed out, no
     route to host, a name not resolved: `_transient_dial`), a handshake cut off or
@@ -924,7 +970,6 @@ async def _follow_live(
     from pinecone_trio.link.connect import connect_link
 
     following = _Following(args, log, state)
-    failures = 0  # failed dials or connections since the peer last served the log
     # Not bounded on purpose: --live follows until Ctrl-C, SIGTERM or a fatal error;
     # each pass dials once and then waits at least LIVE_RETRY_FIRST / 2 seconds.
     while True:
@@ -944,10 +989,8 @@ async def _follow_live(
                 error = await _follow_link(link, log, rep, following)
                 following.ended(error)
             transport_nursery.cancel_scope.cancel()
-        if following.served:
-            failures = 0
-        await trio.sleep(_retry_delay(failures))
-        failures += 1
+        await trio.sleep(_retry_delay(following.failures))
+        following.failures += 1
 
 
 async def _follow_link(
@@ -972,6 +1015,7 @@ async def _follow_link(
         if unanswered is not None:
             nursery.cancel_scope.cancel()  # (the watch task; leaving closes the link)
             return unanswered
+        nursery.start_soon(following.hold)
         progress = following.progress(following.state.fetched)
         await rep.download(following.start, None, progress=progress)  # ends with the link
     return session.error

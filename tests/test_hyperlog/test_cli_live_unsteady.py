@@ -1,13 +1,16 @@
 """`hyperlog clone --live` over an unsteady path (real processes, a relay in between).
 
 The relay on 127.0.0.1 stands for the network between a clone and its server: it can
-cut every connection (a server restarting, Wi-Fi dropping) and stall a new one right
-after its link handshake (lossy Wi-Fi, a server paused just after accepting).
+cut every connection (a server restarting, Wi-Fi dropping), cut each new one soon
+after it is made (a path that keeps dropping), and stall a new one right after its
+link handshake (lossy Wi-Fi, a server paused just after accepting).
 
 Before: a stall of more than 10 s after a reconnect's handshake ended the live clone
 with exit status 1, calling a server that had served it "not a `hyperlog serve`"
 (no hello in time) or saying it "does not serve this log" (no answer for the log's
-channel in time).
+channel in time); a path dropping every connection right after it served was
+redialled every second or so for as long as it lasted, with two lines per connection
+(the backoff started again as soon as a connection served).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class _Relay:
         self.plans = list(plans)
         self.connections = 0
         self.stalled = 0  # connections whose server side was held
+        self.lifetime: float | None = None  # seconds before a new connection is cut
         self._scopes: list[trio.CancelScope] = []
 
     async def run(self, *, task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
@@ -62,6 +66,8 @@ class _Relay:
                 return
             async with server, trio.open_nursery() as nursery:
                 self._scopes.append(nursery.cancel_scope)
+                if self.lifetime is not None:
+                    nursery.cancel_scope.deadline = trio.current_time() + self.lifetime
                 nursery.start_soon(self._pump, client, server, None, nursery.cancel_scope)
                 nursery.start_soon(self._pump, server, client, plan, nursery.cancel_scope)
 
@@ -136,3 +142,38 @@ async def test_a_server_never_served_by_that_sends_no_hello_ends_the_clone(
         "(no hello) before serving the log; is it a `hyperlog serve`?\n"
     )
     assert not (tmp_path / "r").exists()
+
+
+async def test_a_path_that_keeps_dropping_is_redialled_less_often_and_said_once(
+    tmp_path: Path,
+) -> None:
+    key = await _store_with_log(tmp_path / "w", blocks=3)
+    serve, upstream = await _start_serve(tmp_path / "w")
+    clone = None
+    relay = _Relay(upstream)
+    try:
+        async with trio.open_nursery() as nursery:
+            uri = await nursery.start(relay.run)
+            clone = await _live_clone_holding(key, tmp_path / "r", uri, 3)
+            relay.lifetime = 0.6  # each connection serves, then drops
+            relay.cut()
+            await trio.sleep(10)
+            relay.lifetime = None
+            flapping = relay.connections - 1
+            err = await _stderr_until(clone, b"it has held for 10 s)\n")  # the next one
+            code, rest = await _interrupt(clone)
+            nursery.cancel_scope.cancel()
+    finally:
+        await _kill(serve, clone)
+    err += rest
+    assert code == 130, err
+    # Backoff not reset by a connection that dropped within LIVE_STEADY (10 s): at
+    # 0, ~1.0, ~2.4, ~4.5, ~8 s; it was one every ~1.1 s (9 or more).
+    assert 3 <= flapping <= 6, (flapping, err)
+    lines = [line for line in err.decode().splitlines() if line.startswith(f"hyperlog: {uri}")]
+    assert len(lines) == 4, err  # lost, back, keeps dropping, held (two per connection)
+    assert lines[0].endswith("; retrying (Ctrl-C to stop)"), err
+    assert "connected again after" in lines[1], err
+    assert "; it keeps dropping (" in lines[2], err
+    assert "s after connecting again): retrying less often, quietly until a connection " in lines[2]
+    assert re.search(r"connected again after \d+\.\d s \(it has held for 10 s\)$", lines[3]), err
