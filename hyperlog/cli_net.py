@@ -319,9 +319,21 @@ def _os_reasons(exc: BaseException) -> list[str]:
     refused", "No route to host", in a group as its cause). Distinct, in order."""
     found: list[str] = []
     for e in _causes(exc):
-        if isinstance(e, OSError) and e.errno and (text := os.strerror(e.errno)) not in found:
+        if isinstance(e, socket.gaierror):
+            # A resolver's error number is no errno: os.strerror(-3) is "Unknown error
+            # -3" (and macOS's EAI_NONAME, 8, is ENOEXEC's number).
+            text = _UNRESOLVED
+        elif isinstance(e, OSError) and e.errno:
+            text = os.strerror(e.errno)
+        else:
+            continue
+        if text not in found:
             found.append(text)
     return found
+
+
+#: `_os_reasons`' words for a host name that did not resolve.
+_UNRESOLVED = "the name did not resolve"
 
 
 def _causes(exc: BaseException) -> list[BaseException]:
@@ -356,7 +368,12 @@ def _connect_failure(uri: str, exc: BaseException) -> str:
     """One line for a failed dial: the URI, what failed, and the OS reason (connection
     refused, timed out, no route to host) when the error carries one."""
     message = _reason(exc)
-    reasons = [r for r in _os_reasons(exc) if r.lower() not in message.lower()]
+    said = message.lower()
+    reasons = [
+        r
+        for r in _os_reasons(exc)
+        if r.lower() not in said and not (r == _UNRESOLVED and "resolv" in said)
+    ]
     if reasons:
         message = f"{message} ({', '.join(reasons)})"
     return _naming(uri, message)

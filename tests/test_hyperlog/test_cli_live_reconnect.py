@@ -200,6 +200,22 @@ async def test_a_server_restored_from_an_older_copy_ends_a_live_clone(tmp_path: 
     assert await _blocks_held(tmp_path / "r") == 5  # what it had is kept
 
 
+def test_a_name_that_does_not_resolve_is_said_in_words() -> None:
+    # It said "... Temporary failure in name resolution (Unknown error -3)" (r09).
+    from pinecone_trio.transports.base import os_error_in
+
+    unresolved = socket.gaierror(-3, "Temporary failure in name resolution")
+    wrapped = os_error_in(unresolved, "cannot resolve host 'nowhere.invalid'")
+    assert cli_net._connect_failure("tcp://nowhere.invalid:7000", wrapped) == (
+        "tcp://nowhere.invalid:7000: cannot resolve host 'nowhere.invalid': "
+        "Temporary failure in name resolution"
+    )
+    bare = socket.gaierror(-2, "Name or service not known")
+    assert cli_net._connect_failure("tcp://nowhere.invalid:7000", bare) == (
+        "tcp://nowhere.invalid:7000: Name or service not known (the name did not resolve)"
+    )
+
+
 async def test_a_live_clone_of_a_log_the_server_does_not_serve_stops_at_once(
     tmp_path: Path,
 ) -> None:
