@@ -9,7 +9,6 @@ the topic's home (the smallest key >= the topic id).
 
 from __future__ import annotations
 
-import itertools
 import json
 import signal
 import subprocess
@@ -22,21 +21,12 @@ from typing import Any
 import pytest
 import trio
 
-from pinecone_trio import Identity, open_node
-from pinecone_trio.dht import open_dht, topic_id
+from pinecone_trio import open_node
+from pinecone_trio.dht import open_dht
 from pinecone_trio.node import Node
 
 from .cli_helpers import killed_after
-
-
-def _three_keys_and_a_topic() -> tuple[Identity, Identity, Identity, str]:
-    """Identities a < b < c and a topic whose home is b (a < topic id <= b)."""
-    a, b, c = sorted((Identity.generate() for _ in range(3)), key=lambda i: i.public_key)
-    for n in itertools.count():  # ends: about a third of all topics are homed at b
-        topic = f"demo/{n}"
-        if bytes(a.public_key) < topic_id(topic) <= bytes(b.public_key):
-            return a, b, c, topic
-    raise AssertionError("unreachable")  # pragma: no cover
+from .dht_helpers import three_keys_and_a_topic
 
 
 @contextmanager
@@ -85,7 +75,7 @@ async def _status_says(path: Path, predicate: Callable[[dict[str, Any]], bool]) 
 
 @pytest.mark.parametrize("relay_dht", [True, False], ids=["default", "no-dht"])
 async def test_a_topic_homed_at_the_relay_command_is_found(tmp_path: Path, relay_dht: bool) -> None:
-    ida, idb, idc, topic = _three_keys_and_a_topic()
+    ida, idb, idc, topic = three_keys_and_a_topic("demo/")
     idb.save(tmp_path / "relay.key")
     status = tmp_path / "relay.json"
     with _relay(tmp_path / "relay.key", status, *([] if relay_dht else ["--no-dht"])) as (

@@ -10,7 +10,6 @@ Memory links in virtual time, and once over real loopback TCP.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -23,17 +22,9 @@ from pinecone_trio.dht import Dht, open_dht, topic_id
 from pinecone_trio.node import GOODBYE_GRACE, Node
 from pinecone_trio.testing import open_network
 
+from .dht_helpers import sorted_identities, three_keys_and_a_topic, topic_above
+
 _LISTEN = {"memory": "memory://", "tcp": "tcp://127.0.0.1:0"}
-
-
-def _three_keys_and_a_topic() -> tuple[Identity, Identity, Identity, str]:
-    """Identities a < b < c and a topic whose home is b (a < topic id <= b)."""
-    a, b, c = sorted((Identity.generate() for _ in range(3)), key=lambda i: i.public_key)
-    for n in itertools.count():  # ends: about a third of all topics are homed at b
-        topic = f"app/{n}"
-        if bytes(a.public_key) < topic_id(topic) <= bytes(b.public_key):
-            return a, b, c, topic
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @asynccontextmanager
@@ -42,7 +33,7 @@ async def _line(
 ) -> AsyncIterator[tuple[Node, Node, Node, str]]:
     """a - b - c, converged (a's ascending and c's descending neighbour is b), and a
     topic homed at b."""
-    ida, idb, idc, topic = _three_keys_and_a_topic()
+    ida, idb, idc, topic = three_keys_and_a_topic("app/")
     listen = _LISTEN[transport]
     async with (
         open_node(idb, listen=listen, config=b_config) as b,
@@ -138,10 +129,8 @@ async def test_leaving_open_node_right_after_an_announce_block_still_withdraws(
 ) -> None:
     # The node's own DHT lives as long as the node: leaving `open_node` just after an
     # announce block, the withdrawal is in its outbox and must still leave.
-    ida, idb = sorted((Identity.generate() for _ in range(2)), key=lambda i: i.public_key)
-    topic = next(
-        t for t in (f"t{i}" for i in itertools.count()) if topic_id(t) > bytes(ida.public_key)
-    )
+    ida, idb = sorted_identities(2)
+    topic = topic_above(ida)
     async with open_node(idb, listen="memory://") as b:
         async with open_node(ida) as a:
             await a.connect(b.listen_uris[0])
@@ -216,12 +205,8 @@ async def test_leaving_open_node_right_after_an_open_dht_block_still_withdraws(
     # nothing to wait for and cancelled the router before it sent it (0 of 10 on memory
     # and WebSocket links; the record stayed findable for RECORD_TTL). Real time: a
     # WebSocket link has a writer task of its own.
-    ida, idb = sorted((Identity.generate() for _ in range(2)), key=lambda i: i.public_key)
-    topic = next(
-        t
-        for t in (f"t{n}" for n in itertools.count())
-        if bytes(ida.public_key) < topic_id(t) <= bytes(idb.public_key)
-    )
+    ida, idb = sorted_identities(2)
+    topic = topic_above(ida, idb)
     with trio.fail_after(30):
         async with open_node(idb, listen=listen) as b:
             async with open_node(ida, config=config) as a, open_dht(a) as dht:
