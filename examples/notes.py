@@ -164,7 +164,7 @@ async def find_writer(node: Node, dht: Dht, topic: str, wait: float) -> PeerReco
         while True:
             records = [
                 r
-                for r in await dht.lookup(topic, timeout=3)
+                for r in await dht.lookup(topic, timeout=3, enough=1)
                 if r.public_key != node.public_key and len(r.data) == 32  # data: a log key
             ]
             if records:

@@ -26,7 +26,8 @@ topic id a moment ago is "closest" but empty; the old closest node is its neighb
 still has the records; after the closest node died, its neighbours hold the copies).
 A neighbour that stays silent is asked directly, and retried like an announce while
 the lookup has found nothing (with records in hand, one timeout is all it gets); the
-lookup finishes when every node named has answered or given up, or at its deadline.
+lookup finishes when every node named has answered or given up, or at its deadline
+(or, with `enough`, as soon as that many verified records are in hand).
 Every record in a reply is verified against its own key before it is reported, so a
 lying responder can hide records but not invent them.
 
@@ -251,8 +252,12 @@ class _Lookup:
     #: Not sent yet: started while the node had joined no overlay (`DhtEngine.joined`);
     #: `closest.retry_at` is then when it stops waiting and answers from our store.
     parked: bool = False
+    #: Finish as soon as this many records are found (None: ask every node named).
+    enough: int | None = None
 
     def finished(self) -> bool:
+        if self.enough is not None and len(self.found) >= self.enough:
+            return True
         return self.closest.done and all(q.done for q in self.exact.values())
 
 
@@ -585,15 +590,26 @@ class DhtEngine:
                 return rid
 
     def lookup(
-        self, topic: bytes, now: float, timeout: float = LOOKUP_TIMEOUT
+        self,
+        topic: bytes,
+        now: float,
+        timeout: float = LOOKUP_TIMEOUT,
+        *,
+        enough: int | None = None,
     ) -> tuple[int, list[Action]]:
         """Start a lookup of topic id `topic`; it ends with a `LookupDone` action.
 
+        With `enough`, it ends as soon as that many verified records are in hand,
+        without waiting for the other nodes named (a silent one costs a whole
+        `REQUEST_TIMEOUT`); otherwise when every node named answered or gave up.
+
         Raises:
-            TypeError, ValueError: `topic` is not a 32-byte topic id.
+            TypeError, ValueError: `topic` is not a 32-byte topic id, or `enough` < 1.
             LocalProtocolError: when `MAX_PENDING` requests are already in flight.
         """
         topic = check_topic_id(topic)
+        if enough is not None and enough < 1:
+            raise ValueError(f"enough must be at least 1, not {enough}")
         if self.pending() >= MAX_PENDING:
             raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
         rid = self._new_id()
@@ -603,10 +619,12 @@ class DhtEngine:
             # park it until the node joins, for LOOKUP_JOIN_WAIT at most (answered then
             # from our own store: still alone, we are the closest node).
             query = _Query(retry_at=now + min(timeout, LOOKUP_JOIN_WAIT))
-            self._lookups[rid] = _Lookup(rid, topic, now + timeout, query, parked=True)
+            self._lookups[rid] = _Lookup(
+                rid, topic, now + timeout, query, parked=True, enough=enough
+            )
             return rid, []
         self._lookups[rid] = _Lookup(
-            rid, topic, now + timeout, _Query(retry_at=now + REQUEST_TIMEOUT)
+            rid, topic, now + timeout, _Query(retry_at=now + REQUEST_TIMEOUT), enough=enough
         )
         return rid, [SendClosest(topic, encode(Lookup(rid, topic)))]
 

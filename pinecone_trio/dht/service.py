@@ -255,12 +255,16 @@ class Dht:
         topic: bytes | str,
         *,
         timeout: float = LOOKUP_TIMEOUT,  # noqa: ASYNC109 (a query window, not an error)
+        enough: int | None = None,
     ) -> list[PeerRecord]:
         """The verified records announced under `topic`, the freshest first.
 
         Asks the node closest to the topic id and its snake neighbours; returns what
         they answered within `timeout` seconds (an empty list if nobody announces, or
-        nobody answered). Records of this node itself are included.
+        nobody answered). Records of this node itself are included. With `enough`
+        (e.g. 1: any peer announcing the topic will do), it returns as soon as that
+        many records are in hand instead of waiting for every node named (one that
+        left a moment ago stays named for a while and costs a whole request timeout).
 
         A node that has joined no overlay yet (no snake neighbour: it just started, or
         lost its peers) waits for that, up to `LOOKUP_JOIN_WAIT` (4 s) within
@@ -270,25 +274,27 @@ class Dht:
 
         Raises:
             TypeError: `topic` is neither str nor bytes-like.
+            ValueError: `enough` is below 1.
             LocalProtocolError: too many DHT requests in flight (`MAX_PENDING`).
             trio.ClosedResourceError: the DHT is (or got) closed.
         """
-        return await self.lookup_id(topic_id(topic), timeout=timeout)
+        return await self.lookup_id(topic_id(topic), timeout=timeout, enough=enough)
 
     async def lookup_id(
         self,
         topic: bytes,
         *,
         timeout: float = LOOKUP_TIMEOUT,  # noqa: ASYNC109 (a query window, not an error)
+        enough: int | None = None,
     ) -> list[PeerRecord]:
         """`lookup` by a 32-byte topic id (`crypto.topic_id(topic)`).
 
         Raises:
-            TypeError, ValueError: `topic` is not 32 bytes.
+            TypeError, ValueError: `topic` is not 32 bytes, or `enough` below 1.
             LocalProtocolError, trio.ClosedResourceError: as `lookup`.
         """
         self._check_open()
-        rid, actions = self.engine.lookup(topic, trio.current_time(), timeout)
+        rid, actions = self.engine.lookup(topic, trio.current_time(), timeout, enough=enough)
         waiter = self._lookups[rid] = _Waiter()
         self._apply(actions)
         try:
