@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from hyperlog import cli_net
+from hyperlog import cli_keepalive
 from hyperlog.crypto import key_pair
 from hyperlog.log import open_store
 from pinecone_trio import transports
@@ -33,10 +33,10 @@ async def _idle_probes(stream: trio.SocketStream) -> None:
     if idle_option is None:
         idle_option = socket.TCP_KEEPALIVE
     idle = stream.getsockopt(socket.IPPROTO_TCP, idle_option)
-    assert idle == cli_net.LIVE_KEEPALIVE_IDLE
+    assert idle == cli_keepalive.LIVE_KEEPALIVE_IDLE
     if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux: unacknowledged data breaks it too
         unacknowledged = stream.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT)
-        assert unacknowledged == cli_net.LIVE_USER_TIMEOUT * 1000
+        assert unacknowledged == cli_keepalive.LIVE_USER_TIMEOUT * 1000
 
 
 async def _probed_tcp_stream() -> tuple[trio.SocketStream, trio.SocketListener]:
@@ -44,7 +44,7 @@ async def _probed_tcp_stream() -> tuple[trio.SocketStream, trio.SocketListener]:
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     stream = await trio.open_tcp_stream("127.0.0.1", port)
-    cli_net._keep_alive(stream)
+    cli_keepalive._keep_alive(stream)
     return stream, listeners[0]
 
 
@@ -65,7 +65,7 @@ async def test_the_idle_time_is_set_where_the_option_is_named_tcp_keepalive(
     monkeypatch.setattr(socket, "TCP_KEEPALIVE", option, raising=False)
     stream, listener = await _probed_tcp_stream()
     async with stream, listener:
-        assert stream.getsockopt(socket.IPPROTO_TCP, option) == cli_net.LIVE_KEEPALIVE_IDLE
+        assert stream.getsockopt(socket.IPPROTO_TCP, option) == cli_keepalive.LIVE_KEEPALIVE_IDLE
 
 
 async def test_a_live_clones_ws_connection_is_probed_when_idle() -> None:
@@ -77,7 +77,7 @@ async def test_a_live_clones_ws_connection_is_probed_when_idle() -> None:
             bound = await nursery.start(transports.serve, "ws://127.0.0.1:0/log", handler)
             stream = await transports.dial(bound, nursery=nursery)
             assert isinstance(stream, transports.WebSocketStream)
-            cli_net._keep_alive(stream)
+            cli_keepalive._keep_alive(stream)
             assert stream.socket_stream is not None
             await _idle_probes(stream.socket_stream)
             await stream.aclose()

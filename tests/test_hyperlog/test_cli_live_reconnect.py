@@ -19,7 +19,7 @@ from pathlib import Path
 import trio
 from trio_websocket import ConnectionRejected
 
-from hyperlog import cli_net
+from hyperlog import cli_live, cli_words
 from hyperlog.crypto import key_pair
 from hyperlog.errors import InvalidProofError, ReplicationError
 from hyperlog.log import open_store
@@ -206,12 +206,12 @@ def test_a_name_that_does_not_resolve_is_said_in_words() -> None:
 
     unresolved = socket.gaierror(-3, "Temporary failure in name resolution")
     wrapped = os_error_in(unresolved, "cannot resolve host 'nowhere.invalid'")
-    assert cli_net._connect_failure("tcp://nowhere.invalid:7000", wrapped) == (
+    assert cli_words._connect_failure("tcp://nowhere.invalid:7000", wrapped) == (
         "tcp://nowhere.invalid:7000: cannot resolve host 'nowhere.invalid': "
         "Temporary failure in name resolution"
     )
     bare = socket.gaierror(-2, "Name or service not known")
-    assert cli_net._connect_failure("tcp://nowhere.invalid:7000", bare) == (
+    assert cli_words._connect_failure("tcp://nowhere.invalid:7000", bare) == (
         "tcp://nowhere.invalid:7000: Name or service not known (the name did not resolve)"
     )
 
@@ -266,42 +266,42 @@ def test_the_retry_delay_doubles_from_half_a_second_to_its_cap() -> None:
     rng = random.Random(7)
     for failures, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (99, 30.0)]:
         for _ in range(20):
-            delay = cli_net._retry_delay(failures, rng)
+            delay = cli_live._retry_delay(failures, rng)
             assert ceiling / 2 <= delay <= ceiling, (failures, delay)
-    assert cli_net.LIVE_RETRY_FIRST == 0.5 and cli_net.LIVE_RETRY_CAP == 30.0
+    assert cli_live.LIVE_RETRY_FIRST == 0.5 and cli_live.LIVE_RETRY_CAP == 30.0
 
 
 def test_which_failures_are_retried() -> None:
     from pinecone_trio.errors import BadHandshake, HandshakeAborted, HandshakeTimeout
 
-    assert cli_net._transient_dial(ConnectionRefusedError(111, "Connection refused"))
-    assert cli_net._transient_dial(TimeoutError("no TCP connection within 5 s"))
-    assert cli_net._transient_dial(socket.gaierror(-3, "Temporary failure in name resolution"))
-    assert cli_net._transient_dial(HandshakeAborted("connection lost during the handshake"))
-    assert cli_net._transient_dial(HandshakeTimeout("no handshake"))
-    assert not cli_net._transient_dial(BadHandshake("not a Noise peer"))
+    assert cli_live._transient_dial(ConnectionRefusedError(111, "Connection refused"))
+    assert cli_live._transient_dial(TimeoutError("no TCP connection within 5 s"))
+    assert cli_live._transient_dial(socket.gaierror(-3, "Temporary failure in name resolution"))
+    assert cli_live._transient_dial(HandshakeAborted("connection lost during the handshake"))
+    assert cli_live._transient_dial(HandshakeTimeout("no handshake"))
+    assert not cli_live._transient_dial(BadHandshake("not a Noise peer"))
     for status, fatal in [(404, True), (403, True), (502, False), (503, False)]:
         refused = ConnectionRefusedError(f"WebSocket upgrade refused: HTTP {status}")
         refused.__cause__ = ConnectionRejected(status, (), None)
-        assert cli_net._transient_dial(refused) is not fatal, status
-        assert cli_net._transient_dial(refused, served_before=True), status  # (a proxy)
-    assert cli_net._dial_failure("ws://h:1/x", refused) == (
+        assert cli_live._transient_dial(refused) is not fatal, status
+        assert cli_live._transient_dial(refused, served_before=True), status  # (a proxy)
+    assert cli_words._dial_failure("ws://h:1/x", refused) == (
         "ws://h:1/x: WebSocket upgrade refused: HTTP 503"  # (5xx: no path to check)
     )
     forbidden = ConnectionRefusedError("ws://h:1/x: WebSocket upgrade refused: HTTP 403")
     forbidden.__cause__ = ConnectionRejected(403, (), None)
-    assert cli_net._dial_failure("ws://h:1/x", forbidden) == (
+    assert cli_words._dial_failure("ws://h:1/x", forbidden) == (
         "ws://h:1/x: WebSocket upgrade refused: HTTP 403 (check the path)"
     )
-    assert cli_net._transient_end(None)  # the peer closed it
-    assert cli_net._transient_end(trio.BrokenResourceError("reset"))
-    assert cli_net._transient_end(trio.ClosedResourceError())
-    assert not cli_net._transient_end(ReplicationError("peer sent an invalid proof: x"))
-    assert not cli_net._transient_end(InvalidProofError("bad"))
+    assert cli_live._transient_end(None)  # the peer closed it
+    assert cli_live._transient_end(trio.BrokenResourceError("reset"))
+    assert cli_live._transient_end(trio.ClosedResourceError())
+    assert not cli_live._transient_end(ReplicationError("peer sent an invalid proof: x"))
+    assert not cli_live._transient_end(InvalidProofError("bad"))
     no_hello = ReplicationError("peer sent no hello in time")
     no_hello.__cause__ = trio.TooSlowError()  # as the driver reports it: timed out
-    assert not cli_net._transient_end(no_hello)  # (maybe no hyperlog server at all)
-    assert cli_net._transient_end(no_hello, served_before=True)  # a link that stalled
-    assert not cli_net._transient_end(
+    assert not cli_live._transient_end(no_hello)  # (maybe no hyperlog server at all)
+    assert cli_live._transient_end(no_hello, served_before=True)  # a link that stalled
+    assert not cli_live._transient_end(
         ReplicationError("hello: the peer echoed our nonce"), served_before=True
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import io
 
-from hyperlog.cli_net import _Bar
+from hyperlog.cli_clone_state import _Bar
 from hyperlog.replication import Progress
 
 

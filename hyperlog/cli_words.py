@@ -1,0 +1,171 @@
+"""The network commands' failures in a user's words: a URI checked before anything
+starts, a failed dial with the operating system's reason, why a replication session
+ended, what a clone holds (used by `cli_serve`, `cli_clone` and `cli_live`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import trio
+
+from .errors import HyperlogError, InvalidProofError, ReplicationError
+from .log import Log
+from .replication.constants import HELLO_TIMEOUT
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's message without Python's spelling (`[Errno 111] ...`)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _check_uri(option: str, uri: str) -> None:
+    """Refuse a URI the commands cannot use, saying which option gave it (worded as
+    `pinecone-trio` words it).
+
+    memory:// links exist only inside one Python process (they are for tests): a
+    `serve` on one was reachable from no other process, yet said it was serving.
+
+    Raises:
+        HyperlogError: `uri` is not a usable tcp:// or ws:// URI.
+    """
+    from pinecone_trio.transports.base import check_process_uri
+
+    try:
+        check_process_uri(option, uri)
+    except ValueError as exc:
+        message = str(exc)
+        raise HyperlogError(
+            message if message.startswith(option) else f"{option}: {message}"
+        ) from None
+
+
+def _naming(uri: str, message: str) -> str:
+    """`message` about `uri`, prefixed with the URI unless it names it already (the
+    transports' errors do: a ws:// error used to show the URI twice)."""
+    from pinecone_trio.transports.base import parse_uri
+
+    names = {uri, uri.rstrip("/")}
+    with contextlib.suppress(ValueError):
+        names.add(str(parse_uri(uri)))
+    if any(name and name in message for name in names):
+        return message
+    return f"{uri}: {message}"
+
+
+def _os_reasons(exc: BaseException) -> list[str]:
+    """The operating system's reasons inside `exc`: its own errno, then those of the
+    errors it was raised from, groups opened (`trio.open_tcp_stream` says only "all
+    attempts to connect to HOST:PORT failed" and puts each attempt's error, "Connection
+    refused", "No route to host", in a group as its cause). Distinct, in order."""
+    found: list[str] = []
+    for e in _causes(exc):
+        if isinstance(e, socket.gaierror):
+            # A resolver's error number is no errno: os.strerror(-3) is "Unknown error
+            # -3" (and macOS's EAI_NONAME, 8, is ENOEXEC's number).
+            text = _UNRESOLVED
+        elif isinstance(e, OSError) and e.errno:
+            text = os.strerror(e.errno)
+        else:
+            continue
+        if text not in found:
+            found.append(text)
+    return found
+
+
+#: `_os_reasons`' words for a host name that did not resolve.
+_UNRESOLVED = "the name did not resolve"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, then the errors it was raised from, groups opened, in order (at most 64:
+    a chain of causes is short)."""
+    found: list[BaseException] = []
+    stack: list[BaseException] = [exc]
+    while stack and len(found) < 64:
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            found.append(e)
+        if e.__cause__ is not None:
+            stack.append(e.__cause__)
+    return found
+
+
+def _refused_upgrade(exc: BaseException) -> int | None:
+    """The HTTP status of a WebSocket upgrade the server refused, if `exc` is that
+    (the ws:// transport raises ConnectionRefusedError from trio-websocket's
+    `ConnectionRejected`)."""
+    from trio_websocket import ConnectionRejected
+
+    for e in _causes(exc):
+        if isinstance(e, ConnectionRejected):
+            return e.status_code
+    return None
+
+
+def _connect_failure(uri: str, exc: BaseException) -> str:
+    """One line for a failed dial: the URI, what failed, and the OS reason (connection
+    refused, timed out, no route to host) when the error carries one."""
+    message = _reason(exc)
+    said = message.lower()
+    reasons = [
+        r
+        for r in _os_reasons(exc)
+        if r.lower() not in said and not (r == _UNRESOLVED and "resolv" in said)
+    ]
+    if reasons:
+        message = f"{message} ({', '.join(reasons)})"
+    return _naming(uri, message)
+
+
+def _dial_failure(uri: str, exc: BaseException) -> str:
+    """`_connect_failure`, asking to check the path when a WebSocket upgrade was
+    refused with a 4xx status (the transport asks it for 404 already)."""
+    message = _connect_failure(uri, exc)
+    status = _refused_upgrade(exc)
+    if status is not None and 400 <= status < 500 and "check the path" not in message:
+        message += " (check the path)"
+    return message
+
+
+def _ended(error: BaseException | None) -> str:
+    """Why a replication session ended, in a user's words (not the link's: "link
+    broken: the stream ended inside a frame (38164 bytes left)")."""
+    if error is None:
+        return "the peer closed the connection"
+    if isinstance(error, _Unanswered):
+        return str(error)
+    if _hello_timed_out(error):
+        return f"the peer sent nothing for {HELLO_TIMEOUT:g} s once the link was up (no hello)"
+    if isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
+        # The stream died: the peer stopped (Ctrl-C, a crash) or the network failed.
+        reasons = _os_reasons(error)
+        detail = reasons[0].lower() if reasons else "the connection broke off"
+        return f"the peer went away ({detail})"
+    return f"the peer was dropped ({error})"  # it broke the protocol, sent a bad proof
+
+
+class _Unanswered(Exception):
+    """The server neither opened nor refused the log's channel in time (why a live
+    connection ended, as `session.error` says for the others)."""
+
+
+def _invalid_proof(error: BaseException) -> bool:
+    """Whether a session ended because the peer's proof did not verify against the
+    blocks held here."""
+    return any(isinstance(e, InvalidProofError) for e in _causes(error))
+
+
+def _hello_timed_out(error: BaseException) -> bool:
+    """Whether a session ended because the peer sent no hello in time (timed out, as
+    opposed to a peer that sent something else: the driver chains the timeout)."""
+    return isinstance(error, ReplicationError) and isinstance(error.__cause__, trio.TooSlowError)
+
+
+def _held(log: Log) -> str:
+    return f"length {log.length}, {log.statistics().blocks_held} blocks held"
