@@ -53,9 +53,21 @@ async def _wait_held(directory: Path, blocks: int) -> None:
 async def _interrupt(proc: trio.Process) -> tuple[int, bytes]:
     """Ctrl-C: its exit status and the rest of its stderr."""
     proc.send_signal(signal.SIGINT)
+    return await _exit_of(proc)
+
+
+async def _exit_of(proc: trio.Process) -> tuple[int, bytes]:
+    """Its exit status and the rest of its stderr, once it ends by itself."""
     with trio.fail_after(BOUND):
         rest = await _stderr_of(proc)
         return await proc.wait(), rest
+
+
+async def _crash(serve: trio.Process) -> None:
+    """The server dies (SIGKILL: no goodbye)."""
+    serve.kill()
+    with trio.fail_after(BOUND):
+        await serve.wait()
 
 
 async def _kill(*procs: trio.Process | None) -> None:
@@ -85,9 +97,7 @@ async def test_a_live_clone_follows_a_server_that_restarts(tmp_path: Path) -> No
     clone = again = None
     try:
         clone = await _live_clone_holding(key, tmp_path / "r", uri, 3)
-        serve.kill()  # a crash: no goodbye
-        with trio.fail_after(BOUND):
-            await serve.wait()
+        await _crash(serve)
         err = await _stderr_until(clone, b"retrying")
         await _append(tmp_path / "w", b"while it was down", b"and more")
         # Back on the same port, with more blocks, appending what it reads.
@@ -135,9 +145,8 @@ async def test_a_live_clone_started_before_the_server_connects_when_it_appears(
         await _wait_held(tmp_path / "r", 4)
         err += await _stderr_until(clone, b"following")
         clone.send_signal(signal.SIGTERM)
-        with trio.fail_after(BOUND):
-            err += await _stderr_of(clone)
-            code = await clone.wait()
+        code, rest = await _exit_of(clone)
+        err += rest
     finally:
         await _kill(serve, clone)
     assert code == 143, err
@@ -154,13 +163,9 @@ async def test_a_server_for_another_log_ends_a_live_clone(tmp_path: Path) -> Non
     clone = other = None
     try:
         clone = await _live_clone_holding(key, tmp_path / "r", uri, 2)
-        serve.kill()
-        with trio.fail_after(BOUND):
-            await serve.wait()
+        await _crash(serve)
         other, _ = await _start_serve(tmp_path / "other", uri)  # the same port
-        with trio.fail_after(BOUND):
-            err = await _stderr_of(clone)
-            code = await clone.wait()
+        code, err = await _exit_of(clone)
     finally:
         await _kill(serve, clone, other)
     assert code == 1 and b"Traceback" not in err, err
@@ -178,15 +183,11 @@ async def test_a_server_restored_from_an_older_copy_ends_a_live_clone(tmp_path: 
     clone = restored = None
     try:
         clone = await _live_clone_holding(key, tmp_path / "r", uri, 5)
-        serve.kill()
-        with trio.fail_after(BOUND):
-            await serve.wait()
+        await _crash(serve)
         # Restored from the backup and appended to: 6 blocks that do not extend our 5.
         await _append(tmp_path / "older", b"other 3", b"other 4", b"other 5")
         restored, _ = await _start_serve(tmp_path / "older", uri)
-        with trio.fail_after(BOUND):
-            err = await _stderr_of(clone)
-            code = await clone.wait()
+        code, err = await _exit_of(clone)
     finally:
         await _kill(serve, clone, restored)
     assert code == 1, err
