@@ -601,14 +601,17 @@ class DhtEngine:
 
         With `enough`, it ends as soon as that many verified records are in hand,
         without waiting for the other nodes named (a silent one costs a whole
-        `REQUEST_TIMEOUT`); otherwise when every node named answered or gave up.
+        `REQUEST_TIMEOUT`; the answers that come after are counted as unexpected
+        replies), and reports those records; otherwise when every node named answered
+        or gave up.
 
         Raises:
-            TypeError, ValueError: `topic` is not a 32-byte topic id, or `enough` < 1.
+            TypeError, ValueError: `topic` is not a 32-byte topic id, or `enough` is
+                not an int of at least 1.
             LocalProtocolError: when `MAX_PENDING` requests are already in flight.
         """
         topic = check_topic_id(topic)
-        if enough is not None and enough < 1:
+        if enough is not None and (type(enough) is not int or enough < 1):
             raise ValueError(f"enough must be at least 1, not {enough}")
         if self.pending() >= MAX_PENDING:
             raise LocalProtocolError(f"{MAX_PENDING} DHT requests in flight")
