@@ -107,9 +107,10 @@ def _retry_delay(failures: int, rng: random.Random | None = None) -> float:
     """Seconds before the next dial after `failures` failed ones since a connection
     last held for `LIVE_STEADY`: about `LIVE_RETRY_FIRST`, doubling up to
     `LIVE_RETRY_CAP`, drawn from [d/2, d] so clones that lost the same server do not
-    all redial it at once."""
-    ceiling = min(LIVE_RETRY_CAP, LIVE_RETRY_FIRST * 2.0 ** min(failures, 32))
-    return (rng or random).uniform(ceiling / 2, ceiling)
+    all redial it at once (the static peers' `backoff_delay`, with these figures)."""
+    from pinecone_trio.backoff import backoff_delay
+
+    return backoff_delay(failures, rng, base=LIVE_RETRY_FIRST, cap=LIVE_RETRY_CAP)
 
 
 def _transient_dial(exc: BaseException, *, served_before: bool = False) -> bool:

@@ -19,12 +19,19 @@ BACKOFF_CAP: Final = 3600.0
 DIAL_TIMEOUT: Final = 5.0
 
 
-def backoff_delay(failures: int, rng: random.Random | None = None) -> float:
+def backoff_delay(
+    failures: int,
+    rng: random.Random | None = None,
+    *,
+    base: float = BACKOFF_BASE,
+    cap: float = BACKOFF_CAP,
+) -> float:
     """Seconds to wait before the next dial after `failures` consecutive failures.
 
-    `failures == 0` (the link just went down after working) gives about one second.
+    `failures == 0` (the link just went down after working) gives about `base` (one
+    second); each failure doubles it, up to `cap`, each delay drawn from [d/2, d].
     """
     if failures < 0:
         raise ValueError("failures must be >= 0")
-    ceiling = min(BACKOFF_CAP, BACKOFF_BASE * 2.0 ** min(failures, 32))
+    ceiling = min(cap, base * 2.0 ** min(failures, 32))
     return (rng or random).uniform(ceiling / 2, ceiling)

@@ -285,7 +285,7 @@ class Node(RouterTaskMixin, PeeringsMixin):
                 wake.set()
                 return
             with contextlib.suppress(trio.RunFinishedError):
-                token.run_sync_soon(lambda: wake.set())
+                token.run_sync_soon(wake.set)
 
         pool.add_listener(low)
         try:

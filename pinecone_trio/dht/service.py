@@ -201,18 +201,15 @@ class Dht:
             self._sender_done.set()
             self._handed_lot.unpark_all()
 
-    async def _drain(self) -> bool:
+    async def _drain(self) -> None:
         """Wait until what the outbox holds now has been handed to the node (the
         withdrawals of announce blocks just left), for at most `EXIT_GRACE` and even
-        when cancelled, without closing it: the DHT keeps running. True if the outbox
-        held anything (the caller may then give the node time to send it)."""
+        when cancelled, without closing it: the DHT keeps running. (The leaving node
+        then waits for its links to send it.)"""
         target = self._queued
-        if self._handed >= target:
-            return False
         with trio.move_on_after(EXIT_GRACE, shield=True):
             while self._handed < target and not self._sender_done.is_set():
                 await self._handed_lot.park()
-        return True
 
     async def _flush(self) -> None:
         """Refuse new requests, then let the sender empty the outbox, for at most
@@ -226,7 +223,8 @@ class Dht:
         while True:
             now = trio.current_time()
             # The neighbour poll (NEIGHBOUR_POLL_INTERVAL), on every wake: a new
-            # descending neighbour is told at once by the `on_timer` just below.
+            # descending neighbour is told at once by the `on_timer` just below (not
+            # `_update_neighbours`: that would wake this very task for nothing).
             self.engine.set_neighbours(*self._node.snake_neighbours())
             self._apply(self.engine.on_timer(now), wake=False)
             self._timer_deadline = min(self.engine.next_deadline(), now + NEIGHBOUR_POLL_INTERVAL)
