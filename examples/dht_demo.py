@@ -89,7 +89,7 @@ async def announce_and_serve(
         start = time.perf_counter()
         async with dht.announce(TOPIC, data=name.encode()) as announcement:
             ms = (time.perf_counter() - start) * 1000
-            state = "acknowledged" if announcement.acknowledged else "NOT acknowledged"
+            state = "acknowledged" if announcement.placed else "NOT acknowledged"
             say(f"{name}: announced {TOPIC!r} ({state} by the closest node in {ms:.1f} ms)")
             task_status.started()
             await trio.sleep_forever()

@@ -114,7 +114,12 @@ async def serve_one(stream: SessionStream, log: Log) -> None:
 
 async def announce(dht: Dht, topic: str, log: Log) -> None:
     async with dht.announce(topic, data=log.key) as announcement:
-        how = "acknowledged" if announcement.acknowledged else "alone: sent again on joining"
+        if announcement.placed:
+            how = "acknowledged"
+        elif announcement.acknowledged:
+            how = "alone so far: sent again on joining"
+        else:
+            how = "not acknowledged yet: retrying"
         say(f"announced {topic!r} on the DHT ({how})")
         await trio.sleep_forever()  # findable while this runs; withdrawn when cancelled
 

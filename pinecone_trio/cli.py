@@ -179,18 +179,13 @@ async def _report_static_peers(node: Node) -> None:
         await trio.sleep(STATIC_REPORT_INTERVAL)
 
 
-def _status(node: Node) -> dict[str, Any]:
-    """`node.status()` with its DHT's under "dht" (None when it serves none)."""
-    return {**node.status(), "dht": None if node.dht is None else node.dht.status()}
-
-
 async def _write_status(node: Node, path: str) -> None:
     # A status file that cannot be written (directory gone, disk full) is reported,
     # once per distinct error, but does not stop the relay.
     last_error = ""
     while True:
         try:
-            await trio.to_thread.run_sync(write_json_atomically, path, _status(node))
+            await trio.to_thread.run_sync(write_json_atomically, path, node.status())
         except OSError as exc:
             error = _os_error_text(exc)
             if error != last_error:
@@ -232,7 +227,7 @@ async def _run(args: argparse.Namespace) -> None:
                     break
         if args.status_json:
             try:
-                write_json_atomically(args.status_json, {**_status(node), "stopped": True})
+                write_json_atomically(args.status_json, {**node.status(), "stopped": True})
             except OSError as exc:  # reported; the shutdown itself was clean
                 print(f"pinecone-trio: {_os_error_text(exc)}", file=sys.stderr)
 

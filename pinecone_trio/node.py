@@ -505,7 +505,8 @@ class Node(RouterTaskMixin, PeeringsMixin):
         return state.descending_key, state.ascending_key
 
     def status(self) -> dict[str, Any]:
-        """A plain, JSON-ready snapshot of the node (keys as lowercase hex)."""
+        """A plain, JSON-ready snapshot of the node (keys as lowercase hex), with the
+        status of the DHT it serves under "dht" (None with `NodeConfig(dht=False)`)."""
         state = self._state
         now = trio.current_time() if self._nursery is not None else 0.0
         if state is None:
@@ -551,6 +552,7 @@ class Node(RouterTaskMixin, PeeringsMixin):
                 **self._discovery.statistics.status(),
             },
             "counters": asdict(self.counters),
+            "dht": None if self.dht is None else self.dht.status(),
         }
 
 

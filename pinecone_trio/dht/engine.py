@@ -173,10 +173,12 @@ class LookupDone:
 
 @dataclass(frozen=True, slots=True)
 class AnnounceDone:
-    """The first announce round of `topic` ended: acknowledged by the closest node or not."""
+    """The first announce round of `topic` ended: acknowledged by the closest node or not,
+    and `placed` when that node is in an overlay (alone, we acknowledged it ourselves)."""
 
     topic: bytes
     acknowledged: bool
+    placed: bool = False
 
 
 Action = SendExact | SendClosest | LookupDone | AnnounceDone
@@ -785,7 +787,7 @@ class DhtEngine:
         if ann.reported:
             return []
         ann.reported = True
-        return [AnnounceDone(ann.topic, acked)]
+        return [AnnounceDone(ann.topic, acked, ann.placed)]
 
     # ------------------------------------------------------------ time
 

@@ -70,20 +70,26 @@ _open_on: weakref.WeakSet[Node] = weakref.WeakSet()
 
 @dataclass(slots=True)
 class Announcement:
-    """What `Dht.announce` yields: the topic id and whether the first round was
-    acknowledged by the node closest to it (if not, refreshes keep trying)."""
+    """What `Dht.announce` yields: the topic id, whether the first round was
+    acknowledged by the node closest to it (if not, refreshes keep trying), and whether
+    that node is in an overlay (`placed`). A node still alone after `ANNOUNCE_JOIN_WAIT`
+    is the closest node itself: it stores and acknowledges its own record
+    (`acknowledged` True, `placed` False), which nobody else can find until a join sends
+    it into the overlay."""
 
     topic_id: bytes
     acknowledged: bool
+    placed: bool = False
 
 
 class _Waiter:
-    __slots__ = ("acknowledged", "event", "records")
+    __slots__ = ("acknowledged", "event", "placed", "records")
 
     def __init__(self) -> None:
         self.event = trio.Event()
         self.records: tuple[PeerRecord, ...] = ()
         self.acknowledged = False
+        self.placed = False
 
 
 class Dht:
@@ -161,6 +167,7 @@ class Dht:
                 waiter = self._announces.get(action.topic)
                 if waiter is not None:
                     waiter.acknowledged = action.acknowledged
+                    waiter.placed = action.placed
                     waiter.event.set()
         if wake:
             self._wake.set()
@@ -336,7 +343,7 @@ class Dht:
             self._apply(actions)
             await waiter.event.wait()
             self._check_open()
-            yield Announcement(tid, waiter.acknowledged)
+            yield Announcement(tid, waiter.acknowledged, waiter.placed)
         finally:
             self._announces.pop(tid, None)
             self._apply(self.engine.stop_announce(tid, trio.current_time()))

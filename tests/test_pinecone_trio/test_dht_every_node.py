@@ -59,10 +59,11 @@ async def _library_node_is_the_home(transport: str) -> None:
     async with _line(transport) as (a, b, c, topic):
         # b is what a library app runs: `open_node`, nothing about the DHT.
         async with _dht(a).announce(topic, data=b"hi") as ann:
-            assert ann.acknowledged  # by b, the topic's home
+            assert ann.acknowledged and ann.placed  # by b, the topic's home
             found = await _dht(c).lookup(topic, timeout=10)
             assert [(r.public_key, r.data) for r in found] == [(a.public_key, b"hi")]
             assert _dht(b).status()["records"] == 1
+            assert b.status()["dht"]["records"] == 1
             assert _dht(b).engine.store.entry(topic_id(topic), bytes(a.public_key)) is not None
         assert b.counters.unknown_service == 0
 
@@ -82,10 +83,10 @@ async def test_dht_false_makes_a_hole_unless_open_dht_runs_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with _line("memory", NodeConfig(dht=False)) as (a, b, c, topic):
-        assert b.dht is None
+        assert b.dht is None and b.status()["dht"] is None
         # As before every node served: b drops what it cannot serve.
         async with _dht(a).announce(topic, data=b"hi") as ann:
-            assert not ann.acknowledged
+            assert not ann.acknowledged and not ann.placed
             assert await _dht(c).lookup(topic) == []
         assert b.counters.unknown_service > 0
         # open_dht runs a DHT of its own on b for the block, as it always did.

@@ -22,6 +22,7 @@ async def test_single_node_finds_itself(autojump_clock: trio.testing.MockClock) 
     async with open_node(Identity.generate()) as node, open_dht(node) as dht:
         async with dht.announce(b"alone", data=b"me") as ann:
             assert ann.acknowledged and ann.topic_id == topic_id("alone")
+            assert not ann.placed  # its own acknowledgement: nobody else holds it
             [record] = await dht.lookup("alone")
             assert record.public_key == node.public_key and record.data == b"me"
         assert await dht.lookup("alone") == []

@@ -216,7 +216,7 @@ async def test_status_is_json_with_every_documented_field(
         status = json.loads(json.dumps(a.status()))
     assert set(status) == {
         "public_key", "root_key", "root_seq", "coords", "parent_key", "listen", "peers",
-        "snake", "tables", "router", "static_peers", "multicast", "counters",
+        "snake", "tables", "router", "static_peers", "multicast", "counters", "dht",
     }  # fmt: skip
     (peer,) = status["peers"]
     assert set(peer) == {
@@ -238,3 +238,5 @@ async def test_status_is_json_with_every_documented_field(
         "unknown_service", "queue_drops",
     }  # fmt: skip
     assert status["counters"]["dial_failures"] >= 1
+    # The DHT every node serves (docs/dht.md), as `node.dht.status()` gives it.
+    assert status["dht"]["joined"] is True and status["dht"]["records"] == 0
