@@ -242,27 +242,23 @@ class Node(RouterTaskMixin, PeeringsMixin):
             self._sessions.close_all("the peer left")
             raise
         self._sessions.close_all("the peer left")
-        # Everything out when seen twice in a row, a poll apart: `idle` cannot see a
-        # writer task that took the last frames and is still writing them (a link with
-        # no direct write, memory or WebSocket), which the cancellation cut short.
-        # Always, even with no session to close and nothing drained here just now (2 ms
-        # on an idle node): an `open_dht` block left just before handed its withdrawals
-        # to the router, and they may still be in its inbox or on a link (a review found
-        # them lost every time on memory and WebSocket links).
-        quiet = 0
+        # Everything out: the sessions' last packets, the router's inbox (the router
+        # handles what it takes in one synchronous pass) and every peering, including a
+        # writer task still writing frames it took (a link with no direct write, memory
+        # or WebSocket, which the cancellation would cut short). Always checked, even
+        # with no session to close and nothing drained here just now (1 ms on an idle
+        # node): an `open_dht` block left just before handed its withdrawals to the
+        # router, and they may still be in its inbox or on a link (a review found them
+        # lost every time on memory and WebSocket links).
         with trio.move_on_after(GOODBYE_GRACE):
             for _ in range(int(GOODBYE_GRACE * 1000)):
+                await trio.sleep(0.001)
                 if (
                     not self._sessions.flushing
                     and not self._inbox_send.statistics().current_buffer_used
                     and all(peering.idle for peering in self._peerings.values())
                 ):
-                    quiet += 1
-                    if quiet == 2:
-                        return
-                else:
-                    quiet = 0
-                await trio.sleep(0.001)
+                    return
 
     async def _prepare_handshakes(self) -> None:
         """Keep `PREPARED_HANDSHAKES` filled, one item per scheduler pass.

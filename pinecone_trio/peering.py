@@ -321,6 +321,8 @@ class Peering:
         #: (None: `enqueue` wakes the writer instead).
         self._flush_list = flush_list
         self._listed = False
+        #: The writer task took frames off the queue and is still writing them.
+        self._writing = False
         #: A batch of this peering's is in the router inbox, not handled yet.
         self._batch_pending = False
         #: Set (and replaced) when the router finishes a batch the reader waits on.
@@ -368,9 +370,10 @@ class Peering:
 
     @property
     def idle(self) -> bool:
-        """Nothing queued and no write pending on the link."""
+        """Nothing queued and nothing being written: no frame taken by the writer task
+        still on its way to the link, no write pending on the link."""
         direct = self._direct
-        return not self.queue and (direct is None or not direct.send_pending)
+        return not self.queue and not self._writing and (direct is None or not direct.send_pending)
 
     def write_queued(self) -> None:
         """Write the queued frames now, in the caller's task, if the link can (called by
@@ -672,8 +675,12 @@ class Peering:
                 data, size, count = self._take_batch()
                 if not count:
                     continue
-                with trio.move_on_after(WRITE_TIMEOUT) as timeout:
-                    await self.link.send_all(data)
+                self._writing = True  # off the queue, not on the link yet: not idle
+                try:
+                    with trio.move_on_after(WRITE_TIMEOUT) as timeout:
+                        await self.link.send_all(data)
+                finally:
+                    self._writing = False
                 if timeout.cancelled_caught:
                     self._end(f"write stuck for {WRITE_TIMEOUT:g} s")
                     return
