@@ -190,6 +190,9 @@ class EngineStatistics:
     decode_errors: int = 0
     rate_limited: int = 0
     unexpected_replies: int = 0
+    #: Answers to a lookup that had already ended (`enough` records in hand, or its
+    #: deadline passed): not counted as unexpected.
+    late_replies: int = 0
     bad_reply_records: int = 0
     wrong_target: int = 0
     lookups: int = 0
@@ -346,6 +349,10 @@ class DhtEngine:
         # The node's hand-off budget (copies), refilled at HANDOFF_RATE since the time.
         self._handoff_budget = (float(MAX_HANDOFF_RECORDS), -math.inf)
         self._lookups: dict[int, _Lookup] = {}
+        # The request ids of lookups that went out and ended (with `enough` records or
+        # at their deadline, nodes may still answer), oldest first, up to MAX_PENDING:
+        # those answers count as late, not unexpected.
+        self._ended_early: OrderedDict[int, None] = OrderedDict()
         self._announcements: dict[bytes, _Announcement] = {}
         self._announce_ids: dict[int, bytes] = {}
         self._next_sweep = 0.0
@@ -603,8 +610,8 @@ class DhtEngine:
 
         With `enough`, it ends as soon as that many verified records are in hand,
         without waiting for the other nodes named (a silent one costs a whole
-        `REQUEST_TIMEOUT`; the answers that come after are counted as unexpected
-        replies), and reports those records; otherwise when every node named answered
+        `REQUEST_TIMEOUT`; the answers that come after are counted as late replies),
+        and reports those records; otherwise when every node named answered
         or gave up.
 
         Raises:
@@ -639,7 +646,10 @@ class DhtEngine:
     def _on_reply(self, source: bytes, reply: LookupReply, now: float) -> list[Action]:
         lookup = self._lookups.get(reply.request_id)
         if lookup is None or reply.topic != lookup.topic:
-            self.statistics.unexpected_replies += 1
+            if lookup is None and reply.request_id in self._ended_early:
+                self.statistics.late_replies += 1
+            else:
+                self.statistics.unexpected_replies += 1
             return []
         query: _Query | None
         if reply.closest:
@@ -693,6 +703,11 @@ class DhtEngine:
 
     def _finish(self, lookup: _Lookup) -> LookupDone:
         del self._lookups[lookup.request_id]
+        if not lookup.parked:
+            ended = self._ended_early
+            ended[lookup.request_id] = None
+            if len(ended) > MAX_PENDING:  # request ids only grow: the oldest go first
+                ended.popitem(last=False)
         records = sorted(lookup.found.values(), key=lambda r: r.expires, reverse=True)
         if not records:
             self.statistics.lookups_empty += 1

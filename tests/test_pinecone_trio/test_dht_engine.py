@@ -316,8 +316,11 @@ def test_lying_responder_cannot_inject_records() -> None:
     assert isinstance(done, LookupDone)
     assert [(r.public_key, r.seq, r.expires) for r in done.records] == [(key, 2, 50.0)]
     assert looker.statistics.bad_reply_records == 1
-    # A reply nobody asked for is ignored.
+    # A reply to the lookup that ended is ignored (late); one nobody asked for too.
     assert looker.on_message(evil.public_key, wire.encode(reply), None, 0.0) == []
+    assert looker.statistics.late_replies == 1
+    stray = wire.LookupReply(rid + 1000, T, ((good, 50),), (), closest=True)
+    assert looker.on_message(evil.public_key, wire.encode(stray), None, 0.0) == []
     assert looker.statistics.unexpected_replies == 1
 
 

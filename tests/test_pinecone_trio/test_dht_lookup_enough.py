@@ -61,6 +61,11 @@ def test_a_lookup_with_enough_records_does_not_wait_for_a_silent_neighbour(
         [finished] = done
         assert finished.request_id == rid and [r.data for r in finished.records] == [b"data"]
         assert looker.pending() == 0
+        # The neighbour the home named answers after all: late, not unexpected.
+        late = wire.LookupReply(rid, T, (), (), closest=False)
+        assert looker.on_message(GONE, wire.encode(late), None, 0.1) == []
+        assert looker.statistics.late_replies == 1
+        assert looker.statistics.unexpected_replies == 0
 
 
 def test_enough_below_one_is_refused() -> None:
