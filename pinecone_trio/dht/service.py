@@ -192,21 +192,27 @@ class Dht:
     async def _send(self) -> None:
         try:
             async for action in self._outbox_recv:
-                self.datagrams_sent += 1
-                try:
-                    if isinstance(action, SendExact):
-                        await self._service.send(action.key, action.payload)
-                    else:
-                        await self._service.send_closest(action.target, action.payload)
-                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                if not await self._send_one(action):
                     return
-                finally:
-                    self._handed += 1
-                    if self._handed_lot:
-                        self._handed_lot.unpark_all()
         finally:
             self._sender_done.set()
             self._handed_lot.unpark_all()
+
+    async def _send_one(self, action: SendExact | SendClosest) -> bool:
+        """Hand one datagram to the node; False when the node no longer takes any."""
+        self.datagrams_sent += 1
+        try:
+            if isinstance(action, SendExact):
+                await self._service.send(action.key, action.payload)
+            else:
+                await self._service.send_closest(action.target, action.payload)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        finally:
+            self._handed += 1
+            if self._handed_lot:
+                self._handed_lot.unpark_all()
+        return True
 
     async def _drain(self) -> None:
         """Wait until what the outbox holds now has been handed to the node (the
@@ -225,6 +231,16 @@ class Dht:
         self._outbox_send.close()  # the sender ends once it has sent what is queued
         with trio.move_on_after(EXIT_GRACE, shield=True):
             await self._sender_done.wait()
+            # A block cancelled from outside cancelled the sender too (it runs in the
+            # same scope): what it left in the outbox, the withdrawals, is sent from
+            # here (they were lost, the records findable for RECORD_TTL).
+            while True:
+                try:
+                    action = self._outbox_recv.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    return
+                if not await self._send_one(action):
+                    return
 
     async def _timers(self) -> None:
         while True:

@@ -230,3 +230,33 @@ async def test_open_dht_refuses_a_node_that_is_not_running() -> None:
     with pytest.raises(RuntimeError, match="running node"):
         async with open_dht(node):
             pass  # pragma: no cover
+
+
+@pytest.mark.parametrize("outer", [False, True], ids=["dht-block", "node-block"])
+@pytest.mark.parametrize("config", [None, NodeConfig(dht=False)], ids=["served", "own"])
+async def test_an_announce_cancelled_from_outside_still_withdraws(
+    outer: bool, config: NodeConfig | None
+) -> None:
+    # A cancel scope around the `open_dht` block (or around the node too) cancelled
+    # while an announce block runs. A DHT of its own (`dht=False`) runs its sender task
+    # in the cancelled scope: the withdrawal stayed in its outbox (the record findable
+    # for RECORD_TTL) until `_flush` sent what the cancelled sender left.
+    ida, idb = sorted_identities(2)
+    topic = topic_above(ida, idb)
+    with trio.fail_after(30):
+        async with open_node(idb, listen="memory://") as b:
+            with trio.CancelScope() as around_node:
+                async with open_node(ida, config=config) as a:
+                    await a.connect(b.listen_uris[0])
+                    await a.wait_for(lambda: a.snake_neighbours()[1] == bytes(b.public_key))
+                    with trio.CancelScope() as around_dht:
+                        async with open_dht(a) as dht, dht.announce(topic) as ann:
+                            assert ann.acknowledged
+                            (around_node if outer else around_dht).cancel()
+                            await trio.sleep_forever()
+            for _ in range(200):  # b's router handles what a's link delivered
+                stored = _dht(b).engine.store.entry(topic_id(topic), bytes(ida.public_key))
+                if stored is not None and stored.withdrawn:
+                    break
+                await trio.sleep(0.01)
+            assert stored is not None and stored.withdrawn
