@@ -37,8 +37,8 @@ def test_the_dht_program_finds_its_peer_across_a_relay(tmp_path: Path) -> None:
             relay.wait_for_line("dht on", timeout=60)
             a = Program(ns_a, [str(tmp_path / "dht_chat.py")], tmp_path / "a")
             running.append(a)
-            line = a.wait_for_line("announced, acknowledged:", timeout=90)
-            assert line.strip() == "announced, acknowledged: True", a.output
+            line = a.wait_for_line("announced; a node of the overlay holds it:", timeout=90)
+            assert line.strip() == "announced; a node of the overlay holds it: True", a.output
             c = Program(ns_c, [str(tmp_path / "dht_chat.py"), "find"], tmp_path / "c")
             running.append(c)
             assert c.wait(timeout=90) == 0, c.output
