@@ -436,6 +436,11 @@ class Hamt(Generic[V]):
     async def get(self, key: str, *, hint: Sequence[int] | None = None) -> V | None:
         """Return the value of `key`, or None if it is absent.
 
+        On a sparse replica the blocks of the key's path that are not held are fetched
+        from peers through the log's `get`, which waits for them as long as it takes:
+        with the writer gone (no peer serving the log) this waits until cancelled. An
+        app that may be offline bounds it: ``with trio.move_on_after(5): ...``.
+
         Args:
           key: a ``/``-separated path.
           hint: block numbers a peer said this lookup reads (`path_hint`); they are
@@ -849,7 +854,10 @@ def open_hamt(
     """Open the HAMT stored in `log`: ``async with open_hamt(log) as db: ...``.
 
     An empty writable log gets a header block (block 0) first. Otherwise block 0 is
-    read (from peers, for a replica) and checked.
+    read (from peers, for a replica) and checked. A replica that is still empty (it
+    has not heard the writer's length yet: `replicate` just started) waits for block 0
+    from its peers, as its `get` does; bound it with `trio.fail_after` (a peer that
+    never serves the log is waited for until cancelled).
 
     Args:
       log: a `LogLike` (e.g. a `hyperlog.Log`, or a `MemoryLog`); for a read-only HAMT
@@ -867,7 +875,8 @@ def open_hamt(
 
     Raises:
       CorruptNodeError: block 0 is not a HAMT header.
-      ReadOnlyError: the log is empty and not writable.
+      ReadOnlyError: the log is empty, not writable, and cannot fetch block 0 (no
+        replicator attached, or a snapshot).
     """
     return _open(
         log, codec, hash_function, cache_blocks, cache_bytes, metadata, hints, hint_timeout
@@ -885,11 +894,22 @@ async def load_hamt(
     hint_timeout: float = HINT_TIMEOUT,
 ) -> Hamt[Any]:
     """`open_hamt` without the context: for tests that span several `trio.run` calls."""
-    if log.length == 0:
-        if getattr(log, "writable", False) is not True:
-            raise ReadOnlyError("the log is empty and not writable: nothing to open")
+    if log.length == 0 and getattr(log, "writable", False) is True:
         await cast(LogLike, log).append([encode_header(os.urandom(SALT_BYTES), metadata)])
-    header = decode_header(await log.get(0))
+        first = await log.get(0)
+    elif log.length == 0:
+        # A replica that has not heard the writer's length yet (just after `replicate`
+        # started): its `get` waits for block 0 from peers, as every read of a sparse
+        # replica does. A log that cannot fetch it (no replicator, a snapshot) fails.
+        try:
+            first = await log.get(0)
+        except Exception as exc:
+            raise ReadOnlyError(
+                f"the log is empty and not writable: nothing to open ({exc})"
+            ) from exc
+    else:
+        first = await log.get(0)
+    header = decode_header(first)
     hasher = Hasher(derive_hash_key(log.key, header.salt), hash_function)
     shared = _Shared(log, hasher, BlockCache(cache_blocks, cache_bytes), hints, hint_timeout)
     return Hamt(shared, codec if codec is not None else BYTES, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from contextlib import aclosing
 
+import pytest
 import trio
 import trio.testing
 
@@ -88,3 +89,32 @@ async def test_reader_watch_follows_the_writer_live() -> None:
                         assert got == [(3, "b", b"2"), (4, "a", None)]
                         assert await reader.get("b") == b"2"
                         assert await reader.get("a") is None
+
+
+async def test_a_replica_opened_before_it_heard_the_writer_waits_for_block_0() -> None:
+    # Found by a newcomer following the docs: `open_hamt` on a replica right after
+    # `replicate` started raised "the log is empty and not writable" (it had not heard
+    # the writer's length yet), while `rlog.get(0)` at the same moment waited and
+    # fetched the block; it took an undocumented `update()` first.
+    async with open_store() as ws, open_store() as rs:
+        wlog = await ws.create_log()
+        async with hamt.open_hamt(wlog) as writer:
+            for j in range(20):
+                await writer.put(f"k{j}", b"v%d" % j)
+            rlog = await rs.open_log(wlog.key)
+            assert rlog.length == 0
+            s1, s2 = trio.testing.memory_stream_pair()
+            with trio.fail_after(60):
+                async with (
+                    replicate(s1, wlog),
+                    replicate(s2, rlog),
+                    hamt.open_hamt(rlog) as reader,
+                ):
+                    assert reader.version == wlog.length == 21
+                    assert await reader.get("k7") == b"v7"
+        # No replicator, nothing to fetch block 0 from: refused at once, as before.
+        async with open_store() as alone:
+            lonely = await alone.open_log(wlog.key)
+            with pytest.raises(hamt.ReadOnlyError, match="empty and not writable"):
+                async with hamt.open_hamt(lonely):
+                    pass  # pragma: no cover
