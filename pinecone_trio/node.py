@@ -363,7 +363,18 @@ class Node(RouterTaskMixin, PeeringsMixin):
     async def send_datagram(self, key: PublicKey | bytes, protocol: str, data: bytes) -> None:
         """Send an encrypted, unreliable datagram named by `protocol` to `key`.
 
+        Not fire-and-forget when there is no session with `key` yet: the first datagram
+        waits for the handshake (a few ms; up to the handshake timeout, 10 s by
+        default, for a key nobody answers for). Then it returns once the datagram is
+        queued on the session; it may still be lost on the way (a full queue drops it:
+        `statistics()["datagrams_dropped"]`). The receiver gets it only if it is
+        waiting in (or has once called) `receive_datagram(protocol)`.
+
         Raises:
+            ValueError: `data` is larger than `sessions.max_datagram_size(protocol)`, or
+                the protocol name is empty or too long.
+            SessionTimeoutError: no session with `key` could be set up in time (nobody
+                answers for it); other `SessionError`s: the session failed or closed.
             trio.ClosedResourceError: the node has stopped.
         """
         self._check_running()
@@ -371,6 +382,11 @@ class Node(RouterTaskMixin, PeeringsMixin):
 
     async def receive_datagram(self, protocol: str) -> tuple[PublicKey, bytes]:
         """The next end-to-end datagram for `protocol`, with its sender's proven key.
+
+        Datagrams for `protocol` that arrive before the first call are dropped (nobody
+        asked for them; counted in `sessions.statistics()["dropped_datagrams"]`); from
+        the first call on they queue, up to `DATAGRAM_BACKLOG` (1,024), even between
+        calls. Call it (or start the task that does) before peers send.
 
         Raises:
             trio.ClosedResourceError: the node has stopped (also while waiting).

@@ -37,6 +37,18 @@ MIN_PACKET_SIZE: Final = 1_200
 
 #: Longest protocol name (UTF-8 bytes) on a stream or datagram.
 MAX_PROTOCOL_NAME: Final = 255
+
+
+def check_protocol_name(protocol: str) -> None:
+    """Refuse a protocol name a stream or datagram cannot carry.
+
+    Raises:
+        ValueError: `protocol` is empty or longer than `MAX_PROTOCOL_NAME` UTF-8 bytes.
+    """
+    if not protocol or len(protocol.encode()) > MAX_PROTOCOL_NAME:
+        raise ValueError(f"a protocol name is 1..{MAX_PROTOCOL_NAME} UTF-8 bytes")
+
+
 #: Longest human-readable reason in a REFUSE or CLOSE frame.
 MAX_REASON: Final = 512
 #: Most ACK ranges we keep and send; older holes are forgotten (the sender then

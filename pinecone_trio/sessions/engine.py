@@ -47,7 +47,7 @@ from typing import Final, final
 from ..errors import DecodeError, RemoteProtocolError, SessionError, SessionTimeoutError
 from ..identity import Identity, PublicKey
 from . import wire
-from .config import MAX_PROTOCOL_NAME, SessionConfig
+from .config import SessionConfig, check_protocol_name
 from .engine_handshake import HandshakeMixin, _Candidate
 from .engine_send import _HEADER_AND_TAG, SendPathMixin
 from .engine_streams import CODE_CLOSED, CODE_REFUSED, StreamsMixin, _DropPacket
@@ -363,8 +363,7 @@ class Session(HandshakeMixin, StreamsMixin, SendPathMixin):
             ValueError: if the name is bad or the datagram is larger than one packet.
             StreamBroken: if the session is closed.
         """
-        if not protocol or len(protocol.encode()) > MAX_PROTOCOL_NAME:
-            raise ValueError(f"a protocol name is 1..{MAX_PROTOCOL_NAME} UTF-8 bytes")
+        check_protocol_name(protocol)
         limit = self.max_datagram_size(protocol)
         if len(data) > limit:
             raise ValueError(f"a datagram on this session holds at most {limit} bytes")

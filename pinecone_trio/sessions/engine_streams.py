@@ -35,7 +35,7 @@ from typing import Final, final
 
 from ..errors import RemoteProtocolError, SessionError
 from . import wire
-from .config import MAX_PROTOCOL_NAME, SessionConfig
+from .config import SessionConfig, check_protocol_name
 from .engine_base import SessionBase
 from .events import DatagramReceived, IncomingStream, State, StreamBroken, StreamState
 from .streams import RangeSet, RecvSide, SendSide
@@ -262,8 +262,7 @@ class StreamsMixin(SessionBase):
             ValueError: if the protocol name is empty or too long.
             StreamBroken: if the session is closed.
         """
-        if not protocol or len(protocol.encode()) > MAX_PROTOCOL_NAME:
-            raise ValueError(f"a protocol name is 1..{MAX_PROTOCOL_NAME} UTF-8 bytes")
+        check_protocol_name(protocol)
         if self.state is State.CLOSED:
             raise StreamBroken(str(self.error), self.error)
         sid = self._next_sid

@@ -34,7 +34,7 @@ import trio
 from ..errors import PineconeError, SessionError
 from ..identity import Identity, PublicKey
 from . import wire
-from .config import SessionConfig
+from .config import SessionConfig, check_protocol_name
 from .engine import Session, random_index
 from .events import (
     DatagramReceived,
@@ -681,9 +681,16 @@ class SessionManager:
         guaranteed (it may be lost, duplicated never, reordered yes).
 
         Raises:
-            ValueError: if the datagram is larger than `max_datagram_size(protocol)`.
+            ValueError: if the datagram is larger than `max_datagram_size(protocol)`,
+                or the protocol name is empty or too long (checked before any dial).
             SessionError: if no session could be established.
         """
+        check_protocol_name(protocol)
+        if len(data) > self.max_datagram_size(protocol):
+            raise ValueError(
+                f"a datagram for {protocol!r} holds at most"
+                f" {self.max_datagram_size(protocol)} bytes, not {len(data)}"
+            )
         handle = self._dial(PublicKey(key))
         if not handle.engine.established:
             await handle.ready.wait()
@@ -719,7 +726,16 @@ class SessionManager:
             raise trio.ClosedResourceError("the session manager stopped") from None
 
     def statistics(self) -> dict[str, int]:
-        """Counters summed over live sessions, plus the manager's own."""
+        """Counters summed over live sessions, plus the manager's own.
+
+        The manager's: `sessions` (live), `dropped_no_session` (packets for no session
+        we know), `evicted_half_open`, `dropped_datagrams` (received datagrams nobody
+        asked for, or whose protocol queue was full), `refused_streams`, `send_errors`.
+        The sessions' (`Session.stats`): packets and bytes sent and received,
+        `packets_lost`, `bytes_retransmitted`, `dropped_unauthenticated`,
+        `dropped_replayed`, `dropped_handshake`, `dropped_early`, `datagrams_dropped`
+        (datagrams we sent that found the session's send queue full), `probes`.
+        """
         totals = dict(self._stats)
         totals["sessions"] = len(self._by_index)
         for handle in self._by_index.values():

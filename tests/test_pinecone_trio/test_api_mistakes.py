@@ -238,3 +238,21 @@ async def test_a_node_that_never_ran_says_so() -> None:
         await node.connect("tcp://127.0.0.1:1")
     with pytest.raises(RuntimeError, match="the node is not running"):
         node.add_static_peer("tcp://127.0.0.1:1")
+
+
+async def test_a_datagram_that_cannot_be_sent_is_refused_before_any_dial(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A too-large datagram, or a bad protocol name, to a key nobody answers for waited
+    # the whole handshake timeout (10 s) and then raised SessionTimeoutError.
+    nobody = Identity.generate().public_key
+    async with open_node(Identity.generate()) as node:
+        limit = node.sessions.max_datagram_size("/chat/v1")
+        start = trio.current_time()
+        with pytest.raises(ValueError, match=f"at most {limit} bytes"):
+            await node.send_datagram(nobody, "/chat/v1", bytes(limit + 1))
+        for protocol in ("", "x" * 256):
+            with pytest.raises(ValueError, match="protocol name"):
+                await node.send_datagram(nobody, protocol, b"x")
+        assert trio.current_time() == start
+        assert node.sessions.statistics()["sessions"] == 0
