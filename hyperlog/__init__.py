@@ -11,8 +11,12 @@ async with open_store("data/") as store:
         ...
 ```
 
+To keep a reader's copy following a writer through lost connections, ``async with
+follow(log, dial) as follower:`` redials ``dial()`` (any ``async () -> trio.abc.Stream``)
+with a backoff and reports what happens to an ``on_event`` callback.
+
 See docs/hyperlog.md (tree, hashes, proofs), docs/hyperlog-storage.md (SQLite layout,
-durability) and docs/replication.md (the replication protocol).
+durability) and docs/replication.md (the replication protocol, following a writer).
 """
 
 from typing import TYPE_CHECKING, Any
@@ -47,18 +51,45 @@ from .merkle import MerkleTree
 from .storage import MemoryStorage, SQLiteStorage, Storage
 
 if TYPE_CHECKING:
+    from .follow_policy import (
+        ConnectedEvent,
+        DialFailedEvent,
+        FollowError,
+        FollowEvent,
+        LostEvent,
+        SteadyEvent,
+        UnansweredError,
+    )
+    from .follower import Follower, FollowStatistics, follow
     from .replication import Progress, ReplicationSession, replicate, replication_for
 
-#: Imported on first use: a program that only reads or appends (the `hyperlog` command,
-#: a HAMT on a local log) does not pay for the replication protocol's modules.
-_LAZY = frozenset({"Progress", "ReplicationSession", "replicate", "replication_for"})
+#: Imported on first use, from the module named: a program that only reads or appends
+#: (the `hyperlog` command, a HAMT on a local log) does not pay for the replication
+#: protocol's modules (the follower's import them).
+_LAZY = {
+    "Progress": "replication",
+    "ReplicationSession": "replication",
+    "replicate": "replication",
+    "replication_for": "replication",
+    "ConnectedEvent": "follow_policy",
+    "DialFailedEvent": "follow_policy",
+    "FollowError": "follow_policy",
+    "FollowEvent": "follow_policy",
+    "LostEvent": "follow_policy",
+    "SteadyEvent": "follow_policy",
+    "UnansweredError": "follow_policy",
+    "FollowStatistics": "follower",
+    "Follower": "follower",
+    "follow": "follower",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import replication
+    module = _LAZY.get(name)
+    if module is not None:
+        from importlib import import_module
 
-        value = getattr(replication, name)
+        value = getattr(import_module(f"{__name__}.{module}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -68,9 +99,15 @@ __all__ = [
     "AppendEvent",
     "AppendResult",
     "BlockNotAvailableError",
+    "ConnectedEvent",
     "CorruptStorageError",
     "DecodeError",
+    "DialFailedEvent",
     "DownloadEvent",
+    "FollowError",
+    "FollowEvent",
+    "FollowStatistics",
+    "Follower",
     "ForkConflictError",
     "HyperlogError",
     "InvalidProofError",
@@ -80,6 +117,7 @@ __all__ = [
     "Log",
     "LogChangedError",
     "LogSnapshot",
+    "LostEvent",
     "Manifest",
     "MemoryStorage",
     "MerkleTree",
@@ -89,12 +127,15 @@ __all__ = [
     "ReplicationError",
     "ReplicationSession",
     "SQLiteStorage",
+    "SteadyEvent",
     "Storage",
     "Store",
     "StorageLockedError",
     "TruncateEvent",
+    "UnansweredError",
     "Verifier",
     "discovery_key",
+    "follow",
     "key_pair",
     "open_store",
     "replicate",
