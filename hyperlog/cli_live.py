@@ -1,47 +1,58 @@
 """``hyperlog clone --live``: follow the writer through lost connections
-(`_follow_live`): which failures are retried, the backoff, and the messages said once
-per outage."""
+(`_follow_live`), with the library's `Follower` (`hyperlog.follower`), which decides
+what is retried and when; this module dials the URI, says what happens in a user's
+words (once per outage: `_Outage`) and turns a fatal `FollowError` into one line."""
 
 from __future__ import annotations
 
 import argparse
 import random
 import sys
-from collections.abc import Callable
 from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
-from .cli_clone_state import CLONE_UPDATE_TIMEOUT, _Bar, _CloneState
+from .cli_clone_state import _Bar, _CloneState
 from .cli_keepalive import _keep_alive
 from .cli_words import (
     _connect_failure,
     _dial_failure,
     _ended,
     _held,
-    _hello_timed_out,
     _invalid_proof,
     _refused_upgrade,
-    _Unanswered,
 )
 from .errors import ReplicationError
+from .follow_policy import (
+    FOLLOW_RETRY_CAP,
+    FOLLOW_RETRY_FIRST,
+    FOLLOW_STEADY,
+    ConnectedEvent,
+    DialFailedEvent,
+    FollowError,
+    FollowEvent,
+    LostEvent,
+    SteadyEvent,
+    retry_delay,
+    transient_end,
+)
+from .follower import Follower
 from .log import Log
-from .replication import LogReplication, Progress, ReplicationSession, replicate
-from .replication.constants import OPEN_TIMEOUT
+from .replication import LogReplication, Progress
 
 if TYPE_CHECKING:
     from pinecone_trio.link.stream import NoiseLink
 
 #: `clone --live` dials again about this long (seconds, jittered down to half) after
 #: the connection was lost or could not be made ...
-LIVE_RETRY_FIRST = 0.5
+LIVE_RETRY_FIRST = FOLLOW_RETRY_FIRST
 #: ... doubling with every failed attempt up to this (seconds): a server that comes
 #: back is found within about this long, and an absent one costs a dial per half minute.
-LIVE_RETRY_CAP = 30.0
+LIVE_RETRY_CAP = FOLLOW_RETRY_CAP
 #: Seconds a connection must stay up, serving the log, before the backoff starts from
 #: `LIVE_RETRY_FIRST` again: a path that drops every connection right after it serves
 #: used to be redialled every ~1.5 s for ever (the backoff was reset once served).
-LIVE_STEADY = 10.0
+LIVE_STEADY = FOLLOW_STEADY
 
 
 class _Outage:
@@ -105,12 +116,9 @@ def _notice(message: str) -> None:
 
 def _retry_delay(failures: int, rng: random.Random | None = None) -> float:
     """Seconds before the next dial after `failures` failed ones since a connection
-    last held for `LIVE_STEADY`: about `LIVE_RETRY_FIRST`, doubling up to
-    `LIVE_RETRY_CAP`, drawn from [d/2, d] so clones that lost the same server do not
-    all redial it at once (the static peers' `backoff_delay`, with these figures)."""
-    from pinecone_trio.backoff import backoff_delay
-
-    return backoff_delay(failures, rng, base=LIVE_RETRY_FIRST, cap=LIVE_RETRY_CAP)
+    last held for `LIVE_STEADY` (the follower's `retry_delay`: about
+    `LIVE_RETRY_FIRST`, doubling up to `LIVE_RETRY_CAP`, jittered)."""
+    return retry_delay(failures, rng)
 
 
 def _transient_dial(exc: BaseException, *, served_before: bool = False) -> bool:
@@ -136,21 +144,21 @@ def _transient_dial(exc: BaseException, *, served_before: bool = False) -> bool:
 
 
 def _transient_end(error: BaseException | None, *, served_before: bool = False) -> bool:
-    """Whether a session ended in a way a new connection may mend: the peer closed it
-    (`None`: a server stopped or restarted) or the stream broke (reset, EOF inside a
-    frame, keepalive timeout); and, from a server that served the log before
-    (`served_before`), no hello or no answer for the log in time (a link that stalled
-    right after its handshake: lossy Wi-Fi, a paused server). A peer dropped for
-    breaking the protocol, sending an invalid proof or a fork conflict is not: it
-    would do it again; nor is one that never served the log and sends no hello (it
-    may be no hyperlog server at all)."""
-    if error is None or isinstance(error, trio.BrokenResourceError | trio.ClosedResourceError):
-        return True
-    return served_before and (isinstance(error, _Unanswered) or _hello_timed_out(error))
+    """Whether a session ended in a way a new connection may mend (the follower's
+    `transient_end`: the peer closed it, the stream broke; from a server that served
+    the log before, also no hello or no answer for the log in time)."""
+    return transient_end(error, served_before=served_before)
+
+
+def _retry_dial(error: BaseException, served_before: bool) -> bool:
+    """The follower's `retry_dial` (`_transient_dial`); what it refuses ends the clone
+    (`_Following.fatal` words it)."""
+    return _transient_dial(error, served_before=served_before)
 
 
 class _Following:
-    """A live clone's state across its connections."""
+    """A live clone's state across its connections, and its words for the follower's
+    events (`on_event`) and fatal errors (`fatal`)."""
 
     def __init__(self, args: argparse.Namespace, log: Log, state: _CloneState) -> None:
         self.uri: str = args.connect
@@ -159,85 +167,60 @@ class _Following:
         self.state = state
         self.outage = _Outage(self.uri)
         self.bar = _Bar(sys.stderr, None)
-        self.served = False  # the last connection served the log
-        self.failures = 0  # failed dials or connections since one last held (`steady`)
-        self.bytes = 0  # bytes fetched so far, over every connection
 
-    def confirm(self, session: ReplicationSession, rep: LogReplication) -> _Unanswered | None:
-        """Check the peer serves the log (after `rep.update`), and say so if it is back.
+    def on_event(self, event: FollowEvent) -> None:
+        """Say what happened, once per outage (`_Outage`)."""
+        if isinstance(event, ConnectedEvent):
+            self.outage.back(again=event.again)
+            if not event.again:
+                self.state.span = (self.start, self.log.length)
+                self.state.confirmed = True
+                print(f"following {self.log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
+        elif isinstance(event, DialFailedEvent):
+            self.outage.lost(f"hyperlog: {_connect_failure(self.uri, event.error)}")
+        elif isinstance(event, LostEvent):
+            ended = _ended(event.error)
+            if not self.state.confirmed:
+                # Nothing of the log came, ever: maybe no hyperlog server at all.
+                message = f"{self.uri}: {ended} before serving the log (is it a `hyperlog serve`?)"
+            else:
+                message = f"{self.uri}: {ended}; {_held(self.log)}"
+            self.outage.lost(f"hyperlog: {message}")
+        elif isinstance(event, SteadyEvent):
+            self.outage.steady()
 
-        Returns:
-            why to drop this connection and dial again: a server that served the log
-            before left the log's channel unanswered (a stalled link), or None.
+    def progress(self, total: Progress) -> None:
+        """The download's progress, over every connection."""
+        self.state.fetched = total.blocks
+        self.state.progress = total
+        self.bar(total)
 
-        Raises:
-            ReplicationError: the peer does not serve this log (it refused it: a
-                server for another key; or, never served by it, it did not answer).
-        """
-        if session.closed.is_set():
-            return None  # (the caller looks at why)
-        if rep.peers == 0:
-            held = f"; {_held(self.log)}" if self.state.confirmed else ""
-            if self.log.discovery_key in session.engine.rejected:
-                raise ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
-            unanswered = f"the peer did not answer for the log within {OPEN_TIMEOUT:g} s"
-            if self.state.confirmed:  # it served the log before: the link stalled
-                return _Unanswered(unanswered)
-            raise ReplicationError(f"{self.uri}: {unanswered}; is it a `hyperlog serve`?")
-        self.served = True
-        self.outage.back(again=self.state.confirmed)
-        if not self.state.confirmed:
-            self.state.span = (self.start, self.log.length)
-            self.state.confirmed = True
-            print(f"following {self.log.key.hex()} live (Ctrl-C to stop)", file=sys.stderr)
-        return None
+    def fatal(self, exc: FollowError) -> BaseException:
+        """What to raise for a follower that stopped: one line naming the URI, why, and
+        what is held once the log was served (or a dial's own error, as it is)."""
+        error = exc.error
+        if exc.why == "dial":
+            from pinecone_trio.errors import PineconeError
 
-    def progress(self, base: int) -> Callable[[Progress], None]:
-        """The progress callback of one connection's download (counts from `base`)."""
-        bytes_before = self.bytes
-
-        def progress(p: Progress) -> None:
-            total = Progress(base + p.blocks, bytes_before + p.bytes, p.missing)
-            self.state.fetched = total.blocks
-            self.state.progress = total
-            self.bytes = total.bytes
-            self.bar(total)
-
-        return progress
-
-    def ended(self, error: BaseException | None) -> None:
-        """The connection ended: say so (once), or raise if retrying cannot mend it.
-
-        Raises:
-            ReplicationError: the session ended for a reason that is not transient.
-        """
+            if isinstance(error, OSError | PineconeError):
+                return ReplicationError(_dial_failure(self.uri, error))
+            return error if error is not None else exc
+        held = _held(self.log)
+        if exc.why == "refused":
+            held = f"; {held}" if exc.served_before else ""
+            return ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
         ended = _ended(error)
-        if not self.served and not self.state.confirmed:
+        if exc.why == "unanswered":  # (never served by it: it left the log unanswered)
+            return ReplicationError(f"{self.uri}: {ended}; is it a `hyperlog serve`?")
+        if not exc.served_before:
             # Nothing of the log came, ever: maybe no hyperlog server at all.
             message = f"{self.uri}: {ended} before serving the log; is it a `hyperlog serve`?"
-            if not _transient_end(error):
-                raise ReplicationError(message)
-            message = f"{self.uri}: {ended} before serving the log (is it a `hyperlog serve`?)"
-        else:
-            if not _transient_end(error, served_before=True):
-                if error is not None and _invalid_proof(error):
-                    # This URI served the log before, so its history changed: a server
-                    # restored from an older copy and appended to since (or damaged).
-                    ended = f"the server's log does not extend the copy held here ({error})"
-                raise ReplicationError(f"{self.uri}: {ended}; {_held(self.log)}")
-            message = f"{self.uri}: {ended}; {_held(self.log)}"
-        self.failed(f"hyperlog: {message}")
-
-    def failed(self, message: str) -> None:
-        """Say (once per outage) that the connection is lost and is being retried."""
-        self.outage.lost(message)
-
-    async def hold(self) -> None:
-        """Once the connection has served for `LIVE_STEADY` seconds, start the backoff
-        from the beginning again (run beside the download; cancelled with it)."""
-        await trio.sleep(LIVE_STEADY)
-        self.failures = 0
-        self.outage.steady()
+            return ReplicationError(message)
+        if error is not None and _invalid_proof(error):
+            # This URI served the log before, so its history changed: a server restored
+            # from an older copy and appended to since (or damaged).
+            ended = f"the server's log does not extend the copy held here ({error})"
+        return ReplicationError(f"{self.uri}: {ended}; {held}")
 
 
 async def _follow_live(
@@ -246,7 +229,7 @@ async def _follow_live(
     """`clone --live`: follow the writer until stopped, through lost connections.
 
     When the connection ends or cannot be made, it says so once on stderr and dials
-    again after a backoff (`_retry_delay`: from `LIVE_RETRY_FIRST` doubling to
+    again after a backoff (the follower's: from `LIVE_RETRY_FIRST` doubling to
     `LIVE_RETRY_CAP`, reset once a connection has served the log for `LIVE_STEADY`),
     says when it is connected again, and resumes from what the store holds
     (replication is sparse: the next download fetches only what is missing). A path
@@ -273,57 +256,31 @@ async def _follow_live(
         ReplicationError: a fatal error, as above.
         HyperlogError: a fork conflict, a storage error.
     """
-    from pinecone_trio.errors import PineconeError
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import connect_link
 
+    del rep  # (the follower replicates the log through `replication_for(log)`, the same)
     following = _Following(args, log, state)
-    # Not bounded on purpose: --live follows until Ctrl-C, SIGTERM or a fatal error;
-    # each pass dials once and then waits at least LIVE_RETRY_FIRST / 2 seconds.
-    while True:
-        following.served = False
-        # A ws:// connection's reader task runs here; it ends with the connection.
-        async with trio.open_nursery() as transport_nursery:
-            try:
-                link = await connect_link(
-                    args.connect, Identity.generate(), nursery=transport_nursery
-                )
-            except (OSError, PineconeError) as exc:
-                if not _transient_dial(exc, served_before=state.confirmed):
-                    raise ReplicationError(_dial_failure(args.connect, exc)) from exc
-                following.failed(f"hyperlog: {_connect_failure(args.connect, exc)}")
-            else:
-                _keep_alive(link.transport_stream)
-                error = await _follow_link(link, log, rep, following)
-                following.ended(error)
-            transport_nursery.cancel_scope.cancel()
-        await trio.sleep(_retry_delay(following.failures))
-        following.failures += 1
+    # A ws:// connection's reader task runs here; it ends with its connection.
+    async with trio.open_nursery() as transports:
 
+        async def dial() -> NoiseLink:
+            link = await connect_link(args.connect, Identity.generate(), nursery=transports)
+            _keep_alive(link.transport_stream)
+            return link
 
-async def _follow_link(
-    link: NoiseLink, log: Log, rep: LogReplication, following: _Following
-) -> BaseException | None:
-    """Follow the log over one connection until it ends; returns why it ended
-    (`session.error`).
-
-    Raises:
-        ReplicationError: the peer does not serve this log.
-        HyperlogError: a fork conflict (the download stops on it), a storage error.
-    """
-    async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
-
-        async def watch() -> None:
-            await session.wait_closed()
-            nursery.cancel_scope.cancel()
-
-        nursery.start_soon(watch)
-        await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
-        unanswered = following.confirm(session, rep)
-        if unanswered is not None:
-            nursery.cancel_scope.cancel()  # (the watch task; leaving closes the link)
-            return unanswered
-        nursery.start_soon(following.hold)
-        progress = following.progress(following.state.fetched)
-        await rep.download(following.start, None, progress=progress)  # ends with the link
-    return session.error
+        follower = Follower(
+            log,
+            dial,
+            start=following.start,
+            on_event=following.on_event,
+            progress=following.progress,
+            retry_dial=_retry_dial,
+        )
+        try:
+            await follower.run()
+        except FollowError as exc:
+            failure = following.fatal(exc)
+            if failure is not exc.error:
+                raise failure from exc.error
+        raise failure  # (not a failed dial: the dial's own error, as it was raised)

@@ -10,7 +10,9 @@ import socket
 
 import trio
 
-from .errors import HyperlogError, InvalidProofError, ReplicationError
+from .errors import HyperlogError, InvalidProofError
+from .follow_policy import UnansweredError as _Unanswered
+from .follow_policy import hello_timed_out as _hello_timed_out
 from .log import Log
 from .replication.constants import HELLO_TIMEOUT
 
@@ -150,21 +152,10 @@ def _ended(error: BaseException | None) -> str:
     return f"the peer was dropped ({error})"  # it broke the protocol, sent a bad proof
 
 
-class _Unanswered(Exception):
-    """The server neither opened nor refused the log's channel in time (why a live
-    connection ended, as `session.error` says for the others)."""
-
-
 def _invalid_proof(error: BaseException) -> bool:
     """Whether a session ended because the peer's proof did not verify against the
     blocks held here."""
     return any(isinstance(e, InvalidProofError) for e in _causes(error))
-
-
-def _hello_timed_out(error: BaseException) -> bool:
-    """Whether a session ended because the peer sent no hello in time (timed out, as
-    opposed to a peer that sent something else: the driver chains the timeout)."""
-    return isinstance(error, ReplicationError) and isinstance(error.__cause__, trio.TooSlowError)
 
 
 def _held(log: Log) -> str:
