@@ -54,6 +54,10 @@ MAX_SIGNATURE_SIZE: Final = 1024
 MAX_MANIFEST_SIZE: Final = 4096
 #: Channel ids and request ids are small non-negative ints.
 MAX_ID: Final = 2**32 - 1
+#: The request id of a `Data` nobody asked for: the sender's whole signed tree, sent
+#: when it found a fork conflict with us (hypercore's conflict proof, its id 0 too).
+#: Requests are numbered from 1, so no answer ever carries it.
+CONFLICT_PROOF_ID: Final = 0
 #: Every length, index and byte count fits in an unsigned 64-bit int.
 MAX_UINT: Final = 2**64 - 1
 #: Free-text reasons (close) are short.
@@ -101,8 +105,11 @@ class Node:
 
 #: `Hello.features` bit: the sender answers `RangeRequest.leaves` (and may ask for it).
 FEATURE_RANGE_LEAVES: Final = 1
+#: `Hello.features` bit: the sender's `Sync` carries its tree hash, and it takes a fork
+#: conflict proof sent unasked (`Data` with request id 0, `CONFLICT_PROOF_ID`).
+FEATURE_FORK_CHECK: Final = 2
 #: Every feature this implementation speaks (sent in our `Hello`).
-FEATURES: Final = FEATURE_RANGE_LEAVES
+FEATURES: Final = FEATURE_RANGE_LEAVES | FEATURE_FORK_CHECK
 #: Largest feature bitmask a `Hello` may carry (64 bits).
 MAX_FEATURES: Final = (1 << 64) - 1
 
@@ -153,7 +160,13 @@ class Reject:
 
 @dataclass(frozen=True, slots=True)
 class Sync:
-    """State announcement: my fork and length, and the length of yours I saw."""
+    """State announcement: my fork and length, and the length of yours I saw.
+
+    `tree_hash` is the hash over the sender's roots at that fork and length (what its
+    signature covers), sent only to a peer with `FEATURE_FORK_CHECK` and only for a
+    non-empty log: a peer holding another tree at the same fork and length (two
+    signed histories) sees the difference without asking for anything.
+    """
 
     channel: int
     fork: int
@@ -162,6 +175,7 @@ class Sync:
     can_upgrade: bool = True
     downloading: bool = True
     uploading: bool = True
+    tree_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,9 +430,11 @@ def encode(msg: Message) -> bytes:
             body = [T_OPEN, WIRE_VERSION, ch, dk, cap]
         case Close(ch, reason):
             body = [T_CLOSE, WIRE_VERSION, ch, reason]
-        case Sync(ch, fork, length, rlen, cu, dl, ul):
+        case Sync(ch, fork, length, rlen, cu, dl, ul, th):
             flags = int(cu) | int(dl) << 1 | int(ul) << 2
             body = [T_SYNC, WIRE_VERSION, ch, fork, length, rlen, flags]
+            if th is not None:
+                body.append(th)
         case NoData(ch, rid, reason):
             body = [T_NO_DATA, WIRE_VERSION, ch, rid, reason]
         case Want(ch, start, length):
@@ -614,7 +630,9 @@ def _decode_body(tag: int, body: list[object]) -> Message:
             raise DecodeError("close.reason: expected a string")
         return Close(ch, reason) if tag == T_CLOSE else Reject(ch, reason)
     if tag == T_SYNC:
-        _arity(body, 7, "sync")
+        # the optional last field (tree_hash) is sent only to peers that read it
+        if len(body) != 8:
+            _arity(body, 7, "sync")
         flags = _uint(body[6], "sync.flags", 7)
         return Sync(
             ch,
@@ -624,6 +642,7 @@ def _decode_body(tag: int, body: list[object]) -> Message:
             bool(flags & 1),
             bool(flags & 2),
             bool(flags & 4),
+            _bytes(body[7], "sync.tree_hash", exact=HASH_SIZE) if len(body) == 8 else None,
         )
     if tag == T_REQUEST:
         _arity(body, 10, "request")

@@ -4,10 +4,11 @@ The log does the cryptography: `Log.create_proof` builds the answer to a peer's
 request and `Log.apply_proofs` verifies a group of proofs against what the log trusts
 and stores the valid ones in one transaction (group commit). This module only maps
 `wire` shapes to `hyperlog.proof` shapes and adds the fork-conflict check: when a
-peer's proof for *our* fork does not verify, we ask it for its whole signed tree
-(an upgrade from 0) and, if that verifies under the log's key at our length with a
-different tree hash, the two heads are a proven equivocation (`ForkConflictError`
-carrying both).
+peer's Sync names another tree hash than ours for the same fork and length, or its
+proof for *our* fork does not verify, we ask it for its whole signed tree up to a
+length both of us hold (an upgrade from 0) and, if that verifies under the log's
+key with other nodes than ours at that length, the two heads are a proven
+equivocation (`ForkConflictError` carrying both).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 
 from hyperlog import flat_tree, wire
 from hyperlog.bitfield import PAGE_BITS, Bitfield
-from hyperlog.crypto import TreeNode, leaf_node, parent_node
+from hyperlog.crypto import TreeNode, leaf_node, parent_node, tree_hash
 from hyperlog.errors import (
     BlockNotAvailableError,
     ForkConflictError,
@@ -47,6 +48,8 @@ from hyperlog.replication.ranges import range_leaves_match
 
 #: Stored tree-node indices a reader remembers to skip storage probes (~3 MiB).
 MAX_KNOWN_NODES = 65536
+#: Tree hashes of earlier lengths remembered (`tree_hash_at`), a few bytes each.
+MAX_TREE_HASHES = 64
 #: Tree level of a span of one bitfield page (PAGE_BITS blocks).
 PAGE_LEVEL = PAGE_BITS.bit_length() - 1
 
@@ -157,6 +160,8 @@ class LogAdapter:
         # probe found them): saves a storage probe per uncle count. Forgotten on any
         # truncation (the only way a stored node goes away) and when full.
         self._known_nodes: set[int] = set()
+        # (fork, length) -> tree hash at that earlier length (`tree_hash_at`).
+        self._tree_hashes: dict[tuple[int, int], bytes] = {}
         self._remove = log.add_listener(self._on_event)
         self._remove_want = log.add_want_listener(self._on_want)
 
@@ -175,6 +180,7 @@ class LogAdapter:
     def _on_event(self, event: LogEvent) -> None:
         if isinstance(event, TruncateEvent):
             self._known_nodes.clear()
+            self._tree_hashes.clear()
         # Only local writes need announcing; verified proofs reach the engine directly.
         old, self._length = self._length, self.log.length
         if not self.log.writable or self.on_local_change is None:
@@ -282,6 +288,43 @@ class LogAdapter:
 
     def head(self) -> SignedHead:
         return SignedHead(self.log.fork, self.log.length, self.log.tree_hash(), self.log.signature)
+
+    def tree_hash_at(self, length: int) -> bytes | None:
+        """`TreeHashView`: the tree hash at the current length (cached by the tree),
+        or at an earlier one from the stored nodes that were its roots.
+
+        An earlier length costs one storage read per root (at most 64), so it is
+        remembered: a peer behind us syncs at the same few lengths.
+        """
+        log = self.log
+        if length == log.length:
+            return log.tree_hash() if length else None
+        if not 0 < length < log.length:
+            return None
+        key = (log.fork, length)
+        found = self._tree_hashes.get(key)
+        if found is None:
+            roots = self._nodes_at(length)
+            if roots is None:
+                return None
+            if len(self._tree_hashes) >= MAX_TREE_HASHES:
+                self._tree_hashes.clear()
+            found = self._tree_hashes[key] = tree_hash(roots)
+        return found
+
+    def _nodes_at(self, length: int) -> list[TreeNode] | None:
+        """Our roots at `length` (at most our length): the tree's own at the current
+        length, stored nodes (verified when they were stored) at an earlier one;
+        None if one of those is not stored (a sparse copy)."""
+        if length == self.log.length:
+            return self.log.roots
+        roots = []
+        for index in flat_tree.full_roots(2 * length):
+            node = self.log._get_node(index)
+            if node is None:
+                return None
+            roots.append(node)
+        return roots
 
     # LogPort
     async def serve(
@@ -397,36 +440,60 @@ class LogAdapter:
         return self._results(await self.log.apply_proofs(proofs))
 
     def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
-        """Verify a peer's full signed tree (an upgrade from 0) on its own.
+        """Verify a peer's whole signed tree (an upgrade from 0 to `at`) on its own,
+        and compare its roots at `at` with our nodes there.
+
+        The proof rebuilds the peer's roots at `at` before any additional nodes take
+        them to its head, so all of them are covered by its signature, whatever its
+        length: a node of ours at one of those indices with another hash means two
+        signed histories of one fork, however long each is.
 
         Returns:
-            a `ForkConflictError` if it is validly signed for our fork and length but
-            its tree hash differs from ours; None if it agrees with us.
+            a `ForkConflictError` (both signed heads) if they differ; None if they
+            agree or cannot be compared (our fork moved on, we are shorter than `at`
+            now, or a node of ours there is not stored).
 
         Raises:
             InvalidProofError: the peer's tree does not verify either.
         """
-        if data.upgrade is None or data.upgrade.start != 0:
+        up = data.upgrade
+        if up is None or up.start != 0:
             raise InvalidProofError("a conflict check needs an upgrade from 0")
         verifier = self.log.verifier
-        empty = MerkleTree(fork=data.fork)
         batch = verify_proof(
-            empty,
+            MerkleTree(fork=data.fork),
             to_proof(data),
             verifier if verifier is not None else self.log.key,
             lambda i: None,
         )
-        ours = self.head()
-        theirs = SignedHead(batch.fork, batch.length, batch.tree_hash, batch.signature)
-        if (theirs.fork, theirs.length) == (ours.fork, ours.length) and (
-            theirs.tree_hash != ours.tree_hash
+        at = up.length
+        if batch.fork != self.log.fork or at > self.log.length:
+            return None
+        mine = self._nodes_at(at)
+        if mine is None:
+            return None
+        theirs = {n.index: n for n in batch.nodes}
+        if all(
+            (t := theirs.get(n.index)) is not None and (t.hash, t.size) == (n.hash, n.size)
+            for n in mine
         ):
-            return ForkConflictError(
-                f"two signed trees for fork {ours.fork} at length {ours.length}",
-                local=ours,
-                remote=theirs,
+            return None
+        ours = self.head()
+        remote = SignedHead(batch.fork, batch.length, batch.tree_hash, batch.signature)
+        if (ours.length, remote.length) == (at, at):
+            what = f"two signed trees for fork {ours.fork} at length {at}"
+        else:
+            what = (
+                f"two signed histories for fork {ours.fork}: the peer's (length "
+                f"{remote.length}) and ours (length {ours.length}) differ within "
+                f"the first {at} blocks"
             )
-        return None
+        return ForkConflictError(
+            f"{what} (a writer restored from an older copy and appended to, or one key "
+            "writing in two places); replication of this log is stopped",
+            local=ours,
+            remote=remote,
+        )
 
     def close(self) -> None:
         self._remove()

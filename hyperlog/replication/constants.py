@@ -99,3 +99,8 @@ RANGE_MIN_BLOCKS: Final = 4
 #: hash is stored with every block over 4 KiB) and we hash each value once, inside the
 #: log's verification, instead of twice. Smaller blocks hash cheaply on our side.
 RANGE_LEAVES_MIN_BLOCK: Final = 8 * 1024
+#: Once a fork conflict with a peer is proven, the session waits this long at most
+#: for what it queued for the peer (its conflict proof, answers to the peer's own
+#: checks) to be written before it drops the peer: the peer then learns of the
+#: conflict too instead of seeing the stream end.
+CONFLICT_GOODBYE_TIMEOUT: Final = 2.0

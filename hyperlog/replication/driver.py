@@ -50,6 +50,7 @@ from hyperlog.errors import (
     ReplicationError,
 )
 from hyperlog.replication.constants import (
+    CONFLICT_GOODBYE_TIMEOUT,
     DEFAULT_GET_TIMEOUT,
     HELLO_TIMEOUT,
     MAX_ATTEMPTS,
@@ -60,6 +61,7 @@ from hyperlog.replication.scheduler import LogReplicator, check_index
 from hyperlog.replication.scheduler_state import (
     K_CONFLICT,
     DownloadWant,
+    PeerChannel,
     RangeVerifyWork,
     ServeWork,
     VerifyWork,
@@ -84,7 +86,9 @@ _INLINE_WORK = 4
 def _small(w: Work) -> bool:
     if isinstance(w, ServeWork):
         return isinstance(w.request, wire.Request)
-    return isinstance(w, VerifyWork)
+    # Not a conflict check: on a conflict it waits for the peer (`_goodbye`), which
+    # the reader must see close the stream.
+    return isinstance(w, VerifyWork) and w.inflight.kind != K_CONFLICT
 
 
 def _inline_fits(work: Iterable[Work], outbox_bytes: int) -> bool:
@@ -238,6 +242,11 @@ class LogReplication:
     ) -> bool:
         """Wait until every connected peer synced and any longer signed head is ours.
 
+        A peer whose tree is being checked for another signed history of our fork
+        (see docs/replication.md, Forks) counts as not synced yet; once the log is
+        frozen by a fork conflict this returns at once (`conflicts` says why, and
+        `get` and `download` raise it).
+
         Returns:
             whether the length or fork changed.
         """
@@ -257,8 +266,13 @@ class LogReplication:
             await self.wait_changed()
 
     def _record_conflict(self, err: ForkConflictError) -> None:
-        """Two signed trees for one fork: freeze the log's replication, keep both."""
-        if not any(c is err for c in self.conflicts):
+        """Two signed trees for one fork: freeze the log's replication, keep both.
+
+        A conflict found twice with one peer (our check of its tree and its proof of
+        it, sent when it found the conflict too) is listed once.
+        """
+        heads = (err.local, err.remote)
+        if not any(c is err or (c.local, c.remote) == heads for c in self.conflicts):
             logger.warning("fork conflict on log %s: %s", self.port.key.hex()[:16], err)
             self.conflicts.append(err)
         self.engine.freeze(err)
@@ -330,6 +344,7 @@ class ReplicationSession:
         self._timer_lot = trio.lowlevel.ParkingLot()
         self._work_lot = trio.lowlevel.ParkingLot()
         self._working = False  # the reader or the worker is inside _do_work
+        self._sending = False  # the writer is inside send_all
         self._worked_lot = trio.lowlevel.ParkingLot()
         self.engine.on_output = self._on_output
         self.error: BaseException | None = None
@@ -419,6 +434,7 @@ class ReplicationSession:
     async def _read_once(self, dec: wire.FrameDecoder) -> None:
         data = await self.stream.receive_some(READ_SIZE)
         if not data:
+            await self._finish_checks()
             raise EOFError
         self.bytes_in += len(data)
         dec.receive_data(data)
@@ -448,6 +464,16 @@ class ReplicationSession:
         # groups) keep reading, but never queue more than MAX_QUEUED_WORK items.
         while len(self.engine.work) > MAX_QUEUED_WORK:
             await self._worked_lot.park()
+
+    async def _finish_checks(self) -> None:
+        """The peer closed the stream: run the checks of its whole signed tree that
+        arrived before (at most `CONFLICT_GOODBYE_TIMEOUT`). A peer that found a fork
+        conflict sends its conflict proof and closes the stream at once: the proof
+        used to be queued for the worker and cancelled with the session, unread."""
+        with trio.move_on_after(CONFLICT_GOODBYE_TIMEOUT):
+            while any(ch.verifying_conflict() for ch in self.engine.channels()):
+                self._work_lot.unpark_all()
+                await self._worked_lot.park()
 
     async def _worker(self) -> None:
         """Verify, store and serve what the reader queued, overlapping with reading."""
@@ -548,16 +574,72 @@ class ReplicationSession:
             raise ReplicationError(f"peer sent an invalid range proof: {err}") from err
 
     async def _check_conflict(self, w: VerifyWork) -> None:
+        """Check a peer's whole signed tree (the answer to our conflict check, or its
+        conflict proof); drop the peer if the engine says so.
+
+        On a conflict, the peer is sent our own whole signed tree first (unless it
+        sent us its proof: it knows), and the stream stays open until the peer has
+        it (`_goodbye`): two sides that disagree each check the other, and the first
+        to find the conflict used to close the stream before the other's check was
+        answered, so the other saw the stream end and learnt nothing.
+        """
         rep = self._rep_of(w)
         try:
             found: HyperlogError | None = rep.port.check_conflict(w.data)
         except HyperlogError as exc:
             found = exc
         err = rep.engine.on_conflict_checked(w, found, trio.current_time())
+        if err is None:
+            return
         if isinstance(err, ForkConflictError):
             rep._record_conflict(err)
-            raise ReplicationError(f"fork conflict: {err}") from err
+            failure = ReplicationError(f"fork conflict: {err}")
+            failure.__cause__ = err
+            self._fail(failure)  # (the goodbye may end with the stream, cancelled)
+            sent = False
+            if w.inflight.id != wire.CONFLICT_PROOF_ID:
+                sent = await self._send_conflict_proof(rep, w)
+            await self._goodbye(rep, w.channel, wait_for_peer=sent)
+            raise failure
+        if isinstance(err, ReplicationError):
+            raise err  # (a Sync naming a tree hash its signed tree does not have)
         raise ReplicationError(f"peer sent an invalid proof: {err}") from err
+
+    async def _send_conflict_proof(self, rep: LogReplication, w: VerifyWork) -> bool:
+        """Send the peer our whole signed tree up to the length our check compared
+        (`wire.CONFLICT_PROOF_ID`), if it reads such proofs: it verifies ours as we
+        verified its, and finds the conflict too. Returns whether it was sent."""
+        ch = w.channel
+        if ch.closed or not self.engine.peer_features & wire.FEATURE_FORK_CHECK:
+            return False
+        ask = wire.Request(
+            ch.local_id,
+            wire.CONFLICT_PROOF_ID,
+            w.data.fork,
+            upgrade=wire.RequestUpgrade(0, w.inflight.index),
+        )
+        try:
+            data = await rep.port.serve(ask)
+        except HyperlogError:
+            data = None
+        if not isinstance(data, wire.Data):
+            return False
+        self.engine.send(dataclasses.replace(data, channel=ch.local_id, id=wire.CONFLICT_PROOF_ID))
+        return True
+
+    async def _goodbye(self, rep: LogReplication, ch: PeerChannel, *, wait_for_peer: bool) -> None:
+        """Before the peer is dropped for a fork conflict, wait (at most
+        `CONFLICT_GOODBYE_TIMEOUT` in all) until the writer wrote what is queued for
+        it and, with `wait_for_peer` (it was sent our conflict proof), until it has
+        found the conflict too: it then closes the stream (which ends this session
+        from the reader) or sends its own proof. Closing first made the peer's
+        writer fail on the closed stream, ending its session before it read ours.
+        """
+        with trio.move_on_after(CONFLICT_GOODBYE_TIMEOUT):
+            while self.engine.outbox or self._sending:
+                await self._drain_lot.park()
+            while wait_for_peer and not ch.sent_conflict_proof and not ch.closed:
+                await rep.wait_changed()
 
     def _rep_of(self, w: Work) -> LogReplication:
         # The channel may have closed since: its verified data is still worth storing,
@@ -585,6 +667,7 @@ class ReplicationSession:
                     return
                 frames.append(f)
                 size += len(f)
+            self._sending = True
             try:
                 await self.stream.send_all(b"".join(frames))
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -593,6 +676,8 @@ class ReplicationSession:
                     self.error = exc
                 self._scope.cancel()
                 return
+            finally:
+                self._sending = False
             self.bytes_out += size
             self._drain_lot.unpark_all()
 

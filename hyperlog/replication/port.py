@@ -103,6 +103,24 @@ class WaitingView(Protocol):
         ...
 
 
+@runtime_checkable
+class TreeHashView(Protocol):
+    """Optional `LogView` extra: the tree hash (the hash over the roots, what a
+    signature covers) of the log's history at an earlier length of its fork.
+
+    With it the scheduler sends its tree hash in each `Sync` and compares a peer's
+    with its own, so two signed histories of one fork are noticed when a peer
+    connects (see `LogPort.check_conflict`). Views without it (test fakes) send and
+    compare none.
+    """
+
+    def tree_hash_at(self, length: int) -> bytes | None:
+        """The tree hash of the first `length` blocks of the log's current fork, or
+        None if it cannot be known here (`length` is 0 or past the log's length, or
+        a tree node it needs is not stored: a sparse copy)."""
+        ...
+
+
 class LogPort(LogView, Protocol):
     """`LogView` plus the storage operations the driver awaits."""
 
@@ -131,10 +149,15 @@ class LogPort(LogView, Protocol):
         ...
 
     def check_conflict(self, data: wire.Data) -> ForkConflictError | None:
-        """Check a peer's full signed tree (an upgrade from 0) against ours.
+        """Check a peer's whole signed tree (an upgrade from 0 to some length `at`)
+        against ours.
 
         Returns:
-            a `ForkConflictError` for two valid trees of one fork and length, else None.
+            a `ForkConflictError` if it verifies on its own and its nodes at length
+            `at` differ from ours (two signed histories of one fork: the peer's head
+            may be longer than `at`, ours at least as long); None if they agree, or
+            if ours cannot be compared (another fork now, shorter than `at`, or the
+            nodes are not stored here).
 
         Raises:
             InvalidProofError: the peer's tree does not verify at all.

@@ -266,6 +266,37 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
             case wire.Close():
                 pass  # handled by the session
 
+    def _compare_tree(self, ch: PeerChannel, msg: wire.Sync, first: bool, now: float) -> None:
+        """Compare the tree hash a Sync on our fork names with ours at its length.
+
+        Another hash means another signed history of this fork (a writer restored
+        from an older copy and appended to, one key writing in two places), or a
+        peer lying about its tree: ask for its whole signed tree (`_check_tree`).
+        Equal lengths cost one comparison (the log caches its tree hash) and are
+        compared on every Sync; a shorter peer's only on its first Sync (our hash at
+        its length costs a storage read per root, and a peer found to share our
+        history at connect time cannot leave it without a new fork). Nothing is
+        compared with a longer peer: its upgrade proof will not verify, which
+        `on_applied` checks the same way.
+        """
+        theirs = msg.tree_hash
+        if (
+            theirs is None
+            or self.trees is None
+            or self.frozen is not None
+            or ch.suspect is not None
+            or not 0 < msg.length <= self.view.length
+            or not (first or msg.length == self.view.length)
+        ):
+            return
+        ours = self.trees.tree_hash_at(msg.length)
+        if ours is not None and ours != theirs:
+            why = RemoteProtocolError(
+                f"sync: the tree hash the peer named for fork {msg.fork}, length "
+                f"{msg.length} is not its signed tree's"
+            )
+            self._check_tree(ch, msg.length, why, now)
+
     def _announced(self, ch: PeerChannel, start: int, end: int, now: float) -> None:
         """The peer says it now has blocks of [start, end): a get that tried it before
         (a NoData, a timeout) may ask it again, and one failed for want of a peer no
@@ -311,6 +342,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
         ch.synced = True
         if msg.fork == self.view.fork:
             ch.fork_refused = False
+            self._compare_tree(ch, msg, first, now)
         if self.parked and (first or (not was_able and self._blocks_from(ch))):
             # A new peer, or one that can serve our fork again: parked wants ask it.
             self._unpark(ch, now)

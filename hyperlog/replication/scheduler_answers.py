@@ -12,6 +12,8 @@ a proven fork conflict freezes the log.
 
 from __future__ import annotations
 
+import math
+
 from hyperlog import wire
 from hyperlog.errors import (
     BlockNotAvailableError,
@@ -43,6 +45,9 @@ class AnswersMixin(ReplicatorBase):
     """`LogReplicator`'s handling of answers (see the module docstring)."""
 
     def _on_data(self, ch: PeerChannel, msg: wire.Data, now: float) -> None:
+        if msg.id == wire.CONFLICT_PROOF_ID:
+            self._on_conflict_proof(ch, msg, now)
+            return
         inf = ch.inflight.pop(msg.id, None)
         if inf is None and (late := ch.take_cancelled(msg.id)) is not None:
             self._on_late_answer(ch, late, now)
@@ -64,6 +69,35 @@ class AnswersMixin(ReplicatorBase):
         if msg.hash is not None or msg.seek is not None:
             raise RemoteProtocolError("data: carries parts that were not requested")
         ch.min_rtt = min(ch.min_rtt, now - inf.sent_at)  # small answers: the round trip
+        self._queue_verify(ch, inf, VerifyWork(ch, inf, msg))
+
+    def _on_conflict_proof(self, ch: PeerChannel, msg: wire.Data, now: float) -> None:
+        """The peer found a fork conflict with us and sent its whole signed tree up to
+        a length we both hold (`wire.CONFLICT_PROOF_ID`), as hypercore does, before
+        dropping us: the driver checks it as it checks the answer to our own
+        `_check_tree`, so this side learns of the conflict too, even when the peer
+        found it first and closes the stream before answering our own check.
+
+        One per channel; a proof about a head we left (another fork, a length we no
+        longer hold) is ignored, as is one that reaches a frozen log.
+
+        Raises:
+            RemoteProtocolError: the peer did not announce FEATURE_FORK_CHECK, sent
+                more than one, or sent something else than an upgrade from 0.
+        """
+        if not ch.sink.peer_features & wire.FEATURE_FORK_CHECK:
+            raise RemoteProtocolError(f"data for request {msg.id}, which we never sent")
+        up = msg.upgrade
+        if up is None or up.start != 0 or (msg.block, msg.hash, msg.seek) != (None, None, None):
+            raise RemoteProtocolError("a conflict proof is a whole signed tree (upgrade from 0)")
+        if ch.sent_conflict_proof:
+            raise RemoteProtocolError("a second conflict proof")
+        ch.sent_conflict_proof = True
+        if self.frozen is not None or msg.fork != self.view.fork or up.length > self.view.length:
+            self.on_change()  # (a session waiting to drop this peer: it knows now)
+            return
+        req = wire.Request(ch.local_id, msg.id, msg.fork, upgrade=wire.RequestUpgrade(0, up.length))
+        inf = Inflight(msg.id, K_CONFLICT, up.length, msg.fork, now, math.inf, req)
         self._queue_verify(ch, inf, VerifyWork(ch, inf, msg))
 
     def _on_range_data(self, ch: PeerChannel, msg: wire.RangeData, now: float) -> None:
@@ -129,17 +163,25 @@ class AnswersMixin(ReplicatorBase):
                 return None
             if (
                 isinstance(result, InvalidProofError)
-                and not isinstance(result, InvalidSignatureError)
-                and ch.suspect is None
+                and self.frozen is None
                 and work.data.fork == self.view.fork == ch.remote_fork
-                and ch.remote_length == self.view.length > 0
             ):
-                # Same fork and length, yet the peer's proof does not fit our tree:
-                # either a bad proof or a second signed tree. Ask for its whole tree.
-                ch.suspect = result
-                up = wire.RequestUpgrade(0, ch.remote_length)
-                self._request(ch, K_CONFLICT, ch.remote_length, now, upgrade=up)
-                return None
+                if ch.suspect is not None:
+                    # Its tree is being checked already (a Sync named another tree
+                    # hash, or an earlier proof failed): the check decides.
+                    self.pump(now)
+                    return None
+                at = min(ch.remote_length, self.view.length)
+                if at > 0 and (
+                    inf.kind == K_UPGRADE or not isinstance(result, InvalidSignatureError)
+                ):
+                    # The peer's proof does not fit our tree on our own fork: a bad
+                    # proof, or another signed history (an upgrade from a longer peer
+                    # that does not extend ours: a writer restored from an older copy
+                    # and appended to). Ask for its whole tree up to a length both
+                    # hold; it was dropped as "invalid proof" before.
+                    self._check_tree(ch, at, result, now)
+                    return None
             self.pump(now)
             return result
         rtt = max(0.0, now - inf.sent_at)
@@ -198,18 +240,31 @@ class AnswersMixin(ReplicatorBase):
 
     def on_conflict_checked(
         self, work: VerifyWork, conflict: HyperlogError | None, now: float
-    ) -> HyperlogError:
-        """The driver checked a suspect peer's whole tree.
+    ) -> HyperlogError | None:
+        """The driver checked a peer's whole signed tree (`LogPort.check_conflict`):
+        the answer to our `_check_tree`, or its conflict proof sent unasked.
 
         Returns:
-            the error to drop the peer with: the conflict (the log is then frozen), or
-            the peer's original bad proof.
+            the error to drop the peer with: the conflict (the log is then frozen),
+            the tree's own failure, or (our check found the same history) the
+            reason we suspected it; None to keep it: its unasked proof shows no
+            conflict, or our check was overtaken by a change of our fork.
         """
-        self._unqueue(work.channel, work.inflight, [])
+        ch = work.channel
+        self._unqueue(ch, work.inflight, [])
         if isinstance(conflict, ForkConflictError):
             self.freeze(conflict)
             return conflict
-        return work.channel.suspect or conflict or RemoteProtocolError("conflict check")
+        unasked = work.inflight.id == wire.CONFLICT_PROOF_ID
+        if conflict is None and (unasked or work.data.fork != self.view.fork):
+            if not unasked:
+                ch.suspect = None  # asked about a fork we left: nothing to say
+                self.pump(now)
+                self.on_change()
+            return None
+        if unasked:
+            return conflict
+        return ch.suspect or conflict or RemoteProtocolError("conflict check")
 
     def _on_no_data(self, ch: PeerChannel, msg: wire.NoData, now: float) -> None:
         inf = ch.inflight.pop(msg.id, None)
@@ -217,7 +272,14 @@ class AnswersMixin(ReplicatorBase):
             ch.take_cancelled(msg.id)
             return  # an answer to a request we cancelled (or unknown): harmless
         if inf.kind == K_CONFLICT:
-            raise RemoteProtocolError(f"refused to prove its tree after a bad proof: {ch.suspect}")
+            if msg.reason == wire.NO_DATA_FORK and inf.fork != ch.remote_fork:
+                # It moved to a newer fork (its Sync came first): that fork's upgrade
+                # from 0 is verified against the log's key anyway. Not a refusal.
+                ch.suspect = None
+                self.pump(now)
+                self.on_change()
+                return
+            raise RemoteProtocolError(f"refused to prove its tree: {ch.suspect}")
         if inf.kind == K_UPGRADE:
             self._upgrade_failed(ch, inf)
         elif inf.kind == K_RANGE and msg.reason == wire.NO_DATA_INVALID:

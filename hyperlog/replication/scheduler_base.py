@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hyperlog.errors import HyperlogError
-from hyperlog.replication.port import CountingView, LogView
+from hyperlog.replication.port import CountingView, LogView, TreeHashView
 from hyperlog.replication.scheduler_state import DownloadWant, GetWant, PeerChannel
 
 if TYPE_CHECKING:
@@ -39,6 +39,9 @@ class ReplicatorBase:
             failed, so a waiting `get` wakes alone (not every waiter on every block).
         """
         self.view = view
+        # The view's tree hashes, if it can give them (Syncs carry ours, and a peer's
+        # is compared with it): looked up once, not per Sync.
+        self.trees: TreeHashView | None = view if isinstance(view, TreeHashView) else None
         self.peers: list[PeerChannel] = []
         self.gets: dict[int, GetWant] = {}
         # Passive wants (`Log.get`) failed for want of a peer, asked again when a peer
@@ -107,4 +110,5 @@ class ReplicatorBase:
         @staticmethod
         def _upgrade_failed(ch: PeerChannel, inf: Inflight) -> None: ...
         def _send_sync(self, ch: PeerChannel) -> None: ...
+        def _check_tree(self, ch: PeerChannel, at: int, why: HyperlogError, now: float) -> None: ...
         def _count_live(self) -> None: ...

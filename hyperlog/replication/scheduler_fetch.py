@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from hyperlog import flat_tree, wire
-from hyperlog.errors import BlockNotAvailableError
+from hyperlog.errors import BlockNotAvailableError, HyperlogError
 from hyperlog.replication.constants import (
     DEFAULT_GET_TIMEOUT,
     HOTSWAP_AFTER,
@@ -96,10 +96,30 @@ class FetchMixin(ReplicatorBase):
         return any(self._needs_upgrade_from(ch) for ch in self.peers if ch.synced)
 
     def settled(self) -> bool:
-        """Every open channel synced and no upgrade pending: `update()` may return."""
+        """Every open channel synced, no upgrade and no conflict check pending (or
+        the log frozen: nothing more will come): `update()` may return."""
+        if self.frozen is not None:
+            return True
         if self.pending_opens > 0:
             return False
-        return all(ch.synced for ch in self.peers) and not self.upgrading()
+        return (
+            all(ch.synced and not ch.checking_conflict() for ch in self.peers)
+            and not self.upgrading()
+        )
+
+    def _check_tree(self, ch: PeerChannel, at: int, why: HyperlogError, now: float) -> None:
+        """Ask `ch`'s peer for its whole signed tree up to `at` (an upgrade from 0;
+        `at` is at most our length and its), suspecting another signed history of
+        our fork for reason `why`.
+
+        The peer gets no other request until the driver's check (`LogPort.
+        check_conflict`) says: a conflict freezes the log; the same history drops the
+        peer for `why` (its proof or Sync was wrong). The answer proves the peer's
+        roots at `at` under its signature whatever its length, so one request does,
+        however the two lengths compare.
+        """
+        ch.suspect = why
+        self._request(ch, K_CONFLICT, at, now, upgrade=wire.RequestUpgrade(0, at))
 
     def _fill_gets(self, ch: PeerChannel, now: float) -> None:
         if not self.gets:

@@ -4,8 +4,10 @@ A peer's Request or RangeRequest is checked against what we hold (fork, length,
 have-bits, frame size) and refused at once with a NoData, or queued as `ServeWork`;
 the driver builds the proof and hands it back to `on_served`, which sends it. A Want
 is answered at once with Range and Bitfield chunks, and `_send_sync` tells a peer our
-head. A peer with more than `MAX_PENDING_SERVES` requests unanswered is dropped.
-Nothing here changes what we fetch.
+head (and, to a peer that reads it, our tree hash). A frozen log (a fork conflict)
+refuses every request but one for its whole signed tree, so a peer holding the other
+history can find the conflict too. A peer with more than `MAX_PENDING_SERVES`
+requests unanswered is dropped. Nothing here changes what we fetch.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ class ServeMixin(ReplicatorBase):
     def _on_request(self, ch: PeerChannel, msg: wire.Request) -> None:
         if ch.sink.pending_serves() >= MAX_PENDING_SERVES:
             raise RemoteProtocolError(f"more than {MAX_PENDING_SERVES} requests unanswered")
-        if self.frozen is not None or msg.fork != self.view.fork:
+        if msg.fork != self.view.fork or (self.frozen is not None and not _whole_tree(msg)):
             ch.sink.send(wire.NoData(ch.local_id, msg.id, wire.NO_DATA_FORK))
             return
         b = msg.block
@@ -108,6 +110,30 @@ class ServeMixin(ReplicatorBase):
 
     def _send_sync(self, ch: PeerChannel) -> None:
         v = self.view
+        tree = None
+        if self.trees is not None and ch.sink.peer_features & wire.FEATURE_FORK_CHECK:
+            tree = self.trees.tree_hash_at(v.length)  # cached by the log's tree
         ch.sink.send(
-            wire.Sync(ch.local_id, v.fork, v.length, ch.remote_length, can_upgrade=v.length > 0)
+            wire.Sync(
+                ch.local_id,
+                v.fork,
+                v.length,
+                ch.remote_length,
+                can_upgrade=v.length > 0,
+                tree_hash=tree,
+            )
         )
+
+
+def _whole_tree(msg: wire.Request) -> bool:
+    """Whether `msg` asks only for our whole signed tree (an upgrade from 0): what a
+    peer checking for a fork conflict asks. A frozen log still answers it, so a peer
+    holding the other history finds the conflict too; it serves nothing else."""
+    up = msg.upgrade
+    return (
+        up is not None
+        and up.start == 0
+        and msg.block is None
+        and msg.hash is None
+        and msg.seek is None
+    )

@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 
 K_BLOCK = "block"
 K_UPGRADE = "upgrade"
-K_CONFLICT = "conflict"  # an upgrade from 0, to check a suspected equivocation
+K_CONFLICT = "conflict"  # an upgrade from 0, to check a suspected equivocation (or
+# the peer's conflict proof, sent unasked: its inflight id is CONFLICT_PROOF_ID)
 K_RANGE = "range"  # a RangeRequest: every block of an aligned subtree
 
 
@@ -117,7 +118,11 @@ class PeerChannel:
         self.srtt = 0.0
         self.upgrade_failed_at: tuple[int, int] | None = None  # (fork, length) refused
         self.closed = False
-        self.suspect: HyperlogError | None = None  # a bad proof, pending a conflict check
+        # Why we asked its whole signed tree (a bad proof, or a Sync naming another
+        # tree than ours): no requests to it until the check says conflict or not.
+        self.suspect: HyperlogError | None = None
+        # It sent us its conflict proof unasked (`wire.CONFLICT_PROOF_ID`): once.
+        self.sent_conflict_proof = False
         self.owner: LogReplicator | None = None  # set by the session that opened it
         self.blocks_in = 0
         self.bytes_in = 0
@@ -133,6 +138,17 @@ class PeerChannel:
         # Answers received but not yet verified still count: reading runs ahead of
         # storing, and this keeps what we hold per peer bounded by the window.
         return int(self.window) - len(self.inflight) - len(self.verifying)
+
+    def checking_conflict(self) -> bool:
+        """Whether a check of its whole signed tree is asked or being verified."""
+        return self.verifying_conflict() or any(
+            x.kind == K_CONFLICT for x in self.inflight.values()
+        )
+
+    def verifying_conflict(self) -> bool:
+        """Whether its whole signed tree (an answer or its conflict proof) arrived and
+        waits for the driver's check."""
+        return any(x.kind == K_CONFLICT for x in self.verifying.values())
 
     def ranges_outstanding(self) -> int:
         return sum(1 for x in self.inflight.values() if x.kind == K_RANGE) + sum(

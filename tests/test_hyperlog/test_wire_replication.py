@@ -88,7 +88,17 @@ messages = st.one_of(
             ).map(tuple),
         )
     ),
-    st.builds(wire.Sync, small, u64, u64, u64, st.booleans(), st.booleans(), st.booleans()),
+    st.builds(
+        wire.Sync,
+        small,
+        u64,
+        u64,
+        u64,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.none() | h32,
+    ),
     requests,
     st.builds(wire.Cancel, small, small),
     datas,
@@ -222,6 +232,9 @@ def test_oversized_frame_refused_before_buffering() -> None:
         [wire.T_SYNC, 1, 0, -1, 0, 0, 0],  # negative
         [wire.T_SYNC, 1, 0, True, 0, 0, 0],  # bool is not an int
         [wire.T_SYNC, 1, 0, 0, 0, 0],  # too short
+        [wire.T_SYNC, 1, 0, 0, 0, 0, 0, b"t" * 31],  # a tree hash is 32 bytes
+        [wire.T_SYNC, 1, 0, 0, 0, 0, 0, None],  # sent only when there is one
+        [wire.T_SYNC, 1, 0, 0, 0, 0, 0, b"t" * 32, 1],  # too long
         [wire.T_OPEN, 1, 0, b"x" * 31, b"y" * 32],  # short discovery key
         [wire.T_REQUEST, 1, 0, 1, 0, None, None, None, None, False],  # asks nothing
         [wire.T_REQUEST, 1, 0, 1, 0, [1, 999], None, None, None, False],  # nodes too many
@@ -296,3 +309,13 @@ def test_hello_with_malformed_features_refused(features: object) -> None:
     body = msgpack.packb([wire.T_HELLO, wire.WIRE_VERSION, b"n" * 32, features], use_bin_type=True)
     with pytest.raises(DecodeError, match="features"):
         wire.decode(body)
+
+
+def test_sync_without_tree_hash_is_the_older_seven_fields() -> None:
+    """A Sync to a peer without FEATURE_FORK_CHECK (no tree hash) is byte for byte
+    what versions before it sent and expect (their decoder wants seven fields)."""
+    sync = wire.Sync(3, 1, 10, 9)
+    body = msgpack.unpackb(wire.encode(sync))
+    assert body == [wire.T_SYNC, wire.WIRE_VERSION, 3, 1, 10, 9, 7]
+    with_tree = wire.decode(wire.encode(wire.Sync(3, 1, 10, 9, tree_hash=b"t" * 32)))
+    assert isinstance(with_tree, wire.Sync) and with_tree.tree_hash == b"t" * 32
