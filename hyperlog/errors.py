@@ -102,3 +102,19 @@ class ForkConflictError(HyperlogError):
         super().__init__(message)
         self.local = local
         self.remote = remote
+
+
+class NoPeersError(ReplicationError):
+    """Fewer peers serve a log than were waited for, and no session can bring more.
+
+    Raised by `LogReplication.wait_for_peers` once every session that offered the log
+    has an answer that is not a peer: the peer refused the log (it serves another key,
+    or the capability was wrong), left its open unanswered, or the session ended.
+
+    Attributes:
+        reasons: what happened to each of those sessions, in a user's words.
+    """
+
+    def __init__(self, message: str, *, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons

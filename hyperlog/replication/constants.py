@@ -66,6 +66,9 @@ MAX_UNREAD_BYTES: Final = 2 * MAX_OUTBOX_BYTES
 #: A channel we opened that the remote neither opened nor rejected within this long is
 #: given up (so `update` and `get` do not wait on it).
 OPEN_TIMEOUT: Final = 10.0
+#: Reasons kept per log for sessions that ended without bringing a peer (the newest;
+#: `LogReplicator.peers_unavailable` says them), until another session offers the log.
+MAX_NO_PEER_REASONS: Final = 8
 #: Time allowed for the Hello exchange.
 HELLO_TIMEOUT: Final = 10.0
 #: Protocol violations that are not fatal on their own (e.g. an unknown channel id

@@ -47,6 +47,7 @@ from hyperlog.errors import (
     ForkConflictError,
     HyperlogError,
     InvalidProofError,
+    NoPeersError,
     ReplicationError,
 )
 from hyperlog.replication.constants import (
@@ -261,8 +262,44 @@ class LogReplication:
         return sum(1 for i in blocks if any(ch.have.has(i) for ch in self.engine.peers))
 
     async def wait_for_peers(self, n: int = 1) -> None:
-        """Wait until at least `n` peers have this log's channel open and synced."""
+        """Wait until at least `n` peers have this log's channel open and synced, or
+        until no session can bring that many.
+
+        It waits as long as one may still come: while a session that offered this
+        log (`replicate(stream, log)`, or one serving it when the peer asks) has not
+        had the peer's answer for it yet (the Hello, or the peer's open or refusal,
+        for up to `OPEN_TIMEOUT`), while a channel is open but not synced yet, and
+        while no session has offered the log at all (one may be starting in a
+        background task). Once every session that offered it has answered, and
+        fewer than `n` channels are synced, it raises `NoPeersError` instead of
+        waiting for ever: the peers refused the log (they serve other keys, or
+        the capability was wrong), left its open unanswered, or their sessions
+        ended. A session that ended counts until another session offers the log;
+        sessions started after the error are not waited for (call it again).
+
+        Args:
+            n: how many peers to wait for (an int, at least 1).
+
+        Raises:
+            TypeError, ValueError: `n` is not an int of at least 1.
+            NoPeersError: fewer than `n` peers serve the log and no session can bring
+                more; its `reasons` say what each session got.
+            ForkConflictError: the log is frozen after a fork conflict.
+        """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, not {type(n).__name__}")
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
         while sum(1 for ch in self.engine.peers if ch.synced) < n:
+            if self.engine.frozen is not None:
+                raise self.engine.frozen
+            reasons = self.engine.peers_unavailable(n)
+            if reasons is not None:
+                waited = "a peer" if n == 1 else f"{n} peers"
+                raise NoPeersError(
+                    f"no session can bring {waited} for this log: {'; '.join(reasons)}",
+                    reasons=reasons,
+                )
             await self.wait_changed()
 
     def _record_conflict(self, err: ForkConflictError) -> None:
@@ -399,7 +436,7 @@ class ReplicationSession:
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            self.engine.close(trio.current_time())
+            self.engine.close(trio.current_time(), None if self.error is None else str(self.error))
             for rep in self._logs.values():
                 rep.engine.on_change()
             self.closed.set()

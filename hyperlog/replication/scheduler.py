@@ -42,7 +42,7 @@ import logging
 
 from hyperlog import wire
 from hyperlog.errors import BlockNotAvailableError, RemoteProtocolError
-from hyperlog.replication.constants import MAX_ATTEMPTS
+from hyperlog.replication.constants import MAX_ATTEMPTS, MAX_NO_PEER_REASONS
 from hyperlog.replication.ranges import (
     MAX_RANGE_VALUE_BYTES,
     range_leaves_match,
@@ -115,6 +115,7 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
 
     def add_peer(self, ch: PeerChannel, now: float) -> None:
         """A channel opened on both sides: announce ourselves and start working."""
+        self.refusals.pop(ch.peer_id, None)  # (its session refused it before: no more)
         self.peers.append(ch)
         if len(self.peers) > 1:
             ch.sink.note_deadline(now)  # requests in flight may now be hot-swapped
@@ -136,6 +137,45 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
         self._fail_unservable()
         self.pump(now)
         self.on_change()
+
+    # ------------------------------------------------------------------ sessions
+
+    def offered(self) -> None:
+        """A session offers the log (its channel is being opened): how earlier
+        sessions ended no longer says whether a peer may come."""
+        self.ended.clear()
+
+    def no_peer(self, session: int, reason: str) -> None:
+        """Session `session` (its peer id) will bring no peer for this log while it
+        runs: the peer refused the log, left the open unanswered or closed the
+        channel. Say it until the session ends (`session_ended`)."""
+        self.refusals[session] = reason
+
+    def session_ended(self, session: int, reason: str | None) -> None:
+        """Session `session` ended; `reason` if it had offered the log and got no
+        peer for it, or lost the one it had (its refusal, if any, says it better)."""
+        why = self.refusals.pop(session, reason)
+        if why is not None:
+            self.ended.append(why)
+            del self.ended[:-MAX_NO_PEER_REASONS]
+
+    def peers_unavailable(self, n: int) -> tuple[str, ...] | None:
+        """Why fewer than `n` peers can be synced for this log with the sessions
+        there are, or None while one may still come.
+
+        One may come while a session is opening the log's channel (the peer has
+        neither opened nor refused it yet, or the Hello is not through), while a
+        channel is open but not synced, and while no session has said anything
+        else (none has offered the log yet: one may be starting). A session still
+        running says what it got until it ends; one that ended, until another
+        session offers the log.
+        """
+        if sum(1 for ch in self.peers if ch.synced) >= n:
+            return None
+        if self.pending_opens > 0 or any(not ch.synced for ch in self.peers):
+            return None
+        reasons = (*self.refusals.values(), *self.ended)
+        return reasons or None
 
     def refresh(self, now: float) -> None:
         """Re-evaluate after a change the replicator did not see (an open refused)."""

@@ -57,6 +57,12 @@ class ReplicatorBase:
         self.upgrade_inflight: PeerChannel | None = None
         self.frozen: HyperlogError | None = None
         self.pending_opens = 0  # channels we opened that the remote has not answered
+        # Why sessions brought no peer for this log (`wait_for_peers`): those still
+        # running, by session (the peer refused the log, left the open unanswered,
+        # closed the channel), and the newest of those that ended since a session
+        # last offered the log.
+        self.refusals: dict[int, str] = {}
+        self.ended: list[str] = []
         # Answers queued for verification, per block they cover, and the blocks of
         # those that an earlier answer already stored: the same block may be answered
         # twice (a hot-swapped get, a get inside a range) before either answer is

@@ -266,6 +266,7 @@ class SessionEngine:
             raise RemoteProtocolError(f"more than {MAX_CHANNELS} channels on one stream")
         loc = _Local(rep, self._next_local, pending=True)
         rep.pending_opens += 1
+        rep.offered()
         self._next_local += 1
         self._by_dk[dk] = loc
         if self.ready:
@@ -299,11 +300,20 @@ class SessionEngine:
             for loc in self._by_dk.values():
                 loc.replicator.refresh(now)
 
-    def close(self, now: float) -> None:
-        """The stream ended: remove every channel from its replicator."""
+    def close(self, now: float, why: str | None = None) -> None:
+        """The stream ended (`why`, in a user's words, if it broke or the peer was
+        dropped): remove every channel from its replicator, and tell each replicator
+        whose log got no peer here, or lost it, how it ended (`wait_for_peers`)."""
         self.closed = True
         self.abandon(list(self.work), now)
+        said = f": {why}" if why else ""
         for loc in self._by_dk.values():
+            reason = None
+            if loc.pending:
+                reason = f"the session ended before the peer opened the log{said}"
+            elif loc.channel is not None:
+                reason = f"the session ended{said}"
+            loc.replicator.session_ended(self.peer_id, reason)
             if loc.pending:
                 self._settle(loc)
                 loc.replicator.refresh(now)
@@ -354,6 +364,9 @@ class SessionEngine:
                     # Refused: whatever we linked for this log is void (the remote
                     # will never serve it), so unlink it too.
                     self.rejected[dk] = msg.reason
+                    mine.replicator.no_peer(
+                        self.peer_id, f"the peer refused the log ({msg.reason})"
+                    )
                     self._settle(mine)
                     if mine.channel is not None:
                         assert mine.remote_id is not None
@@ -380,6 +393,7 @@ class SessionEngine:
         if isinstance(msg, wire.Close):
             del self._by_remote[msg.channel]
             self._note_closed(msg.channel)
+            loc.replicator.no_peer(self.peer_id, "the peer closed the log's channel")
             loc.remote_id = None
             loc.channel = None
             for w in self.work:
@@ -434,6 +448,9 @@ class SessionEngine:
         for loc in self._by_dk.values():
             if loc.pending and loc.opened_at is not None and loc.opened_at + OPEN_TIMEOUT <= now:
                 self._settle(loc)
+                loc.replicator.no_peer(
+                    self.peer_id, f"the peer did not answer for the log within {OPEN_TIMEOUT:g} s"
+                )
                 loc.replicator.refresh(now)
 
     def next_deadline(self) -> float:
