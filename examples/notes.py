@@ -5,7 +5,9 @@ announces a topic on the DHT (the record carries the log's key) and serves the l
 every overlay stream opened with protocol /notes/v1. The reader knows only the topic: it
 looks the writer up, opens an end-to-end session to it and replicates sparsely into its
 own DIR. `--get KEY` fetches only the blocks on that key's path; otherwise the reader
-prints every note and, with `--follow`, each new one as it is typed.
+prints every note and, with `--follow`, each new one as it is typed, through lost
+connections (`hyperlog.follow`: a writer that restarts or loses its network is dialled
+again, and only what is missing is fetched).
 
 Two laptops (A writes, B reads; on one LAN `--multicast` is enough, else `--peer`):
 
@@ -43,8 +45,28 @@ import trio
 import hamt
 import hyperlog
 import pinecone_trio
-from hyperlog import Log, ReplicationSession, open_store, replicate, replication_for
-from pinecone_trio import Dht, Identity, Node, PeerRecord, SessionStream, open_dht, open_node
+from hyperlog import (
+    ConnectedEvent,
+    DialFailedEvent,
+    FollowEvent,
+    Log,
+    LostEvent,
+    ReplicationSession,
+    follow,
+    open_store,
+    replicate,
+    replication_for,
+)
+from pinecone_trio import (
+    Dht,
+    Identity,
+    Node,
+    PeerRecord,
+    PublicKey,
+    SessionStream,
+    open_dht,
+    open_node,
+)
 
 PROTOCOL = "/notes/v1"
 KEY_FILE = "node.key"
@@ -227,9 +249,46 @@ async def read(args: argparse.Namespace) -> int:
                 f"found writer {record.public_key.short()}…, log {record.data.hex()[:16]}…,"
                 f" in {time.perf_counter() - started:.2f} s"
             )
+            if args.follow:
+                return await follow_notes(args, node, record.public_key, log, started)
             stream = await node.connect(record.public_key, PROTOCOL)  # end-to-end Noise
             async with stream, replicate(stream, log) as session:
                 return await while_open(session, read_notes(args, log, started))
+
+
+async def follow_notes(
+    args: argparse.Namespace, node: Node, writer: PublicKey, log: Log, started: float
+) -> int:
+    """`read --follow`: like one connection, but a lost one is dialled again (with a
+    backoff) until Ctrl-C; each comes back fetching only what is missing."""
+    outage = False
+
+    def tell(event: FollowEvent) -> None:
+        nonlocal outage
+        if isinstance(event, LostEvent) and not outage:
+            outage = True
+            why = "it closed the session" if event.error is None else str(event.error)
+            say(f"lost the writer ({why}); dialling it again")
+        elif isinstance(event, DialFailedEvent) and not outage:
+            outage = True
+            say(f"cannot reach the writer ({event.error}); dialling it again")
+        elif isinstance(event, ConnectedEvent) and event.again and outage:
+            outage = False
+            say("the writer is back")
+
+    async def dial() -> SessionStream:
+        return await node.connect(writer, PROTOCOL)  # end-to-end Noise
+
+    def overlay_may_mend(error: BaseException, served_before: bool) -> bool:
+        # Routes re-form after a writer restarts: "unreachable" waits, like OSError.
+        return isinstance(error, OSError | pinecone_trio.PineconeError)
+
+    async with follow(log, dial, on_event=tell, retry_dial=overlay_may_mend) as follower:
+        with trio.move_on_after(args.wait):
+            await follower.wait_connected()
+        if not follower.connected:
+            raise NotesError(f"the writer did not serve its log in {args.wait:g} s")
+        return await read_notes(args, log, started)
 
 
 async def read_notes(args: argparse.Namespace, log: Log, started: float) -> int:

@@ -141,3 +141,28 @@ async def test_a_missing_peer_and_a_writers_dir_are_one_line_errors(tmp_path: Pa
         "no peer reachable in 1 s (tcp://127.0.0.1:9: ",
         *("read", str(tmp_path / "reader"), "--peer", nobody, "--wait", "1"),
     )
+
+
+async def test_a_follower_gets_the_notes_typed_after_the_writer_restarted(
+    tmp_path: Path,
+) -> None:
+    # `read --follow` runs on `hyperlog.follow`: the writer's laptop restarts the app
+    # (same DIR, same key, same log, same port); the reader says so, dials it again over
+    # the overlay and prints the notes typed after the restart.
+    writer_dir, reader_dir = str(tmp_path / "writer"), str(tmp_path / "reader")
+    async with running("write", writer_dir, "--listen", "tcp://127.0.0.1:0") as writer:
+        uri = (await writer.until(r"listening on (tcp://\S+)"))[1]
+        await writer.send("before=the restart\n")
+        await writer.until(r"put before")
+        async with running("read", reader_dir, "--peer", uri, "--follow") as follower:
+            await follower.until(r"^before = the restart$")
+            await follower.until(r"following live updates")
+            assert await writer.interrupt() == 130
+            await follower.until(r"lost the writer")
+            async with running("write", writer_dir, "--listen", uri) as again:
+                await again.until(r"listening on")
+                await follower.until(r"the writer is back")
+                await again.send("after=the restart\n")
+                await follower.until(r"^after = the restart$")
+                assert await follower.interrupt() == 130
+                assert await again.interrupt() == 130
