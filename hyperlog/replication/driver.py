@@ -41,6 +41,7 @@ from typing import Protocol, cast, runtime_checkable
 import trio
 
 from hyperlog import wire
+from hyperlog._groups import raise_body_alone
 from hyperlog.errors import (
     BlockNotAvailableError,
     DecodeError,
@@ -803,9 +804,19 @@ async def replicate(
     )
     for log in offered:
         session.add(log)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(session.run)
-        try:
-            yield session
-        finally:
-            nursery.cancel_scope.cancel()
+    body: BaseException | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(session.run)
+            try:
+                yield session
+            except BaseException as exc:
+                body = exc
+                raise
+            finally:
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        # The block's own exception (Ctrl-C included) comes out as itself, not in a
+        # group of one (a newcomer's `except BlockNotAvailableError` never matched).
+        raise_body_alone(group, body)
+        raise
