@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import json
+import re
 import signal
 import sqlite3
 import sys
@@ -29,6 +30,7 @@ from typing import IO, Any, Final
 import trio
 
 from .cli_net import add_net_commands
+from .cli_words import _check_store_dir, _count
 from .constants import (
     CLI_DEFAULT_BLOCK_SIZE,
     CLI_FILE_BATCH_BYTES,
@@ -49,6 +51,11 @@ CAT_FORMAT_META: Final = "cli_cat_format"
 #: The distribution `--version` reports (hyperlog ships in it; read here without
 #: importing `pinecone_trio`, which the local commands never need).
 _DISTRIBUTION: Final = "pinecone-trio"
+#: Options whose value may start with '-' (`--sparse -1:`): argparse takes such a value
+#: for an option ("expected one argument"), so `main` joins it as `--sparse=-1:` for
+#: the option's own check to word ("a block index cannot be negative").
+DASH_VALUE_OPTIONS: Final = ("--sparse",)
+_DASH_VALUE: Final = re.compile(r"-[0-9]")
 
 
 class Terminated(Exception):
@@ -105,15 +112,23 @@ async def _cmd_create(args: argparse.Namespace) -> int:
 
 
 def read_lines(stream: IO[bytes]) -> Iterator[bytes]:
-    # Read at most one block (plus its newline) at a time: a huge line is refused
+    """Each line of `stream` without its line end: "\\n", or "\\r\\n" (a file from
+    Windows: its "\\r" used to be kept in every block). A last line without one is
+    kept as it is.
+
+    Raises:
+        HyperlogError: a line is longer than a block can be.
+    """
+    # Read at most one block (plus its line end) at a time: a huge line is refused
     # without being held in memory whole. Bounded by the input size.
-    while line := stream.readline(MAX_BLOCK_SIZE + 1):
-        if line.endswith(b"\n"):
-            yield line[:-1]
-        elif len(line) > MAX_BLOCK_SIZE:
+    while line := stream.readline(MAX_BLOCK_SIZE + 2):
+        if line.endswith(b"\r\n"):
+            line = line[:-2]
+        elif line.endswith(b"\n"):
+            line = line[:-1]
+        if len(line) > MAX_BLOCK_SIZE:
             raise HyperlogError(f"a line longer than {MAX_BLOCK_SIZE} bytes cannot be one block")
-        else:
-            yield line
+        yield line
 
 
 def _chunks(stream: IO[bytes], size: int) -> Iterator[bytes]:
@@ -177,7 +192,8 @@ async def _cmd_append(args: argparse.Namespace) -> int:
                 with contextlib.suppress(sqlite3.Error):  # the first error is the one to tell
                     store.storage.set_meta(CAT_FORMAT_META, fmt)
             print(
-                f"hyperlog: stopped after appending {committed} blocks, length {log.length}",
+                f"hyperlog: stopped after appending {_count(committed, 'block')}, "
+                f"length {log.length}",
                 file=sys.stderr,
             )
             raise
@@ -185,7 +201,7 @@ async def _cmd_append(args: argparse.Namespace) -> int:
             if stream is not sys.stdin.buffer:
                 stream.close()
         store.storage.set_meta(CAT_FORMAT_META, fmt)
-        print(f"appended {count} blocks, length {log.length}", file=sys.stderr)
+        print(f"appended {_count(count, 'block')}, length {log.length}", file=sys.stderr)
     return 0
 
 
@@ -214,7 +230,7 @@ def _cat_range(start: int, end: int | None, length: int) -> tuple[int, int]:
         )
     if want_end > length:
         print(
-            f"hyperlog: warning: the log has {length} blocks: "
+            f"hyperlog: warning: the log has {_count(length, 'block')}: "
             f"writing blocks {start}..{length - 1} of {start}..{want_end - 1}",
             file=sys.stderr,
         )
@@ -231,6 +247,8 @@ async def _cmd_cat(args: argparse.Namespace) -> int:
         else:
             lines = store.storage.get_meta(CAT_FORMAT_META) != b"bytes"
         start, end = _cat_range(args.start, args.end, log.length)
+        if not log.has_range(start, end):  # a sparse copy: say so before writing
+            raise HyperlogError(_missing_block(log, start, end))
         out = sys.stdout.buffer
         async for block in log.iter_blocks(start, end):
             out.write(block)
@@ -238,6 +256,25 @@ async def _cmd_cat(args: argparse.Namespace) -> int:
                 out.write(b"\n")
         out.flush()
     return 0
+
+
+def _missing_block(log: Log, start: int, end: int) -> str:
+    """`cat`'s words for blocks START..END-1 of which this copy lacks some (a sparse
+    clone): the first missing, and the `--start`/`--end` of blocks it holds there. It
+    used to say "block 0 is missing" and no more.
+    """
+    bits = log.bitfield
+    missing = bits.first_unset(start)
+    said = f"block {missing} is missing (this copy holds part of the log)"
+    if missing > start:
+        option = f"--end {missing}" if start == 0 else f"--start {start} --end {missing}"
+        return f"{said}; it holds blocks {start}..{missing - 1}: use {option}"
+    held = bits.first_set(missing)
+    if held is None or held >= log.length:
+        return f"{said}; it holds no block from {missing} on"
+    run_end = min(bits.first_unset(held), log.length)
+    option = f"--start {held}" if run_end >= log.length else f"--start {held} --end {run_end}"
+    return f"{said}; the next blocks it holds are {held}..{run_end - 1}: use {option}"
 
 
 # --- info ------------------------------------------------------------------------------
@@ -301,7 +338,7 @@ def _verified(log: Log) -> str:
     if not log.length:
         return "length 0: an empty log, nothing to check (no blocks, no signed head)"
     held = log.statistics().blocks_held
-    return f"length {log.length}, {held} blocks held, all hashes verified"
+    return f"length {log.length}, {_count(held, 'block')} held, all hashes verified"
 
 
 # --- wiring ----------------------------------------------------------------------------
@@ -318,7 +355,12 @@ def add_local_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     p = subparsers.add_parser("append", help="append lines or a file's bytes as blocks")
     p.add_argument("dir", metavar="DIR")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--lines", metavar="FILE", help="one block per line ('-' for stdin)")
+    src.add_argument(
+        "--lines",
+        metavar="FILE",
+        help="one block per line ('-' for stdin); a line ends with \\n or \\r\\n, which "
+        "is not kept",
+    )
     src.add_argument("--file", metavar="FILE", help="a file cut into blocks ('-' for stdin)")
     p.add_argument(
         "--block-size",
@@ -384,13 +426,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``hyperlog`` command; return its exit status."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_dash_values(sys.argv[1:] if argv is None else argv))
     check: Callable[[argparse.Namespace], None] | None = getattr(args, "check", None)
     if check is not None:
         check(args)  # options that cannot go together: a usage error (exit status 2)
     run: Runner = args.run
     try:
         try:
+            store_dir: str | None = getattr(args, "dir", None)
+            if store_dir is not None:
+                _check_store_dir(store_dir)  # a file is no store folder
             return trio.run(_until_terminated, run, args)
         except BaseExceptionGroup as group:
             # Trio wraps what a nursery's tasks raised (Ctrl-C while serving, a port
@@ -415,6 +460,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"hyperlog: error: {message}", file=sys.stderr)
         return 1
+
+
+def _dash_values(argv: Sequence[str]) -> list[str]:
+    """`argv` with `--sparse -1:` joined as `--sparse=-1:` (`DASH_VALUE_OPTIONS`);
+    nothing after `--` is touched. Bounded by the arguments."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        if arg in DASH_VALUE_OPTIONS and i + 1 < len(argv) and _DASH_VALUE.match(argv[i + 1]):
+            out.append(f"{arg}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(arg)
+        i += 1
+    return out
 
 
 async def _until_terminated(run: Runner, args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import trio
 
 from .cli_clone_state import CLONE_UPDATE_TIMEOUT, _Bar, _CloneState
 from .cli_live import _follow_live
-from .cli_words import _check_uri, _connect_failure, _ended, _held
+from .cli_words import KEY_HINT, _check_uri, _connect_failure, _count, _ended, _held
 from .errors import HyperlogError, ReplicationError
 from .log import Log, open_store
 from .replication import LogReplication, Progress, ReplicationSession, replicate, replication_for
@@ -83,11 +83,7 @@ async def _clone(args: argparse.Namespace) -> int:
             isinstance(exc, stopped)
             or (isinstance(exc, BaseExceptionGroup) and exc.subgroup(stopped) is not None)
         ):
-            print(
-                f"hyperlog: stopped after fetching {state.fetched} blocks (kept: run the "
-                "same clone again to resume)",
-                file=sys.stderr,
-            )
+            print(state.stopped(), file=sys.stderr)
         raise
     finally:
         if not state.confirmed:
@@ -107,10 +103,11 @@ def _sparse_end(start: int, end: int, length: int) -> int:
         return end
     if start >= length:
         raise HyperlogError(
-            f"--sparse {start}:{end}: the log has {length} blocks, none of {start}..{end - 1}"
+            f"--sparse {start}:{end}: the log has {_count(length, 'block')}, "
+            f"none of {start}..{end - 1}"
         )
     print(
-        f"hyperlog: warning: the log has {length} blocks: "
+        f"hyperlog: warning: the log has {_count(length, 'block')}: "
         f"fetching {start}..{length - 1} of {start}..{end - 1}",
         file=sys.stderr,
     )
@@ -157,24 +154,46 @@ async def _clone_into(args: argparse.Namespace, state: _CloneState) -> int:
                 "clone into a new or empty folder"
             )
         log = await store.open_log(args.key)
-        rep = replication_for(log)
-        if args.live:
-            await _follow_live(args, log, rep, state)  # returns only by raising
-        # The transport nursery runs a ws:// connection's reader task; it outlives the link.
-        async with trio.open_nursery() as transport_nursery:
-            link = await _dial(args.connect, transport_nursery)
-            async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
-                # Watch the session: a dead connection ends the clone with its reason.
-                async def watch() -> None:
-                    await session.wait_closed()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(watch)
-                await _confirm(args, rep, log, session, state)
-                await _fetch(args, rep, log, state)
-                nursery.cancel_scope.cancel()
-            print(_outcome(args, log, session, state))
+        try:
+            await _clone_log(args, log, state)
+        except BaseException:
+            _note_stop(args, log, state)  # (the store is still open here)
+            raise
     return 0
+
+
+def _note_stop(args: argparse.Namespace, log: Log, state: _CloneState) -> None:
+    """Note what the copy holds of what it was to fetch as the clone ends early, for
+    `_CloneState.stopped` (a live clone: up to the length the server last signed)."""
+    if not state.confirmed:
+        return
+    start, end = state.span
+    if args.live:
+        end = log.length
+    state.stopped_span = (start, end)
+    state.length = log.length
+    state.complete = log.has_range(start, end)
+
+
+async def _clone_log(args: argparse.Namespace, log: Log, state: _CloneState) -> None:
+    """Fetch the log (or follow it, `--live`) into the open store."""
+    rep = replication_for(log)
+    if args.live:
+        await _follow_live(args, log, rep, state)  # returns only by raising
+    # The transport nursery runs a ws:// connection's reader task; it outlives the link.
+    async with trio.open_nursery() as transport_nursery:
+        link = await _dial(args.connect, transport_nursery)
+        async with link, replicate(link, log) as session, trio.open_nursery() as nursery:
+            # Watch the session: a dead connection ends the clone with its reason.
+            async def watch() -> None:
+                await session.wait_closed()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            await _confirm(args, rep, log, session, state)
+            await _fetch(args, rep, log, state)
+            nursery.cancel_scope.cancel()
+        print(_outcome(args, log, session, state))
 
 
 async def _dial(uri: str, nursery: trio.Nursery) -> NoiseLink:
@@ -206,12 +225,12 @@ async def _confirm(
     await rep.update(timeout=CLONE_UPDATE_TIMEOUT)
     _check_alive(session, args.connect, served=rep.peers > 0)
     if rep.peers == 0:
-        raise HyperlogError("the peer does not serve this log")
+        raise HyperlogError(f"{args.connect}: the peer does not serve this log; {KEY_HINT}")
     start, end = args.sparse if args.sparse else (0, None)
     if end is None:  # (--sparse START:) to the log's end
         if start > log.length:
             raise HyperlogError(
-                f"--sparse {start}: the log has {log.length} blocks, none from {start} on"
+                f"--sparse {start}: the log has {_count(log.length, 'block')}, none from {start} on"
             )
         end = log.length
     state.span = (start, _sparse_end(start, end, log.length))

@@ -7,6 +7,7 @@ import math
 import time
 from typing import TextIO
 
+from .cli_words import _count
 from .replication import Progress
 
 #: Seconds `clone` waits for the peer's signed head before giving up.
@@ -38,7 +39,7 @@ class _Bar:
         amount = f"{p.bytes / 1e6:.1f} MB {rate:.1f} MB/s"
         if self.total is None:
             behind = f"{p.missing} to go" if p.missing else "up to date"
-            line = f"live: {p.blocks} blocks fetched, {behind}, {amount}"
+            line = f"live: {_count(p.blocks, 'block')} fetched, {behind}, {amount}"
         elif self.total == 0:
             line = "nothing to fetch: every block asked for is already here"
         else:
@@ -65,3 +66,25 @@ class _CloneState:
         self.fetched = 0  # blocks this run fetched (and kept)
         self.span = (0, 0)  # the blocks to fetch, [start, end) (set when confirmed)
         self.progress: Progress | None = None  # the download's last progress
+        # When it was stopped (Ctrl-C, SIGTERM): the blocks it was to hold then, [start,
+        # end) (a live clone's end is the length the server last signed), the log's
+        # length, and whether all of them are here (then there is nothing to resume).
+        self.stopped_span: tuple[int, int] | None = None
+        self.length = 0
+        self.complete = False
+
+    def stopped(self) -> str:
+        """The line a clone stopped by Ctrl-C or SIGTERM prints, once confirmed: "run
+        the same clone again" only when blocks are still missing."""
+        said = f"hyperlog: stopped after fetching {_count(self.fetched, 'block')}"
+        if self.stopped_span is None or not self.complete:
+            return f"{said} (kept: run the same clone again to resume)"
+        start, end = self.stopped_span
+        if start >= end:
+            return f"{said}; the server had no block{f' from {start} on' if start else ''}"
+        if end < self.length:  # (--sparse START:END)
+            return f"{said}; the copy holds blocks {start}..{end - 1}, all that were asked for"
+        if start:
+            held = f"blocks {start}..{end - 1}, all the server had from {start} on"
+            return f"{said}; the copy holds {held}"
+        return f"{said}; the copy holds all {_count(end, 'block')} the server had"

@@ -15,6 +15,7 @@ import trio
 from .cli_clone_state import _Bar, _CloneState
 from .cli_keepalive import _keep_alive
 from .cli_words import (
+    KEY_HINT,
     _connect_failure,
     _dial_failure,
     _ended,
@@ -207,7 +208,8 @@ class _Following:
             return error if error is not None else exc
         held = _held(self.log)
         if exc.why == "refused":
-            held = f"; {held}" if exc.served_before else ""
+            # Never served by this URI: most likely a mistyped KEY (or the discovery key).
+            held = f"; {held}" if exc.served_before else f"; {KEY_HINT}"
             return ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
         ended = _ended(error)
         if exc.why == "unanswered":  # (never served by it: it left the log unanswered)

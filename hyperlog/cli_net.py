@@ -54,7 +54,11 @@ def _parse_span(text: str) -> tuple[int, int | None]:
         a, b = int(start), (int(end) if end else None)
     except ValueError:
         raise argparse.ArgumentTypeError("--sparse takes START:END or START: (integers)") from None
-    if not sep or a < 0 or (b is not None and b < a):
+    if a < 0 or (b is not None and b < 0):
+        raise argparse.ArgumentTypeError(
+            "a block index cannot be negative (--sparse START:END, 0 <= START <= END)"
+        )
+    if not sep or (b is not None and b < a):
         raise argparse.ArgumentTypeError("--sparse takes START:END with 0 <= START <= END")
     return a, b
 
@@ -88,8 +92,9 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "--append-lines",
         metavar="FILE",
         help="while serving, append each line of FILE ('-' for stdin) as one block as it "
-        "arrives: readers following with clone --live get it at once (serve holds the "
-        "store, so `hyperlog append` cannot run beside it)",
+        "arrives (a line ends with \\n or \\r\\n, which is not kept): readers following "
+        "with clone --live get it at once (serve holds the store, so `hyperlog append` "
+        "cannot run beside it)",
     )
     p.set_defaults(run=_cmd_serve)
 
@@ -123,7 +128,8 @@ def add_net_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         type=_parse_span,
         metavar="START:[END]",
         help=(
-            "fetch only blocks START..END-1 (START: to the log's end); an END past the "
+            "fetch only blocks START..END-1 (START: to the log's end; blocks count from "
+            "0, none is negative); an END past the "
             "log's length fetches what exists and warns, a START past it is an error "
             "(exit status 1). With --live only START: (follows from START)"
         ),

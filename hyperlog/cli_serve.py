@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from .cli_words import _check_uri, _naming, _reason
+from .cli_words import _check_uri, _count, _naming, _reason
 from .constants import CLI_LINES_PER_BATCH, MAX_BLOCK_SIZE
 from .errors import HyperlogError
 from .log import Log, Store, open_store
@@ -107,8 +107,10 @@ async def _append_lines_while_serving(store: Store, log: Log, fd: int) -> None:
     ):
         pending += data
         *lines, pending = pending.split(b"\n")
-        await append(lines)
-        if not why and len(pending) > MAX_BLOCK_SIZE:
+        # A line ends with "\n" or "\r\n" (its "\r" was kept in the block).
+        await append([line[:-1] if line.endswith(b"\r") else line for line in lines])
+        # (a line of a whole block waits for the "\n" after its "\r")
+        if not why and len(pending) > MAX_BLOCK_SIZE + pending.endswith(b"\r"):
             await append([pending])  # says why
     if not why:
         if pending:  # a last line without its newline
@@ -117,7 +119,8 @@ async def _append_lines_while_serving(store: Store, log: Log, fd: int) -> None:
     if fd != sys.stdin.fileno():
         os.close(fd)
     print(
-        f"hyperlog: --append-lines: {why} after {count} lines, length {log.length}; still serving",
+        f"hyperlog: --append-lines: {why} after {_count(count, 'line')}, length {log.length}; "
+        "still serving",
         file=sys.stderr,
         flush=True,
     )

@@ -1,6 +1,7 @@
 """The network commands' failures in a user's words: a URI checked before anything
 starts, a failed dial with the operating system's reason, why a replication session
-ended, what a clone holds (used by `cli_serve`, `cli_clone` and `cli_live`)."""
+ended, what a clone holds (used by `cli_serve`, `cli_clone` and `cli_live`); and, for
+every command, a store folder that is a file, and counts in words ("1 block")."""
 
 from __future__ import annotations
 
@@ -15,6 +16,37 @@ from .follow_policy import UnansweredError as _Unanswered
 from .follow_policy import hello_timed_out as _hello_timed_out
 from .log import Log
 from .replication.constants import HELLO_TIMEOUT
+
+#: What a refused clone adds: a mistyped KEY, or the discovery key `info` prints too.
+KEY_HINT = "check KEY: `hyperlog info` on the server prints the log's key (not its discovery key)"
+
+
+def _count(n: int, word: str) -> str:
+    """`n` and `word`, plural unless `n` is 1: "1 block", "2 blocks", "0 blocks"."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _check_store_dir(path: str) -> None:
+    """Refuse a store folder DIR that is a file, or lies under one, in words (the
+    operating system's were "[Errno 20] Not a directory: 'afile/hyperlog.sqlite3'";
+    `create` said "[Errno 17] File exists", the others "no hyperlog store").
+
+    Raises:
+        HyperlogError: `path`, or the nearest of its parents that exists, is not a
+            directory.
+    """
+    given = here = os.path.normpath(path)
+    # Bounded by the path's depth: every pass goes one folder up, or ends at the top.
+    while here and not os.path.exists(here):
+        parent = os.path.dirname(here)
+        if parent == here:
+            return
+        here = parent
+    if not here or os.path.isdir(here):
+        return
+    if here == given:
+        raise HyperlogError(f"{path} is a file, not a directory (DIR is a store folder)")
+    raise HyperlogError(f"{path}: {here} is a file, not a directory (DIR is a store folder)")
 
 
 def _reason(exc: BaseException) -> str:
@@ -159,4 +191,4 @@ def _invalid_proof(error: BaseException) -> bool:
 
 
 def _held(log: Log) -> str:
-    return f"length {log.length}, {log.statistics().blocks_held} blocks held"
+    return f"length {log.length}, {_count(log.statistics().blocks_held, 'block')} held"

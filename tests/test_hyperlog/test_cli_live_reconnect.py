@@ -20,6 +20,7 @@ import trio
 from trio_websocket import ConnectionRejected
 
 from hyperlog import cli_live, cli_words
+from hyperlog.cli_words import KEY_HINT
 from hyperlog.crypto import key_pair
 from hyperlog.errors import InvalidProofError, ReplicationError
 from hyperlog.log import open_store
@@ -234,7 +235,8 @@ async def test_a_live_clone_of_a_log_the_server_does_not_serve_stops_at_once(
     finally:
         await _kill(serve)
     assert wrong.returncode == 1, wrong.stderr
-    assert wrong.stderr == f"hyperlog: error: {uri}: the peer does not serve this log\n".encode()
+    refused = f"hyperlog: error: {uri}: the peer does not serve this log; {KEY_HINT}\n"
+    assert wrong.stderr == refused.encode()  # (the hint about KEY since the newcomer review)
     assert not (tmp_path / "r").exists()  # nothing left behind, as without --live
 
 

@@ -118,7 +118,7 @@ async def test_a_line_too_long_for_a_block_stops_appending_not_serving(tmp_path:
     try:
         await serve.stdin.send_all(b"fine\n" + b"x" * (MAX_BLOCK_SIZE + 1))
         err = await _stderr_until(serve, b"still serving")
-        assert b"cannot be one block: stopped after 1 lines, length 2; still serving" in err
+        assert b"cannot be one block: stopped after 1 line, length 2; still serving" in err
         # Still serving: a clone gets both blocks.
         await _stop(await _live_clone_holding(key, tmp_path / "r", uri, 2))
     finally:
