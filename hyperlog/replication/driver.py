@@ -266,17 +266,24 @@ class LogReplication:
         """Wait until at least `n` peers have this log's channel open and synced, or
         until no session can bring that many.
 
+        A peer whose tree is being checked for another signed history of our fork
+        (docs/replication.md, Forks) does not count until the check passes: it
+        ends in a fork conflict (raised here) or with the peer dropped, unless a
+        fork change overtook it.
+
         It waits as long as one may still come: while a session that offered this
         log (`replicate(stream, log)`, or one serving it when the peer asks) has not
         had the peer's answer for it yet (the Hello, or the peer's open or refusal,
-        for up to `OPEN_TIMEOUT`), while a channel is open but not synced yet, and
+        for up to `OPEN_TIMEOUT`), while a channel is open but not synced yet (for
+        up to `OPEN_TIMEOUT` too), while a peer's tree is being checked, and
         while no session has offered the log at all (one may be starting in a
         background task). Once every session that offered it has answered, and
-        fewer than `n` channels are synced, it raises `NoPeersError` instead of
+        fewer than `n` peers serve the log, it raises `NoPeersError` instead of
         waiting for ever: the peers refused the log (they serve other keys, or
-        the capability was wrong), left its open unanswered, or their sessions
-        ended. A session that ended counts until another session offers the log;
-        sessions started after the error are not waited for (call it again).
+        the capability was wrong), left its open unanswered, opened it but never
+        synced, or their sessions ended. A session that ended counts until
+        another session offers the log; sessions started after the error are not
+        waited for (call it again).
 
         Args:
             n: how many peers to wait for (an int, at least 1).
@@ -291,7 +298,7 @@ class LogReplication:
             raise TypeError(f"n must be an int, not {type(n).__name__}")
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
-        while sum(1 for ch in self.engine.peers if ch.synced) < n:
+        while self.engine.serving_peers() < n:
             if self.engine.frozen is not None:
                 raise self.engine.frozen
             reasons = self.engine.peers_unavailable(n)
@@ -393,11 +400,14 @@ class ReplicationSession:
         self.bytes_out = 0
 
     def _on_output(self) -> None:
-        if self.engine.unread_error is not None and self.error is None:
+        fatal = self.engine.unread_error or self.engine.dropped
+        if fatal is not None and self.error is None:
             # The peer does not read what we queue for it (it may send nothing
-            # either, so the reader would never see it): end the session from here,
-            # which may be inside `Log.append`, so never by raising.
-            self._fail(self.engine.unread_error)
+            # either, so the reader would never see it), or a replicator's timer
+            # dropped it (a check of its tree left unanswered): end the session
+            # from here, which may be inside `Log.append` or another session's
+            # timer, so never by raising.
+            self._fail(fatal)
             self._scope.cancel()
             return
         self._out_lot.unpark_all()
@@ -426,7 +436,7 @@ class ReplicationSession:
         try:
             async with trio.open_nursery() as nursery:
                 self._scope = nursery.cancel_scope
-                if self.engine.unread_error is not None:
+                if self.engine.unread_error or self.engine.dropped:
                     nursery.cancel_scope.cancel()
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._worker)

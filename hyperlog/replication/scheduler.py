@@ -159,20 +159,37 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
             self.ended.append(why)
             del self.ended[:-MAX_NO_PEER_REASONS]
 
+    def sync_overdue(self, ch: PeerChannel, reason: str, now: float) -> None:
+        """`ch` opened on both sides, but its peer sent no Sync within `OPEN_TIMEOUT`
+        (the session's timer): `update` and `wait_for_peers` stop waiting for it, as
+        for an open left unanswered, and `reason` says why its session brought no
+        peer. Its first Sync, if it comes, makes it a peer again."""
+        ch.sync_overdue = True
+        self.no_peer(ch.peer_id, reason)
+        self.refresh(now)
+
+    def serving_peers(self) -> int:
+        """Peers that count for `wait_for_peers`: synced, no check of their tree
+        pending (`PeerChannel.serving`)."""
+        return sum(1 for ch in self.peers if ch.serving())
+
     def peers_unavailable(self, n: int) -> tuple[str, ...] | None:
-        """Why fewer than `n` peers can be synced for this log with the sessions
-        there are, or None while one may still come.
+        """Why fewer than `n` peers can serve this log with the sessions there are,
+        or None while one may still come.
 
         One may come while a session is opening the log's channel (the peer has
         neither opened nor refused it yet, or the Hello is not through), while a
-        channel is open but not synced, and while no session has said anything
-        else (none has offered the log yet: one may be starting). A session still
-        running says what it got until it ends; one that ended, until another
-        session offers the log.
+        channel is open but not synced (for up to `OPEN_TIMEOUT`), while a peer's
+        tree is being checked (the check passes, finds a fork conflict, or drops
+        it), and while no session has said anything else (none has offered the
+        log yet: one may be starting). A session still running says what it got
+        until it ends; one that ended, until another session offers the log.
         """
-        if sum(1 for ch in self.peers if ch.synced) >= n:
+        if self.serving_peers() >= n:
             return None
-        if self.pending_opens > 0 or any(not ch.synced for ch in self.peers):
+        if self.pending_opens > 0 or any(
+            ch.awaiting_sync() or ch.suspect is not None for ch in self.peers
+        ):
             return None
         reasons = (*self.refusals.values(), *self.ended)
         return reasons or None
@@ -373,8 +390,17 @@ class LogReplicator(ServeMixin, AnswersMixin, FetchMixin):
     def _on_sync(self, ch: PeerChannel, msg: wire.Sync, now: float) -> None:
         first = not ch.synced
         was_able = not first and self._blocks_from(ch)
+        if not first and msg.fork < ch.remote_fork:
+            # Forks only increase (hypercore's too): an older one again is a lie,
+            # and on our fork it could start a check of its tree every round.
+            raise RemoteProtocolError(
+                f"sync: fork went backwards (from {ch.remote_fork} to {msg.fork})"
+            )
         if msg.fork == ch.remote_fork and msg.length < ch.remote_length and not first:
             raise RemoteProtocolError("sync: length went backwards without a fork")
+        if first and ch.sync_overdue:
+            ch.sync_overdue = False  # late, but here: a peer after all
+            self.refusals.pop(ch.peer_id, None)
         if (msg.fork, msg.length) != (ch.remote_fork, ch.remote_length):
             ch.upgrade_failed_at = None
         ch.remote_fork, ch.remote_length = msg.fork, msg.length

@@ -7,10 +7,12 @@ one RangeRequest where the peer has a whole aligned subtree we lack, else single
 blocks, and a Want for pages whose have-bits we do not know). A range's size adapts
 to each peer (`peer_span`, `PeerChannel.note_range`): it starts small and grows while
 answers arrive quickly, so one takes about a second or less on the wire. `on_timer` expires
-requests; a cancelled or failed request is forgotten for every block it covers
-(those a download still needs go to the retry set), and gets that no peer can serve
-any more fail. A failed passive want (a `Log.get`, which waits on its own timeout) is
-parked instead of forgotten and asked for again when a peer syncs.
+requests (a check of a suspect's tree that expires drops the suspect, `ChannelSink.drop`:
+it did not prove its tree when asked); a cancelled or failed request is forgotten for
+every block it covers (those a download still needs go to the retry set), and gets
+that no peer can serve any more fail. A failed passive want (a `Log.get`, which waits
+on its own timeout) is parked instead of forgotten and asked for again when a peer
+syncs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import math
 
 from hyperlog import flat_tree, wire
-from hyperlog.errors import BlockNotAvailableError, HyperlogError
+from hyperlog.errors import BlockNotAvailableError, HyperlogError, ReplicationError
 from hyperlog.replication.constants import (
     DEFAULT_GET_TIMEOUT,
     HOTSWAP_AFTER,
@@ -96,14 +98,19 @@ class FetchMixin(ReplicatorBase):
         return any(self._needs_upgrade_from(ch) for ch in self.peers if ch.synced)
 
     def settled(self) -> bool:
-        """Every open channel synced, no upgrade and no conflict check pending (or
-        the log frozen: nothing more will come): `update()` may return."""
+        """Every open channel synced (or given up on: no Sync within
+        `OPEN_TIMEOUT`), no upgrade and no conflict check pending (or the log frozen:
+        nothing more will come): `update()` may return.
+
+        Each of those ends on its own: an upgrade or a check times out (a check that
+        times out drops its peer, `_check_unanswered`), and the session's timer
+        gives up on an open or a Sync that does not come."""
         if self.frozen is not None:
             return True
         if self.pending_opens > 0:
             return False
         return (
-            all(ch.synced and not ch.checking_conflict() for ch in self.peers)
+            all(not ch.awaiting_sync() and not ch.checking_conflict() for ch in self.peers)
             and not self.upgrading()
         )
 
@@ -406,7 +413,7 @@ class FetchMixin(ReplicatorBase):
                 )
                 self.on_block(g.index)
                 continue
-            pending = self.pending_opens > 0 or any(not ch.synced for ch in self.peers)
+            pending = self.pending_opens > 0 or any(ch.awaiting_sync() for ch in self.peers)
             able = [
                 ch
                 for ch in self.peers
@@ -503,7 +510,8 @@ class FetchMixin(ReplicatorBase):
                     elif inf.kind == K_RANGE:
                         ch.note_range_timeout()  # retried block by block; smaller next
                     elif inf.kind == K_CONFLICT:
-                        pass  # a suspect stays idle
+                        self._check_unanswered(ch, inf, now)
+                        break  # (the peer is gone, with all its requests)
                     else:
                         self._upgrade_failed(ch, inf)
                     self._forget_inflight(ch, inf, failed=True)
@@ -512,6 +520,26 @@ class FetchMixin(ReplicatorBase):
         self._fail_unservable()
         self.pump(now)
         self.on_change()
+
+    def _check_unanswered(self, ch: PeerChannel, inf: Inflight, now: float) -> None:
+        """`ch`'s peer left our check of its tree (`_check_tree`) unanswered: drop it.
+
+        It did not prove its tree when asked, after a proof of it failed or its Sync
+        named another tree than ours: the same verdict as a refusal (NoData). A
+        suspect used to stay connected and idle: asked nothing more, yet counted by
+        `settled` (a longer one as an upgrade to come), so `update()` never returned.
+        The error's cause is why it was suspected (a failed upgrade keeps its
+        `InvalidProofError`, what it was dropped for at once before the checks).
+        """
+        waited = inf.deadline - inf.sent_at
+        why = ch.suspect
+        error = ReplicationError(
+            f"the peer did not prove its tree when asked (no answer within {waited:g} s)"
+            + ("" if why is None else f"; asked because: {why}")
+        )
+        error.__cause__ = why
+        ch.sink.drop(error)
+        self.remove_peer(ch, now)
 
     def next_deadline(self) -> float:
         """When `on_timer` next has something to do (math.inf if never)."""

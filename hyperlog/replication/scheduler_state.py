@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from hyperlog import wire
-from hyperlog.errors import HyperlogError
+from hyperlog.errors import HyperlogError, ReplicationError
 from hyperlog.replication.constants import (
     INITIAL_WINDOW,
     MAX_CANCELLED_IDS,
@@ -45,6 +45,11 @@ class ChannelSink(Protocol):
     def note_deadline(self, deadline: float) -> None:
         """A timer deadline now exists at `deadline` (the driver wakes its timer only
         for deadlines earlier than the one it sleeps until)."""
+        ...
+
+    def drop(self, error: ReplicationError) -> None:
+        """Drop this peer's session for `error` (a timer found it wanting: it left a
+        check of its tree unanswered). Never raises: it is called from timers."""
         ...
 
 
@@ -103,6 +108,9 @@ class PeerChannel:
         self.remote_length = 0
         self.remote_can_upgrade = False
         self.synced = False
+        # Open on both sides but no Sync within OPEN_TIMEOUT (the session's timer
+        # says): `update` and `wait_for_peers` stop waiting for it.
+        self.sync_overdue = False
         # It refused a block request on our fork as another fork's (NoData(FORK))
         # while its Sync said it was on our fork (a frozen log, or a Sync in flight):
         # no block requests to it until a Sync of its shows our fork again.
@@ -138,6 +146,16 @@ class PeerChannel:
         # Answers received but not yet verified still count: reading runs ahead of
         # storing, and this keeps what we hold per peer bounded by the window.
         return int(self.window) - len(self.inflight) - len(self.verifying)
+
+    def awaiting_sync(self) -> bool:
+        """Whether its first Sync may still come (it is neither synced nor overdue)."""
+        return not self.synced and not self.sync_overdue
+
+    def serving(self) -> bool:
+        """Whether it counts as a peer for `wait_for_peers`: synced, and no check of
+        its tree pending (the check ends in a fork conflict or with it dropped, unless
+        a fork change overtook it)."""
+        return self.synced and self.suspect is None and not self.closed
 
     def checking_conflict(self) -> bool:
         """Whether a check of its whole signed tree is asked or being verified."""

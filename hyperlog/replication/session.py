@@ -16,7 +16,9 @@ stream-level part of the protocol and hands channel messages to the per-log
    sides opened it; the log's replicator then adds it as a peer. An open for a log
    we do not have is refused (counted); a wrong capability closes that channel.
    The remote's refusals of our opens are kept in `rejected`, apart from opens it
-   left unanswered for `OPEN_TIMEOUT` (`on_timer` gives up on those).
+   left unanswered for `OPEN_TIMEOUT` (`on_timer` gives up on those). A live
+   channel's first Sync is due within `OPEN_TIMEOUT` too: after it, `on_timer`
+   tells the replicator (`sync_overdue`), which stops waiting for that peer.
 3. Channel messages carry the *sender's* channel id (protomux style): we map remote
    ids to channels. Messages for a channel the peer closed are ignored up to
    `MAX_SOFT_ERRORS`, then the peer is dropped. The last `MAX_CLOSED_CHANNEL_IDS`
@@ -29,7 +31,8 @@ grows, so the driver can wake its writer. `outbox_bytes` estimates what the outb
 holds: serving stops above `MAX_OUTBOX_BYTES` (the driver waits), and once more
 than `MAX_UNREAD_BYTES` wait for the peer, `unread_error` is set, nothing more is
 queued, the driver ends the session and `receive` raises it (it does not read; the
-reader never waits for the writer, see driver.py). Requests
+reader never waits for the writer, see driver.py). A replicator's timer drops the
+peer the same way (`drop`, setting `dropped`). Requests
 the peer cancels before we served them are dropped from `work`. Every violation
 raises `RemoteProtocolError` or `DecodeError` from `receive`; the driver then closes
 the stream, and the replicators requeue what this peer owed us.
@@ -44,7 +47,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from hyperlog import wire
-from hyperlog.errors import RemoteProtocolError
+from hyperlog.errors import RemoteProtocolError, ReplicationError
 from hyperlog.replication import caps
 from hyperlog.replication.constants import (
     MAX_CHANNELS,
@@ -94,6 +97,7 @@ class _Local:
     opened_at: float | None = None  # when we sent Open (for OPEN_TIMEOUT)
     remote_id: int | None = None
     channel: PeerChannel | None = None
+    linked_at: float | None = None  # when both sides had opened it (its Sync is due)
 
 
 class SessionEngine:
@@ -125,6 +129,9 @@ class SessionEngine:
         #: session must end (the driver closes it; `receive` raises it). Nothing more
         #: is queued meanwhile.
         self.unread_error: RemoteProtocolError | None = None
+        #: Set when a replicator drops the peer from a timer (`drop`): the session
+        #: must end (the driver closes it; `receive` raises it).
+        self.dropped: ReplicationError | None = None
         # Coalescing (see `send`): messages popped so far, and per channel the last
         # Sync and the last (non-drop) Range queued, with their sequence numbers.
         self._popped = 0
@@ -250,6 +257,13 @@ class SessionEngine:
         if deadline < self.deadline_hint:
             self.deadline_hint = deadline
 
+    def drop(self, error: ReplicationError) -> None:
+        """A replicator drops the peer (`ChannelSink.drop`): the session must end.
+        Only the first reason is kept; the driver hears it through `on_output`."""
+        if self.dropped is None and self.unread_error is None:
+            self.dropped = error
+        self.on_output()
+
     # ------------------------------------------------------------------ local API
 
     @property
@@ -337,9 +351,12 @@ class SessionEngine:
                 while more than `MAX_UNREAD_BYTES` of our messages wait for it to
                 read them (whatever made them: answers to its wants, refusals,
                 syncs, announcements); drop it.
+            ReplicationError: a replicator dropped the peer already (`dropped`).
         """
         if self.closed:
             return
+        if self.dropped is not None:
+            raise self.dropped  # nothing more from a peer being dropped
         self._receive(msg, now)
         if self.unread_error is not None:
             # Checked per message: one read may carry thousands of small messages,
@@ -443,7 +460,8 @@ class SessionEngine:
             self._open(loc)
 
     def on_timer(self, now: float) -> None:
-        """Give up on opens the remote never answered (it may not speak for that log)."""
+        """Give up on opens the remote never answered (it may not speak for that log),
+        and on channels it opened but sent no Sync on, `OPEN_TIMEOUT` after each."""
         self._now = now
         for loc in self._by_dk.values():
             if loc.pending and loc.opened_at is not None and loc.opened_at + OPEN_TIMEOUT <= now:
@@ -452,6 +470,16 @@ class SessionEngine:
                     self.peer_id, f"the peer did not answer for the log within {OPEN_TIMEOUT:g} s"
                 )
                 loc.replicator.refresh(now)
+            ch = loc.channel
+            if (
+                ch is not None
+                and ch.awaiting_sync()
+                and loc.linked_at is not None
+                and loc.linked_at + OPEN_TIMEOUT <= now
+            ):
+                loc.replicator.sync_overdue(
+                    ch, f"the peer opened the log but never synced in {OPEN_TIMEOUT:g} s", now
+                )
 
     def next_deadline(self) -> float:
         """When `on_timer` has something to do (math.inf if never).
@@ -464,6 +492,11 @@ class SessionEngine:
             loc.opened_at + OPEN_TIMEOUT
             for loc in self._by_dk.values()
             if loc.pending and loc.opened_at is not None
+        ]
+        times += [
+            loc.linked_at + OPEN_TIMEOUT
+            for loc in self._by_dk.values()
+            if loc.linked_at is not None and loc.channel is not None and loc.channel.awaiting_sync()
         ]
         return min(times, default=math.inf)
 
@@ -509,4 +542,6 @@ class SessionEngine:
         self._by_remote[msg.channel] = loc
         loc.channel = PeerChannel(self, loc.local_id, msg.channel, self.peer_id)
         loc.channel.owner = loc.replicator
+        loc.linked_at = now
+        self.note_deadline(now + OPEN_TIMEOUT)  # its Sync is due (`on_timer`)
         loc.replicator.add_peer(loc.channel, now)

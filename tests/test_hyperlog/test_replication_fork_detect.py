@@ -103,7 +103,7 @@ async def test_a_server_restored_from_an_older_copy_is_a_fork_conflict(
         assert remote.fork == 0 and remote.length >= min(5, restored)
         assert local.signature == reader.signature and remote.signature is not None
         # Nothing of the other history was stored; later reads fail at once.
-        assert reader.length == 5 and reader.tree_hash() == conflict.local.tree_hash
+        assert reader.length == 5 and reader.tree_hash() == local.tree_hash
         assert await reader.get(4) == b"line 4"
         with pytest.raises(ForkConflictError):
             await rep.get(5)  # (blocks held are still read: 0-4)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from hyperlog import wire
-from hyperlog.errors import HyperlogError, InvalidProofError
+from hyperlog.errors import HyperlogError, InvalidProofError, ReplicationError
 from hyperlog.replication.constants import HOTSWAP_AFTER
 from hyperlog.replication.port import Applied
 from hyperlog.replication.scheduler import (
@@ -44,6 +44,7 @@ class ListSink:
     peer_features: int = 0
     sent: list[wire.Message] = field(default_factory=list)
     work: list[Work] = field(default_factory=list)
+    dropped: list[ReplicationError] = field(default_factory=list)
 
     def send(self, msg: wire.Message) -> None:
         self.sent.append(msg)
@@ -56,6 +57,9 @@ class ListSink:
 
     def note_deadline(self, deadline: float) -> None:
         pass
+
+    def drop(self, error: ReplicationError) -> None:
+        self.dropped.append(error)
 
 
 class TwoPeers:

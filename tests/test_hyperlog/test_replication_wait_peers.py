@@ -16,7 +16,7 @@ import trio.testing
 
 from hyperlog import wire
 from hyperlog.errors import ForkConflictError, NoPeersError, ReplicationError
-from hyperlog.replication import replicate, replication_for
+from hyperlog.replication import caps, replicate, replication_for
 from hyperlog.replication.constants import OPEN_TIMEOUT
 
 from .test_replication_fakes import FakeLog
@@ -166,3 +166,54 @@ async def test_n_is_a_count(n: object) -> None:
     rep = replication_for(FakeLog(KEY))
     with pytest.raises((TypeError, ValueError)):
         await rep.wait_for_peers(n)  # type: ignore[arg-type]
+
+
+H = b"h" * 32
+
+
+async def _opens_but_never_syncs(stream: trio.abc.Stream, log: FakeLog) -> None:
+    """A peer that says hello and opens the log's channel (the right capability for
+    `replicate(..., handshake_hash=H, initiator=False)`), then sends nothing more."""
+    await stream.send_all(wire.encode_frame(wire.Hello(os.urandom(32), wire.FEATURES)))
+    cap = caps.capability(H, log.key, initiator=True)
+    await stream.send_all(wire.encode_frame(wire.Open(1, log.discovery_key, cap)))
+
+
+async def test_a_peer_that_opens_but_never_syncs_is_given_up(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Bounded as an unanswered open is: after OPEN_TIMEOUT the session counts as an
+    answer that is not a peer (it waited for ever), and update() stops waiting too."""
+    ours = FakeLog(KEY)
+    rep = replication_for(ours)
+    a, b = trio.testing.memory_stream_pair()
+    with trio.fail_after(120):
+        async with replicate(b, ours, handshake_hash=H, initiator=False) as session:
+            await _opens_but_never_syncs(a, ours)
+            start = trio.current_time()
+            with pytest.raises(NoPeersError, match="never synced") as info:
+                await rep.wait_for_peers()
+            assert OPEN_TIMEOUT <= trio.current_time() - start < 2 * OPEN_TIMEOUT
+            assert info.value.reasons == (
+                f"the peer opened the log but never synced in {OPEN_TIMEOUT:g} s",
+            )
+            assert not session.closed.is_set()  # given up on, not dropped
+            assert rep.peers == 1
+            await rep.update(timeout=None)  # returns: nothing is waited for
+
+
+async def test_a_peer_that_syncs_late_is_a_peer_again(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    ours = FakeLog(KEY)
+    rep = replication_for(ours)
+    a, b = trio.testing.memory_stream_pair()
+    with trio.fail_after(120):
+        async with replicate(b, ours, handshake_hash=H, initiator=False):
+            await _opens_but_never_syncs(a, ours)
+            with pytest.raises(NoPeersError, match="never synced"):
+                await rep.wait_for_peers()
+            await a.send_all(wire.encode_frame(wire.Sync(1, 0, 0, 0)))
+            await trio.testing.wait_all_tasks_blocked()  # (the session read it)
+            await rep.wait_for_peers()
+            assert rep.engine.peers_unavailable(1) is None
