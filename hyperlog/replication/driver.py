@@ -245,9 +245,11 @@ class LogReplication:
         """Wait until every connected peer synced and any longer signed head is ours.
 
         A peer whose tree is being checked for another signed history of our fork
-        (see docs/replication.md, Forks) counts as not synced yet; once the log is
-        frozen by a fork conflict this returns at once (`conflicts` says why, and
-        `get` and `download` raise it).
+        (see docs/replication.md, Forks) counts as not synced yet (a check left
+        unanswered drops it after the request timeout); a channel whose peer sent
+        no Sync within `OPEN_TIMEOUT` is not waited for. Once the log is frozen by a
+        fork conflict this returns at once (`conflicts` says why, and `get` and
+        `download` raise it).
 
         Returns:
             whether the length or fork changed.
