@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import trio
 
-__all__ = ["leaves", "raise_body_alone"]
+__all__ = ["leaves", "raise_body_alone", "single_failure"]
 
 
 def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -24,6 +24,13 @@ def leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
         else:
             found.append(exc)
     return found
+
+
+def single_failure(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception in `group` that is not a cancellation, if there is exactly one
+    (the failure that cancelled its siblings); None otherwise."""
+    failures = [e for e in leaves(group) if not isinstance(e, trio.Cancelled)]
+    return failures[0] if len(failures) == 1 else None
 
 
 def raise_body_alone(group: BaseExceptionGroup[BaseException], body: BaseException | None) -> None:

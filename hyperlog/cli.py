@@ -29,6 +29,7 @@ from typing import IO, Any, Final
 
 import trio
 
+from ._groups import leaves as group_leaves
 from .cli_net import add_net_commands
 from .cli_words import _check_store_dir, _count
 from .constants import (
@@ -440,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BaseExceptionGroup as group:
             # Trio wraps what a nursery's tasks raised (Ctrl-C while serving, a port
             # in use): report the one real cause like any other error, not a group.
-            leaves = _leaves(group)
+            leaves = group_leaves(group)
             stopped = [e for e in leaves if isinstance(e, KeyboardInterrupt | Terminated)]
             if stopped:
                 raise stopped[0] from None
@@ -499,19 +500,6 @@ async def _until_terminated(run: Runner, args: argparse.Namespace) -> int:
             async for _ in signals:
                 raise Terminated
     return status[0]
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    """Every exception inside `group`, nested groups opened."""
-    out: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        else:
-            out.append(exc)
-    return out
 
 
 if __name__ == "__main__":

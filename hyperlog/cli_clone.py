@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._groups import single_failure
 from .cli_clone_state import CLONE_UPDATE_TIMEOUT, _Bar, _CloneState
 from .cli_live import _follow_live
 from .cli_words import KEY_HINT, _check_uri, _connect_failure, _count, _ended, _held
@@ -41,26 +42,13 @@ def _check_alive(session: ReplicationSession, uri: str, *, served: bool) -> None
     raise ReplicationError(f"{uri}: {ended}")
 
 
-def _single(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The one non-cancellation error inside nested groups, if there is exactly one."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack and len(leaves) < 2:
-        exc = stack.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            stack.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
-
-
 async def _cmd_clone(args: argparse.Namespace) -> int:
     _check_uri("--connect", args.connect)  # before the store folder is made
     # Report the one real failure as one line (the command's contract), not a group.
     try:
         return await _clone(args)
     except BaseExceptionGroup as group:
-        single = _single(group)
+        single = single_failure(group)
         if single is None:
             raise
         raise single from None
