@@ -6,27 +6,23 @@ words (once per outage: `_Outage`) and turns a fatal `FollowError` into one line
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from typing import TYPE_CHECKING, NoReturn
 
 import trio
 
 from .cli_clone_state import _Bar, _CloneState
-from .cli_keepalive import _keep_alive
+from .cli_keepalive import LIVE_KEEPALIVE
 from .cli_words import (
     KEY_HINT,
     _connect_failure,
     _dial_failure,
     _ended,
     _held,
-    _invalid_proof,
     _refused_upgrade,
 )
 from .errors import ReplicationError
 from .follow_policy import (
-    FOLLOW_RETRY_CAP,
-    FOLLOW_RETRY_FIRST,
     FOLLOW_STEADY,
     ConnectedEvent,
     DialFailedEvent,
@@ -34,8 +30,6 @@ from .follow_policy import (
     FollowEvent,
     LostEvent,
     SteadyEvent,
-    retry_delay,
-    transient_end,
 )
 from .follower import Follower
 from .log import Log
@@ -44,15 +38,8 @@ from .replication import LogReplication, Progress
 if TYPE_CHECKING:
     from pinecone_trio.link.stream import NoiseLink
 
-#: `clone --live` dials again about this long (seconds, jittered down to half) after
-#: the connection was lost or could not be made ...
-LIVE_RETRY_FIRST = FOLLOW_RETRY_FIRST
-#: ... doubling with every failed attempt up to this (seconds): a server that comes
-#: back is found within about this long, and an absent one costs a dial per half minute.
-LIVE_RETRY_CAP = FOLLOW_RETRY_CAP
 #: Seconds a connection must stay up, serving the log, before the backoff starts from
-#: `LIVE_RETRY_FIRST` again: a path that drops every connection right after it serves
-#: used to be redialled every ~1.5 s for ever (the backoff was reset once served).
+#: its first delay again (the follower's `FOLLOW_STEADY`), and `_Outage` speaks again.
 LIVE_STEADY = FOLLOW_STEADY
 
 
@@ -115,13 +102,6 @@ def _notice(message: str) -> None:
     sys.stderr.flush()
 
 
-def _retry_delay(failures: int, rng: random.Random | None = None) -> float:
-    """Seconds before the next dial after `failures` failed ones since a connection
-    last held for `LIVE_STEADY` (the follower's `retry_delay`: about
-    `LIVE_RETRY_FIRST`, doubling up to `LIVE_RETRY_CAP`, jittered)."""
-    return retry_delay(failures, rng)
-
-
 def _transient_dial(exc: BaseException, *, served_before: bool = False) -> bool:
     """Whether a failed dial may succeed later: the operating system's errors
     (refused, reset, timed out, no route, a name not resolved, a WebSocket upgrade
@@ -142,13 +122,6 @@ def _transient_dial(exc: BaseException, *, served_before: bool = False) -> bool:
 
     transient = (OSError, HandshakeAborted, HandshakeTimeout, TruncatedFrame, TruncatedStream)
     return isinstance(exc, transient)
-
-
-def _transient_end(error: BaseException | None, *, served_before: bool = False) -> bool:
-    """Whether a session ended in a way a new connection may mend (the follower's
-    `transient_end`: the peer closed it, the stream broke; from a server that served
-    the log before, also no hello or no answer for the log in time)."""
-    return transient_end(error, served_before=served_before)
 
 
 def _retry_dial(error: BaseException, served_before: bool) -> bool:
@@ -207,10 +180,10 @@ class _Following:
                 return ReplicationError(_dial_failure(self.uri, error))
             return error if error is not None else exc
         held = _held(self.log)
-        if exc.why == "refused":
+        if exc.why == "refused":  # (the policy's words: "the peer does not serve this log")
             # Never served by this URI: most likely a mistyped KEY (or the discovery key).
             held = f"; {held}" if exc.served_before else f"; {KEY_HINT}"
-            return ReplicationError(f"{self.uri}: the peer does not serve this log{held}")
+            return ReplicationError(f"{self.uri}: {exc}{held}")
         ended = _ended(error)
         if exc.why == "unanswered":  # (never served by it: it left the log unanswered)
             return ReplicationError(f"{self.uri}: {ended}; is it a `hyperlog serve`?")
@@ -218,9 +191,7 @@ class _Following:
             # Nothing of the log came, ever: maybe no hyperlog server at all.
             message = f"{self.uri}: {ended} before serving the log; is it a `hyperlog serve`?"
             return ReplicationError(message)
-        if error is not None and _invalid_proof(error):
-            # This URI served the log before, so its history changed: a server restored
-            # from an older copy and appended to since (or damaged).
+        if exc.diverged:  # (a server restored from an older copy and appended to)
             ended = f"the server's log does not extend the copy held here ({error})"
         return ReplicationError(f"{self.uri}: {ended}; {held}")
 
@@ -231,8 +202,8 @@ async def _follow_live(
     """`clone --live`: follow the writer until stopped, through lost connections.
 
     When the connection ends or cannot be made, it says so once on stderr and dials
-    again after a backoff (the follower's: from `LIVE_RETRY_FIRST` doubling to
-    `LIVE_RETRY_CAP`, reset once a connection has served the log for `LIVE_STEADY`),
+    again after a backoff (the follower's: from `FOLLOW_RETRY_FIRST` doubling to
+    `FOLLOW_RETRY_CAP`, reset once a connection has served the log for `LIVE_STEADY`),
     says when it is connected again, and resumes from what the store holds
     (replication is sparse: the next download fetches only what is missing). A path
     that keeps dropping is said once (`_Outage`).
@@ -241,7 +212,7 @@ async def _follow_live(
     route to host, a name not resolved: `_transient_dial`), a handshake cut off or
     timed out, and a connection that ends or breaks once up, or before the peer
     served anything (the peer closed it, a reset, EOF, the link broken, a keepalive
-    timeout: `_transient_end`); and, once this URI has served the log, a link that
+    timeout: the follower's `transient_end`); and, once this URI has served the log, a link that
     stalls right after its handshake (no hello within `HELLO_TIMEOUT`, the log's
     channel neither opened nor refused within `OPEN_TIMEOUT`).
 
@@ -261,15 +232,15 @@ async def _follow_live(
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import connect_link
 
-    del rep  # (the follower replicates the log through `replication_for(log)`, the same)
+    del rep  # (unused: the follower replicates through `replication_for(log)`, the same)
     following = _Following(args, log, state)
+    stopped: FollowError | None = None
     # A ws:// connection's reader task runs here; it ends with its connection.
     async with trio.open_nursery() as transports:
 
         async def dial() -> NoiseLink:
-            link = await connect_link(args.connect, Identity.generate(), nursery=transports)
-            _keep_alive(link.transport_stream)
-            return link
+            # (The follower sets LIVE_KEEPALIVE on the TCP connection under the link.)
+            return await connect_link(args.connect, Identity.generate(), nursery=transports)
 
         follower = Follower(
             log,
@@ -278,11 +249,15 @@ async def _follow_live(
             on_event=following.on_event,
             progress=following.progress,
             retry_dial=_retry_dial,
+            keepalive=LIVE_KEEPALIVE,
         )
         try:
             await follower.run()
         except FollowError as exc:
-            failure = following.fatal(exc)
-            if failure is not exc.error:
-                raise failure from exc.error
-        raise failure  # (not a failed dial: the dial's own error, as it was raised)
+            stopped = exc
+    if stopped is None:  # (run returns only by raising)
+        raise AssertionError("the follower stopped without a FollowError")
+    failure = following.fatal(stopped)
+    if failure is stopped.error:
+        raise failure  # a failed dial's own error, as it was raised (not ours to word)
+    raise failure from stopped.error

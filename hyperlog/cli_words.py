@@ -11,8 +11,9 @@ import socket
 
 import trio
 
-from .errors import HyperlogError, InvalidProofError
+from .errors import HyperlogError
 from .follow_policy import UnansweredError as _Unanswered
+from .follow_policy import _causes
 from .follow_policy import hello_timed_out as _hello_timed_out
 from .log import Log
 from .replication.constants import HELLO_TIMEOUT
@@ -114,22 +115,6 @@ def _os_reasons(exc: BaseException) -> list[str]:
 _UNRESOLVED = "the name did not resolve"
 
 
-def _causes(exc: BaseException) -> list[BaseException]:
-    """`exc`, then the errors it was raised from, groups opened, in order (at most 64:
-    a chain of causes is short)."""
-    found: list[BaseException] = []
-    stack: list[BaseException] = [exc]
-    while stack and len(found) < 64:
-        e = stack.pop()
-        if isinstance(e, BaseExceptionGroup):
-            stack.extend(reversed(e.exceptions))
-        else:
-            found.append(e)
-        if e.__cause__ is not None:
-            stack.append(e.__cause__)
-    return found
-
-
 def _refused_upgrade(exc: BaseException) -> int | None:
     """The HTTP status of a WebSocket upgrade the server refused, if `exc` is that
     (the ws:// transport raises ConnectionRefusedError from trio-websocket's
@@ -182,12 +167,6 @@ def _ended(error: BaseException | None) -> str:
         detail = reasons[0].lower() if reasons else "the connection broke off"
         return f"the peer went away ({detail})"
     return f"the peer was dropped ({error})"  # it broke the protocol, sent a bad proof
-
-
-def _invalid_proof(error: BaseException) -> bool:
-    """Whether a session ended because the peer's proof did not verify against the
-    blocks held here."""
-    return any(isinstance(e, InvalidProofError) for e in _causes(error))
 
 
 def _held(log: Log) -> str:

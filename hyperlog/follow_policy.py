@@ -45,10 +45,14 @@ from .replication.constants import OPEN_TIMEOUT
 
 __all__ = [
     "FOLLOW_DIAL_TIMEOUT",
+    "FOLLOW_KEEPALIVE_COUNT",
+    "FOLLOW_KEEPALIVE_IDLE",
+    "FOLLOW_KEEPALIVE_INTERVAL",
     "FOLLOW_RETRY_CAP",
     "FOLLOW_RETRY_FIRST",
     "FOLLOW_STEADY",
     "FOLLOW_UPDATE_TIMEOUT",
+    "FOLLOW_USER_TIMEOUT",
     "ConnectedEvent",
     "DialFailedEvent",
     "FollowError",
@@ -80,6 +84,17 @@ FOLLOW_UPDATE_TIMEOUT: Final = 30.0
 #: Seconds a dial may take before it counts as failed (a `TimeoutError`, transient):
 #: the dial is the caller's code and might otherwise wait for ever.
 FOLLOW_DIAL_TIMEOUT: Final = 60.0
+#: Seconds a follower's TCP connection may be idle before the kernel probes the peer,
+#: the seconds between probes, and the unanswered probes that break the connection
+#: (`hyperlog.follower.TcpKeepalive`): a follower waiting for appends sends nothing, so
+#: a writer that vanished without a word (Wi-Fi gone, no reset) is noticed only so.
+FOLLOW_KEEPALIVE_IDLE: Final = 15
+FOLLOW_KEEPALIVE_INTERVAL: Final = 5
+FOLLOW_KEEPALIVE_COUNT: Final = 3
+#: Seconds data (or, on Linux, keepalive probes) may stay unacknowledged before the
+#: kernel breaks the connection (TCP_USER_TIMEOUT, Linux only): keepalive never probes
+#: while something is unacknowledged, and a downloading follower soon has something.
+FOLLOW_USER_TIMEOUT: Final = 30
 
 #: Why following stopped (`FollowError.why`).
 FollowFailure: TypeAlias = Literal["dial", "refused", "unanswered", "ended"]
@@ -98,9 +113,11 @@ class FollowError(ReplicationError):
             not transient (an invalid proof or signature, garbage, a protocol
             violation; or, from a peer that never served the log, no hello).
         error: the failure underneath (also the ``__cause__``), or None.
-        served_before: whether a connection of this follower had served the log (a
-            proof that no longer verifies then means the peer's log does not extend
-            the copy held here).
+        served_before: whether a connection of this follower had served the log.
+        diverged: the peer's log does not extend the copy held here: it served the
+            log before, and then sent a proof that does not verify against the
+            blocks held here (a writer restored from an older copy and appended to
+            since, or damaged); why ``"ended"``.
     """
 
     def __init__(
@@ -110,11 +127,13 @@ class FollowError(ReplicationError):
         why: FollowFailure,
         error: BaseException | None = None,
         served_before: bool = False,
+        diverged: bool = False,
     ) -> None:
         super().__init__(message)
         self.why: FollowFailure = why
         self.error = error
         self.served_before = served_before
+        self.diverged = diverged
 
 
 class UnansweredError(ReplicationError):
@@ -309,16 +328,22 @@ class FollowPolicy:
         if not transient_end(error, served_before=self.served_before):
             assert error is not None  # (None is transient)
             self.stop()
+            # Served before, its proof no longer verifies: its history changed.
+            diverged = self.served_before and any(
+                isinstance(e, InvalidProofError) for e in _causes(error)
+            )
             if not self.served_before:
                 message = f"the peer was dropped before serving the log: {_reason(error)}"
-            elif any(isinstance(e, InvalidProofError) for e in _chain(error)):
-                # It served the log before, so its history changed: a writer restored
-                # from an older copy and appended to since (or damaged).
+            elif diverged:
                 message = f"the peer's log does not extend the copy held here ({error})"
             else:
                 message = f"the peer was dropped: {_reason(error)}"
             raise FollowError(
-                message, why="ended", error=error, served_before=self.served_before
+                message,
+                why="ended",
+                error=error,
+                served_before=self.served_before,
+                diverged=diverged,
             ) from error
         return LostEvent(error, self._retry())
 
@@ -339,12 +364,20 @@ class FollowPolicy:
         return delay
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """`error` and the errors it was raised from (at most 16: a chain of causes is
-    short, and a cycle must not loop)."""
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc`, then the errors it was raised from, groups opened, in order (at most 64:
+    a chain of causes is short, and a cycle must not loop). `trio.open_tcp_stream`,
+    say, raises an OSError caused by a group of each attempt's error."""
     found: list[BaseException] = []
-    e: BaseException | None = error
-    while e is not None and len(found) < 16:
-        found.append(e)
-        e = e.__cause__
+    stack: list[BaseException] = [exc]
+    steps = 0  # (groups count too: one whose cause is itself must not loop)
+    while stack and len(found) < 64 and steps < 256:
+        steps += 1
+        e = stack.pop()
+        if isinstance(e, BaseExceptionGroup):
+            stack.extend(reversed(e.exceptions))
+        else:
+            found.append(e)
+        if e.__cause__ is not None:
+            stack.append(e.__cause__)
     return found

@@ -9,7 +9,6 @@ for another log) still ends it with one line and exit status 1.
 
 from __future__ import annotations
 
-import random
 import shutil
 import signal
 import socket
@@ -22,7 +21,6 @@ from trio_websocket import ConnectionRejected
 from hyperlog import cli_live, cli_words
 from hyperlog.cli_words import KEY_HINT
 from hyperlog.crypto import key_pair
-from hyperlog.errors import InvalidProofError, ReplicationError
 from hyperlog.log import open_store
 
 from .test_cli_failures import (
@@ -266,16 +264,9 @@ async def test_a_live_clone_refused_by_a_websocket_path_stops_at_once(tmp_path: 
 # --- the pieces, without processes -----------------------------------------------------
 
 
-def test_the_retry_delay_doubles_from_half_a_second_to_its_cap() -> None:
-    rng = random.Random(7)
-    for failures, ceiling in [(0, 0.5), (1, 1.0), (2, 2.0), (5, 16.0), (6, 30.0), (99, 30.0)]:
-        for _ in range(20):
-            delay = cli_live._retry_delay(failures, rng)
-            assert ceiling / 2 <= delay <= ceiling, (failures, delay)
-    assert cli_live.LIVE_RETRY_FIRST == 0.5 and cli_live.LIVE_RETRY_CAP == 30.0
-
-
 def test_which_failures_are_retried() -> None:
+    # (Which ended sessions are retried is the policy's `transient_end`, tested in
+    # test_follow_policy.py; these are the dial errors only the CLI's transport has.)
     from pinecone_trio.errors import BadHandshake, HandshakeAborted, HandshakeTimeout
 
     assert cli_live._transient_dial(ConnectionRefusedError(111, "Connection refused"))
@@ -296,16 +287,4 @@ def test_which_failures_are_retried() -> None:
     forbidden.__cause__ = ConnectionRejected(403, (), None)
     assert cli_words._dial_failure("ws://h:1/x", forbidden) == (
         "ws://h:1/x: WebSocket upgrade refused: HTTP 403 (check the path)"
-    )
-    assert cli_live._transient_end(None)  # the peer closed it
-    assert cli_live._transient_end(trio.BrokenResourceError("reset"))
-    assert cli_live._transient_end(trio.ClosedResourceError())
-    assert not cli_live._transient_end(ReplicationError("peer sent an invalid proof: x"))
-    assert not cli_live._transient_end(InvalidProofError("bad"))
-    no_hello = ReplicationError("peer sent no hello in time")
-    no_hello.__cause__ = trio.TooSlowError()  # as the driver reports it: timed out
-    assert not cli_live._transient_end(no_hello)  # (maybe no hyperlog server at all)
-    assert cli_live._transient_end(no_hello, served_before=True)  # a link that stalled
-    assert not cli_live._transient_end(
-        ReplicationError("hello: the peer echoed our nonce"), served_before=True
     )

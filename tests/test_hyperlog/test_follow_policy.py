@@ -165,14 +165,14 @@ def test_a_session_ended_for_good() -> None:
     with pytest.raises(FollowError) as info:
         FollowPolicy().ended(proof)
     assert info.value.why == "ended" and info.value.error is proof
-    assert "before serving the log" in str(info.value)
+    assert "before serving the log" in str(info.value) and not info.value.diverged
 
     policy = FollowPolicy()
     policy.connected_at(0.0)
     with pytest.raises(FollowError) as info:
         policy.ended(proof)  # it served before: its history changed
     assert str(info.value).startswith("the peer's log does not extend the copy held here")
-    assert info.value.served_before and not policy.connected
+    assert info.value.served_before and info.value.diverged and not policy.connected
     assert policy.next_deadline() == math.inf
 
     with pytest.raises(FollowError):
@@ -180,3 +180,18 @@ def test_a_session_ended_for_good() -> None:
     policy = FollowPolicy()
     policy.connected_at(0.0)
     assert isinstance(policy.ended(_no_hello()), LostEvent)
+
+
+def test_an_invalid_proof_found_anywhere_in_the_causes_means_diverged() -> None:
+    # The CLI words `FollowError.diverged` ("the server's log does not extend ..."):
+    # the invalid proof may sit under a cause, or in a group among the causes.
+    deep = ReplicationError("the peer did not prove its tree when asked")
+    deep.__cause__ = ExceptionGroup("checks", [ValueError("x"), InvalidProofError("bad")])
+    looped = ReplicationError("a cause that is itself")
+    looped.__cause__ = looped  # (bounded: no loop)
+    for error, diverged in [(deep, True), (looped, False)]:
+        policy = FollowPolicy()
+        policy.connected_at(0.0)
+        with pytest.raises(FollowError) as info:
+            policy.ended(error)
+        assert info.value.diverged is diverged, error
