@@ -61,7 +61,7 @@ if TYPE_CHECKING:
         SteadyEvent,
         UnansweredError,
     )
-    from .follower import Follower, FollowStatistics, follow
+    from .follower import Follower, FollowStatistics, TcpKeepalive, follow, set_keepalive
     from .replication import Progress, ReplicationSession, replicate, replication_for
 
 #: Imported on first use, from the module named: a program that only reads or appends
@@ -81,7 +81,9 @@ _LAZY = {
     "UnansweredError": "follow_policy",
     "FollowStatistics": "follower",
     "Follower": "follower",
+    "TcpKeepalive": "follower",
     "follow": "follower",
+    "set_keepalive": "follower",
 }
 
 
@@ -133,6 +135,7 @@ __all__ = [
     "Storage",
     "Store",
     "StorageLockedError",
+    "TcpKeepalive",
     "TruncateEvent",
     "UnansweredError",
     "Verifier",
@@ -142,6 +145,7 @@ __all__ = [
     "open_store",
     "replicate",
     "replication_for",
+    "set_keepalive",
 ]
 
 

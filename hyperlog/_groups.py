@@ -43,4 +43,11 @@ def raise_body_alone(group: BaseExceptionGroup[BaseException], body: BaseExcepti
     for leaf in leaves(group):
         if not isinstance(leaf, trio.Cancelled) and not any(leaf is b for b in body_leaves):
             return
-    raise body from None
+    # Raised here, inside the handler of `group`, it would take the group as its
+    # context: keep the chain it was raised with (a `raise ... from cause` in the block).
+    cause, context, suppress = body.__cause__, body.__context__, body.__suppress_context__
+    try:
+        raise body
+    finally:
+        body.__cause__, body.__context__ = cause, context
+        body.__suppress_context__ = suppress

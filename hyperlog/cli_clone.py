@@ -167,7 +167,7 @@ async def _clone_log(args: argparse.Namespace, log: Log, state: _CloneState) -> 
     """Fetch the log (or follow it, `--live`) into the open store."""
     rep = replication_for(log)
     if args.live:
-        await _follow_live(args, log, rep, state)  # returns only by raising
+        await _follow_live(args, log, state)  # returns only by raising
     # The transport nursery runs a ws:// connection's reader task; it outlives the link.
     async with trio.open_nursery() as transport_nursery:
         link = await _dial(args.connect, transport_nursery)

@@ -33,7 +33,7 @@ from .follow_policy import (
 )
 from .follower import Follower
 from .log import Log
-from .replication import LogReplication, Progress
+from .replication import Progress
 
 if TYPE_CHECKING:
     from pinecone_trio.link.stream import NoiseLink
@@ -196,9 +196,7 @@ class _Following:
         return ReplicationError(f"{self.uri}: {ended}; {held}")
 
 
-async def _follow_live(
-    args: argparse.Namespace, log: Log, rep: LogReplication, state: _CloneState
-) -> NoReturn:
+async def _follow_live(args: argparse.Namespace, log: Log, state: _CloneState) -> NoReturn:
     """`clone --live`: follow the writer until stopped, through lost connections.
 
     When the connection ends or cannot be made, it says so once on stderr and dials
@@ -232,7 +230,6 @@ async def _follow_live(
     from pinecone_trio.identity import Identity
     from pinecone_trio.link.connect import connect_link
 
-    del rep  # (unused: the follower replicates through `replication_for(log)`, the same)
     following = _Following(args, log, state)
     stopped: FollowError | None = None
     # A ws:// connection's reader task runs here; it ends with its connection.

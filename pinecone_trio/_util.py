@@ -82,7 +82,15 @@ async def open_service_nursery(what: str) -> AsyncIterator[trio.Nursery]:
         ]
         if not failures:
             if body_exc is not None and not isinstance(body_exc, trio.Cancelled):
-                raise body_exc from None
+                # As itself, with the chain it was raised with (`raise ... from cause`
+                # in the block), not the group it was handled in.
+                cause, context = body_exc.__cause__, body_exc.__context__
+                suppress = body_exc.__suppress_context__
+                try:
+                    raise body_exc
+                finally:
+                    body_exc.__cause__, body_exc.__context__ = cause, context
+                    body_exc.__suppress_context__ = suppress
             raise
         if isinstance(body_exc, KeyboardInterrupt | SystemExit):
             raise body_exc from group  # Ctrl-C in the body wins over a crash it caused

@@ -35,6 +35,18 @@ async def test_the_blocks_exception_is_raised_as_itself(raised: type[BaseExcepti
         assert type(info.value) is raised  # not a group
 
 
+async def test_the_blocks_exception_keeps_its_cause() -> None:
+    root = KeyError("root")
+    async with open_store() as ws:
+        wlog = await ws.create_log()
+        s1, _s2 = trio.testing.memory_stream_pair()
+        with pytest.raises(_Mine) as info:
+            async with replicate(s1, wlog):
+                raise _Mine() from root
+        assert info.value.__cause__ is root
+        assert not isinstance(info.value.__context__, BaseExceptionGroup)
+
+
 async def test_a_get_that_times_out_can_be_caught_around_the_block() -> None:
     async with open_store() as ws, open_store() as rs:
         wlog = await ws.create_log()

@@ -16,6 +16,18 @@ async def test_body_exception_propagates_as_itself() -> None:
             raise KeyError("mine")
 
 
+async def test_body_exception_keeps_the_cause_it_was_raised_with() -> None:
+    # It was raised `from None` (to hide the group): a `raise ... from cause` in the
+    # block lost its cause.
+    root = KeyError("root")
+    with pytest.raises(ValueError) as info:
+        async with open_service_nursery("svc") as nursery:
+            nursery.start_soon(trio.sleep_forever)
+            raise ValueError("mine") from root
+    assert info.value.__cause__ is root
+    assert not isinstance(info.value.__context__, BaseExceptionGroup)
+
+
 async def test_background_failure_becomes_node_crashed() -> None:
     async def boom() -> None:
         raise RuntimeError("background")
