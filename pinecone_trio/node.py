@@ -242,20 +242,24 @@ class Node(RouterTaskMixin, PeeringsMixin):
             self._sessions.close_all("the peer left")
             raise
         self._sessions.close_all("the peer left")
-        # Everything out: the sessions' last packets, the router's inbox (the router
-        # handles what it takes in one synchronous pass) and every peering, including a
-        # writer task still writing frames it took (a link with no direct write, memory
-        # or WebSocket, which the cancellation would cut short). Always checked, even
-        # with no session to close and nothing drained here just now (1 ms on an idle
-        # node): an `open_dht` block left just before handed its withdrawals to the
-        # router, and they may still be in its inbox or on a link (a review found them
-        # lost every time on memory and WebSocket links).
+        # Everything out: the sessions' last packets; the router's inbox, and the
+        # router task back waiting on it (an item handed straight to a waiting router
+        # is in no buffer until its task runs: a review lost 1 CLOSE in 60-120 leaves
+        # that way); and every peering, including a writer task still writing frames
+        # it took (a link with no direct write, memory or WebSocket, which the
+        # cancellation would cut short). Always checked, even with no session to close
+        # and nothing drained here just now (1 ms on an idle node): an `open_dht` block
+        # left just before handed its withdrawals to the router, and they may still be
+        # in its inbox or on a link (a review found them lost every time on memory and
+        # WebSocket links).
         with trio.move_on_after(GOODBYE_GRACE):
             for _ in range(int(GOODBYE_GRACE * 1000)):
                 await trio.sleep(0.001)
+                inbox = self._inbox_send.statistics()
                 if (
                     not self._sessions.flushing
-                    and not self._inbox_send.statistics().current_buffer_used
+                    and not inbox.current_buffer_used
+                    and inbox.tasks_waiting_receive
                     and all(peering.idle for peering in self._peerings.values())
                 ):
                     return

@@ -87,10 +87,14 @@ class StreamsMixin(SessionBase):
     @property
     def delivering(self) -> bool:
         """Whether a stream whose sending half the application ended (FIN queued) still
-        has bytes or the FIN to get acknowledged: what a graceful leave waits for
-        before its CLOSE, as a closing TCP socket still delivers what it was given."""
+        has bytes or the FIN to get acknowledged, or a datagram the application sent is
+        still queued: what a graceful leave waits for before its CLOSE, as a closing
+        TCP socket still delivers what it was given. (A datagram is waited for until
+        it is sent, not acknowledged: it never is.)"""
         if self.state is not State.ESTABLISHED:
             return False
+        if self._datagrams:
+            return True
         return any(
             stream.send.fin_offset is not None
             and not stream.send.done

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -255,3 +256,75 @@ async def test_an_interrupted_linger_still_sends_the_close(monkeypatch: pytest.M
             assert trio.current_time() - start < 1
     assert len(interrupted) == 1
     assert "Interrupted" in repr(interrupted[0])
+
+
+async def _busy_app() -> None:
+    """Another task of the app doing CPU work in 2 ms slices (hashing, a GC pause)."""
+    while True:
+        end = time.perf_counter() + 0.002
+        while time.perf_counter() < end:
+            pass
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.mark.parametrize("listen", ["memory://", "ws://127.0.0.1:0/bye"], ids=["memory", "ws"])
+async def test_the_close_handed_straight_to_the_router_still_leaves(listen: str) -> None:
+    # Found by a second reader: a CLOSE handed straight to the router task waiting on
+    # its inbox is in no buffer until that task runs; with the app busy, the goodbye
+    # saw an empty inbox and idle links, and cancelled the router holding it (4-6 of 20
+    # leaves; the peer's session waited for its 15 s idle timeout).
+    for _ in range(20):
+        async with (
+            open_node(Identity.generate(), listen=listen) as b,
+            b.listen(PROTO) as listener,
+            trio.open_nursery() as nursery,
+        ):
+            nursery.start_soon(listener.accept)
+            async with open_node(Identity.generate()) as a:
+                await a.connect(b.listen_uris[0])
+                with trio.fail_after(10):
+                    await a.wait_for(lambda: any(a.snake_neighbours()))
+                stream = await a.connect(b.public_key, PROTO)
+                await stream.send_all(b"x")
+                await trio.sleep(0.05)
+                async with trio.open_nursery() as hog:
+                    hog.start_soon(_busy_app)
+                    await trio.sleep(0.01)
+                    hog.cancel_scope.cancel()  # (busy until here) ...
+                    nursery.start_soon(_busy_app)  # ... and on while `a` leaves
+            for _ in range(100):  # the CLOSE ends b's session at once
+                if not b.sessions.statistics()["sessions"]:
+                    break
+                await trio.sleep(0.01)
+            assert b.sessions.statistics()["sessions"] == 0
+            nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("listen", ["memory://", "tcp://127.0.0.1:0"], ids=["memory", "tcp"])
+async def test_a_datagram_sent_just_before_leaving_still_leaves(listen: str) -> None:
+    # A datagram `send_datagram` had queued on its session was dropped by the CLOSE
+    # (a second reader: 4-7 of 10 lost): the linger waits for queued datagrams too.
+    for _ in range(5):
+        async with (
+            open_node(Identity.generate(), listen=listen) as b,
+            trio.open_nursery() as nursery,
+        ):
+            got: list[bytes] = []
+
+            async def receive(node: Node, got: list[bytes]) -> None:
+                while True:
+                    got.append((await node.receive_datagram(PROTO))[1])
+
+            nursery.start_soon(receive, b, got)
+            await trio.lowlevel.checkpoint()  # asked for PROTO before anything comes
+            async with open_node(Identity.generate()) as a:
+                await a.connect(b.listen_uris[0])
+                await a.wait_for(lambda: any(a.snake_neighbours()))
+                await a.send_datagram(b.public_key, PROTO, b"first")  # the handshake
+                await a.send_datagram(b.public_key, PROTO, b"last")
+            for _ in range(100):
+                if b"last" in got:
+                    break
+                await trio.sleep(0.01)
+            assert b"last" in got
+            nursery.cancel_scope.cancel()
