@@ -68,6 +68,17 @@ class WebSocketStream(trio.abc.Stream):
         self._eof = False
         self._send_conflict = ConflictDetector("sending on this WebSocket stream")
         self._receive_conflict = ConflictDetector("receiving on this WebSocket stream")
+        # A dialled connection's reader task (`_run_client`) has ended: nobody reads
+        # the peer's answer to our close frame any more, so `aclose` does not wait for
+        # it (it waited CLOSE_TIMEOUT, the peering's 1 s, on every node that left with
+        # a ws:// peer: that reader is cancelled with the node).
+        self._reader_gone = False
+        self._closing: trio.CancelScope | None = None
+
+    def _reader_ended(self) -> None:
+        self._reader_gone = True
+        if self._closing is not None:
+            self._closing.cancel()
 
     @property
     def socket_stream(self) -> trio.SocketStream | None:
@@ -145,9 +156,12 @@ class WebSocketStream(trio.abc.Stream):
             return
         self._closed = True
         try:
-            with trio.move_on_after(CLOSE_TIMEOUT):
+            with trio.move_on_after(CLOSE_TIMEOUT) as self._closing:
+                if self._reader_gone:
+                    self._closing.cancel()  # the close frame goes; no answer is awaited
                 await self.connection.aclose()
         finally:
+            self._closing = None
             # trio-websocket 0.12 leaves a *client's* TCP socket open when the server
             # closed first (its reader stops at EOF without closing); close it here.
             if self._raw is not None:
@@ -353,6 +367,7 @@ async def _run_client(
     """
     started = False
     tcp: trio.abc.Stream | None = None
+    stream: WebSocketStream | None = None
     try:
         async with trio.open_nursery() as nursery:
             with trio.move_on_after(DIAL_TIMEOUT) as dial_scope:
@@ -369,7 +384,8 @@ async def _run_client(
                     receive_buffer_size=WS_RECEIVE_BUFFER_SIZE,
                 )
                 watched.upgraded = True
-                task_status.started(WebSocketStream(connection, tcp))
+                stream = WebSocketStream(connection, tcp)
+                task_status.started(stream)
                 started = True
             if not started:
                 if watched.closed_early:
@@ -396,6 +412,9 @@ async def _run_client(
         if rejected is not None:
             raise ConnectionRefusedError(_refused_message(address, rejected)) from exc
         raise ConnectionError(f"{address}: WebSocket connection failed ({exc!r})") from exc
+    finally:
+        if stream is not None:
+            stream._reader_ended()  # its reader task ended (cancelled with the node)
 
 
 def _rejection(exc: BaseException) -> trio_websocket.ConnectionRejected | None:
