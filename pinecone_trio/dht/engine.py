@@ -190,8 +190,8 @@ class EngineStatistics:
     decode_errors: int = 0
     rate_limited: int = 0
     unexpected_replies: int = 0
-    #: Answers to a lookup that had already ended (`enough` records in hand, or its
-    #: deadline passed): not counted as unexpected.
+    #: Answers to a lookup that had already ended (`enough` records in hand, its
+    #: deadline passed, or its caller cancelled it): not counted as unexpected.
     late_replies: int = 0
     bad_reply_records: int = 0
     wrong_target: int = 0
@@ -349,9 +349,9 @@ class DhtEngine:
         # The node's hand-off budget (copies), refilled at HANDOFF_RATE since the time.
         self._handoff_budget = (float(MAX_HANDOFF_RECORDS), -math.inf)
         self._lookups: dict[int, _Lookup] = {}
-        # The request ids of lookups that went out and ended (with `enough` records or
-        # at their deadline, nodes may still answer), oldest first, up to MAX_PENDING:
-        # those answers count as late, not unexpected.
+        # The request ids of lookups that went out and ended (with `enough` records, at
+        # their deadline, or cancelled: nodes may still answer), oldest first, up to
+        # MAX_PENDING: those answers count as late, not unexpected.
         self._ended_early: OrderedDict[int, None] = OrderedDict()
         self._announcements: dict[bytes, _Announcement] = {}
         self._announce_ids: dict[int, bytes] = {}
@@ -641,7 +641,9 @@ class DhtEngine:
         return rid, [SendClosest(topic, encode(Lookup(rid, topic)))]
 
     def cancel_lookup(self, request_id: int) -> None:
-        self._lookups.pop(request_id, None)
+        lookup = self._lookups.pop(request_id, None)
+        if lookup is not None and not lookup.parked:
+            self._remember_ended(request_id)  # answers may still come: late, not unexpected
 
     def _on_reply(self, source: bytes, reply: LookupReply, now: float) -> list[Action]:
         lookup = self._lookups.get(reply.request_id)
@@ -701,13 +703,16 @@ class DhtEngine:
                 record.topic, PublicKey(record.public_key), record.data, stored.expires, record.seq
             )
 
+    def _remember_ended(self, request_id: int) -> None:
+        ended = self._ended_early
+        ended[request_id] = None
+        if len(ended) > MAX_PENDING:  # request ids only grow: the oldest go first
+            ended.popitem(last=False)
+
     def _finish(self, lookup: _Lookup) -> LookupDone:
         del self._lookups[lookup.request_id]
         if not lookup.parked:
-            ended = self._ended_early
-            ended[lookup.request_id] = None
-            if len(ended) > MAX_PENDING:  # request ids only grow: the oldest go first
-                ended.popitem(last=False)
+            self._remember_ended(lookup.request_id)
         records = sorted(lookup.found.values(), key=lambda r: r.expires, reverse=True)
         if not records:
             self.statistics.lookups_empty += 1

@@ -110,6 +110,8 @@ class Dht:
         #: What the timer task sleeps until (it is woken when the engine's moves earlier).
         self._timer_deadline = math.inf
         self._sender_done = trio.Event()
+        #: What the sender was handing to the node when it was cancelled (`_send_one`).
+        self._cut_short: SendExact | SendClosest | None = None
         #: Datagrams put in the outbox, and how many of them the sender has handed to
         #: the node since (or given up on); `_drain` waits for the second to catch up.
         self._queued = 0
@@ -199,7 +201,12 @@ class Dht:
             self._handed_lot.unpark_all()
 
     async def _send_one(self, action: SendExact | SendClosest) -> bool:
-        """Hand one datagram to the node; False when the node no longer takes any."""
+        """Hand one datagram to the node; False when the node no longer takes any.
+
+        One the sender took but a cancellation stopped before the node had it (an
+        `open_dht` block of a DHT of its own, cancelled from outside in the same tick
+        the withdrawal was handed straight to the waiting sender) is kept in
+        `_cut_short` for `_flush` to send."""
         self.datagrams_sent += 1
         try:
             if isinstance(action, SendExact):
@@ -208,6 +215,9 @@ class Dht:
                 await self._service.send_closest(action.target, action.payload)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        except trio.Cancelled:
+            self._cut_short = action  # (a duplicate, if the node had it, is harmless)
+            raise
         finally:
             self._handed += 1
             if self._handed_lot:
@@ -232,8 +242,12 @@ class Dht:
         with trio.move_on_after(EXIT_GRACE, shield=True):
             await self._sender_done.wait()
             # A block cancelled from outside cancelled the sender too (it runs in the
-            # same scope): what it left in the outbox, the withdrawals, is sent from
-            # here (they were lost, the records findable for RECORD_TTL).
+            # same scope): what it was sending and what it left in the outbox, the
+            # withdrawals, are sent from here (they were lost, the records findable
+            # for RECORD_TTL).
+            cut, self._cut_short = self._cut_short, None
+            if cut is not None and not await self._send_one(cut):
+                return
             while True:
                 try:
                     action = self._outbox_recv.receive_nowait()

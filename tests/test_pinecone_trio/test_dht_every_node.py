@@ -234,8 +234,9 @@ async def test_open_dht_refuses_a_node_that_is_not_running() -> None:
 
 @pytest.mark.parametrize("outer", [False, True], ids=["dht-block", "node-block"])
 @pytest.mark.parametrize("config", [None, NodeConfig(dht=False)], ids=["served", "own"])
+@pytest.mark.parametrize("after", [False, True], ids=["in-block", "after-block"])
 async def test_an_announce_cancelled_from_outside_still_withdraws(
-    outer: bool, config: NodeConfig | None
+    outer: bool, config: NodeConfig | None, after: bool
 ) -> None:
     # A cancel scope around the `open_dht` block (or around the node too) cancelled
     # while an announce block runs. A DHT of its own (`dht=False`) runs its sender task
@@ -250,8 +251,16 @@ async def test_an_announce_cancelled_from_outside_still_withdraws(
                     await a.connect(b.listen_uris[0])
                     await a.wait_for(lambda: a.snake_neighbours()[1] == bytes(b.public_key))
                     with trio.CancelScope() as around_dht:
-                        async with open_dht(a) as dht, dht.announce(topic) as ann:
-                            assert ann.acknowledged
+                        async with open_dht(a) as dht:
+                            async with dht.announce(topic) as ann:
+                                assert ann.acknowledged
+                                if not after:
+                                    (around_node if outer else around_dht).cancel()
+                                    await trio.sleep_forever()
+                                await trio.sleep(0.05)  # the sender waits on the outbox
+                            # The block ended; the cancel comes in the same tick (a
+                            # second reader: the withdrawal handed straight to the
+                            # waiting sender, cancelled before the node had it).
                             (around_node if outer else around_dht).cancel()
                             await trio.sleep_forever()
             for _ in range(200):  # b's router handles what a's link delivered

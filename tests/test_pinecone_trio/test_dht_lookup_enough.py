@@ -68,6 +68,17 @@ def test_a_lookup_with_enough_records_does_not_wait_for_a_silent_neighbour(
         assert looker.statistics.unexpected_replies == 0
 
 
+def test_an_answer_to_a_cancelled_lookup_is_late_not_unexpected() -> None:
+    _, home = _home_with_a_record()
+    looker = DhtEngine(Identity.from_seed(b"l" * 32))
+    rid, [send] = looker.lookup(T, 0.0)
+    assert isinstance(send, SendClosest)
+    looker.cancel_lookup(rid)  # its caller gave up (a move_on_after)
+    assert looker.on_message(home.public_key, _reply_of(home, looker, rid, send), None, 0.1) == []
+    assert looker.statistics.late_replies == 1
+    assert looker.statistics.unexpected_replies == 0
+
+
 def test_enough_below_one_is_refused() -> None:
     looker = DhtEngine(Identity.from_seed(b"l" * 32))
     with pytest.raises(ValueError, match="at least 1"):
