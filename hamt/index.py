@@ -856,8 +856,9 @@ def open_hamt(
     An empty writable log gets a header block (block 0) first. Otherwise block 0 is
     read (from peers, for a replica) and checked. A replica that is still empty (it
     has not heard the writer's length yet: `replicate` just started) waits for block 0
-    from its peers, as its `get` does; bound it with `trio.fail_after` (a peer that
-    never serves the log is waited for until cancelled).
+    from its peers, as its `get` does; bound it with `trio.fail_after`. A peer that
+    never serves the log (a mistyped key) is waited for until cancelled: `await
+    replication_for(log).wait_for_peers()` first fails at once with `NoPeersError`.
 
     Args:
       log: a `LogLike` (e.g. a `hyperlog.Log`, or a `MemoryLog`); for a read-only HAMT
@@ -900,10 +901,12 @@ async def load_hamt(
     elif log.length == 0:
         # A replica that has not heard the writer's length yet (just after `replicate`
         # started): its `get` waits for block 0 from peers, as every read of a sparse
-        # replica does. A log that cannot fetch it (no replicator, a snapshot) fails.
+        # replica does. A log that cannot fetch it (no replicator, a snapshot) says
+        # "no such block" (a LookupError: hyperlog's BlockNotAvailableError, a list's
+        # IndexError); anything else (storage, a closed log) propagates as it is.
         try:
             first = await log.get(0)
-        except Exception as exc:
+        except LookupError as exc:
             raise ReadOnlyError(
                 f"the log is empty and not writable: nothing to open ({exc})"
             ) from exc

@@ -264,17 +264,23 @@ def _missing_block(log: Log, start: int, end: int) -> str:
     clone): the first missing, and the `--start`/`--end` of blocks it holds there. It
     used to say "block 0 is missing" and no more.
     """
+
+    def blocks(first: int, last: int) -> str:
+        return f"block {first}" if first == last else f"blocks {first}..{last}"
+
     bits = log.bitfield
     missing = bits.first_unset(start)
     said = f"block {missing} is missing (this copy holds part of the log)"
     if missing > start:
         option = f"--end {missing}" if start == 0 else f"--start {start} --end {missing}"
-        return f"{said}; it holds blocks {start}..{missing - 1}: use {option}"
+        return f"{said}; it holds {blocks(start, missing - 1)}: use {option}"
     held = bits.first_set(missing)
     if held is None or held >= log.length:
         return f"{said}; it holds no block from {missing} on"
     run_end = min(bits.first_unset(held), log.length)
     option = f"--start {held}" if run_end >= log.length else f"--start {held} --end {run_end}"
+    if held == run_end - 1:
+        return f"{said}; the next block it holds is {held}: use {option}"
     return f"{said}; the next blocks it holds are {held}..{run_end - 1}: use {option}"
 
 

@@ -54,8 +54,11 @@ class DecodeError(HyperlogError):
     """Bytes (wire messages, a manifest, a multisig signature) could not be decoded."""
 
 
-class BlockNotAvailableError(HyperlogError):
-    """The block or tree node is not held locally (hypercore's BLOCK_NOT_AVAILABLE)."""
+class BlockNotAvailableError(HyperlogError, LookupError):
+    """The block or tree node is not held locally (hypercore's BLOCK_NOT_AVAILABLE).
+
+    Also a `LookupError`, as `IndexError` and `KeyError` are: code written against any
+    log of blocks (the `hamt` package's `ReadableLog`) catches "no such block" as one."""
 
 
 class NotWritableError(HyperlogError):

@@ -371,7 +371,7 @@ class Node(RouterTaskMixin, PeeringsMixin):
         waits for the handshake (a few ms; up to the handshake timeout, 10 s by
         default, for a key nobody answers for). Then it returns once the datagram is
         queued on the session; it may still be lost on the way (a full queue drops it:
-        `statistics()["datagrams_dropped"]`). The receiver gets it only if it is
+        `sessions.statistics()["datagrams_dropped"]`). The receiver gets it only if it is
         waiting in (or has once called) `receive_datagram(protocol)`.
 
         Raises:

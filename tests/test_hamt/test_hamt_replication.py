@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 import hamt
+import hyperlog
 from hyperlog.log import open_store
 from hyperlog.replication import replicate, replication_for
 
@@ -118,3 +119,21 @@ async def test_a_replica_opened_before_it_heard_the_writer_waits_for_block_0() -
             with pytest.raises(hamt.ReadOnlyError, match="empty and not writable"):
                 async with hamt.open_hamt(lonely):
                     pass  # pragma: no cover
+
+
+async def test_a_replica_of_a_log_the_peer_does_not_serve_fails_through_wait_for_peers() -> None:
+    # A mistyped key: `open_hamt` on the empty replica waits for block 0 like any read
+    # (bounded by the caller); `wait_for_peers` first says at once that no peer has it.
+    async with open_store() as ws, open_store() as rs, open_store() as other:
+        wlog = await ws.create_log()
+        await wlog.append([b"x"])
+        mistyped = await rs.open_log((await other.create_log()).key)
+        s1, s2 = trio.testing.memory_stream_pair()
+        with trio.fail_after(30):
+            async with replicate(s1, wlog), replicate(s2, mistyped):
+                with pytest.raises(hyperlog.NoPeersError):
+                    await replication_for(mistyped).wait_for_peers()
+                with trio.move_on_after(0.2) as waited:
+                    async with hamt.open_hamt(mistyped):
+                        pass  # pragma: no cover
+                assert waited.cancelled_caught

@@ -201,6 +201,11 @@ async def test_a_sparse_copy_says_where_to_cat_and_when_a_stopped_clone_is_whole
         b"hyperlog: error: block 10 is missing (this copy holds part of the log); it "
         b"holds blocks 7..9: use --start 7 --end 10\n"
     )
+    one = await _hyperlog("cat", str(tmp_path / "part"), "--start", "9", "--end", "30")
+    assert one.stderr.splitlines()[-1] == (  # "block 9", not "blocks 9..9" (a review)
+        b"hyperlog: error: block 10 is missing (this copy holds part of the log); it "
+        b"holds block 9: use --start 9 --end 10"
+    )
     after = await _hyperlog("cat", str(tmp_path / "part"), "--start", "12")
     assert after.stderr == (
         b"hyperlog: error: block 12 is missing (this copy holds part of the log); it "
