@@ -36,16 +36,7 @@ from hyperlog.replication import Progress
 
 from .test_follow_memory import BOUND, _held, _Writer
 
-
-@pytest.fixture(autouse=True)
-def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Virtual time that passes only where the tests say: storage work runs inline."""
-
-    async def inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+pytestmark = pytest.mark.usefixtures("inline_storage")
 
 
 class Boom(Exception):

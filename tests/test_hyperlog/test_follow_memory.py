@@ -35,15 +35,7 @@ from hyperlog.replication import Progress, replicate
 BOUND = 600
 
 
-@pytest.fixture(autouse=True)
-def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Virtual time that passes only where the tests say: storage work runs inline."""
-
-    async def inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+pytestmark = pytest.mark.usefixtures("inline_storage")
 
 
 class _Writer:

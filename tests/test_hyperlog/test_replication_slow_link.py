@@ -20,10 +20,9 @@ fire request timeouts that no real link would see.
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 import trio
@@ -43,15 +42,7 @@ RATE = 1_000_000
 CHUNK = 16 * 1024
 
 
-@pytest.fixture(autouse=True)
-def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Virtual time that passes only on the link: storage work runs inline."""
-
-    async def inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", inline)
+pytestmark = pytest.mark.usefixtures("inline_storage")
 
 
 class Throttled(PassThroughStream):
