@@ -14,6 +14,8 @@ autojump clock would skip past.
 from __future__ import annotations
 
 import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,24 @@ async def _restored(tmp_path: Path, held: int, restored: int) -> tuple[Path, Pat
     return tmp_path / "w", tmp_path / "older"
 
 
+@asynccontextmanager
+async def _against_restored(
+    tmp_path: Path, held: int, restored: int
+) -> AsyncIterator[tuple[Log, Log]]:
+    """A reader that cloned the writer's `held` blocks, and the server restored from
+    an older copy (`_restored`), both open: (server, reader)."""
+    w, older = await _restored(tmp_path, held, restored)
+    async with open_store(w) as ws, open_store(tmp_path / "r") as rs:
+        writer = await ws.open_log(ws.keys()[0])
+        reader = await rs.open_log(writer.key)
+        with trio.fail_after(30):
+            await _clone(reader, writer)
+    assert reader.length == held
+    async with open_store(older) as os_, open_store(tmp_path / "r") as rs:
+        server = await os_.open_log(os_.keys()[0])
+        yield server, await rs.open_log(server.key)
+
+
 def _heads(conflict: ForkConflictError) -> tuple[SignedHead, SignedHead]:
     assert isinstance(conflict.local, SignedHead) and isinstance(conflict.remote, SignedHead)
     return conflict.local, conflict.remote
@@ -71,16 +91,7 @@ def _heads(conflict: ForkConflictError) -> tuple[SignedHead, SignedHead]:
 async def test_a_server_restored_from_an_older_copy_is_a_fork_conflict(
     tmp_path: Path, restored: int
 ) -> None:
-    w, older = await _restored(tmp_path, 5, restored)
-    async with open_store(w) as ws, open_store(tmp_path / "r") as rs:
-        writer = await ws.open_log(ws.keys()[0])
-        reader = await rs.open_log(writer.key)
-        with trio.fail_after(30):
-            await _clone(reader, writer)
-    assert reader.length == 5
-    async with open_store(older) as os_, open_store(tmp_path / "r") as rs:
-        server = await os_.open_log(os_.keys()[0])
-        reader = await rs.open_log(server.key)
+    async with _against_restored(tmp_path, 5, restored) as (server, reader):
         assert server.length == restored and server.fork == reader.fork == 0
         rep = replication_for(reader)
         a, b = trio.testing.memory_stream_pair()
@@ -165,15 +176,7 @@ async def test_a_peer_lying_about_its_tree_hash_is_dropped_not_a_conflict(
 async def test_a_peer_without_the_feature_gets_syncs_it_can_read(tmp_path: Path) -> None:
     """A peer announcing no FEATURE_FORK_CHECK (an older version) gets Syncs of
     seven fields, so nothing is compared at equal lengths (the older behaviour)."""
-    w, older = await _restored(tmp_path, 5, 5)
-    async with open_store(w) as ws, open_store(tmp_path / "r") as rs:
-        writer = await ws.open_log(ws.keys()[0])
-        reader = await rs.open_log(writer.key)
-        with trio.fail_after(30):
-            await _clone(reader, writer)
-    async with open_store(older) as os_, open_store(tmp_path / "r") as rs:
-        server = await os_.open_log(os_.keys()[0])
-        reader = await rs.open_log(server.key)
+    async with _against_restored(tmp_path, 5, 5) as (server, reader):
         rep = replication_for(reader)
         a, b = trio.testing.memory_stream_pair()
         old = wire.FEATURES & ~wire.FEATURE_FORK_CHECK

@@ -37,7 +37,7 @@ from hyperlog.replication.adapter import LogAdapter
 from hyperlog.replication.constants import REQUEST_TIMEOUT
 from hyperlog.replication.scheduler import LogReplicator, PeerChannel, VerifyWork
 
-from .test_replication_fork_detect import _clone, _restored, _writer
+from .test_replication_fork_detect import _against_restored, _clone, _writer
 from .test_replication_fork_engine import KEY, TreeLog, _checks, _peer, _tree
 from .test_replication_progress import ListSink
 
@@ -208,15 +208,7 @@ async def test_a_longer_restored_server_stalling_the_check_is_dropped_as_before(
     """Before the checks it was dropped at once for an invalid proof, and a follower
     stopped with 'does not extend the copy held here': the same, one timeout later."""
     monkeypatch.setattr(scheduler_fetch, "REQUEST_TIMEOUT", 1.0)
-    w, older = await _restored(tmp_path, 5, 7)
-    async with open_store(w) as ws, open_store(tmp_path / "r") as rs:
-        writer = await ws.open_log(ws.keys()[0])
-        reader = await rs.open_log(writer.key)
-        with trio.fail_after(30):
-            await _clone(reader, writer)
-    async with open_store(older) as os_, open_store(tmp_path / "r") as rs:
-        server = await os_.open_log(os_.keys()[0])
-        reader = await rs.open_log(server.key)
+    async with _against_restored(tmp_path, 5, 7) as (server, reader):
         rep = replication_for(reader)
         a, b = trio.testing.memory_stream_pair()
         with trio.fail_after(30):
