@@ -31,10 +31,10 @@ import trio.testing
 from hyperlog import ConnectedEvent, Follower, FollowError, FollowEvent, SteadyEvent, follow
 from hyperlog.crypto import key_pair
 from hyperlog.errors import ForkConflictError
-from hyperlog.log import Log, Store, open_store
+from hyperlog.log import Store, open_store
 from hyperlog.replication import Progress
 
-from .test_follow_memory import BOUND, _held, _Writer
+from .test_follow_memory import BOUND, _held, _Writer, _writer_and_reader
 
 pytestmark = pytest.mark.usefixtures("inline_storage")
 
@@ -76,12 +76,6 @@ _FAILURES: dict[str, tuple[dict[str, Any], bool, type[BaseException]]] = {
     "storage": ({}, True, sqlite3.OperationalError),
     "ctrl-c in the follower's task": ({"on_event": _interrupt}, False, KeyboardInterrupt),
 }
-
-
-async def _writer_and_reader(ws: Store, rs: Store) -> tuple[Log, Log]:
-    writer = await ws.create_log(key_pair(bytes(32)))
-    await writer.append([b"a", b"b", b"c"])
-    return writer, await rs.open_log(writer.key)
 
 
 @pytest.mark.parametrize("name", list(_FAILURES))

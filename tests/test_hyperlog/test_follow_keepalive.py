@@ -27,12 +27,13 @@ import trio
 import trio.testing
 
 from hyperlog import ConnectedEvent, FollowEvent, LostEvent, follow
-from hyperlog.crypto import key_pair
 from hyperlog.follower import DEFAULT_KEEPALIVE, TcpKeepalive, set_keepalive
 from hyperlog.log import open_store
 from hyperlog.replication import replicate
 from pinecone_trio.identity import Identity
 from pinecone_trio.link.stream import NoiseLink
+
+from .test_follow_memory import _writer_and_reader
 
 #: Seconds any wait of these tests may take.
 BOUND = 60
@@ -115,9 +116,7 @@ async def test_the_follower_sets_keepalive_on_what_it_dials_unless_told_not_to(
     keepalive: TcpKeepalive | None,
 ) -> None:
     async with open_store() as ws, open_store() as rs, trio.open_nursery() as nursery:
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append(b"a")
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs, [b"a"])
 
         async def serve(stream: trio.SocketStream) -> None:
             async with stream, replicate(stream, writer) as session:
@@ -187,9 +186,7 @@ async def test_a_follower_notices_a_writer_that_vanished_without_a_word() -> Non
         changed = trio.Event()
 
     async with open_store() as ws, open_store() as rs, trio.open_nursery() as nursery:
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append(b"a")
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs, [b"a"])
 
         async def serve(stream: trio.SocketStream) -> None:
             async with stream, replicate(stream, writer) as session:

@@ -28,7 +28,7 @@ from hyperlog import (
 )
 from hyperlog.crypto import key_pair
 from hyperlog.follow_policy import FOLLOW_STEADY
-from hyperlog.log import Log, open_store
+from hyperlog.log import Log, Store, open_store
 from hyperlog.replication import Progress, replicate
 
 #: Virtual seconds any test may take.
@@ -120,6 +120,15 @@ class _Events:
         return [type(e).__name__ for _, e in self.seen]
 
 
+async def _writer_and_reader(
+    ws: Store, rs: Store, blocks: list[bytes] | None = None
+) -> tuple[Log, Log]:
+    """A writer's log holding `blocks` (a, b, c) and an empty reader's copy of it."""
+    writer = await ws.create_log(key_pair(bytes(32)))
+    await writer.append([b"a", b"b", b"c"] if blocks is None else blocks)
+    return writer, await rs.open_log(writer.key)
+
+
 async def _held(log: Log, length: int) -> None:
     """Until `log` holds blocks 0..length-1 (bounded by the caller's fail_after)."""
     with log.subscribe() as events:
@@ -143,9 +152,7 @@ async def test_a_follower_backs_off_while_the_writer_is_away_and_resumes(
 ) -> None:
     events = _Events()
     async with open_store() as ws, open_store() as rs, trio.open_nursery() as nursery:
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append([b"a", b"b", b"c"])
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs)
         peer = _Writer(writer, nursery)
         with trio.fail_after(BOUND):
             async with follow(
@@ -186,9 +193,7 @@ async def test_the_backoff_starts_again_once_a_connection_has_held(
 ) -> None:
     events = _Events()
     async with open_store() as ws, open_store() as rs, trio.open_nursery() as nursery:
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append(b"a")
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs, [b"a"])
         peer = _Writer(writer, nursery)
         peer.up = False
         with trio.fail_after(BOUND):
@@ -216,9 +221,7 @@ async def test_a_connection_that_drops_before_it_holds_keeps_the_backoff(
 ) -> None:
     events = _Events()
     async with open_store() as ws, open_store() as rs, trio.open_nursery() as nursery:
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append(b"a")
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs, [b"a"])
         peer = _Writer(writer, nursery)
         with trio.fail_after(BOUND):
             async with follow(reader, peer.dial, on_event=events, rng=random.Random(3)) as f:
@@ -238,9 +241,7 @@ async def test_cancelling_a_follower_leaves_no_task_behind(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     async with open_store() as ws, open_store() as rs:
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append(b"a")
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs, [b"a"])
         before = _tasks()
         async with trio.open_nursery() as servers:
             peer = _Writer(writer, servers)

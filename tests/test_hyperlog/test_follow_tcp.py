@@ -20,6 +20,8 @@ from hyperlog.crypto import key_pair
 from hyperlog.log import Log, open_store
 from hyperlog.replication import replicate
 
+from .test_follow_memory import _writer_and_reader
+
 #: Seconds any wait of these tests may take.
 BOUND = 60
 
@@ -87,9 +89,7 @@ async def test_a_follower_resumes_from_a_writer_that_restarts(tmp_path: Path) ->
         open_store(tmp_path / "r") as rs,
         trio.open_nursery() as nursery,
     ):
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append([b"a", b"b", b"c"])
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs)
         first = _Server(writer)
         port = await nursery.start(first.run)
         dial = partial(trio.open_tcp_stream, "127.0.0.1", port)
@@ -149,9 +149,7 @@ async def test_nothing_listening_is_waited_for(tmp_path: Path) -> None:
         open_store(tmp_path / "r") as rs,
         trio.open_nursery() as nursery,
     ):
-        writer = await ws.create_log(key_pair(bytes(32)))
-        await writer.append(b"a")
-        reader = await rs.open_log(writer.key)
+        writer, reader = await _writer_and_reader(ws, rs, [b"a"])
         port = _free_port()
         with trio.fail_after(BOUND):
             dial = partial(trio.open_tcp_stream, "127.0.0.1", port)
